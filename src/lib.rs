@@ -1,0 +1,1 @@
+//! model-soup: validate, merge and evaluate safetensors checkpoints.
