@@ -1,0 +1,73 @@
+//! The library's one error type: every variant names the file and, where there is one, the tensor.
+
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong while reading, planning or writing checkpoints.
+///
+/// Messages are one line, lowercase, and say what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: {reason}", path.display())]
+    Header { path: PathBuf, reason: String },
+
+    #[error("{}: tensor '{tensor}': {reason}", path.display())]
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
+    #[error("{0}")]
+    Plan(String),
+
+    #[error("{}: {reason}", path.display())]
+    Output { path: PathBuf, reason: String },
+
+    #[error("interrupted; the partial output was removed")]
+    Interrupted,
+}
+
+impl Error {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    pub(crate) fn header(path: &Path, reason: impl Into<String>) -> Self {
+        Error::Header {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn tensor(path: &Path, tensor: &str, reason: impl Into<String>) -> Self {
+        Error::Tensor {
+            path: path.to_path_buf(),
+            tensor: printable(tensor),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn output(path: &Path, reason: impl Into<String>) -> Self {
+        Error::Output {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Tensor names come from untrusted files: escape anything that could break a one-line message.
+pub fn printable(name: &str) -> String {
+    name.escape_debug().to_string()
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

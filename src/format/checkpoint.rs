@@ -1,0 +1,224 @@
+//! A checkpoint on disk: one or more memory-mapped safetensors shards with validated headers,
+//! seen as one set of named tensors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::header::{Header, TensorInfo};
+use super::os::Mapping;
+use crate::error::{Error, Result};
+
+/// One mapped `.safetensors` file with its validated header.
+pub struct Shard {
+    path: PathBuf,
+    file: File,
+    mapping: Mapping,
+    header: Header,
+    stamp: (u64, Option<SystemTime>),
+}
+
+impl Shard {
+    /// Opens, maps and validates one safetensors file. Reads only the header.
+    pub fn open(path: &Path) -> Result<Shard> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() {
+            return Err(Error::header(path, "is a directory; pass a .safetensors file, or a model directory holding model.safetensors or model.safetensors.index.json"));
+        }
+        if !meta.is_file() {
+            return Err(Error::header(
+                path,
+                "is not a regular file (a FIFO, socket or device?); pass a .safetensors file",
+            ));
+        }
+        let file = open_nonblocking(path)?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::header(
+                path,
+                "is not a regular file; pass a .safetensors file",
+            ));
+        }
+        let mapping = Mapping::new(&file).map_err(|e| Error::io(path, e))?;
+        let header = Header::parse(path, mapping.bytes())?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            stamp: (meta.len(), meta.modified().ok()),
+            file,
+            mapping,
+            header,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The stored bytes of one of this shard's tensors.
+    fn data(&self, info: &TensorInfo) -> &[u8] {
+        let (start, end) = self.span(info);
+        &self.mapping.bytes()[start..end]
+    }
+
+    fn span(&self, info: &TensorInfo) -> (usize, usize) {
+        // Validation proved data_start + end <= file length, which the map holds in memory.
+        let start = (self.header.data_start + info.begin) as usize;
+        (start, start + info.len_bytes() as usize)
+    }
+
+    /// Fails if the file changed size or modification time since it was opened.
+    fn check_unchanged(&self) -> Result<()> {
+        let meta = self.file.metadata().map_err(|e| Error::io(&self.path, e))?;
+        let now = (meta.len(), meta.modified().ok());
+        if now != self.stamp {
+            return Err(Error::header(&self.path, "changed while it was being read (another process wrote or truncated it); the output was discarded, run again once the file is stable"));
+        }
+        Ok(())
+    }
+}
+
+fn open_nonblocking(path: &Path) -> Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        // A FIFO swapped in after the type check must not block the open forever.
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path).map_err(|e| Error::io(path, e))
+}
+
+/// One tensor of a checkpoint: its entry and its stored bytes.
+#[derive(Clone, Copy)]
+pub struct Tensor<'a> {
+    pub info: &'a TensorInfo,
+    pub data: &'a [u8],
+    shard: usize,
+}
+
+impl<'a> Tensor<'a> {
+    pub fn name(&self) -> &'a str {
+        &self.info.name
+    }
+}
+
+/// A model's weights: one file, or the shards of a model directory, as one name → tensor map.
+pub struct Checkpoint {
+    path: PathBuf,
+    shards: Vec<Shard>,
+    index: BTreeMap<String, (usize, usize)>,
+}
+
+impl Checkpoint {
+    /// Opens a single `.safetensors` file.
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        Checkpoint::from_shards(path, vec![Shard::open(path)?])
+    }
+
+    /// Joins shards into one checkpoint; a tensor that appears in two shards is an error.
+    /// `path` is what the user named (a file or a directory), used in messages and provenance.
+    pub fn from_shards(path: &Path, shards: Vec<Shard>) -> Result<Checkpoint> {
+        let mut index = BTreeMap::new();
+        let mut owner: HashMap<&str, usize> = HashMap::new();
+        for (s, shard) in shards.iter().enumerate() {
+            for (t, info) in shard.header.tensors.iter().enumerate() {
+                if let Some(first) = owner.insert(&info.name, s) {
+                    return Err(Error::tensor(
+                        &shard.path,
+                        &info.name,
+                        format!(
+                            "also stored in {}; a tensor must be in exactly one shard",
+                            shards[first].path.display()
+                        ),
+                    ));
+                }
+                index.insert(info.name.clone(), (s, t));
+            }
+        }
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            shards,
+            index,
+        })
+    }
+
+    /// The path the user gave: a file, or a model directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The first shard's `__metadata__`.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.shards[0].header.metadata
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<Tensor<'_>> {
+        self.index.get(name).map(|&(s, t)| self.make(s, t))
+    }
+
+    /// All tensors, sorted by name.
+    pub fn tensors(&self) -> impl Iterator<Item = Tensor<'_>> {
+        self.index.values().map(|&(s, t)| self.make(s, t))
+    }
+
+    /// Where a tensor lives: the shard's path.
+    pub fn shard_path(&self, tensor: &Tensor<'_>) -> &Path {
+        &self.shards[tensor.shard].path
+    }
+
+    fn make(&self, s: usize, t: usize) -> Tensor<'_> {
+        let shard = &self.shards[s];
+        let info = &shard.header.tensors[t];
+        Tensor {
+            info,
+            data: shard.data(info),
+            shard: s,
+        }
+    }
+
+    /// Lets the OS take back the resident pages of `tensor`'s bytes `range` (relative to the
+    /// tensor), once the merge is done with them.
+    pub fn release(&self, tensor: &Tensor<'_>, range: std::ops::Range<usize>) {
+        let shard = &self.shards[tensor.shard];
+        let (start, _) = shard.span(tensor.info);
+        shard
+            .mapping
+            .release(start + range.start..start + range.end);
+    }
+
+    /// Fails if any shard changed on disk since it was opened.
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.shards.iter().try_for_each(Shard::check_unchanged)
+    }
+
+    /// Total bytes of tensor data.
+    pub fn data_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .flat_map(|s| &s.header.tensors)
+            .map(TensorInfo::len_bytes)
+            .sum()
+    }
+}

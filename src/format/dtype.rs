@@ -1,0 +1,319 @@
+//! Safetensors element types, and the conversions between float tensors' bytes and accumulators.
+
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+
+#[cfg(target_endian = "big")]
+compile_error!("safetensors data is little-endian; model-soup supports little-endian hosts only");
+
+/// An element type, spelled in files as safetensors spells it ("BF16", "I64", ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dtype {
+    Bool,
+    U8,
+    I8,
+    F8E5M2,
+    F8E4M3,
+    F8E8M0,
+    I16,
+    U16,
+    F16,
+    BF16,
+    I32,
+    U32,
+    F32,
+    F64,
+    I64,
+    U64,
+    C64,
+}
+
+impl Dtype {
+    const ALL: [Dtype; 17] = [
+        Dtype::Bool,
+        Dtype::U8,
+        Dtype::I8,
+        Dtype::F8E5M2,
+        Dtype::F8E4M3,
+        Dtype::F8E8M0,
+        Dtype::I16,
+        Dtype::U16,
+        Dtype::F16,
+        Dtype::BF16,
+        Dtype::I32,
+        Dtype::U32,
+        Dtype::F32,
+        Dtype::F64,
+        Dtype::I64,
+        Dtype::U64,
+        Dtype::C64,
+    ];
+
+    /// The name used in safetensors headers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Bool => "BOOL",
+            Dtype::U8 => "U8",
+            Dtype::I8 => "I8",
+            Dtype::F8E5M2 => "F8_E5M2",
+            Dtype::F8E4M3 => "F8_E4M3",
+            Dtype::F8E8M0 => "F8_E8M0",
+            Dtype::I16 => "I16",
+            Dtype::U16 => "U16",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
+            Dtype::I32 => "I32",
+            Dtype::U32 => "U32",
+            Dtype::F32 => "F32",
+            Dtype::F64 => "F64",
+            Dtype::I64 => "I64",
+            Dtype::U64 => "U64",
+            Dtype::C64 => "C64",
+        }
+    }
+
+    /// Parses a header's dtype name; `None` for names this tool doesn't know (F4, F6_*, ...).
+    pub fn parse(name: &str) -> Option<Dtype> {
+        Dtype::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::Bool | Dtype::U8 | Dtype::I8 | Dtype::F8E5M2 | Dtype::F8E4M3 | Dtype::F8E8M0 => {
+                1
+            }
+            Dtype::I16 | Dtype::U16 | Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::I32 | Dtype::U32 | Dtype::F32 => 4,
+            Dtype::F64 | Dtype::I64 | Dtype::U64 | Dtype::C64 => 8,
+        }
+    }
+
+    /// Whether soups average this type. Integers, bools, 8-bit floats and complex numbers are
+    /// copied instead: averaging a step counter or a quantised code is never what the user meant.
+    pub fn is_averaged(self) -> bool {
+        matches!(self, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
+    }
+
+    /// Whether `bytes`, elements of this float type, hold a NaN or an infinity: a test of the
+    /// exponent bits, cheap enough to run on every chunk the kernel writes.
+    pub fn any_non_finite(self, bytes: &[u8]) -> bool {
+        fn scan<const N: usize>(bytes: &[u8], mask: u64) -> bool {
+            bytes.chunks_exact(N).any(|c| {
+                let mut b = [0u8; 8];
+                b[..N].copy_from_slice(c);
+                u64::from_le_bytes(b) & mask == mask
+            })
+        }
+        match self {
+            Dtype::F16 => scan::<2>(bytes, 0x7C00),
+            Dtype::BF16 => scan::<2>(bytes, 0x7F80),
+            Dtype::F32 => scan::<4>(bytes, 0x7F80_0000),
+            Dtype::F64 => scan::<8>(bytes, 0x7FF0_0000_0000_0000),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A float type that sums are accumulated in: f32 for 16-bit outputs, f64 otherwise.
+///
+/// One implementation per accumulator, one `match` on the stored dtype per chunk, so the inner
+/// loops are monomorphic and vectorise.
+pub trait Accumulator: Copy + Default + Send + Sync + bytemuck::Pod + 'static {
+    /// The stored dtype that is this type, whose aligned bytes the kernel reads in place.
+    const DTYPE: Dtype;
+
+    /// The weight as this type. Weights are kept as f64 and narrowed once per tensor.
+    fn from_f64(w: f64) -> Self;
+
+    /// Decodes `bytes` (little-endian, `dtype`) into `out`, whose length is the element count.
+    fn load(dtype: Dtype, bytes: &[u8], out: &mut [Self]);
+
+    /// Encodes `acc` as `dtype` into `bytes`, rounding to nearest even.
+    fn store(dtype: Dtype, acc: &[Self], bytes: &mut [u8]);
+
+    /// `acc[i] += w * x[i]`, the kernel's inner loop.
+    fn axpy(acc: &mut [Self], w: Self, x: &[Self]);
+
+    /// `acc[i] = w * x[i]`, the first term: no zeroing pass.
+    fn scale(acc: &mut [Self], w: Self, x: &[Self]);
+}
+
+/// Reinterprets `bytes` as `T` when aligned; otherwise decodes through a copy into `scratch`.
+fn view<'a, T: bytemuck::Pod>(bytes: &'a [u8], scratch: &'a mut Vec<T>) -> &'a [T] {
+    match bytemuck::try_cast_slice(bytes) {
+        Ok(s) => s,
+        Err(_) => {
+            // Files whose header length isn't a multiple of 8 put the data at odd addresses.
+            scratch.clear();
+            scratch.resize(bytes.len() / std::mem::size_of::<T>(), T::zeroed());
+            bytemuck::cast_slice_mut::<T, u8>(scratch).copy_from_slice(bytes);
+            scratch
+        }
+    }
+}
+
+fn view_mut<T: bytemuck::Pod>(bytes: &mut [u8]) -> &mut [T] {
+    // The executors hand out buffers from Vec<u64>, so this cast only fails on a logic error.
+    bytemuck::cast_slice_mut(bytes)
+}
+
+impl Accumulator for f32 {
+    const DTYPE: Dtype = Dtype::F32;
+
+    fn from_f64(w: f64) -> Self {
+        w as f32
+    }
+
+    fn load(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+        match dtype {
+            Dtype::F32 => out.copy_from_slice(view::<f32>(bytes, &mut Vec::new())),
+            Dtype::F16 => view::<f16>(bytes, &mut Vec::new()).convert_to_f32_slice(out),
+            Dtype::BF16 => view::<bf16>(bytes, &mut Vec::new()).convert_to_f32_slice(out),
+            Dtype::F64 => {
+                let mut s = Vec::new();
+                for (o, x) in out.iter_mut().zip(view::<f64>(bytes, &mut s)) {
+                    *o = *x as f32;
+                }
+            }
+            other => unreachable!("the plan only averages float tensors, not {other}"),
+        }
+    }
+
+    fn store(dtype: Dtype, acc: &[f32], bytes: &mut [u8]) {
+        match dtype {
+            Dtype::F32 => view_mut::<f32>(bytes).copy_from_slice(acc),
+            Dtype::F16 => view_mut::<f16>(bytes).convert_from_f32_slice(acc),
+            Dtype::BF16 => view_mut::<bf16>(bytes).convert_from_f32_slice(acc),
+            Dtype::F64 => {
+                for (o, x) in view_mut::<f64>(bytes).iter_mut().zip(acc) {
+                    *o = *x as f64;
+                }
+            }
+            other => unreachable!("the plan only averages float tensors, not {other}"),
+        }
+    }
+
+    fn axpy(acc: &mut [f32], w: f32, x: &[f32]) {
+        for (a, x) in acc.iter_mut().zip(x) {
+            *a += w * *x;
+        }
+    }
+
+    fn scale(acc: &mut [f32], w: f32, x: &[f32]) {
+        for (a, x) in acc.iter_mut().zip(x) {
+            *a = w * *x;
+        }
+    }
+}
+
+impl Accumulator for f64 {
+    const DTYPE: Dtype = Dtype::F64;
+
+    fn from_f64(w: f64) -> Self {
+        w
+    }
+
+    fn load(dtype: Dtype, bytes: &[u8], out: &mut [f64]) {
+        match dtype {
+            Dtype::F64 => out.copy_from_slice(view::<f64>(bytes, &mut Vec::new())),
+            Dtype::F32 => {
+                for (o, x) in out.iter_mut().zip(view::<f32>(bytes, &mut Vec::new())) {
+                    *o = *x as f64;
+                }
+            }
+            Dtype::F16 => view::<f16>(bytes, &mut Vec::new()).convert_to_f64_slice(out),
+            Dtype::BF16 => view::<bf16>(bytes, &mut Vec::new()).convert_to_f64_slice(out),
+            other => unreachable!("the plan only averages float tensors, not {other}"),
+        }
+    }
+
+    fn store(dtype: Dtype, acc: &[f64], bytes: &mut [u8]) {
+        match dtype {
+            Dtype::F64 => view_mut::<f64>(bytes).copy_from_slice(acc),
+            Dtype::F32 => {
+                for (o, x) in view_mut::<f32>(bytes).iter_mut().zip(acc) {
+                    *o = *x as f32;
+                }
+            }
+            // Straight from f64: going through f32 first would round twice.
+            Dtype::F16 => view_mut::<f16>(bytes).convert_from_f64_slice(acc),
+            Dtype::BF16 => view_mut::<bf16>(bytes).convert_from_f64_slice(acc),
+            other => unreachable!("the plan only averages float tensors, not {other}"),
+        }
+    }
+
+    fn axpy(acc: &mut [f64], w: f64, x: &[f64]) {
+        for (a, x) in acc.iter_mut().zip(x) {
+            *a += w * *x;
+        }
+    }
+
+    fn scale(acc: &mut [f64], w: f64, x: &[f64]) {
+        for (a, x) in acc.iter_mut().zip(x) {
+            *a = w * *x;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for d in Dtype::ALL {
+            assert_eq!(Dtype::parse(d.name()), Some(d));
+        }
+        assert_eq!(Dtype::parse("F4"), None);
+        assert_eq!(Dtype::parse("bf16"), None);
+    }
+
+    #[test]
+    fn misaligned_bytes_decode_like_aligned_ones() {
+        let values = [1.5f32, -2.25, 3.0e-3];
+        let mut buf = vec![0u8; 13];
+        buf[1..].copy_from_slice(bytemuck::cast_slice(&values));
+        let mut out = [0f32; 3];
+        f32::load(Dtype::F32, &buf[1..], &mut out);
+        assert_eq!(out, values);
+    }
+
+    #[test]
+    fn non_finite_scan_sees_every_float_kind() {
+        let f16s = [half::f16::ONE, half::f16::INFINITY];
+        assert!(Dtype::F16.any_non_finite(bytemuck::cast_slice(&f16s)));
+        assert!(!Dtype::F16.any_non_finite(bytemuck::cast_slice(&f16s[..1])));
+        let bf = [half::bf16::NAN];
+        assert!(Dtype::BF16.any_non_finite(bytemuck::cast_slice(&bf)));
+        assert!(Dtype::F32.any_non_finite(bytemuck::cast_slice(&[1f32, f32::NEG_INFINITY])));
+        assert!(!Dtype::F32.any_non_finite(bytemuck::cast_slice(&[f32::MAX, -0.0])));
+        assert!(Dtype::F64.any_non_finite(bytemuck::cast_slice(&[f64::NAN])));
+        assert!(!Dtype::I64.any_non_finite(&[0xFF; 8]));
+    }
+
+    #[test]
+    fn f64_to_f16_rounds_once() {
+        // 1 + 2^-11 + 2^-40 is just above a tie in f16; via f32 it would round to the tie and then
+        // to even (1.0). Direct rounding gives the next f16 up.
+        let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        let mut bytes = [0u64; 1];
+        f64::store(
+            Dtype::F16,
+            &[x],
+            &mut bytemuck::cast_slice_mut(&mut bytes)[..2],
+        );
+        let got = f16::from_le_bytes([
+            bytemuck::cast_slice::<u64, u8>(&bytes)[0],
+            bytemuck::cast_slice::<u64, u8>(&bytes)[1],
+        ]);
+        assert_eq!(got, f16::from_f64(x));
+        assert!(got > f16::ONE);
+    }
+}

@@ -1,0 +1,157 @@
+//! Every call into the operating system that Rust can't check: memory maps, page advice,
+//! writeback hints and no-replace renames. All of the crate's `unsafe` is in this file.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+
+/// A read-only memory map of a whole input file.
+pub struct Mapping {
+    map: Option<Mmap>,
+}
+
+impl Mapping {
+    /// Maps `file` read-only.
+    ///
+    /// # Safety contract with the user
+    /// A mapped file that another process truncates while it is mapped makes the next read of a
+    /// missing page raise SIGBUS; one that is rewritten in place changes under us. The executor
+    /// re-checks every input's length and modification time before it publishes an output, and
+    /// the README documents that inputs must not be modified during a merge.
+    pub fn new(file: &File) -> io::Result<Mapping> {
+        let len = file.metadata()?.len();
+        if len == 0 {
+            // mmap of length 0 fails on Linux; an empty file is simply an empty slice.
+            return Ok(Mapping { map: None });
+        }
+        // SAFETY: the map is read-only and private to this process; the remaining hazard, another
+        // process changing the file, is the documented contract above.
+        let map = unsafe { Mmap::map(file)? };
+        // Read-ahead helps the one sequential pass a merge makes; failure only costs speed.
+        let _ = map.advise(Advice::Sequential);
+        Ok(Mapping { map: Some(map) })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Drops the pages of `range` from this process's resident set once they have been used,
+    /// so memory stays bounded by the chunks in flight, not by the model. The page cache keeps
+    /// them, so a later read is a minor fault, not disk I/O.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        let Some(map) = &self.map else { return };
+        let page = page_size();
+        let start = range.start.div_ceil(page) * page;
+        let end = (range.end / page) * page;
+        if end > start && end <= map.len() {
+            // SAFETY: MADV_DONTNEED on a read-only, file-backed shared mapping only unmaps the
+            // pages; any later access refaults the same file contents. No Rust reference into
+            // these pages can observe different data, so no aliasing rule is broken.
+            let _ = unsafe {
+                map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error, handled below.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
+
+/// Starts writeback of a written range without waiting, so the final fsync has less to do and
+/// disk writes overlap with computing the next chunks.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the fd is valid for the life of `file`; the call only hints the kernel and
+        // touches no memory of ours.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                offset as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+/// Renames `from` to `to` only if `to` does not exist, atomically. Returns `AlreadyExists`
+/// when it does.
+pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let cfrom = CString::new(from.as_os_str().as_bytes())?;
+        let cto = CString::new(to.as_os_str().as_bytes())?;
+        // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                cfrom.as_ptr(),
+                libc::AT_FDCWD,
+                cto.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // Filesystems without RENAME_NOREPLACE: a hard link is also atomic and no-replace.
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {}
+            _ => return Err(err),
+        }
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
+/// Whether a process with this id is alive, to tell our stale temporaries from a running merge's.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 performs only the existence and permission check.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Reserves `len` bytes for `file` so a full disk fails now, before any work, rather than
+/// half-way through. Filesystems without fallocate just get the length set.
+pub fn allocate(file: &File, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: the fd is valid for the life of `file`; fallocate touches no memory of ours.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if !matches!(
+            err.raw_os_error(),
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS)
+        ) {
+            return Err(err);
+        }
+    }
+    file.set_len(len)
+}

@@ -1,0 +1,259 @@
+//! Writing safetensors: the header encoder and the atomic file that never leaves a partial
+//! output at its destination.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::dtype::Dtype;
+use super::os;
+use crate::error::{Error, Result};
+
+/// One tensor's entry in a header being written.
+#[derive(Debug, Clone)]
+pub struct HeaderEntry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    pub begin: u64,
+    pub end: u64,
+}
+
+/// Encodes the 8-byte length and the JSON header, padded with spaces to a multiple of 8 so that
+/// the data section, and every tensor in it whose offset is aligned, is aligned in memory.
+/// Entries are written in the order given.
+pub fn encode_header(metadata: &BTreeMap<String, String>, entries: &[HeaderEntry]) -> Vec<u8> {
+    let q = |s: &str| serde_json::to_string(s).expect("strings always serialise");
+    let mut json = String::from("{");
+    if !metadata.is_empty() {
+        json.push_str("\"__metadata__\":{");
+        let fields: Vec<String> = metadata
+            .iter()
+            .map(|(k, v)| format!("{}:{}", q(k), q(v)))
+            .collect();
+        json.push_str(&fields.join(","));
+        json.push('}');
+        if !entries.is_empty() {
+            json.push(',');
+        }
+    }
+    let fields: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            let shape: Vec<String> = e.shape.iter().map(u64::to_string).collect();
+            format!(
+                "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+                q(&e.name),
+                e.dtype.name(),
+                shape.join(","),
+                e.begin,
+                e.end
+            )
+        })
+        .collect();
+    json.push_str(&fields.join(","));
+    json.push('}');
+    while (8 + json.len()) % 8 != 0 {
+        json.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(json.as_bytes());
+    out
+}
+
+const TEMP_MARK: &str = ".soup-tmp-";
+
+/// A file built under a temporary sibling name and published at its destination only by
+/// `commit`: after an fsync, by an atomic rename. Dropped uncommitted, it removes the temporary.
+pub struct AtomicFile {
+    dest: PathBuf,
+    temp: PathBuf,
+    file: File,
+    overwrite: bool,
+    committed: bool,
+}
+
+impl AtomicFile {
+    /// Creates the temporary sibling of `dest`. Refuses an existing `dest` unless `overwrite`.
+    pub fn create(dest: &Path, overwrite: bool) -> Result<AtomicFile> {
+        if !overwrite && dest.symlink_metadata().is_ok() {
+            return Err(Error::output(
+                dest,
+                "already exists; pass --force to replace it",
+            ));
+        }
+        let temp = temp_sibling(dest)?;
+        remove_stale_temporaries(dest);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .map_err(|e| Error::output(dest, format!("cannot create {}: {e}", temp.display())))?;
+        Ok(AtomicFile {
+            dest: dest.to_path_buf(),
+            temp,
+            file,
+            overwrite,
+            committed: false,
+        })
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Reserves the final size up front, so a full disk is reported before any work is done.
+    pub fn allocate(&self, len: u64) -> Result<()> {
+        os::allocate(&self.file, len).map_err(|e| self.write_error(e))
+    }
+
+    /// Writes `bytes` at `offset`. Safe to call from several threads for disjoint ranges.
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|e| self.write_error(e))
+    }
+
+    pub(crate) fn write_error(&self, e: io::Error) -> Error {
+        let reason = if e.raw_os_error() == Some(libc::ENOSPC) {
+            "no space left on device; free some space or write the output elsewhere with -o"
+                .to_string()
+        } else {
+            format!("cannot write {}: {e}", self.temp.display())
+        };
+        Error::output(&self.dest, reason)
+    }
+
+    /// Flushes to disk and publishes the file at its destination.
+    pub fn commit(mut self) -> Result<()> {
+        self.file.sync_all().map_err(|e| self.write_error(e))?;
+        let published = if self.overwrite {
+            std::fs::rename(&self.temp, &self.dest)
+        } else {
+            os::rename_no_replace(&self.temp, &self.dest)
+        };
+        published.map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Error::output(
+                    &self.dest,
+                    "was created by another process during the merge; pass --force to replace it",
+                )
+            } else {
+                Error::output(
+                    &self.dest,
+                    format!("cannot rename {} into place: {e}", self.temp.display()),
+                )
+            }
+        })?;
+        self.committed = true;
+        sync_parent(&self.dest);
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// `dir/.name.soup-tmp-PID-N`: hidden, beside the destination so the rename stays on one
+/// filesystem, and tagged with our pid so a later run can tell a dead run's leftovers.
+pub(crate) fn temp_sibling(dest: &Path) -> Result<PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = dest.file_name().ok_or_else(|| {
+        Error::output(
+            dest,
+            "is not a file name; give -o a path such as soup.safetensors",
+        )
+    })?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp_name = format!(
+        ".{}{TEMP_MARK}{}-{n}",
+        name.to_string_lossy(),
+        std::process::id()
+    );
+    Ok(parent_dir(dest).join(temp_name))
+}
+
+/// Removes temporaries for `dest` left by runs that died (SIGKILL, power loss).
+pub(crate) fn remove_stale_temporaries(dest: &Path) {
+    let Some(name) = dest.file_name() else { return };
+    let prefix = format!(".{}{TEMP_MARK}", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent_dir(dest)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !os::process_alive(pid) {
+                let path = entry.path();
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+            }
+        }
+    }
+}
+
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes the rename itself durable. Failure here can't lose data already renamed, so it is
+/// not reported.
+pub(crate) fn sync_parent(path: &Path) {
+    if let Ok(dir) = File::open(parent_dir(path)) {
+        let _ = dir.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_padded_to_eight_bytes() {
+        for name in [
+            "a", "ab", "abc", "abcd", "abcde", "abcdef", "abcdefg", "abcdefgh",
+        ] {
+            let entries = [HeaderEntry {
+                name: name.into(),
+                dtype: Dtype::F32,
+                shape: vec![],
+                begin: 0,
+                end: 4,
+            }];
+            let bytes = encode_header(&BTreeMap::new(), &entries);
+            assert_eq!(bytes.len() % 8, 0);
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            assert_eq!(n + 8, bytes.len());
+            let v: serde_json::Value = serde_json::from_slice(&bytes[8..]).unwrap();
+            assert_eq!(v[name]["data_offsets"][1], 4);
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Running a `Plan`: every output tensor, chunk by chunk in parallel, into a file through the
+//! atomic writer, or into memory for the evaluator.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::kernel::{self, Scratch, Source, CHUNK_ELEMENTS};
+use super::plan::{Action, Plan, TensorPlan};
+use crate::error::{printable, Error, Result};
+use crate::format::{start_writeback, AtomicFile, HeaderEntry};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks running merges to stop at their next chunk and remove their temporaries. Safe to call
+/// from a signal handler thread.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// How to treat findings about the data, and where progress goes.
+#[derive(Clone, Copy)]
+pub struct RunOptions<'a> {
+    /// Turn every warning into an error, and so refuse to publish the output.
+    pub strict: bool,
+    /// Called with the number of output bytes each finished chunk produced.
+    pub progress: &'a (dyn Fn(u64) + Sync),
+}
+
+impl Default for RunOptions<'_> {
+    fn default() -> Self {
+        RunOptions {
+            strict: false,
+            progress: &|_| {},
+        }
+    }
+}
+
+/// Something about the data that the user should know: the merge went on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// The tensor concerned, as named in the files.
+    pub tensor: String,
+    /// The input concerned, when it is one input's doing.
+    pub input: Option<PathBuf>,
+    /// `integers-differ`, `non-finite-input` or `non-finite-output`.
+    pub kind: &'static str,
+    /// One line for people.
+    pub message: String,
+}
+
+/// A merge's output held in memory: the header entries, in output order, and the data section.
+pub struct Soup {
+    pub entries: Vec<HeaderEntry>,
+    pub data: Vec<u8>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl Soup {
+    /// One tensor's entry and bytes.
+    pub fn tensor(&self, name: &str) -> Option<(&HeaderEntry, &[u8])> {
+        let e = self.entries.iter().find(|e| e.name == name)?;
+        Some((e, &self.data[e.begin as usize..e.end as usize]))
+    }
+}
+
+/// A fixed-size piece of one output tensor: elements `start..end` of tensor `tensor`.
+struct Job {
+    tensor: usize,
+    start: usize,
+    end: usize,
+}
+
+fn jobs(plan: &Plan) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for (t, tensor) in plan.tensors.iter().enumerate() {
+        let n = tensor.elements() as usize;
+        jobs.extend((0..n).step_by(CHUNK_ELEMENTS).map(|start| Job {
+            tensor: t,
+            start,
+            end: (start + CHUNK_ELEMENTS).min(n),
+        }));
+    }
+    jobs
+}
+
+/// Runs `plan` and publishes the result at `dest`, atomically. Refuses an existing `dest`
+/// unless `overwrite`, and a `dest` that is one of the inputs always.
+pub fn write(
+    plan: &Plan,
+    dest: &Path,
+    overwrite: bool,
+    options: RunOptions<'_>,
+) -> Result<Vec<Warning>> {
+    refuse_input_as_output(plan, dest)?;
+    let header = plan.header();
+    let base = header.len() as u64;
+    let out = AtomicFile::create(dest, overwrite)?;
+    out.allocate(base + plan.data_len())?;
+    out.write_at(0, &header)?;
+    let warnings = run(plan, options, |job, bytes| {
+        let offset = base
+            + plan.tensors[job.tensor].begin
+            + (job.start * plan.tensors[job.tensor].dtype.size()) as u64;
+        out.write_at(offset, bytes)?;
+        start_writeback(out.file(), offset, bytes.len() as u64);
+        Ok(())
+    })?;
+    for ingredient in &plan.ingredients {
+        ingredient.check_unchanged()?;
+    }
+    out.commit()?;
+    Ok(warnings)
+}
+
+/// Runs `plan` into memory.
+pub fn to_memory(plan: &Plan, options: RunOptions<'_>) -> Result<(Soup, Vec<Warning>)> {
+    let data = Mutex::new(vec![0u8; plan.data_len() as usize]);
+    // Jobs are disjoint, so the lock is held only for a memcpy of one chunk.
+    let warnings = run(plan, options, |job, bytes| {
+        let offset = plan.tensors[job.tensor].begin as usize
+            + job.start * plan.tensors[job.tensor].dtype.size();
+        data.lock().expect("no job panics while holding it")[offset..offset + bytes.len()]
+            .copy_from_slice(bytes);
+        Ok(())
+    })?;
+    let soup = Soup {
+        entries: plan.entries(),
+        data: data.into_inner().expect("no job panics"),
+        metadata: plan.metadata.clone(),
+    };
+    Ok((soup, warnings))
+}
+
+fn run(
+    plan: &Plan,
+    options: RunOptions<'_>,
+    sink: impl Fn(&Job, &[u8]) -> Result<()> + Sync,
+) -> Result<Vec<Warning>> {
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    let findings = Mutex::new(Vec::new());
+    jobs(plan)
+        .par_iter()
+        .try_for_each_init(Scratch::default, |scratch, job| {
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                return Err(Error::Interrupted);
+            }
+            let tensor = &plan.tensors[job.tensor];
+            let (bytes, found) = compute(plan, tensor, job, scratch);
+            if let Some(w) = found {
+                if options.strict {
+                    return Err(strict_error(&w));
+                }
+                findings
+                    .lock()
+                    .expect("no panics while held")
+                    .push((job.tensor, job.start, w));
+            }
+            sink(job, bytes)?;
+            release_inputs(plan, tensor, job);
+            (options.progress)(bytes.len() as u64);
+            Ok(())
+        })?;
+    let mut findings = findings.into_inner().expect("no panics while held");
+    findings.sort_by_key(|(t, start, w)| (*t, w.input.clone(), *start));
+    // One warning per tensor and input and kind, however many chunks saw it.
+    findings.dedup_by(|a, b| a.0 == b.0 && a.2.input == b.2.input && a.2.kind == b.2.kind);
+    Ok(findings.into_iter().map(|(_, _, w)| w).collect())
+}
+
+fn strict_error(w: &Warning) -> Error {
+    Error::Plan(format!(
+        "{} (--strict makes this an error; the output was not written)",
+        w.message
+    ))
+}
+
+/// One chunk's output bytes, and what it found wrong with the data, if anything.
+fn compute<'s>(
+    plan: &Plan,
+    tensor: &TensorPlan,
+    job: &Job,
+    scratch: &'s mut Scratch,
+) -> (&'s [u8], Option<Warning>) {
+    match &tensor.action {
+        Action::Average { terms, wide } => {
+            let sources: Vec<Source<'_>> = terms
+                .iter()
+                .map(|term| {
+                    let t = plan.ingredients[term.ingredient]
+                        .tensor(&tensor.name)
+                        .expect("planned");
+                    Source {
+                        dtype: t.info.dtype,
+                        data: t.data,
+                        weight: term.weight,
+                    }
+                })
+                .collect();
+            let out = kernel::average(&sources, job.start..job.end, tensor.dtype, *wide, scratch);
+            let found = if tensor.dtype.any_non_finite(out) {
+                Some(explain_non_finite(plan, tensor, job, &sources, terms))
+            } else {
+                None
+            };
+            (out, found)
+        }
+        Action::Copy { from, others } => {
+            let size = tensor.dtype.size();
+            let range = job.start * size..job.end * size;
+            let src = &plan.ingredients[*from]
+                .tensor(&tensor.name)
+                .expect("planned")
+                .data[range.clone()];
+            let differs = others.iter().find(|&&i| {
+                plan.ingredients[i]
+                    .tensor(&tensor.name)
+                    .expect("planned")
+                    .data[range.clone()]
+                    != *src
+            });
+            let found = differs.map(|&i| Warning {
+                tensor: tensor.name.clone(),
+                input: Some(plan.ingredients[i].path().to_path_buf()),
+                kind: "integers-differ",
+                message: format!(
+                    "tensor '{}' ({}) differs between {} and {}; non-float tensors are not averaged, so the first input's value was copied",
+                    printable(&tensor.name),
+                    tensor.dtype,
+                    plan.ingredients[*from].path().display(),
+                    plan.ingredients[i].path().display()
+                ),
+            });
+            let out = scratch.out(src.len());
+            out.copy_from_slice(src);
+            (out, found)
+        }
+    }
+}
+
+fn explain_non_finite(
+    plan: &Plan,
+    tensor: &TensorPlan,
+    job: &Job,
+    sources: &[Source<'_>],
+    terms: &[super::plan::Term],
+) -> Warning {
+    let culprit = sources.iter().zip(terms).find(|(s, _)| {
+        let size = s.dtype.size();
+        s.dtype
+            .any_non_finite(&s.data[job.start * size..job.end * size])
+    });
+    match culprit {
+        Some((_, term)) => {
+            let path = plan.ingredients[term.ingredient].path();
+            Warning {
+                tensor: tensor.name.clone(),
+                input: Some(path.to_path_buf()),
+                kind: "non-finite-input",
+                message: format!("tensor '{}' has NaN or infinite values in {}; the soup inherits them", printable(&tensor.name), path.display()),
+            }
+        }
+        None => Warning {
+            tensor: tensor.name.clone(),
+            input: None,
+            kind: "non-finite-output",
+            message: format!(
+                "tensor '{}' overflowed to infinity when stored as {} although the inputs are finite; use --dtype with a wider type (bf16 or f32)",
+                printable(&tensor.name),
+                tensor.dtype
+            ),
+        },
+    }
+}
+
+fn release_inputs(plan: &Plan, tensor: &TensorPlan, job: &Job) {
+    let inputs: Vec<usize> = match &tensor.action {
+        Action::Average { terms, .. } => terms.iter().map(|t| t.ingredient).collect(),
+        Action::Copy { from, others } => std::iter::once(*from)
+            .chain(others.iter().copied())
+            .collect(),
+    };
+    for i in inputs {
+        let ck = &plan.ingredients[i];
+        let t = ck.tensor(&tensor.name).expect("planned");
+        let size = t.info.dtype.size();
+        ck.release(&t, job.start * size..job.end * size);
+    }
+}
+
+fn refuse_input_as_output(plan: &Plan, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = std::fs::metadata(dest) else {
+        return Ok(());
+    };
+    for ck in &plan.ingredients {
+        for shard in ck.shards() {
+            if let Ok(m) = std::fs::metadata(shard.path()) {
+                if (m.dev(), m.ino()) == (out.dev(), out.ino()) {
+                    return Err(Error::output(dest, format!("is the input {}; write the soup to a new path with -o (an input is never overwritten, even with --force)", shard.path().display())));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! From ingredients and weights to a validated `Plan`: what every output tensor is made of,
+//! its dtype and its place in the output. Headers only; no tensor byte is read here.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{printable, Error, Result};
+use crate::format::{encode_header, Checkpoint, Dtype, HeaderEntry};
+
+/// What to do with a tensor that some ingredients lack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissing {
+    /// Refuse the merge and list the tensors.
+    #[default]
+    Error,
+    /// Leave the tensor out of the output.
+    Skip,
+    /// Copy it from the first ingredient that has it.
+    First,
+    /// Average over the ingredients that have it, with their weights rescaled to the same sum.
+    Renormalize,
+}
+
+/// Choices that shape the plan beyond the ingredients and weights.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Output dtype of averaged tensors; `None` keeps the first ingredient's.
+    pub dtype: Option<Dtype>,
+    pub on_missing: OnMissing,
+    /// Extra `__metadata__` entries for the output (recipes, say), after the provenance.
+    pub extra_metadata: BTreeMap<String, String>,
+}
+
+/// One weighted input of an averaged tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Term {
+    pub ingredient: usize,
+    pub weight: f64,
+}
+
+/// How an output tensor is made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `sum(weight * x)` over the terms in order, accumulated in f64 when `wide`, else f32.
+    Average { terms: Vec<Term>, wide: bool },
+    /// A non-float tensor: copied from `from`, and compared with `others`, which should match.
+    Copy { from: usize, others: Vec<usize> },
+}
+
+/// One output tensor.
+#[derive(Debug, Clone)]
+pub struct TensorPlan {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    /// Byte range in the output's data section.
+    pub begin: u64,
+    pub end: u64,
+    pub action: Action,
+}
+
+impl TensorPlan {
+    pub fn elements(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// A validated merge: ingredients, weights and every output tensor, ready to execute.
+pub struct Plan {
+    pub ingredients: Vec<Checkpoint>,
+    pub weights: Vec<f64>,
+    /// Output tensors, sorted by name, laid out back to back.
+    pub tensors: Vec<TensorPlan>,
+    /// The output's `__metadata__`.
+    pub metadata: BTreeMap<String, String>,
+    /// Tensors that are in some ingredients but not others, and what was done about them.
+    pub missing: Vec<String>,
+}
+
+/// Keys the output's `__metadata__` gets, beside the first ingredient's own.
+pub const META_INGREDIENTS: &str = "model_soup.ingredients";
+pub const META_WEIGHTS: &str = "model_soup.weights";
+pub const META_METHOD: &str = "model_soup.method";
+pub const META_TOOL: &str = "model_soup.tool";
+
+/// The name and version written into outputs.
+pub fn tool_version() -> String {
+    format!("model-soup {}", env!("CARGO_PKG_VERSION"))
+}
+
+impl Plan {
+    /// Checks the ingredients against each other and lays out the output.
+    pub fn new(
+        ingredients: Vec<Checkpoint>,
+        weights: Vec<f64>,
+        options: &PlanOptions,
+    ) -> Result<Plan> {
+        check_weights(&ingredients, &weights)?;
+        let mut names: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, ck) in ingredients.iter().enumerate() {
+            for t in ck.tensors() {
+                names.entry(t.info.name.as_str()).or_default().push(i);
+            }
+        }
+        let partial: Vec<&str> = names
+            .iter()
+            .filter(|(_, have)| have.len() != ingredients.len())
+            .map(|(n, _)| *n)
+            .collect();
+        if !partial.is_empty() && options.on_missing == OnMissing::Error {
+            return Err(missing_error(&ingredients, &names));
+        }
+        check_shapes(&ingredients, &names)?;
+
+        let mut tensors = Vec::with_capacity(names.len());
+        let mut offset = 0u64;
+        for (name, have) in &names {
+            let Some((dtype, action)) = plan_tensor(&ingredients, &weights, options, name, have)?
+            else {
+                continue;
+            };
+            let first = ingredients[have[0]].tensor(name).expect("listed above");
+            let shape = first.info.shape.clone();
+            let len = first.info.elements() * dtype.size() as u64;
+            tensors.push(TensorPlan {
+                name: name.to_string(),
+                dtype,
+                shape,
+                begin: offset,
+                end: offset + len,
+                action,
+            });
+            offset += len;
+        }
+        let metadata = output_metadata(&ingredients, &weights, options);
+        let missing = partial.iter().map(|s| s.to_string()).collect();
+        Ok(Plan {
+            ingredients,
+            weights,
+            tensors,
+            metadata,
+            missing,
+        })
+    }
+
+    /// Bytes of tensor data in the output.
+    pub fn data_len(&self) -> u64 {
+        self.tensors.last().map_or(0, |t| t.end)
+    }
+
+    /// The output's header entries, in output order.
+    pub fn entries(&self) -> Vec<HeaderEntry> {
+        self.tensors
+            .iter()
+            .map(|t| HeaderEntry {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                begin: t.begin,
+                end: t.end,
+            })
+            .collect()
+    }
+
+    /// The output file's header bytes.
+    pub fn header(&self) -> Vec<u8> {
+        encode_header(&self.metadata, &self.entries())
+    }
+
+    /// Size of the output file, header included.
+    pub fn file_len(&self) -> u64 {
+        self.header().len() as u64 + self.data_len()
+    }
+
+    /// Bytes of tensor data read from the ingredients.
+    pub fn read_len(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| {
+                let inputs: Vec<usize> = match &t.action {
+                    Action::Average { terms, .. } => terms.iter().map(|x| x.ingredient).collect(),
+                    Action::Copy { from, others } => std::iter::once(*from)
+                        .chain(others.iter().copied())
+                        .collect(),
+                };
+                inputs
+                    .iter()
+                    .map(|&i| {
+                        self.ingredients[i]
+                            .tensor(&t.name)
+                            .map_or(0, |x| x.info.len_bytes())
+                    })
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+}
+
+fn check_weights(ingredients: &[Checkpoint], weights: &[f64]) -> Result<()> {
+    if ingredients.is_empty() {
+        return Err(Error::Plan(
+            "no ingredients: give at least one .safetensors input".into(),
+        ));
+    }
+    if weights.len() != ingredients.len() {
+        return Err(Error::Plan(format!(
+            "{} weights for {} inputs; give one weight per input with --weights, or none for 1/N each",
+            weights.len(),
+            ingredients.len()
+        )));
+    }
+    if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
+        return Err(Error::Plan(format!(
+            "weight {} ({w}) for {} is not finite; give finite numbers to --weights",
+            i + 1,
+            ingredients[i].path().display()
+        )));
+    }
+    Ok(())
+}
+
+fn list_names<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    let shown: Vec<String> = names
+        .iter()
+        .take(5)
+        .map(|n| format!("'{}'", printable(n)))
+        .collect();
+    let more = names.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}
+
+fn missing_error(ingredients: &[Checkpoint], names: &BTreeMap<&str, Vec<usize>>) -> Error {
+    let mut parts = Vec::new();
+    for (i, ck) in ingredients.iter().enumerate() {
+        let lacking: Vec<&str> = names
+            .iter()
+            .filter(|(_, have)| !have.contains(&i))
+            .map(|(n, _)| *n)
+            .collect();
+        if !lacking.is_empty() {
+            parts.push(format!(
+                "{} lacks {} tensor(s): {}",
+                ck.path().display(),
+                lacking.len(),
+                list_names(lacking)
+            ));
+        }
+    }
+    Error::Plan(format!(
+        "inputs have different tensor names: {}; are they fine-tunes of the same model? (--on-missing skip|first|renormalize decides what to do)",
+        parts.join("; ")
+    ))
+}
+
+fn check_shapes(ingredients: &[Checkpoint], names: &BTreeMap<&str, Vec<usize>>) -> Result<()> {
+    let mut bad = Vec::new();
+    let mut example = None;
+    for (name, have) in names {
+        let first = ingredients[have[0]].tensor(name).expect("indexed");
+        for &i in &have[1..] {
+            let other = ingredients[i].tensor(name).expect("indexed");
+            if other.info.shape != first.info.shape {
+                bad.push(*name);
+                example.get_or_insert_with(|| {
+                    format!(
+                        "'{}' is {:?} in {} but {:?} in {}",
+                        printable(name),
+                        first.info.shape,
+                        ingredients[have[0]].path().display(),
+                        other.info.shape,
+                        ingredients[i].path().display()
+                    )
+                });
+                break;
+            }
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Plan(format!(
+        "{} tensor(s) differ in shape between inputs: {} ({}); only fine-tunes of one architecture can be averaged",
+        bad.len(),
+        list_names(bad),
+        example.unwrap_or_default()
+    )))
+}
+
+fn plan_tensor(
+    ingredients: &[Checkpoint],
+    weights: &[f64],
+    options: &PlanOptions,
+    name: &str,
+    have: &[usize],
+) -> Result<Option<(Dtype, Action)>> {
+    let complete = have.len() == ingredients.len();
+    let have: &[usize] = match options.on_missing {
+        _ if complete => have,
+        OnMissing::Error | OnMissing::Skip => return Ok(None),
+        OnMissing::First => &have[..1],
+        OnMissing::Renormalize => have,
+    };
+    let dtypes: Vec<Dtype> = have
+        .iter()
+        .map(|&i| ingredients[i].tensor(name).expect("indexed").info.dtype)
+        .collect();
+    let averaged = dtypes.iter().filter(|d| d.is_averaged()).count();
+    let first_path = || {
+        ingredients[have[0]]
+            .shard_path(&ingredients[have[0]].tensor(name).expect("indexed"))
+            .to_path_buf()
+    };
+    if averaged == 0 {
+        if let Some(pos) = dtypes.iter().position(|d| *d != dtypes[0]) {
+            return Err(Error::tensor(
+                &first_path(),
+                name,
+                format!(
+                    "is {} here but {} in {}; non-float tensors are copied and must have one dtype",
+                    dtypes[0],
+                    dtypes[pos],
+                    ingredients[have[pos]].path().display()
+                ),
+            ));
+        }
+        let action = Action::Copy {
+            from: have[0],
+            others: have[1..].to_vec(),
+        };
+        return Ok(Some((dtypes[0], action)));
+    }
+    if averaged != dtypes.len() {
+        let pos = dtypes
+            .iter()
+            .position(|d| !d.is_averaged())
+            .expect("some are not averaged");
+        let float = dtypes
+            .iter()
+            .position(|d| d.is_averaged())
+            .expect("some are");
+        return Err(Error::Plan(format!(
+            "tensor '{}' is {} in {} but {} in {}; a tensor must be a float in every input or in none",
+            printable(name),
+            dtypes[float],
+            ingredients[have[float]].path().display(),
+            dtypes[pos],
+            ingredients[have[pos]].path().display()
+        )));
+    }
+    let out = options.dtype.unwrap_or(dtypes[0]);
+    let scale = if complete {
+        1.0
+    } else {
+        rescale(weights, have, name)?
+    };
+    let mut terms: Vec<Term> = have
+        .iter()
+        .map(|&i| Term {
+            ingredient: i,
+            weight: weights[i] * scale,
+        })
+        .collect();
+    // A zero weight contributes nothing, and multiplying by it would still turn -0.0 into 0.0
+    // and an ignored input's NaN into the soup's; the first term stays so there is a shape.
+    let first = terms[0];
+    terms.retain(|t| t.weight != 0.0);
+    if terms.is_empty() {
+        terms.push(first);
+    }
+    let wide = matches!(out, Dtype::F32 | Dtype::F64) || dtypes.contains(&Dtype::F64);
+    Ok(Some((out, Action::Average { terms, wide })))
+}
+
+/// The factor that brings the weights of the inputs that have a tensor back to the full sum.
+/// With `first`, the single input gets weight 1.
+fn rescale(weights: &[f64], have: &[usize], name: &str) -> Result<f64> {
+    let total: f64 = if have.len() == 1 {
+        1.0
+    } else {
+        weights.iter().sum()
+    };
+    let present: f64 = have.iter().map(|&i| weights[i]).sum();
+    let scale = total / present;
+    if scale.is_finite() {
+        Ok(scale)
+    } else {
+        Err(Error::Plan(format!(
+            "the inputs that have tensor '{}' have weights summing to 0, so they can't be rescaled; use --on-missing skip",
+            printable(name)
+        )))
+    }
+}
+
+fn output_metadata(
+    ingredients: &[Checkpoint],
+    weights: &[f64],
+    options: &PlanOptions,
+) -> BTreeMap<String, String> {
+    let mut meta = ingredients[0].metadata().clone();
+    let names: Vec<String> = ingredients.iter().map(|c| display_name(c.path())).collect();
+    meta.insert(
+        META_INGREDIENTS.into(),
+        serde_json::to_string(&names).expect("strings serialise"),
+    );
+    meta.insert(
+        META_WEIGHTS.into(),
+        serde_json::to_string(weights).expect("finite floats serialise"),
+    );
+    meta.insert(META_METHOD.into(), "linear".into());
+    meta.insert(META_TOOL.into(), tool_version());
+    meta.extend(options.extra_metadata.clone());
+    meta
+}
+
+/// The file or directory name that stands for an ingredient in provenance.
+pub fn display_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
