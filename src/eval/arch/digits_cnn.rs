@@ -1,0 +1,135 @@
+//! The small CNN of the fixtures: two conv + batch-norm + ReLU + max-pool blocks and a linear head, for 8×8 digits.
+//!
+//! The layout follows the ResNet stem convention (a convolution without bias, then batch norm),
+//! with PyTorch's tensor names, so a state dict saved from the equivalent `torch.nn` module loads
+//! unchanged:
+//!
+//! | tensor                      | shape          |
+//! |-----------------------------|----------------|
+//! | `conv1.weight`              | [16, 1, 3, 3]  |
+//! | `bn1.{weight,bias,running_mean,running_var}` | [16] |
+//! | `bn1.num_batches_tracked`   | [] (i64, ignored) |
+//! | `conv2.weight`              | [32, 16, 3, 3] |
+//! | `bn2.{weight,bias,running_mean,running_var}` | [32] |
+//! | `bn2.num_batches_tracked`   | [] (i64, ignored) |
+//! | `fc.weight`                 | [10, 128]      |
+//! | `fc.bias`                   | [10]           |
+//!
+//! Input: f32 [N, 1, 8, 8]. Output: logits [N, 10].
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{
+    batch_norm, conv2d_no_bias, linear, BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder,
+};
+
+use super::{Architecture, Classifier, TensorSpec};
+
+/// Channels of the first convolution.
+const C1: usize = 16;
+/// Channels of the second convolution.
+const C2: usize = 32;
+/// Number of classes (the ten digits).
+const CLASSES: usize = 10;
+/// Batch-norm epsilon, PyTorch's default.
+pub const BN_EPS: f64 = 1e-5;
+
+/// The registry entry for [`DigitsCnn`].
+pub struct DigitsCnnArch;
+
+impl Architecture for DigitsCnnArch {
+    fn name(&self) -> &'static str {
+        "digits-cnn"
+    }
+
+    fn summary(&self) -> &'static str {
+        "small CNN for 8x8 grey digits (conv-bn-relu-pool x2, linear), 10 classes"
+    }
+
+    fn input_shape(&self) -> Vec<usize> {
+        vec![1, 8, 8]
+    }
+
+    fn num_classes(&self) -> usize {
+        CLASSES
+    }
+
+    fn tensors(&self) -> Vec<TensorSpec> {
+        let mut specs = vec![TensorSpec::float("conv1.weight", &[C1, 1, 3, 3])];
+        specs.extend(bn_specs("bn1", C1));
+        specs.push(TensorSpec::float("conv2.weight", &[C2, C1, 3, 3]));
+        specs.extend(bn_specs("bn2", C2));
+        specs.push(TensorSpec::float("fc.weight", &[CLASSES, C2 * 2 * 2]));
+        specs.push(TensorSpec::float("fc.bias", &[CLASSES]));
+        specs
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+        Ok(Box::new(DigitsCnn::new(vb)?))
+    }
+}
+
+fn bn_specs(prefix: &str, n: usize) -> Vec<TensorSpec> {
+    let mut specs: Vec<TensorSpec> = ["weight", "bias", "running_mean", "running_var"]
+        .iter()
+        .map(|leaf| TensorSpec::float(&format!("{prefix}.{leaf}"), &[n]))
+        .collect();
+    specs.push(TensorSpec::buffer(
+        &format!("{prefix}.num_batches_tracked"),
+        &[],
+    ));
+    specs
+}
+
+/// The model itself. Built from any [`VarBuilder`]: a `VarMap` for training
+/// (`examples/make-fixtures.rs`) or in-memory tensors for evaluation.
+pub struct DigitsCnn {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    fc: Linear,
+}
+
+impl DigitsCnn {
+    /// Builds the model from `vb`, reading the tensor names listed in the module docs.
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        let conv = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        Ok(Self {
+            conv1: conv2d_no_bias(1, C1, 3, conv, vb.pp("conv1"))?,
+            bn1: batch_norm(C1, BN_EPS, vb.pp("bn1"))?,
+            conv2: conv2d_no_bias(C1, C2, 3, conv, vb.pp("conv2"))?,
+            bn2: batch_norm(C2, BN_EPS, vb.pp("bn2"))?,
+            fc: linear(C2 * 2 * 2, CLASSES, vb.pp("fc"))?,
+        })
+    }
+
+    /// Logits for a batch `x` of shape [N, 1, 8, 8]. With `train`, batch norm uses the batch's
+    /// statistics and updates its running ones; otherwise it uses the running statistics.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        x.apply(&self.conv1)?
+            .apply_t(&self.bn1, train)?
+            .relu()?
+            .max_pool2d(2)?
+            .apply(&self.conv2)?
+            .apply_t(&self.bn2, train)?
+            .relu()?
+            .max_pool2d(2)?
+            .flatten_from(1)?
+            .apply(&self.fc)
+    }
+}
+
+impl Classifier for DigitsCnn {
+    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, false)
+    }
+}
+
+impl Module for DigitsCnn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, false)
+    }
+}

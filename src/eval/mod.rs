@@ -1,0 +1,3 @@
+//! Evaluate checkpoints and soups with candle: models, datasets, scores, greedy search, ensembles, reports.
+
+pub mod arch;
