@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""Time soup-merge against the machine's floor and against mergekit, a naive torch script and a numpy
+streaming script, on synthetic Llama-style checkpoints. Usually started through bench/run.sh.
+
+    python3 bench/bench.py --sizes 1,4 --phases tools,threads,cold [--dtype bf16] [--reps 5]
+    python3 bench/bench.py --sizes 1,2,4,8 --phases scaling --reps 3 --big-gib 8 --big-reps 1
+
+Phases, run for each size in turn (inputs are made once per size, then deleted unless --keep-inputs):
+  tools    floor, soup-merge and the baselines, alternating, --reps repetitions, then compare.py on
+           the outputs of the last repetition
+  cold     one repetition of each tool after dropping the page cache (needs root; skipped otherwise)
+  threads  soup-merge with RAYON_NUM_THREADS=1 and 2, alternating, and `cmp` of their outputs
+  scaling  floor and soup-merge only, for the size-vs-time and size-vs-RSS series
+
+Timing: wall clock around each process, peak RSS from `/usr/bin/time -v` (os.wait4 when absent).
+Before every timed run (warm phases) the inputs are read once untimed, the previous output is deleted
+and `sync` runs, so that no tool pays for another's cache misses or dirty pages.
+Prints a markdown report on stdout and writes it, with the raw JSON, under DATA/results/.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHARED = os.path.join(os.path.dirname(REPO), "shared", "bench")
+GIB = 1 << 30
+
+TOOL_TITLES = {
+    "floor": "floor: read inputs + write output + fsync",
+    "floor-nofsync": "floor without fsync",
+    "soup": "soup-merge",
+    "mergekit": "mergekit-yaml (linear)",
+    "naive": "naive torch script",
+    "numpy": "numpy streaming script",
+}
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Runner:
+    """Runs one command, returns its wall time and peak RSS; keeps its stdout/stderr in a log file."""
+
+    def __init__(self, logs):
+        self.logs = logs
+        self.gnu_time = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+        self.count = 0
+
+    def run(self, label, cmd, env=None):
+        self.count += 1
+        log_path = os.path.join(self.logs, f"{self.count:04d}-{label}.log")
+        full_env = dict(os.environ, **(env or {}))
+        with open(log_path, "w") as logf, tempfile.NamedTemporaryFile("r", suffix=".time") as tfile:
+            logf.write(" ".join(cmd) + "\n")
+            logf.flush()
+            wrapped = [self.gnu_time, "-v", "-o", tfile.name] + cmd if self.gnu_time else cmd
+            start = time.perf_counter()
+            proc = subprocess.Popen(wrapped, stdout=logf, stderr=subprocess.STDOUT, env=full_env)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            rss_kib = usage.ru_maxrss
+            if self.gnu_time:
+                for line in tfile.read().splitlines():
+                    if "Maximum resident set size" in line:
+                        rss_kib = int(line.rsplit(":", 1)[1])
+        if proc.returncode != 0:
+            with open(log_path) as f:
+                tail = f.read()[-2000:]
+            log(f"{label} failed with exit code {proc.returncode}; log {log_path}:\n{tail}")
+        return {"wall": wall, "rss_mib": rss_kib / 1024, "rc": proc.returncode, "log": log_path}
+
+
+def warm(paths):
+    """Read every byte of `paths` once, untimed, so the timed run finds them in the page cache."""
+    buf = memoryview(bytearray(8 << 20))
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
+def drop_caches():
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def size_of(path):
+    if os.path.isdir(path):
+        return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".safetensors"))
+    return os.path.getsize(path)
+
+
+def free_bytes(path):
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.data = os.path.abspath(a.data)
+        self.out_dir = os.path.join(self.data, "out")
+        self.logs = os.path.join(self.data, "logs")
+        for d in (self.data, self.out_dir, self.logs):
+            os.makedirs(d, exist_ok=True)
+        self.runner = Runner(self.logs)
+        self.py = a.python
+        self.report = []
+        self.raw = {"started": now(), "machine": machine(self.data), "command": a.command, "sizes": {}}
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def input_dir(self, gib):
+        tag = f"{gib:g}g-{self.a.dtype}" + (f"-h{self.a.hidden}-v{self.a.vocab}" if self.a.hidden else "")
+        return os.path.join(self.data, "in-" + tag)
+
+    def make_inputs(self, gib):
+        """Three model directories (model.safetensors + config.json), seeds 0, 1, 2; reused if present."""
+        base = self.input_dir(gib)
+        dirs = [os.path.join(base, f"seed{s}") for s in range(3)]
+        todo = [d for d in dirs if not os.path.exists(os.path.join(d, ".done"))]
+        if todo:
+            need = len(todo) * gib * GIB * 1.02 + 6 * gib * GIB
+            if free_bytes(self.data) < need:
+                sys.exit(f"error: {self.data} has {free_bytes(self.data) / GIB:.1f} GiB free, the {gib:g} GiB run "
+                         f"needs about {need / GIB:.1f} GiB; free space or pass --data elsewhere")
+        for seed, d in enumerate(dirs):
+            if d not in todo:
+                continue
+            log(f"making {d} ({gib:g} GiB {self.a.dtype})")
+            cmd = [self.py, os.path.join(SHARED, "make_checkpoint.py"), d, "--config-dir",
+                   "--gib", str(gib), "--dtype", self.a.dtype, "--seed", str(seed)]
+            if self.a.hidden:
+                cmd += ["--hidden", str(self.a.hidden), "--vocab", str(self.a.vocab)]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            open(os.path.join(d, ".done"), "w").close()
+        return dirs, [os.path.join(d, "model.safetensors") for d in dirs]
+
+    # ---- tool commands ------------------------------------------------------------------------
+    def output_path(self, tool, suffix=""):
+        if tool == "mergekit":
+            return os.path.join(self.out_dir, "mergekit" + suffix)
+        return os.path.join(self.out_dir, f"{tool}{suffix}.safetensors")
+
+    def command(self, tool, files, dirs, out):
+        if tool == "soup":
+            return [self.a.soup_merge, *files, "-o", out, "-q"]
+        if tool == "naive":
+            return [self.py, os.path.join(SHARED, "naive_merge.py"), "-o", out, *files]
+        if tool == "numpy":
+            return [self.py, os.path.join(HERE, "numpy_merge.py"), "-o", out, *files]
+        if tool == "mergekit":
+            return [self.a.mergekit_yaml, self.mergekit_config(dirs), out, "--no-copy-tokenizer", "--quiet"]
+        raise ValueError(tool)
+
+    def mergekit_config(self, dirs):
+        path = os.path.join(self.out_dir, "mergekit.yml")
+        dtype = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[self.a.dtype]
+        text = subprocess.run(["bash", os.path.join(SHARED, "mk_config.sh"), dtype, *dirs],
+                              check=True, capture_output=True, text=True).stdout
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def env(self, tool, threads=None):
+        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        if threads:
+            env["RAYON_NUM_THREADS"] = str(threads)
+        return env
+
+    # ---- one timed measurement ----------------------------------------------------------------
+    def measure(self, tool, files, dirs, cold=False, threads=None, suffix="", keep=False):
+        """Time `tool` once. Floor tools return the sum of their read and write processes."""
+        in_bytes = sum(os.path.getsize(f) for f in files)
+        out = self.output_path(tool if not tool.startswith("floor") else "floor", suffix)
+        remove(out)
+        os.sync()
+        if cold:
+            drop_caches()
+        elif not self.a.no_warm:
+            warm(files)
+        if tool.startswith("floor"):
+            read = self.runner.run("floor-read", [self.py, os.path.join(SHARED, "read_floor.py"), *files])
+            if cold:
+                drop_caches()
+            write_cmd = [self.py, os.path.join(SHARED, "write_floor.py"), out, str(os.path.getsize(files[0]))]
+            if tool == "floor":
+                write_cmd.append("--fsync")
+            write = self.runner.run(tool + "-write", write_cmd)
+            result = {"wall": read["wall"] + write["wall"], "read": read["wall"], "write": write["wall"],
+                      "rss_mib": max(read["rss_mib"], write["rss_mib"]), "rc": read["rc"] or write["rc"]}
+            out_bytes = os.path.getsize(files[0])
+            remove(out)
+        else:
+            result = self.runner.run(tool, self.command(tool, files, dirs, out), self.env(tool, threads))
+            out_bytes = size_of(out) if os.path.exists(out) else 0
+            if not keep:
+                remove(out)
+        result["bytes"] = in_bytes + out_bytes
+        log(f"{tool}{suffix}: {result['wall']:.3f} s, {result['rss_mib']:.0f} MiB"
+            + ("" if result["rc"] == 0 else f", FAILED ({result['rc']})"))
+        return result
+
+    def alternate(self, tools, files, dirs, reps, **kw):
+        """reps rounds over `tools`, rotating the order each round; the last round keeps outputs."""
+        runs = {t: [] for t in tools}
+        for r in range(reps):
+            order = tools[r % len(tools):] + tools[:r % len(tools)]
+            for t in order:
+                runs[t].append(self.measure(t, files, dirs, keep=(r == reps - 1), **kw))
+        return runs
+
+    # ---- phases -------------------------------------------------------------------------------
+    def phase_tools(self, gib, files, dirs, cold=False):
+        tools = ["floor", "floor-nofsync"] + [t for t in self.a.tools.split(",") if t not in ("floor", "")]
+        reps = 1 if cold else self.reps(gib)
+        if cold and not drop_caches():
+            self.report.append(f"Cold-cache run skipped: cannot write /proc/sys/vm/drop_caches.\n")
+            return
+        runs = self.alternate(tools, files, dirs, reps, cold=cold)
+        summary = summarize(runs)
+        key = "cold" if cold else "tools"
+        self.raw["sizes"].setdefault(f"{gib:g}", {})[key] = {"runs": runs, "summary": summary,
+                                                              "commands": self.commands(tools, files, dirs)}
+        title = (f"### 3 × {gib:g} GiB {self.a.dtype}, " +
+                 ("cold page cache (dropped before each tool), 1 run" if cold else
+                  f"warm page cache, median of {reps} alternating runs"))
+        self.report += [title, "", tools_table(summary, reps), ""]
+        if not cold:
+            self.report += [self.floor_parts(runs), ""]
+            self.check(gib, files, [t for t in tools if not t.startswith("floor")])
+
+    def floor_parts(self, runs):
+        parts = []
+        for t in ("floor", "floor-nofsync"):
+            ok = [r for r in runs.get(t, []) if r["rc"] == 0]
+            if ok:
+                parts.append(f"{t}: read {statistics.median(r['read'] for r in ok):.3f} s + "
+                             f"write {statistics.median(r['write'] for r in ok):.3f} s")
+        return "Floor parts (medians): " + "; ".join(parts) + "."
+
+    def commands(self, tools, files, dirs):
+        cmds = {}
+        for t in tools:
+            if t.startswith("floor"):
+                cmds[t] = (f"{self.py} {SHARED}/read_floor.py INPUTS; {self.py} {SHARED}/write_floor.py OUT BYTES"
+                           + (" --fsync" if t == "floor" else ""))
+            else:
+                cmds[t] = " ".join(self.command(t, files, dirs, self.output_path(t)))
+        return cmds
+
+    def check(self, gib, files, tools):
+        outs = [f"{t}={self.output_path(t)}" for t in tools if os.path.exists(self.output_path(t))]
+        if not outs:
+            return
+        cmd = [self.py, os.path.join(HERE, "compare.py"), *files, *outs,
+               "--tol", str(self.a.tol), "--every", str(self.a.check_every)]
+        log("comparing outputs: " + " ".join(cmd[2:]))
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        text = (done.stdout + done.stderr).strip()
+        log(text)
+        self.raw["sizes"][f"{gib:g}"]["check"] = {"rc": done.returncode, "text": text}
+        every = "every element" if self.a.check_every == 1 else f"every {self.a.check_every}th chunk of 4 Mi elements"
+        self.report += [f"Agreement with a float64 reference ({every}; `bench/compare.py`, exit {done.returncode}):",
+                        "", "```", text, "```", ""]
+        for t in tools:
+            remove(self.output_path(t))
+
+    def phase_threads(self, gib, files, dirs):
+        reps = self.reps(gib)
+        runs = {}
+        for r in range(reps):
+            for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
+                runs.setdefault(threads, []).append(
+                    self.measure("soup", files, dirs, threads=threads, suffix=f"-t{threads}", keep=True))
+        a, b = self.output_path("soup", "-t1"), self.output_path("soup", "-t2")
+        same = subprocess.run(["cmp", "-s", a, b]).returncode == 0 if os.path.exists(a) and os.path.exists(b) else None
+        remove(a), remove(b)
+        summary = {t: stats(rs) for t, rs in runs.items()}
+        self.raw["sizes"].setdefault(f"{gib:g}", {})["threads"] = {"runs": runs, "summary": summary, "identical": same}
+        lines = [f"### soup-merge threads, 3 × {gib:g} GiB {self.a.dtype}, warm, median of {reps}", "",
+                 "| RAYON_NUM_THREADS | wall s | min–max s | GB/s | peak RSS MiB |", "|---|---:|---:|---:|---:|"]
+        for t, s in sorted(summary.items()):
+            lines.append(f"| {t} | {fmt(s['wall'])} | {fmt(s['min'])}–{fmt(s['max'])} | {fmt(s['gbps'], 2)} | {fmt(s['rss'], 0)} |")
+        if 1 in summary and 2 in summary and summary[2]["wall"]:
+            lines.append(f"\nSpeed-up from 1 to 2 threads: {summary[1]['wall'] / summary[2]['wall']:.2f}×. ")
+        lines.append(f"Outputs at 1 and 2 threads byte-identical (`cmp`): **{ {True: 'yes', False: 'NO', None: 'not checked (a run failed)'}[same] }**.\n")
+        self.report += lines
+
+    def phase_scaling(self, gib, files, dirs):
+        reps = self.reps(gib)
+        runs = self.alternate(["floor", "soup"], files, dirs, reps)
+        summary = summarize(runs)
+        self.raw["sizes"].setdefault(f"{gib:g}", {})["scaling"] = {"runs": runs, "summary": summary}
+        self.scaling_rows.append((gib, sum(os.path.getsize(f) for f in files), reps, summary))
+
+    def reps(self, gib):
+        return self.a.big_reps if self.a.big_gib and gib >= self.a.big_gib else self.a.reps
+
+    def scaling_table(self):
+        lines = ["### Scaling with input size (soup-merge vs floor with fsync)", "",
+                 "| per input | read+written GB | reps | floor s | soup-merge s | × floor | soup s per GiB of input | GB/s | peak RSS MiB |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for gib, in_bytes, reps, s in self.scaling_rows:
+            f, m = s.get("floor", {}), s.get("soup", {})
+            ratio = m["wall"] / f["wall"] if m.get("wall") and f.get("wall") else None
+            per = m["wall"] / (in_bytes / 3 / GIB) if m.get("wall") else None
+            lines.append(f"| {gib:g} GiB | {fmt(m.get('bytes', 0) / 1e9, 1)} | {reps} | {fmt(f.get('wall'))} | {fmt(m.get('wall'))} | "
+                         f"{fmt(ratio, 2)} | {fmt(per)} | {fmt(m.get('gbps'), 2)} | {fmt(m.get('rss'), 0)} |")
+        return "\n".join(lines) + "\n"
+
+    def main(self):
+        phases = self.a.phases.split(",")
+        self.scaling_rows = []
+        for gib in [float(s) for s in self.a.sizes.split(",")]:
+            dirs, files = self.make_inputs(gib)
+            for p in phases:
+                log(f"phase {p}, {gib:g} GiB")
+                if p == "tools":
+                    self.phase_tools(gib, files, dirs)
+                elif p == "cold":
+                    self.phase_tools(gib, files, dirs, cold=True)
+                elif p == "threads":
+                    self.phase_threads(gib, files, dirs)
+                elif p == "scaling":
+                    self.phase_scaling(gib, files, dirs)
+                else:
+                    sys.exit(f"error: unknown phase {p}; use tools, cold, threads or scaling")
+            if not self.a.keep_inputs:
+                shutil.rmtree(self.input_dir(gib))
+        if self.scaling_rows:
+            self.report.append(self.scaling_table())
+        return self.write()
+
+    def write(self):
+        m = self.raw["machine"]
+        head = [f"## Run of {self.raw['started']}", "",
+                f"- Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']:.0f} GiB RAM, kernel {m['kernel']}, "
+                f"data on {m['fs']}",
+                f"- soup-merge: `{self.a.soup_merge}` ({m.get('soup_version', '?')}), repository commit {m['commit']}",
+                f"- Command: `{self.a.command}`",
+                f"- Peak RSS from {'`/usr/bin/time -v`' if self.runner.gnu_time else 'os.wait4 rusage'}; "
+                "GB/s = (bytes read + bytes written) / wall / 1e9; × floor = wall / floor-with-fsync wall.", ""]
+        text = "\n".join(head + self.report)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        res = os.path.join(self.data, "results")
+        os.makedirs(res, exist_ok=True)
+        with open(os.path.join(res, f"{stamp}.md"), "w") as f:
+            f.write(text + "\n")
+        with open(os.path.join(res, f"{stamp}.json"), "w") as f:
+            json.dump(self.raw, f, indent=1, default=str)
+        print(text)
+        log(f"wrote {res}/{stamp}.md and .json")
+        failed = any(r["rc"] for size in self.raw["sizes"].values() for ph in size.values() if isinstance(ph, dict)
+                     for rs in (ph.get("runs") or {}).values() for r in rs)
+        checks_failed = any(size.get("check", {}).get("rc") for size in self.raw["sizes"].values())
+        ident = [size["threads"]["identical"] for size in self.raw["sizes"].values() if "threads" in size]
+        return 1 if failed or checks_failed or False in ident else 0
+
+
+def stats(rs):
+    ok = [r for r in rs if r["rc"] == 0]
+    if not ok:
+        return {"wall": None, "min": None, "max": None, "rss": None, "gbps": None, "bytes": 0, "n": 0, "failed": len(rs)}
+    wall = statistics.median(r["wall"] for r in ok)
+    b = statistics.median(r["bytes"] for r in ok)
+    return {"wall": wall, "min": min(r["wall"] for r in ok), "max": max(r["wall"] for r in ok),
+            "rss": max(r["rss_mib"] for r in ok), "gbps": b / wall / 1e9, "bytes": b, "n": len(ok),
+            "failed": len(rs) - len(ok)}
+
+
+def summarize(runs):
+    return {t: stats(rs) for t, rs in runs.items()}
+
+
+def fmt(x, digits=3):
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def tools_table(summary, reps):
+    floor = summary.get("floor", {}).get("wall")
+    soup = summary.get("soup", {}).get("wall")
+    lines = ["| tool | wall s | min–max s | GB/s | peak RSS MiB | × floor | soup-merge faster by |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for t, s in summary.items():
+        if s["wall"] is None:
+            lines.append(f"| {TOOL_TITLES.get(t, t)} | failed ({s['failed']} runs) | | | | | |")
+            continue
+        ratio = s["wall"] / floor if floor else None
+        faster = s["wall"] / soup if soup and not t.startswith("floor") and t != "soup" else None
+        note = f" ({s['failed']} failed)" if s["failed"] else ""
+        lines.append(f"| {TOOL_TITLES.get(t, t)}{note} | {fmt(s['wall'])} | {fmt(s['min'])}–{fmt(s['max'])} | {fmt(s['gbps'], 2)} | "
+                     f"{fmt(s['rss'], 0)} | {fmt(ratio, 2)} | {'—' if faster is None else f'{faster:.1f}×'} |")
+    return "\n".join(lines)
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def machine(data):
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    fs = subprocess.run(["df", "-T", data], capture_output=True, text=True).stdout.splitlines()[-1].split()
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "src", "Cargo.toml"],
+                           capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem, "kernel": platform.release(),
+            "fs": f"{fs[1]} ({fs[0]})" if len(fs) > 1 else "?",
+            "commit": (commit or "none") + (" + uncommitted src changes" if dirty else "")}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--sizes", default="1", help="GiB per input checkpoint, comma-separated (e.g. 1,2,4,8)")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "f16", "f32"])
+    ap.add_argument("--phases", default="tools,threads", help="tools, cold, threads, scaling (comma-separated)")
+    ap.add_argument("--tools", default="soup,mergekit,naive,numpy", help="which tools the tools phase times")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--big-gib", type=float, default=0, help="sizes at or above this get --big-reps repetitions")
+    ap.add_argument("--big-reps", type=int, default=1)
+    ap.add_argument("--data", default=os.environ.get("BENCH_DATA", "/work/bench-data"), help="scratch directory, outside the repo")
+    ap.add_argument("--keep-inputs", action="store_true", help="don't delete the generated checkpoints afterwards")
+    ap.add_argument("--no-warm", action="store_true", help="don't pre-read the inputs before each timed run")
+    ap.add_argument("--python", default=sys.executable, help="interpreter for the Python tools and floor scripts")
+    ap.add_argument("--soup-merge", default=os.path.join(REPO, "target", "release", "soup-merge"))
+    ap.add_argument("--mergekit-yaml", default=os.path.join(os.path.dirname(sys.executable), "mergekit-yaml"))
+    ap.add_argument("--hidden", type=int, help="hidden size for tiny smoke checkpoints (make_checkpoint --hidden)")
+    ap.add_argument("--vocab", type=int, default=1000)
+    ap.add_argument("--tol", type=float, default=1.0, help="compare.py tolerance, in units of spacing at S")
+    ap.add_argument("--check-every", type=int, default=1, help="compare.py --every")
+    ap.add_argument("--command", default=" ".join(["python3", "bench/bench.py", *sys.argv[1:]]),
+                    help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    a.soup_merge = os.path.abspath(a.soup_merge)
+    if not os.access(a.soup_merge, os.X_OK):
+        sys.exit(f"error: {a.soup_merge} is not an executable; run `cargo build --release --bin soup-merge` or pass --soup-merge")
+    if os.path.commonpath([os.path.abspath(a.data), REPO]) == REPO:
+        sys.exit(f"error: --data {a.data} is inside the repository; use a scratch directory outside it")
+    if "mergekit" in a.tools.split(",") and "tools" in a.phases and not os.access(a.mergekit_yaml, os.X_OK):
+        sys.exit(f"error: {a.mergekit_yaml} not found; install mergekit (bench/run.sh does) or drop it from --tools")
+    bench = Bench(a)
+    version = subprocess.run([a.soup_merge, "--version"], capture_output=True, text=True)
+    bench.raw["machine"]["soup_version"] = version.stdout.strip() or "no --version"
+    sys.exit(bench.main())
+
+
+if __name__ == "__main__":
+    main()
