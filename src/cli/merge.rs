@@ -56,7 +56,7 @@ pub struct Args {
         short,
         long,
         value_delimiter = ',',
-        allow_negative_numbers = true,
+        allow_hyphen_values = true,
         value_name = "W,W,..."
     )]
     pub weights: Option<Vec<f64>>,
