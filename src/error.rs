@@ -7,12 +7,10 @@ use std::path::{Path, PathBuf};
 /// Messages are one line, lowercase, and say what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message, not a `#[source]`: printed as an error chain it would
+    // appear twice.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 
     #[error("{}: {reason}", path.display())]
     Header { path: PathBuf, reason: String },
@@ -35,10 +33,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &Path, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         }
     }
 

@@ -84,6 +84,10 @@ impl AtomicFile {
                 "already exists; pass --force to replace it",
             ));
         }
+        let parent = parent_dir(dest);
+        if !parent.is_dir() {
+            return Err(Error::output(dest, format!("the directory {} does not exist; create it or choose another -o", parent.display())));
+        }
         let temp = temp_sibling(dest)?;
         remove_stale_temporaries(dest);
         let file = OpenOptions::new()
