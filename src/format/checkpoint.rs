@@ -116,8 +116,12 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens a single `.safetensors` file.
+    /// Opens a `.safetensors` file, or a Hugging Face model directory: its `model.safetensors`,
+    /// or its `model.safetensors.index.json` and shards, with the index checked against them.
     pub fn open(path: &Path) -> Result<Checkpoint> {
+        if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            return super::model_dir::open(path);
+        }
         Checkpoint::from_shards(path, vec![Shard::open(path)?])
     }
 

@@ -1,14 +1,18 @@
-//! The safetensors format: headers, dtypes, mapped checkpoints and the atomic writer.
+//! The safetensors format: headers, dtypes, mapped checkpoints, model directories and sharded
+//! indexes, and the atomic writer.
 
 mod checkpoint;
 mod dtype;
 mod header;
+mod index;
+pub mod model_dir;
 mod os;
 mod writer;
 
 pub use checkpoint::{Checkpoint, Shard, Tensor};
 pub use dtype::{Accumulator, Dtype};
 pub use header::{Header, TensorInfo, MAX_HEADER_LEN};
+pub use index::{shard_file_name, ShardIndex, INDEX_NAME, SINGLE_NAME};
 pub use os::process_alive;
 pub(crate) use os::start_writeback;
 pub use writer::{encode_header, AtomicFile, HeaderEntry};

@@ -1,0 +1,161 @@
+//! Hugging Face model directories: finding a directory's weights (`model.safetensors`, or the
+//! index and its shards, cross-checked) and the non-weight files that travel with them.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::{Checkpoint, Shard};
+use super::index::{ShardIndex, INDEX_NAME, SINGLE_NAME};
+use crate::error::{printable, Error, Result};
+
+/// Files a model directory carries besides its weights, copied from the first input (or
+/// `--base`) into a directory output: the config, generation config, tokenizer and chat
+/// template, by the names transformers and tokenizers save them under.
+pub const COMPANION_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+];
+
+/// Opens a model directory's weights as one checkpoint. Like transformers, it prefers
+/// `model.safetensors` and otherwise reads `model.safetensors.index.json` and its shards.
+pub fn open(dir: &Path) -> Result<Checkpoint> {
+    let single = dir.join(SINGLE_NAME);
+    if single.is_file() {
+        return Checkpoint::from_shards(dir, vec![Shard::open(&single)?]);
+    }
+    let index_path = dir.join(INDEX_NAME);
+    if index_path.is_file() {
+        return open_sharded(dir, &index_path);
+    }
+    Err(Error::header(dir, missing_weights_reason(dir)))
+}
+
+/// Opens the shards an index names and checks the index against what they hold.
+fn open_sharded(dir: &Path, index_path: &Path) -> Result<Checkpoint> {
+    let index = ShardIndex::read(index_path)?;
+    let mut shards = Vec::new();
+    for file in index.shard_files() {
+        let path = dir.join(file);
+        if std::fs::metadata(&path).is_err() {
+            let listed: Vec<&str> = index
+                .weight_map
+                .iter()
+                .filter(|(_, f)| f.as_str() == file)
+                .map(|(t, _)| t.as_str())
+                .collect();
+            return Err(Error::header(
+                index_path,
+                format!(
+                    "lists shard {} (for {} tensor(s), such as '{}') but {} does not exist; the download is incomplete, fetch the missing shard",
+                    printable(file),
+                    listed.len(),
+                    printable(listed[0]),
+                    path.display()
+                ),
+            ));
+        }
+        shards.push(Shard::open(&path)?);
+    }
+    // A tensor in two shards is refused here, before the index is consulted.
+    let ck = Checkpoint::from_shards(dir, shards)?;
+    for t in ck.tensors() {
+        let here = file_name(ck.shard_path(&t));
+        match index.weight_map.get(t.name()) {
+            None => {
+                return Err(Error::tensor(
+                    ck.shard_path(&t),
+                    t.name(),
+                    format!(
+                        "is not listed in {}; the index and the shards disagree (an extra or stale shard?)",
+                        index_path.display()
+                    ),
+                ))
+            }
+            Some(listed) if *listed != here => {
+                return Err(Error::tensor(
+                    index_path,
+                    t.name(),
+                    format!(
+                        "weight_map says it is in {} but it is stored in {}; regenerate the index or re-download the model",
+                        printable(listed),
+                        printable(&here)
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((name, file)) = index.weight_map.iter().find(|(n, _)| !ck.contains(n)) {
+        return Err(Error::tensor(
+            index_path,
+            name,
+            format!(
+                "weight_map says it is in {}, which does not hold it; the shard is incomplete or the index is wrong",
+                printable(file)
+            ),
+        ));
+    }
+    Ok(ck)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Why a directory has no weights we can read, with what to do instead.
+fn missing_weights_reason(dir: &Path) -> String {
+    let mut found: BTreeSet<String> = BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".safetensors") || name.ends_with(".bin") || name.ends_with(".pt") {
+                found.insert(name);
+            }
+        }
+    }
+    let base = format!("is a directory without {SINGLE_NAME} or {INDEX_NAME}");
+    let safetensors: Vec<&String> = found
+        .iter()
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    if let Some(first) = safetensors.first() {
+        format!(
+            "{base}; it has {}: pass the file itself, e.g. {}",
+            safetensors.len(),
+            dir.join(first).display()
+        )
+    } else if !found.is_empty() {
+        format!(
+            "{base}; only safetensors weights are read, convert {} to safetensors first",
+            found.iter().next().expect("not empty")
+        )
+    } else {
+        format!("{base}; pass a .safetensors file or a Hugging Face model directory")
+    }
+}
+
+/// The companion files present in `dir`, in `COMPANION_FILES` order. Symbolic links (as in the
+/// Hugging Face cache) are followed.
+pub fn companion_files(dir: &Path) -> Vec<PathBuf> {
+    COMPANION_FILES
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.is_file())
+        .collect()
+}
