@@ -50,7 +50,8 @@ pub fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Makes Ctrl-C stop running merges cleanly (temporaries removed, exit status 130).
+/// Makes Ctrl-C (and SIGTERM, SIGHUP) stop running merges cleanly: temporaries removed, exit
+/// status 130.
 pub fn handle_interrupts() {
     let _ = ctrlc::set_handler(crate::soup::interrupt);
 }
