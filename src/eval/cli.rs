@@ -1,0 +1,325 @@
+//! `soup-eval`: flags, their validation, the commands, and printing the report.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::arch::{self, Architecture};
+use super::device::DeviceSpec;
+use super::ensemble::Mode;
+use super::evaluator::Evaluator;
+use super::plot;
+use super::report::Report;
+use super::session::{Session, Split};
+
+const AFTER_HELP: &str = "\
+Data: a dataset is a .safetensors file with 'inputs' (float [N, ...], the shape --arch expects)
+and 'labels' (I64 [N]). --val ranks and chooses ingredients; --test is only reported.
+
+Soups are merged by the same code as soup-merge: uniform weights 1/k, the first ingredient's
+dtype, summed in input order. The greedy soup written with -o is byte-identical to
+`soup-merge` of its ingredients in the order printed.
+
+Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line.
+
+Examples:
+  soup-eval score  --arch digits-cnn --test fixtures/digits/test.safetensors fixtures/models/*.safetensors
+  soup-eval greedy --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
+      fixtures/models/ft-*.safetensors -o greedy.safetensors
+  soup-eval report --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
+      fixtures/models/ft-*[!6].safetensors --plot soups.svg";
+
+/// Evaluate checkpoints, uniform and greedy soups, and ensembles on a dataset, with candle.
+#[derive(Debug, Parser)]
+#[command(name = "soup-eval", version, after_help = AFTER_HELP)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Accuracy and mean cross-entropy of each checkpoint.
+    Score(Common),
+    /// The uniform soup of all the checkpoints.
+    Uniform(Common),
+    /// The greedy soup: rank by val accuracy, add each next one only if val accuracy rises.
+    Greedy(GreedyArgs),
+    /// Soft voting: the mean of the models' softmax probabilities (or logits), then argmax.
+    Ensemble(EnsembleArgs),
+    /// Everything: each checkpoint, the uniform soup, the greedy soup and the ensemble.
+    Report(ReportArgs),
+}
+
+/// Flags every command takes.
+#[derive(Debug, ClapArgs)]
+pub struct Common {
+    /// Checkpoints (.safetensors); for soups, fine-tunes of one model.
+    #[arg(required = true, value_name = "CHECKPOINT")]
+    pub inputs: Vec<PathBuf>,
+
+    /// Model architecture the checkpoints hold (see the list in errors; digits-cnn for the fixtures).
+    #[arg(long, value_name = "NAME")]
+    pub arch: String,
+
+    /// Validation split: ranks and chooses ingredients.
+    #[arg(long, value_name = "PATH")]
+    pub val: Option<PathBuf>,
+
+    /// Test split: reported only.
+    #[arg(long, value_name = "PATH")]
+    pub test: Option<PathBuf>,
+
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub batch_size: usize,
+
+    /// Where models run: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+
+    /// Print the report as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bar on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Flags of `greedy`.
+#[derive(Debug, ClapArgs)]
+pub struct GreedyArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Write the greedy soup here (byte-identical to soup-merge of its ingredients).
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Replace an existing -o file.
+    #[arg(short, long)]
+    pub force: bool,
+
+    /// Keep a candidate whose val accuracy ties the soup's (">=" instead of ">").
+    #[arg(long)]
+    pub accept_ties: bool,
+}
+
+/// Flags of `ensemble`.
+#[derive(Debug, ClapArgs)]
+pub struct EnsembleArgs {
+    #[command(flatten)]
+    pub common: Common,
+
+    /// Average probabilities (soft voting) or logits.
+    #[arg(long, value_enum, default_value_t = Mode::Probs)]
+    pub mode: Mode,
+}
+
+/// Flags of `report`.
+#[derive(Debug, ClapArgs)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub greedy: GreedyArgs,
+
+    /// How the ensemble combines its members.
+    #[arg(long, value_enum, default_value_t = Mode::Probs)]
+    pub mode: Mode,
+
+    /// Write an SVG plot of val against test accuracy here.
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
+}
+
+/// Runs `args` and prints the report: the whole of `soup-eval`'s `main`.
+pub fn main(args: Args) -> ExitCode {
+    let json = match &args.command {
+        Command::Score(c) | Command::Uniform(c) => c.json,
+        Command::Greedy(g) => g.common.json,
+        Command::Ensemble(e) => e.common.json,
+        Command::Report(r) => r.greedy.common.json,
+    };
+    match run(&args) {
+        Ok(report) => {
+            let text = if json {
+                serde_json::to_string_pretty(&report).expect("reports serialise") + "\n"
+            } else {
+                report.table()
+            };
+            for w in &report.warnings {
+                eprintln!("warning: {}", crate::cli::one_line(w));
+            }
+            if let Err(e) = crate::cli::print(&text) {
+                return crate::cli::fail(&anyhow::Error::new(e).context("cannot write to stdout"));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            if json {
+                let _ = crate::cli::print(&format!(
+                    "{}\n",
+                    serde_json::json!({ "error": crate::cli::one_line(&format!("{err:#}")) })
+                ));
+            }
+            crate::cli::fail(&err)
+        }
+    }
+}
+
+/// Validates the flags, then runs the command.
+pub fn run(args: &Args) -> anyhow::Result<Report> {
+    match &args.command {
+        Command::Score(c) => {
+            let mut session = open(c, &[])?;
+            let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
+            Ok(finish(c, &session, |r| r.ingredients = ingredients))
+        }
+        Command::Uniform(c) => {
+            let mut session = open(c, &[])?;
+            session.check_soup()?;
+            let uniform = session.uniform()?;
+            Ok(finish(c, &session, |r| r.uniform = Some(uniform)))
+        }
+        Command::Greedy(g) => {
+            let c = &g.common;
+            let mut session = open(
+                c,
+                &[("--val", c.val.is_some()), ("--test", c.test.is_some())],
+            )?;
+            check_output(g.output.as_deref(), g.force, "-o")?;
+            session.check_soup()?;
+            let greedy =
+                session.greedy(g.accept_ties, g.output.as_deref().map(|p| (p, g.force)))?;
+            let ingredients = session.ingredients(&[Split::Val])?;
+            Ok(finish(c, &session, |r| {
+                r.ingredients = ingredients;
+                r.greedy = Some(greedy);
+            }))
+        }
+        Command::Ensemble(e) => {
+            let c = &e.common;
+            let mut session = open(c, &[])?;
+            let ensemble = session.ensemble(e.mode)?;
+            let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
+            Ok(finish(c, &session, |r| {
+                r.ingredients = ingredients;
+                r.ensemble = Some(ensemble);
+            }))
+        }
+        Command::Report(r) => {
+            let g = &r.greedy;
+            let c = &g.common;
+            check_output(r.plot.as_deref(), true, "--plot")?;
+            let mut session = open(
+                c,
+                &[("--val", c.val.is_some()), ("--test", c.test.is_some())],
+            )?;
+            check_output(g.output.as_deref(), g.force, "-o")?;
+            session.check_soup()?;
+            let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
+            let uniform = session.uniform()?;
+            let greedy =
+                session.greedy(g.accept_ties, g.output.as_deref().map(|p| (p, g.force)))?;
+            let ensemble = session.ensemble(r.mode)?;
+            let report = finish(c, &session, |rep| {
+                rep.ingredients = ingredients;
+                rep.uniform = Some(uniform);
+                rep.greedy = Some(greedy);
+                rep.ensemble = Some(ensemble);
+            });
+            if let Some(path) = &r.plot {
+                let svg = plot::svg(&report, &format!("{}: soups and ingredients", report.arch))?;
+                std::fs::write(path, svg)
+                    .with_context(|| format!("cannot write --plot {}", path.display()))?;
+            }
+            Ok(report)
+        }
+    }
+}
+
+/// Validates the common flags (before any file is read) and opens the session.
+fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
+    let arch: &'static dyn Architecture =
+        arch::lookup(&c.arch).ok_or_else(|| super::Error::UnknownArch {
+            name: c.arch.clone(),
+            known: arch::names(),
+        })?;
+    let device: DeviceSpec = c.device.parse()?;
+    if c.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    for (flag, given) in required {
+        if !given {
+            bail!("this command needs {flag} PATH");
+        }
+    }
+    if c.val.is_none() && c.test.is_none() {
+        bail!("no dataset; pass --val PATH and/or --test PATH");
+    }
+    let mut evaluator = Evaluator::new(arch, device.open()?, c.batch_size);
+    evaluator.progress = progress_bar(c.quiet);
+    Ok(Session::open(
+        evaluator,
+        &c.inputs,
+        c.val.as_deref(),
+        c.test.as_deref(),
+    )?)
+}
+
+/// An existing output is refused unless `force`; its folder must exist.
+fn check_output(path: Option<&Path>, force: bool, flag: &str) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    if path.exists() && !force {
+        bail!(
+            "{flag} {} already exists; pass --force to replace it",
+            path.display()
+        );
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "{flag} {}: folder {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Report {
+    session.evaluator().progress.finish_and_clear();
+    let mut report = Report {
+        arch: session.arch().name().to_string(),
+        val_data: c.val.clone(),
+        test_data: c.test.clone(),
+        ingredients: Vec::new(),
+        uniform: None,
+        greedy: None,
+        ensemble: None,
+        warnings: session.warnings.clone(),
+    };
+    fill(&mut report);
+    report
+}
+
+/// Counts evaluated images on stderr; hidden when stderr is not a terminal or with --quiet.
+fn progress_bar(quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} images {per_sec} {elapsed}")
+            .expect("template is valid"),
+    );
+    bar
+}

@@ -1,0 +1,65 @@
+//! `--device`: parse `cpu`, `cuda` or `cuda:N` into a candle device.
+
+use candle_core::Device;
+
+use super::error::{Error, Result};
+
+/// Where models run, as given to `--device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU (the default).
+    Cpu,
+    /// The CUDA GPU with this ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| {
+                    Error::Device(format!(
+                        "bad --device '{s}'; use cpu, cuda or cuda:N (N a GPU ordinal)"
+                    ))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device. A CUDA device needs a build with the `cuda` cargo feature.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => open_cuda(n),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(n: usize) -> Result<Device> {
+    Device::new_cuda(n).map_err(|e| Error::Device(format!("cannot open --device cuda:{n}: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(n: usize) -> Result<Device> {
+    Err(Error::Device(format!(
+        "--device cuda:{n} needs a build with CUDA support: cargo build --release --features cuda (or use --device cpu)"
+    )))
+}

@@ -1,0 +1,75 @@
+//! The evaluator's error type: every variant names the file, and the tensor where there is one.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading models and data or evaluating them.
+///
+/// Messages are one line, lowercase, and say what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading, validating or merging checkpoints (the core's error).
+    #[error(transparent)]
+    Format(#[from] crate::Error),
+
+    /// A checkpoint that doesn't fit the chosen architecture.
+    #[error("{}: tensor '{tensor}' {reason}; it doesn't fit --arch {arch}", path.display())]
+    Arch {
+        path: PathBuf,
+        tensor: String,
+        arch: &'static str,
+        reason: String,
+    },
+
+    /// A dataset file without the expected tensors, shapes or labels.
+    #[error("{}: {reason}", path.display())]
+    Dataset { path: PathBuf, reason: String },
+
+    /// `--arch` names no registered architecture.
+    #[error("unknown architecture '{name}'; --arch takes one of: {known}")]
+    UnknownArch { name: String, known: String },
+
+    /// A bad `--device`, or one this build can't use.
+    #[error("{0}")]
+    Device(String),
+
+    /// Nothing to evaluate.
+    #[error("no checkpoints: give at least one .safetensors ingredient")]
+    NoIngredients,
+
+    /// A candle operation failed while building or running a model.
+    #[error("{context}: {source}")]
+    Candle {
+        context: String,
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// Writing an output such as the plot.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Drawing the plot.
+    #[error("cannot draw the plot: {0}")]
+    Plot(String),
+}
+
+/// The evaluator's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds context to candle's errors.
+pub(crate) trait CandleContext<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> CandleContext<T> for candle_core::Result<T> {
+    fn context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Candle {
+            context: context(),
+            source,
+        })
+    }
+}

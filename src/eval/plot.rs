@@ -1,0 +1,133 @@
+//! The picture: each ingredient's validation against test accuracy, with the uniform soup, the
+//! greedy soup and the ensemble marked, in the style of the model-soups paper's figures.
+
+use plotters::prelude::*;
+
+use super::error::{Error, Result};
+use super::report::{Kind, Report};
+
+/// Renders `report` as an SVG document. Rows without both a val and a test score are left out.
+pub fn svg(report: &Report, title: &str) -> Result<String> {
+    let mut text = String::new();
+    draw(report, title, &mut text).map_err(|e| Error::Plot(e.to_string()))?;
+    Ok(text)
+}
+
+fn draw(
+    report: &Report,
+    title: &str,
+    text: &mut String,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let points: Vec<(Kind, String, f64, f64)> = report
+        .rows()
+        .into_iter()
+        .filter_map(|r| Some((r.kind, r.name.clone(), r.val?.percent(), r.test?.percent())))
+        .collect();
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (_, _, v, t) in &points {
+        lo = lo.min(v.min(*t));
+        hi = hi.max(v.max(*t));
+    }
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 100.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(0.25);
+    let (lo, hi) = ((lo - pad).max(0.0), (hi + pad).min(100.0));
+
+    let root = SVGBackend::with_string(text, (820, 620)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(lo..hi, lo..hi)?;
+    chart
+        .configure_mesh()
+        .x_desc("validation accuracy (%)")
+        .y_desc("test accuracy (%)")
+        .draw()?;
+
+    let style = |kind: Kind| match kind {
+        Kind::Ingredient => RGBColor(90, 120, 200),
+        Kind::UniformSoup => RGBColor(60, 160, 90),
+        Kind::GreedySoup => RGBColor(210, 60, 50),
+        Kind::Ensemble => RGBColor(150, 90, 180),
+    };
+    let ingredients: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|p| p.0 == Kind::Ingredient)
+        .map(|p| (p.2, p.3))
+        .collect();
+    chart
+        .draw_series(
+            ingredients
+                .iter()
+                .map(|&(v, t)| Circle::new((v, t), 5, style(Kind::Ingredient).filled())),
+        )?
+        .label("ingredients")
+        .legend(move |(x, y)| Circle::new((x, y), 5, style(Kind::Ingredient).filled()));
+    for (kind, label) in [
+        (Kind::UniformSoup, "uniform soup"),
+        (Kind::GreedySoup, "greedy soup"),
+        (Kind::Ensemble, "ensemble"),
+    ] {
+        let marked: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| p.0 == kind)
+            .map(|p| (p.2, p.3))
+            .collect();
+        if marked.is_empty() {
+            continue;
+        }
+        let color = style(kind);
+        match kind {
+            Kind::UniformSoup => chart
+                .draw_series(
+                    marked
+                        .iter()
+                        .map(|&p| TriangleMarker::new(p, 9, color.filled())),
+                )?
+                .label(label)
+                .legend(move |(x, y)| TriangleMarker::new((x, y), 7, color.filled())),
+            Kind::GreedySoup => chart
+                .draw_series(
+                    marked
+                        .iter()
+                        .map(|&(v, t)| Rectangle::new([(v, t), (v, t)], color.stroke_width(12))),
+                )?
+                .label(label)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x - 5, y - 5), (x + 5, y + 5)], color.filled())
+                }),
+            _ => chart
+                .draw_series(
+                    marked
+                        .iter()
+                        .map(|&p| Cross::new(p, 8, color.stroke_width(3))),
+                )?
+                .label(label)
+                .legend(move |(x, y)| Cross::new((x, y), 6, color.stroke_width(3))),
+        };
+    }
+    for (kind, name, v, t) in &points {
+        let short = name.trim_end_matches(".safetensors");
+        let label = match kind {
+            Kind::Ingredient => short.to_string(),
+            _ => short.split(" (").next().unwrap_or(short).to_string(),
+        };
+        chart.draw_series(std::iter::once(Text::new(
+            label,
+            (*v, *t),
+            ("sans-serif", 11).into_font().color(&BLACK.mix(0.75)),
+        )))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Scores: accuracy and mean cross-entropy from logits or probabilities.
+
+use serde::Serialize;
+
+/// How well one model (or soup, or ensemble) does on one dataset split.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Score {
+    /// Examples whose highest-scoring class is the label (the first of equal maxima).
+    pub correct: u64,
+    /// Examples evaluated.
+    pub total: u64,
+    /// `correct / total`, in [0, 1].
+    pub accuracy: f64,
+    /// Mean cross-entropy (natural log) of the label under the predicted distribution.
+    pub loss: f64,
+}
+
+impl Score {
+    /// Scores row-major logits `[labels.len(), classes]`; the loss is softmax cross-entropy.
+    pub fn from_logits(logits: &[f32], classes: usize, labels: &[usize]) -> Score {
+        let mut correct = 0u64;
+        let mut loss = 0f64;
+        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+            if argmax(row) == label {
+                correct += 1;
+            }
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+            let log_sum = row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln()
+                + max;
+            loss += log_sum - row[label] as f64;
+        }
+        Score::new(correct, labels.len(), loss)
+    }
+
+    /// Scores row-major class probabilities; the loss is `-ln p(label)`.
+    pub fn from_probabilities(probs: &[f64], classes: usize, labels: &[usize]) -> Score {
+        let mut correct = 0u64;
+        let mut loss = 0f64;
+        for (row, &label) in probs.chunks_exact(classes).zip(labels) {
+            if argmax(row) == label {
+                correct += 1;
+            }
+            loss -= row[label].ln();
+        }
+        Score::new(correct, labels.len(), loss)
+    }
+
+    fn new(correct: u64, total: usize, loss_sum: f64) -> Score {
+        let total = total as u64;
+        let n = total.max(1) as f64;
+        Score {
+            correct,
+            total,
+            accuracy: correct as f64 / n,
+            loss: loss_sum / n,
+        }
+    }
+
+    /// Accuracy in percent.
+    pub fn percent(&self) -> f64 {
+        100.0 * self.accuracy
+    }
+}
+
+/// Index of the first maximum; NaN never wins.
+pub fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
+    let mut best = 0;
+    for (i, x) in row.iter().enumerate() {
+        if *x > row[best] || row[best] != row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Row-wise softmax of `[rows, classes]` logits, in f64.
+pub fn softmax(logits: &[f32], classes: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(logits.len());
+    for row in logits.chunks_exact(classes) {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+        let exps: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        out.extend(exps.iter().map(|e| e / sum));
+    }
+    out
+}

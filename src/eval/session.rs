@@ -1,0 +1,379 @@
+//! One evaluation run: ingredients opened and checked once, datasets loaded once, each
+//! ingredient's logits computed once and reused by the ensemble; soups built through the core.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::format::Checkpoint;
+use crate::soup::{self, display_name, Plan, PlanOptions, RunOptions};
+
+use super::arch::Architecture;
+use super::dataset::Dataset;
+use super::ensemble::{self, Mode};
+use super::error::{Error, Result};
+use super::evaluator::Evaluator;
+use super::greedy::{self, Candidates, Trial};
+use super::report::{Ensemble, Greedy, Kind, Row};
+use super::score::Score;
+use super::weights::{check_fits, RunningSum, Weights};
+
+/// A dataset split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// Held-out data used to rank and choose ingredients.
+    Val,
+    /// Data used only to report the final numbers.
+    Test,
+}
+
+/// Ingredients, datasets and an evaluator, with per-ingredient logits cached.
+pub struct Session {
+    evaluator: Evaluator,
+    paths: Vec<PathBuf>,
+    /// `None` only while a plan holds the checkpoint (see [`Session::with_plan`]).
+    pool: Vec<Option<Checkpoint>>,
+    val: Option<Dataset>,
+    test: Option<Dataset>,
+    /// Logits per ingredient: `[val, test]`.
+    logits: Vec<[Option<Vec<f32>>; 2]>,
+    /// Warnings from the core's merges (integer buffers that differ, say), without repeats.
+    pub warnings: Vec<String>,
+}
+
+impl Session {
+    /// Opens every ingredient and dataset and checks them against the architecture, from
+    /// headers and labels, before any model runs.
+    pub fn open(
+        evaluator: Evaluator,
+        ingredients: &[PathBuf],
+        val: Option<&Path>,
+        test: Option<&Path>,
+    ) -> Result<Session> {
+        if ingredients.is_empty() {
+            return Err(Error::NoIngredients);
+        }
+        let arch = evaluator.arch;
+        let mut pool = Vec::with_capacity(ingredients.len());
+        for path in ingredients {
+            let checkpoint = Checkpoint::open(path)?;
+            check_fits(&checkpoint, arch)?;
+            pool.push(Some(checkpoint));
+        }
+        let val = val.map(|p| Dataset::open(p, arch)).transpose()?;
+        let test = test.map(|p| Dataset::open(p, arch)).transpose()?;
+        Ok(Session {
+            evaluator,
+            paths: ingredients.to_vec(),
+            logits: vec![[None, None]; pool.len()],
+            pool,
+            val,
+            test,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The architecture models are built as.
+    pub fn arch(&self) -> &'static dyn Architecture {
+        self.evaluator.arch
+    }
+
+    /// The evaluator, for its progress bar.
+    pub fn evaluator(&self) -> &Evaluator {
+        &self.evaluator
+    }
+
+    /// The ingredients' display names (file names), in command-line order.
+    pub fn names(&self) -> Vec<String> {
+        self.paths.iter().map(|p| display_name(p)).collect()
+    }
+
+    /// Whether a split was given.
+    pub fn has(&self, split: Split) -> bool {
+        self.data(split).is_some()
+    }
+
+    fn data(&self, split: Split) -> Option<&Dataset> {
+        match split {
+            Split::Val => self.val.as_ref(),
+            Split::Test => self.test.as_ref(),
+        }
+    }
+
+    fn checkpoint(&self, i: usize) -> &Checkpoint {
+        self.pool[i]
+            .as_ref()
+            .expect("checkpoints are returned after each plan")
+    }
+
+    /// Checks, from headers alone, that the ingredients can be averaged together: the core's
+    /// plan of their uniform soup. Run it before any evaluation when a soup will be made.
+    pub fn check_soup(&mut self) -> Result<()> {
+        let all: Vec<usize> = (0..self.pool.len()).collect();
+        self.with_plan(&all, |_| Ok(()))
+    }
+
+    /// Builds the core's plan for the uniform soup of `members` (in that order, weights 1/k,
+    /// default options: exactly what `soup-merge` of those files does) and runs `f` on it.
+    fn with_plan<T>(&mut self, members: &[usize], f: impl FnOnce(&Plan) -> Result<T>) -> Result<T> {
+        let k = members.len();
+        let checkpoints: Vec<Checkpoint> = members
+            .iter()
+            .map(|&i| {
+                self.pool[i]
+                    .take()
+                    .expect("each ingredient joins a plan once")
+            })
+            .collect();
+        let plan = Plan::new(
+            checkpoints,
+            vec![1.0 / k as f64; k],
+            &PlanOptions::default(),
+        )?;
+        let result = f(&plan);
+        for (&i, checkpoint) in members.iter().zip(plan.ingredients) {
+            self.pool[i] = Some(checkpoint);
+        }
+        result
+    }
+
+    /// The uniform soup of `members`, merged in memory by the core, as f32 weights.
+    fn core_soup(&mut self, members: &[usize]) -> Result<Weights> {
+        let (weights, warnings) = self.with_plan(members, |plan| {
+            let (soup, warnings) = soup::to_memory(plan, RunOptions::default())?;
+            Ok((Weights::from_soup(&soup), warnings))
+        })?;
+        self.note(warnings.into_iter().map(|w| w.message));
+        Ok(weights)
+    }
+
+    fn note(&mut self, messages: impl IntoIterator<Item = String>) {
+        for m in messages {
+            if !self.warnings.contains(&m) {
+                self.warnings.push(m);
+            }
+        }
+    }
+
+    /// Scores `weights` on each split given.
+    fn score_splits(&self, weights: &Weights) -> Result<(Option<Score>, Option<Score>)> {
+        let score = |split| {
+            self.data(split)
+                .map(|d| self.evaluator.score(weights, d))
+                .transpose()
+        };
+        Ok((score(Split::Val)?, score(Split::Test)?))
+    }
+
+    /// Logits of ingredient `i` on `split` (computed once).
+    fn ingredient_logits(&mut self, i: usize, split: Split) -> Result<Option<&[f32]>> {
+        let slot = split as usize;
+        if self.logits[i][slot].is_none() {
+            let Some(data) = self.data(split) else {
+                return Ok(None);
+            };
+            let weights = Weights::from_checkpoint(self.checkpoint(i));
+            let logits = self.evaluator.logits(&weights, data)?;
+            self.logits[i][slot] = Some(logits);
+        }
+        Ok(self.logits[i][slot].as_deref())
+    }
+
+    /// Ingredient `i`'s score on `split`, if that split was given.
+    pub fn ingredient_score(&mut self, i: usize, split: Split) -> Result<Option<Score>> {
+        let classes = self.arch().num_classes();
+        let Some(logits) = self.ingredient_logits(i, split)? else {
+            return Ok(None);
+        };
+        let logits = logits.to_vec();
+        let labels = &self.data(split).expect("has logits").labels;
+        Ok(Some(Score::from_logits(&logits, classes, labels)))
+    }
+
+    /// One row per ingredient, scored on the splits given (`splits` limits which).
+    pub fn ingredients(&mut self, splits: &[Split]) -> Result<Vec<Row>> {
+        let names = self.names();
+        let mut rows = Vec::with_capacity(names.len());
+        for (i, name) in names.into_iter().enumerate() {
+            let val = if splits.contains(&Split::Val) {
+                self.ingredient_score(i, Split::Val)?
+            } else {
+                None
+            };
+            let test = if splits.contains(&Split::Test) {
+                self.ingredient_score(i, Split::Test)?
+            } else {
+                None
+            };
+            rows.push(Row {
+                kind: Kind::Ingredient,
+                name,
+                members: Vec::new(),
+                val,
+                test,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// The uniform soup of every ingredient, in command-line order, merged by the core.
+    pub fn uniform(&mut self) -> Result<Row> {
+        let all: Vec<usize> = (0..self.pool.len()).collect();
+        let weights = self.core_soup(&all)?;
+        let (val, test) = self.score_splits(&weights)?;
+        Ok(Row {
+            kind: Kind::UniformSoup,
+            name: format!("uniform soup ({})", all.len()),
+            members: self.names(),
+            val,
+            test,
+        })
+    }
+
+    /// The greedy soup: search on validation with in-memory candidates, then the chosen soup
+    /// merged by the core (and written to `output`, if given, with the same plan) and scored.
+    pub fn greedy(&mut self, accept_ties: bool, output: Option<(&Path, bool)>) -> Result<Greedy> {
+        if !self.has(Split::Val) {
+            return Err(Error::Dataset {
+                path: PathBuf::from("--val"),
+                reason: "greedy search needs a validation split; pass --val PATH".into(),
+            });
+        }
+        let mut val_scores = Vec::with_capacity(self.pool.len());
+        for i in 0..self.pool.len() {
+            val_scores.push(self.ingredient_score(i, Split::Val)?.expect("val given"));
+        }
+        let search = {
+            let checkpoints: Vec<&Checkpoint> = self
+                .pool
+                .iter()
+                .map(|c| c.as_ref().expect("returned"))
+                .collect();
+            let mut candidates = SumCandidates {
+                checkpoints: &checkpoints,
+                evaluator: &self.evaluator,
+                val: self.val.as_ref().expect("val given"),
+                soup: None,
+                pending: None,
+            };
+            greedy::search(&val_scores, &mut candidates, accept_ties)?
+        };
+        let chosen = search.chosen.clone();
+        let weights = self.core_soup(&chosen)?;
+        let (val, test) = self.score_splits(&weights)?;
+        if let Some((path, force)) = output {
+            let warnings = self.with_plan(&chosen, |plan| {
+                Ok(soup::write(plan, path, force, RunOptions::default())?)
+            })?;
+            self.note(warnings.into_iter().map(|w| w.message));
+        }
+        let names = self.names();
+        let members: Vec<String> = chosen.iter().map(|&i| names[i].clone()).collect();
+        let merge_command = format!(
+            "soup-merge {} -o {}",
+            chosen
+                .iter()
+                .map(|&i| shell_word(&self.paths[i].display().to_string()))
+                .collect::<Vec<_>>()
+                .join(" "),
+            output.map_or("SOUP.safetensors".to_string(), |(p, _)| shell_word(
+                &p.display().to_string()
+            ))
+        );
+        Ok(Greedy {
+            row: Row {
+                kind: Kind::GreedySoup,
+                name: format!("greedy soup ({})", chosen.len()),
+                members,
+                val,
+                test,
+            },
+            search,
+            accept_ties,
+            output: output.map(|(p, _)| p.to_path_buf()),
+            merge_command,
+        })
+    }
+
+    /// The ensemble of every ingredient, from their cached logits.
+    pub fn ensemble(&mut self, mode: Mode) -> Result<Ensemble> {
+        let classes = self.arch().num_classes();
+        let mut scores = [None, None];
+        for split in [Split::Val, Split::Test] {
+            if !self.has(split) {
+                continue;
+            }
+            for i in 0..self.pool.len() {
+                self.ingredient_logits(i, split)?;
+            }
+            let logits: Vec<&[f32]> = self
+                .logits
+                .iter()
+                .map(|l| l[split as usize].as_deref().expect("computed above"))
+                .collect();
+            let labels = &self.data(split).expect("has").labels;
+            scores[split as usize] = Some(ensemble::score(&logits, classes, labels, mode));
+        }
+        Ok(Ensemble {
+            row: Row {
+                kind: Kind::Ensemble,
+                name: format!("ensemble ({}, {mode})", self.pool.len()),
+                members: self.names(),
+                val: scores[0],
+                test: scores[1],
+            },
+            mode,
+        })
+    }
+}
+
+/// Quotes a path for the shell when it needs it.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./+=:,@".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Greedy candidates from a running sum of the chosen ingredients' tensors.
+struct SumCandidates<'a> {
+    checkpoints: &'a [&'a Checkpoint],
+    evaluator: &'a Evaluator,
+    val: &'a Dataset,
+    soup: Option<RunningSum>,
+    pending: Option<RunningSum>,
+}
+
+impl Candidates for SumCandidates<'_> {
+    fn start(&mut self, first: usize) -> Result<()> {
+        self.soup = Some(RunningSum::new(self.checkpoints[first]));
+        Ok(())
+    }
+
+    fn try_with(&mut self, candidate: usize) -> Result<Trial> {
+        let started = Instant::now();
+        let sum = self
+            .soup
+            .as_ref()
+            .expect("started")
+            .plus(self.checkpoints[candidate])?;
+        let weights = sum.mean();
+        let merged = Instant::now();
+        let val = self.evaluator.score(&weights, self.val)?;
+        let done = Instant::now();
+        self.pending = Some(sum);
+        Ok(Trial {
+            val,
+            merge_seconds: (merged - started).as_secs_f64(),
+            eval_seconds: (done - merged).as_secs_f64(),
+        })
+    }
+
+    fn keep(&mut self, _candidate: usize) -> Result<()> {
+        self.soup = self.pending.take();
+        Ok(())
+    }
+}
