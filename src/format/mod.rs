@@ -1,6 +1,7 @@
 //! The safetensors format: headers, dtypes, mapped checkpoints, model directories and sharded
 //! indexes, and the atomic writer.
 
+mod atomic_dir;
 mod checkpoint;
 mod dtype;
 mod header;
@@ -9,10 +10,12 @@ pub mod model_dir;
 mod os;
 mod writer;
 
+pub use atomic_dir::AtomicDir;
 pub use checkpoint::{Checkpoint, Shard, Tensor};
 pub use dtype::{Accumulator, Dtype};
 pub use header::{Header, TensorInfo, MAX_HEADER_LEN};
 pub use index::{shard_file_name, ShardIndex, INDEX_NAME, SINGLE_NAME};
 pub use os::process_alive;
-pub(crate) use os::start_writeback;
+pub(crate) use os::{allocate, start_writeback};
+pub(crate) use writer::parent_dir;
 pub use writer::{encode_header, AtomicFile, HeaderEntry};

@@ -1,6 +1,8 @@
-//! Running a `Plan`: every output tensor, chunk by chunk in parallel, into a file through the
-//! atomic writer, or into memory for the evaluator.
+//! Running a `Plan`: every output tensor, chunk by chunk in parallel, into the files of a
+//! `Layout` (one file, or a model directory of shards) through the atomic writers, or into
+//! memory for the evaluator.
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -9,9 +11,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::kernel::{self, Scratch, Source, CHUNK_ELEMENTS};
+use super::layout::Layout;
 use super::plan::{Action, Plan, TensorPlan};
 use crate::error::{printable, Error, Result};
-use crate::format::{start_writeback, AtomicFile, HeaderEntry};
+use crate::format::{start_writeback, AtomicDir, AtomicFile, HeaderEntry, INDEX_NAME};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -67,24 +70,45 @@ impl Soup {
     }
 }
 
-/// A fixed-size piece of one output tensor: elements `start..end` of tensor `tensor`.
+/// A fixed-size piece of one output tensor: elements `start..end` of tensor `tensor`, which
+/// goes to output file `file` of the layout.
 struct Job {
     tensor: usize,
+    file: usize,
     start: usize,
     end: usize,
 }
 
-fn jobs(plan: &Plan) -> Vec<Job> {
+fn jobs(plan: &Plan, layout: Option<&Layout>) -> Vec<Job> {
     let mut jobs = Vec::new();
     for (t, tensor) in plan.tensors.iter().enumerate() {
         let n = tensor.elements() as usize;
+        let file = layout.map_or(0, |l| l.owner(t));
         jobs.extend((0..n).step_by(CHUNK_ELEMENTS).map(|start| Job {
             tensor: t,
+            file,
             start,
             end: (start + CHUNK_ELEMENTS).min(n),
         }));
     }
     jobs
+}
+
+/// A file to put in an output directory beside the weights.
+#[derive(Debug, Clone)]
+pub enum ExtraFile {
+    /// Copy this file (following symbolic links).
+    Copy { name: String, from: PathBuf },
+    /// Write these bytes.
+    Bytes { name: String, bytes: Vec<u8> },
+}
+
+impl ExtraFile {
+    pub fn name(&self) -> &str {
+        match self {
+            ExtraFile::Copy { name, .. } | ExtraFile::Bytes { name, .. } => name,
+        }
+    }
 }
 
 /// Runs `plan` and publishes the result at `dest`, atomically. Refuses an existing `dest`
@@ -96,15 +120,14 @@ pub fn write(
     options: RunOptions<'_>,
 ) -> Result<Vec<Warning>> {
     refuse_input_as_output(plan, dest)?;
-    let header = plan.header();
-    let base = header.len() as u64;
+    let layout = Layout::single(plan, "");
+    let file = &layout.files[0];
     let out = AtomicFile::create(dest, overwrite)?;
-    out.allocate(base + plan.data_len())?;
-    out.write_at(0, &header)?;
-    let warnings = run(plan, options, |job, bytes| {
-        let offset = base
-            + plan.tensors[job.tensor].begin
-            + (job.start * plan.tensors[job.tensor].dtype.size()) as u64;
+    out.allocate(file.len())?;
+    out.write_at(0, &file.header)?;
+    let warnings = run(plan, Some(&layout), options, |job, bytes| {
+        let tensor = &plan.tensors[job.tensor];
+        let offset = file.offset(tensor) + (job.start * tensor.dtype.size()) as u64;
         out.write_at(offset, bytes)?;
         start_writeback(out.file(), offset, bytes.len() as u64);
         Ok(())
@@ -120,7 +143,7 @@ pub fn write(
 pub fn to_memory(plan: &Plan, options: RunOptions<'_>) -> Result<(Soup, Vec<Warning>)> {
     let data = Mutex::new(vec![0u8; plan.data_len() as usize]);
     // Jobs are disjoint, so the lock is held only for a memcpy of one chunk.
-    let warnings = run(plan, options, |job, bytes| {
+    let warnings = run(plan, None, options, |job, bytes| {
         let offset = plan.tensors[job.tensor].begin as usize
             + job.start * plan.tensors[job.tensor].dtype.size();
         data.lock().expect("no job panics while holding it")[offset..offset + bytes.len()]
@@ -135,14 +158,71 @@ pub fn to_memory(plan: &Plan, options: RunOptions<'_>) -> Result<(Soup, Vec<Warn
     Ok((soup, warnings))
 }
 
+/// Runs `plan` into a model directory at `dest`: the shards of `layout`, their index when
+/// there are several, and `extra` files, all built in a temporary sibling directory that is
+/// renamed into place only when complete. Refuses an existing `dest` unless `overwrite`, and
+/// a `dest` that holds one of the inputs always.
+pub fn write_dir(
+    plan: &Plan,
+    layout: &Layout,
+    dest: &Path,
+    overwrite: bool,
+    extra: &[ExtraFile],
+    options: RunOptions<'_>,
+) -> Result<Vec<Warning>> {
+    refuse_input_as_output(plan, dest)?;
+    refuse_inputs_inside(plan, dest)?;
+    let dir = AtomicDir::create(dest, overwrite)?;
+    let files = layout
+        .files
+        .iter()
+        .map(|f| {
+            let file = dir.create_file(&f.name)?;
+            crate::format::allocate(&file, f.len()).map_err(|e| dir.write_error(&f.name, e))?;
+            file.write_all_at(&f.header, 0)
+                .map_err(|e| dir.write_error(&f.name, e))?;
+            Ok(file)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let warnings = run(plan, Some(layout), options, |job, bytes| {
+        let tensor = &plan.tensors[job.tensor];
+        let spec = &layout.files[job.file];
+        let offset = spec.offset(tensor) + (job.start * tensor.dtype.size()) as u64;
+        let file = &files[job.file];
+        file.write_all_at(bytes, offset)
+            .map_err(|e| dir.write_error(&spec.name, e))?;
+        start_writeback(file, offset, bytes.len() as u64);
+        Ok(())
+    })?;
+    for ingredient in &plan.ingredients {
+        ingredient.check_unchanged()?;
+    }
+    for (file, spec) in files.iter().zip(&layout.files) {
+        file.sync_all()
+            .map_err(|e| dir.write_error(&spec.name, e))?;
+    }
+    if let Some(index) = layout.index(plan) {
+        dir.write_file(INDEX_NAME, index.encode().as_bytes())?;
+    }
+    for f in extra {
+        match f {
+            ExtraFile::Copy { name, from } => dir.copy_file(from, name)?,
+            ExtraFile::Bytes { name, bytes } => dir.write_file(name, bytes)?,
+        }
+    }
+    dir.commit()?;
+    Ok(warnings)
+}
+
 fn run(
     plan: &Plan,
+    layout: Option<&Layout>,
     options: RunOptions<'_>,
     sink: impl Fn(&Job, &[u8]) -> Result<()> + Sync,
 ) -> Result<Vec<Warning>> {
     INTERRUPTED.store(false, Ordering::SeqCst);
     let findings = Mutex::new(Vec::new());
-    jobs(plan)
+    jobs(plan, layout)
         .par_iter()
         .try_for_each_init(Scratch::default, |scratch, job| {
             if INTERRUPTED.load(Ordering::Relaxed) {
@@ -289,6 +369,25 @@ fn release_inputs(plan: &Plan, tensor: &TensorPlan, job: &Job) {
         let size = t.info.dtype.size();
         ck.release(&t, job.start * size..job.end * size);
     }
+}
+
+/// A directory output that holds an input's shards would delete them when it is replaced.
+fn refuse_inputs_inside(plan: &Plan, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = std::fs::metadata(dest) else {
+        return Ok(());
+    };
+    for ck in &plan.ingredients {
+        for shard in ck.shards() {
+            let parent = crate::format::parent_dir(shard.path());
+            if let Ok(m) = std::fs::metadata(parent) {
+                if (m.dev(), m.ino()) == (out.dev(), out.ino()) {
+                    return Err(Error::output(dest, format!("holds the input {}; write the soup to a new directory with -o (an input is never overwritten, even with --force)", shard.path().display())));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn refuse_input_as_output(plan: &Plan, dest: &Path) -> Result<()> {

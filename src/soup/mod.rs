@@ -2,10 +2,12 @@
 
 mod execute;
 mod kernel;
+mod layout;
 mod plan;
 
-pub use execute::{interrupt, to_memory, write, RunOptions, Soup, Warning};
+pub use execute::{interrupt, to_memory, write, write_dir, ExtraFile, RunOptions, Soup, Warning};
 pub use kernel::CHUNK_ELEMENTS;
+pub use layout::{parse_size, FileSummary, Layout, OutputFile, DEFAULT_SHARD_SIZE};
 pub use plan::{
     display_name, tool_version, Action, OnMissing, Plan, PlanOptions, TensorPlan, Term,
     META_INGREDIENTS, META_METHOD, META_TOOL, META_WEIGHTS,

@@ -1,0 +1,176 @@
+//! A model directory built under a temporary sibling name and published at its destination
+//! only when complete, so a failure never leaves half a model there.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::os;
+use super::writer::{parent_dir, remove_stale_temporaries, sync_parent, temp_sibling};
+use crate::error::{Error, Result};
+
+/// A directory filled under `.NAME.soup-tmp-PID-N` beside `dest` and renamed into place by
+/// `commit`. Dropped uncommitted, it removes the temporary and everything in it.
+pub struct AtomicDir {
+    dest: PathBuf,
+    temp: PathBuf,
+    overwrite: bool,
+    committed: bool,
+}
+
+impl AtomicDir {
+    /// Creates the temporary sibling directory of `dest`. Refuses an existing `dest` unless
+    /// `overwrite`.
+    pub fn create(dest: &Path, overwrite: bool) -> Result<AtomicDir> {
+        if !overwrite && dest.symlink_metadata().is_ok() {
+            return Err(Error::output(
+                dest,
+                "already exists; pass --force to replace it",
+            ));
+        }
+        let parent = parent_dir(dest);
+        if !parent.is_dir() {
+            return Err(Error::output(
+                dest,
+                format!(
+                    "the directory {} does not exist; create it or choose another -o",
+                    parent.display()
+                ),
+            ));
+        }
+        let temp = temp_sibling(dest)?;
+        remove_stale_temporaries(dest);
+        std::fs::create_dir(&temp)
+            .map_err(|e| Error::output(dest, format!("cannot create {}: {e}", temp.display())))?;
+        Ok(AtomicDir {
+            dest: dest.to_path_buf(),
+            temp,
+            overwrite,
+            committed: false,
+        })
+    }
+
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// The temporary directory being filled.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// Creates a new, empty file `name` in the temporary directory.
+    pub fn create_file(&self, name: &str) -> Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(self.temp.join(name))
+            .map_err(|e| self.write_error(name, e))
+    }
+
+    /// Writes a whole small file (an index, a config, a model card) and flushes it to disk.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let mut f = self.create_file(name)?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| self.write_error(name, e))
+    }
+
+    /// Copies `from` (following symbolic links) to `name`, flushed to disk.
+    pub fn copy_file(&self, from: &Path, name: &str) -> Result<()> {
+        let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
+        self.write_file(name, &bytes)
+    }
+
+    /// The error for a failed write of `name`, with the fix for a full disk.
+    pub fn write_error(&self, name: &str, e: io::Error) -> Error {
+        let reason = if e.raw_os_error() == Some(libc::ENOSPC) {
+            "no space left on device; free some space or write the output elsewhere with -o"
+                .to_string()
+        } else {
+            format!("cannot write {}: {e}", self.temp.join(name).display())
+        };
+        Error::output(&self.dest, reason)
+    }
+
+    /// Flushes the directory and publishes it at its destination. An existing destination
+    /// (allowed by `overwrite`) is swapped out atomically where the filesystem can, and else
+    /// renamed aside first; either way it is removed only once the new directory is in place.
+    pub fn commit(mut self) -> Result<()> {
+        if let Ok(d) = File::open(&self.temp) {
+            d.sync_all().map_err(|e| self.write_error(".", e))?;
+        }
+        let exists = self.dest.symlink_metadata().is_ok();
+        if !exists || !self.overwrite {
+            os::rename_no_replace(&self.temp, &self.dest).map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    Error::output(
+                        &self.dest,
+                        "was created by another process during the merge; pass --force to replace it",
+                    )
+                } else {
+                    self.rename_error(e)
+                }
+            })?;
+            self.committed = true;
+            sync_parent(&self.dest);
+            return Ok(());
+        }
+        match os::rename_exchange(&self.temp, &self.dest) {
+            Ok(()) => {
+                // The temporary name now holds the old output.
+                self.committed = true;
+                sync_parent(&self.dest);
+                remove_any(&self.temp);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => self.replace_via_aside(),
+            Err(e) => Err(self.rename_error(e)),
+        }
+    }
+
+    /// Replacement without an atomic exchange: the old output is renamed aside (under a name
+    /// that stale-temporary cleanup never removes), the new one renamed in, the old removed.
+    fn replace_via_aside(&mut self) -> Result<()> {
+        let name = self
+            .dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = parent_dir(&self.dest).join(format!(".{name}.soup-old-{}", std::process::id()));
+        std::fs::rename(&self.dest, &aside).map_err(|e| self.rename_error(e))?;
+        if let Err(e) = os::rename_no_replace(&self.temp, &self.dest) {
+            // Put the old output back; it was never touched.
+            let _ = std::fs::rename(&aside, &self.dest);
+            return Err(self.rename_error(e));
+        }
+        self.committed = true;
+        sync_parent(&self.dest);
+        remove_any(&aside);
+        Ok(())
+    }
+
+    fn rename_error(&self, e: io::Error) -> Error {
+        Error::output(
+            &self.dest,
+            format!("cannot rename {} into place: {e}", self.temp.display()),
+        )
+    }
+}
+
+fn remove_any(path: &Path) {
+    let _ = match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => Ok(()),
+    };
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.temp);
+        }
+    }
+}
