@@ -10,7 +10,10 @@ pub enum Error {
     // The cause is part of the message, not a `#[source]`: printed as an error chain it would
     // appear twice.
     #[error("{}: {cause}", path.display())]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
 
     #[error("{}: {reason}", path.display())]
     Header { path: PathBuf, reason: String },
@@ -24,6 +27,10 @@ pub enum Error {
 
     #[error("{0}")]
     Plan(String),
+
+    /// A recipe file (`--config`) that can't be read as a linear merge.
+    #[error("{}: {reason}", path.display())]
+    Recipe { path: PathBuf, reason: String },
 
     #[error("{}: {reason}", path.display())]
     Output { path: PathBuf, reason: String },

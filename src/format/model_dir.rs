@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{Checkpoint, Shard};
+use super::dtype::Dtype;
 use super::index::{ShardIndex, INDEX_NAME, SINGLE_NAME};
 use crate::error::{printable, Error, Result};
 
@@ -158,4 +159,46 @@ pub fn companion_files(dir: &Path) -> Vec<PathBuf> {
         .map(|n| dir.join(n))
         .filter(|p| p.is_file())
         .collect()
+}
+
+/// The PyTorch name transformers writes in `config.json` for a dtype, if it has one.
+pub fn torch_name(dtype: Dtype) -> Option<&'static str> {
+    match dtype {
+        Dtype::F32 => Some("float32"),
+        Dtype::F16 => Some("float16"),
+        Dtype::BF16 => Some("bfloat16"),
+        Dtype::F64 => Some("float64"),
+        _ => None,
+    }
+}
+
+/// A `config.json` with its dtype set to `dtype` (a PyTorch name such as `bfloat16`): the
+/// `torch_dtype` key, and `dtype` where transformers 5 writes that instead. Written back with
+/// sorted keys and two-space indentation, as transformers writes configs.
+pub fn config_with_dtype(path: &Path, bytes: &[u8], dtype: &str) -> Result<Vec<u8>> {
+    let mut config: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        Error::header(
+            path,
+            format!("is not valid JSON ({e}); fix it, or take the config from another directory with --base"),
+        )
+    })?;
+    let map = config.as_object_mut().ok_or_else(|| {
+        Error::header(
+            path,
+            "is not a JSON object; fix it, or take the config from another directory with --base",
+        )
+    })?;
+    let mut set = false;
+    for key in ["torch_dtype", "dtype"] {
+        if let Some(v) = map.get_mut(key) {
+            *v = dtype.into();
+            set = true;
+        }
+    }
+    if !set {
+        map.insert("torch_dtype".into(), dtype.into());
+    }
+    let mut text = serde_json::to_string_pretty(&config).expect("values from JSON serialise");
+    text.push('\n');
+    Ok(text.into_bytes())
 }

@@ -1,14 +1,18 @@
 //! Merging: plans from headers, the weighted-sum kernel, and running plans to files or memory.
 
+mod card;
 mod execute;
 mod kernel;
 mod layout;
 mod plan;
+mod recipe;
 
+pub use card::{model_name, Card};
 pub use execute::{interrupt, to_memory, write, write_dir, ExtraFile, RunOptions, Soup, Warning};
 pub use kernel::CHUNK_ELEMENTS;
 pub use layout::{parse_size, FileSummary, Layout, OutputFile, DEFAULT_SHARD_SIZE};
 pub use plan::{
     display_name, tool_version, Action, OnMissing, Plan, PlanOptions, TensorPlan, Term,
-    META_INGREDIENTS, META_METHOD, META_TOOL, META_WEIGHTS,
+    META_INGREDIENTS, META_METHOD, META_RECIPE, META_TOOL, META_WEIGHTS,
 };
+pub use recipe::Recipe;

@@ -85,6 +85,8 @@ pub const META_INGREDIENTS: &str = "model_soup.ingredients";
 pub const META_WEIGHTS: &str = "model_soup.weights";
 pub const META_METHOD: &str = "model_soup.method";
 pub const META_TOOL: &str = "model_soup.tool";
+/// The recipe file's text, when the merge came from `--config`.
+pub const META_RECIPE: &str = "model_soup.recipe";
 
 /// The name and version written into outputs.
 pub fn tool_version() -> String {
