@@ -1,0 +1,136 @@
+//! candle's forward pass against an independent one: tests/reference/forward_ref.py computes
+//! the digits-cnn logits in float64 numpy from the raw files. Per image, every logit must agree
+//! within 1e-4 of the row's largest logit magnitude, for single checkpoints (f32, f16, bf16)
+//! and for soups the core merged in memory.
+#![cfg(feature = "eval")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use model_soup::eval::arch;
+use model_soup::eval::dataset::Dataset;
+use model_soup::eval::evaluator::Evaluator;
+use model_soup::eval::weights::Weights;
+use model_soup::format::Checkpoint;
+use model_soup::soup::{self, Plan, PlanOptions, RunOptions};
+
+const IMAGES: usize = 24;
+const CLASSES: usize = 10;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+fn test_split() -> PathBuf {
+    fixture("digits/test.safetensors")
+}
+
+/// candle's logits for the first IMAGES test inputs of the uniform soup of `models`, merged by
+/// the core as soup-eval does (a single model is used as is).
+fn candle_logits(models: &[&str]) -> Vec<f32> {
+    let arch = arch::lookup("digits-cnn").unwrap();
+    let full = Dataset::open(&test_split(), arch).unwrap();
+    let data = Dataset {
+        path: full.path.clone(),
+        inputs: full.inputs[..IMAGES * full.sample_len()].to_vec(),
+        sample_shape: full.sample_shape.clone(),
+        labels: full.labels[..IMAGES].to_vec(),
+    };
+    let checkpoints: Vec<Checkpoint> = models
+        .iter()
+        .map(|m| Checkpoint::open(&fixture(&format!("models/{m}"))).unwrap())
+        .collect();
+    let weights = if checkpoints.len() == 1 {
+        Weights::from_checkpoint(&checkpoints[0])
+    } else {
+        let k = checkpoints.len();
+        let plan = Plan::new(checkpoints, vec![1.0 / k as f64; k], &PlanOptions::default()).unwrap();
+        let (soup, _) = soup::to_memory(&plan, RunOptions::default()).unwrap();
+        Weights::from_soup(&soup)
+    };
+    let evaluator = Evaluator::new(arch, candle_core::Device::Cpu, 7);
+    evaluator.logits(&weights, &data).unwrap()
+}
+
+/// numpy's float64 logits for the same images and models.
+fn numpy_logits(python: &Path, models: &[&str]) -> Vec<f64> {
+    let out = Command::new(python)
+        .arg(common::reference_script("forward_ref.py"))
+        .arg(test_split())
+        .arg(IMAGES.to_string())
+        .args(models.iter().map(|m| fixture(&format!("models/{m}"))))
+        .output()
+        .expect("run forward_ref.py");
+    assert!(
+        out.status.success(),
+        "forward_ref.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>())
+        .collect()
+}
+
+/// The largest per-image error, relative to the image's largest logit magnitude.
+fn worst_relative_error(candle: &[f32], numpy: &[f64]) -> f64 {
+    assert_eq!(candle.len(), IMAGES * CLASSES);
+    assert_eq!(numpy.len(), IMAGES * CLASSES);
+    candle
+        .chunks(CLASSES)
+        .zip(numpy.chunks(CLASSES))
+        .map(|(c, n)| {
+            let scale = n.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-6);
+            c.iter()
+                .zip(n)
+                .map(|(a, b)| (*a as f64 - b).abs() / scale)
+                .fold(0f64, f64::max)
+        })
+        .fold(0f64, f64::max)
+}
+
+fn check(models: &[&str]) {
+    let Some(python) = common::reference_python() else { return };
+    let error = worst_relative_error(&candle_logits(models), &numpy_logits(&python, models));
+    assert!(error <= 1e-4, "{models:?}: candle and numpy differ by {error:e} (relative)");
+}
+
+#[test]
+fn single_f32_checkpoints() {
+    check(&["base.safetensors"]);
+    check(&["ft-lr3e-1-poor.safetensors"]);
+}
+
+#[test]
+fn half_precision_checkpoints() {
+    check(&["ft-lr2e-3.f16.safetensors"]);
+    check(&["ft-lr1e-3-shift.bf16.safetensors"]);
+}
+
+#[test]
+fn soups_merged_in_memory() {
+    check(&[
+        "ft-lr2e-3.safetensors",
+        "ft-lr2e-3-long.safetensors",
+        "ft-lr1e-3-smooth.safetensors",
+    ]);
+    // The different-init pair: a broken soup must still be computed faithfully.
+    check(&["scratch-a.safetensors", "scratch-b.safetensors"]);
+}
+
+#[test]
+fn the_comparison_can_fail() {
+    // A control: another model's logits are far outside the tolerance, so a wrong forward
+    // pass (or wrong weights) would be caught.
+    let Some(python) = common::reference_python() else { return };
+    let error = worst_relative_error(
+        &candle_logits(&["base.safetensors"]),
+        &numpy_logits(&python, &["ft-lr2e-3.safetensors"]),
+    );
+    assert!(error > 1e-2, "different models agree to {error:e}?");
+}
