@@ -1,15 +1,18 @@
 //! `soup-merge`: flags, validation of flags into a `Plan`, running it, and the summary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
-use crate::format::{Checkpoint, Dtype};
-use crate::soup::{self, Action, OnMissing, Plan, PlanOptions, RunOptions, Warning};
+use crate::format::{model_dir, Checkpoint, Dtype};
+use crate::soup::{
+    self, Action, Card, ExtraFile, FileSummary, Layout, OnMissing, Plan, PlanOptions, Recipe,
+    RunOptions, Warning, DEFAULT_SHARD_SIZE, META_RECIPE,
+};
 
 const AFTER_HELP: &str = "\
 How tensors are merged:
@@ -29,22 +32,58 @@ Safety:
   place: on any error, Ctrl-C or a full disk nothing appears at the destination. An existing
   output is refused without --force; an output that is one of the inputs is always refused.
 
+Model directories:
+  An input may be a Hugging Face model directory: its model.safetensors, or its
+  model.safetensors.index.json and shards (the index is checked against the shards). When -o does
+  not end in .safetensors, or --shard-size is given, the output is a model directory: shards of at
+  most --shard-size (default 5GB) named model-00001-of-0000N.safetensors with their index (one
+  shard is model.safetensors), the config, generation config, tokenizer and chat template of the
+  first input (or --base DIR) with torch_dtype set to the output dtype, and a README.md model card.
+  It is built in a hidden temporary directory beside it and renamed into place when complete.
+
+Recipes:
+  --config recipe.yaml reads a mergekit linear-merge config: merge_method: linear, models[].model,
+  models[].parameters.weight, parameters.normalize (default true, as in mergekit), dtype,
+  out_dtype, base_model. Any other key or method is an error naming it. The recipe is stored in
+  the output's __metadata__ (model_soup.recipe) and model card.
+
 Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line,
 130 interrupted. With --json, stdout holds one JSON object, also on failure ({\"error\": ...}).
 
 Examples:
   soup-merge a.safetensors b.safetensors c.safetensors -o soup.safetensors
   soup-merge a.safetensors b.safetensors -w 0.7,0.3 --dtype bf16 -o soup.safetensors
-  soup-merge a.safetensors b.safetensors -o soup.safetensors --dry-run";
+  soup-merge a.safetensors b.safetensors -o soup.safetensors --dry-run
+  soup-merge ./ft-a ./ft-b -o ./soup --shard-size 2GB
+  soup-merge --config recipe.yaml -o ./soup";
 
 /// Average safetensors checkpoints into one model soup, streaming and in parallel.
 #[derive(Debug, Parser)]
 #[command(name = "soup-merge", version, after_help = AFTER_HELP)]
 pub struct Args {
-    /// Input checkpoints (.safetensors), fine-tunes of one model with the same tensor names and
-    /// shapes. One input just converts it (with --dtype).
-    #[arg(required = true, value_name = "INPUT")]
+    /// Input checkpoints (.safetensors files or Hugging Face model directories), fine-tunes of
+    /// one model with the same tensor names and shapes. One input just converts it (with
+    /// --dtype).
+    #[arg(required_unless_present = "config", value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
+
+    /// Read the inputs, weights and dtype from a mergekit YAML recipe (merge_method: linear).
+    #[arg(
+        long,
+        value_name = "RECIPE",
+        conflicts_with_all = ["inputs", "weights", "normalize", "dtype"]
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Write a model directory with shards of at most this size (5GB, 500MB, 2GiB). Default for
+    /// a directory output: 5GB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_shard_size)]
+    pub shard_size: Option<u64>,
+
+    /// Take config.json, the tokenizer and the chat template from this model directory instead
+    /// of the first input.
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<PathBuf>,
 
     /// Where to write the soup.
     #[arg(short, long, value_name = "PATH", required_unless_present = "dry_run")]
@@ -141,9 +180,33 @@ pub struct MergeReport {
     pub seconds: f64,
     /// Findings about the data; the merge went on.
     pub warnings: Vec<Warning>,
+    /// Parameters (elements) in the output's tensors.
+    pub parameters: u64,
+    /// Output tensors per dtype: count and bytes.
+    pub dtypes: Vec<DtypeSummary>,
+    /// The output's safetensors files: one, or the shards of a model directory.
+    pub files: Vec<FileSummary>,
+    /// Non-weight files written beside the shards of a directory output (config, tokenizer,
+    /// model card).
+    pub extra_files: Vec<String>,
+    /// The recipe file, with --config.
+    pub config: Option<PathBuf>,
     /// The plan per tensor, with --dry-run only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Vec<PlannedTensor>>,
+}
+
+/// Output tensors of one dtype.
+#[derive(Debug, Serialize)]
+pub struct DtypeSummary {
+    /// The dtype's safetensors name.
+    pub dtype: String,
+    /// Number of tensors.
+    pub tensors: usize,
+    /// Parameters (elements) in them.
+    pub parameters: u64,
+    /// Bytes of tensor data.
+    pub bytes: u64,
 }
 
 /// One input in the summary.
@@ -197,22 +260,114 @@ pub fn main(args: Args) -> ExitCode {
     }
 }
 
+/// What to merge, from the command line or a recipe.
+struct Merge {
+    inputs: Vec<PathBuf>,
+    weights: Vec<f64>,
+    dtype: Option<Dtype>,
+    recipe: Option<Recipe>,
+}
+
+fn merge_inputs(args: &Args) -> anyhow::Result<Merge> {
+    let Some(path) = &args.config else {
+        return Ok(Merge {
+            inputs: args.inputs.clone(),
+            weights: weights(args)?,
+            dtype: args.dtype.map(Dtype::from),
+            recipe: None,
+        });
+    };
+    let recipe = Recipe::read(path)?;
+    for (i, model) in recipe.models.iter().enumerate() {
+        if !model.exists() {
+            bail!(
+                "{}: models[{i}].model {} is not a local file or directory; soup-merge does not download models: fetch it first (huggingface-cli download REPO --local-dir DIR) and put the directory in the recipe",
+                path.display(),
+                model.display()
+            );
+        }
+    }
+    Ok(Merge {
+        inputs: recipe.models.clone(),
+        weights: recipe.effective_weights(),
+        dtype: recipe.dtype,
+        recipe: Some(recipe),
+    })
+}
+
+/// Where the output goes: one file, or a model directory of shards.
+enum Output {
+    File,
+    Dir { shard_size: u64 },
+}
+
+fn output_kind(args: &Args) -> anyhow::Result<Output> {
+    let is_file = args
+        .output
+        .as_ref()
+        .is_some_and(|o| o.extension().is_some_and(|e| e == "safetensors"));
+    match (is_file, args.shard_size) {
+        (true, Some(_)) => bail!(
+            "--shard-size writes a model directory, but -o {} names a .safetensors file; give -o a directory name",
+            args.output.as_ref().expect("is_file").display()
+        ),
+        (true, None) => {
+            if args.base.is_some() {
+                bail!("--base applies to a model-directory output; give -o a directory name (without .safetensors)");
+            }
+            Ok(Output::File)
+        }
+        (false, size) if args.output.is_some() || size.is_some() => Ok(Output::Dir {
+            shard_size: size.unwrap_or(DEFAULT_SHARD_SIZE),
+        }),
+        _ => Ok(Output::File),
+    }
+}
+
 /// Validates the flags, plans the merge and runs it.
 pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
     let started = Instant::now();
-    let weights = weights(args)?;
-    let ingredients = args
+    let merge = merge_inputs(args)?;
+    let kind = output_kind(args)?;
+    if let Some(base) = &args.base {
+        if !base.is_dir() {
+            bail!(
+                "--base {} is not a directory; give the model directory whose config and tokenizer to copy",
+                base.display()
+            );
+        }
+    }
+    let ingredients = merge
         .inputs
         .iter()
         .map(|p| Checkpoint::open(p))
         .collect::<Result<Vec<_>, _>>()?;
-    let options = PlanOptions {
-        dtype: args.dtype.map(Dtype::from),
+    let mut options = PlanOptions {
+        dtype: merge.dtype,
         on_missing: args.on_missing,
         ..Default::default()
     };
-    let plan = Plan::new(ingredients, weights, &options)?;
-    let mut report = summarise(args, &plan);
+    if let Some(recipe) = &merge.recipe {
+        options
+            .extra_metadata
+            .insert(META_RECIPE.into(), recipe.text.clone());
+    }
+    let plan = Plan::new(ingredients, merge.weights.clone(), &options)?;
+    let layout = match kind {
+        Output::File => Layout::single(
+            &plan,
+            &args
+                .output
+                .as_deref()
+                .map_or_else(|| "soup.safetensors".into(), soup::display_name),
+        ),
+        Output::Dir { shard_size } => Layout::sharded(&plan, shard_size),
+    };
+    let extra = match kind {
+        Output::File => Vec::new(),
+        Output::Dir { .. } => extra_files(args, &merge, &plan, &options)?,
+    };
+    let mut report = summarise(args, &merge, &plan, &layout, &extra);
     if args.dry_run {
         report.plan = Some(planned_tensors(&plan));
         return Ok(report);
@@ -223,22 +378,23 @@ pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
         .context("no output path; pass -o PATH")?;
     let bar = super::progress_bar(plan.data_len(), args.quiet);
     let progress = |n: u64| bar.inc(n);
-    let warnings = soup::write(
-        &plan,
-        output,
-        args.force,
-        RunOptions {
-            strict: args.strict,
-            progress: &progress,
-        },
-    )?;
+    let run_options = RunOptions {
+        strict: args.strict,
+        progress: &progress,
+    };
+    let warnings = match kind {
+        Output::File => soup::write(&plan, output, args.force, run_options)?,
+        Output::Dir { .. } => {
+            soup::write_dir(&plan, &layout, output, args.force, &extra, run_options)?
+        }
+    };
     bar.finish_and_clear();
     for w in &warnings {
         eprintln!("warning: {}", super::one_line(&w.message));
     }
     report.warnings = warnings;
     report.seconds = started.elapsed().as_secs_f64();
-    report.bytes_written = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+    report.bytes_written = bytes_on_disk(output);
     if !args.quiet {
         eprintln!(
             "wrote {} ({} tensors, {:.1} MB) in {:.2} s",
@@ -274,7 +430,130 @@ fn weights(args: &Args) -> anyhow::Result<Vec<f64>> {
     Ok(w)
 }
 
-fn summarise(args: &Args, plan: &Plan) -> MergeReport {
+/// Size of a written file, or of the files in a written directory.
+fn bytes_on_disk(path: &Path) -> u64 {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum(),
+        Err(_) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+    }
+}
+
+/// The dtype a directory output's config.json should name: --dtype (or the recipe's), else the
+/// dtype of most of the averaged bytes.
+fn config_dtype(plan: &Plan, options: &PlanOptions) -> Option<Dtype> {
+    if options.dtype.is_some() {
+        return options.dtype;
+    }
+    let mut bytes: Vec<(Dtype, u64)> = Vec::new();
+    for t in plan
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.action, Action::Average { .. }))
+    {
+        match bytes.iter_mut().find(|(d, _)| *d == t.dtype) {
+            Some((_, n)) => *n += t.end - t.begin,
+            None => bytes.push((t.dtype, t.end - t.begin)),
+        }
+    }
+    bytes.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
+}
+
+/// The non-weight files of a directory output: the config, tokenizer and chat template of
+/// --base, the recipe's base_model or the first input (whichever is a directory first), and
+/// the model card.
+fn extra_files(
+    args: &Args,
+    merge: &Merge,
+    plan: &Plan,
+    options: &PlanOptions,
+) -> anyhow::Result<Vec<ExtraFile>> {
+    let recipe_base = merge
+        .recipe
+        .as_ref()
+        .and_then(|r| r.base_model.as_ref())
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir());
+    let source = args
+        .base
+        .clone()
+        .or(recipe_base)
+        .or_else(|| merge.inputs.first().filter(|p| p.is_dir()).cloned());
+    let dtype = config_dtype(plan, options);
+    let mut extra = Vec::new();
+    if let Some(dir) = &source {
+        for from in model_dir::companion_files(dir) {
+            let name = soup::display_name(&from);
+            match dtype.and_then(model_dir::torch_name) {
+                Some(torch) if name == "config.json" => {
+                    let bytes = std::fs::read(&from)
+                        .with_context(|| format!("cannot read {}", from.display()))?;
+                    let bytes = model_dir::config_with_dtype(&from, &bytes, torch)?;
+                    extra.push(ExtraFile::Bytes { name, bytes });
+                }
+                _ => extra.push(ExtraFile::Copy { name, from }),
+            }
+        }
+    }
+    let title = args
+        .output
+        .as_deref()
+        .map_or_else(|| "soup".into(), soup::display_name);
+    let base_model = merge.recipe.as_ref().and_then(|r| r.base_model.as_deref());
+    let mut card = Card::for_plan(plan, &title, base_model);
+    card.dtype = options
+        .dtype
+        .map(|d| model_dir::torch_name(d).unwrap_or(d.name()).to_string());
+    card.on_missing = args
+        .on_missing
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string());
+    card.recipe = merge.recipe.as_ref().map(|r| r.text.clone());
+    extra.push(ExtraFile::Bytes {
+        name: "README.md".into(),
+        bytes: card.render().into_bytes(),
+    });
+    Ok(extra)
+}
+
+fn parse_shard_size(text: &str) -> Result<u64, String> {
+    soup::parse_size(text)
+}
+
+fn dtype_summary(plan: &Plan) -> Vec<DtypeSummary> {
+    let mut out: Vec<DtypeSummary> = Vec::new();
+    for t in &plan.tensors {
+        let name = t.dtype.name().to_string();
+        let i = match out.iter().position(|d| d.dtype == name) {
+            Some(i) => i,
+            None => {
+                out.push(DtypeSummary {
+                    dtype: name,
+                    tensors: 0,
+                    parameters: 0,
+                    bytes: 0,
+                });
+                out.len() - 1
+            }
+        };
+        out[i].tensors += 1;
+        out[i].parameters += t.elements();
+        out[i].bytes += t.end - t.begin;
+    }
+    out
+}
+
+fn summarise(
+    args: &Args,
+    merge: &Merge,
+    plan: &Plan,
+    layout: &Layout,
+    extra: &[ExtraFile],
+) -> MergeReport {
     let averaged = plan
         .tensors
         .iter()
@@ -283,7 +562,7 @@ fn summarise(args: &Args, plan: &Plan) -> MergeReport {
     MergeReport {
         output: args.output.clone(),
         dry_run: args.dry_run,
-        inputs: args
+        inputs: merge
             .inputs
             .iter()
             .zip(&plan.weights)
@@ -297,10 +576,15 @@ fn summarise(args: &Args, plan: &Plan) -> MergeReport {
         copied: plan.tensors.len() - averaged,
         missing: plan.missing.clone(),
         bytes_read: plan.read_len(),
-        output_bytes: plan.file_len(),
+        output_bytes: layout.total_len(),
         bytes_written: 0,
         seconds: 0.0,
         warnings: Vec::new(),
+        parameters: plan.tensors.iter().map(|t| t.elements()).sum(),
+        dtypes: dtype_summary(plan),
+        files: layout.summary(),
+        extra_files: extra.iter().map(|f| f.name().to_string()).collect(),
+        config: args.config.clone(),
         plan: None,
     }
 }
@@ -347,6 +631,25 @@ fn describe_plan(report: &MergeReport) -> String {
             terms.join(" + ")
         );
     }
+    for d in &report.dtypes {
+        s += &format!(
+            "dtype {:<5} {} tensors, {} parameters, {:.1} MB\n",
+            d.dtype,
+            d.tensors,
+            d.parameters,
+            d.bytes as f64 / 1e6
+        );
+    }
+    for f in &report.files {
+        s += &format!(
+            "file {}: {} tensors, {} bytes\n",
+            f.name, f.tensors, f.bytes
+        );
+    }
+    if !report.extra_files.is_empty() {
+        s += &format!("with {}\n", report.extra_files.join(", "));
+    }
+    s += &format!("{} parameters\n", report.parameters);
     s += &format!(
         "{} tensors: {} averaged, {} copied, {} not in every input; {:.1} MB to read, {:.1} MB to write\n",
         report.tensors,
