@@ -64,7 +64,11 @@ impl Candidates for Script {
     }
 
     fn keep(&mut self, candidate: usize) -> model_soup::eval::Result<()> {
-        assert_eq!(self.last, Some(candidate), "kept a candidate that wasn't just tried");
+        assert_eq!(
+            self.last,
+            Some(candidate),
+            "kept a candidate that wasn't just tried"
+        );
         self.soup.push(candidate);
         Ok(())
     }

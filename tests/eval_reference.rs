@@ -20,7 +20,9 @@ const IMAGES: usize = 24;
 const CLASSES: usize = 10;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 fn test_split() -> PathBuf {
@@ -46,7 +48,12 @@ fn candle_logits(models: &[&str]) -> Vec<f32> {
         Weights::from_checkpoint(&checkpoints[0])
     } else {
         let k = checkpoints.len();
-        let plan = Plan::new(checkpoints, vec![1.0 / k as f64; k], &PlanOptions::default()).unwrap();
+        let plan = Plan::new(
+            checkpoints,
+            vec![1.0 / k as f64; k],
+            &PlanOptions::default(),
+        )
+        .unwrap();
         let (soup, _) = soup::to_memory(&plan, RunOptions::default()).unwrap();
         Weights::from_soup(&soup)
     };
@@ -73,7 +80,13 @@ fn numpy_logits(python: &Path, models: &[&str]) -> Vec<f64> {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>())
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -95,9 +108,14 @@ fn worst_relative_error(candle: &[f32], numpy: &[f64]) -> f64 {
 }
 
 fn check(models: &[&str]) {
-    let Some(python) = common::reference_python() else { return };
+    let Some(python) = common::reference_python() else {
+        return;
+    };
     let error = worst_relative_error(&candle_logits(models), &numpy_logits(&python, models));
-    assert!(error <= 1e-4, "{models:?}: candle and numpy differ by {error:e} (relative)");
+    assert!(
+        error <= 1e-4,
+        "{models:?}: candle and numpy differ by {error:e} (relative)"
+    );
 }
 
 #[test]
@@ -127,7 +145,9 @@ fn soups_merged_in_memory() {
 fn the_comparison_can_fail() {
     // A control: another model's logits are far outside the tolerance, so a wrong forward
     // pass (or wrong weights) would be caught.
-    let Some(python) = common::reference_python() else { return };
+    let Some(python) = common::reference_python() else {
+        return;
+    };
     let error = worst_relative_error(
         &candle_logits(&["base.safetensors"]),
         &numpy_logits(&python, &["ft-lr2e-3.safetensors"]),
