@@ -65,7 +65,7 @@ fn ingredients() -> Vec<PathBuf> {
     INGREDIENTS.iter().map(|n| model(n)).collect()
 }
 
-fn correct(score: &Value) -> u64 {
+fn correct_of(score: &Value) -> u64 {
     score["correct"].as_u64().expect("a score")
 }
 
@@ -77,11 +77,11 @@ fn greedy_soup_beats_or_matches_every_ingredient_on_val() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| correct(&r["val"]))
+        .map(|r| correct_of(&r["val"]))
         .max()
         .unwrap();
-    assert!(correct(&greedy["row"]["val"]) >= best);
-    assert!(correct(&greedy["search"]["val"]) >= best);
+    assert!(correct_of(&greedy["row"]["val"]) >= best);
+    assert!(correct_of(&greedy["search"]["val"]) >= best);
     // On these fixtures the search keeps more than one ingredient and rejects the poor one.
     let members: Vec<&str> = greedy["row"]["members"]
         .as_array()
@@ -213,7 +213,7 @@ fn ensemble_equals_a_manual_average_of_probabilities() {
     let report = json(&soup_eval("ensemble", &models, &[&"--json"]));
     let test = &report["ensemble"]["row"]["test"];
     let (correct, loss) = manual_ensemble(&models, false);
-    assert_eq!(correct(test), correct);
+    assert_eq!(correct_of(test), correct);
     assert!((test["loss"].as_f64().unwrap() - loss).abs() < 1e-12);
     assert_eq!(report["ensemble"]["mode"], "probs");
 
@@ -223,7 +223,7 @@ fn ensemble_equals_a_manual_average_of_probabilities() {
         &[&"--json", &"--mode", &"logits"],
     ));
     let (correct, _) = manual_ensemble(&models, true);
-    assert_eq!(correct(&report["ensemble"]["row"]["test"]), correct);
+    assert_eq!(correct_of(&report["ensemble"]["row"]["test"]), correct);
     assert_eq!(report["ensemble"]["mode"], "logits");
 }
 
