@@ -1,0 +1,325 @@
+//! soup-eval on bad input: each case gets one clear `error:` line naming the file, tensor or
+//! flag, a non-zero exit status, and no panic.
+#![cfg(feature = "eval")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{spec, write};
+use safetensors::Dtype as D;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+fn base() -> PathBuf {
+    fixture("models/base.safetensors")
+}
+
+fn val() -> PathBuf {
+    fixture("digits/val.safetensors")
+}
+
+fn soup_eval(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_soup-eval"));
+    for a in args {
+        cmd.arg(a.as_ref());
+    }
+    cmd.output().expect("run soup-eval")
+}
+
+/// Asserts exit status 1, one `error:` line containing every needle, and no panic.
+fn assert_error(out: &Output, needles: &[&str]) -> String {
+    let err = common::stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in: {err}"));
+    for n in needles {
+        assert!(line.contains(n), "'{line}' lacks '{n}'");
+    }
+    line.to_string()
+}
+
+/// The base checkpoint's tensors, changed by `edit`, written to `path`.
+fn edited_base(path: &Path, edit: impl FnOnce(&mut Vec<common::Spec>)) {
+    let mut tensors: Vec<common::Spec> = common::read(&base())
+        .into_iter()
+        .map(|(name, (dtype, shape, data))| spec(&name, dtype, &shape, data))
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    edit(&mut tensors);
+    write(path, &tensors);
+}
+
+fn dataset(path: &Path, inputs: Option<(&[usize], usize)>, labels: Option<&[i64]>) {
+    let mut tensors = Vec::new();
+    if let Some((shape, n)) = inputs {
+        let data: Vec<u8> = (0..n)
+            .flat_map(|i| ((i % 17) as f32 / 16.0).to_le_bytes())
+            .collect();
+        tensors.push(spec("inputs", D::F32, shape, data));
+    }
+    if let Some(labels) = labels {
+        let data: Vec<u8> = labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+        tensors.push(spec("labels", D::I64, &[labels.len()], data));
+    }
+    write(path, &tensors);
+}
+
+#[test]
+fn checkpoint_missing_a_tensor_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("no-bias.safetensors");
+    edited_base(&bad, |t| t.retain(|s| s.name != "fc.bias"));
+    let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &"--val", &val(), &bad]);
+    assert_error(
+        &out,
+        &[
+            "no-bias.safetensors",
+            "'fc.bias'",
+            "missing",
+            "--arch digits-cnn",
+        ],
+    );
+}
+
+#[test]
+fn checkpoint_with_a_wrong_shape_names_the_tensor_and_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("wide.safetensors");
+    edited_base(&bad, |t| {
+        let fc = t.iter_mut().find(|s| s.name == "fc.weight").unwrap();
+        fc.shape = vec![5, 256];
+    });
+    let out = soup_eval(&[
+        &"report",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &val(),
+        &"--test",
+        &val(),
+        &base(),
+        &bad,
+    ]);
+    assert_error(
+        &out,
+        &["wide.safetensors", "'fc.weight'", "[5, 256]", "[10, 128]"],
+    );
+}
+
+#[test]
+fn checkpoint_with_an_integer_weight_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("int.safetensors");
+    edited_base(&bad, |t| {
+        let w = t.iter_mut().find(|s| s.name == "conv1.weight").unwrap();
+        w.dtype = D::I32;
+    });
+    let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &"--val", &val(), &bad]);
+    assert_error(&out, &["'conv1.weight'", "I32", "float"]);
+}
+
+#[test]
+fn dataset_without_labels_or_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_labels = dir.path().join("no-labels.safetensors");
+    dataset(&no_labels, Some((&[3, 1, 8, 8], 192)), None);
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &no_labels,
+        &base(),
+    ]);
+    assert_error(&out, &["no-labels.safetensors", "no 'labels' tensor"]);
+
+    let no_inputs = dir.path().join("no-inputs.safetensors");
+    dataset(&no_inputs, None, Some(&[1, 2, 3]));
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--test",
+        &no_inputs,
+        &base(),
+    ]);
+    assert_error(&out, &["no-inputs.safetensors", "no 'inputs' tensor"]);
+}
+
+#[test]
+fn dataset_with_a_label_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("labels.safetensors");
+    dataset(&bad, Some((&[3, 1, 8, 8], 192)), Some(&[0, 10, 3]));
+    let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &"--val", &bad, &base()]);
+    assert_error(&out, &["labels.safetensors", "label 10 of input 1", "0..9"]);
+
+    dataset(&bad, Some((&[3, 1, 8, 8], 192)), Some(&[0, -1, 3]));
+    let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &"--val", &bad, &base()]);
+    assert_error(&out, &["label -1 of input 1"]);
+}
+
+#[test]
+fn dataset_with_the_wrong_input_shape_or_label_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let flat = dir.path().join("flat.safetensors");
+    dataset(&flat, Some((&[3, 64], 192)), Some(&[0, 1, 2]));
+    let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &"--val", &flat, &base()]);
+    assert_error(&out, &["'inputs' has shape [3, 64]", "[N, 1, 8, 8]"]);
+
+    let short = dir.path().join("short.safetensors");
+    dataset(&short, Some((&[3, 1, 8, 8], 192)), Some(&[0, 1]));
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &short,
+        &base(),
+    ]);
+    assert_error(&out, &["'labels' has shape [2]", "[3]"]);
+}
+
+#[test]
+fn mismatched_ingredients_are_refused_before_any_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra.safetensors");
+    edited_base(&extra, |t| {
+        t.push(spec("head2.weight", D::F32, &[2], vec![0; 8]));
+    });
+    for command in ["uniform", "greedy", "report"] {
+        let out = soup_eval(&[
+            &command,
+            &"--arch",
+            &"digits-cnn",
+            &"--val",
+            &val(),
+            &"--test",
+            &val(),
+            &base(),
+            &extra,
+        ]);
+        assert_error(&out, &["'head2.weight'", "different tensor names"]);
+    }
+}
+
+#[test]
+fn empty_ingredient_list_is_a_usage_error() {
+    let out = soup_eval(&[
+        &"report",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &val(),
+        &"--test",
+        &val(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = common::stderr(&out);
+    assert!(err.contains("CHECKPOINT"), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn unknown_architecture_lists_the_known_ones() {
+    let out = soup_eval(&[&"score", &"--arch", &"resnet50", &"--val", &val(), &base()]);
+    assert_error(&out, &["unknown architecture 'resnet50'", "digits-cnn"]);
+}
+
+#[test]
+fn bad_device_and_missing_cuda_support() {
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--device",
+        &"tpu",
+        &"--val",
+        &val(),
+        &base(),
+    ]);
+    assert_error(&out, &["bad --device 'tpu'", "cuda:N"]);
+    if cfg!(not(feature = "cuda")) {
+        let out = soup_eval(&[
+            &"score",
+            &"--arch",
+            &"digits-cnn",
+            &"--device",
+            &"cuda:1",
+            &"--val",
+            &val(),
+            &base(),
+        ]);
+        assert_error(&out, &["--device cuda:1", "--features cuda"]);
+    }
+}
+
+#[test]
+fn missing_splits_and_existing_outputs() {
+    let out = soup_eval(&[
+        &"greedy",
+        &"--arch",
+        &"digits-cnn",
+        &"--test",
+        &val(),
+        &base(),
+    ]);
+    assert_error(&out, &["--val"]);
+    let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &base()]);
+    assert_error(&out, &["--val PATH", "--test PATH"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let existing = dir.path().join("soup.safetensors");
+    std::fs::write(&existing, b"keep me").unwrap();
+    let out = soup_eval(&[
+        &"greedy",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &val(),
+        &"--test",
+        &val(),
+        &base(),
+        &"-o",
+        &existing,
+    ]);
+    assert_error(&out, &["already exists", "--force"]);
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+}
+
+#[test]
+fn not_a_safetensors_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"this is not a checkpoint at all").unwrap();
+    let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &"--val", &val(), &junk]);
+    assert_error(&out, &["junk.safetensors"]);
+}
+
+#[test]
+fn json_errors_are_json() {
+    let out = soup_eval(&[
+        &"score",
+        &"--json",
+        &"--arch",
+        &"nope",
+        &"--val",
+        &val(),
+        &base(),
+    ]);
+    assert_error(&out, &["unknown architecture"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown architecture 'nope'"));
+}
