@@ -144,7 +144,11 @@ fn report_greedy_accuracy_equals_score_of_the_written_file() {
         &ingredients(),
         &[&"--json", &"-o", &soup, &"--plot", &plot],
     ));
-    let scored = json(&soup_eval("score", &[soup.clone()], &[&"--json"]));
+    let scored = json(&soup_eval(
+        "score",
+        std::slice::from_ref(&soup),
+        &[&"--json"],
+    ));
     let row = &scored["ingredients"][0];
     let greedy = &report["greedy"]["row"];
     assert_eq!(row["val"], greedy["val"], "val scores differ");

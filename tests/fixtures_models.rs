@@ -59,10 +59,7 @@ fn data_splits_have_the_documented_shapes_and_labels() {
             data.inputs.iter().all(|x| (0.0..=1.0).contains(x)),
             "{split}: inputs outside [0, 1]"
         );
-        assert!(
-            data.inputs.iter().any(|x| *x == 1.0),
-            "{split}: not scaled by 16?"
-        );
+        assert!(data.inputs.contains(&1.0), "{split}: not scaled by 16?");
         let mut counts = [0usize; 10];
         data.labels.iter().for_each(|l| counts[*l] += 1);
         assert!(

@@ -66,15 +66,16 @@ impl Score {
     }
 }
 
-/// Index of the first maximum; NaN never wins.
-pub fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
-    let mut best = 0;
+/// Index of the first maximum; NaN never wins (an all-NaN row gives 0).
+pub fn argmax<T: Copy + Into<f64>>(row: &[T]) -> usize {
+    let mut best: Option<(usize, f64)> = None;
     for (i, x) in row.iter().enumerate() {
-        if *x > row[best] || row[best] != row[best] {
-            best = i;
+        let x: f64 = (*x).into();
+        if !x.is_nan() && best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
         }
     }
-    best
+    best.map_or(0, |(i, _)| i)
 }
 
 /// Row-wise softmax of `[rows, classes]` logits, in f64.
