@@ -13,16 +13,19 @@ Phases, run for each size in turn (inputs are made once per size, then deleted u
   scaling  floor and soup-merge only, for the size-vs-time and size-vs-RSS series
 
 Timing: wall clock around each process, peak RSS from `/usr/bin/time -v` (os.wait4 when absent).
-Before every timed run (warm phases) the inputs are read once untimed, the previous output is deleted
-and `sync` runs, so that no tool pays for another's cache misses or dirty pages.
+Before every timed run the previous output is deleted, `sync` runs, the inputs are read once untimed
+(warm phases) and the harness waits --settle seconds, so that no tool pays for another's cache misses
+or dirty pages, and every tool starts from the same state of free memory.
 Prints a markdown report on stdout and writes it, with the raw JSON, under DATA/results/.
 """
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -65,8 +68,13 @@ class Runner:
             logf.flush()
             wrapped = [self.gnu_time, "-v", "-o", tfile.name] + cmd if self.gnu_time else cmd
             start = time.perf_counter()
-            proc = subprocess.Popen(wrapped, stdout=logf, stderr=subprocess.STDOUT, env=full_env)
-            _, status, usage = os.wait4(proc.pid, 0)
+            proc = subprocess.Popen(wrapped, stdout=logf, stderr=subprocess.STDOUT, env=full_env,
+                                    start_new_session=True, preexec_fn=first_to_kill)
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            except BaseException:
+                os.killpg(proc.pid, signal.SIGTERM)  # the tool, and /usr/bin/time around it
+                raise
             wall = time.perf_counter() - start
             proc.returncode = os.waitstatus_to_exitcode(status)
             rss_kib = usage.ru_maxrss
@@ -78,7 +86,18 @@ class Runner:
             with open(log_path) as f:
                 tail = f.read()[-2000:]
             log(f"{label} failed with exit code {proc.returncode}; log {log_path}:\n{tail}")
-        return {"wall": wall, "rss_mib": rss_kib / 1024, "rc": proc.returncode, "log": log_path}
+        return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mib": rss_kib / 1024,
+                "rc": proc.returncode, "log": log_path}
+
+
+def first_to_kill():
+    """Make a timed tool the out-of-memory killer's first choice, so a baseline that needs more memory
+    than the machine has fails alone instead of taking down other work on a shared machine."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
 
 
 def warm(paths):
@@ -201,6 +220,7 @@ class Bench:
             drop_caches()
         elif not self.a.no_warm:
             warm(files)
+        time.sleep(self.a.settle)
         if tool.startswith("floor"):
             read = self.runner.run("floor-read", [self.py, os.path.join(SHARED, "read_floor.py"), *files])
             if cold:
@@ -210,6 +230,7 @@ class Bench:
                 write_cmd.append("--fsync")
             write = self.runner.run(tool + "-write", write_cmd)
             result = {"wall": read["wall"] + write["wall"], "read": read["wall"], "write": write["wall"],
+                      "cpu": read["cpu"] + write["cpu"],
                       "rss_mib": max(read["rss_mib"], write["rss_mib"]), "rc": read["rc"] or write["rc"]}
             out_bytes = os.path.getsize(files[0])
             remove(out)
@@ -301,9 +322,9 @@ class Bench:
         summary = {t: stats(rs) for t, rs in runs.items()}
         self.raw["sizes"].setdefault(f"{gib:g}", {})["threads"] = {"runs": runs, "summary": summary, "identical": same}
         lines = [f"### soup-merge threads, 3 × {gib:g} GiB {self.a.dtype}, warm, median of {reps}", "",
-                 "| RAYON_NUM_THREADS | wall s | min–max s | GB/s | peak RSS MiB |", "|---|---:|---:|---:|---:|"]
+                 "| RAYON_NUM_THREADS | wall s | min–max s | CPU s | GB/s | peak RSS MiB |", "|---|---:|---:|---:|---:|---:|"]
         for t, s in sorted(summary.items()):
-            lines.append(f"| {t} | {fmt(s['wall'])} | {fmt(s['min'])}–{fmt(s['max'])} | {fmt(s['gbps'], 2)} | {fmt(s['rss'], 0)} |")
+            lines.append(f"| {t} | {fmt(s['wall'])} | {fmt(s['min'])}–{fmt(s['max'])} | {fmt(s['cpu'], 2)} | {fmt(s['gbps'], 2)} | {fmt(s['rss'], 0)} |")
         if 1 in summary and 2 in summary and summary[2]["wall"]:
             lines.append(f"\nSpeed-up from 1 to 2 threads: {summary[1]['wall'] / summary[2]['wall']:.2f}×. ")
         lines.append(f"Outputs at 1 and 2 threads byte-identical (`cmp`): **{ {True: 'yes', False: 'NO', None: 'not checked (a run failed)'}[same] }**.\n")
@@ -321,13 +342,13 @@ class Bench:
 
     def scaling_table(self):
         lines = ["### Scaling with input size (soup-merge vs floor with fsync)", "",
-                 "| per input | read+written GB | reps | floor s | soup-merge s | × floor | soup s per GiB of input | GB/s | peak RSS MiB |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                 "| per input | read+written GB | reps | floor s | soup-merge s | soup CPU s | × floor | soup s per GiB of input | GB/s | peak RSS MiB |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for gib, in_bytes, reps, s in self.scaling_rows:
             f, m = s.get("floor", {}), s.get("soup", {})
             ratio = m["wall"] / f["wall"] if m.get("wall") and f.get("wall") else None
             per = m["wall"] / (in_bytes / 3 / GIB) if m.get("wall") else None
-            lines.append(f"| {gib:g} GiB | {fmt(m.get('bytes', 0) / 1e9, 1)} | {reps} | {fmt(f.get('wall'))} | {fmt(m.get('wall'))} | "
+            lines.append(f"| {gib:g} GiB | {fmt(m.get('bytes', 0) / 1e9, 1)} | {reps} | {fmt(f.get('wall'))} | {fmt(m.get('wall'))} | {fmt(m.get('cpu'), 2)} | "
                          f"{fmt(ratio, 2)} | {fmt(per)} | {fmt(m.get('gbps'), 2)} | {fmt(m.get('rss'), 0)} |")
         return "\n".join(lines) + "\n"
 
@@ -356,13 +377,17 @@ class Bench:
 
     def write(self):
         m = self.raw["machine"]
+        m["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         head = [f"## Run of {self.raw['started']}", "",
                 f"- Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gib']:.0f} GiB RAM, kernel {m['kernel']}, "
-                f"data on {m['fs']}",
-                f"- soup-merge: `{self.a.soup_merge}` ({m.get('soup_version', '?')}), repository commit {m['commit']}",
+                f"data on {m['fs']}; load average {m['load_start']} at start, {m['load_end']} at end (other jobs share the machine)",
+                f"- soup-merge: `{self.a.soup_merge}` ({m.get('soup_version', '?')}, sha256 {m.get('soup_sha', '?')}, "
+                f"built {m.get('soup_built', '?')}); repository at {m['commit']}",
                 f"- Command: `{self.a.command}`",
                 f"- Peak RSS from {'`/usr/bin/time -v`' if self.runner.gnu_time else 'os.wait4 rusage'}; "
-                "GB/s = (bytes read + bytes written) / wall / 1e9; × floor = wall / floor-with-fsync wall.", ""]
+                "CPU s = user + system time (median), less sensitive than wall to other jobs on the machine; "
+                "GB/s = (bytes read + bytes written) / wall / 1e9; × floor = wall / floor-with-fsync wall; "
+                f"settle {self.a.settle:g} s before each run.", ""]
         text = "\n".join(head + self.report)
         stamp = time.strftime("%Y%m%dT%H%M%S")
         res = os.path.join(self.data, "results")
@@ -383,10 +408,12 @@ class Bench:
 def stats(rs):
     ok = [r for r in rs if r["rc"] == 0]
     if not ok:
-        return {"wall": None, "min": None, "max": None, "rss": None, "gbps": None, "bytes": 0, "n": 0, "failed": len(rs)}
+        return {"wall": None, "min": None, "max": None, "cpu": None, "rss": None, "gbps": None, "bytes": 0, "n": 0,
+                "failed": len(rs)}
     wall = statistics.median(r["wall"] for r in ok)
     b = statistics.median(r["bytes"] for r in ok)
     return {"wall": wall, "min": min(r["wall"] for r in ok), "max": max(r["wall"] for r in ok),
+            "cpu": statistics.median(r["cpu"] for r in ok),
             "rss": max(r["rss_mib"] for r in ok), "gbps": b / wall / 1e9, "bytes": b, "n": len(ok),
             "failed": len(rs) - len(ok)}
 
@@ -402,16 +429,16 @@ def fmt(x, digits=3):
 def tools_table(summary, reps):
     floor = summary.get("floor", {}).get("wall")
     soup = summary.get("soup", {}).get("wall")
-    lines = ["| tool | wall s | min–max s | GB/s | peak RSS MiB | × floor | soup-merge faster by |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| tool | wall s | min–max s | CPU s | GB/s | peak RSS MiB | × floor | soup-merge faster by |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for t, s in summary.items():
         if s["wall"] is None:
-            lines.append(f"| {TOOL_TITLES.get(t, t)} | failed ({s['failed']} runs) | | | | | |")
+            lines.append(f"| {TOOL_TITLES.get(t, t)} | failed ({s['failed']} runs) | | | | | | |")
             continue
         ratio = s["wall"] / floor if floor else None
         faster = s["wall"] / soup if soup and not t.startswith("floor") and t != "soup" else None
         note = f" ({s['failed']} failed)" if s["failed"] else ""
-        lines.append(f"| {TOOL_TITLES.get(t, t)}{note} | {fmt(s['wall'])} | {fmt(s['min'])}–{fmt(s['max'])} | {fmt(s['gbps'], 2)} | "
+        lines.append(f"| {TOOL_TITLES.get(t, t)}{note} | {fmt(s['wall'])} | {fmt(s['min'])}–{fmt(s['max'])} | {fmt(s['cpu'], 2)} | {fmt(s['gbps'], 2)} | "
                      f"{fmt(s['rss'], 0)} | {fmt(ratio, 2)} | {'—' if faster is None else f'{faster:.1f}×'} |")
     return "\n".join(lines)
 
@@ -433,6 +460,7 @@ def machine(data):
     dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "src", "Cargo.toml"],
                            capture_output=True, text=True).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem, "kernel": platform.release(),
+            "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "fs": f"{fs[1]} ({fs[0]})" if len(fs) > 1 else "?",
             "commit": (commit or "none") + (" + uncommitted src changes" if dirty else "")}
 
@@ -450,6 +478,9 @@ def main():
     ap.add_argument("--data", default=os.environ.get("BENCH_DATA", "/work/bench-data"), help="scratch directory, outside the repo")
     ap.add_argument("--keep-inputs", action="store_true", help="don't delete the generated checkpoints afterwards")
     ap.add_argument("--no-warm", action="store_true", help="don't pre-read the inputs before each timed run")
+    ap.add_argument("--settle", type=float, default=3.0,
+                    help="seconds to wait before each timed run, so memory freed by the previous one is back "
+                         "with the hypervisor for every tool alike (see BENCHMARKS.md, 'first touch')")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the Python tools and floor scripts")
     ap.add_argument("--soup-merge", default=os.path.join(REPO, "target", "release", "soup-merge"))
     ap.add_argument("--mergekit-yaml", default=os.path.join(os.path.dirname(sys.executable), "mergekit-yaml"))
@@ -467,9 +498,14 @@ def main():
         sys.exit(f"error: --data {a.data} is inside the repository; use a scratch directory outside it")
     if "mergekit" in a.tools.split(",") and "tools" in a.phases and not os.access(a.mergekit_yaml, os.X_OK):
         sys.exit(f"error: {a.mergekit_yaml} not found; install mergekit (bench/run.sh does) or drop it from --tools")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
     bench = Bench(a)
     version = subprocess.run([a.soup_merge, "--version"], capture_output=True, text=True)
     bench.raw["machine"]["soup_version"] = version.stdout.strip() or "no --version"
+    with open(a.soup_merge, "rb") as f:
+        bench.raw["machine"]["soup_sha"] = hashlib.sha256(f.read()).hexdigest()[:12]
+    bench.raw["machine"]["soup_built"] = datetime.datetime.fromtimestamp(
+        os.path.getmtime(a.soup_merge), datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sys.exit(bench.main())
 
 

@@ -29,7 +29,7 @@ trap 'rm -rf "$scratch"' EXIT
 
 for dtype in bf16 f16; do
     if ! "$py" "$repo/bench/bench.py" --data "$scratch/$dtype" --sizes 0.004 --hidden 64 --vocab 256 \
-        --dtype "$dtype" --phases tools,threads --tools soup,numpy --reps 1 \
+        --dtype "$dtype" --phases tools,threads --tools soup,numpy --reps 1 --settle 0 \
         --python "$py" --soup-merge "$bin" >"$scratch/$dtype.md" 2>"$scratch/$dtype.log"; then
         cat "$scratch/$dtype.log" "$scratch/$dtype.md"
         fail "bench.py exited non-zero for $dtype (log above)"
