@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::format::{Accumulator, Checkpoint, Dtype};
+use crate::format::{Accumulator, Checkpoint};
 use crate::soup::Soup;
 
 use super::arch::{Architecture, TensorKind};
@@ -115,24 +115,32 @@ pub fn check_fits(checkpoint: &Checkpoint, arch: &dyn Architecture) -> Result<()
     Ok(())
 }
 
-/// The sum of several ingredients' float tensors, in f32, to which one more ingredient can be
-/// added with one pass over that ingredient's tensors.
+/// The sum of several ingredients' float tensors, to which one more ingredient can be added
+/// with one pass over that ingredient's tensors.
 ///
 /// Greedy search keeps the sum of the chosen ingredients; each candidate is that sum plus the
-/// candidate, divided by the new count.
+/// candidate, divided by the new count. Sums are f64, like the core's accumulator for f32
+/// soups, so that a soup of identical inputs is exactly the input and candidates agree with
+/// the merged soup to the last f32 bit or so.
 #[derive(Clone)]
 pub struct RunningSum {
     count: usize,
-    sums: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    sums: BTreeMap<String, (Vec<usize>, Vec<f64>)>,
 }
 
 impl RunningSum {
     /// A sum of one ingredient.
     pub fn new(first: &Checkpoint) -> RunningSum {
-        RunningSum {
-            count: 1,
-            sums: Weights::from_checkpoint(first).tensors,
-        }
+        let sums = first
+            .tensors()
+            .filter(|t| t.info.dtype.is_averaged())
+            .map(|t| {
+                let mut values = vec![0f64; t.info.elements() as usize];
+                f64::load(t.info.dtype, t.data, &mut values);
+                (t.name().to_string(), (shape_of(&t.info.shape), values))
+            })
+            .collect();
+        RunningSum { count: 1, sums }
     }
 
     /// How many ingredients are summed.
@@ -141,34 +149,26 @@ impl RunningSum {
     }
 
     /// This sum plus `other`'s float tensors. The ingredients must share names and shapes,
-    /// which [`check_fits`] and the core's plan have already checked.
+    /// which [`check_fits`] and the core's plan have already checked; a mismatch is an error.
     pub fn plus(&self, other: &Checkpoint) -> Result<RunningSum> {
         let mut sums = self.sums.clone();
         let mut scratch = Vec::new();
         for (name, (shape, acc)) in sums.iter_mut() {
-            let t = other.tensor(name).ok_or_else(|| {
+            let mismatch = |what: String| {
                 Error::Format(crate::Error::Plan(format!(
-                    "{} has no tensor '{name}', which the other ingredients have; soups need fine-tunes of one model",
+                    "{}: tensor '{name}' {what}, unlike the ingredients before it; soups need fine-tunes of one model",
                     other.path().display()
                 )))
-            })?;
+            };
+            let t = other
+                .tensor(name)
+                .ok_or_else(|| mismatch("is missing".into()))?;
             if shape_of(&t.info.shape) != *shape || !t.info.dtype.is_averaged() {
-                return Err(Error::Format(crate::Error::Plan(format!(
-                    "{}: tensor '{name}' is {} {:?}, unlike the other ingredients' {shape:?}",
-                    other.path().display(),
-                    t.info.dtype,
-                    t.info.shape
-                ))));
+                return Err(mismatch(format!("is {} {:?}", t.info.dtype, t.info.shape)));
             }
-            if t.info.dtype == Dtype::F32 {
-                if let Ok(x) = bytemuck::try_cast_slice::<u8, f32>(t.data) {
-                    f32::axpy(acc, 1.0, x);
-                    continue;
-                }
-            }
-            scratch.resize(acc.len(), 0f32);
-            f32::load(t.info.dtype, t.data, &mut scratch);
-            f32::axpy(acc, 1.0, &scratch);
+            scratch.resize(acc.len(), 0f64);
+            f64::load(t.info.dtype, t.data, &mut scratch);
+            f64::axpy(acc, 1.0, &scratch);
         }
         Ok(RunningSum {
             count: self.count + 1,
@@ -176,14 +176,14 @@ impl RunningSum {
         })
     }
 
-    /// The uniform average of the summed ingredients.
+    /// The uniform average of the summed ingredients, rounded to f32.
     pub fn mean(&self) -> Weights {
-        let scale = 1.0 / self.count as f32;
+        let n = self.count as f64;
         let tensors = self
             .sums
             .iter()
             .map(|(name, (shape, sum))| {
-                let mean = sum.iter().map(|x| x * scale).collect();
+                let mean = sum.iter().map(|x| (x / n) as f32).collect();
                 (name.clone(), (shape.clone(), mean))
             })
             .collect();

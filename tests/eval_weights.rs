@@ -1,0 +1,117 @@
+//! The greedy search's in-memory candidates against the core's merge: the running sum's mean
+//! agrees with `soup::to_memory` of the same ingredients, identical inputs give the input back,
+//! and input order doesn't matter beyond rounding.
+#![cfg(feature = "eval")]
+
+use std::path::Path;
+
+use model_soup::eval::weights::{RunningSum, Weights};
+use model_soup::format::Checkpoint;
+use model_soup::soup::{self, Plan, PlanOptions, RunOptions};
+
+fn open(name: &str) -> Checkpoint {
+    Checkpoint::open(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/models/{name}.safetensors")),
+    )
+    .unwrap()
+}
+
+fn sum_of(names: &[&str]) -> RunningSum {
+    let mut sum = RunningSum::new(&open(names[0]));
+    for n in &names[1..] {
+        sum = sum.plus(&open(n)).unwrap();
+    }
+    assert_eq!(sum.count(), names.len());
+    sum
+}
+
+fn core_soup(names: &[&str]) -> Weights {
+    let k = names.len();
+    let plan = Plan::new(
+        names.iter().map(|n| open(n)).collect(),
+        vec![1.0 / k as f64; k],
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    Weights::from_soup(&soup::to_memory(&plan, RunOptions::default()).unwrap().0)
+}
+
+/// The largest difference between two weight sets, in units of the larger magnitude.
+fn max_relative_difference(a: &Weights, b: &Weights) -> f64 {
+    assert_eq!(a.names().collect::<Vec<_>>(), b.names().collect::<Vec<_>>());
+    let mut worst = 0f64;
+    for name in a.names() {
+        for (x, y) in a.get(name).unwrap().iter().zip(b.get(name).unwrap()) {
+            let scale = x.abs().max(y.abs()).max(f32::MIN_POSITIVE) as f64;
+            worst = worst.max((x - y).abs() as f64 / scale);
+        }
+    }
+    worst
+}
+
+#[test]
+fn running_sum_mean_matches_the_core_merge() {
+    let names = [
+        "ft-lr2e-3",
+        "ft-lr2e-3-long",
+        "ft-lr1e-3-smooth",
+        "ft-lr3e-1-poor",
+    ];
+    let ours = sum_of(&names).mean();
+    let core = core_soup(&names);
+    let d = max_relative_difference(&ours, &core);
+    // Both sum in f64 and round once to f32; they differ only in dividing by k versus
+    // multiplying each term by 1/k, so at most one f32 rounding step apart.
+    assert!(d <= 1.2e-7, "candidate and core soup differ by {d:e}");
+}
+
+#[test]
+fn soup_of_identical_inputs_is_the_input() {
+    let one = Weights::from_checkpoint(&open("ft-lr1e-3"));
+    assert_eq!(sum_of(&["ft-lr1e-3"; 3]).mean(), one);
+    assert_eq!(sum_of(&["ft-lr1e-3"]).mean(), one);
+}
+
+#[test]
+fn order_does_not_matter_beyond_rounding() {
+    let a = sum_of(&["ft-lr2e-3", "ft-lr5e-4", "scratch-a"]).mean();
+    let b = sum_of(&["scratch-a", "ft-lr2e-3", "ft-lr5e-4"]).mean();
+    assert!(max_relative_difference(&a, &b) <= 1.2e-7);
+}
+
+#[test]
+fn half_precision_ingredients_are_widened_exactly() {
+    // The f16 copy enters the sum as its exact f16 values.
+    let f16 = open("ft-lr2e-3.f16");
+    let direct = Weights::from_checkpoint(&f16);
+    assert_eq!(RunningSum::new(&f16).mean(), direct);
+}
+
+#[test]
+fn an_ingredient_without_a_tensor_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("partial.safetensors");
+    // A file with only one of the tensors: the sum names what's missing.
+    let base = open("base");
+    let t = base.tensor("fc.bias").unwrap();
+    let header = format!(
+        r#"{{"fc.bias":{{"dtype":"F32","shape":[10],"data_offsets":[0,{}]}}}}"#,
+        t.data.len()
+    );
+    let mut header = header.into_bytes();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(&header);
+    bytes.extend(t.data);
+    std::fs::write(&path, bytes).unwrap();
+    let partial = Checkpoint::open(&path).unwrap();
+    let err = RunningSum::new(&base)
+        .plus(&partial)
+        .err()
+        .expect("an error");
+    let text = err.to_string();
+    assert!(
+        text.contains("partial.safetensors") && text.contains("is missing"),
+        "{text}"
+    );
+}
