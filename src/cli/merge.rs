@@ -85,7 +85,8 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub base: Option<PathBuf>,
 
-    /// Where to write the soup.
+    /// Where to write the soup: a .safetensors file, or a Hugging Face model directory when the
+    /// name does not end in .safetensors (see --shard-size).
     #[arg(short, long, value_name = "PATH", required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
 
@@ -212,8 +213,12 @@ pub struct DtypeSummary {
 /// One input in the summary.
 #[derive(Debug, Serialize)]
 pub struct InputReport {
+    /// The file or model directory, as given.
     pub path: PathBuf,
+    /// The weight used, after --normalize.
     pub weight: f64,
+    /// Number of safetensors files it is stored in (1 for a file or model.safetensors).
+    pub shards: usize,
 }
 
 /// One output tensor in a dry run.
@@ -566,9 +571,11 @@ fn summarise(
             .inputs
             .iter()
             .zip(&plan.weights)
-            .map(|(p, &w)| InputReport {
+            .zip(&plan.ingredients)
+            .map(|((p, &w), ck)| InputReport {
                 path: p.clone(),
                 weight: w,
+                shards: ck.shards().len(),
             })
             .collect(),
         tensors: plan.tensors.len(),
@@ -614,8 +621,12 @@ fn planned_tensors(plan: &Plan) -> Vec<PlannedTensor> {
 fn describe_plan(report: &MergeReport) -> String {
     let mut s = String::new();
     for (i, input) in report.inputs.iter().enumerate() {
+        let shards = match input.shards {
+            1 => String::new(),
+            n => format!("{n} shards, "),
+        };
         s += &format!(
-            "input {i}: {} (weight {})\n",
+            "input {i}: {} ({shards}weight {})\n",
             input.path.display(),
             input.weight
         );
