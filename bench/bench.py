@@ -40,6 +40,7 @@ GIB = 1 << 30
 TOOL_TITLES = {
     "floor": "floor: read inputs + write output + fsync",
     "floor-nofsync": "floor without fsync",
+    "floor-small": "floor, 128 KiB writes + fsync",
     "soup": "soup-merge",
     "mergekit": "mergekit-yaml (linear)",
     "naive": "naive torch script",
@@ -228,6 +229,8 @@ class Bench:
             write_cmd = [self.py, os.path.join(SHARED, "write_floor.py"), out, str(os.path.getsize(files[0]))]
             if tool == "floor":
                 write_cmd.append("--fsync")
+            elif tool == "floor-small":
+                write_cmd = [self.py, os.path.join(HERE, "write_blocks.py"), out, str(os.path.getsize(files[0]))]
             write = self.runner.run(tool + "-write", write_cmd)
             result = {"wall": read["wall"] + write["wall"], "read": read["wall"], "write": write["wall"],
                       "cpu": read["cpu"] + write["cpu"],
@@ -255,7 +258,7 @@ class Bench:
 
     # ---- phases -------------------------------------------------------------------------------
     def phase_tools(self, gib, files, dirs, cold=False):
-        tools = ["floor", "floor-nofsync"] + [t for t in self.a.tools.split(",") if t not in ("floor", "")]
+        tools = ["floor", "floor-nofsync", "floor-small"] + [t for t in self.a.tools.split(",") if t not in ("floor", "")]
         reps = 1 if cold else self.reps(gib)
         if cold and not drop_caches():
             self.report.append(f"Cold-cache run skipped: cannot write /proc/sys/vm/drop_caches.\n")
@@ -269,13 +272,16 @@ class Bench:
                  ("cold page cache (dropped before each tool), 1 run" if cold else
                   f"warm page cache, median of {reps} alternating runs"))
         self.report += [title, "", tools_table(summary, reps), ""]
+        small, soup = summary.get("floor-small", {}).get("wall"), summary.get("soup", {}).get("wall")
+        if small and soup:
+            self.report += [f"soup-merge against the floor with 128 KiB writes (its own write size): {soup / small:.2f}×.", ""]
         if not cold:
             self.report += [self.floor_parts(runs), ""]
             self.check(gib, files, [t for t in tools if not t.startswith("floor")])
 
     def floor_parts(self, runs):
         parts = []
-        for t in ("floor", "floor-nofsync"):
+        for t in ("floor", "floor-nofsync", "floor-small"):
             ok = [r for r in runs.get(t, []) if r["rc"] == 0]
             if ok:
                 parts.append(f"{t}: read {statistics.median(r['read'] for r in ok):.3f} s + "
@@ -286,8 +292,9 @@ class Bench:
         cmds = {}
         for t in tools:
             if t.startswith("floor"):
-                cmds[t] = (f"{self.py} {SHARED}/read_floor.py INPUTS; {self.py} {SHARED}/write_floor.py OUT BYTES"
-                           + (" --fsync" if t == "floor" else ""))
+                cmds[t] = (f"{self.py} {SHARED}/read_floor.py INPUTS; " +
+                           (f"{self.py} {HERE}/write_blocks.py OUT BYTES" if t == "floor-small" else
+                            f"{self.py} {SHARED}/write_floor.py OUT BYTES" + (" --fsync" if t == "floor" else "")))
             else:
                 cmds[t] = " ".join(self.command(t, files, dirs, self.output_path(t)))
         return cmds
@@ -332,7 +339,7 @@ class Bench:
 
     def phase_scaling(self, gib, files, dirs):
         reps = self.reps(gib)
-        runs = self.alternate(["floor", "soup"], files, dirs, reps)
+        runs = self.alternate(["floor", "floor-small", "soup"], files, dirs, reps)
         summary = summarize(runs)
         self.raw["sizes"].setdefault(f"{gib:g}", {})["scaling"] = {"runs": runs, "summary": summary}
         self.scaling_rows.append((gib, sum(os.path.getsize(f) for f in files), reps, summary))
@@ -342,14 +349,15 @@ class Bench:
 
     def scaling_table(self):
         lines = ["### Scaling with input size (soup-merge vs floor with fsync)", "",
-                 "| per input | read+written GB | reps | floor s | soup-merge s | soup CPU s | × floor | soup s per GiB of input | GB/s | peak RSS MiB |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                 "| per input | read+written GB | reps | floor s | floor 128 KiB s | soup-merge s | soup CPU s | × floor | × floor 128 KiB | soup s per GiB of input | GB/s | peak RSS MiB |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for gib, in_bytes, reps, s in self.scaling_rows:
-            f, m = s.get("floor", {}), s.get("soup", {})
+            f, m, small = s.get("floor", {}), s.get("soup", {}), s.get("floor-small", {})
             ratio = m["wall"] / f["wall"] if m.get("wall") and f.get("wall") else None
+            ratio_small = m["wall"] / small["wall"] if m.get("wall") and small.get("wall") else None
             per = m["wall"] / (in_bytes / 3 / GIB) if m.get("wall") else None
-            lines.append(f"| {gib:g} GiB | {fmt(m.get('bytes', 0) / 1e9, 1)} | {reps} | {fmt(f.get('wall'))} | {fmt(m.get('wall'))} | {fmt(m.get('cpu'), 2)} | "
-                         f"{fmt(ratio, 2)} | {fmt(per)} | {fmt(m.get('gbps'), 2)} | {fmt(m.get('rss'), 0)} |")
+            lines.append(f"| {gib:g} GiB | {fmt(m.get('bytes', 0) / 1e9, 1)} | {reps} | {fmt(f.get('wall'))} | {fmt(small.get('wall'))} | {fmt(m.get('wall'))} | {fmt(m.get('cpu'), 2)} | "
+                         f"{fmt(ratio, 2)} | {fmt(ratio_small, 2)} | {fmt(per)} | {fmt(m.get('gbps'), 2)} | {fmt(m.get('rss'), 0)} |")
         return "\n".join(lines) + "\n"
 
     def main(self):
