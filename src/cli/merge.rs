@@ -129,6 +129,11 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    /// After writing, read the output back from the disk, check its header and every tensor
+    /// against what was written, and report each file's sha256 (in the --json summary too).
+    #[arg(long)]
+    pub verify: bool,
+
     /// No progress bar and no summary line on stderr. Warnings are still printed.
     #[arg(short, long)]
     pub quiet: bool,
@@ -195,6 +200,9 @@ pub struct MergeReport {
     /// The plan per tensor, with --dry-run only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Vec<PlannedTensor>>,
+    /// With --verify: the output as read back, with the sha256 of each file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<soup::Verified>,
 }
 
 /// Output tensors of one dtype.
@@ -383,9 +391,12 @@ pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
         .context("no output path; pass -o PATH")?;
     let bar = super::progress_bar(plan.data_len(), args.quiet);
     let progress = |n: u64| bar.inc(n);
+    let record = soup::Record::new();
+    let observe = |t: usize, start: usize, bytes: &[u8]| record.observe(t, start, bytes);
     let run_options = RunOptions {
         strict: args.strict,
         progress: &progress,
+        observe: args.verify.then_some(&observe as _),
     };
     let warnings = match kind {
         Output::File => soup::write(&plan, output, args.force, run_options)?,
@@ -400,6 +411,20 @@ pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
     report.warnings = warnings;
     report.seconds = started.elapsed().as_secs_f64();
     report.bytes_written = bytes_on_disk(output);
+    if args.verify {
+        let verified = record.check(&plan, &layout, output)?;
+        if !args.quiet {
+            let hash = verified
+                .sha256
+                .as_deref()
+                .unwrap_or("see --json for each file");
+            eprintln!(
+                "verified {} tensors as read back; sha256 {hash}",
+                verified.tensors
+            );
+        }
+        report.verified = Some(verified);
+    }
     if !args.quiet {
         eprintln!(
             "wrote {} ({} tensors, {:.1} MB) in {:.2} s",
@@ -593,6 +618,7 @@ fn summarise(
         extra_files: extra.iter().map(|f| f.name().to_string()).collect(),
         config: args.config.clone(),
         plan: None,
+        verified: None,
     }
 }
 

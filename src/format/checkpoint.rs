@@ -16,7 +16,28 @@ pub struct Shard {
     file: File,
     mapping: Mapping,
     header: Header,
-    stamp: (u64, Option<SystemTime>),
+    stamp: Stamp,
+}
+
+/// What tells a file that changed from one that didn't, short of reading it: its size, its
+/// modification time (which tools can set back) and its status-change time (which they can't;
+/// a chmod or a new hard link also moves it, and that is reported as a change too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
 }
 
 impl Shard {
@@ -44,7 +65,7 @@ impl Shard {
         let header = Header::parse(path, mapping.bytes())?;
         Ok(Shard {
             path: path.to_path_buf(),
-            stamp: (meta.len(), meta.modified().ok()),
+            stamp: Stamp::of(&meta),
             file,
             mapping,
             header,
@@ -71,11 +92,11 @@ impl Shard {
         (start, start + info.len_bytes() as usize)
     }
 
-    /// Fails if the file changed size or modification time since it was opened.
+    /// Fails if the file changed size, modification time or status-change time since it was
+    /// opened.
     fn check_unchanged(&self) -> Result<()> {
         let meta = self.file.metadata().map_err(|e| Error::io(&self.path, e))?;
-        let now = (meta.len(), meta.modified().ok());
-        if now != self.stamp {
+        if Stamp::of(&meta) != self.stamp {
             return Err(Error::header(&self.path, "changed while it was being read (another process wrote or truncated it); the output was discarded, run again once the file is stable"));
         }
         Ok(())

@@ -192,3 +192,19 @@ pub fn allocate(file: &File, len: u64) -> io::Result<()> {
     }
     file.set_len(len)
 }
+
+/// Asks the kernel to drop its cached pages of `file`, which must already be flushed, so the
+/// next read comes from the disk rather than from memory. Failure only means the cache is read.
+pub fn drop_cached(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the fd is valid for the life of `file`; the call is advice to the kernel and
+        // touches no memory of ours.
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}

@@ -18,10 +18,18 @@ use crate::format::{start_writeback, AtomicDir, AtomicFile, HeaderEntry, INDEX_N
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Asks running merges to stop at their next chunk and remove their temporaries. Safe to call
-/// from a signal handler thread.
+/// Asks running merges to stop at their next chunk and remove their temporaries, and merges
+/// started later in this process to stop before their first (a Ctrl-C while headers are still
+/// being read must not be forgotten). Safe to call from a signal handler thread.
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        return Err(Error::Interrupted);
+    }
+    Ok(())
 }
 
 /// How to treat findings about the data, and where progress goes.
@@ -31,6 +39,9 @@ pub struct RunOptions<'a> {
     pub strict: bool,
     /// Called with the number of output bytes each finished chunk produced.
     pub progress: &'a (dyn Fn(u64) + Sync),
+    /// Called with each output chunk once it is written: the tensor's index in the plan, the
+    /// chunk's first element and its bytes (`--verify` records their digests).
+    pub observe: Option<&'a (dyn Fn(usize, usize, &[u8]) + Sync)>,
 }
 
 impl Default for RunOptions<'_> {
@@ -38,6 +49,7 @@ impl Default for RunOptions<'_> {
         RunOptions {
             strict: false,
             progress: &|_| {},
+            observe: None,
         }
     }
 }
@@ -135,6 +147,7 @@ pub fn write(
     for ingredient in &plan.ingredients {
         ingredient.check_unchanged()?;
     }
+    check_interrupted()?;
     out.commit()?;
     Ok(warnings)
 }
@@ -210,6 +223,7 @@ pub fn write_dir(
             ExtraFile::Bytes { name, bytes } => dir.write_file(name, bytes)?,
         }
     }
+    check_interrupted()?;
     dir.commit()?;
     Ok(warnings)
 }
@@ -220,7 +234,6 @@ fn run(
     options: RunOptions<'_>,
     sink: impl Fn(&Job, &[u8]) -> Result<()> + Sync,
 ) -> Result<Vec<Warning>> {
-    INTERRUPTED.store(false, Ordering::SeqCst);
     let findings = Mutex::new(Vec::new());
     jobs(plan, layout)
         .par_iter()
@@ -240,6 +253,9 @@ fn run(
                     .push((job.tensor, job.start, w));
             }
             sink(job, bytes)?;
+            if let Some(observe) = options.observe {
+                observe(job.tensor, job.start, bytes);
+            }
             release_inputs(plan, tensor, job);
             (options.progress)(bytes.len() as u64);
             Ok(())

@@ -6,6 +6,7 @@ mod kernel;
 mod layout;
 mod plan;
 mod recipe;
+mod verify;
 
 pub use card::{model_name, Card};
 pub use execute::{interrupt, to_memory, write, write_dir, ExtraFile, RunOptions, Soup, Warning};
@@ -16,3 +17,4 @@ pub use plan::{
     META_INGREDIENTS, META_METHOD, META_RECIPE, META_TOOL, META_WEIGHTS,
 };
 pub use recipe::Recipe;
+pub use verify::{Record, Verified, VerifiedFile};
