@@ -364,6 +364,13 @@ fn a_failed_directory_merge_leaves_nothing_and_force_replaces_safely() {
     // A directory that holds an input is never replaced, even with --force.
     fails(&[&dirs[0], &dirs[1], &"--force", &"-o", &dirs[0]], &["input", "never overwritten"]);
     assert!(dirs[0].join("model.safetensors.index.json").is_file());
+    // Nor is a directory that holds one further down.
+    let nested = tmp.path().join("runs/ft");
+    std::fs::create_dir_all(&nested).unwrap();
+    std::fs::copy(&files[2], nested.join("model.safetensors")).unwrap();
+    let runs = tmp.path().join("runs");
+    fails(&[&files[0], &nested, &"--force", &"-o", &runs], &["input", "never overwritten"]);
+    assert!(nested.join("model.safetensors").is_file());
 }
 
 fn write_companions(dir: &Path, dtype: &str) {

@@ -17,5 +17,4 @@ pub use header::{Header, TensorInfo, MAX_HEADER_LEN};
 pub use index::{shard_file_name, ShardIndex, INDEX_NAME, SINGLE_NAME};
 pub use os::process_alive;
 pub(crate) use os::{allocate, drop_cached, start_writeback};
-pub(crate) use writer::parent_dir;
 pub use writer::{encode_header, AtomicFile, HeaderEntry};

@@ -387,7 +387,8 @@ fn release_inputs(plan: &Plan, tensor: &TensorPlan, job: &Job) {
     }
 }
 
-/// A directory output that holds an input's shards would delete them when it is replaced.
+/// A directory output that holds an input's shards, at any depth, would delete them when it is
+/// replaced.
 fn refuse_inputs_inside(plan: &Plan, dest: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let Ok(out) = std::fs::metadata(dest) else {
@@ -395,11 +396,20 @@ fn refuse_inputs_inside(plan: &Plan, dest: &Path) -> Result<()> {
     };
     for ck in &plan.ingredients {
         for shard in ck.shards() {
-            let parent = crate::format::parent_dir(shard.path());
-            if let Ok(m) = std::fs::metadata(parent) {
-                if (m.dev(), m.ino()) == (out.dev(), out.ino()) {
-                    return Err(Error::output(dest, format!("holds the input {}; write the soup to a new directory with -o (an input is never overwritten, even with --force)", shard.path().display())));
-                }
+            // Both the path as given and the file it resolves to (a Hugging Face cache snapshot
+            // links its shards to blobs elsewhere).
+            let paths = [
+                std::path::absolute(shard.path()).ok(),
+                std::fs::canonicalize(shard.path()).ok(),
+            ];
+            let inside = paths.iter().flatten().any(|path| {
+                path.ancestors().skip(1).any(|dir| {
+                    std::fs::metadata(dir)
+                        .is_ok_and(|m| (m.dev(), m.ino()) == (out.dev(), out.ino()))
+                })
+            });
+            if inside {
+                return Err(Error::output(dest, format!("holds the input {}; write the soup to a new directory with -o (an input is never overwritten, even with --force)", shard.path().display())));
             }
         }
     }
