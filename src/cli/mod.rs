@@ -51,7 +51,8 @@ pub fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
 }
 
 /// Makes Ctrl-C (and SIGTERM, SIGHUP) stop running merges cleanly: temporaries removed, exit
-/// status 130.
+/// status 130. An input truncated under the merge (SIGBUS) ends it with an `error:` line.
 pub fn handle_interrupts() {
     let _ = ctrlc::set_handler(crate::soup::interrupt);
+    crate::format::explain_sigbus();
 }

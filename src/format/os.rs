@@ -208,3 +208,29 @@ pub fn drop_cached(file: &File) {
     #[cfg(not(target_os = "linux"))]
     let _ = file;
 }
+
+/// Turns SIGBUS into one `error:` line and exit status 1. A read of a mapped input raises it
+/// when another process has truncated the file since it was mapped; the default action kills
+/// the process with a bare "Bus error". Nothing is published either way: the output is only
+/// renamed into place after every byte is written, and the dead run's temporary is removed by
+/// the next run that writes the same destination.
+pub fn explain_sigbus() {
+    extern "C" fn on_sigbus(_: libc::c_int) {
+        const MESSAGE: &[u8] = b"error: an input file shrank while it was being read (SIGBUS: did another process truncate or rewrite it?); nothing was written to the destination, run again once the inputs are stable\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe, and MESSAGE is static. Exiting
+        // without unwinding or running destructors is the point: the faulting read can't go on.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, MESSAGE.as_ptr().cast(), MESSAGE.len());
+            libc::_exit(1);
+        }
+    }
+    // SAFETY: an all-zero sigaction is a valid value; the handler calls only async-signal-safe
+    // functions; the old action is not needed (Rust's runtime uses SIGBUS only to report a stack
+    // overflow, which on Linux arrives as SIGSEGV).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+    }
+}

@@ -1,0 +1,419 @@
+//! Faults in the middle of a merge (issue 6): a full disk, SIGKILL, SIGINT/SIGTERM, an input
+//! truncated or rewritten by another process, and two runs writing one destination. In every
+//! case the destination holds nothing or a whole soup, never a part, and no input changes.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use model_soup::format::Checkpoint;
+use model_soup::soup::{self, Plan, PlanOptions, RunOptions};
+use safetensors::Dtype as D;
+use sha2::{Digest, Sha256};
+
+/// Writes an F32 checkpoint of `tensors` tensors of `elements` each, quickly: the header by
+/// hand, the data a pattern that depends on `seed`.
+fn big_input(path: &Path, tensors: usize, elements: usize, seed: u32) {
+    let mut header = String::from("{\"__metadata__\":{\"format\":\"pt\"}");
+    for t in 0..tensors {
+        let (b, e) = (t * elements * 4, (t + 1) * elements * 4);
+        header += &format!(
+            ",\"layer{t:03}.weight\":{{\"dtype\":\"F32\",\"shape\":[{elements}],\"data_offsets\":[{b},{e}]}}"
+        );
+    }
+    header.push('}');
+    while (8 + header.len()) % 8 != 0 {
+        header.push(' ');
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(header.as_bytes()).unwrap();
+    let block: Vec<u8> = (0..elements as u32)
+        .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+        .flat_map(f32::to_le_bytes)
+        .collect();
+    for _ in 0..tensors {
+        f.write_all(&block).unwrap();
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+}
+
+fn sha256(path: &Path) -> Vec<u8> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).unwrap(), &mut h).unwrap();
+    h.finalize().to_vec()
+}
+
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(".soup-tmp-"))
+        .collect()
+}
+
+/// Two inputs large enough (2 x 256 MB) that a merge on one thread runs for a good fraction of
+/// a second after its temporary appears.
+struct Big {
+    dir: tempfile::TempDir,
+    inputs: [PathBuf; 2],
+    hashes: [Vec<u8>; 2],
+}
+
+fn big() -> Big {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = [
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    ];
+    big_input(&inputs[0], 16, 4 << 20, 1);
+    big_input(&inputs[1], 16, 4 << 20, 2);
+    let hashes = [sha256(&inputs[0]), sha256(&inputs[1])];
+    Big {
+        dir,
+        inputs,
+        hashes,
+    }
+}
+
+impl Big {
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("soup.safetensors")
+    }
+
+    /// Starts a slow merge (one thread) and returns once its temporary is there and sized:
+    /// headers are read, and tensor data is being computed and written.
+    fn start(&self) -> Child {
+        let mut child = soup_merge()
+            .args(&self.inputs)
+            .arg("-o")
+            .arg(self.out())
+            .env("RAYON_NUM_THREADS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        loop {
+            let sized = temporaries(self.dir.path())
+                .iter()
+                .any(|t| std::fs::metadata(t).is_ok_and(|m| m.len() > 0));
+            if sized {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("soup-merge ended ({status}) before its temporary appeared");
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "no temporary");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        child
+    }
+
+    fn inputs_unchanged(&self) {
+        for (p, h) in self.inputs.iter().zip(&self.hashes) {
+            assert_eq!(&sha256(p), h, "{} was modified", p.display());
+        }
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: the child is not yet reaped, so its pid can't have been reused.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+fn finished_too_soon(child: &mut Child) -> bool {
+    matches!(child.try_wait(), Ok(Some(s)) if s.success())
+}
+
+#[test]
+fn sigkill_mid_write_leaves_nothing_and_the_next_run_cleans_up() {
+    let big = big();
+    let mut child = big.start();
+    assert!(
+        !finished_too_soon(&mut child),
+        "the merge finished before it could be killed; make the inputs larger"
+    );
+    signal(&child, libc::SIGKILL);
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert!(
+        !big.out().exists(),
+        "a killed merge left a file at the destination"
+    );
+    let stale = temporaries(big.dir.path());
+    assert_eq!(stale.len(), 1, "the killed run's temporary: {stale:?}");
+    big.inputs_unchanged();
+
+    // The next run succeeds and removes the dead run's temporary.
+    let o = run_merge(&[&big.inputs[0], &big.inputs[1], &"-o", &big.out()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        temporaries(big.dir.path()).is_empty(),
+        "stale temporary kept"
+    );
+    big.inputs_unchanged();
+}
+
+#[test]
+fn sigint_and_sigterm_remove_the_temporary_and_exit_non_zero() {
+    let big = big();
+    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let mut child = big.start();
+        assert!(
+            !finished_too_soon(&mut child),
+            "{name}: finished before the signal"
+        );
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(130), "{name}: {} {err}", out.status);
+        assert!(err.contains("interrupted"), "{name}: {err}");
+        assert!(!big.out().exists(), "{name}: output published");
+        assert!(
+            temporaries(big.dir.path()).is_empty(),
+            "{name}: temporary kept"
+        );
+    }
+    big.inputs_unchanged();
+}
+
+#[test]
+fn an_input_truncated_during_the_merge_never_yields_an_output() {
+    let big = big();
+    let mut child = big.start();
+    assert!(
+        !finished_too_soon(&mut child),
+        "finished before the truncation"
+    );
+    // Cut the second input in half under the running merge.
+    let len = std::fs::metadata(&big.inputs[1]).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big.inputs[1])
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    // Either a read of a vanished page raised SIGBUS, which ends the run with an error line
+    // (it never goes on with garbage), or the re-check before the rename saw the new size.
+    assert_eq!(out.status.code(), Some(1), "{} {err}", out.status);
+    assert!(
+        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        err.contains("SIGBUS") || err.contains("changed while it was being read"),
+        "{err}"
+    );
+    assert!(
+        !big.out().exists(),
+        "an output was published from a truncated input"
+    );
+    // The now-corrupt input is refused, and the dead run's temporary (if any) is cleaned up.
+    let o = run_merge(&[&big.inputs[0], &big.inputs[1], &"-o", &big.out()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("truncated"), "{}", stderr(&o));
+}
+
+fn small_pair(dir: &Path) -> [PathBuf; 2] {
+    let mut rng = Rng::new(3);
+    let paths = [dir.join("a.safetensors"), dir.join("b.safetensors")];
+    for p in &paths {
+        write(
+            p,
+            &[
+                spec("w", D::F32, &[64, 64], floats(&mut rng, D::F32, 64 * 64)),
+                spec("b", D::F32, &[64], floats(&mut rng, D::F32, 64)),
+            ],
+        );
+    }
+    paths
+}
+
+/// Opens and plans the inputs, then lets `meddle` change one of them before the data is read.
+fn write_after(dir: &Path, meddle: impl FnOnce(&Path)) -> model_soup::Result<Vec<soup::Warning>> {
+    let paths = small_pair(dir);
+    let cks = paths.iter().map(|p| Checkpoint::open(p).unwrap()).collect();
+    let plan = Plan::new(cks, vec![0.5, 0.5], &PlanOptions::default()).unwrap();
+    meddle(&paths[1]);
+    soup::write(
+        &plan,
+        &dir.join("soup.safetensors"),
+        false,
+        RunOptions::default(),
+    )
+}
+
+#[test]
+fn an_input_changed_between_planning_and_publishing_is_detected() {
+    type Meddle = fn(&Path);
+    let cases: [(&str, Meddle); 3] = [
+        ("appended", |p| {
+            let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+            f.write_all(&[0; 8]).unwrap();
+        }),
+        ("rewritten in place with its mtime set back", |p| {
+            let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            let mtime = f.metadata().unwrap().modified().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            use std::os::unix::fs::FileExt;
+            let len = f.metadata().unwrap().len();
+            f.write_all_at(&[0x7f; 4], len - 4).unwrap();
+            f.set_modified(mtime).unwrap();
+        }),
+        ("touched", |p| {
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
+                .unwrap();
+        }),
+    ];
+    for (what, meddle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_after(dir.path(), meddle).expect_err(what).to_string();
+        assert!(
+            err.contains("changed while it was being read"),
+            "{what}: {err}"
+        );
+        assert!(err.contains("b.safetensors"), "{what}: {err}");
+        assert!(!dir.path().join("soup.safetensors").exists(), "{what}");
+        assert!(temporaries(dir.path()).is_empty(), "{what}: temporary kept");
+    }
+    // Untouched, the same steps publish.
+    let dir = tempfile::tempdir().unwrap();
+    write_after(dir.path(), |_| {}).unwrap();
+    assert!(dir.path().join("soup.safetensors").exists());
+}
+
+#[test]
+fn two_runs_writing_one_destination_never_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    big_input(&a, 8, 1 << 20, 5);
+    big_input(&b, 8, 1 << 20, 6);
+    // What each run alone produces: the first input, or the second.
+    let refs = ["1,0", "0,1"].map(|w| {
+        let p = dir.path().join(format!("ref-{w}.safetensors"));
+        let o = run_merge(&[&a, &b, &"-w", &w, &"-o", &p]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(&p).unwrap()
+    });
+    assert_ne!(refs[0], refs[1]);
+    let out = dir.path().join("soup.safetensors");
+    for force in [false, true] {
+        for _ in 0..3 {
+            let _ = std::fs::remove_file(&out);
+            let children: Vec<Child> = ["1,0", "0,1"]
+                .iter()
+                .map(|w| {
+                    let mut cmd: Command = soup_merge();
+                    cmd.arg(&a).args(["-w", w]).arg(&b).arg("-o").arg(&out);
+                    if force {
+                        cmd.arg("--force");
+                    }
+                    cmd.stderr(Stdio::piped()).spawn().unwrap()
+                })
+                .collect();
+            let outputs: Vec<_> = children
+                .into_iter()
+                .map(|c| c.wait_with_output().unwrap())
+                .collect();
+            let won = outputs.iter().filter(|o| o.status.success()).count();
+            for o in outputs.iter().filter(|o| !o.status.success()) {
+                let err = stderr(o);
+                assert!(!force, "with --force both publish: {err}");
+                assert_eq!(o.status.code(), Some(1), "{err}");
+                assert!(
+                    err.contains("already exists") || err.contains("created by another process"),
+                    "{err}"
+                );
+            }
+            if force {
+                assert_eq!(won, 2);
+            } else {
+                assert_eq!(won, 1, "exactly one run wins without --force");
+            }
+            let got = std::fs::read(&out).unwrap();
+            assert!(
+                got == refs[0] || got == refs[1],
+                "the destination mixes two runs"
+            );
+            assert!(temporaries(dir.path()).is_empty(), "temporary kept");
+        }
+    }
+}
+
+/// A tmpfs of `size` mounted by the test, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = Mount::tmpfs(&dir.path().join("small"), "1m") else {
+        eprintln!(
+            "skipping the full-disk test: mounting a tmpfs is not permitted here (needs root)"
+        );
+        return;
+    };
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    big_input(&a, 4, 256 << 10, 1);
+    big_input(&b, 4, 256 << 10, 2);
+    // A file output (4 MB) and a model-directory output, neither of which fits in 1 MB.
+    for (out, extra) in [
+        (mnt.0.join("soup.safetensors"), &[][..]),
+        (mnt.0.join("soup-dir"), &["--shard-size", "1MB"][..]),
+    ] {
+        let o = soup_merge()
+            .arg(&a)
+            .arg(&b)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("no space left on device"), "{err}");
+        assert!(err.contains("-o"), "the message names the fix: {err}");
+        assert!(!out.exists(), "a partial output at the destination");
+        let left: Vec<_> = std::fs::read_dir(&mnt.0).unwrap().flatten().collect();
+        assert!(left.is_empty(), "left on the full disk: {left:?}");
+    }
+    // With room (and the same filesystem), the same merge succeeds.
+    drop(mnt);
+    let Some(mnt) = Mount::tmpfs(&dir.path().join("roomy"), "16m") else {
+        panic!("the second mount failed after the first worked");
+    };
+    let out = mnt.0.join("soup.safetensors");
+    let o = run_merge(&[&a, &b, &"-o", &out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
