@@ -188,11 +188,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         }
         Command::Greedy(g) => {
             let c = &g.common;
+            check_output(g.output.as_deref(), g.force, "-o")?;
             let mut session = open(
                 c,
                 &[("--val", c.val.is_some()), ("--test", c.test.is_some())],
             )?;
-            check_output(g.output.as_deref(), g.force, "-o")?;
             session.check_soup()?;
             let greedy =
                 session.greedy(g.accept_ties, g.output.as_deref().map(|p| (p, g.force)))?;
@@ -216,11 +216,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             let g = &r.greedy;
             let c = &g.common;
             check_output(r.plot.as_deref(), true, "--plot")?;
+            check_output(g.output.as_deref(), g.force, "-o")?;
             let mut session = open(
                 c,
                 &[("--val", c.val.is_some()), ("--test", c.test.is_some())],
             )?;
-            check_output(g.output.as_deref(), g.force, "-o")?;
             session.check_soup()?;
             let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
             let uniform = session.uniform()?;
