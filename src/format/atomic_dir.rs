@@ -174,3 +174,70 @@ impl Drop for AtomicDir {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn publishes_whole_or_not_at_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("model");
+        let dir = AtomicDir::create(&dest, false).unwrap();
+        dir.write_file("a.json", b"{}").unwrap();
+        assert!(!dest.exists());
+        drop(dir);
+        assert!(
+            names(tmp.path()).is_empty(),
+            "dropped uncommitted, nothing is left"
+        );
+
+        let dir = AtomicDir::create(&dest, false).unwrap();
+        dir.write_file("a.json", b"{}").unwrap();
+        dir.commit().unwrap();
+        assert_eq!(names(&dest), ["a.json"]);
+        assert_eq!(names(tmp.path()), ["model"]);
+    }
+
+    #[test]
+    fn never_replaces_without_overwrite_even_when_the_destination_appears_late() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("model");
+        let dir = AtomicDir::create(&dest, false).unwrap();
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("theirs"), "x").unwrap();
+        let e = dir.commit().unwrap_err().to_string();
+        assert!(e.contains("another process"), "{e}");
+        assert_eq!(names(&dest), ["theirs"]);
+        assert_eq!(names(tmp.path()), ["model"]);
+    }
+
+    #[test]
+    fn overwrite_swaps_out_a_directory_or_a_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        for old_is_dir in [true, false] {
+            let dest = tmp.path().join("model");
+            if old_is_dir {
+                std::fs::create_dir(&dest).unwrap();
+                std::fs::write(dest.join("old"), "x").unwrap();
+            } else {
+                std::fs::write(&dest, "old file").unwrap();
+            }
+            let dir = AtomicDir::create(&dest, true).unwrap();
+            dir.write_file("new", b"y").unwrap();
+            dir.commit().unwrap();
+            assert_eq!(names(&dest), ["new"]);
+            assert_eq!(names(tmp.path()), ["model"], "the old output is removed");
+            std::fs::remove_dir_all(&dest).unwrap();
+        }
+    }
+}
