@@ -380,6 +380,9 @@ pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
         Output::File => Vec::new(),
         Output::Dir { .. } => extra_files(args, &merge, &plan, &options)?,
     };
+    if matches!(kind, Output::Dir { .. }) && !extra.iter().any(|f| f.name() == "config.json") {
+        eprintln!("warning: the output directory will have no config.json (the first input is not a model directory with one), so transformers can't load it as is; pass --base DIR to copy the config and tokenizer from a model directory");
+    }
     let mut report = summarise(args, &merge, &plan, &layout, &extra);
     if args.dry_run {
         report.plan = Some(planned_tensors(&plan));
