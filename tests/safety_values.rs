@@ -1,0 +1,181 @@
+//! Non-finite values (issue 6): NaN or infinity in an input is reported with the tensor and
+//! the input, a warning by default and an error under --strict; an overflow when storing the
+//! soup in a narrower dtype is reported as the output's doing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use safetensors::Dtype as D;
+
+fn f32s(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// `a` and `b`, each with a clean tensor `clean` and a tensor `w` of `w_a` / `w_b` (F32).
+fn pair(dir: &Path, w_a: &[f32], w_b: &[f32]) -> [PathBuf; 2] {
+    let paths = [dir.join("a.safetensors"), dir.join("b.safetensors")];
+    for (p, w) in paths.iter().zip([w_a, w_b]) {
+        write(
+            p,
+            &[
+                spec("clean", D::F32, &[3], f32s(&[1.0, 2.0, 3.0])),
+                spec("w", D::F32, &[w.len()], f32s(w)),
+            ],
+        );
+    }
+    paths
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_str(&stdout(out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
+}
+
+#[test]
+fn nan_and_infinity_in_an_input_are_named_and_refused_under_strict() {
+    for (what, bad) in [
+        ("NaN", f32::NAN),
+        ("+inf", f32::INFINITY),
+        ("-inf", f32::NEG_INFINITY),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        // The bad value sits in the third chunk of a 200 000-element tensor.
+        let mut w = vec![0.5f32; 200_000];
+        let clean_w = w.clone();
+        w[150_000] = bad;
+        let [a, b] = pair(dir.path(), &clean_w, &w);
+        let out = dir.path().join("soup.safetensors");
+        let o = run_merge(&[&a, &b, &"-o", &out, &"--json"]);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        let warnings = json(&o)["warnings"].as_array().unwrap().clone();
+        assert_eq!(
+            warnings.len(),
+            1,
+            "{what}: one warning for one tensor: {warnings:?}"
+        );
+        assert_eq!(warnings[0]["tensor"], "w");
+        assert_eq!(warnings[0]["kind"], "non-finite-input");
+        assert!(warnings[0]["input"]
+            .as_str()
+            .unwrap()
+            .ends_with("b.safetensors"));
+        let err = stderr(&o);
+        assert!(
+            err.contains("warning: ") && err.contains("'w'") && err.contains("b.safetensors"),
+            "{what}: {err}"
+        );
+
+        let strict = dir.path().join("strict.safetensors");
+        let o = run_merge(&[&a, &b, &"-o", &strict, &"--strict"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("'w'") && err.contains("b.safetensors"),
+            "{what}: {err}"
+        );
+        assert!(err.contains("--strict"), "{what}: {err}");
+        assert!(!strict.exists(), "{what}: --strict must leave no output");
+    }
+}
+
+#[test]
+fn non_finite_half_precision_inputs_are_found_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    let h = |v: &[f32], dt: D| -> Vec<u8> {
+        v.iter()
+            .flat_map(|&x| match dt {
+                D::F16 => half::f16::from_f32(x).to_le_bytes(),
+                _ => half::bf16::from_f32(x).to_le_bytes(),
+            })
+            .collect()
+    };
+    write(
+        &a,
+        &[
+            spec("h", D::F16, &[2], h(&[1.0, f32::INFINITY], D::F16)),
+            spec("g", D::BF16, &[2], h(&[1.0, 2.0], D::BF16)),
+        ],
+    );
+    write(
+        &b,
+        &[
+            spec("h", D::F16, &[2], h(&[1.0, 2.0], D::F16)),
+            spec("g", D::BF16, &[2], h(&[f32::NAN, 2.0], D::BF16)),
+        ],
+    );
+    let o = run_merge(&[&a, &b, &"-o", &dir.path().join("o.safetensors"), &"--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut found: Vec<(String, String)> = json(&o)["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let input = w["input"].as_str().unwrap();
+            (
+                w["tensor"].as_str().unwrap().to_string(),
+                Path::new(input)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("g".to_string(), "b.safetensors".to_string()),
+            ("h".to_string(), "a.safetensors".to_string())
+        ]
+    );
+}
+
+#[test]
+fn an_overflow_to_the_output_dtype_is_the_outputs_doing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Finite in f32, beyond f16's 65504.
+    let [a, b] = pair(dir.path(), &[70000.0, 1.0], &[80000.0, 1.0]);
+    let out = dir.path().join("soup.safetensors");
+    let o = run_merge(&[&a, &b, &"-o", &out, &"--dtype", &"f16", &"--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let warnings = json(&o)["warnings"].as_array().unwrap().clone();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["tensor"], "w");
+    assert_eq!(warnings[0]["kind"], "non-finite-output");
+    assert!(warnings[0]["input"].is_null());
+    assert!(
+        warnings[0]["message"].as_str().unwrap().contains("--dtype"),
+        "names the fix"
+    );
+    // In bf16 the same values fit: no warning.
+    let wide = dir.path().join("wide.safetensors");
+    let o = run_merge(&[&a, &b, &"-o", &wide, &"--dtype", &"bf16", &"--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["warnings"].as_array().unwrap().len(), 0);
+    // Under --strict the overflow is an error and nothing is written.
+    let strict = dir.path().join("strict.safetensors");
+    let o = run_merge(&[&a, &b, &"-o", &strict, &"--dtype", &"f16", &"--strict"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("overflowed"), "{}", stderr(&o));
+    assert!(!strict.exists());
+}
+
+#[test]
+fn an_input_with_weight_zero_is_not_read_so_its_nan_is_not_inherited() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = pair(dir.path(), &[1.0, -0.0], &[f32::NAN, 2.0]);
+    let out = dir.path().join("soup.safetensors");
+    let o = run_merge(&[&a, &b, &"-w", &"1,0", &"-o", &out, &"--json", &"--strict"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["warnings"].as_array().unwrap().len(), 0);
+    let got = read(&out);
+    assert_eq!(
+        got["w"].2,
+        f32s(&[1.0, -0.0]),
+        "the first input, bit for bit"
+    );
+}
