@@ -29,7 +29,7 @@ Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad comm
 Examples:
   soup-eval score  --arch digits-cnn --test fixtures/digits/test.safetensors fixtures/models/*.safetensors
   soup-eval greedy --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
-      fixtures/models/ft-*.safetensors -o greedy.safetensors
+      fixtures/models/ft-*[!6].safetensors -o greedy.safetensors
   soup-eval report --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
       fixtures/models/ft-*[!6].safetensors --plot soups.svg";
 
@@ -63,8 +63,7 @@ pub struct Common {
     #[arg(required = true, value_name = "CHECKPOINT")]
     pub inputs: Vec<PathBuf>,
 
-    /// Model architecture the checkpoints hold (see the list in errors; digits-cnn for the fixtures).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help = arch::help())]
     pub arch: String,
 
     /// Validation split: ranks and chooses ingredients.

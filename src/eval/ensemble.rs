@@ -52,3 +52,29 @@ pub fn score(logits: &[&[f32]], classes: usize, labels: &[usize], mode: Mode) ->
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probability_and_logit_averages_can_disagree() {
+        // A is sure of class 0; B is against class 0 but split between 1 and 2. Mean
+        // probabilities: class 0 (0.494 against 0.253 each). Mean logits (-0.5, 0, 0): class 1.
+        let a = [5.0f32, 0.0, 0.0];
+        let b = [-6.0f32, 0.0, 0.0];
+        assert_eq!(score(&[&a, &b], 3, &[0], Mode::Probs).correct, 1);
+        assert_eq!(score(&[&a, &b], 3, &[0], Mode::Logits).correct, 0);
+    }
+
+    #[test]
+    fn an_ensemble_of_one_is_the_model() {
+        let logits = [0.3f32, 1.2, -0.4, 2.0, 0.1, 0.0];
+        let alone = Score::from_logits(&logits, 3, &[1, 2]);
+        for mode in [Mode::Probs, Mode::Logits] {
+            let e = score(&[&logits], 3, &[1, 2], mode);
+            assert_eq!(e.correct, alone.correct);
+            assert!((e.loss - alone.loss).abs() < 1e-6, "{mode}");
+        }
+    }
+}

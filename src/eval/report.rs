@@ -163,3 +163,94 @@ fn cells(score: Option<&Score>) -> String {
         None => format!("{:>9}  {:>9}  {:>8}", "-", "-", "-"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(correct: u64) -> Score {
+        Score {
+            correct,
+            total: 359,
+            accuracy: correct as f64 / 359.0,
+            loss: 0.125,
+        }
+    }
+
+    fn report() -> Report {
+        let row = |kind, name: &str, val, test| Row {
+            kind,
+            name: name.into(),
+            members: vec![],
+            val,
+            test,
+        };
+        Report {
+            arch: "digits-cnn".into(),
+            val_data: None,
+            test_data: None,
+            ingredients: vec![
+                row(
+                    Kind::Ingredient,
+                    "a.safetensors",
+                    Some(s(352)),
+                    Some(s(353)),
+                ),
+                row(Kind::Ingredient, "b.safetensors", Some(s(350)), None),
+            ],
+            uniform: Some(row(
+                Kind::UniformSoup,
+                "uniform soup (2)",
+                Some(s(26)),
+                Some(s(42)),
+            )),
+            greedy: None,
+            ensemble: Some(Ensemble {
+                row: row(
+                    Kind::Ensemble,
+                    "ensemble (2, probs)",
+                    Some(s(351)),
+                    Some(s(353)),
+                ),
+                mode: Mode::Probs,
+            }),
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn table_has_a_row_per_model_with_counts_and_four_decimals() {
+        let table = report().table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("model"));
+        assert!(
+            lines[1].starts_with("a.safetensors")
+                && lines[1].contains("98.0501%")
+                && lines[1].contains("352/359")
+        );
+        assert!(lines[2].contains("b.safetensors") && lines[2].trim_end().ends_with('-'));
+        assert!(lines[3].starts_with("uniform soup (2)") && lines[3].contains("7.2423%"));
+        assert!(lines[4].starts_with("ensemble (2, probs)"));
+    }
+
+    #[test]
+    fn json_has_every_section() {
+        let v = serde_json::to_value(report()).unwrap();
+        assert_eq!(v["ingredients"][0]["val"]["correct"], 352);
+        assert_eq!(v["uniform"]["kind"], "uniform-soup");
+        assert!(v["greedy"].is_null());
+        assert_eq!(v["ensemble"]["mode"], "probs");
+    }
+
+    #[test]
+    fn plot_is_an_svg_with_every_marked_row() {
+        let svg = crate::eval::plot::svg(&report(), "title").unwrap();
+        assert!(svg.starts_with("<svg"));
+        assert!(
+            svg.contains("ensemble")
+                && svg.contains("a.safetensors".trim_end_matches(".safetensors"))
+        );
+        // The broken uniform soup is off the focused scale, and labelled with its real numbers.
+        assert!(svg.contains("off scale: val 7.2%, test 11.7%"), "{svg}");
+    }
+}

@@ -89,3 +89,41 @@ pub fn softmax(logits: &[f32], classes: usize) -> Vec<f64> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logits_give_accuracy_and_cross_entropy() {
+        // Two examples, three classes: the first right, the second wrong.
+        let logits = [2.0f32, 0.0, 0.0, 0.0, 1.0, 0.0];
+        let s = Score::from_logits(&logits, 3, &[0, 2]);
+        assert_eq!((s.correct, s.total), (1, 2));
+        assert_eq!(s.accuracy, 0.5);
+        let l0 = (2f64.exp() + 2.0).ln() - 2.0;
+        let l1 = (1f64.exp() + 2.0).ln();
+        assert!((s.loss - (l0 + l1) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn probabilities_give_negative_log_likelihood() {
+        let probs = [0.7, 0.2, 0.1, 0.25, 0.25, 0.5];
+        let s = Score::from_probabilities(&probs, 3, &[0, 1]);
+        assert_eq!(s.correct, 1);
+        assert!((s.loss - (-(0.7f64).ln() - (0.25f64).ln()) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn argmax_takes_the_first_maximum_and_skips_nan() {
+        assert_eq!(argmax(&[1.0f32, 3.0, 3.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 0.5, 0.2]), 1);
+        assert_eq!(argmax(&[f64::NAN, f64::NAN]), 0);
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_even_for_large_logits() {
+        let p = softmax(&[1000.0, 1000.0, -1000.0], 3);
+        assert!((p[0] - 0.5).abs() < 1e-12 && (p[1] - 0.5).abs() < 1e-12 && p[2] == 0.0);
+    }
+}

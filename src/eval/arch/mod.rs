@@ -88,3 +88,15 @@ pub fn names() -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// `--arch`'s help: every architecture with its summary.
+pub fn help() -> String {
+    let list: Vec<String> = ARCHITECTURES
+        .iter()
+        .map(|a| format!("{} ({})", a.name(), a.summary()))
+        .collect();
+    format!(
+        "Model architecture the checkpoints hold: {}",
+        list.join("; ")
+    )
+}
