@@ -16,8 +16,18 @@ fn inputs(dir: &Path) -> Vec<PathBuf> {
             write(
                 &p,
                 &[
-                    spec("a.weight", D::F32, &[33, 17], floats(&mut rng, D::F32, 33 * 17)),
-                    spec("b.weight", D::BF16, &[1000], floats(&mut rng, D::BF16, 1000)),
+                    spec(
+                        "a.weight",
+                        D::F32,
+                        &[33, 17],
+                        floats(&mut rng, D::F32, 33 * 17),
+                    ),
+                    spec(
+                        "b.weight",
+                        D::BF16,
+                        &[1000],
+                        floats(&mut rng, D::BF16, 1000),
+                    ),
                     spec("c.weight", D::F16, &[7], floats(&mut rng, D::F16, 7)),
                 ],
             );
@@ -35,7 +45,10 @@ fn recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn linear(models: &[PathBuf], weights: &[&str], extra: &str) -> String {
     let mut s = String::from("merge_method: linear\nmodels:\n");
     for (m, w) in models.iter().zip(weights) {
-        s += &format!("  - model: {}\n    parameters:\n      weight: {w}\n", m.display());
+        s += &format!(
+            "  - model: {}\n    parameters:\n      weight: {w}\n",
+            m.display()
+        );
     }
     s + extra
 }
@@ -52,12 +65,28 @@ fn a_recipe_gives_the_same_tensors_as_the_flags() {
     let cases: [(&str, &[&str], &[&str]); 4] = [
         // mergekit normalizes by default.
         ("", &["2", "1", "1"], &["-w", "2,1,1", "--normalize"]),
-        ("parameters:\n  normalize: true\n", &["0.6", "0.3", "0.1"], &["-w", "0.6,0.3,0.1", "--normalize"]),
-        ("parameters:\n  normalize: false\ndtype: float32\n", &["1.5", "-0.25", "0.5"], &["-w", "1.5,-0.25,0.5", "--dtype", "f32"]),
-        ("dtype: float32\nout_dtype: bfloat16\n", &["1", "1", "2"], &["-w", "1,1,2", "--normalize", "--dtype", "bf16"]),
+        (
+            "parameters:\n  normalize: true\n",
+            &["0.6", "0.3", "0.1"],
+            &["-w", "0.6,0.3,0.1", "--normalize"],
+        ),
+        (
+            "parameters:\n  normalize: false\ndtype: float32\n",
+            &["1.5", "-0.25", "0.5"],
+            &["-w", "1.5,-0.25,0.5", "--dtype", "f32"],
+        ),
+        (
+            "dtype: float32\nout_dtype: bfloat16\n",
+            &["1", "1", "2"],
+            &["-w", "1,1,2", "--normalize", "--dtype", "bf16"],
+        ),
     ];
     for (i, (extra, weights, flags)) in cases.iter().enumerate() {
-        let r = recipe(tmp.path(), &format!("r{i}.yaml"), &linear(&m, weights, extra));
+        let r = recipe(
+            tmp.path(),
+            &format!("r{i}.yaml"),
+            &linear(&m, weights, extra),
+        );
         let from_recipe = tmp.path().join(format!("recipe{i}.safetensors"));
         ok(&[&"--config", &r, &"-o", &from_recipe]);
         let from_flags = tmp.path().join(format!("flags{i}.safetensors"));
@@ -70,7 +99,10 @@ fn a_recipe_gives_the_same_tensors_as_the_flags() {
         let bytes = std::fs::read(&from_recipe).unwrap();
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         let meta = meta.metadata().as_ref().unwrap();
-        assert_eq!(meta["model_soup.recipe"], std::fs::read_to_string(&r).unwrap());
+        assert_eq!(
+            meta["model_soup.recipe"],
+            std::fs::read_to_string(&r).unwrap()
+        );
     }
 }
 
@@ -80,10 +112,17 @@ fn a_recipe_to_a_directory_records_itself_in_the_card() {
     let m = inputs(tmp.path());
     let base = tmp.path().join("base");
     std::fs::create_dir(&base).unwrap();
-    write(&base.join("model.safetensors"), &[spec("a.weight", D::F32, &[1], vec![0; 4])]);
+    write(
+        &base.join("model.safetensors"),
+        &[spec("a.weight", D::F32, &[1], vec![0; 4])],
+    );
     std::fs::write(base.join("config.json"), "{\"torch_dtype\": \"float32\"}").unwrap();
     std::fs::write(base.join("tokenizer.json"), "{}").unwrap();
-    let text = linear(&m, &["1", "1", "1"], &format!("base_model: {}\ndtype: bfloat16\n", base.display()));
+    let text = linear(
+        &m,
+        &["1", "1", "1"],
+        &format!("base_model: {}\ndtype: bfloat16\n", base.display()),
+    );
     let r = recipe(tmp.path(), "soup.yaml", &text);
     let out = tmp.path().join("soup");
     ok(&[&"--config", &r, &"-o", &out]);
@@ -104,7 +143,10 @@ fn refused(dir: &Path, text: &str, says: &[&str]) {
     let o = run_merge(&[&"--config", &r, &"-o", &out]);
     assert_eq!(o.status.code(), Some(1), "{text}\n{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.starts_with("error: ") && err.contains("bad.yaml"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("bad.yaml"),
+        "{err}"
+    );
     for s in says {
         assert!(err.contains(s), "expected '{s}' in: {err}");
     }
@@ -117,16 +159,52 @@ fn unsupported_keys_methods_and_values_are_named() {
     let m = inputs(tmp.path());
     let two = &m[..2];
     let ok_models = linear(two, &["1", "1"], "");
-    refused(tmp.path(), &ok_models.replace("linear", "ties"), &["merge_method 'ties'", "linear"]);
-    refused(tmp.path(), &format!("{ok_models}tokenizer_source: union\n"), &["key 'tokenizer_source'", "not supported"]);
-    refused(tmp.path(), &format!("{ok_models}slices: []\n"), &["key 'slices'"]);
-    refused(tmp.path(), &format!("{ok_models}typo_key: 1\n"), &["unknown key 'typo_key'"]);
-    refused(tmp.path(), &ok_models.replace("weight: 1\n", "weight: 1\n      density: 0.5\n"), &["models[0].parameters.density"]);
-    refused(tmp.path(), &ok_models.replacen("weight: 1", "weight: [0.1, 0.9]", 1), &["models[0].parameters.weight is a list"]);
-    refused(tmp.path(), &format!("{ok_models}dtype: int8\n"), &["dtype 'int8'"]);
-    refused(tmp.path(), &format!("{ok_models}parameters:\n  int8_mask: true\n"), &["parameters.int8_mask"]);
+    refused(
+        tmp.path(),
+        &ok_models.replace("linear", "ties"),
+        &["merge_method 'ties'", "linear"],
+    );
+    refused(
+        tmp.path(),
+        &format!("{ok_models}tokenizer_source: union\n"),
+        &["key 'tokenizer_source'", "not supported"],
+    );
+    refused(
+        tmp.path(),
+        &format!("{ok_models}slices: []\n"),
+        &["key 'slices'"],
+    );
+    refused(
+        tmp.path(),
+        &format!("{ok_models}typo_key: 1\n"),
+        &["unknown key 'typo_key'"],
+    );
+    refused(
+        tmp.path(),
+        &ok_models.replace("weight: 1\n", "weight: 1\n      density: 0.5\n"),
+        &["models[0].parameters.density"],
+    );
+    refused(
+        tmp.path(),
+        &ok_models.replacen("weight: 1", "weight: [0.1, 0.9]", 1),
+        &["models[0].parameters.weight is a list"],
+    );
+    refused(
+        tmp.path(),
+        &format!("{ok_models}dtype: int8\n"),
+        &["dtype 'int8'"],
+    );
+    refused(
+        tmp.path(),
+        &format!("{ok_models}parameters:\n  int8_mask: true\n"),
+        &["parameters.int8_mask"],
+    );
     refused(tmp.path(), "merge_method: linear\nmodels:\n  - model: org/not-downloaded\n    parameters: {weight: 1}\n", &["org/not-downloaded", "does not download"]);
-    refused(tmp.path(), "merge_method: linear\nmodels: [\n", &["not valid YAML"]);
+    refused(
+        tmp.path(),
+        "merge_method: linear\nmodels: [\n",
+        &["not valid YAML"],
+    );
 }
 
 #[test]
@@ -135,8 +213,19 @@ fn config_conflicts_with_inputs_and_weights_on_the_command_line() {
     let m = inputs(tmp.path());
     let r = recipe(tmp.path(), "r.yaml", &linear(&m, &["1", "1", "1"], ""));
     let out = tmp.path().join("o.safetensors");
-    for extra in [vec![m[0].as_os_str()], vec!["-w".as_ref(), "1,1,1".as_ref()], vec!["--dtype".as_ref(), "f16".as_ref()]] {
-        let o = soup_merge().arg("--config").arg(&r).args(&extra).arg("-o").arg(&out).output().unwrap();
+    for extra in [
+        vec![m[0].as_os_str()],
+        vec!["-w".as_ref(), "1,1,1".as_ref()],
+        vec!["--dtype".as_ref(), "f16".as_ref()],
+    ] {
+        let o = soup_merge()
+            .arg("--config")
+            .arg(&r)
+            .args(&extra)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
         assert!(stderr(&o).contains("--config"), "{}", stderr(&o));
     }
