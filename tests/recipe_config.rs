@@ -231,3 +231,22 @@ fn config_conflicts_with_inputs_and_weights_on_the_command_line() {
     }
     assert!(!out.exists());
 }
+
+#[test]
+fn a_hub_base_model_is_named_as_written_in_the_card() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    let text = linear(
+        &m[..2],
+        &["1", "1"],
+        "base_model: mistralai/Mistral-7B-v0.1\n",
+    );
+    let r = recipe(tmp.path(), "hub.yaml", &text);
+    let out = tmp.path().join("soup");
+    ok(&[&"--config", &r, &"-o", &out]);
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.contains("base_model:\n- mistralai/Mistral-7B-v0.1\n"),
+        "{card}"
+    );
+}

@@ -35,7 +35,8 @@ struct FrontMatter<'a> {
 
 impl Card {
     /// A card for `plan`, with the ingredients named as the Hub would name them where the path
-    /// shows it (a Hugging Face cache snapshot), else by their file or directory name.
+    /// shows it (a Hugging Face cache snapshot), else by their file or directory name. A
+    /// `base_model` that is not a local path is taken as a Hub id, as written.
     pub fn for_plan(plan: &Plan, title: &str, base_model: Option<&str>) -> Card {
         let ingredients: Vec<(String, f64)> = plan
             .ingredients
@@ -44,6 +45,8 @@ impl Card {
             .map(|(c, &w)| (model_name(c.path()), w))
             .collect();
         let base_models = match base_model {
+            // A Hub id (not a local path) is already what the Hub calls it.
+            Some(b) if !Path::new(b).exists() => vec![b.to_string()],
             Some(b) => vec![model_name(Path::new(b))],
             None => ingredients.iter().map(|(n, _)| n.clone()).collect(),
         };
