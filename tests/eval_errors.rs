@@ -323,3 +323,29 @@ fn json_errors_are_json() {
         .unwrap()
         .contains("unknown architecture 'nope'"));
 }
+
+#[test]
+fn zero_threads_or_batch_size() {
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--threads",
+        &"0",
+        &"--val",
+        &val(),
+        &base(),
+    ]);
+    assert_error(&out, &["--threads"]);
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--batch-size",
+        &"0",
+        &"--val",
+        &val(),
+        &base(),
+    ]);
+    assert_error(&out, &["--batch-size"]);
+}

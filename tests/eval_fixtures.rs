@@ -314,3 +314,32 @@ fn table_shows_counts_and_four_decimals() {
         "{line}"
     );
 }
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reports = Vec::new();
+    let mut files = Vec::new();
+    for threads in ["1", "2"] {
+        let soup = dir.path().join(format!("greedy-{threads}.safetensors"));
+        let mut report = json(&soup_eval(
+            "report",
+            &ingredients(),
+            &[&"--json", &"--threads", &threads, &"-o", &soup],
+        ));
+        // Timings and the output path are allowed to differ.
+        for step in report["greedy"]["search"]["steps"].as_array_mut().unwrap() {
+            step["trial"]["merge_seconds"] = Value::Null;
+            step["trial"]["eval_seconds"] = Value::Null;
+        }
+        report["greedy"]["output"] = Value::Null;
+        report["greedy"]["merge_command"] = Value::Null;
+        reports.push(report);
+        files.push(std::fs::read(&soup).unwrap());
+    }
+    assert_eq!(reports[0], reports[1]);
+    assert!(
+        files[0] == files[1],
+        "the greedy soup's bytes depend on --threads"
+    );
+}

@@ -82,6 +82,11 @@ pub struct Common {
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
 
+    /// CPU threads for candle's kernels and the merge (sets RAYON_NUM_THREADS). Default: every
+    /// core. Small models are often fastest with 1, especially on a busy machine.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -252,6 +257,14 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     let device: DeviceSpec = c.device.parse()?;
     if c.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    if let Some(n) = c.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // Read by candle's CPU kernels on each call and by rayon's pool when it starts; no
+        // other thread is running yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     for (flag, given) in required {
         if !given {
