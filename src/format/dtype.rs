@@ -213,6 +213,38 @@ impl Accumulator for f32 {
     }
 }
 
+/// f64 → f32 rounding to odd: truncate, then set the last bit if anything was cut off. A
+/// second rounding to any format with at least two fewer significant bits (f16, bf16) is then
+/// correctly rounded, as if done directly from f64.
+fn f32_round_to_odd(x: f64) -> f32 {
+    let t = x as f32;
+    if t as f64 == x || x.is_nan() {
+        return t;
+    }
+    let toward_zero = if (t as f64).abs() > x.abs() {
+        f32::from_bits(t.to_bits() - 1)
+    } else {
+        t
+    };
+    f32::from_bits(toward_zero.to_bits() | 1)
+}
+
+/// f64 sums to 16-bit floats, rounded once. `half`'s own f64 conversion goes through f32 with
+/// round-to-nearest on CPUs with F16C, which rounds twice.
+fn store_narrow<T>(acc: &[f64], out: &mut [T])
+where
+    [T]: HalfFloatSliceExt,
+{
+    const BLOCK: usize = 256;
+    let mut odd = [0f32; BLOCK];
+    for (a, o) in acc.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+        for (d, x) in odd.iter_mut().zip(a) {
+            *d = f32_round_to_odd(*x);
+        }
+        o.convert_from_f32_slice(&odd[..a.len()]);
+    }
+}
+
 impl Accumulator for f64 {
     const DTYPE: Dtype = Dtype::F64;
 
@@ -242,9 +274,8 @@ impl Accumulator for f64 {
                     *o = *x as f32;
                 }
             }
-            // Straight from f64: going through f32 first would round twice.
-            Dtype::F16 => view_mut::<f16>(bytes).convert_from_f64_slice(acc),
-            Dtype::BF16 => view_mut::<bf16>(bytes).convert_from_f64_slice(acc),
+            Dtype::F16 => store_narrow(acc, view_mut::<f16>(bytes)),
+            Dtype::BF16 => store_narrow(acc, view_mut::<bf16>(bytes)),
             other => unreachable!("the plan only averages float tensors, not {other}"),
         }
     }
@@ -299,21 +330,28 @@ mod tests {
     }
 
     #[test]
-    fn f64_to_f16_rounds_once() {
-        // 1 + 2^-11 + 2^-40 is just above a tie in f16; via f32 it would round to the tie and then
-        // to even (1.0). Direct rounding gives the next f16 up.
+    fn f64_to_16_bit_rounds_once() {
+        // 1 + 2^-11 + 2^-40 is just above a tie in f16; via f32 it would round to the tie and
+        // then to even (1.0). Rounded once it is the next f16 up.
         let x = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
-        let mut bytes = [0u64; 1];
-        f64::store(
-            Dtype::F16,
-            &[x],
-            &mut bytemuck::cast_slice_mut(&mut bytes)[..2],
+        let mut out = [f16::ZERO; 2];
+        store_narrow(&[x, -x], &mut out);
+        assert_eq!(out, [f16::from_bits(0x3C01), f16::from_bits(0xBC01)]);
+        // The same for bf16, just above the tie between 1 and 1 + 2^-7.
+        let y = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        let mut out = [bf16::ZERO; 1];
+        store_narrow(&[y], &mut out);
+        assert_eq!(out[0], bf16::from_bits(0x3F81));
+        // Exact ties still go to even, and the edges keep their meaning.
+        let mut out = [f16::ZERO; 5];
+        store_narrow(
+            &[1.0 + 2f64.powi(-11), 65520.0, 65519.99, f64::NAN, 1e-300],
+            &mut out,
         );
-        let got = f16::from_le_bytes([
-            bytemuck::cast_slice::<u64, u8>(&bytes)[0],
-            bytemuck::cast_slice::<u64, u8>(&bytes)[1],
-        ]);
-        assert_eq!(got, f16::from_f64(x));
-        assert!(got > f16::ONE);
+        assert_eq!(out[0], f16::ONE);
+        assert!(out[1].is_infinite());
+        assert_eq!(out[2], f16::MAX);
+        assert!(out[3].is_nan());
+        assert_eq!(out[4], f16::ZERO);
     }
 }
