@@ -349,3 +349,22 @@ fn zero_threads_or_batch_size() {
     ]);
     assert_error(&out, &["--batch-size"]);
 }
+
+#[test]
+fn a_session_stays_usable_after_a_refused_soup() {
+    use model_soup::eval::{arch, evaluator::Evaluator, session::Session, session::Split};
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra.safetensors");
+    edited_base(&extra, |t| {
+        t.push(spec("head2.weight", D::F32, &[2], vec![0; 8]))
+    });
+    let arch = arch::lookup("digits-cnn").unwrap();
+    let evaluator = Evaluator::new(arch, candle_core::Device::Cpu, 128);
+    let mut session = Session::open(evaluator, &[base(), extra], Some(&val()), None).unwrap();
+    let err = session.check_soup().unwrap_err().to_string();
+    assert!(err.contains("head2.weight"), "{err}");
+    // Scoring each checkpoint alone still works: both are the base weights.
+    let rows = session.ingredients(&[Split::Val]).unwrap();
+    assert_eq!(rows[0].val, rows[1].val);
+    assert!(session.uniform().is_err());
+}

@@ -124,11 +124,21 @@ impl Session {
                     .expect("each ingredient joins a plan once")
             })
             .collect();
-        let plan = Plan::new(
+        let plan = match Plan::new(
             checkpoints,
             vec![1.0 / k as f64; k],
             &PlanOptions::default(),
-        )?;
+        ) {
+            Ok(plan) => plan,
+            Err(e) => {
+                // The failed plan took the checkpoints with it: map them again, so that the
+                // session stays usable after the error.
+                for &i in members {
+                    self.pool[i] = Some(Checkpoint::open(&self.paths[i])?);
+                }
+                return Err(e.into());
+            }
+        };
         let result = f(&plan);
         for (&i, checkpoint) in members.iter().zip(plan.ingredients) {
             self.pool[i] = Some(checkpoint);
