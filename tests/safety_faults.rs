@@ -58,7 +58,7 @@ fn temporaries(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Two inputs large enough (2 x 256 MB) that a merge on one thread runs for a good fraction of
+/// Two inputs large enough (2 x 128 MB) that a merge on one thread runs for a good fraction of
 /// a second after its temporary appears.
 struct Big {
     dir: tempfile::TempDir,
@@ -72,8 +72,8 @@ fn big() -> Big {
         dir.path().join("a.safetensors"),
         dir.path().join("b.safetensors"),
     ];
-    big_input(&inputs[0], 16, 4 << 20, 1);
-    big_input(&inputs[1], 16, 4 << 20, 2);
+    big_input(&inputs[0], 8, 4 << 20, 1);
+    big_input(&inputs[1], 8, 4 << 20, 2);
     let hashes = [sha256(&inputs[0]), sha256(&inputs[1])];
     Big {
         dir,
