@@ -541,22 +541,15 @@ fn main() -> Result<()> {
         let state = model.state()?;
         let state_path = options.out.join(format!("{}.safetensors", recipe.name));
         save(&state_path, &state, &metadata)?;
-        for (name, dtype) in copies {
-            if name == recipe.name {
-                let suffix = if dtype == DType::F16 { "f16" } else { "bf16" };
-                let path = options
-                    .out
-                    .join(format!("{}.{suffix}.safetensors", recipe.name));
-                save(&path, &converted(&state, dtype)?, &metadata)?;
-            }
-        }
         written.push((recipe.name, recipe.note, state_path));
         for (name, dtype) in copies {
             if name == recipe.name {
                 let suffix = if dtype == DType::F16 { "f16" } else { "bf16" };
-                let path = options
-                    .out
-                    .join(format!("{}.{suffix}.safetensors", recipe.name));
+                // Copies live in half/, so that `models/ft-*.safetensors` is the f32 ingredients.
+                let half = options.out.join("half");
+                std::fs::create_dir_all(&half)
+                    .with_context(|| format!("cannot create {}", half.display()))?;
+                let path = half.join(format!("{}.{suffix}.safetensors", recipe.name));
                 save(&path, &converted(&state, dtype)?, &metadata)?;
                 written.push((
                     recipe.name,
@@ -586,7 +579,11 @@ fn main() -> Result<()> {
             evaluator.score(&weights, &val)?,
             evaluator.score(&weights, &test)?,
         );
-        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        let file = path
+            .strip_prefix(&options.out)
+            .unwrap_or(path)
+            .display()
+            .to_string();
         println!(
             "{file:<36} val {:>3}/{} ({:.4}%)  test {:>3}/{} ({:.4}%)",
             v.correct,

@@ -275,9 +275,9 @@ fn uniform_soup_of_fine_tunes_without_the_poor_one_works() {
 #[test]
 fn half_precision_ingredients_mix_with_f32_ones() {
     let models = [
-        model("ft-lr2e-3.f16"),
+        model("half/ft-lr2e-3.f16"),
         model("ft-lr2e-3-long"),
-        model("ft-lr1e-3-shift.bf16"),
+        model("half/ft-lr1e-3-shift.bf16"),
     ];
     let dir = tempfile::tempdir().unwrap();
     let soup = dir.path().join("g.safetensors");

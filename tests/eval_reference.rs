@@ -126,8 +126,8 @@ fn single_f32_checkpoints() {
 
 #[test]
 fn half_precision_checkpoints() {
-    check(&["ft-lr2e-3.f16.safetensors"]);
-    check(&["ft-lr1e-3-shift.bf16.safetensors"]);
+    check(&["half/ft-lr2e-3.f16.safetensors"]);
+    check(&["half/ft-lr1e-3-shift.bf16.safetensors"]);
 }
 
 #[test]

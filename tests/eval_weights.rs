@@ -82,7 +82,7 @@ fn order_does_not_matter_beyond_rounding() {
 #[test]
 fn half_precision_ingredients_are_widened_exactly() {
     // The f16 copy enters the sum as its exact f16 values.
-    let f16 = open("ft-lr2e-3.f16");
+    let f16 = open("half/ft-lr2e-3.f16");
     let direct = Weights::from_checkpoint(&f16);
     assert_eq!(RunningSum::new(&f16).mean(), direct);
 }

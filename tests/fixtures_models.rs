@@ -24,13 +24,13 @@ fn fixtures() -> PathBuf {
 /// Every committed checkpoint and its float dtype.
 const MODELS: [(&str, Dtype); 14] = [
     ("base", Dtype::F32),
-    ("base.f16", Dtype::F16),
+    ("half/base.f16", Dtype::F16),
     ("ft-lr2e-3", Dtype::F32),
-    ("ft-lr2e-3.f16", Dtype::F16),
+    ("half/ft-lr2e-3.f16", Dtype::F16),
     ("ft-lr1e-3", Dtype::F32),
     ("ft-lr5e-4", Dtype::F32),
     ("ft-lr1e-3-shift", Dtype::F32),
-    ("ft-lr1e-3-shift.bf16", Dtype::BF16),
+    ("half/ft-lr1e-3-shift.bf16", Dtype::BF16),
     ("ft-lr1e-3-smooth", Dtype::F32),
     ("ft-lr2e-3-long", Dtype::F32),
     ("ft-lr3e-3-shift-smooth", Dtype::F32),
@@ -116,9 +116,9 @@ fn checkpoints_match_the_cnn_definition() {
 #[test]
 fn half_precision_copies_round_their_f32_originals() {
     for (copy, original) in [
-        ("ft-lr2e-3.f16", "ft-lr2e-3"),
-        ("ft-lr1e-3-shift.bf16", "ft-lr1e-3-shift"),
-        ("base.f16", "base"),
+        ("half/ft-lr2e-3.f16", "ft-lr2e-3"),
+        ("half/ft-lr1e-3-shift.bf16", "ft-lr1e-3-shift"),
+        ("half/base.f16", "base"),
     ] {
         let a = Weights::from_checkpoint(
             &Checkpoint::open(&fixtures().join(format!("models/{copy}.safetensors"))).unwrap(),

@@ -29,9 +29,9 @@ Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad comm
 Examples:
   soup-eval score  --arch digits-cnn --test fixtures/digits/test.safetensors fixtures/models/*.safetensors
   soup-eval greedy --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
-      fixtures/models/ft-*[!6].safetensors -o greedy.safetensors
+      fixtures/models/ft-*.safetensors -o greedy.safetensors
   soup-eval report --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
-      fixtures/models/ft-*[!6].safetensors --plot soups.svg";
+      fixtures/models/ft-*.safetensors --plot soups.svg";
 
 /// Evaluate checkpoints, uniform and greedy soups, and ensembles on a dataset, with candle.
 #[derive(Debug, Parser)]
