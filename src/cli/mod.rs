@@ -56,3 +56,15 @@ pub fn handle_interrupts() {
     let _ = ctrlc::set_handler(crate::soup::interrupt);
     crate::format::explain_sigbus();
 }
+
+/// For long computations that don't poll the interrupt flag (soup-eval's forward passes): a
+/// merge in progress still stops cleanly at its next chunk, and the process exits with status
+/// 130 shortly after, whatever it was doing.
+pub fn handle_interrupts_then_exit() {
+    let _ = ctrlc::set_handler(|| {
+        crate::soup::interrupt();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        std::process::exit(EXIT_INTERRUPTED.into());
+    });
+    crate::format::explain_sigbus();
+}

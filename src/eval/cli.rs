@@ -143,6 +143,7 @@ pub struct ReportArgs {
 
 /// Runs `args` and prints the report: the whole of `soup-eval`'s `main`.
 pub fn main(args: Args) -> ExitCode {
+    crate::cli::handle_interrupts_then_exit();
     let json = match &args.command {
         Command::Score(c) | Command::Uniform(c) => c.json,
         Command::Greedy(g) => g.common.json,
