@@ -309,7 +309,7 @@ mod tests {
     #[test]
     fn misaligned_bytes_decode_like_aligned_ones() {
         let values = [1.5f32, -2.25, 3.0e-3];
-        let mut buf = vec![0u8; 13];
+        let mut buf = [0u8; 13];
         buf[1..].copy_from_slice(bytemuck::cast_slice(&values));
         let mut out = [0f32; 3];
         f32::load(Dtype::F32, &buf[1..], &mut out);

@@ -32,6 +32,9 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
+/// Sees each written chunk: the tensor's index in the plan, the chunk's first element, its bytes.
+pub type Observer = dyn Fn(usize, usize, &[u8]) + Sync;
+
 /// How to treat findings about the data, and where progress goes.
 #[derive(Clone, Copy)]
 pub struct RunOptions<'a> {
@@ -41,7 +44,7 @@ pub struct RunOptions<'a> {
     pub progress: &'a (dyn Fn(u64) + Sync),
     /// Called with each output chunk once it is written: the tensor's index in the plan, the
     /// chunk's first element and its bytes (`--verify` records their digests).
-    pub observe: Option<&'a (dyn Fn(usize, usize, &[u8]) + Sync)>,
+    pub observe: Option<&'a Observer>,
 }
 
 impl Default for RunOptions<'_> {
