@@ -33,7 +33,7 @@ fn check_interrupted() -> Result<()> {
 }
 
 /// Sees each written chunk: the tensor's index in the plan, the chunk's first element, its bytes.
-pub type Observer = dyn Fn(usize, usize, &[u8]) + Sync;
+pub type Observer<'a> = dyn Fn(usize, usize, &[u8]) + Sync + 'a;
 
 /// How to treat findings about the data, and where progress goes.
 #[derive(Clone, Copy)]
@@ -44,7 +44,7 @@ pub struct RunOptions<'a> {
     pub progress: &'a (dyn Fn(u64) + Sync),
     /// Called with each output chunk once it is written: the tensor's index in the plan, the
     /// chunk's first element and its bytes (`--verify` records their digests).
-    pub observe: Option<&'a Observer>,
+    pub observe: Option<&'a Observer<'a>>,
 }
 
 impl Default for RunOptions<'_> {
