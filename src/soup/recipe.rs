@@ -347,7 +347,7 @@ mod tests {
             "merge_method: linear\n{base}parameters: {{epsilon: 1}}\n"
         ))
         .contains("parameters.epsilon"));
-        assert!(err(&base.to_string()).contains("no merge_method"));
+        assert!(err(base).contains("no merge_method"));
         assert!(err("merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: -1}}]\n").contains("sum to 0"));
         assert!(err("merge_method: linear\nmerge_method: linear\nmodels: []\n").contains("YAML"));
     }
