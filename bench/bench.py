@@ -52,6 +52,10 @@ def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+class OutOfSpace(Exception):
+    pass
+
+
 class Runner:
     """Runs one command, returns its wall time and peak RSS; keeps its stdout/stderr in a log file."""
 
@@ -162,9 +166,10 @@ class Bench:
         dirs = [os.path.join(base, f"seed{s}") for s in range(3)]
         todo = [d for d in dirs if not os.path.exists(os.path.join(d, ".done"))]
         if todo:
-            need = len(todo) * gib * GIB * 1.02 + 6 * gib * GIB
+            kept_outputs = len(self.a.tools.split(",")) + 1 if "tools" in self.a.phases else 2
+            need = len(todo) * gib * GIB * 1.02 + (kept_outputs + 1) * gib * GIB
             if free_bytes(self.data) < need:
-                sys.exit(f"error: {self.data} has {free_bytes(self.data) / GIB:.1f} GiB free, the {gib:g} GiB run "
+                raise OutOfSpace(f"error: {self.data} has {free_bytes(self.data) / GIB:.1f} GiB free, the {gib:g} GiB run "
                          f"needs about {need / GIB:.1f} GiB; free space or pass --data elsewhere")
         for seed, d in enumerate(dirs):
             if d not in todo:
@@ -363,8 +368,15 @@ class Bench:
     def main(self):
         phases = self.a.phases.split(",")
         self.scaling_rows = []
+        status = 0
         for gib in [float(s) for s in self.a.sizes.split(",")]:
-            dirs, files = self.make_inputs(gib)
+            try:
+                dirs, files = self.make_inputs(gib)
+            except OutOfSpace as e:
+                log(str(e))
+                self.report.append(f"**Stopped before {gib:g} GiB**: {e}\n")
+                status = 1
+                break
             for p in phases:
                 log(f"phase {p}, {gib:g} GiB")
                 if p == "tools":
@@ -381,7 +393,7 @@ class Bench:
                 shutil.rmtree(self.input_dir(gib))
         if self.scaling_rows:
             self.report.append(self.scaling_table())
-        return self.write()
+        return self.write() or status
 
     def write(self):
         m = self.raw["machine"]
