@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use model_soup::format::{encode_header, Checkpoint, Dtype, Header, HeaderEntry};
+use model_soup::format::{encode_header, Checkpoint, Dtype, Header, HeaderEntry, ShardIndex};
 use model_soup::soup::{self, OnMissing, Plan, PlanOptions, RunOptions};
 
 /// Any bytes as a whole safetensors file: parsing and validation return, never panic, hang or
@@ -41,6 +41,26 @@ pub fn header(file: &[u8]) {
         .expect("a header we wrote from a valid one is valid");
     assert_eq!(reread.tensors, header.tensors);
     assert_eq!(reread.metadata, header.metadata);
+}
+
+/// Any bytes as `model.safetensors.index.json`: parsing returns, never panics; an index it
+/// accepts names only plain files in its own directory, and survives being encoded and parsed
+/// again unchanged.
+pub fn index(bytes: &[u8]) {
+    let Ok(index) = ShardIndex::parse(Path::new("model.safetensors.index.json"), bytes) else {
+        return;
+    };
+    let files = index.shard_files();
+    assert!(!files.is_empty(), "an accepted index lists a shard");
+    for f in files {
+        assert!(
+            !f.is_empty() && !f.contains('/') && !f.contains('\\') && f != ".." && f != ".",
+            "shard name {f:?} escapes the model directory"
+        );
+    }
+    let again = ShardIndex::parse(Path::new("again.json"), index.encode().as_bytes())
+        .expect("an index we encoded from a valid one is valid");
+    assert_eq!(again, index);
 }
 
 /// Two files as the ingredients of a merge: opening, cross-checking and planning them, then

@@ -35,3 +35,10 @@ fn plan_seeds_replay_clean() {
         check::plan_in(dir.path(), &std::fs::read(&seed).unwrap());
     }
 }
+
+#[test]
+fn index_seeds_replay_clean() {
+    for seed in seeds("index") {
+        check::index(&std::fs::read(&seed).unwrap());
+    }
+}
