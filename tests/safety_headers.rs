@@ -25,6 +25,8 @@ struct Finished {
 
 /// Runs `cmd` to the end, killing it after `limit` (a hang is a failure), and measures its peak
 /// resident memory with wait4, which reports it for this child alone.
+// The child is reaped by wait4 below, not by `Child::wait`, which clippy can't see.
+#[allow(clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command, limit: Duration) -> Finished {
     let mut child = cmd
         .stdout(Stdio::null())

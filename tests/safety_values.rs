@@ -40,7 +40,7 @@ fn nan_and_infinity_in_an_input_are_named_and_refused_under_strict() {
         ("-inf", f32::NEG_INFINITY),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        // The bad value sits in the third chunk of a 200 000-element tensor.
+        // One bad value deep inside a 200 000-element tensor.
         let mut w = vec![0.5f32; 200_000];
         let clean_w = w.clone();
         w[150_000] = bad;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use model_soup::format::Checkpoint;
-use model_soup::soup::{self, Layout, Plan, PlanOptions, Record, RunOptions};
+use model_soup::soup::{self, Layout, Plan, PlanOptions, Record, RunOptions, CHUNK_ELEMENTS};
 use safetensors::Dtype as D;
 use sha2::{Digest, Sha256};
 
@@ -139,16 +139,23 @@ fn verify_catches_an_output_that_reads_back_different() {
 
     let header_len = plan.header().len() as u64;
     let big = plan.tensors.iter().find(|t| t.name == "big").unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    // The chunk that holds element 70 000, as the executor cut it.
+    let first = 70_000 / CHUNK_ELEMENTS * CHUNK_ELEMENTS;
+    let chunk = format!(
+        "tensor 'big' elements {first}..{} read back different",
+        (first + CHUNK_ELEMENTS).min(150_000)
+    );
+    type Corrupt<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Corrupt<'_>, &str)> = vec![
         (
-            "a flipped bit in the second chunk of 'big'",
+            "a flipped bit in 'big'",
             Box::new(move |p: &Path| {
                 let at = header_len + big.begin + 4 * 70_000;
                 let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
                 let old = std::fs::read(p).unwrap()[at as usize];
                 f.write_all_at(&[old ^ 1], at).unwrap();
             }),
-            "tensor 'big' elements 65536..131072 read back different",
+            &chunk,
         ),
         (
             "a changed header byte",
