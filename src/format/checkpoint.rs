@@ -233,6 +233,15 @@ impl Checkpoint {
             .release(start + range.start..start + range.end);
     }
 
+    /// Maps the resident pages of `tensor`'s bytes `range` ahead of reading them.
+    pub fn populate(&self, tensor: &Tensor<'_>, range: std::ops::Range<usize>) {
+        let shard = &self.shards[tensor.shard];
+        let (start, _) = shard.span(tensor.info);
+        shard
+            .mapping
+            .populate(start + range.start..start + range.end);
+    }
+
     /// Fails if any shard changed on disk since it was opened.
     pub fn check_unchanged(&self) -> Result<()> {
         self.shards.iter().try_for_each(Shard::check_unchanged)

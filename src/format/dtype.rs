@@ -98,21 +98,27 @@ impl Dtype {
     /// Whether `bytes`, elements of this float type, hold a NaN or an infinity: a test of the
     /// exponent bits, cheap enough to run on every chunk the kernel writes.
     pub fn any_non_finite(self, bytes: &[u8]) -> bool {
-        fn scan<const N: usize>(bytes: &[u8], mask: u64) -> bool {
-            bytes.chunks_exact(N).any(|c| {
-                let mut b = [0u8; 8];
-                b[..N].copy_from_slice(c);
-                u64::from_le_bytes(b) & mask == mask
-            })
-        }
         match self {
-            Dtype::F16 => scan::<2>(bytes, 0x7C00),
-            Dtype::BF16 => scan::<2>(bytes, 0x7F80),
-            Dtype::F32 => scan::<4>(bytes, 0x7F80_0000),
-            Dtype::F64 => scan::<8>(bytes, 0x7FF0_0000_0000_0000),
+            Dtype::F16 => any_exponent_all_ones::<u16>(bytes, 0x7C00),
+            Dtype::BF16 => any_exponent_all_ones::<u16>(bytes, 0x7F80),
+            Dtype::F32 => any_exponent_all_ones::<u32>(bytes, 0x7F80_0000),
+            Dtype::F64 => any_exponent_all_ones::<u64>(bytes, 0x7FF0_0000_0000_0000),
             _ => false,
         }
     }
+}
+
+/// Whether any element has every exponent bit set. A branch-free OR over the slice, so it
+/// vectorises; unaligned bytes go through a copy.
+fn any_exponent_all_ones<T>(bytes: &[u8], mask: T) -> bool
+where
+    T: bytemuck::Pod + std::ops::BitAnd<Output = T> + PartialEq,
+{
+    let mut scratch = Vec::new();
+    view::<T>(bytes, &mut scratch)
+        .iter()
+        .fold(0u8, |any, &x| any | u8::from(x & mask == mask))
+        != 0
 }
 
 impl std::fmt::Display for Dtype {
@@ -125,7 +131,16 @@ impl std::fmt::Display for Dtype {
 ///
 /// One implementation per accumulator, one `match` on the stored dtype per chunk, so the inner
 /// loops are monomorphic and vectorise.
-pub trait Accumulator: Copy + Default + Send + Sync + bytemuck::Pod + 'static {
+pub trait Accumulator:
+    Copy
+    + Default
+    + Send
+    + Sync
+    + bytemuck::Pod
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
+{
     /// The stored dtype that is this type, whose aligned bytes the kernel reads in place.
     const DTYPE: Dtype;
 
@@ -143,6 +158,24 @@ pub trait Accumulator: Copy + Default + Send + Sync + bytemuck::Pod + 'static {
 
     /// `acc[i] = w * x[i]`, the first term: no zeroing pass.
     fn scale(acc: &mut [Self], w: Self, x: &[Self]);
+
+    /// An f32 as this type, exactly.
+    fn from_f32(x: f32) -> Self;
+
+    /// `axpy` straight from bf16 bits, which are the top half of an f32: exact for every value,
+    /// NaN and infinities included, and vectorisable, with no decoded copy.
+    fn axpy_bf16(acc: &mut [Self], w: Self, bits: &[u16]) {
+        for (a, b) in acc.iter_mut().zip(bits) {
+            *a = *a + w * Self::from_f32(f32::from_bits((*b as u32) << 16));
+        }
+    }
+
+    /// `scale` straight from bf16 bits.
+    fn scale_bf16(acc: &mut [Self], w: Self, bits: &[u16]) {
+        for (a, b) in acc.iter_mut().zip(bits) {
+            *a = w * Self::from_f32(f32::from_bits((*b as u32) << 16));
+        }
+    }
 }
 
 /// Reinterprets `bytes` as `T` when aligned; otherwise decodes through a copy into `scratch`.
@@ -166,6 +199,10 @@ fn view_mut<T: bytemuck::Pod>(bytes: &mut [u8]) -> &mut [T] {
 
 impl Accumulator for f32 {
     const DTYPE: Dtype = Dtype::F32;
+
+    fn from_f32(x: f32) -> Self {
+        x
+    }
 
     fn from_f64(w: f64) -> Self {
         w as f32
@@ -247,6 +284,10 @@ where
 
 impl Accumulator for f64 {
     const DTYPE: Dtype = Dtype::F64;
+
+    fn from_f32(x: f32) -> Self {
+        x as f64
+    }
 
     fn from_f64(w: f64) -> Self {
         w

@@ -144,7 +144,7 @@ pub fn write(
         let tensor = &plan.tensors[job.tensor];
         let offset = file.offset(tensor) + (job.start * tensor.dtype.size()) as u64;
         out.write_at(offset, bytes)?;
-        start_writeback(out.file(), offset, bytes.len() as u64);
+        kick_writeback(out.file(), offset, bytes.len() as u64);
         Ok(())
     })?;
     for ingredient in &plan.ingredients {
@@ -207,7 +207,7 @@ pub fn write_dir(
         let file = &files[job.file];
         file.write_all_at(bytes, offset)
             .map_err(|e| dir.write_error(&spec.name, e))?;
-        start_writeback(file, offset, bytes.len() as u64);
+        kick_writeback(file, offset, bytes.len() as u64);
         Ok(())
     })?;
     for ingredient in &plan.ingredients {
@@ -245,6 +245,7 @@ fn run(
                 return Err(Error::Interrupted);
             }
             let tensor = &plan.tensors[job.tensor];
+            advise_inputs(plan, tensor, job, Pages::Populate);
             let (bytes, found) = compute(plan, tensor, job, scratch);
             if let Some(w) = found {
                 if options.strict {
@@ -259,7 +260,7 @@ fn run(
             if let Some(observe) = options.observe {
                 observe(job.tensor, job.start, bytes);
             }
-            release_inputs(plan, tensor, job);
+            advise_inputs(plan, tensor, job, Pages::Release);
             (options.progress)(bytes.len() as u64);
             Ok(())
         })?;
@@ -375,7 +376,16 @@ fn explain_non_finite(
     }
 }
 
-fn release_inputs(plan: &Plan, tensor: &TensorPlan, job: &Job) {
+/// What the executor does with an input's pages around a chunk.
+#[derive(Clone, Copy)]
+enum Pages {
+    /// Map them all at once before reading.
+    Populate,
+    /// Give them back once read.
+    Release,
+}
+
+fn advise_inputs(plan: &Plan, tensor: &TensorPlan, job: &Job, pages: Pages) {
     let inputs: Vec<usize> = match &tensor.action {
         Action::Average { terms, .. } => terms.iter().map(|t| t.ingredient).collect(),
         Action::Copy { from, others } => std::iter::once(*from)
@@ -386,7 +396,22 @@ fn release_inputs(plan: &Plan, tensor: &TensorPlan, job: &Job) {
         let ck = &plan.ingredients[i];
         let t = ck.tensor(&tensor.name).expect("planned");
         let size = t.info.dtype.size();
-        ck.release(&t, job.start * size..job.end * size);
+        let range = job.start * size..job.end * size;
+        match pages {
+            Pages::Populate => ck.populate(&t, range),
+            Pages::Release => ck.release(&t, range),
+        }
+    }
+}
+
+/// Starts writeback once per 8 MiB of output rather than per chunk: the system call and the
+/// disk's doorbell cost more per call than a chunk's worth of data justifies.
+fn kick_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    const WINDOW: u64 = 8 << 20;
+    let end = offset + len;
+    if end / WINDOW > offset / WINDOW {
+        let boundary = end / WINDOW * WINDOW;
+        start_writeback(file, boundary.saturating_sub(WINDOW), WINDOW);
     }
 }
 
