@@ -18,21 +18,37 @@ fn raw_file(path: &Path, header: &str, data: &[u8]) {
 fn good(dir: &Path, name: &str) -> PathBuf {
     let p = dir.join(name);
     let mut rng = Rng::new(name.len() as u64);
-    write(&p, &[spec("layer.weight", D::F32, &[2, 2], floats(&mut rng, D::F32, 4)), spec("layer.bias", D::F32, &[2], floats(&mut rng, D::F32, 2))]);
+    write(
+        &p,
+        &[
+            spec("layer.weight", D::F32, &[2, 2], floats(&mut rng, D::F32, 4)),
+            spec("layer.bias", D::F32, &[2], floats(&mut rng, D::F32, 2)),
+        ],
+    );
     p
 }
 
 /// Runs soup-merge on `inputs` + `extra` args, expects failure and returns stderr.
 fn fails(dir: &Path, inputs: &[&Path], extra: &[&str]) -> String {
     let out = dir.join("soup.safetensors");
-    let o = soup_merge().args(inputs).arg("-o").arg(&out).args(extra).output().unwrap();
+    let o = soup_merge()
+        .args(inputs)
+        .arg("-o")
+        .arg(&out)
+        .args(extra)
+        .output()
+        .unwrap();
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "expected exit 1, stderr: {err}");
     assert!(err.starts_with("error: "), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!out.exists(), "no output after a failure");
-    let temps: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("soup-tmp")).collect();
+    let temps: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("soup-tmp"))
+        .collect();
     assert!(temps.is_empty(), "temporary left behind");
     err
 }
@@ -42,23 +58,81 @@ fn corrupt_headers_are_named_and_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ok = good(dir.path(), "ok.safetensors");
     let cases: &[(&str, &str, &[u8], &[&str])] = &[
-        ("dup.safetensors", r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4], &["duplicate key 'a'"]),
-        ("json.safetensors", r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]"#, &[0; 4], &["JSON"]),
-        ("dtype.safetensors", r#"{"a":{"dtype":"F17","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4], &["'a'", "unknown dtype 'F17'"]),
-        ("span.safetensors", r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, &[0; 4], &["'a'", "needs 8 bytes"]),
-        ("overlap.safetensors", r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, &[0; 8], &["overlaps"]),
-        ("hole.safetensors", r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#, &[0; 12], &["'b'", "gap"]),
-        ("tail.safetensors", r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 9], &["5 bytes after the last tensor"]),
-        ("short.safetensors", r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#, &[0; 8], &["truncated"]),
-        ("overflow.safetensors", r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#, &[0; 4], &["'a'", "overflows"]),
-        ("meta.safetensors", r#"{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4], &["not a string"]),
-        ("nul.safetensors", "{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", &[0; 4], &["control characters"]),
+        (
+            "dup.safetensors",
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+            &["duplicate key 'a'"],
+        ),
+        (
+            "json.safetensors",
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]"#,
+            &[0; 4],
+            &["JSON"],
+        ),
+        (
+            "dtype.safetensors",
+            r#"{"a":{"dtype":"F17","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+            &["'a'", "unknown dtype 'F17'"],
+        ),
+        (
+            "span.safetensors",
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+            &["'a'", "needs 8 bytes"],
+        ),
+        (
+            "overlap.safetensors",
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            &[0; 8],
+            &["overlaps"],
+        ),
+        (
+            "hole.safetensors",
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#,
+            &[0; 12],
+            &["'b'", "gap"],
+        ),
+        (
+            "tail.safetensors",
+            r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0; 9],
+            &["5 bytes after the last tensor"],
+        ),
+        (
+            "short.safetensors",
+            r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+            &[0; 8],
+            &["truncated"],
+        ),
+        (
+            "overflow.safetensors",
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+            &["'a'", "overflows"],
+        ),
+        (
+            "meta.safetensors",
+            r#"{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+            &["not a string"],
+        ),
+        (
+            "nul.safetensors",
+            "{\"a\\u0000b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+            &[0; 4],
+            &["control characters"],
+        ),
     ];
     for (name, header, data, needles) in cases {
         let p = dir.path().join(name);
         raw_file(&p, header, data);
         let err = fails(dir.path(), &[&ok, &p], &[]);
-        assert!(err.contains(name), "{name}: message must name the file: {err}");
+        assert!(
+            err.contains(name),
+            "{name}: message must name the file: {err}"
+        );
         for n in *needles {
             assert!(err.contains(n), "{name}: expected '{n}' in: {err}");
         }
@@ -90,25 +164,61 @@ fn inputs_that_are_not_fine_tunes_of_one_model_are_refused() {
     let a = good(dir.path(), "a.safetensors");
     let mut rng = Rng::new(1);
     let extra = dir.path().join("extra.safetensors");
-    let mut specs = vec![spec("layer.weight", D::F32, &[2, 2], floats(&mut rng, D::F32, 4))];
+    let mut specs = vec![spec(
+        "layer.weight",
+        D::F32,
+        &[2, 2],
+        floats(&mut rng, D::F32, 4),
+    )];
     for i in 0..7 {
-        specs.push(spec(&format!("head{i}.weight"), D::F32, &[1], floats(&mut rng, D::F32, 1)));
+        specs.push(spec(
+            &format!("head{i}.weight"),
+            D::F32,
+            &[1],
+            floats(&mut rng, D::F32, 1),
+        ));
     }
     write(&extra, &specs);
     let err = fails(dir.path(), &[&a, &extra], &[]);
-    assert!(err.contains("a.safetensors lacks 7 tensor(s)") && err.contains("and 2 more"), "{err}");
-    assert!(err.contains("extra.safetensors lacks 1 tensor(s): 'layer.bias'"), "{err}");
+    assert!(
+        err.contains("a.safetensors lacks 7 tensor(s)") && err.contains("and 2 more"),
+        "{err}"
+    );
+    assert!(
+        err.contains("extra.safetensors lacks 1 tensor(s): 'layer.bias'"),
+        "{err}"
+    );
     assert!(err.contains("--on-missing"), "{err}");
 
     let wide = dir.path().join("wide.safetensors");
-    write(&wide, &[spec("layer.weight", D::F32, &[2, 3], floats(&mut rng, D::F32, 6)), spec("layer.bias", D::F32, &[2], floats(&mut rng, D::F32, 2))]);
+    write(
+        &wide,
+        &[
+            spec("layer.weight", D::F32, &[2, 3], floats(&mut rng, D::F32, 6)),
+            spec("layer.bias", D::F32, &[2], floats(&mut rng, D::F32, 2)),
+        ],
+    );
     let err = fails(dir.path(), &[&a, &wide], &[]);
-    assert!(err.contains("'layer.weight' is [2, 2] in") && err.contains("[2, 3] in") && err.contains("wide.safetensors"), "{err}");
+    assert!(
+        err.contains("'layer.weight' is [2, 2] in")
+            && err.contains("[2, 3] in")
+            && err.contains("wide.safetensors"),
+        "{err}"
+    );
 
     let ints = dir.path().join("ints.safetensors");
-    write(&ints, &[spec("layer.weight", D::I32, &[2, 2], vec![0; 16]), spec("layer.bias", D::F32, &[2], floats(&mut rng, D::F32, 2))]);
+    write(
+        &ints,
+        &[
+            spec("layer.weight", D::I32, &[2, 2], vec![0; 16]),
+            spec("layer.bias", D::F32, &[2], floats(&mut rng, D::F32, 2)),
+        ],
+    );
     let err = fails(dir.path(), &[&a, &ints], &[]);
-    assert!(err.contains("'layer.weight'") && err.contains("I32"), "{err}");
+    assert!(
+        err.contains("'layer.weight'") && err.contains("I32"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -116,7 +226,8 @@ fn bad_weights_are_refused_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let a = good(dir.path(), "a.safetensors");
     let b = good(dir.path(), "b.safetensors");
-    assert!(fails(dir.path(), &[&a, &b], &["-w", "0.5,0.3,0.2"]).contains("--weights has 3 values for 2 inputs"));
+    assert!(fails(dir.path(), &[&a, &b], &["-w", "0.5,0.3,0.2"])
+        .contains("--weights has 3 values for 2 inputs"));
     assert!(fails(dir.path(), &[&a, &b], &["-w", "0.5,NaN"]).contains("not finite"));
     assert!(fails(dir.path(), &[&a, &b], &["-w", "inf,1"]).contains("not finite"));
     assert!(fails(dir.path(), &[&a, &b], &["-w", "1,-1", "--normalize"]).contains("--normalize"));
@@ -129,7 +240,14 @@ fn outputs_are_never_inputs_and_never_silently_replaced() {
     let b = good(dir.path(), "b.safetensors");
     let before = std::fs::read(&a).unwrap();
     for extra in [&[][..], &["--force"][..]] {
-        let o = soup_merge().arg(&a).arg(&b).arg("-o").arg(&a).args(extra).output().unwrap();
+        let o = soup_merge()
+            .arg(&a)
+            .arg(&b)
+            .arg("-o")
+            .arg(&a)
+            .args(extra)
+            .output()
+            .unwrap();
         assert_eq!(o.status.code(), Some(1));
         assert!(stderr(&o).contains("is the input"), "{}", stderr(&o));
         assert_eq!(std::fs::read(&a).unwrap(), before, "an input was modified");
@@ -137,17 +255,41 @@ fn outputs_are_never_inputs_and_never_silently_replaced() {
     // The same file under another name (a symlink) is still the input.
     let link = dir.path().join("link.safetensors");
     std::os::unix::fs::symlink(&a, &link).unwrap();
-    let o = soup_merge().arg(&a).arg(&b).arg("-o").arg(&link).arg("--force").output().unwrap();
+    let o = soup_merge()
+        .arg(&a)
+        .arg(&b)
+        .arg("-o")
+        .arg(&link)
+        .arg("--force")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert_eq!(std::fs::read(&a).unwrap(), before);
 
     let out = dir.path().join("soup.safetensors");
     std::fs::write(&out, b"precious").unwrap();
-    let o = soup_merge().arg(&a).arg(&b).arg("-o").arg(&out).output().unwrap();
+    let o = soup_merge()
+        .arg(&a)
+        .arg(&b)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("already exists; pass --force"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already exists; pass --force"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
-    let o = soup_merge().arg(&a).arg(&b).arg("-o").arg(&out).arg("--force").output().unwrap();
+    let o = soup_merge()
+        .arg(&a)
+        .arg(&b)
+        .arg("-o")
+        .arg(&out)
+        .arg("--force")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(read(&out).len(), 2);
 }
@@ -157,10 +299,16 @@ fn directories_and_fifos_are_not_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let a = good(dir.path(), "a.safetensors");
     let fifo = dir.path().join("fifo.safetensors");
-    let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(status.success());
     let err = fails(dir.path(), &[&a, &fifo], &[]);
-    assert!(err.contains("fifo.safetensors") && err.contains("not a regular file"), "{err}");
+    assert!(
+        err.contains("fifo.safetensors") && err.contains("not a regular file"),
+        "{err}"
+    );
     let sub = dir.path().join("empty_dir");
     std::fs::create_dir(&sub).unwrap();
     let err = fails(dir.path(), &[&a, &sub], &[]);
@@ -171,7 +319,14 @@ fn directories_and_fifos_are_not_checkpoints() {
 fn json_mode_reports_errors_as_json_too() {
     let dir = tempfile::tempdir().unwrap();
     let a = good(dir.path(), "a.safetensors");
-    let o = soup_merge().arg(&a).arg(dir.path().join("nope.safetensors")).arg("-o").arg(dir.path().join("o.safetensors")).arg("--json").output().unwrap();
+    let o = soup_merge()
+        .arg(&a)
+        .arg(dir.path().join("nope.safetensors"))
+        .arg("-o")
+        .arg(dir.path().join("o.safetensors"))
+        .arg("--json")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["error"].as_str().unwrap().contains("nope.safetensors"));

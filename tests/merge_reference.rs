@@ -8,7 +8,9 @@ use safetensors::Dtype as D;
 use std::process::Command;
 
 fn check(case: &str, dtypes: [D; 3], weights: &str, extra: &[&str]) {
-    let Some(python) = reference_python() else { return };
+    let Some(python) = reference_python() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let mut inputs = Vec::new();
     for (i, dtype) in dtypes.iter().enumerate() {
@@ -17,18 +19,46 @@ fn check(case: &str, dtypes: [D; 3], weights: &str, extra: &[&str]) {
         write(
             &p,
             &[
-                spec("model.embed.weight", *dtype, &[512, 300], floats(&mut rng, *dtype, 153_600)),
-                spec("model.layers.0.mlp.weight", *dtype, &[77, 31], floats(&mut rng, *dtype, 77 * 31)),
-                spec("model.norm.weight", *dtype, &[300], floats(&mut rng, *dtype, 300)),
+                spec(
+                    "model.embed.weight",
+                    *dtype,
+                    &[512, 300],
+                    floats(&mut rng, *dtype, 153_600),
+                ),
+                spec(
+                    "model.layers.0.mlp.weight",
+                    *dtype,
+                    &[77, 31],
+                    floats(&mut rng, *dtype, 77 * 31),
+                ),
+                spec(
+                    "model.norm.weight",
+                    *dtype,
+                    &[300],
+                    floats(&mut rng, *dtype, 300),
+                ),
                 spec("model.scale", *dtype, &[], floats(&mut rng, *dtype, 1)),
                 spec("model.empty", *dtype, &[0], vec![]),
-                spec("bn.num_batches_tracked", D::I64, &[], 7i64.to_le_bytes().to_vec()),
+                spec(
+                    "bn.num_batches_tracked",
+                    D::I64,
+                    &[],
+                    7i64.to_le_bytes().to_vec(),
+                ),
             ],
         );
         inputs.push(p);
     }
     let out = dir.path().join("soup.safetensors");
-    let o = soup_merge().args(&inputs).arg("-o").arg(&out).arg("-w").arg(weights).args(extra).output().unwrap();
+    let o = soup_merge()
+        .args(&inputs)
+        .arg("-o")
+        .arg(&out)
+        .arg("-w")
+        .arg(weights)
+        .args(extra)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{case}: {}", stderr(&o));
     let r = Command::new(python)
         .arg(reference_script("merge_ref.py"))
@@ -38,14 +68,23 @@ fn check(case: &str, dtypes: [D; 3], weights: &str, extra: &[&str]) {
         .args(&inputs)
         .output()
         .unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
     assert!(r.status.success(), "{case}: reference disagrees:\n{report}");
     assert!(report.contains("0 failures"), "{report}");
 }
 
 #[test]
 fn bf16_uniform() {
-    check("bf16", [D::BF16; 3], "0.3333333333333333,0.3333333333333333,0.3333333333333333", &[]);
+    check(
+        "bf16",
+        [D::BF16; 3],
+        "0.3333333333333333,0.3333333333333333,0.3333333333333333",
+        &[],
+    );
 }
 
 #[test]
@@ -65,11 +104,21 @@ fn f64_accumulates_in_f64() {
 
 #[test]
 fn mixed_inputs_to_bf16() {
-    check("mixed", [D::F32, D::BF16, D::F16], "0.4,0.4,0.2", &["--dtype", "bf16"]);
+    check(
+        "mixed",
+        [D::F32, D::BF16, D::F16],
+        "0.4,0.4,0.2",
+        &["--dtype", "bf16"],
+    );
 }
 
 #[test]
 fn bf16_inputs_to_f16_and_f64() {
     check("tof16", [D::BF16; 3], "0.2,0.3,0.5", &["--dtype", "f16"]);
-    check("tof64", [D::BF16, D::F32, D::BF16], "0.2,0.3,0.5", &["--dtype", "f64"]);
+    check(
+        "tof64",
+        [D::BF16, D::F32, D::BF16],
+        "0.2,0.3,0.5",
+        &["--dtype", "f64"],
+    );
 }

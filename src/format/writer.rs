@@ -86,7 +86,13 @@ impl AtomicFile {
         }
         let parent = parent_dir(dest);
         if !parent.is_dir() {
-            return Err(Error::output(dest, format!("the directory {} does not exist; create it or choose another -o", parent.display())));
+            return Err(Error::output(
+                dest,
+                format!(
+                    "the directory {} does not exist; create it or choose another -o",
+                    parent.display()
+                ),
+            ));
         }
         let temp = temp_sibling(dest)?;
         remove_stale_temporaries(dest);
