@@ -15,10 +15,24 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 /// Prints `error: ...` with the whole cause chain on one line and picks the exit status.
 pub fn fail(err: &anyhow::Error) -> ExitCode {
     eprintln!("error: {}", one_line(&format!("{err:#}")));
-    match err.downcast_ref::<crate::Error>() {
-        Some(crate::Error::Interrupted) => ExitCode::from(EXIT_INTERRUPTED),
-        _ => ExitCode::from(EXIT_FAILURE),
+    if interrupted(err) {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::from(EXIT_FAILURE)
     }
+}
+
+/// Whether the failure was a Ctrl-C, however deep the library error that says so.
+fn interrupted(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        let core = e.downcast_ref::<crate::Error>();
+        #[cfg(feature = "eval")]
+        let core = core.or(match e.downcast_ref::<crate::eval::error::Error>() {
+            Some(crate::eval::error::Error::Format(inner)) => Some(inner),
+            _ => None,
+        });
+        matches!(core, Some(crate::Error::Interrupted))
+    })
 }
 
 /// Error text from files can hold newlines; an error is one line.
