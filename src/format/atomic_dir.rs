@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use super::os;
-use super::writer::{parent_dir, remove_stale_temporaries, sync_parent, temp_sibling};
+use super::writer::{claim_temporary, parent_dir, sync_parent};
 use crate::error::{Error, Result};
 
 /// A directory filled under `.NAME.soup-tmp-PID-N` beside `dest` and renamed into place by
@@ -22,24 +22,7 @@ impl AtomicDir {
     /// Creates the temporary sibling directory of `dest`. Refuses an existing `dest` unless
     /// `overwrite`.
     pub fn create(dest: &Path, overwrite: bool) -> Result<AtomicDir> {
-        if !overwrite && dest.symlink_metadata().is_ok() {
-            return Err(Error::output(
-                dest,
-                "already exists; pass --force to replace it",
-            ));
-        }
-        let parent = parent_dir(dest);
-        if !parent.is_dir() {
-            return Err(Error::output(
-                dest,
-                format!(
-                    "the directory {} does not exist; create it or choose another -o",
-                    parent.display()
-                ),
-            ));
-        }
-        let temp = temp_sibling(dest)?;
-        remove_stale_temporaries(dest);
+        let temp = claim_temporary(dest, overwrite)?;
         std::fs::create_dir(&temp)
             .map_err(|e| Error::output(dest, format!("cannot create {}: {e}", temp.display())))?;
         Ok(AtomicDir {

@@ -233,6 +233,12 @@ impl Checkpoint {
             .release(start + range.start..start + range.end);
     }
 
+    /// Where a tensor is stored: its shard's index and its byte offset there.
+    pub fn position(&self, name: &str) -> Option<(usize, u64)> {
+        let &(s, t) = self.index.get(name)?;
+        Some((s, self.shards[s].header.tensors[t].begin))
+    }
+
     /// Maps the resident pages of `tensor`'s bytes `range` ahead of reading them.
     pub fn populate(&self, tensor: &Tensor<'_>, range: std::ops::Range<usize>) {
         let shard = &self.shards[tensor.shard];

@@ -78,24 +78,7 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Creates the temporary sibling of `dest`. Refuses an existing `dest` unless `overwrite`.
     pub fn create(dest: &Path, overwrite: bool) -> Result<AtomicFile> {
-        if !overwrite && dest.symlink_metadata().is_ok() {
-            return Err(Error::output(
-                dest,
-                "already exists; pass --force to replace it",
-            ));
-        }
-        let parent = parent_dir(dest);
-        if !parent.is_dir() {
-            return Err(Error::output(
-                dest,
-                format!(
-                    "the directory {} does not exist; create it or choose another -o",
-                    parent.display()
-                ),
-            ));
-        }
-        let temp = temp_sibling(dest)?;
-        remove_stale_temporaries(dest);
+        let temp = claim_temporary(dest, overwrite)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -179,6 +162,29 @@ impl Drop for AtomicFile {
             let _ = std::fs::remove_file(&self.temp);
         }
     }
+}
+
+/// Checks that `dest` may be written (absent, or `overwrite`; in an existing directory), clears
+/// dead runs' temporaries for it, and names this run's temporary.
+pub(crate) fn claim_temporary(dest: &Path, overwrite: bool) -> Result<PathBuf> {
+    if !overwrite && dest.symlink_metadata().is_ok() {
+        return Err(Error::output(
+            dest,
+            "already exists; pass --force to replace it",
+        ));
+    }
+    let parent = parent_dir(dest);
+    if !parent.is_dir() {
+        return Err(Error::output(
+            dest,
+            format!(
+                "the directory {} does not exist; create it or choose another -o",
+                parent.display()
+            ),
+        ));
+    }
+    remove_stale_temporaries(dest);
+    temp_sibling(dest)
 }
 
 /// `dir/.name.soup-tmp-PID-N`: hidden, beside the destination so the rename stays on one

@@ -94,9 +94,23 @@ struct Job {
     end: usize,
 }
 
+/// The chunks of every tensor, in the order the first input stores the tensors: reading each
+/// input front to back lets read-ahead work, and the pages the kernel maps past a tensor's end
+/// belong to the next tensor processed, which releases them. Each chunk writes only its own
+/// output bytes, so the order changes no result.
 fn jobs(plan: &Plan, layout: Option<&Layout>) -> Vec<Job> {
+    let mut order: Vec<usize> = (0..plan.tensors.len()).collect();
+    order.sort_by_key(|&t| {
+        let tensor = &plan.tensors[t];
+        let first = match &tensor.action {
+            Action::Average { terms, .. } => terms[0].ingredient,
+            Action::Copy { from, .. } => *from,
+        };
+        plan.ingredients[first].position(&tensor.name)
+    });
     let mut jobs = Vec::new();
-    for (t, tensor) in plan.tensors.iter().enumerate() {
+    for t in order {
+        let tensor = &plan.tensors[t];
         let n = tensor.elements() as usize;
         let file = layout.map_or(0, |l| l.owner(t));
         jobs.extend((0..n).step_by(CHUNK_ELEMENTS).map(|start| Job {
