@@ -1,4 +1,5 @@
-//! model-soup: validate, merge and evaluate safetensors checkpoints.
+//! model-soup: validate and merge safetensors checkpoints. The evaluator is the `soup-eval`
+//! crate in `eval/`, kept apart so that this crate never links candle.
 
 pub mod error;
 pub mod format;
@@ -6,7 +7,3 @@ pub mod soup;
 
 pub use error::{Error, Result};
 pub mod cli;
-
-/// The candle evaluator behind `soup-eval` (the `eval` cargo feature).
-#[cfg(feature = "eval")]
-pub mod eval;

@@ -14,8 +14,14 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Prints `error: ...` with the whole cause chain on one line and picks the exit status.
 pub fn fail(err: &anyhow::Error) -> ExitCode {
+    fail_as(err, interrupted(err))
+}
+
+/// Like [`fail`], for a front end whose own error type wraps the core's: it says whether the
+/// failure was a Ctrl-C.
+pub fn fail_as(err: &anyhow::Error, interrupted: bool) -> ExitCode {
     eprintln!("error: {}", one_line(&format!("{err:#}")));
-    if interrupted(err) {
+    if interrupted {
         ExitCode::from(EXIT_INTERRUPTED)
     } else {
         ExitCode::from(EXIT_FAILURE)
@@ -23,15 +29,12 @@ pub fn fail(err: &anyhow::Error) -> ExitCode {
 }
 
 /// Whether the failure was a Ctrl-C, however deep the library error that says so.
-fn interrupted(err: &anyhow::Error) -> bool {
+pub fn interrupted(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
-        let core = e.downcast_ref::<crate::Error>();
-        #[cfg(feature = "eval")]
-        let core = core.or(match e.downcast_ref::<crate::eval::error::Error>() {
-            Some(crate::eval::error::Error::Format(inner)) => Some(inner),
-            _ => None,
-        });
-        matches!(core, Some(crate::Error::Interrupted))
+        matches!(
+            e.downcast_ref::<crate::Error>(),
+            Some(crate::Error::Interrupted)
+        )
     })
 }
 

@@ -85,8 +85,38 @@ pub fn raw(rng: &mut Rng, bytes: usize) -> Vec<u8> {
     (0..bytes).map(|_| rng.next_u64() as u8).collect()
 }
 
+/// The repository's root, from the root crate's tests or the evaluator's (`eval/`).
+pub fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if manifest.join("tests/common").is_dir() {
+        manifest.to_path_buf()
+    } else {
+        manifest.parent().expect("eval/ has a parent").to_path_buf()
+    }
+}
+
+/// The soup-merge binary: cargo names it to the root crate's tests; the evaluator's tests find
+/// it beside their own executable, where `cargo test` at the root builds it.
+pub fn soup_merge_path() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_soup-merge") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/PROFILE/deps")
+        .join(format!("soup-merge{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test` at the repository root, or `cargo build --bin soup-merge` first",
+        path.display()
+    );
+    path
+}
+
 pub fn soup_merge() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_soup-merge"))
+    Command::new(soup_merge_path())
 }
 
 pub fn run_merge(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
@@ -141,7 +171,5 @@ pub fn reference_python() -> Option<PathBuf> {
 }
 
 pub fn reference_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/reference")
-        .join(name)
+    repo_root().join("tests/reference").join(name)
 }

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::format::Checkpoint;
-use crate::soup::{self, display_name, Plan, PlanOptions, RunOptions};
+use model_soup::format::Checkpoint;
+use model_soup::soup::{self, display_name, Plan, PlanOptions, RunOptions};
 
 use super::arch::Architecture;
 use super::dataset::Dataset;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub enum Error {
     /// Reading, validating or merging checkpoints (the core's error).
     #[error(transparent)]
-    Format(#[from] crate::Error),
+    Format(#[from] model_soup::Error),
 
     /// A checkpoint that doesn't fit the chosen architecture.
     #[error("{}: tensor '{tensor}' {reason}; it doesn't fit --arch {arch}", path.display())]

@@ -1,20 +1,19 @@
 //! The committed fixtures: the data splits, the checkpoints against the digits-cnn definition,
 //! the accuracies fixtures/README.md records, the size budget, and the generator itself (its
 //! fast variant, run twice: it must train models that beat chance widely, byte-identically).
-#![cfg(feature = "eval")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use model_soup::eval::arch::{self, TensorKind};
-use model_soup::eval::dataset::Dataset;
-use model_soup::eval::evaluator::Evaluator;
-use model_soup::eval::weights::{check_fits, Weights};
 use model_soup::format::{Checkpoint, Dtype};
+use soup_eval::arch::{self, TensorKind};
+use soup_eval::dataset::Dataset;
+use soup_eval::evaluator::Evaluator;
+use soup_eval::weights::{check_fits, Weights};
 
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 fn fixtures() -> PathBuf {

@@ -244,7 +244,7 @@ mod tests {
 
     #[test]
     fn plot_is_an_svg_with_every_marked_row() {
-        let svg = crate::eval::plot::svg(&report(), "title").unwrap();
+        let svg = crate::plot::svg(&report(), "title").unwrap();
         assert!(svg.starts_with("<svg"));
         assert!(
             svg.contains("ensemble")

@@ -1,11 +1,10 @@
 //! The greedy-soup search as a unit, with a scripted scorer instead of models: ranking, strict
 //! versus `--accept-ties`, an ingredient that hurts, one that helps, and degenerate inputs.
-#![cfg(feature = "eval")]
 
 use std::collections::BTreeMap;
 
-use model_soup::eval::greedy::{rank, search, Candidates, Trial};
-use model_soup::eval::score::Score;
+use soup_eval::greedy::{rank, search, Candidates, Trial};
+use soup_eval::score::Score;
 
 const TOTAL: u64 = 100;
 
@@ -40,13 +39,13 @@ impl Script {
 }
 
 impl Candidates for Script {
-    fn start(&mut self, first: usize) -> model_soup::eval::Result<()> {
+    fn start(&mut self, first: usize) -> soup_eval::Result<()> {
         assert!(self.soup.is_empty(), "started twice");
         self.soup = vec![first];
         Ok(())
     }
 
-    fn try_with(&mut self, candidate: usize) -> model_soup::eval::Result<Trial> {
+    fn try_with(&mut self, candidate: usize) -> soup_eval::Result<Trial> {
         let mut set = self.soup.clone();
         set.push(candidate);
         set.sort();
@@ -63,7 +62,7 @@ impl Candidates for Script {
         })
     }
 
-    fn keep(&mut self, candidate: usize) -> model_soup::eval::Result<()> {
+    fn keep(&mut self, candidate: usize) -> soup_eval::Result<()> {
         assert_eq!(
             self.last,
             Some(candidate),

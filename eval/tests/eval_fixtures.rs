@@ -1,23 +1,23 @@
 //! soup-eval on the real fixtures: the greedy soup's guarantees, the written file against
 //! soup-merge, report against score, the ensemble against a manual average, and the broken
 //! soup of the different-init pair.
-#![cfg(feature = "eval")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use model_soup::eval::arch;
-use model_soup::eval::dataset::Dataset;
-use model_soup::eval::evaluator::Evaluator;
-use model_soup::eval::score::{argmax, softmax};
-use model_soup::eval::weights::Weights;
 use model_soup::format::Checkpoint;
 use serde_json::Value;
+use soup_eval::arch;
+use soup_eval::dataset::Dataset;
+use soup_eval::evaluator::Evaluator;
+use soup_eval::score::{argmax, softmax};
+use soup_eval::weights::Weights;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .join("fixtures")
         .join(name)
 }

@@ -143,7 +143,7 @@ pub struct ReportArgs {
 
 /// Runs `args` and prints the report: the whole of `soup-eval`'s `main`.
 pub fn main(args: Args) -> ExitCode {
-    crate::cli::handle_interrupts_then_exit();
+    model_soup::cli::handle_interrupts_then_exit();
     let json = match &args.command {
         Command::Score(c) | Command::Uniform(c) => c.json,
         Command::Greedy(g) => g.common.json,
@@ -158,21 +158,30 @@ pub fn main(args: Args) -> ExitCode {
                 report.table()
             };
             for w in &report.warnings {
-                eprintln!("warning: {}", crate::cli::one_line(w));
+                eprintln!("warning: {}", model_soup::cli::one_line(w));
             }
-            if let Err(e) = crate::cli::print(&text) {
-                return crate::cli::fail(&anyhow::Error::new(e).context("cannot write to stdout"));
+            if let Err(e) = model_soup::cli::print(&text) {
+                return model_soup::cli::fail(
+                    &anyhow::Error::new(e).context("cannot write to stdout"),
+                );
             }
             ExitCode::SUCCESS
         }
         Err(err) => {
             if json {
-                let _ = crate::cli::print(&format!(
+                let _ = model_soup::cli::print(&format!(
                     "{}\n",
-                    serde_json::json!({ "error": crate::cli::one_line(&format!("{err:#}")) })
+                    serde_json::json!({ "error": model_soup::cli::one_line(&format!("{err:#}")) })
                 ));
             }
-            crate::cli::fail(&err)
+            let interrupted = model_soup::cli::interrupted(&err)
+                || err.chain().any(|e| {
+                    matches!(
+                        e.downcast_ref::<super::Error>(),
+                        Some(super::Error::Format(model_soup::Error::Interrupted))
+                    )
+                });
+            model_soup::cli::fail_as(&err, interrupted)
         }
     }
 }

@@ -1,7 +1,7 @@
 //! soup-eval on bad input: each case gets one clear `error:` line naming the file, tensor or
 //! flag, a non-zero exit status, and no panic.
-#![cfg(feature = "eval")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use common::{spec, write};
 use safetensors::Dtype as D;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .join("fixtures")
         .join(name)
 }
@@ -352,7 +352,7 @@ fn zero_threads_or_batch_size() {
 
 #[test]
 fn a_session_stays_usable_after_a_refused_soup() {
-    use model_soup::eval::{arch, evaluator::Evaluator, session::Session, session::Split};
+    use soup_eval::{arch, evaluator::Evaluator, session::Session, session::Split};
     let dir = tempfile::tempdir().unwrap();
     let extra = dir.path().join("extra.safetensors");
     edited_base(&extra, |t| {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::format::{Accumulator, Checkpoint, Dtype};
+use model_soup::format::{Accumulator, Checkpoint, Dtype};
 
 use super::arch::Architecture;
 use super::error::{Error, Result};

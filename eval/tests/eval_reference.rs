@@ -2,25 +2,25 @@
 //! the digits-cnn logits in float64 numpy from the raw files. Per image, every logit must agree
 //! within 1e-4 of the row's largest logit magnitude, for single checkpoints (f32, f16, bf16)
 //! and for soups the core merged in memory.
-#![cfg(feature = "eval")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use model_soup::eval::arch;
-use model_soup::eval::dataset::Dataset;
-use model_soup::eval::evaluator::Evaluator;
-use model_soup::eval::weights::Weights;
 use model_soup::format::Checkpoint;
 use model_soup::soup::{self, Plan, PlanOptions, RunOptions};
+use soup_eval::arch;
+use soup_eval::dataset::Dataset;
+use soup_eval::evaluator::Evaluator;
+use soup_eval::weights::Weights;
 
 const IMAGES: usize = 24;
 const CLASSES: usize = 10;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .join("fixtures")
         .join(name)
 }

@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use model_soup::eval::arch::{self, digits_cnn::DigitsCnn};
-use model_soup::eval::dataset::Dataset;
-use model_soup::eval::evaluator::Evaluator;
-use model_soup::eval::weights::Weights;
 use model_soup::format::Checkpoint;
+use soup_eval::arch::{self, digits_cnn::DigitsCnn};
+use soup_eval::dataset::Dataset;
+use soup_eval::evaluator::Evaluator;
+use soup_eval::weights::Weights;
 
 /// The seeded generator: SplitMix64 (Steele, Lea and Flood, 2014).
 struct SplitMix64(u64);

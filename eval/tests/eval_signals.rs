@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn ctrl_c_stops_an_evaluation_with_status_130() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let dir = tempfile::tempdir().unwrap();
     let models: Vec<_> = std::fs::read_dir(root.join("fixtures/models"))
         .unwrap()

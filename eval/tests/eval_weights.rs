@@ -1,17 +1,17 @@
 //! The greedy search's in-memory candidates against the core's merge: the running sum's mean
 //! agrees with `soup::to_memory` of the same ingredients, identical inputs give the input back,
 //! and input order doesn't matter beyond rounding.
-#![cfg(feature = "eval")]
 
 use std::path::Path;
 
-use model_soup::eval::weights::{RunningSum, Weights};
 use model_soup::format::Checkpoint;
 use model_soup::soup::{self, Plan, PlanOptions, RunOptions};
+use soup_eval::weights::{RunningSum, Weights};
 
 fn open(name: &str) -> Checkpoint {
     Checkpoint::open(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/models/{name}.safetensors")),
+        &Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .join(format!("fixtures/models/{name}.safetensors")),
     )
     .unwrap()
 }

@@ -1,5 +1,5 @@
 use clap::Parser;
-use model_soup::eval::cli;
+use soup_eval::cli;
 
 fn main() -> std::process::ExitCode {
     cli::main(cli::Args::parse())

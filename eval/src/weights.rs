@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::format::{Accumulator, Checkpoint};
-use crate::soup::Soup;
+use model_soup::format::{Accumulator, Checkpoint};
+use model_soup::soup::Soup;
 
 use super::arch::{Architecture, TensorKind};
 use super::error::{CandleContext, Error, Result};
@@ -155,7 +155,7 @@ impl RunningSum {
         let mut scratch = Vec::new();
         for (name, (shape, acc)) in sums.iter_mut() {
             let mismatch = |what: String| {
-                Error::Format(crate::Error::Plan(format!(
+                Error::Format(model_soup::Error::Plan(format!(
                     "{}: tensor '{name}' {what}, unlike the ingredients before it; soups need fine-tunes of one model",
                     other.path().display()
                 )))
