@@ -635,6 +635,8 @@ fn planned_tensors(plan: &Plan) -> Vec<PlannedTensor> {
                     terms.iter().map(|x| (x.ingredient, x.weight)).collect(),
                 ),
                 Action::Copy { from, .. } => ("copy", vec![(*from, 1.0)]),
+                // The coefficients depend on the data; the inputs are listed with weight 1.
+                Action::Whole(w) => (w.method, w.inputs.iter().map(|&i| (i, 1.0)).collect()),
             };
             PlannedTensor {
                 name: t.name.clone(),
