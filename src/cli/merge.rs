@@ -9,9 +9,10 @@ use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
 use crate::format::{model_dir, Checkpoint, Dtype};
+use crate::soup::method::{self, BaseUse, Method, Setting, Settings};
 use crate::soup::{
-    self, Action, Card, ExtraFile, FileSummary, Layout, OnMissing, Plan, PlanOptions, Recipe,
-    RunOptions, Warning, DEFAULT_SHARD_SIZE, META_RECIPE,
+    self, Action, Card, ExtraFile, FileSummary, Layout, MethodMerge, OnMissing, Plan,
+    PlanOptions, Recipe, RunOptions, Warning, DEFAULT_SHARD_SIZE, META_RECIPE,
 };
 
 const AFTER_HELP: &str = "\
@@ -41,11 +42,33 @@ Model directories:
   first input (or --base DIR) with torch_dtype set to the output dtype, and a README.md model card.
   It is built in a hidden temporary directory beside it and renamed into place when complete.
 
+Methods (--method, default linear; mergekit's names, parameters and defaults):
+  linear            sum w_i x_i                          weight, normalize
+  task_arithmetic   base + lambda sum w_i (x_i - base)   weight, lambda, normalize
+  ties              trim to density, elect sign, mean    weight, density, lambda, normalize
+  dare_linear       random drop, rescale, sum            weight, density, lambda, rescale
+  dare_ties         random drop, rescale, elect sign     weight, density, lambda, rescale
+  della             ranked drop, rescale, elect sign     weight, density, epsilon, lambda
+  della_linear      ranked drop, rescale, sum            weight, density, epsilon, lambda
+  breadcrumbs       drop largest gamma and smallest      weight, density, gamma, lambda
+  breadcrumbs_ties  breadcrumbs, elect sign              weight, density, gamma, lambda
+  slerp             spherical, base to one model         t
+  nuslerp           spherical, two models (+ base)       weight, nuslerp_flatten, nuslerp_row_wise
+  model_stock       base + 2 or more fine-tunes          filter_wise
+  passthrough       one model, scaled                    scale
+  Methods with a base take it from --base (a file or model directory; an input that is the same
+  file is the base, not a model). -w gives one weight per model besides the base (default 1/N
+  for linear, 1 otherwise); --density, --t, --lambda, --epsilon, --gamma and --param NAME=VALUE
+  set the method's parameters; --seed seeds DARE's and DELLA's drops (default 0), per tensor, so
+  the bytes are the same at any thread count. Whole-tensor methods hold about 8 bytes per element
+  of the largest tensor, beside the inputs' mapped pages of that tensor.
+
 Recipes:
-  --config recipe.yaml reads a mergekit linear-merge config: merge_method: linear, models[].model,
-  models[].parameters.weight, parameters.normalize (default true, as in mergekit), dtype,
-  out_dtype, base_model. Any other key or method is an error naming it. The recipe is stored in
-  the output's __metadata__ (model_soup.recipe) and model card.
+  --config recipe.yaml reads a mergekit config: merge_method (any method above), base_model,
+  models[].model, models[].parameters, top-level parameters (the method's, and per-model
+  defaults), per-layer gradient lists and filter/value entries, dtype, out_dtype,
+  tokenizer_source: base, random_seed. Any other key, parameter or method is an error naming it.
+  The recipe is stored in the output's __metadata__ (model_soup.recipe) and model card.
 
 Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line,
 130 interrupted. With --json, stdout holds one JSON object, also on failure ({\"error\": ...}).
@@ -67,22 +90,57 @@ pub struct Args {
     #[arg(required_unless_present = "config", value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
-    /// Read the inputs, weights and dtype from a mergekit YAML recipe (merge_method: linear).
+    /// Read the inputs, method, parameters and dtype from a mergekit YAML recipe.
     #[arg(
         long,
         value_name = "RECIPE",
-        conflicts_with_all = ["inputs", "weights", "normalize", "dtype"]
+        conflicts_with_all = ["inputs", "weights", "normalize", "dtype", "method", "density", "t", "lambda", "epsilon", "gamma", "param", "seed"]
     )]
     pub config: Option<PathBuf>,
+
+    /// The merge method (see below): linear, task_arithmetic, ties, dare_linear, dare_ties,
+    /// della, della_linear, breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock,
+    /// passthrough.
+    #[arg(long, value_name = "METHOD", default_value = "linear")]
+    pub method: String,
+
+    /// Fraction of each task vector kept (ties, dare_*, della*, breadcrumbs*), in (0, 1].
+    #[arg(long, value_name = "D")]
+    pub density: Option<f64>,
+
+    /// Interpolation factor of slerp, in [0, 1] (0 = the base).
+    #[arg(long = "t", value_name = "T")]
+    pub t: Option<f64>,
+
+    /// Scale of the merged task vector (task-vector methods).
+    #[arg(long, value_name = "L", allow_hyphen_values = true)]
+    pub lambda: Option<f64>,
+
+    /// Half-width of DELLA's keep probabilities.
+    #[arg(long, value_name = "E")]
+    pub epsilon: Option<f64>,
+
+    /// Fraction of the largest magnitudes breadcrumbs drops.
+    #[arg(long, value_name = "G")]
+    pub gamma: Option<f64>,
+
+    /// Any other parameter of the method, as NAME=VALUE (a number, true or false); repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub param: Vec<String>,
+
+    /// Seed of the random drops of dare_* and della*.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
 
     /// Write a model directory with shards of at most this size (5GB, 500MB, 2GiB). Default for
     /// a directory output: 5GB.
     #[arg(long, value_name = "SIZE", value_parser = parse_shard_size)]
     pub shard_size: Option<u64>,
 
-    /// Take config.json, the tokenizer and the chat template from this model directory instead
-    /// of the first input.
-    #[arg(long, value_name = "DIR")]
+    /// The base model of methods that use one (a .safetensors file or model directory). For
+    /// a directory output, config.json, the tokenizer and the chat template come from it
+    /// instead of the first input.
+    #[arg(long, value_name = "PATH")]
     pub base: Option<PathBuf>,
 
     /// Where to write the soup: a .safetensors file, or a Hugging Face model directory when the
@@ -275,22 +333,28 @@ pub fn main(args: Args) -> ExitCode {
 
 /// What to merge, from the command line or a recipe.
 struct Merge {
+    /// The ingredients, the base first when the method uses one.
     inputs: Vec<PathBuf>,
+    /// The weights of a linear merge with one number per input (`Plan::new`).
     weights: Vec<f64>,
     dtype: Option<Dtype>,
     recipe: Option<Recipe>,
+    method: &'static dyn Method,
+    /// Every other method's parameters (`Plan::with_method`); `None` for the linear path.
+    settings: Option<Settings>,
+    /// The base's index in `inputs`.
+    base: Option<usize>,
+    seed: u64,
 }
 
 fn merge_inputs(args: &Args) -> anyhow::Result<Merge> {
     let Some(path) = &args.config else {
-        return Ok(Merge {
-            inputs: args.inputs.clone(),
-            weights: weights(args)?,
-            dtype: args.dtype.map(Dtype::from),
-            recipe: None,
-        });
+        return flag_merge(args);
     };
     let recipe = Recipe::read(path)?;
+    let base = recipe
+        .base_is_ingredient()
+        .then(|| PathBuf::from(recipe.base_model.as_deref().expect("has a base")));
     for (i, model) in recipe.models.iter().enumerate() {
         if !model.exists() {
             bail!(
@@ -300,12 +364,144 @@ fn merge_inputs(args: &Args) -> anyhow::Result<Merge> {
             );
         }
     }
+    if let Some(b) = &base {
+        if !b.exists() {
+            bail!(
+                "{}: base_model {} is not a local file or directory; soup-merge does not download models: fetch it first and put the directory in the recipe",
+                path.display(),
+                b.display()
+            );
+        }
+    }
+    let seed = recipe.seed.unwrap_or(0);
+    let method = recipe.method;
+    if let Some(weights) = recipe.linear_weights() {
+        return Ok(Merge {
+            inputs: recipe.models.clone(),
+            weights,
+            dtype: recipe.dtype,
+            method,
+            settings: None,
+            base: None,
+            seed,
+            recipe: Some(recipe),
+        });
+    }
     Ok(Merge {
-        inputs: recipe.models.clone(),
-        weights: recipe.effective_weights(),
+        inputs: base.iter().cloned().chain(recipe.models.iter().cloned()).collect(),
+        weights: Vec::new(),
         dtype: recipe.dtype,
+        method,
+        settings: Some(recipe.settings.clone()),
+        base: base.map(|_| 0),
+        seed,
         recipe: Some(recipe),
     })
+}
+
+/// A merge from flags: the method, its base, and settings from -w and the parameter flags.
+fn flag_merge(args: &Args) -> anyhow::Result<Merge> {
+    let method = method::find(&args.method).with_context(|| {
+        format!(
+            "--method {} is not a merge method; use one of {}",
+            args.method,
+            method::names()
+        )
+    })?;
+    let base = match (method.base(), &args.base) {
+        (BaseUse::Unused, _) | (_, None) => None,
+        (_, Some(b)) => Some(b.clone()),
+    };
+    // An input that is the base file is the base, as a mergekit recipe lists it among models.
+    let models: Vec<PathBuf> = args
+        .inputs
+        .iter()
+        .filter(|p| !base.as_ref().is_some_and(|b| same_file(b, p)))
+        .cloned()
+        .collect();
+    let mut settings = Settings::new(models.len());
+    let declares = |name: &str| method.params().iter().any(|p| p.name == name);
+    if let Some(w) = &args.weights {
+        if w.len() != models.len() {
+            bail!(
+                "--weights has {} values for {} models{}; give one weight per model",
+                w.len(),
+                models.len(),
+                if base.is_some() { " besides the base" } else { "" }
+            );
+        }
+        if !declares("weight") {
+            bail!("--weights: {} takes no weights", method.name());
+        }
+        for (m, x) in w.iter().enumerate() {
+            settings.set_model(m, "weight", Setting::Value(*x), "--weights");
+        }
+    } else if declares("weight") && method.name() != "linear" {
+        settings.set_global("weight", Setting::Value(1.0), "--weights (1 each by default)");
+    }
+    if args.normalize && method.name() != "linear" {
+        settings.set_global("normalize", Setting::Value(1.0), "--normalize");
+    }
+    let flags = [
+        ("density", args.density),
+        ("t", args.t),
+        ("lambda", args.lambda),
+        ("epsilon", args.epsilon),
+        ("gamma", args.gamma),
+    ];
+    for (name, value) in flags {
+        if let Some(v) = value {
+            settings.set_global(name, Setting::Value(v), format!("--{name}"));
+        }
+    }
+    for p in &args.param {
+        let (name, value) = p
+            .split_once('=')
+            .with_context(|| format!("--param {p}: give NAME=VALUE, such as rescale=false"))?;
+        let value = match value {
+            "true" => 1.0,
+            "false" => 0.0,
+            v => v.parse::<f64>().ok().filter(|x| x.is_finite()).with_context(|| {
+                format!("--param {p}: {v} is not a number, true or false")
+            })?,
+        };
+        settings.set_global(name, Setting::Value(value), format!("--param {name}"));
+    }
+    settings
+        .check(method, u64::MAX)
+        .map_err(|e| anyhow::anyhow!("--method {}: {e}", method.name()))?;
+    let seed = args.seed.unwrap_or(0);
+    if method.name() == "linear" {
+        return Ok(Merge {
+            inputs: args.inputs.clone(),
+            weights: weights(args)?,
+            dtype: args.dtype.map(Dtype::from),
+            recipe: None,
+            method,
+            settings: None,
+            base: None,
+            seed,
+        });
+    }
+    Ok(Merge {
+        inputs: base.iter().cloned().chain(models).collect(),
+        weights: Vec::new(),
+        dtype: args.dtype.map(Dtype::from),
+        recipe: None,
+        method,
+        settings: Some(settings),
+        base: base.map(|_| 0),
+        seed,
+    })
+}
+
+/// Whether two paths name the same file or directory.
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 /// Where the output goes: one file, or a model directory of shards.
@@ -325,7 +521,7 @@ fn output_kind(args: &Args) -> anyhow::Result<Output> {
             args.output.as_ref().expect("is_file").display()
         ),
         (true, None) => {
-            if args.base.is_some() {
+            if args.base.is_some() && method_base(args) == BaseUse::Unused {
                 bail!("--base applies to a model-directory output; give -o a directory name (without .safetensors)");
             }
             Ok(Output::File)
@@ -343,7 +539,14 @@ pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
     let merge = merge_inputs(args)?;
     let kind = output_kind(args)?;
     if let Some(base) = &args.base {
-        if !base.is_dir() {
+        if merge.base.is_some() {
+            if !base.exists() {
+                bail!(
+                    "--base {} does not exist; give the base model's .safetensors file or directory",
+                    base.display()
+                );
+            }
+        } else if !base.is_dir() {
             bail!(
                 "--base {} is not a directory; give the model directory whose config and tokenizer to copy",
                 base.display()
@@ -365,7 +568,19 @@ pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
             .extra_metadata
             .insert(META_RECIPE.into(), recipe.text.clone());
     }
-    let plan = Plan::new(ingredients, merge.weights.clone(), &options)?;
+    let plan = match &merge.settings {
+        None => Plan::new(ingredients, merge.weights.clone(), &options)?,
+        Some(settings) => Plan::with_method(
+            ingredients,
+            &MethodMerge {
+                method: merge.method,
+                settings,
+                base: merge.base,
+                seed: merge.seed,
+            },
+            &options,
+        )?,
+    };
     let layout = match kind {
         Output::File => Layout::single(
             &plan,
@@ -440,6 +655,12 @@ pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
     Ok(report)
 }
 
+/// How the method named by --method uses a base (`Unused` for an unknown name, which fails
+/// elsewhere with its own message).
+fn method_base(args: &Args) -> BaseUse {
+    method::find(&args.method).map_or(BaseUse::Unused, |m| m.base())
+}
+
 fn weights(args: &Args) -> anyhow::Result<Vec<f64>> {
     let n = args.inputs.len();
     let mut w = match &args.weights {
@@ -486,7 +707,7 @@ fn config_dtype(plan: &Plan, options: &PlanOptions) -> Option<Dtype> {
     for t in plan
         .tensors
         .iter()
-        .filter(|t| matches!(t.action, Action::Average { .. }))
+        .filter(|t| !matches!(t.action, Action::Copy { .. }))
     {
         match bytes.iter_mut().find(|(d, _)| *d == t.dtype) {
             Some((_, n)) => *n += t.end - t.begin,
@@ -590,7 +811,7 @@ fn summarise(
     let averaged = plan
         .tensors
         .iter()
-        .filter(|t| matches!(t.action, Action::Average { .. }))
+        .filter(|t| !matches!(t.action, Action::Copy { .. }))
         .count();
     MergeReport {
         output: args.output.clone(),
@@ -656,14 +877,18 @@ fn describe_plan(report: &MergeReport) -> String {
             1 => String::new(),
             n => format!("{n} shards, "),
         };
-        s += &format!(
-            "input {i}: {} ({shards}weight {})\n",
-            input.path.display(),
-            input.weight
-        );
+        let weight = if input.weight.is_finite() {
+            format!("weight {}", input.weight)
+        } else {
+            "parameters per tensor".to_string()
+        };
+        s += &format!("input {i}: {} ({shards}{weight})\n", input.path.display());
     }
     for t in report.plan.iter().flatten() {
-        let terms: Vec<String> = t.terms.iter().map(|(i, w)| format!("{w}*in{i}")).collect();
+        let terms: Vec<String> = match t.action {
+            "average" | "copy" => t.terms.iter().map(|(i, w)| format!("{w}*in{i}")).collect(),
+            _ => t.terms.iter().map(|(i, _)| format!("in{i}")).collect(),
+        };
         s += &format!(
             "{:<8} {:<5} {:<20} {}  {}\n",
             t.action,

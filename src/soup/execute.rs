@@ -394,7 +394,7 @@ fn compute<'s>(
                 input: Some(plan.ingredients[i].path().to_path_buf()),
                 kind: "integers-differ",
                 message: format!(
-                    "tensor '{}' ({}) differs between {} and {}; non-float tensors are not averaged, so the first input's value was copied",
+                    "tensor '{}' ({}) differs between {} and {}; non-float tensors are not merged, so the first one's value was copied",
                     printable(&tensor.name),
                     tensor.dtype,
                     plan.ingredients[*from].path().display(),

@@ -30,7 +30,7 @@ mod task_arithmetic;
 mod ties;
 
 pub use layers::Layers;
-pub use params::{Setting, Settings, TensorParams};
+pub use params::{Given, Setting, Settings, TensorParams};
 pub use sparsify::{random_stream, uniform, Sparsify};
 
 /// Every merge method soup-merge knows, by name. One line per method.
