@@ -326,7 +326,7 @@ impl Plan {
         metadata.insert(META_METHOD.into(), method.name().into());
         metadata.insert(
             META_PARAMETERS.into(),
-            merge.settings.to_json().to_string(),
+            merge.settings.to_json(method).to_string(),
         );
         if let Some(b) = base {
             metadata.insert(META_BASE.into(), display_name(ingredients[b].path()));

@@ -64,17 +64,18 @@ impl Setting {
         }
     }
 
-    /// For metadata and model cards.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// For metadata and model cards; `flag` writes values as true or false.
+    pub fn to_json(&self, flag: bool) -> serde_json::Value {
         match self {
+            Setting::Value(v) if flag => serde_json::json!(*v != 0.0),
             Setting::Value(v) => serde_json::json!(v),
             Setting::Gradient(list) => serde_json::json!(list),
             Setting::Conditional(entries) => serde_json::Value::Array(
                 entries
                     .iter()
                     .map(|(f, s)| match f {
-                        Some(f) => serde_json::json!({"filter": f, "value": s.to_json()}),
-                        None => serde_json::json!({"value": s.to_json()}),
+                        Some(f) => serde_json::json!({"filter": f, "value": s.to_json(flag)}),
+                        None => serde_json::json!({"value": s.to_json(flag)}),
                     })
                     .collect(),
             ),
@@ -239,12 +240,19 @@ impl Settings {
         })
     }
 
-    /// Every setting as JSON, for the output's metadata.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// Every setting as JSON, for the output's metadata (bool parameters of `method` as
+    /// true or false).
+    pub fn to_json(&self, method: &dyn Method) -> serde_json::Value {
+        let flag = |k: &str| {
+            method
+                .params()
+                .iter()
+                .any(|p| p.name == k && p.kind == Kind::Bool)
+        };
         let map = |m: &BTreeMap<String, Given>| {
             serde_json::Value::Object(
                 m.iter()
-                    .map(|(k, g)| (k.clone(), g.setting.to_json()))
+                    .map(|(k, g)| (k.clone(), g.setting.to_json(flag(k))))
                     .collect(),
             )
         };
