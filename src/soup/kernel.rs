@@ -47,6 +47,8 @@ pub struct Buffers<A> {
     x: Vec<A>,
     /// One tile per model: the weighted, trimmed task vectors.
     terms: Vec<A>,
+    sum: Vec<A>,
+    div: Vec<A>,
 }
 
 impl<A: Real> Buffers<A> {
@@ -55,6 +57,8 @@ impl<A: Real> Buffers<A> {
             self.base = vec![A::ZERO; TILE_ELEMENTS];
             self.acc = vec![A::ZERO; TILE_ELEMENTS];
             self.x = vec![A::ZERO; TILE_ELEMENTS];
+            self.sum = vec![A::ZERO; TILE_ELEMENTS];
+            self.div = vec![A::ZERO; TILE_ELEMENTS];
         }
         if self.terms.len() < models * TILE_ELEMENTS {
             self.terms = vec![A::ZERO; models * TILE_ELEMENTS];
@@ -335,52 +339,55 @@ fn task_vectors_in<'s, A: Real>(
                     }
                 }
                 Some((keep, scale)) => {
+                    // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN).
                     let scale = A::from_f64(scale);
                     for (j, ((d, x), b)) in terms.iter_mut().zip(x.iter()).zip(base.iter()).enumerate() {
                         let e = start + j;
-                        *d = if keep[e / 64] >> (e % 64) & 1 == 1 {
-                            w * ((*x - *b) * scale)
-                        } else {
-                            A::ZERO
-                        };
+                        let kept = A::from_f32(((keep[e >> 6] >> (e & 63)) & 1) as f32);
+                        *d = w * ((*x - *b) * kept * scale);
                     }
                 }
             }
         }
-        let acc = &mut buf.acc[..n];
         let terms = &buf.terms;
-        for (j, (a, b)) in acc.iter_mut().zip(base.iter()).enumerate() {
-            let term = |i: usize| terms[i * TILE_ELEMENTS + j];
-            let mut mixed = A::ZERO;
-            let mut div = divisor;
-            if mix.consensus {
-                // TIES' election: the sign of the summed terms (>= 0 is positive); only terms of
-                // that sign count, and so do only their weights in the divisor.
-                let mut sum = A::ZERO;
-                for i in 0..k {
-                    sum = sum + term(i);
-                }
-                let positive = sum >= A::ZERO;
-                let mut weights = A::ZERO;
-                for i in 0..k {
-                    let d = term(i);
-                    if (positive && d > A::ZERO) || (!positive && d < A::ZERO) {
-                        mixed = mixed + d;
-                        weights = weights + A::from_f64(mix.models[i].weight);
-                    }
-                }
-                div = if weights == A::ZERO { A::ONE } else { weights };
-            } else {
-                for i in 0..k {
-                    mixed = mixed + term(i);
+        let mixed = &mut buf.acc[..n];
+        let term = |i: usize| &terms[i * TILE_ELEMENTS..i * TILE_ELEMENTS + n];
+        mixed.copy_from_slice(term(0));
+        for i in 1..k {
+            for (m, d) in mixed.iter_mut().zip(term(i)) {
+                *m = *m + *d;
+            }
+        }
+        if mix.consensus {
+            // TIES' election: the sign of the summed terms (>= 0 is positive); only terms of that
+            // sign count, and only their weights divide.
+            let sum = &mut buf.sum[..n];
+            sum.copy_from_slice(mixed);
+            let weights = &mut buf.div[..n];
+            weights.fill(A::ZERO);
+            mixed.fill(A::ZERO);
+            for (i, model) in mix.models.iter().enumerate() {
+                let w = A::from_f64(model.weight);
+                for (((m, v), s), d) in mixed.iter_mut().zip(weights.iter_mut()).zip(sum.iter()).zip(term(i)) {
+                    let agree = if *s >= A::ZERO { *d > A::ZERO } else { *d < A::ZERO };
+                    *m = *m + if agree { *d } else { A::ZERO };
+                    *v = *v + if agree { w } else { A::ZERO };
                 }
             }
             if mix.normalize {
-                mixed = mixed / div;
+                for (m, v) in mixed.iter_mut().zip(weights.iter()) {
+                    *m = *m / if *v == A::ZERO { A::ONE } else { *v };
+                }
             }
-            *a = *b + mixed * lambda;
+        } else if mix.normalize {
+            for m in mixed.iter_mut() {
+                *m = *m / divisor;
+            }
         }
-        A::store(out_dtype, acc, tile);
+        for (m, b) in mixed.iter_mut().zip(base.iter()) {
+            *m = *b + *m * lambda;
+        }
+        A::store(out_dtype, mixed, tile);
     }
     out
 }

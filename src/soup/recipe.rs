@@ -513,15 +513,18 @@ mod tests {
             .contains("parameters.density is 0, outside (0, 1]"));
         assert!(err(&format!("merge_method: ties\nbase_model: b\n{two}parameters: {{density: 1.5}}\n"))
             .contains("outside (0, 1]"));
-        assert!(err(&format!("merge_method: slerp\nbase_model: b\n{two}parameters: {{t: 0.5}}\n"))
+        let bare = "models: [{model: x}, {model: y}]\n";
+        assert!(err(&format!("merge_method: slerp\nbase_model: b\n{bare}parameters: {{t: 0.5}}\n"))
             .contains("exactly two models"));
-        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{two}parameters: {{t: [0, 1.5]}}\n"))
+        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{two}parameters: {{t: 0.5}}\n"))
+            .contains("models[1].parameters.weight is not a parameter of slerp"));
+        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: [0, 1.5]}}\n"))
             .contains("parameters.t is 1.5, outside [0, 1]"));
-        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{two}parameters: {{t: -0.1}}\n"))
+        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: -0.1}}\n"))
             .contains("outside [0, 1]"));
-        assert!(err(&format!("merge_method: model_stock\nbase_model: b\n{base}"))
+        assert!(err("merge_method: model_stock\nbase_model: b\nmodels: [{model: x}]\n")
             .contains("at least two fine-tunes"));
-        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{two}parameters: {{t: 0.5}}\ntokenizer_source: union\n"))
+        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: 0.5}}\ntokenizer_source: union\n"))
             .contains("key 'tokenizer_source'"));
         assert!(err(&format!("merge_method: ties\nbase_model: b\n{two}random_seed: -1\n"))
             .contains("random_seed"));

@@ -134,32 +134,40 @@ pub fn chunk<'s>(
     }
 }
 
-/// The values of `vectors` (combinations of `inputs`) at elements `range`, in f64.
-fn vector_values(inputs: &[Input<'_>], vectors: &[Combination], range: Range<usize>) -> Vec<Vec<f64>> {
+/// A thread's buffers for [`vector_values`]: one decoded input each, and one per vector.
+#[derive(Default)]
+struct Values {
+    decoded: Vec<Vec<f64>>,
+    vectors: Vec<Vec<f64>>,
+}
+
+/// The values of `vectors` (combinations of `inputs`) at elements `range`, in f64, into
+/// `buf.vectors`, reusing its allocations.
+fn vector_values(inputs: &[Input<'_>], vectors: &[Combination], range: Range<usize>, buf: &mut Values) {
     let len = range.len();
-    let mut x = vec![0.0f64; len];
-    let mut decoded: Vec<Option<Vec<f64>>> = vec![None; inputs.len()];
+    buf.decoded.resize_with(inputs.len(), Vec::new);
+    let mut needed = vec![false; inputs.len()];
     for v in vectors {
         for &(i, _) in v {
-            if decoded[i].is_none() {
-                kernel::load_range(inputs[i].dtype, inputs[i].data, range.clone(), &mut x);
-                decoded[i] = Some(x.clone());
+            needed[i] = true;
+        }
+    }
+    for (i, d) in buf.decoded.iter_mut().enumerate() {
+        if needed[i] {
+            d.resize(len, 0.0);
+            kernel::load_range(inputs[i].dtype, inputs[i].data, range.clone(), &mut d[..len]);
+        }
+    }
+    buf.vectors.resize_with(vectors.len(), Vec::new);
+    for (out, v) in buf.vectors.iter_mut().zip(vectors) {
+        out.resize(len, 0.0);
+        for (k, &(i, c)) in v.iter().enumerate() {
+            let xs = &buf.decoded[i][..len];
+            for (o, x) in out[..len].iter_mut().zip(xs) {
+                *o = if k == 0 { c * x } else { *o + c * x };
             }
         }
     }
-    vectors
-        .iter()
-        .map(|v| {
-            let mut out = vec![0.0f64; len];
-            for (k, &(i, c)) in v.iter().enumerate() {
-                let xs = decoded[i].as_ref().expect("decoded above");
-                for (o, x) in out.iter_mut().zip(xs) {
-                    *o = if k == 0 { c * x } else { *o + c * x };
-                }
-            }
-            out
-        })
-        .collect()
 }
 
 /// Adds the pairwise dot products of `values` at `positions` into `sums`.
@@ -168,11 +176,13 @@ fn add_pairs(values: &[Vec<f64>], positions: Range<usize>, sums: &mut [f64]) {
     let mut p = 0;
     for a in 0..m {
         for b in a..m {
-            let mut s = sums[p];
-            for e in positions.clone() {
-                s += values[a][e] * values[b][e];
+            // Four lanes, added in a fixed order, so the loop vectorises.
+            let mut lanes = [0f64; 4];
+            let (x, y) = (&values[a][positions.clone()], &values[b][positions.clone()]);
+            for (j, (x, y)) in x.iter().zip(y).enumerate() {
+                lanes[j & 3] += x * y;
             }
-            sums[p] = s;
+            sums[p] += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
             p += 1;
         }
     }
@@ -189,11 +199,11 @@ fn grams(inputs: &[Input<'_>], vectors: &[Combination], grouping: Grouping, n: u
         Grouping::Flat => {
             let partials: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK_ELEMENTS))
                 .into_par_iter()
-                .map(|c| {
+                .map_init(Values::default, |buf, c| {
                     let range = c * CHUNK_ELEMENTS..((c + 1) * CHUNK_ELEMENTS).min(n);
-                    let values = vector_values(inputs, vectors, range.clone());
+                    vector_values(inputs, vectors, range.clone(), buf);
                     let mut sums = vec![0.0; pairs];
-                    add_pairs(&values, 0..range.len(), &mut sums);
+                    add_pairs(&buf.vectors, 0..range.len(), &mut sums);
                     sums
                 })
                 .collect();
@@ -211,14 +221,14 @@ fn grams(inputs: &[Input<'_>], vectors: &[Combination], grouping: Grouping, n: u
             let per_block = (CHUNK_ELEMENTS / len.max(1)).max(1);
             let blocks: Vec<Vec<Gram>> = (0..rows.div_ceil(per_block))
                 .into_par_iter()
-                .map(|b| {
+                .map_init(Values::default, |buf, b| {
                     let first = b * per_block;
                     let last = ((b + 1) * per_block).min(rows);
-                    let values = vector_values(inputs, vectors, first * len..last * len);
+                    vector_values(inputs, vectors, first * len..last * len, buf);
                     (0..last - first)
                         .map(|r| {
                             let mut sums = vec![0.0; pairs];
-                            add_pairs(&values, r * len..(r + 1) * len, &mut sums);
+                            add_pairs(&buf.vectors, r * len..(r + 1) * len, &mut sums);
                             gram(sums)
                         })
                         .collect()
@@ -232,13 +242,13 @@ fn grams(inputs: &[Input<'_>], vectors: &[Combination], grouping: Grouping, n: u
             const WIDTH: usize = 4096;
             let blocks: Vec<Vec<Gram>> = (0..stride.div_ceil(WIDTH))
                 .into_par_iter()
-                .map(|b| {
+                .map_init(Values::default, |buf, b| {
                     let (j0, j1) = (b * WIDTH, ((b + 1) * WIDTH).min(stride));
                     let mut sums = vec![vec![0.0; pairs]; j1 - j0];
                     for r in 0..rows {
-                        let values = vector_values(inputs, vectors, r * stride + j0..r * stride + j1);
+                        vector_values(inputs, vectors, r * stride + j0..r * stride + j1, buf);
                         for (j, s) in sums.iter_mut().enumerate() {
-                            add_pairs(&values, j..j + 1, s);
+                            add_pairs(&buf.vectors, j..j + 1, s);
                         }
                     }
                     sums.into_iter().map(gram).collect()
@@ -266,11 +276,16 @@ fn trims<A: Real>(
             }
             let x = inputs[m.input];
             let deltas = |range: Range<usize>, out: &mut [A]| {
-                let mut b = vec![A::ZERO; out.len()];
+                // The base in tiles on the stack: no allocation per call.
+                const TILE: usize = 4096;
+                let mut b = [A::ZERO; TILE];
                 kernel::load_range(x.dtype, x.data, range.clone(), out);
-                kernel::load_range(base.dtype, base.data, range, &mut b);
-                for (o, b) in out.iter_mut().zip(&b) {
-                    *o = *o - *b;
+                for (t, out) in out.chunks_mut(TILE).enumerate() {
+                    let start = range.start + t * TILE;
+                    kernel::load_range(base.dtype, base.data, start..start + out.len(), &mut b[..out.len()]);
+                    for (o, b) in out.iter_mut().zip(&b) {
+                        *o = *o - *b;
+                    }
                 }
             };
             let spec = sparsify::TrimSpec {

@@ -191,16 +191,15 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> T
         Sparsify::Random => {
             let p = spec.density;
             mask_pass(&mut keep, n, |range, bits, sums| {
-                let mut buf = vec![A::ZERO; range.len()];
-                deltas(range.clone(), &mut buf);
-                for (j, d) in buf.iter().enumerate() {
-                    let e = range.start + j;
-                    let a = d.abs().to_f64();
-                    sums.0 += a;
-                    if uniform(spec.stream, e as u64) < p {
-                        bits[j / 64] |= 1 << (j % 64);
-                        sums.1 += a;
-                    }
+                // Tiles on the stack: no allocation per chunk.
+                const TILE: usize = 4096;
+                let mut buf = [A::ZERO; TILE];
+                for (t, bits) in bits.chunks_mut(TILE / 64).enumerate() {
+                    let start = range.start + t * TILE;
+                    let len = TILE.min(range.end - start);
+                    deltas(start..start + len, &mut buf[..len]);
+                    set_bits(bits, len, |j| uniform(spec.stream, (start + j) as u64) < p);
+                    add_l1(|j| buf[j].abs(), len, bits, sums);
                 }
             })
         }
@@ -235,30 +234,28 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> T
                 let chunk = range.start / CHUNK_ELEMENTS;
                 let mut tie_low = low.as_ref().map_or(0, |b| b.tie_offsets[chunk]);
                 let mut tie_high = high.as_ref().map_or(0, |b| b.tie_offsets[chunk]);
-                for (j, &k) in keys[range.clone()].iter().enumerate() {
+                let keys = &keys[range.clone()];
+                set_bits(bits, range.len(), |j| {
+                    let k = keys[j];
                     let above_low = match &low {
-                        Some(b) => {
-                            let below = b.below(k, tie_low);
-                            tie_low += (k == b.value) as usize;
-                            !below
+                        Some(b) if k == b.value => {
+                            tie_low += 1;
+                            !b.below(k, tie_low - 1)
                         }
+                        Some(b) => k > b.value,
                         None => true,
                     };
                     let below_high = match &high {
-                        Some(b) => {
-                            let below = b.below(k, tie_high);
-                            tie_high += (k == b.value) as usize;
-                            below
+                        Some(b) if k == b.value => {
+                            tie_high += 1;
+                            b.below(k, tie_high - 1)
                         }
+                        Some(b) => k < b.value,
                         None => true,
                     };
-                    let a = A::from_magnitude(k).to_f64();
-                    sums.0 += a;
-                    if above_low && below_high {
-                        bits[j / 64] |= 1 << (j % 64);
-                        sums.1 += a;
-                    }
-                }
+                    above_low && below_high
+                });
+                add_l1(|j| A::from_magnitude(keys[j]), range.len(), bits, sums);
             })
         }
         Sparsify::DellaMagprune => {
@@ -266,24 +263,18 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> T
             let ranks = row_ranks(&keys, spec.shape);
             let (low, width) = (spec.density - spec.epsilon, 2.0 * spec.epsilon);
             mask_pass(&mut keep, n, |range, bits, sums| {
-                for (j, (&k, &(rank, len))) in keys[range.clone()]
-                    .iter()
-                    .zip(&ranks[range.clone()])
-                    .enumerate()
-                {
-                    let e = range.start + j;
+                let ranks = &ranks[range.clone()];
+                set_bits(bits, range.len(), |j| {
+                    let (rank, len) = ranks[j];
                     let p = if len > 1 {
                         low + (rank as f64 / (len - 1) as f64) * width
                     } else {
                         spec.density
                     };
-                    let a = A::from_magnitude(k).to_f64();
-                    sums.0 += a;
-                    if uniform(spec.stream, e as u64) < p {
-                        bits[j / 64] |= 1 << (j % 64);
-                        sums.1 += a;
-                    }
-                }
+                    uniform(spec.stream, (range.start + j) as u64) < p
+                });
+                let keys = &keys[range.clone()];
+                add_l1(|j| A::from_magnitude(keys[j]), range.len(), bits, sums);
             })
         }
     };
@@ -294,6 +285,33 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> T
         1.0
     };
     Trim { keep, scale }
+}
+
+/// Sets bit `j` of `bits` to `keep(j)` for `j < len`, in element order, a word at a time.
+fn set_bits(bits: &mut [u64], len: usize, mut keep: impl FnMut(usize) -> bool) {
+    for (w, word) in bits.iter_mut().enumerate() {
+        let start = w * 64;
+        let mut x = 0u64;
+        for j in start..(start + 64).min(len) {
+            x |= (keep(j) as u64) << (j - start);
+        }
+        *word = x;
+    }
+}
+
+/// Adds the L1 norms of a chunk before and after its trim to `sums`: eight f64 lanes summed in
+/// a fixed order, so the loop vectorises and the result doesn't depend on threads.
+fn add_l1<A: Real>(magnitude: impl Fn(usize) -> A, len: usize, bits: &[u64], sums: &mut (f64, f64)) {
+    let mut before = [0f64; 8];
+    let mut after = [0f64; 8];
+    for j in 0..len {
+        let a = magnitude(j).to_f64();
+        let kept = ((bits[j >> 6] >> (j & 63)) & 1) as f64;
+        before[j & 7] += a;
+        after[j & 7] += a * kept;
+    }
+    sums.0 += before.iter().sum::<f64>();
+    sums.1 += after.iter().sum::<f64>();
 }
 
 /// Runs `rule` over fixed chunks in parallel; each chunk sets its own bits of `keep` and adds
