@@ -579,7 +579,12 @@ pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
                 seed: merge.seed,
             },
             &options,
-        )?,
+        )
+        .map_err(|e| match &args.config {
+            // A parameter the headers refute is the recipe's to fix.
+            Some(path) => anyhow::Error::new(e).context(path.display().to_string()),
+            None => anyhow::Error::new(e),
+        })?,
     };
     let layout = match kind {
         Output::File => Layout::single(
