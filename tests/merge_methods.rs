@@ -44,7 +44,12 @@ fn model(path: &Path, dtype: D, step: i64, f: &dyn Fn(usize, &[f64]) -> Vec<f64>
         let base: Vec<f64> = (0..n).map(|_| rng.normal() * 0.5).collect();
         specs.push(spec(name, dtype, shape, encode(dtype, &f(i, &base))));
     }
-    specs.push(spec("bn.num_batches_tracked", D::I64, &[], step.to_le_bytes().to_vec()));
+    specs.push(spec(
+        "bn.num_batches_tracked",
+        D::I64,
+        &[],
+        step.to_le_bytes().to_vec(),
+    ));
     write(path, &specs);
 }
 
@@ -82,7 +87,12 @@ struct Case<'a> {
 
 fn merged(case: &Case<'_>, out: &Path) {
     let mut cmd = soup_merge();
-    cmd.arg("--method").arg(case.method).arg("-o").arg(out).arg("-f").arg("-q");
+    cmd.arg("--method")
+        .arg(case.method)
+        .arg("-o")
+        .arg(out)
+        .arg("-f")
+        .arg("-q");
     if let Some(b) = case.base {
         cmd.arg("--base").arg(b);
     }
@@ -135,7 +145,11 @@ fn every_method_matches_the_reference() {
         let w3 = r#"{"models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#;
         let weights = ["-w", "0.5,0.3,0.2"];
         let with = |extra: &[&'static str]| -> Vec<&'static str> {
-            weights.iter().copied().chain(extra.iter().copied()).collect()
+            weights
+                .iter()
+                .copied()
+                .chain(extra.iter().copied())
+                .collect()
         };
         let cases: Vec<(&str, Vec<&str>, String)> = vec![
             ("linear", with(&[]), r#"{"parameters": {"normalize": false}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
@@ -170,13 +184,23 @@ fn every_method_matches_the_reference() {
             seed: 0,
         });
         for (flags, params) in [
-            (vec!["-w", "0.3,0.7"], r#"{"models": [{"weight": 0.3}, {"weight": 0.7}]}"#),
+            (
+                vec!["-w", "0.3,0.7"],
+                r#"{"models": [{"weight": 0.3}, {"weight": 0.7}]}"#,
+            ),
             (
                 vec!["-w", "0.3,0.7", "--param", "nuslerp_flatten=false"],
                 r#"{"parameters": {"nuslerp_flatten": false}, "models": [{"weight": 0.3}, {"weight": 0.7}]}"#,
             ),
             (
-                vec!["-w", "1,2", "--param", "nuslerp_flatten=false", "--param", "nuslerp_row_wise=true"],
+                vec![
+                    "-w",
+                    "1,2",
+                    "--param",
+                    "nuslerp_flatten=false",
+                    "--param",
+                    "nuslerp_row_wise=true",
+                ],
                 r#"{"parameters": {"nuslerp_flatten": false, "nuslerp_row_wise": true}, "models": [{"weight": 1}, {"weight": 2}]}"#,
             ),
         ] {
@@ -285,7 +309,9 @@ fn edge_cases_zero_task_vectors_density_one_and_the_ends_of_t() {
     }
     // Colinear models: twice the base. SLERP falls back to a straight line.
     let double = tmp.path().join("double.safetensors");
-    model(&double, D::F32, 0, &|_, b| b.iter().map(|x| 2.0 * x).collect());
+    model(&double, D::F32, 0, &|_, b| {
+        b.iter().map(|x| 2.0 * x).collect()
+    });
     let base32 = tmp.path().join("base32.safetensors");
     model(&base32, D::F32, 0, &|_, b| b.to_vec());
     let case = Case {
@@ -329,9 +355,13 @@ fn exact_sign_ties_elect_the_positive_sign() {
     let coarse = |b: &[f64]| -> Vec<f64> { b.iter().map(|x| (x * 64.0).round() / 64.0).collect() };
     model(&base, D::F32, 0, &|_, b| coarse(b));
     let plus = tmp.path().join("plus.safetensors");
-    model(&plus, D::F32, 0, &|i, b| coarse(b).iter().zip(d(i, b)).map(|(x, y)| x + y).collect());
+    model(&plus, D::F32, 0, &|i, b| {
+        coarse(b).iter().zip(d(i, b)).map(|(x, y)| x + y).collect()
+    });
     let minus = tmp.path().join("minus.safetensors");
-    model(&minus, D::F32, 0, &|i, b| coarse(b).iter().zip(d(i, b)).map(|(x, y)| x - y).collect());
+    model(&minus, D::F32, 0, &|i, b| {
+        coarse(b).iter().zip(d(i, b)).map(|(x, y)| x - y).collect()
+    });
     let out = tmp.path().join("ties.safetensors");
     let models = [plus.clone(), minus.clone()];
     merged(
@@ -369,9 +399,18 @@ fn recipes_with_gradients_and_filters_match_the_reference() {
     let (base, fts) = family(tmp.path(), D::BF16, 2);
     // JSON is YAML: the same text is the recipe's parameters and the reference's.
     let cases = [
-        ("ties", r#"{"parameters": {"density": [0.3, 0.9], "normalize": true}, "models": [{"weight": [{"filter": "self_attn", "value": 0.2}, {"value": 0.7}]}, {"weight": 0.5, "density": 0.6}]}"#),
-        ("della_linear", r#"{"parameters": {"density": 0.5, "epsilon": [0.1, 0.2, 0.3]}, "models": [{"weight": 1.0}, {"weight": [0.5, 1.5]}]}"#),
-        ("task_arithmetic", r#"{"parameters": {"lambda": [{"filter": "mlp", "value": [0.5, 2.0]}, {"value": 1.0}]}, "models": [{"weight": 0.6}, {"weight": 0.4}]}"#),
+        (
+            "ties",
+            r#"{"parameters": {"density": [0.3, 0.9], "normalize": true}, "models": [{"weight": [{"filter": "self_attn", "value": 0.2}, {"value": 0.7}]}, {"weight": 0.5, "density": 0.6}]}"#,
+        ),
+        (
+            "della_linear",
+            r#"{"parameters": {"density": 0.5, "epsilon": [0.1, 0.2, 0.3]}, "models": [{"weight": 1.0}, {"weight": [0.5, 1.5]}]}"#,
+        ),
+        (
+            "task_arithmetic",
+            r#"{"parameters": {"lambda": [{"filter": "mlp", "value": [0.5, 2.0]}, {"value": 1.0}]}, "models": [{"weight": 0.6}, {"weight": 0.4}]}"#,
+        ),
     ];
     for (method, params) in cases {
         let v: serde_json::Value = serde_json::from_str(params).unwrap();
@@ -407,7 +446,8 @@ fn recipes_with_gradients_and_filters_match_the_reference() {
         assert_eq!(meta["model_soup.method"], method);
         assert_eq!(meta["model_soup.seed"], "5");
         assert!(meta["model_soup.base"].starts_with("base-"));
-        let recorded: serde_json::Value = serde_json::from_str(&meta["model_soup.parameters"]).unwrap();
+        let recorded: serde_json::Value =
+            serde_json::from_str(&meta["model_soup.parameters"]).unwrap();
         assert_eq!(recorded["parameters"], v["parameters"], "{recorded}");
         assert_eq!(recorded["models"], v["models"], "{recorded}");
     }
@@ -418,7 +458,10 @@ fn refused(args: &[&dyn AsRef<std::ffi::OsStr>], out: &Path, says: &str) {
     let o = run_merge(args);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{says}: {err}");
-    assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
     assert!(err.contains(says), "expected '{says}' in: {err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!out.exists());
@@ -431,23 +474,216 @@ fn invalid_parameters_are_clear_errors() {
     let out = tmp.path().join("never.safetensors");
     let (a, b, c) = (&fts[0], &fts[1], &fts[2]);
     let m = |s: &'static str| s;
-    refused(&[&"--method", &"ties", &"--base", &base, a, b, &"--density", &"0", &"-o", &out], &out, "--density is 0, outside (0, 1]");
-    refused(&[&"--method", &"dare_ties", &"--base", &base, a, b, &"--density", &"1.5", &"-o", &out], &out, "outside (0, 1]");
-    refused(&[&"--method", &"slerp", &"--base", &base, a, &"--t", &"1.2", &"-o", &out], &out, "--t is 1.2, outside [0, 1]");
-    refused(&[&"--method", &"slerp", &"--base", &base, a, &"--t=-0.1", &"-o", &out], &out, "outside [0, 1]");
-    refused(&[&"--method", &"slerp", &"--base", &base, a, &"-o", &out], &out, "needs parameter t");
-    refused(&[&"--method", &"ties", a, b, &"-o", &out], &out, "needs a base model: give --base");
-    refused(&[&"--method", &"slerp", &"--base", &base, a, b, &"--t", &"0.5", &"-o", &out], &out, "exactly two models");
-    refused(&[&"--method", &"slerp", a, b, c, &"--t", &"0.5", &"-o", &out], &out, "needs a base model");
-    refused(&[&"--method", &"model_stock", &"--base", &base, a, &"-o", &out], &out, "at least two fine-tunes");
-    refused(&[&"--method", &"slerp", &"--base", &base, a, &"--t", &"0.5", &"--density", &"0.5", &"-o", &out], &out, "--density is not a parameter of slerp");
-    refused(&[&"--method", &"della", &"--base", &base, a, &"--density", &"0.1", &"--epsilon", &"0.2", &"-o", &out], &out, "epsilon 0.2 with density 0.1");
-    refused(&[&"--method", &"ties", &"--base", &base, a, &"--density", &"0.001", &"-o", &out], &out, "keeps no element");
-    refused(&[&"--method", &"karcher", a, b, &"-o", &out], &out, "--method karcher is not a merge method");
-    refused(&[&"--method", &"ties", &"--base", &base, a, b, &"-w", &"1,2,3", &"-o", &out], &out, "--weights has 3 values for 2 models besides the base");
-    refused(&[&"--method", &"ties", &"--base", &base, a, &"--param", &"rescale=maybe", &"-o", &out], &out, "not a number, true or false");
-    refused(&[&"--method", &"ties", &"--base", &base, a, &"--param", &"t=0.5", &"-o", &out], &out, "--param t is not a parameter of ties");
-    refused(&[&"--method", &"passthrough", a, b, &"-o", &out], &out, "exactly one model");
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            b,
+            &"--density",
+            &"0",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--density is 0, outside (0, 1]",
+    );
+    refused(
+        &[
+            &"--method",
+            &"dare_ties",
+            &"--base",
+            &base,
+            a,
+            b,
+            &"--density",
+            &"1.5",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "outside (0, 1]",
+    );
+    refused(
+        &[
+            &"--method",
+            &"slerp",
+            &"--base",
+            &base,
+            a,
+            &"--t",
+            &"1.2",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--t is 1.2, outside [0, 1]",
+    );
+    refused(
+        &[
+            &"--method",
+            &"slerp",
+            &"--base",
+            &base,
+            a,
+            &"--t=-0.1",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "outside [0, 1]",
+    );
+    refused(
+        &[&"--method", &"slerp", &"--base", &base, a, &"-o", &out],
+        &out,
+        "needs parameter t",
+    );
+    refused(
+        &[&"--method", &"ties", a, b, &"-o", &out],
+        &out,
+        "needs a base model: give --base",
+    );
+    refused(
+        &[
+            &"--method",
+            &"slerp",
+            &"--base",
+            &base,
+            a,
+            b,
+            &"--t",
+            &"0.5",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "exactly two models",
+    );
+    refused(
+        &[&"--method", &"slerp", a, b, c, &"--t", &"0.5", &"-o", &out],
+        &out,
+        "needs a base model",
+    );
+    refused(
+        &[
+            &"--method",
+            &"model_stock",
+            &"--base",
+            &base,
+            a,
+            &"-o",
+            &out,
+        ],
+        &out,
+        "at least two fine-tunes",
+    );
+    refused(
+        &[
+            &"--method",
+            &"slerp",
+            &"--base",
+            &base,
+            a,
+            &"--t",
+            &"0.5",
+            &"--density",
+            &"0.5",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--density is not a parameter of slerp",
+    );
+    refused(
+        &[
+            &"--method",
+            &"della",
+            &"--base",
+            &base,
+            a,
+            &"--density",
+            &"0.1",
+            &"--epsilon",
+            &"0.2",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "epsilon 0.2 with density 0.1",
+    );
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            &"--density",
+            &"0.001",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "keeps no element",
+    );
+    refused(
+        &[&"--method", &"karcher", a, b, &"-o", &out],
+        &out,
+        "--method karcher is not a merge method",
+    );
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            b,
+            &"-w",
+            &"1,2,3",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--weights has 3 values for 2 models besides the base",
+    );
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            &"--param",
+            &"rescale=maybe",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "not a number, true or false",
+    );
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            &"--param",
+            &"t=0.5",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--param t is not a parameter of ties",
+    );
+    refused(
+        &[&"--method", &"passthrough", a, b, &"-o", &out],
+        &out,
+        "exactly one model",
+    );
     let _ = m;
     // A per-layer list longer than the model's 3 layers, and a recipe's errors.
     let recipe = |name: &str, text: String| {
@@ -463,7 +699,11 @@ fn invalid_parameters_are_clear_errors() {
             a.display()
         ),
     );
-    refused(&[&"--config", &long, &"-o", &out], &out, "parameters.t is a list of 4 values, longer than the model's 3 layers");
+    refused(
+        &[&"--config", &long, &"-o", &out],
+        &out,
+        "parameters.t is a list of 4 values, longer than the model's 3 layers",
+    );
     let one = recipe(
         "one.yaml",
         format!(
@@ -473,7 +713,11 @@ fn invalid_parameters_are_clear_errors() {
             a.display()
         ),
     );
-    refused(&[&"--config", &one, &"-o", &out], &out, "at least two fine-tunes");
+    refused(
+        &[&"--config", &one, &"-o", &out],
+        &out,
+        "at least two fine-tunes",
+    );
     let three = recipe(
         "three.yaml",
         format!(
@@ -483,7 +727,11 @@ fn invalid_parameters_are_clear_errors() {
             b.display()
         ),
     );
-    refused(&[&"--config", &three, &"-o", &out], &out, "exactly two models");
+    refused(
+        &[&"--config", &three, &"-o", &out],
+        &out,
+        "exactly two models",
+    );
 }
 
 #[test]
@@ -504,7 +752,15 @@ fn whole_tensor_methods_give_the_same_bytes_at_any_thread_count() {
         } else {
             base_values.iter().map(|x| x + 0.1 * r.normal()).collect()
         };
-        write(&p, &[spec("model.layers.0.w", D::BF16, &shape, encode(D::BF16, &values))]);
+        write(
+            &p,
+            &[spec(
+                "model.layers.0.w",
+                D::BF16,
+                &shape,
+                encode(D::BF16, &values),
+            )],
+        );
         paths.push(p);
     }
     let base = paths[0].clone();
@@ -513,7 +769,10 @@ fn whole_tensor_methods_give_the_same_bytes_at_any_thread_count() {
         ("ties", vec!["--density", "0.3"]),
         ("dare_ties", vec!["--density", "0.4"]),
         ("della", vec!["--density", "0.5", "--epsilon", "0.1"]),
-        ("breadcrumbs_ties", vec!["--density", "0.5", "--gamma", "0.1"]),
+        (
+            "breadcrumbs_ties",
+            vec!["--density", "0.5", "--gamma", "0.1"],
+        ),
         ("model_stock", vec![]),
         ("model_stock", vec!["--param", "filter_wise=true"]),
     ] {
@@ -534,7 +793,10 @@ fn whole_tensor_methods_give_the_same_bytes_at_any_thread_count() {
             assert!(o.status.success(), "{}", stderr(&o));
             outputs.push(std::fs::read(&out).unwrap());
         }
-        assert!(outputs[0] == outputs[1], "{method} {flags:?} differs between 1 and 3 threads");
+        assert!(
+            outputs[0] == outputs[1],
+            "{method} {flags:?} differs between 1 and 3 threads"
+        );
     }
     if let Some(python) = reference_python() {
         let case = Case {
@@ -562,7 +824,14 @@ fn dry_runs_plan_methods_from_headers() {
     let tmp = tempfile::tempdir().unwrap();
     let (base, fts) = family(tmp.path(), D::BF16, 2);
     let o = soup_merge()
-        .args(["--method", "ties", "--density", "0.5", "--dry-run", "--json"])
+        .args([
+            "--method",
+            "ties",
+            "--density",
+            "0.5",
+            "--dry-run",
+            "--json",
+        ])
         .arg("--base")
         .arg(&base)
         .args(&fts)

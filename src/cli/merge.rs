@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::format::{model_dir, Checkpoint, Dtype};
 use crate::soup::method::{self, BaseUse, Method, Setting, Settings};
 use crate::soup::{
-    self, Action, Card, ExtraFile, FileSummary, Layout, MethodMerge, OnMissing, Plan,
-    PlanOptions, Recipe, RunOptions, Warning, DEFAULT_SHARD_SIZE, META_RECIPE,
+    self, Action, Card, ExtraFile, FileSummary, Layout, MethodMerge, OnMissing, Plan, PlanOptions,
+    Recipe, RunOptions, Warning, DEFAULT_SHARD_SIZE, META_RECIPE,
 };
 
 const AFTER_HELP: &str = "\
@@ -388,7 +388,11 @@ fn merge_inputs(args: &Args) -> anyhow::Result<Merge> {
         });
     }
     Ok(Merge {
-        inputs: base.iter().cloned().chain(recipe.models.iter().cloned()).collect(),
+        inputs: base
+            .iter()
+            .cloned()
+            .chain(recipe.models.iter().cloned())
+            .collect(),
         weights: Vec::new(),
         dtype: recipe.dtype,
         method,
@@ -427,7 +431,11 @@ fn flag_merge(args: &Args) -> anyhow::Result<Merge> {
                 "--weights has {} values for {} models{}; give one weight per model",
                 w.len(),
                 models.len(),
-                if base.is_some() { " besides the base" } else { "" }
+                if base.is_some() {
+                    " besides the base"
+                } else {
+                    ""
+                }
             );
         }
         if !declares("weight") {
@@ -437,7 +445,11 @@ fn flag_merge(args: &Args) -> anyhow::Result<Merge> {
             settings.set_model(m, "weight", Setting::Value(*x), "--weights");
         }
     } else if declares("weight") && method.name() != "linear" {
-        settings.set_global("weight", Setting::Value(1.0), "--weights (1 each by default)");
+        settings.set_global(
+            "weight",
+            Setting::Value(1.0),
+            "--weights (1 each by default)",
+        );
     }
     if args.normalize && method.name() != "linear" {
         settings.set_global("normalize", Setting::Value(1.0), "--normalize");
@@ -461,9 +473,11 @@ fn flag_merge(args: &Args) -> anyhow::Result<Merge> {
         let value = match value {
             "true" => 1.0,
             "false" => 0.0,
-            v => v.parse::<f64>().ok().filter(|x| x.is_finite()).with_context(|| {
-                format!("--param {p}: {v} is not a number, true or false")
-            })?,
+            v => v
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .with_context(|| format!("--param {p}: {v} is not a number, true or false"))?,
         };
         settings.set_global(name, Setting::Value(value), format!("--param {name}"));
     }

@@ -93,7 +93,8 @@ impl Card {
                 tool_version()
             );
             s += "## Recipe\n\n";
-            s += "Method: linear. Every floating-point tensor is `sum_i w_i * x_i`, accumulated in \
+            s +=
+                "Method: linear. Every floating-point tensor is `sum_i w_i * x_i`, accumulated in \
                   f32 (f64 for f32/f64 outputs) in input order and rounded once; other tensors are \
                   copied from the first model.\n\n";
         } else {

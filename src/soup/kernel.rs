@@ -69,10 +69,7 @@ impl<A: Real> Buffers<A> {
 /// A working precision of the kernels beyond the weighted sum: f32 for 16-bit outputs, f64
 /// otherwise, as for the sum.
 pub trait Real:
-    Accumulator
-    + std::ops::Sub<Output = Self>
-    + std::ops::Div<Output = Self>
-    + PartialOrd
+    Accumulator + std::ops::Sub<Output = Self> + std::ops::Div<Output = Self> + PartialOrd
 {
     /// `|x|` as an unsigned integer that orders like `|x|`, NaN above infinity: the bits with
     /// the sign cleared. Thresholds select on these.
@@ -341,7 +338,9 @@ fn task_vectors_in<'s, A: Real>(
                 Some((keep, scale)) => {
                     // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN).
                     let scale = A::from_f64(scale);
-                    for (j, ((d, x), b)) in terms.iter_mut().zip(x.iter()).zip(base.iter()).enumerate() {
+                    for (j, ((d, x), b)) in
+                        terms.iter_mut().zip(x.iter()).zip(base.iter()).enumerate()
+                    {
                         let e = start + j;
                         let kept = A::from_f32(((keep[e >> 6] >> (e & 63)) & 1) as f32);
                         *d = w * ((*x - *b) * kept * scale);
@@ -368,8 +367,17 @@ fn task_vectors_in<'s, A: Real>(
             mixed.fill(A::ZERO);
             for (i, model) in mix.models.iter().enumerate() {
                 let w = A::from_f64(model.weight);
-                for (((m, v), s), d) in mixed.iter_mut().zip(weights.iter_mut()).zip(sum.iter()).zip(term(i)) {
-                    let agree = if *s >= A::ZERO { *d > A::ZERO } else { *d < A::ZERO };
+                for (((m, v), s), d) in mixed
+                    .iter_mut()
+                    .zip(weights.iter_mut())
+                    .zip(sum.iter())
+                    .zip(term(i))
+                {
+                    let agree = if *s >= A::ZERO {
+                        *d > A::ZERO
+                    } else {
+                        *d < A::ZERO
+                    };
                     *m = *m + if agree { *d } else { A::ZERO };
                     *v = *v + if agree { w } else { A::ZERO };
                 }

@@ -267,10 +267,7 @@ impl Plan {
         }
         check_shapes(&ingredients, &names)?;
         let layers = Layers::from_names(names.keys().copied());
-        merge
-            .settings
-            .check(method, layers.most())
-            .map_err(fail)?;
+        merge.settings.check(method, layers.most()).map_err(fail)?;
 
         let mut tensors = Vec::with_capacity(names.len());
         let mut offset = 0u64;
@@ -282,7 +279,16 @@ impl Plan {
             let first = ingredients[have[0]].tensor(name).expect("listed");
             let shape = first.info.shape.clone();
             let planned = if complete {
-                plan_method_tensor(&ingredients, merge, &roles, base, &layers, options, name, &shape)?
+                plan_method_tensor(
+                    &ingredients,
+                    merge,
+                    &roles,
+                    base,
+                    &layers,
+                    options,
+                    name,
+                    &shape,
+                )?
             } else {
                 // --on-missing first: the first input that has it, as is (or converted).
                 plan_tensor(
@@ -521,7 +527,13 @@ fn plan_method_tensor(
         elements,
         seed: merge.seed,
     };
-    let at = |m: String| Error::Plan(format!("--method {}: tensor '{}': {m}", merge.method.name(), printable(name)));
+    let at = |m: String| {
+        Error::Plan(format!(
+            "--method {}: tensor '{}': {m}",
+            merge.method.name(),
+            printable(name)
+        ))
+    };
     let params = merge
         .settings
         .resolve(merge.method, name, layers.position(name), base.is_some())

@@ -143,15 +143,26 @@ impl Recipe {
                 .ok_or_else(|| fail("parameters must be a mapping".into()))?;
             for key in keys(params, "parameters.").map_err(fail)? {
                 let at = format!("parameters.{key}");
-                global.push((key.clone(), setting(&params[key.as_str()], &at).map_err(fail)?, at));
+                global.push((
+                    key.clone(),
+                    setting(&params[key.as_str()], &at).map_err(fail)?,
+                    at,
+                ));
             }
         }
 
         let models = top
             .get("models")
-            .ok_or_else(|| fail("has no models; list the ingredients under models: with model: and parameters:".into()))?
+            .ok_or_else(|| {
+                fail(
+                    "has no models; list the ingredients under models: with model: and parameters:"
+                        .into(),
+                )
+            })?
             .as_sequence()
-            .ok_or_else(|| fail("models must be a list of entries with model: and parameters:".into()))?;
+            .ok_or_else(|| {
+                fail("models must be a list of entries with model: and parameters:".into())
+            })?;
         if models.is_empty() {
             return Err(fail("models is empty; list at least one ingredient".into()));
         }
@@ -160,7 +171,9 @@ impl Recipe {
         for (i, entry) in models.iter().enumerate() {
             let at = format!("models[{i}]");
             let entry = entry.as_mapping().ok_or_else(|| {
-                fail(format!("{at} must be a mapping with model: and parameters:"))
+                fail(format!(
+                    "{at} must be a mapping with model: and parameters:"
+                ))
             })?;
             let mut model = None;
             let mut params = Vec::new();
@@ -176,19 +189,25 @@ impl Recipe {
                             .ok_or_else(|| fail(format!("{at}.parameters must be a mapping")))?;
                         for pk in keys(map, &format!("{at}.parameters.")).map_err(fail)? {
                             let pat = format!("{at}.parameters.{pk}");
-                            params.push((pk.clone(), setting(&map[pk.as_str()], &pat).map_err(fail)?, pat));
+                            params.push((
+                                pk.clone(),
+                                setting(&map[pk.as_str()], &pat).map_err(fail)?,
+                                pat,
+                            ));
                         }
                     }
-                    other => {
-                        return Err(fail(format!(
-                            "{at}.{other} is not supported; a model entry takes model: and parameters:"
-                        )))
-                    }
+                    other => return Err(fail(format!(
+                        "{at}.{other} is not supported; a model entry takes model: and parameters:"
+                    ))),
                 }
             }
             let model = model.ok_or_else(|| fail(format!("{at} has no model:")))?;
             // mergekit lists the base among the models too; that entry is the base.
-            if base_used && base_model.as_deref().is_some_and(|b| same_path(Path::new(b), &model)) {
+            if base_used
+                && base_model
+                    .as_deref()
+                    .is_some_and(|b| same_path(Path::new(b), &model))
+            {
                 continue;
             }
             paths.push(model);
@@ -209,7 +228,9 @@ impl Recipe {
         settings.check(method, u64::MAX).map_err(fail)?;
         if method.name() == "linear" {
             for m in 0..paths.len() {
-                if !settings.models[m].contains_key("weight") && !settings.global.contains_key("weight") {
+                if !settings.models[m].contains_key("weight")
+                    && !settings.global.contains_key("weight")
+                {
                     return Err(fail(format!(
                         "models[{m}] has no parameters.weight (and there is no default parameters.weight)"
                     )));
@@ -370,7 +391,10 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
             .map(|(i, item)| {
                 let at = format!("{at}[{i}]");
                 let map = item.as_mapping().ok_or_else(|| {
-                    format!("{at} is {}; a list holds numbers (a gradient) or filter/value entries", show(item))
+                    format!(
+                        "{at} is {}; a list holds numbers (a gradient) or filter/value entries",
+                        show(item)
+                    )
                 })?;
                 let mut filter = None;
                 let mut value = None;
@@ -379,23 +403,34 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
                         "filter" => match &map["filter"] {
                             Value::String(s) => filter = Some(s.clone()),
                             Value::Null => {}
-                            other => return Err(format!("{at}.filter is {}, not a string", show(other))),
+                            other => {
+                                return Err(format!("{at}.filter is {}, not a string", show(other)))
+                            }
                         },
                         "value" => {
                             let v = setting(&map["value"], &format!("{at}.value"))?;
                             if matches!(v, Setting::Conditional(_)) {
-                                return Err(format!("{at}.value nests filters; give a number or a list of numbers"));
+                                return Err(format!(
+                                    "{at}.value nests filters; give a number or a list of numbers"
+                                ));
                             }
                             value = Some(v);
                         }
-                        other => return Err(format!("{at}.{other} is not supported; an entry takes filter: and value:")),
+                        other => {
+                            return Err(format!(
+                                "{at}.{other} is not supported; an entry takes filter: and value:"
+                            ))
+                        }
                     }
                 }
                 Ok((filter, value.ok_or_else(|| format!("{at} has no value:"))?))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map(Setting::Conditional),
-        other => Err(format!("{at} is {}, not a number, true/false or a list", show(other))),
+        other => Err(format!(
+            "{at} is {}, not a number, true/false or a list",
+            show(other)
+        )),
     }
 }
 
@@ -507,29 +542,48 @@ mod tests {
         assert!(err(base).contains("no merge_method"));
         assert!(err("merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: -1}}]\n").contains("sum to 0"));
         assert!(err("merge_method: linear\nmerge_method: linear\nmodels: []\n").contains("YAML"));
-        let two = "models: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n";
+        let two =
+            "models: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n";
         assert!(err(&format!("merge_method: ties\n{two}")).contains("needs a base_model"));
-        assert!(err(&format!("merge_method: ties\nbase_model: b\n{two}parameters: {{density: 0}}\n"))
-            .contains("parameters.density is 0, outside (0, 1]"));
-        assert!(err(&format!("merge_method: ties\nbase_model: b\n{two}parameters: {{density: 1.5}}\n"))
-            .contains("outside (0, 1]"));
+        assert!(err(&format!(
+            "merge_method: ties\nbase_model: b\n{two}parameters: {{density: 0}}\n"
+        ))
+        .contains("parameters.density is 0, outside (0, 1]"));
+        assert!(err(&format!(
+            "merge_method: ties\nbase_model: b\n{two}parameters: {{density: 1.5}}\n"
+        ))
+        .contains("outside (0, 1]"));
         let bare = "models: [{model: x}, {model: y}]\n";
-        assert!(err(&format!("merge_method: slerp\nbase_model: b\n{bare}parameters: {{t: 0.5}}\n"))
-            .contains("exactly two models"));
-        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{two}parameters: {{t: 0.5}}\n"))
-            .contains("models[1].parameters.weight is not a parameter of slerp"));
-        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: [0, 1.5]}}\n"))
-            .contains("parameters.t is 1.5, outside [0, 1]"));
-        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: -0.1}}\n"))
-            .contains("outside [0, 1]"));
-        assert!(err("merge_method: model_stock\nbase_model: b\nmodels: [{model: x}]\n")
-            .contains("at least two fine-tunes"));
+        assert!(err(&format!(
+            "merge_method: slerp\nbase_model: b\n{bare}parameters: {{t: 0.5}}\n"
+        ))
+        .contains("exactly two models"));
+        assert!(err(&format!(
+            "merge_method: slerp\nbase_model: x\n{two}parameters: {{t: 0.5}}\n"
+        ))
+        .contains("models[1].parameters.weight is not a parameter of slerp"));
+        assert!(err(&format!(
+            "merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: [0, 1.5]}}\n"
+        ))
+        .contains("parameters.t is 1.5, outside [0, 1]"));
+        assert!(err(&format!(
+            "merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: -0.1}}\n"
+        ))
+        .contains("outside [0, 1]"));
+        assert!(
+            err("merge_method: model_stock\nbase_model: b\nmodels: [{model: x}]\n")
+                .contains("at least two fine-tunes")
+        );
         assert!(err(&format!("merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: 0.5}}\ntokenizer_source: union\n"))
             .contains("key 'tokenizer_source'"));
-        assert!(err(&format!("merge_method: ties\nbase_model: b\n{two}random_seed: -1\n"))
-            .contains("random_seed"));
-        assert!(err(&format!("merge_method: ties\nbase_model: b\n{two}parameters: {{weight: [{{filter: a}}]}}\n"))
-            .contains("has no value"));
+        assert!(err(&format!(
+            "merge_method: ties\nbase_model: b\n{two}random_seed: -1\n"
+        ))
+        .contains("random_seed"));
+        assert!(err(&format!(
+            "merge_method: ties\nbase_model: b\n{two}parameters: {{weight: [{{filter: a}}]}}\n"
+        ))
+        .contains("has no value"));
         assert!(err(&format!("merge_method: slerp\nbase_model: x\nmodels: [{{model: x}}, {{model: y, parameters: {{t: 0.5}}}}]\n"))
             .contains("one value for the merge"));
     }

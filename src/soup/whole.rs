@@ -9,7 +9,9 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::kernel::{self, Input, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS};
+use super::kernel::{
+    self, Input, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS,
+};
 use super::method::{sparsify, Combination, Gram, Grouping, TaskVectors, Work};
 use super::plan::{Plan, TensorPlan, Whole};
 
@@ -108,7 +110,15 @@ pub fn chunk<'s>(
                 Grouping::Rows(len) => kernel::Groups::Rows(*len as usize),
                 Grouping::Columns(stride) => kernel::Groups::Columns(*stride as usize),
             };
-            kernel::average_rows(&terms, &rows, groups, range, tensor.dtype, whole.wide, scratch)
+            kernel::average_rows(
+                &terms,
+                &rows,
+                groups,
+                range,
+                tensor.dtype,
+                whole.wide,
+                scratch,
+            )
         }
         (Prepared::Trims(trims), Work::TaskVectors(tv)) => {
             let base = inputs[tv.models.len()];
@@ -143,7 +153,12 @@ struct Values {
 
 /// The values of `vectors` (combinations of `inputs`) at elements `range`, in f64, into
 /// `buf.vectors`, reusing its allocations.
-fn vector_values(inputs: &[Input<'_>], vectors: &[Combination], range: Range<usize>, buf: &mut Values) {
+fn vector_values(
+    inputs: &[Input<'_>],
+    vectors: &[Combination],
+    range: Range<usize>,
+    buf: &mut Values,
+) {
     let len = range.len();
     buf.decoded.resize_with(inputs.len(), Vec::new);
     let mut needed = vec![false; inputs.len()];
@@ -155,7 +170,12 @@ fn vector_values(inputs: &[Input<'_>], vectors: &[Combination], range: Range<usi
     for (i, d) in buf.decoded.iter_mut().enumerate() {
         if needed[i] {
             d.resize(len, 0.0);
-            kernel::load_range(inputs[i].dtype, inputs[i].data, range.clone(), &mut d[..len]);
+            kernel::load_range(
+                inputs[i].dtype,
+                inputs[i].data,
+                range.clone(),
+                &mut d[..len],
+            );
         }
     }
     buf.vectors.resize_with(vectors.len(), Vec::new);
@@ -282,7 +302,12 @@ fn trims<A: Real>(
                 kernel::load_range(x.dtype, x.data, range.clone(), out);
                 for (t, out) in out.chunks_mut(TILE).enumerate() {
                     let start = range.start + t * TILE;
-                    kernel::load_range(base.dtype, base.data, start..start + out.len(), &mut b[..out.len()]);
+                    kernel::load_range(
+                        base.dtype,
+                        base.data,
+                        start..start + out.len(),
+                        &mut b[..out.len()],
+                    );
                     for (o, b) in out.iter_mut().zip(&b) {
                         *o = *o - *b;
                     }

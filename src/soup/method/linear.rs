@@ -60,7 +60,11 @@ impl Method for Linear {
             1.0
         };
         Ok(Work::Linear(
-            weights.iter().enumerate().map(|(m, w)| (m, w / div)).collect(),
+            weights
+                .iter()
+                .enumerate()
+                .map(|(m, w)| (m, w / div))
+                .collect(),
         ))
     }
 }

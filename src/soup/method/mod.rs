@@ -438,7 +438,12 @@ mod tests {
             assert!(std::ptr::addr_eq(*m, find(m.name()).unwrap()));
             let mut seen = std::collections::BTreeSet::new();
             for p in m.params() {
-                assert!(seen.insert(p.name), "{} declares {} twice", m.name(), p.name);
+                assert!(
+                    seen.insert(p.name),
+                    "{} declares {} twice",
+                    m.name(),
+                    p.name
+                );
                 if let Some(d) = p.default {
                     p.kind.check(d).unwrap();
                 }
@@ -453,10 +458,7 @@ mod tests {
             vectors: 3,
             values: vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
         };
-        assert_eq!(
-            [g.dot(0, 0), g.dot(0, 1), g.dot(0, 2)],
-            [0.0, 1.0, 2.0]
-        );
+        assert_eq!([g.dot(0, 0), g.dot(0, 1), g.dot(0, 2)], [0.0, 1.0, 2.0]);
         assert_eq!([g.dot(1, 1), g.dot(2, 1), g.dot(2, 2)], [3.0, 4.0, 5.0]);
     }
 

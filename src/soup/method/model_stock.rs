@@ -1,8 +1,6 @@
 //! `model_stock`: the base pulled toward the fine-tunes' average by their angle.
 
-use super::{
-    BaseUse, Gram, Grouping, Kind, Method, Param, Scope, TensorInfo, TensorParams, Work,
-};
+use super::{BaseUse, Gram, Grouping, Kind, Method, Param, Scope, TensorInfo, TensorParams, Work};
 
 /// Model Stock: with the task vectors `o_i = x_i - base` of `N >= 2` fine-tunes and `cos` the
 /// mean over pairs of `<o_i, o_j> / max(|o_i| |o_j|, 1e-6)` (each clamped to [-1, 1]),

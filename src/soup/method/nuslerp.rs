@@ -1,8 +1,6 @@
 //! `nuslerp`: weighted spherical interpolation, of the models or of their task vectors.
 
-use super::{
-    BaseUse, Gram, Grouping, Kind, Method, Param, Scope, TensorInfo, TensorParams, Work,
-};
+use super::{BaseUse, Gram, Grouping, Kind, Method, Param, Scope, TensorInfo, TensorParams, Work};
 
 /// SLERP of two models at `t = w_1 / (w_0 + w_1)` (0.5 when the weights sum to almost 0).
 /// With a base model it interpolates the task vectors `x_i - base` and adds the base back.

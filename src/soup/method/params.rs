@@ -345,7 +345,10 @@ mod tests {
             (Some("self_attn".into()), Setting::Value(0.1)),
             (Some("mlp".into()), Setting::Gradient(vec![0.0, 1.0])),
         ]);
-        assert_eq!(c.evaluate("model.layers.0.self_attn.q.weight", 0.5), Some(0.1));
+        assert_eq!(
+            c.evaluate("model.layers.0.self_attn.q.weight", 0.5),
+            Some(0.1)
+        );
         assert_eq!(c.evaluate("model.layers.0.mlp.up.weight", 0.5), Some(0.5));
         assert_eq!(c.evaluate("model.norm.weight", 0.5), None);
         let star = Setting::Conditional(vec![(Some("*".into()), Setting::Value(2.0))]);

@@ -214,7 +214,8 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> T
             let (low, high) = if spec.method == Sparsify::Magnitude {
                 // The `kept` largest, equal magnitudes ranked by descending index so the lower
                 // indices count as larger.
-                let low = (n - kept < n).then(|| Boundary::at(&keys, &mut scratch, n - kept, false));
+                let low =
+                    (n - kept < n).then(|| Boundary::at(&keys, &mut scratch, n - kept, false));
                 (low, None)
             } else {
                 let mut top = (spec.gamma * n as f64) as usize;
@@ -301,7 +302,12 @@ fn set_bits(bits: &mut [u64], len: usize, mut keep: impl FnMut(usize) -> bool) {
 
 /// Adds the L1 norms of a chunk before and after its trim to `sums`: eight f64 lanes summed in
 /// a fixed order, so the loop vectorises and the result doesn't depend on threads.
-fn add_l1<A: Real>(magnitude: impl Fn(usize) -> A, len: usize, bits: &[u64], sums: &mut (f64, f64)) {
+fn add_l1<A: Real>(
+    magnitude: impl Fn(usize) -> A,
+    len: usize,
+    bits: &[u64],
+    sums: &mut (f64, f64),
+) {
     let mut before = [0f64; 8];
     let mut after = [0f64; 8];
     for j in 0..len {
@@ -353,10 +359,9 @@ fn row_ranks<K: Ord + Copy + Send + Sync>(keys: &[K], shape: &[u64]) -> Vec<(u32
         return ranks;
     }
     let block = len * inner;
-    ranks
-        .par_chunks_mut(block)
-        .enumerate()
-        .for_each_init(Vec::new, |row: &mut Vec<(K, u32)>, (a, out)| {
+    ranks.par_chunks_mut(block).enumerate().for_each_init(
+        Vec::new,
+        |row: &mut Vec<(K, u32)>, (a, out)| {
             for c in 0..inner {
                 row.clear();
                 row.extend((0..len).map(|b| (keys[a * block + b * inner + c], b as u32)));
@@ -365,7 +370,8 @@ fn row_ranks<K: Ord + Copy + Send + Sync>(keys: &[K], shape: &[u64]) -> Vec<(u32
                     out[b as usize * inner + c].0 = rank as u32;
                 }
             }
-        });
+        },
+    );
     let _ = outer;
     ranks
 }
@@ -391,7 +397,12 @@ mod tests {
 
     #[test]
     fn magnitude_keeps_the_largest_and_breaks_ties_by_index() {
-        let kept = trim_of(Sparsify::Magnitude, &[1.0, -3.0, 2.0, -2.0, 2.0, 0.5], 0.5, 0.0);
+        let kept = trim_of(
+            Sparsify::Magnitude,
+            &[1.0, -3.0, 2.0, -2.0, 2.0, 0.5],
+            0.5,
+            0.0,
+        );
         assert_eq!(kept, [false, true, true, true, false, false]);
         let all = trim_of(Sparsify::Magnitude, &[0.0; 5], 0.4, 0.0);
         assert_eq!(all, [true, true, false, false, false]);
@@ -400,9 +411,14 @@ mod tests {
     #[test]
     fn outliers_drop_both_ends() {
         // 10 elements, density 0.6 keeps 6, gamma 0.2 drops the 2 largest and the 2 smallest.
-        let v: Vec<f64> = (0..10).map(|i| i as f64 * if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let v: Vec<f64> = (0..10)
+            .map(|i| i as f64 * if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
         let kept = trim_of(Sparsify::MagnitudeOutliers, &v, 0.6, 0.2);
-        assert_eq!(kept, [false, false, true, true, true, true, true, true, false, false]);
+        assert_eq!(
+            kept,
+            [false, false, true, true, true, true, true, true, false, false]
+        );
         // gamma above 1 - density is cut down to keep the density.
         let kept = trim_of(Sparsify::MagnitudeOutliers, &v, 0.6, 0.9);
         assert_eq!(kept.iter().filter(|k| **k).count(), 6);
@@ -426,7 +442,9 @@ mod tests {
         assert_ne!(s, random_stream(2, "a.weight", 0));
         assert_ne!(s, random_stream(1, "b.weight", 0));
         assert_ne!(s, random_stream(1, "a.weight", 1));
-        assert!((0..1000).map(|i| uniform(s, i)).all(|u| (0.0..1.0).contains(&u)));
+        assert!((0..1000)
+            .map(|i| uniform(s, i))
+            .all(|u| (0.0..1.0).contains(&u)));
     }
 
     #[test]
@@ -434,9 +452,15 @@ mod tests {
         let keys = [5u32, 1, 3, 2, 2, 9];
         // [2, 3]: rows [5 1 3] and [2 2 9].
         let r = row_ranks(&keys, &[2, 3]);
-        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), [2, 0, 1, 0, 1, 2]);
+        assert_eq!(
+            r.iter().map(|x| x.0).collect::<Vec<_>>(),
+            [2, 0, 1, 0, 1, 2]
+        );
         // [1, 3, 2]: rows along dim 1 are (5, 3, 2) and (1, 2, 9).
         let r = row_ranks(&keys, &[1, 3, 2]);
-        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), [2, 0, 1, 1, 0, 2]);
+        assert_eq!(
+            r.iter().map(|x| x.0).collect::<Vec<_>>(),
+            [2, 0, 1, 1, 0, 2]
+        );
     }
 }
