@@ -196,9 +196,11 @@ impl Recipe {
                             ));
                         }
                     }
-                    other => return Err(fail(format!(
+                    other => {
+                        return Err(fail(format!(
                         "{at}.{other} is not supported; a model entry takes model: and parameters:"
-                    ))),
+                    )))
+                    }
                 }
             }
             let model = model.ok_or_else(|| fail(format!("{at} has no model:")))?;
@@ -336,7 +338,7 @@ impl Recipe {
             Some(Setting::Value(v)) => Some(*v),
             _ => None,
         };
-        if self.settings.global.get("normalize").is_some()
+        if self.settings.global.contains_key("normalize")
             && scalar(self.settings.global.get("normalize")).is_none()
         {
             return None;
@@ -584,7 +586,7 @@ mod tests {
             "merge_method: ties\nbase_model: b\n{two}parameters: {{weight: [{{filter: a}}]}}\n"
         ))
         .contains("has no value"));
-        assert!(err(&format!("merge_method: slerp\nbase_model: x\nmodels: [{{model: x}}, {{model: y, parameters: {{t: 0.5}}}}]\n"))
+        assert!(err("merge_method: slerp\nbase_model: x\nmodels: [{model: x}, {model: y, parameters: {t: 0.5}}]\n")
             .contains("one value for the merge"));
     }
 }

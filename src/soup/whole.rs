@@ -54,7 +54,7 @@ pub fn prepare(plan: &Plan, tensor: &TensorPlan, whole: &Whole) -> Prepared {
             let grams = grams(&inputs, vectors, *grouping, n);
             Prepared::Combinations {
                 grouping: *grouping,
-                combinations: grams.iter().map(|g| finish(g)).collect(),
+                combinations: grams.iter().map(finish).collect(),
             }
         }
         Work::TaskVectors(tv) => {
@@ -237,7 +237,7 @@ fn grams(inputs: &[Input<'_>], vectors: &[Combination], grouping: Grouping, n: u
         }
         Grouping::Rows(len) => {
             let len = len as usize;
-            let rows = if len == 0 { 0 } else { n / len };
+            let rows = n.checked_div(len).unwrap_or(0);
             let per_block = (CHUNK_ELEMENTS / len.max(1)).max(1);
             let blocks: Vec<Vec<Gram>> = (0..rows.div_ceil(per_block))
                 .into_par_iter()
@@ -258,7 +258,7 @@ fn grams(inputs: &[Input<'_>], vectors: &[Combination], grouping: Grouping, n: u
         }
         Grouping::Columns(stride) => {
             let stride = stride as usize;
-            let rows = if stride == 0 { 0 } else { n / stride };
+            let rows = n.checked_div(stride).unwrap_or(0);
             const WIDTH: usize = 4096;
             let blocks: Vec<Vec<Gram>> = (0..stride.div_ceil(WIDTH))
                 .into_par_iter()
