@@ -12,7 +12,7 @@
 #
 # Environment: SOUP_MERGE (default target/release/soup-merge), PYTHON (numpy; default python3),
 # MERGEKIT_VENV (default /work/bench-venv; skipped when it has no mergekit-yaml), MERGEKIT=0 to
-# skip mergekit, REPEAT, METHODS (a space-separated subset).
+# skip mergekit, SOUP=0 to time mergekit only, REPEAT, METHODS (a space-separated subset).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -89,7 +89,8 @@ echo "|---|---|---|---|---|---|---|"
 linear_s=
 for m in $methods; do
     times=() rss=0
-    for _ in $(seq "$repeat"); do
+    (( ${SOUP:-1} )) || times=(0)
+    for _ in $( (( ${SOUP:-1} )) && seq "$repeat"); do
         # shellcheck disable=SC2046
         read -r s r < <(timed "$bin" --method "$m" $(args "$m") -o "$out/soup.safetensors" -f -q)
         times+=("$s")
@@ -98,13 +99,13 @@ for m in $methods; do
     rm -f "$out/soup.safetensors"
     s=$(printf '%s\n' "${times[@]}" | median)
     [[ $m == linear ]] && linear_s=$s
-    ratio=$(awk -v a="$s" -v b="$linear_s" 'BEGIN {printf "%.2f", a / b}')
+    ratio=$(awk -v a="$s" -v b="${linear_s:-0}" 'BEGIN {if (b > 0) printf "%.2f", a / b; else printf "-"}')
     mk_s=- mk_rss=- speedup=-
     if (( mergekit )); then
         recipe "$m" > "$out/recipe.yml"
         read -r mk_s mk_rss < <(HF_HUB_OFFLINE=1 timed "$mkvenv/bin/mergekit-yaml" "$out/recipe.yml" "$out/mergekit" --no-copy-tokenizer --quiet --allow-crimes)
         rm -rf "$out/mergekit"
-        speedup=$(awk -v a="$mk_s" -v b="$s" 'BEGIN {printf "%.1f", a / b}')
+        speedup=$(awk -v a="$mk_s" -v b="$s" 'BEGIN {if (b > 0) printf "%.1f", a / b; else printf "-"}')
     fi
     echo "| $m | $s | $ratio | $rss | $mk_s | $mk_rss | $speedup |"
 done

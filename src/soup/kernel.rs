@@ -73,7 +73,7 @@ pub trait Real:
 {
     /// `|x|` as an unsigned integer that orders like `|x|`, NaN above infinity: the bits with
     /// the sign cleared. Thresholds select on these.
-    type Key: Ord + Copy + Default + Send + Sync + std::fmt::Debug;
+    type Key: RankKey + Default + Send + Sync + std::fmt::Debug;
     const ZERO: Self;
     const ONE: Self;
     fn magnitude(self) -> Self::Key;
@@ -83,6 +83,34 @@ pub trait Real:
     fn to_f64(self) -> f64;
     /// This precision's buffers in `scratch`, and its output buffer.
     fn buffers(scratch: &mut Scratch) -> (&mut Buffers<Self>, &mut Vec<u64>);
+}
+
+/// A magnitude key packed with an index into one integer, so that ranking a row is a sort of
+/// plain integers (by key, then index).
+pub trait RankKey: Ord + Copy {
+    type Packed: Ord + Copy + Send;
+    fn pack(self, index: u32) -> Self::Packed;
+    fn index(packed: Self::Packed) -> u32;
+}
+
+impl RankKey for u32 {
+    type Packed = u64;
+    fn pack(self, index: u32) -> u64 {
+        (self as u64) << 32 | index as u64
+    }
+    fn index(packed: u64) -> u32 {
+        packed as u32
+    }
+}
+
+impl RankKey for u64 {
+    type Packed = u128;
+    fn pack(self, index: u32) -> u128 {
+        (self as u128) << 32 | index as u128
+    }
+    fn index(packed: u128) -> u32 {
+        packed as u32
+    }
 }
 
 impl Real for f32 {

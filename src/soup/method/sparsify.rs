@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::soup::kernel::{Real, CHUNK_ELEMENTS};
+use crate::soup::kernel::{RankKey, Real, CHUNK_ELEMENTS};
 
 /// How a task vector is trimmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,12 +261,12 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> T
         }
         Sparsify::DellaMagprune => {
             let keys = keys();
-            let ranks = row_ranks(&keys, spec.shape);
+            let (ranks, len) = row_ranks(&keys, spec.shape);
             let (low, width) = (spec.density - spec.epsilon, 2.0 * spec.epsilon);
             mask_pass(&mut keep, n, |range, bits, sums| {
                 let ranks = &ranks[range.clone()];
                 set_bits(bits, range.len(), |j| {
-                    let (rank, len) = ranks[j];
+                    let rank = ranks[j];
                     let p = if len > 1 {
                         low + (rank as f64 / (len - 1) as f64) * width
                     } else {
@@ -344,36 +344,36 @@ fn mask_pass(
 }
 
 /// Each element's rank by magnitude within its row along dimension 1 (ascending, equal
-/// magnitudes by index), and the row's length.
-fn row_ranks<K: Ord + Copy + Send + Sync>(keys: &[K], shape: &[u64]) -> Vec<(u32, u32)> {
+/// magnitudes by index), and the rows' length.
+fn row_ranks<K: RankKey + Send + Sync>(keys: &[K], shape: &[u64]) -> (Vec<u32>, usize) {
     let n = keys.len();
-    let (outer, len, inner) = if shape.len() < 2 {
-        (1, n, 1)
+    let (len, inner) = if shape.len() < 2 {
+        (n, 1)
     } else {
-        let len = shape[1] as usize;
-        let inner: usize = shape[2..].iter().product::<u64>() as usize;
-        (shape[0] as usize, len, inner)
+        (
+            shape[1] as usize,
+            shape[2..].iter().product::<u64>() as usize,
+        )
     };
-    let mut ranks = vec![(0u32, len as u32); n];
+    let mut ranks = vec![0u32; n];
     if n == 0 {
-        return ranks;
+        return (ranks, len);
     }
     let block = len * inner;
     ranks.par_chunks_mut(block).enumerate().for_each_init(
         Vec::new,
-        |row: &mut Vec<(K, u32)>, (a, out)| {
+        |row: &mut Vec<K::Packed>, (a, out)| {
             for c in 0..inner {
                 row.clear();
-                row.extend((0..len).map(|b| (keys[a * block + b * inner + c], b as u32)));
+                row.extend((0..len).map(|b| keys[a * block + b * inner + c].pack(b as u32)));
                 row.sort_unstable();
-                for (rank, &(_, b)) in row.iter().enumerate() {
-                    out[b as usize * inner + c].0 = rank as u32;
+                for (rank, &p) in row.iter().enumerate() {
+                    out[K::index(p) as usize * inner + c] = rank as u32;
                 }
             }
         },
     );
-    let _ = outer;
-    ranks
+    (ranks, len)
 }
 
 #[cfg(test)]
@@ -451,16 +451,8 @@ mod tests {
     fn della_ranks_run_along_dimension_one() {
         let keys = [5u32, 1, 3, 2, 2, 9];
         // [2, 3]: rows [5 1 3] and [2 2 9].
-        let r = row_ranks(&keys, &[2, 3]);
-        assert_eq!(
-            r.iter().map(|x| x.0).collect::<Vec<_>>(),
-            [2, 0, 1, 0, 1, 2]
-        );
+        assert_eq!(row_ranks(&keys, &[2, 3]), (vec![2, 0, 1, 0, 1, 2], 3));
         // [1, 3, 2]: rows along dim 1 are (5, 3, 2) and (1, 2, 9).
-        let r = row_ranks(&keys, &[1, 3, 2]);
-        assert_eq!(
-            r.iter().map(|x| x.0).collect::<Vec<_>>(),
-            [2, 0, 1, 1, 0, 2]
-        );
+        assert_eq!(row_ranks(&keys, &[1, 3, 2]), (vec![2, 0, 1, 1, 0, 2], 3));
     }
 }
