@@ -2,6 +2,9 @@
 directories; reports per method how many tensors are bit-identical and the largest difference in
 units in the last place of the output dtype.
 
+Two measures: ulps at each value (blown up where terms cancel near zero, since mergekit sums
+in float32 and soup-merge in float64 for float32 outputs) and ulps at the tensor's largest value.
+
 Usage: mergekit_methods_check.py SOUP_MERGE MERGEKIT_YAML WORKDIR [--dtype float32|bfloat16]
 
 Needs numpy and safetensors (mergekit's venv has both). DARE and DELLA are left out: their drops
@@ -16,6 +19,8 @@ import sys
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+
+bf16 = False
 
 METHODS = {
     "linear": ("", "  - {model: %(ft1)s, parameters: {weight: 0.6}}\n  - {model: %(ft2)s, parameters: {weight: 0.4}}\n", ["%(ft1)s", "%(ft2)s", "-w", "0.6,0.4", "--normalize"]),
@@ -66,14 +71,13 @@ def load_dir(d):
 
 
 def ulps(a, b):
-    """Distance in units in the last place of the arrays' dtype (f32 or bf16 stored as f32)."""
-    if a.dtype == np.float32:
-        ia, ib = a.view(np.int32).astype(np.int64), b.view(np.int32).astype(np.int64)
-    else:
-        ia, ib = a.astype(np.float32).view(np.int32).astype(np.int64) >> 16, b.astype(np.float32).view(np.int32).astype(np.int64) >> 16
-    ia = np.where(ia < 0, -(ia & 0x7FFFFFFF), ia)
-    ib = np.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
-    return int(np.max(np.abs(ia - ib))) if ia.size else 0
+    """The largest difference in units in the last place of the output dtype at the larger of
+    the two values (so a difference next to zero is not blown up by the tiny spacing there)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    mag = np.maximum(np.abs(a), np.abs(b)).astype(np.float32)
+    step = np.spacing(mag).astype(np.float64) * (65536.0 if bf16 else 1.0)
+    step = np.maximum(step, np.finfo(np.float32).tiny)
+    return float(np.max(np.abs(a - b) / step)) if a.size else 0.0
 
 
 def main():
@@ -83,6 +87,8 @@ def main():
     ap.add_argument("work")
     ap.add_argument("--dtype", default="float32")
     a = ap.parse_args()
+    global bf16
+    bf16 = a.dtype == "bfloat16"
     rng = np.random.default_rng(0)
     paths = {k: os.path.join(a.work, k) for k in ("base", "ft1", "ft2", "ft3")}
     base = model(paths["base"], rng)
@@ -101,12 +107,14 @@ def main():
         x, y = load_dir(ours), load_dir(theirs)
         same = sum(1 for n in x if n in y and x[n].tobytes() == y[n].tobytes())
         worst = max((ulps(x[n], y[n]) for n in x if n in y), default=0)
+        scale = max((float(np.max(np.abs(x[n].astype(np.float64) - y[n])) / (np.spacing(np.float32(np.max(np.abs(x[n])))) * (65536.0 if bf16 else 1.0)))
+                     for n in x if n in y and x[n].size), default=0)
         missing = sorted(set(x) ^ set(y))
-        rows.append((method, len(x), same, worst, missing))
-    print(f"| method | tensors | bit-identical | max ulp ({a.dtype}) |")
-    print("|---|---|---|---|")
-    for method, n, same, worst, missing in rows:
-        print(f"| {method} | {n} | {same} | {worst} |" + (f" names differ: {missing[:3]}" if missing else ""))
+        rows.append((method, len(x), same, worst, scale, missing))
+    print(f"| method | tensors | bit-identical | max ulp at the value ({a.dtype}) | max ulp at the tensor's largest value |")
+    print("|---|---|---|---|---|")
+    for method, n, same, worst, scale, missing in rows:
+        print(f"| {method} | {n} | {same} | {worst:.0f} | {scale:.2f} |" + (f" names differ: {missing[:3]}" if missing else ""))
 
 
 if __name__ == "__main__":
