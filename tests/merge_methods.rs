@@ -142,7 +142,6 @@ fn every_method_matches_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
     for dtype in [D::F32, D::BF16, D::F16] {
         let (base, fts) = family(tmp.path(), dtype, 3);
-        let w3 = r#"{"models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#;
         let weights = ["-w", "0.5,0.3,0.2"];
         let with = |extra: &[&'static str]| -> Vec<&'static str> {
             weights
@@ -164,7 +163,6 @@ fn every_method_matches_the_reference() {
             ("model_stock", vec![], "{}".into()),
             ("model_stock", vec!["--param", "filter_wise=true"], r#"{"parameters": {"filter_wise": true}}"#.into()),
         ];
-        let _ = w3;
         for (method, flags, params) in &cases {
             check(Case {
                 method,
@@ -473,7 +471,6 @@ fn invalid_parameters_are_clear_errors() {
     let (base, fts) = family(tmp.path(), D::F32, 3);
     let out = tmp.path().join("never.safetensors");
     let (a, b, c) = (&fts[0], &fts[1], &fts[2]);
-    let m = |s: &'static str| s;
     refused(
         &[
             &"--method",
@@ -684,7 +681,6 @@ fn invalid_parameters_are_clear_errors() {
         &out,
         "exactly one model",
     );
-    let _ = m;
     // A per-layer list longer than the model's 3 layers, and a recipe's errors.
     let recipe = |name: &str, text: String| {
         let p = tmp.path().join(name);
