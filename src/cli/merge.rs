@@ -425,7 +425,13 @@ fn flag_merge(args: &Args) -> anyhow::Result<Merge> {
         .collect();
     let mut settings = Settings::new(models.len());
     let declares = |name: &str| method.params().iter().any(|p| p.name == name);
-    if let Some(w) = &args.weights {
+    let linear = method.name() == "linear";
+    // A linear merge's weights are checked (and normalized) as they always were.
+    let linear_weights = if linear { Some(weights(args)?) } else { None };
+    if let Some(w) = args.weights.as_ref().filter(|_| !linear) {
+        if let Some(bad) = w.iter().find(|x| !x.is_finite()) {
+            bail!("--weights value {bad} is not finite; give finite numbers");
+        }
         if w.len() != models.len() {
             bail!(
                 "--weights has {} values for {} models{}; give one weight per model",
@@ -444,14 +450,14 @@ fn flag_merge(args: &Args) -> anyhow::Result<Merge> {
         for (m, x) in w.iter().enumerate() {
             settings.set_model(m, "weight", Setting::Value(*x), "--weights");
         }
-    } else if declares("weight") && method.name() != "linear" {
+    } else if declares("weight") && !linear {
         settings.set_global(
             "weight",
             Setting::Value(1.0),
             "--weights (1 each by default)",
         );
     }
-    if args.normalize && method.name() != "linear" {
+    if args.normalize && !linear {
         settings.set_global("normalize", Setting::Value(1.0), "--normalize");
     }
     let flags = [
@@ -485,10 +491,10 @@ fn flag_merge(args: &Args) -> anyhow::Result<Merge> {
         .check(method, u64::MAX)
         .map_err(|e| anyhow::anyhow!("--method {}: {e}", method.name()))?;
     let seed = args.seed.unwrap_or(0);
-    if method.name() == "linear" {
+    if let Some(weights) = linear_weights {
         return Ok(Merge {
             inputs: args.inputs.clone(),
-            weights: weights(args)?,
+            weights,
             dtype: args.dtype.map(Dtype::from),
             recipe: None,
             method,
