@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::arch::{self, Architecture};
+use model_soup::format::Checkpoint;
+
+use super::arch;
 use super::device::DeviceSpec;
 use super::ensemble::Mode;
 use super::evaluator::Evaluator;
@@ -63,8 +65,13 @@ pub struct Common {
     #[arg(required = true, value_name = "CHECKPOINT")]
     pub inputs: Vec<PathBuf>,
 
-    #[arg(long, value_name = "NAME", help = arch::help())]
+    #[arg(long, value_name = "NAME", default_value = "auto", help = arch::help())]
     pub arch: String,
+
+    /// A setting the checkpoint's shapes don't reveal, such as a ViT's number of heads
+    /// (repeatable; which keys a family takes is in the error for an unknown one).
+    #[arg(long = "arch-option", value_name = "KEY=VALUE")]
+    pub arch_options: Vec<String>,
 
     /// Validation split: ranks and chooses ingredients.
     #[arg(long, value_name = "PATH")]
@@ -259,11 +266,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 
 /// Validates the common flags (before any file is read) and opens the session.
 fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
-    let arch: &'static dyn Architecture =
-        arch::lookup(&c.arch).ok_or_else(|| super::Error::UnknownArch {
-            name: c.arch.clone(),
-            known: arch::names(),
-        })?;
+    let selection = arch::Selection::parse(&c.arch)?;
+    let options = arch::Options::parse(&c.arch_options)?;
     let device: DeviceSpec = c.device.parse()?;
     if c.batch_size == 0 {
         bail!("--batch-size must be at least 1");
@@ -284,6 +288,10 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     if c.val.is_none() && c.test.is_none() {
         bail!("no dataset; pass --val PATH and/or --test PATH");
     }
+    // The first checkpoint configures the architecture; every ingredient is then checked
+    // against that configuration.
+    let first = c.inputs.first().context("no checkpoints given")?;
+    let arch = selection.configure(&Checkpoint::open(first)?, &options)?;
     let mut evaluator = Evaluator::new(arch, device.open()?, c.batch_size);
     evaluator.progress = progress_bar(c.quiet);
     Ok(Session::open(
@@ -320,7 +328,7 @@ fn check_output(path: Option<&Path>, force: bool, flag: &str) -> anyhow::Result<
 fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Report {
     session.evaluator().progress.finish_and_clear();
     let mut report = Report {
-        arch: session.arch().name().to_string(),
+        arch: session.arch().describe(),
         val_data: c.val.clone(),
         test_data: c.test.clone(),
         ingredients: Vec::new(),

@@ -46,16 +46,11 @@ impl Dataset {
             )));
         }
         let shape: Vec<usize> = inputs.info.shape.iter().map(|&d| d as usize).collect();
-        let expected = arch.input_shape();
-        if shape.len() != expected.len() + 1 || shape[1..] != expected[..] {
+        let expected = arch.input();
+        if shape.is_empty() || !expected.accepts(&shape[1..]) {
             return Err(bad(format!(
-                "'inputs' has shape {shape:?}; --arch {} expects [N, {}]",
-                arch.name(),
-                expected
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "'inputs' has shape {shape:?}; {} expects {expected}",
+                arch.describe(),
             )));
         }
         let n = shape[0];
@@ -79,8 +74,8 @@ impl Dataset {
                     .filter(|&l| l < classes)
                     .ok_or_else(|| {
                         bad(format!(
-                            "label {label} of input {i} is out of range; --arch {} has classes 0..{}",
-                            arch.name(),
+                            "label {label} of input {i} is out of range; {} has classes 0..{}",
+                            arch.describe(),
                             classes - 1
                         ))
                     })
@@ -89,7 +84,7 @@ impl Dataset {
         Ok(Dataset {
             path: path.to_path_buf(),
             inputs: values,
-            sample_shape: expected,
+            sample_shape: shape[1..].to_vec(),
             labels,
         })
     }

@@ -1,5 +1,7 @@
 //! Running a model over a dataset in batches: logits and scores.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 
@@ -12,7 +14,7 @@ use super::weights::Weights;
 /// Evaluates weights of one architecture on one device, `batch_size` examples at a time.
 pub struct Evaluator {
     /// The model family.
-    pub arch: &'static dyn Architecture,
+    pub arch: Arc<dyn Architecture>,
     /// Where models run.
     pub device: Device,
     /// Examples per forward pass.
@@ -23,7 +25,7 @@ pub struct Evaluator {
 
 impl Evaluator {
     /// An evaluator with a hidden progress bar.
-    pub fn new(arch: &'static dyn Architecture, device: Device, batch_size: usize) -> Evaluator {
+    pub fn new(arch: Arc<dyn Architecture>, device: Device, batch_size: usize) -> Evaluator {
         Evaluator {
             arch,
             device,
@@ -38,7 +40,7 @@ impl Evaluator {
         let model = self
             .arch
             .build(vb)
-            .context(|| format!("cannot build --arch {}", self.arch.name()))?;
+            .context(|| format!("cannot build {}", self.arch.describe()))?;
         let per = data.sample_len();
         self.progress.inc_length(data.len() as u64);
         let mut out = Vec::with_capacity(data.len() * self.arch.num_classes());
@@ -53,8 +55,8 @@ impl Evaluator {
             };
             out.extend(run().context(|| {
                 format!(
-                    "forward pass of --arch {} on {} failed",
-                    self.arch.name(),
+                    "forward pass of {} on {} failed",
+                    self.arch.describe(),
                     data.path.display()
                 )
             })?);

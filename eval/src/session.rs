@@ -52,7 +52,7 @@ impl Session {
         if ingredients.is_empty() {
             return Err(Error::NoIngredients);
         }
-        let arch = evaluator.arch;
+        let arch = &*evaluator.arch;
         let mut pool = Vec::with_capacity(ingredients.len());
         for path in ingredients {
             let checkpoint = Checkpoint::open(path)?;
@@ -73,8 +73,8 @@ impl Session {
     }
 
     /// The architecture models are built as.
-    pub fn arch(&self) -> &'static dyn Architecture {
-        self.evaluator.arch
+    pub fn arch(&self) -> &dyn Architecture {
+        &*self.evaluator.arch
     }
 
     /// The evaluator, for its progress bar.

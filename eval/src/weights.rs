@@ -75,42 +75,60 @@ fn shape_of(shape: &[u64]) -> Vec<usize> {
 }
 
 /// Checks, from the header alone, that `checkpoint` has every tensor `arch` needs with the
-/// right shape and a float dtype. Integer buffers are optional but, when present, must fit too.
+/// right shape and a float dtype, and no tensor `arch` doesn't know. Integer buffers are
+/// optional but, when present, must fit too.
 pub fn check_fits(checkpoint: &Checkpoint, arch: &dyn Architecture) -> Result<()> {
-    for spec in arch.tensors() {
-        let bad = |reason: String| Error::Arch {
-            path: checkpoint.path().to_path_buf(),
-            tensor: spec.name.clone(),
-            arch: arch.name(),
-            reason,
-        };
+    let specs = arch.tensors();
+    let bad = |tensor: &str, reason: String| Error::Arch {
+        path: checkpoint.path().to_path_buf(),
+        tensor: tensor.to_string(),
+        arch: arch.describe(),
+        reason,
+    };
+    for spec in &specs {
         let Some(t) = checkpoint.tensor(&spec.name) else {
             if spec.kind == TensorKind::Float {
-                return Err(bad("is missing".into()));
+                return Err(bad(&spec.name, "is missing".into()));
             }
             continue;
         };
         let shape = shape_of(&t.info.shape);
         if shape != spec.shape {
-            return Err(bad(format!(
-                "has shape {shape:?}, but {} expects {:?}",
-                arch.name(),
-                spec.shape
-            )));
+            return Err(bad(
+                &spec.name,
+                format!(
+                    "has shape {shape:?}, but {} expects {:?}",
+                    arch.describe(),
+                    spec.shape
+                ),
+            ));
         }
         let float = t.info.dtype.is_averaged();
         if spec.kind == TensorKind::Float && !float {
-            return Err(bad(format!(
-                "is {}, but it must be a float tensor (F32, F16, BF16 or F64)",
-                t.info.dtype
-            )));
+            return Err(bad(
+                &spec.name,
+                format!(
+                    "is {}, but it must be a float tensor (F32, F16, BF16 or F64)",
+                    t.info.dtype
+                ),
+            ));
         }
         if spec.kind == TensorKind::Buffer && float {
-            return Err(bad(format!(
-                "is {}, but it is an integer buffer",
-                t.info.dtype
-            )));
+            return Err(bad(
+                &spec.name,
+                format!("is {}, but it is an integer buffer", t.info.dtype),
+            ));
         }
+    }
+    let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    if let Some(extra) = checkpoint.tensors().find(|t| !known.contains(t.name())) {
+        return Err(bad(
+            extra.name(),
+            format!(
+                "is not part of {}; was the checkpoint saved from another model, or with a wrapper's prefix?",
+                arch.describe()
+            ),
+        ));
     }
     Ok(())
 }

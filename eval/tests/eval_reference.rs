@@ -32,8 +32,8 @@ fn test_split() -> PathBuf {
 /// candle's logits for the first IMAGES test inputs of the uniform soup of `models`, merged by
 /// the core as soup-eval does (a single model is used as is).
 fn candle_logits(models: &[&str]) -> Vec<f32> {
-    let arch = arch::lookup("digits-cnn").unwrap();
-    let full = Dataset::open(&test_split(), arch).unwrap();
+    let arch = arch::digits_cnn::arch();
+    let full = Dataset::open(&test_split(), &*arch).unwrap();
     let data = Dataset {
         path: full.path.clone(),
         inputs: full.inputs[..IMAGES * full.sample_len()].to_vec(),
@@ -57,7 +57,7 @@ fn candle_logits(models: &[&str]) -> Vec<f32> {
         let (soup, _) = soup::to_memory(&plan, RunOptions::default()).unwrap();
         Weights::from_soup(&soup)
     };
-    let evaluator = Evaluator::new(arch, candle_core::Device::Cpu, 7);
+    let evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 7);
     evaluator.logits(&weights, &data).unwrap()
 }
 
