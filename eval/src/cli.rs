@@ -14,13 +14,19 @@ use super::arch;
 use super::device::DeviceSpec;
 use super::ensemble::Mode;
 use super::evaluator::Evaluator;
+use super::images::LoadOptions;
 use super::plot;
 use super::report::Report;
 use super::session::{Session, Split};
+use super::transform::Transform;
 
 const AFTER_HELP: &str = "\
 Data: a dataset is a .safetensors file with 'inputs' (float [N, ...], the shape --arch expects)
-and 'labels' (I64 [N]). --val ranks and chooses ingredients; --test is only reported.
+and 'labels' (I64 [N]); or images: a folder ROOT/<class>/<image> (classes sorted by name, as
+torchvision's ImageFolder), or a .csv (path,label) or .jsonl ({\"path\", \"label\"}) list, labels
+being class indices or class names. Images are decoded (JPEG, PNG) and transformed as
+torchvision's evaluation preset (see the Images flags). --val ranks and chooses ingredients;
+--test is only reported.
 
 Soups are merged by the same code as soup-merge: uniform weights 1/k, the first ingredient's
 dtype, summed in input order. The greedy soup written with -o is byte-identical to
@@ -94,6 +100,9 @@ pub struct Common {
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
 
+    #[command(flatten)]
+    pub images: ImageArgs,
+
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -101,6 +110,92 @@ pub struct Common {
     /// No progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// How image datasets (folders, CSV/JSONL lists) are decoded and transformed: torchvision's
+/// evaluation transform by default.
+#[derive(Debug, ClapArgs)]
+pub struct ImageArgs {
+    /// Resize images so the short side is N pixels (bilinear, antialiased, as PIL), or `none`.
+    #[arg(long, default_value = "256", value_name = "N|none", help_heading = "Images")]
+    pub resize: String,
+
+    /// Center-crop to N x N pixels, or `none` (then every image must have one size).
+    #[arg(long, default_value = "224", value_name = "N|none", help_heading = "Images")]
+    pub crop: String,
+
+    /// Channel means to subtract after scaling to [0, 1] (ImageNet's by default).
+    #[arg(long, default_value = "0.485,0.456,0.406", value_name = "R,G,B", help_heading = "Images")]
+    pub mean: String,
+
+    /// Channel standard deviations to divide by (ImageNet's by default).
+    #[arg(long, default_value = "0.229,0.224,0.225", value_name = "R,G,B", help_heading = "Images")]
+    pub std: String,
+
+    /// Keep values in [0, 1]: no mean or std.
+    #[arg(long, help_heading = "Images")]
+    pub no_normalize: bool,
+
+    /// Hold a split's preprocessed inputs in memory up to this size (e.g. 4GiB); a larger
+    /// split is written to a cache file once and read back batch by batch.
+    #[arg(long, default_value = "4GiB", value_name = "SIZE", help_heading = "Images")]
+    pub data_memory: String,
+
+    /// Folder for the cache files of large splits (default: the system's temporary folder).
+    #[arg(long, value_name = "DIR", help_heading = "Images")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Skip images that cannot be decoded, with a warning counting them, instead of stopping.
+    #[arg(long, help_heading = "Images")]
+    pub skip_bad_images: bool,
+}
+
+impl ImageArgs {
+    /// The validated load options.
+    pub fn options(&self) -> anyhow::Result<LoadOptions> {
+        let size = |flag: &str, text: &str| -> anyhow::Result<Option<usize>> {
+            if text == "none" {
+                return Ok(None);
+            }
+            match text.parse::<usize>() {
+                Ok(n) if n > 0 && n <= 1 << 15 => Ok(Some(n)),
+                _ => bail!("{flag} '{text}' must be a size in pixels (1 to 32768) or none"),
+            }
+        };
+        let triple = |flag: &str, text: &str| -> anyhow::Result<[f32; 3]> {
+            let values: Vec<f32> = text
+                .split(',')
+                .map(|v| v.trim().parse::<f32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("{flag} '{text}' must be three numbers: R,G,B"))?;
+            match values[..] {
+                [r, g, b] if values.iter().all(|v| v.is_finite()) => Ok([r, g, b]),
+                _ => bail!("{flag} '{text}' must be three finite numbers: R,G,B"),
+            }
+        };
+        let std = triple("--std", &self.std)?;
+        if std.iter().any(|&s| s <= 0.0) {
+            bail!("--std '{}' must be positive", self.std);
+        }
+        let normalize = (!self.no_normalize).then_some((triple("--mean", &self.mean)?, std));
+        let memory_limit = model_soup::soup::parse_size(&self.data_memory)
+            .map_err(|e| anyhow::anyhow!("--data-memory: {e}"))?;
+        if let Some(dir) = &self.cache_dir {
+            if !dir.is_dir() {
+                bail!("--cache-dir {} is not a folder", dir.display());
+            }
+        }
+        Ok(LoadOptions {
+            transform: Transform {
+                resize: size("--resize", &self.resize)?,
+                crop: size("--crop", &self.crop)?,
+                normalize,
+            },
+            memory_limit,
+            cache_dir: self.cache_dir.clone(),
+            skip_bad_images: self.skip_bad_images,
+        })
+    }
 }
 
 /// Flags of `greedy`.
@@ -269,6 +364,7 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     let selection = arch::Selection::parse(&c.arch)?;
     let options = arch::Options::parse(&c.arch_options)?;
     let device: DeviceSpec = c.device.parse()?;
+    let images = c.images.options()?;
     if c.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -294,11 +390,12 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     let arch = selection.configure(&Checkpoint::open(first)?, &options)?;
     let mut evaluator = Evaluator::new(arch, device.open()?, c.batch_size);
     evaluator.progress = progress_bar(c.quiet);
-    Ok(Session::open(
+    Ok(Session::open_with(
         evaluator,
         &c.inputs,
         c.val.as_deref(),
         c.test.as_deref(),
+        &images,
     )?)
 }
 

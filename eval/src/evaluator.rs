@@ -41,16 +41,15 @@ impl Evaluator {
             .arch
             .build(vb)
             .context(|| format!("cannot build {}", self.arch.describe()))?;
-        let per = data.sample_len();
         self.progress.inc_length(data.len() as u64);
         let mut out = Vec::with_capacity(data.len() * self.arch.num_classes());
         for start in (0..data.len()).step_by(self.batch_size) {
             let end = (start + self.batch_size).min(data.len());
             let mut shape = vec![end - start];
             shape.extend(&data.sample_shape);
+            let inputs = data.batch(start, end)?;
             let run = || -> candle_core::Result<Vec<f32>> {
-                let x =
-                    Tensor::from_slice(&data.inputs[start * per..end * per], shape, &self.device)?;
+                let x = Tensor::from_slice(&inputs, shape, &self.device)?;
                 model.logits(&x)?.flatten_all()?.to_vec1::<f32>()
             };
             out.extend(run().context(|| {

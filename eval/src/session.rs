@@ -13,6 +13,7 @@ use super::ensemble::{self, Mode};
 use super::error::{Error, Result};
 use super::evaluator::Evaluator;
 use super::greedy::{self, Candidates, Trial};
+use super::images::LoadOptions;
 use super::report::{Ensemble, Greedy, Kind, Row};
 use super::score::Score;
 use super::weights::{check_fits, RunningSum, Weights};
@@ -49,6 +50,18 @@ impl Session {
         val: Option<&Path>,
         test: Option<&Path>,
     ) -> Result<Session> {
+        Session::open_with(evaluator, ingredients, val, test, &LoadOptions::default())
+    }
+
+    /// [`Session::open`] with how image datasets are decoded and held. Each split is
+    /// decoded and transformed once, here, and reused by every evaluation of the run.
+    pub fn open_with(
+        evaluator: Evaluator,
+        ingredients: &[PathBuf],
+        val: Option<&Path>,
+        test: Option<&Path>,
+        images: &LoadOptions,
+    ) -> Result<Session> {
         if ingredients.is_empty() {
             return Err(Error::NoIngredients);
         }
@@ -59,8 +72,39 @@ impl Session {
             check_fits(&checkpoint, arch)?;
             pool.push(Some(checkpoint));
         }
-        let val = val.map(|p| Dataset::open(p, arch)).transpose()?;
-        let test = test.map(|p| Dataset::open(p, arch)).transpose()?;
+        let val = val
+            .map(|p| Dataset::open_with(p, arch, images))
+            .transpose()?;
+        let test = test
+            .map(|p| Dataset::open_with(p, arch, images))
+            .transpose()?;
+        if let (Some(v), Some(t)) = (&val, &test) {
+            if let (Some(a), Some(b)) = (&v.classes, &t.classes) {
+                if a != b {
+                    let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+                    return Err(Error::Dataset {
+                        path: t.path.clone(),
+                        reason: format!(
+                            "its classes differ from --val {}'s: class {first} is {:?} here and {:?} there; both splits need the same class names",
+                            v.path.display(),
+                            b.get(first).map_or("absent", String::as_str),
+                            a.get(first).map_or("absent", String::as_str),
+                        ),
+                    });
+                }
+            }
+        }
+        let mut warnings = Vec::new();
+        for data in val.iter().chain(&test) {
+            if let Some((path, reason)) = data.skipped.first() {
+                warnings.push(format!(
+                    "{}: skipped {} image(s) that could not be decoded (--skip-bad-images); first: {}: {reason}",
+                    data.path.display(),
+                    data.skipped.len(),
+                    path.display()
+                ));
+            }
+        }
         Ok(Session {
             evaluator,
             paths: ingredients.to_vec(),
@@ -68,7 +112,7 @@ impl Session {
             pool,
             val,
             test,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 

@@ -34,12 +34,12 @@ fn test_split() -> PathBuf {
 fn candle_logits(models: &[&str]) -> Vec<f32> {
     let arch = arch::digits_cnn::arch();
     let full = Dataset::open(&test_split(), &*arch).unwrap();
-    let data = Dataset {
-        path: full.path.clone(),
-        inputs: full.inputs[..IMAGES * full.sample_len()].to_vec(),
-        sample_shape: full.sample_shape.clone(),
-        labels: full.labels[..IMAGES].to_vec(),
-    };
+    let data = Dataset::in_memory(
+        full.path.clone(),
+        full.batch(0, IMAGES).unwrap().into_owned(),
+        full.sample_shape.clone(),
+        full.labels[..IMAGES].to_vec(),
+    );
     let checkpoints: Vec<Checkpoint> = models
         .iter()
         .map(|m| Checkpoint::open(&fixture(&format!("models/{m}"))).unwrap())

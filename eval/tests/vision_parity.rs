@@ -76,12 +76,7 @@ fn logits(case: &str, arch: &str) -> (String, Vec<f32>, Vec<f32>) {
     check_fits(&weights, &*model).unwrap_or_else(|e| panic!("{case}: {e}"));
     let (shape, inputs) = read_f32(&io, "inputs");
     let (_, expected) = read_f32(&io, "logits");
-    let data = Dataset {
-        path: vision(case),
-        inputs,
-        sample_shape: shape[1..].to_vec(),
-        labels: vec![0; shape[0]],
-    };
+    let data = Dataset::in_memory(vision(case), inputs, shape[1..].to_vec(), vec![0; shape[0]]);
     let evaluator = Evaluator::new(model.clone(), candle_core::Device::Cpu, 2);
     let got = evaluator
         .logits(&Weights::from_checkpoint(&weights), &data)
