@@ -117,19 +117,39 @@ pub struct Common {
 #[derive(Debug, ClapArgs)]
 pub struct ImageArgs {
     /// Resize images so the short side is N pixels (bilinear, antialiased, as PIL), or `none`.
-    #[arg(long, default_value = "256", value_name = "N|none", help_heading = "Images")]
+    #[arg(
+        long,
+        default_value = "256",
+        value_name = "N|none",
+        help_heading = "Images"
+    )]
     pub resize: String,
 
     /// Center-crop to N x N pixels, or `none` (then every image must have one size).
-    #[arg(long, default_value = "224", value_name = "N|none", help_heading = "Images")]
+    #[arg(
+        long,
+        default_value = "224",
+        value_name = "N|none",
+        help_heading = "Images"
+    )]
     pub crop: String,
 
     /// Channel means to subtract after scaling to [0, 1] (ImageNet's by default).
-    #[arg(long, default_value = "0.485,0.456,0.406", value_name = "R,G,B", help_heading = "Images")]
+    #[arg(
+        long,
+        default_value = "0.485,0.456,0.406",
+        value_name = "R,G,B",
+        help_heading = "Images"
+    )]
     pub mean: String,
 
     /// Channel standard deviations to divide by (ImageNet's by default).
-    #[arg(long, default_value = "0.229,0.224,0.225", value_name = "R,G,B", help_heading = "Images")]
+    #[arg(
+        long,
+        default_value = "0.229,0.224,0.225",
+        value_name = "R,G,B",
+        help_heading = "Images"
+    )]
     pub std: String,
 
     /// Keep values in [0, 1]: no mean or std.
@@ -138,7 +158,12 @@ pub struct ImageArgs {
 
     /// Hold a split's preprocessed inputs in memory up to this size (e.g. 4GiB); a larger
     /// split is written to a cache file once and read back batch by batch.
-    #[arg(long, default_value = "4GiB", value_name = "SIZE", help_heading = "Images")]
+    #[arg(
+        long,
+        default_value = "4GiB",
+        value_name = "SIZE",
+        help_heading = "Images"
+    )]
     pub data_memory: String,
 
     /// Folder for the cache files of large splits (default: the system's temporary folder).

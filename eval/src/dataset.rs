@@ -84,7 +84,11 @@ impl Dataset {
 
     /// Loads `path` (any [`Format`]) and checks it against `arch`: input shape, labels in
     /// `0..num_classes`, and, for named classes, as many classes as the model's head.
-    pub fn open_with(path: &Path, arch: &dyn Architecture, options: &LoadOptions) -> Result<Dataset> {
+    pub fn open_with(
+        path: &Path,
+        arch: &dyn Architecture,
+        options: &LoadOptions,
+    ) -> Result<Dataset> {
         let data = match Format::of(path) {
             Format::Tensors => Dataset::open_tensors(path)?,
             Format::ImageFolder | Format::Csv | Format::Jsonl => {
@@ -112,18 +116,23 @@ impl Dataset {
         };
         let expected = arch.input();
         if !expected.accepts(&self.sample_shape) {
-            let hint = match (Format::of(&self.path), expected.size) {
-                (Format::Tensors, _) => String::new(),
-                (_, Some([h, _])) => format!("; pass --crop {h}"),
-                (_, None) => String::new(),
+            let dims: Vec<String> = self.sample_shape.iter().map(|d| d.to_string()).collect();
+            let what = match (Format::of(&self.path), expected.size) {
+                (Format::Tensors, _) => {
+                    format!("'inputs' has shape [{}, {}]", self.len(), dims.join(", "))
+                }
+                (_, size) => format!(
+                    "the transformed images have shape [N, {}]{}",
+                    dims.join(", "),
+                    match size {
+                        Some([h, w]) if h == w && expected.channels == 3 =>
+                            format!(" (pass --crop {h})"),
+                        _ => String::new(),
+                    }
+                ),
             };
             return Err(bad(format!(
-                "inputs have shape [N, {}]; {} expects {expected}{hint}",
-                self.sample_shape
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                "{what}; {} expects {expected}",
                 arch.describe(),
             )));
         }

@@ -75,7 +75,10 @@ fn list_folder(root: &Path) -> Result<ImageList> {
         let entry = entry.map_err(|e| io(root, e))?;
         if entry.path().is_dir() {
             let name = entry.file_name().into_string().map_err(|n| {
-                bad(root, format!("class folder {n:?} is not valid UTF-8; rename it"))
+                bad(
+                    root,
+                    format!("class folder {n:?} is not valid UTF-8; rename it"),
+                )
             })?;
             classes.push(name);
         }
@@ -179,9 +182,8 @@ fn labelled(list: &Path, base: &Path, rows: Vec<Row>) -> Result<ImageList> {
         .iter()
         .map(|r| {
             let label = match (&r.label, &classes) {
-                (Label::Index(i), _) => usize::try_from(*i).map_err(|_| {
-                    bad(list, format!("line {}: label {i} is too large", r.line))
-                })?,
+                (Label::Index(i), _) => usize::try_from(*i)
+                    .map_err(|_| bad(list, format!("line {}: label {i} is too large", r.line)))?,
                 (Label::Name(n), Some(c)) => c.binary_search(n).expect("listed"),
                 (Label::Name(_), None) => unreachable!("names give classes"),
             };
@@ -212,9 +214,8 @@ fn parse_csv(file: &Path, text: &str) -> Result<Vec<Row>> {
         if line.trim().is_empty() {
             continue;
         }
-        let fields = split_csv(line).ok_or_else(|| {
-            bad(file, format!("line {}: unbalanced quotes", i + 1))
-        })?;
+        let fields = split_csv(line)
+            .ok_or_else(|| bad(file, format!("line {}: unbalanced quotes", i + 1)))?;
         if fields.len() != 2 {
             return Err(bad(
                 file,
@@ -290,8 +291,8 @@ fn parse_jsonl(file: &Path, text: &str) -> Result<Vec<Row>> {
             continue;
         }
         let at = |reason: &str| bad(file, format!("line {}: {reason}", i + 1));
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| at(&format!("not JSON ({e})")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| at(&format!("not JSON ({e})")))?;
         let path = value
             .get("path")
             .and_then(|p| p.as_str())
@@ -299,7 +300,9 @@ fn parse_jsonl(file: &Path, text: &str) -> Result<Vec<Row>> {
             .ok_or_else(|| at("needs a \"path\" string"))?;
         let label = match value.get("label") {
             Some(serde_json::Value::Number(n)) => {
-                Label::Index(n.as_u64().ok_or_else(|| at("\"label\" must be a non-negative integer or a class name"))?)
+                Label::Index(n.as_u64().ok_or_else(|| {
+                    at("\"label\" must be a non-negative integer or a class name")
+                })?)
             }
             Some(serde_json::Value::String(s)) if !s.is_empty() => label_of(s),
             _ => return Err(at("needs a \"label\": a class index or a class name")),
@@ -448,19 +451,20 @@ pub fn load(list: &ImageList, options: &LoadOptions) -> Result<Loaded> {
             })
             .collect();
         for ((path, label), result) in round.iter().zip(decoded) {
-            let (s, values) = match result {
-                Ok(v) => v,
-                Err(reason) if options.skip_bad_images => {
-                    skipped.push((path.clone(), reason));
-                    continue;
-                }
-                Err(reason) => {
-                    return Err(bad(
+            let (s, values) =
+                match result {
+                    Ok(v) => v,
+                    Err(reason) if options.skip_bad_images => {
+                        skipped.push((path.clone(), reason));
+                        continue;
+                    }
+                    Err(reason) => return Err(bad(
                         path,
-                        format!("{reason}; pass --skip-bad-images to skip such images with a warning"),
-                    ))
-                }
-            };
+                        format!(
+                            "{reason}; pass --skip-bad-images to skip such images with a warning"
+                        ),
+                    )),
+                };
             match &shape {
                 None => {
                     let bytes = (list.entries.len() as u64)
@@ -560,7 +564,10 @@ mod tests {
     fn csv_lines_split_with_quotes() {
         assert_eq!(split_csv("a.png,3").unwrap(), ["a.png", "3"]);
         assert_eq!(split_csv("\"a,b.png\",cat").unwrap(), ["a,b.png", "cat"]);
-        assert_eq!(split_csv("\"say \"\"hi\"\".png\",1").unwrap(), ["say \"hi\".png", "1"]);
+        assert_eq!(
+            split_csv("\"say \"\"hi\"\".png\",1").unwrap(),
+            ["say \"hi\".png", "1"]
+        );
         assert!(split_csv("\"open,1").is_none());
     }
 
@@ -569,13 +576,19 @@ mod tests {
         let p = Path::new("list.csv");
         let rows = parse_csv(p, "path,label\nx.png,dog\ny.png,cat\nz.png,dog\n").unwrap();
         let list = labelled(p, Path::new("/data"), rows).unwrap();
-        assert_eq!(list.classes.as_deref(), Some(&["cat".to_string(), "dog".to_string()][..]));
+        assert_eq!(
+            list.classes.as_deref(),
+            Some(&["cat".to_string(), "dog".to_string()][..])
+        );
         let labels: Vec<usize> = list.entries.iter().map(|e| e.1).collect();
         assert_eq!(labels, [1, 0, 1]);
         assert_eq!(list.entries[0].0, Path::new("/data/x.png"));
         let rows = parse_csv(p, "x.png,dog\ny.png,3\n").unwrap();
         let err = labelled(p, Path::new("."), rows).err().unwrap().to_string();
-        assert!(err.contains("line 2") && err.contains("one kind of label"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("one kind of label"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -583,7 +596,12 @@ mod tests {
         let p = Path::new("list.jsonl");
         let rows = parse_jsonl(p, "{\"path\": \"a.png\", \"label\": 2}\n\n").unwrap();
         assert_eq!(rows.len(), 1);
-        for bad_line in ["{\"label\": 2}", "{\"path\": \"a.png\"}", "{\"path\": \"a.png\", \"label\": -1}", "nope"] {
+        for bad_line in [
+            "{\"label\": 2}",
+            "{\"path\": \"a.png\"}",
+            "{\"path\": \"a.png\", \"label\": -1}",
+            "nope",
+        ] {
             let err = parse_jsonl(p, bad_line).err().unwrap().to_string();
             assert!(err.contains("line 1"), "{bad_line}: {err}");
         }

@@ -81,7 +81,11 @@ impl Session {
         if let (Some(v), Some(t)) = (&val, &test) {
             if let (Some(a), Some(b)) = (&v.classes, &t.classes) {
                 if a != b {
-                    let first = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+                    let first = a
+                        .iter()
+                        .zip(b)
+                        .position(|(x, y)| x != y)
+                        .unwrap_or(a.len().min(b.len()));
                     return Err(Error::Dataset {
                         path: t.path.clone(),
                         reason: format!(

@@ -124,7 +124,7 @@ fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<i32>)> {
     let scale = input as f64 / output as f64;
     let filter_scale = scale.max(1.0);
     let support = filter_scale; // the triangle filter's support (1) stretched when shrinking
-    // PIL multiplies by the reciprocal; dividing instead can change a weight's last bit.
+                                // PIL multiplies by the reciprocal; dividing instead can change a weight's last bit.
     let inverse = 1.0 / filter_scale;
     (0..output)
         .map(|o| {
@@ -230,7 +230,10 @@ mod tests {
         for (input, output) in [(640, 341), (100, 256), (7, 3), (3, 7)] {
             for (first, w) in coefficients(input, output) {
                 let sum: i64 = w.iter().map(|&x| x as i64).sum();
-                assert!((sum - (1 << PRECISION_BITS)).abs() <= w.len() as i64, "{input}->{output}");
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= w.len() as i64,
+                    "{input}->{output}"
+                );
                 assert!(first + w.len() <= input);
             }
         }

@@ -29,7 +29,10 @@ const LEVEL: f32 = 1.0 / 255.0 / 0.224;
 /// Ours and torchvision's inputs, [photos, 3, 224, 224] each.
 fn both() -> (Vec<f32>, Vec<f32>) {
     let list = ImageList {
-        entries: PHOTOS.iter().map(|p| (vision(&format!("photos/{p}")), 0)).collect(),
+        entries: PHOTOS
+            .iter()
+            .map(|p| (vision(&format!("photos/{p}")), 0))
+            .collect(),
         classes: None,
     };
     let loaded = load(&list, &LoadOptions::default()).unwrap();
@@ -71,7 +74,10 @@ fn our_transform_matches_torchvisions_on_real_photographs() {
             assert!(max <= 1e-6, "{photo}: max difference {max}");
         } else {
             assert!(max <= 8.0 * LEVEL, "{photo}: max difference {max}");
-            assert!(mean <= 0.5 * LEVEL as f64, "{photo}: mean difference {mean}");
+            assert!(
+                mean <= 0.5 * LEVEL as f64,
+                "{photo}: mean difference {mean}"
+            );
         }
     }
 }
@@ -97,4 +103,32 @@ fn a_fixture_model_predicts_the_same_class_from_both() {
         let (ra, rb) = (&a[i * classes..][..classes], &b[i * classes..][..classes]);
         assert_eq!(argmax(ra), argmax(rb), "{photo}: {ra:?} vs {rb:?}");
     }
+}
+
+#[test]
+fn the_disk_cache_holds_the_same_inputs() {
+    let list = ImageList {
+        entries: PHOTOS
+            .iter()
+            .map(|p| (vision(&format!("photos/{p}")), 0))
+            .collect(),
+        classes: None,
+    };
+    let memory = load(&list, &LoadOptions::default()).unwrap();
+    let options = LoadOptions {
+        memory_limit: 1,
+        ..LoadOptions::default()
+    };
+    let cached = load(&list, &options).unwrap();
+    let (soup_eval::images::Samples::Memory(values), soup_eval::images::Samples::Cache(file)) =
+        (&memory.samples, &cached.samples)
+    else {
+        panic!("one split in memory, the other in a cache file");
+    };
+    let per = 3 * 224 * 224;
+    assert_eq!(file.read(per, 2 * per).unwrap(), values[per..3 * per]);
+    assert!(
+        file.read(3 * per, 2 * per).is_err(),
+        "reading past the end must fail"
+    );
 }
