@@ -451,20 +451,21 @@ pub fn load(list: &ImageList, options: &LoadOptions) -> Result<Loaded> {
             })
             .collect();
         for ((path, label), result) in round.iter().zip(decoded) {
-            let (s, values) =
-                match result {
-                    Ok(v) => v,
-                    Err(reason) if options.skip_bad_images => {
-                        skipped.push((path.clone(), reason));
-                        continue;
-                    }
-                    Err(reason) => return Err(bad(
+            let (s, values) = match result {
+                Ok(v) => v,
+                Err(reason) if options.skip_bad_images => {
+                    skipped.push((path.clone(), reason));
+                    continue;
+                }
+                Err(reason) => {
+                    return Err(bad(
                         path,
                         format!(
                             "{reason}; pass --skip-bad-images to skip such images with a warning"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             match &shape {
                 None => {
                     let bytes = (list.entries.len() as u64)

@@ -47,6 +47,26 @@ const CASES: &[(&str, &str, &str)] = &[
         "densenet",
         "densenet (growth 6, blocks 1-2-3-1, 12 initial features, bottleneck 12, 10 classes)",
     ),
+    (
+        "vgg",
+        "vgg",
+        "vgg (8 M 16 M 16 16 M, classifier 32-24, 5 classes)",
+    ),
+    (
+        "vgg-bn",
+        "vgg",
+        "vgg_bn (8 8 M 16 M 24 M, classifier 16-16, 6 classes)",
+    ),
+    (
+        "vit",
+        "vit",
+        "vit (patch 8, image 32, 2 layers, width 64, mlp 96, 1 heads, 6 classes)",
+    ),
+    (
+        "vit-heads3-repr",
+        "vit",
+        "vit (patch 6, image 24, 3 layers, width 48, mlp 64, 3 heads, 5 classes)",
+    ),
 ];
 
 fn vision(name: &str) -> PathBuf {
@@ -65,13 +85,23 @@ fn read_f32(file: &Checkpoint, name: &str) -> (Vec<usize>, Vec<f32>) {
     (shape, values)
 }
 
+/// The `--arch-option`s the generator recorded for a case (settings not in the shapes).
+fn options(weights: &Checkpoint) -> Options {
+    let given: Vec<String> = weights
+        .metadata()
+        .get("arch_options")
+        .map(|o| o.split(' ').map(str::to_string).collect())
+        .unwrap_or_default();
+    Options::parse(&given).unwrap()
+}
+
 /// candle's logits and PyTorch's for one case, configured with `--arch arch`.
 fn logits(case: &str, arch: &str) -> (String, Vec<f32>, Vec<f32>) {
     let weights = Checkpoint::open(&vision(&format!("{case}.safetensors"))).unwrap();
     let io = Checkpoint::open(&vision(&format!("{case}.io.safetensors"))).unwrap();
     let model = Selection::parse(arch)
         .unwrap()
-        .configure(&weights, &Options::default())
+        .configure(&weights, &options(&weights))
         .unwrap_or_else(|e| panic!("{case}: {e}"));
     check_fits(&weights, &*model).unwrap_or_else(|e| panic!("{case}: {e}"));
     let (shape, inputs) = read_f32(&io, "inputs");
@@ -123,7 +153,7 @@ fn auto_detects_each_fixture_family() {
         );
         let model = Selection::parse("auto")
             .unwrap()
-            .configure(&weights, &Options::default())
+            .configure(&weights, &options(&weights))
             .unwrap();
         assert_eq!(model.family(), *family, "{case}");
     }
@@ -153,4 +183,33 @@ fn a_standard_variant_name_is_checked_against_the_checkpoint() {
         err.contains("densenet121") && err.contains("growth 8") && err.contains("--arch densenet"),
         "{err}"
     );
+}
+
+#[test]
+fn a_vit_with_other_heads_needs_the_option_and_differs_without_it() {
+    // The shapes can't tell 3 heads of 16 from 1 head of 48 (width / 64 rounds to 0, so 1):
+    // without --arch-option heads=3 the model builds, but computes something else.
+    let weights = Checkpoint::open(&vision("vit-heads3-repr.safetensors")).unwrap();
+    let model = Selection::parse("vit")
+        .unwrap()
+        .configure(&weights, &Options::default())
+        .unwrap();
+    assert!(model.describe().contains("1 heads"), "{}", model.describe());
+    let io = Checkpoint::open(&vision("vit-heads3-repr.io.safetensors")).unwrap();
+    let (shape, inputs) = read_f32(&io, "inputs");
+    let (_, expected) = read_f32(&io, "logits");
+    let data = Dataset::in_memory(vision("x"), inputs, shape[1..].to_vec(), vec![0; shape[0]]);
+    let got = Evaluator::new(model, candle_core::Device::Cpu, 4)
+        .logits(&Weights::from_checkpoint(&weights), &data)
+        .unwrap();
+    let result = std::panic::catch_unwind(|| assert_close("one head", &got, &expected));
+    assert!(result.is_err(), "one head matched PyTorch's three");
+    let bad = Options::parse(&["heads=5".to_string()]).unwrap();
+    let err = Selection::parse("vit")
+        .unwrap()
+        .configure(&weights, &bad)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("heads") && err.contains("48"), "{err}");
 }

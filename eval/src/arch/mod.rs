@@ -39,12 +39,16 @@ pub mod densenet;
 pub mod digits_cnn;
 pub mod layers;
 pub mod resnet;
+pub mod vgg;
+pub mod vit;
 
 /// Every family `--arch` accepts, in the order `--arch auto` tries them.
 pub const FAMILIES: &[&dyn Family] = &[
     &digits_cnn::DigitsCnnFamily,
     &resnet::ResNetFamily,
     &densenet::DenseNetFamily,
+    &vgg::VggFamily,
+    &vit::VitFamily,
 ];
 
 /// A classifier built from one set of weights: maps a batch of inputs to logits [N, classes].
