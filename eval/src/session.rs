@@ -401,8 +401,8 @@ struct SumCandidates<'a> {
     checkpoints: &'a [&'a Checkpoint],
     evaluator: &'a Evaluator,
     val: &'a Dataset,
-    soup: Option<RunningSum>,
-    pending: Option<RunningSum>,
+    soup: Option<RunningSum<'a>>,
+    pending: Option<RunningSum<'a>>,
 }
 
 impl Candidates for SumCandidates<'_> {
