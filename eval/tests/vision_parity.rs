@@ -67,6 +67,11 @@ const CASES: &[(&str, &str, &str)] = &[
         "vit",
         "vit (patch 6, image 24, 3 layers, width 48, mlp 64, 3 heads, 5 classes)",
     ),
+    (
+        "convnext",
+        "convnext",
+        "convnext (widths 16-32-48, depths 1-2-1, 5 classes)",
+    ),
 ];
 
 fn vision(name: &str) -> PathBuf {

@@ -35,6 +35,7 @@ use model_soup::format::Checkpoint;
 
 use crate::error::{Error, Result};
 
+pub mod convnext;
 pub mod densenet;
 pub mod digits_cnn;
 pub mod layers;
@@ -49,6 +50,7 @@ pub const FAMILIES: &[&dyn Family] = &[
     &densenet::DenseNetFamily,
     &vgg::VggFamily,
     &vit::VitFamily,
+    &convnext::ConvNextFamily,
 ];
 
 /// A classifier built from one set of weights: maps a batch of inputs to logits [N, classes].

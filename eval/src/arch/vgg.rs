@@ -326,3 +326,48 @@ impl Classifier for Vgg {
             .apply(&self.fc[2])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(groups: [usize; 5], bn: bool) -> Layout {
+        let per = if bn { 3 } else { 2 };
+        let mut shapes = Vec::new();
+        let (mut i, mut channels) = (0, 3);
+        for (g, &n) in groups.iter().enumerate() {
+            let width = [64, 128, 256, 512, 512][g];
+            for _ in 0..n {
+                shapes.push((format!("features.{i}.weight"), vec![width, channels, 3, 3]));
+                if bn {
+                    shapes.push((format!("features.{}.running_mean", i + 1), vec![width]));
+                }
+                channels = width;
+                i += per;
+            }
+            i += 1;
+        }
+        shapes.push(("classifier.0.weight".into(), vec![4096, 512 * 49]));
+        shapes.push(("classifier.3.weight".into(), vec![4096, 4096]));
+        shapes.push(("classifier.6.weight".into(), vec![3, 4096]));
+        Layout::from_shapes(shapes.iter().map(|(n, s)| (n.as_str(), s.clone())))
+    }
+
+    #[test]
+    fn standard_variants_are_recognised_from_shapes() {
+        for &(name, groups, bn) in VARIANTS {
+            let config = VggConfig::read(&layout(groups, bn)).unwrap();
+            assert_eq!(config.variant().as_deref(), Some(name));
+            assert_eq!(config.num_classes(), 3);
+        }
+    }
+
+    #[test]
+    fn a_gap_that_is_no_pool_is_named() {
+        let mut l = layout([1, 1, 2, 2, 2], false);
+        let w = l.shapes.remove("features.3.weight").unwrap();
+        l.shapes.insert("features.5.weight".into(), w);
+        let err = VggConfig::read(&l).unwrap_err();
+        assert!(err.tensor.starts_with("features."), "{err:?}");
+    }
+}

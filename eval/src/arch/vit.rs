@@ -336,3 +336,52 @@ impl Classifier for Vit {
         x.apply(&self.head)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(patch: usize, layers: usize, width: usize, mlp: usize) -> Layout {
+        let tokens = (224 / patch).pow(2) + 1;
+        let mut shapes = vec![
+            ("conv_proj.weight".to_string(), vec![width, 3, patch, patch]),
+            ("encoder.pos_embedding".into(), vec![1, tokens, width]),
+            (
+                "encoder.layers.encoder_layer_0.mlp.0.weight".into(),
+                vec![mlp, width],
+            ),
+            ("heads.head.weight".into(), vec![10, width]),
+        ];
+        for i in 0..layers {
+            shapes.push((
+                format!("encoder.layers.encoder_layer_{i}.ln_1.weight"),
+                vec![width],
+            ));
+        }
+        Layout::from_shapes(shapes.iter().map(|(n, s)| (n.as_str(), s.clone())))
+    }
+
+    #[test]
+    fn standard_variants_are_recognised_and_heads_follow_the_convention() {
+        for &(name, patch, layers, width, mlp) in VARIANTS {
+            let config =
+                VitConfig::read(&layout(patch, layers, width, mlp), &Options::default()).unwrap();
+            assert_eq!(config.variant().as_deref(), Some(name));
+            assert_eq!(config.heads, width / 64);
+            assert_eq!(config.image, 224);
+        }
+        // Other heads than the convention: a valid model, but not the standard variant.
+        let twelve = Options::parse(&["heads=8".into()]).unwrap();
+        let config = VitConfig::read(&layout(16, 12, 768, 3072), &twelve).unwrap();
+        assert_eq!(config.variant(), None);
+    }
+
+    #[test]
+    fn a_position_embedding_of_no_square_grid_is_refused() {
+        let mut l = layout(16, 2, 64, 128);
+        l.shapes
+            .insert("encoder.pos_embedding".into(), vec![1, 51, 64]);
+        let err = VitConfig::read(&l, &Options::default()).unwrap_err();
+        assert_eq!(err.tensor, "encoder.pos_embedding");
+    }
+}
