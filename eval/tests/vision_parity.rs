@@ -72,6 +72,16 @@ const CASES: &[(&str, &str, &str)] = &[
         "convnext",
         "convnext (widths 16-32-48, depths 1-2-1, 5 classes)",
     ),
+    (
+        "efficientnet",
+        "efficientnet",
+        "efficientnet (stem 8, stages 1x8 1x8 1x16 2x24 2x32 2x48 1x80, head 320, 5 classes)",
+    ),
+    (
+        "efficientnet-3stages-eps",
+        "efficientnet",
+        "efficientnet (stem 8, stages 1x8 2x16 1x24, head 96, 6 classes)",
+    ),
 ];
 
 fn vision(name: &str) -> PathBuf {
@@ -217,4 +227,16 @@ fn a_vit_with_other_heads_needs_the_option_and_differs_without_it() {
         .unwrap()
         .to_string();
     assert!(err.contains("heads") && err.contains("48"), "{err}");
+}
+
+#[test]
+fn an_efficientnet_of_other_stages_needs_its_strides() {
+    let weights = Checkpoint::open(&vision("efficientnet-3stages-eps.safetensors")).unwrap();
+    let err = Selection::parse("efficientnet")
+        .unwrap()
+        .configure(&weights, &Options::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("strides") && err.contains("3 stages"), "{err}");
 }

@@ -38,6 +38,7 @@ use crate::error::{Error, Result};
 pub mod convnext;
 pub mod densenet;
 pub mod digits_cnn;
+pub mod efficientnet;
 pub mod layers;
 pub mod resnet;
 pub mod vgg;
@@ -51,6 +52,7 @@ pub const FAMILIES: &[&dyn Family] = &[
     &vgg::VggFamily,
     &vit::VitFamily,
     &convnext::ConvNextFamily,
+    &efficientnet::EfficientNetFamily,
 ];
 
 /// A classifier built from one set of weights: maps a batch of inputs to logits [N, classes].
@@ -292,6 +294,42 @@ impl Options {
                         format!("is '{v}'; it must be a positive integer"),
                     )
                 })
+            })
+            .transpose()
+    }
+
+    /// The value of `key` as a comma-separated list of positive integers, if given.
+    pub fn list(&self, key: &str) -> std::result::Result<Option<Vec<usize>>, ConfigError> {
+        self.values
+            .get(key)
+            .map(|v| {
+                v.split(',')
+                    .map(|x| x.trim().parse::<usize>().ok().filter(|&n| n > 0))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            format!("--arch-option {key}"),
+                            format!("is '{v}'; it must be positive integers separated by commas"),
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    /// The value of `key` as a positive finite number, if given.
+    pub fn float(&self, key: &str) -> std::result::Result<Option<f64>, ConfigError> {
+        self.values
+            .get(key)
+            .map(|v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x > 0.0)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            format!("--arch-option {key}"),
+                            format!("is '{v}'; it must be a positive number"),
+                        )
+                    })
             })
             .transpose()
     }
