@@ -27,6 +27,9 @@ impl Weights {
             .map(|t| {
                 let mut values = vec![0f32; t.info.elements() as usize];
                 f32::load(t.info.dtype, t.data, &mut values);
+                // The mapped pages count in the process's RSS until released; with k
+                // ingredients read in turn they would add up to k model sizes.
+                checkpoint.release(&t, 0..t.data.len());
                 (t.name().to_string(), (shape_of(&t.info.shape), values))
             })
             .collect();
@@ -213,7 +216,7 @@ impl<'a> RunningSum<'a> {
                     acc.clear();
                     acc.resize(end - start, 0f64);
                     scratch.resize(end - start, 0f64);
-                    for v in &views {
+                    for (m, v) in self.members.iter().zip(&views) {
                         let size = v.info.dtype.size();
                         f64::load(
                             v.info.dtype,
@@ -221,6 +224,8 @@ impl<'a> RunningSum<'a> {
                             &mut scratch,
                         );
                         f64::axpy(&mut acc, 1.0, &scratch);
+                        // Mapped pages count in RSS until released (see from_checkpoint).
+                        m.release(v, start * size..end * size);
                     }
                     mean.extend(acc.iter().map(|x| (x / n) as f32));
                 }

@@ -82,6 +82,16 @@ const CASES: &[(&str, &str, &str)] = &[
         "efficientnet",
         "efficientnet (stem 8, stages 1x8 2x16 1x24, head 96, 6 classes)",
     ),
+    (
+        "mobilenet-v2",
+        "mobilenet_v2",
+        "mobilenet_v2 (stem 8, blocks 8-8-8-8-8-8-16-16-16-16-24-24-24-40-40-40-80, last 1280, 5 classes)",
+    ),
+    (
+        "mobilenet-v2-custom",
+        "mobilenet_v2",
+        "mobilenet_v2 (stem 32, blocks 8-16-16-24, last 1280, 4 classes)",
+    ),
 ];
 
 fn vision(name: &str) -> PathBuf {

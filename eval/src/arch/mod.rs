@@ -40,6 +40,7 @@ pub mod densenet;
 pub mod digits_cnn;
 pub mod efficientnet;
 pub mod layers;
+pub mod mobilenet_v2;
 pub mod resnet;
 pub mod vgg;
 pub mod vit;
@@ -53,6 +54,7 @@ pub const FAMILIES: &[&dyn Family] = &[
     &vit::VitFamily,
     &convnext::ConvNextFamily,
     &efficientnet::EfficientNetFamily,
+    &mobilenet_v2::MobileNetV2Family,
 ];
 
 /// A classifier built from one set of weights: maps a batch of inputs to logits [N, classes].
