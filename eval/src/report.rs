@@ -48,6 +48,7 @@ pub struct Greedy {
     /// Whether a candidate that ties the soup's validation accuracy was kept (`--accept-ties`).
     pub accept_ties: bool,
     /// Where the soup was written (`-o`), if it was.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub output: Option<PathBuf>,
     /// The `soup-merge` command that writes the same file.
     pub merge_command: String,
@@ -68,8 +69,10 @@ pub struct Report {
     /// The `--arch` models were built as.
     pub arch: String,
     /// The validation split (`--val`), if given.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub val_data: Option<PathBuf>,
     /// The test split (`--test`), if given.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub test_data: Option<PathBuf>,
     /// One row per ingredient, in command-line order (empty for `uniform`).
     pub ingredients: Vec<Row>,
@@ -81,7 +84,7 @@ pub struct Report {
     pub ensemble: Option<Ensemble>,
     /// Warnings from the core's merges, such as integer buffers that differ between
     /// ingredients (the first ingredient's are kept).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<model_soup::soup::Warning>,
 }
 
 impl Report {
