@@ -405,6 +405,10 @@ fn force_replaces_only_what_the_tool_could_have_written_and_keeps_its_mode() {
         )
     });
     refused(&o, &["'.git'", "not a model file"]);
+    let o = only_changes(&s, &[], |d| {
+        eval_str(d, &eval_args("greedy", &["-o", "project", "--force"]))
+    });
+    refused(&o, &["'.git'", "not a model file"]);
     // A directory output where a file is.
     let o = only_changes(&s, &[], |d| {
         merge_str(d, &["a.safetensors", "-o", "secret.txt", "--force"])
