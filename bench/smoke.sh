@@ -31,8 +31,10 @@ scratch=$(mktemp -d "${TMPDIR:-/tmp}/soup-bench-smoke.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 
 # The generator: same seed, same bytes; another seed, other bytes; the official parser accepts it.
+n=0
 for seed in 0 0 1; do
-    "$py" "$repo/bench/make_checkpoint.py" "$scratch/gen-$seed-$RANDOM" --gib 0.001 --hidden 32 --vocab 64 \
+    n=$((n + 1))
+    "$py" "$repo/bench/make_checkpoint.py" "$scratch/gen-$n-seed$seed" --gib 0.001 --hidden 32 --vocab 64 \
         --seed "$seed" >/dev/null || fail "make_checkpoint.py exited non-zero"
 done
 gen=("$scratch"/gen-*)
