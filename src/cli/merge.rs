@@ -296,7 +296,7 @@ impl Args {
                     .filter(|x| x.is_finite())
                     .ok_or_else(|| {
                         crate::Error::Usage(format!(
-                            "--param {p}: {v} is not a finite number, true or false"
+                            "--param {p}: {v} is not a number, true or false"
                         ))
                     })?,
             };
