@@ -64,7 +64,7 @@ pub struct Common {
     pub inputs: Vec<PathBuf>,
 
     #[arg(long, value_name = "NAME", help = arch::help())]
-    pub arch: String,
+    pub arch: Option<String>,
 
     /// Validation split: ranks and chooses ingredients.
     #[arg(long, value_name = "PATH")]
@@ -94,6 +94,9 @@ pub struct Common {
     /// No progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub scorer: super::scorer_cli::ScorerFlags,
 }
 
 /// Flags of `greedy`.
@@ -143,21 +146,21 @@ pub struct ReportArgs {
 
 /// Runs `args` and prints the report: the whole of `soup-eval`'s `main`.
 pub fn main(args: Args) -> ExitCode {
-    model_soup::cli::handle_interrupts_then_exit();
-    let json = match &args.command {
-        Command::Score(c) | Command::Uniform(c) => c.json,
-        Command::Greedy(g) => g.common.json,
-        Command::Ensemble(e) => e.common.json,
-        Command::Report(r) => r.greedy.common.json,
+    let common = args.command.common();
+    let json = common.json;
+    let scored_externally = common.scorer.given();
+    let result = if scored_externally {
+        // Scorers are waited for in a loop that sees Ctrl-C, stops them and removes their
+        // candidates: no exit from the handler, which would leave both behind.
+        model_soup::cli::handle_interrupts();
+        super::scorer_cli::run(&args).map(|r| render(&r, json))
+    } else {
+        model_soup::cli::handle_interrupts_then_exit();
+        run(&args).map(|r| render(&r, json))
     };
-    match run(&args) {
-        Ok(report) => {
-            let text = if json {
-                serde_json::to_string_pretty(&report).expect("reports serialise") + "\n"
-            } else {
-                report.table()
-            };
-            for w in &report.warnings {
+    match result {
+        Ok((text, warnings)) => {
+            for w in &warnings {
                 eprintln!("warning: {}", model_soup::cli::one_line(w));
             }
             if let Err(e) = model_soup::cli::print(&text) {
@@ -182,6 +185,28 @@ pub fn main(args: Args) -> ExitCode {
                     )
                 });
             model_soup::cli::fail_as(&err, interrupted)
+        }
+    }
+}
+
+/// The report as text (a table, or JSON) and its warnings.
+fn render<M: super::score::Measure>(report: &Report<M>, json: bool) -> (String, Vec<String>) {
+    let text = if json {
+        serde_json::to_string_pretty(report).expect("reports serialise") + "\n"
+    } else {
+        report.table()
+    };
+    (text, report.warnings.clone())
+}
+
+impl Command {
+    /// The flags every command has.
+    pub fn common(&self) -> &Common {
+        match self {
+            Command::Score(c) | Command::Uniform(c) => c,
+            Command::Greedy(g) => &g.common,
+            Command::Ensemble(e) => &e.common,
+            Command::Report(r) => &r.greedy.common,
         }
     }
 }
@@ -259,9 +284,12 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 
 /// Validates the common flags (before any file is read) and opens the session.
 fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
+    let Some(name) = c.arch.as_deref() else {
+        bail!("this command needs --arch NAME (a built-in model) or --scorer CMD (any command that scores a checkpoint)");
+    };
     let arch: &'static dyn Architecture =
-        arch::lookup(&c.arch).ok_or_else(|| super::Error::UnknownArch {
-            name: c.arch.clone(),
+        arch::lookup(name).ok_or_else(|| super::Error::UnknownArch {
+            name: name.to_string(),
             known: arch::names(),
         })?;
     let device: DeviceSpec = c.device.parse()?;
@@ -295,7 +323,7 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
 }
 
 /// An existing output is refused unless `force`; its folder must exist.
-fn check_output(path: Option<&Path>, force: bool, flag: &str) -> anyhow::Result<()> {
+pub(crate) fn check_output(path: Option<&Path>, force: bool, flag: &str) -> anyhow::Result<()> {
     let Some(path) = path else { return Ok(()) };
     if path.exists() && !force {
         bail!(
@@ -327,6 +355,7 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
         uniform: None,
         greedy: None,
         ensemble: None,
+        scorer: None,
         warnings: session.warnings.clone(),
     };
     fill(&mut report);
