@@ -10,7 +10,7 @@ model directories (model.safetensors, or an index and its shards).
 --positive prints the distance itself (a loss: use soup-eval --minimize); --json prints
 {"results": {"distance": {"score": X}}} after a line of noise.
 Environment: SCORER_SLEEP seconds to sleep first; SCORER_RECORD a file to which
-"$SCORER_TAG $SOUP_CANDIDATE $SOUP_SLOT start|end TIME" lines are appended.
+"$SCORER_TAG $SOUP_CANDIDATE $SOUP_SLOT start|end TIME $SLURM_JOB_ID" lines are appended.
 """
 import json
 import os
@@ -39,12 +39,13 @@ def record(event):
     where = os.environ.get("SCORER_RECORD")
     if where:
         with open(where, "a") as f:
-            f.write("%s %s %s %s %.6f\n" % (
+            f.write("%s %s %s %s %.6f %s\n" % (
                 os.environ.get("SCORER_TAG", "-"),
                 os.environ.get("SOUP_CANDIDATE", "-"),
                 os.environ.get("SOUP_SLOT", "-"),
                 event,
                 time.time(),
+                os.environ.get("SLURM_JOB_ID", "-"),
             ))
 
 
