@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use model_soup::format::{model_dir, Checkpoint};
 use model_soup::soup::{
-    self, display_name, Card, ExtraFile, Layout, Plan, PlanOptions, RunOptions,
-    DEFAULT_SHARD_SIZE,
+    self, display_name, Card, ExtraFile, Layout, Plan, PlanOptions, RunOptions, DEFAULT_SHARD_SIZE,
 };
 use sha2::{Digest, Sha256};
 
@@ -93,7 +92,14 @@ impl Ingredients {
                     .render()
                     .into_bytes(),
             });
-            soup::write_dir(&plan, &layout, dest, overwrite, &extra, RunOptions::default())?
+            soup::write_dir(
+                &plan,
+                &layout,
+                dest,
+                overwrite,
+                &extra,
+                RunOptions::default(),
+            )?
         } else {
             soup::write(&plan, dest, overwrite, RunOptions::default())?
         };

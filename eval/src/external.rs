@@ -61,6 +61,9 @@ struct Stats {
     last: Option<Instant>,
 }
 
+/// Each ingredient's row, and the uniform soup's when asked for.
+pub type Scored = (Vec<Row<f64>>, Option<Row<f64>>);
+
 /// Ingredients, a scorer, the work folder and the log of one search.
 pub struct External {
     scorer: Scorer,
@@ -183,11 +186,14 @@ impl External {
 
     /// Warnings from the core's merges, without repeats.
     pub fn warnings(&self) -> Vec<String> {
-        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Scores each ingredient, and with `uniform` the uniform soup of them all, in parallel.
-    pub fn score_ingredients(&self, uniform: bool) -> Result<(Vec<Row<f64>>, Option<Row<f64>>)> {
+    pub fn score_ingredients(&self, uniform: bool) -> Result<Scored> {
         let n = self.ingredients.paths.len();
         let mut sets: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
         if uniform && n > 1 {
@@ -240,11 +246,18 @@ impl External {
             search
                 .chosen
                 .iter()
-                .map(|&i| super::session::shell_word(&self.ingredients.paths[i].display().to_string()))
+                .map(|&i| super::session::shell_word(
+                    &self.ingredients.paths[i].display().to_string()
+                ))
                 .collect::<Vec<_>>()
                 .join(" "),
             output.map_or_else(
-                || if self.ingredients.dirs { "SOUP_DIR" } else { "SOUP.safetensors" }.to_string(),
+                || if self.ingredients.dirs {
+                    "SOUP_DIR"
+                } else {
+                    "SOUP.safetensors"
+                }
+                .to_string(),
                 |(p, _)| super::session::shell_word(&p.display().to_string())
             )
         );
@@ -305,7 +318,11 @@ impl External {
         let mut results: Vec<Option<Trial<f64>>> = vec![None; sets.len()];
         let mut todo = Vec::new();
         for (i, members) in sets.iter().enumerate() {
-            match self.logged.get(members).and_then(|e| e.score.map(|s| (s, e))) {
+            match self
+                .logged
+                .get(members)
+                .and_then(|e| e.score.map(|s| (s, e)))
+            {
                 Some((score, entry)) => {
                     results[i] = Some(Trial {
                         val: score,
@@ -334,7 +351,9 @@ impl External {
                         if result.is_err() {
                             cancel.store(true, Ordering::SeqCst);
                         }
-                        done.lock().unwrap_or_else(|e| e.into_inner()).push((i, result));
+                        done.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((i, result));
                     });
                 }
             });

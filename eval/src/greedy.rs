@@ -178,4 +178,3 @@ pub fn search<M: Measure>(
         discarded,
     })
 }
-

@@ -36,7 +36,11 @@ fn draw_ranking<M: Measure>(
     title: &str,
     text: &mut String,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let mut rows: Vec<&Row<M>> = report.rows().into_iter().filter(|r| r.val.is_some()).collect();
+    let mut rows: Vec<&Row<M>> = report
+        .rows()
+        .into_iter()
+        .filter(|r| r.val.is_some())
+        .collect();
     let value = |r: &Row<M>| r.val.map_or(f64::NAN, |v| v.value());
     rows.sort_by(|a, b| value(a).total_cmp(&value(b)));
     let minimize = report
@@ -46,13 +50,17 @@ fn draw_ranking<M: Measure>(
     if minimize {
         rows.reverse();
     }
-    let (mut lo, mut hi) = rows.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
-        (lo.min(value(r)), hi.max(value(r)))
-    });
+    let (mut lo, mut hi) = rows
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(value(r)), hi.max(value(r)))
+        });
     if !lo.is_finite() {
         (lo, hi) = (0.0, 1.0);
     }
-    let pad = ((hi - lo) * 0.08).max(hi.abs().max(lo.abs()) * 1e-6).max(1e-12);
+    let pad = ((hi - lo) * 0.08)
+        .max(hi.abs().max(lo.abs()) * 1e-6)
+        .max(1e-12);
     let (lo, hi) = (lo - pad, hi + pad);
     let n = rows.len().max(1);
     let height = 120 + 28 * n as u32;
@@ -83,9 +91,15 @@ fn draw_ranking<M: Measure>(
         };
         let at = (value(row), i as f64);
         let font = ("sans-serif", 11).into_font().color(&BLACK.mix(0.75));
-        let label = format!("{}  {}", row.name.trim_end_matches(".safetensors"), M::show(value(row)));
+        let label = format!(
+            "{}  {}",
+            row.name.trim_end_matches(".safetensors"),
+            M::show(value(row))
+        );
         chart.draw_series(std::iter::once(
-            EmptyElement::at(at) + Circle::new((0, 0), 5, color.filled()) + Text::new(label, (9, -4), font),
+            EmptyElement::at(at)
+                + Circle::new((0, 0), 5, color.filled())
+                + Text::new(label, (9, -4), font),
         ))?;
     }
     root.present()?;

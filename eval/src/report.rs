@@ -115,6 +115,9 @@ pub struct Report<M = Score> {
     pub warnings: Vec<String>,
 }
 
+/// Reads one split's score from a row.
+type SplitOf<M> = fn(&Row<M>) -> Option<&M>;
+
 impl<M: Measure> Report<M> {
     /// Every row, in table order: ingredients, uniform soup, greedy soup, ensemble.
     pub fn rows(&self) -> Vec<&Row<M>> {
@@ -131,8 +134,8 @@ impl<M: Measure> Report<M> {
     pub fn table(&self) -> String {
         let rows = self.rows();
         let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
-        let splits: Vec<(&str, fn(&Row<M>) -> Option<&M>)> = [
-            ("val", (|r: &Row<M>| r.val.as_ref()) as fn(&Row<M>) -> Option<&M>),
+        let splits: Vec<(&str, SplitOf<M>)> = [
+            ("val", (|r: &Row<M>| r.val.as_ref()) as SplitOf<M>),
             ("test", |r: &Row<M>| r.test.as_ref()),
         ]
         .into_iter()
@@ -155,7 +158,8 @@ impl<M: Measure> Report<M> {
         for row in &rows {
             let mut line = format!("{:<width$}", row.name);
             for (split, get) in &splits {
-                let cells = get(row).map_or_else(|| vec!["-".to_string(); M::COLUMNS.len()], M::cells);
+                let cells =
+                    get(row).map_or_else(|| vec!["-".to_string(); M::COLUMNS.len()], M::cells);
                 for (c, cell) in M::COLUMNS.iter().zip(cells) {
                     let title = if c.is_empty() {
                         split.to_string()

@@ -95,7 +95,9 @@ impl Template {
             split_words(text).map_err(bad)?
         };
         if words.is_empty() {
-            return Err(bad("it is empty; give the command that scores {checkpoint}".into()));
+            return Err(bad(
+                "it is empty; give the command that scores {checkpoint}".into(),
+            ));
         }
         let mut parsed = Vec::with_capacity(words.len());
         for word in &words {
@@ -523,9 +525,9 @@ impl Scorer {
             Err(Stop::TimedOut) => {
                 return Err(failed(
                     format!(
-                        "ran longer than --scorer-timeout {} s and was stopped with its process group",
-                        self.timeout.map_or(0.0, |t| t.as_secs_f64())
-                    ),
+                    "ran longer than --scorer-timeout {} s and was stopped with its process group",
+                    self.timeout.map_or(0.0, |t| t.as_secs_f64())
+                ),
                     &err,
                 ))
             }
@@ -616,7 +618,10 @@ fn stderr_tail(stderr: &[u8]) -> String {
     let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
     let chars: Vec<char> = tail.chars().collect();
     if chars.len() > 1000 {
-        format!("...{}", chars[chars.len() - 1000..].iter().collect::<String>())
+        format!(
+            "...{}",
+            chars[chars.len() - 1000..].iter().collect::<String>()
+        )
     } else {
         tail
     }

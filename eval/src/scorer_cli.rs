@@ -182,4 +182,3 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
     }
     Ok(report)
 }
-

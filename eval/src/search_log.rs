@@ -136,7 +136,8 @@ impl SearchLog {
             path: path.to_path_buf(),
             reason,
         };
-        let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read the --resume log: {e}")))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| bad(format!("cannot read the --resume log: {e}")))?;
         let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let text = std::str::from_utf8(&bytes[..complete])
             .map_err(|_| bad("is not a soup-eval search log (not UTF-8)".into()))?;
@@ -147,7 +148,12 @@ impl SearchLog {
         let logged: Description = serde_json::from_str(first)
             .ok()
             .filter(|d: &Description| d.format == description.format)
-            .ok_or_else(|| bad("is not a soup-eval search log (its first line is not a search description)".into()))?;
+            .ok_or_else(|| {
+                bad(
+                    "is not a soup-eval search log (its first line is not a search description)"
+                        .into(),
+                )
+            })?;
         if logged.version != VERSION {
             return Err(bad(format!(
                 "is a version {} log; this soup-eval reads version {VERSION}",
@@ -167,7 +173,10 @@ impl SearchLog {
                 ))
             })?;
             if entry.members.is_empty()
-                || entry.members.iter().any(|&m| m >= description.ingredients.len())
+                || entry
+                    .members
+                    .iter()
+                    .any(|&m| m >= description.ingredients.len())
             {
                 return Err(bad(format!(
                     "line {} names ingredients that the search doesn't have",
@@ -234,7 +243,11 @@ fn check_same(logged: &Description, now: &Description) -> std::result::Result<()
         ))
     };
     if logged.scorer != now.scorer {
-        return differs("--scorer", format!("{:?}", logged.scorer), format!("{:?}", now.scorer));
+        return differs(
+            "--scorer",
+            format!("{:?}", logged.scorer),
+            format!("{:?}", now.scorer),
+        );
     }
     if logged.shell != now.shell {
         return differs("--shell", logged.shell.to_string(), now.shell.to_string());
@@ -247,7 +260,11 @@ fn check_same(logged: &Description, now: &Description) -> std::result::Result<()
         );
     }
     if logged.minimize != now.minimize {
-        return differs("--minimize", logged.minimize.to_string(), now.minimize.to_string());
+        return differs(
+            "--minimize",
+            logged.minimize.to_string(),
+            now.minimize.to_string(),
+        );
     }
     if logged.accept_ties != now.accept_ties {
         return differs(

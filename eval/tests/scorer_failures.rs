@@ -34,7 +34,11 @@ fn assert_fails(world: &World, work: &Path, out: &Output, needles: &[&str]) {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     for needle in needles {
-        assert!(errors[0].contains(needle), "{needle:?} not in {}", errors[0]);
+        assert!(
+            errors[0].contains(needle),
+            "{needle:?} not in {}",
+            errors[0]
+        );
     }
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(left_in(work).is_empty(), "left behind: {:?}", left_in(work));
@@ -71,16 +75,31 @@ fn garbage_nan_and_silence_are_not_scores() {
     let world = World::files();
     let work = world.folder("work");
     for (print, needle) in [
-        ("echo hello world", "\"hello world\" as its last line, which is not a number"),
+        (
+            "echo hello world",
+            "\"hello world\" as its last line, which is not a number",
+        ),
         ("echo nan", "not a finite number"),
         ("echo -inf", "not a finite number"),
         ("true", "printed nothing on stdout"),
     ] {
-        let out = run(&world, &work, &["--shell", "--scorer", &on_soups(&format!("{print}; exit 0"))]);
+        let out = run(
+            &world,
+            &work,
+            &[
+                "--shell",
+                "--scorer",
+                &on_soups(&format!("{print}; exit 0")),
+            ],
+        );
         assert_fails(&world, &work, &out, &[needle]);
     }
     // The same for the ingredients themselves, which are scored as they are.
-    let out = run(&world, &work, &["--shell", "--scorer", "echo {checkpoint} NaN"]);
+    let out = run(
+        &world,
+        &work,
+        &["--shell", "--scorer", "echo {checkpoint} NaN"],
+    );
     assert_fails(&world, &work, &out, &["which is not a number"]);
 }
 
@@ -144,7 +163,11 @@ fn retries_cover_a_flaky_scorer_and_only_as_many_times_as_asked() {
         d = flaky.display()
     );
     let work = world.folder("work");
-    let out = run(&world, &work, &["--shell", "--scorer", &script, "--retries", "1"]);
+    let out = run(
+        &world,
+        &work,
+        &["--shell", "--scorer", &script, "--retries", "1"],
+    );
     assert_fails(&world, &work, &out, &["exited with status 1", "flaky"]);
     for f in left_in(&flaky) {
         std::fs::remove_file(flaky.join(f)).unwrap();
@@ -186,7 +209,7 @@ fn ctrl_c_stops_the_scorers_removes_the_candidates_and_exits_130() {
     let work = world.folder("work");
     let pids = world.folder("pids");
     let script = on_soups(&format!("echo $$ > {}/$$; sleep 300", pids.display()));
-    let mut child = soup_eval(
+    let child = soup_eval(
         &[
             "greedy",
             "-q",
@@ -208,7 +231,10 @@ fn ctrl_c_stops_the_scorers_removes_the_candidates_and_exits_130() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while left_in(&pids).len() < 2 {
-        assert!(Instant::now() < deadline, "the soups' scorers never started");
+        assert!(
+            Instant::now() < deadline,
+            "the soups' scorers never started"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(left_in(&work).len(), 2, "two candidates being scored");
@@ -231,15 +257,42 @@ fn careless_command_lines_are_refused_before_anything_runs() {
     let world = World::files();
     let work = world.folder("work");
     for (args, needle) in [
-        (&["--scorer", "score.sh model.safetensors"][..], "no {checkpoint}"),
-        (&["--scorer", "score {ckpt}"][..], "unknown placeholder {ckpt}"),
-        (&["--scorer", "no-such-scorer-program {checkpoint}"][..], "cannot start the scorer"),
-        (&["--scorer", "echo {checkpoint}", "--val", "v.safetensors"][..], "--val is for the built-in models"),
-        (&["--scorer", "echo {checkpoint}", "--arch", "digits-cnn"][..], "--arch is for the built-in models"),
-        (&["--scorer", "echo {checkpoint}", "--jobs", "0"][..], "--jobs must be at least 1"),
-        (&["--scorer", "echo {checkpoint}", "--speculate", "0"][..], "--speculate must be at least 1"),
-        (&["--scorer", "echo {checkpoint}", "--scorer-timeout", "0"][..], "--scorer-timeout must be a positive"),
-        (&["--scorer", "echo {checkpoint}", "--scorer-json", "a..b"][..], "--scorer-json takes keys"),
+        (
+            &["--scorer", "score.sh model.safetensors"][..],
+            "no {checkpoint}",
+        ),
+        (
+            &["--scorer", "score {ckpt}"][..],
+            "unknown placeholder {ckpt}",
+        ),
+        (
+            &["--scorer", "no-such-scorer-program {checkpoint}"][..],
+            "cannot start the scorer",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--val", "v.safetensors"][..],
+            "--val is for the built-in models",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--arch", "digits-cnn"][..],
+            "--arch is for the built-in models",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--jobs", "0"][..],
+            "--jobs must be at least 1",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--speculate", "0"][..],
+            "--speculate must be at least 1",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--scorer-timeout", "0"][..],
+            "--scorer-timeout must be a positive",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--scorer-json", "a..b"][..],
+            "--scorer-json takes keys",
+        ),
     ] {
         let out = run(&world, &work, args);
         assert_fails(&world, &work, &out, &[needle]);
@@ -247,15 +300,21 @@ fn careless_command_lines_are_refused_before_anything_runs() {
     // Without --arch or --scorer, the error names both.
     let out = soup_eval(&["greedy"], &world.ingredients).output().unwrap();
     assert_fails(&world, &work, &out, &["--arch NAME", "--scorer CMD"]);
-    let out = soup_eval(&["ensemble", "--scorer", "echo {checkpoint}"], &world.ingredients)
-        .output()
-        .unwrap();
+    let out = soup_eval(
+        &["ensemble", "--scorer", "echo {checkpoint}"],
+        &world.ingredients,
+    )
+    .output()
+    .unwrap();
     assert!(common::stderr(&out).contains("ensemble can't use --scorer"));
     assert_eq!(out.status.code(), Some(1));
     // Scorer flags without --scorer are a usage error.
-    let out = soup_eval(&["greedy", "--jobs", "2", "--arch", "digits-cnn"], &world.ingredients)
-        .output()
-        .unwrap();
+    let out = soup_eval(
+        &["greedy", "--jobs", "2", "--arch", "digits-cnn"],
+        &world.ingredients,
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
 }
 

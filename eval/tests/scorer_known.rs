@@ -20,7 +20,11 @@ fn check_known_answer(report: &serde_json::Value, sign: f64) {
     assert_eq!(chosen, CHOSEN);
     for (i, row) in report["ingredients"].as_array().unwrap().iter().enumerate() {
         // Exact: quarter values in f32, their squares and sums are exact in float64.
-        assert_eq!(row["val"].as_f64().unwrap(), sign * expected_score(&[i]), "{row}");
+        assert_eq!(
+            row["val"].as_f64().unwrap(),
+            sign * expected_score(&[i]),
+            "{row}"
+        );
         assert!(row["test"].is_null());
     }
     let steps = search["steps"].as_array().unwrap();
@@ -117,9 +121,18 @@ fn the_greedy_soup_of_a_known_scorer_is_the_designed_one() {
     assert!(table.status.success(), "{}", common::stderr(&table));
     let text = common::stdout(&table);
     let header = text.lines().next().unwrap();
-    assert!(header.contains("val score") && !header.contains("test"), "{text}");
-    assert!(text.contains("ft-a.safetensors") && text.contains("-4.875"), "{text}");
-    assert!(text.contains("greedy soup: ft-a.safetensors + ft-b.safetensors + ft-d.safetensors"), "{text}");
+    assert!(
+        header.contains("val score") && !header.contains("test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ft-a.safetensors") && text.contains("-4.875"),
+        "{text}"
+    );
+    assert!(
+        text.contains("greedy soup: ft-a.safetensors + ft-b.safetensors + ft-d.safetensors"),
+        "{text}"
+    );
     assert!(text.contains("scorer: 9 runs"), "{text}");
     let _ = output;
 }
@@ -230,12 +243,7 @@ fn jobs_and_speculation_give_exactly_the_sequential_search() {
     let world = World::files();
     let run = |extra: &[&str], name: &str| {
         let out = world.dir.path().join(name);
-        let mut args = vec![
-            "greedy",
-            "--json",
-            "-q",
-            "--scorer",
-        ];
+        let mut args = vec!["greedy", "--json", "-q", "--scorer"];
         let scorer = world.scorer(&python, "");
         args.push(&scorer);
         args.extend_from_slice(extra);
@@ -246,7 +254,11 @@ fn jobs_and_speculation_give_exactly_the_sequential_search() {
                 .env("SCORER_RECORD", &record)
                 .env("SCORER_SLEEP", "0.2"),
         );
-        (report, std::fs::read(&out).unwrap(), std::fs::read_to_string(&record).unwrap())
+        (
+            report,
+            std::fs::read(&out).unwrap(),
+            std::fs::read_to_string(&record).unwrap(),
+        )
     };
     let (sequential, bytes, _) = run(&[], "seq.safetensors");
     check_known_answer(&sequential, 1.0);
@@ -257,7 +269,11 @@ fn jobs_and_speculation_give_exactly_the_sequential_search() {
         (&["--jobs", "3", "--speculate", "4"][..], "j3s4.safetensors"),
     ] {
         let (report, b, record) = run(extra, name);
-        assert_eq!(search_outcome(&report), search_outcome(&sequential), "{extra:?}");
+        assert_eq!(
+            search_outcome(&report),
+            search_outcome(&sequential),
+            "{extra:?}"
+        );
         assert_eq!(b, bytes, "{extra:?}: the -o soup differs");
         // Slots: only 0..jobs, and one run per slot at a time.
         let jobs: usize = extra
@@ -269,14 +285,21 @@ fn jobs_and_speculation_give_exactly_the_sequential_search() {
             .lines()
             .map(|l| {
                 let f: Vec<&str> = l.split(' ').collect();
-                (f[4].parse().unwrap(), f[2].parse().unwrap(), f[3] == "start")
+                (
+                    f[4].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3] == "start",
+                )
             })
             .collect();
         events.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut most = 0;
         for (_, slot, start) in events {
             assert!(slot < jobs, "{extra:?}: slot {slot}");
-            assert_eq!(busy[slot], !start, "{extra:?}: slot {slot} ran two scorers at once");
+            assert_eq!(
+                busy[slot], !start,
+                "{extra:?}: slot {slot} ran two scorers at once"
+            );
             busy[slot] = start;
             most = most.max(busy.iter().filter(|b| **b).count());
         }

@@ -26,7 +26,15 @@ fn a_search_killed_mid_way_resumes_to_the_same_soup_without_rescoring() {
     let scorer = world.scorer(&python, "");
     let full = world.dir.path().join("full.safetensors");
     let (uninterrupted, _) = run_json(&mut soup_eval(
-        &["greedy", "--json", "-q", "--scorer", &scorer, "-o", full.to_str().unwrap()],
+        &[
+            "greedy",
+            "--json",
+            "-q",
+            "--scorer",
+            &scorer,
+            "-o",
+            full.to_str().unwrap(),
+        ],
         &world.ingredients,
     ));
 
@@ -64,8 +72,14 @@ fn a_search_killed_mid_way_resumes_to_the_same_soup_without_rescoring() {
     // Kill it once the ingredients and the first soup are logged (header + 6 entries).
     let deadline = Instant::now() + Duration::from_secs(60);
     while log_lines(&log).len() < 7 {
-        assert!(Instant::now() < deadline, "the search never logged 6 candidates");
-        assert!(child.try_wait().unwrap().is_none(), "finished before the kill");
+        assert!(
+            Instant::now() < deadline,
+            "the search never logged 6 candidates"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -99,7 +113,10 @@ fn a_search_killed_mid_way_resumes_to_the_same_soup_without_rescoring() {
     for name in &rescored {
         assert!(!logged.contains(name), "{name} was scored again");
     }
-    assert_eq!(resumed["scorer"]["resumed"].as_u64().unwrap() as usize, logged.len());
+    assert_eq!(
+        resumed["scorer"]["resumed"].as_u64().unwrap() as usize,
+        logged.len()
+    );
     assert_eq!(rescored.len() + logged.len(), 9, "{rescored:?} {logged:?}");
     // The log now holds all nine, each with what the issue asks for.
     let entries = log_lines(&log);
@@ -153,12 +170,23 @@ fn a_log_cut_mid_line_resumes_and_other_searches_logs_are_refused() {
     let out = run(&["--resume", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["scorer"]["scored"], 0, "everything came from the log");
-    assert_eq!(std::fs::read(&log).unwrap(), complete, "the half line is cut off");
+    assert_eq!(
+        report["scorer"]["scored"], 0,
+        "everything came from the log"
+    );
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        complete,
+        "the half line is cut off"
+    );
 
     // Starting a new log over an old one is refused, and names --resume.
     let out = run(&["--log", log.to_str().unwrap()]);
-    assert!(common::stderr(&out).contains("pass --resume"), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("pass --resume"),
+        "{}",
+        common::stderr(&out)
+    );
     assert_eq!(out.status.code(), Some(1));
     // Another scorer, direction or set of ingredients: refused, saying which.
     let other = soup_eval(
@@ -176,29 +204,30 @@ fn a_log_cut_mid_line_resumes_and_other_searches_logs_are_refused() {
     .unwrap();
     assert!(common::stderr(&other).contains("was logged with --scorer"));
     let out = run(&["--minimize", "--resume", log.to_str().unwrap()]);
-    assert!(common::stderr(&out).contains("--minimize"), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("--minimize"),
+        "{}",
+        common::stderr(&out)
+    );
     common::write(
         &world.ingredients[2],
-        &[common::spec(
-            "a.weight",
-            safetensors::Dtype::F32,
-            &[2],
-            vec![0; 8],
-        ), common::spec(
-            "b.bias",
-            safetensors::Dtype::F32,
-            &[1],
-            vec![0; 4],
-        ), common::spec(
-            "steps",
-            safetensors::Dtype::I64,
-            &[1],
-            7i64.to_le_bytes().to_vec(),
-        )],
+        &[
+            common::spec("a.weight", safetensors::Dtype::F32, &[2], vec![0; 8]),
+            common::spec("b.bias", safetensors::Dtype::F32, &[1], vec![0; 4]),
+            common::spec(
+                "steps",
+                safetensors::Dtype::I64,
+                &[1],
+                7i64.to_le_bytes().to_vec(),
+            ),
+        ],
     );
     let out = run(&["--resume", log.to_str().unwrap()]);
     let stderr = common::stderr(&out);
-    assert!(stderr.contains("ingredient 3") && stderr.contains("sha256"), "{stderr}");
+    assert!(
+        stderr.contains("ingredient 3") && stderr.contains("sha256"),
+        "{stderr}"
+    );
     assert_eq!(out.status.code(), Some(1));
     // Garbage is not a log.
     std::fs::write(&log, "hello\n").unwrap();

@@ -64,7 +64,12 @@ fn check(report: &serde_json::Value) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["candidate"].as_u64().unwrap() as usize, s["kept"].as_bool().unwrap()))
+        .map(|s| {
+            (
+                s["candidate"].as_u64().unwrap() as usize,
+                s["kept"].as_bool().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(kept, STEPS);
 }

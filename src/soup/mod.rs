@@ -9,7 +9,9 @@ mod recipe;
 mod verify;
 
 pub use card::{model_name, Card};
-pub use execute::{interrupt, interrupted, to_memory, write, write_dir, ExtraFile, RunOptions, Soup, Warning};
+pub use execute::{
+    interrupt, interrupted, to_memory, write, write_dir, ExtraFile, RunOptions, Soup, Warning,
+};
 pub use kernel::CHUNK_ELEMENTS;
 pub use layout::{parse_size, FileSummary, Layout, OutputFile, DEFAULT_SHARD_SIZE};
 pub use plan::{

@@ -36,7 +36,11 @@ pub const STEPS: [(usize, bool); 4] = [(4, true), (3, false), (0, true), (2, fal
 
 /// The offset of the ingredient at command-line index `i`.
 pub fn offset(i: usize) -> [f64; 3] {
-    OFFSETS.iter().find(|(l, _)| *l == ORDER[i]).expect("letter").1
+    OFFSETS
+        .iter()
+        .find(|(l, _)| *l == ORDER[i])
+        .expect("letter")
+        .1
 }
 
 /// Minus the squared distance of the uniform soup of `members` to the target, in f64 from the
@@ -106,10 +110,7 @@ impl World {
             .map(|i| {
                 let p = dir.path().join(format!("ft-{}", ORDER[i].to_lowercase()));
                 std::fs::create_dir(&p).unwrap();
-                common::write(
-                    &p.join("model.safetensors"),
-                    &tensors(at_target(offset(i))),
-                );
+                common::write(&p.join("model.safetensors"), &tensors(at_target(offset(i))));
                 std::fs::write(
                     p.join("config.json"),
                     format!("{{\"model_type\": \"toy\", \"name\": \"{}\"}}", ORDER[i]),
@@ -179,7 +180,13 @@ pub fn search_outcome(report: &serde_json::Value) -> serde_json::Value {
         .unwrap()
         .iter()
         .map(|s| {
-            serde_json::json!([s["candidate"], s["kept"], s["trial"]["val"], s["previous"], s["soup_size"]])
+            serde_json::json!([
+                s["candidate"],
+                s["kept"],
+                s["trial"]["val"],
+                s["previous"],
+                s["soup_size"]
+            ])
         })
         .collect();
     serde_json::json!({
