@@ -31,7 +31,9 @@ Examples:
   soup-eval greedy --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
       fixtures/models/ft-*.safetensors -o greedy.safetensors
   soup-eval report --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
-      fixtures/models/ft-*.safetensors --plot soups.svg";
+      fixtures/models/ft-*.safetensors --plot soups.svg
+  soup-eval greedy --scorer 'srun --gres=gpu:1 python score.py {checkpoint}' --jobs 4 --speculate 4 \\
+      --work-dir /shared/candidates --log search.jsonl ft-*/ -o greedy/";
 
 /// Evaluate checkpoints, uniform and greedy soups, and ensembles on a dataset, with candle.
 #[derive(Debug, Parser)]

@@ -74,6 +74,10 @@ pub struct External {
     hashes: Vec<String>,
     options: Options,
     stats: Mutex<Stats>,
+    /// Scorer seconds of each candidate scored in this invocation, by its members.
+    ran: Mutex<HashMap<Vec<usize>, f64>>,
+    /// The candidates a one-at-a-time search needs (no speculation), for the speed-up.
+    needed: Mutex<Vec<Vec<usize>>>,
     warnings: Mutex<Vec<String>>,
 }
 
@@ -170,6 +174,8 @@ impl External {
             hashes,
             options,
             stats: Mutex::new(Stats::default()),
+            ran: Mutex::new(HashMap::new()),
+            needed: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
         })
     }
@@ -200,6 +206,7 @@ impl External {
             sets.push((0..n).collect());
         }
         let trials = self.score_many(&sets)?;
+        lock(&self.needed).extend(sets.iter().cloned());
         let names = self.names();
         let rows = names
             .iter()
@@ -235,6 +242,18 @@ impl External {
             self.options.rule,
             self.options.speculate,
         )?;
+        {
+            let mut needed = lock(&self.needed);
+            let mut soup: Vec<usize> = search.chosen.first().copied().into_iter().collect();
+            for step in &search.steps {
+                let mut members = soup.clone();
+                members.push(step.candidate);
+                if step.kept {
+                    soup = members.clone();
+                }
+                needed.push(members);
+            }
+        }
         if let Some((path, overwrite)) = output {
             let warnings = self.ingredients.write(&search.chosen, path, overwrite)?;
             self.note(warnings);
@@ -279,11 +298,16 @@ impl External {
 
     /// How the scorer ran in this invocation.
     pub fn run_info(&self) -> ScorerRun {
-        let stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = lock(&self.stats);
         let wall = match (stats.first, stats.last) {
             (Some(a), Some(b)) => (b - a).as_secs_f64(),
             _ => 0.0,
         };
+        let ran = lock(&self.ran);
+        let mut needed = lock(&self.needed).clone();
+        needed.sort();
+        needed.dedup();
+        let sequential: f64 = needed.iter().filter_map(|m| ran.get(m)).sum();
         ScorerRun {
             command: self.scorer.text.clone(),
             jobs: self.options.jobs,
@@ -292,12 +316,9 @@ impl External {
             resumed: stats.resumed,
             retried: stats.retried,
             scorer_seconds: stats.scorer_seconds,
+            sequential_seconds: sequential,
             wall_seconds: wall,
-            speedup: if wall > 0.0 {
-                stats.scorer_seconds / wall
-            } else {
-                1.0
-            },
+            speedup: if wall > 0.0 { sequential / wall } else { 1.0 },
             log: self.log.as_ref().map(|l| l.path().to_path_buf()),
         }
     }
@@ -462,6 +483,7 @@ impl External {
                         None,
                     ))?;
                 }
+                lock(&self.ran).insert(members.to_vec(), run.total_seconds);
                 {
                     let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
                     stats.scored += 1;
@@ -529,4 +551,9 @@ impl Candidates<f64> for ScorerCandidates<'_> {
         self.chosen.push(candidate);
         Ok(())
     }
+}
+
+/// Locks `m`; a thread that panicked while holding it left data that is still usable here.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -81,10 +81,13 @@ pub struct ScorerRun {
     pub retried: usize,
     /// Seconds of scorer time in this invocation: the sum of every run's wall time.
     pub scorer_seconds: f64,
+    /// Scorer seconds of the runs that a one-at-a-time search would also have made: every
+    /// candidate except speculative trials thrown away and scores taken from the log.
+    pub sequential_seconds: f64,
     /// Wall seconds from the first candidate to the last score.
     pub wall_seconds: f64,
-    /// `scorer_seconds / wall_seconds`: what `--jobs` and `--speculate` bought (1 when every
-    /// score ran one after another).
+    /// `sequential_seconds / wall_seconds`: what `--jobs` and `--speculate` bought over
+    /// scoring one candidate at a time (about 1 when they were not used).
     pub speedup: f64,
     /// The JSON Lines log of every scored candidate (`--log` or `--resume`), if any.
     pub log: Option<PathBuf>,
@@ -141,32 +144,26 @@ impl<M: Measure> Report<M> {
         .into_iter()
         .filter(|(_, get)| rows.iter().any(|r| get(r).is_some()))
         .collect();
-        let cell_width = |title: &str| title.len().max(9);
         let mut out = String::new();
         let mut header = format!("{:<width$}", "model");
         for (split, _) in &splits {
-            for c in M::COLUMNS {
+            for (c, w) in M::COLUMNS.iter().zip(M::WIDTHS) {
                 let title = if c.is_empty() {
                     split.to_string()
                 } else {
                     format!("{split} {c}")
                 };
-                let _ = write!(header, "  {:>w$}", title, w = cell_width(&title));
+                let _ = write!(header, "  {title:>w$}");
             }
         }
         let _ = writeln!(out, "{}", header.trim_end());
         for row in &rows {
             let mut line = format!("{:<width$}", row.name);
-            for (split, get) in &splits {
+            for (_, get) in &splits {
                 let cells =
                     get(row).map_or_else(|| vec!["-".to_string(); M::COLUMNS.len()], M::cells);
-                for (c, cell) in M::COLUMNS.iter().zip(cells) {
-                    let title = if c.is_empty() {
-                        split.to_string()
-                    } else {
-                        format!("{split} {c}")
-                    };
-                    let _ = write!(line, "  {:>w$}", cell, w = cell_width(&title));
+                for (w, cell) in M::WIDTHS.iter().zip(cells) {
+                    let _ = write!(line, "  {cell:>w$}");
                 }
             }
             let _ = writeln!(out, "{}", line.trim_end());
@@ -214,11 +211,12 @@ impl<M: Measure> Report<M> {
         if let Some(run) = &self.scorer {
             let _ = writeln!(
                 out,
-                "\nscorer: {} runs ({} from the log, {} retried), {:.1} s of scorer time in {:.1} s: {:.2}x with --jobs {} --speculate {}",
+                "\nscorer: {} runs ({} from the log, {} retried), {:.1} s of scorer time ({:.1} s one at a time) in {:.1} s: {:.2}x with --jobs {} --speculate {}",
                 run.scored,
                 run.resumed,
                 run.retried,
                 run.scorer_seconds,
+                run.sequential_seconds,
                 run.wall_seconds,
                 run.speedup,
                 run.jobs,

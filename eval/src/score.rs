@@ -71,6 +71,8 @@ impl Score {
 pub trait Measure: Copy + std::fmt::Debug + PartialEq + Serialize {
     /// Column titles for one split, after the split's name ("val acc", "val", "val loss").
     const COLUMNS: &'static [&'static str];
+    /// The least width of each column's cells.
+    const WIDTHS: &'static [usize];
     /// What the two timings of a greedy step measure: building a candidate, then scoring it.
     const TIMINGS: [&'static str; 2];
     /// The number that ranks ingredients and decides acceptance.
@@ -83,6 +85,7 @@ pub trait Measure: Copy + std::fmt::Debug + PartialEq + Serialize {
 
 impl Measure for Score {
     const COLUMNS: &'static [&'static str] = &["acc", "", "loss"];
+    const WIDTHS: &'static [usize] = &[9, 9, 8];
     const TIMINGS: [&'static str; 2] = ["merge", "forward"];
 
     fn value(&self) -> f64 {
@@ -105,6 +108,7 @@ impl Measure for Score {
 /// An external scorer's number, as it printed it (`soup-eval --scorer`).
 impl Measure for f64 {
     const COLUMNS: &'static [&'static str] = &["score"];
+    const WIDTHS: &'static [usize] = &[9];
     const TIMINGS: [&'static str; 2] = ["write", "scorer"];
 
     fn value(&self) -> f64 {
