@@ -5,10 +5,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use model_soup::format::{model_dir, Checkpoint};
-use model_soup::soup::{
-    self, display_name, Card, ExtraFile, Layout, Plan, PlanOptions, RunOptions, DEFAULT_SHARD_SIZE,
-};
+use model_soup::format::{Checkpoint, Request, Role};
+use model_soup::soup::{self, display_name, Merge, MergeRequest, Plan, PlanOptions, Warning};
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, Result};
@@ -71,39 +69,31 @@ impl Ingredients {
         self.paths.iter().map(|p| display_name(p)).collect()
     }
 
-    /// Writes the uniform soup of `members` to `dest` (refusing an existing one unless
-    /// `overwrite`), as `soup-merge` would: a file, or for directory ingredients a model
-    /// directory with the first member's config and tokenizer and a model card.
-    pub fn write(&self, members: &[usize], dest: &Path, overwrite: bool) -> Result<Vec<String>> {
-        let plan = self.plan(members)?;
-        let warnings = if self.dirs {
-            let layout = Layout::sharded(&plan, DEFAULT_SHARD_SIZE);
-            let mut extra: Vec<ExtraFile> = model_dir::companion_files(&self.paths[members[0]])
-                .into_iter()
-                .map(|from| ExtraFile::Copy {
-                    name: display_name(&from),
-                    from,
-                })
-                .collect();
-            extra.retain(|f| f.name() != "README.md");
-            extra.push(ExtraFile::Bytes {
-                name: "README.md".into(),
-                bytes: Card::for_plan(&plan, &display_name(dest), None)
-                    .render()
-                    .into_bytes(),
-            });
-            soup::write_dir(
-                &plan,
-                &layout,
-                dest,
-                overwrite,
-                &extra,
-                RunOptions::default(),
-            )?
-        } else {
-            soup::write(&plan, dest, overwrite, RunOptions::default())?
+    /// Writes the uniform soup of `members` to `dest` through the core's merge, exactly as
+    /// `soup-merge` of those inputs writes it: a file when `dest` ends in `.safetensors`, else a
+    /// model directory with the first member's config and tokenizer and a model card. An
+    /// existing `dest` is replaced only with `force`, and only if soup-merge could have
+    /// written it; `also` are the run's other outputs (`--plot`), checked against it.
+    pub fn write(
+        &self,
+        members: &[usize],
+        dest: &Path,
+        force: bool,
+        also: &[Request],
+    ) -> Result<Vec<Warning>> {
+        let request = MergeRequest {
+            inputs: members.iter().map(|&i| self.paths[i].clone()).collect(),
+            output: Some(dest.to_path_buf()),
+            force,
+            also_reads: self
+                .paths
+                .iter()
+                .map(|p| (Role::Ingredient, p.clone()))
+                .collect(),
+            also_writes: also.to_vec(),
+            ..Default::default()
         };
-        Ok(warnings.into_iter().map(|w| w.message).collect())
+        Ok(Merge::plan(&request)?.run(&|_| {})?.warnings)
     }
 
     /// Where candidate `name` goes in `work_dir`.
@@ -150,8 +140,9 @@ impl Written {
         members: &[usize],
         path: PathBuf,
         keep: bool,
-    ) -> Result<(Written, Vec<String>)> {
-        let warnings = ingredients.write(members, &path, true)?;
+    ) -> Result<(Written, Vec<Warning>)> {
+        // A leftover of a killed run at this path is replaced: soup-eval wrote it.
+        let warnings = ingredients.write(members, &path, true, &[])?;
         Ok((Written { path, keep }, warnings))
     }
 }

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
+use model_soup::format::Request;
+use model_soup::soup::Warning;
+
 use super::candidate::{self, Ingredients, Written};
 use super::error::{Error, Result};
 use super::greedy::{self, Candidates, Rule, Trial};
@@ -78,7 +81,7 @@ pub struct External {
     ran: Mutex<HashMap<Vec<usize>, f64>>,
     /// The candidates a one-at-a-time search needs (no speculation), for the speed-up.
     needed: Mutex<Vec<Vec<usize>>>,
-    warnings: Mutex<Vec<String>>,
+    warnings: Mutex<Vec<Warning>>,
 }
 
 impl External {
@@ -191,7 +194,7 @@ impl External {
     }
 
     /// Warnings from the core's merges, without repeats.
-    pub fn warnings(&self) -> Vec<String> {
+    pub fn warnings(&self) -> Vec<Warning> {
         self.warnings
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -230,8 +233,13 @@ impl External {
     }
 
     /// The greedy search over ingredients scored `val`, then the chosen soup written to
-    /// `output` (path, overwrite) if given: byte-identical to the candidate that was scored.
-    pub fn greedy(&self, val: &[f64], output: Option<(&Path, bool)>) -> Result<Greedy<f64>> {
+    /// `output` if given (path, force, the run's other outputs): byte-identical to the
+    /// candidate that was scored.
+    pub fn greedy(
+        &self,
+        val: &[f64],
+        output: Option<(&Path, bool, &[Request])>,
+    ) -> Result<Greedy<f64>> {
         let mut candidates = ScorerCandidates {
             external: self,
             chosen: Vec::new(),
@@ -254,8 +262,8 @@ impl External {
                 needed.push(members);
             }
         }
-        if let Some((path, overwrite)) = output {
-            let warnings = self.ingredients.write(&search.chosen, path, overwrite)?;
+        if let Some((path, force, also)) = output {
+            let warnings = self.ingredients.write(&search.chosen, path, force, also)?;
             self.note(warnings);
         }
         let names = self.names();
@@ -277,7 +285,7 @@ impl External {
                     "SOUP.safetensors"
                 }
                 .to_string(),
-                |(p, _)| super::session::shell_word(&p.display().to_string())
+                |(p, _, _)| super::session::shell_word(&p.display().to_string())
             )
         );
         Ok(Greedy {
@@ -290,7 +298,7 @@ impl External {
             },
             goal: self.options.rule.goal,
             accept_ties: self.options.rule.accept_ties,
-            output: output.map(|(p, _)| p.to_path_buf()),
+            output: output.map(|(p, _, _)| p.to_path_buf()),
             merge_command,
             search,
         })
@@ -323,11 +331,11 @@ impl External {
         }
     }
 
-    fn note(&self, messages: Vec<String>) {
-        let mut warnings = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
-        for m in messages {
-            if !warnings.contains(&m) {
-                warnings.push(m);
+    fn note(&self, found: Vec<Warning>) {
+        let mut warnings = lock(&self.warnings);
+        for w in found {
+            if !warnings.iter().any(|k| k.message == w.message) {
+                warnings.push(w);
             }
         }
     }

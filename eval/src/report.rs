@@ -50,6 +50,7 @@ pub struct Greedy<M = Score> {
     /// Whether a candidate that ties the soup's validation accuracy was kept (`--accept-ties`).
     pub accept_ties: bool,
     /// Where the soup was written (`-o`), if it was.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub output: Option<PathBuf>,
     /// The `soup-merge` command that writes the same file.
     pub merge_command: String,
@@ -99,8 +100,10 @@ pub struct Report<M = Score> {
     /// The `--arch` models were built as, or `scorer` for an external `--scorer`.
     pub arch: String,
     /// The validation split (`--val`), if given.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub val_data: Option<PathBuf>,
     /// The test split (`--test`), if given.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub test_data: Option<PathBuf>,
     /// One row per ingredient, in command-line order (empty for `uniform`).
     pub ingredients: Vec<Row<M>>,
@@ -115,7 +118,7 @@ pub struct Report<M = Score> {
     pub scorer: Option<ScorerRun>,
     /// Warnings from the core's merges, such as integer buffers that differ between
     /// ingredients (the first ingredient's are kept).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<model_soup::soup::Warning>,
 }
 
 /// Reads one split's score from a row.

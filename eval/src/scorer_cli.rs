@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args as ClapArgs;
 
-use super::cli::{check_output, Args, Command};
+use super::cli::{outputs, Args, Command};
 use super::external::{External, Options};
 use super::greedy::{Goal, Rule};
 use super::plot;
@@ -119,10 +119,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
     if s.speculate == Some(0) {
         bail!("--speculate must be at least 1 (1: one candidate at a time)");
     }
-    if let Some(g) = greedy {
-        check_output(plot_path, true, "--plot")?;
-        check_output(g.output.as_deref(), g.force, "-o")?;
-    }
+    // Every output is checked against the output policy before any scorer runs.
+    let (soup_request, plot_dest) = match greedy {
+        Some(g) => outputs(c, g, plot_path)?,
+        None => (None, None),
+    };
     let scorer = Scorer::new(
         text,
         s.shell,
@@ -171,14 +172,19 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
             .iter()
             .map(|r| r.val.expect("scored"))
             .collect();
-        report.greedy = Some(external.greedy(&val, g.output.as_deref().map(|p| (p, g.force)))?);
+        let output = g.output.as_deref().map(|p| {
+            let also = soup_request
+                .as_ref()
+                .map_or(&[][..], |r| &r.also_writes[..]);
+            (p, g.force, also)
+        });
+        report.greedy = Some(external.greedy(&val, output)?);
     }
     report.scorer = Some(external.run_info());
     report.warnings = external.warnings();
-    if let Some(path) = plot_path {
+    if let Some(dest) = plot_dest {
         let svg = plot::ranking_svg(&report, "soups and ingredients, by the scorer")?;
-        std::fs::write(path, svg)
-            .with_context(|| format!("cannot write --plot {}", path.display()))?;
+        model_soup::format::write_whole(&dest, svg.as_bytes())?;
     }
     Ok(report)
 }

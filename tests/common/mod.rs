@@ -173,3 +173,16 @@ pub fn reference_python() -> Option<PathBuf> {
 pub fn reference_script(name: &str) -> PathBuf {
     repo_root().join("tests/reference").join(name)
 }
+
+/// A file destination for library calls, checked by the output policy with nothing else read.
+pub fn destination(path: &Path, force: bool) -> model_soup::format::Destination {
+    use model_soup::format::{destination::check, OutputKind, Reads, Request};
+    let request = Request {
+        flag: "-o",
+        path: path.to_path_buf(),
+        kind: OutputKind::File,
+    };
+    check(&[request], &Reads::new(), force)
+        .expect("the destination passes the policy")
+        .remove(0)
+}
