@@ -164,6 +164,20 @@ impl External {
                 let (l, scored) = SearchLog::resume(path, &description)?;
                 log = Some(l);
                 logged = scored;
+                if !options.keep_candidates {
+                    // A run killed between logging a candidate and removing it left it here;
+                    // it won't be written again, so it goes now. The path is made from the
+                    // members (checked against the ingredients), never from the log's text.
+                    for entry in logged.values().filter(|e| e.members.len() > 1) {
+                        let name = candidate::name(&entry.members);
+                        let stale = ingredients.candidate_path(&work_dir.path, &name);
+                        let _ = if stale.is_dir() {
+                            std::fs::remove_dir_all(&stale)
+                        } else {
+                            std::fs::remove_file(&stale)
+                        };
+                    }
+                }
             } else {
                 log = Some(SearchLog::create(path, &description)?);
             }

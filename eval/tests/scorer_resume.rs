@@ -180,6 +180,25 @@ fn a_log_cut_mid_line_resumes_and_other_searches_logs_are_refused() {
         "the half line is cut off"
     );
 
+    // Candidates a killed run logged but had not yet removed are removed by --resume (here
+    // left on purpose with --keep-candidates), and only those.
+    let work = world.folder("work");
+    std::fs::write(work.join("notes.txt"), "mine").unwrap();
+    let kept_log = world.dir.path().join("kept.jsonl");
+    let w = work.to_str().unwrap();
+    let out = run(&[
+        "--log",
+        kept_log.to_str().unwrap(),
+        "--work-dir",
+        w,
+        "--keep-candidates",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(left_in(&work).len(), 5, "{:?}", left_in(&work));
+    let out = run(&["--resume", kept_log.to_str().unwrap(), "--work-dir", w]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(left_in(&work), ["notes.txt"]);
+
     // Starting a new log over an old one is refused, and names --resume.
     let out = run(&["--log", log.to_str().unwrap()]);
     assert!(
