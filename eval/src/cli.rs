@@ -135,8 +135,8 @@ pub struct EnsembleArgs {
     pub common: Common,
 
     /// Average probabilities (soft voting) or logits.
-    #[arg(long, value_enum, default_value_t = Mode::Probs)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = EnsembleMode::Probs)]
+    pub mode: EnsembleMode,
 }
 
 /// Flags of `report`.
@@ -146,12 +146,30 @@ pub struct ReportArgs {
     pub greedy: GreedyArgs,
 
     /// How the ensemble combines its members.
-    #[arg(long, value_enum, default_value_t = Mode::Probs)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = EnsembleMode::Probs)]
+    pub mode: EnsembleMode,
 
     /// Write an SVG plot of val against test accuracy here.
     #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
+}
+
+/// `--mode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnsembleMode {
+    /// Mean of the softmax probabilities, then argmax (soft voting, as the seed does).
+    Probs,
+    /// Mean of the logits, then argmax (the model-soups paper's ensemble baseline).
+    Logits,
+}
+
+impl From<EnsembleMode> for Mode {
+    fn from(m: EnsembleMode) -> Mode {
+        match m {
+            EnsembleMode::Probs => Mode::Probs,
+            EnsembleMode::Logits => Mode::Logits,
+        }
+    }
 }
 
 /// Runs `args` and prints the report: the whole of `soup-eval`'s `main`.
@@ -244,7 +262,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         Command::Ensemble(e) => {
             let c = &e.common;
             let mut session = open(c, &[])?;
-            let ensemble = session.ensemble(e.mode)?;
+            let ensemble = session.ensemble(e.mode.into())?;
             let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
             Ok(finish(c, &session, |r| {
                 r.ingredients = ingredients;
@@ -260,7 +278,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
             let uniform = session.uniform()?;
             let greedy = session.greedy(g.accept_ties, writes.as_ref())?;
-            let ensemble = session.ensemble(r.mode)?;
+            let ensemble = session.ensemble(r.mode.into())?;
             let report = finish(c, &session, |rep| {
                 rep.ingredients = ingredients;
                 rep.uniform = Some(uniform);

@@ -24,8 +24,13 @@ How tensors are merged:
 Safety:
   Every header is validated, and every input checked against the others, before any tensor data
   is read. The output is written to a hidden temporary beside it, fsynced and renamed into
-  place: on any error, Ctrl-C or a full disk nothing appears at the destination. An existing
-  output is refused without --force; an output that is one of the inputs is always refused.
+  place: on any error, Ctrl-C or a full disk nothing appears at the destination.
+  The output never replaces anything the merge reads (an input, shard, index, --base, --config
+  or companion file), whether named directly, through a symbolic link, `..` or a hard link,
+  and never lands inside an input's model directory. Devices, FIFOs, sockets and links are
+  never replaced. --force replaces only what soup-merge could have written: a regular file for
+  a .safetensors output, a directory holding nothing but model files for a directory output;
+  the replacement keeps the old one's permissions.
 
 Model directories:
   An input may be a Hugging Face model directory: its model.safetensors, or its
@@ -43,7 +48,10 @@ Recipes:
   the output's __metadata__ (model_soup.recipe) and model card.
 
 Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line,
-130 interrupted. With --json, stdout holds one JSON object, also on failure ({\"error\": ...}).
+130 interrupted. With --json, stdout holds one JSON object, also on failure
+({\"error\": ..., \"kind\": ...}; kind is one of io, invalid-input, plan, recipe, output, usage,
+weights, interrupted). Paths that are not UTF-8 appear in JSON as
+{\"utf8_lossy\": ..., \"bytes_hex\": ...}.
 
 Examples:
   soup-merge a.safetensors b.safetensors c.safetensors -o soup.safetensors

@@ -314,6 +314,16 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
     }
     let kind = meta.file_type();
     if kind.is_symlink() {
+        if let Some(read) = fs::metadata(&dest.path)
+            .ok()
+            .and_then(|m| reads.same_file(&m))
+        {
+            return refuse(format!(
+                "is a symbolic link to the {} {}; an input is never overwritten, even with --force: write to a new path",
+                read.role.noun(),
+                read.given.display()
+            ));
+        }
         let target = fs::read_link(&dest.path)
             .map(|t| t.display().to_string())
             .unwrap_or_else(|_| "?".into());

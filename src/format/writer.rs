@@ -290,7 +290,7 @@ fn is_marked_file(path: &Path) -> bool {
         return false;
     }
     let len = u64::from_le_bytes(len);
-    if len > super::header::MAX_HEADER_LEN as u64 {
+    if len > super::header::MAX_HEADER_LEN {
         return false;
     }
     let mut json = vec![0u8; len as usize];

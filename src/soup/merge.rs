@@ -71,9 +71,11 @@ pub struct Merge {
 /// Whether `-o PATH` names a file or a model directory: a `.safetensors` name (in any case)
 /// is a file, unless `--shard-size` asks for shards; anything else is a directory.
 pub fn output_kind(output: &Path, shard_size: Option<u64>) -> Result<OutputKind> {
-    let is_file = output
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let is_file = output.file_name().is_some_and(|n| {
+        n.as_encoded_bytes()
+            .to_ascii_lowercase()
+            .ends_with(b".safetensors")
+    });
     match (is_file, shard_size) {
         (true, Some(_)) => Err(Error::Usage(format!(
             "--shard-size writes a model directory, but -o {} names a .safetensors file; give -o a directory name",
