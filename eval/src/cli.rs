@@ -33,7 +33,9 @@ Examples:
   soup-eval greedy --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
       fixtures/models/ft-*.safetensors -o greedy.safetensors
   soup-eval report --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
-      fixtures/models/ft-*.safetensors --plot soups.svg";
+      fixtures/models/ft-*.safetensors --plot soups.svg
+  soup-eval greedy --scorer 'srun --gres=gpu:1 python score.py {checkpoint}' --jobs 4 --speculate 4 \\
+      --work-dir /shared/candidates --log search.jsonl ft-*/ -o greedy/";
 
 /// Evaluate checkpoints, uniform and greedy soups, and ensembles on a dataset, with candle.
 #[derive(Debug, Parser)]
@@ -66,7 +68,7 @@ pub struct Common {
     pub inputs: Vec<PathBuf>,
 
     #[arg(long, value_name = "NAME", help = arch::help())]
-    pub arch: String,
+    pub arch: Option<String>,
 
     /// Validation split: ranks and chooses ingredients.
     #[arg(long, value_name = "PATH")]
@@ -99,6 +101,9 @@ pub struct Common {
     /// No progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub scorer: super::scorer_cli::ScorerFlags,
 }
 
 /// Flags of `greedy`.
@@ -169,19 +174,25 @@ impl From<EnsembleMode> for Mode {
 
 /// Runs `args` and prints the report: the whole of `soup-eval`'s `main`.
 pub fn main(args: Args) -> ExitCode {
-    model_soup::cli::handle_interrupts_then_exit();
-    let json = common(&args).json;
-    let result = model_soup::cli::check_thread_env()
-        .map_err(anyhow::Error::from)
-        .and_then(|()| run(&args));
+    let common = common(&args);
+    let json = common.json;
+    let scored_externally = common.scorer.given();
+    let result = model_soup::cli::check_thread_env().map_err(anyhow::Error::from);
+    let result = if scored_externally {
+        // Scorers are waited for in a loop that sees Ctrl-C, stops them and removes their
+        // candidates: no exit from the handler, which would leave both behind.
+        model_soup::cli::handle_interrupts();
+        result
+            .and_then(|()| super::scorer_cli::run(&args))
+            .map(|r| print_report(&r, json))
+    } else {
+        model_soup::cli::handle_interrupts_then_exit();
+        result
+            .and_then(|()| run(&args))
+            .map(|r| print_report(&r, json))
+    };
     match result {
-        Ok(report) => {
-            model_soup::cli::print_warnings(&report.warnings);
-            let printed = if json {
-                model_soup::cli::print_json(&report)
-            } else {
-                model_soup::cli::print(&report.table())
-            };
+        Ok(printed) => {
             if let Err(e) = printed {
                 return model_soup::cli::fail(
                     &anyhow::Error::new(e).context("cannot write to stdout"),
@@ -199,6 +210,16 @@ pub fn main(args: Args) -> ExitCode {
                 );
             model_soup::cli::fail_report(&err, json, kind, interrupted)
         }
+    }
+}
+
+/// Prints the report's warnings on stderr, then the report on stdout: a table, or JSON.
+fn print_report<M: super::score::Measure>(report: &Report<M>, json: bool) -> std::io::Result<()> {
+    model_soup::cli::print_warnings(&report.warnings);
+    if json {
+        model_soup::cli::print_json(report)
+    } else {
+        model_soup::cli::print(&report.table())
     }
 }
 
@@ -292,7 +313,7 @@ fn reads(c: &Common) -> Vec<(Role, PathBuf)> {
 /// Checks every output of the run (-o and --plot) against the output policy before any work,
 /// and proves each writable by claiming (and dropping) its temporary. Returns the request the
 /// greedy soup will be written with, if -o was given, and the plot's destination.
-fn outputs(
+pub(crate) fn outputs(
     c: &Common,
     g: &GreedyArgs,
     plot: Option<&Path>,
@@ -341,9 +362,12 @@ fn outputs(
 
 /// Validates the common flags (before any file is read) and opens the session.
 fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
+    let Some(name) = c.arch.as_deref() else {
+        bail!("this command needs --arch NAME (a built-in model) or --scorer CMD (any command that scores a checkpoint)");
+    };
     let arch: &'static dyn Architecture =
-        arch::lookup(&c.arch).ok_or_else(|| super::Error::UnknownArch {
-            name: c.arch.clone(),
+        arch::lookup(name).ok_or_else(|| super::Error::UnknownArch {
+            name: name.to_string(),
             known: arch::names(),
         })?;
     let device: DeviceSpec = c.device.parse()?;
@@ -380,6 +404,7 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
         uniform: None,
         greedy: None,
         ensemble: None,
+        scorer: None,
         warnings: session.warnings.clone(),
     };
     fill(&mut report);

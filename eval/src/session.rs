@@ -275,7 +275,15 @@ impl Session {
                 soup: None,
                 pending: None,
             };
-            greedy::search(&val_scores, &mut candidates, accept_ties)?
+            greedy::search(
+                &val_scores,
+                &mut candidates,
+                greedy::Rule {
+                    goal: greedy::Goal::Maximize,
+                    accept_ties,
+                },
+                1,
+            )?
         };
         let chosen = search.chosen.clone();
         let weights = self.core_soup(&chosen)?;
@@ -313,6 +321,7 @@ impl Session {
                 test,
             },
             search,
+            goal: greedy::Goal::Maximize,
             accept_ties,
             output: output.and_then(|r| r.output.clone()),
             merge_command,
@@ -352,7 +361,7 @@ impl Session {
 }
 
 /// Quotes a path for the shell when it needs it.
-fn shell_word(s: &str) -> String {
+pub(crate) fn shell_word(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./+=:,@".contains(c))
@@ -369,7 +378,8 @@ struct SumCandidates<'a> {
     evaluator: &'a Evaluator,
     val: &'a Dataset,
     soup: Option<RunningSum>,
-    pending: Option<RunningSum>,
+    /// The last candidate tried and its sum, so that keeping it costs nothing.
+    pending: Option<(usize, RunningSum)>,
 }
 
 impl Candidates for SumCandidates<'_> {
@@ -389,7 +399,7 @@ impl Candidates for SumCandidates<'_> {
         let merged = Instant::now();
         let val = self.evaluator.score(&weights, self.val)?;
         let done = Instant::now();
-        self.pending = Some(sum);
+        self.pending = Some((candidate, sum));
         Ok(Trial {
             val,
             merge_seconds: (merged - started).as_secs_f64(),
@@ -397,8 +407,17 @@ impl Candidates for SumCandidates<'_> {
         })
     }
 
-    fn keep(&mut self, _candidate: usize) -> Result<()> {
-        self.soup = self.pending.take();
+    fn keep(&mut self, candidate: usize) -> Result<()> {
+        let soup = match self.pending.take() {
+            Some((tried, sum)) if tried == candidate => sum,
+            // Another candidate was tried since (speculation): add this one again.
+            _ => self
+                .soup
+                .as_ref()
+                .expect("started")
+                .plus(self.checkpoints[candidate])?,
+        };
+        self.soup = Some(soup);
         Ok(())
     }
 }

@@ -219,6 +219,25 @@ pub fn process_alive(pid: u32) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// Sends SIGTERM (or SIGKILL when `kill`) to every process in the process group `pgid`, as
+/// soup-eval does to stop an external scorer and whatever it started. A group that is already
+/// gone is not an error.
+pub fn signal_group(pgid: u32, kill: bool) -> io::Result<()> {
+    // Group 0 or 1 would mean "our own group" or "every process": never what a caller means.
+    let pgid = match libc::pid_t::try_from(pgid) {
+        Ok(p) if p > 1 => p,
+        _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    };
+    let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+    // SAFETY: kill(2) with a negative id signals a process group; it touches no memory of ours.
+    let rc = unsafe { libc::kill(-pgid, signal) };
+    if rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Reserves `len` bytes for `file` so a full disk fails now, before any work, rather than
 /// half-way through. Filesystems without fallocate just get the length set.
 pub fn allocate(file: &File, len: u64) -> io::Result<()> {
