@@ -44,14 +44,14 @@ impl Mapping {
     ///
     /// The range is widened to whole blocks of `large_folio_max()` bytes (2 MiB with 4 KiB
     /// pages) on both sides. A fault (or fault-around, or `populate`) into a large page-cache
-    /// folio maps the entire folio, pages before and after the faulting range included (Linux
-    /// 6.18 maps whole folios; ext4 has cached files in folios of up to 2 MiB since 6.16). A
-    /// release that stops inside a folio leaves the rest of it mapped, and the next chunk's
-    /// fault maps the part already released again: one leftover per chunk boundary that no one
-    /// releases, so memory grew with the input. Folios are aligned to
-    /// their size in the file, so every folio a read of `range` can map lies inside the widened
-    /// range. A page still in use by a neighbouring chunk is only unmapped, and refaults from
-    /// the cache; read-only file pages can't change under a reader.
+    /// folio can map the entire folio, pages before and after the faulting range included (on
+    /// Linux 6.18, reading one byte mapped all 512 pages of a 2 MiB folio). A release that stops
+    /// inside a folio leaves the rest of it mapped, and the next chunk's fault maps the part
+    /// already released again: one leftover per chunk boundary that no one releases, so memory
+    /// grew with the input. Folios are aligned to their size in the file, so every folio a read
+    /// of `range` can map lies inside the widened range. A page still in use by a neighbouring
+    /// chunk is only unmapped, and refaults from the cache; read-only file pages can't change
+    /// under a reader.
     pub fn release(&self, range: std::ops::Range<usize>) {
         let block = large_folio_max();
         let start = range.start / block * block;
@@ -102,7 +102,7 @@ fn outward(range: std::ops::Range<usize>, limit: usize) -> (usize, usize) {
 }
 
 /// The largest page-cache folio the kernel may map at once: one page table's reach (a PMD),
-/// 2 MiB with 4 KiB pages. Page-cache folios never exceed it.
+/// 2 MiB with 4 KiB pages. Page-cache folios don't exceed it.
 fn large_folio_max() -> usize {
     let page = page_size();
     page * (page / std::mem::size_of::<u64>())
