@@ -16,9 +16,26 @@ pub enum Error {
     Arch {
         path: PathBuf,
         tensor: String,
-        arch: &'static str,
+        arch: String,
         reason: String,
     },
+
+    /// `--arch VARIANT` named a standard variant the checkpoint is not.
+    #[error("{}: --arch {asked} asked for a standard {family}, but the checkpoint is {found}; pass --arch {family} to accept its own configuration", path.display())]
+    Variant {
+        path: PathBuf,
+        asked: String,
+        found: String,
+        family: &'static str,
+    },
+
+    /// `--arch auto` recognised no family.
+    #[error("{}: --arch auto recognises no architecture from its tensor names (or config.json); pass --arch NAME, one of: {known}", path.display())]
+    Detect { path: PathBuf, known: String },
+
+    /// A bad `--arch-option`.
+    #[error("bad --arch-option '{option}': {reason}")]
+    Option { option: String, reason: String },
 
     /// A dataset file without the expected tensors, shapes or labels.
     #[error("{}: {reason}", path.display())]
@@ -88,7 +105,8 @@ impl Error {
             Error::Format(inner) => inner.kind(),
             Error::Arch { .. } => "arch",
             Error::Dataset { .. } => "dataset",
-            Error::UnknownArch { .. } => "usage",
+            Error::UnknownArch { .. } | Error::Variant { .. } | Error::Option { .. } => "usage",
+            Error::Detect { .. } => "arch",
             Error::Device(_) => "device",
             Error::NoIngredients => "usage",
             Error::Candle { .. } => "model",

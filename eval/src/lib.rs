@@ -1,6 +1,7 @@
 //! Evaluate checkpoints and soups with candle: models, datasets, scores, greedy search, ensembles, reports.
 //!
-//! The pieces, each in its own file: [`arch`] (the `--arch` registry), [`dataset`],
+//! The pieces, each in its own file: [`arch`] (the `--arch` registry), [`dataset`] (with [`images`] and [`transform`] for
+//! image data),
 //! [`weights`] (in-memory tensors and the greedy running sum), [`evaluator`] (batched forward
 //! passes), [`score`], [`greedy`] (the search, apart from how candidates are built),
 //! [`ensemble`], [`session`] (one run over ingredients and splits), [`report`] and [`plot`]
@@ -21,6 +22,7 @@ pub mod error;
 pub mod evaluator;
 pub mod external;
 pub mod greedy;
+pub mod images;
 pub mod plot;
 pub mod report;
 pub mod score;
@@ -28,6 +30,7 @@ pub mod scorer;
 pub mod scorer_cli;
 pub mod search_log;
 pub mod session;
+pub mod transform;
 pub mod weights;
 
 pub use error::{Error, Result};

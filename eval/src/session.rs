@@ -15,6 +15,7 @@ use super::ensemble::{self, Mode};
 use super::error::{Error, Result};
 use super::evaluator::Evaluator;
 use super::greedy::{self, Candidates, Trial};
+use super::images::LoadOptions;
 use super::report::{Ensemble, Greedy, Kind, Row};
 use super::score::Score;
 use super::weights::{check_fits, RunningSum, Weights};
@@ -51,18 +52,69 @@ impl Session {
         val: Option<&Path>,
         test: Option<&Path>,
     ) -> Result<Session> {
+        Session::open_with(evaluator, ingredients, val, test, &LoadOptions::default())
+    }
+
+    /// [`Session::open`] with how image datasets are decoded and held. Each split is
+    /// decoded and transformed once, here, and reused by every evaluation of the run.
+    pub fn open_with(
+        evaluator: Evaluator,
+        ingredients: &[PathBuf],
+        val: Option<&Path>,
+        test: Option<&Path>,
+        images: &LoadOptions,
+    ) -> Result<Session> {
         if ingredients.is_empty() {
             return Err(Error::NoIngredients);
         }
-        let arch = evaluator.arch;
+        let arch = &*evaluator.arch;
         let mut pool = Vec::with_capacity(ingredients.len());
         for path in ingredients {
             let checkpoint = Checkpoint::open(path)?;
             check_fits(&checkpoint, arch)?;
             pool.push(Some(checkpoint));
         }
-        let val = val.map(|p| Dataset::open(p, arch)).transpose()?;
-        let test = test.map(|p| Dataset::open(p, arch)).transpose()?;
+        let val = val
+            .map(|p| Dataset::open_with(p, arch, images))
+            .transpose()?;
+        let test = test
+            .map(|p| Dataset::open_with(p, arch, images))
+            .transpose()?;
+        if let (Some(v), Some(t)) = (&val, &test) {
+            if let (Some(a), Some(b)) = (&v.classes, &t.classes) {
+                if a != b {
+                    let first = a
+                        .iter()
+                        .zip(b)
+                        .position(|(x, y)| x != y)
+                        .unwrap_or(a.len().min(b.len()));
+                    return Err(Error::Dataset {
+                        path: t.path.clone(),
+                        reason: format!(
+                            "its classes differ from --val {}'s: class {first} is {:?} here and {:?} there; both splits need the same class names",
+                            v.path.display(),
+                            b.get(first).map_or("absent", String::as_str),
+                            a.get(first).map_or("absent", String::as_str),
+                        ),
+                    });
+                }
+            }
+        }
+        let mut warnings = Vec::new();
+        for data in val.iter().chain(&test) {
+            if let Some((path, reason)) = data.skipped.first() {
+                warnings.push(Warning::general(
+                    "images-skipped",
+                    Some(data.path.clone()),
+                    format!(
+                        "{}: skipped {} image(s) that could not be decoded (--skip-bad-images); first: {}: {reason}",
+                        data.path.display(),
+                        data.skipped.len(),
+                        path.display()
+                    ),
+                ));
+            }
+        }
         Ok(Session {
             evaluator,
             paths: ingredients.to_vec(),
@@ -70,13 +122,13 @@ impl Session {
             pool,
             val,
             test,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
     /// The architecture models are built as.
-    pub fn arch(&self) -> &'static dyn Architecture {
-        self.evaluator.arch
+    pub fn arch(&self) -> &dyn Architecture {
+        &*self.evaluator.arch
     }
 
     /// The evaluator, for its progress bar.
@@ -377,9 +429,9 @@ struct SumCandidates<'a> {
     checkpoints: &'a [&'a Checkpoint],
     evaluator: &'a Evaluator,
     val: &'a Dataset,
-    soup: Option<RunningSum>,
+    soup: Option<RunningSum<'a>>,
     /// The last candidate tried and its sum, so that keeping it costs nothing.
-    pending: Option<(usize, RunningSum)>,
+    pending: Option<(usize, RunningSum<'a>)>,
 }
 
 impl Candidates for SumCandidates<'_> {
