@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use model_soup::format::Checkpoint;
-use model_soup::soup::{self, display_name, Plan, PlanOptions, RunOptions};
+use model_soup::soup::{
+    self, display_name, Merge, MergeRequest, Plan, PlanOptions, RunOptions, Warning,
+};
 
 use super::arch::Architecture;
 use super::dataset::Dataset;
@@ -38,7 +40,7 @@ pub struct Session {
     /// Logits per ingredient: `[val, test]`.
     logits: Vec<[Option<Vec<f32>>; 2]>,
     /// Warnings from the core's merges (integer buffers that differ, say), without repeats.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 impl Session {
@@ -101,11 +103,15 @@ impl Session {
         let mut warnings = Vec::new();
         for data in val.iter().chain(&test) {
             if let Some((path, reason)) = data.skipped.first() {
-                warnings.push(format!(
-                    "{}: skipped {} image(s) that could not be decoded (--skip-bad-images); first: {}: {reason}",
-                    data.path.display(),
-                    data.skipped.len(),
-                    path.display()
+                warnings.push(Warning::general(
+                    "images-skipped",
+                    Some(data.path.clone()),
+                    format!(
+                        "{}: skipped {} image(s) that could not be decoded (--skip-bad-images); first: {}: {reason}",
+                        data.path.display(),
+                        data.skipped.len(),
+                        path.display()
+                    ),
                 ));
             }
         }
@@ -200,14 +206,20 @@ impl Session {
             let (soup, warnings) = soup::to_memory(plan, RunOptions::default())?;
             Ok((Weights::from_soup(&soup), warnings))
         })?;
-        self.note(warnings.into_iter().map(|w| w.message));
+        self.note(warnings);
         Ok(weights)
     }
 
-    fn note(&mut self, messages: impl IntoIterator<Item = String>) {
-        for m in messages {
-            if !self.warnings.contains(&m) {
-                self.warnings.push(m);
+    /// Keeps each warning once per run, however many soups the run merges: BatchNorm's step
+    /// counters, which differ between any two fine-tunes, get one line in all.
+    fn note(&mut self, warnings: impl IntoIterator<Item = Warning>) {
+        for w in warnings {
+            let seen = self
+                .warnings
+                .iter()
+                .any(|old| *old == w || (w.kind == "batches-tracked-differ" && old.kind == w.kind));
+            if !seen {
+                self.warnings.push(w);
             }
         }
     }
@@ -288,8 +300,10 @@ impl Session {
     }
 
     /// The greedy soup: search on validation with in-memory candidates, then the chosen soup
-    /// merged by the core (and written to `output`, if given, with the same plan) and scored.
-    pub fn greedy(&mut self, accept_ties: bool, output: Option<(&Path, bool)>) -> Result<Greedy> {
+    /// merged by the core and scored. With `output` (a request whose output, `--force` and the
+    /// run's other reads and writes are set), the soup is written by `soup::Merge` exactly as
+    /// `soup-merge` of the chosen ingredients would write it: a file, or a model directory.
+    pub fn greedy(&mut self, accept_ties: bool, output: Option<&MergeRequest>) -> Result<Greedy> {
         if !self.has(Split::Val) {
             return Err(Error::Dataset {
                 path: PathBuf::from("--val"),
@@ -313,16 +327,27 @@ impl Session {
                 soup: None,
                 pending: None,
             };
-            greedy::search(&val_scores, &mut candidates, accept_ties)?
+            greedy::search(
+                &val_scores,
+                &mut candidates,
+                greedy::Rule {
+                    goal: greedy::Goal::Maximize,
+                    accept_ties,
+                },
+                1,
+            )?
         };
         let chosen = search.chosen.clone();
         let weights = self.core_soup(&chosen)?;
         let (val, test) = self.score_splits(&weights)?;
-        if let Some((path, force)) = output {
-            let warnings = self.with_plan(&chosen, |plan| {
-                Ok(soup::write(plan, path, force, RunOptions::default())?)
-            })?;
-            self.note(warnings.into_iter().map(|w| w.message));
+        if let Some(template) = output {
+            let request = MergeRequest {
+                inputs: chosen.iter().map(|&i| self.paths[i].clone()).collect(),
+                weights: None,
+                ..template.clone()
+            };
+            let written = Merge::plan(&request)?.run(&|_| {})?;
+            self.note(written.warnings);
         }
         let names = self.names();
         let members: Vec<String> = chosen.iter().map(|&i| names[i].clone()).collect();
@@ -333,9 +358,11 @@ impl Session {
                 .map(|&i| shell_word(&self.paths[i].display().to_string()))
                 .collect::<Vec<_>>()
                 .join(" "),
-            output.map_or("SOUP.safetensors".to_string(), |(p, _)| shell_word(
-                &p.display().to_string()
-            ))
+            output
+                .and_then(|r| r.output.as_deref())
+                .map_or("SOUP.safetensors".to_string(), |p| shell_word(
+                    &p.display().to_string()
+                ))
         );
         Ok(Greedy {
             row: Row {
@@ -346,8 +373,9 @@ impl Session {
                 test,
             },
             search,
+            goal: greedy::Goal::Maximize,
             accept_ties,
-            output: output.map(|(p, _)| p.to_path_buf()),
+            output: output.and_then(|r| r.output.clone()),
             merge_command,
         })
     }
@@ -385,7 +413,7 @@ impl Session {
 }
 
 /// Quotes a path for the shell when it needs it.
-fn shell_word(s: &str) -> String {
+pub(crate) fn shell_word(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./+=:,@".contains(c))
@@ -402,7 +430,8 @@ struct SumCandidates<'a> {
     evaluator: &'a Evaluator,
     val: &'a Dataset,
     soup: Option<RunningSum<'a>>,
-    pending: Option<RunningSum<'a>>,
+    /// The last candidate tried and its sum, so that keeping it costs nothing.
+    pending: Option<(usize, RunningSum<'a>)>,
 }
 
 impl Candidates for SumCandidates<'_> {
@@ -422,7 +451,7 @@ impl Candidates for SumCandidates<'_> {
         let merged = Instant::now();
         let val = self.evaluator.score(&weights, self.val)?;
         let done = Instant::now();
-        self.pending = Some(sum);
+        self.pending = Some((candidate, sum));
         Ok(Trial {
             val,
             merge_seconds: (merged - started).as_secs_f64(),
@@ -430,8 +459,17 @@ impl Candidates for SumCandidates<'_> {
         })
     }
 
-    fn keep(&mut self, _candidate: usize) -> Result<()> {
-        self.soup = self.pending.take();
+    fn keep(&mut self, candidate: usize) -> Result<()> {
+        let soup = match self.pending.take() {
+            Some((tried, sum)) if tried == candidate => sum,
+            // Another candidate was tried since (speculation): add this one again.
+            _ => self
+                .soup
+                .as_ref()
+                .expect("started")
+                .plus(self.checkpoints[candidate])?,
+        };
+        self.soup = Some(soup);
         Ok(())
     }
 }
