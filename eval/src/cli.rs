@@ -4,21 +4,31 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::arch::{self, Architecture};
+use model_soup::format::Checkpoint;
+
+use super::arch;
 use super::device::DeviceSpec;
 use super::ensemble::Mode;
 use super::evaluator::Evaluator;
+use super::images::LoadOptions;
 use super::plot;
 use super::report::Report;
 use super::session::{Session, Split};
+use super::transform::Transform;
+use model_soup::format::{self, Destination, OutputKind, Reads, Request, Role};
+use model_soup::soup::{self, MergeRequest};
 
 const AFTER_HELP: &str = "\
 Data: a dataset is a .safetensors file with 'inputs' (float [N, ...], the shape --arch expects)
-and 'labels' (I64 [N]). --val ranks and chooses ingredients; --test is only reported.
+and 'labels' (I64 [N]); or images: a folder ROOT/<class>/<image> (classes sorted by name, as
+torchvision's ImageFolder), or a .csv (path,label) or .jsonl ({\"path\", \"label\"}) list, labels
+being class indices or class names. Images are decoded (JPEG, PNG) and transformed as
+torchvision's evaluation preset (see the Images flags). --val ranks and chooses ingredients;
+--test is only reported.
 
 Soups are merged by the same code as soup-merge: uniform weights 1/k, the first ingredient's
 dtype, summed in input order. The greedy soup written with -o is byte-identical to
@@ -31,7 +41,9 @@ Examples:
   soup-eval greedy --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
       fixtures/models/ft-*.safetensors -o greedy.safetensors
   soup-eval report --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
-      fixtures/models/ft-*.safetensors --plot soups.svg";
+      fixtures/models/ft-*.safetensors --plot soups.svg
+  soup-eval greedy --scorer 'srun --gres=gpu:1 python score.py {checkpoint}' --jobs 4 --speculate 4 \\
+      --work-dir /shared/candidates --log search.jsonl ft-*/ -o greedy/";
 
 /// Evaluate checkpoints, uniform and greedy soups, and ensembles on a dataset, with candle.
 #[derive(Debug, Parser)]
@@ -63,8 +75,14 @@ pub struct Common {
     #[arg(required = true, value_name = "CHECKPOINT")]
     pub inputs: Vec<PathBuf>,
 
+    /// (Default: auto, unless --scorer is given.)
     #[arg(long, value_name = "NAME", help = arch::help())]
-    pub arch: String,
+    pub arch: Option<String>,
+
+    /// A setting the checkpoint's shapes don't reveal, such as a ViT's number of heads
+    /// (repeatable; which keys a family takes is in the error for an unknown one).
+    #[arg(long = "arch-option", value_name = "KEY=VALUE")]
+    pub arch_options: Vec<String>,
 
     /// Validation split: ranks and chooses ingredients.
     #[arg(long, value_name = "PATH")]
@@ -74,18 +92,24 @@ pub struct Common {
     #[arg(long, value_name = "PATH")]
     pub test: Option<PathBuf>,
 
-    /// Examples per forward pass.
-    #[arg(long, default_value_t = 256, value_name = "N")]
-    pub batch_size: usize,
+    /// Examples per forward pass (1 to 65536).
+    #[arg(long, default_value_t = 256, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch_size: u32,
 
     /// Where models run: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: String,
 
-    /// CPU threads for candle's kernels and the merge (sets RAYON_NUM_THREADS). Default: every
-    /// core. Small models are often fastest with 1, especially on a busy machine.
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    /// CPU threads for candle's kernels and the merge (sets RAYON_NUM_THREADS), 1 to 1024.
+    /// Default: every core. Small models are often fastest with 1, especially on a busy
+    /// machine.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=model_soup::cli::MAX_THREADS as i64))]
+    pub threads: Option<u32>,
+
+    #[command(flatten)]
+    pub images: ImageArgs,
 
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
@@ -94,6 +118,120 @@ pub struct Common {
     /// No progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub scorer: super::scorer_cli::ScorerFlags,
+}
+
+/// How image datasets (folders, CSV/JSONL lists) are decoded and transformed: torchvision's
+/// evaluation transform by default.
+#[derive(Debug, ClapArgs)]
+pub struct ImageArgs {
+    /// Resize images so the short side is N pixels (bilinear, antialiased, as PIL), or `none`.
+    #[arg(
+        long,
+        default_value = "256",
+        value_name = "N|none",
+        help_heading = "Images"
+    )]
+    pub resize: String,
+
+    /// Center-crop to N x N pixels, or `none` (then every image must have one size).
+    #[arg(
+        long,
+        default_value = "224",
+        value_name = "N|none",
+        help_heading = "Images"
+    )]
+    pub crop: String,
+
+    /// Channel means to subtract after scaling to [0, 1] (ImageNet's by default).
+    #[arg(
+        long,
+        default_value = "0.485,0.456,0.406",
+        value_name = "R,G,B",
+        help_heading = "Images"
+    )]
+    pub mean: String,
+
+    /// Channel standard deviations to divide by (ImageNet's by default).
+    #[arg(
+        long,
+        default_value = "0.229,0.224,0.225",
+        value_name = "R,G,B",
+        help_heading = "Images"
+    )]
+    pub std: String,
+
+    /// Keep values in [0, 1]: no mean or std.
+    #[arg(long, help_heading = "Images")]
+    pub no_normalize: bool,
+
+    /// Hold a split's preprocessed inputs in memory up to this size (e.g. 4GiB); a larger
+    /// split is written to a cache file once and read back batch by batch.
+    #[arg(
+        long,
+        default_value = "4GiB",
+        value_name = "SIZE",
+        help_heading = "Images"
+    )]
+    pub data_memory: String,
+
+    /// Folder for the cache files of large splits (default: the system's temporary folder).
+    #[arg(long, value_name = "DIR", help_heading = "Images")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Skip images that cannot be decoded, with a warning counting them, instead of stopping.
+    #[arg(long, help_heading = "Images")]
+    pub skip_bad_images: bool,
+}
+
+impl ImageArgs {
+    /// The validated load options.
+    pub fn options(&self) -> anyhow::Result<LoadOptions> {
+        let size = |flag: &str, text: &str| -> anyhow::Result<Option<usize>> {
+            if text == "none" {
+                return Ok(None);
+            }
+            match text.parse::<usize>() {
+                Ok(n) if n > 0 && n <= 1 << 15 => Ok(Some(n)),
+                _ => bail!("{flag} '{text}' must be a size in pixels (1 to 32768) or none"),
+            }
+        };
+        let triple = |flag: &str, text: &str| -> anyhow::Result<[f32; 3]> {
+            let values: Vec<f32> = text
+                .split(',')
+                .map(|v| v.trim().parse::<f32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("{flag} '{text}' must be three numbers: R,G,B"))?;
+            match values[..] {
+                [r, g, b] if values.iter().all(|v| v.is_finite()) => Ok([r, g, b]),
+                _ => bail!("{flag} '{text}' must be three finite numbers: R,G,B"),
+            }
+        };
+        let std = triple("--std", &self.std)?;
+        if std.iter().any(|&s| s <= 0.0) {
+            bail!("--std '{}' must be positive", self.std);
+        }
+        let normalize = (!self.no_normalize).then_some((triple("--mean", &self.mean)?, std));
+        let memory_limit = model_soup::soup::parse_size(&self.data_memory)
+            .map_err(|e| anyhow::anyhow!("--data-memory: {e}"))?;
+        if let Some(dir) = &self.cache_dir {
+            if !dir.is_dir() {
+                bail!("--cache-dir {} is not a folder", dir.display());
+            }
+        }
+        Ok(LoadOptions {
+            transform: Transform {
+                resize: size("--resize", &self.resize)?,
+                crop: size("--crop", &self.crop)?,
+                normalize,
+            },
+            memory_limit,
+            cache_dir: self.cache_dir.clone(),
+            skip_bad_images: self.skip_bad_images,
+        })
+    }
 }
 
 /// Flags of `greedy`.
@@ -102,11 +240,14 @@ pub struct GreedyArgs {
     #[command(flatten)]
     pub common: Common,
 
-    /// Write the greedy soup here (byte-identical to soup-merge of its ingredients).
+    /// Write the greedy soup here (byte-identical to soup-merge of its ingredients): a
+    /// .safetensors file, or a Hugging Face model directory when the name does not end in
+    /// .safetensors.
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
-    /// Replace an existing -o file.
+    /// Replace an existing -o (or --plot) that this tool could have written: a regular file,
+    /// or a directory of model files. Inputs, datasets and anything else are never replaced.
     #[arg(short, long)]
     pub force: bool,
 
@@ -122,8 +263,8 @@ pub struct EnsembleArgs {
     pub common: Common,
 
     /// Average probabilities (soft voting) or logits.
-    #[arg(long, value_enum, default_value_t = Mode::Probs)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = EnsembleMode::Probs)]
+    pub mode: EnsembleMode,
 }
 
 /// Flags of `report`.
@@ -133,34 +274,54 @@ pub struct ReportArgs {
     pub greedy: GreedyArgs,
 
     /// How the ensemble combines its members.
-    #[arg(long, value_enum, default_value_t = Mode::Probs)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = EnsembleMode::Probs)]
+    pub mode: EnsembleMode,
 
     /// Write an SVG plot of val against test accuracy here.
     #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
 }
 
+/// `--mode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnsembleMode {
+    /// Mean of the softmax probabilities, then argmax (soft voting, as the seed does).
+    Probs,
+    /// Mean of the logits, then argmax (the model-soups paper's ensemble baseline).
+    Logits,
+}
+
+impl From<EnsembleMode> for Mode {
+    fn from(m: EnsembleMode) -> Mode {
+        match m {
+            EnsembleMode::Probs => Mode::Probs,
+            EnsembleMode::Logits => Mode::Logits,
+        }
+    }
+}
+
 /// Runs `args` and prints the report: the whole of `soup-eval`'s `main`.
 pub fn main(args: Args) -> ExitCode {
-    model_soup::cli::handle_interrupts_then_exit();
-    let json = match &args.command {
-        Command::Score(c) | Command::Uniform(c) => c.json,
-        Command::Greedy(g) => g.common.json,
-        Command::Ensemble(e) => e.common.json,
-        Command::Report(r) => r.greedy.common.json,
+    let common = common(&args);
+    let json = common.json;
+    let scored_externally = common.scorer.given();
+    let result = model_soup::cli::check_thread_env().map_err(anyhow::Error::from);
+    let result = if scored_externally {
+        // Scorers are waited for in a loop that sees Ctrl-C, stops them and removes their
+        // candidates: no exit from the handler, which would leave both behind.
+        model_soup::cli::handle_interrupts();
+        result
+            .and_then(|()| super::scorer_cli::run(&args))
+            .map(|r| print_report(&r, json))
+    } else {
+        model_soup::cli::handle_interrupts_then_exit();
+        result
+            .and_then(|()| run(&args))
+            .map(|r| print_report(&r, json))
     };
-    match run(&args) {
-        Ok(report) => {
-            let text = if json {
-                serde_json::to_string_pretty(&report).expect("reports serialise") + "\n"
-            } else {
-                report.table()
-            };
-            for w in &report.warnings {
-                eprintln!("warning: {}", model_soup::cli::one_line(w));
-            }
-            if let Err(e) = model_soup::cli::print(&text) {
+    match result {
+        Ok(printed) => {
+            if let Err(e) = printed {
                 return model_soup::cli::fail(
                     &anyhow::Error::new(e).context("cannot write to stdout"),
                 );
@@ -168,21 +329,35 @@ pub fn main(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            if json {
-                let _ = model_soup::cli::print(&format!(
-                    "{}\n",
-                    serde_json::json!({ "error": model_soup::cli::one_line(&format!("{err:#}")) })
-                ));
-            }
+            let own = err.chain().find_map(|e| e.downcast_ref::<super::Error>());
+            let kind = own.map_or_else(|| model_soup::cli::error_kind(&err), |e| e.kind());
             let interrupted = model_soup::cli::interrupted(&err)
-                || err.chain().any(|e| {
-                    matches!(
-                        e.downcast_ref::<super::Error>(),
-                        Some(super::Error::Format(model_soup::Error::Interrupted))
-                    )
-                });
-            model_soup::cli::fail_as(&err, interrupted)
+                || matches!(
+                    own,
+                    Some(super::Error::Format(model_soup::Error::Interrupted))
+                );
+            model_soup::cli::fail_report(&err, json, kind, interrupted)
         }
+    }
+}
+
+/// Prints the report's warnings on stderr, then the report on stdout: a table, or JSON.
+fn print_report<M: super::score::Measure>(report: &Report<M>, json: bool) -> std::io::Result<()> {
+    model_soup::cli::print_warnings(&report.warnings);
+    if json {
+        model_soup::cli::print_json(report)
+    } else {
+        model_soup::cli::print(&report.table())
+    }
+}
+
+/// The flags every command shares.
+fn common(args: &Args) -> &Common {
+    match &args.command {
+        Command::Score(c) | Command::Uniform(c) => c,
+        Command::Greedy(g) => &g.common,
+        Command::Ensemble(e) => &e.common,
+        Command::Report(r) => &r.greedy.common,
     }
 }
 
@@ -202,15 +377,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         }
         Command::Greedy(g) => {
             let c = &g.common;
-            check_output(g.output.as_deref(), g.force, "-o")?;
-            let mut session = open(
-                c,
-                &[("--val", c.val.is_some()), ("--test", c.test.is_some())],
-            )?;
+            let (writes, _) = outputs(c, g, None)?;
+            let mut session = open(c, &[("--val", c.val.is_some())])?;
             session.check_soup()?;
-            let greedy =
-                session.greedy(g.accept_ties, g.output.as_deref().map(|p| (p, g.force)))?;
-            let ingredients = session.ingredients(&[Split::Val])?;
+            let greedy = session.greedy(g.accept_ties, writes.as_ref())?;
+            let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
             Ok(finish(c, &session, |r| {
                 r.ingredients = ingredients;
                 r.greedy = Some(greedy);
@@ -219,7 +390,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         Command::Ensemble(e) => {
             let c = &e.common;
             let mut session = open(c, &[])?;
-            let ensemble = session.ensemble(e.mode)?;
+            let ensemble = session.ensemble(e.mode.into())?;
             let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
             Ok(finish(c, &session, |r| {
                 r.ingredients = ingredients;
@@ -229,54 +400,110 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         Command::Report(r) => {
             let g = &r.greedy;
             let c = &g.common;
-            check_output(r.plot.as_deref(), true, "--plot")?;
-            check_output(g.output.as_deref(), g.force, "-o")?;
-            let mut session = open(
-                c,
-                &[("--val", c.val.is_some()), ("--test", c.test.is_some())],
-            )?;
+            let (writes, plot) = outputs(c, g, r.plot.as_deref())?;
+            let mut session = open(c, &[("--val", c.val.is_some())])?;
             session.check_soup()?;
             let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
             let uniform = session.uniform()?;
-            let greedy =
-                session.greedy(g.accept_ties, g.output.as_deref().map(|p| (p, g.force)))?;
-            let ensemble = session.ensemble(r.mode)?;
+            let greedy = session.greedy(g.accept_ties, writes.as_ref())?;
+            let ensemble = session.ensemble(r.mode.into())?;
             let report = finish(c, &session, |rep| {
                 rep.ingredients = ingredients;
                 rep.uniform = Some(uniform);
                 rep.greedy = Some(greedy);
                 rep.ensemble = Some(ensemble);
             });
-            if let Some(path) = &r.plot {
+            if let Some(dest) = plot {
                 let svg = plot::svg(&report, &format!("{}: soups and ingredients", report.arch))?;
-                std::fs::write(path, svg)
-                    .with_context(|| format!("cannot write --plot {}", path.display()))?;
+                format::write_whole(&dest, svg.as_bytes())?;
             }
             Ok(report)
         }
     }
 }
 
+/// What a soup-eval run reads: every ingredient and dataset, which no output may touch.
+fn reads(c: &Common) -> Vec<(Role, PathBuf)> {
+    let mut reads: Vec<(Role, PathBuf)> = c
+        .inputs
+        .iter()
+        .map(|p| (Role::Ingredient, p.clone()))
+        .collect();
+    reads.extend(
+        [&c.val, &c.test]
+            .into_iter()
+            .flatten()
+            .map(|p| (Role::Dataset, p.clone())),
+    );
+    reads
+}
+
+/// Checks every output of the run (-o and --plot) against the output policy before any work,
+/// and proves each writable by claiming (and dropping) its temporary. Returns the request the
+/// greedy soup will be written with, if -o was given, and the plot's destination.
+pub(crate) fn outputs(
+    c: &Common,
+    g: &GreedyArgs,
+    plot: Option<&Path>,
+) -> anyhow::Result<(Option<MergeRequest>, Option<Destination>)> {
+    let mut requests = Vec::new();
+    let mut also_writes = Vec::new();
+    if let Some(o) = &g.output {
+        requests.push(Request {
+            flag: "-o",
+            path: o.clone(),
+            kind: soup::output_kind(o, None)?,
+        });
+    }
+    if let Some(p) = plot {
+        let request = Request {
+            flag: "--plot",
+            path: p.to_path_buf(),
+            kind: OutputKind::File,
+        };
+        also_writes.push(request.clone());
+        requests.push(request);
+    }
+    let mut read = Reads::new();
+    for (role, path) in reads(c) {
+        read.add(role, &path);
+    }
+    let mut plot_dest = None;
+    for dest in format::destination::check(&requests, &read, g.force)? {
+        match dest.kind() {
+            OutputKind::File => drop(format::AtomicFile::create(&dest)?),
+            OutputKind::Directory => drop(format::AtomicDir::create(&dest)?),
+        }
+        if plot.is_some_and(|p| p == dest.given()) {
+            plot_dest = Some(dest);
+        }
+    }
+    let greedy = g.output.as_ref().map(|o| MergeRequest {
+        output: Some(o.clone()),
+        force: g.force,
+        also_reads: reads(c),
+        also_writes,
+        ..Default::default()
+    });
+    Ok((greedy, plot_dest))
+}
+
 /// Validates the common flags (before any file is read) and opens the session.
 fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
-    let arch: &'static dyn Architecture =
-        arch::lookup(&c.arch).ok_or_else(|| super::Error::UnknownArch {
-            name: c.arch.clone(),
-            known: arch::names(),
-        })?;
+    // Without --scorer, the architecture is a built-in one, detected unless named.
+    let selection = arch::Selection::parse(c.arch.as_deref().unwrap_or("auto"))?;
+    let options = arch::Options::parse(&c.arch_options)?;
     let device: DeviceSpec = c.device.parse()?;
-    if c.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
+    let images = c.images.options()?;
     if let Some(n) = c.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
         // Read by candle's CPU kernels on each call and by rayon's pool when it starts; no
         // other thread is running yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     for (flag, given) in required {
+        if !given && *flag == "--val" {
+            bail!("this command needs --val PATH (scored by a built-in --arch model) or --scorer CMD (any command that scores a checkpoint)");
+        }
         if !given {
             bail!("this command needs {flag} PATH");
         }
@@ -284,49 +511,32 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     if c.val.is_none() && c.test.is_none() {
         bail!("no dataset; pass --val PATH and/or --test PATH");
     }
-    let mut evaluator = Evaluator::new(arch, device.open()?, c.batch_size);
+    // The first checkpoint configures the architecture; every ingredient is then checked
+    // against that configuration.
+    let first = c.inputs.first().ok_or(super::Error::NoIngredients)?;
+    let arch = selection.configure(&Checkpoint::open(first)?, &options)?;
+    let mut evaluator = Evaluator::new(arch, device.open()?, c.batch_size as usize);
     evaluator.progress = progress_bar(c.quiet);
-    Ok(Session::open(
+    Ok(Session::open_with(
         evaluator,
         &c.inputs,
         c.val.as_deref(),
         c.test.as_deref(),
+        &images,
     )?)
-}
-
-/// An existing output is refused unless `force`; its folder must exist.
-fn check_output(path: Option<&Path>, force: bool, flag: &str) -> anyhow::Result<()> {
-    let Some(path) = path else { return Ok(()) };
-    if path.exists() && !force {
-        bail!(
-            "{flag} {} already exists; pass --force to replace it",
-            path.display()
-        );
-    }
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        bail!(
-            "{flag} {}: folder {} does not exist",
-            path.display(),
-            parent.display()
-        );
-    }
-    Ok(())
 }
 
 fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Report {
     session.evaluator().progress.finish_and_clear();
     let mut report = Report {
-        arch: session.arch().name().to_string(),
+        arch: session.arch().describe(),
         val_data: c.val.clone(),
         test_data: c.test.clone(),
         ingredients: Vec::new(),
         uniform: None,
         greedy: None,
         ensemble: None,
+        scorer: None,
         warnings: session.warnings.clone(),
     };
     fill(&mut report);

@@ -1,5 +1,7 @@
 //! Running a model over a dataset in batches: logits and scores.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
 
@@ -12,7 +14,7 @@ use super::weights::Weights;
 /// Evaluates weights of one architecture on one device, `batch_size` examples at a time.
 pub struct Evaluator {
     /// The model family.
-    pub arch: &'static dyn Architecture,
+    pub arch: Arc<dyn Architecture>,
     /// Where models run.
     pub device: Device,
     /// Examples per forward pass.
@@ -23,7 +25,7 @@ pub struct Evaluator {
 
 impl Evaluator {
     /// An evaluator with a hidden progress bar.
-    pub fn new(arch: &'static dyn Architecture, device: Device, batch_size: usize) -> Evaluator {
+    pub fn new(arch: Arc<dyn Architecture>, device: Device, batch_size: usize) -> Evaluator {
         Evaluator {
             arch,
             device,
@@ -38,23 +40,22 @@ impl Evaluator {
         let model = self
             .arch
             .build(vb)
-            .context(|| format!("cannot build --arch {}", self.arch.name()))?;
-        let per = data.sample_len();
+            .context(|| format!("cannot build {}", self.arch.describe()))?;
         self.progress.inc_length(data.len() as u64);
         let mut out = Vec::with_capacity(data.len() * self.arch.num_classes());
         for start in (0..data.len()).step_by(self.batch_size) {
             let end = (start + self.batch_size).min(data.len());
             let mut shape = vec![end - start];
             shape.extend(&data.sample_shape);
+            let inputs = data.batch(start, end)?;
             let run = || -> candle_core::Result<Vec<f32>> {
-                let x =
-                    Tensor::from_slice(&data.inputs[start * per..end * per], shape, &self.device)?;
+                let x = Tensor::from_slice(&inputs, shape, &self.device)?;
                 model.logits(&x)?.flatten_all()?.to_vec1::<f32>()
             };
             out.extend(run().context(|| {
                 format!(
-                    "forward pass of --arch {} on {} failed",
-                    self.arch.name(),
+                    "forward pass of {} on {} failed",
+                    self.arch.describe(),
                     data.path.display()
                 )
             })?);

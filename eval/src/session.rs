@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use model_soup::format::Checkpoint;
-use model_soup::soup::{self, display_name, Plan, PlanOptions, RunOptions};
+use model_soup::soup::{
+    self, display_name, Merge, MergeRequest, Plan, PlanOptions, RunOptions, Warning,
+};
 
 use super::arch::Architecture;
 use super::dataset::Dataset;
@@ -13,6 +15,7 @@ use super::ensemble::{self, Mode};
 use super::error::{Error, Result};
 use super::evaluator::Evaluator;
 use super::greedy::{self, Candidates, Trial};
+use super::images::LoadOptions;
 use super::report::{Ensemble, Greedy, Kind, Row};
 use super::score::Score;
 use super::weights::{check_fits, RunningSum, Weights};
@@ -37,7 +40,7 @@ pub struct Session {
     /// Logits per ingredient: `[val, test]`.
     logits: Vec<[Option<Vec<f32>>; 2]>,
     /// Warnings from the core's merges (integer buffers that differ, say), without repeats.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 impl Session {
@@ -49,18 +52,69 @@ impl Session {
         val: Option<&Path>,
         test: Option<&Path>,
     ) -> Result<Session> {
+        Session::open_with(evaluator, ingredients, val, test, &LoadOptions::default())
+    }
+
+    /// [`Session::open`] with how image datasets are decoded and held. Each split is
+    /// decoded and transformed once, here, and reused by every evaluation of the run.
+    pub fn open_with(
+        evaluator: Evaluator,
+        ingredients: &[PathBuf],
+        val: Option<&Path>,
+        test: Option<&Path>,
+        images: &LoadOptions,
+    ) -> Result<Session> {
         if ingredients.is_empty() {
             return Err(Error::NoIngredients);
         }
-        let arch = evaluator.arch;
+        let arch = &*evaluator.arch;
         let mut pool = Vec::with_capacity(ingredients.len());
         for path in ingredients {
             let checkpoint = Checkpoint::open(path)?;
             check_fits(&checkpoint, arch)?;
             pool.push(Some(checkpoint));
         }
-        let val = val.map(|p| Dataset::open(p, arch)).transpose()?;
-        let test = test.map(|p| Dataset::open(p, arch)).transpose()?;
+        let val = val
+            .map(|p| Dataset::open_with(p, arch, images))
+            .transpose()?;
+        let test = test
+            .map(|p| Dataset::open_with(p, arch, images))
+            .transpose()?;
+        if let (Some(v), Some(t)) = (&val, &test) {
+            if let (Some(a), Some(b)) = (&v.classes, &t.classes) {
+                if a != b {
+                    let first = a
+                        .iter()
+                        .zip(b)
+                        .position(|(x, y)| x != y)
+                        .unwrap_or(a.len().min(b.len()));
+                    return Err(Error::Dataset {
+                        path: t.path.clone(),
+                        reason: format!(
+                            "its classes differ from --val {}'s: class {first} is {:?} here and {:?} there; both splits need the same class names",
+                            v.path.display(),
+                            b.get(first).map_or("absent", String::as_str),
+                            a.get(first).map_or("absent", String::as_str),
+                        ),
+                    });
+                }
+            }
+        }
+        let mut warnings = Vec::new();
+        for data in val.iter().chain(&test) {
+            if let Some((path, reason)) = data.skipped.first() {
+                warnings.push(Warning::general(
+                    "images-skipped",
+                    Some(data.path.clone()),
+                    format!(
+                        "{}: skipped {} image(s) that could not be decoded (--skip-bad-images); first: {}: {reason}",
+                        data.path.display(),
+                        data.skipped.len(),
+                        path.display()
+                    ),
+                ));
+            }
+        }
         Ok(Session {
             evaluator,
             paths: ingredients.to_vec(),
@@ -68,13 +122,13 @@ impl Session {
             pool,
             val,
             test,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
     /// The architecture models are built as.
-    pub fn arch(&self) -> &'static dyn Architecture {
-        self.evaluator.arch
+    pub fn arch(&self) -> &dyn Architecture {
+        &*self.evaluator.arch
     }
 
     /// The evaluator, for its progress bar.
@@ -152,14 +206,20 @@ impl Session {
             let (soup, warnings) = soup::to_memory(plan, RunOptions::default())?;
             Ok((Weights::from_soup(&soup), warnings))
         })?;
-        self.note(warnings.into_iter().map(|w| w.message));
+        self.note(warnings);
         Ok(weights)
     }
 
-    fn note(&mut self, messages: impl IntoIterator<Item = String>) {
-        for m in messages {
-            if !self.warnings.contains(&m) {
-                self.warnings.push(m);
+    /// Keeps each warning once per run, however many soups the run merges: BatchNorm's step
+    /// counters, which differ between any two fine-tunes, get one line in all.
+    fn note(&mut self, warnings: impl IntoIterator<Item = Warning>) {
+        for w in warnings {
+            let seen = self
+                .warnings
+                .iter()
+                .any(|old| *old == w || (w.kind == "batches-tracked-differ" && old.kind == w.kind));
+            if !seen {
+                self.warnings.push(w);
             }
         }
     }
@@ -240,8 +300,10 @@ impl Session {
     }
 
     /// The greedy soup: search on validation with in-memory candidates, then the chosen soup
-    /// merged by the core (and written to `output`, if given, with the same plan) and scored.
-    pub fn greedy(&mut self, accept_ties: bool, output: Option<(&Path, bool)>) -> Result<Greedy> {
+    /// merged by the core and scored. With `output` (a request whose output, `--force` and the
+    /// run's other reads and writes are set), the soup is written by `soup::Merge` exactly as
+    /// `soup-merge` of the chosen ingredients would write it: a file, or a model directory.
+    pub fn greedy(&mut self, accept_ties: bool, output: Option<&MergeRequest>) -> Result<Greedy> {
         if !self.has(Split::Val) {
             return Err(Error::Dataset {
                 path: PathBuf::from("--val"),
@@ -265,16 +327,27 @@ impl Session {
                 soup: None,
                 pending: None,
             };
-            greedy::search(&val_scores, &mut candidates, accept_ties)?
+            greedy::search(
+                &val_scores,
+                &mut candidates,
+                greedy::Rule {
+                    goal: greedy::Goal::Maximize,
+                    accept_ties,
+                },
+                1,
+            )?
         };
         let chosen = search.chosen.clone();
         let weights = self.core_soup(&chosen)?;
         let (val, test) = self.score_splits(&weights)?;
-        if let Some((path, force)) = output {
-            let warnings = self.with_plan(&chosen, |plan| {
-                Ok(soup::write(plan, path, force, RunOptions::default())?)
-            })?;
-            self.note(warnings.into_iter().map(|w| w.message));
+        if let Some(template) = output {
+            let request = MergeRequest {
+                inputs: chosen.iter().map(|&i| self.paths[i].clone()).collect(),
+                weights: None,
+                ..template.clone()
+            };
+            let written = Merge::plan(&request)?.run(&|_| {})?;
+            self.note(written.warnings);
         }
         let names = self.names();
         let members: Vec<String> = chosen.iter().map(|&i| names[i].clone()).collect();
@@ -285,9 +358,11 @@ impl Session {
                 .map(|&i| shell_word(&self.paths[i].display().to_string()))
                 .collect::<Vec<_>>()
                 .join(" "),
-            output.map_or("SOUP.safetensors".to_string(), |(p, _)| shell_word(
-                &p.display().to_string()
-            ))
+            output
+                .and_then(|r| r.output.as_deref())
+                .map_or("SOUP.safetensors".to_string(), |p| shell_word(
+                    &p.display().to_string()
+                ))
         );
         Ok(Greedy {
             row: Row {
@@ -298,8 +373,9 @@ impl Session {
                 test,
             },
             search,
+            goal: greedy::Goal::Maximize,
             accept_ties,
-            output: output.map(|(p, _)| p.to_path_buf()),
+            output: output.and_then(|r| r.output.clone()),
             merge_command,
         })
     }
@@ -337,7 +413,7 @@ impl Session {
 }
 
 /// Quotes a path for the shell when it needs it.
-fn shell_word(s: &str) -> String {
+pub(crate) fn shell_word(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./+=:,@".contains(c))
@@ -353,8 +429,9 @@ struct SumCandidates<'a> {
     checkpoints: &'a [&'a Checkpoint],
     evaluator: &'a Evaluator,
     val: &'a Dataset,
-    soup: Option<RunningSum>,
-    pending: Option<RunningSum>,
+    soup: Option<RunningSum<'a>>,
+    /// The last candidate tried and its sum, so that keeping it costs nothing.
+    pending: Option<(usize, RunningSum<'a>)>,
 }
 
 impl Candidates for SumCandidates<'_> {
@@ -374,7 +451,7 @@ impl Candidates for SumCandidates<'_> {
         let merged = Instant::now();
         let val = self.evaluator.score(&weights, self.val)?;
         let done = Instant::now();
-        self.pending = Some(sum);
+        self.pending = Some((candidate, sum));
         Ok(Trial {
             val,
             merge_seconds: (merged - started).as_secs_f64(),
@@ -382,8 +459,17 @@ impl Candidates for SumCandidates<'_> {
         })
     }
 
-    fn keep(&mut self, _candidate: usize) -> Result<()> {
-        self.soup = self.pending.take();
+    fn keep(&mut self, candidate: usize) -> Result<()> {
+        let soup = match self.pending.take() {
+            Some((tried, sum)) if tried == candidate => sum,
+            // Another candidate was tried since (speculation): add this one again.
+            _ => self
+                .soup
+                .as_ref()
+                .expect("started")
+                .plus(self.checkpoints[candidate])?,
+        };
+        self.soup = Some(soup);
         Ok(())
     }
 }

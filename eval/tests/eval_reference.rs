@@ -32,14 +32,14 @@ fn test_split() -> PathBuf {
 /// candle's logits for the first IMAGES test inputs of the uniform soup of `models`, merged by
 /// the core as soup-eval does (a single model is used as is).
 fn candle_logits(models: &[&str]) -> Vec<f32> {
-    let arch = arch::lookup("digits-cnn").unwrap();
-    let full = Dataset::open(&test_split(), arch).unwrap();
-    let data = Dataset {
-        path: full.path.clone(),
-        inputs: full.inputs[..IMAGES * full.sample_len()].to_vec(),
-        sample_shape: full.sample_shape.clone(),
-        labels: full.labels[..IMAGES].to_vec(),
-    };
+    let arch = arch::digits_cnn::arch();
+    let full = Dataset::open(&test_split(), &*arch).unwrap();
+    let data = Dataset::in_memory(
+        full.path.clone(),
+        full.batch(0, IMAGES).unwrap().into_owned(),
+        full.sample_shape.clone(),
+        full.labels[..IMAGES].to_vec(),
+    );
     let checkpoints: Vec<Checkpoint> = models
         .iter()
         .map(|m| Checkpoint::open(&fixture(&format!("models/{m}"))).unwrap())
@@ -57,7 +57,7 @@ fn candle_logits(models: &[&str]) -> Vec<f32> {
         let (soup, _) = soup::to_memory(&plan, RunOptions::default()).unwrap();
         Weights::from_soup(&soup)
     };
-    let evaluator = Evaluator::new(arch, candle_core::Device::Cpu, 7);
+    let evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 7);
     evaluator.logits(&weights, &data).unwrap()
 }
 

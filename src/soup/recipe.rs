@@ -83,9 +83,13 @@ impl std::fmt::Debug for Recipe {
 }
 
 impl Recipe {
-    /// Reads and validates a recipe file.
+    /// Reads and validates a recipe file: a regular file of at most `MAX_RECIPE_BYTES`.
     pub fn read(path: &Path) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::format::small_file::read(path, MAX_RECIPE_BYTES, "recipe")?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::Recipe {
+            path: path.to_path_buf(),
+            reason: "is not UTF-8 text; a recipe is a YAML file".into(),
+        })?;
         Recipe::parse(path, &text)
     }
 
@@ -95,6 +99,7 @@ impl Recipe {
             path: path.to_path_buf(),
             reason,
         };
+        check_nesting(text).map_err(fail)?;
         let doc: Value =
             serde_yaml::from_str(text).map_err(|e| fail(format!("is not valid YAML: {e}")))?;
         let top = doc.as_mapping().ok_or_else(|| {
@@ -321,13 +326,15 @@ impl Recipe {
     /// written or divided by their sum under `normalize` (mergekit divides the weighted sum by
     /// the sum of the weights; dividing the weights first is the same up to rounding). `None`
     /// for other methods and for per-layer or filtered weights.
-    pub fn linear_weights(&self) -> Option<Vec<f64>> {
+    /// The weights are checked like `--weights`, with the same wording.
+    pub fn linear_weights(&self) -> Option<Result<Vec<f64>>> {
         let weights = self.linear_weights_as_written()?;
-        if !self.linear_normalize() {
-            return Some(weights);
-        }
-        let sum: f64 = weights.iter().sum();
-        Some(weights.iter().map(|w| w / sum).collect())
+        Some(super::weights::resolve(
+            "the recipe's weights",
+            Some(&weights),
+            weights.len(),
+            self.linear_normalize(),
+        ))
     }
 
     fn linear_weights_as_written(&self) -> Option<Vec<f64>> {
@@ -477,6 +484,39 @@ fn show(v: &Value) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// The largest recipe read: real ones are a few KB.
+pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
+
+/// The deepest nesting of brackets or indentation accepted: real recipes nest four or five
+/// levels. The YAML parser's time grows with the square of the nesting, so a deep file is
+/// refused before it is parsed.
+const MAX_NESTING: usize = 32;
+
+fn check_nesting(text: &str) -> std::result::Result<(), String> {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        deepest = deepest.max(indent / 2);
+        for c in line.chars() {
+            match c {
+                '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if deepest > MAX_NESTING {
+            return Err(format!(
+                "nests deeper than {MAX_NESTING} levels; a mergekit recipe nests a few levels: is this the right file?"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,12 +536,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.models, [PathBuf::from("x"), PathBuf::from("y")]);
-        assert_eq!(r.linear_weights().unwrap(), [0.75, 0.25]);
+        assert_eq!(r.linear_weights().unwrap().unwrap(), [0.75, 0.25]);
         assert_eq!(r.dtype, Some(Dtype::BF16));
         assert_eq!(r.base_model.as_deref(), Some("b"));
         assert!(!r.base_is_ingredient());
         let r = parse("merge_method: linear\nparameters: {normalize: false, weight: 2}\nmodels: [{model: x}, {model: y}]\ndtype: float16\nout_dtype: float32\n").unwrap();
-        assert_eq!(r.linear_weights().unwrap(), [2.0, 2.0]);
+        assert_eq!(r.linear_weights().unwrap().unwrap(), [2.0, 2.0]);
         assert_eq!(r.dtype, Some(Dtype::F32));
     }
 
@@ -516,7 +556,7 @@ mod tests {
         assert_eq!(r.models, [PathBuf::from("x")]);
         assert!(r.base_is_ingredient());
         assert_eq!(r.seed, Some(7));
-        assert_eq!(r.linear_weights(), None);
+        assert!(r.linear_weights().is_none());
         let w = &r.settings.models[0]["weight"].setting;
         assert_eq!(w, &Setting::Gradient(vec![0.1, 0.9]));
         let d = &r.settings.models[0]["density"].setting;
