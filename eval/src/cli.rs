@@ -78,9 +78,16 @@ pub struct Common {
     #[arg(long, default_value_t = 256, value_name = "N")]
     pub batch_size: usize,
 
-    /// Where models run: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    /// Where models run: auto (the GPU when this is the CUDA build and the machine has one,
+    /// else the CPU), cpu, cuda or cuda:N. CUDA needs the CUDA build of soup-eval:
+    /// cargo build --release -p soup-eval --features cuda.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
+
+    /// The dtype models compute in: f32, or f16 / bf16 (for GPUs; their logits differ from
+    /// f32's by rounding, see README.md). Weights are averaged in f64 either way.
+    #[arg(long, value_enum, default_value_t = EvalDtype::F32, value_name = "DTYPE")]
+    pub eval_dtype: EvalDtype,
 
     /// CPU threads for candle's kernels and the merge (sets RAYON_NUM_THREADS). Default: every
     /// core. Small models are often fastest with 1, especially on a busy machine.
@@ -94,6 +101,37 @@ pub struct Common {
     /// No progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `--eval-dtype`: the float type models compute in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalDtype {
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl EvalDtype {
+    /// The candle dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            EvalDtype::F32 => candle_core::DType::F32,
+            EvalDtype::F16 => candle_core::DType::F16,
+            EvalDtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// The name `--eval-dtype` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalDtype::F32 => "f32",
+            EvalDtype::F16 => "f16",
+            EvalDtype::Bf16 => "bf16",
+        }
+    }
 }
 
 /// Flags of `greedy`.
@@ -285,6 +323,7 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
         bail!("no dataset; pass --val PATH and/or --test PATH");
     }
     let mut evaluator = Evaluator::new(arch, device.open()?, c.batch_size);
+    evaluator.dtype = c.eval_dtype.dtype();
     evaluator.progress = progress_bar(c.quiet);
     Ok(Session::open(
         evaluator,
@@ -321,6 +360,8 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
     session.evaluator().progress.finish_and_clear();
     let mut report = Report {
         arch: session.arch().name().to_string(),
+        device: super::device::name(&session.evaluator().device),
+        eval_dtype: c.eval_dtype.name().to_string(),
         val_data: c.val.clone(),
         test_data: c.test.clone(),
         ingredients: Vec::new(),

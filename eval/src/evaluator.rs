@@ -1,6 +1,6 @@
-//! Running a model over a dataset in batches: logits and scores.
+//! Running a model over a dataset in batches, on the evaluation device: logits and scores.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 
 use super::arch::Architecture;
@@ -17,55 +17,103 @@ pub struct Evaluator {
     pub device: Device,
     /// Examples per forward pass.
     pub batch_size: usize,
+    /// The dtype models compute in (`--eval-dtype`): f32 (the default), f16 or bf16. Weights
+    /// and inputs are converted to it on the device; logits come back as f32.
+    pub dtype: DType,
     /// Counts evaluated examples; hidden unless the caller made it visible.
     pub progress: ProgressBar,
 }
 
 impl Evaluator {
-    /// An evaluator with a hidden progress bar.
+    /// An f32 evaluator with a hidden progress bar.
     pub fn new(arch: &'static dyn Architecture, device: Device, batch_size: usize) -> Evaluator {
         Evaluator {
             arch,
             device,
             batch_size: batch_size.max(1),
+            dtype: DType::F32,
             progress: ProgressBar::hidden(),
         }
     }
 
-    /// Row-major logits `[data.len(), classes]` of the model built from `weights`.
-    pub fn logits(&self, weights: &Weights, data: &Dataset) -> Result<Vec<f32>> {
-        let vb = weights.var_builder(&self.device)?;
-        let model = self
-            .arch
-            .build(vb)
-            .context(|| format!("cannot build --arch {}", self.arch.name()))?;
-        let per = data.sample_len();
-        self.progress.inc_length(data.len() as u64);
-        let mut out = Vec::with_capacity(data.len() * self.arch.num_classes());
-        for start in (0..data.len()).step_by(self.batch_size) {
-            let end = (start + self.batch_size).min(data.len());
-            let mut shape = vec![end - start];
-            shape.extend(&data.sample_shape);
-            let run = || -> candle_core::Result<Vec<f32>> {
-                let x =
-                    Tensor::from_slice(&data.inputs[start * per..end * per], shape, &self.device)?;
-                model.logits(&x)?.flatten_all()?.to_vec1::<f32>()
-            };
-            out.extend(run().context(|| {
+    /// Waits until the device has finished the work queued on it (a GPU runs asynchronously),
+    /// so that a timer read next counts that work.
+    pub fn synchronize(&self) -> Result<()> {
+        self.device
+            .synchronize()
+            .context(|| "the device failed while finishing its work".to_string())
+    }
+
+    /// `data`'s inputs `[N, ...]` on the device, in the evaluation dtype: upload them once and
+    /// pass them to [`Evaluator::logits_on`] for every model evaluated on `data`.
+    pub fn upload(&self, data: &Dataset) -> Result<Tensor> {
+        let mut shape = vec![data.len()];
+        shape.extend(&data.sample_shape);
+        Tensor::from_slice(&data.inputs, shape, &self.device)
+            .and_then(|x| x.to_dtype(self.dtype))
+            .context(|| {
                 format!(
-                    "forward pass of --arch {} on {} failed",
-                    self.arch.name(),
+                    "{}: cannot place the inputs on the device",
                     data.path.display()
                 )
-            })?);
-            self.progress.inc((end - start) as u64);
+            })
+    }
+
+    /// Row-major logits `[data.len(), classes]` of the model built from `weights`.
+    pub fn logits(&self, weights: &Weights, data: &Dataset) -> Result<Vec<f32>> {
+        self.logits_on(weights, data, &self.upload(data)?)
+    }
+
+    /// [`Evaluator::logits`] with `data`'s inputs already on the device ([`Evaluator::upload`]).
+    /// Weights on another device are copied to this one first. The batches' logits stay on
+    /// the device until the last one is done, then come back in one copy.
+    pub fn logits_on(
+        &self,
+        weights: &Weights,
+        data: &Dataset,
+        inputs: &Tensor,
+    ) -> Result<Vec<f32>> {
+        let weights = weights.to_device(&self.device)?;
+        let model = self
+            .arch
+            .build(weights.var_builder(self.dtype))
+            .context(|| format!("cannot build --arch {}", self.arch.name()))?;
+        let failed = || {
+            format!(
+                "forward pass of --arch {} on {} failed",
+                self.arch.name(),
+                data.path.display()
+            )
+        };
+        self.progress.inc_length(data.len() as u64);
+        let mut batches = Vec::with_capacity(data.len().div_ceil(self.batch_size));
+        for start in (0..data.len()).step_by(self.batch_size) {
+            let len = self.batch_size.min(data.len() - start);
+            let logits = inputs
+                .narrow(0, start, len)
+                .and_then(|x| model.logits(&x))
+                .context(failed)?;
+            batches.push(logits);
+            self.progress.inc(len as u64);
         }
-        Ok(out)
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        Tensor::cat(&batches, 0)
+            .and_then(|l| l.to_dtype(DType::F32))
+            .and_then(|l| l.flatten_all())
+            .and_then(|l| l.to_vec1::<f32>())
+            .context(failed)
     }
 
     /// Accuracy and loss of the model built from `weights` on `data`.
     pub fn score(&self, weights: &Weights, data: &Dataset) -> Result<Score> {
-        let logits = self.logits(weights, data)?;
+        self.score_on(weights, data, &self.upload(data)?)
+    }
+
+    /// [`Evaluator::score`] with `data`'s inputs already on the device.
+    pub fn score_on(&self, weights: &Weights, data: &Dataset, inputs: &Tensor) -> Result<Score> {
+        let logits = self.logits_on(weights, data, inputs)?;
         Ok(Score::from_logits(
             &logits,
             self.arch.num_classes(),

@@ -67,6 +67,10 @@ pub struct Ensemble {
 pub struct Report {
     /// The `--arch` models were built as.
     pub arch: String,
+    /// Where the models ran (`cpu` or `cuda:N`; `--device auto` resolved).
+    pub device: String,
+    /// The dtype the models computed in (`--eval-dtype`).
+    pub eval_dtype: String,
     /// The validation split (`--val`), if given.
     pub val_data: Option<PathBuf>,
     /// The test split (`--test`), if given.
@@ -187,6 +191,8 @@ mod tests {
         };
         Report {
             arch: "digits-cnn".into(),
+            device: "cpu".into(),
+            eval_dtype: "f32".into(),
             val_data: None,
             test_data: None,
             ingredients: vec![

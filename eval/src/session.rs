@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::Tensor;
+
 use model_soup::format::Checkpoint;
 use model_soup::soup::{self, display_name, Plan, PlanOptions, RunOptions};
 
@@ -34,6 +36,8 @@ pub struct Session {
     pool: Vec<Option<Checkpoint>>,
     val: Option<Dataset>,
     test: Option<Dataset>,
+    /// Each split's inputs on the evaluation device, uploaded once: `[val, test]`.
+    inputs: [Option<Tensor>; 2],
     /// Logits per ingredient: `[val, test]`.
     logits: Vec<[Option<Vec<f32>>; 2]>,
     /// Warnings from the core's merges (integer buffers that differ, say), without repeats.
@@ -61,6 +65,8 @@ impl Session {
         }
         let val = val.map(|p| Dataset::open(p, arch)).transpose()?;
         let test = test.map(|p| Dataset::open(p, arch)).transpose()?;
+        let upload = |d: &Option<Dataset>| d.as_ref().map(|d| evaluator.upload(d)).transpose();
+        let inputs = [upload(&val)?, upload(&test)?];
         Ok(Session {
             evaluator,
             paths: ingredients.to_vec(),
@@ -68,6 +74,7 @@ impl Session {
             pool,
             val,
             test,
+            inputs,
             warnings: Vec::new(),
         })
     }
@@ -97,6 +104,11 @@ impl Session {
             Split::Val => self.val.as_ref(),
             Split::Test => self.test.as_ref(),
         }
+    }
+
+    /// A split's data with its inputs on the device.
+    fn on_device(&self, split: Split) -> Option<(&Dataset, &Tensor)> {
+        self.data(split).zip(self.inputs[split as usize].as_ref())
     }
 
     fn checkpoint(&self, i: usize) -> &Checkpoint {
@@ -146,11 +158,13 @@ impl Session {
         result
     }
 
-    /// The uniform soup of `members`, merged in memory by the core, as f32 weights.
+    /// The uniform soup of `members`, merged in memory by the core, as f32 weights on the
+    /// evaluation device.
     fn core_soup(&mut self, members: &[usize]) -> Result<Weights> {
+        let device = self.evaluator.device.clone();
         let (weights, warnings) = self.with_plan(members, |plan| {
             let (soup, warnings) = soup::to_memory(plan, RunOptions::default())?;
-            Ok((Weights::from_soup(&soup), warnings))
+            Ok((Weights::from_soup(&soup, &device)?, warnings))
         })?;
         self.note(warnings.into_iter().map(|w| w.message));
         Ok(weights)
@@ -167,8 +181,8 @@ impl Session {
     /// Scores `weights` on each split given.
     fn score_splits(&self, weights: &Weights) -> Result<(Option<Score>, Option<Score>)> {
         let score = |split| {
-            self.data(split)
-                .map(|d| self.evaluator.score(weights, d))
+            self.on_device(split)
+                .map(|(d, x)| self.evaluator.score_on(weights, d, x))
                 .transpose()
         };
         Ok((score(Split::Val)?, score(Split::Test)?))
@@ -178,11 +192,11 @@ impl Session {
     fn ingredient_logits(&mut self, i: usize, split: Split) -> Result<Option<&[f32]>> {
         let slot = split as usize;
         if self.logits[i][slot].is_none() {
-            let Some(data) = self.data(split) else {
+            let Some((data, inputs)) = self.on_device(split) else {
                 return Ok(None);
             };
-            let weights = Weights::from_checkpoint(self.checkpoint(i));
-            let logits = self.evaluator.logits(&weights, data)?;
+            let weights = Weights::from_checkpoint(self.checkpoint(i), &self.evaluator.device)?;
+            let logits = self.evaluator.logits_on(&weights, data, inputs)?;
             self.logits[i][slot] = Some(logits);
         }
         Ok(self.logits[i][slot].as_deref())
@@ -258,10 +272,12 @@ impl Session {
                 .iter()
                 .map(|c| c.as_ref().expect("returned"))
                 .collect();
+            let (val, val_inputs) = self.on_device(Split::Val).expect("val given");
             let mut candidates = SumCandidates {
                 checkpoints: &checkpoints,
                 evaluator: &self.evaluator,
-                val: self.val.as_ref().expect("val given"),
+                val,
+                val_inputs,
                 soup: None,
                 pending: None,
             };
@@ -348,18 +364,23 @@ fn shell_word(s: &str) -> String {
     }
 }
 
-/// Greedy candidates from a running sum of the chosen ingredients' tensors.
+/// Greedy candidates from a running sum of the chosen ingredients' tensors, kept on the
+/// evaluation device: a step uploads the candidate ingredient once and reads back only logits.
 struct SumCandidates<'a> {
     checkpoints: &'a [&'a Checkpoint],
     evaluator: &'a Evaluator,
     val: &'a Dataset,
+    val_inputs: &'a Tensor,
     soup: Option<RunningSum>,
     pending: Option<RunningSum>,
 }
 
 impl Candidates for SumCandidates<'_> {
     fn start(&mut self, first: usize) -> Result<()> {
-        self.soup = Some(RunningSum::new(self.checkpoints[first]));
+        self.soup = Some(RunningSum::new(
+            self.checkpoints[first],
+            &self.evaluator.device,
+        )?);
         Ok(())
     }
 
@@ -370,9 +391,13 @@ impl Candidates for SumCandidates<'_> {
             .as_ref()
             .expect("started")
             .plus(self.checkpoints[candidate])?;
-        let weights = sum.mean();
+        let weights = sum.mean()?;
+        // A GPU runs the sum asynchronously: wait for it, so the timings split where the work does.
+        self.evaluator.synchronize()?;
         let merged = Instant::now();
-        let val = self.evaluator.score(&weights, self.val)?;
+        let val = self
+            .evaluator
+            .score_on(&weights, self.val, self.val_inputs)?;
         let done = Instant::now();
         self.pending = Some(sum);
         Ok(Trial {

@@ -184,7 +184,9 @@ fn manual_ensemble(models: &[PathBuf], logits_mode: bool) -> (u64, f64) {
     let evaluator = Evaluator::new(arch, candle_core::Device::Cpu, 64);
     let mut sum = vec![0f64; data.len() * 10];
     for m in models {
-        let weights = Weights::from_checkpoint(&Checkpoint::open(m).unwrap());
+        let weights =
+            Weights::from_checkpoint(&Checkpoint::open(m).unwrap(), &candle_core::Device::Cpu)
+                .unwrap();
         let logits = evaluator.logits(&weights, &data).unwrap();
         if logits_mode {
             for (s, x) in sum.iter_mut().zip(&logits) {

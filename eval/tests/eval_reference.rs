@@ -45,7 +45,7 @@ fn candle_logits(models: &[&str]) -> Vec<f32> {
         .map(|m| Checkpoint::open(&fixture(&format!("models/{m}"))).unwrap())
         .collect();
     let weights = if checkpoints.len() == 1 {
-        Weights::from_checkpoint(&checkpoints[0])
+        Weights::from_checkpoint(&checkpoints[0], &candle_core::Device::Cpu).unwrap()
     } else {
         let k = checkpoints.len();
         let plan = Plan::new(
@@ -55,7 +55,7 @@ fn candle_logits(models: &[&str]) -> Vec<f32> {
         )
         .unwrap();
         let (soup, _) = soup::to_memory(&plan, RunOptions::default()).unwrap();
-        Weights::from_soup(&soup)
+        Weights::from_soup(&soup, &candle_core::Device::Cpu).unwrap()
     };
     let evaluator = Evaluator::new(arch, candle_core::Device::Cpu, 7);
     evaluator.logits(&weights, &data).unwrap()

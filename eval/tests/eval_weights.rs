@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use candle_core::Device;
 use model_soup::format::Checkpoint;
 use model_soup::soup::{self, Plan, PlanOptions, RunOptions};
 use soup_eval::weights::{RunningSum, Weights};
@@ -17,7 +18,7 @@ fn open(name: &str) -> Checkpoint {
 }
 
 fn sum_of(names: &[&str]) -> RunningSum {
-    let mut sum = RunningSum::new(&open(names[0]));
+    let mut sum = RunningSum::new(&open(names[0]), &Device::Cpu).unwrap();
     for n in &names[1..] {
         sum = sum.plus(&open(n)).unwrap();
     }
@@ -33,7 +34,11 @@ fn core_soup(names: &[&str]) -> Weights {
         &PlanOptions::default(),
     )
     .unwrap();
-    Weights::from_soup(&soup::to_memory(&plan, RunOptions::default()).unwrap().0)
+    Weights::from_soup(
+        &soup::to_memory(&plan, RunOptions::default()).unwrap().0,
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 /// The largest difference between two weight sets, in units of the larger magnitude.
@@ -41,7 +46,8 @@ fn max_relative_difference(a: &Weights, b: &Weights) -> f64 {
     assert_eq!(a.names().collect::<Vec<_>>(), b.names().collect::<Vec<_>>());
     let mut worst = 0f64;
     for name in a.names() {
-        for (x, y) in a.get(name).unwrap().iter().zip(b.get(name).unwrap()) {
+        let (x, y) = (a.values(name).unwrap(), b.values(name).unwrap());
+        for (x, y) in x.unwrap().iter().zip(y.unwrap()) {
             let scale = x.abs().max(y.abs()).max(f32::MIN_POSITIVE) as f64;
             worst = worst.max((x - y).abs() as f64 / scale);
         }
@@ -57,7 +63,7 @@ fn running_sum_mean_matches_the_core_merge() {
         "ft-lr1e-3-smooth",
         "ft-lr3e-1-poor",
     ];
-    let ours = sum_of(&names).mean();
+    let ours = sum_of(&names).mean().unwrap();
     let core = core_soup(&names);
     let d = max_relative_difference(&ours, &core);
     // Both sum in f64 and round once to f32; they differ only in dividing by k versus
@@ -67,15 +73,21 @@ fn running_sum_mean_matches_the_core_merge() {
 
 #[test]
 fn soup_of_identical_inputs_is_the_input() {
-    let one = Weights::from_checkpoint(&open("ft-lr1e-3"));
-    assert_eq!(sum_of(&["ft-lr1e-3"; 3]).mean(), one);
-    assert_eq!(sum_of(&["ft-lr1e-3"]).mean(), one);
+    let one = Weights::from_checkpoint(&open("ft-lr1e-3"), &Device::Cpu).unwrap();
+    assert_eq!(sum_of(&["ft-lr1e-3"; 3]).mean().unwrap(), one);
+    assert_eq!(sum_of(&["ft-lr1e-3"]).mean().unwrap(), one);
+    // The comparison can fail: another model is not equal.
+    assert_ne!(sum_of(&["ft-lr2e-3"]).mean().unwrap(), one);
 }
 
 #[test]
 fn order_does_not_matter_beyond_rounding() {
-    let a = sum_of(&["ft-lr2e-3", "ft-lr5e-4", "scratch-a"]).mean();
-    let b = sum_of(&["scratch-a", "ft-lr2e-3", "ft-lr5e-4"]).mean();
+    let a = sum_of(&["ft-lr2e-3", "ft-lr5e-4", "scratch-a"])
+        .mean()
+        .unwrap();
+    let b = sum_of(&["scratch-a", "ft-lr2e-3", "ft-lr5e-4"])
+        .mean()
+        .unwrap();
     assert!(max_relative_difference(&a, &b) <= 1.2e-7);
 }
 
@@ -83,8 +95,11 @@ fn order_does_not_matter_beyond_rounding() {
 fn half_precision_ingredients_are_widened_exactly() {
     // The f16 copy enters the sum as its exact f16 values.
     let f16 = open("half/ft-lr2e-3.f16");
-    let direct = Weights::from_checkpoint(&f16);
-    assert_eq!(RunningSum::new(&f16).mean(), direct);
+    let direct = Weights::from_checkpoint(&f16, &Device::Cpu).unwrap();
+    assert_eq!(
+        RunningSum::new(&f16, &Device::Cpu).unwrap().mean().unwrap(),
+        direct
+    );
 }
 
 #[test]
@@ -105,7 +120,8 @@ fn an_ingredient_without_a_tensor_is_an_error_not_a_panic() {
     bytes.extend(t.data);
     std::fs::write(&path, bytes).unwrap();
     let partial = Checkpoint::open(&path).unwrap();
-    let err = RunningSum::new(&base)
+    let err = RunningSum::new(&base, &Device::Cpu)
+        .unwrap()
         .plus(&partial)
         .err()
         .expect("an error");
