@@ -322,7 +322,12 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     if c.val.is_none() && c.test.is_none() {
         bail!("no dataset; pass --val PATH and/or --test PATH");
     }
-    let mut evaluator = Evaluator::new(arch, device.open()?, c.batch_size);
+    let device = device.open()?;
+    if device.is_cpu() && c.eval_dtype == EvalDtype::Bf16 {
+        // candle's CPU backend has no bf16 matrix multiply: say so before any work.
+        bail!("--eval-dtype bf16 needs a GPU (candle's CPU backend can't multiply bf16 matrices); on the CPU use f32 or f16");
+    }
+    let mut evaluator = Evaluator::new(arch, device, c.batch_size);
     evaluator.dtype = c.eval_dtype.dtype();
     evaluator.progress = progress_bar(c.quiet);
     Ok(Session::open(
