@@ -111,7 +111,7 @@ curand   libcurand   libcurand.so.10   libcurand.so.10    101
 nvrtc    libnvrtc    libnvrtc.so.13    libnvrtc.so.13     1
 EOF
 ln -sf "$cuda_home/lib/libcudart.so.13" "$run_libs/libcudart.so.13"
-say "stubs for $(grep -c '(void)' "$cuda_dir"/gen/*.c | tr '\n' ' ')in $stubs"
+say "link stubs in $stubs: $(cd "$cuda_dir/gen" && for c in *.c; do printf '%s (%s functions) ' "${c%.c}" "$(grep -c '(void)' "$c")"; done)"
 
 # 3. The environment candle-kernels (cudaforge) and cudarc read.
 export CUDA_HOME="$cuda_home"
