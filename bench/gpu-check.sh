@@ -16,7 +16,7 @@
 # passes.
 #
 # Binaries: the GPU machine needs soup-eval and gpu-check built with `--features cuda`.
-# - If .gpu-bundle/ (or SOUP_GPU_BUNDLE) holds them, they are used. `--bundle` makes it on a
+# - If .gpu-bundle/ (or SOUP_GPU_BUNDLE) holds them (gzipped), they are used. `--bundle` makes it on a
 #   machine that has network but no GPU: .ci/cuda-build.sh compiles against NVIDIA's CUDA
 #   13.0.2 wheels and link stubs, and the stripped binaries are copied. They load the real
 #   libraries on the GPU machine by soname (the driver's libcuda.so.1, and libcublas.so.13,
@@ -41,8 +41,11 @@ if [ "${1:-}" = --bundle ]; then
     SOUP_CUDA_TARGET_DIR="$target" .ci/cuda-build.sh
     rm -rf "$bundle"
     mkdir -p "$bundle"
+    # Stripped and compressed (120 MB -> 12 MB each, most of it candle's PTX), so that the
+    # bundle and the checkout travel together within the device tool's 64 MiB.
     for bin in soup-eval examples/gpu-check; do
         objcopy --strip-debug "$target/release/$bin" "$bundle/$(basename "$bin")"
+        gzip -6 "$bundle/$(basename "$bin")"
     done
     git rev-parse HEAD >"$bundle/COMMIT" 2>/dev/null || true
     say "bundle in $bundle: $(du -sh "$bundle" | cut -f1); carry it to the GPU machine"
@@ -61,8 +64,13 @@ case "$cuda_version" in
 *) die "the driver supports CUDA ${cuda_version:-unknown}; this build needs 13.0 or newer" ;;
 esac
 
-# The CUDA 13 libraries: PyTorch's nvidia packages, a toolkit, or the loader's cache.
+# The CUDA 13 libraries: LD_LIBRARY_PATH, PyTorch's nvidia packages, a toolkit, or the
+# loader's cache.
 lib_dirs=()
+IFS=: read -r -a given <<<"${LD_LIBRARY_PATH:-}"
+for d in "${given[@]}"; do
+    [ -n "$d" ] && [ -d "$d" ] && lib_dirs+=("$d")
+done
 for sp in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
     for d in "$sp"/nvidia/cu13/lib "$sp"/nvidia/*/lib; do
         [ -d "$d" ] && lib_dirs+=("$d")
@@ -93,9 +101,14 @@ for l in "${libs[@]}"; do
     case ":${ld_path:-}:" in *":$d:"*) ;; *) ld_path="${ld_path:+$ld_path:}$d" ;; esac
 done
 
-if [ -x "$bundle/soup-eval" ] && [ -x "$bundle/gpu-check" ]; then
-    soup_eval="$bundle/soup-eval"
-    gpu_check="$bundle/gpu-check"
+if [ -f "$bundle/soup-eval.gz" ] && [ -f "$bundle/gpu-check.gz" ]; then
+    mkdir -p "$runtime/bin"
+    for bin in soup-eval gpu-check; do
+        gzip -dc "$bundle/$bin.gz" >"$runtime/bin/$bin"
+        chmod +x "$runtime/bin/$bin"
+    done
+    soup_eval="$runtime/bin/soup-eval"
+    gpu_check="$runtime/bin/gpu-check"
     say "using the prebuilt binaries in $bundle (commit $(cat "$bundle/COMMIT" 2>/dev/null || echo unknown))"
 elif command -v cargo >/dev/null; then
     nvcc="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"

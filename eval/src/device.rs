@@ -77,7 +77,7 @@ fn open_cuda(n: usize) -> Result<Device> {
     Device::new_cuda(n).map_err(|e| {
         Error::Device(format!(
             "cannot open --device cuda:{n}: {}; check that the machine has that GPU and a driver for CUDA 13.0 or newer (nvidia-smi), or use --device cpu",
-            model_soup::cli::one_line(&e.to_string())
+            super::error::candle_message(&e)
         ))
     })
 }
