@@ -1,16 +1,24 @@
 #!/usr/bin/env python3
-"""Time soup-merge against the machine's floor and against mergekit, a naive torch script and a numpy
+"""Time soup-merge against the machine's floors and against mergekit, a naive torch script and a numpy
 streaming script, on synthetic Llama-style checkpoints. Usually started through bench/run.sh.
 
     python3 bench/bench.py --sizes 1,4 --phases tools,threads,cold [--dtype bf16] [--reps 5]
     python3 bench/bench.py --sizes 1,2,4,8 --phases scaling --reps 3 --big-gib 8 --big-reps 1
 
 Phases, run for each size in turn (inputs are made once per size, then deleted unless --keep-inputs):
-  tools    floor, soup-merge and the baselines, alternating, --reps repetitions, then compare.py on
-           the outputs of the last repetition
+  tools    the floors, soup-merge and the baselines, alternating, --reps repetitions, then compare.py
+           on the outputs of the last repetition
   cold     one repetition of each tool after dropping the page cache (needs root; skipped otherwise)
   threads  soup-merge with RAYON_NUM_THREADS=1 and 2, alternating, and `cmp` of their outputs
-  scaling  floor and soup-merge only, for the size-vs-time and size-vs-RSS series
+  scaling  the floors and soup-merge only, for the size-vs-time and size-vs-RSS series
+
+The floors are the machine's own limits, each one plain command timed like a tool:
+  read   `cat` of the inputs to /dev/null
+  write  `dd if=/dev/zero bs=1M conv=fsync` into a fresh file as long as the first input
+  copy   `cp` of the first input, then `sync` of the copy
+A merge must read every input and write the output, so max(read, write) is the tight floor: a merger
+that overlaps the two perfectly takes that long. Every ratio to a floor is taken within one
+repetition (the floors and the tool ran minutes apart at most) and reported as min, median and max.
 
 Timing: wall clock around each process, peak RSS from `/usr/bin/time -v` (os.wait4 when absent).
 Before every timed run the previous output is deleted, `sync` runs, the inputs are read once untimed
@@ -32,15 +40,18 @@ import sys
 import tempfile
 import time
 
+import mergekit_config
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SHARED = os.path.join(os.path.dirname(REPO), "shared", "bench")
 GIB = 1 << 30
 
+FLOORS = ("floor-read", "floor-write", "floor-copy")
+
 TOOL_TITLES = {
-    "floor": "floor: read inputs + write output + fsync",
-    "floor-nofsync": "floor without fsync",
-    "floor-small": "floor, 128 KiB writes + fsync",
+    "floor-read": "floor, read: `cat` inputs > /dev/null",
+    "floor-write": "floor, write: `dd` zeros, fsync",
+    "floor-copy": "floor, copy: `cp` one input + `sync`",
     "soup": "soup-merge",
     "mergekit": "mergekit-yaml (linear)",
     "naive": "naive torch script",
@@ -175,7 +186,7 @@ class Bench:
             if d not in todo:
                 continue
             log(f"making {d} ({gib:g} GiB {self.a.dtype})")
-            cmd = [self.py, os.path.join(SHARED, "make_checkpoint.py"), d, "--config-dir",
+            cmd = [self.py, os.path.join(HERE, "make_checkpoint.py"), d,
                    "--gib", str(gib), "--dtype", self.a.dtype, "--seed", str(seed)]
             if self.a.hidden:
                 cmd += ["--hidden", str(self.a.hidden), "--vocab", str(self.a.vocab)]
@@ -193,20 +204,24 @@ class Bench:
         if tool == "soup":
             return [self.a.soup_merge, *files, "-o", out, "-q"]
         if tool == "naive":
-            return [self.py, os.path.join(SHARED, "naive_merge.py"), "-o", out, *files]
+            return [self.py, os.path.join(HERE, "naive_merge.py"), "-o", out, *files]
         if tool == "numpy":
             return [self.py, os.path.join(HERE, "numpy_merge.py"), "-o", out, *files]
         if tool == "mergekit":
             return [self.a.mergekit_yaml, self.mergekit_config(dirs), out, "--no-copy-tokenizer", "--quiet"]
+        if tool == "floor-read":
+            return ["sh", "-c", 'cat "$@" > /dev/null', "floor-read", *files]
+        if tool == "floor-write":
+            return ["dd", "if=/dev/zero", f"of={out}", "bs=1M", f"count={os.path.getsize(files[0])}",
+                    "iflag=count_bytes", "conv=fsync", "status=none"]
+        if tool == "floor-copy":
+            return ["sh", "-c", 'cp -- "$1" "$2" && sync -- "$2"', "floor-copy", files[0], out]
         raise ValueError(tool)
 
     def mergekit_config(self, dirs):
         path = os.path.join(self.out_dir, "mergekit.yml")
-        dtype = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[self.a.dtype]
-        text = subprocess.run(["bash", os.path.join(SHARED, "mk_config.sh"), dtype, *dirs],
-                              check=True, capture_output=True, text=True).stdout
         with open(path, "w") as f:
-            f.write(text)
+            f.write(mergekit_config.render(mergekit_config.linear_recipe(dirs, self.a.dtype)))
         return path
 
     def env(self, tool, threads=None):
@@ -217,9 +232,9 @@ class Bench:
 
     # ---- one timed measurement ----------------------------------------------------------------
     def measure(self, tool, files, dirs, cold=False, threads=None, suffix="", keep=False):
-        """Time `tool` once. Floor tools return the sum of their read and write processes."""
+        """Time `tool` (a floor command or a merger) once."""
         in_bytes = sum(os.path.getsize(f) for f in files)
-        out = self.output_path(tool if not tool.startswith("floor") else "floor", suffix)
+        out = self.output_path(tool, suffix)
         remove(out)
         os.sync()
         if cold:
@@ -227,27 +242,12 @@ class Bench:
         elif not self.a.no_warm:
             warm(files)
         time.sleep(self.a.settle)
-        if tool.startswith("floor"):
-            read = self.runner.run("floor-read", [self.py, os.path.join(SHARED, "read_floor.py"), *files])
-            if cold:
-                drop_caches()
-            write_cmd = [self.py, os.path.join(SHARED, "write_floor.py"), out, str(os.path.getsize(files[0]))]
-            if tool == "floor":
-                write_cmd.append("--fsync")
-            elif tool == "floor-small":
-                write_cmd = [self.py, os.path.join(HERE, "write_blocks.py"), out, str(os.path.getsize(files[0]))]
-            write = self.runner.run(tool + "-write", write_cmd)
-            result = {"wall": read["wall"] + write["wall"], "read": read["wall"], "write": write["wall"],
-                      "cpu": read["cpu"] + write["cpu"],
-                      "rss_mib": max(read["rss_mib"], write["rss_mib"]), "rc": read["rc"] or write["rc"]}
-            out_bytes = os.path.getsize(files[0])
+        result = self.runner.run(tool + suffix, self.command(tool, files, dirs, out), self.env(tool, threads))
+        out_bytes = size_of(out) if os.path.exists(out) else 0
+        if tool.startswith("floor") or not keep:
             remove(out)
-        else:
-            result = self.runner.run(tool, self.command(tool, files, dirs, out), self.env(tool, threads))
-            out_bytes = size_of(out) if os.path.exists(out) else 0
-            if not keep:
-                remove(out)
-        result["bytes"] = in_bytes + out_bytes
+        result["bytes"] = {"floor-read": in_bytes, "floor-write": out_bytes,
+                           "floor-copy": 2 * out_bytes}.get(tool, in_bytes + out_bytes)
         log(f"{tool}{suffix}: {result['wall']:.3f} s, {result['rss_mib']:.0f} MiB"
             + ("" if result["rc"] == 0 else f", FAILED ({result['rc']})"))
         return result
@@ -263,45 +263,28 @@ class Bench:
 
     # ---- phases -------------------------------------------------------------------------------
     def phase_tools(self, gib, files, dirs, cold=False):
-        tools = ["floor", "floor-nofsync", "floor-small"] + [t for t in self.a.tools.split(",") if t not in ("floor", "")]
+        tools = list(FLOORS) + [t for t in self.a.tools.split(",") if t and not t.startswith("floor")]
         reps = 1 if cold else self.reps(gib)
         if cold and not drop_caches():
             self.report.append(f"Cold-cache run skipped: cannot write /proc/sys/vm/drop_caches.\n")
             return
         runs = self.alternate(tools, files, dirs, reps, cold=cold)
         summary = summarize(runs)
+        ratios = floor_ratios(runs)
         key = "cold" if cold else "tools"
-        self.raw["sizes"].setdefault(f"{gib:g}", {})[key] = {"runs": runs, "summary": summary,
+        self.raw["sizes"].setdefault(f"{gib:g}", {})[key] = {"runs": runs, "summary": summary, "ratios": ratios,
                                                               "commands": self.commands(tools, files, dirs)}
         title = (f"### 3 × {gib:g} GiB {self.a.dtype}, " +
                  ("cold page cache (dropped before each tool), 1 run" if cold else
-                  f"warm page cache, median of {reps} alternating runs"))
-        self.report += [title, "", tools_table(summary, reps), ""]
-        small, soup = summary.get("floor-small", {}).get("wall"), summary.get("soup", {}).get("wall")
-        if small and soup:
-            self.report += [f"soup-merge against the floor with 128 KiB writes (its own write size): {soup / small:.2f}×.", ""]
+                  f"warm page cache, {reps} alternating repetitions"))
+        self.report += [title, "", tools_table(summary, ratios), "", ratio_lines(ratios), ""]
         if not cold:
-            self.report += [self.floor_parts(runs), ""]
             self.check(gib, files, [t for t in tools if not t.startswith("floor")])
-
-    def floor_parts(self, runs):
-        parts = []
-        for t in ("floor", "floor-nofsync", "floor-small"):
-            ok = [r for r in runs.get(t, []) if r["rc"] == 0]
-            if ok:
-                parts.append(f"{t}: read {statistics.median(r['read'] for r in ok):.3f} s + "
-                             f"write {statistics.median(r['write'] for r in ok):.3f} s")
-        return "Floor parts (medians): " + "; ".join(parts) + "."
 
     def commands(self, tools, files, dirs):
         cmds = {}
         for t in tools:
-            if t.startswith("floor"):
-                cmds[t] = (f"{self.py} {SHARED}/read_floor.py INPUTS; " +
-                           (f"{self.py} {HERE}/write_blocks.py OUT BYTES" if t == "floor-small" else
-                            f"{self.py} {SHARED}/write_floor.py OUT BYTES" + (" --fsync" if t == "floor" else "")))
-            else:
-                cmds[t] = " ".join(self.command(t, files, dirs, self.output_path(t)))
+            cmds[t] = " ".join(self.command(t, files, dirs, self.output_path(t)))
         return cmds
 
     def check(self, gib, files, tools):
@@ -344,25 +327,26 @@ class Bench:
 
     def phase_scaling(self, gib, files, dirs):
         reps = self.reps(gib)
-        runs = self.alternate(["floor", "floor-small", "soup"], files, dirs, reps)
+        runs = self.alternate(list(FLOORS) + ["soup"], files, dirs, reps)
         summary = summarize(runs)
-        self.raw["sizes"].setdefault(f"{gib:g}", {})["scaling"] = {"runs": runs, "summary": summary}
-        self.scaling_rows.append((gib, sum(os.path.getsize(f) for f in files), reps, summary))
+        ratios = floor_ratios(runs)
+        self.raw["sizes"].setdefault(f"{gib:g}", {})["scaling"] = {"runs": runs, "summary": summary, "ratios": ratios}
+        self.scaling_rows.append((gib, reps, summary, ratios))
 
     def reps(self, gib):
         return self.a.big_reps if self.a.big_gib and gib >= self.a.big_gib else self.a.reps
 
     def scaling_table(self):
-        lines = ["### Scaling with input size (soup-merge vs floor with fsync)", "",
-                 "| per input | read+written GB | reps | floor s | floor 128 KiB s | soup-merge s | soup CPU s | × floor | × floor 128 KiB | soup s per GiB of input | GB/s | peak RSS MiB |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for gib, in_bytes, reps, s in self.scaling_rows:
-            f, m, small = s.get("floor", {}), s.get("soup", {}), s.get("floor-small", {})
-            ratio = m["wall"] / f["wall"] if m.get("wall") and f.get("wall") else None
-            ratio_small = m["wall"] / small["wall"] if m.get("wall") and small.get("wall") else None
-            per = m["wall"] / (in_bytes / 3 / GIB) if m.get("wall") else None
-            lines.append(f"| {gib:g} GiB | {fmt(m.get('bytes', 0) / 1e9, 1)} | {reps} | {fmt(f.get('wall'))} | {fmt(small.get('wall'))} | {fmt(m.get('wall'))} | {fmt(m.get('cpu'), 2)} | "
-                         f"{fmt(ratio, 2)} | {fmt(ratio_small, 2)} | {fmt(per)} | {fmt(m.get('gbps'), 2)} | {fmt(m.get('rss'), 0)} |")
+        lines = ["### Scaling with input size (soup-merge against the floors)", "",
+                 "| per input | reps | read s | write s | copy s | soup-merge s (min–max) | × tight floor (min–max) | × copy | soup s per GiB of input | soup CPU s | peak RSS MiB |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for gib, reps, s, r in self.scaling_rows:
+            m = s.get("soup", {})
+            per = m["wall"] / gib if m.get("wall") else None
+            tight, copy = r.get("soup", {}).get("tight"), r.get("soup", {}).get("copy")
+            lines.append(f"| {gib:g} GiB | {reps} | {fmt(s['floor-read'].get('wall'))} | {fmt(s['floor-write'].get('wall'))} | "
+                         f"{fmt(s['floor-copy'].get('wall'))} | {fmt(m.get('wall'))} ({fmt(m.get('min'))}–{fmt(m.get('max'))}) | "
+                         f"{span(tight)} | {fmt(copy and copy['median'], 2)} | {fmt(per)} | {fmt(m.get('cpu'), 2)} | {fmt(m.get('rss'), 0)} |")
         return "\n".join(lines) + "\n"
 
     def main(self):
@@ -406,7 +390,8 @@ class Bench:
                 f"- Command: `{self.a.command}`",
                 f"- Peak RSS from {'`/usr/bin/time -v`' if self.runner.gnu_time else 'os.wait4 rusage'}; "
                 "CPU s = user + system time (median), less sensitive than wall to other jobs on the machine; "
-                "GB/s = (bytes read + bytes written) / wall / 1e9; × floor = wall / floor-with-fsync wall; "
+                "GB/s = (bytes read + bytes written) / wall / 1e9; tight floor = max(read floor, write floor) "
+                "of the same repetition; × = wall / floor, per repetition, median (min–max); "
                 f"settle {self.a.settle:g} s before each run.", ""]
         text = "\n".join(head + self.report)
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -446,21 +431,73 @@ def fmt(x, digits=3):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def tools_table(summary, reps):
-    floor = summary.get("floor", {}).get("wall")
+def floor_ratios(runs):
+    """For every merger, its wall time over the tight floor (max of read and write), over read + write
+    and over the copy floor, each taken within one repetition: min, median, max over repetitions.
+    Also mergekit's time over soup-merge's, per repetition."""
+    out = {}
+    reps = min(len(rs) for rs in runs.values())
+    for tool, rs in runs.items():
+        if tool.startswith("floor"):
+            continue
+        series = {"tight": [], "sum": [], "copy": [], "mergekit_over_soup": []}
+        for i in range(reps):
+            fl = {f: runs[f][i] for f in FLOORS if f in runs and runs[f][i]["rc"] == 0}
+            me = rs[i]
+            if me["rc"]:
+                continue
+            if "floor-read" in fl and "floor-write" in fl:
+                read, write = fl["floor-read"]["wall"], fl["floor-write"]["wall"]
+                series["tight"].append(me["wall"] / max(read, write))
+                series["sum"].append(me["wall"] / (read + write))
+            if "floor-copy" in fl:
+                series["copy"].append(me["wall"] / fl["floor-copy"]["wall"])
+            if tool == "soup" and "mergekit" in runs and runs["mergekit"][i]["rc"] == 0:
+                series["mergekit_over_soup"].append(runs["mergekit"][i]["wall"] / me["wall"])
+        out[tool] = {k: {"min": min(v), "median": statistics.median(v), "max": max(v), "n": len(v)}
+                     for k, v in series.items() if v}
+    return out
+
+
+def span(r, digits=2):
+    """`median (min–max)` of a ratio series, or a dash."""
+    if not r:
+        return "—"
+    if r["n"] == 1:
+        return f"{r['median']:.{digits}f}"
+    return f"{r['median']:.{digits}f} ({r['min']:.{digits}f}–{r['max']:.{digits}f})"
+
+
+def tools_table(summary, ratios):
     soup = summary.get("soup", {}).get("wall")
-    lines = ["| tool | wall s | min–max s | CPU s | GB/s | peak RSS MiB | × floor | soup-merge faster by |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| tool | wall s, median | min–max s | CPU s | GB/s | peak RSS MiB | × tight floor | × read + write | × copy | soup-merge faster by |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t, s in summary.items():
         if s["wall"] is None:
-            lines.append(f"| {TOOL_TITLES.get(t, t)} | failed ({s['failed']} runs) | | | | | | |")
+            lines.append(f"| {TOOL_TITLES.get(t, t)} | failed ({s['failed']} runs) | | | | | | | | |")
             continue
-        ratio = s["wall"] / floor if floor else None
+        r = ratios.get(t, {})
         faster = s["wall"] / soup if soup and not t.startswith("floor") and t != "soup" else None
         note = f" ({s['failed']} failed)" if s["failed"] else ""
         lines.append(f"| {TOOL_TITLES.get(t, t)}{note} | {fmt(s['wall'])} | {fmt(s['min'])}–{fmt(s['max'])} | {fmt(s['cpu'], 2)} | {fmt(s['gbps'], 2)} | "
-                     f"{fmt(s['rss'], 0)} | {fmt(ratio, 2)} | {'—' if faster is None else f'{faster:.1f}×'} |")
+                     f"{fmt(s['rss'], 0)} | {span(r.get('tight'))} | {span(r.get('sum'))} | {span(r.get('copy'))} | "
+                     f"{'—' if faster is None else f'{faster:.1f}×'} |")
     return "\n".join(lines)
+
+
+def ratio_lines(ratios):
+    """The headline sentences: soup-merge against the tight floor and against mergekit."""
+    soup = ratios.get("soup", {})
+    lines = []
+    if soup.get("tight"):
+        t = soup["tight"]
+        lines.append(f"soup-merge / tight floor max(read, write), per repetition: median {t['median']:.2f}×, "
+                     f"min {t['min']:.2f}×, max {t['max']:.2f}× ({t['n']} repetitions).")
+    if soup.get("mergekit_over_soup"):
+        m = soup["mergekit_over_soup"]
+        lines.append(f"mergekit / soup-merge, per repetition: median {m['median']:.1f}×, min {m['min']:.1f}×, "
+                     f"max {m['max']:.1f}×.")
+    return " ".join(lines)
 
 
 def now():

@@ -13,11 +13,9 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${BENCH_VENV:-/work/bench-venv}
 data=${BENCH_DATA:-/work/bench-data}
-shared=$(dirname "$repo")/shared/bench
 
 die() { echo "error: $*" >&2; exit 1; }
 
-[[ -f $shared/make_checkpoint.py ]] || die "$shared/make_checkpoint.py not found; the benchmark needs ../shared/bench next to the repository"
 case $(realpath -m "$venv")/ in "$repo"/*) die "BENCH_VENV=$venv is inside the repository; pick a directory outside it" ;; esac
 case $(realpath -m "$data")/ in "$repo"/*) die "BENCH_DATA=$data is inside the repository; pick a directory outside it" ;; esac
 

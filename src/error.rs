@@ -35,11 +35,34 @@ pub enum Error {
     #[error("{}: {reason}", path.display())]
     Output { path: PathBuf, reason: String },
 
+    /// Flags or weights that don't make sense together, found before anything is read.
+    #[error("{0}")]
+    Usage(String),
+
+    /// Weights that would give a soup nobody meant (all zero, non-finite).
+    #[error("{0}")]
+    Weights(String),
+
     #[error("interrupted; the partial output was removed")]
     Interrupted,
 }
 
 impl Error {
+    /// A stable, machine-readable name for the kind of failure: `--json` prints it beside the
+    /// message, so pipelines can branch on it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::Header { .. } | Error::Tensor { .. } => "invalid-input",
+            Error::Plan(_) => "plan",
+            Error::Recipe { .. } => "recipe",
+            Error::Output { .. } => "output",
+            Error::Usage(_) => "usage",
+            Error::Weights(_) => "weights",
+            Error::Interrupted => "interrupted",
+        }
+    }
+
     pub(crate) fn io(path: &Path, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.to_path_buf(),

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod format;
+pub mod json_path;
 pub mod soup;
 
 pub use error::{Error, Result};

@@ -417,40 +417,59 @@ fn differing_integer_tensors_warn_or_fail_under_strict() {
     let mut paths = Vec::new();
     for (i, steps) in [100i64, 250].iter().enumerate() {
         let p = dir.path().join(format!("e{i}.safetensors"));
-        write(
-            &p,
-            &[
-                spec(
-                    "bn.num_batches_tracked",
-                    D::I64,
-                    &[],
-                    steps.to_le_bytes().to_vec(),
-                ),
-                spec("bn.weight", D::F32, &[2], vec![0; 8]),
-            ],
-        );
+        let mut tensors = vec![spec("bn.weight", D::F32, &[2], vec![0; 8])];
+        for layer in 0..3 {
+            tensors.push(spec(
+                &format!("bn{layer}.num_batches_tracked"),
+                D::I64,
+                &[],
+                steps.to_le_bytes().to_vec(),
+            ));
+        }
+        tensors.push(spec("mask", D::I64, &[], (i as i64).to_le_bytes().to_vec()));
+        write(&p, &tensors);
         paths.push(p);
     }
     let out = dir.path().join("soup.safetensors");
-    let o = run_merge(&[&paths[0], &paths[1], &"-o", &out]);
+    let o = run_merge(&[&paths[0], &paths[1], &"-o", &out, &"--json"]);
     assert!(o.status.success());
     let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line for the counters, one for mask: {err}"
+    );
     assert!(
-        err.contains("warning:")
-            && err.contains("bn.num_batches_tracked")
-            && err.contains("e1.safetensors"),
+        lines
+            .iter()
+            .any(|l| l.contains("3 BatchNorm num_batches_tracked")),
         "{err}"
     );
-    assert_eq!(read(&out)["bn.num_batches_tracked"].2, 100i64.to_le_bytes());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("'mask'") && l.contains("e1.safetensors")),
+        "{err}"
+    );
+    // --json carries exactly what stderr said.
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let json: Vec<String> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| format!("warning: {}", w["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(json, lines);
+    assert_eq!(
+        read(&out)["bn0.num_batches_tracked"].2,
+        100i64.to_le_bytes()
+    );
 
     let strict = dir.path().join("strict.safetensors");
     let o = run_merge(&[&paths[0], &paths[1], &"-o", &strict, &"--strict"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("bn.num_batches_tracked"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("num_batches_tracked"), "{}", stderr(&o));
     assert!(!strict.exists(), "--strict failure must leave no output");
 }
 

@@ -497,21 +497,39 @@ fn a_failed_directory_merge_leaves_nothing_and_force_replaces_safely() {
 
     // An existing directory is refused without --force and left as it was.
     std::fs::create_dir(&out).unwrap();
-    std::fs::write(out.join("old.txt"), "old").unwrap();
+    std::fs::write(out.join("model.safetensors"), "old").unwrap();
+    std::fs::write(out.join("config.json"), "{}").unwrap();
     fails(
         &[&files[0], &files[1], &"-o", &out],
         &["already exists", "--force"],
     );
-    assert_eq!(std::fs::read_to_string(out.join("old.txt")).unwrap(), "old");
+    assert_eq!(
+        std::fs::read_to_string(out.join("model.safetensors")).unwrap(),
+        "old"
+    );
     // A failed --force run leaves the old directory untouched too.
     fails(
         &[&files[0], &other, &"--strict", &"--force", &"-o", &out],
         &["--strict"],
     );
-    assert_eq!(std::fs::read_to_string(out.join("old.txt")).unwrap(), "old");
-    // With --force it is replaced whole: nothing of the old one remains.
+    assert_eq!(
+        std::fs::read_to_string(out.join("model.safetensors")).unwrap(),
+        "old"
+    );
+    // A directory holding anything but model files is never replaced, even with --force.
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    fails(
+        &[&files[0], &files[1], &"--force", &"-o", &out],
+        &["'notes.txt'", "not a model file"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
+    // With --force a directory of model files is replaced whole: nothing of it remains.
     ok(&[&files[0], &files[1], &"--force", &"-o", &out]);
-    assert!(!out.join("old.txt").exists());
+    assert!(!out.join("config.json").exists());
     assert!(out.join("model.safetensors").is_file());
     let left: Vec<String> = std::fs::read_dir(tmp.path())
         .unwrap()

@@ -247,8 +247,7 @@ fn write_after(dir: &Path, meddle: impl FnOnce(&Path)) -> model_soup::Result<Vec
     meddle(&paths[1]);
     soup::write(
         &plan,
-        &dir.join("soup.safetensors"),
-        false,
+        &destination(&dir.join("soup.safetensors"), false),
         RunOptions::default(),
     )
 }

@@ -26,7 +26,7 @@ fn an_interrupt_before_the_merge_starts_stops_it() {
     // As if Ctrl-C came while the headers were being read.
     soup::interrupt();
     let out = dir.path().join("soup.safetensors");
-    let err = soup::write(&first, &out, false, RunOptions::default()).unwrap_err();
+    let err = soup::write(&first, &destination(&out, false), RunOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Interrupted), "{err}");
     assert!(!out.exists(), "published after an interrupt");
     let left: Vec<_> = std::fs::read_dir(dir.path())

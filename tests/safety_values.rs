@@ -179,3 +179,121 @@ fn an_input_with_weight_zero_is_not_read_so_its_nan_is_not_inherited() {
         "the first input, bit for bit"
     );
 }
+
+#[test]
+fn zero_weights_are_refused_rather_than_letting_the_first_inputs_nans_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = pair(dir.path(), &[f32::NAN, 1.0], &[2.0, 3.0]);
+    let out = dir.path().join("soup.safetensors");
+    let o = run_merge(&[&a, &b, &"-w", &"0,0", &"-o", &out, &"--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("every weight of --weights is 0"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(json(&o)["kind"], "weights");
+    assert!(!out.exists());
+}
+
+/// `a` has tensors `shared` and `extra`; `b` and `c` only `shared`.
+fn partial(dir: &Path) -> [PathBuf; 3] {
+    let paths = ["a", "b", "c"].map(|n| dir.join(format!("{n}.safetensors")));
+    for (i, p) in paths.iter().enumerate() {
+        let mut tensors = vec![spec("shared", D::F32, &[2], f32s(&[i as f32, 1.0]))];
+        if i == 0 {
+            tensors.push(spec("extra", D::F32, &[2], f32s(&[7.0, 8.0])));
+        }
+        write(p, &tensors);
+    }
+    paths
+}
+
+#[test]
+fn on_missing_first_and_skip_do_not_depend_on_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = partial(dir.path());
+    // `first` copies the first input that has the tensor, whatever its weight.
+    let out = dir.path().join("first.safetensors");
+    let o = run_merge(&[
+        &a,
+        &b,
+        &c,
+        &"-w",
+        &"0,1,1",
+        &"--on-missing",
+        &"first",
+        &"-o",
+        &out,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read(&out)["extra"].2, f32s(&[7.0, 8.0]));
+    assert_eq!(read(&out)["shared"].2, f32s(&[3.0, 2.0]));
+    // `skip` leaves the partial tensor out; when nothing is left, that is an error.
+    let out = dir.path().join("skip.safetensors");
+    let o = run_merge(&[&a, &b, &"-w", &"0,1", &"--on-missing", &"skip", &"-o", &out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!read(&out).contains_key("extra"));
+    let only = dir.path().join("only.safetensors");
+    write(&only, &[spec("other", D::F32, &[1], f32s(&[1.0]))]);
+    let out = dir.path().join("nothing.safetensors");
+    let o = run_merge(&[&a, &only, &"--on-missing", &"skip", &"-o", &out]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("leaves nothing to write"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn every_warning_on_stderr_is_in_the_json_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = pair(dir.path(), &[f32::NAN, 1.0], &[2.0, 3.0]);
+    // A directory output from plain files: no config.json to copy, a warning about it.
+    let out = dir.path().join("soupdir");
+    let o = run_merge(&[&a, &b, &"-o", &out, &"--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed: Vec<String> = stderr(&o)
+        .lines()
+        .filter_map(|l| l.strip_prefix("warning: ").map(str::to_string))
+        .collect();
+    let v = json(&o);
+    let reported: Vec<String> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(printed, reported);
+    let kinds: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"no-config") && kinds.contains(&"non-finite-input"),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn thread_counts_are_bounded_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = pair(dir.path(), &[1.0], &[2.0]);
+    let out = dir.path().join("soup.safetensors");
+    let started = std::time::Instant::now();
+    let o = soup_merge()
+        .args([&a, &b])
+        .arg("-o")
+        .arg(&out)
+        .env("RAYON_NUM_THREADS", "100000")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("RAYON_NUM_THREADS=100000") && stderr(&o).contains("1024"));
+    assert!(started.elapsed().as_secs_f64() < 5.0);
+    assert!(!out.exists());
+}

@@ -124,7 +124,7 @@ fn merged(dir: &Path) -> (Plan, Layout, Record, PathBuf) {
         observe: Some(&observe),
         ..RunOptions::default()
     };
-    soup::write(&plan, &out, false, options).unwrap();
+    soup::write(&plan, &destination(&out, false), options).unwrap();
     let layout = Layout::single(&plan, "soup.safetensors");
     (plan, layout, record, out)
 }

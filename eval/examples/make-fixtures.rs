@@ -2,8 +2,8 @@
 //! a deliberately poor one, f16/bf16 copies, and a pair trained from different random inits.
 //!
 //! ```text
-//! cargo run --release --example make-fixtures -- --readme fixtures/README.md  # rewrites fixtures/models
-//! cargo run --release --example make-fixtures -- --fast --out DIR             # the quick CI variant
+//! cargo run --release -p soup-eval --example make-fixtures -- --readme fixtures/README.md  # rewrites fixtures/models
+//! cargo run --release -p soup-eval --example make-fixtures -- --fast --out DIR             # the quick CI variant
 //! ```
 //!
 //! Everything random (weight init, batch order, augmentation) comes from a seeded SplitMix64,

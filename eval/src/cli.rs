@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -15,6 +15,8 @@ use super::evaluator::Evaluator;
 use super::plot;
 use super::report::Report;
 use super::session::{Session, Split};
+use model_soup::format::{self, Destination, OutputKind, Reads, Request, Role};
+use model_soup::soup::{self, MergeRequest};
 
 const AFTER_HELP: &str = "\
 Data: a dataset is a .safetensors file with 'inputs' (float [N, ...], the shape --arch expects)
@@ -74,9 +76,10 @@ pub struct Common {
     #[arg(long, value_name = "PATH")]
     pub test: Option<PathBuf>,
 
-    /// Examples per forward pass.
-    #[arg(long, default_value_t = 256, value_name = "N")]
-    pub batch_size: usize,
+    /// Examples per forward pass (1 to 65536).
+    #[arg(long, default_value_t = 256, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch_size: u32,
 
     /// Where models run: auto (the GPU when this is the CUDA build and the machine has one,
     /// else the CPU), cpu, cuda or cuda:N. CUDA needs the CUDA build of soup-eval:
@@ -89,10 +92,12 @@ pub struct Common {
     #[arg(long, value_enum, default_value_t = EvalDtype::F32, value_name = "DTYPE")]
     pub eval_dtype: EvalDtype,
 
-    /// CPU threads for candle's kernels and the merge (sets RAYON_NUM_THREADS). Default: every
-    /// core. Small models are often fastest with 1, especially on a busy machine.
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    /// CPU threads for candle's kernels and the merge (sets RAYON_NUM_THREADS), 1 to 1024.
+    /// Default: every core. Small models are often fastest with 1, especially on a busy
+    /// machine.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=model_soup::cli::MAX_THREADS as i64))]
+    pub threads: Option<u32>,
 
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
@@ -140,11 +145,14 @@ pub struct GreedyArgs {
     #[command(flatten)]
     pub common: Common,
 
-    /// Write the greedy soup here (byte-identical to soup-merge of its ingredients).
+    /// Write the greedy soup here (byte-identical to soup-merge of its ingredients): a
+    /// .safetensors file, or a Hugging Face model directory when the name does not end in
+    /// .safetensors.
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
-    /// Replace an existing -o file.
+    /// Replace an existing -o (or --plot) that this tool could have written: a regular file,
+    /// or a directory of model files. Inputs, datasets and anything else are never replaced.
     #[arg(short, long)]
     pub force: bool,
 
@@ -160,8 +168,8 @@ pub struct EnsembleArgs {
     pub common: Common,
 
     /// Average probabilities (soft voting) or logits.
-    #[arg(long, value_enum, default_value_t = Mode::Probs)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = EnsembleMode::Probs)]
+    pub mode: EnsembleMode,
 }
 
 /// Flags of `report`.
@@ -171,34 +179,48 @@ pub struct ReportArgs {
     pub greedy: GreedyArgs,
 
     /// How the ensemble combines its members.
-    #[arg(long, value_enum, default_value_t = Mode::Probs)]
-    pub mode: Mode,
+    #[arg(long, value_enum, default_value_t = EnsembleMode::Probs)]
+    pub mode: EnsembleMode,
 
     /// Write an SVG plot of val against test accuracy here.
     #[arg(long, value_name = "PATH")]
     pub plot: Option<PathBuf>,
 }
 
+/// `--mode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnsembleMode {
+    /// Mean of the softmax probabilities, then argmax (soft voting, as the seed does).
+    Probs,
+    /// Mean of the logits, then argmax (the model-soups paper's ensemble baseline).
+    Logits,
+}
+
+impl From<EnsembleMode> for Mode {
+    fn from(m: EnsembleMode) -> Mode {
+        match m {
+            EnsembleMode::Probs => Mode::Probs,
+            EnsembleMode::Logits => Mode::Logits,
+        }
+    }
+}
+
 /// Runs `args` and prints the report: the whole of `soup-eval`'s `main`.
 pub fn main(args: Args) -> ExitCode {
     model_soup::cli::handle_interrupts_then_exit();
-    let json = match &args.command {
-        Command::Score(c) | Command::Uniform(c) => c.json,
-        Command::Greedy(g) => g.common.json,
-        Command::Ensemble(e) => e.common.json,
-        Command::Report(r) => r.greedy.common.json,
-    };
-    match run(&args) {
+    let json = common(&args).json;
+    let result = model_soup::cli::check_thread_env()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| run(&args));
+    match result {
         Ok(report) => {
-            let text = if json {
-                serde_json::to_string_pretty(&report).expect("reports serialise") + "\n"
+            model_soup::cli::print_warnings(&report.warnings);
+            let printed = if json {
+                model_soup::cli::print_json(&report)
             } else {
-                report.table()
+                model_soup::cli::print(&report.table())
             };
-            for w in &report.warnings {
-                eprintln!("warning: {}", model_soup::cli::one_line(w));
-            }
-            if let Err(e) = model_soup::cli::print(&text) {
+            if let Err(e) = printed {
                 return model_soup::cli::fail(
                     &anyhow::Error::new(e).context("cannot write to stdout"),
                 );
@@ -206,21 +228,25 @@ pub fn main(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            if json {
-                let _ = model_soup::cli::print(&format!(
-                    "{}\n",
-                    serde_json::json!({ "error": model_soup::cli::one_line(&format!("{err:#}")) })
-                ));
-            }
+            let own = err.chain().find_map(|e| e.downcast_ref::<super::Error>());
+            let kind = own.map_or_else(|| model_soup::cli::error_kind(&err), |e| e.kind());
             let interrupted = model_soup::cli::interrupted(&err)
-                || err.chain().any(|e| {
-                    matches!(
-                        e.downcast_ref::<super::Error>(),
-                        Some(super::Error::Format(model_soup::Error::Interrupted))
-                    )
-                });
-            model_soup::cli::fail_as(&err, interrupted)
+                || matches!(
+                    own,
+                    Some(super::Error::Format(model_soup::Error::Interrupted))
+                );
+            model_soup::cli::fail_report(&err, json, kind, interrupted)
         }
+    }
+}
+
+/// The flags every command shares.
+fn common(args: &Args) -> &Common {
+    match &args.command {
+        Command::Score(c) | Command::Uniform(c) => c,
+        Command::Greedy(g) => &g.common,
+        Command::Ensemble(e) => &e.common,
+        Command::Report(r) => &r.greedy.common,
     }
 }
 
@@ -240,15 +266,11 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         }
         Command::Greedy(g) => {
             let c = &g.common;
-            check_output(g.output.as_deref(), g.force, "-o")?;
-            let mut session = open(
-                c,
-                &[("--val", c.val.is_some()), ("--test", c.test.is_some())],
-            )?;
+            let (writes, _) = outputs(c, g, None)?;
+            let mut session = open(c, &[("--val", c.val.is_some())])?;
             session.check_soup()?;
-            let greedy =
-                session.greedy(g.accept_ties, g.output.as_deref().map(|p| (p, g.force)))?;
-            let ingredients = session.ingredients(&[Split::Val])?;
+            let greedy = session.greedy(g.accept_ties, writes.as_ref())?;
+            let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
             Ok(finish(c, &session, |r| {
                 r.ingredients = ingredients;
                 r.greedy = Some(greedy);
@@ -257,7 +279,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         Command::Ensemble(e) => {
             let c = &e.common;
             let mut session = open(c, &[])?;
-            let ensemble = session.ensemble(e.mode)?;
+            let ensemble = session.ensemble(e.mode.into())?;
             let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
             Ok(finish(c, &session, |r| {
                 r.ingredients = ingredients;
@@ -267,32 +289,92 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
         Command::Report(r) => {
             let g = &r.greedy;
             let c = &g.common;
-            check_output(r.plot.as_deref(), true, "--plot")?;
-            check_output(g.output.as_deref(), g.force, "-o")?;
-            let mut session = open(
-                c,
-                &[("--val", c.val.is_some()), ("--test", c.test.is_some())],
-            )?;
+            let (writes, plot) = outputs(c, g, r.plot.as_deref())?;
+            let mut session = open(c, &[("--val", c.val.is_some())])?;
             session.check_soup()?;
             let ingredients = session.ingredients(&[Split::Val, Split::Test])?;
             let uniform = session.uniform()?;
-            let greedy =
-                session.greedy(g.accept_ties, g.output.as_deref().map(|p| (p, g.force)))?;
-            let ensemble = session.ensemble(r.mode)?;
+            let greedy = session.greedy(g.accept_ties, writes.as_ref())?;
+            let ensemble = session.ensemble(r.mode.into())?;
             let report = finish(c, &session, |rep| {
                 rep.ingredients = ingredients;
                 rep.uniform = Some(uniform);
                 rep.greedy = Some(greedy);
                 rep.ensemble = Some(ensemble);
             });
-            if let Some(path) = &r.plot {
+            if let Some(dest) = plot {
                 let svg = plot::svg(&report, &format!("{}: soups and ingredients", report.arch))?;
-                std::fs::write(path, svg)
-                    .with_context(|| format!("cannot write --plot {}", path.display()))?;
+                format::write_whole(&dest, svg.as_bytes())?;
             }
             Ok(report)
         }
     }
+}
+
+/// What a soup-eval run reads: every ingredient and dataset, which no output may touch.
+fn reads(c: &Common) -> Vec<(Role, PathBuf)> {
+    let mut reads: Vec<(Role, PathBuf)> = c
+        .inputs
+        .iter()
+        .map(|p| (Role::Ingredient, p.clone()))
+        .collect();
+    reads.extend(
+        [&c.val, &c.test]
+            .into_iter()
+            .flatten()
+            .map(|p| (Role::Dataset, p.clone())),
+    );
+    reads
+}
+
+/// Checks every output of the run (-o and --plot) against the output policy before any work,
+/// and proves each writable by claiming (and dropping) its temporary. Returns the request the
+/// greedy soup will be written with, if -o was given, and the plot's destination.
+fn outputs(
+    c: &Common,
+    g: &GreedyArgs,
+    plot: Option<&Path>,
+) -> anyhow::Result<(Option<MergeRequest>, Option<Destination>)> {
+    let mut requests = Vec::new();
+    let mut also_writes = Vec::new();
+    if let Some(o) = &g.output {
+        requests.push(Request {
+            flag: "-o",
+            path: o.clone(),
+            kind: soup::output_kind(o, None)?,
+        });
+    }
+    if let Some(p) = plot {
+        let request = Request {
+            flag: "--plot",
+            path: p.to_path_buf(),
+            kind: OutputKind::File,
+        };
+        also_writes.push(request.clone());
+        requests.push(request);
+    }
+    let mut read = Reads::new();
+    for (role, path) in reads(c) {
+        read.add(role, &path);
+    }
+    let mut plot_dest = None;
+    for dest in format::destination::check(&requests, &read, g.force)? {
+        match dest.kind() {
+            OutputKind::File => drop(format::AtomicFile::create(&dest)?),
+            OutputKind::Directory => drop(format::AtomicDir::create(&dest)?),
+        }
+        if plot.is_some_and(|p| p == dest.given()) {
+            plot_dest = Some(dest);
+        }
+    }
+    let greedy = g.output.as_ref().map(|o| MergeRequest {
+        output: Some(o.clone()),
+        force: g.force,
+        also_reads: reads(c),
+        also_writes,
+        ..Default::default()
+    });
+    Ok((greedy, plot_dest))
 }
 
 /// Validates the common flags (before any file is read) and opens the session.
@@ -303,13 +385,7 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
             known: arch::names(),
         })?;
     let device: DeviceSpec = c.device.parse()?;
-    if c.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     if let Some(n) = c.threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
         // Read by candle's CPU kernels on each call and by rayon's pool when it starts; no
         // other thread is running yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
@@ -327,7 +403,7 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
         // candle's CPU backend has no bf16 matrix multiply: say so before any work.
         bail!("--eval-dtype bf16 needs a GPU (candle's CPU backend can't multiply bf16 matrices); on the CPU use f32 or f16");
     }
-    let mut evaluator = Evaluator::new(arch, device, c.batch_size);
+    let mut evaluator = Evaluator::new(arch, device, c.batch_size as usize);
     evaluator.dtype = c.eval_dtype.dtype();
     evaluator.progress = progress_bar(c.quiet);
     Ok(Session::open(
@@ -336,29 +412,6 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
         c.val.as_deref(),
         c.test.as_deref(),
     )?)
-}
-
-/// An existing output is refused unless `force`; its folder must exist.
-fn check_output(path: Option<&Path>, force: bool, flag: &str) -> anyhow::Result<()> {
-    let Some(path) = path else { return Ok(()) };
-    if path.exists() && !force {
-        bail!(
-            "{flag} {} already exists; pass --force to replace it",
-            path.display()
-        );
-    }
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        bail!(
-            "{flag} {}: folder {} does not exist",
-            path.display(),
-            parent.display()
-        );
-    }
-    Ok(())
 }
 
 fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Report {

@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::score::{softmax, Score};
 
 /// How the models' outputs are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Mean of the softmax probabilities, then argmax (soft voting, as the seed does).

@@ -70,6 +70,23 @@ pub fn candle_message(e: &candle_core::Error) -> String {
     model_soup::cli::one_line(&text)
 }
 
+impl Error {
+    /// A stable, machine-readable name for the kind of failure, printed by `--json`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Format(inner) => inner.kind(),
+            Error::Arch { .. } => "arch",
+            Error::Dataset { .. } => "dataset",
+            Error::UnknownArch { .. } => "usage",
+            Error::Device(_) => "device",
+            Error::NoIngredients => "usage",
+            Error::Candle { .. } => "model",
+            Error::Io { .. } => "io",
+            Error::Plot(_) => "plot",
+        }
+    }
+}
+
 /// The evaluator's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

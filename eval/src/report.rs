@@ -48,6 +48,7 @@ pub struct Greedy {
     /// Whether a candidate that ties the soup's validation accuracy was kept (`--accept-ties`).
     pub accept_ties: bool,
     /// Where the soup was written (`-o`), if it was.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub output: Option<PathBuf>,
     /// The `soup-merge` command that writes the same file.
     pub merge_command: String,
@@ -72,8 +73,10 @@ pub struct Report {
     /// The dtype the models computed in (`--eval-dtype`).
     pub eval_dtype: String,
     /// The validation split (`--val`), if given.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub val_data: Option<PathBuf>,
     /// The test split (`--test`), if given.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub test_data: Option<PathBuf>,
     /// One row per ingredient, in command-line order (empty for `uniform`).
     pub ingredients: Vec<Row>,
@@ -85,7 +88,7 @@ pub struct Report {
     pub ensemble: Option<Ensemble>,
     /// Warnings from the core's merges, such as integer buffers that differ between
     /// ingredients (the first ingredient's are kept).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<model_soup::soup::Warning>,
 }
 
 impl Report {

@@ -7,7 +7,9 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use model_soup::format::Checkpoint;
-use model_soup::soup::{self, display_name, Plan, PlanOptions, RunOptions};
+use model_soup::soup::{
+    self, display_name, Merge, MergeRequest, Plan, PlanOptions, RunOptions, Warning,
+};
 
 use super::arch::Architecture;
 use super::dataset::Dataset;
@@ -41,7 +43,7 @@ pub struct Session {
     /// Logits per ingredient: `[val, test]`.
     logits: Vec<[Option<Vec<f32>>; 2]>,
     /// Warnings from the core's merges (integer buffers that differ, say), without repeats.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
 }
 
 impl Session {
@@ -166,14 +168,20 @@ impl Session {
             let (soup, warnings) = soup::to_memory(plan, RunOptions::default())?;
             Ok((Weights::from_soup(&soup, &device)?, warnings))
         })?;
-        self.note(warnings.into_iter().map(|w| w.message));
+        self.note(warnings);
         Ok(weights)
     }
 
-    fn note(&mut self, messages: impl IntoIterator<Item = String>) {
-        for m in messages {
-            if !self.warnings.contains(&m) {
-                self.warnings.push(m);
+    /// Keeps each warning once per run, however many soups the run merges: BatchNorm's step
+    /// counters, which differ between any two fine-tunes, get one line in all.
+    fn note(&mut self, warnings: impl IntoIterator<Item = Warning>) {
+        for w in warnings {
+            let seen = self
+                .warnings
+                .iter()
+                .any(|old| *old == w || (w.kind == "batches-tracked-differ" && old.kind == w.kind));
+            if !seen {
+                self.warnings.push(w);
             }
         }
     }
@@ -254,8 +262,10 @@ impl Session {
     }
 
     /// The greedy soup: search on validation with in-memory candidates, then the chosen soup
-    /// merged by the core (and written to `output`, if given, with the same plan) and scored.
-    pub fn greedy(&mut self, accept_ties: bool, output: Option<(&Path, bool)>) -> Result<Greedy> {
+    /// merged by the core and scored. With `output` (a request whose output, `--force` and the
+    /// run's other reads and writes are set), the soup is written by `soup::Merge` exactly as
+    /// `soup-merge` of the chosen ingredients would write it: a file, or a model directory.
+    pub fn greedy(&mut self, accept_ties: bool, output: Option<&MergeRequest>) -> Result<Greedy> {
         if !self.has(Split::Val) {
             return Err(Error::Dataset {
                 path: PathBuf::from("--val"),
@@ -286,11 +296,14 @@ impl Session {
         let chosen = search.chosen.clone();
         let weights = self.core_soup(&chosen)?;
         let (val, test) = self.score_splits(&weights)?;
-        if let Some((path, force)) = output {
-            let warnings = self.with_plan(&chosen, |plan| {
-                Ok(soup::write(plan, path, force, RunOptions::default())?)
-            })?;
-            self.note(warnings.into_iter().map(|w| w.message));
+        if let Some(template) = output {
+            let request = MergeRequest {
+                inputs: chosen.iter().map(|&i| self.paths[i].clone()).collect(),
+                weights: None,
+                ..template.clone()
+            };
+            let written = Merge::plan(&request)?.run(&|_| {})?;
+            self.note(written.warnings);
         }
         let names = self.names();
         let members: Vec<String> = chosen.iter().map(|&i| names[i].clone()).collect();
@@ -301,9 +314,11 @@ impl Session {
                 .map(|&i| shell_word(&self.paths[i].display().to_string()))
                 .collect::<Vec<_>>()
                 .join(" "),
-            output.map_or("SOUP.safetensors".to_string(), |(p, _)| shell_word(
-                &p.display().to_string()
-            ))
+            output
+                .and_then(|r| r.output.as_deref())
+                .map_or("SOUP.safetensors".to_string(), |p| shell_word(
+                    &p.display().to_string()
+                ))
         );
         Ok(Greedy {
             row: Row {
@@ -315,7 +330,7 @@ impl Session {
             },
             search,
             accept_ties,
-            output: output.map(|(p, _)| p.to_path_buf()),
+            output: output.and_then(|r| r.output.clone()),
             merge_command,
         })
     }

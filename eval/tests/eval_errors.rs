@@ -360,29 +360,31 @@ fn json_errors_are_json() {
 }
 
 #[test]
-fn zero_threads_or_batch_size() {
-    let out = soup_eval(&[
-        &"score",
-        &"--arch",
-        &"digits-cnn",
-        &"--threads",
-        &"0",
-        &"--val",
-        &val(),
-        &base(),
-    ]);
-    assert_error(&out, &["--threads"]);
-    let out = soup_eval(&[
-        &"score",
-        &"--arch",
-        &"digits-cnn",
-        &"--batch-size",
-        &"0",
-        &"--val",
-        &val(),
-        &base(),
-    ]);
-    assert_error(&out, &["--batch-size"]);
+fn numeric_flags_state_their_range() {
+    for (flag, value, range) in [
+        ("--threads", "0", "1..=1024"),
+        ("--threads", "100000", "1..=1024"),
+        ("--batch-size", "0", "1..=65536"),
+        ("--batch-size", "100000", "1..=65536"),
+    ] {
+        let out = soup_eval(&[
+            &"score",
+            &"--arch",
+            &"digits-cnn",
+            &flag,
+            &value,
+            &"--val",
+            &val(),
+            &base(),
+        ]);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {err}");
+        assert!(
+            err.contains(flag) && err.contains(range),
+            "{flag} {value}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
 }
 
 #[test]

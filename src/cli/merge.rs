@@ -1,18 +1,13 @@
-//! `soup-merge`: flags, validation of flags into a `Plan`, running it, and the summary.
+//! `soup-merge`'s front end: its flags, and printing what `soup::Merge` reports. The merge
+//! itself, and every rule about inputs, weights and outputs, is in the library.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{bail, Context};
-use clap::{Parser, ValueEnum};
-use serde::Serialize;
+use clap::Parser;
 
-use crate::format::{model_dir, Checkpoint, Dtype};
-use crate::soup::{
-    self, Action, Card, ExtraFile, FileSummary, Layout, OnMissing, Plan, PlanOptions, Recipe,
-    RunOptions, Warning, DEFAULT_SHARD_SIZE, META_RECIPE,
-};
+use crate::format::Dtype;
+use crate::soup::{self, Merge, MergeReport, MergeRequest, OnMissing};
 
 const AFTER_HELP: &str = "\
 How tensors are merged:
@@ -29,8 +24,13 @@ How tensors are merged:
 Safety:
   Every header is validated, and every input checked against the others, before any tensor data
   is read. The output is written to a hidden temporary beside it, fsynced and renamed into
-  place: on any error, Ctrl-C or a full disk nothing appears at the destination. An existing
-  output is refused without --force; an output that is one of the inputs is always refused.
+  place: on any error, Ctrl-C or a full disk nothing appears at the destination.
+  The output never replaces anything the merge reads (an input, shard, index, --base, --config
+  or companion file), whether named directly, through a symbolic link, `..` or a hard link,
+  and never lands inside an input's model directory. Devices, FIFOs, sockets and links are
+  never replaced. --force replaces only what soup-merge could have written: a regular file for
+  a .safetensors output, a directory holding nothing but model files for a directory output;
+  the replacement keeps the old one's permissions.
 
 Model directories:
   An input may be a Hugging Face model directory: its model.safetensors, or its
@@ -48,7 +48,10 @@ Recipes:
   the output's __metadata__ (model_soup.recipe) and model card.
 
 Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line,
-130 interrupted. With --json, stdout holds one JSON object, also on failure ({\"error\": ...}).
+130 interrupted. With --json, stdout holds one JSON object, also on failure
+({\"error\": ..., \"kind\": ...}; kind is one of io, invalid-input, plan, recipe, output, usage,
+weights, interrupted). Paths that are not UTF-8 appear in JSON as
+{\"utf8_lossy\": ..., \"bytes_hex\": ...}.
 
 Examples:
   soup-merge a.safetensors b.safetensors c.safetensors -o soup.safetensors
@@ -77,7 +80,7 @@ pub struct Args {
 
     /// Write a model directory with shards of at most this size (5GB, 500MB, 2GiB). Default for
     /// a directory output: 5GB.
-    #[arg(long, value_name = "SIZE", value_parser = parse_shard_size)]
+    #[arg(long, value_name = "SIZE", value_parser = soup::parse_size)]
     pub shard_size: Option<u64>,
 
     /// Take config.json, the tokenizer and the chat template from this model directory instead
@@ -110,8 +113,8 @@ pub struct Args {
     pub dtype: Option<OutDtype>,
 
     /// What to do with tensors that some inputs lack.
-    #[arg(long, value_enum, default_value_t = OnMissing::Error, value_name = "POLICY")]
-    pub on_missing: OnMissing,
+    #[arg(long, value_enum, default_value_t = MissingPolicy::Error, value_name = "POLICY")]
+    pub on_missing: MissingPolicy,
 
     /// Make warnings errors: differing non-float tensors, NaN/Inf in inputs, overflow.
     #[arg(long)]
@@ -159,98 +162,66 @@ impl From<OutDtype> for Dtype {
     }
 }
 
-/// The `--json` summary of a merge (or of a plan, with `--dry-run`).
-#[derive(Debug, Serialize)]
-pub struct MergeReport {
-    /// The output path, or null for a dry run without -o.
-    pub output: Option<PathBuf>,
-    /// Whether this was a dry run: nothing was read beyond headers, nothing written.
-    pub dry_run: bool,
-    /// Inputs in command-line order, with the weights actually used.
-    pub inputs: Vec<InputReport>,
-    /// Output tensors.
-    pub tensors: usize,
-    /// Tensors averaged (float dtypes).
-    pub averaged: usize,
-    /// Tensors copied (non-float dtypes).
-    pub copied: usize,
-    /// Tensors not in every input (handled by --on-missing).
-    pub missing: Vec<String>,
-    /// Bytes of tensor data read from the inputs.
-    pub bytes_read: u64,
-    /// Size of the output file, header included, as planned.
-    pub output_bytes: u64,
-    /// Bytes actually written (0 in a dry run).
-    pub bytes_written: u64,
-    /// Wall-clock seconds from start to the output being in place.
-    pub seconds: f64,
-    /// Findings about the data; the merge went on.
-    pub warnings: Vec<Warning>,
-    /// Parameters (elements) in the output's tensors.
-    pub parameters: u64,
-    /// Output tensors per dtype: count and bytes.
-    pub dtypes: Vec<DtypeSummary>,
-    /// The output's safetensors files: one, or the shards of a model directory.
-    pub files: Vec<FileSummary>,
-    /// Non-weight files written beside the shards of a directory output (config, tokenizer,
-    /// model card).
-    pub extra_files: Vec<String>,
-    /// The recipe file, with --config.
-    pub config: Option<PathBuf>,
-    /// The plan per tensor, with --dry-run only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub plan: Option<Vec<PlannedTensor>>,
-    /// With --verify: the output as read back, with the sha256 of each file.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verified: Option<soup::Verified>,
+/// `--on-missing` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum MissingPolicy {
+    /// Refuse the merge and list the tensors.
+    Error,
+    /// Leave the tensor out of the output.
+    Skip,
+    /// Copy it from the first input that has it, whatever the weights.
+    First,
+    /// Average over the inputs that have it, with their weights rescaled to the same sum.
+    Renormalize,
 }
 
-/// Output tensors of one dtype.
-#[derive(Debug, Serialize)]
-pub struct DtypeSummary {
-    /// The dtype's safetensors name.
-    pub dtype: String,
-    /// Number of tensors.
-    pub tensors: usize,
-    /// Parameters (elements) in them.
-    pub parameters: u64,
-    /// Bytes of tensor data.
-    pub bytes: u64,
+impl From<MissingPolicy> for OnMissing {
+    fn from(p: MissingPolicy) -> OnMissing {
+        match p {
+            MissingPolicy::Error => OnMissing::Error,
+            MissingPolicy::Skip => OnMissing::Skip,
+            MissingPolicy::First => OnMissing::First,
+            MissingPolicy::Renormalize => OnMissing::Renormalize,
+        }
+    }
 }
 
-/// One input in the summary.
-#[derive(Debug, Serialize)]
-pub struct InputReport {
-    /// The file or model directory, as given.
-    pub path: PathBuf,
-    /// The weight used, after --normalize.
-    pub weight: f64,
-    /// Number of safetensors files it is stored in (1 for a file or model.safetensors).
-    pub shards: usize,
-}
-
-/// One output tensor in a dry run.
-#[derive(Debug, Serialize)]
-pub struct PlannedTensor {
-    pub name: String,
-    pub dtype: String,
-    pub shape: Vec<u64>,
-    /// `average` or `copy`.
-    pub action: &'static str,
-    /// Indices of the inputs used, with their weights (1 for a copy).
-    pub terms: Vec<(usize, f64)>,
+impl Args {
+    /// The library's request for these flags.
+    pub fn request(&self) -> MergeRequest {
+        MergeRequest {
+            inputs: self.inputs.clone(),
+            weights: self.weights.clone(),
+            normalize: self.normalize,
+            dtype: self.dtype.map(Dtype::from),
+            recipe: self.config.clone(),
+            base: self.base.clone(),
+            output: self.output.clone(),
+            shard_size: self.shard_size,
+            on_missing: self.on_missing.into(),
+            strict: self.strict,
+            force: self.force,
+            verify: self.verify,
+            also_reads: Vec::new(),
+            also_writes: Vec::new(),
+        }
+    }
 }
 
 /// Runs `soup-merge` with parsed arguments and returns the process's exit status.
 pub fn main(args: Args) -> ExitCode {
     super::handle_interrupts();
-    let json = args.json;
+    if let Err(err) = super::check_thread_env() {
+        return super::fail_json(&err.into(), args.json);
+    }
     match run(&args) {
         Ok(report) => {
-            let printed = if json {
-                super::print(
-                    &(serde_json::to_string_pretty(&report).expect("report serialises") + "\n"),
-                )
+            super::print_warnings(&report.warnings);
+            if !args.quiet && !report.dry_run {
+                say_done(&report);
+            }
+            let printed = if args.json {
+                super::print_json(&report)
             } else if report.dry_run {
                 super::print(&describe_plan(&report))
             } else {
@@ -261,390 +232,45 @@ pub fn main(args: Args) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(err) => {
-            if json {
-                let _ = super::print(&format!(
-                    "{}\n",
-                    serde_json::json!({ "error": super::one_line(&format!("{err:#}")) })
-                ));
-            }
-            super::fail(&err)
-        }
+        Err(err) => super::fail_json(&err, args.json),
     }
 }
 
-/// What to merge, from the command line or a recipe.
-struct Merge {
-    inputs: Vec<PathBuf>,
-    weights: Vec<f64>,
-    dtype: Option<Dtype>,
-    recipe: Option<Recipe>,
-}
-
-fn merge_inputs(args: &Args) -> anyhow::Result<Merge> {
-    let Some(path) = &args.config else {
-        return Ok(Merge {
-            inputs: args.inputs.clone(),
-            weights: weights(args)?,
-            dtype: args.dtype.map(Dtype::from),
-            recipe: None,
-        });
-    };
-    let recipe = Recipe::read(path)?;
-    for (i, model) in recipe.models.iter().enumerate() {
-        if !model.exists() {
-            bail!(
-                "{}: models[{i}].model {} is not a local file or directory; soup-merge does not download models: fetch it first (huggingface-cli download REPO --local-dir DIR) and put the directory in the recipe",
-                path.display(),
-                model.display()
-            );
-        }
-    }
-    Ok(Merge {
-        inputs: recipe.models.clone(),
-        weights: recipe.effective_weights(),
-        dtype: recipe.dtype,
-        recipe: Some(recipe),
-    })
-}
-
-/// Where the output goes: one file, or a model directory of shards.
-enum Output {
-    File,
-    Dir { shard_size: u64 },
-}
-
-fn output_kind(args: &Args) -> anyhow::Result<Output> {
-    let is_file = args
-        .output
-        .as_ref()
-        .is_some_and(|o| o.extension().is_some_and(|e| e == "safetensors"));
-    match (is_file, args.shard_size) {
-        (true, Some(_)) => bail!(
-            "--shard-size writes a model directory, but -o {} names a .safetensors file; give -o a directory name",
-            args.output.as_ref().expect("is_file").display()
-        ),
-        (true, None) => {
-            if args.base.is_some() {
-                bail!("--base applies to a model-directory output; give -o a directory name (without .safetensors)");
-            }
-            Ok(Output::File)
-        }
-        (false, size) if args.output.is_some() || size.is_some() => Ok(Output::Dir {
-            shard_size: size.unwrap_or(DEFAULT_SHARD_SIZE),
-        }),
-        _ => Ok(Output::File),
-    }
-}
-
-/// Validates the flags, plans the merge and runs it.
+/// Plans the merge with the library and runs it, or stops at the plan for a dry run.
 pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
-    let started = Instant::now();
-    let merge = merge_inputs(args)?;
-    let kind = output_kind(args)?;
-    if let Some(base) = &args.base {
-        if !base.is_dir() {
-            bail!(
-                "--base {} is not a directory; give the model directory whose config and tokenizer to copy",
-                base.display()
-            );
-        }
-    }
-    let ingredients = merge
-        .inputs
-        .iter()
-        .map(|p| Checkpoint::open(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut options = PlanOptions {
-        dtype: merge.dtype,
-        on_missing: args.on_missing,
-        ..Default::default()
-    };
-    if let Some(recipe) = &merge.recipe {
-        options
-            .extra_metadata
-            .insert(META_RECIPE.into(), recipe.text.clone());
-    }
-    let plan = Plan::new(ingredients, merge.weights.clone(), &options)?;
-    let layout = match kind {
-        Output::File => Layout::single(
-            &plan,
-            &args
-                .output
-                .as_deref()
-                .map_or_else(|| "soup.safetensors".into(), soup::display_name),
-        ),
-        Output::Dir { shard_size } => Layout::sharded(&plan, shard_size),
-    };
-    let extra = match kind {
-        Output::File => Vec::new(),
-        Output::Dir { .. } => extra_files(args, &merge, &plan, &options)?,
-    };
-    if matches!(kind, Output::Dir { .. }) && !extra.iter().any(|f| f.name() == "config.json") {
-        eprintln!("warning: the output directory will have no config.json (the first input is not a model directory with one), so transformers can't load it as is; pass --base DIR to copy the config and tokenizer from a model directory");
-    }
-    let mut report = summarise(args, &merge, &plan, &layout, &extra);
+    let merge = Merge::plan(&args.request())?;
     if args.dry_run {
-        report.plan = Some(planned_tensors(&plan));
-        return Ok(report);
+        return Ok(merge.dry_run());
     }
-    let output = args
-        .output
-        .as_ref()
-        .context("no output path; pass -o PATH")?;
-    let bar = super::progress_bar(plan.data_len(), args.quiet);
-    let progress = |n: u64| bar.inc(n);
-    let record = soup::Record::new();
-    let observe = |t: usize, start: usize, bytes: &[u8]| record.observe(t, start, bytes);
-    let run_options = RunOptions {
-        strict: args.strict,
-        progress: &progress,
-        observe: args.verify.then_some(&observe as _),
-    };
-    let warnings = match kind {
-        Output::File => soup::write(&plan, output, args.force, run_options)?,
-        Output::Dir { .. } => {
-            soup::write_dir(&plan, &layout, output, args.force, &extra, run_options)?
-        }
-    };
+    let bar = super::progress_bar(merge.plan_ref().data_len(), args.quiet);
+    let report = merge.run(&|n| bar.inc(n));
     bar.finish_and_clear();
-    for w in &warnings {
-        eprintln!("warning: {}", super::one_line(&w.message));
-    }
-    report.warnings = warnings;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.bytes_written = bytes_on_disk(output);
-    if args.verify {
-        let verified = record.check(&plan, &layout, output)?;
-        if !args.quiet {
-            let hash = verified
-                .sha256
-                .as_deref()
-                .unwrap_or("see --json for each file");
-            eprintln!(
-                "verified {} tensors as read back; sha256 {hash}",
-                verified.tensors
-            );
-        }
-        report.verified = Some(verified);
-    }
-    if !args.quiet {
-        eprintln!(
-            "wrote {} ({} tensors, {:.1} MB) in {:.2} s",
-            output.display(),
-            report.tensors,
-            report.bytes_written as f64 / 1e6,
-            report.seconds
-        );
-    }
-    Ok(report)
+    Ok(report?)
 }
 
-fn weights(args: &Args) -> anyhow::Result<Vec<f64>> {
-    let n = args.inputs.len();
-    let mut w = match &args.weights {
-        Some(w) if w.len() != n => bail!(
-            "--weights has {} values for {n} inputs; give one weight per input",
-            w.len()
-        ),
-        Some(w) => w.clone(),
-        None => vec![1.0 / n as f64; n],
-    };
-    if let Some(bad) = w.iter().find(|x| !x.is_finite()) {
-        bail!("--weights value {bad} is not finite; give finite numbers");
-    }
-    if args.normalize {
-        let sum: f64 = w.iter().sum();
-        if sum == 0.0 || !sum.is_finite() {
-            bail!("--normalize needs weights with a non-zero sum, but they sum to {sum}");
-        }
-        w.iter_mut().for_each(|x| *x /= sum);
-    }
-    Ok(w)
-}
-
-/// Size of a written file, or of the files in a written directory.
-fn bytes_on_disk(path: &Path) -> u64 {
-    match std::fs::read_dir(path) {
-        Ok(entries) => entries
-            .flatten()
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum(),
-        Err(_) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
-    }
-}
-
-/// The dtype a directory output's config.json should name: --dtype (or the recipe's), else the
-/// dtype of most of the averaged bytes.
-fn config_dtype(plan: &Plan, options: &PlanOptions) -> Option<Dtype> {
-    if options.dtype.is_some() {
-        return options.dtype;
-    }
-    let mut bytes: Vec<(Dtype, u64)> = Vec::new();
-    for t in plan
-        .tensors
-        .iter()
-        .filter(|t| matches!(t.action, Action::Average { .. }))
-    {
-        match bytes.iter_mut().find(|(d, _)| *d == t.dtype) {
-            Some((_, n)) => *n += t.end - t.begin,
-            None => bytes.push((t.dtype, t.end - t.begin)),
-        }
-    }
-    bytes.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
-}
-
-/// The non-weight files of a directory output: the config, tokenizer and chat template of
-/// --base, the recipe's base_model or the first input (whichever is a directory first), and
-/// the model card.
-fn extra_files(
-    args: &Args,
-    merge: &Merge,
-    plan: &Plan,
-    options: &PlanOptions,
-) -> anyhow::Result<Vec<ExtraFile>> {
-    let recipe_base = merge
-        .recipe
-        .as_ref()
-        .and_then(|r| r.base_model.as_ref())
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir());
-    let source = args
-        .base
-        .clone()
-        .or(recipe_base)
-        .or_else(|| merge.inputs.first().filter(|p| p.is_dir()).cloned());
-    let dtype = config_dtype(plan, options);
-    let mut extra = Vec::new();
-    if let Some(dir) = &source {
-        for from in model_dir::companion_files(dir) {
-            let name = soup::display_name(&from);
-            match dtype.and_then(model_dir::torch_name) {
-                Some(torch) if name == "config.json" => {
-                    let bytes = std::fs::read(&from)
-                        .with_context(|| format!("cannot read {}", from.display()))?;
-                    let bytes = model_dir::config_with_dtype(&from, &bytes, torch)?;
-                    extra.push(ExtraFile::Bytes { name, bytes });
-                }
-                _ => extra.push(ExtraFile::Copy { name, from }),
-            }
-        }
-    }
-    let title = args
+/// The summary line (and the hash, with --verify) on stderr.
+fn say_done(report: &MergeReport) {
+    let output = report
         .output
         .as_deref()
-        .map_or_else(|| "soup".into(), soup::display_name);
-    let base_model = merge.recipe.as_ref().and_then(|r| r.base_model.as_deref());
-    let mut card = Card::for_plan(plan, &title, base_model);
-    card.dtype = options
-        .dtype
-        .map(|d| model_dir::torch_name(d).unwrap_or(d.name()).to_string());
-    card.on_missing = args
-        .on_missing
-        .to_possible_value()
-        .map_or_else(String::new, |v| v.get_name().to_string());
-    card.recipe = merge.recipe.as_ref().map(|r| r.text.clone());
-    extra.push(ExtraFile::Bytes {
-        name: "README.md".into(),
-        bytes: card.render().into_bytes(),
-    });
-    Ok(extra)
-}
-
-fn parse_shard_size(text: &str) -> Result<u64, String> {
-    soup::parse_size(text)
-}
-
-fn dtype_summary(plan: &Plan) -> Vec<DtypeSummary> {
-    let mut out: Vec<DtypeSummary> = Vec::new();
-    for t in &plan.tensors {
-        let name = t.dtype.name().to_string();
-        let i = match out.iter().position(|d| d.dtype == name) {
-            Some(i) => i,
-            None => {
-                out.push(DtypeSummary {
-                    dtype: name,
-                    tensors: 0,
-                    parameters: 0,
-                    bytes: 0,
-                });
-                out.len() - 1
-            }
-        };
-        out[i].tensors += 1;
-        out[i].parameters += t.elements();
-        out[i].bytes += t.end - t.begin;
+        .unwrap_or(std::path::Path::new("?"));
+    if let Some(verified) = &report.verified {
+        let hash = verified
+            .sha256
+            .as_deref()
+            .unwrap_or("see --json for each file");
+        eprintln!(
+            "verified {} tensors as read back; sha256 {hash}",
+            verified.tensors
+        );
     }
-    out
-}
-
-fn summarise(
-    args: &Args,
-    merge: &Merge,
-    plan: &Plan,
-    layout: &Layout,
-    extra: &[ExtraFile],
-) -> MergeReport {
-    let averaged = plan
-        .tensors
-        .iter()
-        .filter(|t| matches!(t.action, Action::Average { .. }))
-        .count();
-    MergeReport {
-        output: args.output.clone(),
-        dry_run: args.dry_run,
-        inputs: merge
-            .inputs
-            .iter()
-            .zip(&plan.weights)
-            .zip(&plan.ingredients)
-            .map(|((p, &w), ck)| InputReport {
-                path: p.clone(),
-                weight: w,
-                shards: ck.shards().len(),
-            })
-            .collect(),
-        tensors: plan.tensors.len(),
-        averaged,
-        copied: plan.tensors.len() - averaged,
-        missing: plan.missing.clone(),
-        bytes_read: plan.read_len(),
-        output_bytes: layout.total_len(),
-        bytes_written: 0,
-        seconds: 0.0,
-        warnings: Vec::new(),
-        parameters: plan.tensors.iter().map(|t| t.elements()).sum(),
-        dtypes: dtype_summary(plan),
-        files: layout.summary(),
-        extra_files: extra.iter().map(|f| f.name().to_string()).collect(),
-        config: args.config.clone(),
-        plan: None,
-        verified: None,
-    }
-}
-
-fn planned_tensors(plan: &Plan) -> Vec<PlannedTensor> {
-    plan.tensors
-        .iter()
-        .map(|t| {
-            let (action, terms) = match &t.action {
-                Action::Average { terms, .. } => (
-                    "average",
-                    terms.iter().map(|x| (x.ingredient, x.weight)).collect(),
-                ),
-                Action::Copy { from, .. } => ("copy", vec![(*from, 1.0)]),
-            };
-            PlannedTensor {
-                name: t.name.clone(),
-                dtype: t.dtype.name().to_string(),
-                shape: t.shape.clone(),
-                action,
-                terms,
-            }
-        })
-        .collect()
+    eprintln!(
+        "wrote {} ({} tensors, {:.1} MB) in {:.2} s",
+        output.display(),
+        report.tensors,
+        report.bytes_written as f64 / 1e6,
+        report.seconds
+    );
 }
 
 fn describe_plan(report: &MergeReport) -> String {

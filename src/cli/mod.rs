@@ -17,6 +17,62 @@ pub fn fail(err: &anyhow::Error) -> ExitCode {
     fail_as(err, interrupted(err))
 }
 
+/// [`fail`], with `--json`'s `{"error": ..., "kind": ...}` on stdout first when `json`.
+pub fn fail_json(err: &anyhow::Error, json: bool) -> ExitCode {
+    fail_report(err, json, error_kind(err), interrupted(err))
+}
+
+/// The failure of a front end whose own error type wraps the core's: it says the kind and
+/// whether the failure was a Ctrl-C.
+pub fn fail_report(err: &anyhow::Error, json: bool, kind: &str, interrupted: bool) -> ExitCode {
+    if json {
+        let _ = print(&format!(
+            "{}\n",
+            serde_json::json!({ "error": one_line(&format!("{err:#}")), "kind": kind })
+        ));
+    }
+    fail_as(err, interrupted)
+}
+
+/// The stable `kind` of a failure for `--json`: the core error's kind where there is one.
+pub fn error_kind(err: &anyhow::Error) -> &'static str {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<crate::Error>().map(crate::Error::kind))
+        .unwrap_or("other")
+}
+
+/// Prints every warning on stderr, one line each: the same list `--json` reports.
+pub fn print_warnings(warnings: &[crate::soup::Warning]) {
+    for w in warnings {
+        eprintln!("warning: {}", one_line(&w.message));
+    }
+}
+
+/// Prints a report as pretty JSON on stdout. Paths that aren't UTF-8 are written losslessly
+/// (see `crate::json_path`), so this can't fail but for stdout itself.
+pub fn print_json(report: &impl serde::Serialize) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(report).map_err(std::io::Error::other)?;
+    print(&(text + "\n"))
+}
+
+/// The most worker threads either tool starts: more only costs memory and time (each thread
+/// has its own stack), and a typo such as `--threads 100000` must fail at once.
+pub const MAX_THREADS: usize = 1024;
+
+/// Refuses a `RAYON_NUM_THREADS` the thread pool would choke on, before any work.
+pub fn check_thread_env() -> Result<(), crate::Error> {
+    let Some(value) = std::env::var_os("RAYON_NUM_THREADS") else {
+        return Ok(());
+    };
+    let text = value.to_string_lossy();
+    match text.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_THREADS => Ok(()),
+        _ => Err(crate::Error::Usage(format!(
+            "RAYON_NUM_THREADS={text} is not a thread count from 0 (every core) to {MAX_THREADS}; unset it or give a number in that range"
+        ))),
+    }
+}
+
 /// Like [`fail`], for a front end whose own error type wraps the core's: it says whether the
 /// failure was a Ctrl-C.
 pub fn fail_as(err: &anyhow::Error, interrupted: bool) -> ExitCode {

@@ -5,8 +5,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::destination::Destination;
 use super::os;
-use super::writer::{claim_temporary, parent_dir, sync_parent};
+use super::writer::{claim_temporary, parent_dir, sync_parent, TEMP_MARKER};
 use crate::error::{Error, Result};
 
 /// A directory filled under `.NAME.soup-tmp-PID-N` beside `dest` and renamed into place by
@@ -15,22 +16,34 @@ pub struct AtomicDir {
     dest: PathBuf,
     temp: PathBuf,
     overwrite: bool,
+    /// The mode of the directory being replaced, which the new one takes at commit.
+    mode: Option<u32>,
+    /// For the last check before an existing directory is replaced.
+    policy: Destination,
     committed: bool,
 }
 
 impl AtomicDir {
-    /// Creates the temporary sibling directory of `dest`. Refuses an existing `dest` unless
-    /// `overwrite`.
-    pub fn create(dest: &Path, overwrite: bool) -> Result<AtomicDir> {
-        let temp = claim_temporary(dest, overwrite)?;
-        std::fs::create_dir(&temp)
-            .map_err(|e| Error::output(dest, format!("cannot create {}: {e}", temp.display())))?;
-        Ok(AtomicDir {
-            dest: dest.to_path_buf(),
+    /// Creates the temporary sibling directory of a checked destination, marked as this
+    /// tool's so that only it is ever cleaned up as a stale temporary.
+    pub fn create(dest: &Destination) -> Result<AtomicDir> {
+        let temp = claim_temporary(dest)?;
+        std::fs::create_dir(&temp).map_err(|e| {
+            Error::output(
+                dest.given(),
+                format!("cannot create {}: {e}", temp.display()),
+            )
+        })?;
+        let dir = AtomicDir {
+            dest: dest.path().to_path_buf(),
             temp,
-            overwrite,
+            overwrite: dest.force(),
+            mode: dest.replaced_mode(),
+            policy: dest.clone(),
             committed: false,
-        })
+        };
+        dir.write_file(TEMP_MARKER, format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(dir)
     }
 
     pub fn dest(&self) -> &Path {
@@ -60,10 +73,20 @@ impl AtomicDir {
             .map_err(|e| self.write_error(name, e))
     }
 
-    /// Copies `from` (following symbolic links) to `name`, flushed to disk.
+    /// Copies the regular file `from` to `name`, streaming, flushed to disk.
     pub fn copy_file(&self, from: &Path, name: &str) -> Result<()> {
-        let bytes = std::fs::read(from).map_err(|e| Error::io(from, e))?;
-        self.write_file(name, &bytes)
+        let mut source = File::open(from).map_err(|e| Error::io(from, e))?;
+        if !source.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(Error::header(
+                from,
+                "is not a regular file; it can't be copied into the output",
+            ));
+        }
+        let mut f = self.create_file(name)?;
+        io::copy(&mut source, &mut f)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| self.write_error(name, e))?;
+        Ok(())
     }
 
     /// The error for a failed write of `name`, with the fix for a full disk.
@@ -81,6 +104,13 @@ impl AtomicDir {
     /// (allowed by `overwrite`) is swapped out atomically where the filesystem can, and else
     /// renamed aside first; either way it is removed only once the new directory is in place.
     pub fn commit(mut self) -> Result<()> {
+        std::fs::remove_file(self.temp.join(TEMP_MARKER))
+            .map_err(|e| self.write_error(TEMP_MARKER, e))?;
+        if let Some(mode) = self.mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&self.temp, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| self.write_error(".", e))?;
+        }
         if let Ok(d) = File::open(&self.temp) {
             d.sync_all().map_err(|e| self.write_error(".", e))?;
         }
@@ -100,6 +130,7 @@ impl AtomicDir {
             sync_parent(&self.dest);
             return Ok(());
         }
+        self.policy.recheck_replaced_dir()?;
         match os::rename_exchange(&self.temp, &self.dest) {
             Ok(()) => {
                 // The temporary name now holds the old output.
@@ -162,6 +193,16 @@ impl Drop for AtomicDir {
 mod tests {
     use super::*;
 
+    fn target(path: &Path, force: bool) -> Destination {
+        use crate::format::destination::{check, OutputKind, Reads, Request};
+        let request = Request {
+            flag: "-o",
+            path: path.to_path_buf(),
+            kind: OutputKind::Directory,
+        };
+        check(&[request], &Reads::new(), force).unwrap().remove(0)
+    }
+
     fn names(dir: &Path) -> Vec<String> {
         let mut n: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -175,7 +216,7 @@ mod tests {
     fn publishes_whole_or_not_at_all() {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("model");
-        let dir = AtomicDir::create(&dest, false).unwrap();
+        let dir = AtomicDir::create(&target(&dest, false)).unwrap();
         dir.write_file("a.json", b"{}").unwrap();
         assert!(!dest.exists());
         drop(dir);
@@ -184,7 +225,7 @@ mod tests {
             "dropped uncommitted, nothing is left"
         );
 
-        let dir = AtomicDir::create(&dest, false).unwrap();
+        let dir = AtomicDir::create(&target(&dest, false)).unwrap();
         dir.write_file("a.json", b"{}").unwrap();
         dir.commit().unwrap();
         assert_eq!(names(&dest), ["a.json"]);
@@ -195,7 +236,7 @@ mod tests {
     fn never_replaces_without_overwrite_even_when_the_destination_appears_late() {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("model");
-        let dir = AtomicDir::create(&dest, false).unwrap();
+        let dir = AtomicDir::create(&target(&dest, false)).unwrap();
         std::fs::create_dir(&dest).unwrap();
         std::fs::write(dest.join("theirs"), "x").unwrap();
         let e = dir.commit().unwrap_err().to_string();
@@ -205,22 +246,30 @@ mod tests {
     }
 
     #[test]
-    fn overwrite_swaps_out_a_directory_or_a_file() {
+    fn overwrite_swaps_out_a_directory_of_model_files_only() {
         let tmp = tempfile::tempdir().unwrap();
-        for old_is_dir in [true, false] {
-            let dest = tmp.path().join("model");
-            if old_is_dir {
-                std::fs::create_dir(&dest).unwrap();
-                std::fs::write(dest.join("old"), "x").unwrap();
-            } else {
-                std::fs::write(&dest, "old file").unwrap();
-            }
-            let dir = AtomicDir::create(&dest, true).unwrap();
-            dir.write_file("new", b"y").unwrap();
-            dir.commit().unwrap();
-            assert_eq!(names(&dest), ["new"]);
-            assert_eq!(names(tmp.path()), ["model"], "the old output is removed");
-            std::fs::remove_dir_all(&dest).unwrap();
-        }
+        let dest = tmp.path().join("model");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("model.safetensors"), "old").unwrap();
+        std::fs::write(dest.join("config.json"), "{}").unwrap();
+        let dir = AtomicDir::create(&target(&dest, true)).unwrap();
+        dir.write_file("new", b"y").unwrap();
+        dir.commit().unwrap();
+        assert_eq!(names(&dest), ["new"]);
+        assert_eq!(names(tmp.path()), ["model"], "the old output is removed");
+    }
+
+    #[test]
+    fn a_file_added_to_the_replaced_directory_during_the_run_stops_the_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("model");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("model.safetensors"), "old").unwrap();
+        let dir = AtomicDir::create(&target(&dest, true)).unwrap();
+        std::fs::write(dest.join("notes.txt"), "mine").unwrap();
+        let e = dir.commit().unwrap_err().to_string();
+        assert!(e.contains("'notes.txt'"), "{e}");
+        assert_eq!(names(&dest), ["model.safetensors", "notes.txt"]);
+        assert_eq!(names(tmp.path()), ["model"], "the temporary is removed");
     }
 }

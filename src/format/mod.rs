@@ -3,18 +3,21 @@
 
 mod atomic_dir;
 mod checkpoint;
+pub mod destination;
 mod dtype;
 mod header;
 mod index;
 pub mod model_dir;
 mod os;
+pub mod small_file;
 mod writer;
 
 pub use atomic_dir::AtomicDir;
 pub use checkpoint::{Checkpoint, Shard, Tensor};
+pub use destination::{Destination, OutputKind, Reads, Request, Role};
 pub use dtype::{Accumulator, Dtype};
 pub use header::{Header, TensorInfo, MAX_HEADER_LEN};
 pub use index::{shard_file_name, ShardIndex, INDEX_NAME, SINGLE_NAME};
 pub(crate) use os::{allocate, drop_cached, start_writeback};
 pub use os::{explain_sigbus, process_alive};
-pub use writer::{encode_header, AtomicFile, HeaderEntry};
+pub use writer::{encode_header, write_whole, AtomicFile, HeaderEntry};

@@ -151,14 +151,69 @@ fn missing_weights_reason(dir: &Path) -> String {
     }
 }
 
-/// The companion files present in `dir`, in `COMPANION_FILES` order. Symbolic links (as in the
-/// Hugging Face cache) are followed.
-pub fn companion_files(dir: &Path) -> Vec<PathBuf> {
-    COMPANION_FILES
-        .iter()
-        .map(|n| dir.join(n))
-        .filter(|p| p.is_file())
-        .collect()
+/// A companion file of a model directory, and whether it may travel into an output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Companion {
+    /// Safe to copy: `from` is the regular file it resolves to, inside the model directory (or
+    /// in the same Hugging Face cache repository's `blobs/`).
+    Copy { name: &'static str, from: PathBuf },
+    /// Not copied: `path` resolves outside the model directory, or to no regular file.
+    Skipped {
+        name: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+/// The companion files present in `dir`, in `COMPANION_FILES` order. A symbolic link is
+/// followed only when it stays inside the directory, or, for a Hugging Face cache snapshot
+/// (`.../snapshots/REV/`), points into the same repository's `blobs/`: a link elsewhere could
+/// carry any file on the machine (a private key, say) into a model that gets published.
+pub fn companion_files(dir: &Path) -> Vec<Companion> {
+    let Ok(root) = std::fs::canonicalize(dir) else {
+        return Vec::new();
+    };
+    let blobs = root
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .map(|repo| repo.join("blobs"));
+    let mut found = Vec::new();
+    for &name in COMPANION_FILES {
+        let path = dir.join(name);
+        if path.symlink_metadata().is_err() {
+            continue;
+        }
+        let skip = |reason: String| Companion::Skipped {
+            name,
+            path: path.clone(),
+            reason,
+        };
+        let Ok(from) = std::fs::canonicalize(&path) else {
+            found.push(skip("is a link to nothing".into()));
+            continue;
+        };
+        if !std::fs::metadata(&from).is_ok_and(|m| m.is_file()) {
+            found.push(skip(format!(
+                "resolves to {}, which is not a regular file",
+                from.display()
+            )));
+            continue;
+        }
+        let inside = from.starts_with(&root)
+            || blobs
+                .as_ref()
+                .is_some_and(|b| from.parent() == Some(b.as_path()));
+        if inside {
+            found.push(Companion::Copy { name, from });
+        } else {
+            found.push(skip(format!(
+                "is a link to {}, outside the model directory",
+                from.display()
+            )));
+        }
+    }
+    found
 }
 
 /// The PyTorch name transformers writes in `config.json` for a dtype, if it has one.

@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::destination::Destination;
 use super::dtype::Dtype;
 use super::os;
 use crate::error::{Error, Result};
@@ -76,22 +77,35 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Creates the temporary sibling of `dest`. Refuses an existing `dest` unless `overwrite`.
-    pub fn create(dest: &Path, overwrite: bool) -> Result<AtomicFile> {
-        let temp = claim_temporary(dest, overwrite)?;
+    /// Creates the temporary sibling of a checked destination, with the mode of the file it
+    /// will replace, if any, so the replacement is never more permissive.
+    pub fn create(dest: &Destination) -> Result<AtomicFile> {
+        let temp = claim_temporary(dest)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(|e| Error::output(dest, format!("cannot create {}: {e}", temp.display())))?;
-        Ok(AtomicFile {
-            dest: dest.to_path_buf(),
+            .map_err(|e| {
+                Error::output(
+                    dest.given(),
+                    format!("cannot create {}: {e}", temp.display()),
+                )
+            })?;
+        let out = AtomicFile {
+            dest: dest.path().to_path_buf(),
             temp,
             file,
-            overwrite,
+            overwrite: dest.force(),
             committed: false,
-        })
+        };
+        if let Some(mode) = dest.replaced_mode() {
+            use std::os::unix::fs::PermissionsExt;
+            out.file
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|e| out.write_error(e))?;
+        }
+        Ok(out)
     }
 
     pub fn dest(&self) -> &Path {
@@ -164,19 +178,28 @@ impl Drop for AtomicFile {
     }
 }
 
-/// Checks that `dest` may be written (absent, or `overwrite`; in an existing directory), clears
-/// dead runs' temporaries for it, and names this run's temporary.
-pub(crate) fn claim_temporary(dest: &Path, overwrite: bool) -> Result<PathBuf> {
-    if !overwrite && dest.symlink_metadata().is_ok() {
+/// Writes a small output (a plot, say) whole, atomically, through the same policy and
+/// temporary-and-rename as a soup.
+pub fn write_whole(dest: &Destination, bytes: &[u8]) -> Result<()> {
+    let out = AtomicFile::create(dest)?;
+    out.write_at(0, bytes)?;
+    out.commit()
+}
+
+/// Checks that the destination is still absent unless it may be replaced, and that its
+/// directory exists; clears dead runs' temporaries for it; and names this run's temporary.
+pub(crate) fn claim_temporary(dest: &Destination) -> Result<PathBuf> {
+    let path = dest.path();
+    if !dest.force() && path.symlink_metadata().is_ok() {
         return Err(Error::output(
-            dest,
+            dest.given(),
             "already exists; pass --force to replace it",
         ));
     }
-    let parent = parent_dir(dest);
+    let parent = parent_dir(path);
     if !parent.is_dir() {
         return Err(Error::output(
-            dest,
+            dest.given(),
             format!(
                 "the directory {} does not exist; create it or choose another -o",
                 parent.display()
@@ -184,7 +207,7 @@ pub(crate) fn claim_temporary(dest: &Path, overwrite: bool) -> Result<PathBuf> {
         ));
     }
     remove_stale_temporaries(dest);
-    temp_sibling(dest)
+    temp_sibling(path)
 }
 
 /// `dir/.name.soup-tmp-PID-N`: hidden, beside the destination so the rename stays on one
@@ -207,11 +230,16 @@ pub(crate) fn temp_sibling(dest: &Path) -> Result<PathBuf> {
     Ok(parent_dir(dest).join(temp_name))
 }
 
-/// Removes temporaries for `dest` left by runs that died (SIGKILL, power loss).
-pub(crate) fn remove_stale_temporaries(dest: &Path) {
-    let Some(name) = dest.file_name() else { return };
+/// Removes temporaries for `dest` left by runs that died (SIGKILL, power loss), and only those
+/// this tool provably made: the name is `.NAME.soup-tmp-PID-N` for a process that is gone, the
+/// temporary is not a link, it carries this tool's mark (a safetensors header recording
+/// `model_soup.tool` for a file, a `TEMP_MARKER` file for a directory), and it is nothing the
+/// run reads. Anything else with such a name is left alone.
+pub(crate) fn remove_stale_temporaries(dest: &Destination) {
+    let path = dest.path();
+    let Some(name) = path.file_name() else { return };
     let prefix = format!(".{}{TEMP_MARK}", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(parent_dir(dest)) else {
+    let Ok(entries) = std::fs::read_dir(parent_dir(path)) else {
         return;
     };
     for entry in entries.flatten() {
@@ -219,18 +247,62 @@ pub(crate) fn remove_stale_temporaries(dest: &Path) {
         let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
             continue;
         };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if pid != std::process::id() && !os::process_alive(pid) {
-                let path = entry.path();
-                let _ = if path.is_dir() {
-                    std::fs::remove_dir_all(&path)
-                } else {
-                    std::fs::remove_file(&path)
-                };
-            }
+        let Some((pid, n)) = rest.split_once('-') else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u64>()) else {
+            continue;
+        };
+        if pid == std::process::id() || os::process_alive(pid) {
+            continue;
         }
+        let temp = entry.path();
+        if dest.protects(&temp) {
+            continue;
+        }
+        let _ = match temp.symlink_metadata() {
+            Ok(m) if m.is_dir() && is_marked_dir(&temp) => std::fs::remove_dir_all(&temp),
+            Ok(m) if m.is_file() && is_marked_file(&temp) => std::fs::remove_file(&temp),
+            _ => Ok(()),
+        };
     }
+}
+
+/// The file inside a temporary output directory that marks it as this tool's, removed just
+/// before the directory is published.
+pub(crate) const TEMP_MARKER: &str = ".model-soup-temporary";
+
+fn is_marked_dir(dir: &Path) -> bool {
+    dir.join(TEMP_MARKER)
+        .symlink_metadata()
+        .is_ok_and(|m| m.is_file())
+}
+
+/// Whether a file starts with a safetensors header whose metadata names this tool, as every
+/// soup this tool writes does from its first write on.
+fn is_marked_file(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    let mut len = [0u8; 8];
+    if file.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let len = u64::from_le_bytes(len);
+    if len > super::header::MAX_HEADER_LEN {
+        return false;
+    }
+    let mut json = vec![0u8; len as usize];
+    if file.read_exact(&mut json).is_err() {
+        return false;
+    }
+    let Ok(header) = serde_json::from_slice::<serde_json::Value>(&json) else {
+        return false;
+    };
+    header["__metadata__"]["model_soup.tool"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("model-soup "))
 }
 
 pub(crate) fn parent_dir(path: &Path) -> &Path {

@@ -3,7 +3,7 @@
 //! memory for the evaluator.
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -14,7 +14,9 @@ use super::kernel::{self, Scratch, Source, CHUNK_ELEMENTS};
 use super::layout::Layout;
 use super::plan::{Action, Plan, TensorPlan};
 use crate::error::{printable, Error, Result};
-use crate::format::{start_writeback, AtomicDir, AtomicFile, HeaderEntry, INDEX_NAME};
+use crate::format::{
+    start_writeback, AtomicDir, AtomicFile, Destination, HeaderEntry, Reads, INDEX_NAME,
+};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -57,17 +59,66 @@ impl Default for RunOptions<'_> {
     }
 }
 
-/// Something about the data that the user should know: the merge went on.
+/// Something the user should know: the merge went on. Every warning either tool prints is one
+/// of these, so its text and `--json` always agree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Warning {
-    /// The tensor concerned, as named in the files.
-    pub tensor: String,
+    /// The tensor concerned, as named in the files; null for a warning about no one tensor.
+    pub tensor: Option<String>,
     /// The input concerned, when it is one input's doing.
+    #[serde(serialize_with = "crate::json_path::option")]
     pub input: Option<PathBuf>,
-    /// `integers-differ`, `non-finite-input` or `non-finite-output`.
+    /// What kind of finding, stable for machines: `integers-differ`,
+    /// `batches-tracked-differ`, `non-finite-input`, `non-finite-output`, `no-config`,
+    /// `companion-skipped`.
     pub kind: &'static str,
     /// One line for people.
     pub message: String,
+}
+
+impl Warning {
+    /// A warning about the output as a whole rather than one tensor.
+    pub fn general(kind: &'static str, input: Option<PathBuf>, message: String) -> Warning {
+        Warning {
+            tensor: None,
+            input,
+            kind,
+            message,
+        }
+    }
+}
+
+/// BatchNorm's step counters: integers that differ between any two fine-tunes trained for
+/// different numbers of steps, and that no model reads at inference.
+fn is_batches_tracked(w: &Warning) -> bool {
+    w.kind == "integers-differ"
+        && w.tensor
+            .as_deref()
+            .is_some_and(|t| t.ends_with("num_batches_tracked"))
+}
+
+/// Folds the expected `num_batches_tracked` differences into one line per run; any other
+/// finding stays as it is.
+pub fn summarise_batches_tracked(warnings: Vec<Warning>) -> Vec<Warning> {
+    let (counters, mut rest): (Vec<Warning>, Vec<Warning>) =
+        warnings.into_iter().partition(is_batches_tracked);
+    let mut names: Vec<&str> = counters
+        .iter()
+        .filter_map(|w| w.tensor.as_deref())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if !names.is_empty() {
+        rest.push(Warning::general(
+            "batches-tracked-differ",
+            None,
+            format!(
+                "{} BatchNorm num_batches_tracked counter(s) differ between the inputs, as they do between fine-tunes trained for different numbers of steps; the first input's values were copied (inference doesn't read them)",
+                names.len()
+            ),
+        ));
+    }
+    rest
 }
 
 /// A merge's output held in memory: the header entries, in output order, and the data section.
@@ -140,20 +191,17 @@ impl ExtraFile {
     }
 }
 
-/// Runs `plan` and publishes the result at `dest`, atomically. Refuses an existing `dest`
-/// unless `overwrite`, and a `dest` that is one of the inputs always.
-pub fn write(
-    plan: &Plan,
-    dest: &Path,
-    overwrite: bool,
-    options: RunOptions<'_>,
-) -> Result<Vec<Warning>> {
-    refuse_input_as_output(plan, dest)?;
+/// Runs `plan` and publishes the result at `dest`, atomically. The plan's own inputs are
+/// checked against the destination once more, whatever the caller's policy check saw.
+pub fn write(plan: &Plan, dest: &Destination, options: RunOptions<'_>) -> Result<Vec<Warning>> {
+    let dest = dest.with_reads(&plan_reads(plan))?;
     let layout = Layout::single(plan, "");
     let file = &layout.files[0];
-    let out = AtomicFile::create(dest, overwrite)?;
-    out.allocate(file.len())?;
+    let out = AtomicFile::create(&dest)?;
+    // The header goes first: it is the mark that lets a later run remove this temporary if
+    // this one dies.
     out.write_at(0, &file.header)?;
+    out.allocate(file.len())?;
     let warnings = run(plan, Some(&layout), options, |job, bytes| {
         let tensor = &plan.tensors[job.tensor];
         let offset = file.offset(tensor) + (job.start * tensor.dtype.size()) as u64;
@@ -190,19 +238,17 @@ pub fn to_memory(plan: &Plan, options: RunOptions<'_>) -> Result<(Soup, Vec<Warn
 
 /// Runs `plan` into a model directory at `dest`: the shards of `layout`, their index when
 /// there are several, and `extra` files, all built in a temporary sibling directory that is
-/// renamed into place only when complete. Refuses an existing `dest` unless `overwrite`, and
-/// a `dest` that holds one of the inputs always.
+/// renamed into place only when complete. The plan's own inputs are checked against the
+/// destination once more, whatever the caller's policy check saw.
 pub fn write_dir(
     plan: &Plan,
     layout: &Layout,
-    dest: &Path,
-    overwrite: bool,
+    dest: &Destination,
     extra: &[ExtraFile],
     options: RunOptions<'_>,
 ) -> Result<Vec<Warning>> {
-    refuse_input_as_output(plan, dest)?;
-    refuse_inputs_inside(plan, dest)?;
-    let dir = AtomicDir::create(dest, overwrite)?;
+    let dest = dest.with_reads(&plan_reads(plan))?;
+    let dir = AtomicDir::create(&dest)?;
     let files = layout
         .files
         .iter()
@@ -282,7 +328,9 @@ fn run(
     findings.sort_by_key(|(t, start, w)| (*t, w.input.clone(), *start));
     // One warning per tensor and input and kind, however many chunks saw it.
     findings.dedup_by(|a, b| a.0 == b.0 && a.2.input == b.2.input && a.2.kind == b.2.kind);
-    Ok(findings.into_iter().map(|(_, _, w)| w).collect())
+    Ok(summarise_batches_tracked(
+        findings.into_iter().map(|(_, _, w)| w).collect(),
+    ))
 }
 
 fn strict_error(w: &Warning) -> Error {
@@ -337,7 +385,7 @@ fn compute<'s>(
                     != *src
             });
             let found = differs.map(|&i| Warning {
-                tensor: tensor.name.clone(),
+                tensor: Some(tensor.name.clone()),
                 input: Some(plan.ingredients[i].path().to_path_buf()),
                 kind: "integers-differ",
                 message: format!(
@@ -371,14 +419,14 @@ fn explain_non_finite(
         Some((_, term)) => {
             let path = plan.ingredients[term.ingredient].path();
             Warning {
-                tensor: tensor.name.clone(),
+                tensor: Some(tensor.name.clone()),
                 input: Some(path.to_path_buf()),
                 kind: "non-finite-input",
                 message: format!("tensor '{}' has NaN or infinite values in {}; the soup inherits them", printable(&tensor.name), path.display()),
             }
         }
         None => Warning {
-            tensor: tensor.name.clone(),
+            tensor: Some(tensor.name.clone()),
             input: None,
             kind: "non-finite-output",
             message: format!(
@@ -429,48 +477,11 @@ fn kick_writeback(file: &std::fs::File, offset: u64, len: u64) {
     }
 }
 
-/// A directory output that holds an input's shards, at any depth, would delete them when it is
-/// replaced.
-fn refuse_inputs_inside(plan: &Plan, dest: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(out) = std::fs::metadata(dest) else {
-        return Ok(());
-    };
+/// Everything a plan reads.
+fn plan_reads(plan: &Plan) -> Reads {
+    let mut reads = Reads::new();
     for ck in &plan.ingredients {
-        for shard in ck.shards() {
-            // Both the path as given and the file it resolves to (a Hugging Face cache snapshot
-            // links its shards to blobs elsewhere).
-            let paths = [
-                std::path::absolute(shard.path()).ok(),
-                std::fs::canonicalize(shard.path()).ok(),
-            ];
-            let inside = paths.iter().flatten().any(|path| {
-                path.ancestors().skip(1).any(|dir| {
-                    std::fs::metadata(dir)
-                        .is_ok_and(|m| (m.dev(), m.ino()) == (out.dev(), out.ino()))
-                })
-            });
-            if inside {
-                return Err(Error::output(dest, format!("holds the input {}; write the soup to a new directory with -o (an input is never overwritten, even with --force)", shard.path().display())));
-            }
-        }
+        reads.add_checkpoint(ck);
     }
-    Ok(())
-}
-
-fn refuse_input_as_output(plan: &Plan, dest: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(out) = std::fs::metadata(dest) else {
-        return Ok(());
-    };
-    for ck in &plan.ingredients {
-        for shard in ck.shards() {
-            if let Ok(m) = std::fs::metadata(shard.path()) {
-                if (m.dev(), m.ino()) == (out.dev(), out.ino()) {
-                    return Err(Error::output(dest, format!("is the input {}; write the soup to a new path with -o (an input is never overwritten, even with --force)", shard.path().display())));
-                }
-            }
-        }
-    }
-    Ok(())
+    reads
 }

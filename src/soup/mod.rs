@@ -4,17 +4,25 @@ mod card;
 mod execute;
 mod kernel;
 mod layout;
+mod merge;
 mod plan;
 mod recipe;
+mod report;
 mod verify;
+pub mod weights;
 
 pub use card::{model_name, Card};
-pub use execute::{interrupt, to_memory, write, write_dir, ExtraFile, RunOptions, Soup, Warning};
+pub use execute::{
+    interrupt, summarise_batches_tracked, to_memory, write, write_dir, ExtraFile, RunOptions, Soup,
+    Warning,
+};
 pub use kernel::CHUNK_ELEMENTS;
 pub use layout::{parse_size, FileSummary, Layout, OutputFile, DEFAULT_SHARD_SIZE};
+pub use merge::{output_kind, Merge, MergeRequest};
 pub use plan::{
     display_name, tool_version, Action, OnMissing, Plan, PlanOptions, TensorPlan, Term,
     META_INGREDIENTS, META_METHOD, META_RECIPE, META_TOOL, META_WEIGHTS,
 };
 pub use recipe::Recipe;
+pub use report::{DtypeSummary, InputReport, MergeReport, PlannedTensor};
 pub use verify::{Record, Verified, VerifiedFile};

@@ -10,7 +10,7 @@ use crate::error::{printable, Error, Result};
 use crate::format::{encode_header, Checkpoint, Dtype, HeaderEntry};
 
 /// What to do with a tensor that some ingredients lack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnMissing {
     /// Refuse the merge and list the tensors.
@@ -22,6 +22,18 @@ pub enum OnMissing {
     First,
     /// Average over the ingredients that have it, with their weights rescaled to the same sum.
     Renormalize,
+}
+
+impl OnMissing {
+    /// The policy's name, as `--on-missing` and model cards spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnMissing::Error => "error",
+            OnMissing::Skip => "skip",
+            OnMissing::First => "first",
+            OnMissing::Renormalize => "renormalize",
+        }
+    }
 }
 
 /// Choices that shape the plan beyond the ingredients and weights.
@@ -137,6 +149,13 @@ impl Plan {
             });
             offset += len;
         }
+        if tensors.is_empty() && !names.is_empty() {
+            return Err(Error::Plan(format!(
+                "no tensor is in every input, so --on-missing skip leaves nothing to write ({} tensor(s) skipped, such as '{}'); are these fine-tunes of one model?",
+                names.len(),
+                printable(names.keys().next().expect("not empty"))
+            )));
+        }
         let metadata = output_metadata(&ingredients, &weights, options);
         let missing = partial.iter().map(|s| s.to_string()).collect();
         Ok(Plan {
@@ -203,25 +222,18 @@ impl Plan {
 
 fn check_weights(ingredients: &[Checkpoint], weights: &[f64]) -> Result<()> {
     if ingredients.is_empty() {
-        return Err(Error::Plan(
-            "no ingredients: give at least one .safetensors input".into(),
+        return Err(Error::Usage(
+            "no inputs: give at least one .safetensors file or model directory".into(),
         ));
     }
     if weights.len() != ingredients.len() {
-        return Err(Error::Plan(format!(
-            "{} weights for {} inputs; give one weight per input with --weights, or none for 1/N each",
+        return Err(Error::Weights(format!(
+            "the weights have {} values for {} inputs; give one weight per input, or none for 1/N each",
             weights.len(),
             ingredients.len()
         )));
     }
-    if let Some((i, w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
-        return Err(Error::Plan(format!(
-            "weight {} ({w}) for {} is not finite; give finite numbers to --weights",
-            i + 1,
-            ingredients[i].path().display()
-        )));
-    }
-    Ok(())
+    super::weights::check("the weights", weights)
 }
 
 fn list_names<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
@@ -358,18 +370,26 @@ fn plan_tensor(
         )));
     }
     let out = options.dtype.unwrap_or(dtypes[0]);
-    let scale = if complete {
-        1.0
+    let mut terms: Vec<Term> = if !complete && options.on_missing == OnMissing::First {
+        // A copy of the first input that has it, in the output dtype: the weights, and so
+        // their sum, play no part.
+        vec![Term {
+            ingredient: have[0],
+            weight: 1.0,
+        }]
     } else {
-        rescale(weights, have, name)?
+        let scale = if complete {
+            1.0
+        } else {
+            rescale(weights, have, name)?
+        };
+        have.iter()
+            .map(|&i| Term {
+                ingredient: i,
+                weight: weights[i] * scale,
+            })
+            .collect()
     };
-    let mut terms: Vec<Term> = have
-        .iter()
-        .map(|&i| Term {
-            ingredient: i,
-            weight: weights[i] * scale,
-        })
-        .collect();
     // A zero weight contributes nothing, and multiplying by it would still turn -0.0 into 0.0
     // and an ignored input's NaN into the soup's; the first term stays so there is a shape.
     let first = terms[0];
@@ -382,13 +402,8 @@ fn plan_tensor(
 }
 
 /// The factor that brings the weights of the inputs that have a tensor back to the full sum.
-/// With `first`, the single input gets weight 1.
 fn rescale(weights: &[f64], have: &[usize], name: &str) -> Result<f64> {
-    let total: f64 = if have.len() == 1 {
-        1.0
-    } else {
-        weights.iter().sum()
-    };
+    let total: f64 = weights.iter().sum();
     let present: f64 = have.iter().map(|&i| weights[i]).sum();
     let scale = total / present;
     if scale.is_finite() {

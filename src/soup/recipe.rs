@@ -66,9 +66,13 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    /// Reads and validates a recipe file.
+    /// Reads and validates a recipe file: a regular file of at most `MAX_RECIPE_BYTES`.
     pub fn read(path: &Path) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::format::small_file::read(path, MAX_RECIPE_BYTES, "recipe")?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::Recipe {
+            path: path.to_path_buf(),
+            reason: "is not UTF-8 text; a recipe is a YAML file".into(),
+        })?;
         Recipe::parse(path, &text)
     }
 
@@ -78,6 +82,7 @@ impl Recipe {
             path: path.to_path_buf(),
             reason,
         };
+        check_nesting(text).map_err(fail)?;
         let doc: Value =
             serde_yaml::from_str(text).map_err(|e| fail(format!("is not valid YAML: {e}")))?;
         let top = doc.as_mapping().ok_or_else(|| {
@@ -234,13 +239,47 @@ impl Recipe {
     /// The weights the merge uses: as written, or divided by their sum under `normalize`.
     /// mergekit divides the weighted sum by the sum of the weights; dividing the weights first
     /// is the same result up to rounding.
-    pub fn effective_weights(&self) -> Vec<f64> {
-        if !self.normalize {
-            return self.weights.clone();
-        }
-        let sum: f64 = self.weights.iter().sum();
-        self.weights.iter().map(|w| w / sum).collect()
+    pub fn effective_weights(&self) -> Result<Vec<f64>> {
+        super::weights::resolve(
+            "the recipe's weights",
+            Some(&self.weights),
+            self.weights.len(),
+            self.normalize,
+        )
     }
+}
+
+/// The largest recipe read: real ones are a few KB.
+pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
+
+/// The deepest nesting of brackets or indentation accepted: real recipes nest four or five
+/// levels. The YAML parser's time grows with the square of the nesting, so a deep file is
+/// refused before it is parsed.
+const MAX_NESTING: usize = 32;
+
+fn check_nesting(text: &str) -> std::result::Result<(), String> {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    for line in text.lines() {
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        deepest = deepest.max(indent / 2);
+        for c in line.chars() {
+            match c {
+                '[' | '{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if deepest > MAX_NESTING {
+            return Err(format!(
+                "nests deeper than {MAX_NESTING} levels; a mergekit recipe nests a few levels: is this the right file?"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A mapping's keys, which must be strings.
@@ -318,11 +357,11 @@ mod tests {
         assert_eq!(r.models, [PathBuf::from("x"), PathBuf::from("y")]);
         assert_eq!(r.weights, [3.0, 1.0]);
         assert!(r.normalize);
-        assert_eq!(r.effective_weights(), [0.75, 0.25]);
+        assert_eq!(r.effective_weights().unwrap(), [0.75, 0.25]);
         assert_eq!(r.dtype, Some(Dtype::BF16));
         assert_eq!(r.base_model.as_deref(), Some("b"));
         let r = parse("merge_method: linear\nparameters: {normalize: false, weight: 2}\nmodels: [{model: x}, {model: y}]\ndtype: float16\nout_dtype: float32\n").unwrap();
-        assert_eq!(r.effective_weights(), [2.0, 2.0]);
+        assert_eq!(r.effective_weights().unwrap(), [2.0, 2.0]);
         assert_eq!(r.dtype, Some(Dtype::F32));
     }
 

@@ -107,11 +107,25 @@ pub fn soup_merge_path() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/PROFILE/deps")
         .join(format!("soup-merge{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test` at the repository root, or `cargo build --bin soup-merge` first",
-        path.display()
-    );
+    if !path.exists() {
+        // `cargo test -p soup-eval` builds only the evaluator's binaries.
+        let release = path
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "release");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "-p", "model-soup", "--bin", "soup-merge"])
+            .current_dir(repo_root());
+        if release {
+            cargo.arg("--release");
+        }
+        assert!(
+            cargo.status().is_ok_and(|s| s.success()),
+            "cannot build soup-merge for {}",
+            path.display()
+        );
+    }
     path
 }
 
@@ -172,4 +186,17 @@ pub fn reference_python() -> Option<PathBuf> {
 
 pub fn reference_script(name: &str) -> PathBuf {
     repo_root().join("tests/reference").join(name)
+}
+
+/// A file destination for library calls, checked by the output policy with nothing else read.
+pub fn destination(path: &Path, force: bool) -> model_soup::format::Destination {
+    use model_soup::format::{destination::check, OutputKind, Reads, Request};
+    let request = Request {
+        flag: "-o",
+        path: path.to_path_buf(),
+        kind: OutputKind::File,
+    };
+    check(&[request], &Reads::new(), force)
+        .expect("the destination passes the policy")
+        .remove(0)
 }

@@ -86,7 +86,7 @@ fn bn_specs(prefix: &str, n: usize) -> Vec<TensorSpec> {
 }
 
 /// The model itself. Built from any [`VarBuilder`]: a `VarMap` for training
-/// (`examples/make-fixtures.rs`) or in-memory tensors for evaluation.
+/// (`eval/examples/make-fixtures.rs`) or in-memory tensors for evaluation.
 pub struct DigitsCnn {
     conv1: Conv2d,
     bn1: BatchNorm,

@@ -1,0 +1,922 @@
+//! The output policy, tried as a careless or hostile user would, in both tools: every output
+//! (`-o`, `--plot`) against everything a run reads (ingredients, shards, indexes, `--base`,
+//! `--config`, datasets, companion files), through symbolic links, `..` and hard links;
+//! special files; directories that aren't the tool's; modes; stale temporaries; companion
+//! links that leave the model directory; non-UTF-8 paths in every role.
+//!
+//! Each test snapshots the type, bytes and mode of everything in its directory before and after
+//! a run: nothing may change except an output the run was allowed to write.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    common::repo_root().join("fixtures")
+}
+
+/// What a directory entry is, for comparing before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    File { mode: u32, bytes: Vec<u8> },
+    Dir { mode: u32 },
+    Link { target: PathBuf },
+    Special { mode: u32 },
+}
+
+type Snapshot = BTreeMap<PathBuf, Entry>;
+
+/// Everything under `root`, links not followed, FIFOs never opened. The mode includes the
+/// file type bits, so a FIFO that became a file is a change.
+fn snapshot(root: &Path) -> Snapshot {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let entry = if meta.file_type().is_symlink() {
+                Entry::Link {
+                    target: std::fs::read_link(&path).unwrap(),
+                }
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                Entry::Dir {
+                    mode: meta.mode() & 0o7777,
+                }
+            } else if meta.is_file() {
+                Entry::File {
+                    mode: meta.mode() & 0o7777,
+                    bytes: std::fs::read(&path).unwrap(),
+                }
+            } else {
+                Entry::Special { mode: meta.mode() }
+            };
+            out.insert(rel, entry);
+        }
+    }
+    out
+}
+
+/// The paths whose entry differs between two snapshots.
+fn changed(before: &Snapshot, after: &Snapshot) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = before
+        .iter()
+        .filter(|(p, e)| after.get(*p) != Some(*e))
+        .map(|(p, _)| p.clone())
+        .collect();
+    paths.extend(after.keys().filter(|p| !before.contains_key(*p)).cloned());
+    paths.sort();
+    paths
+}
+
+/// The sandbox every test works in: real fixture models and data, a model directory with a
+/// companion link that leaves it, a base directory, a recipe, someone's project, special files,
+/// links, a hard link, a private file, and outputs a previous run could have written.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let models = fixtures().join("models");
+        for (from, to) in [
+            ("ft-lr2e-3", "a"),
+            ("ft-lr2e-3-long", "b"),
+            ("ft-lr3e-1-poor", "poor"),
+        ] {
+            std::fs::copy(
+                models.join(format!("{from}.safetensors")),
+                root.join(format!("{to}.safetensors")),
+            )
+            .unwrap();
+        }
+        for split in ["val", "test"] {
+            std::fs::copy(
+                fixtures().join(format!("digits/{split}.safetensors")),
+                root.join(format!("{split}.safetensors")),
+            )
+            .unwrap();
+        }
+        // A sharded model directory made by soup-merge itself, with companions.
+        let o = merge_str(
+            root,
+            &["a.safetensors", "-o", "ftA", "--shard-size", "10KB", "-q"],
+        );
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        std::fs::write(root.join("ftA/config.json"), r#"{"model_type": "cnn"}"#).unwrap();
+        std::fs::write(root.join("secret.txt"), "-----BEGIN PRIVATE KEY-----").unwrap();
+        std::fs::set_permissions(root.join("secret.txt"), PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::os::unix::fs::symlink("../secret.txt", root.join("ftA/tokenizer.json")).unwrap();
+        std::fs::create_dir(root.join("base")).unwrap();
+        std::fs::write(root.join("base/config.json"), r#"{"model_type": "cnn"}"#).unwrap();
+        std::fs::write(
+            root.join("recipe.yaml"),
+            "merge_method: linear\nmodels:\n  - model: a.safetensors\n    parameters: {weight: 1.0}\n  - model: b.safetensors\n    parameters: {weight: 1.0}\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("project/.git")).unwrap();
+        std::fs::write(root.join("project/.git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::write(root.join("project/train.py"), "print('train')\n").unwrap();
+        std::fs::write(root.join("project/model.safetensors"), "not really").unwrap();
+        let fifo = root.join("fifo.safetensors");
+        assert!(Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        drop(std::os::unix::net::UnixListener::bind(root.join("sock.safetensors")).unwrap());
+        std::os::unix::fs::symlink("a.safetensors", root.join("link_a.safetensors")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", root.join("devnull.safetensors")).unwrap();
+        std::fs::hard_link(root.join("a.safetensors"), root.join("hard_a.safetensors")).unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        // Outputs an earlier run could have written: replaceable with --force.
+        std::fs::copy(root.join("b.safetensors"), root.join("old.safetensors")).unwrap();
+        std::fs::set_permissions(
+            root.join("old.safetensors"),
+            PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let o = merge_str(
+            root,
+            &["a.safetensors", "b.safetensors", "-o", "oldsoup", "-q"],
+        );
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        Sandbox { dir }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Paths in the sandbox that no run may change whatever it reads: special files, links, and a
+/// directory that isn't a model.
+const NEVER_REPLACED: &[&str] = &[
+    "fifo.safetensors",
+    "sock.safetensors",
+    "devnull.safetensors",
+    "link_a.safetensors",
+    "project",
+];
+
+/// The sandbox names that are one file (or directory) under other names.
+const ALIASES: &[&[&str]] = &[
+    &[
+        "a.safetensors",
+        "link_a.safetensors",
+        "hard_a.safetensors",
+        "sub/../a.safetensors",
+    ],
+    &["ftA", "sub/../ftA"],
+];
+
+/// What a run with `args` reads, under every name it has in the sandbox, plus what is never
+/// replaced: none of it may change.
+fn protected(args: &[&str]) -> Vec<String> {
+    let mut reads: Vec<&str> = Vec::new();
+    let mut flag = "";
+    for a in args {
+        match (flag, *a) {
+            ("-o" | "--plot", _) => {}
+            ("--config", "recipe.yaml") => {
+                reads.extend(["recipe.yaml", "a.safetensors", "b.safetensors"])
+            }
+            (_, a) if !a.starts_with('-') => reads.push(a),
+            _ => {}
+        }
+        flag = a;
+    }
+    let mut out: Vec<String> = NEVER_REPLACED.iter().map(|s| s.to_string()).collect();
+    for r in reads {
+        out.push(r.to_string());
+        for group in ALIASES {
+            if group.contains(&r) {
+                out.extend(group.iter().map(|s| s.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// A path as the sandbox snapshot names it (`sub/../x` is `x`).
+fn entry_name(path: &str) -> PathBuf {
+    PathBuf::from(path.strip_prefix("sub/../").unwrap_or(path))
+}
+
+fn merge(dir: &Path, args: &[&dyn AsRef<OsStr>]) -> Output {
+    let mut cmd = common::soup_merge();
+    cmd.current_dir(dir);
+    for a in args {
+        cmd.arg(a.as_ref());
+    }
+    cmd.output().expect("run soup-merge")
+}
+
+fn eval(dir: &Path, args: &[&dyn AsRef<OsStr>]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_soup-eval"));
+    cmd.current_dir(dir).env("RAYON_NUM_THREADS", "1");
+    for a in args {
+        cmd.arg(a.as_ref());
+    }
+    cmd.output().expect("run soup-eval")
+}
+
+fn eval_str(dir: &Path, args: &[&str]) -> Output {
+    let args: Vec<&dyn AsRef<OsStr>> = args.iter().map(|a| a as &dyn AsRef<OsStr>).collect();
+    eval(dir, &args)
+}
+
+fn merge_str(dir: &Path, args: &[&str]) -> Output {
+    let args: Vec<&dyn AsRef<OsStr>> = args.iter().map(|a| a as &dyn AsRef<OsStr>).collect();
+    merge(dir, &args)
+}
+
+/// A failure: exit 1, one `error:` line holding every needle, no panic.
+fn refused(o: &Output, needles: &[&str]) -> String {
+    let err = common::stderr(o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "'{}' lacks '{n}'", lines[0]);
+    }
+    lines[0].to_string()
+}
+
+/// Runs `f` in the sandbox and checks that only `may_change` changed.
+fn only_changes(sandbox: &Sandbox, may_change: &[&str], f: impl FnOnce(&Path) -> Output) -> Output {
+    let before = snapshot(sandbox.root());
+    let o = f(sandbox.root());
+    let after = snapshot(sandbox.root());
+    for path in changed(&before, &after) {
+        assert!(
+            may_change.iter().any(|m| path.starts_with(m)),
+            "{} changed; stderr: {}",
+            path.display(),
+            common::stderr(&o)
+        );
+    }
+    o
+}
+
+const EVAL: &[&str] = &[
+    "--arch",
+    "digits-cnn",
+    "--val",
+    "val.safetensors",
+    "--test",
+    "test.safetensors",
+    "-q",
+];
+
+fn eval_args<'a>(command: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![command];
+    args.extend_from_slice(EVAL);
+    args.extend_from_slice(&["a.safetensors", "b.safetensors", "poor.safetensors"]);
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn special_files_and_links_are_never_replaced_even_with_force() {
+    let s = Sandbox::new();
+    for (target, says) in [
+        ("fifo.safetensors", "FIFO"),
+        ("sock.safetensors", "socket"),
+        ("devnull.safetensors", "symbolic link"),
+        ("link_a.safetensors", "input"),
+    ] {
+        let o = only_changes(&s, &[], |d| {
+            merge_str(
+                d,
+                &["a.safetensors", "b.safetensors", "-o", target, "--force"],
+            )
+        });
+        refused(&o, &[target, says]);
+        let o = only_changes(&s, &[], |d| {
+            eval_str(d, &eval_args("report", &["--plot", target, "--force"]))
+        });
+        refused(&o, &[target]);
+    }
+    // A device named as the output (CI runs as root): refused, and still a device.
+    let o = merge_str(s.root(), &["a.safetensors", "-o", "/dev/null", "--force"]);
+    refused(&o, &["/dev/null", "character device"]);
+    let meta = std::fs::metadata("/dev/null").unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &meta.file_type()
+    ));
+}
+
+#[test]
+fn no_output_may_touch_what_the_run_reads_in_any_role() {
+    let s = Sandbox::new();
+    // soup-merge: inputs, shards, indexes, --base, --config, directories holding inputs,
+    // outputs inside an input's model directory; as given, through links, `..` and hard links.
+    for args in [
+        vec![
+            "a.safetensors",
+            "b.safetensors",
+            "-o",
+            "hard_a.safetensors",
+            "--force",
+        ],
+        vec![
+            "a.safetensors",
+            "b.safetensors",
+            "-o",
+            "sub/../a.safetensors",
+            "--force",
+        ],
+        vec![
+            "a.safetensors",
+            "ftA",
+            "-o",
+            "ftA/model.safetensors.index.json",
+            "--force",
+        ],
+        vec![
+            "a.safetensors",
+            "ftA",
+            "-o",
+            "ftA/model-00001-of-00003.safetensors",
+            "--force",
+        ],
+        vec!["a.safetensors", "ftA", "-o", "ftA/new.safetensors"],
+        vec![
+            "a.safetensors",
+            "b.safetensors",
+            "-o",
+            "base",
+            "--base",
+            "base",
+            "--force",
+        ],
+        vec!["--config", "recipe.yaml", "-o", "recipe.yaml", "--force"],
+        vec!["a.safetensors", "b.safetensors", "-o", ".", "--force"],
+        vec!["ftA", "-o", "soupdir", "--base", "ftA/..", "--force"],
+    ] {
+        let o = only_changes(&s, &[], |d| merge_str(d, &args));
+        let line = refused(&o, &[]);
+        assert!(!line.contains("already exists"), "{args:?}: {line}");
+    }
+    // soup-eval: -o onto an ingredient greedy rejected, onto a dataset; --plot onto an input,
+    // a dataset, or -o itself.
+    for extra in [
+        vec!["-o", "poor.safetensors", "--force"],
+        vec!["-o", "val.safetensors", "--force"],
+        vec!["--plot", "b.safetensors"],
+        vec!["--plot", "b.safetensors", "--force"],
+        vec!["--plot", "test.safetensors", "--force"],
+        vec!["-o", "g.safetensors", "--plot", "g.safetensors"],
+        vec!["-o", "gdir", "--plot", "gdir/plot.svg"],
+    ] {
+        let o = only_changes(&s, &[], |d| eval_str(d, &eval_args("report", &extra)));
+        refused(&o, &[]);
+    }
+    let o = only_changes(&s, &[], |d| {
+        eval_str(
+            d,
+            &eval_args("greedy", &["-o", "poor.safetensors", "--force"]),
+        )
+    });
+    refused(&o, &["poor.safetensors", "input"]);
+}
+
+#[test]
+fn force_replaces_only_what_the_tool_could_have_written_and_keeps_its_mode() {
+    let s = Sandbox::new();
+    // Someone's project is not a model directory, whatever --force says.
+    let o = only_changes(&s, &[], |d| {
+        merge_str(
+            d,
+            &["a.safetensors", "b.safetensors", "-o", "project", "--force"],
+        )
+    });
+    refused(&o, &["'.git'", "not a model file"]);
+    let o = only_changes(&s, &[], |d| {
+        eval_str(d, &eval_args("greedy", &["-o", "project", "--force"]))
+    });
+    refused(&o, &["'.git'", "not a model file"]);
+    // A directory output where a file is.
+    let o = only_changes(&s, &[], |d| {
+        merge_str(d, &["a.safetensors", "-o", "secret.txt", "--force"])
+    });
+    refused(&o, &["not a model directory"]);
+    // A soup replaces an old soup and keeps its 0600.
+    let o = only_changes(&s, &["old.safetensors"], |d| {
+        merge_str(
+            d,
+            &[
+                "a.safetensors",
+                "b.safetensors",
+                "-o",
+                "old.safetensors",
+                "--force",
+            ],
+        )
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let mode = std::fs::metadata(s.root().join("old.safetensors"))
+        .unwrap()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // A directory of model files is replaced whole, by either tool.
+    let o = only_changes(&s, &["oldsoup"], |d| {
+        eval_str(d, &eval_args("greedy", &["-o", "oldsoup", "--force"]))
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(s.root().join("oldsoup/model.safetensors").is_file());
+    // The plot replaces an earlier plot, keeping its mode too.
+    std::fs::write(s.root().join("p.svg"), "old").unwrap();
+    std::fs::set_permissions(s.root().join("p.svg"), PermissionsExt::from_mode(0o640)).unwrap();
+    let o = eval_str(
+        s.root(),
+        &eval_args("report", &["--plot", "p.svg", "--force"]),
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let meta = std::fs::metadata(s.root().join("p.svg")).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    assert!(std::fs::read_to_string(s.root().join("p.svg"))
+        .unwrap()
+        .contains("<svg"));
+}
+
+#[test]
+fn companion_links_that_leave_the_model_directory_are_skipped_with_a_warning() {
+    let s = Sandbox::new();
+    let o = only_changes(&s, &["soupdir"], |d| {
+        merge_str(d, &["ftA", "a.safetensors", "-o", "soupdir", "--json"])
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(s.root().join("soupdir/config.json").is_file());
+    assert!(
+        !s.root().join("soupdir/tokenizer.json").exists(),
+        "the key travelled"
+    );
+    let err = common::stderr(&o);
+    assert!(
+        err.contains("warning:") && err.contains("tokenizer.json") && err.contains("secret.txt"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    let kinds: Vec<&str> = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"companion-skipped"), "{kinds:?}");
+
+    // A Hugging Face cache snapshot links its files into the repository's blobs/: copied.
+    let repo = s.root().join("hub/models--org--ft");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/abc")).unwrap();
+    std::fs::copy(s.root().join("a.safetensors"), repo.join("blobs/1111")).unwrap();
+    std::fs::write(repo.join("blobs/2222"), r#"{"model_type": "cnn"}"#).unwrap();
+    std::fs::write(repo.join("blobs/3333"), r#"{"tokenizer": 1}"#).unwrap();
+    let snap = repo.join("snapshots/abc");
+    std::os::unix::fs::symlink("../../blobs/1111", snap.join("model.safetensors")).unwrap();
+    std::os::unix::fs::symlink("../../blobs/2222", snap.join("config.json")).unwrap();
+    std::os::unix::fs::symlink("../../blobs/3333", snap.join("tokenizer.json")).unwrap();
+    let o = merge(s.root(), &[&snap, &"a.safetensors", &"-o", &"cached"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(s.root().join("cached/tokenizer.json")).unwrap(),
+        r#"{"tokenizer": 1}"#
+    );
+}
+
+/// The name a run with pid `pid` gives its `n`th temporary for `dest`.
+fn temporary_name(dest: &str, pid: u32, n: u32) -> String {
+    format!(".{dest}.soup-tmp-{pid}-{n}")
+}
+
+/// A pid that is surely not running.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn only_temporaries_the_tool_provably_made_are_cleaned_up() {
+    let s = Sandbox::new();
+    let pid = dead_pid();
+    // A dead run's marked temporaries: a soup file with its header, a directory with the mark.
+    let stale_file = temporary_name("soup.safetensors", pid, 0);
+    std::fs::copy(
+        s.root().join("oldsoup/model.safetensors"),
+        s.root().join(&stale_file),
+    )
+    .unwrap();
+    let stale_dir = temporary_name("soupdir", pid, 0);
+    std::fs::create_dir(s.root().join(&stale_dir)).unwrap();
+    std::fs::write(
+        s.root().join(&stale_dir).join(".model-soup-temporary"),
+        "1\n",
+    )
+    .unwrap();
+    // Look-alikes that are not the tool's to remove: a user file with no mark, and a marked
+    // one the user gives as an input.
+    let unmarked = temporary_name("soup.safetensors", pid, 1);
+    std::fs::write(s.root().join(&unmarked), "my notes").unwrap();
+    let input = temporary_name("soup.safetensors", pid, 2);
+    std::fs::copy(
+        s.root().join("oldsoup/model.safetensors"),
+        s.root().join(&input),
+    )
+    .unwrap();
+    let o = only_changes(&s, &["soup.safetensors", &stale_file], |d| {
+        merge_str(d, &[&input, "b.safetensors", "-o", "soup.safetensors"])
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        !s.root().join(&stale_file).exists(),
+        "a dead run's temporary stays"
+    );
+    assert!(s.root().join(&unmarked).exists() && s.root().join(&input).exists());
+    let o = only_changes(&s, &["soupdir", &stale_dir], |d| {
+        merge_str(d, &["a.safetensors", "b.safetensors", "-o", "soupdir"])
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!s.root().join(&stale_dir).exists());
+    // The published directory carries no mark.
+    assert!(!s.root().join("soupdir/.model-soup-temporary").exists());
+}
+
+#[test]
+fn recipes_are_read_within_bounds() {
+    let s = Sandbox::new();
+    let deep = format!(
+        "merge_method: linear\nmodels: {}{}\n",
+        "[".repeat(60_000),
+        "]".repeat(60_000)
+    );
+    std::fs::write(s.root().join("deep.yaml"), deep).unwrap();
+    let started = std::time::Instant::now();
+    let o = only_changes(&s, &[], |d| {
+        merge_str(d, &["--config", "deep.yaml", "-o", "x.safetensors"])
+    });
+    refused(&o, &["deep.yaml", "nests deeper"]);
+    assert!(
+        started.elapsed().as_secs_f64() < 1.0,
+        "{:?}",
+        started.elapsed()
+    );
+    std::fs::write(s.root().join("big.yaml"), vec![b'#'; 2 << 20]).unwrap();
+    let o = merge_str(s.root(), &["--config", "big.yaml", "-o", "x.safetensors"]);
+    refused(&o, &["big.yaml", "at most"]);
+    let started = std::time::Instant::now();
+    let o = merge_str(
+        s.root(),
+        &["--config", "fifo.safetensors", "-o", "x.safetensors"],
+    );
+    refused(&o, &["fifo.safetensors", "not a regular file"]);
+    assert!(started.elapsed().as_secs_f64() < 1.0);
+}
+
+#[test]
+fn values_the_user_did_not_mean() {
+    let s = Sandbox::new();
+    let o = merge_str(
+        s.root(),
+        &[
+            "a.safetensors",
+            "poor.safetensors",
+            "-w",
+            "0,0",
+            "-o",
+            "z.safetensors",
+        ],
+    );
+    refused(&o, &["every weight", "is 0"]);
+    let o = merge_str(
+        s.root(),
+        &[
+            "a.safetensors",
+            "b.safetensors",
+            "poor.safetensors",
+            "-w",
+            "1e300,-1e300,1e-10",
+            "--normalize",
+            "-o",
+            "z.safetensors",
+        ],
+    );
+    refused(&o, &["non-finite", "nearly cancel"]);
+    // An upper-case extension is a file, not a directory.
+    let o = merge_str(
+        s.root(),
+        &["a.safetensors", "b.safetensors", "-o", "UP.SAFETENSORS"],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(s.root().join("UP.SAFETENSORS").is_file());
+    // An unwritable --plot fails before the greedy soup is written.
+    let o = only_changes(&s, &[], |d| {
+        eval_str(
+            d,
+            &eval_args(
+                "report",
+                &["-o", "g.safetensors", "--plot", "missing/p.svg"],
+            ),
+        )
+    });
+    refused(&o, &["missing"]);
+    // greedy works without --test.
+    let o = eval_str(
+        s.root(),
+        &[
+            "greedy",
+            "--arch",
+            "digits-cnn",
+            "--val",
+            "val.safetensors",
+            "a.safetensors",
+            "b.safetensors",
+            "-q",
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+}
+
+fn odd(name: &[u8]) -> OsString {
+    OsStr::from_bytes(name).to_os_string()
+}
+
+#[test]
+fn non_utf8_paths_in_every_role_never_panic_and_keep_every_byte_in_json() {
+    let s = Sandbox::new();
+    let r = s.root();
+    let input = odd(b"in\xff.safetensors");
+    std::fs::copy(r.join("a.safetensors"), r.join(&input)).unwrap();
+    let dir = odd(b"dir\xfe");
+    std::fs::create_dir(r.join(&dir)).unwrap();
+    std::fs::copy(
+        r.join("a.safetensors"),
+        r.join(&dir).join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(r.join(&dir).join("config.json"), "{}").unwrap();
+    let recipe = odd(b"r\xfd.yaml");
+    std::fs::write(
+        r.join(&recipe),
+        "merge_method: linear\nmodels:\n  - model: a.safetensors\n    parameters: {weight: 1.0}\n",
+    )
+    .unwrap();
+    let val = odd(b"val\xfc.safetensors");
+    std::fs::copy(r.join("val.safetensors"), r.join(&val)).unwrap();
+    let out = odd(b"out\xfb.safetensors");
+    let outdir = odd(b"outdir\xfa");
+    let plot = odd(b"p\xf9.svg");
+
+    let runs: Vec<Output> = vec![
+        merge(r, &[&input, &"b.safetensors", &"-o", &out, &"--json"]),
+        merge(
+            r,
+            &[
+                &dir,
+                &"b.safetensors",
+                &"--base",
+                &dir,
+                &"-o",
+                &outdir,
+                &"--json",
+            ],
+        ),
+        merge(
+            r,
+            &[
+                &"--config",
+                &recipe,
+                &"-o",
+                &"cfg.safetensors",
+                &"--json",
+                &"--verify",
+            ],
+        ),
+        merge(r, &[&input, &"b.safetensors", &"--dry-run", &"--json"]),
+        eval(
+            r,
+            &[
+                &"report",
+                &"--arch",
+                &"digits-cnn",
+                &"--val",
+                &val,
+                &input,
+                &"b.safetensors",
+                &"--plot",
+                &plot,
+                &"-o",
+                &"g.safetensors",
+                &"--json",
+                &"-q",
+            ],
+        ),
+    ];
+    for o in &runs {
+        let err = common::stderr(o);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(o.status.success(), "{err}");
+        let v: serde_json::Value = serde_json::from_str(&common::stdout(o)).expect("valid JSON");
+        assert!(v.is_object());
+    }
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&runs[0])).unwrap();
+    assert_eq!(v["output"]["bytes_hex"], "6f7574fb2e7361666574656e736f7273");
+    assert_eq!(
+        v["inputs"][0]["path"]["utf8_lossy"],
+        "in\u{fffd}.safetensors"
+    );
+    // Errors naming such paths are one line too, in text and in JSON with a kind.
+    let o = merge(r, &[&input, &"b.safetensors", &"-o", &input, &"--json"]);
+    refused(&o, &["in\u{fffd}.safetensors"]);
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!(v["kind"], "output");
+    let o = eval(
+        r,
+        &[
+            &"report",
+            &"--arch",
+            &"digits-cnn",
+            &"--val",
+            &val,
+            &input,
+            &"--plot",
+            &val,
+            &"--json",
+        ],
+    );
+    refused(&o, &["val\u{fffd}.safetensors"]);
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!(v["kind"], "output");
+}
+
+/// A tiny deterministic generator for the property test.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[self.below(from.len())]
+    }
+}
+
+#[test]
+fn random_combinations_of_roles_change_nothing_but_a_legitimate_output() {
+    let s = Sandbox::new();
+    let paths: &[&str] = &[
+        "a.safetensors",
+        "b.safetensors",
+        "poor.safetensors",
+        "val.safetensors",
+        "test.safetensors",
+        "ftA",
+        "ftA/model.safetensors.index.json",
+        "ftA/config.json",
+        "ftA/tokenizer.json",
+        "base",
+        "base/config.json",
+        "recipe.yaml",
+        "project",
+        "project/train.py",
+        "fifo.safetensors",
+        "sock.safetensors",
+        "link_a.safetensors",
+        "devnull.safetensors",
+        "hard_a.safetensors",
+        "sub/../a.safetensors",
+        "sub/../ftA",
+        "secret.txt",
+        "old.safetensors",
+        "oldsoup",
+        "fresh.safetensors",
+        "FRESH.SAFETENSORS",
+        "freshdir",
+        "sub/fresh.svg",
+        ".",
+        "..",
+    ];
+    let mut rng = Rng(0x5eed);
+    for case in 0..90 {
+        let force = rng.below(2) == 0;
+        let mut args: Vec<String> = Vec::new();
+        let mut outputs: Vec<&str> = Vec::new();
+        let tool_is_eval = case % 3 == 2;
+        if tool_is_eval {
+            args.extend(
+                [
+                    "report",
+                    "--arch",
+                    "digits-cnn",
+                    "--val",
+                    "val.safetensors",
+                    "--test",
+                    "test.safetensors",
+                    "-q",
+                    "a.safetensors",
+                    "poor.safetensors",
+                ]
+                .map(String::from),
+            );
+            if rng.below(3) > 0 {
+                let o = rng.pick(paths);
+                args.extend(["-o".into(), o.into()]);
+                outputs.push(o);
+            }
+            let p = rng.pick(paths);
+            args.extend(["--plot".into(), p.into()]);
+            outputs.push(p);
+        } else {
+            if rng.below(4) == 0 {
+                let recipe = rng.pick(&[
+                    "recipe.yaml",
+                    "recipe.yaml",
+                    "fifo.safetensors",
+                    "secret.txt",
+                ]);
+                args.extend(["--config".into(), recipe.into()]);
+            } else {
+                args.push(
+                    rng.pick(&["a.safetensors", "ftA", "link_a.safetensors"])
+                        .into(),
+                );
+                args.push(
+                    rng.pick(&["b.safetensors", "poor.safetensors", "hard_a.safetensors"])
+                        .into(),
+                );
+            }
+            let o = rng.pick(paths);
+            args.extend(["-o".into(), o.into(), "-q".into()]);
+            outputs.push(o);
+            if rng.below(3) == 0 {
+                args.extend(["--base".into(), rng.pick(paths).into()]);
+            }
+        }
+        if force {
+            args.push("--force".into());
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let before = snapshot(s.root());
+        let o = if tool_is_eval {
+            eval_str(s.root(), &argv)
+        } else {
+            merge_str(s.root(), &argv)
+        };
+        let after = snapshot(s.root());
+        let err = common::stderr(&o);
+        assert!(!err.contains("panicked"), "case {case} {argv:?}: {err}");
+        assert!(
+            matches!(o.status.code(), Some(0) | Some(1)),
+            "case {case} {argv:?}: {err}"
+        );
+        let diff = changed(&before, &after);
+        let keep = protected(&argv);
+        if o.status.success() {
+            for path in &diff {
+                let legit = outputs.iter().any(|out| {
+                    let out = entry_name(out);
+                    path.starts_with(&out) && !keep.iter().any(|p| out.starts_with(entry_name(p)))
+                });
+                assert!(legit, "case {case} {argv:?} changed {}", path.display());
+            }
+        } else {
+            assert!(
+                diff.is_empty(),
+                "case {case} {argv:?} failed ({err}) yet changed {diff:?}"
+            );
+            assert_eq!(
+                err.lines().filter(|l| l.starts_with("error: ")).count(),
+                1,
+                "{err}"
+            );
+        }
+        // Whatever happened, what the run read and what is never replaced are as they were.
+        for p in &keep {
+            let p = entry_name(p);
+            let b: Vec<_> = before.iter().filter(|(k, _)| k.starts_with(&p)).collect();
+            let a: Vec<_> = after.iter().filter(|(k, _)| k.starts_with(&p)).collect();
+            assert_eq!(b, a, "case {case} {argv:?} changed {}", p.display());
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The output policy: which paths a run may write. Both tools run every output they write
+//! (`-o`, `--plot`, and any added later) through [`check`] before any work, `--dry-run`
+//! included, and the atomic writers accept nothing but the [`Destination`]s it returns.
+//!
+//! The rules, each tested in `tests/safety_outputs.rs` and stated in SAFETY.md:
+//! - an output never resolves (through symbolic links, `..` or a hard link) to anything the run
+//!   reads, in any role, nor to another output of the same run; a directory output never holds
+//!   anything the run reads, and no output lands inside a model directory the run reads;
+//! - devices, FIFOs, sockets and symbolic links are never replaced, even with `--force`;
+//! - `--force` replaces only what the tool could have written itself: a regular file for a file
+//!   output, and for a directory output a directory of model files and nothing else;
+//! - a replacement keeps the mode of what it replaces, so it is never more permissive.
+
+use std::fs::{self, Metadata};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use super::checkpoint::Checkpoint;
+use super::index::INDEX_NAME;
+use super::model_dir::COMPANION_FILES;
+use crate::error::{Error, Result};
+
+/// The part a path plays in a run, named in refusals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A checkpoint to merge or evaluate: a file, or a model directory.
+    Ingredient,
+    /// One safetensors file of an ingredient.
+    Shard,
+    /// A model directory's `model.safetensors.index.json`.
+    Index,
+    /// The `--base` model directory (config and tokenizer source).
+    Base,
+    /// A `--config` recipe file.
+    Recipe,
+    /// A validation or test set.
+    Dataset,
+    /// A config, tokenizer or chat template copied into a directory output.
+    Companion,
+}
+
+impl Role {
+    fn noun(self) -> &'static str {
+        match self {
+            Role::Ingredient => "input",
+            Role::Shard => "input shard",
+            Role::Index => "input's shard index",
+            Role::Base => "--base directory",
+            Role::Recipe => "--config recipe",
+            Role::Dataset => "dataset",
+            Role::Companion => "companion file",
+        }
+    }
+}
+
+/// Whether an output is one file or a model directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// One file: a `.safetensors` soup, or a plot.
+    File,
+    /// A Hugging Face model directory: shards, index, config, tokenizer, model card.
+    Directory,
+}
+
+/// One thing a run reads: how it was given, where it resolves, and which file it is.
+#[derive(Clone, Debug)]
+struct Read {
+    role: Role,
+    given: PathBuf,
+    resolved: Option<PathBuf>,
+    /// (device, inode) of what the path resolves to, and of the path itself when that is a link.
+    ids: Vec<(u64, u64)>,
+    is_dir: bool,
+}
+
+/// Everything a run reads, in every role, by resolved path and by identity.
+#[derive(Clone, Debug, Default)]
+pub struct Reads {
+    reads: Vec<Read>,
+}
+
+impl Reads {
+    /// An empty set.
+    pub fn new() -> Reads {
+        Reads::default()
+    }
+
+    /// Records `path`, read as `role`. A path that doesn't exist is recorded as given, so it is
+    /// still never written.
+    pub fn add(&mut self, role: Role, path: &Path) {
+        let mut ids = Vec::new();
+        let followed = fs::metadata(path).ok();
+        if let Some(m) = &followed {
+            ids.push((m.dev(), m.ino()));
+        }
+        if let Ok(m) = fs::symlink_metadata(path) {
+            ids.push((m.dev(), m.ino()));
+        }
+        self.reads.push(Read {
+            role,
+            given: path.to_path_buf(),
+            resolved: fs::canonicalize(path).ok(),
+            ids,
+            is_dir: followed.is_some_and(|m| m.is_dir()),
+        });
+    }
+
+    /// Records a checkpoint: the path given, every shard, and a model directory's index.
+    pub fn add_checkpoint(&mut self, checkpoint: &Checkpoint) {
+        self.add(Role::Ingredient, checkpoint.path());
+        for shard in checkpoint.shards() {
+            self.add(Role::Shard, shard.path());
+        }
+        let index = checkpoint.path().join(INDEX_NAME);
+        if checkpoint.path().is_dir() && index.exists() {
+            self.add(Role::Index, &index);
+        }
+    }
+
+    /// Whether `path` (not followed, if it is a link) or what it resolves to is read.
+    pub fn contains(&self, path: &Path) -> bool {
+        let ids: Vec<(u64, u64)> = [fs::symlink_metadata(path).ok(), fs::metadata(path).ok()]
+            .into_iter()
+            .flatten()
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
+        let resolved = fs::canonicalize(path).ok();
+        self.reads.iter().any(|r| {
+            r.ids.iter().any(|id| ids.contains(id))
+                || (resolved.is_some() && r.resolved == resolved)
+        })
+    }
+
+    fn same_file(&self, meta: &Metadata) -> Option<&Read> {
+        let id = (meta.dev(), meta.ino());
+        self.reads.iter().find(|r| r.ids.contains(&id))
+    }
+}
+
+/// An output a run asks to write: the flag that names it (for messages), its path and kind.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub flag: &'static str,
+    pub path: PathBuf,
+    pub kind: OutputKind,
+}
+
+/// An output that passed the policy: the only thing the atomic writers accept.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    flag: &'static str,
+    given: PathBuf,
+    path: PathBuf,
+    kind: OutputKind,
+    force: bool,
+    mode: Option<u32>,
+    reads: Reads,
+}
+
+impl Destination {
+    /// The path as the user gave it, for messages.
+    pub fn given(&self) -> &Path {
+        &self.given
+    }
+
+    /// Where the output is written: the given path with its folder resolved, so that the
+    /// checks and the write see the same file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// File or model directory.
+    pub fn kind(&self) -> OutputKind {
+        self.kind
+    }
+
+    /// Whether an existing output may be replaced.
+    pub fn force(&self) -> bool {
+        self.force
+    }
+
+    /// The permission bits of the output this one replaces, which the replacement takes.
+    pub fn replaced_mode(&self) -> Option<u32> {
+        self.mode
+    }
+
+    /// Whether a path is something the run reads (stale-temporary cleanup never removes one).
+    pub fn protects(&self, path: &Path) -> bool {
+        self.reads.contains(path)
+    }
+
+    /// The same destination checked again with more reads: a writer's own inputs, whatever
+    /// the caller recorded.
+    pub fn with_reads(&self, more: &Reads) -> Result<Destination> {
+        let mut reads = self.reads.clone();
+        reads.reads.extend(more.reads.iter().cloned());
+        let request = Request {
+            flag: self.flag,
+            path: self.given.clone(),
+            kind: self.kind,
+        };
+        check_one(&request, &reads, self.force)
+    }
+
+    /// Checks again, just before an existing directory is replaced, that it still holds only
+    /// model files: something may have been added since the run started.
+    pub fn recheck_replaced_dir(&self) -> Result<()> {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.is_dir() => foreign_entry(self, &self.path),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Applies the policy to every output of a run at once, before any work. `force` is the run's
+/// `--force`.
+pub fn check(requests: &[Request], reads: &Reads, force: bool) -> Result<Vec<Destination>> {
+    let mut out: Vec<Destination> = Vec::with_capacity(requests.len());
+    for request in requests {
+        let dest = check_one(request, reads, force)?;
+        if let Some(other) = out.iter().find(|o| overlaps(o, &dest)) {
+            return Err(Error::output(
+                &request.path,
+                format!(
+                    "{} {} and {} {} would overwrite each other; give them different paths",
+                    other.flag,
+                    other.given.display(),
+                    dest.flag,
+                    dest.given.display()
+                ),
+            ));
+        }
+        out.push(dest);
+    }
+    Ok(out)
+}
+
+fn overlaps(a: &Destination, b: &Destination) -> bool {
+    a.path == b.path
+        || (a.kind == OutputKind::Directory && b.path.starts_with(&a.path))
+        || (b.kind == OutputKind::Directory && a.path.starts_with(&b.path))
+}
+
+fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destination> {
+    let given = &request.path;
+    let refuse = |reason: String| Err(Error::output(given, reason));
+    let name = match given.file_name() {
+        Some(n) if !given.ends_with("..") => n.to_os_string(),
+        _ => {
+            return refuse(format!(
+                "is not a file name; give {} a path such as soup.safetensors",
+                request.flag
+            ))
+        }
+    };
+    let parent = super::writer::parent_dir(given);
+    let folder = match fs::canonicalize(parent) {
+        Ok(p) if p.is_dir() => p,
+        _ => {
+            return refuse(format!(
+                "the directory {} does not exist; create it or choose another {}",
+                parent.display(),
+                request.flag
+            ))
+        }
+    };
+    let path = folder.join(&name);
+    let mut dest = Destination {
+        flag: request.flag,
+        given: given.clone(),
+        path,
+        kind: request.kind,
+        force,
+        mode: None,
+        reads: reads.clone(),
+    };
+    for read in &reads.reads {
+        let Some(resolved) = &read.resolved else {
+            continue;
+        };
+        if *resolved == dest.path {
+            return refuse(format!(
+                "is the {} {}; an input is never overwritten, even with --force: write to a new path",
+                read.role.noun(),
+                read.given.display()
+            ));
+        }
+        if request.kind == OutputKind::Directory && resolved.starts_with(&dest.path) {
+            return refuse(format!(
+                "holds the {} {}; a directory output replaces everything in it, and inputs are never overwritten: write to a new directory",
+                read.role.noun(),
+                read.given.display()
+            ));
+        }
+        if read.is_dir && dest.path.starts_with(resolved) {
+            return refuse(format!(
+                "is inside the {} {}; writing there would change that model directory: write the output elsewhere",
+                read.role.noun(),
+                read.given.display()
+            ));
+        }
+    }
+    let meta = match fs::symlink_metadata(&dest.path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(dest),
+        Err(e) => return Err(Error::io(given, e)),
+    };
+    if let Some(read) = reads.same_file(&meta) {
+        return refuse(format!(
+            "is the {} {} (the same file); an input is never overwritten, even with --force: write to a new path",
+            read.role.noun(),
+            read.given.display()
+        ));
+    }
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        if let Some(read) = fs::metadata(&dest.path)
+            .ok()
+            .and_then(|m| reads.same_file(&m))
+        {
+            return refuse(format!(
+                "is a symbolic link to the {} {}; an input is never overwritten, even with --force: write to a new path",
+                read.role.noun(),
+                read.given.display()
+            ));
+        }
+        let target = fs::read_link(&dest.path)
+            .map(|t| t.display().to_string())
+            .unwrap_or_else(|_| "?".into());
+        return refuse(format!(
+            "is a symbolic link (to {target}); the tool writes only files and directories it creates, so it won't replace a link, even with --force: remove the link or choose another {}",
+            request.flag
+        ));
+    }
+    if let Some(special) = special_kind(&meta) {
+        return refuse(format!(
+            "is a {special}; outputs are only regular files or directories, even with --force: choose another {}",
+            request.flag
+        ));
+    }
+    if !force {
+        return refuse("already exists; pass --force to replace it".into());
+    }
+    match (request.kind, meta.is_dir()) {
+        (OutputKind::File, true) => {
+            return refuse(format!(
+                "is a directory, and {} writes a file; --force replaces only a file here: choose another {}",
+                request.flag, request.flag
+            ))
+        }
+        (OutputKind::Directory, false) => {
+            return refuse(format!(
+                "is a file, not a model directory; --force replaces only a directory of model files here: remove it or choose another {}",
+                request.flag
+            ))
+        }
+        (OutputKind::Directory, true) => foreign_entry(&dest, &dest.path)?,
+        (OutputKind::File, false) => {}
+    }
+    dest.mode = Some(meta.mode() & 0o7777);
+    Ok(dest)
+}
+
+/// The kind of a special file, if `meta` is one.
+fn special_kind(meta: &Metadata) -> Option<&'static str> {
+    let t = meta.file_type();
+    if t.is_char_device() {
+        Some("character device")
+    } else if t.is_block_device() {
+        Some("block device")
+    } else if t.is_fifo() {
+        Some("FIFO")
+    } else if t.is_socket() {
+        Some("socket")
+    } else {
+        None
+    }
+}
+
+/// Whether `name` is a file a directory output of this tool can hold.
+pub fn is_model_file(name: &str) -> bool {
+    name.ends_with(".safetensors")
+        || name == INDEX_NAME
+        || name == "README.md"
+        || COMPANION_FILES.contains(&name)
+}
+
+/// Refuses a directory that holds anything but regular model files, naming the first foreign
+/// entry in name order.
+fn foreign_entry(dest: &Destination, dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(&dest.given, e))?;
+    let mut foreign: Vec<(String, &'static str)> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(&dest.given, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let what = match entry.file_type() {
+            Ok(t) if t.is_file() && is_model_file(&name) => continue,
+            Ok(t) if t.is_file() => "a file",
+            Ok(t) if t.is_dir() => "a directory",
+            Ok(t) if t.is_symlink() => "a symbolic link",
+            _ => "a special file",
+        };
+        foreign.push((name, what));
+    }
+    foreign.sort();
+    match foreign.first() {
+        None => Ok(()),
+        Some((name, what)) => Err(Error::output(
+            &dest.given,
+            format!(
+                "holds {what} '{}' that is not a model file; --force replaces only a directory of model files (weights, index, config, tokenizer, model card): move it away or choose another {}",
+                name.escape_debug(),
+                dest.flag
+            ),
+        )),
+    }
+}

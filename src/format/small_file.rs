@@ -1,0 +1,50 @@
+//! Reading small inputs that aren't checkpoints (recipes, configs): only regular files, never
+//! blocking on a FIFO or device, and never more than a cap, so a hostile path or file costs
+//! a bounded amount of work.
+
+use std::fs::OpenOptions;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Reads the whole of a regular file of at most `cap` bytes. `what` names the file's role in
+/// messages ("recipe", "config").
+pub fn read(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+    // O_NONBLOCK: a FIFO (or one swapped in after a type check) must not block the open.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::header(
+            path,
+            format!("is not a regular file (a directory, FIFO, socket or device?); give the {what} file itself"),
+        ));
+    }
+    if meta.len() > cap {
+        return Err(Error::header(
+            path,
+            format!(
+                "is {} bytes; a {what} is at most {cap} bytes: is this the right file?",
+                meta.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // One byte past the cap tells a file that grew since the check.
+    (&mut file)
+        .take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > cap {
+        return Err(Error::header(
+            path,
+            format!("grew past {cap} bytes while being read; a {what} is at most {cap} bytes"),
+        ));
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,501 @@
+//! One merge, from a request to a report: the orchestrator both tools drive (soup-merge for
+//! every merge, soup-eval for the greedy soup it writes). It owns the policy: the inputs (or a
+//! recipe), the weights, the output's kind and the output policy, the layout, the companion
+//! files and the model card, and it collects every warning as data.
+//!
+//! [`Merge::plan`] does everything that needs no tensor byte (a dry run stops there);
+//! [`Merge::run`] writes.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::card::Card;
+use super::execute::{self, ExtraFile, RunOptions, Warning};
+use super::layout::{Layout, DEFAULT_SHARD_SIZE};
+use super::plan::{display_name, Action, OnMissing, Plan, PlanOptions, META_RECIPE};
+use super::recipe::Recipe;
+use super::report::{DtypeSummary, InputReport, MergeReport, PlannedTensor};
+use super::verify::Record;
+use crate::error::{Error, Result};
+use crate::format::destination::{self, Destination, OutputKind, Reads, Request, Role};
+use crate::format::model_dir::{self, Companion};
+use crate::format::{Checkpoint, Dtype};
+
+/// What to merge and where: everything a front end parsed, nothing validated yet.
+#[derive(Debug, Clone, Default)]
+pub struct MergeRequest {
+    /// Input checkpoints (files or model directories), in order. Empty with a recipe.
+    pub inputs: Vec<PathBuf>,
+    /// One weight per input; `None` for 1/N each.
+    pub weights: Option<Vec<f64>>,
+    /// Divide the weights by their sum.
+    pub normalize: bool,
+    /// Output dtype of averaged tensors; `None` keeps the first input's.
+    pub dtype: Option<Dtype>,
+    /// A mergekit recipe to read inputs, weights and dtype from instead.
+    pub recipe: Option<PathBuf>,
+    /// The model directory to take config and tokenizer from (directory outputs).
+    pub base: Option<PathBuf>,
+    /// Where to write; `None` only for a dry run.
+    pub output: Option<PathBuf>,
+    /// Shard size for a directory output; given, it makes the output a directory.
+    pub shard_size: Option<u64>,
+    /// What to do with tensors that some inputs lack.
+    pub on_missing: OnMissing,
+    /// Make warnings about the data errors.
+    pub strict: bool,
+    /// Replace an existing output (only one the tool could have written).
+    pub force: bool,
+    /// Read the output back and hash it after writing.
+    pub verify: bool,
+    /// What else the caller's run reads (soup-eval's datasets): no output may touch it.
+    pub also_reads: Vec<(Role, PathBuf)>,
+    /// The caller's other outputs (soup-eval's `--plot`), checked against this one.
+    pub also_writes: Vec<Request>,
+}
+
+/// A validated merge, planned from headers alone, ready to run.
+pub struct Merge {
+    plan: Plan,
+    layout: Layout,
+    kind: OutputKind,
+    destination: Option<Destination>,
+    extra: Vec<ExtraFile>,
+    warnings: Vec<Warning>,
+    report: MergeReport,
+    strict: bool,
+    verify: bool,
+    started: Instant,
+}
+
+/// Whether `-o PATH` names a file or a model directory: a `.safetensors` name (in any case)
+/// is a file, unless `--shard-size` asks for shards; anything else is a directory.
+pub fn output_kind(output: &Path, shard_size: Option<u64>) -> Result<OutputKind> {
+    let is_file = output.file_name().is_some_and(|n| {
+        n.as_encoded_bytes()
+            .to_ascii_lowercase()
+            .ends_with(b".safetensors")
+    });
+    match (is_file, shard_size) {
+        (true, Some(_)) => Err(Error::Usage(format!(
+            "--shard-size writes a model directory, but -o {} names a .safetensors file; give -o a directory name",
+            output.display()
+        ))),
+        (true, None) => Ok(OutputKind::File),
+        (false, _) => Ok(OutputKind::Directory),
+    }
+}
+
+/// What a merge reads and writes, checked by the output policy.
+fn check_outputs(
+    request: &MergeRequest,
+    kind: OutputKind,
+    ingredients: &[Checkpoint],
+    companions: &[Companion],
+) -> Result<Option<Destination>> {
+    let mut reads = Reads::new();
+    for ck in ingredients {
+        reads.add_checkpoint(ck);
+    }
+    if let Some(base) = &request.base {
+        reads.add(Role::Base, base);
+    }
+    if let Some(recipe) = &request.recipe {
+        reads.add(Role::Recipe, recipe);
+    }
+    for (role, path) in &request.also_reads {
+        reads.add(*role, path);
+    }
+    for c in companions {
+        if let Companion::Copy { from, .. } = c {
+            reads.add(Role::Companion, from);
+        }
+    }
+    let mut requests = Vec::new();
+    if let Some(output) = &request.output {
+        requests.push(Request {
+            flag: "-o",
+            path: output.clone(),
+            kind,
+        });
+    }
+    requests.extend(request.also_writes.iter().cloned());
+    let mut checked = destination::check(&requests, &reads, request.force)?;
+    Ok(request.output.as_ref().map(|_| checked.remove(0)))
+}
+
+impl Merge {
+    /// Validates the request and plans the merge, reading headers only: the recipe, the
+    /// weights, the inputs against each other, the output against the policy, the companion
+    /// files and the card. Nothing is written.
+    pub fn plan(request: &MergeRequest) -> Result<Merge> {
+        let started = Instant::now();
+        let recipe = request.recipe.as_deref().map(Recipe::read).transpose()?;
+        let (inputs, weights, dtype) = match &recipe {
+            Some(r) => {
+                for (i, model) in r.models.iter().enumerate() {
+                    if !model.exists() {
+                        return Err(Error::Recipe {
+                            path: request.recipe.clone().expect("read above"),
+                            reason: format!(
+                                "models[{i}].model {} is not a local file or directory; soup-merge does not download models: fetch it first (huggingface-cli download REPO --local-dir DIR) and put the directory in the recipe",
+                                r.models[i].display()
+                            ),
+                        });
+                    }
+                }
+                (r.models.clone(), r.effective_weights()?, r.dtype)
+            }
+            None => (
+                request.inputs.clone(),
+                super::weights::resolve(
+                    "--weights",
+                    request.weights.as_deref(),
+                    request.inputs.len(),
+                    request.normalize,
+                )?,
+                request.dtype,
+            ),
+        };
+        let kind = match &request.output {
+            Some(o) => output_kind(o, request.shard_size)?,
+            None if request.shard_size.is_some() => OutputKind::Directory,
+            None => OutputKind::File,
+        };
+        if let Some(base) = &request.base {
+            if kind == OutputKind::File {
+                return Err(Error::Usage("--base applies to a model-directory output; give -o a directory name (without .safetensors)".into()));
+            }
+            if !base.is_dir() {
+                return Err(Error::Usage(format!(
+                    "--base {} is not a directory; give the model directory whose config and tokenizer to copy",
+                    base.display()
+                )));
+            }
+        }
+        let ingredients = inputs
+            .iter()
+            .map(|p| Checkpoint::open(p))
+            .collect::<Result<Vec<_>>>()?;
+        let mut options = PlanOptions {
+            dtype,
+            on_missing: request.on_missing,
+            ..Default::default()
+        };
+        if let Some(r) = &recipe {
+            options
+                .extra_metadata
+                .insert(META_RECIPE.into(), r.text.clone());
+        }
+        let companion_source = (kind == OutputKind::Directory)
+            .then(|| companion_source(request, recipe.as_ref(), &inputs))
+            .flatten();
+        let companions = companion_source
+            .as_deref()
+            .map(model_dir::companion_files)
+            .unwrap_or_default();
+        let destination = check_outputs(request, kind, &ingredients, &companions)?;
+        let plan = Plan::new(ingredients, weights, &options)?;
+        let layout = match kind {
+            OutputKind::File => Layout::single(
+                &plan,
+                &request
+                    .output
+                    .as_deref()
+                    .map_or_else(|| "soup.safetensors".into(), display_name),
+            ),
+            OutputKind::Directory => {
+                Layout::sharded(&plan, request.shard_size.unwrap_or(DEFAULT_SHARD_SIZE))
+            }
+        };
+        let mut warnings = Vec::new();
+        let extra = match kind {
+            OutputKind::File => Vec::new(),
+            OutputKind::Directory => extra_files(
+                request,
+                recipe.as_ref(),
+                &plan,
+                &options,
+                &companions,
+                &mut warnings,
+            )?,
+        };
+        if kind == OutputKind::Directory && !extra.iter().any(|f| f.name() == "config.json") {
+            warnings.push(Warning::general(
+                "no-config",
+                None,
+                "the output directory will have no config.json (the first input is not a model directory with one), so transformers can't load it as is; pass --base DIR to copy the config and tokenizer from a model directory".into(),
+            ));
+        }
+        let report = summarise(request, &plan, &layout, &extra, &warnings);
+        Ok(Merge {
+            plan,
+            layout,
+            kind,
+            destination,
+            extra,
+            warnings,
+            report,
+            strict: request.strict,
+            verify: request.verify,
+            started,
+        })
+    }
+
+    /// The validated plan.
+    pub fn plan_ref(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// File or model directory.
+    pub fn kind(&self) -> OutputKind {
+        self.kind
+    }
+
+    /// Warnings found while planning.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// The dry run's report: the plan per tensor, nothing read beyond headers.
+    pub fn dry_run(mut self) -> MergeReport {
+        self.report.dry_run = true;
+        self.report.plan = Some(planned_tensors(&self.plan));
+        self.report
+    }
+
+    /// Runs the merge and publishes the output atomically. `progress` sees the output bytes
+    /// of each finished chunk.
+    pub fn run(self, progress: &(dyn Fn(u64) + Sync)) -> Result<MergeReport> {
+        let Merge {
+            plan,
+            layout,
+            kind,
+            destination,
+            extra,
+            mut warnings,
+            mut report,
+            strict,
+            verify,
+            started,
+        } = self;
+        let dest =
+            destination.ok_or_else(|| Error::Usage("no output path; pass -o PATH".into()))?;
+        let record = Record::new();
+        let observe = |t: usize, start: usize, bytes: &[u8]| record.observe(t, start, bytes);
+        let options = RunOptions {
+            strict,
+            progress,
+            observe: verify.then_some(&observe as _),
+        };
+        let found = match kind {
+            OutputKind::File => execute::write(&plan, &dest, options)?,
+            OutputKind::Directory => execute::write_dir(&plan, &layout, &dest, &extra, options)?,
+        };
+        warnings.extend(found);
+        report.warnings = warnings;
+        report.seconds = started.elapsed().as_secs_f64();
+        report.bytes_written = bytes_on_disk(dest.path());
+        if verify {
+            report.verified = Some(record.check(&plan, &layout, dest.path())?);
+        }
+        Ok(report)
+    }
+}
+
+/// Size of a written file, or of the files in a written directory.
+fn bytes_on_disk(path: &Path) -> u64 {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum(),
+        Err(_) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+    }
+}
+
+/// Where a directory output's config and tokenizer come from: --base, the recipe's
+/// base_model, or the first input, whichever is a directory first.
+fn companion_source(
+    request: &MergeRequest,
+    recipe: Option<&Recipe>,
+    inputs: &[PathBuf],
+) -> Option<PathBuf> {
+    let recipe_base = recipe
+        .and_then(|r| r.base_model.as_ref())
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir());
+    request
+        .base
+        .clone()
+        .or(recipe_base)
+        .or_else(|| inputs.first().filter(|p| p.is_dir()).cloned())
+}
+
+/// The dtype a directory output's config.json should name: --dtype (or the recipe's), else the
+/// dtype of most of the averaged bytes.
+fn config_dtype(plan: &Plan, options: &PlanOptions) -> Option<Dtype> {
+    if options.dtype.is_some() {
+        return options.dtype;
+    }
+    let mut bytes: Vec<(Dtype, u64)> = Vec::new();
+    for t in plan
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.action, Action::Average { .. }))
+    {
+        match bytes.iter_mut().find(|(d, _)| *d == t.dtype) {
+            Some((_, n)) => *n += t.end - t.begin,
+            None => bytes.push((t.dtype, t.end - t.begin)),
+        }
+    }
+    bytes.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
+}
+
+/// The non-weight files of a directory output: the companion files that may travel (config
+/// with its dtype updated, tokenizer, chat template) and the model card. Companions that may
+/// not travel become warnings.
+fn extra_files(
+    request: &MergeRequest,
+    recipe: Option<&Recipe>,
+    plan: &Plan,
+    options: &PlanOptions,
+    companions: &[Companion],
+    warnings: &mut Vec<Warning>,
+) -> Result<Vec<ExtraFile>> {
+    let dtype = config_dtype(plan, options);
+    let mut extra = Vec::new();
+    for c in companions {
+        match c {
+            Companion::Skipped { path, reason, .. } => warnings.push(Warning::general(
+                "companion-skipped",
+                Some(path.clone()),
+                format!(
+                    "{} {reason}; it was not copied into the output",
+                    path.display()
+                ),
+            )),
+            Companion::Copy { name, from } => match dtype.and_then(model_dir::torch_name) {
+                Some(torch) if *name == "config.json" => {
+                    let bytes = crate::format::small_file::read(from, 64 << 20, "config")?;
+                    let bytes = model_dir::config_with_dtype(from, &bytes, torch)?;
+                    extra.push(ExtraFile::Bytes {
+                        name: name.to_string(),
+                        bytes,
+                    });
+                }
+                _ => extra.push(ExtraFile::Copy {
+                    name: name.to_string(),
+                    from: from.clone(),
+                }),
+            },
+        }
+    }
+    let title = request
+        .output
+        .as_deref()
+        .map_or_else(|| "soup".into(), display_name);
+    let base_model = recipe.and_then(|r| r.base_model.as_deref());
+    let mut card = Card::for_plan(plan, &title, base_model);
+    card.dtype = options
+        .dtype
+        .map(|d| model_dir::torch_name(d).unwrap_or(d.name()).to_string());
+    card.on_missing = request.on_missing.name().to_string();
+    card.recipe = recipe.map(|r| r.text.clone());
+    extra.push(ExtraFile::Bytes {
+        name: "README.md".into(),
+        bytes: card.render().into_bytes(),
+    });
+    Ok(extra)
+}
+
+fn dtype_summary(plan: &Plan) -> Vec<DtypeSummary> {
+    let mut out: Vec<DtypeSummary> = Vec::new();
+    for t in &plan.tensors {
+        let name = t.dtype.name().to_string();
+        let i = match out.iter().position(|d| d.dtype == name) {
+            Some(i) => i,
+            None => {
+                out.push(DtypeSummary {
+                    dtype: name,
+                    tensors: 0,
+                    parameters: 0,
+                    bytes: 0,
+                });
+                out.len() - 1
+            }
+        };
+        out[i].tensors += 1;
+        out[i].parameters += t.elements();
+        out[i].bytes += t.end - t.begin;
+    }
+    out
+}
+
+fn summarise(
+    request: &MergeRequest,
+    plan: &Plan,
+    layout: &Layout,
+    extra: &[ExtraFile],
+    warnings: &[Warning],
+) -> MergeReport {
+    let averaged = plan
+        .tensors
+        .iter()
+        .filter(|t| matches!(t.action, Action::Average { .. }))
+        .count();
+    MergeReport {
+        output: request.output.clone(),
+        dry_run: false,
+        inputs: plan
+            .ingredients
+            .iter()
+            .zip(&plan.weights)
+            .map(|(ck, &w)| InputReport {
+                path: ck.path().to_path_buf(),
+                weight: w,
+                shards: ck.shards().len(),
+            })
+            .collect(),
+        tensors: plan.tensors.len(),
+        averaged,
+        copied: plan.tensors.len() - averaged,
+        missing: plan.missing.clone(),
+        bytes_read: plan.read_len(),
+        output_bytes: layout.total_len(),
+        bytes_written: 0,
+        seconds: 0.0,
+        warnings: warnings.to_vec(),
+        parameters: plan.tensors.iter().map(|t| t.elements()).sum(),
+        dtypes: dtype_summary(plan),
+        files: layout.summary(),
+        extra_files: extra.iter().map(|f| f.name().to_string()).collect(),
+        config: request.recipe.clone(),
+        plan: None,
+        verified: None,
+    }
+}
+
+fn planned_tensors(plan: &Plan) -> Vec<PlannedTensor> {
+    plan.tensors
+        .iter()
+        .map(|t| {
+            let (action, terms) = match &t.action {
+                Action::Average { terms, .. } => (
+                    "average",
+                    terms.iter().map(|x| (x.ingredient, x.weight)).collect(),
+                ),
+                Action::Copy { from, .. } => ("copy", vec![(*from, 1.0)]),
+            };
+            PlannedTensor {
+                name: t.name.clone(),
+                dtype: t.dtype.name().to_string(),
+                shape: t.shape.clone(),
+                action,
+                terms,
+            }
+        })
+        .collect()
+}
