@@ -7,8 +7,8 @@
 # compute capability 9.0 (H100, H200; set CUDA_COMPUTE_CAP for another one), and the CUDA 13
 # libraries libcublas.so.13, libcublasLt.so.13, libcurand.so.10, libnvrtc.so.13 and
 # libcudart.so.13 on the loader's path. The build uses cudarc's CUDA 13.0 API (CUDARC_CUDA_VERSION
-# below) and candle's kernels as PTX for compute_90 from nvcc 13.0; a driver older than the
-# toolkit refuses that PTX.
+# below) and candle's kernels from nvcc 13.0 for compute_90a (cudaforge's target for
+# CUDA_COMPUTE_CAP=90, which only sm_90 GPUs run); a driver older than the toolkit refuses them.
 #
 # How it builds without CUDA installed:
 # - nvcc and its companions come from NVIDIA's CUDA 13.0.2 wheels on PyPI, installed into a
