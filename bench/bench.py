@@ -537,8 +537,8 @@ def main():
     ap.add_argument("--no-warm", action="store_true", help="don't pre-read the inputs before each timed run")
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds to wait before each timed run, so memory freed by the previous one is back "
-                         "with the hypervisor for every tool alike (see BENCHMARKS.md, 'first touch')")
-    ap.add_argument("--python", default=sys.executable, help="interpreter for the Python tools and floor scripts")
+                         "with the hypervisor for every tool alike (see BENCHMARKS.md, 'This machine')")
+    ap.add_argument("--python", default=sys.executable, help="interpreter for the Python tools and the checkpoint generator")
     ap.add_argument("--soup-merge", default=os.path.join(REPO, "target", "release", "soup-merge"))
     ap.add_argument("--mergekit-yaml", default=os.path.join(os.path.dirname(sys.executable), "mergekit-yaml"))
     ap.add_argument("--hidden", type=int, help="hidden size for tiny smoke checkpoints (make_checkpoint --hidden)")

@@ -161,8 +161,8 @@ fn unsupported_keys_methods_and_values_are_named() {
     let ok_models = linear(two, &["1", "1"], "");
     refused(
         tmp.path(),
-        &ok_models.replace("linear", "ties"),
-        &["merge_method 'ties'", "linear"],
+        &ok_models.replace("linear", "karcher"),
+        &["merge_method 'karcher'", "linear, task_arithmetic, ties"],
     );
     refused(
         tmp.path(),

@@ -119,8 +119,8 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
         .python
         .clone()
         .or_else(|| std::env::var_os("SOUP_PYTHON").map(PathBuf::from));
-    let arch = arch::lookup("digits-cnn").context("digits-cnn is registered")?;
-    let test = Dataset::open(&fixture("digits/test.safetensors"), arch)?;
+    let arch = arch::digits_cnn::arch();
+    let test = Dataset::open(&fixture("digits/test.safetensors"), &*arch)?;
     let mut failures = Vec::new();
 
     writeln!(out, "# GPU check: {} against the CPU\n", device::name(&gpu))?;
@@ -142,7 +142,7 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
     for models in MODELS {
         let label = models.join(" + ");
         let weights_cpu = weights_of(models, &Device::Cpu)?;
-        let cpu_f32 = Evaluator::new(arch, Device::Cpu, 256).logits(&weights_cpu, &test)?;
+        let cpu_f32 = Evaluator::new(arch.clone(), Device::Cpu, 256).logits(&weights_cpu, &test)?;
         let reference = match &python {
             Some(p) => Some(numpy_logits(p, models, test.len())?),
             None => None,
@@ -151,12 +151,12 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
             if gpu.is_cpu() && dtype == DType::BF16 {
                 continue; // a dry run on the CPU, which has no bf16 matmul
             }
-            let mut on_gpu = Evaluator::new(arch, gpu.clone(), 256);
+            let mut on_gpu = Evaluator::new(arch.clone(), gpu.clone(), 256);
             on_gpu.dtype = dtype;
             let gpu_logits = on_gpu.logits(&weights_of(models, &gpu)?, &test)?;
             // The CPU runs f32 and f16; bf16 (no CPU matmul) is compared with the CPU's f32.
             let cpu = if dtype == DType::F16 {
-                let mut e = Evaluator::new(arch, Device::Cpu, 256);
+                let mut e = Evaluator::new(arch.clone(), Device::Cpu, 256);
                 e.dtype = dtype;
                 e.logits(&weights_cpu, &test)?
             } else {
@@ -195,10 +195,16 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
         "ft-lr1e-3-smooth",
         "half/ft-lr2e-3.f16",
     ];
+    let checkpoints: Vec<Checkpoint> = names
+        .iter()
+        .map(|n| Checkpoint::open(&model_path(n)))
+        .collect::<Result<_, _>>()?;
+    // The device keeps f64 sums there; the CPU averages the members by reference: the bits
+    // must agree.
     let mean_on = |device: &Device| -> Result<Weights> {
-        let mut sum = RunningSum::new(&Checkpoint::open(&model_path(names[0]))?, device)?;
-        for n in &names[1..] {
-            sum = sum.plus(&Checkpoint::open(&model_path(n))?)?;
+        let mut sum = RunningSum::new(&checkpoints[0], device)?;
+        for c in &checkpoints[1..] {
+            sum = sum.plus(c)?;
         }
         Ok(sum.mean()?)
     };
@@ -275,7 +281,7 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
     writeln!(out, "\n## Speed\n")?;
     let repeat = if flags.quick { 4 } else { 200 };
     let big = tiled(
-        &Dataset::open(&fixture("digits/val.safetensors"), arch)?,
+        &Dataset::open(&fixture("digits/val.safetensors"), &*arch)?,
         repeat,
     );
     writeln!(out, "Forward passes over {} images (the validation split repeated), best of 3, including the upload of the weights:\n", big.len())?;
@@ -293,7 +299,7 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
                 if device.is_cpu() && dtype != DType::F32 {
                     continue;
                 }
-                let mut e = Evaluator::new(arch, device.clone(), batch);
+                let mut e = Evaluator::new(arch.clone(), device.clone(), batch);
                 e.dtype = dtype;
                 let inputs = e.upload(&big)?;
                 e.logits_on(weights, &big, &inputs)?; // warm-up (kernel loading, PTX JIT)
@@ -476,10 +482,14 @@ fn compare_counts(a: &Report, b: &Report) -> (usize, Vec<String>) {
 
 /// `data` repeated `times` times.
 fn tiled(data: &Dataset, times: usize) -> Dataset {
-    Dataset {
-        path: data.path.clone(),
-        inputs: data.inputs.repeat(times),
-        sample_shape: data.sample_shape.clone(),
-        labels: data.labels.repeat(times),
-    }
+    let inputs = data
+        .batch(0, data.len())
+        .expect("an in-memory split")
+        .repeat(times);
+    Dataset::in_memory(
+        data.path.clone(),
+        inputs,
+        data.sample_shape.clone(),
+        data.labels.repeat(times),
+    )
 }

@@ -566,10 +566,10 @@ fn main() -> Result<()> {
 
     // Score every written file with the evaluator soup-eval uses, so the table below is what
     // `soup-eval score` prints for these files.
-    let arch = arch::lookup("digits-cnn").context("digits-cnn is registered")?;
-    let evaluator = Evaluator::new(arch, Device::Cpu, 256);
-    let val = Dataset::open(&options.data.join("val.safetensors"), arch)?;
-    let test = Dataset::open(&options.data.join("test.safetensors"), arch)?;
+    let arch = arch::digits_cnn::arch();
+    let evaluator = Evaluator::new(arch.clone(), Device::Cpu, 256);
+    let val = Dataset::open(&options.data.join("val.safetensors"), &*arch)?;
+    let test = Dataset::open(&options.data.join("test.safetensors"), &*arch)?;
     let mut table = String::from(
         "| file | what it is | val correct (accuracy) | test correct (accuracy) |\n|---|---|---|---|\n",
     );

@@ -8,19 +8,27 @@ use anyhow::bail;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::arch::{self, Architecture};
+use model_soup::format::Checkpoint;
+
+use super::arch;
 use super::device::DeviceSpec;
 use super::ensemble::Mode;
 use super::evaluator::Evaluator;
+use super::images::LoadOptions;
 use super::plot;
 use super::report::Report;
 use super::session::{Session, Split};
+use super::transform::Transform;
 use model_soup::format::{self, Destination, OutputKind, Reads, Request, Role};
 use model_soup::soup::{self, MergeRequest};
 
 const AFTER_HELP: &str = "\
 Data: a dataset is a .safetensors file with 'inputs' (float [N, ...], the shape --arch expects)
-and 'labels' (I64 [N]). --val ranks and chooses ingredients; --test is only reported.
+and 'labels' (I64 [N]); or images: a folder ROOT/<class>/<image> (classes sorted by name, as
+torchvision's ImageFolder), or a .csv (path,label) or .jsonl ({\"path\", \"label\"}) list, labels
+being class indices or class names. Images are decoded (JPEG, PNG) and transformed as
+torchvision's evaluation preset (see the Images flags). --val ranks and chooses ingredients;
+--test is only reported.
 
 Soups are merged by the same code as soup-merge: uniform weights 1/k, the first ingredient's
 dtype, summed in input order. The greedy soup written with -o is byte-identical to
@@ -33,7 +41,9 @@ Examples:
   soup-eval greedy --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
       fixtures/models/ft-*.safetensors -o greedy.safetensors
   soup-eval report --arch digits-cnn --val fixtures/digits/val.safetensors --test fixtures/digits/test.safetensors \\
-      fixtures/models/ft-*.safetensors --plot soups.svg";
+      fixtures/models/ft-*.safetensors --plot soups.svg
+  soup-eval greedy --scorer 'srun --gres=gpu:1 python score.py {checkpoint}' --jobs 4 --speculate 4 \\
+      --work-dir /shared/candidates --log search.jsonl ft-*/ -o greedy/";
 
 /// Evaluate checkpoints, uniform and greedy soups, and ensembles on a dataset, with candle.
 #[derive(Debug, Parser)]
@@ -65,8 +75,14 @@ pub struct Common {
     #[arg(required = true, value_name = "CHECKPOINT")]
     pub inputs: Vec<PathBuf>,
 
+    /// (Default: auto, unless --scorer is given.)
     #[arg(long, value_name = "NAME", help = arch::help())]
-    pub arch: String,
+    pub arch: Option<String>,
+
+    /// A setting the checkpoint's shapes don't reveal, such as a ViT's number of heads
+    /// (repeatable; which keys a family takes is in the error for an unknown one).
+    #[arg(long = "arch-option", value_name = "KEY=VALUE")]
+    pub arch_options: Vec<String>,
 
     /// Validation split: ranks and chooses ingredients.
     #[arg(long, value_name = "PATH")]
@@ -99,6 +115,9 @@ pub struct Common {
           value_parser = clap::value_parser!(u32).range(1..=model_soup::cli::MAX_THREADS as i64))]
     pub threads: Option<u32>,
 
+    #[command(flatten)]
+    pub images: ImageArgs,
+
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -106,6 +125,120 @@ pub struct Common {
     /// No progress bar on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+
+    #[command(flatten)]
+    pub scorer: super::scorer_cli::ScorerFlags,
+}
+
+/// How image datasets (folders, CSV/JSONL lists) are decoded and transformed: torchvision's
+/// evaluation transform by default.
+#[derive(Debug, ClapArgs)]
+pub struct ImageArgs {
+    /// Resize images so the short side is N pixels (bilinear, antialiased, as PIL), or `none`.
+    #[arg(
+        long,
+        default_value = "256",
+        value_name = "N|none",
+        help_heading = "Images"
+    )]
+    pub resize: String,
+
+    /// Center-crop to N x N pixels, or `none` (then every image must have one size).
+    #[arg(
+        long,
+        default_value = "224",
+        value_name = "N|none",
+        help_heading = "Images"
+    )]
+    pub crop: String,
+
+    /// Channel means to subtract after scaling to [0, 1] (ImageNet's by default).
+    #[arg(
+        long,
+        default_value = "0.485,0.456,0.406",
+        value_name = "R,G,B",
+        help_heading = "Images"
+    )]
+    pub mean: String,
+
+    /// Channel standard deviations to divide by (ImageNet's by default).
+    #[arg(
+        long,
+        default_value = "0.229,0.224,0.225",
+        value_name = "R,G,B",
+        help_heading = "Images"
+    )]
+    pub std: String,
+
+    /// Keep values in [0, 1]: no mean or std.
+    #[arg(long, help_heading = "Images")]
+    pub no_normalize: bool,
+
+    /// Hold a split's preprocessed inputs in memory up to this size (e.g. 4GiB); a larger
+    /// split is written to a cache file once and read back batch by batch.
+    #[arg(
+        long,
+        default_value = "4GiB",
+        value_name = "SIZE",
+        help_heading = "Images"
+    )]
+    pub data_memory: String,
+
+    /// Folder for the cache files of large splits (default: the system's temporary folder).
+    #[arg(long, value_name = "DIR", help_heading = "Images")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Skip images that cannot be decoded, with a warning counting them, instead of stopping.
+    #[arg(long, help_heading = "Images")]
+    pub skip_bad_images: bool,
+}
+
+impl ImageArgs {
+    /// The validated load options.
+    pub fn options(&self) -> anyhow::Result<LoadOptions> {
+        let size = |flag: &str, text: &str| -> anyhow::Result<Option<usize>> {
+            if text == "none" {
+                return Ok(None);
+            }
+            match text.parse::<usize>() {
+                Ok(n) if n > 0 && n <= 1 << 15 => Ok(Some(n)),
+                _ => bail!("{flag} '{text}' must be a size in pixels (1 to 32768) or none"),
+            }
+        };
+        let triple = |flag: &str, text: &str| -> anyhow::Result<[f32; 3]> {
+            let values: Vec<f32> = text
+                .split(',')
+                .map(|v| v.trim().parse::<f32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| anyhow::anyhow!("{flag} '{text}' must be three numbers: R,G,B"))?;
+            match values[..] {
+                [r, g, b] if values.iter().all(|v| v.is_finite()) => Ok([r, g, b]),
+                _ => bail!("{flag} '{text}' must be three finite numbers: R,G,B"),
+            }
+        };
+        let std = triple("--std", &self.std)?;
+        if std.iter().any(|&s| s <= 0.0) {
+            bail!("--std '{}' must be positive", self.std);
+        }
+        let normalize = (!self.no_normalize).then_some((triple("--mean", &self.mean)?, std));
+        let memory_limit = model_soup::soup::parse_size(&self.data_memory)
+            .map_err(|e| anyhow::anyhow!("--data-memory: {e}"))?;
+        if let Some(dir) = &self.cache_dir {
+            if !dir.is_dir() {
+                bail!("--cache-dir {} is not a folder", dir.display());
+            }
+        }
+        Ok(LoadOptions {
+            transform: Transform {
+                resize: size("--resize", &self.resize)?,
+                crop: size("--crop", &self.crop)?,
+                normalize,
+            },
+            memory_limit,
+            cache_dir: self.cache_dir.clone(),
+            skip_bad_images: self.skip_bad_images,
+        })
+    }
 }
 
 /// `--eval-dtype`: the float type models compute in.
@@ -207,19 +340,25 @@ impl From<EnsembleMode> for Mode {
 
 /// Runs `args` and prints the report: the whole of `soup-eval`'s `main`.
 pub fn main(args: Args) -> ExitCode {
-    model_soup::cli::handle_interrupts_then_exit();
-    let json = common(&args).json;
-    let result = model_soup::cli::check_thread_env()
-        .map_err(anyhow::Error::from)
-        .and_then(|()| run(&args));
+    let common = common(&args);
+    let json = common.json;
+    let scored_externally = common.scorer.given();
+    let result = model_soup::cli::check_thread_env().map_err(anyhow::Error::from);
+    let result = if scored_externally {
+        // Scorers are waited for in a loop that sees Ctrl-C, stops them and removes their
+        // candidates: no exit from the handler, which would leave both behind.
+        model_soup::cli::handle_interrupts();
+        result
+            .and_then(|()| super::scorer_cli::run(&args))
+            .map(|r| print_report(&r, json))
+    } else {
+        model_soup::cli::handle_interrupts_then_exit();
+        result
+            .and_then(|()| run(&args))
+            .map(|r| print_report(&r, json))
+    };
     match result {
-        Ok(report) => {
-            model_soup::cli::print_warnings(&report.warnings);
-            let printed = if json {
-                model_soup::cli::print_json(&report)
-            } else {
-                model_soup::cli::print(&report.table())
-            };
+        Ok(printed) => {
             if let Err(e) = printed {
                 return model_soup::cli::fail(
                     &anyhow::Error::new(e).context("cannot write to stdout"),
@@ -237,6 +376,16 @@ pub fn main(args: Args) -> ExitCode {
                 );
             model_soup::cli::fail_report(&err, json, kind, interrupted)
         }
+    }
+}
+
+/// Prints the report's warnings on stderr, then the report on stdout: a table, or JSON.
+fn print_report<M: super::score::Measure>(report: &Report<M>, json: bool) -> std::io::Result<()> {
+    model_soup::cli::print_warnings(&report.warnings);
+    if json {
+        model_soup::cli::print_json(report)
+    } else {
+        model_soup::cli::print(&report.table())
     }
 }
 
@@ -330,7 +479,7 @@ fn reads(c: &Common) -> Vec<(Role, PathBuf)> {
 /// Checks every output of the run (-o and --plot) against the output policy before any work,
 /// and proves each writable by claiming (and dropping) its temporary. Returns the request the
 /// greedy soup will be written with, if -o was given, and the plot's destination.
-fn outputs(
+pub(crate) fn outputs(
     c: &Common,
     g: &GreedyArgs,
     plot: Option<&Path>,
@@ -379,12 +528,11 @@ fn outputs(
 
 /// Validates the common flags (before any file is read) and opens the session.
 fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
-    let arch: &'static dyn Architecture =
-        arch::lookup(&c.arch).ok_or_else(|| super::Error::UnknownArch {
-            name: c.arch.clone(),
-            known: arch::names(),
-        })?;
+    // Without --scorer, the architecture is a built-in one, detected unless named.
+    let selection = arch::Selection::parse(c.arch.as_deref().unwrap_or("auto"))?;
+    let options = arch::Options::parse(&c.arch_options)?;
     let device: DeviceSpec = c.device.parse()?;
+    let images = c.images.options()?;
     if let Some(n) = c.threads {
         // Read by candle's CPU kernels on each call and by rayon's pool when it starts; no
         // other thread is running yet.
@@ -403,29 +551,35 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
         // candle's CPU backend has no bf16 matrix multiply: say so before any work.
         bail!("--eval-dtype bf16 needs a GPU (candle's CPU backend can't multiply bf16 matrices); on the CPU use f32 or f16");
     }
+    // The first checkpoint configures the architecture; every ingredient is then checked
+    // against that configuration.
+    let first = c.inputs.first().ok_or(super::Error::NoIngredients)?;
+    let arch = selection.configure(&Checkpoint::open(first)?, &options)?;
     let mut evaluator = Evaluator::new(arch, device, c.batch_size as usize);
     evaluator.dtype = c.eval_dtype.dtype();
     evaluator.progress = progress_bar(c.quiet);
-    Ok(Session::open(
+    Ok(Session::open_with(
         evaluator,
         &c.inputs,
         c.val.as_deref(),
         c.test.as_deref(),
+        &images,
     )?)
 }
 
 fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Report {
     session.evaluator().progress.finish_and_clear();
     let mut report = Report {
-        arch: session.arch().name().to_string(),
-        device: super::device::name(&session.evaluator().device),
-        eval_dtype: c.eval_dtype.name().to_string(),
+        arch: session.arch().describe(),
+        device: Some(super::device::name(&session.evaluator().device)),
+        eval_dtype: Some(c.eval_dtype.name().to_string()),
         val_data: c.val.clone(),
         test_data: c.test.clone(),
         ingredients: Vec::new(),
         uniform: None,
         greedy: None,
         ensemble: None,
+        scorer: None,
         warnings: session.warnings.clone(),
     };
     fill(&mut report);

@@ -1,27 +1,163 @@
-//! Datasets: a safetensors file with `inputs` (float [N, ...]) and `labels` (i64 [N]).
+//! Datasets: a safetensors file with `inputs` (float [N, ...]) and `labels` (i64 [N]), or images (a class folder tree or a CSV/JSONL list) decoded through [`crate::images`].
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use model_soup::format::{Accumulator, Checkpoint, Dtype};
 
 use super::arch::Architecture;
 use super::error::{Error, Result};
+use super::images::{self, ImageList, LoadOptions, Samples};
 
-/// One split of a dataset, held on the host as f32 inputs and class labels.
+/// One split of a dataset, held as f32 inputs (in memory or in a cache file) and class labels.
 pub struct Dataset {
-    /// The file it came from.
+    /// The file or folder it came from.
     pub path: PathBuf,
     /// Row-major inputs, `len() * sample_len()` values.
-    pub inputs: Vec<f32>,
+    pub inputs: Samples,
     /// The shape of one input, without the batch dimension.
     pub sample_shape: Vec<usize>,
     /// Class of each input, each in `0..classes`.
     pub labels: Vec<usize>,
+    /// Class names in index order, when the data names them (an image folder's class
+    /// folders, or a list's string labels).
+    pub classes: Option<Vec<String>>,
+    /// Images skipped with `--skip-bad-images`, with why.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Which reader a dataset path needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A `.safetensors` file of `inputs` and `labels`.
+    Tensors,
+    /// A folder of class folders of images.
+    ImageFolder,
+    /// A `.csv` list of `path,label`.
+    Csv,
+    /// A `.jsonl` list of `{"path", "label"}` objects.
+    Jsonl,
+}
+
+impl Format {
+    /// The format of `path`: a folder is an image folder, otherwise its extension decides
+    /// (`.csv`, `.jsonl`, anything else is safetensors).
+    pub fn of(path: &Path) -> Format {
+        if path.is_dir() {
+            return Format::ImageFolder;
+        }
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("csv") => Format::Csv,
+            Some("jsonl") => Format::Jsonl,
+            _ => Format::Tensors,
+        }
+    }
 }
 
 impl Dataset {
-    /// Loads `path` and checks it against `arch`: input shape, and labels in `0..num_classes`.
+    /// Row-major inputs already in memory, with their shape and labels.
+    pub fn in_memory(
+        path: PathBuf,
+        inputs: Vec<f32>,
+        sample_shape: Vec<usize>,
+        labels: Vec<usize>,
+    ) -> Dataset {
+        Dataset {
+            path,
+            inputs: Samples::Memory(inputs),
+            sample_shape,
+            labels,
+            classes: None,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Loads `path` with the default image options; see [`Dataset::open_with`].
     pub fn open(path: &Path, arch: &dyn Architecture) -> Result<Dataset> {
+        Dataset::open_with(path, arch, &LoadOptions::default())
+    }
+
+    /// Loads `path` (any [`Format`]) and checks it against `arch`: input shape, labels in
+    /// `0..num_classes`, and, for named classes, as many classes as the model's head.
+    pub fn open_with(
+        path: &Path,
+        arch: &dyn Architecture,
+        options: &LoadOptions,
+    ) -> Result<Dataset> {
+        let data = match Format::of(path) {
+            Format::Tensors => Dataset::open_tensors(path)?,
+            Format::ImageFolder | Format::Csv | Format::Jsonl => {
+                let list = ImageList::open(path)?;
+                let loaded = images::load(&list, options)?;
+                Dataset {
+                    path: path.to_path_buf(),
+                    inputs: loaded.samples,
+                    sample_shape: loaded.sample_shape,
+                    labels: loaded.labels,
+                    classes: list.classes,
+                    skipped: loaded.skipped,
+                }
+            }
+        };
+        data.check(arch)?;
+        Ok(data)
+    }
+
+    /// Checks the inputs' shape and the labels against `arch`.
+    fn check(&self, arch: &dyn Architecture) -> Result<()> {
+        let bad = |reason: String| Error::Dataset {
+            path: self.path.clone(),
+            reason,
+        };
+        let expected = arch.input();
+        if !expected.accepts(&self.sample_shape) {
+            let dims: Vec<String> = self.sample_shape.iter().map(|d| d.to_string()).collect();
+            let what = match (Format::of(&self.path), expected.size) {
+                (Format::Tensors, _) => {
+                    format!("'inputs' has shape [{}, {}]", self.len(), dims.join(", "))
+                }
+                (_, size) => format!(
+                    "the transformed images have shape [N, {}]{}",
+                    dims.join(", "),
+                    match size {
+                        Some([h, w]) if h == w && expected.channels == 3 =>
+                            format!(" (pass --crop {h})"),
+                        _ => String::new(),
+                    }
+                ),
+            };
+            return Err(bad(format!(
+                "{what}; {} expects {expected}",
+                arch.describe(),
+            )));
+        }
+        let classes = arch.num_classes();
+        if let Some(names) = &self.classes {
+            if names.len() != classes {
+                return Err(bad(format!(
+                    "has {} classes ({}), but the model's head has {classes}; the data must have one class per output",
+                    names.len(),
+                    preview(names)
+                )));
+            }
+        }
+        if let Some((i, &label)) = self.labels.iter().enumerate().find(|(_, &l)| l >= classes) {
+            return Err(bad(format!(
+                "label {label} of input {i} is out of range; {} has classes 0..{}",
+                arch.describe(),
+                classes - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads a safetensors dataset of `inputs` and `labels`.
+    fn open_tensors(path: &Path) -> Result<Dataset> {
         let file = Checkpoint::open(path)?;
         let bad = |reason: String| Error::Dataset {
             path: path.to_path_buf(),
@@ -46,19 +182,9 @@ impl Dataset {
             )));
         }
         let shape: Vec<usize> = inputs.info.shape.iter().map(|&d| d as usize).collect();
-        let expected = arch.input_shape();
-        if shape.len() != expected.len() + 1 || shape[1..] != expected[..] {
-            return Err(bad(format!(
-                "'inputs' has shape {shape:?}; --arch {} expects [N, {}]",
-                arch.name(),
-                expected
-                    .iter()
-                    .map(|d| d.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        let n = shape[0];
+        let Some(&n) = shape.first() else {
+            return Err(bad("'inputs' is a scalar; it must be [N, ...]".into()));
+        };
         if labels.info.shape != [n as u64] {
             return Err(bad(format!(
                 "'labels' has shape {:?}; it must be [{n}], one label per input",
@@ -67,31 +193,32 @@ impl Dataset {
         }
         let mut values = vec![0f32; inputs.info.elements() as usize];
         f32::load(inputs.info.dtype, inputs.data, &mut values);
-        let classes = arch.num_classes();
         let labels = labels
             .data
             .chunks_exact(8)
             .enumerate()
             .map(|(i, b)| {
                 let label = i64::from_le_bytes(b.try_into().expect("chunks of 8"));
-                usize::try_from(label)
-                    .ok()
-                    .filter(|&l| l < classes)
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "label {label} of input {i} is out of range; --arch {} has classes 0..{}",
-                            arch.name(),
-                            classes - 1
-                        ))
-                    })
+                usize::try_from(label).map_err(|_| {
+                    bad(format!("label {label} of input {i} is out of range; labels are class indices from 0"))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Dataset {
-            path: path.to_path_buf(),
-            inputs: values,
-            sample_shape: expected,
+        Ok(Dataset::in_memory(
+            path.to_path_buf(),
+            values,
+            shape[1..].to_vec(),
             labels,
-        })
+        ))
+    }
+
+    /// The inputs of examples `start..end`, row-major.
+    pub fn batch(&self, start: usize, end: usize) -> Result<Cow<'_, [f32]>> {
+        let per = self.sample_len();
+        match &self.inputs {
+            Samples::Memory(v) => Ok(Cow::Borrowed(&v[start * per..end * per])),
+            Samples::Cache(file) => Ok(Cow::Owned(file.read(start * per, (end - start) * per)?)),
+        }
     }
 
     /// Number of examples.
@@ -108,4 +235,13 @@ impl Dataset {
     pub fn sample_len(&self) -> usize {
         self.sample_shape.iter().product()
     }
+}
+
+/// The first few class names, for messages.
+fn preview(names: &[String]) -> String {
+    let mut shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    if names.len() > 5 {
+        shown.push("...");
+    }
+    shown.join(", ")
 }

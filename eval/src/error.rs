@@ -16,9 +16,26 @@ pub enum Error {
     Arch {
         path: PathBuf,
         tensor: String,
-        arch: &'static str,
+        arch: String,
         reason: String,
     },
+
+    /// `--arch VARIANT` named a standard variant the checkpoint is not.
+    #[error("{}: --arch {asked} asked for a standard {family}, but the checkpoint is {found}; pass --arch {family} to accept its own configuration", path.display())]
+    Variant {
+        path: PathBuf,
+        asked: String,
+        found: String,
+        family: &'static str,
+    },
+
+    /// `--arch auto` recognised no family.
+    #[error("{}: --arch auto recognises no architecture from its tensor names (or config.json); pass --arch NAME, one of: {known}", path.display())]
+    Detect { path: PathBuf, known: String },
+
+    /// A bad `--arch-option`.
+    #[error("bad --arch-option '{option}': {reason}")]
+    Option { option: String, reason: String },
 
     /// A dataset file without the expected tensors, shapes or labels.
     #[error("{}: {reason}", path.display())]
@@ -52,6 +69,30 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A `--scorer` template (or `--scorer-json` path) that can't be used.
+    #[error("--scorer {template:?}: {reason}")]
+    Template { template: String, reason: String },
+
+    /// The scorer could not be started at all.
+    #[error("cannot start the scorer `{command}`: {source}; check that the program exists and is executable (or pass --shell)")]
+    ScorerStart {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A scorer run that gave no score.
+    #[error("the scorer `{command}` {problem}; {}", if stderr.is_empty() { "its stderr was empty".to_string() } else { format!("the end of its stderr: {stderr}") })]
+    Scorer {
+        command: String,
+        problem: String,
+        stderr: String,
+    },
+
+    /// A `--log` or `--resume` file that can't be used.
+    #[error("{}: {reason}", path.display())]
+    Log { path: PathBuf, reason: String },
+
     /// Drawing the plot.
     #[error("cannot draw the plot: {0}")]
     Plot(String),
@@ -77,12 +118,16 @@ impl Error {
             Error::Format(inner) => inner.kind(),
             Error::Arch { .. } => "arch",
             Error::Dataset { .. } => "dataset",
-            Error::UnknownArch { .. } => "usage",
+            Error::UnknownArch { .. } | Error::Variant { .. } | Error::Option { .. } => "usage",
+            Error::Detect { .. } => "arch",
             Error::Device(_) => "device",
             Error::NoIngredients => "usage",
             Error::Candle { .. } => "model",
             Error::Io { .. } => "io",
             Error::Plot(_) => "plot",
+            Error::Template { .. } => "usage",
+            Error::ScorerStart { .. } | Error::Scorer { .. } => "scorer",
+            Error::Log { .. } => "log",
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Running a model over a dataset in batches, on the evaluation device: logits and scores.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 
@@ -11,8 +13,8 @@ use super::weights::Weights;
 
 /// Evaluates weights of one architecture on one device, `batch_size` examples at a time.
 pub struct Evaluator {
-    /// The model family.
-    pub arch: &'static dyn Architecture,
+    /// The model, configured from the checkpoints.
+    pub arch: Arc<dyn Architecture>,
     /// Where models run.
     pub device: Device,
     /// Examples per forward pass.
@@ -26,7 +28,7 @@ pub struct Evaluator {
 
 impl Evaluator {
     /// An f32 evaluator with a hidden progress bar.
-    pub fn new(arch: &'static dyn Architecture, device: Device, batch_size: usize) -> Evaluator {
+    pub fn new(arch: Arc<dyn Architecture>, device: Device, batch_size: usize) -> Evaluator {
         Evaluator {
             arch,
             device,
@@ -45,11 +47,18 @@ impl Evaluator {
     }
 
     /// `data`'s inputs `[N, ...]` on the device, in the evaluation dtype: upload them once and
-    /// pass them to [`Evaluator::logits_on`] for every model evaluated on `data`.
+    /// pass them to [`Evaluator::logits_on`] for every model evaluated on `data`. This holds
+    /// the whole split on the device; [`Evaluator::logits`] reads one batch at a time instead.
     pub fn upload(&self, data: &Dataset) -> Result<Tensor> {
-        let mut shape = vec![data.len()];
+        self.place(data, 0, data.len())
+    }
+
+    /// Examples `start..end` of `data` on the device, in the evaluation dtype.
+    fn place(&self, data: &Dataset, start: usize, end: usize) -> Result<Tensor> {
+        let mut shape = vec![end - start];
         shape.extend(&data.sample_shape);
-        Tensor::from_slice(&data.inputs, shape, &self.device)
+        let values = data.batch(start, end)?;
+        Tensor::from_slice(&values, shape, &self.device)
             .and_then(|x| x.to_dtype(self.dtype))
             .context(|| {
                 format!(
@@ -59,29 +68,41 @@ impl Evaluator {
             })
     }
 
-    /// Row-major logits `[data.len(), classes]` of the model built from `weights`.
+    /// Row-major logits `[data.len(), classes]` of the model built from `weights`, placing
+    /// `data`'s inputs on the device one batch at a time.
     pub fn logits(&self, weights: &Weights, data: &Dataset) -> Result<Vec<f32>> {
-        self.logits_on(weights, data, &self.upload(data)?)
+        self.logits_with(weights, data, None)
     }
 
     /// [`Evaluator::logits`] with `data`'s inputs already on the device ([`Evaluator::upload`]).
-    /// Weights on another device are copied to this one first. The batches' logits stay on
-    /// the device until the last one is done, then come back in one copy.
     pub fn logits_on(
         &self,
         weights: &Weights,
         data: &Dataset,
         inputs: &Tensor,
     ) -> Result<Vec<f32>> {
+        self.logits_with(weights, data, Some(inputs))
+    }
+
+    /// [`Evaluator::logits_on`] when `inputs` is given, else [`Evaluator::logits`]; both
+    /// give the same bits, since the batches are the same. Weights on another device are
+    /// copied to this one first. The batches' logits stay on the device until the last one
+    /// is done, then come back in one copy.
+    pub fn logits_with(
+        &self,
+        weights: &Weights,
+        data: &Dataset,
+        inputs: Option<&Tensor>,
+    ) -> Result<Vec<f32>> {
         let weights = weights.to_device(&self.device)?;
         let model = self
             .arch
             .build(weights.var_builder(self.dtype))
-            .context(|| format!("cannot build --arch {}", self.arch.name()))?;
+            .context(|| format!("cannot build {}", self.arch.describe()))?;
         let failed = || {
             format!(
-                "forward pass of --arch {} on {} failed",
-                self.arch.name(),
+                "forward pass of {} on {} failed",
+                self.arch.describe(),
                 data.path.display()
             )
         };
@@ -89,10 +110,11 @@ impl Evaluator {
         let mut batches = Vec::with_capacity(data.len().div_ceil(self.batch_size));
         for start in (0..data.len()).step_by(self.batch_size) {
             let len = self.batch_size.min(data.len() - start);
-            let logits = inputs
-                .narrow(0, start, len)
-                .and_then(|x| model.logits(&x))
-                .context(failed)?;
+            let x = match inputs {
+                Some(inputs) => inputs.narrow(0, start, len).context(failed)?,
+                None => self.place(data, start, start + len)?,
+            };
+            let logits = model.logits(&x).context(failed)?;
             batches.push(logits);
             self.progress.inc(len as u64);
         }
@@ -108,12 +130,22 @@ impl Evaluator {
 
     /// Accuracy and loss of the model built from `weights` on `data`.
     pub fn score(&self, weights: &Weights, data: &Dataset) -> Result<Score> {
-        self.score_on(weights, data, &self.upload(data)?)
+        self.score_with(weights, data, None)
     }
 
     /// [`Evaluator::score`] with `data`'s inputs already on the device.
     pub fn score_on(&self, weights: &Weights, data: &Dataset, inputs: &Tensor) -> Result<Score> {
-        let logits = self.logits_on(weights, data, inputs)?;
+        self.score_with(weights, data, Some(inputs))
+    }
+
+    /// [`Evaluator::score_on`] when `inputs` is given, else [`Evaluator::score`].
+    pub fn score_with(
+        &self,
+        weights: &Weights,
+        data: &Dataset,
+        inputs: Option<&Tensor>,
+    ) -> Result<Score> {
+        let logits = self.logits_with(weights, data, inputs)?;
         Ok(Score::from_logits(
             &logits,
             self.arch.num_classes(),

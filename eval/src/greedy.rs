@@ -1,116 +1,180 @@
 //! Greedy soup search (Wortsman et al. 2022, "Model soups", Algorithm 1), apart from how
 //! candidates are built and scored, so that the logic is tested with a scripted scorer.
 //!
-//! 1. Rank the ingredients by validation accuracy, best first; ties keep command-line order.
+//! 1. Rank the ingredients by validation score, best first; ties keep command-line order.
 //! 2. Start the soup with the best.
 //! 3. For each next ingredient, score the uniform average of the soup plus it on validation.
 //! 4. Keep it only if that is strictly better than the soup so far (`>=` with `accept_ties`).
+//!
+//! With speculation the next K candidates are scored at once, as if none were kept; when one
+//! is kept, the trials after it were of soups that no longer exist and are thrown away, so the
+//! steps and the soup are exactly those of the one-at-a-time search.
 
 use serde::Serialize;
 
 use super::error::Result;
-use super::score::Score;
+use super::score::{Measure, Score};
 
 /// What [`search`] needs from the world: a way to try candidates and to keep one.
-pub trait Candidates {
+pub trait Candidates<M: Measure = Score> {
     /// Starts the soup with ingredient `first`.
     fn start(&mut self, first: usize) -> Result<()>;
     /// Scores, on validation, the uniform soup of the chosen ingredients plus `candidate`.
-    fn try_with(&mut self, candidate: usize) -> Result<Trial>;
-    /// Adds `candidate`, just tried, to the soup.
+    fn try_with(&mut self, candidate: usize) -> Result<Trial<M>>;
+    /// Scores the soup of the chosen ingredients plus each of `candidates`, separately (none
+    /// joins the soup). One at a time unless the implementation can do better.
+    fn try_each(&mut self, candidates: &[usize]) -> Result<Vec<Trial<M>>> {
+        candidates.iter().map(|&c| self.try_with(c)).collect()
+    }
+    /// Adds `candidate`, tried since the last change to the soup, to the soup.
     fn keep(&mut self, candidate: usize) -> Result<()>;
+}
+
+/// Which way is better.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Goal {
+    /// Higher is better (accuracy, most scorers).
+    #[default]
+    Maximize,
+    /// Lower is better (a loss, a perplexity; `--minimize`).
+    Minimize,
+}
+
+/// When a candidate joins the soup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// Which way is better.
+    pub goal: Goal,
+    /// Keep a candidate that ties the soup (`>=` rather than `>`).
+    pub accept_ties: bool,
+}
+
+impl Rule {
+    /// Whether `new` beats `old` under this rule.
+    pub fn accepts(&self, new: f64, old: f64) -> bool {
+        let (new, old) = match self.goal {
+            Goal::Maximize => (new, old),
+            Goal::Minimize => (old, new),
+        };
+        if self.accept_ties {
+            new >= old
+        } else {
+            new > old
+        }
+    }
 }
 
 /// The outcome of trying one candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Trial {
+pub struct Trial<M = Score> {
     /// The candidate soup's validation score.
-    pub val: Score,
-    /// Seconds spent building the candidate's weights (the running sum and the mean).
+    pub val: M,
+    /// Seconds spent building the candidate's weights (the running sum and the mean, or
+    /// writing the candidate for an external scorer).
     pub merge_seconds: f64,
-    /// Seconds spent evaluating it (model build and forward passes).
+    /// Seconds spent evaluating it (model build and forward passes, or the scorer's run).
     pub eval_seconds: f64,
 }
 
 /// One step of the search.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Step {
+pub struct Step<M = Score> {
     /// The ingredient tried (index in command-line order).
     pub candidate: usize,
     /// Size of the candidate soup (chosen so far plus this one).
     pub soup_size: usize,
     /// How the candidate soup did.
-    pub trial: Trial,
-    /// Validation accuracy of the soup before this step, which the candidate had to beat.
-    pub previous_accuracy: f64,
+    pub trial: Trial<M>,
+    /// The value the candidate had to beat: the soup's validation accuracy before this step
+    /// for the built-in models, the scorer's number with `--scorer`.
+    pub previous: f64,
     /// Whether the candidate joined the soup.
     pub kept: bool,
 }
 
 /// The result of a greedy search.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Search {
-    /// Ingredient indices, best validation accuracy first.
+pub struct Search<M = Score> {
+    /// Ingredient indices, best validation score first.
     pub ranking: Vec<usize>,
     /// The ingredients of the greedy soup, in the order they joined.
     pub chosen: Vec<usize>,
     /// Every candidate tried, in order.
-    pub steps: Vec<Step>,
-    /// Validation score of the final soup as the search measured it.
-    pub val: Score,
+    pub steps: Vec<Step<M>>,
+    /// Validation score of the final soup as the search measured it (`None` for no ingredients).
+    pub val: Option<M>,
+    /// Speculative trials thrown away because an earlier candidate joined the soup.
+    pub discarded: usize,
 }
 
-/// Ranks ingredients by validation accuracy, best first; equal accuracies keep their order.
-pub fn rank(val: &[Score]) -> Vec<usize> {
+/// Ranks ingredients by validation score, best first under `goal`; equal scores keep their
+/// order.
+pub fn rank<M: Measure>(val: &[M], goal: Goal) -> Vec<usize> {
     let mut order: Vec<usize> = (0..val.len()).collect();
-    order.sort_by(|&a, &b| val[b].accuracy.total_cmp(&val[a].accuracy));
+    order.sort_by(|&a, &b| match goal {
+        Goal::Maximize => val[b].value().total_cmp(&val[a].value()),
+        Goal::Minimize => val[a].value().total_cmp(&val[b].value()),
+    });
     order
 }
 
-/// Runs the greedy search over ingredients whose validation scores are `val`.
-/// An empty `val` gives an empty soup.
-pub fn search(
-    val: &[Score],
-    candidates: &mut impl Candidates,
-    accept_ties: bool,
-) -> Result<Search> {
-    let ranking = rank(val);
+/// Runs the greedy search over ingredients whose validation scores are `val`, trying up to
+/// `speculate` candidates at once (1: one at a time). An empty `val` gives an empty soup.
+pub fn search<M: Measure>(
+    val: &[M],
+    candidates: &mut impl Candidates<M>,
+    rule: Rule,
+    speculate: usize,
+) -> Result<Search<M>> {
+    let ranking = rank(val, rule.goal);
     let Some(&best) = ranking.first() else {
         return Ok(Search {
             ranking,
             chosen: Vec::new(),
             steps: Vec::new(),
-            val: Score::from_logits(&[], 1, &[]),
+            val: None,
+            discarded: 0,
         });
     };
     candidates.start(best)?;
     let mut chosen = vec![best];
     let mut current = val[best];
     let mut steps = Vec::new();
-    for &candidate in &ranking[1..] {
-        let trial = candidates.try_with(candidate)?;
-        let better = if accept_ties {
-            trial.val.accuracy >= current.accuracy
+    let mut discarded = 0;
+    let mut next = 1;
+    while next < ranking.len() {
+        let batch = &ranking[next..ranking.len().min(next + speculate.max(1))];
+        let trials = if batch.len() == 1 {
+            vec![candidates.try_with(batch[0])?]
         } else {
-            trial.val.accuracy > current.accuracy
+            candidates.try_each(batch)?
         };
-        steps.push(Step {
-            candidate,
-            soup_size: chosen.len() + 1,
-            trial,
-            previous_accuracy: current.accuracy,
-            kept: better,
-        });
-        if better {
-            candidates.keep(candidate)?;
-            chosen.push(candidate);
-            current = trial.val;
+        for (j, (&candidate, trial)) in batch.iter().zip(trials).enumerate() {
+            next += 1;
+            let kept = rule.accepts(trial.val.value(), current.value());
+            steps.push(Step {
+                candidate,
+                soup_size: chosen.len() + 1,
+                trial,
+                previous: current.value(),
+                kept,
+            });
+            if kept {
+                candidates.keep(candidate)?;
+                chosen.push(candidate);
+                current = trial.val;
+                // The rest of the batch was scored against the soup before this one.
+                discarded += batch.len() - j - 1;
+                break;
+            }
         }
     }
     Ok(Search {
         ranking,
         chosen,
         steps,
-        val: current,
+        val: Some(current),
+        discarded,
     })
 }

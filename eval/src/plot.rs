@@ -1,16 +1,109 @@
 //! The picture: each ingredient's validation against test accuracy, with the uniform soup, the
-//! greedy soup and the ensemble marked, in the style of the model-soups paper's figures.
+//! greedy soup and the ensemble marked, in the style of the model-soups paper's figures; or,
+//! without a test split (an external scorer), every model's validation score in a column.
 
 use plotters::prelude::*;
 
 use super::error::{Error, Result};
-use super::report::{Kind, Report};
+use super::report::{Kind, Report, Row};
+use super::score::Measure;
 
-/// Renders `report` as an SVG document. Rows without both a val and a test score are left out.
+/// Renders `report` as an SVG document. Rows without both a val and a test score are left out;
+/// when no row has both, the plot is [`ranking_svg`]'s.
 pub fn svg(report: &Report, title: &str) -> Result<String> {
+    if !report
+        .rows()
+        .iter()
+        .any(|r| r.val.is_some() && r.test.is_some())
+    {
+        return ranking_svg(report, title);
+    }
     let mut text = String::new();
     draw(report, title, &mut text).map_err(|e| Error::Plot(e.to_string()))?;
     Ok(text)
+}
+
+/// Renders every row's validation score as a dot on one axis, a row per model, best on top
+/// under the report's greedy goal: the picture for a scorer's single number.
+pub fn ranking_svg<M: Measure>(report: &Report<M>, title: &str) -> Result<String> {
+    let mut text = String::new();
+    draw_ranking(report, title, &mut text).map_err(|e| Error::Plot(e.to_string()))?;
+    Ok(text)
+}
+
+fn draw_ranking<M: Measure>(
+    report: &Report<M>,
+    title: &str,
+    text: &mut String,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let mut rows: Vec<&Row<M>> = report
+        .rows()
+        .into_iter()
+        .filter(|r| r.val.is_some())
+        .collect();
+    let value = |r: &Row<M>| r.val.map_or(f64::NAN, |v| v.value());
+    rows.sort_by(|a, b| value(a).total_cmp(&value(b)));
+    let minimize = report
+        .greedy
+        .as_ref()
+        .is_some_and(|g| g.goal == crate::greedy::Goal::Minimize);
+    if minimize {
+        rows.reverse();
+    }
+    let (mut lo, mut hi) = rows
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), r| {
+            (lo.min(value(r)), hi.max(value(r)))
+        });
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.08)
+        .max(hi.abs().max(lo.abs()) * 1e-6)
+        .max(1e-12);
+    let (lo, hi) = (lo - pad, hi + pad);
+    let n = rows.len().max(1);
+    let height = 120 + 28 * n as u32;
+    let root = SVGBackend::with_string(text, (820, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(10)
+        .build_cartesian_2d(lo..hi, -0.5..n as f64 - 0.5)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_desc(if minimize {
+            "validation score (lower is better)"
+        } else {
+            "validation score (higher is better)"
+        })
+        .draw()?;
+    for (i, row) in rows.iter().enumerate() {
+        let color = match row.kind {
+            Kind::Ingredient => RGBColor(90, 120, 200),
+            Kind::UniformSoup => RGBColor(60, 160, 90),
+            Kind::GreedySoup => RGBColor(210, 60, 50),
+            Kind::Ensemble => RGBColor(150, 90, 180),
+        };
+        let at = (value(row), i as f64);
+        let font = ("sans-serif", 11).into_font().color(&BLACK.mix(0.75));
+        let label = format!(
+            "{}  {}",
+            row.name.trim_end_matches(".safetensors"),
+            M::show(value(row))
+        );
+        chart.draw_series(std::iter::once(
+            EmptyElement::at(at)
+                + Circle::new((0, 0), 5, color.filled())
+                + Text::new(label, (9, -4), font),
+        ))?;
+    }
+    root.present()?;
+    Ok(())
 }
 
 fn draw(

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::ensemble::Mode;
-use super::greedy::Search;
-use super::score::Score;
+use super::greedy::{Goal, Search};
+use super::score::{Measure, Score};
 
 /// What a row stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -25,26 +25,28 @@ pub enum Kind {
 
 /// One model, soup or ensemble and how it scores.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Row {
+pub struct Row<M = Score> {
     /// What the row stands for.
     pub kind: Kind,
     /// The ingredient's file name, or a short description of the soup or ensemble.
     pub name: String,
     /// For soups and ensembles, the ingredients (file names) they are made of, in merge order.
     pub members: Vec<String>,
-    /// Score on the validation split, if one was given.
-    pub val: Option<Score>,
+    /// Score on the validation split, if one was given (the scorer's number with `--scorer`).
+    pub val: Option<M>,
     /// Score on the test split, if one was given.
-    pub test: Option<Score>,
+    pub test: Option<M>,
 }
 
 /// The greedy soup and how it was found.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Greedy {
+pub struct Greedy<M = Score> {
     /// The final soup, merged by the core exactly as written, scored on val and test.
-    pub row: Row,
+    pub row: Row<M>,
     /// Ranking, every candidate tried (with merge and forward timings) and the choice.
-    pub search: Search,
+    pub search: Search<M>,
+    /// Which way is better (`--minimize` for an external scorer whose number is a loss).
+    pub goal: Goal,
     /// Whether a candidate that ties the soup's validation accuracy was kept (`--accept-ties`).
     pub accept_ties: bool,
     /// Where the soup was written (`-o`), if it was.
@@ -56,22 +58,52 @@ pub struct Greedy {
 
 /// The ensemble and how its members were combined.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Ensemble {
+pub struct Ensemble<M = Score> {
     /// The ensemble's scores.
-    pub row: Row,
+    pub row: Row<M>,
     /// Mean of probabilities (`probs`) or of logits (`logits`).
     pub mode: Mode,
 }
 
+/// How an external scorer ran: the command, the parallelism, and what it saved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ScorerRun {
+    /// The `--scorer` template as given.
+    pub command: String,
+    /// Scorers run at once at most (`--jobs`).
+    pub jobs: usize,
+    /// Greedy candidates scored at once (`--speculate`).
+    pub speculate: usize,
+    /// Scorer runs that produced a score in this invocation (retries not counted).
+    pub scored: usize,
+    /// Candidates whose score came from the `--resume` log instead of a run.
+    pub resumed: usize,
+    /// Failed runs that were retried (`--retries`).
+    pub retried: usize,
+    /// Seconds of scorer time in this invocation: the sum of every run's wall time.
+    pub scorer_seconds: f64,
+    /// Scorer seconds of the runs that a one-at-a-time search would also have made: every
+    /// candidate except speculative trials thrown away and scores taken from the log.
+    pub sequential_seconds: f64,
+    /// Wall seconds from the first candidate to the last score.
+    pub wall_seconds: f64,
+    /// `sequential_seconds / wall_seconds`: what `--jobs` and `--speculate` bought over
+    /// scoring one candidate at a time (about 1 when they were not used).
+    pub speedup: f64,
+    /// The JSON Lines log of every scored candidate (`--log` or `--resume`), if any.
+    pub log: Option<PathBuf>,
+}
+
 /// Everything one `soup-eval` command measured. Sections a command doesn't compute are null.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Report {
-    /// The `--arch` models were built as.
+pub struct Report<M = Score> {
+    /// The `--arch` models were built as, or `scorer` for an external `--scorer`.
     pub arch: String,
-    /// Where the models ran (`cpu` or `cuda:N`; `--device auto` resolved).
-    pub device: String,
-    /// The dtype the models computed in (`--eval-dtype`).
-    pub eval_dtype: String,
+    /// Where the models ran (`cpu` or `cuda:N`; `--device auto` resolved); null with
+    /// `--scorer`, whose command runs the models.
+    pub device: Option<String>,
+    /// The dtype the models computed in (`--eval-dtype`); null with `--scorer`.
+    pub eval_dtype: Option<String>,
     /// The validation split (`--val`), if given.
     #[serde(serialize_with = "model_soup::json_path::option")]
     pub val_data: Option<PathBuf>,
@@ -79,63 +111,92 @@ pub struct Report {
     #[serde(serialize_with = "model_soup::json_path::option")]
     pub test_data: Option<PathBuf>,
     /// One row per ingredient, in command-line order (empty for `uniform`).
-    pub ingredients: Vec<Row>,
+    pub ingredients: Vec<Row<M>>,
     /// The uniform soup, for `uniform` and `report`.
-    pub uniform: Option<Row>,
+    pub uniform: Option<Row<M>>,
     /// The greedy soup, for `greedy` and `report`.
-    pub greedy: Option<Greedy>,
-    /// The ensemble, for `ensemble` and `report`.
-    pub ensemble: Option<Ensemble>,
+    pub greedy: Option<Greedy<M>>,
+    /// The ensemble, for `ensemble` and `report` (never with `--scorer`: an ensemble needs
+    /// each model's outputs, which a scorer doesn't give).
+    pub ensemble: Option<Ensemble<M>>,
+    /// How an external `--scorer` ran, when one did.
+    pub scorer: Option<ScorerRun>,
     /// Warnings from the core's merges, such as integer buffers that differ between
     /// ingredients (the first ingredient's are kept).
     pub warnings: Vec<model_soup::soup::Warning>,
 }
 
-impl Report {
+/// Reads one split's score from a row.
+type SplitOf<M> = fn(&Row<M>) -> Option<&M>;
+
+impl<M: Measure> Report<M> {
     /// Every row, in table order: ingredients, uniform soup, greedy soup, ensemble.
-    pub fn rows(&self) -> Vec<&Row> {
-        let mut rows: Vec<&Row> = self.ingredients.iter().collect();
+    pub fn rows(&self) -> Vec<&Row<M>> {
+        let mut rows: Vec<&Row<M>> = self.ingredients.iter().collect();
         rows.extend(self.uniform.as_ref());
         rows.extend(self.greedy.as_ref().map(|g| &g.row));
         rows.extend(self.ensemble.as_ref().map(|e| &e.row));
         rows
     }
 
-    /// The table for people: accuracy to four decimals in percent, correct/total counts and
-    /// mean cross-entropy, then the greedy soup's members and steps.
+    /// The table for people: each split's columns (accuracy to four decimals in percent,
+    /// correct/total counts and mean cross-entropy for the built-in models; the number for a
+    /// scorer), then the greedy soup's members and steps. A split no row has is left out.
     pub fn table(&self) -> String {
         let rows = self.rows();
         let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
+        let splits: Vec<(&str, SplitOf<M>)> = [
+            ("val", (|r: &Row<M>| r.val.as_ref()) as SplitOf<M>),
+            ("test", |r: &Row<M>| r.test.as_ref()),
+        ]
+        .into_iter()
+        .filter(|(_, get)| rows.iter().any(|r| get(r).is_some()))
+        .collect();
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{:<width$}  {:>9}  {:>9}  {:>8}  {:>9}  {:>9}  {:>8}",
-            "model", "val acc", "val", "val loss", "test acc", "test", "test loss"
-        );
+        let mut header = format!("{:<width$}", "model");
+        for (split, _) in &splits {
+            for (c, w) in M::COLUMNS.iter().zip(M::WIDTHS) {
+                let title = if c.is_empty() {
+                    split.to_string()
+                } else {
+                    format!("{split} {c}")
+                };
+                let _ = write!(header, "  {title:>w$}");
+            }
+        }
+        let _ = writeln!(out, "{}", header.trim_end());
         for row in &rows {
-            let _ = writeln!(
-                out,
-                "{:<width$}  {}  {}",
-                row.name,
-                cells(row.val.as_ref()),
-                cells(row.test.as_ref())
-            );
+            let mut line = format!("{:<width$}", row.name);
+            for (_, get) in &splits {
+                let cells =
+                    get(row).map_or_else(|| vec!["-".to_string(); M::COLUMNS.len()], M::cells);
+                for (w, cell) in M::WIDTHS.iter().zip(cells) {
+                    let _ = write!(line, "  {cell:>w$}");
+                }
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
         }
         if let Some(g) = &self.greedy {
             let _ = writeln!(out, "\ngreedy soup: {}", g.row.members.join(" + "));
             let names: Vec<&str> = self.ingredients.iter().map(|r| r.name.as_str()).collect();
-            let rule = if g.accept_ties { ">=" } else { ">" };
+            let rule = match (g.goal, g.accept_ties) {
+                (Goal::Maximize, false) => ">",
+                (Goal::Maximize, true) => ">=",
+                (Goal::Minimize, false) => "<",
+                (Goal::Minimize, true) => "<=",
+            };
+            let [build, score] = M::TIMINGS;
             for step in &g.search.steps {
                 let name = names.get(step.candidate).copied().unwrap_or("?");
                 let _ = writeln!(
                     out,
-                    "  {} {:<width$}  soup of {}: val {:.4}% {} {:.4}%? {}  (merge {:.2} ms, forward {:.2} ms)",
+                    "  {} {:<width$}  soup of {}: val {} {} {}? {}  ({build} {:.2} ms, {score} {:.2} ms)",
                     if step.kept { "+" } else { "-" },
                     name,
                     step.soup_size,
-                    100.0 * step.trial.val.accuracy,
+                    M::show(step.trial.val.value()),
                     rule,
-                    100.0 * step.previous_accuracy,
+                    M::show(step.previous),
                     if step.kept { "kept" } else { "rejected" },
                     1e3 * step.trial.merge_seconds,
                     1e3 * step.trial.eval_seconds,
@@ -155,19 +216,31 @@ impl Report {
                 }
             }
         }
+        if let Some(run) = &self.scorer {
+            let _ = writeln!(
+                out,
+                "\nscorer: {} runs ({} from the log, {} retried), {:.1} s of scorer time ({:.1} s one at a time) in {:.1} s: {:.2}x with --jobs {} --speculate {}",
+                run.scored,
+                run.resumed,
+                run.retried,
+                run.scorer_seconds,
+                run.sequential_seconds,
+                run.wall_seconds,
+                run.speedup,
+                run.jobs,
+                run.speculate,
+            );
+            if let Some(g) = &self.greedy {
+                if g.search.discarded > 0 {
+                    let _ = writeln!(
+                        out,
+                        "  {} speculative trials thrown away after an acceptance",
+                        g.search.discarded
+                    );
+                }
+            }
+        }
         out
-    }
-}
-
-fn cells(score: Option<&Score>) -> String {
-    match score {
-        Some(s) => format!(
-            "{:>8.4}%  {:>9}  {:>8.4}",
-            s.percent(),
-            format!("{}/{}", s.correct, s.total),
-            s.loss
-        ),
-        None => format!("{:>9}  {:>9}  {:>8}", "-", "-", "-"),
     }
 }
 
@@ -194,8 +267,8 @@ mod tests {
         };
         Report {
             arch: "digits-cnn".into(),
-            device: "cpu".into(),
-            eval_dtype: "f32".into(),
+            device: Some("cpu".into()),
+            eval_dtype: Some("f32".into()),
             val_data: None,
             test_data: None,
             ingredients: vec![
@@ -223,6 +296,7 @@ mod tests {
                 ),
                 mode: Mode::Probs,
             }),
+            scorer: None,
             warnings: vec![],
         }
     }

@@ -66,6 +66,65 @@ impl Score {
     }
 }
 
+/// What one split's score is made of, so that the greedy search, the table and the plot work
+/// alike for the built-in models ([`Score`]) and for an external scorer's number (`f64`).
+pub trait Measure: Copy + std::fmt::Debug + PartialEq + Serialize {
+    /// Column titles for one split, after the split's name ("val acc", "val", "val loss").
+    const COLUMNS: &'static [&'static str];
+    /// The least width of each column's cells.
+    const WIDTHS: &'static [usize];
+    /// What the two timings of a greedy step measure: building a candidate, then scoring it.
+    const TIMINGS: [&'static str; 2];
+    /// The number that ranks ingredients and decides acceptance.
+    fn value(&self) -> f64;
+    /// The table cells for this score, one per column.
+    fn cells(&self) -> Vec<String>;
+    /// A [`Measure::value`] as people read it.
+    fn show(value: f64) -> String;
+}
+
+impl Measure for Score {
+    const COLUMNS: &'static [&'static str] = &["acc", "", "loss"];
+    const WIDTHS: &'static [usize] = &[9, 9, 8];
+    const TIMINGS: [&'static str; 2] = ["merge", "forward"];
+
+    fn value(&self) -> f64 {
+        self.accuracy
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            format!("{:.4}%", self.percent()),
+            format!("{}/{}", self.correct, self.total),
+            format!("{:.4}", self.loss),
+        ]
+    }
+
+    fn show(value: f64) -> String {
+        format!("{:.4}%", 100.0 * value)
+    }
+}
+
+/// An external scorer's number, as it printed it (`soup-eval --scorer`).
+impl Measure for f64 {
+    const COLUMNS: &'static [&'static str] = &["score"];
+    const WIDTHS: &'static [usize] = &[9];
+    const TIMINGS: [&'static str; 2] = ["write", "scorer"];
+
+    fn value(&self) -> f64 {
+        *self
+    }
+
+    fn cells(&self) -> Vec<String> {
+        vec![Self::show(*self)]
+    }
+
+    fn show(value: f64) -> String {
+        // The shortest text that reads back as the same number: what the scorer printed.
+        format!("{value}")
+    }
+}
+
 /// Index of the first maximum; NaN never wins (an all-NaN row gives 0).
 pub fn argmax<T: Copy + Into<f64>>(row: &[T]) -> usize {
     let mut best: Option<(usize, f64)> = None;

@@ -17,6 +17,7 @@ use super::ensemble::{self, Mode};
 use super::error::{Error, Result};
 use super::evaluator::Evaluator;
 use super::greedy::{self, Candidates, Trial};
+use super::images::{LoadOptions, Samples};
 use super::report::{Ensemble, Greedy, Kind, Row};
 use super::score::Score;
 use super::weights::{check_fits, RunningSum, Weights};
@@ -38,7 +39,7 @@ pub struct Session {
     pool: Vec<Option<Checkpoint>>,
     val: Option<Dataset>,
     test: Option<Dataset>,
-    /// Each split's inputs on the evaluation device, uploaded once: `[val, test]`.
+    /// Each split's inputs on a GPU, uploaded once: `[val, test]` (none on the CPU).
     inputs: [Option<Tensor>; 2],
     /// Logits per ingredient: `[val, test]`.
     logits: Vec<[Option<Vec<f32>>; 2]>,
@@ -55,19 +56,78 @@ impl Session {
         val: Option<&Path>,
         test: Option<&Path>,
     ) -> Result<Session> {
+        Session::open_with(evaluator, ingredients, val, test, &LoadOptions::default())
+    }
+
+    /// [`Session::open`] with how image datasets are decoded and held. Each split is
+    /// decoded and transformed once, here, and reused by every evaluation of the run.
+    pub fn open_with(
+        evaluator: Evaluator,
+        ingredients: &[PathBuf],
+        val: Option<&Path>,
+        test: Option<&Path>,
+        images: &LoadOptions,
+    ) -> Result<Session> {
         if ingredients.is_empty() {
             return Err(Error::NoIngredients);
         }
-        let arch = evaluator.arch;
+        let arch = &*evaluator.arch;
         let mut pool = Vec::with_capacity(ingredients.len());
         for path in ingredients {
             let checkpoint = Checkpoint::open(path)?;
             check_fits(&checkpoint, arch)?;
             pool.push(Some(checkpoint));
         }
-        let val = val.map(|p| Dataset::open(p, arch)).transpose()?;
-        let test = test.map(|p| Dataset::open(p, arch)).transpose()?;
-        let upload = |d: &Option<Dataset>| d.as_ref().map(|d| evaluator.upload(d)).transpose();
+        let val = val
+            .map(|p| Dataset::open_with(p, arch, images))
+            .transpose()?;
+        let test = test
+            .map(|p| Dataset::open_with(p, arch, images))
+            .transpose()?;
+        if let (Some(v), Some(t)) = (&val, &test) {
+            if let (Some(a), Some(b)) = (&v.classes, &t.classes) {
+                if a != b {
+                    let first = a
+                        .iter()
+                        .zip(b)
+                        .position(|(x, y)| x != y)
+                        .unwrap_or(a.len().min(b.len()));
+                    return Err(Error::Dataset {
+                        path: t.path.clone(),
+                        reason: format!(
+                            "its classes differ from --val {}'s: class {first} is {:?} here and {:?} there; both splits need the same class names",
+                            v.path.display(),
+                            b.get(first).map_or("absent", String::as_str),
+                            a.get(first).map_or("absent", String::as_str),
+                        ),
+                    });
+                }
+            }
+        }
+        let mut warnings = Vec::new();
+        for data in val.iter().chain(&test) {
+            if let Some((path, reason)) = data.skipped.first() {
+                warnings.push(Warning::general(
+                    "images-skipped",
+                    Some(data.path.clone()),
+                    format!(
+                        "{}: skipped {} image(s) that could not be decoded (--skip-bad-images); first: {}: {reason}",
+                        data.path.display(),
+                        data.skipped.len(),
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        // On a GPU each split's inputs cross to the device once, for every model of the run;
+        // the CPU reads them batch by batch from where they are, with no second copy (nor
+        // does a split too large for memory, held in a cache file, go to the device whole).
+        let upload = |d: &Option<Dataset>| {
+            d.as_ref()
+                .filter(|d| !evaluator.device.is_cpu() && matches!(d.inputs, Samples::Memory(_)))
+                .map(|d| evaluator.upload(d))
+                .transpose()
+        };
         let inputs = [upload(&val)?, upload(&test)?];
         Ok(Session {
             evaluator,
@@ -77,13 +137,13 @@ impl Session {
             val,
             test,
             inputs,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
     /// The architecture models are built as.
-    pub fn arch(&self) -> &'static dyn Architecture {
-        self.evaluator.arch
+    pub fn arch(&self) -> &dyn Architecture {
+        &*self.evaluator.arch
     }
 
     /// The evaluator, for its progress bar.
@@ -108,9 +168,10 @@ impl Session {
         }
     }
 
-    /// A split's data with its inputs on the device.
-    fn on_device(&self, split: Split) -> Option<(&Dataset, &Tensor)> {
-        self.data(split).zip(self.inputs[split as usize].as_ref())
+    /// A split's data, with its inputs on the device when they were uploaded.
+    fn on_device(&self, split: Split) -> Option<(&Dataset, Option<&Tensor>)> {
+        let inputs = self.inputs[split as usize].as_ref();
+        self.data(split).map(|d| (d, inputs))
     }
 
     fn checkpoint(&self, i: usize) -> &Checkpoint {
@@ -190,7 +251,7 @@ impl Session {
     fn score_splits(&self, weights: &Weights) -> Result<(Option<Score>, Option<Score>)> {
         let score = |split| {
             self.on_device(split)
-                .map(|(d, x)| self.evaluator.score_on(weights, d, x))
+                .map(|(d, x)| self.evaluator.score_with(weights, d, x))
                 .transpose()
         };
         Ok((score(Split::Val)?, score(Split::Test)?))
@@ -204,7 +265,7 @@ impl Session {
                 return Ok(None);
             };
             let weights = Weights::from_checkpoint(self.checkpoint(i), &self.evaluator.device)?;
-            let logits = self.evaluator.logits_on(&weights, data, inputs)?;
+            let logits = self.evaluator.logits_with(&weights, data, inputs)?;
             self.logits[i][slot] = Some(logits);
         }
         Ok(self.logits[i][slot].as_deref())
@@ -291,7 +352,15 @@ impl Session {
                 soup: None,
                 pending: None,
             };
-            greedy::search(&val_scores, &mut candidates, accept_ties)?
+            greedy::search(
+                &val_scores,
+                &mut candidates,
+                greedy::Rule {
+                    goal: greedy::Goal::Maximize,
+                    accept_ties,
+                },
+                1,
+            )?
         };
         let chosen = search.chosen.clone();
         let weights = self.core_soup(&chosen)?;
@@ -329,6 +398,7 @@ impl Session {
                 test,
             },
             search,
+            goal: greedy::Goal::Maximize,
             accept_ties,
             output: output.and_then(|r| r.output.clone()),
             merge_command,
@@ -368,7 +438,7 @@ impl Session {
 }
 
 /// Quotes a path for the shell when it needs it.
-fn shell_word(s: &str) -> String {
+pub(crate) fn shell_word(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./+=:,@".contains(c))
@@ -379,15 +449,18 @@ fn shell_word(s: &str) -> String {
     }
 }
 
-/// Greedy candidates from a running sum of the chosen ingredients' tensors, kept on the
-/// evaluation device: a step uploads the candidate ingredient once and reads back only logits.
+/// Greedy candidates from a running sum of the chosen ingredients ([`RunningSum`]): on the
+/// CPU the members by reference, read when a candidate is averaged; on a GPU their f64 sums
+/// kept on the device, so that a step uploads the candidate ingredient once and reads back
+/// only logits.
 struct SumCandidates<'a> {
     checkpoints: &'a [&'a Checkpoint],
     evaluator: &'a Evaluator,
     val: &'a Dataset,
-    val_inputs: &'a Tensor,
-    soup: Option<RunningSum>,
-    pending: Option<RunningSum>,
+    val_inputs: Option<&'a Tensor>,
+    soup: Option<RunningSum<'a>>,
+    /// The last candidate tried and its sum, so that keeping it costs nothing.
+    pending: Option<(usize, RunningSum<'a>)>,
 }
 
 impl Candidates for SumCandidates<'_> {
@@ -412,9 +485,9 @@ impl Candidates for SumCandidates<'_> {
         let merged = Instant::now();
         let val = self
             .evaluator
-            .score_on(&weights, self.val, self.val_inputs)?;
+            .score_with(&weights, self.val, self.val_inputs)?;
         let done = Instant::now();
-        self.pending = Some(sum);
+        self.pending = Some((candidate, sum));
         Ok(Trial {
             val,
             merge_seconds: (merged - started).as_secs_f64(),
@@ -422,8 +495,17 @@ impl Candidates for SumCandidates<'_> {
         })
     }
 
-    fn keep(&mut self, _candidate: usize) -> Result<()> {
-        self.soup = self.pending.take();
+    fn keep(&mut self, candidate: usize) -> Result<()> {
+        let soup = match self.pending.take() {
+            Some((tried, sum)) if tried == candidate => sum,
+            // Another candidate was tried since (speculation): add this one again.
+            _ => self
+                .soup
+                .as_ref()
+                .expect("started")
+                .plus(self.checkpoints[candidate])?,
+        };
+        self.soup = Some(soup);
         Ok(())
     }
 }

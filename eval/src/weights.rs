@@ -1,12 +1,13 @@
-//! A model's float tensors as candle tensors (f32) on the evaluation device, and the running sum greedy search builds candidates from there.
+//! A model's float tensors as candle tensors (f32) on the evaluation device, and the running sum greedy search builds candidates from.
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use half::{bf16, f16};
+use rayon::prelude::*;
 
-use model_soup::format::{Checkpoint, Dtype};
+use model_soup::format::{Accumulator, Checkpoint, Dtype};
 use model_soup::soup::Soup;
 
 use super::arch::{Architecture, TensorKind};
@@ -28,6 +29,9 @@ impl Weights {
             let value = upload(t.info.dtype, t.data, &t.info.shape, device)
                 .and_then(|x| x.to_dtype(DType::F32))
                 .context(|| cannot_place(checkpoint.path().display(), t.name()))?;
+            // The mapped pages count in the process's RSS until released; with k
+            // ingredients read in turn they would add up to k model sizes.
+            checkpoint.release(&t, 0..t.data.len());
             tensors.insert(t.name().to_string(), value);
         }
         Ok(Weights {
@@ -163,77 +167,139 @@ fn shape_of(shape: &[u64]) -> Vec<usize> {
 }
 
 /// Checks, from the header alone, that `checkpoint` has every tensor `arch` needs with the
-/// right shape and a float dtype. Integer buffers are optional but, when present, must fit too.
+/// right shape and a float dtype, and no tensor `arch` doesn't know. Integer buffers are
+/// optional but, when present, must fit too.
 pub fn check_fits(checkpoint: &Checkpoint, arch: &dyn Architecture) -> Result<()> {
-    for spec in arch.tensors() {
-        let bad = |reason: String| Error::Arch {
-            path: checkpoint.path().to_path_buf(),
-            tensor: spec.name.clone(),
-            arch: arch.name(),
-            reason,
-        };
+    let specs = arch.tensors();
+    let bad = |tensor: &str, reason: String| Error::Arch {
+        path: checkpoint.path().to_path_buf(),
+        tensor: tensor.to_string(),
+        arch: arch.describe(),
+        reason,
+    };
+    for spec in &specs {
         let Some(t) = checkpoint.tensor(&spec.name) else {
             if spec.kind == TensorKind::Float {
-                return Err(bad("is missing".into()));
+                return Err(bad(&spec.name, "is missing".into()));
             }
             continue;
         };
         let shape = shape_of(&t.info.shape);
         if shape != spec.shape {
-            return Err(bad(format!(
-                "has shape {shape:?}, but {} expects {:?}",
-                arch.name(),
-                spec.shape
-            )));
+            return Err(bad(
+                &spec.name,
+                format!(
+                    "has shape {shape:?}, but {} expects {:?}",
+                    arch.describe(),
+                    spec.shape
+                ),
+            ));
         }
         let float = t.info.dtype.is_averaged();
         if spec.kind == TensorKind::Float && !float {
-            return Err(bad(format!(
-                "is {}, but it must be a float tensor (F32, F16, BF16 or F64)",
-                t.info.dtype
-            )));
+            return Err(bad(
+                &spec.name,
+                format!(
+                    "is {}, but it must be a float tensor (F32, F16, BF16 or F64)",
+                    t.info.dtype
+                ),
+            ));
         }
         if spec.kind == TensorKind::Buffer && float {
-            return Err(bad(format!(
-                "is {}, but it is an integer buffer",
-                t.info.dtype
-            )));
+            return Err(bad(
+                &spec.name,
+                format!("is {}, but it is an integer buffer", t.info.dtype),
+            ));
         }
+    }
+    let known: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    if let Some(extra) = checkpoint.tensors().find(|t| !known.contains(t.name())) {
+        return Err(bad(
+            extra.name(),
+            format!(
+                "is not part of {}; was the checkpoint saved from another model, or with a wrapper's prefix?",
+                arch.describe()
+            ),
+        ));
     }
     Ok(())
 }
 
-/// The sum of several ingredients' float tensors, on the evaluation device, to which one more
-/// ingredient can be added with one pass over that ingredient's tensors.
-///
-/// Greedy search keeps the sum of the chosen ingredients; each candidate is that sum plus the
-/// candidate, divided by the new count. Sums are f64, like the core's accumulator for f32
-/// soups, so that a soup of identical inputs is exactly the input and candidates agree with
-/// the merged soup to the last f32 bit or so. Every step (widening, adding, dividing,
-/// rounding to f32) is exact or correctly rounded, on the CPU and on a GPU alike, so a
-/// candidate's weights are the same bits on either. On a GPU a step costs one upload of the
-/// new ingredient in its stored dtype; the sum never leaves the device. Device memory: the
-/// chosen sum and the candidate's sum (8 bytes a parameter each) and the candidate's f32
-/// weights (4).
-#[derive(Clone)]
-pub struct RunningSum {
-    count: usize,
-    device: Device,
-    sums: BTreeMap<String, Tensor>,
+/// How a [`RunningSum`] holds the chosen ingredients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SumStrategy {
+    /// References to the members' mapped files; [`RunningSum::mean`] reads them tensor by
+    /// tensor on the host. Memory: the candidate's f32 weights, about the model's f32 size,
+    /// whatever the number of members. The CPU's strategy.
+    Members,
+    /// The members' f64 sums as tensors on the device; a step uploads the new ingredient once
+    /// and [`RunningSum::mean`] divides there. Device memory: two f64 sums and the candidate's
+    /// f32 weights, 20 bytes a parameter. A GPU's strategy: the host never reads the members
+    /// again.
+    DeviceSums,
 }
 
-impl RunningSum {
-    /// A sum of one ingredient, on `device`.
-    pub fn new(first: &Checkpoint, device: &Device) -> Result<RunningSum> {
-        let mut sums = BTreeMap::new();
-        for t in first.tensors().filter(|t| t.info.dtype.is_averaged()) {
-            let value = upload(t.info.dtype, t.data, &t.info.shape, device)
-                .and_then(|x| x.to_dtype(DType::F64))
-                .context(|| cannot_place(first.path().display(), t.name()))?;
-            sums.insert(t.name().to_string(), value);
+impl SumStrategy {
+    /// The strategy for evaluating on `device`: [`SumStrategy::Members`] on the CPU,
+    /// [`SumStrategy::DeviceSums`] elsewhere.
+    pub fn for_device(device: &Device) -> SumStrategy {
+        if device.is_cpu() {
+            SumStrategy::Members
+        } else {
+            SumStrategy::DeviceSums
         }
+    }
+}
+
+/// The uniform soup of several ingredients, to which one more ingredient can be added; each
+/// greedy candidate is the chosen ingredients plus one, divided by the new count.
+///
+/// Each element is summed in f64 in member order and divided once (a true division), like the
+/// core's accumulator for f32 soups, so a soup of identical inputs is exactly the input and
+/// candidates agree with the merged soup to the last f32 bit or so. Every step (widening,
+/// adding, dividing, rounding to f32) is exact or correctly rounded under either
+/// [`SumStrategy`], on the CPU and on a GPU alike, so a candidate's weights are the same bits
+/// whichever holds the sum.
+#[derive(Clone)]
+pub struct RunningSum<'a> {
+    members: Vec<&'a Checkpoint>,
+    device: Device,
+    /// [`SumStrategy::DeviceSums`]: name → the members' f64 sum on `device`.
+    sums: Option<BTreeMap<String, Tensor>>,
+}
+
+/// Elements summed per step: bounds the f64 scratch of each worker.
+const CHUNK: usize = 1 << 16;
+
+impl<'a> RunningSum<'a> {
+    /// A soup of one ingredient, evaluated on `device`, held as
+    /// [`SumStrategy::for_device`] says.
+    pub fn new(first: &'a Checkpoint, device: &Device) -> Result<RunningSum<'a>> {
+        RunningSum::with_strategy(first, device, SumStrategy::for_device(device))
+    }
+
+    /// A soup of one ingredient held as `strategy` says (tests compare the two on the CPU).
+    pub fn with_strategy(
+        first: &'a Checkpoint,
+        device: &Device,
+        strategy: SumStrategy,
+    ) -> Result<RunningSum<'a>> {
+        let sums = match strategy {
+            SumStrategy::Members => None,
+            SumStrategy::DeviceSums => {
+                let mut sums = BTreeMap::new();
+                for t in first.tensors().filter(|t| t.info.dtype.is_averaged()) {
+                    let value = upload(t.info.dtype, t.data, &t.info.shape, device)
+                        .and_then(|x| x.to_dtype(DType::F64))
+                        .context(|| cannot_place(first.path().display(), t.name()))?;
+                    first.release(&t, 0..t.data.len());
+                    sums.insert(t.name().to_string(), value);
+                }
+                Some(sums)
+            }
+        };
         Ok(RunningSum {
-            count: 1,
+            members: vec![first],
             device: device.clone(),
             sums,
         })
@@ -241,56 +307,134 @@ impl RunningSum {
 
     /// How many ingredients are summed.
     pub fn count(&self) -> usize {
-        self.count
+        self.members.len()
     }
 
-    /// This sum plus `other`'s float tensors. The ingredients must share names and shapes,
+    /// How the members are held.
+    pub fn strategy(&self) -> SumStrategy {
+        match self.sums {
+            Some(_) => SumStrategy::DeviceSums,
+            None => SumStrategy::Members,
+        }
+    }
+
+    /// This soup plus `other`. The ingredients must share float tensor names and shapes,
     /// which [`check_fits`] and the core's plan have already checked; a mismatch is an error.
-    pub fn plus(&self, other: &Checkpoint) -> Result<RunningSum> {
-        let mut sums = BTreeMap::new();
-        for (name, acc) in &self.sums {
+    pub fn plus(&self, other: &'a Checkpoint) -> Result<RunningSum<'a>> {
+        let first = self.members[0];
+        for t in first.tensors().filter(|t| t.info.dtype.is_averaged()) {
+            let name = t.name();
             let mismatch = |what: String| {
                 Error::Format(model_soup::Error::Plan(format!(
                     "{}: tensor '{name}' {what}, unlike the ingredients before it; soups need fine-tunes of one model",
                     other.path().display()
                 )))
             };
-            let t = other
+            let o = other
                 .tensor(name)
                 .ok_or_else(|| mismatch("is missing".into()))?;
-            if shape_of(&t.info.shape) != acc.dims() || !t.info.dtype.is_averaged() {
-                return Err(mismatch(format!("is {} {:?}", t.info.dtype, t.info.shape)));
+            if o.info.shape != t.info.shape || !o.info.dtype.is_averaged() {
+                return Err(mismatch(format!("is {} {:?}", o.info.dtype, o.info.shape)));
             }
-            let sum = upload(t.info.dtype, t.data, &t.info.shape, &self.device)
-                .and_then(|x| x.to_dtype(DType::F64))
-                .and_then(|x| acc + x)
-                .context(|| cannot_place(other.path().display(), name))?;
-            sums.insert(name.clone(), sum);
         }
+        let sums = match &self.sums {
+            None => None,
+            Some(sums) => {
+                let mut next = BTreeMap::new();
+                for (name, acc) in sums {
+                    let t = other.tensor(name).expect("checked above");
+                    let sum = upload(t.info.dtype, t.data, &t.info.shape, &self.device)
+                        .and_then(|x| x.to_dtype(DType::F64))
+                        .and_then(|x| acc + x)
+                        .context(|| cannot_place(other.path().display(), name))?;
+                    other.release(&t, 0..t.data.len());
+                    next.insert(name.clone(), sum);
+                }
+                Some(next)
+            }
+        };
+        let mut members = self.members.clone();
+        members.push(other);
         Ok(RunningSum {
-            count: self.count + 1,
+            members,
             device: self.device.clone(),
             sums,
         })
     }
 
-    /// The uniform average of the summed ingredients, rounded to f32, on the sum's device.
+    /// The uniform average of the members, rounded to f32, on the evaluation device.
     pub fn mean(&self) -> Result<Weights> {
+        let tensors = match &self.sums {
+            Some(sums) => self.mean_of_sums(sums)?,
+            None => self.mean_of_members()?,
+        };
+        Ok(Weights {
+            device: self.device.clone(),
+            tensors,
+        })
+    }
+
+    /// [`SumStrategy::DeviceSums`]: divides the sums on the device.
+    fn mean_of_sums(&self, sums: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
         // A true division, not a multiplication by 1/n, so that n identical inputs give the
         // input back exactly.
-        let n = Tensor::new(self.count as f64, &self.device)
+        let n = Tensor::new(self.count() as f64, &self.device)
             .context(|| "cannot place the ingredient count on the device".to_string())?;
         let mut tensors = BTreeMap::new();
-        for (name, sum) in &self.sums {
+        for (name, sum) in sums {
             let mean = sum
                 .broadcast_div(&n)
                 .and_then(|m| m.to_dtype(DType::F32))
                 .context(|| format!("cannot average tensor '{name}' on the device"))?;
             tensors.insert(name.clone(), mean);
         }
-        Ok(Weights {
-            device: self.device.clone(),
-            tensors,
-        })
+        Ok(tensors)
+    }
+
+    /// [`SumStrategy::Members`]: reads the members chunk by chunk on the host, in parallel
+    /// over tensors, and places each mean on the device.
+    fn mean_of_members(&self) -> Result<BTreeMap<String, Tensor>> {
+        let n = self.count() as f64;
+        let first = self.members[0];
+        let names: Vec<(String, Vec<usize>)> = first
+            .tensors()
+            .filter(|t| t.info.dtype.is_averaged())
+            .map(|t| (t.name().to_string(), shape_of(&t.info.shape)))
+            .collect();
+        names
+            .into_par_iter()
+            .map(|(name, shape)| {
+                let views: Vec<_> = self
+                    .members
+                    .iter()
+                    .map(|m| m.tensor(&name).expect("checked by plus"))
+                    .collect();
+                let len: usize = shape.iter().product();
+                let mut mean = Vec::with_capacity(len);
+                let (mut acc, mut scratch) = (Vec::new(), Vec::new());
+                for start in (0..len).step_by(CHUNK) {
+                    let end = (start + CHUNK).min(len);
+                    acc.clear();
+                    acc.resize(end - start, 0f64);
+                    scratch.resize(end - start, 0f64);
+                    for (m, v) in self.members.iter().zip(&views) {
+                        let size = v.info.dtype.size();
+                        f64::load(
+                            v.info.dtype,
+                            &v.data[start * size..end * size],
+                            &mut scratch,
+                        );
+                        f64::axpy(&mut acc, 1.0, &scratch);
+                        // Mapped pages count in RSS until released (see from_checkpoint).
+                        m.release(v, start * size..end * size);
+                    }
+                    mean.extend(acc.iter().map(|x| (x / n) as f32));
+                }
+                let tensor = Tensor::from_vec(mean, shape, &self.device).context(|| {
+                    format!("cannot place the mean of tensor '{name}' on the device")
+                })?;
+                Ok((name, tensor))
+            })
+            .collect()
     }
 }

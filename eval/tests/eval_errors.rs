@@ -192,9 +192,11 @@ fn dataset_with_the_wrong_input_shape_or_label_count() {
 #[test]
 fn mismatched_ingredients_are_refused_before_any_evaluation() {
     let dir = tempfile::tempdir().unwrap();
+    // An optional buffer missing from one ingredient: each fits the architecture alone, but
+    // they can't be averaged together.
     let extra = dir.path().join("extra.safetensors");
     edited_base(&extra, |t| {
-        t.push(spec("head2.weight", D::F32, &[2], vec![0; 8]));
+        t.retain(|s| s.name != "bn1.num_batches_tracked")
     });
     for command in ["uniform", "greedy", "report"] {
         let out = soup_eval(&[
@@ -208,7 +210,27 @@ fn mismatched_ingredients_are_refused_before_any_evaluation() {
             &base(),
             &extra,
         ]);
-        assert_error(&out, &["'head2.weight'", "different tensor names"]);
+        assert_error(&out, &["bn1.num_batches_tracked", "different tensor names"]);
+    }
+}
+
+#[test]
+fn a_tensor_the_architecture_does_not_know_is_named_with_the_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = dir.path().join("extra.safetensors");
+    edited_base(&extra, |t| {
+        t.push(spec("head2.weight", D::F32, &[2], vec![0; 8]));
+    });
+    for arch in ["digits-cnn", "auto"] {
+        let out = soup_eval(&[&"score", &"--arch", &arch, &"--val", &val(), &extra]);
+        assert_error(
+            &out,
+            &[
+                "extra.safetensors",
+                "'head2.weight'",
+                "not part of digits-cnn",
+            ],
+        );
     }
 }
 
@@ -231,8 +253,67 @@ fn empty_ingredient_list_is_a_usage_error() {
 
 #[test]
 fn unknown_architecture_lists_the_known_ones() {
-    let out = soup_eval(&[&"score", &"--arch", &"resnet50", &"--val", &val(), &base()]);
-    assert_error(&out, &["unknown architecture 'resnet50'", "digits-cnn"]);
+    let out = soup_eval(&[&"score", &"--arch", &"resnet51", &"--val", &val(), &base()]);
+    assert_error(
+        &out,
+        &[
+            "unknown architecture 'resnet51'",
+            "digits-cnn",
+            "resnet50",
+            "densenet",
+        ],
+    );
+}
+
+#[test]
+fn a_family_that_does_not_fit_names_the_tensor_and_the_family() {
+    for arch in ["resnet", "resnet50"] {
+        let out = soup_eval(&[&"score", &"--arch", &arch, &"--val", &val(), &base()]);
+        assert_error(
+            &out,
+            &[
+                "base.safetensors",
+                "'layer1.0.conv1.weight'",
+                "missing",
+                "--arch resnet",
+            ],
+        );
+    }
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"densenet121",
+        &"--val",
+        &val(),
+        &base(),
+    ]);
+    assert_error(&out, &["'features.conv0.weight'", "--arch densenet"]);
+}
+
+#[test]
+fn auto_detects_the_fixtures_cnn_and_arch_options_are_checked() {
+    let out = soup_eval(&[&"score", &"--val", &val(), &base(), &"--json", &"-q"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["arch"], "digits-cnn");
+    let out = soup_eval(&[
+        &"score",
+        &"--arch-option",
+        &"heads=3",
+        &"--val",
+        &val(),
+        &base(),
+    ]);
+    assert_error(&out, &["--arch-option", "heads", "digits-cnn"]);
+    let out = soup_eval(&[
+        &"score",
+        &"--arch-option",
+        &"heads",
+        &"--val",
+        &val(),
+        &base(),
+    ]);
+    assert_error(&out, &["--arch-option", "KEY=VALUE"]);
 }
 
 #[test]
@@ -393,13 +474,13 @@ fn a_session_stays_usable_after_a_refused_soup() {
     let dir = tempfile::tempdir().unwrap();
     let extra = dir.path().join("extra.safetensors");
     edited_base(&extra, |t| {
-        t.push(spec("head2.weight", D::F32, &[2], vec![0; 8]))
+        t.retain(|s| s.name != "bn1.num_batches_tracked")
     });
-    let arch = arch::lookup("digits-cnn").unwrap();
-    let evaluator = Evaluator::new(arch, candle_core::Device::Cpu, 128);
+    let arch = arch::digits_cnn::arch();
+    let evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 128);
     let mut session = Session::open(evaluator, &[base(), extra], Some(&val()), None).unwrap();
     let err = session.check_soup().unwrap_err().to_string();
-    assert!(err.contains("head2.weight"), "{err}");
+    assert!(err.contains("bn1.num_batches_tracked"), "{err}");
     // Scoring each checkpoint alone still works: both are the base weights.
     let rows = session.ingredients(&[Split::Val]).unwrap();
     assert_eq!(rows[0].val, rows[1].val);

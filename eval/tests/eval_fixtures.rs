@@ -179,9 +179,9 @@ fn report_greedy_accuracy_equals_score_of_the_written_file() {
 
 /// Per-model probabilities, computed here through the library, averaged by hand.
 fn manual_ensemble(models: &[PathBuf], logits_mode: bool) -> (u64, f64) {
-    let arch = arch::lookup("digits-cnn").unwrap();
-    let data = Dataset::open(&fixture("digits/test.safetensors"), arch).unwrap();
-    let evaluator = Evaluator::new(arch, candle_core::Device::Cpu, 64);
+    let arch = arch::digits_cnn::arch();
+    let data = Dataset::open(&fixture("digits/test.safetensors"), &*arch).unwrap();
+    let evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 64);
     let mut sum = vec![0f64; data.len() * 10];
     for m in models {
         let weights =

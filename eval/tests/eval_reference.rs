@@ -37,14 +37,14 @@ fn candle_logits(models: &[&str]) -> Vec<f32> {
 
 /// [`candle_logits`], computed in `dtype` (`--eval-dtype`).
 fn candle_logits_in(models: &[&str], dtype: candle_core::DType) -> Vec<f32> {
-    let arch = arch::lookup("digits-cnn").unwrap();
-    let full = Dataset::open(&test_split(), arch).unwrap();
-    let data = Dataset {
-        path: full.path.clone(),
-        inputs: full.inputs[..IMAGES * full.sample_len()].to_vec(),
-        sample_shape: full.sample_shape.clone(),
-        labels: full.labels[..IMAGES].to_vec(),
-    };
+    let arch = arch::digits_cnn::arch();
+    let full = Dataset::open(&test_split(), &*arch).unwrap();
+    let data = Dataset::in_memory(
+        full.path.clone(),
+        full.batch(0, IMAGES).unwrap().into_owned(),
+        full.sample_shape.clone(),
+        full.labels[..IMAGES].to_vec(),
+    );
     let checkpoints: Vec<Checkpoint> = models
         .iter()
         .map(|m| Checkpoint::open(&fixture(&format!("models/{m}"))).unwrap())
@@ -62,7 +62,7 @@ fn candle_logits_in(models: &[&str], dtype: candle_core::DType) -> Vec<f32> {
         let (soup, _) = soup::to_memory(&plan, RunOptions::default()).unwrap();
         Weights::from_soup(&soup, &candle_core::Device::Cpu).unwrap()
     };
-    let mut evaluator = Evaluator::new(arch, candle_core::Device::Cpu, 7);
+    let mut evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 7);
     evaluator.dtype = dtype;
     evaluator.logits(&weights, &data).unwrap()
 }

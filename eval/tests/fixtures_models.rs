@@ -39,8 +39,8 @@ const MODELS: [(&str, Dtype); 14] = [
     ("scratch-b", Dtype::F32),
 ];
 
-fn digits_cnn() -> &'static dyn arch::Architecture {
-    arch::lookup("digits-cnn").expect("registered")
+fn digits_cnn() -> std::sync::Arc<dyn arch::Architecture> {
+    arch::digits_cnn::arch()
 }
 
 fn batches_tracked(c: &Checkpoint) -> i64 {
@@ -52,14 +52,15 @@ fn batches_tracked(c: &Checkpoint) -> i64 {
 fn data_splits_have_the_documented_shapes_and_labels() {
     for (split, n) in [("train", 1079), ("val", 359), ("test", 359)] {
         let path = fixtures().join(format!("digits/{split}.safetensors"));
-        let data = Dataset::open(&path, digits_cnn()).unwrap();
+        let data = Dataset::open(&path, &*digits_cnn()).unwrap();
         assert_eq!(data.len(), n, "{split}");
         assert_eq!(data.sample_shape, vec![1, 8, 8]);
+        let inputs = data.batch(0, data.len()).unwrap();
         assert!(
-            data.inputs.iter().all(|x| (0.0..=1.0).contains(x)),
+            inputs.iter().all(|x| (0.0..=1.0).contains(x)),
             "{split}: inputs outside [0, 1]"
         );
-        assert!(data.inputs.contains(&1.0), "{split}: not scaled by 16?");
+        assert!(inputs.contains(&1.0), "{split}: not scaled by 16?");
         let mut counts = [0usize; 10];
         data.labels.iter().for_each(|l| counts[*l] += 1);
         assert!(
@@ -80,7 +81,7 @@ fn checkpoints_match_the_cnn_definition() {
     for (name, float) in MODELS {
         let path = fixtures().join(format!("models/{name}.safetensors"));
         let c = Checkpoint::open(&path).unwrap();
-        check_fits(&c, arch).unwrap();
+        check_fits(&c, &*arch).unwrap();
         let names: Vec<&str> = c.tensors().map(|t| t.name()).collect();
         let expected: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
         let (mut a, mut b) = (names.clone(), expected.clone());
@@ -164,9 +165,9 @@ fn readme_accuracies() -> BTreeMap<String, (u64, u64)> {
 #[test]
 fn readme_accuracies_match_the_evaluator() {
     let arch = digits_cnn();
-    let evaluator = Evaluator::new(arch, Device::Cpu, 256);
-    let val = Dataset::open(&fixtures().join("digits/val.safetensors"), arch).unwrap();
-    let test = Dataset::open(&fixtures().join("digits/test.safetensors"), arch).unwrap();
+    let evaluator = Evaluator::new(arch.clone(), Device::Cpu, 256);
+    let val = Dataset::open(&fixtures().join("digits/val.safetensors"), &*arch).unwrap();
+    let test = Dataset::open(&fixtures().join("digits/test.safetensors"), &*arch).unwrap();
     let table = readme_accuracies();
     assert_eq!(
         table.len(),
@@ -256,8 +257,8 @@ fn generator_fast_mode_trains_good_models_reproducibly() {
         );
     }
     let arch = digits_cnn();
-    let evaluator = Evaluator::new(arch, Device::Cpu, 256);
-    let test = Dataset::open(&fixtures().join("digits/test.safetensors"), arch).unwrap();
+    let evaluator = Evaluator::new(arch.clone(), Device::Cpu, 256);
+    let test = Dataset::open(&fixtures().join("digits/test.safetensors"), &*arch).unwrap();
     let mut accuracy = BTreeMap::new();
     for (name, _) in MODELS {
         let file = format!("{name}.safetensors");
@@ -266,7 +267,7 @@ fn generator_fast_mode_trains_good_models_reproducibly() {
         let b = std::fs::read(runs[1].path().join(&file)).unwrap();
         assert!(a == b, "{file}: two runs of the generator differ");
         let c = Checkpoint::open(&runs[0].path().join(&file)).unwrap();
-        check_fits(&c, arch).unwrap();
+        check_fits(&c, &*arch).unwrap();
         let score = evaluator
             .score(&Weights::from_checkpoint(&c, &Device::Cpu).unwrap(), &test)
             .unwrap();

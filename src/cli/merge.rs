@@ -41,11 +41,33 @@ Model directories:
   first input (or --base DIR) with torch_dtype set to the output dtype, and a README.md model card.
   It is built in a hidden temporary directory beside it and renamed into place when complete.
 
+Methods (--method, default linear; mergekit's names, parameters and defaults):
+  linear            sum w_i x_i                          weight, normalize
+  task_arithmetic   base + lambda sum w_i (x_i - base)   weight, lambda, normalize
+  ties              trim to density, elect sign, mean    weight, density, lambda, normalize
+  dare_linear       random drop, rescale, sum            weight, density, lambda, rescale
+  dare_ties         random drop, rescale, elect sign     weight, density, lambda, rescale
+  della             ranked drop, rescale, elect sign     weight, density, epsilon, lambda
+  della_linear      ranked drop, rescale, sum            weight, density, epsilon, lambda
+  breadcrumbs       drop largest gamma and smallest      weight, density, gamma, lambda
+  breadcrumbs_ties  breadcrumbs, elect sign              weight, density, gamma, lambda
+  slerp             spherical, base to one model         t
+  nuslerp           spherical, two models (+ base)       weight, nuslerp_flatten, nuslerp_row_wise
+  model_stock       base + 2 or more fine-tunes          filter_wise
+  passthrough       one model, scaled                    scale
+  Methods with a base take it from --base (a file or model directory; an input that is the same
+  file is the base, not a model). -w gives one weight per model besides the base (default 1/N
+  for linear, 1 otherwise); --density, --t, --lambda, --epsilon, --gamma and --param NAME=VALUE
+  set the method's parameters; --seed seeds DARE's and DELLA's drops (default 0), per tensor, so
+  the bytes are the same at any thread count. Whole-tensor methods hold about 8 bytes per element
+  of the largest tensor, beside the inputs' mapped pages of that tensor.
+
 Recipes:
-  --config recipe.yaml reads a mergekit linear-merge config: merge_method: linear, models[].model,
-  models[].parameters.weight, parameters.normalize (default true, as in mergekit), dtype,
-  out_dtype, base_model. Any other key or method is an error naming it. The recipe is stored in
-  the output's __metadata__ (model_soup.recipe) and model card.
+  --config recipe.yaml reads a mergekit config: merge_method (any method above), base_model,
+  models[].model, models[].parameters, top-level parameters (the method's, and per-model
+  defaults), per-layer gradient lists and filter/value entries, dtype, out_dtype,
+  tokenizer_source: base, random_seed. Any other key, parameter or method is an error naming it.
+  The recipe is stored in the output's __metadata__ (model_soup.recipe) and model card.
 
 Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line,
 130 interrupted. With --json, stdout holds one JSON object, also on failure
@@ -70,22 +92,57 @@ pub struct Args {
     #[arg(required_unless_present = "config", value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
-    /// Read the inputs, weights and dtype from a mergekit YAML recipe (merge_method: linear).
+    /// Read the inputs, method, parameters and dtype from a mergekit YAML recipe.
     #[arg(
         long,
         value_name = "RECIPE",
-        conflicts_with_all = ["inputs", "weights", "normalize", "dtype"]
+        conflicts_with_all = ["inputs", "weights", "normalize", "dtype", "method", "density", "t", "lambda", "epsilon", "gamma", "param", "seed"]
     )]
     pub config: Option<PathBuf>,
+
+    /// The merge method (see below): linear, task_arithmetic, ties, dare_linear, dare_ties,
+    /// della, della_linear, breadcrumbs, breadcrumbs_ties, slerp, nuslerp, model_stock,
+    /// passthrough.
+    #[arg(long, value_name = "METHOD", default_value = "linear")]
+    pub method: String,
+
+    /// Fraction of each task vector kept (ties, dare_*, della*, breadcrumbs*), in (0, 1].
+    #[arg(long, value_name = "D")]
+    pub density: Option<f64>,
+
+    /// Interpolation factor of slerp, in [0, 1] (0 = the base).
+    #[arg(long = "t", value_name = "T")]
+    pub t: Option<f64>,
+
+    /// Scale of the merged task vector (task-vector methods).
+    #[arg(long, value_name = "L", allow_hyphen_values = true)]
+    pub lambda: Option<f64>,
+
+    /// Half-width of DELLA's keep probabilities.
+    #[arg(long, value_name = "E")]
+    pub epsilon: Option<f64>,
+
+    /// Fraction of the largest magnitudes breadcrumbs drops.
+    #[arg(long, value_name = "G")]
+    pub gamma: Option<f64>,
+
+    /// Any other parameter of the method, as NAME=VALUE (a number, true or false); repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub param: Vec<String>,
+
+    /// Seed of the random drops of dare_* and della*.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
 
     /// Write a model directory with shards of at most this size (5GB, 500MB, 2GiB). Default for
     /// a directory output: 5GB.
     #[arg(long, value_name = "SIZE", value_parser = soup::parse_size)]
     pub shard_size: Option<u64>,
 
-    /// Take config.json, the tokenizer and the chat template from this model directory instead
-    /// of the first input.
-    #[arg(long, value_name = "DIR")]
+    /// The base model of methods that use one (a .safetensors file or model directory). For
+    /// a directory output, config.json, the tokenizer and the chat template come from it
+    /// instead of the first input.
+    #[arg(long, value_name = "PATH")]
     pub base: Option<PathBuf>,
 
     /// Where to write the soup: a .safetensors file, or a Hugging Face model directory when the
@@ -188,8 +245,8 @@ impl From<MissingPolicy> for OnMissing {
 
 impl Args {
     /// The library's request for these flags.
-    pub fn request(&self) -> MergeRequest {
-        MergeRequest {
+    pub fn request(&self) -> Result<MergeRequest, crate::Error> {
+        Ok(MergeRequest {
             inputs: self.inputs.clone(),
             weights: self.weights.clone(),
             normalize: self.normalize,
@@ -204,7 +261,48 @@ impl Args {
             verify: self.verify,
             also_reads: Vec::new(),
             also_writes: Vec::new(),
+            method: self.method.clone(),
+            parameters: self.parameters()?,
+            seed: self.seed,
+        })
+    }
+
+    /// The method's parameters from their own flags and from `--param NAME=VALUE`.
+    fn parameters(&self) -> Result<Vec<(String, f64, String)>, crate::Error> {
+        let mut out = Vec::new();
+        for (name, value) in [
+            ("density", self.density),
+            ("t", self.t),
+            ("lambda", self.lambda),
+            ("epsilon", self.epsilon),
+            ("gamma", self.gamma),
+        ] {
+            if let Some(v) = value {
+                out.push((name.to_string(), v, format!("--{name}")));
+            }
         }
+        for p in &self.param {
+            let (name, value) = p.split_once('=').ok_or_else(|| {
+                crate::Error::Usage(format!(
+                    "--param {p}: give NAME=VALUE, such as rescale=false"
+                ))
+            })?;
+            let value = match value {
+                "true" => 1.0,
+                "false" => 0.0,
+                v => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| {
+                        crate::Error::Usage(format!(
+                            "--param {p}: {v} is not a number, true or false"
+                        ))
+                    })?,
+            };
+            out.push((name.to_string(), value, format!("--param {name}")));
+        }
+        Ok(out)
     }
 }
 
@@ -238,7 +336,7 @@ pub fn main(args: Args) -> ExitCode {
 
 /// Plans the merge with the library and runs it, or stops at the plan for a dry run.
 pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
-    let merge = Merge::plan(&args.request())?;
+    let merge = Merge::plan(&args.request()?)?;
     if args.dry_run {
         return Ok(merge.dry_run());
     }
@@ -280,14 +378,18 @@ fn describe_plan(report: &MergeReport) -> String {
             1 => String::new(),
             n => format!("{n} shards, "),
         };
-        s += &format!(
-            "input {i}: {} ({shards}weight {})\n",
-            input.path.display(),
-            input.weight
-        );
+        let weight = if input.weight.is_finite() {
+            format!("weight {}", input.weight)
+        } else {
+            "parameters per tensor".to_string()
+        };
+        s += &format!("input {i}: {} ({shards}{weight})\n", input.path.display());
     }
     for t in report.plan.iter().flatten() {
-        let terms: Vec<String> = t.terms.iter().map(|(i, w)| format!("{w}*in{i}")).collect();
+        let terms: Vec<String> = match t.action {
+            "average" | "copy" => t.terms.iter().map(|(i, w)| format!("{w}*in{i}")).collect(),
+            _ => t.terms.iter().map(|(i, _)| format!("in{i}")).collect(),
+        };
         s += &format!(
             "{:<8} {:<5} {:<20} {}  {}\n",
             t.action,

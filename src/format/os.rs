@@ -44,14 +44,14 @@ impl Mapping {
     ///
     /// The range is widened to whole blocks of `large_folio_max()` bytes (2 MiB with 4 KiB
     /// pages) on both sides. A fault (or fault-around, or `populate`) into a large page-cache
-    /// folio maps the entire folio, pages before and after the faulting range included (Linux
-    /// 6.18 maps whole folios; ext4 has cached files in folios of up to 2 MiB since 6.16). A
-    /// release that stops inside a folio leaves the rest of it mapped, and the next chunk's
-    /// fault maps the part already released again: one leftover per chunk boundary that no one
-    /// releases, so memory grew with the input. Folios are aligned to
-    /// their size in the file, so every folio a read of `range` can map lies inside the widened
-    /// range. A page still in use by a neighbouring chunk is only unmapped, and refaults from
-    /// the cache; read-only file pages can't change under a reader.
+    /// folio can map the entire folio, pages before and after the faulting range included (on
+    /// Linux 6.18, reading one byte mapped all 512 pages of a 2 MiB folio). A release that stops
+    /// inside a folio leaves the rest of it mapped, and the next chunk's fault maps the part
+    /// already released again: one leftover per chunk boundary that no one releases, so memory
+    /// grew with the input. Folios are aligned to their size in the file, so every folio a read
+    /// of `range` can map lies inside the widened range. A page still in use by a neighbouring
+    /// chunk is only unmapped, and refaults from the cache; read-only file pages can't change
+    /// under a reader.
     pub fn release(&self, range: std::ops::Range<usize>) {
         let block = large_folio_max();
         let start = range.start / block * block;
@@ -102,7 +102,7 @@ fn outward(range: std::ops::Range<usize>, limit: usize) -> (usize, usize) {
 }
 
 /// The largest page-cache folio the kernel may map at once: one page table's reach (a PMD),
-/// 2 MiB with 4 KiB pages. Page-cache folios never exceed it.
+/// 2 MiB with 4 KiB pages. Page-cache folios don't exceed it.
 fn large_folio_max() -> usize {
     let page = page_size();
     page * (page / std::mem::size_of::<u64>())
@@ -217,6 +217,25 @@ pub fn process_alive(pid: u32) -> bool {
     // SAFETY: signal 0 performs only the existence and permission check.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Sends SIGTERM (or SIGKILL when `kill`) to every process in the process group `pgid`, as
+/// soup-eval does to stop an external scorer and whatever it started. A group that is already
+/// gone is not an error.
+pub fn signal_group(pgid: u32, kill: bool) -> io::Result<()> {
+    // Group 0 or 1 would mean "our own group" or "every process": never what a caller means.
+    let pgid = match libc::pid_t::try_from(pgid) {
+        Ok(p) if p > 1 => p,
+        _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    };
+    let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+    // SAFETY: kill(2) with a negative id signals a process group; it touches no memory of ours.
+    let rc = unsafe { libc::kill(-pgid, signal) };
+    if rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Reserves `len` bytes for `file` so a full disk fails now, before any work, rather than

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::plan::{display_name, tool_version, Plan};
+use super::plan::{display_name, tool_version, Plan, META_PARAMETERS};
 
 /// What the card says about a merge.
 #[derive(Debug, Clone)]
@@ -24,6 +24,12 @@ pub struct Card {
     pub missing: usize,
     /// The recipe file's text, when the merge came from `--config`.
     pub recipe: Option<String>,
+    /// The merge method's name, and for methods other than linear its paper and parameters
+    /// (JSON) and the base ingredient's name.
+    pub method: String,
+    pub paper: Option<String>,
+    pub parameters: Option<String>,
+    pub base: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -50,6 +56,7 @@ impl Card {
             Some(b) => vec![model_name(Path::new(b))],
             None => ingredients.iter().map(|(n, _)| n.clone()).collect(),
         };
+        let linear = plan.method == "linear";
         Card {
             title: title.to_string(),
             base_models,
@@ -58,6 +65,14 @@ impl Card {
             on_missing: "error".into(),
             missing: plan.missing.len(),
             recipe: None,
+            method: plan.method.to_string(),
+            paper: (!linear)
+                .then(|| super::method::find(plan.method).map(|m| m.paper().to_string()))
+                .flatten(),
+            parameters: (!linear)
+                .then(|| plan.metadata.get(META_PARAMETERS).cloned())
+                .flatten(),
+            base: plan.base.map(|b| model_name(plan.ingredients[b].path())),
         }
     }
 
@@ -70,18 +85,48 @@ impl Card {
         })
         .expect("strings serialise");
         let mut s = format!("---\n{front}---\n\n# {}\n\n", self.title);
-        s += &format!(
-            "This model is a weighted average of {} fine-tuned models (a model soup, \
-             [Wortsman et al., 2022](https://arxiv.org/abs/2203.05482)), made with {}.\n\n",
-            self.ingredients.len(),
-            tool_version()
-        );
-        s += "## Recipe\n\n";
-        s += "Method: linear. Every floating-point tensor is `sum_i w_i * x_i`, accumulated in \
-              f32 (f64 for f32/f64 outputs) in input order and rounded once; other tensors are \
-              copied from the first model.\n\n";
+        if self.method == "linear" {
+            s += &format!(
+                "This model is a weighted average of {} fine-tuned models (a model soup, \
+                 [Wortsman et al., 2022](https://arxiv.org/abs/2203.05482)), made with {}.\n\n",
+                self.ingredients.len(),
+                tool_version()
+            );
+            s += "## Recipe\n\n";
+            s +=
+                "Method: linear. Every floating-point tensor is `sum_i w_i * x_i`, accumulated in \
+                  f32 (f64 for f32/f64 outputs) in input order and rounded once; other tensors are \
+                  copied from the first model.\n\n";
+        } else {
+            s += &format!(
+                "This model merges {} models with the {} method{}, made with {}.\n\n",
+                self.ingredients.len(),
+                self.method,
+                self.paper
+                    .as_ref()
+                    .map_or_else(String::new, |p| format!(" ({p})")),
+                tool_version()
+            );
+            s += "## Recipe\n\n";
+            s += &format!(
+                "Method: {}. Floating-point tensors are computed in f32 (f64 for f32/f64 \
+                 outputs) and rounded once; other tensors are copied from {}.\n\n",
+                self.method,
+                self.base.as_deref().unwrap_or("the first model")
+            );
+            if let Some(p) = &self.parameters {
+                s += &format!("Parameters: `{p}`\n\n");
+            }
+        }
         s += "| # | model | weight |\n|---|---|---|\n";
         for (i, (name, w)) in self.ingredients.iter().enumerate() {
+            let w = if self.base.as_deref() == Some(name.as_str()) && i == 0 {
+                "base".to_string()
+            } else if w.is_finite() {
+                w.to_string()
+            } else {
+                "see parameters".to_string()
+            };
             s += &format!("| {i} | {} | {w} |\n", name.replace('|', "\\|"));
         }
         s += &format!(
@@ -133,6 +178,10 @@ mod tests {
             on_missing: "error".into(),
             missing: 0,
             recipe: Some("merge_method: linear\n".into()),
+            method: "linear".into(),
+            paper: None,
+            parameters: None,
+            base: None,
         };
         let text = card.render();
         let front = text

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::kernel::{self, Scratch, Source, CHUNK_ELEMENTS};
 use super::layout::Layout;
 use super::plan::{Action, Plan, TensorPlan};
+use super::whole::{self, Prepared};
 use crate::error::{printable, Error, Result};
 use crate::format::{
     start_writeback, AtomicDir, AtomicFile, Destination, HeaderEntry, Reads, INDEX_NAME,
@@ -25,6 +26,11 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// being read must not be forgotten). Safe to call from a signal handler thread.
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`interrupt`] was called: long waits outside a merge (an external scorer) poll it.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 fn check_interrupted() -> Result<()> {
@@ -145,33 +151,30 @@ struct Job {
     end: usize,
 }
 
-/// The chunks of every tensor, in the order the first input stores the tensors: reading each
-/// input front to back lets read-ahead work, and the pages the kernel maps past a tensor's end
-/// belong to the next tensor processed, which releases them. Each chunk writes only its own
-/// output bytes, so the order changes no result.
-fn jobs(plan: &Plan, layout: Option<&Layout>) -> Vec<Job> {
+/// The tensors in the order the first input stores them: reading each input front to back
+/// lets read-ahead work, and the pages the kernel maps past a tensor's end belong to the next
+/// tensor processed, which releases them. Each chunk writes only its own output bytes, so the
+/// order changes no result.
+fn storage_order(plan: &Plan) -> Vec<usize> {
     let mut order: Vec<usize> = (0..plan.tensors.len()).collect();
     order.sort_by_key(|&t| {
         let tensor = &plan.tensors[t];
-        let first = match &tensor.action {
-            Action::Average { terms, .. } => terms[0].ingredient,
-            Action::Copy { from, .. } => *from,
-        };
+        let first = tensor.action.inputs()[0];
         plan.ingredients[first].position(&tensor.name)
     });
-    let mut jobs = Vec::new();
-    for t in order {
-        let tensor = &plan.tensors[t];
-        let n = tensor.elements() as usize;
-        let file = layout.map_or(0, |l| l.owner(t));
-        jobs.extend((0..n).step_by(CHUNK_ELEMENTS).map(|start| Job {
-            tensor: t,
-            file,
-            start,
-            end: (start + CHUNK_ELEMENTS).min(n),
-        }));
-    }
-    jobs
+    order
+}
+
+/// The chunks of tensor `t`.
+fn chunks(plan: &Plan, layout: Option<&Layout>, t: usize) -> impl Iterator<Item = Job> {
+    let n = plan.tensors[t].elements() as usize;
+    let file = layout.map_or(0, |l| l.owner(t));
+    (0..n).step_by(CHUNK_ELEMENTS).map(move |start| Job {
+        tensor: t,
+        file,
+        start,
+        end: (start + CHUNK_ELEMENTS).min(n),
+    })
 }
 
 /// A file to put in an output directory beside the weights.
@@ -291,6 +294,9 @@ pub fn write_dir(
     Ok(warnings)
 }
 
+/// Runs every chunk: first those of the tensors computed chunk by chunk (averages and copies),
+/// all in parallel, then each whole-tensor method's tensors one at a time, each prepared over
+/// the whole tensor and then computed chunk by chunk in parallel.
 fn run(
     plan: &Plan,
     layout: Option<&Layout>,
@@ -298,32 +304,53 @@ fn run(
     sink: impl Fn(&Job, &[u8]) -> Result<()> + Sync,
 ) -> Result<Vec<Warning>> {
     let findings = Mutex::new(Vec::new());
-    jobs(plan, layout)
+    let order = storage_order(plan);
+    let is_whole = |t: usize| matches!(plan.tensors[t].action, Action::Whole(_));
+    let streamed: Vec<Job> = order
+        .iter()
+        .filter(|&&t| !is_whole(t))
+        .flat_map(|&t| chunks(plan, layout, t))
+        .collect();
+    let one = |scratch: &mut Scratch, job: &Job, prepared: Option<&Prepared>| -> Result<()> {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        let tensor = &plan.tensors[job.tensor];
+        advise_inputs(plan, tensor, job, Pages::Populate);
+        let (bytes, found) = compute(plan, tensor, job, scratch, prepared);
+        if let Some(w) = found {
+            if options.strict {
+                return Err(strict_error(&w));
+            }
+            findings
+                .lock()
+                .expect("no panics while held")
+                .push((job.tensor, job.start, w));
+        }
+        sink(job, bytes)?;
+        if let Some(observe) = options.observe {
+            observe(job.tensor, job.start, bytes);
+        }
+        advise_inputs(plan, tensor, job, Pages::Release);
+        (options.progress)(bytes.len() as u64);
+        Ok(())
+    };
+    streamed
         .par_iter()
-        .try_for_each_init(Scratch::default, |scratch, job| {
-            if INTERRUPTED.load(Ordering::Relaxed) {
-                return Err(Error::Interrupted);
-            }
-            let tensor = &plan.tensors[job.tensor];
-            advise_inputs(plan, tensor, job, Pages::Populate);
-            let (bytes, found) = compute(plan, tensor, job, scratch);
-            if let Some(w) = found {
-                if options.strict {
-                    return Err(strict_error(&w));
-                }
-                findings
-                    .lock()
-                    .expect("no panics while held")
-                    .push((job.tensor, job.start, w));
-            }
-            sink(job, bytes)?;
-            if let Some(observe) = options.observe {
-                observe(job.tensor, job.start, bytes);
-            }
-            advise_inputs(plan, tensor, job, Pages::Release);
-            (options.progress)(bytes.len() as u64);
-            Ok(())
-        })?;
+        .try_for_each_init(Scratch::default, |scratch, job| one(scratch, job, None))?;
+    for &t in order.iter().filter(|&&t| is_whole(t)) {
+        check_interrupted()?;
+        let tensor = &plan.tensors[t];
+        let Action::Whole(w) = &tensor.action else {
+            unreachable!("filtered")
+        };
+        let prepared = whole::prepare(plan, tensor, w);
+        let jobs: Vec<Job> = chunks(plan, layout, t).collect();
+        jobs.par_iter()
+            .try_for_each_init(Scratch::default, |scratch, job| {
+                one(scratch, job, Some(&prepared))
+            })?;
+    }
     let mut findings = findings.into_inner().expect("no panics while held");
     findings.sort_by_key(|(t, start, w)| (*t, w.input.clone(), *start));
     // One warning per tensor and input and kind, however many chunks saw it.
@@ -346,8 +373,39 @@ fn compute<'s>(
     tensor: &TensorPlan,
     job: &Job,
     scratch: &'s mut Scratch,
+    prepared: Option<&Prepared>,
 ) -> (&'s [u8], Option<Warning>) {
     match &tensor.action {
+        Action::Whole(w) => {
+            let prepared = prepared.expect("whole tensors are prepared first");
+            let out = whole::chunk(plan, tensor, w, prepared, job.start..job.end, scratch);
+            let found = if tensor.dtype.any_non_finite(out) {
+                let sources: Vec<Source<'_>> = w
+                    .inputs
+                    .iter()
+                    .map(|&i| {
+                        let t = plan.ingredients[i].tensor(&tensor.name).expect("planned");
+                        Source {
+                            dtype: t.info.dtype,
+                            data: t.data,
+                            weight: 1.0,
+                        }
+                    })
+                    .collect();
+                let terms: Vec<super::plan::Term> = w
+                    .inputs
+                    .iter()
+                    .map(|&i| super::plan::Term {
+                        ingredient: i,
+                        weight: 1.0,
+                    })
+                    .collect();
+                Some(explain_non_finite(plan, tensor, job, &sources, &terms))
+            } else {
+                None
+            };
+            (out, found)
+        }
         Action::Average { terms, wide } => {
             let sources: Vec<Source<'_>> = terms
                 .iter()
@@ -389,7 +447,7 @@ fn compute<'s>(
                 input: Some(plan.ingredients[i].path().to_path_buf()),
                 kind: "integers-differ",
                 message: format!(
-                    "tensor '{}' ({}) differs between {} and {}; non-float tensors are not averaged, so the first input's value was copied",
+                    "tensor '{}' ({}) differs between {} and {}; non-float tensors are not merged, so the first one's value was copied",
                     printable(&tensor.name),
                     tensor.dtype,
                     plan.ingredients[*from].path().display(),
@@ -448,13 +506,7 @@ enum Pages {
 }
 
 fn advise_inputs(plan: &Plan, tensor: &TensorPlan, job: &Job, pages: Pages) {
-    let inputs: Vec<usize> = match &tensor.action {
-        Action::Average { terms, .. } => terms.iter().map(|t| t.ingredient).collect(),
-        Action::Copy { from, others } => std::iter::once(*from)
-            .chain(others.iter().copied())
-            .collect(),
-    };
-    for i in inputs {
+    for i in tensor.action.inputs() {
         let ck = &plan.ingredients[i];
         let t = ck.tensor(&tensor.name).expect("planned");
         let size = t.info.dtype.size();

@@ -1,7 +1,12 @@
-//! The one weighted-sum kernel: a fixed-size chunk of one output tensor from its weighted inputs.
+//! The element-wise kernels: a fixed-size chunk of one output tensor from its inputs. The
+//! weighted sum (every linear method, and the statistics methods once their coefficients are
+//! known), the same with coefficients per row, and the task-vector combination.
 //!
-//! Each output element depends only on the same element of the inputs, summed in input order,
-//! so results don't depend on how chunks are spread over threads.
+//! Each output element depends only on the same element of the inputs (and on per-tensor or
+//! per-row values computed before), combined in input order, so results don't depend on how
+//! chunks are spread over threads.
+
+use std::ops::Range;
 
 use crate::format::{Accumulator, Dtype};
 
@@ -29,6 +34,103 @@ pub struct Scratch {
     x64: Vec<f64>,
     /// Output bytes, held as u64 so every dtype's view of it is aligned.
     out: Vec<u64>,
+    /// Buffers of the per-row and task-vector kernels, allocated on first use.
+    work32: Buffers<f32>,
+    work64: Buffers<f64>,
+}
+
+/// A thread's buffers for the kernels beyond the weighted sum, in one working precision.
+#[derive(Default)]
+pub struct Buffers<A> {
+    base: Vec<A>,
+    acc: Vec<A>,
+    x: Vec<A>,
+    /// One tile per model: the weighted, trimmed task vectors.
+    terms: Vec<A>,
+    sum: Vec<A>,
+    div: Vec<A>,
+}
+
+impl<A: Real> Buffers<A> {
+    fn ready(&mut self, models: usize) {
+        if self.acc.is_empty() {
+            self.base = vec![A::ZERO; TILE_ELEMENTS];
+            self.acc = vec![A::ZERO; TILE_ELEMENTS];
+            self.x = vec![A::ZERO; TILE_ELEMENTS];
+            self.sum = vec![A::ZERO; TILE_ELEMENTS];
+            self.div = vec![A::ZERO; TILE_ELEMENTS];
+        }
+        if self.terms.len() < models * TILE_ELEMENTS {
+            self.terms = vec![A::ZERO; models * TILE_ELEMENTS];
+        }
+    }
+}
+
+/// A working precision of the kernels beyond the weighted sum: f32 for 16-bit outputs, f64
+/// otherwise, as for the sum.
+pub trait Real:
+    Accumulator + std::ops::Sub<Output = Self> + std::ops::Div<Output = Self> + PartialOrd
+{
+    /// `|x|` as an unsigned integer that orders like `|x|`, NaN above infinity: the bits with
+    /// the sign cleared. Thresholds select on these.
+    type Key: Ord + Copy + Default + Send + Sync + std::fmt::Debug;
+    const ZERO: Self;
+    const ONE: Self;
+    fn magnitude(self) -> Self::Key;
+    /// The `|x|` a key stands for.
+    fn from_magnitude(key: Self::Key) -> Self;
+    fn abs(self) -> Self;
+    fn to_f64(self) -> f64;
+    /// This precision's buffers in `scratch`, and its output buffer.
+    fn buffers(scratch: &mut Scratch) -> (&mut Buffers<Self>, &mut Vec<u64>);
+}
+
+impl Real for f32 {
+    type Key = u32;
+    const ZERO: f32 = 0.0;
+    const ONE: f32 = 1.0;
+    fn magnitude(self) -> u32 {
+        self.to_bits() & 0x7FFF_FFFF
+    }
+    fn from_magnitude(key: u32) -> f32 {
+        f32::from_bits(key)
+    }
+    fn abs(self) -> f32 {
+        f32::abs(self)
+    }
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn buffers(scratch: &mut Scratch) -> (&mut Buffers<f32>, &mut Vec<u64>) {
+        (&mut scratch.work32, &mut scratch.out)
+    }
+}
+
+impl Real for f64 {
+    type Key = u64;
+    const ZERO: f64 = 0.0;
+    const ONE: f64 = 1.0;
+    fn magnitude(self) -> u64 {
+        self.to_bits() & 0x7FFF_FFFF_FFFF_FFFF
+    }
+    fn from_magnitude(key: u64) -> f64 {
+        f64::from_bits(key)
+    }
+    fn abs(self) -> f64 {
+        f64::abs(self)
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn buffers(scratch: &mut Scratch) -> (&mut Buffers<f64>, &mut Vec<u64>) {
+        (&mut scratch.work64, &mut scratch.out)
+    }
+}
+
+/// Decodes elements `range` of a tensor's bytes into `out`.
+pub fn load_range<A: Accumulator>(dtype: Dtype, data: &[u8], range: Range<usize>, out: &mut [A]) {
+    let size = dtype.size();
+    A::load(dtype, &data[range.start * size..range.end * size], out);
 }
 
 impl Default for Scratch {
@@ -39,6 +141,8 @@ impl Default for Scratch {
             acc64: Vec::new(),
             x64: Vec::new(),
             out: vec![0; CHUNK_ELEMENTS],
+            work32: Buffers::default(),
+            work64: Buffers::default(),
         }
     }
 }
@@ -90,6 +194,208 @@ pub fn average<'s>(
             );
             f32::store(out_dtype, &scratch.acc32[..n], tile);
         }
+    }
+    out
+}
+
+/// One input of the per-row and task-vector kernels: its dtype and all its bytes.
+#[derive(Clone, Copy)]
+pub struct Input<'a> {
+    pub dtype: Dtype,
+    pub data: &'a [u8],
+}
+
+/// How elements map to the groups that [`average_rows`] has a combination for.
+#[derive(Debug, Clone, Copy)]
+pub enum Groups {
+    /// Element `e` is in group `e / len`.
+    Rows(usize),
+    /// Element `e` is in group `e % stride`.
+    Columns(usize),
+}
+
+impl Groups {
+    fn of(self, e: usize) -> usize {
+        match self {
+            Groups::Rows(len) => e / len,
+            Groups::Columns(stride) => e % stride,
+        }
+    }
+}
+
+/// Like [`average`], with a combination per group: element `e` is
+/// `sum_i rows[groups.of(e)][i] * inputs[i][e]`.
+pub fn average_rows<'s>(
+    inputs: &[Input<'_>],
+    rows: &[Vec<f64>],
+    groups: Groups,
+    range: Range<usize>,
+    out_dtype: Dtype,
+    wide: bool,
+    scratch: &'s mut Scratch,
+) -> &'s [u8] {
+    if wide {
+        rows_in::<f64>(inputs, rows, groups, range, out_dtype, scratch)
+    } else {
+        rows_in::<f32>(inputs, rows, groups, range, out_dtype, scratch)
+    }
+}
+
+fn rows_in<'s, A: Real>(
+    inputs: &[Input<'_>],
+    rows: &[Vec<f64>],
+    groups: Groups,
+    range: Range<usize>,
+    out_dtype: Dtype,
+    scratch: &'s mut Scratch,
+) -> &'s [u8] {
+    let size = out_dtype.size();
+    let (buf, out) = A::buffers(scratch);
+    buf.ready(0);
+    let out = &mut bytemuck::cast_slice_mut::<u64, u8>(out)[..range.len() * size];
+    for (t, tile) in out.chunks_mut(TILE_ELEMENTS * size).enumerate() {
+        let start = range.start + t * TILE_ELEMENTS;
+        let n = tile.len() / size;
+        let acc = &mut buf.acc[..n];
+        for (i, input) in inputs.iter().enumerate() {
+            let x = &mut buf.x[..n];
+            load_range(input.dtype, input.data, start..start + n, x);
+            for (j, (a, x)) in acc.iter_mut().zip(x.iter()).enumerate() {
+                let w = A::from_f64(rows[groups.of(start + j)][i]);
+                *a = if i == 0 { w * *x } else { *a + w * *x };
+            }
+        }
+        A::store(out_dtype, acc, tile);
+    }
+    out
+}
+
+/// One model of the task-vector kernel.
+pub struct TaskVectorInput<'a> {
+    pub input: Input<'a>,
+    pub weight: f64,
+    /// The surviving elements and their scale; `None` keeps every element unscaled.
+    pub trim: Option<(&'a [u64], f64)>,
+}
+
+/// What the task-vector kernel does with the trimmed task vectors (see
+/// [`crate::soup::method::TaskVectors`]).
+pub struct TaskVectorMix<'a> {
+    pub base: Input<'a>,
+    pub models: Vec<TaskVectorInput<'a>>,
+    pub consensus: bool,
+    pub normalize: bool,
+    pub lambda: f64,
+}
+
+/// Elements `range` of `base + lambda * mix(w_i * trim(x_i - base))`.
+pub fn task_vectors<'s>(
+    mix: &TaskVectorMix<'_>,
+    range: Range<usize>,
+    out_dtype: Dtype,
+    wide: bool,
+    scratch: &'s mut Scratch,
+) -> &'s [u8] {
+    if wide {
+        task_vectors_in::<f64>(mix, range, out_dtype, scratch)
+    } else {
+        task_vectors_in::<f32>(mix, range, out_dtype, scratch)
+    }
+}
+
+fn task_vectors_in<'s, A: Real>(
+    mix: &TaskVectorMix<'_>,
+    range: Range<usize>,
+    out_dtype: Dtype,
+    scratch: &'s mut Scratch,
+) -> &'s [u8] {
+    let size = out_dtype.size();
+    let k = mix.models.len();
+    let (buf, out) = A::buffers(scratch);
+    buf.ready(k);
+    let out = &mut bytemuck::cast_slice_mut::<u64, u8>(out)[..range.len() * size];
+    // Without an election the divisor is one number: the sum of the weights, 1 when it is
+    // (nearly) zero, as mergekit has it.
+    let total: f64 = mix.models.iter().map(|m| m.weight).sum();
+    let divisor = A::from_f64(if total.abs() < 1e-8 { 1.0 } else { total });
+    let lambda = A::from_f64(mix.lambda);
+    for (t, tile) in out.chunks_mut(TILE_ELEMENTS * size).enumerate() {
+        let start = range.start + t * TILE_ELEMENTS;
+        let n = tile.len() / size;
+        let base = &mut buf.base[..n];
+        load_range(mix.base.dtype, mix.base.data, start..start + n, base);
+        for (i, m) in mix.models.iter().enumerate() {
+            let x = &mut buf.x[..n];
+            load_range(m.input.dtype, m.input.data, start..start + n, x);
+            let w = A::from_f64(m.weight);
+            let terms = &mut buf.terms[i * TILE_ELEMENTS..i * TILE_ELEMENTS + n];
+            match m.trim {
+                None => {
+                    for ((d, x), b) in terms.iter_mut().zip(x.iter()).zip(base.iter()) {
+                        *d = w * (*x - *b);
+                    }
+                }
+                Some((keep, scale)) => {
+                    // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN).
+                    let scale = A::from_f64(scale);
+                    for (j, ((d, x), b)) in
+                        terms.iter_mut().zip(x.iter()).zip(base.iter()).enumerate()
+                    {
+                        let e = start + j;
+                        let kept = A::from_f32(((keep[e >> 6] >> (e & 63)) & 1) as f32);
+                        *d = w * ((*x - *b) * kept * scale);
+                    }
+                }
+            }
+        }
+        let terms = &buf.terms;
+        let mixed = &mut buf.acc[..n];
+        let term = |i: usize| &terms[i * TILE_ELEMENTS..i * TILE_ELEMENTS + n];
+        mixed.copy_from_slice(term(0));
+        for i in 1..k {
+            for (m, d) in mixed.iter_mut().zip(term(i)) {
+                *m = *m + *d;
+            }
+        }
+        if mix.consensus {
+            // TIES' election: the sign of the summed terms (>= 0 is positive); only terms of that
+            // sign count, and only their weights divide.
+            let sum = &mut buf.sum[..n];
+            sum.copy_from_slice(mixed);
+            let weights = &mut buf.div[..n];
+            weights.fill(A::ZERO);
+            mixed.fill(A::ZERO);
+            for (i, model) in mix.models.iter().enumerate() {
+                let w = A::from_f64(model.weight);
+                for (((m, v), s), d) in mixed
+                    .iter_mut()
+                    .zip(weights.iter_mut())
+                    .zip(sum.iter())
+                    .zip(term(i))
+                {
+                    let agree = if *s >= A::ZERO {
+                        *d > A::ZERO
+                    } else {
+                        *d < A::ZERO
+                    };
+                    *m = *m + if agree { *d } else { A::ZERO };
+                    *v = *v + if agree { w } else { A::ZERO };
+                }
+            }
+            if mix.normalize {
+                for (m, v) in mixed.iter_mut().zip(weights.iter()) {
+                    *m = *m / if *v == A::ZERO { A::ONE } else { *v };
+                }
+            }
+        } else if mix.normalize {
+            for m in mixed.iter_mut() {
+                *m = *m / divisor;
+            }
+        }
+        for (m, b) in mixed.iter_mut().zip(base.iter()) {
+            *m = *b + *m * lambda;
+        }
+        A::store(out_dtype, mixed, tile);
     }
     out
 }

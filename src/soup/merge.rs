@@ -12,7 +12,8 @@ use std::time::Instant;
 use super::card::Card;
 use super::execute::{self, ExtraFile, RunOptions, Warning};
 use super::layout::{Layout, DEFAULT_SHARD_SIZE};
-use super::plan::{display_name, Action, OnMissing, Plan, PlanOptions, META_RECIPE};
+use super::method::{self, BaseUse, Method, Setting, Settings};
+use super::plan::{display_name, Action, MethodMerge, OnMissing, Plan, PlanOptions, META_RECIPE};
 use super::recipe::Recipe;
 use super::report::{DtypeSummary, InputReport, MergeReport, PlannedTensor};
 use super::verify::Record;
@@ -52,6 +53,183 @@ pub struct MergeRequest {
     pub also_reads: Vec<(Role, PathBuf)>,
     /// The caller's other outputs (soup-eval's `--plot`), checked against this one.
     pub also_writes: Vec<Request>,
+    /// The merge method's name (see `soup::method`); empty means `linear`.
+    pub method: String,
+    /// The method's parameters from flags: name, value, and the flag that gave it (for
+    /// messages), such as `("density", 0.5, "--density")`.
+    pub parameters: Vec<(String, f64, String)>,
+    /// Seed of the random drops of DARE and DELLA (default 0).
+    pub seed: Option<u64>,
+}
+
+/// The merge a request or recipe asks for, resolved: the ingredients (the base first, when the
+/// method uses one), and either a linear merge's weights or a method's settings.
+struct Mix {
+    inputs: Vec<PathBuf>,
+    /// The weights of a linear merge, one per input (`Plan::new`).
+    weights: Vec<f64>,
+    dtype: Option<Dtype>,
+    method: &'static dyn Method,
+    /// Any other method's parameters (`Plan::with_method`); `None` on the linear path.
+    settings: Option<Settings>,
+    /// The base's index in `inputs`.
+    base: Option<usize>,
+    seed: u64,
+}
+
+impl Mix {
+    /// From a recipe: its method, models, base and parameters.
+    fn from_recipe(path: &Path, r: &Recipe) -> Result<Mix> {
+        let fail = |reason: String| Error::Recipe {
+            path: path.to_path_buf(),
+            reason,
+        };
+        for (i, model) in r.models.iter().enumerate() {
+            if !model.exists() {
+                return Err(fail(format!(
+                    "models[{i}].model {} is not a local file or directory; soup-merge does not download models: fetch it first (huggingface-cli download REPO --local-dir DIR) and put the directory in the recipe",
+                    model.display()
+                )));
+            }
+        }
+        let base = r
+            .base_is_ingredient()
+            .then(|| PathBuf::from(r.base_model.as_deref().expect("has a base")));
+        if let Some(b) = base.as_ref().filter(|b| !b.exists()) {
+            return Err(fail(format!(
+                "base_model {} is not a local file or directory; soup-merge does not download models: fetch it first and put the directory in the recipe",
+                b.display()
+            )));
+        }
+        let seed = r.seed.unwrap_or(0);
+        if let Some(weights) = r.linear_weights() {
+            return Ok(Mix {
+                inputs: r.models.clone(),
+                weights: weights?,
+                dtype: r.dtype,
+                method: r.method,
+                settings: None,
+                base: None,
+                seed,
+            });
+        }
+        Ok(Mix {
+            inputs: base
+                .iter()
+                .cloned()
+                .chain(r.models.iter().cloned())
+                .collect(),
+            weights: Vec::new(),
+            dtype: r.dtype,
+            method: r.method,
+            settings: Some(r.settings.clone()),
+            base: base.map(|_| 0),
+            seed,
+        })
+    }
+
+    /// From flags: the method, its base, and settings from the weights and parameters.
+    fn from_flags(request: &MergeRequest) -> Result<Mix> {
+        let name = if request.method.is_empty() {
+            "linear"
+        } else {
+            request.method.as_str()
+        };
+        let method = method::find(name).ok_or_else(|| {
+            Error::Usage(format!(
+                "--method {name} is not a merge method; use one of {}",
+                method::names()
+            ))
+        })?;
+        let dtype = request.dtype;
+        let seed = request.seed.unwrap_or(0);
+        if method.name() == "linear" && request.parameters.is_empty() {
+            return Ok(Mix {
+                inputs: request.inputs.clone(),
+                weights: super::weights::resolve(
+                    "--weights",
+                    request.weights.as_deref(),
+                    request.inputs.len(),
+                    request.normalize,
+                )?,
+                dtype,
+                method,
+                settings: None,
+                base: None,
+                seed,
+            });
+        }
+        let base = match (method.base(), &request.base) {
+            (BaseUse::Unused, _) | (_, None) => None,
+            (_, Some(b)) => Some(b.clone()),
+        };
+        // An input that is the base file is the base, as a mergekit recipe lists it among models.
+        let models: Vec<PathBuf> = request
+            .inputs
+            .iter()
+            .filter(|p| !base.as_ref().is_some_and(|b| same_file(b, p)))
+            .cloned()
+            .collect();
+        let mut settings = Settings::new(models.len());
+        let declares = |name: &str| method.params().iter().any(|p| p.name == name);
+        if let Some(w) = &request.weights {
+            if w.len() != models.len() {
+                return Err(Error::Weights(format!(
+                    "--weights has {} values for {} models{}; give one weight per model",
+                    w.len(),
+                    models.len(),
+                    if base.is_some() {
+                        " besides the base"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            if !declares("weight") {
+                return Err(Error::Usage(format!(
+                    "--weights: {} takes no weights",
+                    method.name()
+                )));
+            }
+            super::weights::check("--weights", w)?;
+            for (m, x) in w.iter().enumerate() {
+                settings.set_model(m, "weight", Setting::Value(*x), "--weights");
+            }
+        } else if declares("weight") && method.name() != "linear" {
+            settings.set_global(
+                "weight",
+                Setting::Value(1.0),
+                "--weights (1 each by default)",
+            );
+        }
+        if request.normalize && method.name() != "linear" {
+            settings.set_global("normalize", Setting::Value(1.0), "--normalize");
+        }
+        for (name, value, flag) in &request.parameters {
+            settings.set_global(name, Setting::Value(*value), flag.clone());
+        }
+        settings
+            .check(method, u64::MAX)
+            .map_err(|e| Error::Usage(format!("--method {}: {e}", method.name())))?;
+        Ok(Mix {
+            inputs: base.iter().cloned().chain(models).collect(),
+            weights: Vec::new(),
+            dtype,
+            method,
+            settings: Some(settings),
+            base: base.map(|_| 0),
+            seed,
+        })
+    }
+}
+
+/// Whether two paths name the same file or directory.
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 /// A validated merge, planned from headers alone, ready to run.
@@ -131,31 +309,9 @@ impl Merge {
     pub fn plan(request: &MergeRequest) -> Result<Merge> {
         let started = Instant::now();
         let recipe = request.recipe.as_deref().map(Recipe::read).transpose()?;
-        let (inputs, weights, dtype) = match &recipe {
-            Some(r) => {
-                for (i, model) in r.models.iter().enumerate() {
-                    if !model.exists() {
-                        return Err(Error::Recipe {
-                            path: request.recipe.clone().expect("read above"),
-                            reason: format!(
-                                "models[{i}].model {} is not a local file or directory; soup-merge does not download models: fetch it first (huggingface-cli download REPO --local-dir DIR) and put the directory in the recipe",
-                                r.models[i].display()
-                            ),
-                        });
-                    }
-                }
-                (r.models.clone(), r.effective_weights()?, r.dtype)
-            }
-            None => (
-                request.inputs.clone(),
-                super::weights::resolve(
-                    "--weights",
-                    request.weights.as_deref(),
-                    request.inputs.len(),
-                    request.normalize,
-                )?,
-                request.dtype,
-            ),
+        let mix = match (&recipe, &request.recipe) {
+            (Some(r), Some(path)) => Mix::from_recipe(path, r)?,
+            _ => Mix::from_flags(request)?,
         };
         let kind = match &request.output {
             Some(o) => output_kind(o, request.shard_size)?,
@@ -163,22 +319,29 @@ impl Merge {
             None => OutputKind::File,
         };
         if let Some(base) = &request.base {
-            if kind == OutputKind::File {
-                return Err(Error::Usage("--base applies to a model-directory output; give -o a directory name (without .safetensors)".into()));
-            }
-            if !base.is_dir() {
+            if mix.base.is_some() {
+                if !base.exists() {
+                    return Err(Error::Usage(format!(
+                        "--base {} does not exist; give the base model's .safetensors file or directory",
+                        base.display()
+                    )));
+                }
+            } else if kind == OutputKind::File {
+                return Err(Error::Usage("--base applies to a model-directory output (or to a method with a base model); give -o a directory name (without .safetensors)".into()));
+            } else if !base.is_dir() {
                 return Err(Error::Usage(format!(
                     "--base {} is not a directory; give the model directory whose config and tokenizer to copy",
                     base.display()
                 )));
             }
         }
+        let inputs = mix.inputs.clone();
         let ingredients = inputs
             .iter()
             .map(|p| Checkpoint::open(p))
             .collect::<Result<Vec<_>>>()?;
         let mut options = PlanOptions {
-            dtype,
+            dtype: mix.dtype,
             on_missing: request.on_missing,
             ..Default::default()
         };
@@ -195,7 +358,27 @@ impl Merge {
             .map(model_dir::companion_files)
             .unwrap_or_default();
         let destination = check_outputs(request, kind, &ingredients, &companions)?;
-        let plan = Plan::new(ingredients, weights, &options)?;
+        let plan = match &mix.settings {
+            None => Plan::new(ingredients, mix.weights.clone(), &options)?,
+            Some(settings) => Plan::with_method(
+                ingredients,
+                &MethodMerge {
+                    method: mix.method,
+                    settings,
+                    base: mix.base,
+                    seed: mix.seed,
+                },
+                &options,
+            )
+            .map_err(|e| match &request.recipe {
+                // A parameter the headers refute is the recipe's to fix.
+                Some(path) => Error::Recipe {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                },
+                None => e,
+            })?,
+        };
         let layout = match kind {
             OutputKind::File => Layout::single(
                 &plan,
@@ -344,7 +527,7 @@ fn config_dtype(plan: &Plan, options: &PlanOptions) -> Option<Dtype> {
     for t in plan
         .tensors
         .iter()
-        .filter(|t| matches!(t.action, Action::Average { .. }))
+        .filter(|t| !matches!(t.action, Action::Copy { .. }))
     {
         match bytes.iter_mut().find(|(d, _)| *d == t.dtype) {
             Some((_, n)) => *n += t.end - t.begin,
@@ -444,7 +627,7 @@ fn summarise(
     let averaged = plan
         .tensors
         .iter()
-        .filter(|t| matches!(t.action, Action::Average { .. }))
+        .filter(|t| !matches!(t.action, Action::Copy { .. }))
         .count();
     MergeReport {
         output: request.output.clone(),
@@ -488,6 +671,8 @@ fn planned_tensors(plan: &Plan) -> Vec<PlannedTensor> {
                     terms.iter().map(|x| (x.ingredient, x.weight)).collect(),
                 ),
                 Action::Copy { from, .. } => ("copy", vec![(*from, 1.0)]),
+                // The coefficients depend on the data; the inputs are listed with weight 1.
+                Action::Whole(w) => (w.method, w.inputs.iter().map(|&i| (i, 1.0)).collect()),
             };
             PlannedTensor {
                 name: t.name.clone(),

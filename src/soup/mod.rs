@@ -1,27 +1,31 @@
-//! Merging: plans from headers, the weighted-sum kernel, and running plans to files or memory.
+//! Merging: merge methods, plans from headers, the element-wise kernels, and running plans to
+//! files or memory.
 
 mod card;
 mod execute;
 mod kernel;
 mod layout;
 mod merge;
+pub mod method;
 mod plan;
 mod recipe;
 mod report;
 mod verify;
 pub mod weights;
+mod whole;
 
 pub use card::{model_name, Card};
 pub use execute::{
-    interrupt, summarise_batches_tracked, to_memory, write, write_dir, ExtraFile, RunOptions, Soup,
-    Warning,
+    interrupt, interrupted, summarise_batches_tracked, to_memory, write, write_dir, ExtraFile,
+    RunOptions, Soup, Warning,
 };
 pub use kernel::CHUNK_ELEMENTS;
 pub use layout::{parse_size, FileSummary, Layout, OutputFile, DEFAULT_SHARD_SIZE};
 pub use merge::{output_kind, Merge, MergeRequest};
 pub use plan::{
-    display_name, tool_version, Action, OnMissing, Plan, PlanOptions, TensorPlan, Term,
-    META_INGREDIENTS, META_METHOD, META_RECIPE, META_TOOL, META_WEIGHTS,
+    display_name, tool_version, Action, MethodMerge, OnMissing, Plan, PlanOptions, TensorPlan,
+    Term, Whole, META_BASE, META_INGREDIENTS, META_METHOD, META_PARAMETERS, META_RECIPE, META_SEED,
+    META_TOOL, META_WEIGHTS,
 };
 pub use recipe::Recipe;
 pub use report::{DtypeSummary, InputReport, MergeReport, PlannedTensor};

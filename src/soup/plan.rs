@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::method::{self, Layers, Method, Settings, TensorInfo, Work};
 use crate::error::{printable, Error, Result};
 use crate::format::{encode_header, Checkpoint, Dtype, HeaderEntry};
 
@@ -54,12 +56,41 @@ pub struct Term {
 }
 
 /// How an output tensor is made.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Action {
     /// `sum(weight * x)` over the terms in order, accumulated in f64 when `wide`, else f32.
     Average { terms: Vec<Term>, wide: bool },
     /// A non-float tensor: copied from `from`, and compared with `others`, which should match.
     Copy { from: usize, others: Vec<usize> },
+    /// A merge method's whole-tensor work: statistics or trims over the whole tensor first,
+    /// then an element-wise kernel.
+    Whole(Whole),
+}
+
+/// A tensor that a method processes as a whole (see [`Work`]).
+#[derive(Debug, Clone)]
+pub struct Whole {
+    /// The method's name, for dry runs.
+    pub method: &'static str,
+    /// The ingredient behind each of the work's inputs: the models in order, then the base.
+    pub inputs: Vec<usize>,
+    /// What to compute; never [`Work::Linear`], which is planned as an [`Action::Average`].
+    pub work: Arc<Work>,
+    /// Work in f64 (F32/F64 output or any F64 input), else f32.
+    pub wide: bool,
+}
+
+impl Action {
+    /// The ingredients this action reads.
+    pub fn inputs(&self) -> Vec<usize> {
+        match self {
+            Action::Average { terms, .. } => terms.iter().map(|t| t.ingredient).collect(),
+            Action::Copy { from, others } => std::iter::once(*from)
+                .chain(others.iter().copied())
+                .collect(),
+            Action::Whole(w) => w.inputs.clone(),
+        }
+    }
 }
 
 /// One output tensor.
@@ -90,6 +121,20 @@ pub struct Plan {
     pub metadata: BTreeMap<String, String>,
     /// Tensors that are in some ingredients but not others, and what was done about them.
     pub missing: Vec<String>,
+    /// The merge method's name (`linear` for [`Plan::new`]).
+    pub method: &'static str,
+    /// The ingredient that is the base model, for methods that use one.
+    pub base: Option<usize>,
+}
+
+/// A merge by a registered method: the method, the parameters as given, the base (an index
+/// into the ingredients) and the seed of random drops.
+pub struct MethodMerge<'a> {
+    pub method: &'static dyn Method,
+    /// One map of per-model settings per ingredient that is not the base, in order.
+    pub settings: &'a Settings,
+    pub base: Option<usize>,
+    pub seed: u64,
 }
 
 /// Keys the output's `__metadata__` gets, beside the first ingredient's own.
@@ -99,6 +144,12 @@ pub const META_METHOD: &str = "model_soup.method";
 pub const META_TOOL: &str = "model_soup.tool";
 /// The recipe file's text, when the merge came from `--config`.
 pub const META_RECIPE: &str = "model_soup.recipe";
+/// A method's parameters as given, as JSON: `{"parameters": {...}, "models": [{...}, ...]}`.
+pub const META_PARAMETERS: &str = "model_soup.parameters";
+/// The base model's file or directory name, for methods that use one.
+pub const META_BASE: &str = "model_soup.base";
+/// The seed of random drops (DARE, DELLA).
+pub const META_SEED: &str = "model_soup.seed";
 
 /// The name and version written into outputs.
 pub fn tool_version() -> String {
@@ -164,6 +215,158 @@ impl Plan {
             tensors,
             metadata,
             missing,
+            method: "linear",
+            base: None,
+        })
+    }
+
+    /// Checks the ingredients against each other and against `merge`'s method and parameters,
+    /// and plans every tensor with the method's work. Headers only: every parameter is resolved
+    /// and checked per tensor before any tensor byte is read.
+    pub fn with_method(
+        ingredients: Vec<Checkpoint>,
+        merge: &MethodMerge<'_>,
+        options: &PlanOptions,
+    ) -> Result<Plan> {
+        let method = merge.method;
+        let fail = |m: String| Error::Plan(format!("--method {}: {m}", method.name()));
+        if ingredients.is_empty() {
+            return Err(Error::Plan(
+                "no ingredients: give at least one .safetensors input".into(),
+            ));
+        }
+        let base = match (method.base(), merge.base) {
+            (method::BaseUse::Required, None) => {
+                return Err(fail(
+                    "needs a base model: give --base PATH (or base_model in the recipe)".into(),
+                ))
+            }
+            (method::BaseUse::Unused, Some(_)) => None,
+            (_, base) => base,
+        };
+        if base.is_some_and(|b| b >= ingredients.len()) {
+            return Err(fail("the base is not one of the ingredients".into()));
+        }
+        let models: Vec<usize> = (0..ingredients.len())
+            .filter(|i| Some(*i) != base)
+            .collect();
+        if merge.settings.models.len() != models.len() {
+            return Err(fail(format!(
+                "{} sets of model parameters for {} models",
+                merge.settings.models.len(),
+                models.len()
+            )));
+        }
+        method
+            .check_models(models.len(), base.is_some())
+            .map_err(fail)?;
+        // The work's inputs: the models, then the base.
+        let roles: Vec<usize> = models.iter().copied().chain(base).collect();
+
+        let mut names: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, ck) in ingredients.iter().enumerate() {
+            for t in ck.tensors() {
+                names.entry(t.info.name.as_str()).or_default().push(i);
+            }
+        }
+        let partial: Vec<&str> = names
+            .iter()
+            .filter(|(_, have)| have.len() != ingredients.len())
+            .map(|(n, _)| *n)
+            .collect();
+        if !partial.is_empty() && options.on_missing == OnMissing::Error {
+            return Err(missing_error(&ingredients, &names));
+        }
+        if !partial.is_empty() && options.on_missing == OnMissing::Renormalize {
+            return Err(fail(format!(
+                "{} tensor(s) are not in every input ({}), and --on-missing renormalize applies to linear merges; use skip or first",
+                partial.len(),
+                list_names(partial.iter().copied())
+            )));
+        }
+        check_shapes(&ingredients, &names)?;
+        let layers = Layers::from_names(names.keys().copied());
+        merge.settings.check(method, layers.most()).map_err(fail)?;
+
+        let mut tensors = Vec::with_capacity(names.len());
+        let mut offset = 0u64;
+        for (name, have) in &names {
+            let complete = have.len() == ingredients.len();
+            if !complete && options.on_missing == OnMissing::Skip {
+                continue;
+            }
+            let first = ingredients[have[0]].tensor(name).expect("listed");
+            let shape = first.info.shape.clone();
+            let planned = if complete {
+                plan_method_tensor(
+                    &ingredients,
+                    merge,
+                    &roles,
+                    base,
+                    &layers,
+                    options,
+                    name,
+                    &shape,
+                )?
+            } else {
+                // --on-missing first: the first input that has it, as is (or converted).
+                plan_tensor(
+                    &ingredients,
+                    &vec![1.0; ingredients.len()],
+                    &PlanOptions {
+                        on_missing: OnMissing::First,
+                        ..options.clone()
+                    },
+                    name,
+                    have,
+                )?
+                .expect("first always plans")
+            };
+            let (dtype, action) = planned;
+            let len = first.info.elements() * dtype.size() as u64;
+            tensors.push(TensorPlan {
+                name: name.to_string(),
+                dtype,
+                shape,
+                begin: offset,
+                end: offset + len,
+                action,
+            });
+            offset += len;
+        }
+        let weights: Vec<f64> = (0..ingredients.len())
+            .map(|i| {
+                let m = models.iter().position(|&x| x == i);
+                match m.and_then(|m| merge.settings.models[m].get("weight")) {
+                    Some(g) => match g.setting {
+                        method::Setting::Value(w) => w,
+                        _ => f64::NAN,
+                    },
+                    None => f64::NAN,
+                }
+            })
+            .collect();
+        let mut metadata = output_metadata(&ingredients, &weights, options);
+        metadata.remove(META_WEIGHTS);
+        metadata.insert(META_METHOD.into(), method.name().into());
+        metadata.insert(
+            META_PARAMETERS.into(),
+            merge.settings.to_json(method).to_string(),
+        );
+        if let Some(b) = base {
+            metadata.insert(META_BASE.into(), display_name(ingredients[b].path()));
+        }
+        metadata.insert(META_SEED.into(), merge.seed.to_string());
+        metadata.extend(options.extra_metadata.clone());
+        let missing = partial.iter().map(|s| s.to_string()).collect();
+        Ok(Plan {
+            ingredients,
+            weights,
+            tensors,
+            metadata,
+            missing,
+            method: method.name(),
+            base,
         })
     }
 
@@ -201,13 +404,8 @@ impl Plan {
         self.tensors
             .iter()
             .map(|t| {
-                let inputs: Vec<usize> = match &t.action {
-                    Action::Average { terms, .. } => terms.iter().map(|x| x.ingredient).collect(),
-                    Action::Copy { from, others } => std::iter::once(*from)
-                        .chain(others.iter().copied())
-                        .collect(),
-                };
-                inputs
+                t.action
+                    .inputs()
                     .iter()
                     .map(|&i| {
                         self.ingredients[i]
@@ -306,6 +504,77 @@ fn check_shapes(ingredients: &[Checkpoint], names: &BTreeMap<&str, Vec<usize>>) 
         list_names(bad),
         example.unwrap_or_default()
     )))
+}
+
+/// One tensor in every ingredient, planned with the method: copied when it isn't a float
+/// (from the base when there is one), else the method's work.
+#[allow(clippy::too_many_arguments)]
+fn plan_method_tensor(
+    ingredients: &[Checkpoint],
+    merge: &MethodMerge<'_>,
+    roles: &[usize],
+    base: Option<usize>,
+    layers: &Layers,
+    options: &PlanOptions,
+    name: &str,
+    shape: &[u64],
+) -> Result<(Dtype, Action)> {
+    let all: Vec<usize> = (0..ingredients.len()).collect();
+    let (dtype, action) = plan_tensor(ingredients, &vec![1.0; all.len()], options, name, &all)?
+        .expect("complete tensors always plan");
+    let wide = match action {
+        Action::Copy { .. } => {
+            // Non-floats come from the base, so that what a method leaves alone is the base's.
+            let from = base.unwrap_or(0);
+            let others = all.iter().copied().filter(|&i| i != from).collect();
+            return Ok((dtype, Action::Copy { from, others }));
+        }
+        Action::Average { wide, .. } => wide,
+        Action::Whole(_) => unreachable!("plan_tensor plans averages and copies"),
+    };
+    let elements = shape.iter().product();
+    let info = TensorInfo {
+        name,
+        shape,
+        elements,
+        seed: merge.seed,
+    };
+    let at = |m: String| {
+        Error::Plan(format!(
+            "--method {}: tensor '{}': {m}",
+            merge.method.name(),
+            printable(name)
+        ))
+    };
+    let params = merge
+        .settings
+        .resolve(merge.method, name, layers.position(name), base.is_some())
+        .map_err(at)?;
+    let work = merge.method.work(&info, &params).map_err(at)?;
+    let action = match work {
+        Work::Linear(combination) => {
+            let mut terms: Vec<Term> = combination
+                .iter()
+                .map(|&(input, weight)| Term {
+                    ingredient: roles[input],
+                    weight,
+                })
+                .collect();
+            let first = terms[0];
+            terms.retain(|t| t.weight != 0.0);
+            if terms.is_empty() {
+                terms.push(first);
+            }
+            Action::Average { terms, wide }
+        }
+        work => Action::Whole(Whole {
+            method: merge.method.name(),
+            inputs: roles.to_vec(),
+            work: Arc::new(work),
+            wide,
+        }),
+    };
+    Ok((dtype, action))
 }
 
 fn plan_tensor(

@@ -1,30 +1,36 @@
-//! mergekit recipe files (`--config recipe.yaml`): a linear merge's YAML validated into a
-//! `Recipe`. A key, value or method soup-merge doesn't support is an error naming it, never
-//! silently ignored.
+//! mergekit recipe files (`--config recipe.yaml`): a merge's YAML validated into a `Recipe`
+//! against the registered method's parameters. A key, value or method soup-merge doesn't
+//! support is an error naming it, never silently ignored.
 //!
 //! The keys read are mergekit's own, with its meanings and defaults:
 //!
 //! ```yaml
-//! merge_method: linear          # the only method supported
-//! base_model: ./base            # optional: model card and config/tokenizer source
+//! merge_method: ties            # any registered method (soup-merge --help lists them)
+//! base_model: ./base            # the base of methods that use one; else the config source
 //! models:
 //!   - model: ./fine-tune-a      # a local .safetensors file or model directory
 //!     parameters:
 //!       weight: 0.7
+//!       density: [0.3, 0.5, 0.7]          # a gradient over the layers
 //!   - model: ./fine-tune-b
 //!     parameters:
-//!       weight: 0.3
-//! parameters:
-//!   normalize: true             # mergekit's default: divide by the sum of the weights
-//!   weight: 1.0                 # optional default for models without their own weight
+//!       weight:
+//!         - filter: self_attn             # first matching filter (a substring of the name)
+//!           value: 0.2
+//!         - value: 0.3
+//! parameters:                   # the method's global parameters, and per-model defaults
+//!   normalize: true
 //! dtype: bfloat16               # output dtype, unless out_dtype is given
 //! out_dtype: bfloat16
+//! tokenizer_source: base        # the only value supported: the base model's tokenizer
+//! random_seed: 42               # the seed of DARE's and DELLA's drops (soup-merge's own key)
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
+use super::method::{self, Method, Setting, Settings};
 use crate::error::{Error, Result};
 use crate::format::Dtype;
 
@@ -36,33 +42,44 @@ const TOP_KEYS: &[&str] = &[
     "dtype",
     "out_dtype",
     "base_model",
+    "tokenizer_source",
+    "random_seed",
 ];
 
 /// mergekit keys that exist but that soup-merge doesn't implement.
-const UNSUPPORTED_KEYS: &[&str] = &[
-    "slices",
-    "modules",
-    "tokenizer_source",
-    "tokenizer",
-    "chat_template",
-];
+const UNSUPPORTED_KEYS: &[&str] = &["slices", "modules", "tokenizer", "chat_template"];
 
-/// A validated linear-merge recipe.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated recipe.
+#[derive(Clone)]
 pub struct Recipe {
-    /// The ingredients, as written (relative paths are relative to the working directory, as
-    /// in mergekit).
+    pub method: &'static dyn Method,
+    /// The ingredients besides the base, as written (relative paths are relative to the
+    /// working directory, as in mergekit).
     pub models: Vec<PathBuf>,
-    /// One weight per model, as written.
-    pub weights: Vec<f64>,
-    /// `parameters.normalize`: divide the weights by their sum. mergekit's default is true.
-    pub normalize: bool,
+    /// The parameters as written: top level, and per entry of `models`.
+    pub settings: Settings,
     /// The output dtype: `out_dtype`, else `dtype`.
     pub dtype: Option<Dtype>,
-    /// `base_model`, as written.
+    /// `base_model`, as written. For a method that uses a base it is an ingredient (and a
+    /// `models` entry naming it is that base, not another model).
     pub base_model: Option<String>,
+    /// `random_seed`.
+    pub seed: Option<u64>,
     /// The file's text, kept for the output's metadata and model card.
     pub text: String,
+}
+
+impl std::fmt::Debug for Recipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recipe")
+            .field("method", &self.method.name())
+            .field("models", &self.models)
+            .field("settings", &self.settings)
+            .field("dtype", &self.dtype)
+            .field("base_model", &self.base_model)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Recipe {
@@ -91,7 +108,7 @@ impl Recipe {
         for key in keys(top, "").map_err(fail)? {
             if UNSUPPORTED_KEYS.contains(&key.as_str()) {
                 return Err(fail(format!(
-                    "key '{key}' is not supported; soup-merge reads linear merges with {}; remove it or run mergekit",
+                    "key '{key}' is not supported; soup-merge reads {}; remove it or run mergekit",
                     TOP_KEYS.join(", ")
                 )));
             }
@@ -102,51 +119,60 @@ impl Recipe {
                 )));
             }
         }
-        match top.get("merge_method") {
-            Some(Value::String(m)) if m == "linear" => {}
-            Some(Value::String(m)) => {
-                return Err(fail(format!(
-                    "merge_method '{m}' is not supported; soup-merge does linear merges (weighted averages) only: use merge_method: linear, or run mergekit"
-                )))
-            }
+        let method = match top.get("merge_method") {
+            Some(Value::String(m)) => method::find(m).ok_or_else(|| {
+                fail(format!(
+                    "merge_method '{m}' is not supported; soup-merge runs {}",
+                    method::names()
+                ))
+            })?,
             Some(_) => return Err(fail("merge_method must be a string such as linear".into())),
             None => return Err(fail("has no merge_method; add merge_method: linear".into())),
-        }
+        };
 
-        let mut normalize = true;
-        let mut default_weight = None;
+        let base_model = match top.get("base_model") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                model_path(v, "base_model")
+                    .map_err(fail)?
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        };
+        let base_used = method.base() != method::BaseUse::Unused;
+
+        let mut global = Vec::new();
         if let Some(params) = top.get("parameters") {
             let params = params
                 .as_mapping()
                 .ok_or_else(|| fail("parameters must be a mapping".into()))?;
             for key in keys(params, "parameters.").map_err(fail)? {
-                let value = &params[key.as_str()];
-                match key.as_str() {
-                    "normalize" => {
-                        normalize = value.as_bool().ok_or_else(|| {
-                            fail(format!("parameters.normalize is {}, not true or false", show(value)))
-                        })?
-                    }
-                    "weight" => default_weight = Some(number(value, "parameters.weight").map_err(fail)?),
-                    other => {
-                        return Err(fail(format!(
-                            "parameters.{other} is not supported; a linear merge takes parameters.normalize and parameters.weight"
-                        )))
-                    }
-                }
+                let at = format!("parameters.{key}");
+                global.push((
+                    key.clone(),
+                    setting(&params[key.as_str()], &at).map_err(fail)?,
+                    at,
+                ));
             }
         }
 
         let models = top
             .get("models")
-            .ok_or_else(|| fail("has no models; list the ingredients under models: with model: and parameters: weight:".into()))?
+            .ok_or_else(|| {
+                fail(
+                    "has no models; list the ingredients under models: with model: and parameters:"
+                        .into(),
+                )
+            })?
             .as_sequence()
-            .ok_or_else(|| fail("models must be a list of entries with model: and parameters:".into()))?;
+            .ok_or_else(|| {
+                fail("models must be a list of entries with model: and parameters:".into())
+            })?;
         if models.is_empty() {
             return Err(fail("models is empty; list at least one ingredient".into()));
         }
         let mut paths = Vec::new();
-        let mut weights = Vec::new();
+        let mut per_model = Vec::new();
         for (i, entry) in models.iter().enumerate() {
             let at = format!("models[{i}]");
             let entry = entry.as_mapping().ok_or_else(|| {
@@ -154,8 +180,8 @@ impl Recipe {
                     "{at} must be a mapping with model: and parameters:"
                 ))
             })?;
-            let mut weight = default_weight;
             let mut model = None;
+            let mut params = Vec::new();
             for key in keys(entry, &format!("{at}.")).map_err(fail)? {
                 let value = &entry[key.as_str()];
                 match key.as_str() {
@@ -163,19 +189,16 @@ impl Recipe {
                         model = Some(model_path(value, &format!("{at}.model")).map_err(fail)?)
                     }
                     "parameters" => {
-                        let params = value
+                        let map = value
                             .as_mapping()
                             .ok_or_else(|| fail(format!("{at}.parameters must be a mapping")))?;
-                        for pk in keys(params, &format!("{at}.parameters.")).map_err(fail)? {
-                            if pk != "weight" {
-                                return Err(fail(format!(
-                                    "{at}.parameters.{pk} is not supported; a linear merge takes a weight per model"
-                                )));
-                            }
-                            weight = Some(
-                                number(&params["weight"], &format!("{at}.parameters.weight"))
-                                    .map_err(fail)?,
-                            );
+                        for pk in keys(map, &format!("{at}.parameters.")).map_err(fail)? {
+                            let pat = format!("{at}.parameters.{pk}");
+                            params.push((
+                                pk.clone(),
+                                setting(&map[pk.as_str()], &pat).map_err(fail)?,
+                                pat,
+                            ));
                         }
                     }
                     other => {
@@ -185,13 +208,77 @@ impl Recipe {
                     }
                 }
             }
-            paths.push(model.ok_or_else(|| fail(format!("{at} has no model:")))?);
-            weights.push(weight.ok_or_else(|| {
-                fail(format!(
-                    "{at} has no parameters.weight (and there is no default parameters.weight)"
-                ))
-            })?);
+            let model = model.ok_or_else(|| fail(format!("{at} has no model:")))?;
+            // mergekit lists the base among the models too; that entry is the base.
+            if base_used
+                && base_model
+                    .as_deref()
+                    .is_some_and(|b| same_path(Path::new(b), &model))
+            {
+                continue;
+            }
+            paths.push(model);
+            per_model.push(params);
         }
+
+        let mut settings = Settings::new(paths.len());
+        for (name, s, at) in global {
+            settings.set_global(&name, s, at);
+        }
+        for (m, params) in per_model.into_iter().enumerate() {
+            for (name, s, at) in params {
+                settings.set_model(m, &name, s, at);
+            }
+        }
+        // Layer counts are only known from the inputs' headers; the plan checks gradient
+        // lengths against them.
+        settings.check(method, u64::MAX).map_err(fail)?;
+        if method.name() == "linear" {
+            for m in 0..paths.len() {
+                if !settings.models[m].contains_key("weight")
+                    && !settings.global.contains_key("weight")
+                {
+                    return Err(fail(format!(
+                        "models[{m}] has no parameters.weight (and there is no default parameters.weight)"
+                    )));
+                }
+            }
+        }
+        let has_base = base_used && base_model.is_some();
+        method
+            .check_models(paths.len(), has_base)
+            .map_err(|e| fail(format!("merge_method {}: {e}", method.name())))?;
+        if method.base() == method::BaseUse::Required && base_model.is_none() {
+            return Err(fail(format!(
+                "merge_method {} needs a base_model",
+                method.name()
+            )));
+        }
+
+        match top.get("tokenizer_source") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "base" => {
+                if base_model.is_none() {
+                    return Err(fail("tokenizer_source: base needs a base_model".into()));
+                }
+            }
+            Some(v) => {
+                return Err(fail(format!(
+                    "key 'tokenizer_source' is not supported with value {}; soup-merge copies one model's tokenizer: use tokenizer_source: base, or leave it out for the first model's",
+                    show(v)
+                )))
+            }
+        }
+        let seed = match top.get("random_seed") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+            Some(v) => {
+                return Err(fail(format!(
+                    "random_seed is {}, not a whole number of at least 0",
+                    show(v)
+                )))
+            }
+        };
 
         let dtype = |key: &str| -> Result<Option<Dtype>> {
             match top.get(key) {
@@ -209,44 +296,192 @@ impl Recipe {
         };
         let out_dtype = dtype("out_dtype")?;
         let dtype = out_dtype.or(dtype("dtype")?);
-        let base_model = match top.get("base_model") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                model_path(v, "base_model")
-                    .map_err(fail)?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
+        let recipe = Recipe {
+            method,
+            models: paths,
+            settings,
+            dtype,
+            base_model,
+            seed,
+            text: text.to_string(),
         };
-        if normalize {
+        if let Some(weights) = recipe.linear_weights_as_written() {
+            let normalize = recipe.linear_normalize();
             let sum: f64 = weights.iter().sum();
-            if sum == 0.0 || !sum.is_finite() {
+            if normalize && (sum == 0.0 || !sum.is_finite()) {
                 return Err(fail(format!(
                     "the weights sum to {sum}, so parameters.normalize (true by default) can't divide by it; set normalize: false or change the weights"
                 )));
             }
         }
-        Ok(Recipe {
-            models: paths,
-            weights,
-            normalize,
-            dtype,
-            base_model,
-            text: text.to_string(),
-        })
+        Ok(recipe)
     }
 
-    /// The weights the merge uses: as written, or divided by their sum under `normalize`.
-    /// mergekit divides the weighted sum by the sum of the weights; dividing the weights first
-    /// is the same result up to rounding.
-    pub fn effective_weights(&self) -> Result<Vec<f64>> {
-        super::weights::resolve(
-            "the recipe's weights",
-            Some(&self.weights),
-            self.weights.len(),
-            self.normalize,
-        )
+    /// Whether the base model is an ingredient (the method uses one and the recipe names it).
+    pub fn base_is_ingredient(&self) -> bool {
+        self.method.base() != method::BaseUse::Unused && self.base_model.is_some()
     }
+
+    /// For a linear merge whose weights are plain numbers: the weights the merge uses, as
+    /// written or divided by their sum under `normalize` (mergekit divides the weighted sum by
+    /// the sum of the weights; dividing the weights first is the same up to rounding). `None`
+    /// for other methods and for per-layer or filtered weights.
+    /// The weights are checked like `--weights`, with the same wording.
+    pub fn linear_weights(&self) -> Option<Result<Vec<f64>>> {
+        let weights = self.linear_weights_as_written()?;
+        Some(super::weights::resolve(
+            "the recipe's weights",
+            Some(&weights),
+            weights.len(),
+            self.linear_normalize(),
+        ))
+    }
+
+    fn linear_weights_as_written(&self) -> Option<Vec<f64>> {
+        if self.method.name() != "linear" {
+            return None;
+        }
+        let scalar = |g: Option<&method::Given>| match g.map(|g| &g.setting) {
+            Some(Setting::Value(v)) => Some(*v),
+            _ => None,
+        };
+        if self.settings.global.get("normalize").is_some()
+            && scalar(self.settings.global.get("normalize")).is_none()
+        {
+            return None;
+        }
+        self.settings
+            .models
+            .iter()
+            .map(|m| scalar(m.get("weight")).or_else(|| scalar(self.settings.global.get("weight"))))
+            .collect()
+    }
+
+    fn linear_normalize(&self) -> bool {
+        match self.settings.global.get("normalize").map(|g| &g.setting) {
+            Some(Setting::Value(v)) => *v != 0.0,
+            _ => true,
+        }
+    }
+}
+
+/// Whether two recipe paths name the same model: the same text, or the same file or directory.
+fn same_path(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+/// One parameter's value in mergekit's syntax: a number, a bool, a list of numbers (a gradient
+/// over the layers), or a list of `{filter, value}` entries.
+fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .map(Setting::Value)
+            .ok_or_else(|| format!("{at} is {n}, not a finite number")),
+        Value::Bool(b) => Ok(Setting::Value(if *b { 1.0 } else { 0.0 })),
+        Value::Sequence(items) if items.is_empty() => Err(format!("{at} is an empty list")),
+        Value::Sequence(items) if items.iter().all(|x| matches!(x, Value::Number(_))) => items
+            .iter()
+            .enumerate()
+            .map(|(i, x)| match setting(x, &format!("{at}[{i}]"))? {
+                Setting::Value(v) => Ok(v),
+                _ => unreachable!("numbers are values"),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Setting::Gradient),
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let at = format!("{at}[{i}]");
+                let map = item.as_mapping().ok_or_else(|| {
+                    format!(
+                        "{at} is {}; a list holds numbers (a gradient) or filter/value entries",
+                        show(item)
+                    )
+                })?;
+                let mut filter = None;
+                let mut value = None;
+                for key in keys(map, &format!("{at}."))? {
+                    match key.as_str() {
+                        "filter" => match &map["filter"] {
+                            Value::String(s) => filter = Some(s.clone()),
+                            Value::Null => {}
+                            other => {
+                                return Err(format!("{at}.filter is {}, not a string", show(other)))
+                            }
+                        },
+                        "value" => {
+                            let v = setting(&map["value"], &format!("{at}.value"))?;
+                            if matches!(v, Setting::Conditional(_)) {
+                                return Err(format!(
+                                    "{at}.value nests filters; give a number or a list of numbers"
+                                ));
+                            }
+                            value = Some(v);
+                        }
+                        other => {
+                            return Err(format!(
+                                "{at}.{other} is not supported; an entry takes filter: and value:"
+                            ))
+                        }
+                    }
+                }
+                Ok((filter, value.ok_or_else(|| format!("{at} has no value:"))?))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Setting::Conditional),
+        other => Err(format!(
+            "{at} is {}, not a number, true/false or a list",
+            show(other)
+        )),
+    }
+}
+
+/// A mapping's keys, which must be strings.
+fn keys(map: &Mapping, at: &str) -> std::result::Result<Vec<String>, String> {
+    map.keys()
+        .map(|k| {
+            k.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("key {at}{} is not a string", show(k)))
+        })
+        .collect()
+}
+
+fn model_path(v: &Value, at: &str) -> std::result::Result<PathBuf, String> {
+    match v {
+        Value::String(s) if s.contains('+') && !Path::new(s).exists() => Err(format!(
+            "{at} '{s}' applies a LoRA (model+lora), which is not supported; merge the adapter first"
+        )),
+        Value::String(s) if !s.is_empty() => Ok(PathBuf::from(s)),
+        Value::Mapping(_) => Err(format!(
+            "{at} is a mapping (a model reference with path/revision/lora); give a local path string"
+        )),
+        other => Err(format!("{at} is {}, not a path", show(other))),
+    }
+}
+
+/// PyTorch dtype names, as mergekit reads them.
+fn torch_dtype(name: &str) -> Option<Dtype> {
+    match name.strip_prefix("torch.").unwrap_or(name) {
+        "float32" => Some(Dtype::F32),
+        "float16" => Some(Dtype::F16),
+        "bfloat16" => Some(Dtype::BF16),
+        "float64" => Some(Dtype::F64),
+        _ => None,
+    }
+}
+
+fn show(v: &Value) -> String {
+    serde_yaml::to_string(v)
+        .map(|s| s.trim().replace('\n', " "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// The largest recipe read: real ones are a few KB.
@@ -282,60 +517,6 @@ fn check_nesting(text: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// A mapping's keys, which must be strings.
-fn keys(map: &Mapping, at: &str) -> std::result::Result<Vec<String>, String> {
-    map.keys()
-        .map(|k| {
-            k.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| format!("key {at}{} is not a string", show(k)))
-        })
-        .collect()
-}
-
-fn number(v: &Value, at: &str) -> std::result::Result<f64, String> {
-    match v {
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| format!("{at} is {n}, not a finite number")),
-        Value::Sequence(_) => Err(format!(
-            "{at} is a list (a per-layer gradient); soup-merge takes one number per model"
-        )),
-        other => Err(format!("{at} is {}, not a number", show(other))),
-    }
-}
-
-fn model_path(v: &Value, at: &str) -> std::result::Result<PathBuf, String> {
-    match v {
-        Value::String(s) if s.contains('+') && !Path::new(s).exists() => Err(format!(
-            "{at} '{s}' applies a LoRA (model+lora), which is not supported; merge the adapter first"
-        )),
-        Value::String(s) if !s.is_empty() => Ok(PathBuf::from(s)),
-        Value::Mapping(_) => Err(format!(
-            "{at} is a mapping (a model reference with path/revision/lora); give a local path string"
-        )),
-        other => Err(format!("{at} is {}, not a path", show(other))),
-    }
-}
-
-/// PyTorch dtype names, as mergekit reads them.
-fn torch_dtype(name: &str) -> Option<Dtype> {
-    match name.strip_prefix("torch.").unwrap_or(name) {
-        "float32" => Some(Dtype::F32),
-        "float16" => Some(Dtype::F16),
-        "bfloat16" => Some(Dtype::BF16),
-        "float64" => Some(Dtype::F64),
-        _ => None,
-    }
-}
-
-fn show(v: &Value) -> String {
-    serde_yaml::to_string(v)
-        .map(|s| s.trim().replace('\n', " "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,30 +536,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.models, [PathBuf::from("x"), PathBuf::from("y")]);
-        assert_eq!(r.weights, [3.0, 1.0]);
-        assert!(r.normalize);
-        assert_eq!(r.effective_weights().unwrap(), [0.75, 0.25]);
+        assert_eq!(r.linear_weights().unwrap().unwrap(), [0.75, 0.25]);
         assert_eq!(r.dtype, Some(Dtype::BF16));
         assert_eq!(r.base_model.as_deref(), Some("b"));
+        assert!(!r.base_is_ingredient());
         let r = parse("merge_method: linear\nparameters: {normalize: false, weight: 2}\nmodels: [{model: x}, {model: y}]\ndtype: float16\nout_dtype: float32\n").unwrap();
-        assert_eq!(r.effective_weights().unwrap(), [2.0, 2.0]);
+        assert_eq!(r.linear_weights().unwrap().unwrap(), [2.0, 2.0]);
         assert_eq!(r.dtype, Some(Dtype::F32));
+    }
+
+    #[test]
+    fn reads_methods_gradients_filters_and_the_base() {
+        let r = parse(
+            "merge_method: ties\nbase_model: b\nmodels:\n  - model: b\n  - model: x\n    parameters:\n      weight: [0.1, 0.9]\n      density:\n        - filter: mlp\n          value: 0.3\n        - value: 0.5\nparameters: {normalize: false, weight: 1}\nrandom_seed: 7\ntokenizer_source: base\n",
+        )
+        .unwrap();
+        assert_eq!(r.method.name(), "ties");
+        // The models entry that is the base is the base, not a model.
+        assert_eq!(r.models, [PathBuf::from("x")]);
+        assert!(r.base_is_ingredient());
+        assert_eq!(r.seed, Some(7));
+        assert!(r.linear_weights().is_none());
+        let w = &r.settings.models[0]["weight"].setting;
+        assert_eq!(w, &Setting::Gradient(vec![0.1, 0.9]));
+        let d = &r.settings.models[0]["density"].setting;
+        assert_eq!(d.evaluate("layers.0.mlp.w", 0.0), Some(0.3));
+        assert_eq!(d.evaluate("layers.0.attn.w", 0.0), Some(0.5));
     }
 
     #[test]
     fn names_what_it_does_not_support() {
         let base = "models: [{model: x, parameters: {weight: 1}}]\n";
-        assert!(err(&format!("merge_method: ties\n{base}")).contains("merge_method 'ties'"));
+        assert!(err(&format!("merge_method: karcher\n{base}")).contains("merge_method 'karcher'"));
         assert!(err(&format!("merge_method: linear\n{base}slices: []\n")).contains("key 'slices'"));
         assert!(err(&format!("merge_method: linear\n{base}foo: 1\n")).contains("unknown key 'foo'"));
         assert!(err(
             "merge_method: linear\nmodels: [{model: x, parameters: {weight: 1, density: 0.5}}]\n"
         )
-        .contains("models[0].parameters.density"));
-        assert!(
-            err("merge_method: linear\nmodels: [{model: x, parameters: {weight: [0, 1]}}]\n")
-                .contains("models[0].parameters.weight is a list")
-        );
+        .contains("models[0].parameters.density is not a parameter of linear"));
         assert!(err("merge_method: linear\nmodels: [{model: x}]\n")
             .contains("models[0] has no parameters.weight"));
         assert!(err(&format!("merge_method: linear\n{base}dtype: int8\n")).contains("dtype 'int8'"));
@@ -389,5 +584,49 @@ mod tests {
         assert!(err(base).contains("no merge_method"));
         assert!(err("merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: -1}}]\n").contains("sum to 0"));
         assert!(err("merge_method: linear\nmerge_method: linear\nmodels: []\n").contains("YAML"));
+        let two =
+            "models: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n";
+        assert!(err(&format!("merge_method: ties\n{two}")).contains("needs a base_model"));
+        assert!(err(&format!(
+            "merge_method: ties\nbase_model: b\n{two}parameters: {{density: 0}}\n"
+        ))
+        .contains("parameters.density is 0, outside (0, 1]"));
+        assert!(err(&format!(
+            "merge_method: ties\nbase_model: b\n{two}parameters: {{density: 1.5}}\n"
+        ))
+        .contains("outside (0, 1]"));
+        let bare = "models: [{model: x}, {model: y}]\n";
+        assert!(err(&format!(
+            "merge_method: slerp\nbase_model: b\n{bare}parameters: {{t: 0.5}}\n"
+        ))
+        .contains("exactly two models"));
+        assert!(err(&format!(
+            "merge_method: slerp\nbase_model: x\n{two}parameters: {{t: 0.5}}\n"
+        ))
+        .contains("models[1].parameters.weight is not a parameter of slerp"));
+        assert!(err(&format!(
+            "merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: [0, 1.5]}}\n"
+        ))
+        .contains("parameters.t is 1.5, outside [0, 1]"));
+        assert!(err(&format!(
+            "merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: -0.1}}\n"
+        ))
+        .contains("outside [0, 1]"));
+        assert!(
+            err("merge_method: model_stock\nbase_model: b\nmodels: [{model: x}]\n")
+                .contains("at least two fine-tunes")
+        );
+        assert!(err(&format!("merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: 0.5}}\ntokenizer_source: union\n"))
+            .contains("key 'tokenizer_source'"));
+        assert!(err(&format!(
+            "merge_method: ties\nbase_model: b\n{two}random_seed: -1\n"
+        ))
+        .contains("random_seed"));
+        assert!(err(&format!(
+            "merge_method: ties\nbase_model: b\n{two}parameters: {{weight: [{{filter: a}}]}}\n"
+        ))
+        .contains("has no value"));
+        assert!(err(&format!("merge_method: slerp\nbase_model: x\nmodels: [{{model: x}}, {{model: y, parameters: {{t: 0.5}}}}]\n"))
+            .contains("one value for the merge"));
     }
 }

@@ -22,12 +22,16 @@
 //! PyTorch's defaults (eps 1e-5, momentum 0.1, unbiased running variance). The data is the UCI
 //! Optical Recognition of Handwritten Digits set (Alpaydin and Kaynak 1998), see fixtures/README.md.
 
+use std::sync::Arc;
+
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{
     batch_norm, conv2d_no_bias, linear, BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder,
 };
 
-use super::{Architecture, Classifier, TensorSpec};
+use super::{
+    Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
+};
 
 /// Channels of the first convolution.
 const C1: usize = 16;
@@ -38,20 +42,61 @@ const CLASSES: usize = 10;
 /// Batch-norm epsilon, PyTorch's default.
 pub const BN_EPS: f64 = 1e-5;
 
-/// The registry entry for [`DigitsCnn`].
-pub struct DigitsCnnArch;
+/// The registry entry: the fixtures' CNN has one configuration, so the checkpoint only has to
+/// match it.
+pub struct DigitsCnnFamily;
 
-impl Architecture for DigitsCnnArch {
+impl Family for DigitsCnnFamily {
     fn name(&self) -> &'static str {
         "digits-cnn"
     }
 
     fn summary(&self) -> &'static str {
-        "small CNN for 8x8 grey digits (conv-bn-relu-pool x2, linear), 10 classes"
+        "the fixtures' small CNN for 8x8 grey digits (conv-bn-relu-pool x2, linear), 10 classes"
     }
 
-    fn input_shape(&self) -> Vec<usize> {
-        vec![1, 8, 8]
+    fn detect(&self, layout: &Layout) -> bool {
+        layout.shape("conv1.weight") == Some(&[C1, 1, 3, 3][..])
+            && layout.has("conv2.weight")
+            && layout.has("fc.weight")
+            && !layout.has("layer1.0.conv1.weight")
+    }
+
+    fn configure(
+        &self,
+        _layout: &Layout,
+        _options: &Options,
+    ) -> std::result::Result<Arc<dyn Architecture>, ConfigError> {
+        Ok(arch())
+    }
+}
+
+/// The one configuration of the fixtures' CNN.
+pub fn arch() -> Arc<dyn Architecture> {
+    Arc::new(DigitsCnnArch)
+}
+
+/// The fixed architecture of [`DigitsCnn`].
+pub struct DigitsCnnArch;
+
+impl Architecture for DigitsCnnArch {
+    fn family(&self) -> &'static str {
+        "digits-cnn"
+    }
+
+    fn describe(&self) -> String {
+        "digits-cnn".into()
+    }
+
+    fn variant(&self) -> Option<String> {
+        Some("digits-cnn".into())
+    }
+
+    fn input(&self) -> InputShape {
+        InputShape {
+            channels: 1,
+            size: Some([8, 8]),
+        }
     }
 
     fn num_classes(&self) -> usize {

@@ -1,0 +1,581 @@
+//! A search scored by an external command: each candidate soup written to the work folder,
+//! scored by up to `--jobs` scorers at once (the greedy pass `--speculate` candidates ahead),
+//! logged for `--resume`, and removed; the results in the same report as the built-in models'.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use model_soup::format::Request;
+use model_soup::soup::Warning;
+
+use super::candidate::{self, Ingredients, Written};
+use super::error::{Error, Result};
+use super::greedy::{self, Candidates, Rule, Trial};
+use super::report::{Greedy, Kind, Row, ScorerRun};
+use super::scorer::{Scorer, Values};
+use super::search_log::{Description, Entry, LoggedIngredient, SearchLog, FORMAT, VERSION};
+
+/// How an external search runs.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Scorers run at once at most (at least 1).
+    pub jobs: usize,
+    /// Greedy candidates scored at once (at least 1).
+    pub speculate: usize,
+    /// Leave every candidate in the work folder.
+    pub keep_candidates: bool,
+    /// Where candidates are written; a fresh folder in the system's temporary folder if `None`.
+    pub work_dir: Option<PathBuf>,
+    /// A new log to start.
+    pub log: Option<PathBuf>,
+    /// A log to continue.
+    pub resume: Option<PathBuf>,
+    /// How the greedy search compares scores.
+    pub rule: Rule,
+    /// No line per scored candidate on stderr.
+    pub quiet: bool,
+}
+
+/// The folder candidates go to; one this run created is removed with it.
+struct WorkDir {
+    path: PathBuf,
+    ours: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.ours {
+            // Only empty: candidates kept with --keep-candidates stay, and so does the folder.
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    scored: usize,
+    resumed: usize,
+    retried: usize,
+    scorer_seconds: f64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+/// Each ingredient's row, and the uniform soup's when asked for.
+pub type Scored = (Vec<Row<f64>>, Option<Row<f64>>);
+
+/// Ingredients, a scorer, the work folder and the log of one search.
+pub struct External {
+    scorer: Scorer,
+    ingredients: Ingredients,
+    work_dir: WorkDir,
+    log: Option<SearchLog>,
+    logged: HashMap<Vec<usize>, Entry>,
+    hashes: Vec<String>,
+    options: Options,
+    stats: Mutex<Stats>,
+    /// Scorer seconds of each candidate scored in this invocation, by its members.
+    ran: Mutex<HashMap<Vec<usize>, f64>>,
+    /// The candidates a one-at-a-time search needs (no speculation), for the speed-up.
+    needed: Mutex<Vec<Vec<usize>>>,
+    warnings: Mutex<Vec<Warning>>,
+}
+
+impl External {
+    /// Checks the ingredients against each other (from headers), prepares the work folder, and
+    /// starts or resumes the log (hashing every ingredient) before any scorer runs.
+    pub fn open(scorer: Scorer, paths: &[PathBuf], mut options: Options) -> Result<External> {
+        options.jobs = options.jobs.max(1);
+        options.speculate = options.speculate.max(1);
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let paths: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
+        let ingredients = Ingredients::open(&paths)?;
+        let work_dir = match &options.work_dir {
+            Some(dir) => {
+                match std::fs::create_dir(dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+                    Err(e) => {
+                        return Err(Error::Io {
+                            path: dir.clone(),
+                            source: std::io::Error::new(
+                                e.kind(),
+                                format!("cannot use it as --work-dir: {e}; give a folder whose parent exists, on a filesystem the scorer can read"),
+                            ),
+                        })
+                    }
+                }
+                WorkDir {
+                    path: absolute(dir),
+                    ours: false,
+                }
+            }
+            None => {
+                let path = std::env::temp_dir().join(format!(
+                    "soup-eval-candidates-{}-{}",
+                    std::process::id(),
+                    SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos())
+                ));
+                std::fs::create_dir(&path).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                WorkDir { path, ours: true }
+            }
+        };
+        if options.log.is_some() && options.resume.is_some() && options.log != options.resume {
+            return Err(Error::Log {
+                path: options.log.clone().expect("checked"),
+                reason: "give --resume LOG alone: it goes on appending to LOG".into(),
+            });
+        }
+        let mut hashes = Vec::new();
+        let mut log = None;
+        let mut logged = HashMap::new();
+        if let Some(path) = options.resume.as_ref().or(options.log.as_ref()) {
+            for p in &ingredients.paths {
+                hashes.push(candidate::sha256(p)?);
+            }
+            let description = Description {
+                format: FORMAT.into(),
+                version: VERSION,
+                scorer: scorer.text.clone(),
+                shell: scorer.shell(),
+                scorer_json: scorer.json_path(),
+                minimize: options.rule.goal == greedy::Goal::Minimize,
+                accept_ties: options.rule.accept_ties,
+                ingredients: ingredients
+                    .paths
+                    .iter()
+                    .zip(&hashes)
+                    .map(|(p, h)| LoggedIngredient {
+                        path: p.to_string_lossy().into_owned(),
+                        sha256: h.clone(),
+                    })
+                    .collect(),
+                tool: format!("soup-eval {}", env!("CARGO_PKG_VERSION")),
+            };
+            if options.resume.is_some() {
+                let (l, scored) = SearchLog::resume(path, &description)?;
+                log = Some(l);
+                logged = scored;
+                if !options.keep_candidates {
+                    // A run killed between logging a candidate and removing it left it here;
+                    // it won't be written again, so it goes now. The path is made from the
+                    // members (checked against the ingredients), never from the log's text.
+                    for entry in logged.values().filter(|e| e.members.len() > 1) {
+                        let name = candidate::name(&entry.members);
+                        let stale = ingredients.candidate_path(&work_dir.path, &name);
+                        let _ = if stale.is_dir() {
+                            std::fs::remove_dir_all(&stale)
+                        } else {
+                            std::fs::remove_file(&stale)
+                        };
+                    }
+                }
+            } else {
+                log = Some(SearchLog::create(path, &description)?);
+            }
+        }
+        Ok(External {
+            scorer,
+            ingredients,
+            work_dir,
+            log,
+            logged,
+            hashes,
+            options,
+            stats: Mutex::new(Stats::default()),
+            ran: Mutex::new(HashMap::new()),
+            needed: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The ingredients' display names, in command-line order.
+    pub fn names(&self) -> Vec<String> {
+        self.ingredients.names()
+    }
+
+    /// The ingredients' paths (absolute), in command-line order.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.ingredients.paths
+    }
+
+    /// Warnings from the core's merges, without repeats.
+    pub fn warnings(&self) -> Vec<Warning> {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Scores each ingredient, and with `uniform` the uniform soup of them all, in parallel.
+    pub fn score_ingredients(&self, uniform: bool) -> Result<Scored> {
+        let n = self.ingredients.paths.len();
+        let mut sets: Vec<Vec<usize>> = (0..n).map(|i| vec![i]).collect();
+        if uniform && n > 1 {
+            sets.push((0..n).collect());
+        }
+        let trials = self.score_many(&sets)?;
+        lock(&self.needed).extend(sets.iter().cloned());
+        let names = self.names();
+        let rows = names
+            .iter()
+            .zip(&trials)
+            .map(|(name, t)| Row {
+                kind: Kind::Ingredient,
+                name: name.clone(),
+                members: Vec::new(),
+                val: Some(t.val),
+                test: None,
+            })
+            .collect();
+        let uniform = uniform.then(|| Row {
+            kind: Kind::UniformSoup,
+            name: format!("uniform soup ({n})"),
+            members: names.clone(),
+            val: Some(trials.last().expect("one per set").val),
+            test: None,
+        });
+        Ok((rows, uniform))
+    }
+
+    /// The greedy search over ingredients scored `val`, then the chosen soup written to
+    /// `output` if given (path, force, the run's other outputs): byte-identical to the
+    /// candidate that was scored.
+    pub fn greedy(
+        &self,
+        val: &[f64],
+        output: Option<(&Path, bool, &[Request])>,
+    ) -> Result<Greedy<f64>> {
+        let mut candidates = ScorerCandidates {
+            external: self,
+            chosen: Vec::new(),
+        };
+        let search = greedy::search(
+            val,
+            &mut candidates,
+            self.options.rule,
+            self.options.speculate,
+        )?;
+        {
+            let mut needed = lock(&self.needed);
+            let mut soup: Vec<usize> = search.chosen.first().copied().into_iter().collect();
+            for step in &search.steps {
+                let mut members = soup.clone();
+                members.push(step.candidate);
+                if step.kept {
+                    soup = members.clone();
+                }
+                needed.push(members);
+            }
+        }
+        if let Some((path, force, also)) = output {
+            let warnings = self.ingredients.write(&search.chosen, path, force, also)?;
+            self.note(warnings);
+        }
+        let names = self.names();
+        let members: Vec<String> = search.chosen.iter().map(|&i| names[i].clone()).collect();
+        let merge_command = format!(
+            "soup-merge {} -o {}",
+            search
+                .chosen
+                .iter()
+                .map(|&i| super::session::shell_word(
+                    &self.ingredients.paths[i].display().to_string()
+                ))
+                .collect::<Vec<_>>()
+                .join(" "),
+            output.map_or_else(
+                || if self.ingredients.dirs {
+                    "SOUP_DIR"
+                } else {
+                    "SOUP.safetensors"
+                }
+                .to_string(),
+                |(p, _, _)| super::session::shell_word(&p.display().to_string())
+            )
+        );
+        Ok(Greedy {
+            row: Row {
+                kind: Kind::GreedySoup,
+                name: format!("greedy soup ({})", search.chosen.len()),
+                members,
+                val: search.val,
+                test: None,
+            },
+            goal: self.options.rule.goal,
+            accept_ties: self.options.rule.accept_ties,
+            output: output.map(|(p, _, _)| p.to_path_buf()),
+            merge_command,
+            search,
+        })
+    }
+
+    /// How the scorer ran in this invocation.
+    pub fn run_info(&self) -> ScorerRun {
+        let stats = lock(&self.stats);
+        let wall = match (stats.first, stats.last) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64(),
+            _ => 0.0,
+        };
+        let ran = lock(&self.ran);
+        let mut needed = lock(&self.needed).clone();
+        needed.sort();
+        needed.dedup();
+        let sequential: f64 = needed.iter().filter_map(|m| ran.get(m)).sum();
+        ScorerRun {
+            command: self.scorer.text.clone(),
+            jobs: self.options.jobs,
+            speculate: self.options.speculate,
+            scored: stats.scored,
+            resumed: stats.resumed,
+            retried: stats.retried,
+            scorer_seconds: stats.scorer_seconds,
+            sequential_seconds: sequential,
+            wall_seconds: wall,
+            speedup: if wall > 0.0 { sequential / wall } else { 1.0 },
+            log: self.log.as_ref().map(|l| l.path().to_path_buf()),
+        }
+    }
+
+    fn note(&self, found: Vec<Warning>) {
+        let mut warnings = lock(&self.warnings);
+        for w in found {
+            if !warnings.iter().any(|k| k.message == w.message) {
+                warnings.push(w);
+            }
+        }
+    }
+
+    /// Scores the uniform soup of each member list: from the log when it has it, else with up
+    /// to `jobs` scorers at once. The first failure stops the others (their candidates are
+    /// removed) and is the error.
+    fn score_many(&self, sets: &[Vec<usize>]) -> Result<Vec<Trial<f64>>> {
+        let mut results: Vec<Option<Trial<f64>>> = vec![None; sets.len()];
+        let mut todo = Vec::new();
+        for (i, members) in sets.iter().enumerate() {
+            match self
+                .logged
+                .get(members)
+                .and_then(|e| e.score.map(|s| (s, e)))
+            {
+                Some((score, entry)) => {
+                    results[i] = Some(Trial {
+                        val: score,
+                        merge_seconds: entry.write_seconds,
+                        eval_seconds: entry.seconds,
+                    });
+                    self.stats.lock().unwrap_or_else(|e| e.into_inner()).resumed += 1;
+                }
+                None => todo.push(i),
+            }
+        }
+        if !todo.is_empty() {
+            let cancel = AtomicBool::new(false);
+            let next = AtomicUsize::new(0);
+            let done: Mutex<Vec<(usize, Result<Trial<f64>>)>> = Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for slot in 0..self.options.jobs.min(todo.len()) {
+                    let (cancel, next, done, todo) = (&cancel, &next, &done, &todo);
+                    scope.spawn(move || loop {
+                        let k = next.fetch_add(1, Ordering::SeqCst);
+                        if k >= todo.len() || cancel.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let i = todo[k];
+                        let result = self.score_one(&sets[i], slot, cancel);
+                        if result.is_err() {
+                            cancel.store(true, Ordering::SeqCst);
+                        }
+                        done.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((i, result));
+                    });
+                }
+            });
+            let mut first_error: Option<Error> = None;
+            for (i, result) in done.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                match result {
+                    Ok(trial) => results[i] = Some(trial),
+                    // Runs stopped because another failed say "interrupted"; the failure is
+                    // the news, unless the user pressed Ctrl-C.
+                    Err(e) => {
+                        let cancelled = matches!(e, Error::Format(model_soup::Error::Interrupted));
+                        if first_error.is_none()
+                            || (!cancelled
+                                && matches!(
+                                    first_error,
+                                    Some(Error::Format(model_soup::Error::Interrupted))
+                                ))
+                        {
+                            first_error = Some(e);
+                        }
+                    }
+                }
+            }
+            if model_soup::soup::interrupted() {
+                return Err(model_soup::Error::Interrupted.into());
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every set was scored or failed"))
+            .collect())
+    }
+
+    /// Writes, scores, logs and removes one candidate.
+    fn score_one(&self, members: &[usize], slot: usize, cancel: &AtomicBool) -> Result<Trial<f64>> {
+        let name = candidate::name(members);
+        let started = Instant::now();
+        {
+            let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            stats.first.get_or_insert(started);
+        }
+        // An ingredient is scored as it is; a soup is written first, and removed when
+        // `written` goes out of scope, however this function returns.
+        let (path, _written) = if let [one] = members {
+            (self.ingredients.paths[*one].clone(), None)
+        } else {
+            let path = self.ingredients.candidate_path(&self.work_dir.path, &name);
+            let (written, warnings) = Written::create(
+                &self.ingredients,
+                members,
+                path.clone(),
+                self.options.keep_candidates,
+            )?;
+            self.note(warnings);
+            (path, Some(written))
+        };
+        let sha256 = match (&self.log, members) {
+            (None, _) => String::new(),
+            (Some(_), [one]) => self.hashes[*one].clone(),
+            (Some(_), _) => candidate::sha256(&path)?,
+        };
+        let write_seconds = started.elapsed().as_secs_f64();
+        let values = Values {
+            checkpoint: &path,
+            slot,
+            name: &name,
+            work_dir: &self.work_dir.path,
+        };
+        let on_retry = |e: &Error| {
+            self.stats.lock().unwrap_or_else(|e| e.into_inner()).retried += 1;
+            eprintln!(
+                "warning: {}; retrying (--retries {})",
+                model_soup::cli::one_line(&e.to_string()),
+                self.scorer.retries
+            );
+        };
+        let result = self.scorer.score(&values, cancel, &on_retry);
+        let names = self.names();
+        let entry = |score: Option<f64>, seconds: f64, exit_status, attempts, error| Entry {
+            name: name.clone(),
+            members: members.to_vec(),
+            ingredients: members.iter().map(|&m| names[m].clone()).collect(),
+            weights: vec![1.0 / members.len() as f64; members.len()],
+            score,
+            seconds,
+            write_seconds,
+            exit_status,
+            attempts,
+            sha256: sha256.clone(),
+            error,
+            unix_time: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        };
+        match result {
+            Ok(run) => {
+                if let Some(log) = &self.log {
+                    log.append(&entry(
+                        Some(run.score),
+                        run.seconds,
+                        Some(run.exit_status),
+                        run.attempts,
+                        None,
+                    ))?;
+                }
+                lock(&self.ran).insert(members.to_vec(), run.total_seconds);
+                {
+                    let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+                    stats.scored += 1;
+                    stats.scorer_seconds += run.total_seconds;
+                    stats.last = Some(Instant::now());
+                }
+                if !self.options.quiet {
+                    eprintln!(
+                        "scored {name}: {} in {:.1} s (slot {slot})",
+                        run.score, run.seconds
+                    );
+                }
+                Ok(Trial {
+                    val: run.score,
+                    merge_seconds: write_seconds,
+                    eval_seconds: run.seconds,
+                })
+            }
+            Err(e) => {
+                if let (Some(log), Error::Scorer { .. }) = (&self.log, &e) {
+                    log.append(&entry(
+                        None,
+                        0.0,
+                        None,
+                        self.scorer.retries + 1,
+                        Some(model_soup::cli::one_line(&e.to_string())),
+                    ))?;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Greedy candidates scored by the external scorer, several at once when speculating.
+struct ScorerCandidates<'a> {
+    external: &'a External,
+    chosen: Vec<usize>,
+}
+
+impl ScorerCandidates<'_> {
+    fn with(&self, candidate: usize) -> Vec<usize> {
+        let mut members = self.chosen.clone();
+        members.push(candidate);
+        members
+    }
+}
+
+impl Candidates<f64> for ScorerCandidates<'_> {
+    fn start(&mut self, first: usize) -> Result<()> {
+        self.chosen = vec![first];
+        Ok(())
+    }
+
+    fn try_with(&mut self, candidate: usize) -> Result<Trial<f64>> {
+        Ok(self.external.score_many(&[self.with(candidate)])?[0])
+    }
+
+    fn try_each(&mut self, candidates: &[usize]) -> Result<Vec<Trial<f64>>> {
+        let sets: Vec<Vec<usize>> = candidates.iter().map(|&c| self.with(c)).collect();
+        self.external.score_many(&sets)
+    }
+
+    fn keep(&mut self, candidate: usize) -> Result<()> {
+        self.chosen.push(candidate);
+        Ok(())
+    }
+}
+
+/// Locks `m`; a thread that panicked while holding it left data that is still usable here.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,610 @@
+//! Image datasets: an image folder `root/<class>/<image>` or a CSV/JSONL list of `path,label`, decoded and transformed in parallel into f32 inputs, in memory or in a cache file.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+
+use super::error::{Error, Result};
+use super::transform::Transform;
+
+/// File extensions an image folder's images have, as torchvision's `ImageFolder` lists them
+/// (compared case-insensitively). Other files are ignored. Decoding supports JPEG and PNG; an
+/// image in another listed format is a decode error (or skipped with `--skip-bad-images`).
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
+];
+
+/// Images and their labels, before decoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageList {
+    /// Each image's path and class index, in dataset order.
+    pub entries: Vec<(PathBuf, usize)>,
+    /// Class names in index order, when the source names them (folders, or string labels);
+    /// `None` for integer labels.
+    pub classes: Option<Vec<String>>,
+}
+
+impl ImageList {
+    /// Lists `path`: a folder of class folders, a `.csv` or a `.jsonl` list.
+    pub fn open(path: &Path) -> Result<ImageList> {
+        if path.is_dir() {
+            return list_folder(path);
+        }
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rows = match ext.as_deref() {
+            Some("csv") => parse_csv(path, &text)?,
+            Some("jsonl") => parse_jsonl(path, &text)?,
+            _ => unreachable!("the caller dispatches on the extension"),
+        };
+        if rows.is_empty() {
+            return Err(bad(path, "lists no images"));
+        }
+        labelled(path, base, rows)
+    }
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Dataset {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// `root/<class>/**/<image>`: classes are the sub-folders sorted by name, images each class
+/// folder's files with an image extension, walked recursively in sorted order, as
+/// torchvision's `ImageFolder` does.
+fn list_folder(root: &Path) -> Result<ImageList> {
+    let io = |p: &Path, e: std::io::Error| Error::Io {
+        path: p.to_path_buf(),
+        source: e,
+    };
+    let mut classes = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(|e| io(root, e))? {
+        let entry = entry.map_err(|e| io(root, e))?;
+        if entry.path().is_dir() {
+            let name = entry.file_name().into_string().map_err(|n| {
+                bad(
+                    root,
+                    format!("class folder {n:?} is not valid UTF-8; rename it"),
+                )
+            })?;
+            classes.push(name);
+        }
+    }
+    classes.sort();
+    if classes.is_empty() {
+        return Err(bad(
+            root,
+            "has no class folders; an image folder is ROOT/<class>/<image>",
+        ));
+    }
+    let mut entries = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let dir = root.join(class);
+        let before = entries.len();
+        walk(&dir, &mut |p| entries.push((p, label)))?;
+        if entries.len() == before {
+            return Err(bad(
+                &dir,
+                format!(
+                    "class '{class}' has no images ({}); remove the folder or add images",
+                    IMAGE_EXTENSIONS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(ImageList {
+        entries,
+        classes: Some(classes),
+    })
+}
+
+/// Calls `found` for every file under `dir` with an image extension, sorted at each level
+/// (files and folders together, by name, as `os.walk` under `sorted` visits them).
+fn walk(dir: &Path, found: &mut dyn FnMut(PathBuf)) -> Result<()> {
+    let io = |e: std::io::Error| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    };
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()).map_err(io))
+        .collect::<Result<_>>()?;
+    names.sort();
+    // os.walk lists a folder's files before descending into its sub-folders.
+    for p in names.iter().filter(|p| p.is_file()) {
+        let ext = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+            found(p.clone());
+        }
+    }
+    for p in names.iter().filter(|p| p.is_dir()) {
+        walk(p, found)?;
+    }
+    Ok(())
+}
+
+/// One row of a list: the image path as written, and its label as written.
+struct Row {
+    line: usize,
+    path: String,
+    label: Label,
+}
+
+enum Label {
+    Index(u64),
+    Name(String),
+}
+
+/// Resolves rows into an [`ImageList`]: integer labels are class indices; string labels are
+/// class names, numbered in sorted order. A list must not mix the two.
+fn labelled(list: &Path, base: &Path, rows: Vec<Row>) -> Result<ImageList> {
+    let names: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| match &r.label {
+            Label::Name(n) => Some(n.as_str()),
+            Label::Index(_) => None,
+        })
+        .collect();
+    let classes: Option<Vec<String>> = if names.is_empty() {
+        None
+    } else if rows.iter().all(|r| matches!(r.label, Label::Name(_))) {
+        Some(names.iter().map(|s| s.to_string()).collect())
+    } else {
+        let row = rows
+            .iter()
+            .find(|r| matches!(r.label, Label::Index(_)))
+            .expect("mixed");
+        return Err(bad(
+            list,
+            format!(
+                "line {}: label is a number, but other lines name classes; use one kind of label",
+                row.line
+            ),
+        ));
+    };
+    let entries = rows
+        .iter()
+        .map(|r| {
+            let label = match (&r.label, &classes) {
+                (Label::Index(i), _) => usize::try_from(*i)
+                    .map_err(|_| bad(list, format!("line {}: label {i} is too large", r.line)))?,
+                (Label::Name(n), Some(c)) => c.binary_search(n).expect("listed"),
+                (Label::Name(_), None) => unreachable!("names give classes"),
+            };
+            let p = Path::new(&r.path);
+            let path = if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            };
+            Ok((path, label))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ImageList { entries, classes })
+}
+
+fn label_of(text: &str) -> Label {
+    match text.parse::<u64>() {
+        Ok(i) => Label::Index(i),
+        Err(_) => Label::Name(text.to_string()),
+    }
+}
+
+/// `path,label` lines, an optional `path,label` header, RFC 4180 quoting (`"a,b.png",cat`).
+fn parse_csv(file: &Path, text: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_csv(line)
+            .ok_or_else(|| bad(file, format!("line {}: unbalanced quotes", i + 1)))?;
+        if fields.len() != 2 {
+            return Err(bad(
+                file,
+                format!(
+                    "line {}: has {} fields; each line is path,label (quote a path with commas)",
+                    i + 1,
+                    fields.len()
+                ),
+            ));
+        }
+        if rows.is_empty() && i == first_line(text) && fields[0] == "path" && fields[1] == "label" {
+            continue;
+        }
+        if fields[0].is_empty() || fields[1].is_empty() {
+            return Err(bad(file, format!("line {}: empty path or label", i + 1)));
+        }
+        rows.push(Row {
+            line: i + 1,
+            path: fields[0].clone(),
+            label: label_of(&fields[1]),
+        });
+    }
+    Ok(rows)
+}
+
+fn first_line(text: &str) -> usize {
+    text.lines().position(|l| !l.trim().is_empty()).unwrap_or(0)
+}
+
+/// Splits one CSV line; `None` for unbalanced quotes.
+fn split_csv(line: &str) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    let mut at_start = true;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (false, '"') if at_start => {
+                quoted = true;
+                at_start = false;
+            }
+            (true, '"') => {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    field.push('"');
+                } else {
+                    quoted = false;
+                }
+            }
+            (false, ',') => {
+                fields.push(std::mem::take(&mut field));
+                at_start = true;
+            }
+            (_, c) => {
+                field.push(c);
+                at_start = false;
+            }
+        }
+    }
+    if quoted {
+        return None;
+    }
+    fields.push(field);
+    Some(fields)
+}
+
+/// One JSON object per line: `{"path": "...", "label": 3}` or `"label": "cat"`.
+fn parse_jsonl(file: &Path, text: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |reason: &str| bad(file, format!("line {}: {reason}", i + 1));
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| at(&format!("not JSON ({e})")))?;
+        let path = value
+            .get("path")
+            .and_then(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| at("needs a \"path\" string"))?;
+        let label = match value.get("label") {
+            Some(serde_json::Value::Number(n)) => {
+                Label::Index(n.as_u64().ok_or_else(|| {
+                    at("\"label\" must be a non-negative integer or a class name")
+                })?)
+            }
+            Some(serde_json::Value::String(s)) if !s.is_empty() => label_of(s),
+            _ => return Err(at("needs a \"label\": a class index or a class name")),
+        };
+        rows.push(Row {
+            line: i + 1,
+            path: path.to_string(),
+            label,
+        });
+    }
+    Ok(rows)
+}
+
+/// How images are turned into inputs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadOptions {
+    /// The transform.
+    pub transform: Transform,
+    /// A split whose f32 inputs take more bytes than this is written to a cache file and
+    /// read back one batch at a time.
+    pub memory_limit: u64,
+    /// Where cache files go (default: the system's temporary folder).
+    pub cache_dir: Option<PathBuf>,
+    /// Skip images that cannot be decoded, with a counted warning, instead of stopping.
+    pub skip_bad_images: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            transform: Transform::default(),
+            memory_limit: 4 << 30,
+            cache_dir: None,
+            skip_bad_images: false,
+        }
+    }
+}
+
+/// Decoded, transformed inputs: in memory, or in a cache file.
+pub enum Samples {
+    /// Row-major f32 values.
+    Memory(Vec<f32>),
+    /// A file of row-major little-endian f32 values.
+    Cache(CacheFile),
+}
+
+impl From<Vec<f32>> for Samples {
+    fn from(values: Vec<f32>) -> Self {
+        Samples::Memory(values)
+    }
+}
+
+/// Preprocessed inputs on disk, removed when dropped (on Unix, unlinked as soon as it is
+/// created, so that not even a killed process leaves it behind).
+pub struct CacheFile {
+    file: Mutex<File>,
+    path: PathBuf,
+    #[cfg(not(unix))]
+    remove: bool,
+}
+
+impl CacheFile {
+    fn create(dir: &Path) -> Result<CacheFile> {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!(".soup-eval-cache-{}-{n}.f32", std::process::id()));
+        let io = |e| Error::Io {
+            path: path.clone(),
+            source: e,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io)?;
+        #[cfg(unix)]
+        std::fs::remove_file(&path).map_err(io)?;
+        Ok(CacheFile {
+            file: Mutex::new(file),
+            path,
+            #[cfg(not(unix))]
+            remove: true,
+        })
+    }
+
+    /// Reads `count` f32 values starting at value `start`.
+    pub fn read(&self, start: usize, count: usize) -> Result<Vec<f32>> {
+        let mut bytes = vec![0u8; count * 4];
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        file.seek(SeekFrom::Start(start as u64 * 4))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|e| Error::Io {
+                path: self.path.clone(),
+                source: e,
+            })?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect())
+    }
+}
+
+#[cfg(not(unix))]
+impl Drop for CacheFile {
+    fn drop(&mut self) {
+        if self.remove {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Decoded images: inputs, their shape, labels, and the images skipped with their reasons.
+pub struct Loaded {
+    /// The transformed inputs.
+    pub samples: Samples,
+    /// The shape of one input, [3, H, W].
+    pub sample_shape: Vec<usize>,
+    /// The label of each input.
+    pub labels: Vec<usize>,
+    /// Images that could not be decoded, with why (only with `skip_bad_images`).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Images decoded and transformed per parallel round; bounds the memory of one round.
+const ROUND: usize = 64;
+
+/// Decodes and transforms every image of `list`, `ROUND` at a time on rayon's threads, in list
+/// order (so the result does not depend on the thread count).
+pub fn load(list: &ImageList, options: &LoadOptions) -> Result<Loaded> {
+    let transform = &options.transform;
+    let mut shape: Option<Vec<usize>> = None;
+    let mut memory: Vec<f32> = Vec::new();
+    let mut cache: Option<(CacheFile, BufWriter<File>)> = None;
+    let mut labels = Vec::with_capacity(list.entries.len());
+    let mut skipped = Vec::new();
+    for round in list.entries.chunks(ROUND) {
+        let decoded: Vec<std::result::Result<(Vec<usize>, Vec<f32>), String>> = round
+            .par_iter()
+            .map(|(path, _)| {
+                let image = decode(path)?;
+                let (h, w) = transform.output_size(image.height() as usize, image.width() as usize);
+                let mut out = vec![0f32; 3 * h * w];
+                transform.apply(&image, &mut out);
+                Ok((vec![3, h, w], out))
+            })
+            .collect();
+        for ((path, label), result) in round.iter().zip(decoded) {
+            let (s, values) = match result {
+                Ok(v) => v,
+                Err(reason) if options.skip_bad_images => {
+                    skipped.push((path.clone(), reason));
+                    continue;
+                }
+                Err(reason) => {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "{reason}; pass --skip-bad-images to skip such images with a warning"
+                        ),
+                    ))
+                }
+            };
+            match &shape {
+                None => {
+                    let bytes = (list.entries.len() as u64)
+                        .saturating_mul(values.len() as u64)
+                        .saturating_mul(4);
+                    if bytes > options.memory_limit {
+                        let dir = options
+                            .cache_dir
+                            .clone()
+                            .unwrap_or_else(std::env::temp_dir);
+                        let file = CacheFile::create(&dir)?;
+                        let writer = file
+                            .file
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .try_clone()
+                            .map_err(|e| Error::Io {
+                                path: file.path.clone(),
+                                source: e,
+                            })?;
+                        cache = Some((file, BufWriter::with_capacity(1 << 20, writer)));
+                    }
+                    shape = Some(s);
+                }
+                Some(first) if *first != s => {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "gives an input of shape {s:?} after the transform, unlike the {first:?} of the images before it; pass --crop N so that every image has one size"
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+            match &mut cache {
+                Some((file, writer)) => {
+                    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    writer.write_all(&bytes).map_err(|e| Error::Io {
+                        path: file.path.clone(),
+                        source: e,
+                    })?;
+                }
+                None => memory.extend_from_slice(&values),
+            }
+            labels.push(*label);
+        }
+    }
+    let Some(sample_shape) = shape else {
+        return Err(Error::Dataset {
+            path: list
+                .entries
+                .first()
+                .map_or_else(PathBuf::new, |e| e.0.clone()),
+            reason: format!(
+                "none of the {} images could be decoded (first: {})",
+                list.entries.len(),
+                skipped.first().map_or("none", |s| s.1.as_str())
+            ),
+        });
+    };
+    let samples = match cache {
+        Some((file, mut writer)) => {
+            writer.flush().map_err(|e| Error::Io {
+                path: file.path.clone(),
+                source: e,
+            })?;
+            Samples::Cache(file)
+        }
+        None => Samples::Memory(memory),
+    };
+    Ok(Loaded {
+        samples,
+        sample_shape,
+        labels,
+        skipped,
+    })
+}
+
+/// Decodes one image to 8-bit RGB (grey is replicated, alpha dropped, as PIL's
+/// `convert("RGB")` does).
+fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| format!("cannot open: {e}"))?
+        .with_guessed_format()
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let image = reader
+        .decode()
+        .map_err(|e| format!("cannot decode the image: {e}"))?;
+    Ok(image.to_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_lines_split_with_quotes() {
+        assert_eq!(split_csv("a.png,3").unwrap(), ["a.png", "3"]);
+        assert_eq!(split_csv("\"a,b.png\",cat").unwrap(), ["a,b.png", "cat"]);
+        assert_eq!(
+            split_csv("\"say \"\"hi\"\".png\",1").unwrap(),
+            ["say \"hi\".png", "1"]
+        );
+        assert!(split_csv("\"open,1").is_none());
+    }
+
+    #[test]
+    fn string_labels_are_numbered_in_sorted_order_and_mixing_is_refused() {
+        let p = Path::new("list.csv");
+        let rows = parse_csv(p, "path,label\nx.png,dog\ny.png,cat\nz.png,dog\n").unwrap();
+        let list = labelled(p, Path::new("/data"), rows).unwrap();
+        assert_eq!(
+            list.classes.as_deref(),
+            Some(&["cat".to_string(), "dog".to_string()][..])
+        );
+        let labels: Vec<usize> = list.entries.iter().map(|e| e.1).collect();
+        assert_eq!(labels, [1, 0, 1]);
+        assert_eq!(list.entries[0].0, Path::new("/data/x.png"));
+        let rows = parse_csv(p, "x.png,dog\ny.png,3\n").unwrap();
+        let err = labelled(p, Path::new("."), rows).err().unwrap().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("one kind of label"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn jsonl_rows_need_a_path_and_a_label() {
+        let p = Path::new("list.jsonl");
+        let rows = parse_jsonl(p, "{\"path\": \"a.png\", \"label\": 2}\n\n").unwrap();
+        assert_eq!(rows.len(), 1);
+        for bad_line in [
+            "{\"label\": 2}",
+            "{\"path\": \"a.png\"}",
+            "{\"path\": \"a.png\", \"label\": -1}",
+            "nope",
+        ] {
+            let err = parse_jsonl(p, bad_line).err().unwrap().to_string();
+            assert!(err.contains("line 1"), "{bad_line}: {err}");
+        }
+    }
+}

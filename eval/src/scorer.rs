@@ -1,0 +1,734 @@
+//! An external scorer: the `--scorer` command template, running it on one checkpoint in its own
+//! process group (with a timeout, retries and Ctrl-C), and reading its score from stdout.
+//!
+//! The template is split into words like a shell would split it (quotes and backslashes, no
+//! expansions), and each placeholder is replaced inside its word, so a checkpoint path with
+//! spaces or quotes stays one argument. With `--shell` the whole template goes to `sh -c`, each
+//! placeholder replaced by its value in single quotes.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::error::{Error, Result};
+
+/// What a placeholder stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placeholder {
+    /// The candidate's path: a `.safetensors` file or a model directory.
+    Checkpoint,
+    /// Which of the `--jobs` slots runs it, 0 to N-1 (for `CUDA_VISIBLE_DEVICES={slot}`).
+    Slot,
+    /// A stable id of the candidate (which ingredients it averages).
+    Name,
+    /// The `--work-dir`.
+    WorkDir,
+}
+
+impl Placeholder {
+    const ALL: [(&'static str, Placeholder); 4] = [
+        ("checkpoint", Placeholder::Checkpoint),
+        ("slot", Placeholder::Slot),
+        ("name", Placeholder::Name),
+        ("work_dir", Placeholder::WorkDir),
+    ];
+}
+
+/// A piece of a word: text as written, or a placeholder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Value(Placeholder),
+}
+
+/// A parsed `--scorer` template: words of pieces (one word, the whole text, with `--shell`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    words: Vec<Vec<Piece>>,
+    shell: bool,
+}
+
+/// The values of one run's placeholders.
+#[derive(Clone, Copy, Debug)]
+pub struct Values<'a> {
+    /// The candidate (or ingredient) to score.
+    pub checkpoint: &'a Path,
+    /// The job slot running it.
+    pub slot: usize,
+    /// The candidate's stable id.
+    pub name: &'a str,
+    /// The folder candidates are written to.
+    pub work_dir: &'a Path,
+}
+
+impl Values<'_> {
+    fn get(&self, p: Placeholder) -> OsString {
+        match p {
+            Placeholder::Checkpoint => self.checkpoint.as_os_str().to_owned(),
+            Placeholder::Slot => self.slot.to_string().into(),
+            Placeholder::Name => self.name.into(),
+            Placeholder::WorkDir => self.work_dir.as_os_str().to_owned(),
+        }
+    }
+}
+
+impl Template {
+    /// Parses `text`: words split as a shell would (unless `shell`), `{checkpoint}`, `{slot}`,
+    /// `{name}` and `{work_dir}` recognised, `{{` and `}}` for literal braces. `{checkpoint}`
+    /// is required: a scorer that isn't told what to score would score nothing.
+    pub fn parse(text: &str, shell: bool) -> Result<Template> {
+        let bad = |reason: String| Error::Template {
+            template: text.to_string(),
+            reason,
+        };
+        let words = if shell {
+            vec![text.to_string()]
+        } else {
+            split_words(text).map_err(bad)?
+        };
+        if words.is_empty() {
+            return Err(bad(
+                "it is empty; give the command that scores {checkpoint}".into(),
+            ));
+        }
+        let mut parsed = Vec::with_capacity(words.len());
+        for word in &words {
+            parsed.push(placeholders(word).map_err(bad)?);
+        }
+        let has = |p| parsed.iter().flatten().any(|x| *x == Piece::Value(p));
+        if !has(Placeholder::Checkpoint) {
+            return Err(bad(
+                "it has no {checkpoint}; put {checkpoint} where the scorer takes the model's path"
+                    .into(),
+            ));
+        }
+        if !shell && parsed[0].iter().any(|p| matches!(p, Piece::Value(_))) {
+            return Err(bad(
+                "the program name can't be a placeholder; pass --shell to build the command in sh"
+                    .into(),
+            ));
+        }
+        Ok(Template {
+            words: parsed,
+            shell,
+        })
+    }
+
+    /// The program and its arguments for `values`.
+    pub fn argv(&self, values: &Values<'_>) -> Vec<OsString> {
+        if self.shell {
+            let mut script = Vec::new();
+            for piece in &self.words[0] {
+                match piece {
+                    Piece::Text(t) => script.extend_from_slice(t.as_bytes()),
+                    Piece::Value(p) => script.extend(shell_quote(&values.get(*p))),
+                }
+            }
+            return vec!["sh".into(), "-c".into(), OsString::from_vec(script)];
+        }
+        self.words
+            .iter()
+            .map(|word| {
+                let mut arg = OsString::new();
+                for piece in word {
+                    match piece {
+                        Piece::Text(t) => arg.push(t),
+                        Piece::Value(p) => arg.push(values.get(*p)),
+                    }
+                }
+                arg
+            })
+            .collect()
+    }
+}
+
+/// Splits `text` into words: whitespace separates, '...' is literal, "..." keeps \" and \\,
+/// a backslash outside quotes escapes the next character. No expansions of any kind.
+fn split_words(text: &str) -> std::result::Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => words.extend(word.take()),
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("a single quote is not closed".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("a double quote is not closed".into()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("a double quote is not closed".into()),
+                    }
+                }
+            }
+            '\\' => match chars.next() {
+                Some(c) => word.get_or_insert_with(String::new).push(c),
+                None => return Err("it ends with a lone backslash".into()),
+            },
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+/// Finds the placeholders in one word.
+fn placeholders(word: &str) -> std::result::Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut rest = word;
+    while let Some(i) = rest.find(['{', '}']) {
+        text.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            text.push_str(&tail[..1]);
+            rest = &tail[2..];
+            continue;
+        }
+        if tail.starts_with('}') {
+            return Err("a '}' has no '{'; write '}}' for a literal brace".into());
+        }
+        let Some(end) = tail.find('}') else {
+            return Err("a '{' is not closed; write '{{' for a literal brace".into());
+        };
+        let key = &tail[1..end];
+        let Some(&(_, p)) = Placeholder::ALL.iter().find(|(k, _)| *k == key) else {
+            return Err(format!(
+                "unknown placeholder {{{key}}}; the placeholders are {{checkpoint}}, {{slot}}, {{name}} and {{work_dir}} ('{{{{' for a literal brace)"
+            ));
+        };
+        if !text.is_empty() {
+            pieces.push(Piece::Text(std::mem::take(&mut text)));
+        }
+        pieces.push(Piece::Value(p));
+        rest = &tail[end + 1..];
+    }
+    text.push_str(rest);
+    if !text.is_empty() || pieces.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(pieces)
+}
+
+/// `s` in single quotes for sh, whatever bytes it holds.
+fn shell_quote(s: &OsStr) -> Vec<u8> {
+    let mut out = vec![b'\''];
+    for &b in s.as_bytes() {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    out
+}
+
+/// How to run the command as a shell would show it, for messages (lossy for non-UTF-8).
+pub fn display_argv(argv: &[OsString]) -> String {
+    argv.iter()
+        .map(|a| {
+            let s = a.to_string_lossy();
+            if !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./+=:,@%".contains(c))
+            {
+                s.into_owned()
+            } else {
+                format!("'{}'", s.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Where in the scorer's stdout the score is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// The last non-empty line, as a number.
+    LastLine,
+    /// A field of a JSON object on stdout (the whole output, or its last line that is one),
+    /// by a dotted path such as `results.arc_easy.acc`.
+    Json(Vec<String>),
+}
+
+impl Reading {
+    /// `--scorer-json KEY.PATH`, or the last line when `None`.
+    pub fn new(json_path: Option<&str>) -> Result<Reading> {
+        let Some(path) = json_path else {
+            return Ok(Reading::LastLine);
+        };
+        let keys: Vec<String> = path.split('.').map(str::to_string).collect();
+        if keys.iter().any(|k| k.is_empty()) {
+            return Err(Error::Template {
+                template: path.to_string(),
+                reason: "--scorer-json takes keys joined by dots, such as results.arc_easy.acc"
+                    .into(),
+            });
+        }
+        Ok(Reading::Json(keys))
+    }
+
+    /// Reads the score from `stdout`, or says what is wrong with it.
+    pub fn score(&self, stdout: &[u8]) -> std::result::Result<f64, String> {
+        let text = String::from_utf8_lossy(stdout);
+        let value = match self {
+            Reading::LastLine => {
+                let Some(line) = text.lines().map(str::trim).rfind(|l| !l.is_empty()) else {
+                    return Err("printed nothing on stdout; print the score alone on the last line, or pass --scorer-json KEY.PATH".into());
+                };
+                line.parse::<f64>().map_err(|_| {
+                    format!(
+                        "printed {:?} as its last line, which is not a number; print the score alone on the last line, or pass --scorer-json KEY.PATH",
+                        clip(line, 200)
+                    )
+                })?
+            }
+            Reading::Json(keys) => {
+                let object = serde_json::from_str::<serde_json::Value>(text.trim())
+                    .ok()
+                    .filter(|v| v.is_object())
+                    .or_else(|| {
+                        text.lines()
+                            .rev()
+                            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+                            .find(|v| v.is_object())
+                    })
+                    .ok_or("printed no JSON object on stdout (as the whole output or as one line) for --scorer-json")?;
+                let mut at = &object;
+                for (i, key) in keys.iter().enumerate() {
+                    let next = match at {
+                        serde_json::Value::Object(map) => map.get(key),
+                        serde_json::Value::Array(items) => {
+                            key.parse::<usize>().ok().and_then(|n| items.get(n))
+                        }
+                        _ => None,
+                    };
+                    at = next.ok_or_else(|| {
+                        format!(
+                            "printed JSON without {} (--scorer-json {})",
+                            keys[..=i].join("."),
+                            keys.join(".")
+                        )
+                    })?;
+                }
+                at.as_f64().ok_or_else(|| {
+                    format!(
+                        "printed {} at {}, which is not a number",
+                        clip(&at.to_string(), 200),
+                        keys.join(".")
+                    )
+                })?
+            }
+        };
+        if !value.is_finite() {
+            return Err(format!(
+                "printed the score {value}, which is not a finite number"
+            ));
+        }
+        Ok(value)
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(max).collect::<String>())
+    }
+}
+
+/// How long a scorer gets after SIGTERM (so that `srun` can cancel its job step) before its
+/// process group is killed.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// Stdout kept for reading the score; past it the oldest half is dropped (the last line stays).
+const STDOUT_KEPT: usize = 64 << 20;
+/// Stderr kept for error messages.
+const STDERR_KEPT: usize = 64 << 10;
+
+/// The scorer command and how to run it.
+#[derive(Clone, Debug)]
+pub struct Scorer {
+    /// The template as the user wrote it.
+    pub text: String,
+    template: Template,
+    /// Where the score is on stdout.
+    pub reading: Reading,
+    /// The longest a run may take.
+    pub timeout: Option<Duration>,
+    /// How many times a failed run is tried again.
+    pub retries: u32,
+}
+
+/// One successful scoring.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Run {
+    /// The score read from stdout.
+    pub score: f64,
+    /// Wall seconds of the successful attempt.
+    pub seconds: f64,
+    /// Wall seconds of every attempt, failed ones included.
+    pub total_seconds: f64,
+    /// The exit status (0).
+    pub exit_status: i32,
+    /// Attempts made, 1 when the first one worked.
+    pub attempts: u32,
+}
+
+/// Why a run stopped early.
+enum Stop {
+    TimedOut,
+    Cancelled,
+}
+
+impl Scorer {
+    /// A scorer from a template, read as described in [`Template::parse`].
+    pub fn new(
+        text: &str,
+        shell: bool,
+        reading: Reading,
+        timeout: Option<Duration>,
+        retries: u32,
+    ) -> Result<Scorer> {
+        Ok(Scorer {
+            text: text.to_string(),
+            template: Template::parse(text, shell)?,
+            reading,
+            timeout,
+            retries,
+        })
+    }
+
+    /// Whether the template runs through `sh -c`.
+    pub fn shell(&self) -> bool {
+        self.template.shell
+    }
+
+    /// The `--scorer-json` path, if the score is a JSON field.
+    pub fn json_path(&self) -> Option<String> {
+        match &self.reading {
+            Reading::LastLine => None,
+            Reading::Json(keys) => Some(keys.join(".")),
+        }
+    }
+
+    /// The command line for `values`, for messages.
+    pub fn show(&self, values: &Values<'_>) -> String {
+        display_argv(&self.template.argv(values))
+    }
+
+    /// Scores `values.checkpoint`, trying up to `retries` more times after a failure.
+    /// `cancel` (or Ctrl-C) stops the run: its process group is terminated and the result is
+    /// [`model_soup::Error::Interrupted`]. `on_retry` hears about each failure that is retried.
+    pub fn score(
+        &self,
+        values: &Values<'_>,
+        cancel: &AtomicBool,
+        on_retry: &(dyn Fn(&Error) + Sync),
+    ) -> Result<Run> {
+        let mut total = 0.0;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let result = self.run_once(values, cancel);
+            let seconds = started.elapsed().as_secs_f64();
+            total += seconds;
+            match result {
+                Ok((score, exit_status)) => {
+                    return Ok(Run {
+                        score,
+                        seconds,
+                        total_seconds: total,
+                        exit_status,
+                        attempts: attempt,
+                    })
+                }
+                Err(e @ Error::Scorer { .. }) if attempt <= self.retries => on_retry(&e),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn run_once(&self, values: &Values<'_>, cancel: &AtomicBool) -> Result<(f64, i32)> {
+        let argv = self.template.argv(values);
+        let shown = display_argv(&argv);
+        let failed = |problem: String, stderr: &[u8]| Error::Scorer {
+            command: shown.clone(),
+            problem,
+            stderr: stderr_tail(stderr),
+        };
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("SOUP_CHECKPOINT", values.checkpoint)
+            .env("SOUP_SLOT", values.slot.to_string())
+            .env("SOUP_CANDIDATE", values.name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a timeout or Ctrl-C stops it and everything it started,
+            // and a Ctrl-C at the terminal reaches us, not it, so we decide how it ends.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::ScorerStart {
+                command: shown.clone(),
+                source: e,
+            })?;
+        let stdout = reader(child.stdout.take(), STDOUT_KEPT);
+        let stderr = reader(child.stderr.take(), STDERR_KEPT);
+        let waited = wait(&mut child, self.timeout, cancel);
+        let group = child.id();
+        if waited.is_err() {
+            stop_group(&mut child);
+        }
+        // A process the scorer left behind may hold its pipes open: give it a moment, then
+        // end the group so that reading the output can finish.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !(stdout.is_finished() && stderr.is_finished()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !(stdout.is_finished() && stderr.is_finished()) {
+            let _ = model_soup::format::signal_group(group, true);
+        }
+        let out = stdout.join().unwrap_or_default();
+        let err = stderr.join().unwrap_or_default();
+        let status = match waited {
+            Ok(status) => status,
+            Err(Stop::Cancelled) => return Err(model_soup::Error::Interrupted.into()),
+            Err(Stop::TimedOut) => {
+                return Err(failed(
+                    format!(
+                    "ran longer than --scorer-timeout {} s and was stopped with its process group",
+                    self.timeout.map_or(0.0, |t| t.as_secs_f64())
+                ),
+                    &err,
+                ))
+            }
+        };
+        if !status.success() {
+            let problem = match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(signal)) => format!("was killed by signal {signal}"),
+                _ => "failed".into(),
+            };
+            return Err(failed(problem, &err));
+        }
+        let score = self.reading.score(&out).map_err(|p| failed(p, &err))?;
+        Ok((score, status.code().unwrap_or(0)))
+    }
+}
+
+/// Waits for `child`, up to `timeout`, while `cancel` and Ctrl-C are unset.
+fn wait(
+    child: &mut Child,
+    timeout: Option<Duration>,
+    cancel: &AtomicBool,
+) -> std::result::Result<ExitStatus, Stop> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => {}
+            // The child can't be waited for: treat it like a cancelled run, and stop it.
+            Err(_) => return Err(Stop::Cancelled),
+        }
+        if cancel.load(Ordering::SeqCst) || model_soup::soup::interrupted() {
+            return Err(Stop::Cancelled);
+        }
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            return Err(Stop::TimedOut);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(25));
+    }
+}
+
+/// SIGTERM to the child's process group, SIGKILL after [`GRACE`], then reaps the child.
+fn stop_group(child: &mut Child) {
+    let group = child.id();
+    let _ = model_soup::format::signal_group(group, false);
+    let deadline = Instant::now() + GRACE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            // The leader is gone; anything else in the group gets no more grace.
+            let _ = model_soup::format::signal_group(group, true);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = model_soup::format::signal_group(group, true);
+    let _ = child.wait();
+}
+
+/// Reads a pipe to its end on a thread, keeping at most about `keep` bytes (the latest).
+fn reader(pipe: Option<impl Read + Send + 'static>, keep: usize) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let Some(mut pipe) = pipe else { return kept };
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > keep {
+                        kept.drain(..kept.len() - keep / 2);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        kept
+    })
+}
+
+/// The last lines of a scorer's stderr, for an error message.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+    let chars: Vec<char> = tail.chars().collect();
+    if chars.len() > 1000 {
+        format!(
+            "...{}",
+            chars[chars.len() - 1000..].iter().collect::<String>()
+        )
+    } else {
+        tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values<'a>(checkpoint: &'a Path) -> Values<'a> {
+        Values {
+            checkpoint,
+            slot: 3,
+            name: "soup-0-2",
+            work_dir: Path::new("/w d"),
+        }
+    }
+
+    #[test]
+    fn words_are_split_like_a_shell_and_placeholders_stay_inside_their_word() {
+        let t = Template::parse(
+            r#"python "my score.py" --model={checkpoint} 'a b' x\ y --gpu {slot} {{lit}}"#,
+            false,
+        )
+        .unwrap();
+        let path = Path::new("/tmp/it's a \"dir\"/c.safetensors");
+        let argv = t.argv(&values(path));
+        let expected: Vec<OsString> = [
+            "python",
+            "my score.py",
+            "--model=/tmp/it's a \"dir\"/c.safetensors",
+            "a b",
+            "x y",
+            "--gpu",
+            "3",
+            "{lit}",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        assert_eq!(argv, expected);
+    }
+
+    #[test]
+    fn a_non_utf8_path_is_passed_through_byte_for_byte() {
+        let raw = OsString::from_vec(b"/tmp/\xff\xfe.safetensors".to_vec());
+        let t = Template::parse("score {checkpoint}", false).unwrap();
+        let argv = t.argv(&values(Path::new(&raw)));
+        assert_eq!(argv[1], raw);
+        let t = Template::parse("score {checkpoint}", true).unwrap();
+        let argv = t.argv(&values(Path::new(&raw)));
+        assert_eq!(
+            argv[2].as_bytes(),
+            b"score '/tmp/\xff\xfe.safetensors'".as_slice()
+        );
+        // Shown lossily, never a panic.
+        assert!(display_argv(&argv).contains('\u{fffd}'));
+    }
+
+    #[test]
+    fn shell_mode_quotes_values_so_they_stay_data() {
+        let t = Template::parse("echo {checkpoint} | wc -c", true).unwrap();
+        let argv = t.argv(&values(Path::new("a'; rm -rf x; '")));
+        assert_eq!(argv[0], "sh");
+        assert_eq!(argv[2], r"echo 'a'\''; rm -rf x; '\''' | wc -c");
+    }
+
+    #[test]
+    fn bad_templates_are_refused_with_the_fix() {
+        for (text, needle) in [
+            ("", "empty"),
+            ("score model.safetensors", "no {checkpoint}"),
+            ("score {ckpt}", "unknown placeholder {ckpt}"),
+            ("score {checkpoint", "not closed"),
+            ("score 'x {checkpoint}", "single quote"),
+            ("score {checkpoint} }", "has no '{'"),
+            ("{checkpoint} --x", "program name"),
+        ] {
+            let e = Template::parse(text, false).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_score_is_the_last_line_or_a_json_field() {
+        let last = Reading::LastLine;
+        assert_eq!(last.score(b"loading...\n0.8125\n\n"), Ok(0.8125));
+        assert_eq!(last.score(b"  -1.5e-3  "), Ok(-1.5e-3));
+        assert!(last.score(b"0.5\ndone\n").unwrap_err().contains("\"done\""));
+        assert!(last.score(b"").unwrap_err().contains("nothing"));
+        assert!(last.score(b"NaN\n").unwrap_err().contains("not a finite"));
+        assert!(last.score(b"inf\n").unwrap_err().contains("not a finite"));
+        let json = Reading::new(Some("results.arc_easy.acc")).unwrap();
+        let out = br#"{"results": {"arc_easy": {"acc": 0.75, "acc_stderr": 0.01}}}"#;
+        assert_eq!(json.score(out), Ok(0.75));
+        let mixed = b"log line\n{\"results\": {\"arc_easy\": {\"acc\": 0.5}}}\n";
+        assert_eq!(json.score(mixed), Ok(0.5));
+        let e = json
+            .score(br#"{"results": {"arc": {"acc": 1}}}"#)
+            .unwrap_err();
+        assert!(e.contains("results.arc_easy"), "{e}");
+        let e = json
+            .score(br#"{"results": {"arc_easy": {"acc": "high"}}}"#)
+            .unwrap_err();
+        assert!(e.contains("not a number"), "{e}");
+        assert!(Reading::new(Some("a..b")).is_err());
+        let list = Reading::new(Some("scores.1")).unwrap();
+        assert_eq!(list.score(br#"{"scores": [1, 2.5]}"#), Ok(2.5));
+    }
+}

@@ -1,0 +1,192 @@
+//! `soup-eval --scorer`: the external scorer's flags, their validation, and its commands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args as ClapArgs;
+
+use super::cli::{outputs, Args, Command};
+use super::external::{External, Options};
+use super::greedy::{Goal, Rule};
+use super::plot;
+use super::report::Report;
+use super::scorer::{Reading, Scorer};
+
+/// Flags for scoring with an external command instead of `--arch`.
+#[derive(Debug, Default, ClapArgs)]
+#[command(next_help_heading = "External scorer (instead of --arch, --val and --test)")]
+pub struct ScorerFlags {
+    /// Score each ingredient and candidate soup with this command, e.g.
+    /// 'python score.py {checkpoint}' or 'srun --gres=gpu:1 python score.py {checkpoint}'.
+    /// Also {slot} (0 to --jobs - 1), {name} (a stable candidate id) and {work_dir}. Run
+    /// without a shell unless --shell. The score is the last line of its stdout.
+    #[arg(long, value_name = "CMD")]
+    pub scorer: Option<String>,
+
+    /// Read the score from a field of a JSON object on the scorer's stdout, e.g.
+    /// results.arc_easy.acc.
+    #[arg(long, value_name = "KEY.PATH", requires = "scorer")]
+    pub scorer_json: Option<String>,
+
+    /// Lower scores are better (a loss, a perplexity).
+    #[arg(long, requires = "scorer")]
+    pub minimize: bool,
+
+    /// Run the scorer with sh -c; placeholders are replaced by single-quoted values.
+    #[arg(long, requires = "scorer")]
+    pub shell: bool,
+
+    /// Stop a scorer run (its whole process group) after this many seconds; it counts as a
+    /// failure.
+    #[arg(long, value_name = "SECONDS", requires = "scorer")]
+    pub scorer_timeout: Option<f64>,
+
+    /// Run a failed scorer again up to N more times.
+    #[arg(long, value_name = "N", requires = "scorer")]
+    pub retries: Option<u32>,
+
+    /// Run up to N scorers at once (ingredients, and the greedy candidates of --speculate).
+    #[arg(long, value_name = "N", requires = "scorer")]
+    pub jobs: Option<usize>,
+
+    /// Score the next K greedy candidates at once, as if none were kept; an acceptance throws
+    /// away the ones after it. The result is the same as one at a time.
+    #[arg(long, value_name = "K", requires = "scorer")]
+    pub speculate: Option<usize>,
+
+    /// Write candidate soups here (on a filesystem the scorer can read: shared, for a
+    /// cluster). Default: a new folder in the system's temporary folder.
+    #[arg(long, value_name = "DIR", requires = "scorer")]
+    pub work_dir: Option<PathBuf>,
+
+    /// Leave each candidate in --work-dir after it is scored.
+    #[arg(long, requires = "scorer")]
+    pub keep_candidates: bool,
+
+    /// Start a JSON Lines log of every scored candidate, fsynced after each line.
+    #[arg(long, value_name = "PATH", requires = "scorer")]
+    pub log: Option<PathBuf>,
+
+    /// Continue the search in this log: what it has scored is not scored again, and new scores
+    /// are appended to it. Refused if the ingredients, the scorer or its options differ.
+    #[arg(long, value_name = "LOG", requires = "scorer")]
+    pub resume: Option<PathBuf>,
+}
+
+impl ScorerFlags {
+    /// Whether an external scorer was asked for.
+    pub fn given(&self) -> bool {
+        self.scorer.is_some()
+    }
+}
+
+/// Runs a command whose models are scored by `--scorer`.
+pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
+    let (c, greedy) = match &args.command {
+        Command::Score(c) | Command::Uniform(c) => (c, None),
+        Command::Greedy(g) => (&g.common, Some(g)),
+        Command::Report(r) => (&r.greedy.common, Some(&r.greedy)),
+        Command::Ensemble(_) => bail!(
+            "ensemble can't use --scorer: an ensemble averages each model's outputs, and a scorer gives one number per model; use greedy, uniform or report"
+        ),
+    };
+    let plot_path = match &args.command {
+        Command::Report(r) => r.plot.as_deref(),
+        _ => None,
+    };
+    let s = &c.scorer;
+    let text = s.scorer.as_deref().expect("called with --scorer");
+    for (given, flag) in [
+        (c.arch.is_some(), "--arch"),
+        (c.val.is_some(), "--val"),
+        (c.test.is_some(), "--test"),
+    ] {
+        if given {
+            bail!("{flag} is for the built-in models; with --scorer the command scores on its own data, so leave {flag} out");
+        }
+    }
+    let timeout = match s.scorer_timeout {
+        Some(t) if !(t.is_finite() && t > 0.0) => {
+            bail!("--scorer-timeout must be a positive number of seconds")
+        }
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    if s.jobs == Some(0) {
+        bail!("--jobs must be at least 1");
+    }
+    if s.speculate == Some(0) {
+        bail!("--speculate must be at least 1 (1: one candidate at a time)");
+    }
+    // Every output is checked against the output policy before any scorer runs.
+    let (soup_request, plot_dest) = match greedy {
+        Some(g) => outputs(c, g, plot_path)?,
+        None => (None, None),
+    };
+    let scorer = Scorer::new(
+        text,
+        s.shell,
+        Reading::new(s.scorer_json.as_deref())?,
+        timeout,
+        s.retries.unwrap_or(0),
+    )?;
+    let options = Options {
+        jobs: s.jobs.unwrap_or(1),
+        speculate: s.speculate.unwrap_or(1),
+        keep_candidates: s.keep_candidates,
+        work_dir: s.work_dir.clone(),
+        log: s.log.clone(),
+        resume: s.resume.clone(),
+        rule: Rule {
+            goal: if s.minimize {
+                Goal::Minimize
+            } else {
+                Goal::Maximize
+            },
+            accept_ties: greedy.is_some_and(|g| g.accept_ties),
+        },
+        quiet: c.quiet,
+    };
+    let external = External::open(scorer, &c.inputs, options)?;
+    let mut report = Report {
+        arch: "scorer".into(),
+        device: None,
+        eval_dtype: None,
+        val_data: None,
+        test_data: None,
+        ingredients: Vec::new(),
+        uniform: None,
+        greedy: None,
+        ensemble: None,
+        scorer: None,
+        warnings: Vec::new(),
+    };
+    let uniform_wanted = matches!(args.command, Command::Uniform(_) | Command::Report(_));
+    let (ingredients, uniform) = external.score_ingredients(uniform_wanted)?;
+    if !matches!(args.command, Command::Uniform(_)) {
+        report.ingredients = ingredients;
+    }
+    report.uniform = uniform;
+    if let Some(g) = greedy {
+        let val: Vec<f64> = report
+            .ingredients
+            .iter()
+            .map(|r| r.val.expect("scored"))
+            .collect();
+        let output = g.output.as_deref().map(|p| {
+            let also = soup_request
+                .as_ref()
+                .map_or(&[][..], |r| &r.also_writes[..]);
+            (p, g.force, also)
+        });
+        report.greedy = Some(external.greedy(&val, output)?);
+    }
+    report.scorer = Some(external.run_info());
+    report.warnings = external.warnings();
+    if let Some(dest) = plot_dest {
+        let svg = plot::ranking_svg(&report, "soups and ingredients, by the scorer")?;
+        model_soup::format::write_whole(&dest, svg.as_bytes())?;
+    }
+    Ok(report)
+}

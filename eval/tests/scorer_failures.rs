@@ -1,0 +1,357 @@
+//! `soup-eval --scorer` when the scorer misbehaves, and when the user does: a scorer that fails,
+//! hangs (and ignores SIGTERM), prints garbage or NaN, is flaky (`--retries`), or is stopped by
+//! Ctrl-C. Each failure is one `error:` line with the command, the exit status and the end of
+//! its stderr; no candidate is left in the work folder and no scorer process survives.
+
+mod scorer_support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use std::time::{Duration, Instant};
+
+use scorer_support::*;
+
+/// A `--shell` scorer that prints 1 for ingredients and runs `soup` for soups.
+fn on_soups(soup: &str) -> String {
+    format!("test -e {{checkpoint}} || exit 9; case {{name}} in soup-*) {soup};; esac; echo 1")
+}
+
+fn run(world: &World, work: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["greedy", "-q", "--work-dir", work.to_str().unwrap()];
+    all.extend_from_slice(args);
+    soup_eval(&all, &world.ingredients)
+        .arg("-o")
+        .arg(world.dir.path().join("out.safetensors"))
+        .output()
+        .unwrap()
+}
+
+/// Exit status 1, one `error:` line holding every `needle`, nothing left behind.
+fn assert_fails(world: &World, work: &Path, out: &Output, needles: &[&str]) {
+    let stderr = common::stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    for needle in needles {
+        assert!(
+            errors[0].contains(needle),
+            "{needle:?} not in {}",
+            errors[0]
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(left_in(work).is_empty(), "left behind: {:?}", left_in(work));
+    assert!(!world.dir.path().join("out.safetensors").exists());
+}
+
+/// Whether process `pid` still runs (a zombie waiting for its parent does not).
+fn alive(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_failing_scorer_is_an_error_with_its_command_status_and_stderr() {
+    let world = World::files();
+    let work = world.folder("work");
+    let script = on_soups("echo 'loading model' >&2; echo 'CUDA out of memory' >&2; exit 3");
+    let out = run(&world, &work, &["--shell", "--scorer", &script]);
+    assert_fails(
+        &world,
+        &work,
+        &out,
+        &["exited with status 3", "CUDA out of memory", "sh -c"],
+    );
+}
+
+#[test]
+fn garbage_nan_and_silence_are_not_scores() {
+    let world = World::files();
+    let work = world.folder("work");
+    for (print, needle) in [
+        (
+            "echo hello world",
+            "\"hello world\" as its last line, which is not a number",
+        ),
+        ("echo nan", "not a finite number"),
+        ("echo -inf", "not a finite number"),
+        ("true", "printed nothing on stdout"),
+    ] {
+        let out = run(
+            &world,
+            &work,
+            &[
+                "--shell",
+                "--scorer",
+                &on_soups(&format!("{print}; exit 0")),
+            ],
+        );
+        assert_fails(&world, &work, &out, &[needle]);
+    }
+    // The same for the ingredients themselves, which are scored as they are.
+    let out = run(
+        &world,
+        &work,
+        &["--shell", "--scorer", "echo {checkpoint} NaN"],
+    );
+    assert_fails(&world, &work, &out, &["which is not a number"]);
+}
+
+#[test]
+fn a_hanging_scorer_is_stopped_with_its_process_group_at_the_timeout() {
+    let world = World::files();
+    let work = world.folder("work");
+    let pids = world.folder("pids");
+    // The scorer starts a grandchild in the background: the whole group must go.
+    let script = on_soups(&format!(
+        "sleep 300 & echo $! > {}/child; echo $$ > {}/shell; wait",
+        pids.display(),
+        pids.display()
+    ));
+    let started = Instant::now();
+    let out = run(
+        &world,
+        &work,
+        &["--shell", "--scorer", &script, "--scorer-timeout", "1"],
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_fails(&world, &work, &out, &["longer than --scorer-timeout 1 s"]);
+    for who in ["child", "shell"] {
+        let pid = std::fs::read_to_string(pids.join(who)).unwrap();
+        assert!(!alive(&pid), "the scorer's {who} ({pid}) survived");
+    }
+}
+
+#[test]
+fn a_scorer_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let world = World::files();
+    let work = world.folder("work");
+    let pids = world.folder("pids");
+    let script = on_soups(&format!(
+        "trap '' TERM; echo $$ > {}/shell; sleep 300",
+        pids.display()
+    ));
+    let started = Instant::now();
+    let out = run(
+        &world,
+        &work,
+        &["--shell", "--scorer", &script, "--scorer-timeout", "0.5"],
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    assert_fails(&world, &work, &out, &["longer than --scorer-timeout"]);
+    let pid = std::fs::read_to_string(pids.join("shell")).unwrap();
+    assert!(!alive(&pid));
+}
+
+#[test]
+fn retries_cover_a_flaky_scorer_and_only_as_many_times_as_asked() {
+    let world = World::files();
+    let flaky = world.folder("flaky");
+    // Fails the first two times it sees each candidate, then prints 1.
+    let script = format!(
+        "test -e {{checkpoint}} || exit 9; n=$(cat {d}/{{name}} 2>/dev/null || echo 0); echo $((n+1)) > {d}/{{name}}; if [ $n -lt 2 ]; then echo flaky >&2; exit 1; fi; echo 1",
+        d = flaky.display()
+    );
+    let work = world.folder("work");
+    let out = run(
+        &world,
+        &work,
+        &["--shell", "--scorer", &script, "--retries", "1"],
+    );
+    assert_fails(&world, &work, &out, &["exited with status 1", "flaky"]);
+    for f in left_in(&flaky) {
+        std::fs::remove_file(flaky.join(f)).unwrap();
+    }
+    let (report, output) = run_json(
+        soup_eval(
+            &[
+                "greedy",
+                "--json",
+                "--shell",
+                "--scorer",
+                &script,
+                "--retries",
+                "2",
+                "--work-dir",
+                work.to_str().unwrap(),
+            ],
+            &world.ingredients,
+        )
+        .stderr(Stdio::piped()),
+    );
+    // Every ingredient ties at 1, so every soup ties and is rejected: 5 + 4 candidates, each
+    // failing twice first.
+    assert_eq!(report["scorer"]["scored"], 9);
+    assert_eq!(report["scorer"]["retried"], 18);
+    assert_eq!(
+        common::stderr(&output)
+            .lines()
+            .filter(|l| l.starts_with("warning:") && l.contains("retrying"))
+            .count(),
+        18
+    );
+    assert!(left_in(&work).is_empty());
+}
+
+#[test]
+fn ctrl_c_stops_the_scorers_removes_the_candidates_and_exits_130() {
+    let world = World::files();
+    let work = world.folder("work");
+    let pids = world.folder("pids");
+    let script = on_soups(&format!("echo $$ > {}/$$; sleep 300", pids.display()));
+    let child = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &script,
+            "--jobs",
+            "2",
+            "--speculate",
+            "2",
+            "--work-dir",
+            work.to_str().unwrap(),
+        ],
+        &world.ingredients,
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while left_in(&pids).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the soups' scorers never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(left_in(&work).len(), 2, "two candidates being scored");
+    let stopped = Instant::now();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(130), "{}", common::stderr(&out));
+    assert!(left_in(&work).is_empty(), "{:?}", left_in(&work));
+    for pid in left_in(&pids) {
+        assert!(!alive(&pid), "scorer {pid} survived Ctrl-C");
+    }
+}
+
+#[test]
+fn careless_command_lines_are_refused_before_anything_runs() {
+    let world = World::files();
+    let work = world.folder("work");
+    for (args, needle) in [
+        (
+            &["--scorer", "score.sh model.safetensors"][..],
+            "no {checkpoint}",
+        ),
+        (
+            &["--scorer", "score {ckpt}"][..],
+            "unknown placeholder {ckpt}",
+        ),
+        (
+            &["--scorer", "no-such-scorer-program {checkpoint}"][..],
+            "cannot start the scorer",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--val", "v.safetensors"][..],
+            "--val is for the built-in models",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--arch", "digits-cnn"][..],
+            "--arch is for the built-in models",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--jobs", "0"][..],
+            "--jobs must be at least 1",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--speculate", "0"][..],
+            "--speculate must be at least 1",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--scorer-timeout", "0"][..],
+            "--scorer-timeout must be a positive",
+        ),
+        (
+            &["--scorer", "echo {checkpoint}", "--scorer-json", "a..b"][..],
+            "--scorer-json takes keys",
+        ),
+    ] {
+        let out = run(&world, &work, args);
+        assert_fails(&world, &work, &out, &[needle]);
+    }
+    // Without --arch or --scorer, the error names both.
+    let out = soup_eval(&["greedy"], &world.ingredients).output().unwrap();
+    assert_fails(&world, &work, &out, &["--arch NAME", "--scorer CMD"]);
+    let out = soup_eval(
+        &["ensemble", "--scorer", "echo {checkpoint}"],
+        &world.ingredients,
+    )
+    .output()
+    .unwrap();
+    assert!(common::stderr(&out).contains("ensemble can't use --scorer"));
+    assert_eq!(out.status.code(), Some(1));
+    // Scorer flags without --scorer are a usage error.
+    let out = soup_eval(
+        &["greedy", "--jobs", "2", "--arch", "digits-cnn"],
+        &world.ingredients,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+}
+
+#[test]
+fn non_utf8_paths_reach_the_scorer_byte_for_byte() {
+    use std::os::unix::ffi::OsStrExt;
+    let world = World::files();
+    let odd = world
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9 'x\"y"));
+    std::fs::create_dir(&odd).unwrap();
+    let ingredients: Vec<_> = world
+        .ingredients
+        .iter()
+        .map(|p| {
+            let q = odd.join(p.file_name().unwrap());
+            std::fs::copy(p, &q).unwrap();
+            q
+        })
+        .collect();
+    let work = odd.join("work");
+    // The scorer checks that the file it was given exists, and that it is where we put it.
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--scorer",
+            "sh -c 'test -f \"$1\" && echo 1' scorer {checkpoint}",
+            "--work-dir",
+        ],
+        &[],
+    )
+    .arg(&work)
+    .args(&ingredients)
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(left_in(&work).is_empty());
+}

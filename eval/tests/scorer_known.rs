@@ -1,0 +1,323 @@
+//! `soup-eval --scorer` against a scorer whose answer is known in advance (minus the distance
+//! to a hidden target, computed in float64 by numpy on files read by the official safetensors
+//! package): the ranking, every acceptance and rejection, the final soup and its bytes, the
+//! --minimize direction, --scorer-json, model directories, and --jobs/--speculate giving
+//! exactly the sequential search.
+
+mod scorer_support;
+
+use scorer_support::*;
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 * b.abs().max(1.0)
+}
+
+fn check_known_answer(report: &serde_json::Value, sign: f64) {
+    let search = &report["greedy"]["search"];
+    let ranking: Vec<usize> = serde_json::from_value(search["ranking"].clone()).unwrap();
+    assert_eq!(ranking, RANKING);
+    let chosen: Vec<usize> = serde_json::from_value(search["chosen"].clone()).unwrap();
+    assert_eq!(chosen, CHOSEN);
+    for (i, row) in report["ingredients"].as_array().unwrap().iter().enumerate() {
+        // Exact: quarter values in f32, their squares and sums are exact in float64.
+        assert_eq!(
+            row["val"].as_f64().unwrap(),
+            sign * expected_score(&[i]),
+            "{row}"
+        );
+        assert!(row["test"].is_null());
+    }
+    let steps = search["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), STEPS.len());
+    let mut soup = vec![CHOSEN[0]];
+    for (step, &(candidate, kept)) in steps.iter().zip(&STEPS) {
+        assert_eq!(step["candidate"], candidate);
+        assert_eq!(step["kept"], kept, "{step}");
+        let mut members = soup.clone();
+        members.push(candidate);
+        let got = step["trial"]["val"].as_f64().unwrap();
+        assert!(close(got, sign * expected_score(&members)), "{step}");
+        if kept {
+            soup = members;
+        }
+    }
+    assert_eq!(soup, CHOSEN);
+    let val = report["greedy"]["row"]["val"].as_f64().unwrap();
+    assert!(close(val, sign * expected_score(&CHOSEN)) && close(val.abs(), 1.5));
+}
+
+#[test]
+fn the_greedy_soup_of_a_known_scorer_is_the_designed_one() {
+    let Some(python) = common::reference_python() else {
+        return;
+    };
+    let world = World::files();
+    let work = world.folder("work dir");
+    let out = world.dir.path().join("greedy soup.safetensors");
+    let (report, output) = run_json(
+        soup_eval(
+            &[
+                "greedy",
+                "--json",
+                "--scorer",
+                &world.scorer(&python, ""),
+                "--work-dir",
+                work.to_str().unwrap(),
+                "--keep-candidates",
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            &world.ingredients,
+        )
+        .env("SCORER_RECORD", world.dir.path().join("record")),
+    );
+    check_known_answer(&report, 1.0);
+    assert_eq!(report["arch"], "scorer");
+    assert_eq!(report["greedy"]["goal"], "maximize");
+    // Five ingredients and four candidate soups, each scored once.
+    assert_eq!(report["scorer"]["scored"], 9);
+    let record = std::fs::read_to_string(world.dir.path().join("record")).unwrap();
+    assert_eq!(record.lines().filter(|l| l.contains(" start ")).count(), 9);
+    // Ingredients are scored as they are; the soups were written to the work folder (kept
+    // here), and the -o file is byte for byte the candidate that was scored.
+    let mut kept = left_in(&work);
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            "soup-1-4-0-2.safetensors",
+            "soup-1-4-0.safetensors",
+            "soup-1-4-3.safetensors",
+            "soup-1-4.safetensors"
+        ]
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(work.join("soup-1-4-0.safetensors")).unwrap()
+    );
+    // And it is what soup-merge makes of the chosen ingredients, in join order.
+    let merged = world.dir.path().join("merged.safetensors");
+    let chosen: Vec<&std::path::PathBuf> = CHOSEN.iter().map(|&i| &world.ingredients[i]).collect();
+    let status = common::soup_merge()
+        .args(&chosen)
+        .arg("-o")
+        .arg(&merged)
+        .arg("-q")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        common::read(&merged),
+        common::read(&out),
+        "same tensors as soup-merge"
+    );
+    // The table: the scorer's number, no test columns.
+    let table = soup_eval(
+        &["greedy", "-q", "--scorer", &world.scorer(&python, "")],
+        &world.ingredients,
+    )
+    .output()
+    .unwrap();
+    assert!(table.status.success(), "{}", common::stderr(&table));
+    let text = common::stdout(&table);
+    let header = text.lines().next().unwrap();
+    assert!(
+        header.contains("val score") && !header.contains("test"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ft-a.safetensors") && text.contains("-4.875"),
+        "{text}"
+    );
+    assert!(
+        text.contains("greedy soup: ft-a.safetensors + ft-b.safetensors + ft-d.safetensors"),
+        "{text}"
+    );
+    assert!(text.contains("scorer: 9 runs"), "{text}");
+    let _ = output;
+}
+
+#[test]
+fn minimize_with_a_loss_gives_the_same_soup_and_maximize_the_opposite_ranking() {
+    let Some(python) = common::reference_python() else {
+        return;
+    };
+    let world = World::files();
+    let (report, _) = run_json(&mut soup_eval(
+        &[
+            "greedy",
+            "--json",
+            "-q",
+            "--minimize",
+            "--scorer",
+            &world.scorer(&python, "--positive"),
+        ],
+        &world.ingredients,
+    ));
+    check_known_answer(&report, -1.0);
+    assert_eq!(report["greedy"]["goal"], "minimize");
+    // The same distance maximized: the worst ingredient first.
+    let (report, _) = run_json(&mut soup_eval(
+        &[
+            "greedy",
+            "--json",
+            "-q",
+            "--scorer",
+            &world.scorer(&python, "--positive"),
+        ],
+        &world.ingredients,
+    ));
+    let ranking: Vec<usize> =
+        serde_json::from_value(report["greedy"]["search"]["ranking"].clone()).unwrap();
+    let mut reversed = RANKING.to_vec();
+    reversed.reverse();
+    assert_eq!(ranking, reversed);
+}
+
+#[test]
+fn scorer_json_reads_a_field_and_report_adds_the_uniform_soup_and_a_plot() {
+    let Some(python) = common::reference_python() else {
+        return;
+    };
+    let world = World::files();
+    let plot = world.dir.path().join("plot.svg");
+    let (report, _) = run_json(&mut soup_eval(
+        &[
+            "report",
+            "--json",
+            "-q",
+            "--scorer",
+            &world.scorer(&python, "--json"),
+            "--scorer-json",
+            "results.distance.score",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+        &world.ingredients,
+    ));
+    check_known_answer(&report, 1.0);
+    let uniform = report["uniform"]["val"].as_f64().unwrap();
+    let all: Vec<usize> = (0..5).collect();
+    assert!(close(uniform, expected_score(&all)));
+    assert!(report["ensemble"].is_null());
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("greedy soup") && svg.contains("ft-a"));
+}
+
+#[test]
+fn model_directories_make_directory_candidates_and_output() {
+    let Some(python) = common::reference_python() else {
+        return;
+    };
+    let world = World::dirs();
+    let work = world.folder("work");
+    let out = world.dir.path().join("greedy");
+    let (report, _) = run_json(&mut soup_eval(
+        &[
+            "greedy",
+            "--json",
+            "-q",
+            "--scorer",
+            &world.scorer(&python, ""),
+            "--work-dir",
+            work.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        &world.ingredients,
+    ));
+    check_known_answer(&report, 1.0);
+    assert!(left_in(&work).is_empty(), "{:?}", left_in(&work));
+    assert!(out.join("model.safetensors").is_file());
+    // The first member's config (A) and a model card.
+    let config = std::fs::read_to_string(out.join("config.json")).unwrap();
+    assert!(config.contains("\"A\""), "{config}");
+    assert!(out.join("README.md").is_file());
+}
+
+#[test]
+fn jobs_and_speculation_give_exactly_the_sequential_search() {
+    let Some(python) = common::reference_python() else {
+        return;
+    };
+    let world = World::files();
+    let run = |extra: &[&str], name: &str| {
+        let out = world.dir.path().join(name);
+        let mut args = vec!["greedy", "--json", "-q", "--scorer"];
+        let scorer = world.scorer(&python, "");
+        args.push(&scorer);
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+        let record = world.dir.path().join(format!("{name}.record"));
+        let (report, _) = run_json(
+            soup_eval(&args, &world.ingredients)
+                .env("SCORER_RECORD", &record)
+                .env("SCORER_SLEEP", "0.2"),
+        );
+        (
+            report,
+            std::fs::read(&out).unwrap(),
+            std::fs::read_to_string(&record).unwrap(),
+        )
+    };
+    let (sequential, bytes, _) = run(&[], "seq.safetensors");
+    check_known_answer(&sequential, 1.0);
+    // One at a time, every run is one the search needs.
+    let secs = |r: &serde_json::Value, k: &str| r["scorer"][k].as_f64().unwrap();
+    assert!(
+        (secs(&sequential, "scorer_seconds") - secs(&sequential, "sequential_seconds")).abs()
+            < 1e-6
+    );
+    for (extra, name) in [
+        (&["--jobs", "2"][..], "j2.safetensors"),
+        (&["--speculate", "2"][..], "s2.safetensors"),
+        (&["--jobs", "2", "--speculate", "2"][..], "j2s2.safetensors"),
+        (&["--jobs", "3", "--speculate", "4"][..], "j3s4.safetensors"),
+    ] {
+        let (report, b, record) = run(extra, name);
+        assert_eq!(
+            search_outcome(&report),
+            search_outcome(&sequential),
+            "{extra:?}"
+        );
+        assert_eq!(b, bytes, "{extra:?}: the -o soup differs");
+        // Slots: only 0..jobs, and one run per slot at a time.
+        let jobs: usize = extra
+            .iter()
+            .position(|a| *a == "--jobs")
+            .map_or(1, |i| extra[i + 1].parse().unwrap());
+        let mut busy = vec![false; jobs];
+        let mut events: Vec<(f64, usize, bool)> = record
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (
+                    f[4].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3] == "start",
+                )
+            })
+            .collect();
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut most = 0;
+        for (_, slot, start) in events {
+            assert!(slot < jobs, "{extra:?}: slot {slot}");
+            assert_eq!(
+                busy[slot], !start,
+                "{extra:?}: slot {slot} ran two scorers at once"
+            );
+            busy[slot] = start;
+            most = most.max(busy.iter().filter(|b| **b).count());
+        }
+        if jobs > 1 {
+            assert!(most > 1, "{extra:?}: never ran two scorers at once");
+        }
+        let speculate = extra.contains(&"--speculate");
+        if speculate && jobs > 1 {
+            // Speculation scored soups that an acceptance then made moot; the speed-up counts
+            // only the runs a one-at-a-time search makes too.
+            assert!(report["greedy"]["search"]["discarded"].as_u64().unwrap() > 0);
+            assert!(secs(&report, "sequential_seconds") < secs(&report, "scorer_seconds"));
+        }
+    }
+}

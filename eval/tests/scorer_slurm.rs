@@ -1,0 +1,154 @@
+//! A greedy search scored through a real Slurm cluster (single node, started by .ci/slurm.sh):
+//! the scorer is `srun ...`, or `sbatch --wait ...`, with `--jobs 2`, and the soup is the one
+//! known in advance.
+//!
+//! `.ci/run` starts the cluster and exports SLURM_CONF. Without SLURM_CONF the test starts one
+//! itself with .ci/slurm.sh (and stops it after); when that can't be done here, the test is
+//! skipped with a message, except under CI=true, where it fails.
+
+mod scorer_support;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use scorer_support::*;
+
+/// A cluster this test started, stopped when dropped.
+struct Started(PathBuf);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = Command::new(common::repo_root().join(".ci/slurm.sh"))
+            .arg("stop")
+            .env("SOUP_SLURM_DIR", &self.0)
+            .status();
+    }
+}
+
+/// The cluster's SLURM_CONF, and a guard if this test started it; `None` to skip.
+fn cluster() -> Option<(PathBuf, Option<Started>)> {
+    if let Some(conf) = std::env::var_os("SLURM_CONF") {
+        return Some((conf.into(), None));
+    }
+    let dir = std::env::temp_dir().join(format!("model-soup-slurm-test-{}", std::process::id()));
+    let out = Command::new(common::repo_root().join(".ci/slurm.sh"))
+        .arg("start")
+        .env("SOUP_SLURM_DIR", &dir)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let conf = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            Some((conf.into(), Some(Started(dir))))
+        }
+        other => {
+            let why = match other {
+                Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                Err(e) => e.to_string(),
+            };
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but .ci/slurm.sh could not start Slurm: {why}");
+            }
+            eprintln!("skipping the Slurm test: .ci/slurm.sh could not start Slurm here ({why}); run it as root on Debian, or set SLURM_CONF to a cluster");
+            None
+        }
+    }
+}
+
+fn check(report: &serde_json::Value) {
+    let search = &report["greedy"]["search"];
+    let ranking: Vec<usize> = serde_json::from_value(search["ranking"].clone()).unwrap();
+    let chosen: Vec<usize> = serde_json::from_value(search["chosen"].clone()).unwrap();
+    assert_eq!(ranking, RANKING);
+    assert_eq!(chosen, CHOSEN);
+    let kept: Vec<(usize, bool)> = search["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["candidate"].as_u64().unwrap() as usize,
+                s["kept"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(kept, STEPS);
+}
+
+#[test]
+fn a_greedy_search_scored_through_slurm_with_two_jobs() {
+    let Some(python) = common::reference_python() else {
+        return;
+    };
+    let Some((conf, _started)) = cluster() else {
+        return;
+    };
+    let world = World::files();
+    let work = world.folder("shared work");
+    let record = world.dir.path().join("record");
+    let scorer = format!("srun -N1 -n1 --quiet {}", world.scorer(&python, ""));
+    let out = world.dir.path().join("greedy.safetensors");
+    let (report, _) = run_json(
+        soup_eval(
+            &[
+                "greedy",
+                "--json",
+                "-q",
+                "--scorer",
+                &scorer,
+                "--jobs",
+                "2",
+                "--speculate",
+                "2",
+                "--scorer-timeout",
+                "120",
+                "--work-dir",
+                work.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ],
+            &world.ingredients,
+        )
+        .env("SLURM_CONF", &conf)
+        .env("SCORER_RECORD", &record),
+    );
+    check(&report);
+    assert!(left_in(&work).is_empty(), "{:?}", left_in(&work));
+    // Every score came from a Slurm job step, two at a time at most.
+    let lines = std::fs::read_to_string(&record).unwrap();
+    let starts: Vec<&str> = lines.lines().filter(|l| l.contains(" start ")).collect();
+    assert!(starts.len() >= 9, "{lines}");
+    for l in &starts {
+        let job = l.split(' ').nth(5).unwrap();
+        assert!(job.parse::<u64>().is_ok(), "not run by Slurm: {l}");
+    }
+
+    // The same search with sbatch --wait, whose output goes to a file.
+    let logs = world.folder("logs");
+    let sbatch = format!(
+        "sbatch --wait --quiet -o {logs}/{{name}}.out --wrap \"{}\" && tail -n 1 {logs}/{{name}}.out",
+        world.scorer(&python, ""),
+        logs = quote(&logs)
+    );
+    let (report, _) = run_json(
+        soup_eval(
+            &[
+                "greedy",
+                "--json",
+                "-q",
+                "--shell",
+                "--scorer",
+                &sbatch,
+                "--jobs",
+                "2",
+                "--scorer-timeout",
+                "120",
+                "--work-dir",
+                work.to_str().unwrap(),
+            ],
+            &world.ingredients,
+        )
+        .env("SLURM_CONF", &conf),
+    );
+    check(&report);
+    assert!(left_in(&work).is_empty());
+}

@@ -1,0 +1,258 @@
+//! Parity with PyTorch: candle's logits for tiny torchvision models (fixtures/vision, made by
+//! make_vision_fixtures.py with torchvision's own classes) against PyTorch's eval-mode logits.
+//!
+//! Tolerance, in f32: every logit within 1e-4 of the largest PyTorch logit's magnitude.
+
+use std::path::{Path, PathBuf};
+
+use model_soup::format::Checkpoint;
+use soup_eval::arch::{Options, Selection};
+use soup_eval::dataset::Dataset;
+use soup_eval::evaluator::Evaluator;
+use soup_eval::weights::{check_fits, Weights};
+
+/// Relative tolerance on f32 logits.
+const TOLERANCE: f32 = 1e-4;
+
+/// Every case the generator makes, with the family it belongs to and the description
+/// `--arch auto` must give.
+const CASES: &[(&str, &str, &str)] = &[
+    (
+        "resnet-basic",
+        "resnet",
+        "resnet (basic blocks 2-1-1-1, widths 8-16-32-64, groups 1, 5 classes)",
+    ),
+    (
+        "resnet-bottleneck",
+        "resnet",
+        "resnet (bottleneck blocks 1-2-1-1, widths 8-16-32-64, groups 1, 7 classes)",
+    ),
+    (
+        "resnext",
+        "resnet",
+        "resnet (bottleneck blocks 1-1-1-1, widths 16-32-64-128, groups 4, 6 classes)",
+    ),
+    (
+        "wide-resnet",
+        "resnet",
+        "resnet (bottleneck blocks 1-1-1-1, widths 16-32-64-128, groups 1, 5 classes)",
+    ),
+    (
+        "densenet-small",
+        "densenet",
+        "densenet (growth 8, blocks 2-2-2, 16 initial features, bottleneck 32, 5 classes)",
+    ),
+    (
+        "densenet-4blocks",
+        "densenet",
+        "densenet (growth 6, blocks 1-2-3-1, 12 initial features, bottleneck 12, 10 classes)",
+    ),
+    (
+        "vgg",
+        "vgg",
+        "vgg (8 M 16 M 16 16 M, classifier 32-24, 5 classes)",
+    ),
+    (
+        "vgg-bn",
+        "vgg",
+        "vgg_bn (8 8 M 16 M 24 M, classifier 16-16, 6 classes)",
+    ),
+    (
+        "vit",
+        "vit",
+        "vit (patch 8, image 32, 2 layers, width 64, mlp 96, 1 heads, 6 classes)",
+    ),
+    (
+        "vit-heads3-repr",
+        "vit",
+        "vit (patch 6, image 24, 3 layers, width 48, mlp 64, 3 heads, 5 classes)",
+    ),
+    (
+        "convnext",
+        "convnext",
+        "convnext (widths 16-32-48, depths 1-2-1, 5 classes)",
+    ),
+    (
+        "efficientnet",
+        "efficientnet",
+        "efficientnet (stem 8, stages 1x8 1x8 1x16 2x24 2x32 2x48 1x80, head 320, 5 classes)",
+    ),
+    (
+        "efficientnet-3stages-eps",
+        "efficientnet",
+        "efficientnet (stem 8, stages 1x8 2x16 1x24, head 96, 6 classes)",
+    ),
+    (
+        "mobilenet-v2",
+        "mobilenet_v2",
+        "mobilenet_v2 (stem 8, blocks 8-8-8-8-8-8-16-16-16-16-24-24-24-40-40-40-80, last 1280, 5 classes)",
+    ),
+    (
+        "mobilenet-v2-custom",
+        "mobilenet_v2",
+        "mobilenet_v2 (stem 32, blocks 8-16-16-24, last 1280, 4 classes)",
+    ),
+];
+
+fn vision(name: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/vision")).join(name)
+}
+
+/// f32 values of one tensor of a safetensors file, with its shape.
+fn read_f32(file: &Checkpoint, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = file.tensor(name).unwrap_or_else(|| panic!("no '{name}'"));
+    let shape = t.info.shape.iter().map(|&d| d as usize).collect();
+    let values = t
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (shape, values)
+}
+
+/// The `--arch-option`s the generator recorded for a case (settings not in the shapes).
+fn options(weights: &Checkpoint) -> Options {
+    let given: Vec<String> = weights
+        .metadata()
+        .get("arch_options")
+        .map(|o| o.split(' ').map(str::to_string).collect())
+        .unwrap_or_default();
+    Options::parse(&given).unwrap()
+}
+
+/// candle's logits and PyTorch's for one case, configured with `--arch arch`.
+fn logits(case: &str, arch: &str) -> (String, Vec<f32>, Vec<f32>) {
+    let weights = Checkpoint::open(&vision(&format!("{case}.safetensors"))).unwrap();
+    let io = Checkpoint::open(&vision(&format!("{case}.io.safetensors"))).unwrap();
+    let model = Selection::parse(arch)
+        .unwrap()
+        .configure(&weights, &options(&weights))
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    check_fits(&weights, &*model).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let (shape, inputs) = read_f32(&io, "inputs");
+    let (_, expected) = read_f32(&io, "logits");
+    let data = Dataset::in_memory(vision(case), inputs, shape[1..].to_vec(), vec![0; shape[0]]);
+    let evaluator = Evaluator::new(model.clone(), candle_core::Device::Cpu, 2);
+    let got = evaluator
+        .logits(
+            &Weights::from_checkpoint(&weights, &candle_core::Device::Cpu).unwrap(),
+            &data,
+        )
+        .unwrap();
+    (model.describe(), got, expected)
+}
+
+fn assert_close(case: &str, got: &[f32], expected: &[f32]) {
+    assert_eq!(got.len(), expected.len(), "{case}: logit count");
+    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0, "{case}: PyTorch's logits are all zero");
+    let worst = got
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!(
+        "{case}: max |candle - torch| / max |torch| = {:.2e}",
+        worst / scale
+    );
+    assert!(
+        worst <= TOLERANCE * scale,
+        "{case}: max |candle - torch| = {worst:e}, more than {TOLERANCE:e} x {scale}"
+    );
+}
+
+#[test]
+fn candle_matches_pytorch_on_every_vision_fixture() {
+    for (case, family, description) in CASES {
+        let (described, got, expected) = logits(case, family);
+        assert_eq!(&described, description, "{case}");
+        assert_close(case, &got, &expected);
+    }
+}
+
+#[test]
+fn auto_detects_each_fixture_family() {
+    for (case, family, _) in CASES {
+        let weights = Checkpoint::open(&vision(&format!("{case}.safetensors"))).unwrap();
+        assert_eq!(
+            weights.metadata().get("family").map(String::as_str),
+            Some(*family),
+            "{case}: generator metadata"
+        );
+        let model = Selection::parse("auto")
+            .unwrap()
+            .configure(&weights, &options(&weights))
+            .unwrap();
+        assert_eq!(model.family(), *family, "{case}");
+    }
+}
+
+#[test]
+fn the_comparison_can_fail() {
+    // A perturbed weight must move the logits beyond the tolerance, or the test proves nothing.
+    let case = "densenet-small";
+    let (_, _, expected) = logits(case, "densenet");
+    let mut moved = expected.clone();
+    moved[0] += 2.0 * TOLERANCE * expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let result = std::panic::catch_unwind(|| assert_close(case, &moved, &expected));
+    assert!(result.is_err());
+}
+
+#[test]
+fn a_standard_variant_name_is_checked_against_the_checkpoint() {
+    let weights = Checkpoint::open(&vision("densenet-small.safetensors")).unwrap();
+    let err = Selection::parse("densenet121")
+        .unwrap()
+        .configure(&weights, &Options::default())
+        .err()
+        .expect("a tiny densenet is not densenet121")
+        .to_string();
+    assert!(
+        err.contains("densenet121") && err.contains("growth 8") && err.contains("--arch densenet"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_vit_with_other_heads_needs_the_option_and_differs_without_it() {
+    // The shapes can't tell 3 heads of 16 from 1 head of 48 (width / 64 rounds to 0, so 1):
+    // without --arch-option heads=3 the model builds, but computes something else.
+    let weights = Checkpoint::open(&vision("vit-heads3-repr.safetensors")).unwrap();
+    let model = Selection::parse("vit")
+        .unwrap()
+        .configure(&weights, &Options::default())
+        .unwrap();
+    assert!(model.describe().contains("1 heads"), "{}", model.describe());
+    let io = Checkpoint::open(&vision("vit-heads3-repr.io.safetensors")).unwrap();
+    let (shape, inputs) = read_f32(&io, "inputs");
+    let (_, expected) = read_f32(&io, "logits");
+    let data = Dataset::in_memory(vision("x"), inputs, shape[1..].to_vec(), vec![0; shape[0]]);
+    let got = Evaluator::new(model, candle_core::Device::Cpu, 4)
+        .logits(
+            &Weights::from_checkpoint(&weights, &candle_core::Device::Cpu).unwrap(),
+            &data,
+        )
+        .unwrap();
+    let result = std::panic::catch_unwind(|| assert_close("one head", &got, &expected));
+    assert!(result.is_err(), "one head matched PyTorch's three");
+    let bad = Options::parse(&["heads=5".to_string()]).unwrap();
+    let err = Selection::parse("vit")
+        .unwrap()
+        .configure(&weights, &bad)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("heads") && err.contains("48"), "{err}");
+}
+
+#[test]
+fn an_efficientnet_of_other_stages_needs_its_strides() {
+    let weights = Checkpoint::open(&vision("efficientnet-3stages-eps.safetensors")).unwrap();
+    let err = Selection::parse("efficientnet")
+        .unwrap()
+        .configure(&weights, &Options::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("strides") && err.contains("3 stages"), "{err}");
+}

@@ -1,0 +1,847 @@
+//! Every merge method against an independent float64 reference (tests/reference/methods_ref.py),
+//! on random tensors and on the edge cases that break merges: zero task vectors, exact sign
+//! ties, density 1, t at 0 and 1, colinear models, and parameters that must be refused. Also:
+//! the same bytes at any thread count.
+
+mod common;
+
+use common::*;
+use safetensors::Dtype as D;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The tensors of the test model: names with layers (for gradients), a 4-D tensor (DELLA's
+/// rows run along dimension 1), 1-D tensors, and an integer tensor that is copied.
+const TENSORS: &[(&str, &[usize])] = &[
+    ("model.embed.weight", &[200, 24]),
+    ("model.layers.0.self_attn.q.weight", &[48, 40]),
+    ("model.layers.1.mlp.up.weight", &[40, 48]),
+    ("model.layers.2.conv.weight", &[6, 5, 3, 3]),
+    ("model.layers.2.mlp.bias", &[40]),
+    ("model.norm.weight", &[40]),
+];
+
+fn encode(dtype: D, values: &[f64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &x in values {
+        match dtype {
+            D::F16 => out.extend(half::f16::from_f64(x).to_le_bytes()),
+            D::BF16 => out.extend(half::bf16::from_f64(x).to_le_bytes()),
+            D::F32 => out.extend((x as f32).to_le_bytes()),
+            D::F64 => out.extend(x.to_le_bytes()),
+            other => panic!("{other:?}"),
+        }
+    }
+    out
+}
+
+/// A model whose float tensors are `f(name, base values)` and whose integer tensor is `step`.
+fn model(path: &Path, dtype: D, step: i64, f: &dyn Fn(usize, &[f64]) -> Vec<f64>) {
+    let mut specs = Vec::new();
+    for (i, (name, shape)) in TENSORS.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let mut rng = Rng::new(7 + i as u64);
+        let base: Vec<f64> = (0..n).map(|_| rng.normal() * 0.5).collect();
+        specs.push(spec(name, dtype, shape, encode(dtype, &f(i, &base))));
+    }
+    specs.push(spec(
+        "bn.num_batches_tracked",
+        D::I64,
+        &[],
+        step.to_le_bytes().to_vec(),
+    ));
+    write(path, &specs);
+}
+
+/// A base and `k` fine-tunes: base plus noise of scale 0.05 (plus a per-model bias, so the
+/// task vectors are not orthogonal and Model Stock's angle is not 90 degrees).
+fn family(dir: &Path, dtype: D, k: usize) -> (PathBuf, Vec<PathBuf>) {
+    let base = dir.join(format!("base-{dtype:?}.safetensors"));
+    model(&base, dtype, 0, &|_, b| b.to_vec());
+    let fts = (0..k)
+        .map(|m| {
+            let p = dir.join(format!("ft{m}-{dtype:?}.safetensors"));
+            model(&p, dtype, 10 + m as i64, &|i, b| {
+                let mut rng = Rng::new(1000 * (m as u64 + 1) + i as u64);
+                let shared = Rng::new(99 + i as u64);
+                let mut shared = shared;
+                b.iter()
+                    .map(|x| x + 0.05 * rng.normal() + 0.03 * shared.normal())
+                    .collect()
+            });
+            p
+        })
+        .collect();
+    (base, fts)
+}
+
+struct Case<'a> {
+    method: &'a str,
+    base: Option<&'a Path>,
+    models: &'a [PathBuf],
+    flags: &'a [&'a str],
+    /// The parameters in mergekit's JSON form, for the reference.
+    params: &'a str,
+    seed: u64,
+}
+
+fn merged(case: &Case<'_>, out: &Path) {
+    let mut cmd = soup_merge();
+    cmd.arg("--method")
+        .arg(case.method)
+        .arg("-o")
+        .arg(out)
+        .arg("-f")
+        .arg("-q");
+    if let Some(b) = case.base {
+        cmd.arg("--base").arg(b);
+    }
+    cmd.args(case.models).args(case.flags);
+    if case.seed != 0 {
+        cmd.arg("--seed").arg(case.seed.to_string());
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}: {}", case.method, stderr(&o));
+}
+
+fn reference(python: &Path, case: &Case<'_>, out: &Path) {
+    let mut cmd = Command::new(python);
+    cmd.arg(reference_script("methods_ref.py"))
+        .arg(out)
+        .arg("--method")
+        .arg(case.method)
+        .arg("--params")
+        .arg(case.params)
+        .arg("--seed")
+        .arg(case.seed.to_string());
+    if let Some(b) = case.base {
+        cmd.arg("--base").arg(b);
+    }
+    let r = cmd.args(case.models).output().unwrap();
+    let report = format!("{}{}", stdout(&r), stderr(&r));
+    assert!(
+        r.status.success() && report.contains(", 0 failures"),
+        "{} disagrees with the reference:\n{report}",
+        case.method
+    );
+}
+
+fn check(case: Case<'_>) {
+    let Some(python) = reference_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("soup.safetensors");
+    merged(&case, &out);
+    reference(&python, &case, &out);
+}
+
+/// Every method on f32, bf16 and f16 inputs with its flags' common parameters.
+#[test]
+fn every_method_matches_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dtype in [D::F32, D::BF16, D::F16] {
+        let (base, fts) = family(tmp.path(), dtype, 3);
+        let w3 = r#"{"models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#;
+        let weights = ["-w", "0.5,0.3,0.2"];
+        let with = |extra: &[&'static str]| -> Vec<&'static str> {
+            weights
+                .iter()
+                .copied()
+                .chain(extra.iter().copied())
+                .collect()
+        };
+        let cases: Vec<(&str, Vec<&str>, String)> = vec![
+            ("linear", with(&[]), r#"{"parameters": {"normalize": false}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("task_arithmetic", with(&["--lambda", "0.8"]), r#"{"parameters": {"lambda": 0.8}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("ties", with(&["--density", "0.4"]), r#"{"parameters": {"density": 0.4}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("dare_linear", with(&["--density", "0.6"]), r#"{"parameters": {"density": 0.6}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("dare_ties", with(&["--density", "0.5", "--lambda", "1.5"]), r#"{"parameters": {"density": 0.5, "lambda": 1.5}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("della", with(&["--density", "0.5", "--epsilon", "0.2"]), r#"{"parameters": {"density": 0.5, "epsilon": 0.2}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("della_linear", with(&["--density", "0.7"]), r#"{"parameters": {"density": 0.7}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("breadcrumbs", with(&["--density", "0.8", "--gamma", "0.05"]), r#"{"parameters": {"density": 0.8, "gamma": 0.05}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("breadcrumbs_ties", with(&["--density", "0.9"]), r#"{"parameters": {"density": 0.9}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("model_stock", vec![], "{}".into()),
+            ("model_stock", vec!["--param", "filter_wise=true"], r#"{"parameters": {"filter_wise": true}}"#.into()),
+        ];
+        let _ = w3;
+        for (method, flags, params) in &cases {
+            check(Case {
+                method,
+                base: (*method != "linear").then_some(base.as_path()),
+                models: &fts,
+                flags,
+                params,
+                seed: 11,
+            });
+        }
+        check(Case {
+            method: "slerp",
+            base: Some(&base),
+            models: &fts[..1],
+            flags: &["--t", "0.3"],
+            params: r#"{"parameters": {"t": 0.3}}"#,
+            seed: 0,
+        });
+        for (flags, params) in [
+            (
+                vec!["-w", "0.3,0.7"],
+                r#"{"models": [{"weight": 0.3}, {"weight": 0.7}]}"#,
+            ),
+            (
+                vec!["-w", "0.3,0.7", "--param", "nuslerp_flatten=false"],
+                r#"{"parameters": {"nuslerp_flatten": false}, "models": [{"weight": 0.3}, {"weight": 0.7}]}"#,
+            ),
+            (
+                vec![
+                    "-w",
+                    "1,2",
+                    "--param",
+                    "nuslerp_flatten=false",
+                    "--param",
+                    "nuslerp_row_wise=true",
+                ],
+                r#"{"parameters": {"nuslerp_flatten": false, "nuslerp_row_wise": true}, "models": [{"weight": 1}, {"weight": 2}]}"#,
+            ),
+        ] {
+            // With a base (task vectors) and without.
+            for b in [Some(base.as_path()), None] {
+                check(Case {
+                    method: "nuslerp",
+                    base: b,
+                    models: &fts[..2],
+                    flags: &flags,
+                    params,
+                    seed: 0,
+                });
+            }
+        }
+        check(Case {
+            method: "passthrough",
+            base: None,
+            models: &fts[..1],
+            flags: &["--param", "scale=0.5"],
+            params: r#"{"models": [{"scale": 0.5}]}"#,
+            seed: 0,
+        });
+    }
+}
+
+fn tensors(path: &Path) -> std::collections::HashMap<String, (D, Vec<usize>, Vec<u8>)> {
+    read(path)
+}
+
+#[test]
+fn edge_cases_zero_task_vectors_density_one_and_the_ends_of_t() {
+    let Some(python) = reference_python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, fts) = family(tmp.path(), D::BF16, 2);
+    // Fine-tunes equal to the base: every task vector is zero, so every method gives the base.
+    let same: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let p = tmp.path().join(format!("same{i}.safetensors"));
+            std::fs::copy(&base, &p).unwrap();
+            p
+        })
+        .collect();
+    let want = tensors(&base);
+    for (method, flags) in [
+        ("task_arithmetic", vec![]),
+        ("ties", vec!["--density", "0.5"]),
+        ("dare_ties", vec!["--density", "0.5"]),
+        ("dare_linear", vec!["--density", "0.3"]),
+        ("della", vec!["--density", "0.5"]),
+        ("breadcrumbs_ties", vec!["--density", "0.5"]),
+        ("model_stock", vec![]),
+    ] {
+        let out = tmp.path().join(format!("zero-{method}.safetensors"));
+        let case = Case {
+            method,
+            base: Some(&base),
+            models: &same,
+            flags: &flags,
+            params: "{}",
+            seed: 3,
+        };
+        merged(&case, &out);
+        let got = tensors(&out);
+        for (name, t) in &want {
+            assert_eq!(got[name].2, t.2, "{method}: {name} is not the base");
+        }
+    }
+    // Density 1 keeps every element.
+    check(Case {
+        method: "ties",
+        base: Some(&base),
+        models: &fts,
+        flags: &["--density", "1"],
+        params: r#"{"parameters": {"density": 1.0, "weight": 1}}"#,
+        seed: 0,
+    });
+    check(Case {
+        method: "dare_linear",
+        base: Some(&base),
+        models: &fts,
+        flags: &["--density", "1.0"],
+        params: r#"{"parameters": {"density": 1.0, "weight": 1}}"#,
+        seed: 0,
+    });
+    // t = 0 is the base and t = 1 the other model, bit for bit.
+    for (t, want) in [("0", &base), ("1", &fts[0])] {
+        let out = tmp.path().join(format!("t{t}.safetensors"));
+        let case = Case {
+            method: "slerp",
+            base: Some(&base),
+            models: &fts[..1],
+            flags: &["--t", t],
+            params: "{}",
+            seed: 0,
+        };
+        merged(&case, &out);
+        let (got, want) = (tensors(&out), tensors(want));
+        for (name, w) in &want {
+            if name != "bn.num_batches_tracked" {
+                assert_eq!(got[name].2, w.2, "t = {t}: {name}");
+            }
+        }
+    }
+    // Colinear models: twice the base. SLERP falls back to a straight line.
+    let double = tmp.path().join("double.safetensors");
+    model(&double, D::F32, 0, &|_, b| {
+        b.iter().map(|x| 2.0 * x).collect()
+    });
+    let base32 = tmp.path().join("base32.safetensors");
+    model(&base32, D::F32, 0, &|_, b| b.to_vec());
+    let case = Case {
+        method: "slerp",
+        base: Some(&base32),
+        models: std::slice::from_ref(&double),
+        flags: &["--t", "0.25"],
+        params: r#"{"parameters": {"t": 0.25}}"#,
+        seed: 0,
+    };
+    let out = tmp.path().join("colinear.safetensors");
+    merged(&case, &out);
+    reference(&python, &case, &out);
+    let got = tensors(&out);
+    let b: Vec<f32> = bytemuck_f32(&tensors(&base32)["model.norm.weight"].2);
+    let g: Vec<f32> = bytemuck_f32(&got["model.norm.weight"].2);
+    for (x, y) in b.iter().zip(&g) {
+        assert_eq!(*y, 1.25 * x);
+    }
+}
+
+fn bytemuck_f32(b: &[u8]) -> Vec<f32> {
+    b.chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn exact_sign_ties_elect_the_positive_sign() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Task vectors +d and -d with equal weights: the weighted sum is exactly 0, which mergekit
+    // counts as positive, so the result is base + |d|. Base and d have few bits, so every sum
+    // is exact in f32.
+    let d = |i: usize, b: &[f64]| -> Vec<f64> {
+        b.iter()
+            .enumerate()
+            .map(|(j, _)| ((i * 7 + j) % 13) as f64 / 64.0 - 0.09375)
+            .collect()
+    };
+    let base = tmp.path().join("base.safetensors");
+    let coarse = |b: &[f64]| -> Vec<f64> { b.iter().map(|x| (x * 64.0).round() / 64.0).collect() };
+    model(&base, D::F32, 0, &|_, b| coarse(b));
+    let plus = tmp.path().join("plus.safetensors");
+    model(&plus, D::F32, 0, &|i, b| {
+        coarse(b).iter().zip(d(i, b)).map(|(x, y)| x + y).collect()
+    });
+    let minus = tmp.path().join("minus.safetensors");
+    model(&minus, D::F32, 0, &|i, b| {
+        coarse(b).iter().zip(d(i, b)).map(|(x, y)| x - y).collect()
+    });
+    let out = tmp.path().join("ties.safetensors");
+    let models = [plus.clone(), minus.clone()];
+    merged(
+        &Case {
+            method: "ties",
+            base: Some(&base),
+            models: &models,
+            flags: &[],
+            params: "{}",
+            seed: 0,
+        },
+        &out,
+    );
+    let (got, plus, minus) = (tensors(&out), tensors(&plus), tensors(&minus));
+    let mut elected = 0;
+    for (name, _) in TENSORS {
+        let got = bytemuck_f32(&got[*name].2);
+        let plus = bytemuck_f32(&plus[*name].2);
+        let minus = bytemuck_f32(&minus[*name].2);
+        for ((g, p), m) in got.iter().zip(&plus).zip(&minus) {
+            // base + |d| is the larger of the two; where d is 0 it is the base.
+            assert_eq!(*g, p.max(*m), "{name}");
+            elected += (p != m) as usize;
+        }
+    }
+    assert!(elected > 1000, "the test needs non-zero task vectors");
+}
+
+#[test]
+fn recipes_with_gradients_and_filters_match_the_reference() {
+    let Some(python) = reference_python() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, fts) = family(tmp.path(), D::BF16, 2);
+    // JSON is YAML: the same text is the recipe's parameters and the reference's.
+    let cases = [
+        (
+            "ties",
+            r#"{"parameters": {"density": [0.3, 0.9], "normalize": true}, "models": [{"weight": [{"filter": "self_attn", "value": 0.2}, {"value": 0.7}]}, {"weight": 0.5, "density": 0.6}]}"#,
+        ),
+        (
+            "della_linear",
+            r#"{"parameters": {"density": 0.5, "epsilon": [0.1, 0.2, 0.3]}, "models": [{"weight": 1.0}, {"weight": [0.5, 1.5]}]}"#,
+        ),
+        (
+            "task_arithmetic",
+            r#"{"parameters": {"lambda": [{"filter": "mlp", "value": [0.5, 2.0]}, {"value": 1.0}]}, "models": [{"weight": 0.6}, {"weight": 0.4}]}"#,
+        ),
+    ];
+    for (method, params) in cases {
+        let v: serde_json::Value = serde_json::from_str(params).unwrap();
+        let mut text = format!(
+            "merge_method: {method}\nbase_model: {}\nrandom_seed: 5\nparameters: {}\nmodels:\n  - model: {}\n",
+            base.display(),
+            v["parameters"],
+            base.display()
+        );
+        for (m, p) in fts.iter().zip(v["models"].as_array().unwrap()) {
+            text += &format!("  - model: {}\n    parameters: {p}\n", m.display());
+        }
+        let recipe = tmp.path().join(format!("{method}.yaml"));
+        std::fs::write(&recipe, &text).unwrap();
+        let out = tmp.path().join(format!("{method}-recipe.safetensors"));
+        let o = run_merge(&[&"--config", &recipe, &"-o", &out, &"-q"]);
+        assert!(o.status.success(), "{text}\n{}", stderr(&o));
+        reference(
+            &python,
+            &Case {
+                method,
+                base: Some(&base),
+                models: &fts,
+                flags: &[],
+                params,
+                seed: 5,
+            },
+            &out,
+        );
+        let bytes = std::fs::read(&out).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().as_ref().unwrap();
+        assert_eq!(meta["model_soup.method"], method);
+        assert_eq!(meta["model_soup.seed"], "5");
+        assert!(meta["model_soup.base"].starts_with("base-"));
+        let recorded: serde_json::Value =
+            serde_json::from_str(&meta["model_soup.parameters"]).unwrap();
+        assert_eq!(recorded["parameters"], v["parameters"], "{recorded}");
+        assert_eq!(recorded["models"], v["models"], "{recorded}");
+    }
+}
+
+/// One `error:` line, status 1, nothing written.
+fn refused(args: &[&dyn AsRef<std::ffi::OsStr>], out: &Path, says: &str) {
+    let o = run_merge(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{says}: {err}");
+    assert!(
+        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    assert!(err.contains(says), "expected '{says}' in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn invalid_parameters_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, fts) = family(tmp.path(), D::F32, 3);
+    let out = tmp.path().join("never.safetensors");
+    let (a, b, c) = (&fts[0], &fts[1], &fts[2]);
+    let m = |s: &'static str| s;
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            b,
+            &"--density",
+            &"0",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--density is 0, outside (0, 1]",
+    );
+    refused(
+        &[
+            &"--method",
+            &"dare_ties",
+            &"--base",
+            &base,
+            a,
+            b,
+            &"--density",
+            &"1.5",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "outside (0, 1]",
+    );
+    refused(
+        &[
+            &"--method",
+            &"slerp",
+            &"--base",
+            &base,
+            a,
+            &"--t",
+            &"1.2",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--t is 1.2, outside [0, 1]",
+    );
+    refused(
+        &[
+            &"--method",
+            &"slerp",
+            &"--base",
+            &base,
+            a,
+            &"--t=-0.1",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "outside [0, 1]",
+    );
+    refused(
+        &[&"--method", &"slerp", &"--base", &base, a, &"-o", &out],
+        &out,
+        "needs parameter t",
+    );
+    refused(
+        &[&"--method", &"ties", a, b, &"-o", &out],
+        &out,
+        "needs a base model: give --base",
+    );
+    refused(
+        &[
+            &"--method",
+            &"slerp",
+            &"--base",
+            &base,
+            a,
+            b,
+            &"--t",
+            &"0.5",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "exactly two models",
+    );
+    refused(
+        &[&"--method", &"slerp", a, b, c, &"--t", &"0.5", &"-o", &out],
+        &out,
+        "needs a base model",
+    );
+    refused(
+        &[
+            &"--method",
+            &"model_stock",
+            &"--base",
+            &base,
+            a,
+            &"-o",
+            &out,
+        ],
+        &out,
+        "at least two fine-tunes",
+    );
+    refused(
+        &[
+            &"--method",
+            &"slerp",
+            &"--base",
+            &base,
+            a,
+            &"--t",
+            &"0.5",
+            &"--density",
+            &"0.5",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--density is not a parameter of slerp",
+    );
+    refused(
+        &[
+            &"--method",
+            &"della",
+            &"--base",
+            &base,
+            a,
+            &"--density",
+            &"0.1",
+            &"--epsilon",
+            &"0.2",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "epsilon 0.2 with density 0.1",
+    );
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            &"--density",
+            &"0.001",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "keeps no element",
+    );
+    refused(
+        &[&"--method", &"karcher", a, b, &"-o", &out],
+        &out,
+        "--method karcher is not a merge method",
+    );
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            b,
+            &"-w",
+            &"1,2,3",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--weights has 3 values for 2 models besides the base",
+    );
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            &"--param",
+            &"rescale=maybe",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "not a number, true or false",
+    );
+    refused(
+        &[
+            &"--method",
+            &"ties",
+            &"--base",
+            &base,
+            a,
+            &"--param",
+            &"t=0.5",
+            &"-o",
+            &out,
+        ],
+        &out,
+        "--param t is not a parameter of ties",
+    );
+    refused(
+        &[&"--method", &"passthrough", a, b, &"-o", &out],
+        &out,
+        "exactly one model",
+    );
+    let _ = m;
+    // A per-layer list longer than the model's 3 layers, and a recipe's errors.
+    let recipe = |name: &str, text: String| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let long = recipe(
+        "long.yaml",
+        format!(
+            "merge_method: slerp\nbase_model: {}\nmodels:\n  - model: {}\nparameters:\n  t: [0, 0.2, 0.4, 0.6]\n",
+            base.display(),
+            a.display()
+        ),
+    );
+    refused(
+        &[&"--config", &long, &"-o", &out],
+        &out,
+        "parameters.t is a list of 4 values, longer than the model's 3 layers",
+    );
+    let one = recipe(
+        "one.yaml",
+        format!(
+            "merge_method: model_stock\nbase_model: {}\nmodels:\n  - model: {}\n  - model: {}\n",
+            base.display(),
+            base.display(),
+            a.display()
+        ),
+    );
+    refused(
+        &[&"--config", &one, &"-o", &out],
+        &out,
+        "at least two fine-tunes",
+    );
+    let three = recipe(
+        "three.yaml",
+        format!(
+            "merge_method: slerp\nbase_model: {}\nparameters: {{t: 0.5}}\nmodels:\n  - model: {}\n  - model: {}\n",
+            base.display(),
+            a.display(),
+            b.display()
+        ),
+    );
+    refused(
+        &[&"--config", &three, &"-o", &out],
+        &out,
+        "exactly two models",
+    );
+}
+
+#[test]
+fn whole_tensor_methods_give_the_same_bytes_at_any_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 1.1 M elements: three chunks, so the partial sums, the tie counts and the trims are
+    // spread over threads.
+    let shape = [1100usize, 1000];
+    let n = shape[0] * shape[1];
+    let mut rng = Rng::new(5);
+    let base_values: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+    let mut paths = Vec::new();
+    for m in 0..4 {
+        let p = tmp.path().join(format!("big{m}.safetensors"));
+        let mut r = Rng::new(50 + m as u64);
+        let values: Vec<f64> = if m == 0 {
+            base_values.clone()
+        } else {
+            base_values.iter().map(|x| x + 0.1 * r.normal()).collect()
+        };
+        write(
+            &p,
+            &[spec(
+                "model.layers.0.w",
+                D::BF16,
+                &shape,
+                encode(D::BF16, &values),
+            )],
+        );
+        paths.push(p);
+    }
+    let base = paths[0].clone();
+    let models = paths[1..].to_vec();
+    for (method, flags) in [
+        ("ties", vec!["--density", "0.3"]),
+        ("dare_ties", vec!["--density", "0.4"]),
+        ("della", vec!["--density", "0.5", "--epsilon", "0.1"]),
+        (
+            "breadcrumbs_ties",
+            vec!["--density", "0.5", "--gamma", "0.1"],
+        ),
+        ("model_stock", vec![]),
+        ("model_stock", vec!["--param", "filter_wise=true"]),
+    ] {
+        let mut outputs = Vec::new();
+        for threads in ["1", "3"] {
+            let out = tmp.path().join(format!("{method}-{threads}.safetensors"));
+            let o = soup_merge()
+                .env("RAYON_NUM_THREADS", threads)
+                .args(["--method", method, "-q", "-f", "--seed", "9"])
+                .arg("--base")
+                .arg(&base)
+                .args(&models)
+                .args(&flags)
+                .arg("-o")
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            outputs.push(std::fs::read(&out).unwrap());
+        }
+        assert!(
+            outputs[0] == outputs[1],
+            "{method} {flags:?} differs between 1 and 3 threads"
+        );
+    }
+    if let Some(python) = reference_python() {
+        let case = Case {
+            method: "ties",
+            base: Some(&base),
+            models: &models,
+            flags: &["--density", "0.3"],
+            params: r#"{"parameters": {"density": 0.3, "weight": 1}}"#,
+            seed: 9,
+        };
+        let out = tmp.path().join("ties-1.safetensors");
+        reference(&python, &case, &out);
+        let case = Case {
+            method: "dare_ties",
+            flags: &["--density", "0.4"],
+            params: r#"{"parameters": {"density": 0.4, "weight": 1}}"#,
+            ..case
+        };
+        reference(&python, &case, &tmp.path().join("dare_ties-1.safetensors"));
+    }
+}
+
+#[test]
+fn dry_runs_plan_methods_from_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, fts) = family(tmp.path(), D::BF16, 2);
+    let o = soup_merge()
+        .args([
+            "--method",
+            "ties",
+            "--density",
+            "0.5",
+            "--dry-run",
+            "--json",
+        ])
+        .arg("--base")
+        .arg(&base)
+        .args(&fts)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let plan = v["plan"].as_array().unwrap();
+    let ties = plan.iter().filter(|t| t["action"] == "ties").count();
+    assert_eq!(ties, TENSORS.len());
+    assert!(plan.iter().any(|t| t["action"] == "copy"));
+    assert_eq!(v["inputs"][0]["path"], base.to_str().unwrap());
+}

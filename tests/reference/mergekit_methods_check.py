@@ -1,0 +1,113 @@
+"""Every deterministic merge method through soup-merge and mergekit on the same small model
+directories; reports per method how many tensors are bit-identical and the largest difference in
+units in the last place of the output dtype.
+
+Usage: mergekit_methods_check.py SOUP_MERGE MERGEKIT_YAML WORKDIR [--dtype float32|bfloat16]
+
+Needs numpy and safetensors (mergekit's venv has both). DARE and DELLA are left out: their drops
+come from torch's generator in mergekit and from a seeded stream keyed by tensor name in
+soup-merge, so their bytes differ by design.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+METHODS = {
+    "linear": ("", "  - {model: %(ft1)s, parameters: {weight: 0.6}}\n  - {model: %(ft2)s, parameters: {weight: 0.4}}\n", ["%(ft1)s", "%(ft2)s", "-w", "0.6,0.4", "--normalize"]),
+    "task_arithmetic": ("base_model: %(base)s\nparameters: {lambda: 0.9}\n", "  - {model: %(ft1)s, parameters: {weight: 0.6}}\n  - {model: %(ft2)s, parameters: {weight: 0.4}}\n", None),
+    "ties": ("base_model: %(base)s\n", "  - {model: %(ft1)s, parameters: {weight: 0.6, density: 0.5}}\n  - {model: %(ft2)s, parameters: {weight: 0.4, density: 0.5}}\n", None),
+    "breadcrumbs": ("base_model: %(base)s\n", "  - {model: %(ft1)s, parameters: {weight: 0.6, density: 0.8, gamma: 0.05}}\n  - {model: %(ft2)s, parameters: {weight: 0.4, density: 0.8, gamma: 0.05}}\n", None),
+    "breadcrumbs_ties": ("base_model: %(base)s\n", "  - {model: %(ft1)s, parameters: {weight: 0.6, density: 0.8, gamma: 0.05}}\n  - {model: %(ft2)s, parameters: {weight: 0.4, density: 0.8, gamma: 0.05}}\n", None),
+    "slerp": ("base_model: %(base)s\nparameters: {t: [0.2, 0.8]}\n", "  - {model: %(base)s}\n  - {model: %(ft1)s}\n", None),
+    "nuslerp": ("base_model: %(base)s\n", "  - {model: %(ft1)s, parameters: {weight: 0.6}}\n  - {model: %(ft2)s, parameters: {weight: 0.4}}\n", None),
+    "model_stock": ("base_model: %(base)s\n", "  - {model: %(ft1)s}\n  - {model: %(ft2)s}\n  - {model: %(ft3)s}\n", None),
+    "passthrough": ("", "  - {model: %(ft1)s, parameters: {scale: 0.5}}\n", None),
+}
+
+
+def model(path, rng, base=None, hidden=64, layers=4, vocab=256):
+    inter = 160
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[p + f"self_attn.{n}.weight"] = (hidden, hidden)
+        shapes[p + "mlp.gate_proj.weight"] = (inter, hidden)
+        shapes[p + "mlp.up_proj.weight"] = (inter, hidden)
+        shapes[p + "mlp.down_proj.weight"] = (hidden, inter)
+        shapes[p + "input_layernorm.weight"] = (hidden,)
+        shapes[p + "post_attention_layernorm.weight"] = (hidden,)
+    tensors = {}
+    for n, s in shapes.items():
+        x = rng.standard_normal(s).astype(np.float32) * 0.02
+        tensors[n] = x if base is None else base[n] + x * 0.1
+    os.makedirs(path, exist_ok=True)
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+              "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 4,
+              "num_key_value_heads": 4, "vocab_size": vocab, "max_position_embeddings": 128,
+              "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "float32"}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    return tensors
+
+
+def load_dir(d):
+    out = {}
+    for f in sorted(os.listdir(d)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(d, f)))
+    return out
+
+
+def ulps(a, b):
+    """Distance in units in the last place of the arrays' dtype (f32 or bf16 stored as f32)."""
+    if a.dtype == np.float32:
+        ia, ib = a.view(np.int32).astype(np.int64), b.view(np.int32).astype(np.int64)
+    else:
+        ia, ib = a.astype(np.float32).view(np.int32).astype(np.int64) >> 16, b.astype(np.float32).view(np.int32).astype(np.int64) >> 16
+    ia = np.where(ia < 0, -(ia & 0x7FFFFFFF), ia)
+    ib = np.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
+    return int(np.max(np.abs(ia - ib))) if ia.size else 0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("soup_merge")
+    ap.add_argument("mergekit_yaml")
+    ap.add_argument("work")
+    ap.add_argument("--dtype", default="float32")
+    a = ap.parse_args()
+    rng = np.random.default_rng(0)
+    paths = {k: os.path.join(a.work, k) for k in ("base", "ft1", "ft2", "ft3")}
+    base = model(paths["base"], rng)
+    for k in ("ft1", "ft2", "ft3"):
+        model(paths[k], rng, base)
+    rows = []
+    for method, (top, models, flags) in METHODS.items():
+        recipe = f"merge_method: {method}\n{top % paths}dtype: {a.dtype}\nmodels:\n{models % paths}"
+        rpath = os.path.join(a.work, f"{method}.yml")
+        with open(rpath, "w") as f:
+            f.write(recipe)
+        ours, theirs = os.path.join(a.work, f"soup-{method}"), os.path.join(a.work, f"mk-{method}")
+        subprocess.run([a.soup_merge, "--config", rpath, "-o", ours, "-f", "-q"], check=True)
+        subprocess.run([a.mergekit_yaml, rpath, theirs, "--no-copy-tokenizer", "--quiet", "--allow-crimes"], check=True,
+                       env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        x, y = load_dir(ours), load_dir(theirs)
+        same = sum(1 for n in x if n in y and x[n].tobytes() == y[n].tobytes())
+        worst = max((ulps(x[n], y[n]) for n in x if n in y), default=0)
+        missing = sorted(set(x) ^ set(y))
+        rows.append((method, len(x), same, worst, missing))
+    print(f"| method | tensors | bit-identical | max ulp ({a.dtype}) |")
+    print("|---|---|---|---|")
+    for method, n, same, worst, missing in rows:
+        print(f"| {method} | {n} | {same} | {worst} |" + (f" names differ: {missing[:3]}" if missing else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
