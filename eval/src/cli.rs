@@ -539,6 +539,9 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     for (flag, given) in required {
+        if !given && *flag == "--val" {
+            bail!("this command needs --val PATH (scored by a built-in --arch model) or --scorer CMD (any command that scores a checkpoint)");
+        }
         if !given {
             bail!("this command needs {flag} PATH");
         }

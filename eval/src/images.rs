@@ -427,6 +427,9 @@ pub struct Loaded {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+/// One transformed image: its shape [3, H, W] and its values.
+type Decoded = (Vec<usize>, Vec<f32>);
+
 /// Images decoded and transformed per parallel round; bounds the memory of one round.
 const ROUND: usize = 64;
 
@@ -440,7 +443,7 @@ pub fn load(list: &ImageList, options: &LoadOptions) -> Result<Loaded> {
     let mut labels = Vec::with_capacity(list.entries.len());
     let mut skipped = Vec::new();
     for round in list.entries.chunks(ROUND) {
-        let decoded: Vec<std::result::Result<(Vec<usize>, Vec<f32>), String>> = round
+        let decoded: Vec<std::result::Result<Decoded, String>> = round
             .par_iter()
             .map(|(path, _)| {
                 let image = decode(path)?;

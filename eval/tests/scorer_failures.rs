@@ -297,9 +297,9 @@ fn careless_command_lines_are_refused_before_anything_runs() {
         let out = run(&world, &work, args);
         assert_fails(&world, &work, &out, &[needle]);
     }
-    // Without --arch or --scorer, the error names both.
+    // Without a validation set or a scorer, the error names both.
     let out = soup_eval(&["greedy"], &world.ingredients).output().unwrap();
-    assert_fails(&world, &work, &out, &["--arch NAME", "--scorer CMD"]);
+    assert_fails(&world, &work, &out, &["--val PATH", "--scorer CMD"]);
     let out = soup_eval(
         &["ensemble", "--scorer", "echo {checkpoint}"],
         &world.ingredients,

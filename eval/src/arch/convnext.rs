@@ -286,9 +286,12 @@ impl Block {
     }
 }
 
+/// LayerNorm2d then a 2x2 stride-2 convolution, between stages.
+type Downsample = (LayerNorm, Conv2d);
+
 struct ConvNext {
     stem: (Conv2d, LayerNorm),
-    stages: Vec<(Vec<Block>, Option<(LayerNorm, Conv2d)>)>,
+    stages: Vec<(Vec<Block>, Option<Downsample>)>,
     norm: LayerNorm,
     head: Linear,
 }

@@ -202,7 +202,7 @@ fn read_block(
         let name = format!("{prefix}.conv{i}.weight");
         let (out, in_per_group, k) = conv_dims(layout, &name)?;
         // The 3x3 convolution is grouped in ResNeXt: its stored input is channels / groups.
-        let groups = if in_per_group > 0 && input % in_per_group == 0 {
+        let groups = if in_per_group > 0 && input.is_multiple_of(in_per_group) {
             input / in_per_group
         } else {
             return Err(ConfigError::new(
