@@ -33,7 +33,7 @@ fn main() -> Result<()> {
 fn forward(path: &Path, batch: usize, iterations: usize) -> Result<()> {
     let checkpoint = Checkpoint::open(path)?;
     let arch = Selection::parse("auto")?.configure(&checkpoint, &Options::default())?;
-    let weights = Weights::from_checkpoint(&checkpoint);
+    let weights = Weights::from_checkpoint(&checkpoint, &candle_core::Device::Cpu)?;
     let side = arch.input().size.map_or(224, |s| s[0]);
     let per = 3 * side * side;
     // A fixed pseudo-random batch (SplitMix64), so runs are comparable.

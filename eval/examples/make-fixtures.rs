@@ -574,7 +574,7 @@ fn main() -> Result<()> {
         "| file | what it is | val correct (accuracy) | test correct (accuracy) |\n|---|---|---|---|\n",
     );
     for (_, note, path) in &written {
-        let weights = Weights::from_checkpoint(&Checkpoint::open(path)?);
+        let weights = Weights::from_checkpoint(&Checkpoint::open(path)?, &Device::Cpu)?;
         let (v, t) = (
             evaluator.score(&weights, &val)?,
             evaluator.score(&weights, &test)?,

@@ -97,9 +97,16 @@ pub struct Common {
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub batch_size: u32,
 
-    /// Where models run: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    /// Where models run: auto (the GPU when this is the CUDA build and the machine has one,
+    /// else the CPU), cpu, cuda or cuda:N. CUDA needs the CUDA build of soup-eval:
+    /// cargo build --release -p soup-eval --features cuda.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
+
+    /// The dtype models compute in: f32, or f16 / bf16 (for GPUs; their logits differ from
+    /// f32's by rounding, see README.md). Weights are averaged in f64 either way.
+    #[arg(long, value_enum, default_value_t = EvalDtype::F32, value_name = "DTYPE")]
+    pub eval_dtype: EvalDtype,
 
     /// CPU threads for candle's kernels and the merge (sets RAYON_NUM_THREADS), 1 to 1024.
     /// Default: every core. Small models are often fastest with 1, especially on a busy
@@ -231,6 +238,37 @@ impl ImageArgs {
             cache_dir: self.cache_dir.clone(),
             skip_bad_images: self.skip_bad_images,
         })
+    }
+}
+
+/// `--eval-dtype`: the float type models compute in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalDtype {
+    /// 32-bit float.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl EvalDtype {
+    /// The candle dtype.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            EvalDtype::F32 => candle_core::DType::F32,
+            EvalDtype::F16 => candle_core::DType::F16,
+            EvalDtype::Bf16 => candle_core::DType::BF16,
+        }
+    }
+
+    /// The name `--eval-dtype` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalDtype::F32 => "f32",
+            EvalDtype::F16 => "f16",
+            EvalDtype::Bf16 => "bf16",
+        }
     }
 }
 
@@ -511,11 +549,17 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     if c.val.is_none() && c.test.is_none() {
         bail!("no dataset; pass --val PATH and/or --test PATH");
     }
+    let device = device.open()?;
+    if device.is_cpu() && c.eval_dtype == EvalDtype::Bf16 {
+        // candle's CPU backend has no bf16 matrix multiply: say so before any work.
+        bail!("--eval-dtype bf16 needs a GPU (candle's CPU backend can't multiply bf16 matrices); on the CPU use f32 or f16");
+    }
     // The first checkpoint configures the architecture; every ingredient is then checked
     // against that configuration.
     let first = c.inputs.first().ok_or(super::Error::NoIngredients)?;
     let arch = selection.configure(&Checkpoint::open(first)?, &options)?;
-    let mut evaluator = Evaluator::new(arch, device.open()?, c.batch_size as usize);
+    let mut evaluator = Evaluator::new(arch, device, c.batch_size as usize);
+    evaluator.dtype = c.eval_dtype.dtype();
     evaluator.progress = progress_bar(c.quiet);
     Ok(Session::open_with(
         evaluator,
@@ -530,6 +574,8 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
     session.evaluator().progress.finish_and_clear();
     let mut report = Report {
         arch: session.arch().describe(),
+        device: Some(super::device::name(&session.evaluator().device)),
+        eval_dtype: Some(c.eval_dtype.name().to_string()),
         val_data: c.val.clone(),
         test_data: c.test.clone(),
         ingredients: Vec::new(),

@@ -1,13 +1,19 @@
-//! `--device`: parse `cpu`, `cuda` or `cuda:N` into a candle device.
+//! `--device`: parse `auto`, `cpu`, `cuda` or `cuda:N`, and open the candle device.
 
-use candle_core::Device;
+use candle_core::{Device, DeviceLocation};
 
 use super::error::{Error, Result};
+
+/// The command that builds soup-eval with CUDA, for error messages and `--help`.
+pub const CUDA_BUILD_COMMAND: &str = "cargo build --release -p soup-eval --features cuda";
 
 /// Where models run, as given to `--device`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
-    /// The CPU (the default).
+    /// The first CUDA GPU when this build has CUDA and the machine has a GPU, else the CPU
+    /// (the default).
+    Auto,
+    /// The CPU.
     Cpu,
     /// The CUDA GPU with this ordinal.
     Cuda(usize),
@@ -18,6 +24,7 @@ impl std::str::FromStr for DeviceSpec {
 
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "auto" => Ok(DeviceSpec::Auto),
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
             _ => s
@@ -26,7 +33,7 @@ impl std::str::FromStr for DeviceSpec {
                 .map(DeviceSpec::Cuda)
                 .ok_or_else(|| {
                     Error::Device(format!(
-                        "bad --device '{s}'; use cpu, cuda or cuda:N (N a GPU ordinal)"
+                        "bad --device '{s}'; use auto, cpu, cuda or cuda:N (N a GPU ordinal)"
                     ))
                 }),
         }
@@ -36,6 +43,7 @@ impl std::str::FromStr for DeviceSpec {
 impl std::fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            DeviceSpec::Auto => f.write_str("auto"),
             DeviceSpec::Cpu => f.write_str("cpu"),
             DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
         }
@@ -43,24 +51,41 @@ impl std::fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// Opens the device. A CUDA device needs a build with the `cuda` cargo feature.
+    /// Opens the device. A CUDA device needs a build with the `cuda` cargo feature; `Auto`
+    /// takes GPU 0 when it opens and the CPU otherwise (no CUDA in this build, no driver, no
+    /// GPU).
     pub fn open(self) -> Result<Device> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(n) => open_cuda(n),
+            DeviceSpec::Auto => Ok(open_cuda(0).unwrap_or(Device::Cpu)),
         }
+    }
+}
+
+/// How a device is named in reports and on `--device`: `cpu` or `cuda:N`.
+pub fn name(device: &Device) -> String {
+    match device.location() {
+        DeviceLocation::Cpu => "cpu".to_string(),
+        DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
     }
 }
 
 #[cfg(feature = "cuda")]
 fn open_cuda(n: usize) -> Result<Device> {
-    Device::new_cuda(n).map_err(|e| Error::Device(format!("cannot open --device cuda:{n}: {e}")))
+    Device::new_cuda(n).map_err(|e| {
+        Error::Device(format!(
+            "cannot open --device cuda:{n}: {}; check that the machine has that GPU and a driver for CUDA 13.0 or newer (nvidia-smi), or use --device cpu",
+            super::error::candle_message(&e)
+        ))
+    })
 }
 
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(n: usize) -> Result<Device> {
     Err(Error::Device(format!(
-        "--device cuda:{n} needs a build with CUDA support: cargo build --release --features cuda (or use --device cpu)"
+        "--device cuda:{n} needs the CUDA build of soup-eval, and this is the CPU build; build it with `{CUDA_BUILD_COMMAND}` (needs nvcc from a CUDA 13 toolkit; README.md, \"CUDA\"), or use --device cpu"
     )))
 }
 
@@ -69,20 +94,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_cpu_and_cuda_ordinals() {
+    fn parses_auto_cpu_and_cuda_ordinals() {
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
         assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
-        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", ""] {
+        for bad in [
+            "gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "", "auto:0", " cpu",
+        ] {
             let err = bad.parse::<DeviceSpec>().unwrap_err().to_string();
             assert!(err.contains("--device"), "{bad}: {err}");
+        }
+        for spec in [DeviceSpec::Auto, DeviceSpec::Cpu, DeviceSpec::Cuda(2)] {
+            assert_eq!(spec.to_string().parse::<DeviceSpec>().unwrap(), spec);
+        }
+    }
+
+    #[test]
+    fn cpu_is_named_cpu() {
+        assert_eq!(name(&DeviceSpec::Cpu.open().unwrap()), "cpu");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_gives_the_build_command() {
+        for n in [0, 1] {
+            let err = DeviceSpec::Cuda(n).open().unwrap_err().to_string();
+            assert!(err.contains(CUDA_BUILD_COMMAND), "{err}");
+            assert!(err.contains(&format!("cuda:{n}")), "{err}");
+            assert!(!err.contains('\n'), "{err}");
         }
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
-    fn cuda_without_the_feature_says_how_to_build_it() {
-        let err = DeviceSpec::Cuda(0).open().unwrap_err().to_string();
-        assert!(err.contains("--features cuda"), "{err}");
+    fn auto_without_the_feature_is_the_cpu() {
+        assert!(DeviceSpec::Auto.open().unwrap().is_cpu());
     }
 }

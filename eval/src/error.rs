@@ -54,7 +54,7 @@ pub enum Error {
     NoIngredients,
 
     /// A candle operation failed while building or running a model.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", candle_message(source))]
     Candle {
         context: String,
         #[source]
@@ -98,6 +98,19 @@ pub enum Error {
     Plot(String),
 }
 
+/// One line for a candle error, without the backtrace candle attaches when RUST_BACKTRACE is
+/// set: an error message says what went wrong, not where in candle.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    use candle_core::Error as E;
+    let text = match e {
+        E::WithBacktrace { inner, .. } => return candle_message(inner),
+        E::Context { inner, context } => format!("{context}: {}", candle_message(inner)),
+        E::WithPath { inner, path } => format!("{}: {}", path.display(), candle_message(inner)),
+        other => other.to_string(),
+    };
+    model_soup::cli::one_line(&text)
+}
+
 impl Error {
     /// A stable, machine-readable name for the kind of failure, printed by `--json`.
     pub fn kind(&self) -> &'static str {
@@ -133,5 +146,27 @@ impl<T> CandleContext<T> for candle_core::Result<T> {
             context: context(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_errors_lose_their_backtrace_and_keep_their_context() {
+        let inner = candle_core::Error::Msg("unsupported dtype BF16 for op matmul".into());
+        let traced = candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let e = Error::Candle {
+            context: "forward pass failed".into(),
+            source: traced.context("in conv1"),
+        };
+        assert_eq!(
+            e.to_string(),
+            "forward pass failed: in conv1: unsupported dtype BF16 for op matmul"
+        );
     }
 }

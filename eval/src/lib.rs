@@ -1,8 +1,8 @@
 //! Evaluate checkpoints and soups with candle: models, datasets, scores, greedy search, ensembles, reports.
 //!
-//! The pieces, each in its own file: [`arch`] (the `--arch` registry), [`dataset`] (with [`images`] and [`transform`] for
-//! image data),
-//! [`weights`] (in-memory tensors and the greedy running sum), [`evaluator`] (batched forward
+//! The pieces, each in its own file: [`arch`] (the `--arch` registry), [`dataset`] (with
+//! [`images`] and [`transform`] for image data), [`device`] (`--device`), [`weights`]
+//! (tensors and the greedy running sum, on the device), [`evaluator`] (batched forward
 //! passes), [`score`], [`greedy`] (the search, apart from how candidates are built),
 //! [`ensemble`], [`session`] (one run over ingredients and splits), [`report`] and [`plot`]
 //! (the outputs), and [`cli`] (`soup-eval`'s flags and commands).

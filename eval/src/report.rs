@@ -99,6 +99,11 @@ pub struct ScorerRun {
 pub struct Report<M = Score> {
     /// The `--arch` models were built as, or `scorer` for an external `--scorer`.
     pub arch: String,
+    /// Where the models ran (`cpu` or `cuda:N`; `--device auto` resolved); null with
+    /// `--scorer`, whose command runs the models.
+    pub device: Option<String>,
+    /// The dtype the models computed in (`--eval-dtype`); null with `--scorer`.
+    pub eval_dtype: Option<String>,
     /// The validation split (`--val`), if given.
     #[serde(serialize_with = "model_soup::json_path::option")]
     pub val_data: Option<PathBuf>,
@@ -262,6 +267,8 @@ mod tests {
         };
         Report {
             arch: "digits-cnn".into(),
+            device: Some("cpu".into()),
+            eval_dtype: Some("f32".into()),
             val_data: None,
             test_data: None,
             ingredients: vec![

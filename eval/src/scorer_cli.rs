@@ -151,6 +151,8 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
     let external = External::open(scorer, &c.inputs, options)?;
     let mut report = Report {
         arch: "scorer".into(),
+        device: None,
+        eval_dtype: None,
         val_data: None,
         test_data: None,
         ingredients: Vec::new(),

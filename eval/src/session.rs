@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::Tensor;
+
 use model_soup::format::Checkpoint;
 use model_soup::soup::{
     self, display_name, Merge, MergeRequest, Plan, PlanOptions, RunOptions, Warning,
@@ -15,7 +17,7 @@ use super::ensemble::{self, Mode};
 use super::error::{Error, Result};
 use super::evaluator::Evaluator;
 use super::greedy::{self, Candidates, Trial};
-use super::images::LoadOptions;
+use super::images::{LoadOptions, Samples};
 use super::report::{Ensemble, Greedy, Kind, Row};
 use super::score::Score;
 use super::weights::{check_fits, RunningSum, Weights};
@@ -37,6 +39,8 @@ pub struct Session {
     pool: Vec<Option<Checkpoint>>,
     val: Option<Dataset>,
     test: Option<Dataset>,
+    /// Each split's inputs on a GPU, uploaded once: `[val, test]` (none on the CPU).
+    inputs: [Option<Tensor>; 2],
     /// Logits per ingredient: `[val, test]`.
     logits: Vec<[Option<Vec<f32>>; 2]>,
     /// Warnings from the core's merges (integer buffers that differ, say), without repeats.
@@ -115,6 +119,16 @@ impl Session {
                 ));
             }
         }
+        // On a GPU each split's inputs cross to the device once, for every model of the run;
+        // the CPU reads them batch by batch from where they are, with no second copy (nor
+        // does a split too large for memory, held in a cache file, go to the device whole).
+        let upload = |d: &Option<Dataset>| {
+            d.as_ref()
+                .filter(|d| !evaluator.device.is_cpu() && matches!(d.inputs, Samples::Memory(_)))
+                .map(|d| evaluator.upload(d))
+                .transpose()
+        };
+        let inputs = [upload(&val)?, upload(&test)?];
         Ok(Session {
             evaluator,
             paths: ingredients.to_vec(),
@@ -122,6 +136,7 @@ impl Session {
             pool,
             val,
             test,
+            inputs,
             warnings,
         })
     }
@@ -151,6 +166,12 @@ impl Session {
             Split::Val => self.val.as_ref(),
             Split::Test => self.test.as_ref(),
         }
+    }
+
+    /// A split's data, with its inputs on the device when they were uploaded.
+    fn on_device(&self, split: Split) -> Option<(&Dataset, Option<&Tensor>)> {
+        let inputs = self.inputs[split as usize].as_ref();
+        self.data(split).map(|d| (d, inputs))
     }
 
     fn checkpoint(&self, i: usize) -> &Checkpoint {
@@ -200,11 +221,13 @@ impl Session {
         result
     }
 
-    /// The uniform soup of `members`, merged in memory by the core, as f32 weights.
+    /// The uniform soup of `members`, merged in memory by the core, as f32 weights on the
+    /// evaluation device.
     fn core_soup(&mut self, members: &[usize]) -> Result<Weights> {
+        let device = self.evaluator.device.clone();
         let (weights, warnings) = self.with_plan(members, |plan| {
             let (soup, warnings) = soup::to_memory(plan, RunOptions::default())?;
-            Ok((Weights::from_soup(&soup), warnings))
+            Ok((Weights::from_soup(&soup, &device)?, warnings))
         })?;
         self.note(warnings);
         Ok(weights)
@@ -227,8 +250,8 @@ impl Session {
     /// Scores `weights` on each split given.
     fn score_splits(&self, weights: &Weights) -> Result<(Option<Score>, Option<Score>)> {
         let score = |split| {
-            self.data(split)
-                .map(|d| self.evaluator.score(weights, d))
+            self.on_device(split)
+                .map(|(d, x)| self.evaluator.score_with(weights, d, x))
                 .transpose()
         };
         Ok((score(Split::Val)?, score(Split::Test)?))
@@ -238,11 +261,11 @@ impl Session {
     fn ingredient_logits(&mut self, i: usize, split: Split) -> Result<Option<&[f32]>> {
         let slot = split as usize;
         if self.logits[i][slot].is_none() {
-            let Some(data) = self.data(split) else {
+            let Some((data, inputs)) = self.on_device(split) else {
                 return Ok(None);
             };
-            let weights = Weights::from_checkpoint(self.checkpoint(i));
-            let logits = self.evaluator.logits(&weights, data)?;
+            let weights = Weights::from_checkpoint(self.checkpoint(i), &self.evaluator.device)?;
+            let logits = self.evaluator.logits_with(&weights, data, inputs)?;
             self.logits[i][slot] = Some(logits);
         }
         Ok(self.logits[i][slot].as_deref())
@@ -320,10 +343,12 @@ impl Session {
                 .iter()
                 .map(|c| c.as_ref().expect("returned"))
                 .collect();
+            let (val, val_inputs) = self.on_device(Split::Val).expect("val given");
             let mut candidates = SumCandidates {
                 checkpoints: &checkpoints,
                 evaluator: &self.evaluator,
-                val: self.val.as_ref().expect("val given"),
+                val,
+                val_inputs,
                 soup: None,
                 pending: None,
             };
@@ -424,11 +449,15 @@ pub(crate) fn shell_word(s: &str) -> String {
     }
 }
 
-/// Greedy candidates from a running sum of the chosen ingredients' tensors.
+/// Greedy candidates from a running sum of the chosen ingredients ([`RunningSum`]): on the
+/// CPU the members by reference, read when a candidate is averaged; on a GPU their f64 sums
+/// kept on the device, so that a step uploads the candidate ingredient once and reads back
+/// only logits.
 struct SumCandidates<'a> {
     checkpoints: &'a [&'a Checkpoint],
     evaluator: &'a Evaluator,
     val: &'a Dataset,
+    val_inputs: Option<&'a Tensor>,
     soup: Option<RunningSum<'a>>,
     /// The last candidate tried and its sum, so that keeping it costs nothing.
     pending: Option<(usize, RunningSum<'a>)>,
@@ -436,7 +465,10 @@ struct SumCandidates<'a> {
 
 impl Candidates for SumCandidates<'_> {
     fn start(&mut self, first: usize) -> Result<()> {
-        self.soup = Some(RunningSum::new(self.checkpoints[first]));
+        self.soup = Some(RunningSum::new(
+            self.checkpoints[first],
+            &self.evaluator.device,
+        )?);
         Ok(())
     }
 
@@ -447,9 +479,13 @@ impl Candidates for SumCandidates<'_> {
             .as_ref()
             .expect("started")
             .plus(self.checkpoints[candidate])?;
-        let weights = sum.mean();
+        let weights = sum.mean()?;
+        // A GPU runs the sum asynchronously: wait for it, so the timings split where the work does.
+        self.evaluator.synchronize()?;
         let merged = Instant::now();
-        let val = self.evaluator.score(&weights, self.val)?;
+        let val = self
+            .evaluator
+            .score_with(&weights, self.val, self.val_inputs)?;
         let done = Instant::now();
         self.pending = Some((candidate, sum));
         Ok(Trial {

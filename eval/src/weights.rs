@@ -1,60 +1,78 @@
-//! A model's float tensors in memory (f32), and the running sum greedy search builds candidates from.
+//! A model's float tensors as candle tensors (f32) on the evaluation device, and the running sum greedy search builds candidates from.
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
-use model_soup::format::{Accumulator, Checkpoint};
+use model_soup::format::{Accumulator, Checkpoint, Dtype};
 use model_soup::soup::Soup;
 
 use super::arch::{Architecture, TensorKind};
 use super::error::{CandleContext, Error, Result};
 
-/// The float tensors one model is built from: name → (shape, f32 values).
-#[derive(Clone, Debug, PartialEq)]
+/// The float tensors one model is built from: name → f32 tensor, all on one device.
+#[derive(Clone, Debug)]
 pub struct Weights {
-    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    device: Device,
+    tensors: BTreeMap<String, Tensor>,
 }
 
 impl Weights {
-    /// The float tensors of `checkpoint`, converted to f32.
-    pub fn from_checkpoint(checkpoint: &Checkpoint) -> Weights {
-        let tensors = checkpoint
-            .tensors()
-            .filter(|t| t.info.dtype.is_averaged())
-            .map(|t| {
-                let mut values = vec![0f32; t.info.elements() as usize];
-                f32::load(t.info.dtype, t.data, &mut values);
-                // The mapped pages count in the process's RSS until released; with k
-                // ingredients read in turn they would add up to k model sizes.
-                checkpoint.release(&t, 0..t.data.len());
-                (t.name().to_string(), (shape_of(&t.info.shape), values))
-            })
-            .collect();
-        Weights { tensors }
+    /// The float tensors of `checkpoint`, on `device`, widened (or for F64 rounded) to f32 there.
+    /// Each tensor crosses to the device once, in its stored dtype.
+    pub fn from_checkpoint(checkpoint: &Checkpoint, device: &Device) -> Result<Weights> {
+        let mut tensors = BTreeMap::new();
+        for t in checkpoint.tensors().filter(|t| t.info.dtype.is_averaged()) {
+            let value = upload(t.info.dtype, t.data, &t.info.shape, device)
+                .and_then(|x| x.to_dtype(DType::F32))
+                .context(|| cannot_place(checkpoint.path().display(), t.name()))?;
+            // The mapped pages count in the process's RSS until released; with k
+            // ingredients read in turn they would add up to k model sizes.
+            checkpoint.release(&t, 0..t.data.len());
+            tensors.insert(t.name().to_string(), value);
+        }
+        Ok(Weights {
+            device: device.clone(),
+            tensors,
+        })
     }
 
-    /// The float tensors of a soup the core merged in memory, converted to f32.
-    pub fn from_soup(soup: &Soup) -> Weights {
-        let tensors = soup
-            .entries
-            .iter()
-            .filter(|e| e.dtype.is_averaged())
-            .map(|e| {
-                let bytes = &soup.data[e.begin as usize..e.end as usize];
-                let mut values = vec![0f32; bytes.len() / e.dtype.size()];
-                f32::load(e.dtype, bytes, &mut values);
-                (e.name.clone(), (shape_of(&e.shape), values))
-            })
-            .collect();
-        Weights { tensors }
+    /// The float tensors of a soup the core merged in memory, on `device`, as f32.
+    pub fn from_soup(soup: &Soup, device: &Device) -> Result<Weights> {
+        let mut tensors = BTreeMap::new();
+        for e in soup.entries.iter().filter(|e| e.dtype.is_averaged()) {
+            let bytes = &soup.data[e.begin as usize..e.end as usize];
+            let value = upload(e.dtype, bytes, &e.shape, device)
+                .and_then(|x| x.to_dtype(DType::F32))
+                .context(|| cannot_place("the merged soup", &e.name))?;
+            tensors.insert(e.name.clone(), value);
+        }
+        Ok(Weights {
+            device: device.clone(),
+            tensors,
+        })
     }
 
-    /// The f32 values of one tensor.
-    pub fn get(&self, name: &str) -> Option<&[f32]> {
-        self.tensors.get(name).map(|(_, v)| v.as_slice())
+    /// The device the tensors are on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// One tensor, if there is one of that name.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.get(name)
+    }
+
+    /// One tensor's f32 values, copied to the host (for tests and reports, never for scoring).
+    pub fn values(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        self.tensors
+            .get(name)
+            .map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()))
+            .transpose()
+            .context(|| format!("cannot read tensor '{name}' back from the device"))
     }
 
     /// Tensor names, sorted.
@@ -62,16 +80,86 @@ impl Weights {
         self.tensors.keys().map(|k| k.as_str())
     }
 
-    /// A `VarBuilder` over these tensors on `device`, for [`Architecture::build`].
-    pub fn var_builder(&self, device: &Device) -> Result<VarBuilder<'static>> {
-        let mut map = HashMap::with_capacity(self.tensors.len());
-        for (name, (shape, values)) in &self.tensors {
-            let t = Tensor::from_slice(values, shape.as_slice(), device)
-                .context(|| format!("cannot place tensor '{name}' on the device"))?;
-            map.insert(name.clone(), t);
+    /// These weights on `device`: the same tensors when they are already there, else a copy.
+    pub fn to_device(&self, device: &Device) -> Result<Weights> {
+        if self.device.same_device(device) {
+            return Ok(self.clone());
         }
-        Ok(VarBuilder::from_tensors(map, DType::F32, device))
+        let mut tensors = BTreeMap::new();
+        for (name, t) in &self.tensors {
+            let moved = t
+                .to_device(device)
+                .context(|| cannot_place("the weights", name))?;
+            tensors.insert(name.clone(), moved);
+        }
+        Ok(Weights {
+            device: device.clone(),
+            tensors,
+        })
     }
+
+    /// A `VarBuilder` over these tensors, for [`Architecture::build`]; models read them as
+    /// `dtype` (converted on the device when it isn't f32).
+    pub fn var_builder(&self, dtype: DType) -> VarBuilder<'static> {
+        let map: HashMap<String, Tensor> = self
+            .tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect();
+        VarBuilder::from_tensors(map, dtype, &self.device)
+    }
+}
+
+/// Equal names, shapes and f32 bits (NaNs compare by bits too). For tests.
+impl PartialEq for Weights {
+    fn eq(&self, other: &Weights) -> bool {
+        self.tensors.len() == other.tensors.len()
+            && self
+                .tensors
+                .iter()
+                .zip(&other.tensors)
+                .all(|((n, a), (m, b))| {
+                    let bits = |t: &Tensor| {
+                        t.flatten_all()
+                            .and_then(|t| t.to_vec1::<f32>())
+                            .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+                            .ok()
+                    };
+                    n == m && a.dims() == b.dims() && bits(a).is_some() && bits(a) == bits(b)
+                })
+    }
+}
+
+fn cannot_place(file: impl std::fmt::Display, tensor: &str) -> String {
+    format!("{file}: cannot place tensor '{tensor}' on the device")
+}
+
+/// One stored float tensor as a candle tensor on `device`, in its stored dtype: the bytes are
+/// decoded on the host (they need not be aligned) and cross to the device once.
+fn upload(
+    dtype: Dtype,
+    bytes: &[u8],
+    shape: &[u64],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    match dtype {
+        Dtype::F32 => Tensor::from_vec(decode::<f32>(bytes), shape, device),
+        Dtype::F64 => Tensor::from_vec(decode::<f64>(bytes), shape, device),
+        Dtype::F16 => Tensor::from_vec(decode::<f16>(bytes), shape, device),
+        Dtype::BF16 => Tensor::from_vec(decode::<bf16>(bytes), shape, device),
+        other => Err(candle_core::Error::Msg(format!(
+            "{other} is not a float dtype the evaluator reads"
+        ))),
+    }
+}
+
+/// Little-endian values from bytes of any alignment (a safetensors file only promises byte
+/// offsets).
+fn decode<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+    let mut out = vec![T::zeroed(); bytes.len() / std::mem::size_of::<T>()];
+    bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(bytes);
+    out
 }
 
 fn shape_of(shape: &[u64]) -> Vec<usize> {
@@ -137,34 +225,97 @@ pub fn check_fits(checkpoint: &Checkpoint, arch: &dyn Architecture) -> Result<()
     Ok(())
 }
 
-/// The uniform soup of several ingredients, held as references to their mapped files: adding
-/// an ingredient is a header check, and [`RunningSum::mean`] reads the members tensor by
-/// tensor when a candidate is evaluated.
+/// How a [`RunningSum`] holds the chosen ingredients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SumStrategy {
+    /// References to the members' mapped files; [`RunningSum::mean`] reads them tensor by
+    /// tensor on the host. Memory: the candidate's f32 weights, about the model's f32 size,
+    /// whatever the number of members. The CPU's strategy.
+    Members,
+    /// The members' f64 sums as tensors on the device; a step uploads the new ingredient once
+    /// and [`RunningSum::mean`] divides there. Device memory: two f64 sums and the candidate's
+    /// f32 weights, 20 bytes a parameter. A GPU's strategy: the host never reads the members
+    /// again.
+    DeviceSums,
+}
+
+impl SumStrategy {
+    /// The strategy for evaluating on `device`: [`SumStrategy::Members`] on the CPU,
+    /// [`SumStrategy::DeviceSums`] elsewhere.
+    pub fn for_device(device: &Device) -> SumStrategy {
+        if device.is_cpu() {
+            SumStrategy::Members
+        } else {
+            SumStrategy::DeviceSums
+        }
+    }
+}
+
+/// The uniform soup of several ingredients, to which one more ingredient can be added; each
+/// greedy candidate is the chosen ingredients plus one, divided by the new count.
 ///
-/// Greedy search tries each candidate as the chosen ingredients plus one. Keeping no sum in
-/// memory means a candidate needs only its f32 weights (and the device's copy of them), about
-/// 2 x the model's f32 size whatever the number of ingredients, instead of a float64 copy of
-/// the model besides. Each element is summed in f64 in member order and divided once, like
-/// the core's accumulator for f32 soups, so a soup of identical inputs is exactly the input.
+/// Each element is summed in f64 in member order and divided once (a true division), like the
+/// core's accumulator for f32 soups, so a soup of identical inputs is exactly the input and
+/// candidates agree with the merged soup to the last f32 bit or so. Every step (widening,
+/// adding, dividing, rounding to f32) is exact or correctly rounded under either
+/// [`SumStrategy`], on the CPU and on a GPU alike, so a candidate's weights are the same bits
+/// whichever holds the sum.
 #[derive(Clone)]
 pub struct RunningSum<'a> {
     members: Vec<&'a Checkpoint>,
+    device: Device,
+    /// [`SumStrategy::DeviceSums`]: name → the members' f64 sum on `device`.
+    sums: Option<BTreeMap<String, Tensor>>,
 }
 
 /// Elements summed per step: bounds the f64 scratch of each worker.
 const CHUNK: usize = 1 << 16;
 
 impl<'a> RunningSum<'a> {
-    /// A soup of one ingredient.
-    pub fn new(first: &'a Checkpoint) -> RunningSum<'a> {
-        RunningSum {
+    /// A soup of one ingredient, evaluated on `device`, held as
+    /// [`SumStrategy::for_device`] says.
+    pub fn new(first: &'a Checkpoint, device: &Device) -> Result<RunningSum<'a>> {
+        RunningSum::with_strategy(first, device, SumStrategy::for_device(device))
+    }
+
+    /// A soup of one ingredient held as `strategy` says (tests compare the two on the CPU).
+    pub fn with_strategy(
+        first: &'a Checkpoint,
+        device: &Device,
+        strategy: SumStrategy,
+    ) -> Result<RunningSum<'a>> {
+        let sums = match strategy {
+            SumStrategy::Members => None,
+            SumStrategy::DeviceSums => {
+                let mut sums = BTreeMap::new();
+                for t in first.tensors().filter(|t| t.info.dtype.is_averaged()) {
+                    let value = upload(t.info.dtype, t.data, &t.info.shape, device)
+                        .and_then(|x| x.to_dtype(DType::F64))
+                        .context(|| cannot_place(first.path().display(), t.name()))?;
+                    first.release(&t, 0..t.data.len());
+                    sums.insert(t.name().to_string(), value);
+                }
+                Some(sums)
+            }
+        };
+        Ok(RunningSum {
             members: vec![first],
-        }
+            device: device.clone(),
+            sums,
+        })
     }
 
     /// How many ingredients are summed.
     pub fn count(&self) -> usize {
         self.members.len()
+    }
+
+    /// How the members are held.
+    pub fn strategy(&self) -> SumStrategy {
+        match self.sums {
+            Some(_) => SumStrategy::DeviceSums,
+            None => SumStrategy::Members,
+        }
     }
 
     /// This soup plus `other`. The ingredients must share float tensor names and shapes,
@@ -186,21 +337,71 @@ impl<'a> RunningSum<'a> {
                 return Err(mismatch(format!("is {} {:?}", o.info.dtype, o.info.shape)));
             }
         }
+        let sums = match &self.sums {
+            None => None,
+            Some(sums) => {
+                let mut next = BTreeMap::new();
+                for (name, acc) in sums {
+                    let t = other.tensor(name).expect("checked above");
+                    let sum = upload(t.info.dtype, t.data, &t.info.shape, &self.device)
+                        .and_then(|x| x.to_dtype(DType::F64))
+                        .and_then(|x| acc + x)
+                        .context(|| cannot_place(other.path().display(), name))?;
+                    other.release(&t, 0..t.data.len());
+                    next.insert(name.clone(), sum);
+                }
+                Some(next)
+            }
+        };
         let mut members = self.members.clone();
         members.push(other);
-        Ok(RunningSum { members })
+        Ok(RunningSum {
+            members,
+            device: self.device.clone(),
+            sums,
+        })
     }
 
-    /// The uniform average of the members, rounded to f32.
-    pub fn mean(&self) -> Weights {
-        let n = self.members.len() as f64;
+    /// The uniform average of the members, rounded to f32, on the evaluation device.
+    pub fn mean(&self) -> Result<Weights> {
+        let tensors = match &self.sums {
+            Some(sums) => self.mean_of_sums(sums)?,
+            None => self.mean_of_members()?,
+        };
+        Ok(Weights {
+            device: self.device.clone(),
+            tensors,
+        })
+    }
+
+    /// [`SumStrategy::DeviceSums`]: divides the sums on the device.
+    fn mean_of_sums(&self, sums: &BTreeMap<String, Tensor>) -> Result<BTreeMap<String, Tensor>> {
+        // A true division, not a multiplication by 1/n, so that n identical inputs give the
+        // input back exactly.
+        let n = Tensor::new(self.count() as f64, &self.device)
+            .context(|| "cannot place the ingredient count on the device".to_string())?;
+        let mut tensors = BTreeMap::new();
+        for (name, sum) in sums {
+            let mean = sum
+                .broadcast_div(&n)
+                .and_then(|m| m.to_dtype(DType::F32))
+                .context(|| format!("cannot average tensor '{name}' on the device"))?;
+            tensors.insert(name.clone(), mean);
+        }
+        Ok(tensors)
+    }
+
+    /// [`SumStrategy::Members`]: reads the members chunk by chunk on the host, in parallel
+    /// over tensors, and places each mean on the device.
+    fn mean_of_members(&self) -> Result<BTreeMap<String, Tensor>> {
+        let n = self.count() as f64;
         let first = self.members[0];
         let names: Vec<(String, Vec<usize>)> = first
             .tensors()
             .filter(|t| t.info.dtype.is_averaged())
             .map(|t| (t.name().to_string(), shape_of(&t.info.shape)))
             .collect();
-        let tensors = names
+        names
             .into_par_iter()
             .map(|(name, shape)| {
                 let views: Vec<_> = self
@@ -229,9 +430,11 @@ impl<'a> RunningSum<'a> {
                     }
                     mean.extend(acc.iter().map(|x| (x / n) as f32));
                 }
-                (name, (shape, mean))
+                let tensor = Tensor::from_vec(mean, shape, &self.device).context(|| {
+                    format!("cannot place the mean of tensor '{name}' on the device")
+                })?;
+                Ok((name, tensor))
             })
-            .collect();
-        Weights { tensors }
+            .collect()
     }
 }

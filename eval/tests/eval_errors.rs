@@ -340,8 +340,43 @@ fn bad_device_and_missing_cuda_support() {
             &val(),
             &base(),
         ]);
-        assert_error(&out, &["--device cuda:1", "--features cuda"]);
+        assert_error(
+            &out,
+            &[
+                "--device cuda:1",
+                "CPU build",
+                "`cargo build --release -p soup-eval --features cuda`",
+            ],
+        );
     }
+}
+
+#[test]
+fn bf16_evaluation_on_the_cpu_is_refused_up_front() {
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--device",
+        &"cpu",
+        &"--eval-dtype",
+        &"bf16",
+        &"--val",
+        &val(),
+        &base(),
+    ]);
+    assert_error(&out, &["--eval-dtype bf16 needs a GPU", "f32 or f16"]);
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--eval-dtype",
+        &"f8",
+        &"--val",
+        &val(),
+        &base(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
 }
 
 #[test]

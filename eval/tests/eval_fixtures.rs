@@ -184,7 +184,9 @@ fn manual_ensemble(models: &[PathBuf], logits_mode: bool) -> (u64, f64) {
     let evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 64);
     let mut sum = vec![0f64; data.len() * 10];
     for m in models {
-        let weights = Weights::from_checkpoint(&Checkpoint::open(m).unwrap());
+        let weights =
+            Weights::from_checkpoint(&Checkpoint::open(m).unwrap(), &candle_core::Device::Cpu)
+                .unwrap();
         let logits = evaluator.logits(&weights, &data).unwrap();
         if logits_mode {
             for (s, x) in sum.iter_mut().zip(&logits) {
@@ -342,4 +344,38 @@ fn results_do_not_depend_on_the_thread_count() {
         files[0] == files[1],
         "the greedy soup's bytes depend on --threads"
     );
+}
+
+/// A report with its timings and output path blanked, for comparing runs.
+fn without_timings(mut report: Value) -> Value {
+    for step in report["greedy"]["search"]["steps"].as_array_mut().unwrap() {
+        step["trial"]["merge_seconds"] = Value::Null;
+        step["trial"]["eval_seconds"] = Value::Null;
+    }
+    report
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_auto_is_the_default_and_the_cpu_in_a_cpu_build() {
+    let models = [
+        model("ft-lr2e-3"),
+        model("ft-lr3e-1-poor"),
+        model("ft-lr5e-4"),
+    ];
+    let default = without_timings(json(&soup_eval("report", &models, &[&"--json"])));
+    let auto = without_timings(json(&soup_eval(
+        "report",
+        &models,
+        &[&"--json", &"--device", &"auto"],
+    )));
+    let cpu = without_timings(json(&soup_eval(
+        "report",
+        &models,
+        &[&"--json", &"--device", &"cpu"],
+    )));
+    assert_eq!(default["device"], "cpu");
+    assert_eq!(default["eval_dtype"], "f32");
+    assert_eq!(default, auto);
+    assert_eq!(default, cpu);
 }

@@ -30,8 +30,13 @@ fn test_split() -> PathBuf {
 }
 
 /// candle's logits for the first IMAGES test inputs of the uniform soup of `models`, merged by
-/// the core as soup-eval does (a single model is used as is).
+/// the core as soup-eval does (a single model is used as is), computed in f32.
 fn candle_logits(models: &[&str]) -> Vec<f32> {
+    candle_logits_in(models, candle_core::DType::F32)
+}
+
+/// [`candle_logits`], computed in `dtype` (`--eval-dtype`).
+fn candle_logits_in(models: &[&str], dtype: candle_core::DType) -> Vec<f32> {
     let arch = arch::digits_cnn::arch();
     let full = Dataset::open(&test_split(), &*arch).unwrap();
     let data = Dataset::in_memory(
@@ -45,7 +50,7 @@ fn candle_logits(models: &[&str]) -> Vec<f32> {
         .map(|m| Checkpoint::open(&fixture(&format!("models/{m}"))).unwrap())
         .collect();
     let weights = if checkpoints.len() == 1 {
-        Weights::from_checkpoint(&checkpoints[0])
+        Weights::from_checkpoint(&checkpoints[0], &candle_core::Device::Cpu).unwrap()
     } else {
         let k = checkpoints.len();
         let plan = Plan::new(
@@ -55,9 +60,10 @@ fn candle_logits(models: &[&str]) -> Vec<f32> {
         )
         .unwrap();
         let (soup, _) = soup::to_memory(&plan, RunOptions::default()).unwrap();
-        Weights::from_soup(&soup)
+        Weights::from_soup(&soup, &candle_core::Device::Cpu).unwrap()
     };
-    let evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 7);
+    let mut evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 7);
+    evaluator.dtype = dtype;
     evaluator.logits(&weights, &data).unwrap()
 }
 
@@ -139,6 +145,30 @@ fn soups_merged_in_memory() {
     ]);
     // The different-init pair: a broken soup must still be computed faithfully.
     check(&["scratch-a.safetensors", "scratch-b.safetensors"]);
+}
+
+#[test]
+fn f16_evaluation_stays_within_its_bound() {
+    // --eval-dtype f16 rounds every layer to 11 bits: the bound bench/gpu-check.sh states for
+    // f16 (3e-2, three times the worst seen here) holds on the CPU, and f16 really is coarser
+    // than f32, so the dtype reached the model.
+    let Some(python) = common::reference_python() else {
+        return;
+    };
+    for models in [
+        &["ft-lr3e-1-poor.safetensors"][..],
+        &["half/ft-lr2e-3.f16.safetensors"],
+        &["ft-lr2e-3.safetensors", "ft-lr2e-3-long.safetensors"],
+    ] {
+        let numpy = numpy_logits(&python, models);
+        let f16 = worst_relative_error(&candle_logits_in(models, candle_core::DType::F16), &numpy);
+        let f32 = worst_relative_error(&candle_logits(models), &numpy);
+        assert!(f16 <= 3e-2, "{models:?}: f16 logits {f16:e} from float64");
+        assert!(
+            f16 > 10.0 * f32,
+            "{models:?}: f16 {f16:e} is no coarser than f32 {f32:e}"
+        );
+    }
 }
 
 #[test]

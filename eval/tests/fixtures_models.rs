@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use candle_core::Device;
 use model_soup::format::{Checkpoint, Dtype};
 use soup_eval::arch::{self, TensorKind};
 use soup_eval::dataset::Dataset;
@@ -122,12 +123,17 @@ fn half_precision_copies_round_their_f32_originals() {
     ] {
         let a = Weights::from_checkpoint(
             &Checkpoint::open(&fixtures().join(format!("models/{copy}.safetensors"))).unwrap(),
-        );
+            &Device::Cpu,
+        )
+        .unwrap();
         let b = Weights::from_checkpoint(
             &Checkpoint::open(&fixtures().join(format!("models/{original}.safetensors"))).unwrap(),
-        );
+            &Device::Cpu,
+        )
+        .unwrap();
         for name in b.names() {
-            for (x, y) in a.get(name).unwrap().iter().zip(b.get(name).unwrap()) {
+            let (a, b) = (a.values(name).unwrap(), b.values(name).unwrap());
+            for (x, y) in a.unwrap().iter().zip(b.unwrap()) {
                 assert!(
                     (x - y).abs() <= y.abs() / 128.0 + 1e-6,
                     "{copy}: {name}: {x} vs {y}"
@@ -159,7 +165,7 @@ fn readme_accuracies() -> BTreeMap<String, (u64, u64)> {
 #[test]
 fn readme_accuracies_match_the_evaluator() {
     let arch = digits_cnn();
-    let evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 256);
+    let evaluator = Evaluator::new(arch.clone(), Device::Cpu, 256);
     let val = Dataset::open(&fixtures().join("digits/val.safetensors"), &*arch).unwrap();
     let test = Dataset::open(&fixtures().join("digits/test.safetensors"), &*arch).unwrap();
     let table = readme_accuracies();
@@ -175,7 +181,9 @@ fn readme_accuracies_match_the_evaluator() {
             .unwrap_or_else(|| panic!("no README row for {file}"));
         let weights = Weights::from_checkpoint(
             &Checkpoint::open(&fixtures().join("models").join(&file)).unwrap(),
-        );
+            &Device::Cpu,
+        )
+        .unwrap();
         let measured = (
             evaluator.score(&weights, &val).unwrap().correct,
             evaluator.score(&weights, &test).unwrap().correct,
@@ -260,7 +268,7 @@ fn generator_fast_mode_trains_good_models_reproducibly() {
         );
     }
     let arch = digits_cnn();
-    let evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 256);
+    let evaluator = Evaluator::new(arch.clone(), Device::Cpu, 256);
     let test = Dataset::open(&fixtures().join("digits/test.safetensors"), &*arch).unwrap();
     let mut accuracy = BTreeMap::new();
     for (name, _) in MODELS {
@@ -272,7 +280,7 @@ fn generator_fast_mode_trains_good_models_reproducibly() {
         let c = Checkpoint::open(&runs[0].path().join(&file)).unwrap();
         check_fits(&c, &*arch).unwrap();
         let score = evaluator
-            .score(&Weights::from_checkpoint(&c), &test)
+            .score(&Weights::from_checkpoint(&c, &Device::Cpu).unwrap(), &test)
             .unwrap();
         accuracy.insert(name, score.accuracy);
     }

@@ -73,6 +73,8 @@ fn the_greedy_soup_of_a_known_scorer_is_the_designed_one() {
     );
     check_known_answer(&report, 1.0);
     assert_eq!(report["arch"], "scorer");
+    // The command ran the models: soup-eval has no device or dtype to record.
+    assert!(report["device"].is_null() && report["eval_dtype"].is_null());
     assert_eq!(report["greedy"]["goal"], "maximize");
     // Five ingredients and four candidate soups, each scored once.
     assert_eq!(report["scorer"]["scored"], 9);

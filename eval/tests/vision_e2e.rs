@@ -87,6 +87,11 @@ fn scores_match_pytorchs_and_greedy_rejects_the_poor_fine_tune() {
         r["arch"],
         "resnet (basic blocks 1-1-1-1, widths 8-16-32-64, groups 1, 10 classes)"
     );
+    // --device auto (the default) is the CPU in this build, and the dtype f32.
+    if cfg!(not(feature = "cuda")) {
+        assert_eq!(r["device"], "cpu");
+    }
+    assert_eq!(r["eval_dtype"], "f32");
     let rows = r["ingredients"].as_array().unwrap();
     assert_eq!(rows.len(), models().len());
     for (row, path) in rows.iter().zip(models()) {

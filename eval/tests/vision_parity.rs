@@ -14,6 +14,10 @@ use soup_eval::weights::{check_fits, Weights};
 /// Relative tolerance on f32 logits.
 const TOLERANCE: f32 = 1e-4;
 
+/// How far `--eval-dtype f16` logits may lie from PyTorch's f32 ones, relative to the largest
+/// (the worst fixture, densenet-small, measured 1.8e-3 on the CPU).
+const F16_TOLERANCE: f32 = 1e-2;
+
 /// Every case the generator makes, with the family it belongs to and the description
 /// `--arch auto` must give.
 const CASES: &[(&str, &str, &str)] = &[
@@ -134,7 +138,10 @@ fn logits(case: &str, arch: &str) -> (String, Vec<f32>, Vec<f32>) {
     let data = Dataset::in_memory(vision(case), inputs, shape[1..].to_vec(), vec![0; shape[0]]);
     let evaluator = Evaluator::new(model.clone(), candle_core::Device::Cpu, 2);
     let got = evaluator
-        .logits(&Weights::from_checkpoint(&weights), &data)
+        .logits(
+            &Weights::from_checkpoint(&weights, &candle_core::Device::Cpu).unwrap(),
+            &data,
+        )
         .unwrap();
     (model.describe(), got, expected)
 }
@@ -225,7 +232,10 @@ fn a_vit_with_other_heads_needs_the_option_and_differs_without_it() {
     let (_, expected) = read_f32(&io, "logits");
     let data = Dataset::in_memory(vision("x"), inputs, shape[1..].to_vec(), vec![0; shape[0]]);
     let got = Evaluator::new(model, candle_core::Device::Cpu, 4)
-        .logits(&Weights::from_checkpoint(&weights), &data)
+        .logits(
+            &Weights::from_checkpoint(&weights, &candle_core::Device::Cpu).unwrap(),
+            &data,
+        )
         .unwrap();
     let result = std::panic::catch_unwind(|| assert_close("one head", &got, &expected));
     assert!(result.is_err(), "one head matched PyTorch's three");
@@ -249,4 +259,56 @@ fn an_efficientnet_of_other_stages_needs_its_strides() {
         .unwrap()
         .to_string();
     assert!(err.contains("strides") && err.contains("3 stages"), "{err}");
+}
+
+/// `--eval-dtype f16` and the GPU's way of feeding inputs (the whole split uploaded once,
+/// [`Evaluator::upload`] and [`Evaluator::logits_on`]), run on the CPU for every family.
+#[test]
+fn every_family_runs_in_f16_and_on_uploaded_inputs() {
+    for (case, family, _) in CASES {
+        let weights = Checkpoint::open(&vision(&format!("{case}.safetensors"))).unwrap();
+        let io = Checkpoint::open(&vision(&format!("{case}.io.safetensors"))).unwrap();
+        let model = Selection::parse(family)
+            .unwrap()
+            .configure(&weights, &options(&weights))
+            .unwrap();
+        let (shape, inputs) = read_f32(&io, "inputs");
+        let (_, expected) = read_f32(&io, "logits");
+        let data = Dataset::in_memory(vision(case), inputs, shape[1..].to_vec(), vec![0; shape[0]]);
+        let w = Weights::from_checkpoint(&weights, &candle_core::Device::Cpu).unwrap();
+        let mut evaluator = Evaluator::new(model.clone(), candle_core::Device::Cpu, 2);
+        // Uploaded inputs give the same bits as batch-by-batch reads.
+        let batched = evaluator.logits(&w, &data).unwrap();
+        let uploaded = evaluator
+            .logits_on(&w, &data, &evaluator.upload(&data).unwrap())
+            .unwrap();
+        assert!(
+            batched
+                .iter()
+                .map(|x| x.to_bits())
+                .eq(uploaded.iter().map(|x| x.to_bits())),
+            "{case}: uploaded inputs changed the logits"
+        );
+        evaluator.dtype = candle_core::DType::F16;
+        let f16 = evaluator
+            .logits_on(&w, &data, &evaluator.upload(&data).unwrap())
+            .unwrap_or_else(|e| panic!("{case} in f16: {e}"));
+        let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = f16
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+            / scale;
+        eprintln!("{case}: f16 max |candle - torch| / max |torch| = {worst:.2e}");
+        // f16 keeps 11 bits: a few rounding steps per layer, and it really is coarser than f32.
+        assert!(
+            worst <= F16_TOLERANCE,
+            "{case}: f16 is {worst:e} from PyTorch's f32"
+        );
+        assert!(
+            worst > TOLERANCE,
+            "{case}: f16 {worst:e} is as close as f32, so the dtype did not reach the model"
+        );
+    }
 }

@@ -91,7 +91,7 @@ fn a_fixture_model_predicts_the_same_class_from_both() {
         .configure(&weights, &Options::default())
         .unwrap();
     let evaluator = Evaluator::new(model.clone(), candle_core::Device::Cpu, 4);
-    let w = Weights::from_checkpoint(&weights);
+    let w = Weights::from_checkpoint(&weights, &candle_core::Device::Cpu).unwrap();
     let classes = model.num_classes();
     let n = PHOTOS.len();
     let run = |inputs: Vec<f32>| {

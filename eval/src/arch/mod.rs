@@ -152,7 +152,9 @@ pub trait Architecture: Send + Sync {
     fn num_classes(&self) -> usize;
     /// Every tensor a checkpoint must (Float) or may (Buffer) hold, and no other.
     fn tensors(&self) -> Vec<TensorSpec>;
-    /// Builds the model from f32 tensors named as in [`Architecture::tensors`].
+    /// Builds the model from tensors named as in [`Architecture::tensors`], which `vb` hands
+    /// out on the evaluation device in the evaluation dtype (f32 unless `--eval-dtype`); inputs
+    /// arrive in that dtype too.
     fn build(&self, vb: VarBuilder) -> CandleResult<Box<dyn Classifier>>;
 }
 
