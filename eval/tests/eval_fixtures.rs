@@ -347,6 +347,7 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 /// A report with its timings and output path blanked, for comparing runs.
+#[cfg(not(feature = "cuda"))]
 fn without_timings(mut report: Value) -> Value {
     for step in report["greedy"]["search"]["steps"].as_array_mut().unwrap() {
         step["trial"]["merge_seconds"] = Value::Null;
