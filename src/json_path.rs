@@ -8,7 +8,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use serde::ser::{SerializeSeq, SerializeStruct};
+use serde::ser::SerializeStruct;
 use serde::Serializer;
 
 /// One path.
@@ -32,21 +32,6 @@ pub fn option<S: Serializer>(value: &Option<PathBuf>, s: S) -> Result<S::Ok, S::
         Some(p) => path(p, s),
         None => s.serialize_none(),
     }
-}
-
-/// A list of paths.
-pub fn list<S: Serializer>(values: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
-    struct One<'a>(&'a Path);
-    impl serde::Serialize for One<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            path(self.0, s)
-        }
-    }
-    let mut seq = s.serialize_seq(Some(values.len()))?;
-    for v in values {
-        seq.serialize_element(&One(v))?;
-    }
-    seq.end()
 }
 
 #[cfg(test)]

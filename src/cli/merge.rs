@@ -177,7 +177,8 @@ pub struct Args {
     #[arg(long)]
     pub strict: bool,
 
-    /// Replace an existing output.
+    /// Replace an existing output that soup-merge could have written: a regular file, or a
+    /// directory holding only model files. Inputs, links and special files are never replaced.
     #[arg(short, long)]
     pub force: bool,
 

@@ -105,7 +105,7 @@ fn is_batches_tracked(w: &Warning) -> bool {
 
 /// Folds the expected `num_batches_tracked` differences into one line per run; any other
 /// finding stays as it is.
-pub fn summarise_batches_tracked(warnings: Vec<Warning>) -> Vec<Warning> {
+fn summarise_batches_tracked(warnings: Vec<Warning>) -> Vec<Warning> {
     let (counters, mut rest): (Vec<Warning>, Vec<Warning>) =
         warnings.into_iter().partition(is_batches_tracked);
     let mut names: Vec<&str> = counters

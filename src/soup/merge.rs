@@ -430,16 +430,6 @@ impl Merge {
         &self.plan
     }
 
-    /// File or model directory.
-    pub fn kind(&self) -> OutputKind {
-        self.kind
-    }
-
-    /// Warnings found while planning.
-    pub fn warnings(&self) -> &[Warning] {
-        &self.warnings
-    }
-
     /// The dry run's report: the plan per tensor, nothing read beyond headers.
     pub fn dry_run(mut self) -> MergeReport {
         self.report.dry_run = true;

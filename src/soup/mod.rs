@@ -16,8 +16,7 @@ mod whole;
 
 pub use card::{model_name, Card};
 pub use execute::{
-    interrupt, interrupted, summarise_batches_tracked, to_memory, write, write_dir, ExtraFile,
-    RunOptions, Soup, Warning,
+    interrupt, interrupted, to_memory, write, write_dir, ExtraFile, RunOptions, Soup, Warning,
 };
 pub use kernel::CHUNK_ELEMENTS;
 pub use layout::{parse_size, FileSummary, Layout, OutputFile, DEFAULT_SHARD_SIZE};

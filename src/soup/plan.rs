@@ -164,20 +164,7 @@ impl Plan {
         options: &PlanOptions,
     ) -> Result<Plan> {
         check_weights(&ingredients, &weights)?;
-        let mut names: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, ck) in ingredients.iter().enumerate() {
-            for t in ck.tensors() {
-                names.entry(t.info.name.as_str()).or_default().push(i);
-            }
-        }
-        let partial: Vec<&str> = names
-            .iter()
-            .filter(|(_, have)| have.len() != ingredients.len())
-            .map(|(n, _)| *n)
-            .collect();
-        if !partial.is_empty() && options.on_missing == OnMissing::Error {
-            return Err(missing_error(&ingredients, &names));
-        }
+        let (names, partial) = census(&ingredients, options)?;
         check_shapes(&ingredients, &names)?;
 
         let mut tensors = Vec::with_capacity(names.len());
@@ -263,20 +250,7 @@ impl Plan {
         // The work's inputs: the models, then the base.
         let roles: Vec<usize> = models.iter().copied().chain(base).collect();
 
-        let mut names: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, ck) in ingredients.iter().enumerate() {
-            for t in ck.tensors() {
-                names.entry(t.info.name.as_str()).or_default().push(i);
-            }
-        }
-        let partial: Vec<&str> = names
-            .iter()
-            .filter(|(_, have)| have.len() != ingredients.len())
-            .map(|(n, _)| *n)
-            .collect();
-        if !partial.is_empty() && options.on_missing == OnMissing::Error {
-            return Err(missing_error(&ingredients, &names));
-        }
+        let (names, partial) = census(&ingredients, options)?;
         if !partial.is_empty() && options.on_missing == OnMissing::Renormalize {
             return Err(fail(format!(
                 "{} tensor(s) are not in every input ({}), and --on-missing renormalize applies to linear merges; use skip or first",
@@ -470,6 +444,30 @@ fn missing_error(ingredients: &[Checkpoint], names: &BTreeMap<&str, Vec<usize>>)
         "inputs have different tensor names: {}; are they fine-tunes of the same model? (--on-missing skip|first|renormalize decides what to do)",
         parts.join("; ")
     ))
+}
+
+/// Which ingredients hold each tensor name, and the names some of them lack (refused under
+/// `--on-missing error`).
+#[allow(clippy::type_complexity)]
+fn census<'c>(
+    ingredients: &'c [Checkpoint],
+    options: &PlanOptions,
+) -> Result<(BTreeMap<&'c str, Vec<usize>>, Vec<&'c str>)> {
+    let mut names: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, ck) in ingredients.iter().enumerate() {
+        for t in ck.tensors() {
+            names.entry(t.info.name.as_str()).or_default().push(i);
+        }
+    }
+    let partial: Vec<&str> = names
+        .iter()
+        .filter(|(_, have)| have.len() != ingredients.len())
+        .map(|(n, _)| *n)
+        .collect();
+    if !partial.is_empty() && options.on_missing == OnMissing::Error {
+        return Err(missing_error(ingredients, &names));
+    }
+    Ok((names, partial))
 }
 
 fn check_shapes(ingredients: &[Checkpoint], names: &BTreeMap<&str, Vec<usize>>) -> Result<()> {
