@@ -26,6 +26,7 @@ pub mod images;
 pub mod plot;
 pub mod report;
 pub mod score;
+pub mod text;
 pub mod scorer;
 pub mod scorer_cli;
 pub mod search_log;

@@ -94,7 +94,7 @@ fn draw_ranking<M: Measure>(
         let label = format!(
             "{}  {}",
             row.name.trim_end_matches(".safetensors"),
-            M::show(value(row))
+            row.val.map_or_else(String::new, |v| v.show(value(row)))
         );
         chart.draw_series(std::iter::once(
             EmptyElement::at(at)
