@@ -27,6 +27,9 @@ pub struct TokenModel {
     pub bos: Option<u32>,
     /// `config.json`'s `label2id`: class names to indices.
     pub label2id: Option<BTreeMap<String, usize>>,
+    /// The id batches are padded with (spec §3): `config.json`'s `pad_token_id`, else the
+    /// tokenizer's padding token, else 0.
+    pub pad_id: u32,
 }
 
 impl TokenModel {
@@ -123,6 +126,8 @@ pub struct TextData {
     pub labels: Vec<usize>,
     /// Multiple choice: the questions, in order.
     pub questions: Vec<Question>,
+    /// The id sequences are padded with in a batch.
+    pub pad_id: u32,
 }
 
 /// The file formats text data comes in.
@@ -217,6 +222,7 @@ impl TextData {
             sequences: Vec::new(),
             labels: Vec::new(),
             questions: Vec::new(),
+            pad_id: model.pad_id,
         };
         match (task, format) {
             (Task::Classification, TextFormat::Tokens) => {
@@ -463,7 +469,8 @@ impl TextData {
         let example = r#"{"context": "...", "choices": ["...", "..."], "answer": 0}"#;
         let rows = records::jsonl(&self.path, &text, example)?;
         let path = &self.path;
-        type Choices = (Vec<(Vec<u32>, usize, usize)>, usize);
+        // Per choice (ids, first id read, characters), the context's tokens, the answer.
+        type Choices = (Vec<(Vec<u32>, usize, usize)>, usize, usize);
         let encoded: Vec<Result<Choices>> = rows
             .par_iter()
             .map(|r| {
@@ -545,11 +552,11 @@ impl TextData {
                     };
                     out.push((whole, begin, choice.chars().count()));
                 }
-                Ok((out, ctx))
+                Ok((out, ctx, answer))
             })
             .collect();
-        for ((r, item), answer) in rows.iter().zip(encoded).zip(rows.iter().map(|r| r.fields.get("answer").and_then(Value::as_u64))) {
-            let (choices, ctx) = item?;
+        for (r, item) in rows.iter().zip(encoded) {
+            let (choices, ctx, answer) = item?;
             let first = self.sequences.len();
             let mut chars = Vec::with_capacity(choices.len());
             for (whole, begin, n) in choices {
@@ -563,7 +570,7 @@ impl TextData {
             self.questions.push(Question {
                 first,
                 chars,
-                answer: answer.expect("checked") as usize,
+                answer,
             });
         }
         Ok(())
