@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, Result};
 
 /// One record: its first line in the file (from 1) and its fields.
+#[derive(Clone, Debug)]
 pub struct Record {
     /// Line number of the record's start, counting from 1.
     pub line: usize,
