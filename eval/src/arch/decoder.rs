@@ -148,8 +148,6 @@ pub struct Decoder {
     /// Unused tensors transformers ignores when loading (old checkpoints' persistent
     /// `rotary_emb.inv_freq`), with their shapes: accepted, never read.
     pub ignored: Vec<(String, Vec<usize>)>,
-    /// `max_position_embeddings`.
-    pub max_positions: Option<usize>,
     /// `pad_token_id`.
     pub pad_token_id: Option<u32>,
 }
@@ -294,7 +292,6 @@ impl Decoder {
             biases,
             lm_head,
             ignored,
-            max_positions: config.opt_usize("max_position_embeddings")?,
             pad_token_id: config.token_id("pad_token_id")?,
         })
     }
@@ -483,7 +480,8 @@ impl Architecture for Decoder {
     fn input(&self) -> Input {
         Input::Tokens(TokenInput {
             vocab: self.vocab,
-            max_positions: self.max_positions,
+            // RoPE has no hard limit; `max_position_embeddings` is only the training length.
+            max_positions: None,
             pad_token_id: self.pad_token_id,
         })
     }

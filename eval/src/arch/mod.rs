@@ -35,13 +35,25 @@ use model_soup::format::Checkpoint;
 
 use crate::error::{Error, Result};
 
+pub mod bert;
 pub mod convnext;
+pub mod decoder;
 pub mod densenet;
 pub mod digits_cnn;
+pub mod distilbert;
 pub mod efficientnet;
+pub mod encoder;
+pub mod gemma;
+pub mod hf_config;
 pub mod layers;
+pub mod llama;
 pub mod mobilenet_v2;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 pub mod resnet;
+pub mod roberta;
+pub mod text_layers;
 pub mod vgg;
 pub mod vit;
 
@@ -55,6 +67,14 @@ pub const FAMILIES: &[&dyn Family] = &[
     &convnext::ConvNextFamily,
     &efficientnet::EfficientNetFamily,
     &mobilenet_v2::MobileNetV2Family,
+    &llama::LlamaFamily,
+    &qwen2::Qwen2Family,
+    &qwen3::Qwen3Family,
+    &phi3::Phi3Family,
+    &gemma::GemmaFamily,
+    &bert::BertFamily,
+    &roberta::RobertaFamily,
+    &distilbert::DistilBertFamily,
 ];
 
 /// A model built from one set of weights: maps a batch to logits (see [`Output`]).

@@ -96,6 +96,44 @@ impl RmsNorm {
     }
 }
 
+/// `torch.nn.LayerNorm` over the last dimension, computed in f32 in two passes (mean, then
+/// the variance of the centred values, as PyTorch does) and rounded once to the input's dtype.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// The norm at `vb`'s prefix (`weight` and `bias`, [dim]).
+    pub fn load(dim: usize, eps: f64, vb: candle_nn::VarBuilder) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: vb.get(dim, "weight")?.to_dtype(DType::F32)?,
+            bias: vb.get(dim, "bias")?.to_dtype(DType::F32)?,
+            eps,
+        })
+    }
+
+    /// Normalises the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x32 = x.to_dtype(DType::F32)?;
+        let centred = x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        centred
+            .broadcast_div(&(var + self.eps)?.sqrt()?)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)?
+            .to_dtype(x.dtype())
+    }
+}
+
+/// The tensors of a `torch.nn.LayerNorm(dim)` at `prefix`.
+pub fn layer_norm_specs(prefix: &str, dim: usize, out: &mut Vec<TensorSpec>) {
+    out.push(TensorSpec::float(&format!("{prefix}.weight"), &[dim]));
+    out.push(TensorSpec::float(&format!("{prefix}.bias"), &[dim]));
+}
+
 /// The tensors of a `torch.nn.Linear(input, output)` at `prefix`, with or without a bias.
 pub fn linear_specs(prefix: &str, input: usize, output: usize, bias: bool, out: &mut Vec<TensorSpec>) {
     out.push(TensorSpec::float(&format!("{prefix}.weight"), &[output, input]));
