@@ -126,7 +126,13 @@ fn relative_error(got: &[f32], expected: &[f32]) -> f32 {
     let worst = got
         .iter()
         .zip(expected)
-        .map(|(a, b)| if a.is_finite() { (a - b).abs() } else { f32::INFINITY })
+        .map(|(a, b)| {
+            if a.is_finite() {
+                (a - b).abs()
+            } else {
+                f32::INFINITY
+            }
+        })
         .fold(0f32, f32::max);
     worst / scale
 }

@@ -180,7 +180,11 @@ impl Decoder {
                 "is missing",
             ));
         }
-        config.agrees("num_hidden_layers", layers, "model.layers.N.input_layernorm.weight")?;
+        config.agrees(
+            "num_hidden_layers",
+            layers,
+            "model.layers.N.input_layernorm.weight",
+        )?;
 
         let heads = config.positive("num_attention_heads")?;
         let kv_heads = config.positive_or("num_key_value_heads", heads)?;
@@ -197,7 +201,11 @@ impl Decoder {
             let n = "model.layers.0.self_attn.q_proj.weight";
             (n, layout.require(n, 2)?[0])
         };
-        let q_heads = if style.fused_qkv { heads + 2 * kv_heads } else { heads };
+        let q_heads = if style.fused_qkv {
+            heads + 2 * kv_heads
+        } else {
+            heads
+        };
         let head_dim = match config.opt_usize("head_dim")? {
             Some(d) => d,
             None => match style.head_dim {
@@ -248,7 +256,11 @@ impl Decoder {
                 Bias::Flag(key) => config.bool_or(key, false),
             }
         };
-        let biases = [flag(style.qkv_bias)?, flag(style.o_bias)?, flag(style.mlp_bias)?];
+        let biases = [
+            flag(style.qkv_bias)?,
+            flag(style.o_bias)?,
+            flag(style.mlp_bias)?,
+        ];
         let windows = windows(&config, style.windows, layers)?;
 
         let tied = config.bool_or("tie_word_embeddings", style.tied)?;
@@ -371,21 +383,27 @@ fn rope(config: &HfConfig, style: &Style) -> std::result::Result<(f64, f64), Con
             }
         }
         if let Some(t) = params.get("rope_theta").filter(|v| !v.is_null()) {
-            theta = t.as_f64().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| {
-                ConfigError::new(
-                    key_name(&format!("{key}.rope_theta")),
-                    format!("is {t}; it must be a positive number"),
-                )
-            })?;
+            theta = t
+                .as_f64()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        key_name(&format!("{key}.rope_theta")),
+                        format!("is {t}; it must be a positive number"),
+                    )
+                })?;
         }
         if style.partial_rotary {
             if let Some(p) = params.get("partial_rotary_factor").filter(|v| !v.is_null()) {
-                partial = p.as_f64().filter(|x| *x > 0.0 && *x <= 1.0).ok_or_else(|| {
-                    ConfigError::new(
-                        key_name(&format!("{key}.partial_rotary_factor")),
-                        format!("is {p}; it must be a number in (0, 1]"),
-                    )
-                })?;
+                partial = p
+                    .as_f64()
+                    .filter(|x| *x > 0.0 && *x <= 1.0)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            key_name(&format!("{key}.partial_rotary_factor")),
+                            format!("is {p}; it must be a number in (0, 1]"),
+                        )
+                    })?;
             }
         }
     }
@@ -425,7 +443,10 @@ fn windows(
                     if types.len() != layers {
                         return Err(ConfigError::new(
                             key_name("layer_types"),
-                            format!("lists {} layers, but the checkpoint has {layers}", types.len()),
+                            format!(
+                                "lists {} layers, but the checkpoint has {layers}",
+                                types.len()
+                            ),
                         ));
                     }
                     types
@@ -446,7 +467,9 @@ fn windows(
                 )),
                 None => {
                     let first = config.positive_or("max_window_layers", 28)?;
-                    Ok((0..layers).map(|i| if i >= first { w } else { None }).collect())
+                    Ok((0..layers)
+                        .map(|i| if i >= first { w } else { None })
+                        .collect())
                 }
             }
         }
@@ -500,7 +523,10 @@ impl Architecture for Decoder {
         )];
         for l in 0..self.layers {
             let p = format!("model.layers.{l}");
-            out.push(TensorSpec::float(&format!("{p}.input_layernorm.weight"), &[h]));
+            out.push(TensorSpec::float(
+                &format!("{p}.input_layernorm.weight"),
+                &[h],
+            ));
             out.push(TensorSpec::float(
                 &format!("{p}.post_attention_layernorm.weight"),
                 &[h],
@@ -510,9 +536,27 @@ impl Architecture for Decoder {
                 let rows = (self.heads + 2 * self.kv_heads) * hd;
                 linear_specs(&format!("{a}.qkv_proj"), h, rows, qkv_bias, &mut out);
             } else {
-                linear_specs(&format!("{a}.q_proj"), h, self.heads * hd, qkv_bias, &mut out);
-                linear_specs(&format!("{a}.k_proj"), h, self.kv_heads * hd, qkv_bias, &mut out);
-                linear_specs(&format!("{a}.v_proj"), h, self.kv_heads * hd, qkv_bias, &mut out);
+                linear_specs(
+                    &format!("{a}.q_proj"),
+                    h,
+                    self.heads * hd,
+                    qkv_bias,
+                    &mut out,
+                );
+                linear_specs(
+                    &format!("{a}.k_proj"),
+                    h,
+                    self.kv_heads * hd,
+                    qkv_bias,
+                    &mut out,
+                );
+                linear_specs(
+                    &format!("{a}.v_proj"),
+                    h,
+                    self.kv_heads * hd,
+                    qkv_bias,
+                    &mut out,
+                );
             }
             linear_specs(&format!("{a}.o_proj"), self.heads * hd, h, o_bias, &mut out);
             if s.qk_norm {
@@ -544,7 +588,8 @@ impl Architecture for Decoder {
         let s = self.style_key;
         let m = vb.pp("model");
         let embed = m.get((self.vocab, h), "embed_tokens.weight")?;
-        let norm = |dim: usize, vb: VarBuilder| RmsNorm::new(vb.get(dim, "weight")?, self.eps, s.gemma);
+        let norm =
+            |dim: usize, vb: VarBuilder| RmsNorm::new(vb.get(dim, "weight")?, self.eps, s.gemma);
         let mut layers = Vec::with_capacity(self.layers);
         for (l, window) in self.windows.iter().enumerate() {
             let p = m.pp(format!("layers.{l}"));
@@ -640,7 +685,11 @@ impl DecoderModel {
             Qkv::Fused(qkv) => {
                 let y = x.apply(qkv)?;
                 let (nq, nk) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
-                (y.narrow(2, 0, nq)?, y.narrow(2, nq, nk)?, y.narrow(2, nq + nk, nk)?)
+                (
+                    y.narrow(2, 0, nq)?,
+                    y.narrow(2, nq, nk)?,
+                    y.narrow(2, nq + nk, nk)?,
+                )
             }
         };
         let (q, k) = match &layer.qk_norm {
@@ -752,8 +801,17 @@ impl Rope {
         if self.rotary_dim == d {
             return candle_nn::rotary_emb::rope(x, &self.cos, &self.sin);
         }
-        let rotated =
-            candle_nn::rotary_emb::rope(&x.narrow(3, 0, self.rotary_dim)?.contiguous()?, &self.cos, &self.sin)?;
-        Tensor::cat(&[&rotated, &x.narrow(3, self.rotary_dim, d - self.rotary_dim)?], 3)
+        let rotated = candle_nn::rotary_emb::rope(
+            &x.narrow(3, 0, self.rotary_dim)?.contiguous()?,
+            &self.cos,
+            &self.sin,
+        )?;
+        Tensor::cat(
+            &[
+                &rotated,
+                &x.narrow(3, self.rotary_dim, d - self.rotary_dim)?,
+            ],
+            3,
+        )
     }
 }

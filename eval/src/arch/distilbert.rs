@@ -34,7 +34,11 @@ impl Family for DistilBertFamily {
     }
 
     fn detect(&self, layout: &Layout) -> bool {
-        detect(layout, &["DistilBertForSequenceClassification"], &["distilbert"])
+        detect(
+            layout,
+            &["DistilBertForSequenceClassification"],
+            &["distilbert"],
+        )
     }
 
     fn configure(

@@ -254,7 +254,10 @@ impl EncoderConfig {
             word: e.get((self.vocab, h), "word_embeddings.weight")?,
             position: e.get((self.position_rows, h), "position_embeddings.weight")?,
             token_type: match self.token_types {
-                Some(t) => Some(e.get((t, h), "token_type_embeddings.weight")?.narrow(0, 0, 1)?),
+                Some(t) => Some(
+                    e.get((t, h), "token_type_embeddings.weight")?
+                        .narrow(0, 0, 1)?,
+                ),
                 None => None,
             },
             norm: LayerNorm::load(h, self.eps, e.pp("LayerNorm"))?,
@@ -373,8 +376,10 @@ impl Encoder {
         if let Some(tt) = &self.token_type {
             x = x.broadcast_add(tt)?;
         }
-        let x = (x + self.position.index_select(&position_ids.flatten_all()?, 0)?)?
-            .reshape((b, t, c.hidden))?;
+        let x = (x + self
+            .position
+            .index_select(&position_ids.flatten_all()?, 0)?)?
+        .reshape((b, t, c.hidden))?;
         let mut x = self.norm.forward(&x)?;
         let mask = padding_mask(&mask_or_ones(ids, attention_mask)?)?;
         let d = c.hidden / c.heads;
@@ -382,7 +387,8 @@ impl Encoder {
             let q = split_heads(&layer.query.forward(&x)?, c.heads, d)?;
             let k = split_heads(&layer.key.forward(&x)?, c.heads, d)?;
             let v = split_heads(&layer.value.forward(&x)?, c.heads, d)?;
-            let y = attend(&q, &k, &v, &mask, (d as f64).powf(-0.5))?.apply(&layer.attention_out)?;
+            let y =
+                attend(&q, &k, &v, &mask, (d as f64).powf(-0.5))?.apply(&layer.attention_out)?;
             x = layer.attention_norm.forward(&(y + &x)?)?;
             let y = c
                 .activation

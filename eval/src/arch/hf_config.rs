@@ -144,12 +144,16 @@ impl<'a> HfConfig<'a> {
 
     /// Refuses a setting this implementation does not have: `key` must be absent, `null`,
     /// or one of `allowed` (compared as JSON).
-    pub fn refuse_unless(&self, key: &str, allowed: &[Value], what: &str) -> Result<(), ConfigError> {
+    pub fn refuse_unless(
+        &self,
+        key: &str,
+        allowed: &[Value],
+        what: &str,
+    ) -> Result<(), ConfigError> {
         match self.get(key) {
-            Some(v) if !allowed.contains(v) => Err(ConfigError::new(
-                key_name(key),
-                format!("is {v}; {what}"),
-            )),
+            Some(v) if !allowed.contains(v) => {
+                Err(ConfigError::new(key_name(key), format!("is {v}; {what}")))
+            }
             _ => Ok(()),
         }
     }
@@ -208,18 +212,29 @@ mod tests {
         let err = c.positive("neg").unwrap_err();
         assert_eq!(err.tensor, "config.json:neg");
         assert!(err.reason.contains("-3"), "{}", err.reason);
-        assert_eq!(c.positive("absent").unwrap_err().tensor, "config.json:absent");
+        assert_eq!(
+            c.positive("absent").unwrap_err().tensor,
+            "config.json:absent"
+        );
         assert_eq!(c.positive("name").unwrap_err().tensor, "config.json:name");
         let err = c.agrees("hidden_size", 48, "w").unwrap_err();
-        assert!(err.reason.contains("64") && err.reason.contains("48") && err.reason.contains("'w'"));
+        assert!(
+            err.reason.contains("64") && err.reason.contains("48") && err.reason.contains("'w'")
+        );
     }
 
     #[test]
     fn detection_prefers_architectures_over_model_type() {
-        let l = layout(serde_json::json!({"architectures": ["LlamaForSequenceClassification"], "model_type": "llama"}));
+        let l = layout(
+            serde_json::json!({"architectures": ["LlamaForSequenceClassification"], "model_type": "llama"}),
+        );
         assert!(!detect(&l, &["LlamaForCausalLM"], &["llama"]));
         let l = layout(serde_json::json!({"model_type": "llama"}));
         assert!(detect(&l, &["LlamaForCausalLM"], &["llama"]));
-        assert!(!detect(&Layout::default(), &["LlamaForCausalLM"], &["llama"]));
+        assert!(!detect(
+            &Layout::default(),
+            &["LlamaForCausalLM"],
+            &["llama"]
+        ));
     }
 }

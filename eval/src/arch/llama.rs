@@ -46,7 +46,10 @@ impl Family for LlamaFamily {
         _options: &Options,
     ) -> Result<Arc<dyn Architecture>, ConfigError> {
         let config = HfConfig::of(layout)?;
-        let mistral = config.architectures().iter().any(|a| MISTRAL_CLASSES.contains(a))
+        let mistral = config
+            .architectures()
+            .iter()
+            .any(|a| MISTRAL_CLASSES.contains(a))
             || (config.architectures().is_empty()
                 && config.opt_str("model_type")? == Some("mistral"));
         let style = if mistral { MISTRAL } else { Style::LLAMA };

@@ -135,15 +135,29 @@ pub fn layer_norm_specs(prefix: &str, dim: usize, out: &mut Vec<TensorSpec>) {
 }
 
 /// The tensors of a `torch.nn.Linear(input, output)` at `prefix`, with or without a bias.
-pub fn linear_specs(prefix: &str, input: usize, output: usize, bias: bool, out: &mut Vec<TensorSpec>) {
-    out.push(TensorSpec::float(&format!("{prefix}.weight"), &[output, input]));
+pub fn linear_specs(
+    prefix: &str,
+    input: usize,
+    output: usize,
+    bias: bool,
+    out: &mut Vec<TensorSpec>,
+) {
+    out.push(TensorSpec::float(
+        &format!("{prefix}.weight"),
+        &[output, input],
+    ));
     if bias {
         out.push(TensorSpec::float(&format!("{prefix}.bias"), &[output]));
     }
 }
 
 /// A `torch.nn.Linear(input, output)` at `vb`'s prefix, with or without a bias.
-pub fn linear(input: usize, output: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Linear> {
+pub fn linear(
+    input: usize,
+    output: usize,
+    bias: bool,
+    vb: candle_nn::VarBuilder,
+) -> Result<Linear> {
     if bias {
         candle_nn::linear(input, output, vb)
     } else {
@@ -180,8 +194,9 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> 
     let v = repeat_kv(v, h)?;
     let scores = (q.matmul(&k.t()?)? * scale)?;
     let dtype = scores.dtype();
-    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.broadcast_add(mask)?)?
-        .to_dtype(dtype)?;
+    let probs =
+        candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?.broadcast_add(mask)?)?
+            .to_dtype(dtype)?;
     probs
         .matmul(&v.contiguous()?)?
         .transpose(1, 2)?
@@ -257,9 +272,18 @@ mod tests {
             .iter()
             .map(|r| (0..5).filter(|&j| r[j] == 0.0).collect())
             .collect();
-        assert_eq!(seen, vec![vec![0], vec![0, 1], vec![1, 2], vec![2, 3], vec![3, 4]]);
+        assert_eq!(
+            seen,
+            vec![vec![0], vec![0, 1], vec![1, 2], vec![2, 3], vec![3, 4]]
+        );
         let full = causal_mask(3, None, &Device::Cpu).unwrap();
-        let rows: Vec<Vec<f32>> = full.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let rows: Vec<Vec<f32>> = full
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
         assert_eq!(rows[2], vec![0.0, 0.0, 0.0]);
         assert_eq!(rows[0][1], MASKED);
     }
@@ -267,7 +291,12 @@ mod tests {
     #[test]
     fn padded_keys_get_the_masked_score() {
         let m = Tensor::new(&[[1u32, 1, 0], [1, 0, 0]], &Device::Cpu).unwrap();
-        let p: Vec<f32> = padding_mask(&m).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let p: Vec<f32> = padding_mask(&m)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(p, vec![0.0, 0.0, MASKED, 0.0, MASKED, MASKED]);
     }
 
@@ -277,7 +306,12 @@ mod tests {
             .unwrap()
             .reshape((1, 2, 1, 2))
             .unwrap();
-        let r: Vec<f32> = repeat_kv(&x, 4).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let r: Vec<f32> = repeat_kv(&x, 4)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert_eq!(r, vec![0.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 3.0]);
     }
 
