@@ -315,7 +315,7 @@ fn padding_never_changes_the_logits_of_real_positions() {
             serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
         let pad = config["pad_token_id"].as_u64().unwrap_or(0) as u32;
         let short = sequence(7, 1);
-        let alone = logits(&dir, &[short.clone()], &[vec![1; 7]]);
+        let alone = logits(&dir, std::slice::from_ref(&short), &[vec![1; 7]]);
         let mut padded = short.clone();
         padded.resize(19, pad);
         let mut mask = vec![1; 7];

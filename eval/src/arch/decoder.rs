@@ -188,7 +188,7 @@ impl Decoder {
 
         let heads = config.positive("num_attention_heads")?;
         let kv_heads = config.positive_or("num_key_value_heads", heads)?;
-        if heads % kv_heads != 0 {
+        if !heads.is_multiple_of(kv_heads) {
             return Err(ConfigError::new(
                 key_name("num_key_value_heads"),
                 format!("is {kv_heads}, which does not divide num_attention_heads {heads}"),
@@ -222,7 +222,7 @@ impl Decoder {
                 ),
             ));
         }
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(ConfigError::new(
                 key_name("head_dim"),
                 format!("is {head_dim}; rotary embeddings need an even head dimension"),
@@ -235,7 +235,7 @@ impl Decoder {
 
         let (rope_theta, partial) = rope(&config, style)?;
         let rotary_dim = ((head_dim as f64) * partial) as usize;
-        if rotary_dim == 0 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+        if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
             return Err(ConfigError::new(
                 key_name("partial_rotary_factor"),
                 format!("is {partial}, which rotates {rotary_dim} of {head_dim} head dimensions; it must be an even number from 2 to {head_dim}"),

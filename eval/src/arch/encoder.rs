@@ -295,7 +295,7 @@ pub fn heads(
     hidden: usize,
 ) -> std::result::Result<usize, ConfigError> {
     let heads = config.positive(key)?;
-    if hidden % heads != 0 {
+    if !hidden.is_multiple_of(heads) {
         return Err(ConfigError::new(
             key_name(key),
             format!("is {heads}, which does not divide the hidden width {hidden}"),
