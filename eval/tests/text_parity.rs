@@ -1,6 +1,7 @@
 //! Parity with PyTorch for the language models: candle's logits for the tiny Hugging Face model
 //! directories in fixtures/text/models (made by fixtures/text/make_text_fixtures.py with
-//! transformers' own classes) against transformers' eval-mode logits in
+//! transformers' own classes; llama-bias, qwen2-window and phi3-partial by
+//! make_lm_variant_fixtures.py) against transformers' eval-mode logits in
 //! fixtures/text/parity/<name>.safetensors, at every real (mask = 1) position.
 //!
 //! Tolerances, relative to the largest |PyTorch logit|: 1e-4 in f32; in f16 and bf16 (weights
@@ -31,6 +32,9 @@ const CASES: &[(&str, &str)] = &[
     ("qwen3", "qwen3"),
     ("phi3", "phi3"),
     ("gemma", "gemma"),
+    ("llama-bias", "llama"),
+    ("qwen2-window", "qwen2"),
+    ("phi3-partial", "phi3"),
     ("bert-cls", "bert"),
     ("roberta-cls", "roberta"),
     ("xlm-roberta-cls", "roberta"),
@@ -68,8 +72,17 @@ fn read_f32(file: &Checkpoint, name: &str) -> (Vec<usize>, Vec<f32>) {
 /// The logits candle and PyTorch give at the real positions of the parity batch, as
 /// (candle, pytorch), with the family `--arch auto` chose.
 fn compare(name: &str, dtype: DType, device: &Device) -> (String, Vec<f32>, Vec<f32>) {
-    let dir = text(&format!("models/{name}"));
-    let checkpoint = Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+    compare_dir(&text(&format!("models/{name}")), name, dtype, device)
+}
+
+/// [`compare`] for the model directory `dir` against fixture `name`'s parity logits.
+fn compare_dir(
+    dir: &Path,
+    name: &str,
+    dtype: DType,
+    device: &Device,
+) -> (String, Vec<f32>, Vec<f32>) {
+    let checkpoint = Checkpoint::open(dir).unwrap_or_else(|e| panic!("{name}: {e}"));
     let arch = Selection::parse("auto")
         .unwrap()
         .configure(&checkpoint, &Options::default())
@@ -202,4 +215,46 @@ fn text_models_declare_token_inputs_and_their_outputs() {
     let embed = checkpoint.tensor("model.embed_tokens.weight").unwrap();
     assert_eq!(tokens.vocab as u64, embed.info.shape[0]);
     assert_eq!(arch.output(), Output::NextToken(tokens.vocab));
+}
+
+#[test]
+fn the_variants_settings_matter() {
+    // Each variant's distinguishing setting, switched off in a copy of its config.json, must
+    // move the logits far beyond the tolerance: the parity test really checks it.
+    for (name, key, off) in [
+        (
+            "phi3-partial",
+            "partial_rotary_factor",
+            serde_json::json!(1.0),
+        ),
+        (
+            "qwen2-window",
+            "use_sliding_window",
+            serde_json::json!(false),
+        ),
+        ("mistral", "sliding_window", serde_json::Value::Null),
+    ] {
+        let src = text(&format!("models/{name}"));
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let path = dir.path().join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        match config
+            .get_mut("rope_parameters")
+            .filter(|_| key == "partial_rotary_factor")
+        {
+            Some(rope) => rope[key] = off,
+            None => config[key] = off,
+        }
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let (_, got, expected) = compare_dir(dir.path(), name, DType::F32, &Device::Cpu);
+        let err = relative_error(&got, &expected);
+        assert!(
+            err > 100.0 * TOLERANCE,
+            "{name} without {key}: error only {err:e}"
+        );
+    }
 }
