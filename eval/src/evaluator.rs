@@ -231,6 +231,12 @@ impl Evaluator {
             .iter()
             .map(|w| self.model(w))
             .collect::<Result<Vec<_>>>()?;
+        self.model_stats(&models, data, mode)
+    }
+
+    /// [`Evaluator::token_stats`] of models already built, which may be of different
+    /// architectures (an ensemble needs no soup) as long as they share the vocabulary.
+    pub fn model_stats(&self, models: &[Box<dyn Model>], data: &TextData, mode: Mode) -> Result<Vec<TokenStats>> {
         let failed = || self.failed(&data.path);
         let n = data.sequences.len();
         self.progress.inc_length(n as u64);

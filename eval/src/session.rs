@@ -232,7 +232,8 @@ impl Session {
         self.data(split).is_some()
     }
 
-    fn data(&self, split: Split) -> Option<&Data> {
+    /// A split's data, if it was given.
+    pub fn data(&self, split: Split) -> Option<&Data> {
         match split {
             Split::Val => self.val.as_ref(),
             Split::Test => self.test.as_ref(),
@@ -328,8 +329,9 @@ impl Session {
         Ok((score(Split::Val)?, score(Split::Test)?))
     }
 
-    /// Outputs of ingredient `i` on `split` (computed once).
-    fn ingredient_outputs(&mut self, i: usize, split: Split) -> Result<Option<&Outputs>> {
+    /// Outputs of ingredient `i` on `split` (computed once): logits, or each sequence's
+    /// token statistics (language-modelling windows, or multiple-choice choices, in order).
+    pub fn ingredient_outputs(&mut self, i: usize, split: Split) -> Result<Option<&Outputs>> {
         let slot = split as usize;
         if self.outputs[i][slot].is_none() {
             let Some((data, inputs)) = self.on_device(split) else {

@@ -344,8 +344,10 @@ impl TextData {
             .map(|r| {
                 let at = |what: String| bad(path, format!("line {}: {what}", r.line));
                 let text = string_field(r, "text", example).map_err(at)?;
+                // An empty pair (a CSV's empty cell) is no pair.
                 let pair = match r.fields.get("text_pair") {
                     None | Some(Value::Null) => None,
+                    Some(Value::String(s)) if s.is_empty() => None,
                     Some(Value::String(s)) => Some(s.as_str()),
                     Some(other) => {
                         return Err(at(format!(

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::{PostProcessor, Tokenizer, TruncationDirection, TruncationParams};
 
 use crate::error::{Error, Result};
 
@@ -15,6 +15,8 @@ pub struct TextTokenizer {
     tokenizer: Tokenizer,
     /// The padding token's id in the file's padding settings, if it has them.
     padding_id: Option<u32>,
+    /// The length set by [`TextTokenizer::truncated`].
+    max_length: Option<usize>,
 }
 
 impl TextTokenizer {
@@ -46,6 +48,7 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             tokenizer,
             padding_id,
+            max_length: None,
         })
     }
 
@@ -68,6 +71,7 @@ impl TextTokenizer {
                 path: self.path.clone(),
                 reason: format!("cannot truncate to --max-length {max_length}: {e}"),
             })?;
+        t.max_length = Some(max_length);
         Ok(t)
     }
 
@@ -89,11 +93,61 @@ impl TextTokenizer {
         pair: Option<&str>,
         add_special_tokens: bool,
     ) -> std::result::Result<Vec<u32>, String> {
-        let encoding = match pair {
-            Some(pair) => self.tokenizer.encode((text, pair), add_special_tokens),
-            None => self.tokenizer.encode(text, add_special_tokens),
-        }
-        .map_err(|e| model_soup::cli::one_line(&e.to_string()))?;
+        let message = |e: tokenizers::Error| model_soup::cli::one_line(&e.to_string());
+        let encoding = match (pair, self.max_length) {
+            (Some(pair), Some(max_length)) => self
+                .encode_pair_truncated(text, pair, add_special_tokens, max_length)
+                .map_err(message)?,
+            (Some(pair), None) => self
+                .tokenizer
+                .encode((text, pair), add_special_tokens)
+                .map_err(message)?,
+            (None, _) => self.tokenizer.encode(text, add_special_tokens).map_err(message)?,
+        };
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// A pair truncated "longest first" as the Python `tokenizers` package (0.23.3) does it:
+    /// when both sequences must be cut, the longer one keeps the odd token. (The Rust crate
+    /// 0.23.2 gives it to the second sequence whichever is longer, so the two disagree on
+    /// pairs; tests/text_reference.rs holds us to Python's ids.)
+    fn encode_pair_truncated(
+        &self,
+        text: &str,
+        pair: &str,
+        add_special_tokens: bool,
+        max_length: usize,
+    ) -> tokenizers::Result<tokenizers::Encoding> {
+        let mut plain = self.tokenizer.clone();
+        plain.with_truncation(None)?;
+        let mut first = plain.encode(text, false)?;
+        let mut second = plain.encode(pair, false)?;
+        let added = match plain.get_post_processor() {
+            Some(p) if add_special_tokens => p.added_tokens(true),
+            _ => 0,
+        };
+        let budget = max_length.saturating_sub(added);
+        let (n1, n2) = (first.len(), second.len());
+        if n1 + n2 > budget {
+            let (short, long) = (n1.min(n2), n1.max(n2));
+            let (mut keep_short, mut keep_long) = (short, long);
+            keep_long = if short > budget {
+                short
+            } else {
+                keep_long.min(short.max(budget - short))
+            };
+            if keep_short + keep_long > budget {
+                keep_short = budget / 2;
+                keep_long = keep_short + budget % 2;
+            }
+            let (k1, k2) = if n1 > n2 {
+                (keep_long, keep_short)
+            } else {
+                (keep_short, keep_long)
+            };
+            first.truncate(k1, 0, TruncationDirection::Right);
+            second.truncate(k2, 0, TruncationDirection::Right);
+        }
+        plain.post_process(first, Some(second), add_special_tokens)
     }
 }
