@@ -69,13 +69,16 @@ pub struct Args {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Accuracy and mean cross-entropy of each checkpoint.
+    /// Every metric of each checkpoint: accuracy and mean cross-entropy; for a causal LM loss,
+    /// perplexity and next-token accuracy, or multiple-choice accuracy and acc_norm.
     Score(Common),
     /// The uniform soup of all the checkpoints.
     Uniform(Common),
-    /// The greedy soup: rank by val accuracy, add each next one only if val accuracy rises.
+    /// The greedy soup: rank by the val metric (accuracy; a language model's loss; --metric),
+    /// add each next one only if it improves.
     Greedy(GreedyArgs),
-    /// Soft voting: the mean of the models' softmax probabilities (or logits), then argmax.
+    /// Soft voting: the mean of the models' softmax probabilities (or logits), then argmax;
+    /// for language models the mixture of their next-token probabilities.
     Ensemble(EnsembleArgs),
     /// Everything: each checkpoint, the uniform soup, the greedy soup and the ensemble.
     Report(ReportArgs),
@@ -367,7 +370,8 @@ pub struct GreedyArgs {
     #[arg(short, long)]
     pub force: bool,
 
-    /// Keep a candidate whose val accuracy ties the soup's (">=" instead of ">").
+    /// Keep a candidate whose val metric ties the soup's (">=" instead of ">", "<=" for a
+    /// loss).
     #[arg(long)]
     pub accept_ties: bool,
 }
