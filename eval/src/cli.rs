@@ -690,7 +690,7 @@ fn progress_bar(quiet: bool, unit: &str) -> ProgressBar {
         ProgressStyle::with_template(&format!(
             "{{bar:40.cyan/blue}} {{pos}}/{{len}} {unit} {{per_sec}} {{elapsed}}"
         ))
-            .expect("template is valid"),
+        .expect("template is valid"),
     );
     bar
 }

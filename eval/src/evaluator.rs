@@ -170,13 +170,22 @@ impl Evaluator {
 
     /// What the model built from `weights` leaves on `data` (`inputs`: an image split already
     /// on the device, see [`Evaluator::upload`]).
-    pub fn outputs(&self, weights: &Weights, data: &Data, inputs: Option<&Tensor>) -> Result<Outputs> {
+    pub fn outputs(
+        &self,
+        weights: &Weights,
+        data: &Data,
+        inputs: Option<&Tensor>,
+    ) -> Result<Outputs> {
         match data {
             Data::Images(d) => Ok(Outputs::Logits(self.logits_with(weights, d, inputs)?)),
             Data::Text(t) if t.task == Task::Classification => {
                 Ok(Outputs::Logits(self.text_logits(weights, t)?))
             }
-            Data::Text(t) => Ok(Outputs::Tokens(self.token_stats(&[weights], t, Mode::Probs)?)),
+            Data::Text(t) => Ok(Outputs::Tokens(self.token_stats(
+                &[weights],
+                t,
+                Mode::Probs,
+            )?)),
         }
     }
 
@@ -226,7 +235,12 @@ impl Evaluator {
     /// Memory: every member's weights at once (k models), and per batch the logits
     /// `[B, T, V]` of one member plus the mixture's sum `[B, T, V]` in f32; only two numbers
     /// per position per member come back to the host. Nothing of size `N·T·V` is kept.
-    pub fn token_stats(&self, members: &[&Weights], data: &TextData, mode: Mode) -> Result<Vec<TokenStats>> {
+    pub fn token_stats(
+        &self,
+        members: &[&Weights],
+        data: &TextData,
+        mode: Mode,
+    ) -> Result<Vec<TokenStats>> {
         let models = members
             .iter()
             .map(|w| self.model(w))
@@ -236,7 +250,12 @@ impl Evaluator {
 
     /// [`Evaluator::token_stats`] of models already built, which may be of different
     /// architectures (an ensemble needs no soup) as long as they share the vocabulary.
-    pub fn model_stats(&self, models: &[Box<dyn Model>], data: &TextData, mode: Mode) -> Result<Vec<TokenStats>> {
+    pub fn model_stats(
+        &self,
+        models: &[Box<dyn Model>],
+        data: &TextData,
+        mode: Mode,
+    ) -> Result<Vec<TokenStats>> {
         let failed = || self.failed(&data.path);
         let n = data.sequences.len();
         self.progress.inc_length(n as u64);
@@ -248,9 +267,7 @@ impl Evaluator {
                 inputs: &ids,
                 attention_mask: Some(&mask),
             };
-            let (log_probs, argmax) = self
-                .batch_stats(&models, &batch, mode)
-                .context(failed)?;
+            let (log_probs, argmax) = self.batch_stats(models, &batch, mode).context(failed)?;
             tokens::collect(data, start..end, &log_probs, &argmax, &mut out);
             self.progress.inc((end - start) as u64);
         }
@@ -268,7 +285,7 @@ impl Evaluator {
     ) -> candle_core::Result<(Vec<Vec<f64>>, Vec<Vec<u32>>)> {
         let ids = batch.inputs;
         let widen = |t: Tensor| -> candle_core::Result<Vec<Vec<f64>>> {
-            Ok(t.to_dtype(DType::F64)?.to_vec2::<f64>()?)
+            t.to_dtype(DType::F64)?.to_vec2::<f64>()
         };
         if models.len() == 1 || mode == Mode::Logits {
             // One model, or the mean of the logits: the logits' own next-token statistics.
@@ -307,7 +324,9 @@ impl Evaluator {
         let mut log_probs = member_lp[0].clone();
         for (r, row) in log_probs.iter_mut().enumerate() {
             for (p, x) in row.iter_mut().enumerate() {
-                let max = member_lp.iter().fold(f64::NEG_INFINITY, |m, lp| m.max(lp[r][p]));
+                let max = member_lp
+                    .iter()
+                    .fold(f64::NEG_INFINITY, |m, lp| m.max(lp[r][p]));
                 let sum: f64 = member_lp.iter().map(|lp| (lp[r][p] - max).exp()).sum();
                 *x = max + sum.ln() - k;
             }

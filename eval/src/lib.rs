@@ -26,11 +26,11 @@ pub mod images;
 pub mod plot;
 pub mod report;
 pub mod score;
-pub mod text;
 pub mod scorer;
 pub mod scorer_cli;
 pub mod search_log;
 pub mod session;
+pub mod text;
 pub mod transform;
 pub mod weights;
 

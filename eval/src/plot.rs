@@ -5,8 +5,8 @@
 use plotters::prelude::*;
 
 use super::error::{Error, Result};
-use super::report::{Kind, Report, Row};
 use super::greedy::Goal;
+use super::report::{Kind, Report, Row};
 use super::score::{Measure, Metric};
 
 /// Renders `report` as an SVG document. Rows without both a val and a test score are left out;
@@ -269,7 +269,11 @@ fn draw_metric(
     metric: Metric,
     text: &mut String,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let scale = if metric.goal() == Goal::Maximize { 100.0 } else { 1.0 };
+    let scale = if metric.goal() == Goal::Maximize {
+        100.0
+    } else {
+        1.0
+    };
     let points: Vec<(Kind, String, f64, f64)> = report
         .rows()
         .into_iter()

@@ -186,10 +186,15 @@ impl<M: Measure> Report<M> {
         if let Some(g) = &self.greedy {
             let _ = writeln!(out, "\ngreedy soup: {}", g.row.members.join(" + "));
             if let Some(metric) = g.metric {
-                let _ = writeln!(out, "  by val {} ({})", metric.name(), match metric.goal() {
-                    Goal::Maximize => "higher is better",
-                    Goal::Minimize => "lower is better",
-                });
+                let _ = writeln!(
+                    out,
+                    "  by val {} ({})",
+                    metric.name(),
+                    match metric.goal() {
+                        Goal::Maximize => "higher is better",
+                        Goal::Minimize => "lower is better",
+                    }
+                );
             }
             let names: Vec<&str> = self.ingredients.iter().map(|r| r.name.as_str()).collect();
             let rule = match (g.goal, g.accept_ties) {

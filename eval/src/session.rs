@@ -475,7 +475,8 @@ impl Session {
             search,
             goal: self.metric.goal(),
             // Named when it isn't the image classifier's accuracy, whose report predates it.
-            metric: (self.metric_given || self.task != Task::Classification
+            metric: (self.metric_given
+                || self.task != Task::Classification
                 || matches!(self.val, Some(Data::Text(_))))
             .then_some(self.metric),
             accept_ties,
@@ -500,12 +501,19 @@ impl Session {
                         .pool
                         .iter()
                         .map(|c| {
-                            Weights::from_checkpoint(c.as_ref().expect("returned"), &self.evaluator.device)
+                            Weights::from_checkpoint(
+                                c.as_ref().expect("returned"),
+                                &self.evaluator.device,
+                            )
                         })
                         .collect::<Result<Vec<_>>>()?;
                     let members: Vec<&Weights> = members.iter().collect();
                     let stats = self.evaluator.token_stats(&members, text, mode)?;
-                    Outputs::Tokens(stats).metrics(self.data(split).expect("has"), classes, self.metric)
+                    Outputs::Tokens(stats).metrics(
+                        self.data(split).expect("has"),
+                        classes,
+                        self.metric,
+                    )
                 }
                 _ => {
                     for i in 0..self.pool.len() {
@@ -693,9 +701,7 @@ fn open_text(
             });
         }
     }
-    let task = tasks
-        .first()
-        .map_or(Task::LanguageModelling, |(_, t)| *t);
+    let task = tasks.first().map_or(Task::LanguageModelling, |(_, t)| *t);
     let open = |p: Option<&Path>| {
         p.map(|p| TextData::open(p, task, &model, tokenizer.as_ref(), &options.text))
             .transpose()

@@ -42,11 +42,11 @@ fn run(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Value {
 #[test]
 fn greedy_uniform_and_ensemble_match_pytorch_on_held_out_text() {
     let dir = e2e();
-    let expected: Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("expected.json"))
-            .expect("fixtures/text/e2e/expected.json (made by fixtures/text/make_text_fixtures.py)"),
-    )
-    .unwrap();
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).expect(
+            "fixtures/text/e2e/expected.json (made by fixtures/text/make_text_fixtures.py)",
+        ))
+        .unwrap();
     let mut models: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -58,12 +58,13 @@ fn greedy_uniform_and_ensemble_match_pytorch_on_held_out_text() {
     let soup = out.path().join("greedy");
     let seq_len = expected["seq_len"].to_string();
     let stride = expected["stride"].to_string();
+    let (val, test) = (dir.join("val.txt"), dir.join("test.txt"));
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
         &"report",
         &"--val",
-        &dir.join("val.txt"),
+        &val,
         &"--test",
-        &dir.join("test.txt"),
+        &test,
         &"--seq-len",
         &seq_len,
         &"--stride",
@@ -80,14 +81,30 @@ fn greedy_uniform_and_ensemble_match_pytorch_on_held_out_text() {
     for row in report["ingredients"].as_array().unwrap() {
         let n = name(&row["name"]);
         for split in ["val", "test"] {
-            close(&row[split]["loss"], &expected["models"][&n][split]["loss"], &format!("{n} {split}"));
-            close(&row[split]["perplexity"], &expected["models"][&n][split]["perplexity"], &format!("{n} {split} perplexity"));
+            close(
+                &row[split]["loss"],
+                &expected["models"][&n][split]["loss"],
+                &format!("{n} {split}"),
+            );
+            close(
+                &row[split]["perplexity"],
+                &expected["models"][&n][split]["perplexity"],
+                &format!("{n} {split} perplexity"),
+            );
         }
     }
     for (ours, theirs) in [("uniform", "uniform_soup"), ("ensemble", "ensemble")] {
-        let row = if ours == "uniform" { &report[ours] } else { &report[ours]["row"] };
+        let row = if ours == "uniform" {
+            &report[ours]
+        } else {
+            &report[ours]["row"]
+        };
         for split in ["val", "test"] {
-            close(&row[split]["loss"], &expected[theirs][split]["loss"], &format!("{ours} {split}"));
+            close(
+                &row[split]["loss"],
+                &expected[theirs][split]["loss"],
+                &format!("{ours} {split}"),
+            );
         }
     }
     let greedy = &report["greedy"];
@@ -105,10 +122,25 @@ fn greedy_uniform_and_ensemble_match_pytorch_on_held_out_text() {
         .iter()
         .map(|i| names[i.as_u64().unwrap() as usize].clone())
         .collect();
-    let expected_ranking: Vec<String> = expected["greedy_soup"]["ranking"].as_array().unwrap().iter().map(name).collect();
+    let expected_ranking: Vec<String> = expected["greedy_soup"]["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(name)
+        .collect();
     assert_eq!(ranking, expected_ranking);
-    let members: Vec<String> = greedy["row"]["members"].as_array().unwrap().iter().map(name).collect();
-    let expected_members: Vec<String> = expected["greedy_soup"]["ingredients"].as_array().unwrap().iter().map(name).collect();
+    let members: Vec<String> = greedy["row"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(name)
+        .collect();
+    let expected_members: Vec<String> = expected["greedy_soup"]["ingredients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(name)
+        .collect();
     assert_eq!(members, expected_members);
     for (step, theirs) in greedy["search"]["steps"]
         .as_array()
@@ -116,16 +148,34 @@ fn greedy_uniform_and_ensemble_match_pytorch_on_held_out_text() {
         .iter()
         .zip(expected["greedy_soup"]["steps"].as_array().unwrap())
     {
-        close(&step["trial"]["val"]["loss"], &theirs["val_loss"], "greedy step");
+        close(
+            &step["trial"]["val"]["loss"],
+            &theirs["val_loss"],
+            "greedy step",
+        );
         assert_eq!(step["kept"], theirs["kept"]);
     }
     for split in ["val", "test"] {
-        close(&greedy["row"][split]["loss"], &expected["greedy_soup"][split]["loss"], &format!("greedy {split}"));
+        close(
+            &greedy["row"][split]["loss"],
+            &expected["greedy_soup"][split]["loss"],
+            &format!("greedy {split}"),
+        );
     }
     // The written soup is a model directory that scores what the report says.
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(soup.join(f).is_file(), "{f} missing from the greedy soup");
     }
-    let rescored = run(&[&"score", &"--val", &dir.join("val.txt"), &"--seq-len", &seq_len, &"--stride", &stride, &"--json", &soup]);
+    let rescored = run(&[
+        &"score",
+        &"--val",
+        &val,
+        &"--seq-len",
+        &seq_len,
+        &"--stride",
+        &stride,
+        &"--json",
+        &soup,
+    ]);
     assert_eq!(rescored["ingredients"][0]["val"], greedy["row"]["val"]);
 }

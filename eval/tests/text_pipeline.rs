@@ -26,7 +26,10 @@ const BOS: u32 = 2;
 
 /// A word's id; unknown words are [UNK], 0.
 fn id(word: &str) -> u32 {
-    WORDS.iter().position(|w| *w == word).map_or(0, |i| 3 + i as u32)
+    WORDS
+        .iter()
+        .position(|w| *w == word)
+        .map_or(0, |i| 3 + i as u32)
 }
 
 /// Whitespace-split ids, as the WordLevel tokenizer below gives them.
@@ -158,18 +161,34 @@ fn noise(seed: u64, n: usize, scale: f32) -> Vec<f32> {
 }
 
 /// A model directory with one f32 tensor, a config.json and the tokenizer.
-fn model_dir(root: &Path, name: &str, tensor: &str, shape: &[usize], values: &[f32], config: serde_json::Value) -> PathBuf {
+fn model_dir(
+    root: &Path,
+    name: &str,
+    tensor: &str,
+    shape: &[usize],
+    values: &[f32],
+    config: serde_json::Value,
+) -> PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes).unwrap();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
+            .unwrap();
     safetensors::serialize_to_file([(tensor, view)], None, &dir.join("model.safetensors")).unwrap();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).unwrap();
     dir
 }
 
-fn open(arch: Arc<dyn Architecture>, dirs: &[PathBuf], val: &Path, test: Option<&Path>, batch: usize, options: DataOptions) -> soup_eval::Result<Session> {
+fn open(
+    arch: Arc<dyn Architecture>,
+    dirs: &[PathBuf],
+    val: &Path,
+    test: Option<&Path>,
+    batch: usize,
+    options: DataOptions,
+) -> soup_eval::Result<Session> {
     let evaluator = Evaluator::new(arch, Device::Cpu, batch);
     Session::open_data(evaluator, dirs, Some(val), test, &options)
 }
@@ -263,7 +282,10 @@ fn wide(w: &[f32]) -> Vec<f64> {
 }
 
 fn close(a: f64, b: f64, what: &str) {
-    assert!((a - b).abs() <= 2e-6 * b.abs().max(1.0), "{what}: {a} vs reference {b}");
+    assert!(
+        (a - b).abs() <= 2e-6 * b.abs().max(1.0),
+        "{what}: {a} vs reference {b}"
+    );
 }
 
 const VAL: &str = "the cat sat on the mat and the dog saw the cat\nit ran to the mat";
@@ -274,7 +296,9 @@ const TEST: &str = "a dog sat on a mat and it saw the cat ran";
 fn bigram_weights(seed: u64, good: bool) -> Vec<f32> {
     let mut w = noise(seed, V * V, if good { 2.0 } else { 3.0 });
     if good {
-        let doc: Vec<u32> = std::iter::once(BOS).chain(ids(&VAL.replace('\n', " "))).collect();
+        let doc: Vec<u32> = std::iter::once(BOS)
+            .chain(ids(&VAL.replace('\n', " ")))
+            .collect();
         for p in doc.windows(2) {
             w[p[0] as usize * V + p[1] as usize] += 3.0;
         }
@@ -302,7 +326,16 @@ fn lm_fixture() -> LmFixture {
     let dirs = weights
         .iter()
         .enumerate()
-        .map(|(i, w)| model_dir(dir.path(), &format!("ft-{i}"), "lm.weight", &[V, V], w, config.clone()))
+        .map(|(i, w)| {
+            model_dir(
+                dir.path(),
+                &format!("ft-{i}"),
+                "lm.weight",
+                &[V, V],
+                w,
+                config.clone(),
+            )
+        })
         .collect();
     let val = dir.path().join("val.txt");
     std::fs::write(&val, VAL).unwrap();
@@ -314,7 +347,13 @@ fn lm_fixture() -> LmFixture {
             .collect::<String>(),
     )
     .unwrap();
-    LmFixture { _dir: dir, dirs, weights, val, test }
+    LmFixture {
+        _dir: dir,
+        dirs,
+        weights,
+        val,
+        test,
+    }
 }
 
 /// The val text file is one document; the test .jsonl has one document per line; both get BOS.
@@ -336,7 +375,11 @@ fn check_lm(m: &Metrics, models: &[Vec<f64>], pairs: &[(u32, u32)], what: &str) 
     assert_eq!(m.task, Task::LanguageModelling);
     assert_eq!(m.total, pairs.len() as u64, "{what}: scored tokens");
     close(m.loss, loss, &format!("{what} loss"));
-    close(m.perplexity.unwrap(), loss.exp(), &format!("{what} perplexity"));
+    close(
+        m.perplexity.unwrap(),
+        loss.exp(),
+        &format!("{what} perplexity"),
+    );
     close(m.accuracy, acc, &format!("{what} accuracy"));
 }
 
@@ -344,22 +387,58 @@ fn check_lm(m: &Metrics, models: &[Vec<f64>], pairs: &[(u32, u32)], what: &str) 
 fn language_modelling_metrics_soups_and_mixture_match_the_reference() {
     let f = lm_fixture();
     for (l, s, batch) in [(12, 12, 8), (5, 2, 3), (4, 4, 1), (2, 1, 2)] {
-        let mut session = open(Arc::new(Bigram), &f.dirs, &f.val, Some(&f.test), batch, lm_options(l, s, None)).unwrap();
-        assert_eq!((session.task(), session.metric()), (Task::LanguageModelling, Metric::Loss));
+        let mut session = open(
+            Arc::new(Bigram),
+            &f.dirs,
+            &f.val,
+            Some(&f.test),
+            batch,
+            lm_options(l, s, None),
+        )
+        .unwrap();
+        assert_eq!(
+            (session.task(), session.metric()),
+            (Task::LanguageModelling, Metric::Loss)
+        );
         let rows = session.ingredients(&[Split::Val, Split::Test]).unwrap();
         let val_pairs = scored(&val_doc(), l, s);
         for (i, r) in rows.iter().enumerate() {
             let w = [wide(&f.weights[i])];
-            check_lm(r.val.as_ref().unwrap(), &w, &val_pairs, &format!("L{l} S{s} val {i}"));
-            check_lm(r.test.as_ref().unwrap(), &w, &test_pairs(l, s), &format!("L{l} S{s} test {i}"));
+            check_lm(
+                r.val.as_ref().unwrap(),
+                &w,
+                &val_pairs,
+                &format!("L{l} S{s} val {i}"),
+            );
+            check_lm(
+                r.test.as_ref().unwrap(),
+                &w,
+                &test_pairs(l, s),
+                &format!("L{l} S{s} test {i}"),
+            );
         }
         let uniform = session.uniform().unwrap();
         let all: Vec<&Vec<f32>> = f.weights.iter().collect();
-        check_lm(uniform.val.as_ref().unwrap(), &[soup(&all)], &val_pairs, "uniform");
+        check_lm(
+            uniform.val.as_ref().unwrap(),
+            &[soup(&all)],
+            &val_pairs,
+            "uniform",
+        );
         let ensemble = session.ensemble(Mode::Probs).unwrap();
         let every: Vec<Vec<f64>> = f.weights.iter().map(|w| wide(w)).collect();
-        check_lm(ensemble.row.val.as_ref().unwrap(), &every, &val_pairs, "mixture val");
-        check_lm(ensemble.row.test.as_ref().unwrap(), &every, &test_pairs(l, s), "mixture test");
+        check_lm(
+            ensemble.row.val.as_ref().unwrap(),
+            &every,
+            &val_pairs,
+            "mixture val",
+        );
+        check_lm(
+            ensemble.row.test.as_ref().unwrap(),
+            &every,
+            &test_pairs(l, s),
+            "mixture test",
+        );
     }
 }
 
@@ -368,13 +447,25 @@ fn greedy_minimises_loss_and_each_step_agrees_with_the_reference() {
     let f = lm_fixture();
     let (l, s) = (6, 3);
     let pairs = scored(&val_doc(), l, s);
-    let mut session = open(Arc::new(Bigram), &f.dirs, &f.val, None, 4, lm_options(l, s, None)).unwrap();
+    let mut session = open(
+        Arc::new(Bigram),
+        &f.dirs,
+        &f.val,
+        None,
+        4,
+        lm_options(l, s, None),
+    )
+    .unwrap();
     session.check_soup().unwrap();
     let greedy = session.greedy(false, None).unwrap();
     assert_eq!(greedy.goal, soup_eval::greedy::Goal::Minimize);
     assert_eq!(greedy.metric, Some(Metric::Loss));
     // The ranking is by loss, lowest first.
-    let losses: Vec<f64> = f.weights.iter().map(|w| lm_reference(&[wide(w)], &pairs).0).collect();
+    let losses: Vec<f64> = f
+        .weights
+        .iter()
+        .map(|w| lm_reference(&[wide(w)], &pairs).0)
+        .collect();
     let mut order: Vec<usize> = (0..4).collect();
     order.sort_by(|&a, &b| losses[a].total_cmp(&losses[b]));
     assert_eq!(greedy.search.ranking, order);
@@ -392,10 +483,21 @@ fn greedy_minimises_loss_and_each_step_agrees_with_the_reference() {
         }
     }
     assert_eq!(greedy.search.chosen, chosen);
-    assert!(!chosen.contains(&2), "the random ingredient must be rejected: {chosen:?}");
+    assert!(
+        !chosen.contains(&2),
+        "the random ingredient must be rejected: {chosen:?}"
+    );
     assert!(chosen.len() >= 2, "{chosen:?}");
     // --metric accuracy ranks by next-token accuracy instead, maximised.
-    let mut by_acc = open(Arc::new(Bigram), &f.dirs, &f.val, None, 4, lm_options(l, s, Some(Metric::Accuracy))).unwrap();
+    let mut by_acc = open(
+        Arc::new(Bigram),
+        &f.dirs,
+        &f.val,
+        None,
+        4,
+        lm_options(l, s, Some(Metric::Accuracy)),
+    )
+    .unwrap();
     let g = by_acc.greedy(false, None).unwrap();
     assert_eq!(g.goal, soup_eval::greedy::Goal::Maximize);
     let table = soup_eval::report::Report {
@@ -413,14 +515,25 @@ fn greedy_minimises_loss_and_each_step_agrees_with_the_reference() {
     }
     .table();
     assert!(table.lines().next().unwrap().contains("val ppl"), "{table}");
-    assert!(table.contains("by val accuracy (higher is better)"), "{table}");
+    assert!(
+        table.contains("by val accuracy (higher is better)"),
+        "{table}"
+    );
 }
 
 #[test]
 fn results_do_not_depend_on_the_batch_size() {
     let f = lm_fixture();
     let score = |batch| {
-        let mut s = open(Arc::new(Bigram), &f.dirs[..1], &f.val, None, batch, lm_options(5, 3, None)).unwrap();
+        let mut s = open(
+            Arc::new(Bigram),
+            &f.dirs[..1],
+            &f.val,
+            None,
+            batch,
+            lm_options(5, 3, None),
+        )
+        .unwrap();
         s.ingredients(&[Split::Val]).unwrap()[0].val.unwrap()
     };
     assert_eq!(score(1), score(7));
@@ -447,15 +560,31 @@ fn pre_tokenised_rows_score_like_the_same_tokens_as_text() {
     let (ib, mb) = (bytes(&input), bytes(&mask));
     safetensors::serialize_to_file(
         [
-            ("input_ids", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2, t], &ib).unwrap()),
-            ("attention_mask", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2, t], &mb).unwrap()),
+            (
+                "input_ids",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2, t], &ib)
+                    .unwrap(),
+            ),
+            (
+                "attention_mask",
+                safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2, t], &mb)
+                    .unwrap(),
+            ),
         ],
         None,
         &path,
     )
     .unwrap();
     let score = |p: &Path| {
-        let mut s = open(Arc::new(Bigram), &f.dirs[..1], p, None, 3, lm_options(5, 2, None)).unwrap();
+        let mut s = open(
+            Arc::new(Bigram),
+            &f.dirs[..1],
+            p,
+            None,
+            3,
+            lm_options(5, 2, None),
+        )
+        .unwrap();
         s.ingredients(&[Split::Val]).unwrap()[0].val.unwrap()
     };
     assert_eq!(score(&path), score(&f.test));
@@ -476,11 +605,24 @@ fn multiple_choice_scores_like_lm_evaluation_harness() {
     let path = f.dirs[0].parent().unwrap().join("mc.jsonl");
     let text: String = MC
         .iter()
-        .map(|(c, ch, a)| serde_json::json!({"context": c, "choices": ch, "answer": a}).to_string() + "\n")
+        .map(|(c, ch, a)| {
+            serde_json::json!({"context": c, "choices": ch, "answer": a}).to_string() + "\n"
+        })
         .collect();
     std::fs::write(&path, text).unwrap();
-    let options = |metric| DataOptions { metric, ..DataOptions::default() };
-    let mut session = open(Arc::new(Bigram), &f.dirs, &path, None, 2, options(Some(Metric::AccNorm))).unwrap();
+    let options = |metric| DataOptions {
+        metric,
+        ..DataOptions::default()
+    };
+    let mut session = open(
+        Arc::new(Bigram),
+        &f.dirs,
+        &path,
+        None,
+        2,
+        options(Some(Metric::AccNorm)),
+    )
+    .unwrap();
     assert_eq!(session.task(), Task::MultipleChoice);
     let rows = session.ingredients(&[Split::Val]).unwrap();
     let ensemble = session.ensemble(Mode::Probs).unwrap();
@@ -495,12 +637,15 @@ fn multiple_choice_scores_like_lm_evaluation_harness() {
             for choice in *choices {
                 let moved = format!("{space}{choice}");
                 let chars = moved.chars().count();
-                let whole: Vec<u32> = std::iter::once(BOS).chain(ids(&format!("{trimmed}{moved}"))).collect();
+                let whole: Vec<u32> = std::iter::once(BOS)
+                    .chain(ids(&format!("{trimmed}{moved}")))
+                    .collect();
                 let mut s = 0.0;
                 for i in ctx.len()..whole.len() {
                     let mut mix = 0.0;
                     for w in models {
-                        mix += softmax(row(w, V, whole[i - 1]))[whole[i] as usize] / models.len() as f64;
+                        mix += softmax(row(w, V, whole[i - 1]))[whole[i] as usize]
+                            / models.len() as f64;
                     }
                     s += mix.ln();
                 }
@@ -523,7 +668,11 @@ fn multiple_choice_scores_like_lm_evaluation_harness() {
         close(m.loss, loss, &format!("{what} loss"));
     };
     for (i, r) in rows.iter().enumerate() {
-        check(r.val.as_ref().unwrap(), &[wide(&f.weights[i])], &format!("ingredient {i}"));
+        check(
+            r.val.as_ref().unwrap(),
+            &[wide(&f.weights[i])],
+            &format!("ingredient {i}"),
+        );
     }
     let every: Vec<Vec<f64>> = f.weights.iter().map(|w| wide(w)).collect();
     check(ensemble.row.val.as_ref().unwrap(), &every, "mixture");
@@ -533,7 +682,11 @@ fn multiple_choice_scores_like_lm_evaluation_harness() {
 
 const CLS: &[(&str, Option<&str>, &str)] = &[
     ("the cat sat", None, "pos"),
-    ("a dog ran to the mat and it saw the cat", Some("the dog"), "neg"),
+    (
+        "a dog ran to the mat and it saw the cat",
+        Some("the dog"),
+        "neg",
+    ),
     ("it", None, "mid"),
     ("the mat", Some("cat"), "pos"),
     ("dog dog dog", None, "neg"),
@@ -548,14 +701,23 @@ fn cls_config() -> serde_json::Value {
 fn cls_reference(models: &[Vec<f64>], mode: Mode) -> (f64, f64) {
     let (mut right, mut loss) = (0, 0.0);
     for (text, pair, label) in CLS {
-        let label = ["pos", "neg", "mid"].iter().position(|l| l == label).unwrap();
+        let label = ["pos", "neg", "mid"]
+            .iter()
+            .position(|l| l == label)
+            .unwrap();
         let (mut a, mut b) = (ids(text), pair.map(ids).unwrap_or_default());
         while 1 + a.len() + b.len() > 6 {
-            if a.len() >= b.len() { a.pop(); } else { b.pop(); }
+            if a.len() >= b.len() {
+                a.pop();
+            } else {
+                b.pop();
+            }
         }
         let seq: Vec<u32> = std::iter::once(BOS).chain(a).chain(b).collect();
         let logits = |w: &Vec<f64>| -> Vec<f64> {
-            (0..CLASSES).map(|c| seq.iter().map(|&t| row(w, CLASSES, t)[c]).sum()).collect()
+            (0..CLASSES)
+                .map(|c| seq.iter().map(|&t| row(w, CLASSES, t)[c]).sum())
+                .collect()
         };
         let probs: Vec<f64> = match mode {
             Mode::Probs => {
@@ -590,17 +752,29 @@ fn classification_from_jsonl_names_and_csv_indices_matches_the_reference() {
     let dirs: Vec<PathBuf> = weights
         .iter()
         .enumerate()
-        .map(|(i, w)| model_dir(dir.path(), &format!("cls-{i}"), "bag.weight", &[V, CLASSES], w, cls_config()))
+        .map(|(i, w)| {
+            model_dir(
+                dir.path(),
+                &format!("cls-{i}"),
+                "bag.weight",
+                &[V, CLASSES],
+                w,
+                cls_config(),
+            )
+        })
         .collect();
     let jsonl = dir.path().join("val.jsonl");
     std::fs::write(
         &jsonl,
         CLS.iter()
-            .map(|(t, p, l)| match p {
-                Some(p) => serde_json::json!({"text": t, "text_pair": p, "label": l}),
-                None => serde_json::json!({"text": t, "label": l}),
-            }
-            .to_string() + "\n")
+            .map(|(t, p, l)| {
+                match p {
+                    Some(p) => serde_json::json!({"text": t, "text_pair": p, "label": l}),
+                    None => serde_json::json!({"text": t, "label": l}),
+                }
+                .to_string()
+                    + "\n"
+            })
             .collect::<String>(),
     )
     .unwrap();
@@ -612,7 +786,15 @@ fn classification_from_jsonl_names_and_csv_indices_matches_the_reference() {
     }
     std::fs::write(&csv, text).unwrap();
     for batch in [1, 2, 8] {
-        let mut session = open(Arc::new(Bag), &dirs, &jsonl, Some(&csv), batch, DataOptions::default()).unwrap();
+        let mut session = open(
+            Arc::new(Bag),
+            &dirs,
+            &jsonl,
+            Some(&csv),
+            batch,
+            DataOptions::default(),
+        )
+        .unwrap();
         assert_eq!(session.task(), Task::Classification);
         let rows = session.ingredients(&[Split::Val, Split::Test]).unwrap();
         for (i, r) in rows.iter().enumerate() {
@@ -620,7 +802,11 @@ fn classification_from_jsonl_names_and_csv_indices_matches_the_reference() {
             for m in [r.val.unwrap(), r.test.unwrap()] {
                 close(m.accuracy, acc, "accuracy");
                 close(m.loss, loss, "loss");
-                assert_eq!(serde_json::to_value(m).unwrap().as_object().unwrap().len(), 4, "a classifier's JSON is a Score's");
+                assert_eq!(
+                    serde_json::to_value(m).unwrap().as_object().unwrap().len(),
+                    4,
+                    "a classifier's JSON is a Score's"
+                );
             }
         }
         let every: Vec<Vec<f64>> = weights.iter().map(|w| wide(w)).collect();
@@ -649,15 +835,36 @@ fn err(arch: Arc<dyn Architecture>, dirs: &[PathBuf], data: &Path, options: Data
 #[test]
 fn bad_text_data_gets_one_line_naming_the_file_the_line_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let cls = vec![model_dir(dir.path(), "cls", "bag.weight", &[V, CLASSES], &noise(1, V * CLASSES, 1.0), cls_config())];
-    let lm = vec![model_dir(dir.path(), "lm", "lm.weight", &[V, V], &noise(2, V * V, 1.0), serde_json::json!({}))];
+    let cls = vec![model_dir(
+        dir.path(),
+        "cls",
+        "bag.weight",
+        &[V, CLASSES],
+        &noise(1, V * CLASSES, 1.0),
+        cls_config(),
+    )];
+    let lm = vec![model_dir(
+        dir.path(),
+        "lm",
+        "lm.weight",
+        &[V, V],
+        &noise(2, V * V, 1.0),
+        serde_json::json!({}),
+    )];
     let write = |name: &str, text: &str| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).unwrap();
         p
     };
     let d = DataOptions::default;
-    let cases: Vec<(Arc<dyn Architecture>, &Vec<PathBuf>, PathBuf, DataOptions, Vec<&str>)> = vec![
+    type Case<'a> = (
+        Arc<dyn Architecture>,
+        &'a Vec<PathBuf>,
+        PathBuf,
+        DataOptions,
+        Vec<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
         (Arc::new(Bag), &cls, write("a.jsonl", "{\"text\": \"the\", \"label\": 0}\n{\"text\": \"a\", \"label\": 1,}\n"), d(), vec!["a.jsonl", "line 2", "not valid JSON"]),
         (Arc::new(Bag), &cls, write("b.jsonl", "{\"txt\": \"the\", \"label\": 0}\n"), d(), vec!["b.jsonl", "line 1", "no 'text' field"]),
         (Arc::new(Bag), &cls, write("c.jsonl", "{\"text\": \"the\", \"label\": \"happy\"}\n"), d(), vec!["line 1", "\"happy\"", "label2id", "pos"]),
@@ -692,17 +899,35 @@ fn bad_text_data_gets_one_line_naming_the_file_the_line_and_the_fix() {
 #[test]
 fn ids_the_model_lacks_are_refused_before_any_model_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let lm = vec![model_dir(dir.path(), "lm", "lm.weight", &[V, V], &noise(2, V * V, 1.0), serde_json::json!({}))];
+    let lm = vec![model_dir(
+        dir.path(),
+        "lm",
+        "lm.weight",
+        &[V, V],
+        &noise(2, V * V, 1.0),
+        serde_json::json!({}),
+    )];
     let path = dir.path().join("ids.safetensors");
-    let ids: Vec<u8> = [3i64, 4, 5, V as i64, 6, 7].iter().flat_map(|x| x.to_le_bytes()).collect();
+    let ids: Vec<u8> = [3i64, 4, 5, V as i64, 6, 7]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
     safetensors::serialize_to_file(
-        [("input_ids", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2, 3], &ids).unwrap())],
+        [(
+            "input_ids",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![2, 3], &ids)
+                .unwrap(),
+        )],
         None,
         &path,
     )
     .unwrap();
     let e = err(Arc::new(Bigram), &lm, &path, DataOptions::default());
-    assert!(e.contains(&format!("'input_ids' is {V} at row 1, position 0")) && e.contains("vocabulary size"), "{e}");
+    assert!(
+        e.contains(&format!("'input_ids' is {V} at row 1, position 0"))
+            && e.contains("vocabulary size"),
+        "{e}"
+    );
     // A tokenizer with more tokens than the model's embedding rows.
     let mut big: serde_json::Value = serde_json::from_str(&tokenizer_json()).unwrap();
     big["model"]["vocab"]["extra"] = (V as u64).into();
@@ -710,6 +935,19 @@ fn ids_the_model_lacks_are_refused_before_any_model_runs() {
     std::fs::write(&tok, big.to_string()).unwrap();
     let text = dir.path().join("t.txt");
     std::fs::write(&text, "the cat").unwrap();
-    let e = err(Arc::new(Bigram), &lm, &text, DataOptions { tokenizer: Some(tok), ..DataOptions::default() });
-    assert!(e.contains("big-tokenizer.json") && e.contains("16 tokens") && e.contains("15 embedding rows"), "{e}");
+    let e = err(
+        Arc::new(Bigram),
+        &lm,
+        &text,
+        DataOptions {
+            tokenizer: Some(tok),
+            ..DataOptions::default()
+        },
+    );
+    assert!(
+        e.contains("big-tokenizer.json")
+            && e.contains("16 tokens")
+            && e.contains("15 embedding rows"),
+        "{e}"
+    );
 }

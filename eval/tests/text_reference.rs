@@ -26,6 +26,15 @@ fn text_fixture(path: &str) -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/text")).join(path)
 }
 
+/// A fixture model's directory: `models/NAME`, or `e2e/NAME` for the trained ones.
+fn model_dir(name: &str) -> PathBuf {
+    if name.starts_with("e2e/") {
+        text_fixture(name)
+    } else {
+        text_fixture(&format!("models/{name}"))
+    }
+}
+
 fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -45,7 +54,8 @@ fn token_ids_equal_python_tokenizers() {
         let text = case["text"].as_str().unwrap();
         let pair = case.get("text_pair").and_then(Value::as_str);
         let special = case["add_special_tokens"].as_bool().unwrap();
-        let mut tokenizer = TextTokenizer::open(&text_fixture(&format!("models/{model}/tokenizer.json"))).unwrap();
+        let mut tokenizer =
+            TextTokenizer::open(&text_fixture(&format!("models/{model}/tokenizer.json"))).unwrap();
         if let Some(max) = case.get("max_length").and_then(Value::as_u64) {
             tokenizer = tokenizer.truncated(max as usize).unwrap();
             truncated += 1;
@@ -57,11 +67,17 @@ fn token_ids_equal_python_tokenizers() {
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
         let ids = tokenizer.encode(text, pair, special).unwrap();
-        assert_eq!(ids, expected, "{model}: {text:?} / {pair:?}, special tokens {special}");
+        assert_eq!(
+            ids, expected,
+            "{model}: {text:?} / {pair:?}, special tokens {special}"
+        );
         pairs += pair.is_some() as usize;
         non_ascii += (!text.is_ascii()) as usize;
     }
-    assert!(pairs > 0 && truncated > 0 && non_ascii > 0, "{pairs} {truncated} {non_ascii}");
+    assert!(
+        pairs > 0 && truncated > 0 && non_ascii > 0,
+        "{pairs} {truncated} {non_ascii}"
+    );
 }
 
 fn close(ours: f64, theirs: f64, what: &str) -> f64 {
@@ -75,7 +91,7 @@ fn close(ours: f64, theirs: f64, what: &str) -> f64 {
 
 /// Opens a session over `models` (fixture model names) on `data` with the entry's options.
 fn session(models: &[String], data: &str, task: Task, options: &Value) -> Session {
-    let dirs: Vec<PathBuf> = models.iter().map(|m| text_fixture(&format!("models/{m}"))).collect();
+    let dirs: Vec<PathBuf> = models.iter().map(|m| model_dir(m)).collect();
     let arch = Selection::parse("auto")
         .unwrap()
         .configure(&Checkpoint::open(&dirs[0]).unwrap(), &Options::default())
@@ -85,23 +101,39 @@ fn session(models: &[String], data: &str, task: Task, options: &Value) -> Sessio
     let default_length = options.get("default_max_length").and_then(Value::as_bool) == Some(true);
     let text = TextOptions {
         task: Some(task),
-        max_length: if default_length { None } else { get("max_length") },
+        max_length: if default_length {
+            None
+        } else {
+            get("max_length")
+        },
         seq_len: get("seq_len"),
         stride: get("stride"),
     };
     let options = DataOptions {
         text,
-        metric: Some(if task == Task::LanguageModelling { Metric::Loss } else { Metric::Accuracy }),
+        metric: Some(if task == Task::LanguageModelling {
+            Metric::Loss
+        } else {
+            Metric::Accuracy
+        }),
         ..DataOptions::default()
     };
-    Session::open_data(evaluator, &dirs, Some(&text_fixture(&format!("data/{data}"))), None, &options)
-        .unwrap_or_else(|e| panic!("{models:?} on {data}: {e}"))
+    Session::open_data(
+        evaluator,
+        &dirs,
+        Some(&text_fixture(&format!("data/{data}"))),
+        None,
+        &options,
+    )
+    .unwrap_or_else(|e| panic!("{models:?} on {data}: {e}"))
 }
 
 #[test]
 fn metrics_equal_pytorch_for_every_model_and_ensemble() {
-    let entries: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(text_fixture("parity/metrics.json")).unwrap()).unwrap();
+    let entries: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(text_fixture("parity/metrics.json")).unwrap(),
+    )
+    .unwrap();
     let mut worst: f64 = 0.0;
     let mut checked = 0;
     let mut skipped = Vec::new();
@@ -130,7 +162,12 @@ fn metrics_equal_pytorch_for_every_model_and_ensemble() {
         let m: Metrics = if models.len() == 1 {
             s.ingredients(&[Split::Val]).unwrap()[0].val.unwrap()
         } else if task == Task::Classification {
-            session(&models, data, task, &e["options"]).ensemble(Mode::Probs).unwrap().row.val.unwrap()
+            session(&models, data, task, &e["options"])
+                .ensemble(Mode::Probs)
+                .unwrap()
+                .row
+                .val
+                .unwrap()
         } else {
             // Members of different architectures (tied, untied, Mistral's window): no soup,
             // so no session over them all; the mixture of their models on the first one's data.
@@ -154,7 +191,11 @@ fn metrics_equal_pytorch_for_every_model_and_ensemble() {
         }
         match task {
             Task::LanguageModelling => {
-                assert_eq!(m.total, expected["tokens"].as_u64().unwrap(), "{what}: tokens");
+                assert_eq!(
+                    m.total,
+                    expected["tokens"].as_u64().unwrap(),
+                    "{what}: tokens"
+                );
             }
             _ => assert_eq!(m.total, n as u64, "{what}: examples"),
         }
@@ -164,19 +205,33 @@ fn metrics_equal_pytorch_for_every_model_and_ensemble() {
         if task == Task::MultipleChoice {
             // The choice cross-entropy, from PyTorch's per-choice scores.
             let mut loss = 0.0;
-            let mut answers = std::fs::read_to_string(text_fixture(&format!("data/{data}"))).unwrap();
+            let mut answers =
+                std::fs::read_to_string(text_fixture(&format!("data/{data}"))).unwrap();
             answers.retain(|_| true);
             let answers: Vec<usize> = answers
                 .lines()
                 .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str::<Value>(l).unwrap()["answer"].as_u64().unwrap() as usize)
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["answer"]
+                        .as_u64()
+                        .unwrap() as usize
+                })
                 .collect();
             for (q, a) in e["per_example"].as_array().unwrap().iter().zip(&answers) {
-                let scores: Vec<f64> = q["scores"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+                let scores: Vec<f64> = q["scores"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 loss += max + scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln() - scores[*a];
             }
-            worst = worst.max(close(m.loss, loss / answers.len() as f64, &format!("{what}: choice loss")));
+            worst = worst.max(close(
+                m.loss,
+                loss / answers.len() as f64,
+                &format!("{what}: choice loss"),
+            ));
         }
         checked += 1;
     }
@@ -201,10 +256,19 @@ fn per_example(s: &mut Session, task: Task, expected: &Value, what: &str) -> f64
                 .collect();
             assert_eq!(stats.len(), windows.len(), "{what}: windows");
             for (i, (ours, theirs)) in stats.iter().zip(windows).enumerate() {
-                assert_eq!(ours.tokens, theirs["count"].as_u64().unwrap(), "{what}: window {i}");
+                assert_eq!(
+                    ours.tokens,
+                    theirs["count"].as_u64().unwrap(),
+                    "{what}: window {i}"
+                );
                 let err = (ours.log_prob - theirs["sum_logprob"].as_f64().unwrap()).abs()
                     / theirs["sum_logprob"].as_f64().unwrap().abs().max(1.0);
-                assert!(err <= TOLERANCE, "{what}: window {i}: {} vs {}", ours.log_prob, theirs["sum_logprob"]);
+                assert!(
+                    err <= TOLERANCE,
+                    "{what}: window {i}: {} vs {}",
+                    ours.log_prob,
+                    theirs["sum_logprob"]
+                );
                 worst = worst.max(err);
             }
         }
@@ -213,12 +277,22 @@ fn per_example(s: &mut Session, task: Task, expected: &Value, what: &str) -> f64
                 .as_array()
                 .unwrap()
                 .iter()
-                .flat_map(|q| q["scores"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+                .flat_map(|q| {
+                    q["scores"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap())
+                })
                 .collect();
             assert_eq!(stats.len(), scores.len(), "{what}: choices");
             for (i, (ours, theirs)) in stats.iter().zip(scores).enumerate() {
                 let err = (ours.log_prob - theirs).abs() / theirs.abs().max(1.0);
-                assert!(err <= TOLERANCE, "{what}: choice {i}: {} vs {theirs}", ours.log_prob);
+                assert!(
+                    err <= TOLERANCE,
+                    "{what}: choice {i}: {} vs {theirs}",
+                    ours.log_prob
+                );
                 worst = worst.max(err);
             }
         }
@@ -235,13 +309,23 @@ fn mixture(s: &Session, models: &[String], task: Task) -> Metrics {
     let built: Vec<Box<dyn soup_eval::arch::Model>> = models
         .iter()
         .map(|m| {
-            let c = Checkpoint::open(&text_fixture(&format!("models/{m}"))).unwrap();
-            let arch = Selection::parse("auto").unwrap().configure(&c, &Options::default()).unwrap();
+            let c = Checkpoint::open(&model_dir(m)).unwrap();
+            let arch = Selection::parse("auto")
+                .unwrap()
+                .configure(&c, &Options::default())
+                .unwrap();
             let w = soup_eval::weights::Weights::from_checkpoint(&c, &Device::Cpu).unwrap();
             arch.build(w.var_builder(candle_core::DType::F32)).unwrap()
         })
         .collect();
-    let stats = s.evaluator().model_stats(&built, data, Mode::Probs).unwrap();
-    let metric = if task == Task::LanguageModelling { Metric::Loss } else { Metric::Accuracy };
+    let stats = s
+        .evaluator()
+        .model_stats(&built, data, Mode::Probs)
+        .unwrap();
+    let metric = if task == Task::LanguageModelling {
+        Metric::Loss
+    } else {
+        Metric::Accuracy
+    };
     Outputs::Tokens(stats).metrics(s.data(Split::Val).unwrap(), 0, metric)
 }

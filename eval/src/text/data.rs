@@ -403,9 +403,11 @@ impl TextData {
             .par_iter()
             .map(|(line, text)| {
                 let mut ids: Vec<u32> = model.bos.into_iter().collect();
-                ids.extend(tokenizer.encode(text, None, false).map_err(|e| {
-                    bad(path, format!("line {line}: cannot tokenise: {e}"))
-                })?);
+                ids.extend(
+                    tokenizer
+                        .encode(text, None, false)
+                        .map_err(|e| bad(path, format!("line {line}: cannot tokenise: {e}")))?,
+                );
                 Ok(ids)
             })
             .collect();
@@ -427,7 +429,9 @@ impl TextData {
             (Some(l), Some(m)) if l > m => {
                 return Err(bad(
                     path,
-                    format!("--seq-len {l} is more than the model's {m} positions; pass at most {m}"),
+                    format!(
+                        "--seq-len {l} is more than the model's {m} positions; pass at most {m}"
+                    ),
                 ))
             }
             (Some(l), _) => l,
@@ -594,7 +598,10 @@ impl TextData {
             .ok_or_else(|| bad(&path, format!("no 'input_ids' tensor; {layout}")))?;
         let integer = |t: &model_soup::format::Tensor<'_>, name: &str| -> Result<Vec<i64>> {
             if t.info.dtype != Dtype::I64 {
-                return Err(bad(&path, format!("'{name}' is {}; {layout}", t.info.dtype)));
+                return Err(bad(
+                    &path,
+                    format!("'{name}' is {}; {layout}", t.info.dtype),
+                ));
             }
             Ok(t.data
                 .chunks_exact(8)
@@ -603,7 +610,10 @@ impl TextData {
         };
         let shape: Vec<usize> = ids.info.shape.iter().map(|&d| d as usize).collect();
         let [n, t] = shape[..] else {
-            return Err(bad(&path, format!("'input_ids' has shape {shape:?}; {layout}")));
+            return Err(bad(
+                &path,
+                format!("'input_ids' has shape {shape:?}; {layout}"),
+            ));
         };
         let values = integer(&ids, "input_ids")?;
         let mask = match file.tensor("attention_mask") {
@@ -623,12 +633,18 @@ impl TextData {
         };
         let labels = if classification {
             let l = file.tensor("labels").ok_or_else(|| {
-                bad(&path, format!("no 'labels' tensor, which classification needs; {layout}"))
+                bad(
+                    &path,
+                    format!("no 'labels' tensor, which classification needs; {layout}"),
+                )
             })?;
             if l.info.shape != [n as u64] {
                 return Err(bad(
                     &path,
-                    format!("'labels' has shape {:?}; it must be [{n}], one per row", l.info.shape),
+                    format!(
+                        "'labels' has shape {:?}; it must be [{n}], one per row",
+                        l.info.shape
+                    ),
                 ));
             }
             Some(integer(&l, "labels")?)
@@ -667,7 +683,10 @@ impl TextData {
             }
             if let Some(labels) = &labels {
                 if tokens.is_empty() {
-                    return Err(bad(&path, format!("row {row} has no token (its attention_mask is all 0)")));
+                    return Err(bad(
+                        &path,
+                        format!("row {row} has no token (its attention_mask is all 0)"),
+                    ));
                 }
                 if let Some(limit) = limit {
                     if tokens.len() > limit {
@@ -685,7 +704,10 @@ impl TextData {
                 if label < 0 || label as u64 >= classes as u64 {
                     return Err(bad(
                         &path,
-                        format!("'labels' is {label} at row {row}; the model has classes 0 to {}", classes.saturating_sub(1)),
+                        format!(
+                            "'labels' is {label} at row {row}; the model has classes 0 to {}",
+                            classes.saturating_sub(1)
+                        ),
                     ));
                 }
                 self.labels.push(label as usize);
@@ -725,10 +747,17 @@ fn classification_length(path: &Path, model: &TokenModel, options: &TextOptions)
 }
 
 /// The string field `name` of a record.
-fn string_field<'a>(r: &'a Record, name: &str, example: &str) -> std::result::Result<&'a str, String> {
+fn string_field<'a>(
+    r: &'a Record,
+    name: &str,
+    example: &str,
+) -> std::result::Result<&'a str, String> {
     match r.fields.get(name) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(format!("'{name}' is a {}; it must be a string", records::kind(other))),
+        Some(other) => Err(format!(
+            "'{name}' is a {}; it must be a string",
+            records::kind(other)
+        )),
         None => Err(format!("no '{name}' field; expected {example}")),
     }
 }
@@ -777,7 +806,10 @@ fn label_of(
             Err(_) => by_name(s.trim()),
         },
         Some(Value::String(s)) => by_name(s),
-        Some(other) => Err(format!("'label' is a {}; it must be a class index or name", records::kind(other))),
+        Some(other) => Err(format!(
+            "'label' is a {}; it must be a class index or name",
+            records::kind(other)
+        )),
         None => Err("no 'label' field; each example needs one (a class index or name)".into()),
     }
 }
@@ -815,7 +847,10 @@ mod tests {
     #[test]
     fn windows_score_each_token_once() {
         assert_eq!(windows(10, 4, 4), vec![(0, 4, 1), (4, 8, 5), (8, 10, 9)]);
-        assert_eq!(windows(10, 4, 2), vec![(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]);
+        assert_eq!(
+            windows(10, 4, 2),
+            vec![(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+        );
         assert_eq!(windows(3, 8, 8), vec![(0, 3, 1)]);
         assert_eq!(windows(1, 8, 8), vec![]);
         // Stride = seq-len: each window's first token has no context and is not scored; a
@@ -827,8 +862,8 @@ mod tests {
                     let mut seen = vec![0; n];
                     for (b, e, f) in windows(n, l, s) {
                         assert!(b < f && f < e + 1 && e <= n && e - b <= l, "{n} {l} {s}");
-                        for p in f..e {
-                            seen[p] += 1;
+                        for count in &mut seen[f..e] {
+                            *count += 1;
                         }
                     }
                     assert!(seen.iter().all(|&c| c <= 1), "{n} {l} {s}");

@@ -88,8 +88,15 @@ mod tests {
             chars: vec![2, 6],
             answer: 1,
         };
-        let m = multiple_choice(&[q.clone()], &[st(-4.0, 1, 0), st(-6.0, 3, 0)], Metric::AccNorm);
-        assert_eq!((m.correct, m.acc_norm, m.correct_norm), (0, Some(1.0), Some(1)));
+        let m = multiple_choice(
+            std::slice::from_ref(&q),
+            &[st(-4.0, 1, 0), st(-6.0, 3, 0)],
+            Metric::AccNorm,
+        );
+        assert_eq!(
+            (m.correct, m.acc_norm, m.correct_norm),
+            (0, Some(1.0), Some(1))
+        );
         let loss = (((-4f64).exp() + (-6f64).exp()).ln()) + 6.0;
         assert!((m.loss - loss).abs() < 1e-12);
         // Equal scores: the first choice wins.

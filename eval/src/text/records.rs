@@ -39,10 +39,16 @@ pub fn jsonl(path: &Path, text: &str, example: &str) -> Result<Vec<Record>> {
         }
         let bad = |what: String| Error::Dataset {
             path: path.to_path_buf(),
-            reason: format!("line {}: {what}; each line holds one JSON object such as {example}", i + 1),
+            reason: format!(
+                "line {}: {what}; each line holds one JSON object such as {example}",
+                i + 1
+            ),
         };
         match serde_json::from_str::<Value>(line) {
-            Ok(Value::Object(fields)) => records.push(Record { line: i + 1, fields }),
+            Ok(Value::Object(fields)) => records.push(Record {
+                line: i + 1,
+                fields,
+            }),
             Ok(other) => return Err(bad(format!("is a JSON {}, not an object", kind(&other)))),
             Err(e) => return Err(bad(format!("is not valid JSON ({e})"))),
         }
@@ -60,17 +66,23 @@ pub fn csv(path: &Path, text: &str) -> Result<Vec<Record>> {
     let rows = split_rows(text).map_err(|line| {
         bad(
             line,
-            "a quoted field is never closed; close it with \" (write a quote inside one as \"\")".into(),
+            "a quoted field is never closed; close it with \" (write a quote inside one as \"\")"
+                .into(),
         )
     })?;
-    let mut rows = rows.into_iter().filter(|(_, r)| !(r.len() == 1 && r[0].trim().is_empty()));
+    let mut rows = rows
+        .into_iter()
+        .filter(|(_, r)| !(r.len() == 1 && r[0].trim().is_empty()));
     let Some((_, header)) = rows.next() else {
         return Ok(Vec::new());
     };
     let header: Vec<String> = header.into_iter().map(|h| h.trim().to_string()).collect();
     for (i, name) in header.iter().enumerate() {
         if header[..i].contains(name) {
-            return Err(bad(1, format!("column '{name}' is named twice in the header")));
+            return Err(bad(
+                1,
+                format!("column '{name}' is named twice in the header"),
+            ));
         }
     }
     let mut records = Vec::new();
@@ -175,16 +187,25 @@ mod tests {
         assert_eq!(rows[0].line, 2);
         assert_eq!(rows[1].fields["text"], "two\nlines");
         assert_eq!(rows[1].fields["label"], "x");
-        assert_eq!((rows[2].line, rows[2].fields["label"].as_str()), (6, Some("2")));
+        assert_eq!(
+            (rows[2].line, rows[2].fields["label"].as_str()),
+            (6, Some("2"))
+        );
     }
 
     #[test]
     fn csv_errors_name_the_line() {
-        let e = csv(Path::new("d.csv"), "text,label\na,1\nb,2,3\n").unwrap_err().to_string();
+        let e = csv(Path::new("d.csv"), "text,label\na,1\nb,2,3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("d.csv: line 3: has 3 fields"), "{e}");
-        let e = csv(Path::new("d.csv"), "text,label\n\"open,1\n").unwrap_err().to_string();
+        let e = csv(Path::new("d.csv"), "text,label\n\"open,1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("never closed"), "{e}");
-        let e = csv(Path::new("d.csv"), "text,text\n").unwrap_err().to_string();
+        let e = csv(Path::new("d.csv"), "text,text\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("named twice"), "{e}");
     }
 

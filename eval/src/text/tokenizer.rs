@@ -102,7 +102,10 @@ impl TextTokenizer {
                 .tokenizer
                 .encode((text, pair), add_special_tokens)
                 .map_err(message)?,
-            (None, _) => self.tokenizer.encode(text, add_special_tokens).map_err(message)?,
+            (None, _) => self
+                .tokenizer
+                .encode(text, add_special_tokens)
+                .map_err(message)?,
         };
         Ok(encoding.get_ids().to_vec())
     }

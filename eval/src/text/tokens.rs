@@ -19,7 +19,11 @@ pub struct TokenStats {
 
 /// Sequences `range` of `data`, right-padded with `data.pad_id` to the longest of them, as
 /// U32 ids `[B, T]` and an attention mask `[B, T]` (1 for real tokens) on `device`.
-pub fn batch(data: &TextData, range: Range<usize>, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+pub fn batch(
+    data: &TextData,
+    range: Range<usize>,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let seqs = &data.sequences[range];
     let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(seqs.len() * t);
@@ -41,14 +45,15 @@ pub fn batch(data: &TextData, range: Range<usize>, device: &Device) -> candle_co
 /// Per position `p < T - 1` of next-token logits `[B, T, V]`: `ln p(ids[p + 1])` and the
 /// index of the first maximum, both `[B, T - 1]`, computed in f32 on the logits' device (only
 /// these two small tensors come back).
-pub fn next_token_log_probs(logits: &Tensor, ids: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+pub fn next_token_log_probs(
+    logits: &Tensor,
+    ids: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let (_, t, _) = logits.dims3()?;
     let logits = logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?;
     let log_probs = log_softmax(&logits)?;
     let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
-    let target = log_probs
-        .gather(&targets.unsqueeze(2)?, 2)?
-        .squeeze(2)?;
+    let target = log_probs.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?;
     Ok((target, first_argmax(&logits)?))
 }
 
