@@ -119,9 +119,10 @@ pub struct Common {
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
 
-    /// The dtype models compute in: f32, or f16 / bf16 (for GPUs; their logits differ from
-    /// f32's by rounding, see README.md). Weights are averaged in f64 either way.
-    #[arg(long, value_enum, default_value_t = EvalDtype::F32, value_name = "DTYPE")]
+    /// The dtype models compute in: auto (the first checkpoint's float type; bf16 becomes f32
+    /// on the CPU, which cannot multiply bf16), f32, or f16 / bf16 (their logits differ from
+    /// f32's by rounding, see README.md). Soups are averaged in f64 either way.
+    #[arg(long, value_enum, default_value_t = EvalDtype::Auto, value_name = "DTYPE")]
     pub eval_dtype: EvalDtype,
 
     /// CPU threads for candle's kernels and the merge (sets RAYON_NUM_THREADS), 1 to 1024.
@@ -325,6 +326,8 @@ fn parse_metric(s: &str) -> Result<Metric, String> {
 /// `--eval-dtype`: the float type models compute in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EvalDtype {
+    /// The first checkpoint's float type, where the device computes in it.
+    Auto,
     /// 32-bit float.
     F32,
     /// IEEE half precision.
@@ -334,22 +337,14 @@ pub enum EvalDtype {
 }
 
 impl EvalDtype {
-    /// The candle dtype.
-    pub fn dtype(self) -> candle_core::DType {
-        match self {
+    /// The candle dtype, `None` for [`EvalDtype::Auto`].
+    pub fn dtype(self) -> Option<candle_core::DType> {
+        Some(match self {
+            EvalDtype::Auto => return None,
             EvalDtype::F32 => candle_core::DType::F32,
             EvalDtype::F16 => candle_core::DType::F16,
             EvalDtype::Bf16 => candle_core::DType::BF16,
-        }
-    }
-
-    /// The name `--eval-dtype` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            EvalDtype::F32 => "f32",
-            EvalDtype::F16 => "f16",
-            EvalDtype::Bf16 => "bf16",
-        }
+        })
     }
 }
 
@@ -639,11 +634,17 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     // The first checkpoint configures the architecture; every ingredient is then checked
     // against that configuration.
     let first = c.inputs.first().ok_or(super::Error::NoIngredients)?;
-    let arch = selection.configure(&Checkpoint::open(first)?, &options)?;
+    let first = Checkpoint::open(first)?;
+    let arch = selection.configure(&first, &options)?;
+    let dtype = c
+        .eval_dtype
+        .dtype()
+        .unwrap_or_else(|| super::device::checkpoint_dtype(&first, &device));
+    drop(first);
     let text = matches!(arch.input(), arch::Input::Tokens(_));
     let batch_size = c.batch_size.unwrap_or(if text { 8 } else { 256 });
     let mut evaluator = Evaluator::new(arch, device, batch_size as usize);
-    evaluator.dtype = c.eval_dtype.dtype();
+    evaluator.dtype = dtype;
     evaluator.progress = progress_bar(c.quiet, if text { "sequences" } else { "images" });
     let data = DataOptions {
         images,
@@ -665,7 +666,7 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
     let mut report = Report {
         arch: session.arch().describe(),
         device: Some(super::device::name(&session.evaluator().device)),
-        eval_dtype: Some(c.eval_dtype.name().to_string()),
+        eval_dtype: Some(dtype_name(session.evaluator().dtype).to_string()),
         val_data: c.val.clone(),
         test_data: c.test.clone(),
         ingredients: Vec::new(),
@@ -677,6 +678,15 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
     };
     fill(&mut report);
     report
+}
+
+/// How reports name a dtype: as `--eval-dtype` spells it.
+fn dtype_name(dtype: candle_core::DType) -> &'static str {
+    match dtype {
+        candle_core::DType::F16 => "f16",
+        candle_core::DType::BF16 => "bf16",
+        _ => "f32",
+    }
 }
 
 /// Counts evaluated images (or sequences) on stderr; hidden when stderr is not a terminal or

@@ -51,7 +51,7 @@ pub struct Evaluator {
     pub device: Device,
     /// Examples per forward pass.
     pub batch_size: usize,
-    /// The dtype models compute in (`--eval-dtype`): f32 (the default), f16 or bf16. Weights
+    /// The dtype models compute in (`--eval-dtype`): f32, f16 or bf16 (the CLI's default is the checkpoint's). Weights
     /// and inputs are converted to it on the device; logits come back as f32.
     pub dtype: DType,
     /// Counts evaluated examples; hidden unless the caller made it visible.
