@@ -148,7 +148,14 @@ mod tests {
     ) -> Checkpoint {
         let data: Vec<(String, Vec<u8>, safetensors::Dtype, usize)> = tensors
             .iter()
-            .map(|&(name, dtype, n)| (name.to_string(), vec![0u8; n * dtype.size()], dtype, n))
+            .map(|&(name, dtype, n)| {
+                (
+                    name.to_string(),
+                    vec![0u8; n * dtype.bitsize() / 8],
+                    dtype,
+                    n,
+                )
+            })
             .collect();
         let views: Vec<(String, safetensors::tensor::TensorView)> = data
             .iter()
@@ -167,7 +174,8 @@ mod tests {
         use safetensors::Dtype as S;
         let dir = tempfile::tempdir().unwrap();
         let cpu = Device::Cpu;
-        let cases: &[(&[(&str, S, usize)], DType)] = &[
+        type Case<'a> = (&'a [(&'a str, S, usize)], DType);
+        let cases: &[Case] = &[
             (&[("w", S::F16, 100), ("b", S::F32, 10)], DType::F16),
             (&[("w", S::F32, 100), ("b", S::F16, 10)], DType::F32),
             // bf16 cannot be multiplied on the CPU.
