@@ -1,6 +1,7 @@
 //! Parity with PyTorch for the language models: candle's logits for the tiny Hugging Face model
 //! directories in fixtures/text/models (made by fixtures/text/make_text_fixtures.py with
-//! transformers' own classes; llama-bias, qwen2-window and phi3-partial by
+//! transformers' own classes; the decoder variants llama-bias, qwen2-window, phi3-partial,
+//! llama-rope3 and llama-rope-linear by
 //! make_lm_variant_fixtures.py) against transformers' eval-mode logits in
 //! fixtures/text/parity/<name>.safetensors, at every real (mask = 1) position.
 //!
@@ -35,6 +36,8 @@ const CASES: &[(&str, &str)] = &[
     ("llama-bias", "llama"),
     ("qwen2-window", "qwen2"),
     ("phi3-partial", "phi3"),
+    ("llama-rope3", "llama"),
+    ("llama-rope-linear", "llama"),
     ("bert-cls", "bert"),
     ("roberta-cls", "roberta"),
     ("xlm-roberta-cls", "roberta"),
@@ -224,8 +227,8 @@ fn the_variants_settings_matter() {
     for (name, key, off) in [
         (
             "phi3-partial",
-            "partial_rotary_factor",
-            serde_json::json!(1.0),
+            "rope_parameters",
+            serde_json::json!({"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}),
         ),
         (
             "qwen2-window",
@@ -233,6 +236,12 @@ fn the_variants_settings_matter() {
             serde_json::json!(false),
         ),
         ("mistral", "sliding_window", serde_json::Value::Null),
+        (
+            "llama-rope3",
+            "rope_parameters",
+            serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}),
+        ),
+        ("llama-rope-linear", "rope_scaling", serde_json::Value::Null),
     ] {
         let src = text(&format!("models/{name}"));
         let dir = tempfile::tempdir().unwrap();
@@ -242,13 +251,8 @@ fn the_variants_settings_matter() {
         let path = dir.path().join("config.json");
         let mut config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        match config
-            .get_mut("rope_parameters")
-            .filter(|_| key == "partial_rotary_factor")
-        {
-            Some(rope) => rope[key] = off,
-            None => config[key] = off,
-        }
+        assert!(config.get(key).is_some(), "{name} has no {key}");
+        config[key] = off;
         std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
         let (_, got, expected) = compare_dir(dir.path(), name, DType::F32, &Device::Cpu);
         let err = relative_error(&got, &expected);
