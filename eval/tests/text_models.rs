@@ -161,20 +161,26 @@ fn settings_soup_eval_does_not_implement_are_refused_by_key() {
         (
             "llama",
             "rope_parameters",
-            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0}),
-            "llama3",
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}),
+            "yarn",
         ),
         (
             "mistral",
             "rope_scaling",
-            serde_json::json!({"type": "linear", "factor": 2.0}),
-            "linear",
+            serde_json::json!({"type": "dynamic", "factor": 2.0}),
+            "dynamic",
         ),
         (
             "phi3",
             "rope_scaling",
             serde_json::json!({"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
             "longrope",
+        ),
+        (
+            "llama",
+            "rope_parameters",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "rope_theta": 10000.0}),
+            "low_freq_factor",
         ),
         (
             "qwen2",

@@ -1,6 +1,7 @@
 //! Parity with PyTorch for the language models: candle's logits for the tiny Hugging Face model
 //! directories in fixtures/text/models (made by fixtures/text/make_text_fixtures.py with
-//! transformers' own classes; llama-bias, qwen2-window and phi3-partial by
+//! transformers' own classes; the decoder variants llama-bias-rope3, qwen2-window-linear and
+//! phi3-partial by
 //! make_lm_variant_fixtures.py) against transformers' eval-mode logits in
 //! fixtures/text/parity/<name>.safetensors, at every real (mask = 1) position.
 //!
@@ -32,8 +33,8 @@ const CASES: &[(&str, &str)] = &[
     ("qwen3", "qwen3"),
     ("phi3", "phi3"),
     ("gemma", "gemma"),
-    ("llama-bias", "llama"),
-    ("qwen2-window", "qwen2"),
+    ("llama-bias-rope3", "llama"),
+    ("qwen2-window-linear", "qwen2"),
     ("phi3-partial", "phi3"),
     ("bert-cls", "bert"),
     ("roberta-cls", "roberta"),
@@ -224,15 +225,25 @@ fn the_variants_settings_matter() {
     for (name, key, off) in [
         (
             "phi3-partial",
-            "partial_rotary_factor",
-            serde_json::json!(1.0),
+            "rope_parameters",
+            serde_json::json!({"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0}),
         ),
         (
-            "qwen2-window",
+            "qwen2-window-linear",
             "use_sliding_window",
             serde_json::json!(false),
         ),
+        (
+            "qwen2-window-linear",
+            "rope_scaling",
+            serde_json::Value::Null,
+        ),
         ("mistral", "sliding_window", serde_json::Value::Null),
+        (
+            "llama-bias-rope3",
+            "rope_parameters",
+            serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}),
+        ),
     ] {
         let src = text(&format!("models/{name}"));
         let dir = tempfile::tempdir().unwrap();
@@ -242,13 +253,8 @@ fn the_variants_settings_matter() {
         let path = dir.path().join("config.json");
         let mut config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        match config
-            .get_mut("rope_parameters")
-            .filter(|_| key == "partial_rotary_factor")
-        {
-            Some(rope) => rope[key] = off,
-            None => config[key] = off,
-        }
+        assert!(config.get(key).is_some(), "{name} has no {key}");
+        config[key] = off;
         std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
         let (_, got, expected) = compare_dir(dir.path(), name, DType::F32, &Device::Cpu);
         let err = relative_error(&got, &expected);
@@ -257,4 +263,60 @@ fn the_variants_settings_matter() {
             "{name} without {key}: error only {err:e}"
         );
     }
+}
+
+#[test]
+fn bert_reads_the_second_segment_of_a_pair_through_its_token_types() {
+    // parity/bert-cls-pairs: bert-cls on text pairs with the tokenizer's type ids (1 for the
+    // second text). With them candle matches transformers; without them (every token type 0)
+    // the logits move, so the segment embedding is really read.
+    let device = Device::Cpu;
+    let dir = text("models/bert-cls");
+    let checkpoint = Checkpoint::open(&dir).unwrap();
+    let arch = Selection::parse("auto")
+        .unwrap()
+        .configure(&checkpoint, &Options::default())
+        .unwrap();
+    let parity = Checkpoint::open(&text("parity/bert-cls-pairs.safetensors")).unwrap();
+    let ids = read_ids(&parity, "input_ids", &device);
+    let mask = read_ids(&parity, "attention_mask", &device);
+    let types = read_ids(&parity, "token_type_ids", &device);
+    let (_, expected) = read_f32(&parity, "logits");
+    let weights = Weights::from_checkpoint(&checkpoint, &device).unwrap();
+    let model = arch.build(weights.var_builder(DType::F32)).unwrap();
+    let batch = Batch {
+        inputs: &ids,
+        attention_mask: Some(&mask),
+    };
+    let values = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let with = values(model.logits_with_token_types(&batch, &types).unwrap());
+    let err = relative_error(&with, &expected);
+    eprintln!("bert-cls pairs F32: max |candle - torch| / max |torch| = {err:.2e}");
+    assert!(err <= TOLERANCE, "with token types: {err:e}");
+    let without = values(model.logits(&batch).unwrap());
+    assert!(relative_error(&without, &expected) > 100.0 * TOLERANCE);
+    // A type id the embedding doesn't have is an error, not a wrong row.
+    let bad = (types.clone() * 2.0).unwrap();
+    let err = model
+        .logits_with_token_types(&batch, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("type_vocab_size"), "{err}");
+    // A model without segment embeddings ignores them.
+    let distil = Checkpoint::open(&text("models/distilbert-cls")).unwrap();
+    let arch = Selection::parse("auto")
+        .unwrap()
+        .configure(&distil, &Options::default())
+        .unwrap();
+    let model = arch
+        .build(
+            Weights::from_checkpoint(&distil, &device)
+                .unwrap()
+                .var_builder(DType::F32),
+        )
+        .unwrap();
+    assert_eq!(
+        values(model.logits_with_token_types(&batch, &types).unwrap()),
+        values(model.logits(&batch).unwrap())
+    );
 }

@@ -102,11 +102,23 @@ struct Bert {
     classifier: Linear,
 }
 
-impl Model for Bert {
-    fn logits(&self, batch: &Batch) -> Result<Tensor> {
-        let x = self.encoder.forward(batch.inputs, batch.attention_mask)?;
+impl Bert {
+    fn classify(&self, batch: &Batch, token_types: Option<&Tensor>) -> Result<Tensor> {
+        let x = self
+            .encoder
+            .forward(batch.inputs, batch.attention_mask, token_types)?;
         let first = x.narrow(1, 0, 1)?.squeeze(1)?;
         self.classifier
             .forward(&self.pooler.forward(&first)?.tanh()?)
+    }
+}
+
+impl Model for Bert {
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        self.classify(batch, None)
+    }
+
+    fn logits_with_token_types(&self, batch: &Batch, token_type_ids: &Tensor) -> Result<Tensor> {
+        self.classify(batch, Some(token_type_ids))
     }
 }

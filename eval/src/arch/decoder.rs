@@ -9,9 +9,10 @@
 //!
 //! Sizes (vocabulary, hidden, intermediate, layers, head dimension) come from the shapes and
 //! must agree with `config.json` where it states them; heads, key/value heads, epsilon,
-//! rope theta, activation and windows come from `config.json`. Settings this implementation
-//! does not have (rope scaling, logit soft-capping, bidirectional attention) are errors that
-//! name the key, never silently different numbers.
+//! rope theta and scaling (none, `linear`, `llama3`), activation and windows come from
+//! `config.json`. Settings this implementation does not have (other rope scalings, logit
+//! soft-capping, bidirectional attention) are errors that name the key, never silently
+//! different numbers.
 
 use std::sync::Arc;
 
@@ -133,8 +134,8 @@ pub struct Decoder {
     pub head_dim: usize,
     /// Leading dimensions of each head that RoPE rotates (all but Phi-3's partial rotary).
     pub rotary_dim: usize,
-    /// RoPE base.
-    pub rope_theta: f64,
+    /// RoPE base, rotated fraction and scaling.
+    pub rope: RopeConfig,
     /// RMSNorm epsilon.
     pub eps: f64,
     /// MLP activation.
@@ -233,7 +234,8 @@ impl Decoder {
         let intermediate = layout.require(down, 2)?[1];
         config.agrees("intermediate_size", intermediate, down)?;
 
-        let (rope_theta, partial) = rope(&config, style)?;
+        let rope = rope(&config, style)?;
+        let partial = rope.partial;
         let rotary_dim = ((head_dim as f64) * partial) as usize;
         if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
             return Err(ConfigError::new(
@@ -297,7 +299,7 @@ impl Decoder {
             kv_heads,
             head_dim,
             rotary_dim,
-            rope_theta,
+            rope,
             eps,
             activation,
             windows,
@@ -348,15 +350,89 @@ fn refuse_unsupported(config: &HfConfig, style: &Style) -> std::result::Result<(
     Ok(())
 }
 
-/// The RoPE base and the rotated fraction of each head, from `rope_parameters` (transformers
-/// 5) or the older `rope_theta` and `rope_scaling` keys. Only unscaled ("default") RoPE is
-/// implemented; any scaling is an error naming the key.
-fn rope(config: &HfConfig, style: &Style) -> std::result::Result<(f64, f64), ConfigError> {
-    let mut theta = config.positive_number_or("rope_theta", 10000.0)?;
-    let mut partial = if style.partial_rotary {
-        config.positive_number_or("partial_rotary_factor", 1.0)?
-    } else {
-        1.0
+/// How RoPE's frequencies are scaled (transformers' `rope_type`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RopeScaling {
+    /// Unscaled: `inv_freq[i] = 1 / theta^(2i / d)`.
+    Default,
+    /// `linear`: every frequency divided by `factor` (positions interpolated).
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
+    /// `llama3` (Llama 3.1 and later): long wavelengths divided by `factor`, short ones kept,
+    /// the band between smoothly interpolated.
+    Llama3 {
+        /// The divisor of the long wavelengths.
+        factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are divided by `factor`.
+        low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// The pre-training context (`original_max_position_embeddings`).
+        original: f64,
+    },
+}
+
+/// A decoder's rotary embedding settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeConfig {
+    /// The base.
+    pub theta: f64,
+    /// The fraction of each head that is rotated (Phi-3's `partial_rotary_factor`).
+    pub partial: f64,
+    /// The frequency scaling.
+    pub scaling: RopeScaling,
+}
+
+impl RopeConfig {
+    /// The inverse frequencies of `rotary_dim` rotated dimensions, in f32 as transformers
+    /// computes them (`_compute_default_rope_parameters`, `_compute_linear_scaling_...`,
+    /// `_compute_llama3_parameters`).
+    pub fn inv_freq(&self, rotary_dim: usize) -> Vec<f32> {
+        let base = (0..rotary_dim / 2)
+            .map(|i| 1.0f32 / (self.theta as f32).powf((2 * i) as f32 / rotary_dim as f32));
+        match self.scaling {
+            RopeScaling::Default => base.collect(),
+            RopeScaling::Linear { factor } => base.map(|f| f / factor as f32).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: low,
+                high_freq_factor: high,
+                original,
+            } => {
+                let (factor, low, high, original) =
+                    (factor as f32, low as f32, high as f32, original as f32);
+                let low_wavelen = original / low;
+                let high_wavelen = original / high;
+                base.map(|f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_wavelen { f / factor } else { f };
+                    if wavelen >= high_wavelen && wavelen <= low_wavelen {
+                        let smooth = (original / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    }
+                })
+                .collect()
+            }
+        }
+    }
+}
+
+/// The RoPE settings, from `rope_parameters` (transformers 5) or the older `rope_theta` and
+/// `rope_scaling` keys. Unscaled, `linear` and `llama3` RoPE are implemented; any other type
+/// (`dynamic`, `yarn`, `longrope`, ...) is an error naming the key.
+fn rope(config: &HfConfig, style: &Style) -> std::result::Result<RopeConfig, ConfigError> {
+    let mut rope = RopeConfig {
+        theta: config.positive_number_or("rope_theta", 10000.0)?,
+        partial: if style.partial_rotary {
+            config.positive_number_or("partial_rotary_factor", 1.0)?
+        } else {
+            1.0
+        },
+        scaling: RopeScaling::Default,
     };
     for key in ["rope_parameters", "rope_scaling"] {
         let Some(value) = config.get(key) else {
@@ -368,46 +444,91 @@ fn rope(config: &HfConfig, style: &Style) -> std::result::Result<(f64, f64), Con
                 format!("is {value}; it must be an object"),
             ));
         };
+        let number = |name: &str| -> std::result::Result<Option<f64>, ConfigError> {
+            params
+                .get(name)
+                .filter(|v| !v.is_null())
+                .map(|v| {
+                    v.as_f64()
+                        .filter(|x| x.is_finite() && *x > 0.0)
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                key_name(&format!("{key}.{name}")),
+                                format!("is {v}; it must be a positive number"),
+                            )
+                        })
+                })
+                .transpose()
+        };
+        let required = |name: &str| -> std::result::Result<f64, ConfigError> {
+            number(name)?.ok_or_else(|| {
+                ConfigError::new(
+                    key_name(&format!("{key}.{name}")),
+                    "is missing; this rope type needs it",
+                )
+            })
+        };
+        if let Some(theta) = number("rope_theta")? {
+            rope.theta = theta;
+        }
+        if style.partial_rotary {
+            if let Some(p) = number("partial_rotary_factor")? {
+                rope.partial = p;
+            }
+        }
         let kind = params
             .get("rope_type")
             .or_else(|| params.get("type"))
             .filter(|v| !v.is_null());
-        if let Some(kind) = kind {
-            if kind.as_str() != Some("default") {
+        rope.scaling = match kind.map(|k| (k, k.as_str())) {
+            None | Some((_, Some("default"))) => rope.scaling,
+            Some((_, Some("linear"))) => RopeScaling::Linear {
+                factor: required("factor")?,
+            },
+            Some((_, Some("llama3"))) => {
+                let original = match number("original_max_position_embeddings")? {
+                    Some(n) => n,
+                    None => config
+                        .opt_usize("original_max_position_embeddings")?
+                        .or(config.opt_usize("max_position_embeddings")?)
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                key_name(&format!("{key}.original_max_position_embeddings")),
+                                "is missing; llama3 rope scaling needs it",
+                            )
+                        })? as f64,
+                };
+                let (low, high) = (required("low_freq_factor")?, required("high_freq_factor")?);
+                if high <= low {
+                    return Err(ConfigError::new(
+                        key_name(&format!("{key}.high_freq_factor")),
+                        format!("is {high}; it must be above low_freq_factor {low}"),
+                    ));
+                }
+                RopeScaling::Llama3 {
+                    factor: required("factor")?,
+                    low_freq_factor: low,
+                    high_freq_factor: high,
+                    original,
+                }
+            }
+            Some((kind, _)) => {
                 return Err(ConfigError::new(
                     key_name(key),
                     format!(
-                        "asks for rope type {kind}; soup-eval implements unscaled (\"default\") rotary embeddings only"
+                        "asks for rope type {kind}; soup-eval implements \"default\", \"linear\" and \"llama3\" rotary embeddings only"
                     ),
-                ));
+                ))
             }
-        }
-        if let Some(t) = params.get("rope_theta").filter(|v| !v.is_null()) {
-            theta = t
-                .as_f64()
-                .filter(|x| x.is_finite() && *x > 0.0)
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        key_name(&format!("{key}.rope_theta")),
-                        format!("is {t}; it must be a positive number"),
-                    )
-                })?;
-        }
-        if style.partial_rotary {
-            if let Some(p) = params.get("partial_rotary_factor").filter(|v| !v.is_null()) {
-                partial = p
-                    .as_f64()
-                    .filter(|x| *x > 0.0 && *x <= 1.0)
-                    .ok_or_else(|| {
-                        ConfigError::new(
-                            key_name(&format!("{key}.partial_rotary_factor")),
-                            format!("is {p}; it must be a number in (0, 1]"),
-                        )
-                    })?;
-            }
-        }
+        };
     }
-    Ok((theta, partial))
+    if rope.partial > 1.0 {
+        return Err(ConfigError::new(
+            key_name("partial_rotary_factor"),
+            format!("is {}; it must be a number in (0, 1]", rope.partial),
+        ));
+    }
+    Ok(rope)
 }
 
 /// Each layer's attention window.
@@ -739,7 +860,13 @@ impl Model for DecoderModel {
                 masks.push((layer.window, m));
             }
         }
-        let rope = Rope::new(t, c.rotary_dim, c.rope_theta, device, dtype)?;
+        let rope = Rope::new(
+            t,
+            &c.rope.inv_freq(c.rotary_dim),
+            c.rotary_dim,
+            device,
+            dtype,
+        )?;
 
         let mut x = self
             .embed
@@ -765,8 +892,7 @@ impl Model for DecoderModel {
 }
 
 /// RoPE's cos and sin tables for positions 0..T, computed in f32 as transformers does
-/// (`inv_freq = 1 / theta^(2i/d)`, angle = position · inv_freq) and rounded to the model's
-/// dtype.
+/// (angle = position · inv_freq) and rounded to the model's dtype.
 struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -774,15 +900,18 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(t: usize, rotary_dim: usize, theta: f64, device: &Device, dtype: DType) -> Result<Rope> {
-        let half = rotary_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0f32 / (theta as f32).powf((2 * i) as f32 / rotary_dim as f32))
-            .collect();
+    fn new(
+        t: usize,
+        inv_freq: &[f32],
+        rotary_dim: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Rope> {
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in 0..t {
-            for f in &inv_freq {
+            for f in inv_freq {
                 let angle = p as f32 * f;
                 cos.push((angle as f64).cos() as f32);
                 sin.push((angle as f64).sin() as f32);

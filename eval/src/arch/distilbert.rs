@@ -144,7 +144,9 @@ struct DistilBert {
 
 impl Model for DistilBert {
     fn logits(&self, batch: &Batch) -> Result<Tensor> {
-        let x = self.encoder.forward(batch.inputs, batch.attention_mask)?;
+        let x = self
+            .encoder
+            .forward(batch.inputs, batch.attention_mask, None)?;
         let first = x.narrow(1, 0, 1)?.squeeze(1)?;
         self.classifier
             .forward(&self.pre_classifier.forward(&first)?.relu()?)

@@ -7,8 +7,8 @@
 //! states.
 //!
 //! Padded keys (attention mask 0) are masked for every query, so the real positions don't
-//! depend on the padding. No token type ids reach the model: every token is type 0, as when
-//! transformers is called without `token_type_ids`.
+//! depend on the padding. Token type (segment) ids are optional: without them every token is
+//! type 0, as when transformers is called without `token_type_ids`.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
@@ -254,10 +254,7 @@ impl EncoderConfig {
             word: e.get((self.vocab, h), "word_embeddings.weight")?,
             position: e.get((self.position_rows, h), "position_embeddings.weight")?,
             token_type: match self.token_types {
-                Some(t) => Some(
-                    e.get((t, h), "token_type_embeddings.weight")?
-                        .narrow(0, 0, 1)?,
-                ),
+                Some(t) => Some(e.get((t, h), "token_type_embeddings.weight")?),
                 None => None,
             },
             norm: LayerNorm::load(h, self.eps, e.pp("LayerNorm"))?,
@@ -342,15 +339,21 @@ pub struct Encoder {
     config: EncoderConfig,
     word: Tensor,
     position: Tensor,
-    /// Row 0 of the token type embedding: every token is type 0.
+    /// The token type embedding, when the model has one.
     token_type: Option<Tensor>,
     norm: LayerNorm,
     layers: Vec<EncoderLayer>,
 }
 
 impl Encoder {
-    /// Hidden states [B, T, hidden] for ids [B, T] (U32) and an optional attention mask.
-    pub fn forward(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    /// Hidden states [B, T, hidden] for ids [B, T] (U32), an optional attention mask and
+    /// optional token type ids (U32 [B, T]; all 0 when absent).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        token_types: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         check_ids(ids, c.vocab)?;
         let (b, t) = ids.dims2()?;
@@ -373,8 +376,26 @@ impl Encoder {
         };
         // transformers' order: word + token type, then + position.
         let mut x = self.word.index_select(&ids.flatten_all()?, 0)?;
-        if let Some(tt) = &self.token_type {
-            x = x.broadcast_add(tt)?;
+        match (&self.token_type, token_types) {
+            (Some(table), Some(types)) => {
+                if types.dims() != ids.dims() {
+                    candle_core::bail!(
+                        "the token type ids have shape {:?}, but the token ids have {:?}",
+                        types.dims(),
+                        ids.dims()
+                    );
+                }
+                check_ids(&types.to_dtype(DType::U32)?, table.dim(0)?).map_err(|_| {
+                    candle_core::Error::Msg(format!(
+                        "a token type id is outside the model's {} types (type_vocab_size)",
+                        table.dim(0).unwrap_or(0)
+                    ))
+                })?;
+                let types = types.to_dtype(DType::U32)?.flatten_all()?;
+                x = (x + table.index_select(&types, 0)?)?;
+            }
+            (Some(table), None) => x = x.broadcast_add(&table.narrow(0, 0, 1)?)?,
+            (None, _) => {}
         }
         let x = (x + self
             .position

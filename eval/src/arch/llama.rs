@@ -33,7 +33,7 @@ impl Family for LlamaFamily {
     }
 
     fn summary(&self) -> &'static str {
-        "Hugging Face LlamaForCausalLM and MistralForCausalLM (sliding window), from config.json"
+        "Hugging Face LlamaForCausalLM (rope unscaled, linear or llama3) and MistralForCausalLM (sliding window), from config.json"
     }
 
     fn detect(&self, layout: &Layout) -> bool {

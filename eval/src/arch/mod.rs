@@ -98,6 +98,19 @@ pub const FAMILIES: &[&dyn Family] = &[
 pub trait Model {
     /// Logits for a batch, with every normalisation layer in eval mode and no dropout.
     fn logits(&self, batch: &Batch) -> CandleResult<Tensor>;
+
+    /// Logits for a batch of tokens with their segment ids: `token_type_ids` U32 `[B, T]`, 0 for
+    /// the first text of a pair and 1 for the second, as the tokenizer's `type_ids` give them
+    /// (transformers' `token_type_ids`). Only models with segment embeddings (BERT) read them;
+    /// the others, and [`Model::logits`], treat every token as segment 0.
+    fn logits_with_token_types(
+        &self,
+        batch: &Batch,
+        token_type_ids: &Tensor,
+    ) -> CandleResult<Tensor> {
+        let _ = token_type_ids;
+        self.logits(batch)
+    }
 }
 
 /// One batch of inputs, on the evaluation device.

@@ -135,7 +135,9 @@ struct Roberta {
 
 impl Model for Roberta {
     fn logits(&self, batch: &Batch) -> Result<Tensor> {
-        let x = self.encoder.forward(batch.inputs, batch.attention_mask)?;
+        let x = self
+            .encoder
+            .forward(batch.inputs, batch.attention_mask, None)?;
         let first = x.narrow(1, 0, 1)?.squeeze(1)?;
         self.out_proj.forward(&self.dense.forward(&first)?.tanh()?)
     }
