@@ -211,12 +211,9 @@ impl Evaluator {
         let mut out = Vec::new();
         for start in (0..n).step_by(self.batch_size) {
             let end = (start + self.batch_size).min(n);
-            let (ids, mask) = tokens::batch(data, start..end, &self.device).context(failed)?;
+            let batch = tokens::batch(data, start..end, &self.device).context(failed)?;
             let logits = model
-                .logits(&Batch {
-                    inputs: &ids,
-                    attention_mask: Some(&mask),
-                })
+                .logits(&batch.as_batch())
                 .and_then(|l| l.to_dtype(DType::F32))
                 .and_then(|l| l.flatten_all())
                 .and_then(|l| l.to_vec1::<f32>())
@@ -262,12 +259,10 @@ impl Evaluator {
         let mut out = Vec::with_capacity(n);
         for start in (0..n).step_by(self.batch_size) {
             let end = (start + self.batch_size).min(n);
-            let (ids, mask) = tokens::batch(data, start..end, &self.device).context(failed)?;
-            let batch = Batch {
-                inputs: &ids,
-                attention_mask: Some(&mask),
-            };
-            let (log_probs, argmax) = self.batch_stats(models, &batch, mode).context(failed)?;
+            let batch = tokens::batch(data, start..end, &self.device).context(failed)?;
+            let (log_probs, argmax) = self
+                .batch_stats(models, &batch.as_batch(), mode)
+                .context(failed)?;
             tokens::collect(data, start..end, &log_probs, &argmax, &mut out);
             self.progress.inc((end - start) as u64);
         }

@@ -271,10 +271,7 @@ fn run(dir: &Path, ids: &[Vec<u32>], mask: &[Vec<u32>]) -> (Vec<f32>, Output) {
     let ids = Tensor::new(ids.to_vec(), &Device::Cpu).unwrap();
     let mask = Tensor::new(mask.to_vec(), &Device::Cpu).unwrap();
     let values = model
-        .logits(&Batch {
-            inputs: &ids,
-            attention_mask: Some(&mask),
-        })
+        .logits(&Batch::tokens(&ids, Some(&mask)))
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -433,10 +430,7 @@ fn out_of_vocabulary_ids_and_overlong_sequences_are_errors_not_panics() {
         };
         let ids = Tensor::new(&[[1u32, tokens.vocab as u32]], &Device::Cpu).unwrap();
         let err = model
-            .logits(&Batch {
-                inputs: &ids,
-                attention_mask: None,
-            })
+            .logits(&Batch::tokens(&ids, None))
             .unwrap_err()
             .to_string();
         assert!(
@@ -447,10 +441,7 @@ fn out_of_vocabulary_ids_and_overlong_sequences_are_errors_not_panics() {
             let n = tokens.max_positions.unwrap() + 1;
             let ids = Tensor::new(vec![sequence(n, 5)], &Device::Cpu).unwrap();
             let err = model
-                .logits(&Batch {
-                    inputs: &ids,
-                    attention_mask: None,
-                })
+                .logits(&Batch::tokens(&ids, None))
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("longer than the model's"), "{name}: {err}");

@@ -96,10 +96,7 @@ fn compare_dir(
     let weights = Weights::from_checkpoint(&checkpoint, device).unwrap();
     let model = arch.build(weights.var_builder(dtype)).unwrap();
     let got = model
-        .logits(&Batch {
-            inputs: &ids,
-            attention_mask: Some(&mask),
-        })
+        .logits(&Batch::tokens(&ids, Some(&mask)))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(got.dims(), shape.as_slice(), "{name}: logits shape");
     let got: Vec<f32> = got
@@ -284,12 +281,13 @@ fn bert_reads_the_second_segment_of_a_pair_through_its_token_types() {
     let (_, expected) = read_f32(&parity, "logits");
     let weights = Weights::from_checkpoint(&checkpoint, &device).unwrap();
     let model = arch.build(weights.var_builder(DType::F32)).unwrap();
-    let batch = Batch {
-        inputs: &ids,
-        attention_mask: Some(&mask),
-    };
+    let batch = Batch::tokens(&ids, Some(&mask));
     let values = |t: Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
-    let with = values(model.logits_with_token_types(&batch, &types).unwrap());
+    let typed = Batch {
+        token_type_ids: Some(&types),
+        ..batch
+    };
+    let with = values(model.logits(&typed).unwrap());
     let err = relative_error(&with, &expected);
     eprintln!("bert-cls pairs F32: max |candle - torch| / max |torch| = {err:.2e}");
     assert!(err <= TOLERANCE, "with token types: {err:e}");
@@ -298,7 +296,10 @@ fn bert_reads_the_second_segment_of_a_pair_through_its_token_types() {
     // A type id the embedding doesn't have is an error, not a wrong row.
     let bad = (types.clone() * 2.0).unwrap();
     let err = model
-        .logits_with_token_types(&batch, &bad)
+        .logits(&Batch {
+            token_type_ids: Some(&bad),
+            ..batch
+        })
         .unwrap_err()
         .to_string();
     assert!(err.contains("type_vocab_size"), "{err}");
@@ -316,7 +317,7 @@ fn bert_reads_the_second_segment_of_a_pair_through_its_token_types() {
         )
         .unwrap();
     assert_eq!(
-        values(model.logits_with_token_types(&batch, &types).unwrap()),
+        values(model.logits(&typed).unwrap()),
         values(model.logits(&batch).unwrap())
     );
 }

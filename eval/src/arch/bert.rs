@@ -103,10 +103,10 @@ struct Bert {
 }
 
 impl Bert {
-    fn classify(&self, batch: &Batch, token_types: Option<&Tensor>) -> Result<Tensor> {
+    fn classify(&self, batch: &Batch) -> Result<Tensor> {
         let x = self
             .encoder
-            .forward(batch.inputs, batch.attention_mask, token_types)?;
+            .forward(batch.inputs, batch.attention_mask, batch.token_type_ids)?;
         let first = x.narrow(1, 0, 1)?.squeeze(1)?;
         self.classifier
             .forward(&self.pooler.forward(&first)?.tanh()?)
@@ -115,10 +115,6 @@ impl Bert {
 
 impl Model for Bert {
     fn logits(&self, batch: &Batch) -> Result<Tensor> {
-        self.classify(batch, None)
-    }
-
-    fn logits_with_token_types(&self, batch: &Batch, token_type_ids: &Tensor) -> Result<Tensor> {
-        self.classify(batch, Some(token_type_ids))
+        self.classify(batch)
     }
 }

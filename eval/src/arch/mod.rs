@@ -98,19 +98,6 @@ pub const FAMILIES: &[&dyn Family] = &[
 pub trait Model {
     /// Logits for a batch, with every normalisation layer in eval mode and no dropout.
     fn logits(&self, batch: &Batch) -> CandleResult<Tensor>;
-
-    /// Logits for a batch of tokens with their segment ids: `token_type_ids` U32 `[B, T]`, 0 for
-    /// the first text of a pair and 1 for the second, as the tokenizer's `type_ids` give them
-    /// (transformers' `token_type_ids`). Only models with segment embeddings (BERT) read them;
-    /// the others, and [`Model::logits`], treat every token as segment 0.
-    fn logits_with_token_types(
-        &self,
-        batch: &Batch,
-        token_type_ids: &Tensor,
-    ) -> CandleResult<Tensor> {
-        let _ = token_type_ids;
-        self.logits(batch)
-    }
 }
 
 /// One batch of inputs, on the evaluation device.
@@ -123,6 +110,11 @@ pub struct Batch<'a> {
     /// positions are ignored by every caller, so a model only has to keep real positions
     /// independent of the padding (a causal mask does; an encoder masks padded keys).
     pub attention_mask: Option<&'a Tensor>,
+    /// Tokens only: U32 `[B, T]` segment ids, 0 for the first text of a pair and 1 for the
+    /// second, as the tokenizer's `type_ids` give them (transformers' `token_type_ids`).
+    /// Only models with segment embeddings (BERT) read them; `None` means segment 0
+    /// everywhere.
+    pub token_type_ids: Option<&'a Tensor>,
 }
 
 impl<'a> Batch<'a> {
@@ -131,6 +123,16 @@ impl<'a> Batch<'a> {
         Batch {
             inputs,
             attention_mask: None,
+            token_type_ids: None,
+        }
+    }
+
+    /// A batch of token ids with their attention mask, all in segment 0.
+    pub fn tokens(ids: &'a Tensor, attention_mask: Option<&'a Tensor>) -> Self {
+        Batch {
+            inputs: ids,
+            attention_mask,
+            token_type_ids: None,
         }
     }
 }

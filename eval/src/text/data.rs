@@ -70,6 +70,9 @@ pub struct TextOptions {
     pub stride: Option<usize>,
 }
 
+/// A tokenised classification example: ids, segment ids, label.
+type Example = (Vec<u32>, Vec<u32>, usize);
+
 /// Longest default sequence when the model allows more (or has no limit).
 pub const DEFAULT_MAX_LENGTH: usize = 512;
 
@@ -120,6 +123,9 @@ pub struct TextData {
     /// What is scored.
     pub task: Task,
     sources: Vec<Vec<u32>>,
+    /// Each source's segment ids (0 for a pair's first text, 1 for its second); empty for a
+    /// source that is all segment 0, which is every source but a classification pair.
+    segments: Vec<Vec<u32>>,
     /// What the model reads, in order.
     pub sequences: Vec<Sequence>,
     /// Classification: the class of each sequence.
@@ -219,6 +225,7 @@ impl TextData {
             path: path.to_path_buf(),
             task,
             sources: Vec::new(),
+            segments: Vec::new(),
             sequences: Vec::new(),
             labels: Vec::new(),
             questions: Vec::new(),
@@ -290,6 +297,14 @@ impl TextData {
         &self.sources[s.source][s.begin..s.end]
     }
 
+    /// The segment ids of one sequence, `None` when it is all segment 0.
+    pub fn segments(&self, s: &Sequence) -> Option<&[u32]> {
+        self.segments
+            .get(s.source)
+            .filter(|t| !t.is_empty())
+            .map(|t| &t[s.begin..s.end])
+    }
+
     /// Examples: sequences for classification and language modelling (windows), questions
     /// for multiple choice.
     pub fn len(&self) -> usize {
@@ -339,7 +354,7 @@ impl TextData {
         };
         let classes = model.classes.unwrap_or(0);
         let path = &self.path;
-        let encoded: Vec<Result<(Vec<u32>, usize)>> = rows
+        let encoded: Vec<Result<Example>> = rows
             .par_iter()
             .map(|r| {
                 let at = |what: String| bad(path, format!("line {}: {what}", r.line));
@@ -357,19 +372,24 @@ impl TextData {
                     }
                 };
                 let label = label_of(r, model, classes, format == TextFormat::Csv).map_err(at)?;
-                let ids = tokenizer
-                    .encode(text, pair, true)
+                let (ids, types) = tokenizer
+                    .encode_with_types(text, pair, true)
                     .map_err(|e| at(format!("cannot tokenise: {e}")))?;
                 if ids.is_empty() {
                     return Err(at("tokenises to nothing; give it some text".into()));
                 }
-                Ok((ids, label))
+                Ok((ids, types, label))
             })
             .collect();
         for (r, item) in rows.iter().zip(encoded) {
-            let (ids, label) = item?;
+            let (ids, types, label) = item?;
             self.check_ids(model, &ids, || format!("line {}", r.line))?;
             self.push_whole(ids, 0);
+            if types.iter().any(|&t| t != 0) {
+                let last = self.sources.len() - 1;
+                self.segments.resize(last, Vec::new());
+                self.segments.push(types);
+            }
             self.labels.push(label);
         }
         Ok(())

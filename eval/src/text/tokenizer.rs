@@ -93,6 +93,18 @@ impl TextTokenizer {
         pair: Option<&str>,
         add_special_tokens: bool,
     ) -> std::result::Result<Vec<u32>, String> {
+        self.encode_with_types(text, pair, add_special_tokens)
+            .map(|(ids, _)| ids)
+    }
+
+    /// [`TextTokenizer::encode`] with each token's segment id (0 for `text`, 1 for `pair`, as
+    /// the post-processor assigns them): what BERT's token type embedding reads.
+    pub fn encode_with_types(
+        &self,
+        text: &str,
+        pair: Option<&str>,
+        add_special_tokens: bool,
+    ) -> std::result::Result<(Vec<u32>, Vec<u32>), String> {
         let message = |e: tokenizers::Error| model_soup::cli::one_line(&e.to_string());
         let encoding = match (pair, self.max_length) {
             (Some(pair), Some(max_length)) => self
@@ -107,7 +119,10 @@ impl TextTokenizer {
                 .encode(text, add_special_tokens)
                 .map_err(message)?,
         };
-        Ok(encoding.get_ids().to_vec())
+        Ok((
+            encoding.get_ids().to_vec(),
+            encoding.get_type_ids().to_vec(),
+        ))
     }
 
     /// A pair truncated "longest first" as the Python `tokenizers` package (0.23.3) does it:

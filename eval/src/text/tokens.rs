@@ -5,6 +5,7 @@ use std::ops::Range;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::data::TextData;
+use crate::arch::Batch;
 
 /// What one sequence's scored tokens add up to.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -17,13 +18,33 @@ pub struct TokenStats {
     pub correct: u64,
 }
 
-/// Sequences `range` of `data`, right-padded with `data.pad_id` to the longest of them, as
-/// U32 ids `[B, T]` and an attention mask `[B, T]` (1 for real tokens) on `device`.
+/// One batch of sequences on the device, as [`crate::arch::Batch`] reads them.
+pub struct TokenBatch {
+    /// U32 ids `[B, T]`, right-padded with the data's pad id.
+    pub ids: Tensor,
+    /// U32 `[B, T]`: 1 for real tokens, 0 for padding.
+    pub mask: Tensor,
+    /// U32 segment ids `[B, T]`, when some sequence of the batch is a pair.
+    pub segments: Option<Tensor>,
+}
+
+impl TokenBatch {
+    /// The batch as a model reads it.
+    pub fn as_batch(&self) -> Batch<'_> {
+        Batch {
+            inputs: &self.ids,
+            attention_mask: Some(&self.mask),
+            token_type_ids: self.segments.as_ref(),
+        }
+    }
+}
+
+/// Sequences `range` of `data`, right-padded to the longest of them, on `device`.
 pub fn batch(
     data: &TextData,
     range: Range<usize>,
     device: &Device,
-) -> candle_core::Result<(Tensor, Tensor)> {
+) -> candle_core::Result<TokenBatch> {
     let seqs = &data.sequences[range];
     let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
     let mut ids = Vec::with_capacity(seqs.len() * t);
@@ -36,10 +57,25 @@ pub fn batch(
         mask.extend(std::iter::repeat_n(0u32, t - row.len()));
     }
     let shape = (seqs.len(), t);
-    Ok((
-        Tensor::from_vec(ids, shape, device)?,
-        Tensor::from_vec(mask, shape, device)?,
-    ))
+    // Padding is segment 0, as transformers pads token_type_ids.
+    let segments = if seqs.iter().any(|s| data.segments(s).is_some()) {
+        let mut all = Vec::with_capacity(seqs.len() * t);
+        for s in seqs {
+            match data.segments(s) {
+                Some(types) => all.extend_from_slice(types),
+                None => all.extend(std::iter::repeat_n(0u32, s.len())),
+            }
+            all.resize(all.len() + t - s.len(), 0);
+        }
+        Some(Tensor::from_vec(all, shape, device)?)
+    } else {
+        None
+    };
+    Ok(TokenBatch {
+        ids: Tensor::from_vec(ids, shape, device)?,
+        mask: Tensor::from_vec(mask, shape, device)?,
+        segments,
+    })
 }
 
 /// Per position `p < T - 1` of next-token logits `[B, T, V]`: `ln p(ids[p + 1])` and the
