@@ -4,15 +4,17 @@
 
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
-
-use super::encoder::{classes, Encoder, EncoderConfig};
+use super::encoder::{classes, EncoderConfig};
+use super::encoder_classifier::{EncoderClassifier, FirstTokenHead};
 use super::hf_config::{detect, HfConfig};
-use super::text_layers::{linear, linear_specs};
-use super::{
-    Architecture, Batch, ConfigError, Family, Input, Layout, Model, Options, Output, TensorSpec,
-    TokenInput,
+use super::text_layers::Activation;
+use super::{Architecture, ConfigError, Family, Layout, Options};
+
+/// BERT's head: the pooler (tanh of a dense layer on the first token), then `classifier`.
+const HEAD: FirstTokenHead = FirstTokenHead {
+    dense: "bert.pooler.dense",
+    activation: Activation::Tanh,
+    out: "classifier",
 };
 
 /// The registry entry.
@@ -39,82 +41,18 @@ impl Family for BertFamily {
         let config = HfConfig::of(layout)?;
         let encoder = EncoderConfig::read_bert(layout, &config, "bert", false)?;
         let classes = classes(layout, &config, "classifier.weight")?;
-        Ok(Arc::new(BertClassifier { encoder, classes }))
-    }
-}
-
-/// A configured BERT classifier.
-#[derive(Clone, Debug, PartialEq)]
-pub struct BertClassifier {
-    /// The encoder body.
-    pub encoder: EncoderConfig,
-    /// Output classes.
-    pub classes: usize,
-}
-
-impl Architecture for BertClassifier {
-    fn family(&self) -> &'static str {
-        "bert"
-    }
-
-    fn describe(&self) -> String {
-        let e = &self.encoder;
-        format!(
-            "bert ({} layers, hidden {}, {} heads, mlp {}, vocab {}, {} classes)",
-            e.layers, e.hidden, e.heads, e.intermediate, e.vocab, self.classes
-        )
-    }
-
-    fn input(&self) -> Input {
-        Input::Tokens(TokenInput {
-            vocab: self.encoder.vocab,
-            max_positions: Some(self.encoder.max_positions()),
-            pad_token_id: self.encoder.pad_token_id,
-        })
-    }
-
-    fn output(&self) -> Output {
-        Output::Classes(self.classes)
-    }
-
-    fn tensors(&self) -> Vec<TensorSpec> {
-        let h = self.encoder.hidden;
-        let mut out = Vec::new();
-        self.encoder.specs(&mut out);
-        linear_specs("bert.pooler.dense", h, h, true, &mut out);
-        linear_specs("classifier", h, self.classes, true, &mut out);
-        out
-    }
-
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
-        let h = self.encoder.hidden;
-        Ok(Box::new(Bert {
-            encoder: self.encoder.build(&vb)?,
-            pooler: linear(h, h, true, vb.pp("bert.pooler.dense"))?,
-            classifier: linear(h, self.classes, true, vb.pp("classifier"))?,
+        let e = &encoder;
+        Ok(Arc::new(EncoderClassifier {
+            family: "bert",
+            description: format!(
+                "bert ({} layers, hidden {}, {} heads, mlp {}, vocab {}, {classes} classes)",
+                e.layers, e.hidden, e.heads, e.intermediate, e.vocab
+            ),
+            encoder,
+            head: HEAD,
+            classes,
+            segments: true,
+            ignored: Vec::new(),
         }))
-    }
-}
-
-struct Bert {
-    encoder: Encoder,
-    pooler: Linear,
-    classifier: Linear,
-}
-
-impl Bert {
-    fn classify(&self, batch: &Batch) -> Result<Tensor> {
-        let x = self
-            .encoder
-            .forward(batch.inputs, batch.attention_mask, batch.token_type_ids)?;
-        let first = x.narrow(1, 0, 1)?.squeeze(1)?;
-        self.classifier
-            .forward(&self.pooler.forward(&first)?.tanh()?)
-    }
-}
-
-impl Model for Bert {
-    fn logits(&self, batch: &Batch) -> Result<Tensor> {
-        self.classify(batch)
     }
 }

@@ -5,17 +5,17 @@
 
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
-
-use super::encoder::{
-    classes, count_layers, heads, Encoder, EncoderConfig, Positions, DISTILBERT_NAMES,
-};
+use super::encoder::{classes, count_layers, heads, EncoderConfig, Positions, DISTILBERT_NAMES};
+use super::encoder_classifier::{EncoderClassifier, FirstTokenHead};
 use super::hf_config::{detect, HfConfig};
-use super::text_layers::{linear, linear_specs, Activation};
-use super::{
-    Architecture, Batch, ConfigError, Family, Input, Layout, Model, Options, Output, TensorSpec,
-    TokenInput,
+use super::text_layers::Activation;
+use super::{Architecture, ConfigError, Family, Layout, Options};
+
+/// DistilBERT's head: `pre_classifier`, ReLU, then `classifier`, on the first token.
+const HEAD: FirstTokenHead = FirstTokenHead {
+    dense: "pre_classifier",
+    activation: Activation::Relu,
+    out: "classifier",
 };
 
 /// DistilBERT's LayerNorm epsilon (not a config key).
@@ -79,76 +79,18 @@ impl Family for DistilBertFamily {
             pad_token_id: Some(config.token_id("pad_token_id")?.unwrap_or(0)),
         };
         let classes = classes(layout, &config, "classifier.weight")?;
-        Ok(Arc::new(DistilBertClassifier { encoder, classes }))
-    }
-}
-
-/// A configured DistilBERT classifier.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DistilBertClassifier {
-    /// The encoder body.
-    pub encoder: EncoderConfig,
-    /// Output classes.
-    pub classes: usize,
-}
-
-impl Architecture for DistilBertClassifier {
-    fn family(&self) -> &'static str {
-        "distilbert"
-    }
-
-    fn describe(&self) -> String {
-        let e = &self.encoder;
-        format!(
-            "distilbert ({} layers, dim {}, {} heads, hidden dim {}, vocab {}, {} classes)",
-            e.layers, e.hidden, e.heads, e.intermediate, e.vocab, self.classes
-        )
-    }
-
-    fn input(&self) -> Input {
-        Input::Tokens(TokenInput {
-            vocab: self.encoder.vocab,
-            max_positions: Some(self.encoder.max_positions()),
-            pad_token_id: self.encoder.pad_token_id,
-        })
-    }
-
-    fn output(&self) -> Output {
-        Output::Classes(self.classes)
-    }
-
-    fn tensors(&self) -> Vec<TensorSpec> {
-        let h = self.encoder.hidden;
-        let mut out = Vec::new();
-        self.encoder.specs(&mut out);
-        linear_specs("pre_classifier", h, h, true, &mut out);
-        linear_specs("classifier", h, self.classes, true, &mut out);
-        out
-    }
-
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
-        let h = self.encoder.hidden;
-        Ok(Box::new(DistilBert {
-            encoder: self.encoder.build(&vb)?,
-            pre_classifier: linear(h, h, true, vb.pp("pre_classifier"))?,
-            classifier: linear(h, self.classes, true, vb.pp("classifier"))?,
+        let e = &encoder;
+        Ok(Arc::new(EncoderClassifier {
+            family: "distilbert",
+            description: format!(
+                "distilbert ({} layers, dim {}, {} heads, hidden dim {}, vocab {}, {classes} classes)",
+                e.layers, e.hidden, e.heads, e.intermediate, e.vocab
+            ),
+            encoder,
+            head: HEAD,
+            classes,
+            segments: false,
+            ignored: Vec::new(),
         }))
-    }
-}
-
-struct DistilBert {
-    encoder: Encoder,
-    pre_classifier: Linear,
-    classifier: Linear,
-}
-
-impl Model for DistilBert {
-    fn logits(&self, batch: &Batch) -> Result<Tensor> {
-        let x = self
-            .encoder
-            .forward(batch.inputs, batch.attention_mask, None)?;
-        let first = x.narrow(1, 0, 1)?.squeeze(1)?;
-        self.classifier
-            .forward(&self.pre_classifier.forward(&first)?.relu()?)
     }
 }

@@ -60,6 +60,7 @@ pub mod digits_cnn;
 pub mod distilbert;
 pub mod efficientnet;
 pub mod encoder;
+pub mod encoder_classifier;
 pub mod gemma;
 pub mod hf_config;
 pub mod layers;

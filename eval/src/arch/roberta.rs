@@ -6,15 +6,17 @@
 
 use std::sync::Arc;
 
-use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
-
-use super::encoder::{classes, Encoder, EncoderConfig};
+use super::encoder::{classes, EncoderConfig};
+use super::encoder_classifier::{EncoderClassifier, FirstTokenHead};
 use super::hf_config::{detect, HfConfig};
-use super::text_layers::{linear, linear_specs};
-use super::{
-    Architecture, Batch, ConfigError, Family, Input, Layout, Model, Options, Output, TensorSpec,
-    TokenInput,
+use super::text_layers::Activation;
+use super::{Architecture, ConfigError, Family, Layout, Options};
+
+/// RoBERTa's head: `classifier.dense`, tanh, then `classifier.out_proj`, on the first token.
+const HEAD: FirstTokenHead = FirstTokenHead {
+    dense: "classifier.dense",
+    activation: Activation::Tanh,
+    out: "classifier.out_proj",
 };
 
 /// The registry entry.
@@ -54,91 +56,23 @@ impl Family for RobertaFamily {
             .iter()
             .filter_map(|n| layout.shape(n).map(|s| (n.to_string(), s.to_vec())))
             .collect();
-        Ok(Arc::new(RobertaClassifier {
+        let class = config
+            .architectures()
+            .first()
+            .map_or("RobertaForSequenceClassification", |a| a)
+            .to_string();
+        let e = &encoder;
+        Ok(Arc::new(EncoderClassifier {
+            family: "roberta",
+            description: format!(
+                "roberta ({class}, {} layers, hidden {}, {} heads, mlp {}, vocab {}, {classes} classes)",
+                e.layers, e.hidden, e.heads, e.intermediate, e.vocab
+            ),
             encoder,
+            head: HEAD,
             classes,
-            class: config
-                .architectures()
-                .first()
-                .map_or("RobertaForSequenceClassification", |a| a)
-                .to_string(),
+            segments: false,
             ignored: pooler,
         }))
-    }
-}
-
-/// A configured RoBERTa classifier.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RobertaClassifier {
-    /// The encoder body.
-    pub encoder: EncoderConfig,
-    /// Output classes.
-    pub classes: usize,
-    /// The transformers class (for reports).
-    pub class: String,
-    /// Tensors accepted and never read (an unused pooler), with their shapes.
-    pub ignored: Vec<(String, Vec<usize>)>,
-}
-
-impl Architecture for RobertaClassifier {
-    fn family(&self) -> &'static str {
-        "roberta"
-    }
-
-    fn describe(&self) -> String {
-        let e = &self.encoder;
-        format!(
-            "roberta ({}, {} layers, hidden {}, {} heads, mlp {}, vocab {}, {} classes)",
-            self.class, e.layers, e.hidden, e.heads, e.intermediate, e.vocab, self.classes
-        )
-    }
-
-    fn input(&self) -> Input {
-        Input::Tokens(TokenInput {
-            vocab: self.encoder.vocab,
-            max_positions: Some(self.encoder.max_positions()),
-            pad_token_id: self.encoder.pad_token_id,
-        })
-    }
-
-    fn output(&self) -> Output {
-        Output::Classes(self.classes)
-    }
-
-    fn tensors(&self) -> Vec<TensorSpec> {
-        let h = self.encoder.hidden;
-        let mut out = Vec::new();
-        self.encoder.specs(&mut out);
-        linear_specs("classifier.dense", h, h, true, &mut out);
-        linear_specs("classifier.out_proj", h, self.classes, true, &mut out);
-        for (name, shape) in &self.ignored {
-            out.push(TensorSpec::float(name, shape));
-        }
-        out
-    }
-
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
-        let h = self.encoder.hidden;
-        Ok(Box::new(Roberta {
-            encoder: self.encoder.build(&vb)?,
-            dense: linear(h, h, true, vb.pp("classifier.dense"))?,
-            out_proj: linear(h, self.classes, true, vb.pp("classifier.out_proj"))?,
-        }))
-    }
-}
-
-struct Roberta {
-    encoder: Encoder,
-    dense: Linear,
-    out_proj: Linear,
-}
-
-impl Model for Roberta {
-    fn logits(&self, batch: &Batch) -> Result<Tensor> {
-        let x = self
-            .encoder
-            .forward(batch.inputs, batch.attention_mask, None)?;
-        let first = x.narrow(1, 0, 1)?.squeeze(1)?;
-        self.out_proj.forward(&self.dense.forward(&first)?.tanh()?)
     }
 }

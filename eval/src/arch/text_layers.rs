@@ -21,6 +21,8 @@ pub enum Activation {
     GeluTanh,
     /// `relu`.
     Relu,
+    /// `tanh` (BERT's pooler and RoBERTa's classification head).
+    Tanh,
 }
 
 impl Activation {
@@ -31,9 +33,10 @@ impl Activation {
             "gelu" => Ok(Activation::Gelu),
             "gelu_pytorch_tanh" | "gelu_new" => Ok(Activation::GeluTanh),
             "relu" => Ok(Activation::Relu),
+            "tanh" => Ok(Activation::Tanh),
             other => Err(ConfigError::new(
                 key_name(key),
-                format!("is \"{other}\", which soup-eval does not implement; it has silu, gelu, gelu_pytorch_tanh, gelu_new and relu"),
+                format!("is \"{other}\", which soup-eval does not implement; it has silu, gelu, gelu_pytorch_tanh, gelu_new, relu and tanh"),
             )),
         }
     }
@@ -54,6 +57,7 @@ impl Activation {
             Activation::Gelu => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
+            Activation::Tanh => x.tanh(),
         }
     }
 }
