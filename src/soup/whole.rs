@@ -10,7 +10,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::kernel::{
-    self, Input, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS,
+    self, Input, Kept, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS,
 };
 use super::method::{sparsify, Combination, Gram, Grouping, TaskVectors, Work};
 use super::plan::{Plan, TensorPlan, Whole};
@@ -70,10 +70,11 @@ pub fn prepare(plan: &Plan, tensor: &TensorPlan, whole: &Whole) -> Prepared {
             }
         }
         Work::TaskVectors(tv) => {
+            let populate = |range: Range<usize>| populate(plan, tensor, whole, range);
             if whole.wide {
-                Prepared::Trims(trims::<f64>(&inputs, tv, &tensor.shape, n))
+                Prepared::Trims(trims::<f64>(&inputs, tv, &tensor.shape, n, &populate))
             } else {
-                Prepared::Trims(trims::<f32>(&inputs, tv, &tensor.shape, n))
+                Prepared::Trims(trims::<f32>(&inputs, tv, &tensor.shape, n, &populate))
             }
         }
     }
@@ -143,7 +144,13 @@ pub fn chunk<'s>(
                     .map(|(m, trim)| TaskVectorInput {
                         input: inputs[m.input],
                         weight: m.weight,
-                        trim: trim.as_ref().map(|t| (t.keep.as_slice(), t.scale)),
+                        trim: trim.as_ref().map(|t| {
+                            let kept = match &t.keep {
+                                sparsify::Keep::Bits(bits) => Kept::Bits(bits),
+                                sparsify::Keep::Bounds(bounds) => Kept::Bounds(bounds),
+                            };
+                            (kept, t.scale)
+                        }),
                     })
                     .collect(),
                 consensus: tv.consensus,
@@ -176,7 +183,10 @@ impl Tiles {
             }
         }
         Tiles {
-            decoded: needed.iter().map(|&n| vec![0.0; if n { len } else { 0 }]).collect(),
+            decoded: needed
+                .iter()
+                .map(|&n| vec![0.0; if n { len } else { 0 }])
+                .collect(),
             vectors: vec![vec![0.0; len]; vectors.len()],
             needed,
         }
@@ -191,7 +201,12 @@ impl Tiles {
                 if d.len() < len {
                     d.resize(len, 0.0);
                 }
-                kernel::decode(inputs[i].dtype, inputs[i].data, range.clone(), &mut d[..len]);
+                kernel::decode(
+                    inputs[i].dtype,
+                    inputs[i].data,
+                    range.clone(),
+                    &mut d[..len],
+                );
             }
         }
         for (out, v) in self.vectors.iter_mut().zip(vectors) {
@@ -353,6 +368,7 @@ fn trims<A: Real>(
     tv: &TaskVectors,
     shape: &[u64],
     n: usize,
+    populate: &(dyn Fn(Range<usize>) + Sync),
 ) -> Vec<Option<sparsify::Trim>> {
     let base = inputs[tv.models.len()];
     tv.models
@@ -364,22 +380,7 @@ fn trims<A: Real>(
             }
             let x = inputs[m.input];
             let deltas = |range: Range<usize>, out: &mut [A]| {
-                // The base in tiles on the stack: no allocation per call.
-                const TILE: usize = 4096;
-                let mut b = [A::ZERO; TILE];
-                kernel::load_range(x.dtype, x.data, range.clone(), out);
-                for (t, out) in out.chunks_mut(TILE).enumerate() {
-                    let start = range.start + t * TILE;
-                    kernel::load_range(
-                        base.dtype,
-                        base.data,
-                        start..start + out.len(),
-                        &mut b[..out.len()],
-                    );
-                    for (o, b) in out.iter_mut().zip(&b) {
-                        *o = *o - *b;
-                    }
-                }
+                kernel::decode_delta(x, base, range, out);
             };
             let spec = sparsify::TrimSpec {
                 method,
@@ -390,7 +391,11 @@ fn trims<A: Real>(
                 rescale: tv.rescale,
                 shape,
             };
-            Some(sparsify::trim::<A>(&spec, n, &deltas))
+            let source = sparsify::Source {
+                deltas: &deltas,
+                populate,
+            };
+            Some(sparsify::trim::<A>(&spec, n, &source))
         })
         .collect()
 }
