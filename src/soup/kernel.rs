@@ -122,6 +122,9 @@ pub trait RankKey: Ord + Copy {
     /// The inverse of [`RankKey::to_u64`], for values it made.
     fn from_u64(v: u64) -> Self;
     fn wrapping_sub(self, other: Self) -> Self;
+    /// The smallest and largest of `keys` (not empty), which are magnitudes: their top bit is
+    /// clear, so they compare as signed integers, which vectorises on every x86-64.
+    fn min_max(keys: &[Self]) -> (Self, Self);
 }
 
 impl RankKey for u32 {
@@ -135,6 +138,14 @@ impl RankKey for u32 {
     }
     fn wrapping_sub(self, other: u32) -> u32 {
         u32::wrapping_sub(self, other)
+    }
+    fn min_max(keys: &[u32]) -> (u32, u32) {
+        let (mut lo, mut hi) = (i32::MAX, i32::MIN);
+        for &k in keys {
+            lo = lo.min(k as i32);
+            hi = hi.max(k as i32);
+        }
+        (lo as u32, hi as u32)
     }
     fn pack(self, index: u32) -> u64 {
         (self as u64) << 32 | index as u64
@@ -155,6 +166,14 @@ impl RankKey for u64 {
     }
     fn wrapping_sub(self, other: u64) -> u64 {
         u64::wrapping_sub(self, other)
+    }
+    fn min_max(keys: &[u64]) -> (u64, u64) {
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for &k in keys {
+            lo = lo.min(k as i64);
+            hi = hi.max(k as i64);
+        }
+        (lo as u64, hi as u64)
     }
     fn pack(self, index: u32) -> u128 {
         (self as u128) << 32 | index as u128
@@ -510,14 +529,24 @@ fn task_vectors_in<'s, A: Real>(
                     }
                 }
                 Some((Kept::Bits(keep), scale)) => {
-                    // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN).
+                    // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN). Tiles
+                    // start on a word of the mask.
                     let scale = A::from_f64(scale);
-                    for (j, ((d, x), b)) in
-                        terms.iter_mut().zip(x.iter()).zip(base.iter()).enumerate()
+                    let words = &keep[start / 64..];
+                    for (((d, x), b), &word) in terms
+                        .chunks_mut(64)
+                        .zip(x.chunks(64))
+                        .zip(base.chunks(64))
+                        .zip(words)
                     {
-                        let e = start + j;
-                        let kept = A::from_f32(((keep[e >> 6] >> (e & 63)) & 1) as f32);
-                        *d = w * ((*x - *b) * kept * scale);
+                        for (j, ((d, x), b)) in d.iter_mut().zip(x).zip(b).enumerate() {
+                            let kept = if (word >> j) & 1 == 1 {
+                                A::ONE
+                            } else {
+                                A::ZERO
+                            };
+                            *d = w * ((*x - *b) * kept * scale);
+                        }
                     }
                 }
                 Some((Kept::Bounds(bounds), scale)) => {

@@ -257,6 +257,37 @@ impl L1 {
         }
     }
 
+    /// Like [`L1::add`], from the magnitudes' keys, with the kept flags as bits: bit `j % 64`
+    /// of `words[j / 64]`.
+    fn add_keys<A: Real>(&mut self, keys: &[A::Key], words: &[u64]) {
+        for (keys, &w) in keys.chunks(64).zip(words) {
+            for (g, keys) in keys.chunks(8).enumerate() {
+                let byte = (w >> (8 * g)) as u32;
+                for (l, k) in keys.iter().enumerate() {
+                    let x = A::from_magnitude(*k).to_f64();
+                    let kept = if (byte >> l) & 1 == 1 { 1.0 } else { 0.0 };
+                    self.before[l] += x;
+                    self.after[l] += x * kept;
+                }
+            }
+        }
+    }
+
+    /// Like [`L1::add_keys`], from the values themselves (their magnitudes are summed).
+    fn add_values<A: Real>(&mut self, values: &[A], words: &[u64]) {
+        for (values, &w) in values.chunks(64).zip(words) {
+            for (g, values) in values.chunks(8).enumerate() {
+                let byte = (w >> (8 * g)) as u32;
+                for (l, v) in values.iter().enumerate() {
+                    let x = v.abs().to_f64();
+                    let kept = if (byte >> l) & 1 == 1 { 1.0 } else { 0.0 };
+                    self.before[l] += x;
+                    self.after[l] += x * kept;
+                }
+            }
+        }
+    }
+
     fn flush(&mut self) {
         self.sums.0 += self.before.iter().sum::<f64>();
         self.sums.1 += self.after.iter().sum::<f64>();
@@ -328,20 +359,13 @@ fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Tri
             // The norms: tiles on the stack, each its own lane sum (as the sums were defined).
             (source.populate)(range.clone());
             let mut d = [A::ZERO; TILE];
-            let mut kept = [A::ZERO; TILE];
             let mut l1 = L1::default();
-            let mut start = range.start;
-            while start < range.end {
+            for (t, words) in bits.chunks(TILE / 64).enumerate() {
+                let start = range.start + t * TILE;
                 let len = TILE.min(range.end - start);
                 (source.deltas)(start..start + len, &mut d[..len]);
-                for (j, (a, k)) in d[..len].iter_mut().zip(&mut kept[..len]).enumerate() {
-                    let e = start + j;
-                    *k = A::from_f32(((bits[(e - range.start) / 64] >> (e % 64)) & 1) as f32);
-                    *a = a.abs();
-                }
-                l1.add(&d[..len], &kept[..len]);
+                l1.add_values(&d[..len], words);
                 l1.flush();
-                start += len;
             }
             l1.sums
         })
@@ -641,18 +665,7 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim
                     }
                 }
                 let mut l1 = L1::default();
-                let keys = &rs.keys[range.start - from..range.end - from];
-                let mut a = [A::ZERO; TILE];
-                let mut k = [A::ZERO; TILE];
-                for (t, keys) in keys.chunks(TILE).enumerate() {
-                    let start = t * TILE;
-                    for (j, key) in keys.iter().enumerate() {
-                        a[j] = A::from_magnitude(*key);
-                        let e = start + j;
-                        k[j] = A::from_f32(((bits[e / 64] >> (e % 64)) & 1) as f32);
-                    }
-                    l1.add(&a[..keys.len()], &k[..keys.len()]);
-                }
+                l1.add_keys::<A>(&rs.keys[range.start - from..range.end - from], bits);
                 l1.flush();
                 l1.sums
             })
@@ -802,11 +815,11 @@ impl Magprune {
         let (p0, p1) = (self.p(0), self.p(len.saturating_sub(1)));
         let (keep_all, drop_all) = (keep_below(p0), keep_below(p1));
         rs.undecided.clear();
-        for b in 0..len {
+        // The row's elements inside `range`: b with first + b * stride in it.
+        let b0 = range.start.saturating_sub(first).div_ceil(stride);
+        let b1 = range.end.saturating_sub(first).div_ceil(stride).min(len);
+        for b in b0..b1 {
             let e = first + b * stride;
-            if !range.contains(&e) {
-                continue;
-            }
             let z = mix(self
                 .stream
                 .wrapping_add((e as u64).wrapping_add(1).wrapping_mul(GOLDEN)))
@@ -821,11 +834,7 @@ impl Magprune {
             return;
         }
         let row = &rs.row;
-        let (kmin, kmax) = row
-            .iter()
-            .fold((A::Key::MAX, A::Key::default()), |(lo, hi), &k| {
-                (lo.min(k), hi.max(k))
-            });
+        let (kmin, kmax) = A::Key::min_max(row);
         if kmin == kmax {
             // All equal: ranks are the indices.
             for &b in &rs.undecided {
@@ -867,10 +876,12 @@ impl Magprune {
         if exact.is_empty() {
             return;
         }
+        // Keys below, plus equal keys before: `<=` before `b`, `<` from `b` on.
         let rank_of = |b: usize| -> usize {
             let k = row[b];
-            let less = row.iter().filter(|&&x| x < k).count();
-            less + row[..b].iter().filter(|&&x| x == k).count()
+            let before: u32 = row[..b].iter().map(|&x| (x <= k) as u32).sum();
+            let after: u32 = row[b..].iter().map(|&x| (x < k) as u32).sum();
+            (before + after) as usize
         };
         if exact.len() <= 16 {
             for b in exact {
