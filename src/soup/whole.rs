@@ -1,9 +1,10 @@
 //! The whole-tensor half of a method's work: the statistics (dot products per vector) or the
-//! trims (a bitmask and a scale per model) that must see a whole tensor before its first output
-//! chunk can be computed. Partial results are combined in a fixed order, so nothing depends on
-//! the thread count. Memory: the trims keep one key per element of the tensor being merged
-//! (4 bytes, 8 for f64 work) plus a copy for selection, and DELLA one rank per element; the
-//! statistics keep a few f64 per row.
+//! trims (a bitmask or thresholds, and a scale, per model) that must see a whole tensor before
+//! its first output chunk can be computed. Partial results are combined in a fixed order, so
+//! nothing depends on the thread count. Memory beyond the inputs' pages of the tensor: a bit
+//! per element per model for masks, the keys near a threshold for thresholds (a few percent of
+//! the elements, at most one key per element when ties fill the window), and a few f64 per
+//! row for statistics.
 
 use std::ops::Range;
 

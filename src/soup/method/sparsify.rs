@@ -1,10 +1,15 @@
 //! Trimming a task vector (mergekit's `sparsify`): which elements each model keeps, and the
-//! factor that restores its L1 norm. Thresholds come from selection (`select_nth_unstable`),
-//! random drops from a counter-based stream keyed by the seed, the tensor's name and the model,
-//! so the kept set never depends on the thread count or on the order tensors are processed in.
+//! factor that restores its L1 norm. Random drops come from a counter-based stream keyed by the
+//! seed, the tensor's name and the model, so the kept set never depends on the thread count or
+//! on the order tensors are processed in.
 //!
-//! Every trim works on the whole tensor but keeps only a bitmask (one bit per element) and one
-//! scale per model; the combination then streams chunk by chunk.
+//! A trim keeps, per model, either a bitmask (one bit per element: DARE, DELLA) or one or two
+//! magnitude thresholds that the output kernel applies as it combines (TIES, breadcrumbs), and
+//! a scale. Thresholds are exact order statistics found without sorting or copying the tensor:
+//! a sample places a narrow window of keys around each rank, one pass counts the keys above it
+//! and gathers those inside, and selection (`select_nth_unstable`) among the gathered few
+//! finds the value. DELLA's ranks within a row are bounded by a histogram of the row's keys;
+//! only the few elements whose bounds don't decide them are ranked exactly.
 
 use std::ops::Range;
 
