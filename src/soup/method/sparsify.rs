@@ -391,32 +391,32 @@ fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> 
             scale: 1.0,
         };
     }
-    // (ascending rank of the boundary, which ties pass it given (ties below it, ties))
+    // A boundary: its ascending rank, and which ties pass it given (ties below it, ties).
     type Rule = fn(usize, usize) -> Range<usize>;
-    let (low, high): (Option<(usize, Rule)>, Option<(usize, Rule)>) =
-        if spec.method == Sparsify::Magnitude {
-            // The `kept` largest, equal magnitudes ranked by descending index so the lower
-            // indices count as larger: the first `ties - below` equal ones pass.
-            (
-                Some((n - kept, (|below, ties| 0..ties - below) as Rule)),
-                None,
-            )
-        } else {
-            let mut top = (spec.gamma * n as f64) as usize;
-            let bottom = match n.checked_sub(kept + top) {
-                Some(b) => b,
-                None => {
-                    top = n - kept;
-                    0
-                }
-            };
-            // Equal magnitudes ranked by ascending index: above the low boundary are the equal
-            // ones after the first `below`; under the high one, the first `below`.
-            (
-                (bottom > 0).then_some((bottom, (|below, ties| below..ties) as Rule)),
-                (top > 0).then_some((n - top, (|below, _| 0..below) as Rule)),
-            )
+    type Target = Option<(usize, Rule)>;
+    let (low, high): (Target, Target) = if spec.method == Sparsify::Magnitude {
+        // The `kept` largest, equal magnitudes ranked by descending index so the lower
+        // indices count as larger: the first `ties - below` equal ones pass.
+        (
+            Some((n - kept, (|below, ties| 0..ties - below) as Rule)),
+            None,
+        )
+    } else {
+        let mut top = (spec.gamma * n as f64) as usize;
+        let bottom = match n.checked_sub(kept + top) {
+            Some(b) => b,
+            None => {
+                top = n - kept;
+                0
+            }
         };
+        // Equal magnitudes ranked by ascending index: above the low boundary are the equal
+        // ones after the first `below`; under the high one, the first `below`.
+        (
+            (bottom > 0).then_some((bottom, (|below, ties| below..ties) as Rule)),
+            (top > 0).then_some((n - top, (|below, _| 0..below) as Rule)),
+        )
+    };
     let targets: Vec<usize> = low.iter().chain(high.iter()).map(|t| t.0).collect();
     let mut found = select::<A>(n, source, &targets).into_iter();
     let mut cut = |t: Option<(usize, Rule)>| {
@@ -480,6 +480,10 @@ struct Found {
     offsets: Vec<usize>,
 }
 
+/// What one chunk's pass finds for one window: the keys above it, the keys in it (when it
+/// spans several values), and their number.
+type Gathered<K> = (usize, Vec<K>, usize);
+
 /// Blocks and block length of the sample that places the selection windows.
 const SAMPLE_BLOCKS: usize = 256;
 const SAMPLE_BLOCK: usize = 256;
@@ -539,12 +543,12 @@ fn select<A: Real>(n: usize, source: &Source<'_, A>, ranks: &[usize]) -> Vec<Fou
     let mut found: Vec<Option<Found>> = vec![None; ranks.len()];
     while windows.iter().any(Option::is_some) {
         // Per chunk, per window: keys above it, and the keys in it (or their number).
-        let per_chunk: Vec<Vec<(usize, Vec<A::Key>, usize)>> = chunk_ranges(n)
+        let per_chunk: Vec<Vec<Gathered<A::Key>>> = chunk_ranges(n)
             .map_init(
                 || (vec![A::ZERO; TILE], vec![A::Key::default(); TILE]),
                 |(d, keys), (_, range)| {
                     (source.populate)(range.clone());
-                    let mut out: Vec<(usize, Vec<A::Key>, usize)> =
+                    let mut out: Vec<Gathered<A::Key>> =
                         windows.iter().map(|_| (0, Vec::new(), 0)).collect();
                     let mut start = range.start;
                     while start < range.end {
@@ -701,8 +705,9 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim
                 for (w, word) in bits.iter_mut().enumerate() {
                     let start = range.start + w * 64;
                     let mut x = 0u64;
-                    for e in start..(start + 64).min(range.end) {
-                        x |= (rule.keep(spec.stream, e, ranks[e] as usize) as u64) << (e - start);
+                    let end = (start + 64).min(range.end);
+                    for (j, &rank) in ranks[start..end].iter().enumerate() {
+                        x |= (rule.keep(spec.stream, start + j, rank as usize) as u64) << j;
                     }
                     *word = x;
                 }
