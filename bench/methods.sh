@@ -80,6 +80,7 @@ median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 mergekit=0
 if [[ ${MERGEKIT:-1} != 0 && -x $mkvenv/bin/mergekit-yaml ]]; then mergekit=1; fi
 
+echo "run of $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, REPEAT=$repeat" >&2
 echo "warming the page cache with one uncounted linear run" >&2
 # shellcheck disable=SC2046
 "$bin" $(args linear) -o "$out/soup.safetensors" -f -q
@@ -109,3 +110,4 @@ for m in $methods; do
     fi
     echo "| $m | $s | $ratio | $rss | $mk_s | $mk_rss | $speedup |"
 done
+echo "finished $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2

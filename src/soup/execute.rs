@@ -335,9 +335,14 @@ fn run(
         (options.progress)(bytes.len() as u64);
         Ok(())
     };
-    streamed
-        .par_iter()
-        .try_for_each_init(Scratch::default, |scratch, job| one(scratch, job, None))?;
+    // Rayon calls an init closure for every piece of work it splits off, not once per thread:
+    // the buffers come from a pool rather than being allocated (and zeroed) for each piece.
+    let pool = Mutex::new(Vec::new());
+    streamed.par_iter().try_for_each_init(
+        || Pooled::take(&pool),
+        |pooled, job| one(pooled.scratch(), job, None),
+    )?;
+    // Whole tensors run one after another, each on every thread.
     for &t in order.iter().filter(|&&t| is_whole(t)) {
         check_interrupted()?;
         let tensor = &plan.tensors[t];
@@ -346,10 +351,10 @@ fn run(
         };
         let prepared = whole::prepare(plan, tensor, w);
         let jobs: Vec<Job> = chunks(plan, layout, t).collect();
-        jobs.par_iter()
-            .try_for_each_init(Scratch::default, |scratch, job| {
-                one(scratch, job, Some(&prepared))
-            })?;
+        jobs.par_iter().try_for_each_init(
+            || Pooled::take(&pool),
+            |pooled, job| one(pooled.scratch(), job, Some(&prepared)),
+        )?;
     }
     let mut findings = findings.into_inner().expect("no panics while held");
     findings.sort_by_key(|(t, start, w)| (*t, w.input.clone(), *start));
@@ -358,6 +363,34 @@ fn run(
     Ok(summarise_batches_tracked(
         findings.into_iter().map(|(_, _, w)| w).collect(),
     ))
+}
+
+/// A [`Scratch`] borrowed from a pool, and given back when dropped.
+struct Pooled<'p> {
+    scratch: Option<Scratch>,
+    pool: &'p Mutex<Vec<Scratch>>,
+}
+
+impl<'p> Pooled<'p> {
+    fn take(pool: &'p Mutex<Vec<Scratch>>) -> Pooled<'p> {
+        let scratch = pool.lock().expect("no panics while held").pop();
+        Pooled {
+            scratch: Some(scratch.unwrap_or_default()),
+            pool,
+        }
+    }
+
+    fn scratch(&mut self) -> &mut Scratch {
+        self.scratch.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let (Some(s), Ok(mut pool)) = (self.scratch.take(), self.pool.lock()) {
+            pool.push(s);
+        }
+    }
 }
 
 fn strict_error(w: &Warning) -> Error {

@@ -9,6 +9,7 @@
 use std::ops::Range;
 
 use crate::format::{Accumulator, Dtype};
+use crate::soup::method::sparsify::{Bounds, TieCounts};
 
 /// Elements per chunk, the unit of work handed to a thread and of I/O: 1 MiB of bf16 output,
 /// so the per-chunk system calls (a positioned write, page advice for each input) stay few.
@@ -17,6 +18,10 @@ pub const CHUNK_ELEMENTS: usize = 1 << 19;
 /// Elements per tile, the unit of the arithmetic inside a chunk: small enough that the
 /// accumulator and one decoded input stay in L2 (2 × 256 KiB in f32).
 const TILE_ELEMENTS: usize = 1 << 16;
+
+/// Elements per tile of the task-vector kernel, which keeps a tile per model and five more
+/// beside it: small enough for all of them to stay in L2.
+const TV_TILE: usize = 1 << 13;
 
 /// One weighted input of a tensor: its dtype, all its bytes, and its weight.
 #[derive(Clone, Copy)]
@@ -40,8 +45,7 @@ pub struct Scratch {
 }
 
 /// A thread's buffers for the kernels beyond the weighted sum, in one working precision.
-#[derive(Default)]
-pub struct Buffers<A> {
+pub struct Buffers<A: Real> {
     base: Vec<A>,
     acc: Vec<A>,
     x: Vec<A>,
@@ -49,6 +53,24 @@ pub struct Buffers<A> {
     terms: Vec<A>,
     sum: Vec<A>,
     div: Vec<A>,
+    /// A tile's magnitude keys and kept flags (0 or 1), for trims by threshold.
+    keys: Vec<A::Key>,
+    kept: Vec<A>,
+}
+
+impl<A: Real> Default for Buffers<A> {
+    fn default() -> Self {
+        Buffers {
+            base: Vec::new(),
+            acc: Vec::new(),
+            x: Vec::new(),
+            terms: Vec::new(),
+            sum: Vec::new(),
+            div: Vec::new(),
+            keys: Vec::new(),
+            kept: Vec::new(),
+        }
+    }
 }
 
 impl<A: Real> Buffers<A> {
@@ -59,6 +81,8 @@ impl<A: Real> Buffers<A> {
             self.x = vec![A::ZERO; TILE_ELEMENTS];
             self.sum = vec![A::ZERO; TILE_ELEMENTS];
             self.div = vec![A::ZERO; TILE_ELEMENTS];
+            self.keys = vec![A::Key::default(); TILE_ELEMENTS];
+            self.kept = vec![A::ZERO; TILE_ELEMENTS];
         }
         if self.terms.len() < models * TILE_ELEMENTS {
             self.terms = vec![A::ZERO; models * TILE_ELEMENTS];
@@ -89,12 +113,40 @@ pub trait Real:
 /// plain integers (by key, then index).
 pub trait RankKey: Ord + Copy {
     type Packed: Ord + Copy + Send;
+    /// The largest key.
+    const MAX: Self;
     fn pack(self, index: u32) -> Self::Packed;
     fn index(packed: Self::Packed) -> u32;
+    /// The key as a u64, for thresholds kept independent of the working precision.
+    fn to_u64(self) -> u64;
+    /// The inverse of [`RankKey::to_u64`], for values it made.
+    fn from_u64(v: u64) -> Self;
+    fn wrapping_sub(self, other: Self) -> Self;
+    /// The smallest and largest of `keys` (not empty), which are magnitudes: their top bit is
+    /// clear, so they compare as signed integers, which vectorises on every x86-64.
+    fn min_max(keys: &[Self]) -> (Self, Self);
 }
 
 impl RankKey for u32 {
     type Packed = u64;
+    const MAX: u32 = u32::MAX;
+    fn to_u64(self) -> u64 {
+        self as u64
+    }
+    fn from_u64(v: u64) -> u32 {
+        v as u32
+    }
+    fn wrapping_sub(self, other: u32) -> u32 {
+        u32::wrapping_sub(self, other)
+    }
+    fn min_max(keys: &[u32]) -> (u32, u32) {
+        let (mut lo, mut hi) = (i32::MAX, i32::MIN);
+        for &k in keys {
+            lo = lo.min(k as i32);
+            hi = hi.max(k as i32);
+        }
+        (lo as u32, hi as u32)
+    }
     fn pack(self, index: u32) -> u64 {
         (self as u64) << 32 | index as u64
     }
@@ -105,6 +157,24 @@ impl RankKey for u32 {
 
 impl RankKey for u64 {
     type Packed = u128;
+    const MAX: u64 = u64::MAX;
+    fn to_u64(self) -> u64 {
+        self
+    }
+    fn from_u64(v: u64) -> u64 {
+        v
+    }
+    fn wrapping_sub(self, other: u64) -> u64 {
+        u64::wrapping_sub(self, other)
+    }
+    fn min_max(keys: &[u64]) -> (u64, u64) {
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for &k in keys {
+            lo = lo.min(k as i64);
+            hi = hi.max(k as i64);
+        }
+        (lo as u64, hi as u64)
+    }
     fn pack(self, index: u32) -> u128 {
         (self as u128) << 32 | index as u128
     }
@@ -159,6 +229,72 @@ impl Real for f64 {
 pub fn load_range<A: Accumulator>(dtype: Dtype, data: &[u8], range: Range<usize>, out: &mut [A]) {
     let size = dtype.size();
     A::load(dtype, &data[range.start * size..range.end * size], out);
+}
+
+/// `x - base` at elements `range`, in `A`, as [`decode`] would give both.
+pub fn decode_delta<A: Accumulator + std::ops::Sub<Output = A>>(
+    x: Input<'_>,
+    base: Input<'_>,
+    range: Range<usize>,
+    out: &mut [A],
+) {
+    if x.dtype == Dtype::BF16 && base.dtype == Dtype::BF16 {
+        let xs = &x.data[range.start * 2..range.end * 2];
+        let bs = &base.data[range.start * 2..range.end * 2];
+        if let (Ok(xs), Ok(bs)) = (
+            bytemuck::try_cast_slice::<u8, u16>(xs),
+            bytemuck::try_cast_slice::<u8, u16>(bs),
+        ) {
+            for (o, (x, b)) in out.iter_mut().zip(xs.iter().zip(bs)) {
+                *o = widen_bf16::<A>(u16::from_le(*x)) - widen_bf16::<A>(u16::from_le(*b));
+            }
+            return;
+        }
+    }
+    // The base in tiles on the stack: no allocation per call.
+    const TILE: usize = 1024;
+    let mut b = [A::default(); TILE];
+    decode(x.dtype, x.data, range.clone(), out);
+    for (t, out) in out.chunks_mut(TILE).enumerate() {
+        let start = range.start + t * TILE;
+        let b = &mut b[..out.len()];
+        decode(base.dtype, base.data, start..start + out.len(), b);
+        for (o, b) in out.iter_mut().zip(b.iter()) {
+            *o = *o - *b;
+        }
+    }
+}
+
+/// A bf16 value's bits as `A`, NaNs quieted as the half crate quiets them.
+#[inline]
+fn widen_bf16<A: Accumulator>(h: u16) -> A {
+    let h = h as u32;
+    let quiet = if h & 0x7FFF > 0x7F80 { 0x40 } else { 0 };
+    A::from_f32(f32::from_bits((h | quiet) << 16))
+}
+
+/// Like [`load_range`], with bf16 decoded in a loop that vectorises at any alignment. The
+/// values, NaN bits included, are the half crate's (a NaN gets its quiet bit), so the whole-tensor
+/// kernels' results don't depend on which of the two decoded them.
+pub fn decode<A: Accumulator>(dtype: Dtype, data: &[u8], range: Range<usize>, out: &mut [A]) {
+    if dtype != Dtype::BF16 {
+        return load_range(dtype, data, range, out);
+    }
+    let bytes = &data[range.start * 2..range.end * 2];
+    let widen = widen_bf16::<A>;
+    match bytemuck::try_cast_slice::<u8, u16>(bytes) {
+        Ok(bits) => {
+            for (o, &h) in out.iter_mut().zip(bits) {
+                *o = widen(u16::from_le(h));
+            }
+        }
+        // Files whose header length isn't a multiple of 8 put the data at odd addresses.
+        Err(_) => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = widen(u16::from_le_bytes([b[0], b[1]]));
+            }
+        }
+    }
 }
 
 impl Default for Scratch {
@@ -298,12 +434,21 @@ fn rows_in<'s, A: Real>(
     out
 }
 
+/// Which elements of a model's task vector survive its trim.
+#[derive(Clone, Copy)]
+pub enum Kept<'a> {
+    /// Bit `e % 64` of word `e / 64`.
+    Bits(&'a [u64]),
+    /// Magnitude thresholds, decided here from each element's key.
+    Bounds(&'a Bounds),
+}
+
 /// One model of the task-vector kernel.
 pub struct TaskVectorInput<'a> {
     pub input: Input<'a>,
     pub weight: f64,
     /// The surviving elements and their scale; `None` keeps every element unscaled.
-    pub trim: Option<(&'a [u64], f64)>,
+    pub trim: Option<(Kept<'a>, f64)>,
 }
 
 /// What the task-vector kernel does with the trimmed task vectors (see
@@ -347,67 +492,140 @@ fn task_vectors_in<'s, A: Real>(
     let total: f64 = mix.models.iter().map(|m| m.weight).sum();
     let divisor = A::from_f64(if total.abs() < 1e-8 { 1.0 } else { total });
     let lambda = A::from_f64(mix.lambda);
-    for (t, tile) in out.chunks_mut(TILE_ELEMENTS * size).enumerate() {
-        let start = range.start + t * TILE_ELEMENTS;
+    // Tie ordinals of threshold trims run through the chunk, which is one chunk of the tensor.
+    let chunk = range.start / CHUNK_ELEMENTS;
+    let mut ties: Vec<Option<TieCounts>> = mix
+        .models
+        .iter()
+        .map(|m| match m.trim {
+            Some((Kept::Bounds(b), _)) => Some(b.start(chunk)),
+            _ => None,
+        })
+        .collect();
+    for (t, tile) in out.chunks_mut(TV_TILE * size).enumerate() {
+        let start = range.start + t * TV_TILE;
         let n = tile.len() / size;
-        let base = &mut buf.base[..n];
-        load_range(mix.base.dtype, mix.base.data, start..start + n, base);
+        let Buffers {
+            base,
+            acc,
+            x: xbuf,
+            terms,
+            sum,
+            div,
+            keys: keybuf,
+            kept: keptbuf,
+        } = &mut *buf;
+        let base = &mut base[..n];
+        decode(mix.base.dtype, mix.base.data, start..start + n, base);
         for (i, m) in mix.models.iter().enumerate() {
-            let x = &mut buf.x[..n];
-            load_range(m.input.dtype, m.input.data, start..start + n, x);
+            let x = &mut xbuf[..n];
+            decode(m.input.dtype, m.input.data, start..start + n, x);
             let w = A::from_f64(m.weight);
-            let terms = &mut buf.terms[i * TILE_ELEMENTS..i * TILE_ELEMENTS + n];
+            let terms = &mut terms[i * TILE_ELEMENTS..i * TILE_ELEMENTS + n];
             match m.trim {
                 None => {
                     for ((d, x), b) in terms.iter_mut().zip(x.iter()).zip(base.iter()) {
                         *d = w * (*x - *b);
                     }
                 }
-                Some((keep, scale)) => {
-                    // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN).
+                Some((Kept::Bits(keep), scale)) => {
+                    // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN). Tiles
+                    // start on a word of the mask.
                     let scale = A::from_f64(scale);
-                    for (j, ((d, x), b)) in
-                        terms.iter_mut().zip(x.iter()).zip(base.iter()).enumerate()
+                    let words = &keep[start / 64..];
+                    for (((d, x), b), &word) in terms
+                        .chunks_mut(64)
+                        .zip(x.chunks(64))
+                        .zip(base.chunks(64))
+                        .zip(words)
                     {
-                        let e = start + j;
-                        let kept = A::from_f32(((keep[e >> 6] >> (e & 63)) & 1) as f32);
-                        *d = w * ((*x - *b) * kept * scale);
+                        for (j, ((d, x), b)) in d.iter_mut().zip(x).zip(b).enumerate() {
+                            let kept = if (word >> j) & 1 == 1 {
+                                A::ONE
+                            } else {
+                                A::ZERO
+                            };
+                            *d = w * ((*x - *b) * kept * scale);
+                        }
+                    }
+                }
+                Some((Kept::Bounds(bounds), scale)) => {
+                    let scale = A::from_f64(scale);
+                    let keys = &mut keybuf[..n];
+                    for ((d, k), (x, b)) in terms
+                        .iter_mut()
+                        .zip(keys.iter_mut())
+                        .zip(x.iter().zip(base.iter()))
+                    {
+                        *d = *x - *b;
+                        *k = d.magnitude();
+                    }
+                    let kept = &mut keptbuf[..n];
+                    let ties = ties[i].as_mut().expect("made for every threshold trim");
+                    bounds.decide::<A>(keys, ties, kept);
+                    for (d, k) in terms.iter_mut().zip(kept.iter()) {
+                        *d = w * (*d * *k * scale);
                     }
                 }
             }
         }
-        let terms = &buf.terms;
-        let mixed = &mut buf.acc[..n];
         let term = |i: usize| &terms[i * TILE_ELEMENTS..i * TILE_ELEMENTS + n];
-        mixed.copy_from_slice(term(0));
-        for i in 1..k {
-            for (m, d) in mixed.iter_mut().zip(term(i)) {
-                *m = *m + *d;
+        // The plain sum of the terms in model order; an election reads it from `sum` and
+        // writes its own mix to `acc`.
+        let total = if mix.consensus {
+            &mut sum[..n]
+        } else {
+            &mut acc[..n]
+        };
+        if k == 1 {
+            total.copy_from_slice(term(0));
+        } else {
+            for ((t, a), b) in total.iter_mut().zip(term(0)).zip(term(1)) {
+                *t = *a + *b;
+            }
+            for i in 2..k {
+                for (t, d) in total.iter_mut().zip(term(i)) {
+                    *t = *t + *d;
+                }
             }
         }
+        let mixed = &mut acc[..n];
         if mix.consensus {
             // TIES' election: the sign of the summed terms (>= 0 is positive); only terms of that
-            // sign count, and only their weights divide.
-            let sum = &mut buf.sum[..n];
-            sum.copy_from_slice(mixed);
-            let weights = &mut buf.div[..n];
-            weights.fill(A::ZERO);
-            mixed.fill(A::ZERO);
+            // sign count, and only their weights divide. Each sum starts from +0, as a zeroed
+            // accumulator would (so a lone -0 term gives +0).
+            let sum = &sum[..n];
+            let weights = &mut div[..n];
             for (i, model) in mix.models.iter().enumerate() {
                 let w = A::from_f64(model.weight);
-                for (((m, v), s), d) in mixed
+                let agreeing = |s: A, d: A| {
+                    let agree = if s >= A::ZERO {
+                        d > A::ZERO
+                    } else {
+                        d < A::ZERO
+                    };
+                    if agree {
+                        (d, w)
+                    } else {
+                        (A::ZERO, A::ZERO)
+                    }
+                };
+                let lanes = mixed
                     .iter_mut()
                     .zip(weights.iter_mut())
-                    .zip(sum.iter())
-                    .zip(term(i))
-                {
-                    let agree = if *s >= A::ZERO {
-                        *d > A::ZERO
-                    } else {
-                        *d < A::ZERO
-                    };
-                    *m = *m + if agree { *d } else { A::ZERO };
-                    *v = *v + if agree { w } else { A::ZERO };
+                    .zip(sum.iter().zip(term(i)));
+                if i == 0 {
+                    for ((m, v), (s, d)) in lanes {
+                        let (dm, dv) = agreeing(*s, *d);
+                        *m = A::ZERO + dm;
+                        *v = A::ZERO + dv;
+                    }
+                } else {
+                    for ((m, v), (s, d)) in lanes {
+                        let (dm, dv) = agreeing(*s, *d);
+                        *m = *m + dm;
+                        *v = *v + dv;
+                    }
                 }
             }
             if mix.normalize {

@@ -1,16 +1,17 @@
 //! The whole-tensor half of a method's work: the statistics (dot products per vector) or the
-//! trims (a bitmask and a scale per model) that must see a whole tensor before its first output
-//! chunk can be computed. Partial results are combined in a fixed order, so nothing depends on
-//! the thread count. Memory: the trims keep one key per element of the tensor being merged
-//! (4 bytes, 8 for f64 work) plus a copy for selection, and DELLA one rank per element; the
-//! statistics keep a few f64 per row.
+//! trims (a bitmask or thresholds, and a scale, per model) that must see a whole tensor before
+//! its first output chunk can be computed. Partial results are combined in a fixed order, so
+//! nothing depends on the thread count. Memory beyond the inputs' pages of the tensor: a bit
+//! per element per model for masks, the keys near a threshold for thresholds (a few percent of
+//! the elements, at most one key per element when ties fill the window), and a few f64 per
+//! row for statistics.
 
 use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::kernel::{
-    self, Input, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS,
+    self, Input, Kept, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS,
 };
 use super::method::{sparsify, Combination, Gram, Grouping, TaskVectors, Work};
 use super::plan::{Plan, TensorPlan, Whole};
@@ -40,6 +41,17 @@ fn inputs<'p>(plan: &'p Plan, tensor: &TensorPlan, whole: &Whole) -> Vec<Input<'
         .collect()
 }
 
+/// Maps the pages of elements `range` of every input in one call before a pass reads them,
+/// instead of a fault per page; the output pass releases them.
+fn populate(plan: &Plan, tensor: &TensorPlan, whole: &Whole, range: Range<usize>) {
+    for &i in &whole.inputs {
+        let ck = &plan.ingredients[i];
+        let t = ck.tensor(&tensor.name).expect("planned");
+        let size = t.info.dtype.size();
+        ck.populate(&t, range.start * size..range.end * size);
+    }
+}
+
 /// Computes a whole tensor's statistics or trims.
 pub fn prepare(plan: &Plan, tensor: &TensorPlan, whole: &Whole) -> Prepared {
     let inputs = inputs(plan, tensor, whole);
@@ -51,17 +63,19 @@ pub fn prepare(plan: &Plan, tensor: &TensorPlan, whole: &Whole) -> Prepared {
             vectors,
             finish,
         } => {
-            let grams = grams(&inputs, vectors, *grouping, n);
+            let populate = |range: Range<usize>| populate(plan, tensor, whole, range);
+            let grams = grams(&inputs, vectors, *grouping, n, &populate);
             Prepared::Combinations {
                 grouping: *grouping,
                 combinations: grams.iter().map(finish).collect(),
             }
         }
         Work::TaskVectors(tv) => {
+            let populate = |range: Range<usize>| populate(plan, tensor, whole, range);
             if whole.wide {
-                Prepared::Trims(trims::<f64>(&inputs, tv, &tensor.shape, n))
+                Prepared::Trims(trims::<f64>(&inputs, tv, &tensor.shape, n, &populate))
             } else {
-                Prepared::Trims(trims::<f32>(&inputs, tv, &tensor.shape, n))
+                Prepared::Trims(trims::<f32>(&inputs, tv, &tensor.shape, n, &populate))
             }
         }
     }
@@ -131,7 +145,13 @@ pub fn chunk<'s>(
                     .map(|(m, trim)| TaskVectorInput {
                         input: inputs[m.input],
                         weight: m.weight,
-                        trim: trim.as_ref().map(|t| (t.keep.as_slice(), t.scale)),
+                        trim: trim.as_ref().map(|t| {
+                            let kept = match &t.keep {
+                                sparsify::Keep::Bits(bits) => Kept::Bits(bits),
+                                sparsify::Keep::Bounds(bounds) => Kept::Bounds(bounds),
+                            };
+                            (kept, t.scale)
+                        }),
                     })
                     .collect(),
                 consensus: tv.consensus,
@@ -144,87 +164,143 @@ pub fn chunk<'s>(
     }
 }
 
-/// A thread's buffers for [`vector_values`]: one decoded input each, and one per vector.
-#[derive(Default)]
-struct Values {
+/// Elements per tile of the statistics pass: the decoded inputs and the vectors of one tile
+/// stay in the first-level cache. A multiple of 4, so every tile starts on lane 0.
+const STAT_TILE: usize = 1024;
+
+/// A thread's buffers for [`Tiles::fill`]: one decoded input each, and one per vector.
+struct Tiles {
+    needed: Vec<bool>,
     decoded: Vec<Vec<f64>>,
     vectors: Vec<Vec<f64>>,
 }
 
-/// The values of `vectors` (combinations of `inputs`) at elements `range`, in f64, into
-/// `buf.vectors`, reusing its allocations.
-fn vector_values(
-    inputs: &[Input<'_>],
-    vectors: &[Combination],
-    range: Range<usize>,
-    buf: &mut Values,
-) {
-    let len = range.len();
-    buf.decoded.resize_with(inputs.len(), Vec::new);
-    let mut needed = vec![false; inputs.len()];
-    for v in vectors {
-        for &(i, _) in v {
-            needed[i] = true;
+impl Tiles {
+    fn new(inputs: usize, vectors: &[Combination], len: usize) -> Tiles {
+        let mut needed = vec![false; inputs];
+        for v in vectors {
+            for &(i, _) in v {
+                needed[i] = true;
+            }
+        }
+        Tiles {
+            decoded: needed
+                .iter()
+                .map(|&n| vec![0.0; if n { len } else { 0 }])
+                .collect(),
+            vectors: vec![vec![0.0; len]; vectors.len()],
+            needed,
         }
     }
-    for (i, d) in buf.decoded.iter_mut().enumerate() {
-        if needed[i] {
-            d.resize(len, 0.0);
-            kernel::load_range(
-                inputs[i].dtype,
-                inputs[i].data,
-                range.clone(),
-                &mut d[..len],
-            );
+
+    /// The values of `vectors` (combinations of `inputs`) at elements `range`, in f64, into
+    /// `self.vectors[v][..range.len()]`: each term `c * x` added in the combination's order.
+    fn fill(&mut self, inputs: &[Input<'_>], vectors: &[Combination], range: Range<usize>) {
+        let len = range.len();
+        for (i, d) in self.decoded.iter_mut().enumerate() {
+            if self.needed[i] {
+                if d.len() < len {
+                    d.resize(len, 0.0);
+                }
+                kernel::decode(
+                    inputs[i].dtype,
+                    inputs[i].data,
+                    range.clone(),
+                    &mut d[..len],
+                );
+            }
         }
-    }
-    buf.vectors.resize_with(vectors.len(), Vec::new);
-    for (out, v) in buf.vectors.iter_mut().zip(vectors) {
-        out.resize(len, 0.0);
-        for (k, &(i, c)) in v.iter().enumerate() {
-            let xs = &buf.decoded[i][..len];
-            for (o, x) in out[..len].iter_mut().zip(xs) {
-                *o = if k == 0 { c * x } else { *o + c * x };
+        for (out, v) in self.vectors.iter_mut().zip(vectors) {
+            if out.len() < len {
+                out.resize(len, 0.0);
+            }
+            for (k, &(i, c)) in v.iter().enumerate() {
+                let xs = &self.decoded[i][..len];
+                let out = &mut out[..len];
+                if k == 0 {
+                    for (o, x) in out.iter_mut().zip(xs) {
+                        *o = c * x;
+                    }
+                } else {
+                    for (o, x) in out.iter_mut().zip(xs) {
+                        *o += c * x;
+                    }
+                }
             }
         }
     }
 }
 
-/// Adds the pairwise dot products of `values` at `positions` into `sums`.
-fn add_pairs(values: &[Vec<f64>], positions: Range<usize>, sums: &mut [f64]) {
+/// Adds the pairwise products of `values` at positions `0..len` to `lanes` (four per pair, in
+/// pair order): position `j` goes to lane `j % 4`, each lane summed in position order. Written
+/// four at a time so the loop vectorises.
+fn add_lanes(values: &[Vec<f64>], len: usize, lanes: &mut [[f64; 4]]) {
     let m = values.len();
     let mut p = 0;
     for a in 0..m {
         for b in a..m {
-            // Four lanes, added in a fixed order, so the loop vectorises.
-            let mut lanes = [0f64; 4];
-            let (x, y) = (&values[a][positions.clone()], &values[b][positions.clone()]);
-            for (j, (x, y)) in x.iter().zip(y).enumerate() {
-                lanes[j & 3] += x * y;
+            let mut l = lanes[p];
+            let (x, y) = (&values[a][..len], &values[b][..len]);
+            let (x4, y4) = (x.chunks_exact(4), y.chunks_exact(4));
+            let (xr, yr) = (x4.remainder(), y4.remainder());
+            for (x, y) in x4.zip(y4) {
+                l[0] += x[0] * y[0];
+                l[1] += x[1] * y[1];
+                l[2] += x[2] * y[2];
+                l[3] += x[3] * y[3];
             }
-            sums[p] += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+            for (j, (x, y)) in xr.iter().zip(yr).enumerate() {
+                l[j] += x * y;
+            }
+            lanes[p] = l;
             p += 1;
         }
     }
 }
 
+/// The sums of the pairs' products over `range`, four lanes each combined in a fixed order.
+fn pair_sums(
+    inputs: &[Input<'_>],
+    vectors: &[Combination],
+    range: Range<usize>,
+    tiles: &mut Tiles,
+) -> Vec<f64> {
+    let mut lanes = vec![[0f64; 4]; Gram::pairs(vectors.len())];
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + STAT_TILE).min(range.end);
+        tiles.fill(inputs, vectors, start..end);
+        add_lanes(&tiles.vectors, end - start, &mut lanes);
+        start = end;
+    }
+    lanes
+        .iter()
+        .map(|l| 0.0 + ((l[0] + l[1]) + (l[2] + l[3])))
+        .collect()
+}
+
 /// The Gram matrix of `vectors` in each group, summed in f64 in a fixed order: per tensor,
-/// chunk partials in chunk order; per row, each row in element order; per column, each column
-/// in row order.
-fn grams(inputs: &[Input<'_>], vectors: &[Combination], grouping: Grouping, n: usize) -> Vec<Gram> {
+/// each chunk in four lanes, then the chunks' sums in chunk order; per row, the row in four
+/// lanes; per column, each column in row order.
+fn grams(
+    inputs: &[Input<'_>],
+    vectors: &[Combination],
+    grouping: Grouping,
+    n: usize,
+    populate: &(dyn Fn(Range<usize>) + Sync),
+) -> Vec<Gram> {
     let m = vectors.len();
     let pairs = Gram::pairs(m);
     let gram = |values: Vec<f64>| Gram { vectors: m, values };
+    let tiles = || Tiles::new(inputs.len(), vectors, STAT_TILE);
     match grouping {
         Grouping::Flat => {
             let partials: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK_ELEMENTS))
                 .into_par_iter()
-                .map_init(Values::default, |buf, c| {
+                .map_init(tiles, |tiles, c| {
                     let range = c * CHUNK_ELEMENTS..((c + 1) * CHUNK_ELEMENTS).min(n);
-                    vector_values(inputs, vectors, range.clone(), buf);
-                    let mut sums = vec![0.0; pairs];
-                    add_pairs(&buf.vectors, 0..range.len(), &mut sums);
-                    sums
+                    populate(range.clone());
+                    pair_sums(inputs, vectors, range, tiles)
                 })
                 .collect();
             let mut total = vec![0.0; pairs];
@@ -241,16 +317,12 @@ fn grams(inputs: &[Input<'_>], vectors: &[Combination], grouping: Grouping, n: u
             let per_block = (CHUNK_ELEMENTS / len.max(1)).max(1);
             let blocks: Vec<Vec<Gram>> = (0..rows.div_ceil(per_block))
                 .into_par_iter()
-                .map_init(Values::default, |buf, b| {
+                .map_init(tiles, |tiles, b| {
                     let first = b * per_block;
                     let last = ((b + 1) * per_block).min(rows);
-                    vector_values(inputs, vectors, first * len..last * len, buf);
-                    (0..last - first)
-                        .map(|r| {
-                            let mut sums = vec![0.0; pairs];
-                            add_pairs(&buf.vectors, r * len..(r + 1) * len, &mut sums);
-                            gram(sums)
-                        })
+                    populate(first * len..last * len);
+                    (first..last)
+                        .map(|r| gram(pair_sums(inputs, vectors, r * len..(r + 1) * len, tiles)))
                         .collect()
                 })
                 .collect();
@@ -262,17 +334,29 @@ fn grams(inputs: &[Input<'_>], vectors: &[Combination], grouping: Grouping, n: u
             const WIDTH: usize = 4096;
             let blocks: Vec<Vec<Gram>> = (0..stride.div_ceil(WIDTH))
                 .into_par_iter()
-                .map_init(Values::default, |buf, b| {
-                    let (j0, j1) = (b * WIDTH, ((b + 1) * WIDTH).min(stride));
-                    let mut sums = vec![vec![0.0; pairs]; j1 - j0];
-                    for r in 0..rows {
-                        vector_values(inputs, vectors, r * stride + j0..r * stride + j1, buf);
-                        for (j, s) in sums.iter_mut().enumerate() {
-                            add_pairs(&buf.vectors, j..j + 1, s);
+                .map_init(
+                    || Tiles::new(inputs.len(), vectors, WIDTH),
+                    |tiles, b| {
+                        let (j0, j1) = (b * WIDTH, ((b + 1) * WIDTH).min(stride));
+                        let mut sums = vec![vec![0.0; pairs]; j1 - j0];
+                        for r in 0..rows {
+                            tiles.fill(inputs, vectors, r * stride + j0..r * stride + j1);
+                            for (j, s) in sums.iter_mut().enumerate() {
+                                // One position per column and row: lane 0 only, as a sum over
+                                // the rows in order.
+                                let mut p = 0;
+                                for a in 0..m {
+                                    for b in a..m {
+                                        let x = tiles.vectors[a][j] * tiles.vectors[b][j];
+                                        s[p] += ((0.0 + x) + 0.0) + (0.0 + 0.0);
+                                        p += 1;
+                                    }
+                                }
+                            }
                         }
-                    }
-                    sums.into_iter().map(gram).collect()
-                })
+                        sums.into_iter().map(gram).collect()
+                    },
+                )
                 .collect();
             blocks.into_iter().flatten().collect()
         }
@@ -285,6 +369,7 @@ fn trims<A: Real>(
     tv: &TaskVectors,
     shape: &[u64],
     n: usize,
+    populate: &(dyn Fn(Range<usize>) + Sync),
 ) -> Vec<Option<sparsify::Trim>> {
     let base = inputs[tv.models.len()];
     tv.models
@@ -296,22 +381,7 @@ fn trims<A: Real>(
             }
             let x = inputs[m.input];
             let deltas = |range: Range<usize>, out: &mut [A]| {
-                // The base in tiles on the stack: no allocation per call.
-                const TILE: usize = 4096;
-                let mut b = [A::ZERO; TILE];
-                kernel::load_range(x.dtype, x.data, range.clone(), out);
-                for (t, out) in out.chunks_mut(TILE).enumerate() {
-                    let start = range.start + t * TILE;
-                    kernel::load_range(
-                        base.dtype,
-                        base.data,
-                        start..start + out.len(),
-                        &mut b[..out.len()],
-                    );
-                    for (o, b) in out.iter_mut().zip(&b) {
-                        *o = *o - *b;
-                    }
-                }
+                kernel::decode_delta(x, base, range, out);
             };
             let spec = sparsify::TrimSpec {
                 method,
@@ -322,7 +392,11 @@ fn trims<A: Real>(
                 rescale: tv.rescale,
                 shape,
             };
-            Some(sparsify::trim::<A>(&spec, n, &deltas))
+            let source = sparsify::Source {
+                deltas: &deltas,
+                populate,
+            };
+            Some(sparsify::trim::<A>(&spec, n, &source))
         })
         .collect()
 }

@@ -1,10 +1,15 @@
 //! Trimming a task vector (mergekit's `sparsify`): which elements each model keeps, and the
-//! factor that restores its L1 norm. Thresholds come from selection (`select_nth_unstable`),
-//! random drops from a counter-based stream keyed by the seed, the tensor's name and the model,
-//! so the kept set never depends on the thread count or on the order tensors are processed in.
+//! factor that restores its L1 norm. Random drops come from a counter-based stream keyed by the
+//! seed, the tensor's name and the model, so the kept set never depends on the thread count or
+//! on the order tensors are processed in.
 //!
-//! Every trim works on the whole tensor but keeps only a bitmask (one bit per element) and one
-//! scale per model; the combination then streams chunk by chunk.
+//! A trim keeps, per model, either a bitmask (one bit per element: DARE, DELLA) or one or two
+//! magnitude thresholds that the output kernel applies as it combines (TIES, breadcrumbs), and
+//! a scale. Thresholds are exact order statistics found without sorting or copying the tensor:
+//! a sample places a narrow window of keys around each rank, one pass counts the keys above it
+//! and gathers those inside, and selection (`select_nth_unstable`) among the gathered few
+//! finds the value. DELLA's ranks within a row are bounded by a histogram of the row's keys;
+//! only the few elements whose bounds don't decide them are ranked exactly.
 
 use std::ops::Range;
 
@@ -82,17 +87,130 @@ pub fn uniform(key: u64, index: u64) -> f64 {
     (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
-/// One model's trim: which elements survive (bit `e % 64` of word `e / 64`), and the factor
-/// that the survivors are multiplied by.
+/// `uniform(key, e) < p` is `mix(key + (e + 1) * GOLDEN) >> 11 < keep_below(p)`: `u` is an
+/// integer over 2^53 exactly, so the comparison can be made on the integer, against
+/// `ceil(p * 2^53)` (exact for p in [0, 1]).
+fn keep_below(p: f64) -> u64 {
+    (p * (1u64 << 53) as f64).ceil() as u64
+}
+
+/// Whether element `index` of stream `key` is below `below` (see [`keep_below`]).
+#[inline]
+fn draw(key: u64, index: u64, below: u64) -> bool {
+    mix(key.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN))) >> 11 < below
+}
+
+/// One model's trim: which elements survive, and the factor that the survivors are multiplied
+/// by.
 pub struct Trim {
-    pub keep: Vec<u64>,
+    pub keep: Keep,
     pub scale: f64,
 }
 
-impl Trim {
-    /// Whether element `e` survives.
-    pub fn kept(&self, e: usize) -> bool {
-        self.keep[e / 64] >> (e % 64) & 1 == 1
+/// Which elements of a task vector survive.
+pub enum Keep {
+    /// Bit `e % 64` of word `e / 64` (random drops, DELLA).
+    Bits(Vec<u64>),
+    /// Magnitude thresholds, decided from each element's key as it is combined (TIES,
+    /// breadcrumbs): no per-element state at all.
+    Bounds(Bounds),
+}
+
+/// A magnitude threshold: keys beyond `value` pass it, and of the keys equal to it, those
+/// whose ordinal in flat order is in `ties`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cut {
+    pub value: u64,
+    pub ties: Range<usize>,
+    /// Per chunk of `CHUNK_ELEMENTS`, the number of keys equal to `value` before it.
+    pub offsets: Vec<usize>,
+}
+
+/// The survivors of a magnitude trim: keys above `low` and below `high` (either may be absent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bounds {
+    pub low: Option<Cut>,
+    pub high: Option<Cut>,
+}
+
+/// The running tie ordinals of [`Bounds::decide`] within one chunk.
+pub struct TieCounts {
+    low: usize,
+    high: usize,
+}
+
+impl Bounds {
+    /// The tie ordinals at the start of chunk `chunk`.
+    pub fn start(&self, chunk: usize) -> TieCounts {
+        TieCounts {
+            low: self.low.as_ref().map_or(0, |c| c.offsets[chunk]),
+            high: self.high.as_ref().map_or(0, |c| c.offsets[chunk]),
+        }
+    }
+
+    /// Sets `kept[j]` to 1 or 0 for the consecutive elements with magnitude keys `keys`, the
+    /// next ones of a chunk whose ordinals are `ties`. A vectorisable pass decides every key
+    /// not equal to a threshold; keys equal to one are then placed in flat order.
+    pub fn decide<A: Real>(&self, keys: &[A::Key], ties: &mut TieCounts, kept: &mut [A]) {
+        let low = self.low.as_ref().map(|c| A::Key::from_u64(c.value));
+        let high = self.high.as_ref().map(|c| A::Key::from_u64(c.value));
+        let one = |b: bool| if b { A::ONE } else { A::ZERO };
+        let any_tie = match (low, high) {
+            (Some(l), Some(h)) => {
+                let mut any = false;
+                for (o, &k) in kept.iter_mut().zip(keys) {
+                    *o = one(k > l && k < h);
+                    any |= (k == l) | (k == h);
+                }
+                any
+            }
+            (Some(l), None) => {
+                let mut any = false;
+                for (o, &k) in kept.iter_mut().zip(keys) {
+                    *o = one(k > l);
+                    any |= k == l;
+                }
+                any
+            }
+            (None, Some(h)) => {
+                let mut any = false;
+                for (o, &k) in kept.iter_mut().zip(keys) {
+                    *o = one(k < h);
+                    any |= k == h;
+                }
+                any
+            }
+            (None, None) => {
+                kept.fill(A::ONE);
+                false
+            }
+        };
+        if !any_tie {
+            return;
+        }
+        for (o, &k) in kept.iter_mut().zip(keys) {
+            let (at_low, at_high) = (Some(k) == low, Some(k) == high);
+            if !(at_low || at_high) {
+                continue;
+            }
+            let above_low = match (&self.low, low) {
+                (Some(c), _) if at_low => {
+                    ties.low += 1;
+                    c.ties.contains(&(ties.low - 1))
+                }
+                (_, Some(l)) => k > l,
+                _ => true,
+            };
+            let below_high = match (&self.high, high) {
+                (Some(c), _) if at_high => {
+                    ties.high += 1;
+                    c.ties.contains(&(ties.high - 1))
+                }
+                (_, Some(h)) => k < h,
+                _ => true,
+            };
+            *o = one(above_low && below_high);
+        }
     }
 }
 
@@ -110,237 +228,695 @@ pub struct TrimSpec<'a> {
 /// Fills `out` with the task vector's elements `range`, in the working precision.
 pub type Deltas<'a, A> = dyn Fn(Range<usize>, &mut [A]) + Sync + 'a;
 
-/// The rank boundary of an ascending order by magnitude: elements below it are those of
-/// magnitude `< value`, plus `ties_below` of those equal to it.
-struct Boundary<K> {
-    value: K,
-    ties_below: usize,
-    ties: usize,
-    /// Whether equal magnitudes rank by ascending flat index (else descending).
-    ascending_ties: bool,
-    /// Per chunk, the number of equal magnitudes before it.
-    tie_offsets: Vec<usize>,
+/// Elements per tile inside a chunk: the unit of the random drops' L1 sums (and so fixed:
+/// the sums' order depends on it), and of decoding everywhere here.
+const TILE: usize = 4096;
+
+/// The L1 norms of a task vector before and after its trim, summed in a fixed order: element
+/// `e` goes to lane `e % 8`, the lanes are summed into the totals at each [`L1::flush`], and
+/// chunks' totals in chunk order. The loop vectorises, and the result doesn't depend on
+/// threads.
+#[derive(Default)]
+struct L1 {
+    before: [f64; 8],
+    after: [f64; 8],
+    sums: (f64, f64),
 }
 
-impl<K: Ord + Copy + Send + Sync> Boundary<K> {
-    /// The boundary at ascending rank `rank` (< n) of `keys`, using `scratch` for selection.
-    fn at(keys: &[K], scratch: &mut Vec<K>, rank: usize, ascending_ties: bool) -> Boundary<K> {
-        scratch.clear();
-        scratch.extend_from_slice(keys);
-        let (below, value, _) = scratch.select_nth_unstable(rank);
-        let value = *value;
-        let less = below.iter().filter(|k| **k < value).count();
-        // Ties only need placing when some but not all of them are below.
-        let mut tie_offsets = Vec::new();
-        let ties_below = rank - less;
-        let counts: Vec<usize> = keys
-            .par_chunks(CHUNK_ELEMENTS)
-            .map(|c| c.iter().filter(|k| **k == value).count())
-            .collect();
-        let ties = counts.iter().sum();
-        let mut acc = 0;
-        for c in counts {
-            tie_offsets.push(acc);
-            acc += c;
-        }
-        Boundary {
-            value,
-            ties_below,
-            ties,
-            ascending_ties,
-            tie_offsets,
-        }
-    }
-
-    /// Whether the element with magnitude `key`, which is the `tie`-th equal one in flat order
-    /// when `key == value`, is below the boundary.
-    fn below(&self, key: K, tie: usize) -> bool {
-        if key != self.value {
-            return key < self.value;
-        }
-        if self.ascending_ties {
-            tie < self.ties_below
-        } else {
-            tie >= self.ties - self.ties_below
-        }
-    }
-}
-
-/// Computes a model's trim of a tensor of `n` elements.
-pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
-    let words = n.div_ceil(64);
-    let mut keep = vec![0u64; words];
-    let keys = || {
-        let mut keys = vec![A::Key::default(); n];
-        keys.par_chunks_mut(CHUNK_ELEMENTS)
-            .enumerate()
-            .for_each_init(Vec::new, |buf: &mut Vec<A>, (c, out)| {
-                let start = c * CHUNK_ELEMENTS;
-                buf.resize(out.len(), A::ZERO);
-                deltas(start..start + out.len(), buf);
-                for (k, d) in out.iter_mut().zip(buf.iter()) {
-                    *k = d.magnitude();
-                }
-            });
-        keys
-    };
-    // Each rule says whether element `e` (magnitude `key`, and per boundary its tie position)
-    // survives; the pass below applies it chunk by chunk, in parallel, and sums the L1 norms
-    // before and after in chunk order.
-    let (before, after) = match spec.method {
-        Sparsify::Random => {
-            let p = spec.density;
-            mask_pass(&mut keep, n, |range, bits, sums| {
-                // Tiles on the stack: no allocation per chunk.
-                const TILE: usize = 4096;
-                let mut buf = [A::ZERO; TILE];
-                for (t, bits) in bits.chunks_mut(TILE / 64).enumerate() {
-                    let start = range.start + t * TILE;
-                    let len = TILE.min(range.end - start);
-                    deltas(start..start + len, &mut buf[..len]);
-                    set_bits(bits, len, |j| uniform(spec.stream, (start + j) as u64) < p);
-                    add_l1(|j| buf[j].abs(), len, bits, sums);
-                }
-            })
-        }
-        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => {
-            let keys = keys();
-            let mut scratch = Vec::new();
-            let kept = (spec.density * n as f64) as usize;
-            if kept == 0 {
-                // Only breadcrumbs gets here (the plan refuses it for TIES): nothing survives.
-                return Trim { keep, scale: 1.0 };
+impl L1 {
+    /// Adds the magnitudes `a` of consecutive elements starting on lane 0, with `kept` 0 or 1.
+    fn add<A: Real>(&mut self, a: &[A], kept: &[A]) {
+        let (a8, k8) = (a.chunks_exact(8), kept.chunks_exact(8));
+        let (ar, kr) = (a8.remainder(), k8.remainder());
+        for (a, k) in a8.zip(k8) {
+            for l in 0..8 {
+                let x = a[l].to_f64();
+                self.before[l] += x;
+                self.after[l] += x * k[l].to_f64();
             }
-            let (low, high) = if spec.method == Sparsify::Magnitude {
-                // The `kept` largest, equal magnitudes ranked by descending index so the lower
-                // indices count as larger.
-                let low =
-                    (n - kept < n).then(|| Boundary::at(&keys, &mut scratch, n - kept, false));
-                (low, None)
-            } else {
-                let mut top = (spec.gamma * n as f64) as usize;
-                let bottom = match n.checked_sub(kept + top) {
-                    Some(b) => b,
-                    None => {
-                        top = n - kept;
-                        0
-                    }
-                };
-                let low = (bottom > 0).then(|| Boundary::at(&keys, &mut scratch, bottom, true));
-                let high = (top > 0).then(|| Boundary::at(&keys, &mut scratch, n - top, true));
-                (low, high)
-            };
-            drop(scratch);
-            mask_pass(&mut keep, n, |range, bits, sums| {
-                let chunk = range.start / CHUNK_ELEMENTS;
-                let mut tie_low = low.as_ref().map_or(0, |b| b.tie_offsets[chunk]);
-                let mut tie_high = high.as_ref().map_or(0, |b| b.tie_offsets[chunk]);
-                let keys = &keys[range.clone()];
-                set_bits(bits, range.len(), |j| {
-                    let k = keys[j];
-                    let above_low = match &low {
-                        Some(b) if k == b.value => {
-                            tie_low += 1;
-                            !b.below(k, tie_low - 1)
-                        }
-                        Some(b) => k > b.value,
-                        None => true,
-                    };
-                    let below_high = match &high {
-                        Some(b) if k == b.value => {
-                            tie_high += 1;
-                            b.below(k, tie_high - 1)
-                        }
-                        Some(b) => k < b.value,
-                        None => true,
-                    };
-                    above_low && below_high
-                });
-                add_l1(|j| A::from_magnitude(keys[j]), range.len(), bits, sums);
-            })
         }
-        Sparsify::DellaMagprune => {
-            let keys = keys();
-            let (ranks, len) = row_ranks(&keys, spec.shape);
-            let (low, width) = (spec.density - spec.epsilon, 2.0 * spec.epsilon);
-            mask_pass(&mut keep, n, |range, bits, sums| {
-                let ranks = &ranks[range.clone()];
-                set_bits(bits, range.len(), |j| {
-                    let rank = ranks[j];
-                    let p = if len > 1 {
-                        low + (rank as f64 / (len - 1) as f64) * width
-                    } else {
-                        spec.density
-                    };
-                    uniform(spec.stream, (range.start + j) as u64) < p
-                });
-                let keys = &keys[range.clone()];
-                add_l1(|j| A::from_magnitude(keys[j]), range.len(), bits, sums);
-            })
+        for (l, (a, k)) in ar.iter().zip(kr).enumerate() {
+            let x = a.to_f64();
+            self.before[l] += x;
+            self.after[l] += x * k.to_f64();
         }
-    };
-    // mergekit's rescaled_masked_tensor: match the L1 norm, unless either norm is below 1e-7.
-    let scale = if spec.rescale && before >= 1e-7 && after >= 1e-7 {
-        before / after
-    } else {
-        1.0
-    };
-    Trim { keep, scale }
-}
+    }
 
-/// Sets bit `j` of `bits` to `keep(j)` for `j < len`, in element order, a word at a time.
-fn set_bits(bits: &mut [u64], len: usize, mut keep: impl FnMut(usize) -> bool) {
-    for (w, word) in bits.iter_mut().enumerate() {
-        let start = w * 64;
-        let mut x = 0u64;
-        for j in start..(start + 64).min(len) {
-            x |= (keep(j) as u64) << (j - start);
+    /// Like [`L1::add`], from the magnitudes' keys, with the kept flags as bits: bit `j % 64`
+    /// of `words[j / 64]`.
+    fn add_keys<A: Real>(&mut self, keys: &[A::Key], words: &[u64]) {
+        for (keys, &w) in keys.chunks(64).zip(words) {
+            for (g, keys) in keys.chunks(8).enumerate() {
+                let byte = (w >> (8 * g)) as u32;
+                for (l, k) in keys.iter().enumerate() {
+                    let x = A::from_magnitude(*k).to_f64();
+                    let kept = if (byte >> l) & 1 == 1 { 1.0 } else { 0.0 };
+                    self.before[l] += x;
+                    self.after[l] += x * kept;
+                }
+            }
         }
-        *word = x;
+    }
+
+    /// Like [`L1::add_keys`], from the values themselves (their magnitudes are summed).
+    fn add_values<A: Real>(&mut self, values: &[A], words: &[u64]) {
+        for (values, &w) in values.chunks(64).zip(words) {
+            for (g, values) in values.chunks(8).enumerate() {
+                let byte = (w >> (8 * g)) as u32;
+                for (l, v) in values.iter().enumerate() {
+                    let x = v.abs().to_f64();
+                    let kept = if (byte >> l) & 1 == 1 { 1.0 } else { 0.0 };
+                    self.before[l] += x;
+                    self.after[l] += x * kept;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.sums.0 += self.before.iter().sum::<f64>();
+        self.sums.1 += self.after.iter().sum::<f64>();
+        self.before = [0.0; 8];
+        self.after = [0.0; 8];
     }
 }
 
-/// Adds the L1 norms of a chunk before and after its trim to `sums`: eight f64 lanes summed in
-/// a fixed order, so the loop vectorises and the result doesn't depend on threads.
-fn add_l1<A: Real>(
-    magnitude: impl Fn(usize) -> A,
-    len: usize,
-    bits: &[u64],
-    sums: &mut (f64, f64),
-) {
-    let mut before = [0f64; 8];
-    let mut after = [0f64; 8];
-    for j in 0..len {
-        let a = magnitude(j).to_f64();
-        let kept = ((bits[j >> 6] >> (j & 63)) & 1) as f64;
-        before[j & 7] += a;
-        after[j & 7] += a * kept;
-    }
-    sums.0 += before.iter().sum::<f64>();
-    sums.1 += after.iter().sum::<f64>();
-}
-
-/// Runs `rule` over fixed chunks in parallel; each chunk sets its own bits of `keep` and adds
-/// its L1 norms (before, after) to a partial that is summed in chunk order.
-fn mask_pass(
-    keep: &mut [u64],
-    n: usize,
-    rule: impl Fn(Range<usize>, &mut [u64], &mut (f64, f64)) + Sync,
-) -> (f64, f64) {
-    let partials: Vec<(f64, f64)> = keep
-        .par_chunks_mut(CHUNK_ELEMENTS / 64)
-        .enumerate()
-        .map(|(c, bits)| {
-            let start = c * CHUNK_ELEMENTS;
-            let end = (start + CHUNK_ELEMENTS).min(n);
-            let mut sums = (0.0, 0.0);
-            rule(start..end, bits, &mut sums);
-            sums
-        })
-        .collect();
+/// Sums per-chunk L1 partials in chunk order.
+fn total(partials: &[(f64, f64)]) -> (f64, f64) {
     partials
         .iter()
         .fold((0.0, 0.0), |acc, p| (acc.0 + p.0, acc.1 + p.1))
+}
+
+/// mergekit's rescaled_masked_tensor: match the L1 norm, unless either norm is below 1e-7.
+fn scale(rescale: bool, (before, after): (f64, f64)) -> f64 {
+    if rescale && before >= 1e-7 && after >= 1e-7 {
+        before / after
+    } else {
+        1.0
+    }
+}
+
+/// The task vector a trim reads: its values, and a hint that a range is about to be read.
+pub struct Source<'a, A> {
+    pub deltas: &'a Deltas<'a, A>,
+    /// Maps the inputs' pages of elements `range` at once (one call per chunk, not a fault
+    /// per page).
+    pub populate: &'a (dyn Fn(Range<usize>) + Sync),
+}
+
+/// The chunk ranges of a tensor of `n` elements.
+fn chunk_ranges(n: usize) -> impl IndexedParallelIterator<Item = (usize, Range<usize>)> {
+    (0..n.div_ceil(CHUNK_ELEMENTS))
+        .into_par_iter()
+        .map(move |c| (c, c * CHUNK_ELEMENTS..((c + 1) * CHUNK_ELEMENTS).min(n)))
+}
+
+/// Computes a model's trim of a tensor of `n` elements.
+pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
+    match spec.method {
+        Sparsify::Random => random(spec, n, source),
+        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => magnitude(spec, n, source),
+        Sparsify::DellaMagprune => della(spec, n, source),
+    }
+}
+
+/// DARE: each element kept with probability `density`, from the stream alone.
+fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
+    let below = keep_below(spec.density);
+    let mut keep = vec![0u64; n.div_ceil(64)];
+    let partials: Vec<(f64, f64)> = keep
+        .par_chunks_mut(CHUNK_ELEMENTS / 64)
+        .zip(chunk_ranges(n))
+        .map(|(bits, (_, range))| {
+            for (w, word) in bits.iter_mut().enumerate() {
+                let start = range.start + w * 64;
+                let end = (start + 64).min(range.end);
+                let mut x = 0u64;
+                for e in start..end {
+                    x |= (draw(spec.stream, e as u64, below) as u64) << (e - start);
+                }
+                *word = x;
+            }
+            if !spec.rescale {
+                return (0.0, 0.0);
+            }
+            // The norms: tiles on the stack, each its own lane sum (as the sums were defined).
+            (source.populate)(range.clone());
+            let mut d = [A::ZERO; TILE];
+            let mut l1 = L1::default();
+            for (t, words) in bits.chunks(TILE / 64).enumerate() {
+                let start = range.start + t * TILE;
+                let len = TILE.min(range.end - start);
+                (source.deltas)(start..start + len, &mut d[..len]);
+                l1.add_values(&d[..len], words);
+                l1.flush();
+            }
+            l1.sums
+        })
+        .collect();
+    Trim {
+        keep: Keep::Bits(keep),
+        scale: scale(spec.rescale, total(&partials)),
+    }
+}
+
+/// TIES (`Magnitude`) and breadcrumbs (`MagnitudeOutliers`): one or two thresholds by rank.
+fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
+    let kept = (spec.density * n as f64) as usize;
+    if kept == 0 {
+        // Only breadcrumbs gets here (the plan refuses it for TIES): nothing survives.
+        return Trim {
+            keep: Keep::Bits(vec![0; n.div_ceil(64)]),
+            scale: 1.0,
+        };
+    }
+    // A boundary: its ascending rank, and which ties pass it given (ties below it, ties).
+    type Rule = fn(usize, usize) -> Range<usize>;
+    type Target = Option<(usize, Rule)>;
+    let (low, high): (Target, Target) = if spec.method == Sparsify::Magnitude {
+        // The `kept` largest, equal magnitudes ranked by descending index so the lower
+        // indices count as larger: the first `ties - below` equal ones pass.
+        (
+            Some((n - kept, (|below, ties| 0..ties - below) as Rule)),
+            None,
+        )
+    } else {
+        let mut top = (spec.gamma * n as f64) as usize;
+        let bottom = match n.checked_sub(kept + top) {
+            Some(b) => b,
+            None => {
+                top = n - kept;
+                0
+            }
+        };
+        // Equal magnitudes ranked by ascending index: above the low boundary are the equal
+        // ones after the first `below`; under the high one, the first `below`.
+        (
+            (bottom > 0).then_some((bottom, (|below, ties| below..ties) as Rule)),
+            (top > 0).then_some((n - top, (|below, _| 0..below) as Rule)),
+        )
+    };
+    let targets: Vec<usize> = low.iter().chain(high.iter()).map(|t| t.0).collect();
+    let mut found = select::<A>(n, source, &targets).into_iter();
+    let mut cut = |t: Option<(usize, Rule)>| {
+        t.map(|(rank, rule)| {
+            let f = found.next().expect("one per target");
+            Cut {
+                value: f.value,
+                ties: rule(rank - f.less, f.ties),
+                offsets: f.offsets,
+            }
+        })
+    };
+    let bounds = Bounds {
+        low: cut(low),
+        high: cut(high),
+    };
+    let scale = if spec.rescale {
+        let partials: Vec<(f64, f64)> = chunk_ranges(n)
+            .map(|(c, range)| {
+                (source.populate)(range.clone());
+                let mut d = [A::ZERO; TILE];
+                let mut keys = [A::Key::default(); TILE];
+                let mut kept = [A::ZERO; TILE];
+                let mut ties = bounds.start(c);
+                let mut l1 = L1::default();
+                let mut start = range.start;
+                while start < range.end {
+                    let len = TILE.min(range.end - start);
+                    (source.deltas)(start..start + len, &mut d[..len]);
+                    for (k, a) in keys.iter_mut().zip(d[..len].iter_mut()) {
+                        *k = a.magnitude();
+                        *a = A::from_magnitude(*k);
+                    }
+                    bounds.decide::<A>(&keys[..len], &mut ties, &mut kept[..len]);
+                    l1.add(&d[..len], &kept[..len]);
+                    start += len;
+                }
+                l1.flush();
+                l1.sums
+            })
+            .collect();
+        scale(true, total(&partials))
+    } else {
+        1.0
+    };
+    Trim {
+        keep: Keep::Bounds(bounds),
+        scale,
+    }
+}
+
+/// The key at an ascending rank, with what places its ties.
+#[derive(Debug, Clone, PartialEq)]
+struct Found {
+    value: u64,
+    /// Keys below `value`.
+    less: usize,
+    /// Keys equal to `value`.
+    ties: usize,
+    /// Per chunk, keys equal to `value` before it.
+    offsets: Vec<usize>,
+}
+
+/// What one chunk's pass finds for one window: the keys above it, the keys in it (when it
+/// spans several values), and their number.
+type Gathered<K> = (usize, Vec<K>, usize);
+
+/// Blocks and block length of the sample that places the selection windows.
+const SAMPLE_BLOCKS: usize = 256;
+const SAMPLE_BLOCK: usize = 256;
+/// Sample positions on either side of a rank's estimate that its window spans: about 3% of
+/// the elements fall in a window, and the rank falls outside it only when a 4-sigma event
+/// happens in the sample (then one more pass finds it).
+const MARGIN: usize = 1024;
+
+/// The keys at ascending ranks `ranks` (each < n) of the task vector's magnitudes, exactly:
+/// a sorted sample of the keys places a window of keys around each rank; one pass counts the
+/// keys above each window and gathers those inside it (or, when a window is one value, only
+/// counts them), chunk by chunk in parallel; selection among the gathered keys then finds the
+/// value, and per-chunk counts place its ties. A rank that falls outside its window (rare)
+/// gets an exact window on the side it fell and another pass.
+fn select<A: Real>(n: usize, source: &Source<'_, A>, ranks: &[usize]) -> Vec<Found> {
+    let mut sample: Vec<A::Key> = Vec::new();
+    let full = n <= SAMPLE_BLOCKS * SAMPLE_BLOCK;
+    let mut buf = vec![A::ZERO; SAMPLE_BLOCK];
+    if full {
+        let mut start = 0;
+        while start < n {
+            let len = SAMPLE_BLOCK.min(n - start);
+            (source.deltas)(start..start + len, &mut buf[..len]);
+            sample.extend(buf[..len].iter().map(|d| d.magnitude()));
+            start += len;
+        }
+    } else {
+        for b in 0..SAMPLE_BLOCKS {
+            let start = b * (n - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1);
+            (source.deltas)(start..start + SAMPLE_BLOCK, &mut buf);
+            sample.extend(buf.iter().map(|d| d.magnitude()));
+        }
+    }
+    sample.sort_unstable();
+    let s = sample.len();
+    let mut windows: Vec<Option<(A::Key, A::Key)>> = ranks
+        .iter()
+        .map(|&r| {
+            Some(if full {
+                (sample[r], sample[r])
+            } else {
+                let i = ((r as f64 / n as f64) * s as f64) as usize;
+                let lo = if i >= MARGIN {
+                    sample[i - MARGIN]
+                } else {
+                    A::Key::default()
+                };
+                let hi = if i + MARGIN < s {
+                    sample[i + MARGIN]
+                } else {
+                    A::Key::MAX
+                };
+                (lo, hi)
+            })
+        })
+        .collect();
+    let mut found: Vec<Option<Found>> = vec![None; ranks.len()];
+    while windows.iter().any(Option::is_some) {
+        // Per chunk, per window: keys above it, and the keys in it (or their number).
+        let per_chunk: Vec<Vec<Gathered<A::Key>>> = chunk_ranges(n)
+            .map_init(
+                || (vec![A::ZERO; TILE], vec![A::Key::default(); TILE]),
+                |(d, keys), (_, range)| {
+                    (source.populate)(range.clone());
+                    let mut out: Vec<Gathered<A::Key>> =
+                        windows.iter().map(|_| (0, Vec::new(), 0)).collect();
+                    let mut start = range.start;
+                    while start < range.end {
+                        let len = TILE.min(range.end - start);
+                        (source.deltas)(start..start + len, &mut d[..len]);
+                        for (k, x) in keys.iter_mut().zip(&d[..len]) {
+                            *k = x.magnitude();
+                        }
+                        let keys = &keys[..len];
+                        for (w, (above, inside, count)) in windows.iter().zip(out.iter_mut()) {
+                            let Some((lo, hi)) = *w else { continue };
+                            let width = hi.wrapping_sub(lo);
+                            *above += keys.iter().filter(|&&k| k > hi).count();
+                            if lo == hi {
+                                *count += keys.iter().filter(|&&k| k == hi).count();
+                            } else {
+                                // A few percent fall inside: the branch is predicted.
+                                for &k in keys {
+                                    if k.wrapping_sub(lo) <= width {
+                                        inside.push(k);
+                                    }
+                                }
+                                *count = inside.len();
+                            }
+                        }
+                        start += len;
+                    }
+                    out
+                },
+            )
+            .collect();
+        for (w, window) in windows.iter_mut().enumerate() {
+            let Some((lo, hi)) = *window else { continue };
+            let r = ranks[w];
+            let above: usize = per_chunk.iter().map(|c| c[w].0).sum();
+            let inside: usize = per_chunk.iter().map(|c| c[w].2).sum();
+            let below = n - above - inside;
+            if r < below {
+                // Some key is below `lo`, so `lo > 0`.
+                *window = Some((A::Key::default(), A::Key::from_u64(lo.to_u64() - 1)));
+                continue;
+            }
+            if r >= below + inside {
+                *window = Some((A::Key::from_u64(hi.to_u64() + 1), A::Key::MAX));
+                continue;
+            }
+            let (value, less, counts): (A::Key, usize, Vec<usize>) = if lo == hi {
+                (lo, below, per_chunk.iter().map(|c| c[w].2).collect())
+            } else {
+                let mut all: Vec<A::Key> = per_chunk
+                    .iter()
+                    .flat_map(|c| c[w].1.iter().copied())
+                    .collect();
+                let (smaller, value, _) = all.select_nth_unstable(r - below);
+                let value = *value;
+                let less = below + smaller.iter().filter(|k| **k < value).count();
+                let counts = per_chunk
+                    .iter()
+                    .map(|c| c[w].1.iter().filter(|k| **k == value).count())
+                    .collect();
+                (value, less, counts)
+            };
+            let mut offsets = Vec::with_capacity(counts.len());
+            let mut acc = 0;
+            for c in counts {
+                offsets.push(acc);
+                acc += c;
+            }
+            found[w] = Some(Found {
+                value: value.to_u64(),
+                less,
+                ties: acc,
+                offsets,
+            });
+            *window = None;
+        }
+    }
+    found
+        .into_iter()
+        .map(|f| f.expect("every window resolves"))
+        .collect()
+}
+
+/// DELLA's MagPrune: each element kept with a probability linear in its magnitude's rank in
+/// its row (along dimension 1).
+fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
+    let shape = spec.shape;
+    let (len, inner) = if shape.len() < 2 {
+        (n, 1)
+    } else {
+        (
+            shape[1] as usize,
+            shape[2..].iter().product::<u64>() as usize,
+        )
+    };
+    let slab = len * inner;
+    let rule = Magprune::new(spec, len);
+    let mut keep = vec![0u64; n.div_ceil(64)];
+    if n == 0 {
+        return Trim {
+            keep: Keep::Bits(keep),
+            scale: 1.0,
+        };
+    }
+    let partials: Vec<(f64, f64)> = if slab <= CHUNK_ELEMENTS {
+        // Each chunk ranks the rows of the slabs it overlaps (one at either end shared with
+        // the neighbour, ranked by both), and decides its own elements.
+        keep.par_chunks_mut(CHUNK_ELEMENTS / 64)
+            .zip(chunk_ranges(n))
+            .map_init(RowScratch::<A>::default, |rs, (bits, (_, range))| {
+                let first = range.start / slab;
+                let last = range.end.div_ceil(slab);
+                let (from, to) = (first * slab, (last * slab).min(n));
+                (source.populate)(from..to);
+                rs.d.resize(to - from, A::ZERO);
+                (source.deltas)(from..to, &mut rs.d);
+                rs.keys.clear();
+                rs.keys.extend(rs.d.iter().map(|x| x.magnitude()));
+                bits.fill(0);
+                for a in first..last {
+                    for c in 0..inner {
+                        rule.row(rs, a * slab + c, inner, from, &range, bits);
+                    }
+                }
+                let mut l1 = L1::default();
+                l1.add_keys::<A>(&rs.keys[range.start - from..range.end - from], bits);
+                l1.flush();
+                l1.sums
+            })
+            .collect()
+    } else {
+        // Rows longer than a chunk: rank every row first (a key and a rank per element),
+        // then decide chunk by chunk.
+        let mut keys = vec![A::Key::default(); n];
+        keys.par_chunks_mut(CHUNK_ELEMENTS)
+            .zip(chunk_ranges(n))
+            .for_each_init(
+                || vec![A::ZERO; TILE],
+                |d, (out, (_, range))| {
+                    (source.populate)(range.clone());
+                    for (t, out) in out.chunks_mut(TILE).enumerate() {
+                        let start = range.start + t * TILE;
+                        (source.deltas)(start..start + out.len(), &mut d[..out.len()]);
+                        for (k, x) in out.iter_mut().zip(d.iter()) {
+                            *k = x.magnitude();
+                        }
+                    }
+                },
+            );
+        let (ranks, _) = row_ranks(&keys, shape);
+        keep.par_chunks_mut(CHUNK_ELEMENTS / 64)
+            .zip(chunk_ranges(n))
+            .map(|(bits, (_, range))| {
+                for (w, word) in bits.iter_mut().enumerate() {
+                    let start = range.start + w * 64;
+                    let mut x = 0u64;
+                    let end = (start + 64).min(range.end);
+                    for (j, &rank) in ranks[start..end].iter().enumerate() {
+                        x |= (rule.keep(spec.stream, start + j, rank as usize) as u64) << j;
+                    }
+                    *word = x;
+                }
+                let mut l1 = L1::default();
+                let mut a = [A::ZERO; TILE];
+                let mut k = [A::ZERO; TILE];
+                let mut start = range.start;
+                while start < range.end {
+                    let len = TILE.min(range.end - start);
+                    for j in 0..len {
+                        let e = start + j;
+                        a[j] = A::from_magnitude(keys[e]);
+                        let o = e - range.start;
+                        k[j] = A::from_f32(((bits[o / 64] >> (o % 64)) & 1) as f32);
+                    }
+                    l1.add(&a[..len], &k[..len]);
+                    start += len;
+                }
+                l1.flush();
+                l1.sums
+            })
+            .collect()
+    };
+    Trim {
+        keep: Keep::Bits(keep),
+        scale: scale(spec.rescale, total(&partials)),
+    }
+}
+
+/// A thread's buffers for DELLA's rows.
+struct RowScratch<A: Real> {
+    d: Vec<A>,
+    keys: Vec<A::Key>,
+    row: Vec<A::Key>,
+    undecided: Vec<u32>,
+    hist: Vec<u32>,
+    packed: Vec<<A::Key as RankKey>::Packed>,
+    ranks: Vec<u32>,
+}
+
+impl<A: Real> Default for RowScratch<A> {
+    fn default() -> Self {
+        RowScratch {
+            d: Vec::new(),
+            keys: Vec::new(),
+            row: Vec::new(),
+            undecided: Vec::new(),
+            hist: Vec::new(),
+            packed: Vec::new(),
+            ranks: Vec::new(),
+        }
+    }
+}
+
+/// DELLA's keep rule for rows of `len` elements: element `e` of rank `rank` in its row is
+/// kept when `uniform(stream, e) < p(rank)`, `p(rank) = low + rank / (len - 1) * width`
+/// (`density` for a row of one).
+struct Magprune {
+    density: f64,
+    low: f64,
+    width: f64,
+    len: usize,
+    stream: u64,
+}
+
+impl Magprune {
+    fn new(spec: &TrimSpec<'_>, len: usize) -> Magprune {
+        Magprune {
+            density: spec.density,
+            low: spec.density - spec.epsilon,
+            width: 2.0 * spec.epsilon,
+            len,
+            stream: spec.stream,
+        }
+    }
+
+    fn p(&self, rank: usize) -> f64 {
+        if self.len > 1 {
+            self.low + (rank as f64 / (self.len - 1) as f64) * self.width
+        } else {
+            self.density
+        }
+    }
+
+    fn keep(&self, stream: u64, e: usize, rank: usize) -> bool {
+        uniform(stream, e as u64) < self.p(rank)
+    }
+
+    /// Decides the elements of the row that starts at element `first` (stride `stride`)
+    /// whose indices are in `range`, into `bits` (which start at `range.start`). `rs.keys`
+    /// holds the keys from element `from` on.
+    ///
+    /// `p` never decreases with the rank, so an element whose `u` is below `p(0)` is kept and
+    /// one whose `u` is at least `p(len - 1)` dropped, whatever its rank; most are decided so.
+    /// For the rest, a histogram of the row's keys bounds each rank to its bin's; an element
+    /// whose bounds don't decide it gets its exact rank by counting, or, when too many need
+    /// one, the row is sorted.
+    fn row<A: Real>(
+        &self,
+        rs: &mut RowScratch<A>,
+        first: usize,
+        stride: usize,
+        from: usize,
+        range: &Range<usize>,
+        bits: &mut [u64],
+    ) {
+        let len = self.len;
+        rs.row.clear();
+        rs.row
+            .extend((0..len).map(|b| rs.keys[first - from + b * stride]));
+        let set = |bits: &mut [u64], e: usize| {
+            let o = e - range.start;
+            bits[o / 64] |= 1 << (o % 64);
+        };
+        let (p0, p1) = (self.p(0), self.p(len.saturating_sub(1)));
+        let (keep_all, drop_all) = (keep_below(p0), keep_below(p1));
+        rs.undecided.clear();
+        // The row's elements inside `range`: b with first + b * stride in it.
+        let b0 = range.start.saturating_sub(first).div_ceil(stride);
+        let b1 = range.end.saturating_sub(first).div_ceil(stride).min(len);
+        for b in b0..b1 {
+            let e = first + b * stride;
+            let z = mix(self
+                .stream
+                .wrapping_add((e as u64).wrapping_add(1).wrapping_mul(GOLDEN)))
+                >> 11;
+            if z < keep_all {
+                set(bits, e);
+            } else if z < drop_all {
+                rs.undecided.push(b as u32);
+            }
+        }
+        if rs.undecided.is_empty() {
+            return;
+        }
+        let row = &rs.row;
+        let (kmin, kmax) = A::Key::min_max(row);
+        if kmin == kmax {
+            // All equal: ranks are the indices.
+            for &b in &rs.undecided {
+                let e = first + b as usize * stride;
+                if self.keep(self.stream, e, b as usize) {
+                    set(bits, e);
+                }
+            }
+            return;
+        }
+        // Bins of the key range: as many as the row has elements, at most 8192.
+        let bins = len.next_power_of_two().clamp(64, 8192);
+        let span = kmax.to_u64() - kmin.to_u64();
+        let shift = (64 - span.leading_zeros()).saturating_sub(bins.trailing_zeros());
+        let bin = |k: A::Key| ((k.to_u64() - kmin.to_u64()) >> shift) as usize;
+        rs.hist.clear();
+        rs.hist.resize(bins + 1, 0);
+        for &k in row {
+            rs.hist[bin(k) + 1] += 1;
+        }
+        // hist[i] becomes the number of keys in bins below i; hist[i + 1] - hist[i] is bin i's.
+        for i in 1..=bins {
+            rs.hist[i] += rs.hist[i - 1];
+        }
+        let mut exact = Vec::new();
+        for &b in &rs.undecided {
+            let k = row[b as usize];
+            let i = bin(k);
+            let (lo, hi) = (rs.hist[i] as usize, rs.hist[i + 1] as usize - 1);
+            let e = first + b as usize * stride;
+            let u = uniform(self.stream, e as u64);
+            if u < self.p(lo) {
+                set(bits, e);
+            } else if u >= self.p(hi) {
+            } else {
+                exact.push(b);
+            }
+        }
+        if exact.is_empty() {
+            return;
+        }
+        // Keys below, plus equal keys before: `<=` before `b`, `<` from `b` on.
+        let rank_of = |b: usize| -> usize {
+            let k = row[b];
+            let before: u32 = row[..b].iter().map(|&x| (x <= k) as u32).sum();
+            let after: u32 = row[b..].iter().map(|&x| (x < k) as u32).sum();
+            (before + after) as usize
+        };
+        if exact.len() <= 16 {
+            for b in exact {
+                let e = first + b as usize * stride;
+                if self.keep(self.stream, e, rank_of(b as usize)) {
+                    set(bits, e);
+                }
+            }
+            return;
+        }
+        rs.packed.clear();
+        rs.packed
+            .extend(row.iter().enumerate().map(|(b, k)| k.pack(b as u32)));
+        rs.packed.sort_unstable();
+        rs.ranks.resize(len, 0);
+        for (rank, &p) in rs.packed.iter().enumerate() {
+            rs.ranks[A::Key::index(p) as usize] = rank as u32;
+        }
+        for b in exact {
+            let e = first + b as usize * stride;
+            if self.keep(self.stream, e, rs.ranks[b as usize] as usize) {
+                set(bits, e);
+            }
+        }
+    }
 }
 
 /// Each element's rank by magnitude within its row along dimension 1 (ascending, equal
@@ -380,6 +956,35 @@ fn row_ranks<K: RankKey + Send + Sync>(keys: &[K], shape: &[u64]) -> (Vec<u32>, 
 mod tests {
     use super::*;
 
+    /// Each element's fate under `spec`, and the scale, decided as the kernels decide them.
+    fn run(spec: &TrimSpec<'_>, values: &[f64]) -> (Vec<bool>, f64) {
+        let deltas = |r: Range<usize>, out: &mut [f64]| out.copy_from_slice(&values[r]);
+        let source = Source {
+            deltas: &deltas,
+            populate: &|_| {},
+        };
+        let n = values.len();
+        let t = trim::<f64>(spec, n, &source);
+        let kept = match &t.keep {
+            Keep::Bits(bits) => (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect(),
+            Keep::Bounds(b) => {
+                let mut kept = Vec::with_capacity(n);
+                for (c, chunk) in values.chunks(CHUNK_ELEMENTS).enumerate() {
+                    let keys: Vec<u64> = chunk.iter().map(|x| x.magnitude()).collect();
+                    let mut k = vec![0.0; keys.len()];
+                    let mut ties = b.start(c);
+                    // In two calls, as a kernel's tiles would.
+                    let half = keys.len() / 2;
+                    b.decide::<f64>(&keys[..half], &mut ties, &mut k[..half]);
+                    b.decide::<f64>(&keys[half..], &mut ties, &mut k[half..]);
+                    kept.extend(k.iter().map(|x| *x == 1.0));
+                }
+                kept
+            }
+        };
+        (kept, t.scale)
+    }
+
     fn trim_of(method: Sparsify, values: &[f64], density: f64, gamma: f64) -> Vec<bool> {
         let spec = TrimSpec {
             method,
@@ -390,9 +995,242 @@ mod tests {
             rescale: false,
             shape: &[values.len() as u64],
         };
-        let deltas = |r: Range<usize>, out: &mut [f64]| out.copy_from_slice(&values[r]);
-        let t = trim::<f64>(&spec, values.len(), &deltas);
-        (0..values.len()).map(|e| t.kept(e)).collect()
+        run(&spec, values).0
+    }
+
+    /// Ascending order by magnitude, equal magnitudes by index: the reference ranking.
+    fn ascending(values: &[f64]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..values.len()).collect();
+        order.sort_by(|&a, &b| values[a].abs().total_cmp(&values[b].abs()).then(a.cmp(&b)));
+        order
+    }
+
+    /// TIES by sorting: the `kept` largest, lower indices first among equals.
+    fn magnitude_by_sorting(values: &[f64], density: f64) -> Vec<bool> {
+        let n = values.len();
+        let kept = (density * n as f64) as usize;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()).then(a.cmp(&b)));
+        let mut out = vec![false; n];
+        for &e in &order[..kept] {
+            out[e] = true;
+        }
+        out
+    }
+
+    /// Breadcrumbs by sorting: drop the `bottom` smallest and `top` largest ascending ranks.
+    fn outliers_by_sorting(values: &[f64], density: f64, gamma: f64) -> Vec<bool> {
+        let n = values.len();
+        let kept = (density * n as f64) as usize;
+        let mut top = (gamma * n as f64) as usize;
+        let bottom = n.checked_sub(kept + top).unwrap_or_else(|| {
+            top = n - kept;
+            0
+        });
+        let mut out = vec![false; n];
+        for (rank, &e) in ascending(values).iter().enumerate() {
+            out[e] = rank >= bottom && rank < n - top;
+        }
+        out
+    }
+
+    /// Values with many exact ties (a few distinct magnitudes, both signs), `n` of them.
+    fn tied(n: usize, distinct: u64, seed: u64) -> Vec<f64> {
+        let mut z = seed;
+        (0..n)
+            .map(|_| {
+                z = mix(z.wrapping_add(GOLDEN));
+                let m = (z % distinct) as f64 * 0.25;
+                if z >> 63 == 1 {
+                    -m
+                } else {
+                    m
+                }
+            })
+            .collect()
+    }
+
+    /// Values spread widely, with no two magnitudes alike except by chance.
+    fn spread(n: usize, seed: u64) -> Vec<f64> {
+        (0..n)
+            .map(|e| (uniform(seed, e as u64) - 0.5) * (1.0 + uniform(seed + 1, e as u64) * 30.0))
+            .collect()
+    }
+
+    #[test]
+    fn magnitude_thresholds_agree_with_sorting_across_chunks_and_ties() {
+        // Large enough for the sampled windows and several chunks; a tied threshold that
+        // spans chunks; and a tensor that is all one value.
+        let n = 2 * CHUNK_ELEMENTS + 12_345;
+        for (values, density) in [
+            (spread(n, 3), 0.3),
+            (tied(n, 7, 5), 0.5),
+            (tied(n, 7, 5), 0.9999),
+            (vec![0.0; n], 0.4),
+            (tied(5000, 3, 9), 0.37),
+        ] {
+            let want = magnitude_by_sorting(&values, density);
+            assert_eq!(
+                trim_of(Sparsify::Magnitude, &values, density, 0.0),
+                want,
+                "density {density}"
+            );
+        }
+        for (values, density, gamma) in [
+            (spread(n, 4), 0.5, 0.01),
+            (tied(n, 5, 6), 0.5, 0.1),
+            (tied(n, 5, 6), 0.2, 0.9),
+            (vec![1.0; 1000], 0.5, 0.2),
+        ] {
+            let want = outliers_by_sorting(&values, density, gamma);
+            assert_eq!(
+                trim_of(Sparsify::MagnitudeOutliers, &values, density, gamma),
+                want,
+                "density {density} gamma {gamma}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sample_that_misses_the_threshold_costs_a_pass_not_a_wrong_answer() {
+        // Every sampled block holds small values and everything else is large, so the sample
+        // puts the window far below the true threshold (and, for the other target, above).
+        let n = 3 * SAMPLE_BLOCKS * SAMPLE_BLOCK;
+        let mut sampled = vec![false; n];
+        for b in 0..SAMPLE_BLOCKS {
+            let start = b * (n - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1);
+            sampled[start..start + SAMPLE_BLOCK].fill(true);
+        }
+        let low: Vec<f64> = (0..n)
+            .map(|e| {
+                if sampled[e] {
+                    0.001 * (e % 97) as f64
+                } else {
+                    5.0 + (e % 89) as f64
+                }
+            })
+            .collect();
+        let high: Vec<f64> = low.iter().map(|x| 100.0 - x).collect();
+        for values in [&low, &high] {
+            for density in [0.2, 0.5, 0.9] {
+                assert_eq!(
+                    trim_of(Sparsify::Magnitude, values, density, 0.0),
+                    magnitude_by_sorting(values, density)
+                );
+            }
+            assert_eq!(
+                trim_of(Sparsify::MagnitudeOutliers, values, 0.5, 0.05),
+                outliers_by_sorting(values, 0.5, 0.05)
+            );
+        }
+    }
+
+    /// DELLA by sorting each row along dimension 1.
+    fn della_by_sorting(values: &[f64], shape: &[u64], density: f64, epsilon: f64) -> Vec<bool> {
+        let n = values.len();
+        let (len, inner) = if shape.len() < 2 {
+            (n, 1)
+        } else {
+            (
+                shape[1] as usize,
+                shape[2..].iter().product::<u64>() as usize,
+            )
+        };
+        let mut out = vec![false; n];
+        for a in 0..n / (len * inner) {
+            for c in 0..inner {
+                let idx: Vec<usize> = (0..len).map(|b| a * len * inner + b * inner + c).collect();
+                let row: Vec<f64> = idx.iter().map(|&e| values[e]).collect();
+                for (rank, &b) in ascending(&row).iter().enumerate() {
+                    let p = if len > 1 {
+                        (density - epsilon) + (rank as f64 / (len - 1) as f64) * (2.0 * epsilon)
+                    } else {
+                        density
+                    };
+                    out[idx[b]] = uniform(11, idx[b] as u64) < p;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn della_agrees_with_sorting_rows_in_every_layout() {
+        // Rows within a chunk, rows straddling chunks, a strided inner dimension, rows longer
+        // than a chunk (the fallback), ties, all-equal rows and rows of one.
+        let cases: Vec<(Vec<u64>, Vec<f64>)> = vec![
+            (vec![300, 2048], spread(300 * 2048, 1)),
+            (vec![3, 300_000], spread(900_000, 2)),
+            (vec![7, 40, 9], tied(7 * 40 * 9, 5, 3)),
+            (vec![600_000], spread(600_000, 4)),
+            (vec![1, 600_000, 2], tied(1_200_000, 1000, 5)),
+            (vec![64, 512], tied(64 * 512, 3, 6)),
+            (vec![16, 256], vec![0.5; 16 * 256]),
+            (vec![500, 1], spread(500, 7)),
+        ];
+        for (shape, values) in &cases {
+            for (density, epsilon) in [(0.5, 0.1), (0.3, 0.2), (0.5, 0.0)] {
+                let spec = TrimSpec {
+                    method: Sparsify::DellaMagprune,
+                    density,
+                    gamma: 0.0,
+                    epsilon,
+                    stream: 11,
+                    rescale: true,
+                    shape,
+                };
+                let (kept, scale) = run(&spec, values);
+                let want = della_by_sorting(values, shape, density, epsilon);
+                assert!(
+                    kept == want,
+                    "shape {shape:?} density {density} epsilon {epsilon}"
+                );
+                let before: f64 = values.iter().map(|x| x.abs()).sum();
+                let after: f64 = values
+                    .iter()
+                    .zip(&kept)
+                    .filter(|(_, k)| **k)
+                    .map(|(x, _)| x.abs())
+                    .sum();
+                if after > 1e-7 {
+                    assert!((scale - before / after).abs() <= 1e-9 * scale, "{scale}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rescaled_magnitude_trims_restore_the_l1_norm() {
+        let values = tied(CHUNK_ELEMENTS + 999, 9, 12);
+        let spec = TrimSpec {
+            method: Sparsify::Magnitude,
+            density: 0.4,
+            gamma: 0.0,
+            epsilon: 0.0,
+            stream: 0,
+            rescale: true,
+            shape: &[values.len() as u64],
+        };
+        let (kept, scale) = run(&spec, &values);
+        assert_eq!(kept, magnitude_by_sorting(&values, 0.4));
+        let before: f64 = values.iter().map(|x| x.abs()).sum();
+        let after: f64 = values
+            .iter()
+            .zip(&kept)
+            .filter(|(_, k)| **k)
+            .map(|(x, _)| x.abs())
+            .sum();
+        assert!((scale - before / after).abs() <= 1e-12 * scale);
+    }
+
+    #[test]
+    fn the_integer_draw_is_the_float_comparison() {
+        for p in [1e-9, 0.1, 0.3, 0.5, 1.0 / 3.0, 0.999_999, 1.0] {
+            let below = keep_below(p);
+            for e in 0..20_000u64 {
+                assert_eq!(draw(5, e, below), uniform(5, e) < p, "p {p} e {e}");
+            }
+        }
     }
 
     #[test]
