@@ -119,9 +119,10 @@ pub struct Common {
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
 
-    /// The dtype models compute in: auto (the first checkpoint's float type; bf16 becomes f32
-    /// on the CPU, which cannot multiply bf16), f32, or f16 / bf16 (their logits differ from
-    /// f32's by rounding, see README.md). Soups are averaged in f64 either way.
+    /// The dtype models compute in: auto (the first checkpoint's float type, but f32 for bf16
+    /// on the CPU, which has no bf16 kernels), f32, or f16 / bf16 (their logits differ from
+    /// f32's by rounding, see README.md; bf16 on the CPU for language models only, at half
+    /// f32's memory and some speed). Soups are averaged in f64 either way.
     #[arg(long, value_enum, default_value_t = EvalDtype::Auto, value_name = "DTYPE")]
     pub eval_dtype: EvalDtype,
 
@@ -627,10 +628,6 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
         bail!("no dataset; pass --val PATH and/or --test PATH");
     }
     let device = device.open()?;
-    if device.is_cpu() && c.eval_dtype == EvalDtype::Bf16 {
-        // candle's CPU backend has no bf16 matrix multiply: say so before any work.
-        bail!("--eval-dtype bf16 needs a GPU (candle's CPU backend can't multiply bf16 matrices); on the CPU use f32 or f16");
-    }
     // The first checkpoint configures the architecture; every ingredient is then checked
     // against that configuration.
     let first = c.inputs.first().ok_or(super::Error::NoIngredients)?;
@@ -642,6 +639,10 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
         .unwrap_or_else(|| super::device::checkpoint_dtype(&first, &device));
     drop(first);
     let text = matches!(arch.input(), arch::Input::Tokens(_));
+    if device.is_cpu() && dtype == candle_core::DType::BF16 && !text {
+        // candle's CPU convolutions have no bf16 kernel: say so before any work.
+        bail!("--eval-dtype bf16 needs a GPU for image models (candle's CPU convolutions have no bf16 kernel); on the CPU use f32 or f16");
+    }
     let batch_size = c.batch_size.unwrap_or(if text { 8 } else { 256 });
     let mut evaluator = Evaluator::new(arch, device, batch_size as usize);
     evaluator.dtype = dtype;

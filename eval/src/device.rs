@@ -66,7 +66,8 @@ impl DeviceSpec {
 
 /// `--eval-dtype auto`: the float type that holds most of `checkpoint`'s parameters, so a
 /// bf16 model is evaluated in bf16 and needs no f32 copy of twice its size. Two exceptions:
-/// on the CPU, bf16 becomes f32 (candle's CPU backend cannot multiply bf16 matrices), and f64
+/// on the CPU, bf16 becomes f32 (candle's CPU backend has no bf16 kernels: its convolutions
+/// refuse bf16 and its matrix multiply widens both operands to f32 on every call), and f64
 /// or 8-bit floats become f32 (the models compute in f32, f16 or bf16 only).
 pub fn checkpoint_dtype(checkpoint: &Checkpoint, device: &Device) -> DType {
     let mut elements = [0u64; 3];

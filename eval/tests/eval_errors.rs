@@ -365,7 +365,13 @@ fn bf16_evaluation_on_the_cpu_is_refused_up_front() {
         &val(),
         &base(),
     ]);
-    assert_error(&out, &["--eval-dtype bf16 needs a GPU", "f32 or f16"]);
+    assert_error(
+        &out,
+        &[
+            "--eval-dtype bf16 needs a GPU for image models",
+            "f32 or f16",
+        ],
+    );
     let out = soup_eval(&[
         &"score",
         &"--arch",
@@ -377,6 +383,42 @@ fn bf16_evaluation_on_the_cpu_is_refused_up_front() {
         &base(),
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+}
+
+/// A language model computes in bf16 on the CPU (candle widens its matrix multiplies), so
+/// `--eval-dtype bf16` is accepted there, and its loss stays near f32's; `auto` picks f32 for
+/// the f32 fixture.
+#[test]
+fn bf16_evaluation_of_a_language_model_runs_on_the_cpu() {
+    let text = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/text");
+    let loss = |dtype: &str| -> (String, f64) {
+        let out = soup_eval(&[
+            &"score",
+            &"--device",
+            &"cpu",
+            &"--eval-dtype",
+            &dtype,
+            &"--json",
+            &"-q",
+            &"--val",
+            &text.join("data/lm.txt"),
+            &text.join("models/llama"),
+        ]);
+        assert!(out.status.success(), "{dtype}: {}", common::stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            report["eval_dtype"].as_str().unwrap().to_string(),
+            report["ingredients"][0]["val"]["loss"].as_f64().unwrap(),
+        )
+    };
+    let (auto, f32_loss) = loss("auto");
+    assert_eq!(auto, "f32");
+    let (bf16, bf16_loss) = loss("bf16");
+    assert_eq!(bf16, "bf16");
+    assert!(
+        (bf16_loss - f32_loss).abs() < 0.05 * f32_loss && bf16_loss != f32_loss,
+        "bf16 {bf16_loss} against f32 {f32_loss}"
+    );
 }
 
 #[test]
