@@ -120,6 +120,7 @@ impl ResNetConfig {
             stride: 2,
             padding: stem_k / 2,
             groups: 1,
+            dilation: 1,
             bias: false,
         };
         let bottleneck = layout.has("layer1.0.conv3.weight");
@@ -220,6 +221,7 @@ fn read_block(
             stride: if strided { stride } else { 1 },
             padding: k / 2,
             groups,
+            dilation: 1,
             bias: false,
         });
         input = out;
@@ -235,6 +237,7 @@ fn read_block(
             stride,
             padding: 0,
             groups: 1,
+            dilation: 1,
             bias: false,
         })
     } else {

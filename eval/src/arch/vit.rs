@@ -16,7 +16,7 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor, D};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use super::layers::{linear, linear_specs, ConvShape};
+use super::layers::{linear, linear_specs, Conv, ConvShape};
 use super::{
     Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
 };
@@ -309,7 +309,7 @@ impl Block {
 }
 
 struct Vit {
-    proj: candle_nn::Conv2d,
+    proj: Conv,
     class_token: Tensor,
     pos: Tensor,
     blocks: Vec<Block>,
