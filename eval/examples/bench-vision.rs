@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use model_soup::format::Checkpoint;
-use soup_eval::arch::{Options, Selection};
+use soup_eval::arch::{Input, Options, Selection};
 use soup_eval::dataset::Dataset;
 use soup_eval::evaluator::Evaluator;
 use soup_eval::images::{load, ImageList, LoadOptions};
@@ -34,7 +34,10 @@ fn forward(path: &Path, batch: usize, iterations: usize) -> Result<()> {
     let checkpoint = Checkpoint::open(path)?;
     let arch = Selection::parse("auto")?.configure(&checkpoint, &Options::default())?;
     let weights = Weights::from_checkpoint(&checkpoint, &candle_core::Device::Cpu)?;
-    let side = arch.input().size.map_or(224, |s| s[0]);
+    let side = match arch.input() {
+        Input::Image(shape) => shape.size.map_or(224, |s| s[0]),
+        Input::Tokens(_) => bail!("{}: not an image model", path.display()),
+    };
     let per = 3 * side * side;
     // A fixed pseudo-random batch (SplitMix64), so runs are comparable.
     let mut state = 0x9e37_79b9_7f4a_7c15u64;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use model_soup::format::{Accumulator, Checkpoint, Dtype};
 
-use super::arch::Architecture;
+use super::arch::{Architecture, Input, Output};
 use super::error::{Error, Result};
 use super::images::{self, ImageList, LoadOptions, Samples};
 
@@ -114,7 +114,15 @@ impl Dataset {
             path: self.path.clone(),
             reason,
         };
-        let expected = arch.input();
+        let expected = match arch.input() {
+            Input::Image(shape) => shape,
+            Input::Tokens(_) => {
+                return Err(bad(format!(
+                    "holds images or float inputs, but {} reads token ids; give it text data",
+                    arch.describe()
+                )))
+            }
+        };
         if !expected.accepts(&self.sample_shape) {
             let dims: Vec<String> = self.sample_shape.iter().map(|d| d.to_string()).collect();
             let what = match (Format::of(&self.path), expected.size) {
@@ -136,7 +144,12 @@ impl Dataset {
                 arch.describe(),
             )));
         }
-        let classes = arch.num_classes();
+        let Output::Classes(classes) = arch.output() else {
+            return Err(bad(format!(
+                "has class labels, but {} predicts tokens, not classes; give it text data",
+                arch.describe()
+            )));
+        };
         if let Some(names) = &self.classes {
             if names.len() != classes {
                 return Err(bad(format!(

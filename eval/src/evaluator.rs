@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 
-use super::arch::Architecture;
+use super::arch::{Architecture, Batch};
 use super::dataset::Dataset;
 use super::error::{CandleContext, Result};
 use super::score::Score;
@@ -114,7 +114,7 @@ impl Evaluator {
                 Some(inputs) => inputs.narrow(0, start, len).context(failed)?,
                 None => self.place(data, start, start + len)?,
             };
-            let logits = model.logits(&x).context(failed)?;
+            let logits = model.logits(&Batch::images(&x)).context(failed)?;
             batches.push(logits);
             self.progress.inc(len as u64);
         }
@@ -148,7 +148,7 @@ impl Evaluator {
         let logits = self.logits_with(weights, data, inputs)?;
         Ok(Score::from_logits(
             &logits,
-            self.arch.num_classes(),
+            self.arch.output().width(),
             &data.labels,
         ))
     }

@@ -273,7 +273,7 @@ impl Session {
 
     /// Ingredient `i`'s score on `split`, if that split was given.
     pub fn ingredient_score(&mut self, i: usize, split: Split) -> Result<Option<Score>> {
-        let classes = self.arch().num_classes();
+        let classes = self.arch().output().width();
         let Some(logits) = self.ingredient_logits(i, split)? else {
             return Ok(None);
         };
@@ -407,7 +407,7 @@ impl Session {
 
     /// The ensemble of every ingredient, from their cached logits.
     pub fn ensemble(&mut self, mode: Mode) -> Result<Ensemble> {
-        let classes = self.arch().num_classes();
+        let classes = self.arch().output().width();
         let mut scores = [None, None];
         for split in [Split::Val, Split::Test] {
             if !self.has(split) {

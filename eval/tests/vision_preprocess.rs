@@ -92,7 +92,7 @@ fn a_fixture_model_predicts_the_same_class_from_both() {
         .unwrap();
     let evaluator = Evaluator::new(model.clone(), candle_core::Device::Cpu, 4);
     let w = Weights::from_checkpoint(&weights, &candle_core::Device::Cpu).unwrap();
-    let classes = model.num_classes();
+    let classes = model.output().width();
     let n = PHOTOS.len();
     let run = |inputs: Vec<f32>| {
         let data = Dataset::in_memory(PathBuf::new(), inputs, vec![3, 224, 224], vec![0; n]);

@@ -18,7 +18,8 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::layers::{adaptive_avg_pool, conv_dims, linear, linear_specs, Conv, ConvShape};
 use super::{
-    Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
+    Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
+    TensorSpec,
 };
 
 /// LayerNorm epsilon of torchvision's ConvNeXt.
@@ -175,15 +176,16 @@ impl Architecture for ConvNextConfig {
         self.standard().map(str::to_string)
     }
 
-    fn input(&self) -> InputShape {
+    fn input(&self) -> Input {
         InputShape {
             channels: self.channels,
             size: None,
         }
+        .into()
     }
 
-    fn num_classes(&self) -> usize {
-        self.classes
+    fn output(&self) -> Output {
+        Output::Classes(self.classes)
     }
 
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -214,7 +216,7 @@ impl Architecture for ConvNextConfig {
         out
     }
 
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
         let f = vb.pp("features");
         let first = self.stages[0].0;
         let stem = (
@@ -297,8 +299,9 @@ struct ConvNext {
     head: Linear,
 }
 
-impl Classifier for ConvNext {
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+impl Model for ConvNext {
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let x = batch.inputs;
         let mut x = norm2d(&x.apply(&self.stem.0)?, &self.stem.1)?;
         for (blocks, downsample) in &self.stages {
             for block in blocks {

@@ -30,7 +30,8 @@ use super::layers::{
     linear_specs, max_pool, Conv, ConvNorm, ConvShape,
 };
 use super::{
-    Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
+    Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
+    TensorSpec,
 };
 
 /// The registry entry.
@@ -191,15 +192,16 @@ impl Architecture for DenseNetConfig {
         self.standard().map(str::to_string)
     }
 
-    fn input(&self) -> InputShape {
+    fn input(&self) -> Input {
         InputShape {
             channels: self.stem.input,
             size: None,
         }
+        .into()
     }
 
-    fn num_classes(&self) -> usize {
-        self.classes
+    fn output(&self) -> Output {
+        Output::Classes(self.classes)
     }
 
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -230,7 +232,7 @@ impl Architecture for DenseNetConfig {
         out
     }
 
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
         let f = vb.pp("features");
         let stem = ConvNorm::new(&self.stem, f.pp("conv0"), f.pp("norm0"))?;
         let (inputs, features) = self.widths();
@@ -309,8 +311,9 @@ struct DenseNet {
     classifier: Linear,
 }
 
-impl Classifier for DenseNet {
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+impl Model for DenseNet {
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let x = batch.inputs;
         let mut x = max_pool(&x.apply(&self.stem)?.relu()?, 3, 2, 1)?;
         for (layers, transition) in &self.stages {
             for layer in layers {

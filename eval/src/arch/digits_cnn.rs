@@ -30,7 +30,8 @@ use candle_nn::{
 };
 
 use super::{
-    Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
+    Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
+    TensorSpec,
 };
 
 /// Channels of the first convolution.
@@ -92,15 +93,16 @@ impl Architecture for DigitsCnnArch {
         Some("digits-cnn".into())
     }
 
-    fn input(&self) -> InputShape {
+    fn input(&self) -> Input {
         InputShape {
             channels: 1,
             size: Some([8, 8]),
         }
+        .into()
     }
 
-    fn num_classes(&self) -> usize {
-        CLASSES
+    fn output(&self) -> Output {
+        Output::Classes(CLASSES)
     }
 
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -113,7 +115,7 @@ impl Architecture for DigitsCnnArch {
         specs
     }
 
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
         Ok(Box::new(DigitsCnn::new(vb)?))
     }
 }
@@ -172,8 +174,9 @@ impl DigitsCnn {
     }
 }
 
-impl Classifier for DigitsCnn {
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+impl Model for DigitsCnn {
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let x = batch.inputs;
         self.forward_t(x, false)
     }
 }

@@ -27,7 +27,8 @@ use super::layers::{
     ConvShape,
 };
 use super::{
-    Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
+    Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
+    TensorSpec,
 };
 
 /// The registry entry.
@@ -289,15 +290,16 @@ impl Architecture for EfficientNetConfig {
         self.standard().map(|v| v.0.to_string())
     }
 
-    fn input(&self) -> InputShape {
+    fn input(&self) -> Input {
         InputShape {
             channels: self.channels,
             size: None,
         }
+        .into()
     }
 
-    fn num_classes(&self) -> usize {
-        self.classes
+    fn output(&self) -> Output {
+        Output::Classes(self.classes)
     }
 
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -348,7 +350,7 @@ impl Architecture for EfficientNetConfig {
         out
     }
 
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
         let f = vb.pp("features");
         let eps = self.bn_eps;
         let cbn = |shape: ConvShape, vb: VarBuilder| -> Result<ConvNorm> {
@@ -450,8 +452,9 @@ struct EfficientNet {
     classifier: Linear,
 }
 
-impl Classifier for EfficientNet {
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+impl Model for EfficientNet {
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let x = batch.inputs;
         let mut x = candle_nn::ops::silu(&x.apply(&self.stem)?)?;
         for block in &self.blocks {
             x = block.forward(&x)?;

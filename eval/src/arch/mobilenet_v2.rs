@@ -23,7 +23,8 @@ use super::layers::{
     adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, ConvNorm, ConvShape,
 };
 use super::{
-    Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
+    Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
+    TensorSpec,
 };
 
 /// The registry entry.
@@ -175,15 +176,16 @@ impl Architecture for MobileNetV2Config {
         )
     }
 
-    fn input(&self) -> InputShape {
+    fn input(&self) -> Input {
         InputShape {
             channels: self.channels,
             size: None,
         }
+        .into()
     }
 
-    fn num_classes(&self) -> usize {
-        self.classes
+    fn output(&self) -> Output {
+        Output::Classes(self.classes)
     }
 
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -212,7 +214,7 @@ impl Architecture for MobileNetV2Config {
         out
     }
 
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
         let f = vb.pp("features");
         let cn = |shape: ConvShape, vb: VarBuilder| ConvNorm::new(&shape, vb.pp("0"), vb.pp("1"));
         let stem = cn(conv(self.channels, self.stem, 3, 2, 1), f.pp("0"))?;
@@ -287,8 +289,9 @@ struct MobileNetV2 {
     classifier: Linear,
 }
 
-impl Classifier for MobileNetV2 {
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+impl Model for MobileNetV2 {
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let x = batch.inputs;
         let mut x = relu6(&x.apply(&self.stem)?)?;
         for block in &self.blocks {
             x = x.apply(block)?;

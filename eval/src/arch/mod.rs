@@ -10,7 +10,7 @@
 //! 3. [`Architecture::tensors`] lists every tensor that configuration needs, which
 //!    [`crate::weights::check_fits`] compares with each checkpoint (missing and unknown
 //!    tensors are errors naming the tensor and the family), and [`Architecture::build`] makes a
-//!    [`Classifier`] from the weights.
+//!    [`Model`] from the weights.
 //!
 //! The model-building side ends at logits: datasets ([`crate::dataset`]) and scores
 //! ([`crate::score`]) are separate, so another task (a language model's loss, say) can reuse
@@ -57,10 +57,77 @@ pub const FAMILIES: &[&dyn Family] = &[
     &mobilenet_v2::MobileNetV2Family,
 ];
 
-/// A classifier built from one set of weights: maps a batch of inputs to logits [N, classes].
-pub trait Classifier {
-    /// Logits for a batch of inputs, with every normalisation layer in eval mode.
-    fn logits(&self, x: &Tensor) -> CandleResult<Tensor>;
+/// A model built from one set of weights: maps a batch to logits (see [`Output`]).
+pub trait Model {
+    /// Logits for a batch, with every normalisation layer in eval mode and no dropout.
+    fn logits(&self, batch: &Batch) -> CandleResult<Tensor>;
+}
+
+/// One batch of inputs, on the evaluation device.
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    /// Images: float `[B, C, H, W]` in the evaluation dtype. Tokens: U32 ids `[B, T]`,
+    /// right-padded.
+    pub inputs: &'a Tensor,
+    /// Tokens only: U32 `[B, T]`, 1 for a real token and 0 for padding. Logits at padded
+    /// positions are ignored by every caller, so a model only has to keep real positions
+    /// independent of the padding (a causal mask does; an encoder masks padded keys).
+    pub attention_mask: Option<&'a Tensor>,
+}
+
+impl<'a> Batch<'a> {
+    /// A batch of images (or any input without a mask).
+    pub fn images(inputs: &'a Tensor) -> Self {
+        Batch {
+            inputs,
+            attention_mask: None,
+        }
+    }
+}
+
+/// What a model reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Images of this shape.
+    Image(InputShape),
+    /// Token ids.
+    Tokens(TokenInput),
+}
+
+impl From<InputShape> for Input {
+    fn from(shape: InputShape) -> Input {
+        Input::Image(shape)
+    }
+}
+
+/// The token sequences a language model reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenInput {
+    /// Embedding rows: every id must be below it.
+    pub vocab: usize,
+    /// The longest sequence the model takes, when it has a limit (learned position
+    /// embeddings); `None` for rotary models.
+    pub max_positions: Option<usize>,
+    /// The padding id `config.json` names, if any.
+    pub pad_token_id: Option<u32>,
+}
+
+/// What a model's logits mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// One row of class logits per example: `[B, classes]`.
+    Classes(usize),
+    /// Next-token logits at every position: `[B, T, vocab]`.
+    NextToken(usize),
+}
+
+impl Output {
+    /// The width of a row of logits: classes, or the vocabulary.
+    pub fn width(&self) -> usize {
+        match *self {
+            Output::Classes(n) | Output::NextToken(n) => n,
+        }
+    }
 }
 
 /// Whether a tensor is a learned float parameter / statistic, or an integer buffer.
@@ -147,15 +214,15 @@ pub trait Architecture: Send + Sync {
         None
     }
     /// The inputs the model takes.
-    fn input(&self) -> InputShape;
-    /// Number of output classes; labels must lie in `0..num_classes`.
-    fn num_classes(&self) -> usize;
+    fn input(&self) -> Input;
+    /// What its logits are.
+    fn output(&self) -> Output;
     /// Every tensor a checkpoint must (Float) or may (Buffer) hold, and no other.
     fn tensors(&self) -> Vec<TensorSpec>;
     /// Builds the model from tensors named as in [`Architecture::tensors`], which `vb` hands
     /// out on the evaluation device in the evaluation dtype (f32 unless `--eval-dtype`); inputs
     /// arrive in that dtype too.
-    fn build(&self, vb: VarBuilder) -> CandleResult<Box<dyn Classifier>>;
+    fn build(&self, vb: VarBuilder) -> CandleResult<Box<dyn Model>>;
 }
 
 /// Why a checkpoint can't configure a family: the tensor at fault and what is wrong with it.

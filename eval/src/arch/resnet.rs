@@ -29,7 +29,8 @@ use super::layers::{
     ConvShape,
 };
 use super::{
-    Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
+    Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
+    TensorSpec,
 };
 
 /// The registry entry.
@@ -289,15 +290,16 @@ impl Architecture for ResNetConfig {
         self.standard().map(str::to_string)
     }
 
-    fn input(&self) -> InputShape {
+    fn input(&self) -> Input {
         InputShape {
             channels: self.stem.input,
             size: None,
         }
+        .into()
     }
 
-    fn num_classes(&self) -> usize {
-        self.classes
+    fn output(&self) -> Output {
+        Output::Classes(self.classes)
     }
 
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -321,7 +323,7 @@ impl Architecture for ResNetConfig {
         out
     }
 
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
         let stem = ConvNorm::new(&self.stem, vb.pp("conv1"), vb.pp("bn1"))?;
         let mut blocks = Vec::new();
         for (s, stage) in self.stages.iter().enumerate() {
@@ -385,8 +387,9 @@ struct ResNet {
     fc: Linear,
 }
 
-impl Classifier for ResNet {
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+impl Model for ResNet {
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let x = batch.inputs;
         let mut x = max_pool(&x.apply(&self.stem)?.relu()?, 3, 2, 1)?;
         for block in &self.blocks {
             x = x.apply(block)?;

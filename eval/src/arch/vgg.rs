@@ -21,7 +21,8 @@ use super::layers::{
     ConvNorm, ConvShape,
 };
 use super::{
-    Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
+    Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
+    TensorSpec,
 };
 
 /// The registry entry.
@@ -231,7 +232,7 @@ impl Architecture for VggConfig {
         self.standard().map(str::to_string)
     }
 
-    fn input(&self) -> InputShape {
+    fn input(&self) -> Input {
         let channels = match self.steps.first() {
             Some(Step::Conv(_, c)) => c.input,
             _ => 3,
@@ -240,10 +241,11 @@ impl Architecture for VggConfig {
             channels,
             size: None,
         }
+        .into()
     }
 
-    fn num_classes(&self) -> usize {
-        self.classifier[3]
+    fn output(&self) -> Output {
+        Output::Classes(self.classifier[3])
     }
 
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -264,7 +266,7 @@ impl Architecture for VggConfig {
         out
     }
 
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
         let f = vb.pp("features");
         let mut layers = Vec::new();
         for s in &self.steps {
@@ -303,8 +305,9 @@ struct Vgg {
     fc: [Linear; 3],
 }
 
-impl Classifier for Vgg {
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+impl Model for Vgg {
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let x = batch.inputs;
         let mut x = x.clone();
         for layer in &self.layers {
             x = match layer {
@@ -353,7 +356,7 @@ mod tests {
         for &(name, groups, bn) in VARIANTS {
             let config = VggConfig::read(&layout(groups, bn)).unwrap();
             assert_eq!(config.variant().as_deref(), Some(name));
-            assert_eq!(config.num_classes(), 3);
+            assert_eq!(config.output(), Output::Classes(3));
         }
     }
 

@@ -18,7 +18,8 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::layers::{linear, linear_specs, Conv, ConvShape};
 use super::{
-    Architecture, Classifier, ConfigError, Family, InputShape, Layout, Options, TensorSpec,
+    Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
+    TensorSpec,
 };
 
 /// LayerNorm epsilon of torchvision's ViT.
@@ -174,15 +175,16 @@ impl Architecture for VitConfig {
         self.standard().map(str::to_string)
     }
 
-    fn input(&self) -> InputShape {
+    fn input(&self) -> Input {
         InputShape {
             channels: self.channels,
             size: Some([self.image, self.image]),
         }
+        .into()
     }
 
-    fn num_classes(&self) -> usize {
-        self.classes
+    fn output(&self) -> Output {
+        Output::Classes(self.classes)
     }
 
     fn tensors(&self) -> Vec<TensorSpec> {
@@ -226,7 +228,7 @@ impl Architecture for VitConfig {
         out
     }
 
-    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Classifier>> {
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
         let w = self.width;
         let mut proj = ConvShape::same(self.channels, w, self.patch, self.patch);
         proj.padding = 0;
@@ -318,8 +320,9 @@ struct Vit {
     head: Linear,
 }
 
-impl Classifier for Vit {
-    fn logits(&self, x: &Tensor) -> Result<Tensor> {
+impl Model for Vit {
+    fn logits(&self, batch: &Batch) -> Result<Tensor> {
+        let x = batch.inputs;
         let n = x.dim(0)?;
         let x = x.apply(&self.proj)?.flatten_from(2)?.transpose(1, 2)?;
         let w = x.dim(D::Minus1)?;

@@ -1,0 +1,81 @@
+"""Helpers for bench/text_bench.sh (torch, transformers, safetensors):
+
+    text_models.py save DIR             a random 99.5M-parameter Llama model directory (f32)
+    text_models.py torch DIR THREADS BATCH SEQ_LEN ITERATIONS
+                                        transformers' eval-mode forward throughput (logits at
+                                        every position), JSON line
+    text_models.py ingredients DIR OUT K
+                                        K perturbed copies of DIR (fine-tunes of one base)
+    text_models.py data OUT N SEQ_LEN   pre-tokenised LM data: input_ids I64 [N, SEQ_LEN]
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig, LlamaForCausalLM
+
+# 99.5M parameters: two 24.6M embeddings (untied) and 8 layers of 6.3M (4 key-value heads).
+CONFIG = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
+              num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
+              rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
+
+
+def save(out):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**CONFIG)).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    params = sum(p.numel() for p in model.parameters())
+    print(json.dumps({"saved": out, "parameters": params}), file=sys.stderr)
+
+
+def forward(path, threads, batch, seq_len, iterations):
+    torch.set_num_threads(threads)
+    model = LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=generator)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        model(input_ids=ids, attention_mask=mask).logits[0, 0, 0].item()
+        started = time.perf_counter()
+        for _ in range(iterations):
+            model(input_ids=ids, attention_mask=mask).logits[0, 0, 0].item()
+        seconds = time.perf_counter() - started
+    print(json.dumps({"tool": "torch", "model": "llama-100m", "threads": threads, "batch": batch,
+                      "seq_len": seq_len, "iterations": iterations, "seconds": seconds,
+                      "tokens_per_second": batch * seq_len * iterations / seconds}))
+
+
+def ingredients(base, out, k):
+    tensors = load_file(os.path.join(base, "model.safetensors"))
+    for i in range(k):
+        torch.manual_seed(100 + i)
+        target = os.path.join(out, f"ft-{i}")
+        os.makedirs(target, exist_ok=True)
+        shutil.copy(os.path.join(base, "config.json"), target)
+        moved = {name: (t + 0.01 * torch.randn_like(t)).contiguous() for name, t in tensors.items()}
+        save_file(moved, os.path.join(target, "model.safetensors"), metadata={"format": "pt"})
+
+
+def data(out, n, seq_len):
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, CONFIG["vocab_size"], (n, seq_len), generator=generator)
+    save_file({"input_ids": ids}, out)
+
+
+if __name__ == "__main__":
+    command, *rest = sys.argv[1:]
+    if command == "save":
+        save(rest[0])
+    elif command == "torch":
+        forward(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]))
+    elif command == "ingredients":
+        ingredients(rest[0], rest[1], int(rest[2]))
+    elif command == "data":
+        data(rest[0], int(rest[1]), int(rest[2]))
+    else:
+        sys.exit(__doc__)
