@@ -23,8 +23,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::layers::{
-    adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, Conv, ConvNorm,
-    ConvShape,
+    adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, Conv, ConvNorm, ConvShape,
 };
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,

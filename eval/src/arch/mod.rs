@@ -40,7 +40,9 @@ pub mod densenet;
 pub mod digits_cnn;
 pub mod efficientnet;
 pub mod layers;
+pub mod mnasnet;
 pub mod mobilenet_v2;
+pub mod mobilenet_v3;
 pub mod resnet;
 pub mod vgg;
 pub mod vit;
@@ -55,6 +57,8 @@ pub const FAMILIES: &[&dyn Family] = &[
     &convnext::ConvNextFamily,
     &efficientnet::EfficientNetFamily,
     &mobilenet_v2::MobileNetV2Family,
+    &mobilenet_v3::MobileNetV3Family,
+    &mnasnet::MnasNetFamily,
 ];
 
 /// A model built from one set of weights: maps a batch to logits (see [`Output`]).
@@ -403,6 +407,11 @@ impl Options {
                     })
             })
             .transpose()
+    }
+
+    /// The value of `key` as given, if given.
+    pub fn text(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
     }
 
     /// The keys given.

@@ -41,7 +41,17 @@ impl Depthwise {
 
     /// One output plane `out` [oh, ow] from one input plane `x` [h, w] and its kernel `k` x `k`.
     #[allow(clippy::too_many_arguments)]
-    fn plane(&self, x: &[f32], h: usize, w: usize, kernel: &[f32], k: usize, out: &mut [f32], ow: usize, bias: f32) {
+    fn plane(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        kernel: &[f32],
+        k: usize,
+        out: &mut [f32],
+        ow: usize,
+        bias: f32,
+    ) {
         let (s, p, d) = (self.stride, self.padding as isize, self.dilation);
         out.fill(0.0);
         for (oy, row) in out.chunks_exact_mut(ow).enumerate() {
@@ -92,10 +102,18 @@ impl Depthwise {
     }
 
     /// The convolution of `x` [n, c, h, w] by `weight` [c, 1, k, k], both contiguous f32.
-    fn run(&self, x: &[f32], dims: [usize; 4], weight: &[f32], k: usize) -> Result<(Vec<f32>, Shape)> {
+    fn run(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        weight: &[f32],
+        k: usize,
+    ) -> Result<(Vec<f32>, Shape)> {
         let [n, c, h, w] = dims;
         let (Some(oh), Some(ow)) = (self.out_size(h, k), self.out_size(w, k)) else {
-            candle_core::bail!("depthwise convolution: a {k}x{k} kernel does not fit a {h}x{w} input")
+            candle_core::bail!(
+                "depthwise convolution: a {k}x{k} kernel does not fit a {h}x{w} input"
+            )
         };
         let mut out = vec![0f32; n * c * oh * ow];
         if oh * ow > 0 {
@@ -143,7 +161,12 @@ impl CustomOp2 for Depthwise {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let (oc, one, k, k2) = l2.shape().dims4()?;
-        if oc != c || one != 1 || k != k2 || k == 0 || self.bias.as_ref().is_some_and(|b| b.len() != c) {
+        if oc != c
+            || one != 1
+            || k != k2
+            || k == 0
+            || self.bias.as_ref().is_some_and(|b| b.len() != c)
+        {
             candle_core::bail!(
                 "depthwise convolution: weight {:?} does not fit input {:?}",
                 l2.shape(),
@@ -168,7 +191,16 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     /// A float64 reference straight from the definition, with PyTorch's padding and dilation.
-    fn reference(x: &[f64], [n, c, h, w]: [usize; 4], wt: &[f64], k: usize, s: usize, p: usize, d: usize, bias: &[f64]) -> Vec<f64> {
+    fn reference(
+        x: &[f64],
+        [n, c, h, w]: [usize; 4],
+        wt: &[f64],
+        k: usize,
+        s: usize,
+        p: usize,
+        d: usize,
+        bias: &[f64],
+    ) -> Vec<f64> {
         let oh = (h + 2 * p - d * (k - 1) - 1) / s + 1;
         let ow = (w + 2 * p - d * (k - 1) - 1) / s + 1;
         let mut out = Vec::new();
@@ -199,7 +231,9 @@ mod tests {
         let mut state = seed;
         (0..n)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((state >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
             })
             .collect()
@@ -214,7 +248,6 @@ mod tests {
             (10, 11, 3, 1, 2, 2),
             (5, 5, 7, 1, 3, 1),
             (4, 3, 3, 2, 0, 1),
-            (3, 3, 5, 1, 0, 1),
         ] {
             let (n, c) = (2, 3);
             let dims = [n, c, h, w];
@@ -228,26 +261,51 @@ mod tests {
                 dilation: d,
                 bias: Some(bias.iter().map(|&b| b as f32).collect()),
             };
-            let xt = Tensor::from_vec(x.iter().map(|&v| v as f32).collect::<Vec<_>>(), (n, c, h, w), &Device::Cpu).unwrap();
-            let wtt = Tensor::from_vec(wt.iter().map(|&v| v as f32).collect::<Vec<_>>(), (c, 1, k, k), &Device::Cpu).unwrap();
+            let xt = Tensor::from_vec(
+                x.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                (n, c, h, w),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let wtt = Tensor::from_vec(
+                wt.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+                (c, 1, k, k),
+                &Device::Cpu,
+            )
+            .unwrap();
             let got = xt.apply_op2_no_bwd(&wtt, &op).unwrap();
             let candle = xt
                 .conv2d(&wtt, p, s, d, c)
                 .unwrap()
-                .broadcast_add(&Tensor::from_vec(bias.iter().map(|&b| b as f32).collect::<Vec<_>>(), (1, c, 1, 1), &Device::Cpu).unwrap())
+                .broadcast_add(
+                    &Tensor::from_vec(
+                        bias.iter().map(|&b| b as f32).collect::<Vec<_>>(),
+                        (1, c, 1, 1),
+                        &Device::Cpu,
+                    )
+                    .unwrap(),
+                )
                 .unwrap();
             assert_eq!(got.dims(), candle.dims(), "{h}x{w} k{k} s{s} p{p} d{d}");
             let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(got.len(), expected.len());
             for (g, e) in got.iter().zip(&expected) {
-                assert!((*g as f64 - e).abs() < 1e-5, "{h}x{w} k{k} s{s} p{p} d{d}: {g} vs {e}");
+                assert!(
+                    (*g as f64 - e).abs() < 1e-5,
+                    "{h}x{w} k{k} s{s} p{p} d{d}: {g} vs {e}"
+                );
             }
         }
     }
 
     #[test]
     fn a_kernel_larger_than_the_padded_input_is_an_error() {
-        let op = Depthwise { stride: 1, padding: 0, dilation: 1, bias: None };
+        let op = Depthwise {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            bias: None,
+        };
         let x = Tensor::zeros((1, 2, 2, 2), DType::F32, &Device::Cpu).unwrap();
         let w = Tensor::zeros((2, 1, 3, 3), DType::F32, &Device::Cpu).unwrap();
         assert!(x.apply_op2_no_bwd(&w, &op).is_err());
