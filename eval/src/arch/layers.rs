@@ -5,8 +5,11 @@ use candle_nn::{BatchNorm, Linear, VarBuilder};
 
 use super::{Layout, TensorSpec};
 
+mod attention;
 mod depthwise;
+pub mod hf_config;
 
+pub use attention::{first_token, tokens_linear, Activation, SelfAttention};
 pub use depthwise::Depthwise;
 
 /// Batch-norm epsilon, PyTorch's default.

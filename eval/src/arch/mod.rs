@@ -39,6 +39,8 @@ pub mod convnext;
 pub mod densenet;
 pub mod digits_cnn;
 pub mod efficientnet;
+pub mod hf_convnext;
+pub mod hf_vit;
 pub mod layers;
 pub mod mnasnet;
 pub mod mobilenet_v2;
@@ -59,6 +61,8 @@ pub const FAMILIES: &[&dyn Family] = &[
     &mobilenet_v2::MobileNetV2Family,
     &mobilenet_v3::MobileNetV3Family,
     &mnasnet::MnasNetFamily,
+    &hf_vit::HfVitFamily,
+    &hf_convnext::HfConvNextFamily,
 ];
 
 /// A model built from one set of weights: maps a batch to logits (see [`Output`]).
