@@ -187,7 +187,9 @@ fn without_config_json_the_shapes_and_transformers_defaults_stand_in() {
 #[test]
 fn config_json_given_wrong_is_an_error_naming_the_key_or_tensor() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, &str, Box<dyn Fn(&mut Value)>, Vec<&str>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    // Case, family, the edit, what the error must say.
+    let cases: Vec<(&str, &str, Edit, Vec<&str>)> = vec![
         (
             "hf-vit",
             "hf_vit",

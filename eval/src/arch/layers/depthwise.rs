@@ -191,6 +191,7 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     /// A float64 reference straight from the definition, with PyTorch's padding and dilation.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         x: &[f64],
         [n, c, h, w]: [usize; 4],
