@@ -300,6 +300,62 @@ mod tests {
     }
 
     #[test]
+    fn the_same_bits_at_any_thread_count_and_in_f16_within_rounding() {
+        let (n, c, h, w, k) = (3, 5, 9, 7, 3);
+        let x: Vec<f32> = values(n * c * h * w, 11)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let wt: Vec<f32> = values(c * k * k, 13).iter().map(|&v| v as f32).collect();
+        let op = Depthwise {
+            stride: 2,
+            padding: 1,
+            dilation: 1,
+            bias: Some(vec![0.5; c]),
+        };
+        let run = |threads: usize, dtype: DType| -> Vec<f32> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let xt = Tensor::from_vec(x.clone(), (n, c, h, w), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let wtt = Tensor::from_vec(wt.clone(), (c, 1, k, k), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let y = xt.apply_op2_no_bwd(&wtt, &op).unwrap();
+                assert_eq!(y.dtype(), dtype);
+                y.to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+        };
+        let one = run(1, DType::F32);
+        assert_eq!(
+            one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            run(3, DType::F32)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        );
+        let half = run(2, DType::F16);
+        let worst = one
+            .iter()
+            .zip(&half)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        // f16 inputs and weights (11 bits) and one rounding of the sum: a few 1e-3 here.
+        assert!(worst > 0.0 && worst < 1e-2, "{worst}");
+    }
+
+    #[test]
     fn a_kernel_larger_than_the_padded_input_is_an_error() {
         let op = Depthwise {
             stride: 1,
