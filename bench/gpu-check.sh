@@ -10,7 +10,8 @@
 # - the greedy search's candidate weights built on the GPU are the CPU's, bit for bit;
 # - `soup-eval report` on the GPU gives every count the CPU run gives, and the same soup;
 # - forward throughput (images/s) and greedy-step times, GPU against CPU;
-# and, with the soup-eval binary itself, that `--device auto` picks the GPU. It writes
+# and, with the soup-eval binary itself, that `--device auto` picks the GPU, and that every
+# language-model family and the text e2e report (f32 and bf16) agree with the CPU. It writes
 # OUT_DIR/gpu-check.md (default: $OUT, else bench/gpu-check-out), the report BENCHMARKS.md
 # quotes, with the machine's GPU, driver and the logs beside it. Exit status 0 when every check
 # passes.
@@ -145,6 +146,58 @@ grep -q '"device": "cuda:0"' <<<"$auto" || die "--device auto (the default) did 
     >"$out/report-cpu.txt"
 say "soup-eval report on the GPU and the CPU (tables in $out)"
 
+# Language models: every fixture family scored on both devices, and the e2e report (greedy by
+# val loss, uniform, ensemble), in f32 and bf16 on the GPU against f32 on the CPU.
+text=fixtures/text
+lm_failed=0
+compare_json() { # CPU_JSON GPU_JSON TOLERANCE WHAT: every metric of every row within TOLERANCE (relative)
+    python3 - "$@" <<'PY' || lm_failed=1
+import json, sys
+cpu, gpu, tol, what = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), float(sys.argv[3]), sys.argv[4]
+def rows(r):
+    out = {}
+    for i in r.get("ingredients", []):
+        out[i["name"]] = i
+    for k in ("uniform", "ensemble"):
+        if r.get(k): out[k] = r[k]
+    if r.get("greedy"): out["greedy"] = r["greedy"]["row"]
+    return out
+worst, bad = 0.0, []
+for name, a in rows(cpu).items():
+    b = rows(gpu)[name]
+    for split in ("val", "test"):
+        if not a.get(split): continue
+        for key, x in a[split].items():
+            if isinstance(x, float):
+                y = b[split][key]
+                e = abs(x - y) / max(abs(x), 1e-12)
+                worst = max(worst, e)
+                if e > tol: bad.append(f"{name} {split} {key}: cpu {x} gpu {y}")
+if cpu.get("greedy") and cpu["greedy"]["search"]["chosen"] != gpu["greedy"]["search"]["chosen"]:
+    bad.append("greedy soups differ")
+print(f"{what}: worst relative difference {worst:.2e} (bound {tol:g})" + ("; " + "; ".join(bad) if bad else ""))
+sys.exit(1 if bad else 0)
+PY
+}
+for m in llama llama-tied mistral qwen2 qwen3 phi3 gemma; do
+    for data in lm.txt mc.jsonl; do
+        for d in cpu cuda; do "$soup_eval" score --device $d -q --json --val $text/data/$data $text/models/$m >"$out/lm-$m-$data-$d.json" 2>&1 || true; done
+        compare_json "$out/lm-$m-$data-cpu.json" "$out/lm-$m-$data-cuda.json" 1e-4 "$m on $data, f32" >>"$out/lm.txt"
+    done
+done
+for m in bert-cls roberta-cls distilbert-cls xlm-roberta-cls; do
+    for d in cpu cuda; do "$soup_eval" score --device $d -q --json --val $text/data/cls.jsonl $text/models/$m >"$out/cls-$m-$d.json" 2>&1 || true; done
+    compare_json "$out/cls-$m-cpu.json" "$out/cls-$m-cuda.json" 1e-4 "$m f32" >>"$out/lm.txt"
+done
+e2e=(--val $text/e2e/val.txt --test $text/e2e/test.txt --seq-len 64 --stride 32 -q --json $text/e2e/ft-*)
+"$soup_eval" report --device cpu "${e2e[@]}" >"$out/e2e-cpu.json"
+for dt in f32 bf16; do
+    "$soup_eval" report --device cuda --eval-dtype $dt "${e2e[@]}" >"$out/e2e-cuda-$dt.json" || lm_failed=1
+done
+compare_json "$out/e2e-cpu.json" "$out/e2e-cuda-f32.json" 1e-4 "e2e report, cuda f32" >>"$out/lm.txt"
+compare_json "$out/e2e-cpu.json" "$out/e2e-cuda-bf16.json" 5e-2 "e2e report, cuda bf16" >>"$out/lm.txt"
+say "language models on the GPU and the CPU ($out/lm.txt)"
+
 # Everything else, and the report.
 python="${SOUP_PYTHON:-python3}"
 "$python" -c 'import numpy' 2>/dev/null || die "$python has no numpy, which the float64 reference needs (set SOUP_PYTHON)"
@@ -170,8 +223,15 @@ set -e
     cat "$out/report-cuda.txt"
     echo '```'
     echo
+    echo "## Language models, GPU against CPU"
+    echo
+    echo '```'
+    cat "$out/lm.txt"
+    echo '```'
+    echo
     echo "Checked at commit $(cat "$bundle/COMMIT" 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown), in $((SECONDS - started)) s."
 } >>"$out/gpu-check.md"
 cat "$out/gpu-check.md"
+[ "$lm_failed" -eq 0 ] || die "a language-model check failed; see $out/lm.txt"
 [ "$status" -eq 0 ] || die "gpu-check failed (status $status); see $out/gpu-check.md and $out/gpu-check.log"
 say "all checks passed; report: $out/gpu-check.md"

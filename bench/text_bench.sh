@@ -11,8 +11,9 @@
 #    vocab 32000), batch BATCH (default 1) x 512 tokens, logits at every position, f32; candle
 #    through soup-eval's registry (examples/bench-text.rs) and transformers, alternating,
 #    REPEAT (default 3) times each.
-# 2. Greedy peak RSS: soup-eval greedy by validation loss over K = 2, 4, 8 perturbed copies of
-#    that model (S = 398 MB each in f32) on pre-tokenised data, max RSS from /usr/bin/time.
+# 2. Greedy peak RSS: soup-eval greedy by validation loss over K = 2 and 4 perturbed copies of a
+#    random 246M-parameter Llama (S = 0.98 GB each in f32) on pre-tokenised data (4 x 128
+#    tokens), max RSS from /usr/bin/time.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 py=${TORCH_PYTHON:?set TORCH_PYTHON to a python with torch, transformers and safetensors}
@@ -38,13 +39,15 @@ if [[ $parts == *forward* ]]; then
 fi
 
 [[ $parts == *greedy* ]] || exit 0
-[[ -f $work/ingredients/ft-7/model.safetensors ]] || "$py" "$repo/bench/text_models.py" ingredients "$work/base" "$work/ingredients" 8
+[[ -f $work/base-1g/model.safetensors ]] || "$py" "$repo/bench/text_models.py" save "$work/base-1g" 1g
+[[ -f $work/ingredients/ft-3/model.safetensors ]] || "$py" "$repo/bench/text_models.py" ingredients "$work/base-1g" "$work/ingredients" 4
 [[ -f $work/val.safetensors ]] || "$py" "$repo/bench/text_models.py" data "$work/val.safetensors" 4 128
-for k in 2 4 8; do
+for k in 2 4; do
     dirs=()
     for ((i = 0; i < k; i++)); do dirs+=("$work/ingredients/ft-$i"); done
     /usr/bin/time -f "%M %e" -o "$work/time-$k" "$soup_eval" greedy --val "$work/val.safetensors" \
-        --seq-len 128 --batch-size 4 -q --json "${dirs[@]}" > "$work/greedy-$k.json" 2> "$work/greedy-$k.err"
+        --seq-len 128 --batch-size 4 -q --json -o "$work/greedy-$k" "${dirs[@]}" > "$work/greedy-$k.json" 2> "$work/greedy-$k.err"
     read -r rss seconds < "$work/time-$k"
-    echo "{\"tool\": \"soup-eval greedy\", \"k\": $k, \"peak_rss_mib\": $((rss / 1024)), \"seconds\": $seconds}"
+    echo "{\"tool\": \"soup-eval greedy\", \"k\": $k, \"peak_rss_mib\": $((rss / 1024)), \"seconds\": $seconds, \"kept\": $(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["greedy"]["search"]["chosen"]))' "$work/greedy-$k.json" 2>/dev/null || echo null)}"
+    rm -rf "$work/greedy-$k"
 done

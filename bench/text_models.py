@@ -1,6 +1,7 @@
 """Helpers for bench/text_bench.sh (torch, transformers, safetensors):
 
-    text_models.py save DIR             a random 99.5M-parameter Llama model directory (f32)
+    text_models.py save DIR [SIZE]      a random Llama model directory (f32): SIZE 100m (99.5M
+                                        parameters, the default) or 1g (246M, 0.98 GB)
     text_models.py torch DIR THREADS BATCH SEQ_LEN ITERATIONS
                                         transformers' eval-mode forward throughput (logits at
                                         every position), JSON line
@@ -19,15 +20,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
-# 99.5M parameters: two 24.6M embeddings (untied) and 8 layers of 6.3M (4 key-value heads).
-CONFIG = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
-              num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=2048,
-              rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
+COMMON = dict(vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5,
+              rope_theta=10000.0, tie_word_embeddings=False)
+SIZES = {
+    # 99.5M parameters: two 24.6M embeddings (untied) and 8 layers of 6.3M (4 key-value heads).
+    "100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
+                 num_attention_heads=12, num_key_value_heads=4),
+    # 246M parameters, 0.98 GB in f32: two 32.8M embeddings and 16 layers of 11.3M.
+    "1g": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
+               num_attention_heads=16, num_key_value_heads=4),
+}
 
 
-def save(out):
+def save(out, size="100m"):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**CONFIG)).eval()
+    model = LlamaForCausalLM(LlamaConfig(**COMMON, **SIZES[size])).eval()
     model.save_pretrained(out, safe_serialization=True)
     params = sum(p.numel() for p in model.parameters())
     print(json.dumps({"saved": out, "parameters": params}), file=sys.stderr)
@@ -63,14 +70,14 @@ def ingredients(base, out, k):
 
 def data(out, n, seq_len):
     generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, CONFIG["vocab_size"], (n, seq_len), generator=generator)
+    ids = torch.randint(0, COMMON["vocab_size"], (n, seq_len), generator=generator)
     save_file({"input_ids": ids}, out)
 
 
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "save":
-        save(rest[0])
+        save(*rest)
     elif command == "torch":
         forward(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[4]))
     elif command == "ingredients":

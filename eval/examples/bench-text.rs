@@ -54,10 +54,7 @@ fn forward(dir: &Path, batch: usize, seq_len: usize, iterations: usize) -> Resul
     let ids = Tensor::from_vec(ids, (batch, seq_len), &Device::Cpu)?;
     let mask = Tensor::ones((batch, seq_len), DType::U32, &Device::Cpu)?;
     let run = || -> Result<()> {
-        let logits = model.logits(&Batch {
-            inputs: &ids,
-            attention_mask: Some(&mask),
-        })?;
+        let logits = model.logits(&Batch::tokens(&ids, Some(&mask)))?;
         // Read one value back so that nothing is left unevaluated.
         logits
             .flatten_all()?

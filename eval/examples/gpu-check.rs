@@ -344,7 +344,7 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
             .context("report has a greedy soup")?
             .search
             .steps;
-        let median = |f: &dyn Fn(&soup_eval::greedy::Step) -> f64| {
+        let median = |f: &dyn Fn(&soup_eval::greedy::Step<soup_eval::score::Metrics>) -> f64| {
             let mut v: Vec<f64> = steps.iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             v.get(v.len() / 2).copied().unwrap_or(f64::NAN) * 1e3

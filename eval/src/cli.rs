@@ -17,7 +17,9 @@ use super::evaluator::Evaluator;
 use super::images::LoadOptions;
 use super::plot;
 use super::report::Report;
-use super::session::{Session, Split};
+use super::score::{Metric, Task};
+use super::session::{DataOptions, Session, Split};
+use super::text::TextOptions;
 use super::transform::Transform;
 use model_soup::format::{self, Destination, OutputKind, Reads, Request, Role};
 use model_soup::soup::{self, MergeRequest};
@@ -29,6 +31,17 @@ torchvision's ImageFolder), or a .csv (path,label) or .jsonl ({\"path\", \"label
 being class indices or class names. Images are decoded (JPEG, PNG) and transformed as
 torchvision's evaluation preset (see the Images flags). --val ranks and chooses ingredients;
 --test is only reported.
+
+Language models (Hugging Face model directories: config.json, safetensors, tokenizer.json):
+the task follows the model and the data. A sequence classifier reads .jsonl or .csv with
+'text', an optional 'text_pair' and 'label' (an index, or a name from config.json's label2id),
+scored by accuracy and cross-entropy. A causal LM reads a text file or .jsonl {\"text\"} per
+document, cut into --seq-len windows every --stride tokens and scored by loss (mean token
+cross-entropy), perplexity and next-token accuracy; or multiple-choice .jsonl {\"context\",
+\"choices\", \"answer\"}, scored as lm-evaluation-harness does (accuracy, acc_norm). Any of them
+may be pre-tokenised: .safetensors with 'input_ids' (I64 [N, T]), an optional 'attention_mask'
+and, for classification, 'labels'. --metric picks what greedy optimises (loss and perplexity
+are minimised); the report shows every metric.
 
 Soups are merged by the same code as soup-merge: uniform weights 1/k, the first ingredient's
 dtype, summed in input order. The greedy soup written with -o is byte-identical to
@@ -56,13 +69,16 @@ pub struct Args {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Accuracy and mean cross-entropy of each checkpoint.
+    /// Every metric of each checkpoint: accuracy and mean cross-entropy; for a causal LM loss,
+    /// perplexity and next-token accuracy, or multiple-choice accuracy and acc_norm.
     Score(Common),
     /// The uniform soup of all the checkpoints.
     Uniform(Common),
-    /// The greedy soup: rank by val accuracy, add each next one only if val accuracy rises.
+    /// The greedy soup: rank by the val metric (accuracy; a language model's loss; --metric),
+    /// add each next one only if it improves.
     Greedy(GreedyArgs),
-    /// Soft voting: the mean of the models' softmax probabilities (or logits), then argmax.
+    /// Soft voting: the mean of the models' softmax probabilities (or logits), then argmax;
+    /// for language models the mixture of their next-token probabilities.
     Ensemble(EnsembleArgs),
     /// Everything: each checkpoint, the uniform soup, the greedy soup and the ensemble.
     Report(ReportArgs),
@@ -92,10 +108,10 @@ pub struct Common {
     #[arg(long, value_name = "PATH")]
     pub test: Option<PathBuf>,
 
-    /// Examples per forward pass (1 to 65536).
-    #[arg(long, default_value_t = 256, value_name = "N",
+    /// Examples per forward pass (1 to 65536). Default: 256 images, or 8 token sequences.
+    #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub batch_size: u32,
+    pub batch_size: Option<u32>,
 
     /// Where models run: auto (the GPU when this is the CUDA build and the machine has one,
     /// else the CPU), cpu, cuda or cuda:N. CUDA needs the CUDA build of soup-eval:
@@ -103,9 +119,10 @@ pub struct Common {
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: String,
 
-    /// The dtype models compute in: f32, or f16 / bf16 (for GPUs; their logits differ from
-    /// f32's by rounding, see README.md). Weights are averaged in f64 either way.
-    #[arg(long, value_enum, default_value_t = EvalDtype::F32, value_name = "DTYPE")]
+    /// The dtype models compute in: auto (the first checkpoint's float type; bf16 becomes f32
+    /// on the CPU, which cannot multiply bf16), f32, or f16 / bf16 (their logits differ from
+    /// f32's by rounding, see README.md). Soups are averaged in f64 either way.
+    #[arg(long, value_enum, default_value_t = EvalDtype::Auto, value_name = "DTYPE")]
     pub eval_dtype: EvalDtype,
 
     /// CPU threads for candle's kernels and the merge (sets RAYON_NUM_THREADS), 1 to 1024.
@@ -117,6 +134,9 @@ pub struct Common {
 
     #[command(flatten)]
     pub images: ImageArgs,
+
+    #[command(flatten)]
+    pub text: TextArgs,
 
     /// Print the report as JSON on stdout instead of a table.
     #[arg(long)]
@@ -241,9 +261,73 @@ impl ImageArgs {
     }
 }
 
+/// How text data is tokenised, cut and scored (language models).
+#[derive(Debug, ClapArgs)]
+pub struct TextArgs {
+    /// What to score, when the model and data leave it open: classification, lm (language
+    /// modelling) or mc (multiple choice). Default: a classifier's classification; for a
+    /// causal LM, mc when the data is .jsonl with 'choices', else lm.
+    #[arg(long, value_name = "TASK", value_parser = parse_task, help_heading = "Text")]
+    pub task: Option<Task>,
+
+    /// What greedy optimises and the plot shows: accuracy, loss, perplexity or acc_norm
+    /// (default: accuracy; loss for language modelling). Loss and perplexity are minimised.
+    #[arg(long, value_name = "NAME", value_parser = parse_metric, help_heading = "Text")]
+    pub metric: Option<Metric>,
+
+    /// The tokenizer.json for text data (default: the first ingredient's, in its model
+    /// directory). Pre-tokenised .safetensors data needs none.
+    #[arg(long, value_name = "PATH", help_heading = "Text")]
+    pub tokenizer: Option<PathBuf>,
+
+    /// Classification: tokens per example, special tokens included, longer ones truncated
+    /// (default: the model's positions, at most 512). Multiple choice: the longest sequence,
+    /// contexts cut from the left (default: the model's positions).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Text")]
+    pub max_length: Option<u32>,
+
+    /// Language modelling: tokens per window (default: the model's positions, at most 512).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..), help_heading = "Text")]
+    pub seq_len: Option<u32>,
+
+    /// Language modelling: tokens from one window's start to the next's, 1 to --seq-len
+    /// (default: --seq-len). Each token is scored once, from the window that first has it
+    /// with context; a smaller stride gives each more context.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Text")]
+    pub stride: Option<u32>,
+}
+
+impl TextArgs {
+    /// The text options.
+    pub fn options(&self) -> TextOptions {
+        TextOptions {
+            task: self.task,
+            max_length: self.max_length.map(|n| n as usize),
+            seq_len: self.seq_len.map(|n| n as usize),
+            stride: self.stride.map(|n| n as usize),
+        }
+    }
+}
+
+fn parse_task(s: &str) -> Result<Task, String> {
+    Task::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = Task::ALL.iter().map(|t| t.name()).collect();
+        format!("one of: {}", names.join(", "))
+    })
+}
+
+fn parse_metric(s: &str) -> Result<Metric, String> {
+    Metric::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
+        format!("one of: {}", names.join(", "))
+    })
+}
+
 /// `--eval-dtype`: the float type models compute in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EvalDtype {
+    /// The first checkpoint's float type, where the device computes in it.
+    Auto,
     /// 32-bit float.
     F32,
     /// IEEE half precision.
@@ -253,22 +337,14 @@ pub enum EvalDtype {
 }
 
 impl EvalDtype {
-    /// The candle dtype.
-    pub fn dtype(self) -> candle_core::DType {
-        match self {
+    /// The candle dtype, `None` for [`EvalDtype::Auto`].
+    pub fn dtype(self) -> Option<candle_core::DType> {
+        Some(match self {
+            EvalDtype::Auto => return None,
             EvalDtype::F32 => candle_core::DType::F32,
             EvalDtype::F16 => candle_core::DType::F16,
             EvalDtype::Bf16 => candle_core::DType::BF16,
-        }
-    }
-
-    /// The name `--eval-dtype` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            EvalDtype::F32 => "f32",
-            EvalDtype::F16 => "f16",
-            EvalDtype::Bf16 => "bf16",
-        }
+        })
     }
 }
 
@@ -289,7 +365,8 @@ pub struct GreedyArgs {
     #[arg(short, long)]
     pub force: bool,
 
-    /// Keep a candidate whose val accuracy ties the soup's (">=" instead of ">").
+    /// Keep a candidate whose val metric ties the soup's (">=" instead of ">", "<=" for a
+    /// loss).
     #[arg(long)]
     pub accept_ties: bool,
 }
@@ -468,7 +545,7 @@ fn reads(c: &Common) -> Vec<(Role, PathBuf)> {
         .map(|p| (Role::Ingredient, p.clone()))
         .collect();
     reads.extend(
-        [&c.val, &c.test]
+        [&c.val, &c.test, &c.text.tokenizer]
             .into_iter()
             .flatten()
             .map(|p| (Role::Dataset, p.clone())),
@@ -557,16 +634,30 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     // The first checkpoint configures the architecture; every ingredient is then checked
     // against that configuration.
     let first = c.inputs.first().ok_or(super::Error::NoIngredients)?;
-    let arch = selection.configure(&Checkpoint::open(first)?, &options)?;
-    let mut evaluator = Evaluator::new(arch, device, c.batch_size as usize);
-    evaluator.dtype = c.eval_dtype.dtype();
-    evaluator.progress = progress_bar(c.quiet);
-    Ok(Session::open_with(
+    let first = Checkpoint::open(first)?;
+    let arch = selection.configure(&first, &options)?;
+    let dtype = c
+        .eval_dtype
+        .dtype()
+        .unwrap_or_else(|| super::device::checkpoint_dtype(&first, &device));
+    drop(first);
+    let text = matches!(arch.input(), arch::Input::Tokens(_));
+    let batch_size = c.batch_size.unwrap_or(if text { 8 } else { 256 });
+    let mut evaluator = Evaluator::new(arch, device, batch_size as usize);
+    evaluator.dtype = dtype;
+    evaluator.progress = progress_bar(c.quiet, if text { "sequences" } else { "images" });
+    let data = DataOptions {
+        images,
+        text: c.text.options(),
+        tokenizer: c.text.tokenizer.clone(),
+        metric: c.text.metric,
+    };
+    Ok(Session::open_data(
         evaluator,
         &c.inputs,
         c.val.as_deref(),
         c.test.as_deref(),
-        &images,
+        &data,
     )?)
 }
 
@@ -575,7 +666,7 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
     let mut report = Report {
         arch: session.arch().describe(),
         device: Some(super::device::name(&session.evaluator().device)),
-        eval_dtype: Some(c.eval_dtype.name().to_string()),
+        eval_dtype: Some(dtype_name(session.evaluator().dtype).to_string()),
         val_data: c.val.clone(),
         test_data: c.test.clone(),
         ingredients: Vec::new(),
@@ -589,15 +680,27 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
     report
 }
 
-/// Counts evaluated images on stderr; hidden when stderr is not a terminal or with --quiet.
-fn progress_bar(quiet: bool) -> ProgressBar {
+/// How reports name a dtype: as `--eval-dtype` spells it.
+fn dtype_name(dtype: candle_core::DType) -> &'static str {
+    match dtype {
+        candle_core::DType::F16 => "f16",
+        candle_core::DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+/// Counts evaluated images (or sequences) on stderr; hidden when stderr is not a terminal or
+/// with --quiet.
+fn progress_bar(quiet: bool, unit: &str) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} images {per_sec} {elapsed}")
-            .expect("template is valid"),
+        ProgressStyle::with_template(&format!(
+            "{{bar:40.cyan/blue}} {{pos}}/{{len}} {unit} {{per_sec}} {{elapsed}}"
+        ))
+        .expect("template is valid"),
     );
     bar
 }

@@ -1,4 +1,4 @@
-//! Datasets: a safetensors file with `inputs` (float [N, ...]) and `labels` (i64 [N]), or images (a class folder tree or a CSV/JSONL list) decoded through [`crate::images`].
+//! Datasets: a safetensors file with `inputs` (float [N, ...]) and `labels` (i64 [N]), or images (a class folder tree or a CSV/JSONL list) decoded through [`crate::images`]; and [`Data`], one split as the model reads it, images or text ([`crate::text`]).
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,48 @@ use model_soup::format::{Accumulator, Checkpoint, Dtype};
 use super::arch::{Architecture, Input, Output};
 use super::error::{Error, Result};
 use super::images::{self, ImageList, LoadOptions, Samples};
+use super::score::Task;
+use super::text::TextData;
+
+/// One split as the model reads it: images (or float inputs) for a vision model, token
+/// sequences for a language model.
+pub enum Data {
+    /// Float inputs with class labels.
+    Images(Dataset),
+    /// Tokenised text for a sequence classifier or a next-token model.
+    Text(TextData),
+}
+
+impl Data {
+    /// The file or folder it came from.
+    pub fn path(&self) -> &Path {
+        match self {
+            Data::Images(d) => &d.path,
+            Data::Text(t) => &t.path,
+        }
+    }
+
+    /// Examples: images, text examples, language-modelling windows or questions.
+    pub fn len(&self) -> usize {
+        match self {
+            Data::Images(d) => d.len(),
+            Data::Text(t) => t.len(),
+        }
+    }
+
+    /// Whether the split has no examples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What is scored on it.
+    pub fn task(&self) -> Task {
+        match self {
+            Data::Images(_) => Task::Classification,
+            Data::Text(t) => t.task,
+        }
+    }
+}
 
 /// One split of a dataset, held as f32 inputs (in memory or in a cache file) and class labels.
 pub struct Dataset {

@@ -1,6 +1,7 @@
 //! `--device`: parse `auto`, `cpu`, `cuda` or `cuda:N`, and open the candle device.
 
-use candle_core::{Device, DeviceLocation};
+use candle_core::{DType, Device, DeviceLocation};
+use model_soup::format::{Checkpoint, Dtype};
 
 use super::error::{Error, Result};
 
@@ -63,6 +64,36 @@ impl DeviceSpec {
     }
 }
 
+/// `--eval-dtype auto`: the float type that holds most of `checkpoint`'s parameters, so a
+/// bf16 model is evaluated in bf16 and needs no f32 copy of twice its size. Two exceptions:
+/// on the CPU, bf16 becomes f32 (candle's CPU backend cannot multiply bf16 matrices), and f64
+/// or 8-bit floats become f32 (the models compute in f32, f16 or bf16 only).
+pub fn checkpoint_dtype(checkpoint: &Checkpoint, device: &Device) -> DType {
+    let mut elements = [0u64; 3];
+    for tensor in checkpoint.tensors() {
+        let slot = match tensor.info.dtype {
+            Dtype::F32 => 0,
+            Dtype::F16 => 1,
+            Dtype::BF16 => 2,
+            _ => continue,
+        };
+        elements[slot] += tensor.info.elements();
+    }
+    // The first of equal counts wins, so a tie prefers f32.
+    let most = (0..3).fold(0, |best, i| {
+        if elements[i] > elements[best] {
+            i
+        } else {
+            best
+        }
+    });
+    match most {
+        1 => DType::F16,
+        2 if !device.is_cpu() => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
 /// How a device is named in reports and on `--device`: `cpu` or `cuda:N`.
 pub fn name(device: &Device) -> String {
     match device.location() {
@@ -107,6 +138,60 @@ mod tests {
         }
         for spec in [DeviceSpec::Auto, DeviceSpec::Cpu, DeviceSpec::Cuda(2)] {
             assert_eq!(spec.to_string().parse::<DeviceSpec>().unwrap(), spec);
+        }
+    }
+
+    /// A checkpoint file of zero-filled tensors with these dtypes and element counts.
+    fn checkpoint(
+        dir: &std::path::Path,
+        tensors: &[(&str, safetensors::Dtype, usize)],
+    ) -> Checkpoint {
+        let data: Vec<(String, Vec<u8>, safetensors::Dtype, usize)> = tensors
+            .iter()
+            .map(|&(name, dtype, n)| {
+                (
+                    name.to_string(),
+                    vec![0u8; n * dtype.bitsize() / 8],
+                    dtype,
+                    n,
+                )
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(name, bytes, dtype, n)| {
+                let view = safetensors::tensor::TensorView::new(*dtype, vec![*n], bytes).unwrap();
+                (name.clone(), view)
+            })
+            .collect();
+        let path = dir.join("model.safetensors");
+        safetensors::serialize_to_file(views, None, &path).unwrap();
+        Checkpoint::open(&path).unwrap()
+    }
+
+    #[test]
+    fn auto_dtype_is_the_checkpoints_where_the_device_computes_it() {
+        use safetensors::Dtype as S;
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = Device::Cpu;
+        type Case<'a> = (&'a [(&'a str, S, usize)], DType);
+        let cases: &[Case] = &[
+            (&[("w", S::F16, 100), ("b", S::F32, 10)], DType::F16),
+            (&[("w", S::F32, 100), ("b", S::F16, 10)], DType::F32),
+            // bf16 cannot be multiplied on the CPU.
+            (&[("w", S::BF16, 100), ("b", S::F32, 10)], DType::F32),
+            // f64 and integer tensors never decide.
+            (
+                &[("w", S::F64, 100), ("b", S::F16, 10), ("n", S::I64, 1000)],
+                DType::F16,
+            ),
+            (&[("n", S::I64, 5)], DType::F32),
+            // A tie prefers f32.
+            (&[("a", S::F16, 10), ("b", S::F32, 10)], DType::F32),
+        ];
+        for (tensors, want) in cases {
+            let c = checkpoint(dir.path(), tensors);
+            assert_eq!(checkpoint_dtype(&c, &cpu), *want, "{tensors:?}");
         }
     }
 

@@ -311,6 +311,7 @@ impl External {
                 test: None,
             },
             goal: self.options.rule.goal,
+            metric: None,
             accept_ties: self.options.rule.accept_ties,
             output: output.map(|(p, _, _)| p.to_path_buf()),
             merge_command,

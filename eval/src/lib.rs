@@ -30,6 +30,7 @@ pub mod scorer;
 pub mod scorer_cli;
 pub mod search_log;
 pub mod session;
+pub mod text;
 pub mod transform;
 pub mod weights;
 

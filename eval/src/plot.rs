@@ -5,8 +5,9 @@
 use plotters::prelude::*;
 
 use super::error::{Error, Result};
+use super::greedy::Goal;
 use super::report::{Kind, Report, Row};
-use super::score::Measure;
+use super::score::{Measure, Metric};
 
 /// Renders `report` as an SVG document. Rows without both a val and a test score are left out;
 /// when no row has both, the plot is [`ranking_svg`]'s.
@@ -94,7 +95,7 @@ fn draw_ranking<M: Measure>(
         let label = format!(
             "{}  {}",
             row.name.trim_end_matches(".safetensors"),
-            M::show(value(row))
+            row.val.map_or_else(String::new, |v| v.show(value(row)))
         );
         chart.draw_series(std::iter::once(
             EmptyElement::at(at)
@@ -111,6 +112,15 @@ fn draw(
     title: &str,
     text: &mut String,
 ) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    // The metric that ranked (accuracy for images): fractions in percent, losses as they are.
+    let metric = report
+        .rows()
+        .iter()
+        .find_map(|r| r.val.map(|v| v.metric))
+        .unwrap_or(Metric::Accuracy);
+    if metric.goal() == Goal::Minimize || metric == Metric::AccNorm {
+        return draw_metric(report, title, metric, text);
+    }
     let points: Vec<(Kind, String, f64, f64)> = report
         .rows()
         .into_iter()
@@ -247,6 +257,74 @@ fn draw(
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// [`draw`] for a metric other than accuracy (a loss, a perplexity, `acc_norm`): each row's
+/// validation against test value of the metric, on axes that hold every point.
+fn draw_metric(
+    report: &Report,
+    title: &str,
+    metric: Metric,
+    text: &mut String,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let scale = if metric.goal() == Goal::Maximize {
+        100.0
+    } else {
+        1.0
+    };
+    let points: Vec<(Kind, String, f64, f64)> = report
+        .rows()
+        .into_iter()
+        .filter_map(|r| {
+            let (v, t) = (r.val?.get(metric), r.test?.get(metric));
+            (v.is_finite() && t.is_finite()).then(|| (r.kind, r.name.clone(), scale * v, scale * t))
+        })
+        .collect();
+    let (mut lo, mut hi) = points
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.2.min(p.3)), hi.max(p.2.max(p.3)))
+        });
+    if !lo.is_finite() {
+        (lo, hi) = (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.08).max(hi.abs() * 1e-3).max(1e-9);
+    let (lo, hi) = (lo - pad, hi + pad);
+    let root = SVGBackend::with_string(text, (820, 620)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(lo..hi, lo..hi)?;
+    let unit = if scale == 100.0 { " (%)" } else { "" };
+    let better = match metric.goal() {
+        Goal::Maximize => "higher is better",
+        Goal::Minimize => "lower is better",
+    };
+    chart
+        .configure_mesh()
+        .x_desc(format!("validation {}{unit}, {better}", metric.name()))
+        .y_desc(format!("test {}{unit}", metric.name()))
+        .draw()?;
+    for (kind, name, v, t) in &points {
+        let color = match kind {
+            Kind::Ingredient => RGBColor(90, 120, 200),
+            Kind::UniformSoup => RGBColor(60, 160, 90),
+            Kind::GreedySoup => RGBColor(210, 60, 50),
+            Kind::Ensemble => RGBColor(150, 90, 180),
+        };
+        let short = name.trim_end_matches(".safetensors");
+        let font = ("sans-serif", 11).into_font().color(&BLACK.mix(0.75));
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((*v, *t))
+                + Circle::new((0, 0), 5, color.filled())
+                + Text::new(short.to_string(), (9, -4), font),
+        ))?;
+    }
     root.present()?;
     Ok(())
 }

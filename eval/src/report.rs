@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::ensemble::Mode;
 use super::greedy::{Goal, Search};
-use super::score::{Measure, Score};
+use super::score::{Measure, Metric, Metrics};
 
 /// What a row stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -25,7 +25,7 @@ pub enum Kind {
 
 /// One model, soup or ensemble and how it scores.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Row<M = Score> {
+pub struct Row<M = Metrics> {
     /// What the row stands for.
     pub kind: Kind,
     /// The ingredient's file name, or a short description of the soup or ensemble.
@@ -40,13 +40,16 @@ pub struct Row<M = Score> {
 
 /// The greedy soup and how it was found.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Greedy<M = Score> {
+pub struct Greedy<M = Metrics> {
     /// The final soup, merged by the core exactly as written, scored on val and test.
     pub row: Row<M>,
     /// Ranking, every candidate tried (with merge and forward timings) and the choice.
     pub search: Search<M>,
     /// Which way is better (`--minimize` for an external scorer whose number is a loss).
     pub goal: Goal,
+    /// The metric the search ranked and chose by (`--metric`); absent for a `--scorer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<Metric>,
     /// Whether a candidate that ties the soup's validation accuracy was kept (`--accept-ties`).
     pub accept_ties: bool,
     /// Where the soup was written (`-o`), if it was.
@@ -58,7 +61,7 @@ pub struct Greedy<M = Score> {
 
 /// The ensemble and how its members were combined.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Ensemble<M = Score> {
+pub struct Ensemble<M = Metrics> {
     /// The ensemble's scores.
     pub row: Row<M>,
     /// Mean of probabilities (`probs`) or of logits (`logits`).
@@ -96,7 +99,7 @@ pub struct ScorerRun {
 
 /// Everything one `soup-eval` command measured. Sections a command doesn't compute are null.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Report<M = Score> {
+pub struct Report<M = Metrics> {
     /// The `--arch` models were built as, or `scorer` for an external `--scorer`.
     pub arch: String,
     /// Where the models ran (`cpu` or `cuda:N`; `--device auto` resolved); null with
@@ -145,6 +148,11 @@ impl<M: Measure> Report<M> {
     pub fn table(&self) -> String {
         let rows = self.rows();
         let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
+        // The columns are those of the first score: every score of one report has one task.
+        let Some(first) = rows.iter().find_map(|r| r.val.as_ref().or(r.test.as_ref())) else {
+            return self.empty_table(&rows, width);
+        };
+        let columns = first.columns();
         let splits: Vec<(&str, SplitOf<M>)> = [
             ("val", (|r: &Row<M>| r.val.as_ref()) as SplitOf<M>),
             ("test", |r: &Row<M>| r.test.as_ref()),
@@ -155,7 +163,7 @@ impl<M: Measure> Report<M> {
         let mut out = String::new();
         let mut header = format!("{:<width$}", "model");
         for (split, _) in &splits {
-            for (c, w) in M::COLUMNS.iter().zip(M::WIDTHS) {
+            for (c, w) in columns {
                 let title = if c.is_empty() {
                     split.to_string()
                 } else {
@@ -168,9 +176,8 @@ impl<M: Measure> Report<M> {
         for row in &rows {
             let mut line = format!("{:<width$}", row.name);
             for (_, get) in &splits {
-                let cells =
-                    get(row).map_or_else(|| vec!["-".to_string(); M::COLUMNS.len()], M::cells);
-                for (w, cell) in M::WIDTHS.iter().zip(cells) {
+                let cells = get(row).map_or_else(|| vec!["-".to_string(); columns.len()], M::cells);
+                for ((_, w), cell) in columns.iter().zip(cells) {
                     let _ = write!(line, "  {cell:>w$}");
                 }
             }
@@ -178,6 +185,17 @@ impl<M: Measure> Report<M> {
         }
         if let Some(g) = &self.greedy {
             let _ = writeln!(out, "\ngreedy soup: {}", g.row.members.join(" + "));
+            if let Some(metric) = g.metric {
+                let _ = writeln!(
+                    out,
+                    "  by val {} ({})",
+                    metric.name(),
+                    match metric.goal() {
+                        Goal::Maximize => "higher is better",
+                        Goal::Minimize => "lower is better",
+                    }
+                );
+            }
             let names: Vec<&str> = self.ingredients.iter().map(|r| r.name.as_str()).collect();
             let rule = match (g.goal, g.accept_ties) {
                 (Goal::Maximize, false) => ">",
@@ -194,9 +212,9 @@ impl<M: Measure> Report<M> {
                     if step.kept { "+" } else { "-" },
                     name,
                     step.soup_size,
-                    M::show(step.trial.val.value()),
+                    first.show(step.trial.val.value()),
                     rule,
-                    M::show(step.previous),
+                    first.show(step.previous),
                     if step.kept { "kept" } else { "rejected" },
                     1e3 * step.trial.merge_seconds,
                     1e3 * step.trial.eval_seconds,
@@ -242,19 +260,34 @@ impl<M: Measure> Report<M> {
         }
         out
     }
+
+    /// The table when no row has a score: the names alone.
+    fn empty_table(&self, rows: &[&Row<M>], width: usize) -> String {
+        let mut out = format!("{:<width$}\n", "model").trim_end().to_string() + "\n";
+        for row in rows {
+            out.push_str(&row.name);
+            out.push('\n');
+        }
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn s(correct: u64) -> Score {
-        Score {
-            correct,
-            total: 359,
-            accuracy: correct as f64 / 359.0,
-            loss: 0.125,
-        }
+    use crate::score::Score;
+
+    fn s(correct: u64) -> Metrics {
+        Metrics::classification(
+            Score {
+                correct,
+                total: 359,
+                accuracy: correct as f64 / 359.0,
+                loss: 0.125,
+            },
+            Metric::Accuracy,
+        )
     }
 
     fn report() -> Report {

@@ -1,5 +1,4 @@
-//! One evaluation run: ingredients opened and checked once, datasets loaded once, each
-//! ingredient's logits computed once and reused by the ensemble; soups built through the core.
+//! One evaluation run: ingredients opened and checked once, datasets (images or text) loaded once, each ingredient's outputs computed once and reused by the ensemble; soups built through the core.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -11,16 +10,31 @@ use model_soup::soup::{
     self, display_name, Merge, MergeRequest, Plan, PlanOptions, RunOptions, Warning,
 };
 
-use super::arch::Architecture;
-use super::dataset::Dataset;
+use super::arch::{Architecture, Input, Layout, Output};
+use super::dataset::{Data, Dataset};
 use super::ensemble::{self, Mode};
 use super::error::{Error, Result};
-use super::evaluator::Evaluator;
+use super::evaluator::{Evaluator, Outputs};
 use super::greedy::{self, Candidates, Trial};
 use super::images::{LoadOptions, Samples};
 use super::report::{Ensemble, Greedy, Kind, Row};
-use super::score::Score;
+use super::score::{Metric, Metrics, Task};
+use super::text::{data::choose_task, TextData, TextOptions, TextTokenizer, TokenModel};
 use super::weights::{check_fits, RunningSum, Weights};
+
+/// How a session reads its data and what it ranks by, beyond the ingredients and splits.
+#[derive(Clone, Debug, Default)]
+pub struct DataOptions {
+    /// How image datasets are decoded and held.
+    pub images: LoadOptions,
+    /// How text is cut, and the task (`--task`, `--max-length`, `--seq-len`, `--stride`).
+    pub text: TextOptions,
+    /// The tokenizer for text data (`--tokenizer`); default: the first ingredient's
+    /// `tokenizer.json`, when it is a model directory.
+    pub tokenizer: Option<PathBuf>,
+    /// What greedy optimises and the plot shows (`--metric`); default: the task's.
+    pub metric: Option<Metric>,
+}
 
 /// A dataset split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,18 +45,25 @@ pub enum Split {
     Test,
 }
 
-/// Ingredients, datasets and an evaluator, with per-ingredient logits cached.
+/// Ingredients, datasets and an evaluator, with per-ingredient outputs cached.
 pub struct Session {
     evaluator: Evaluator,
     paths: Vec<PathBuf>,
     /// `None` only while a plan holds the checkpoint (see [`Session::with_plan`]).
     pool: Vec<Option<Checkpoint>>,
-    val: Option<Dataset>,
-    test: Option<Dataset>,
-    /// Each split's inputs on a GPU, uploaded once: `[val, test]` (none on the CPU).
+    val: Option<Data>,
+    test: Option<Data>,
+    /// Each image split's inputs on a GPU, uploaded once: `[val, test]` (none on the CPU).
     inputs: [Option<Tensor>; 2],
-    /// Logits per ingredient: `[val, test]`.
-    logits: Vec<[Option<Vec<f32>>; 2]>,
+    /// Outputs per ingredient: `[val, test]` (logits `[N, classes]` of a classifier, a few
+    /// numbers per sequence of a language model).
+    outputs: Vec<[Option<Outputs>; 2]>,
+    /// What is scored.
+    task: Task,
+    /// What ranks ingredients and decides greedy steps.
+    metric: Metric,
+    /// Whether `--metric` was given (else the task's default ranks).
+    metric_given: bool,
     /// Warnings from the core's merges (integer buffers that differ, say), without repeats.
     pub warnings: Vec<Warning>,
 }
@@ -68,6 +89,22 @@ impl Session {
         test: Option<&Path>,
         images: &LoadOptions,
     ) -> Result<Session> {
+        let options = DataOptions {
+            images: images.clone(),
+            ..DataOptions::default()
+        };
+        Session::open_data(evaluator, ingredients, val, test, &options)
+    }
+
+    /// [`Session::open`] with every data option: images or text, whichever the architecture
+    /// reads. Text is tokenised once per split, here.
+    pub fn open_data(
+        evaluator: Evaluator,
+        ingredients: &[PathBuf],
+        val: Option<&Path>,
+        test: Option<&Path>,
+        options: &DataOptions,
+    ) -> Result<Session> {
         if ingredients.is_empty() {
             return Err(Error::NoIngredients);
         }
@@ -78,13 +115,34 @@ impl Session {
             check_fits(&checkpoint, arch)?;
             pool.push(Some(checkpoint));
         }
-        let val = val
-            .map(|p| Dataset::open_with(p, arch, images))
-            .transpose()?;
-        let test = test
-            .map(|p| Dataset::open_with(p, arch, images))
-            .transpose()?;
-        if let (Some(v), Some(t)) = (&val, &test) {
+        let (val, test, task) = match arch.input() {
+            Input::Image(_) => {
+                let open = |p: Option<&Path>| {
+                    p.map(|p| Dataset::open_with(p, arch, &options.images).map(Data::Images))
+                        .transpose()
+                };
+                (open(val)?, open(test)?, Task::Classification)
+            }
+            Input::Tokens(_) => {
+                let first = pool[0].as_ref().expect("opened above");
+                let (val, test, task) = open_text(first, arch, val, test, options)?;
+                (val.map(Data::Text), test.map(Data::Text), task)
+            }
+        };
+        let metric = options.metric.unwrap_or(task.default_metric());
+        if !task.metrics().contains(&metric) {
+            let names: Vec<&str> = task.metrics().iter().map(|m| m.name()).collect();
+            return Err(Error::Dataset {
+                path: PathBuf::from("--metric"),
+                reason: format!(
+                    "{} is not a metric of {}; it has: {}",
+                    metric.name(),
+                    task.name(),
+                    names.join(", ")
+                ),
+            });
+        }
+        if let (Some(v), Some(t)) = (images(&val), images(&test)) {
             if let (Some(a), Some(b)) = (&v.classes, &t.classes) {
                 if a != b {
                     let first = a
@@ -105,7 +163,7 @@ impl Session {
             }
         }
         let mut warnings = Vec::new();
-        for data in val.iter().chain(&test) {
+        for data in images(&val).into_iter().chain(images(&test)) {
             if let Some((path, reason)) = data.skipped.first() {
                 warnings.push(Warning::general(
                     "images-skipped",
@@ -122,8 +180,8 @@ impl Session {
         // On a GPU each split's inputs cross to the device once, for every model of the run;
         // the CPU reads them batch by batch from where they are, with no second copy (nor
         // does a split too large for memory, held in a cache file, go to the device whole).
-        let upload = |d: &Option<Dataset>| {
-            d.as_ref()
+        let upload = |d: &Option<Data>| {
+            images(d)
                 .filter(|d| !evaluator.device.is_cpu() && matches!(d.inputs, Samples::Memory(_)))
                 .map(|d| evaluator.upload(d))
                 .transpose()
@@ -132,11 +190,14 @@ impl Session {
         Ok(Session {
             evaluator,
             paths: ingredients.to_vec(),
-            logits: vec![[None, None]; pool.len()],
+            outputs: vec![[None, None]; pool.len()],
             pool,
             val,
             test,
             inputs,
+            task,
+            metric,
+            metric_given: options.metric.is_some(),
             warnings,
         })
     }
@@ -144,6 +205,16 @@ impl Session {
     /// The architecture models are built as.
     pub fn arch(&self) -> &dyn Architecture {
         &*self.evaluator.arch
+    }
+
+    /// What is scored: classification, language modelling or multiple choice.
+    pub fn task(&self) -> Task {
+        self.task
+    }
+
+    /// The metric that ranks ingredients and decides greedy steps.
+    pub fn metric(&self) -> Metric {
+        self.metric
     }
 
     /// The evaluator, for its progress bar.
@@ -161,7 +232,8 @@ impl Session {
         self.data(split).is_some()
     }
 
-    fn data(&self, split: Split) -> Option<&Dataset> {
+    /// A split's data, if it was given.
+    pub fn data(&self, split: Split) -> Option<&Data> {
         match split {
             Split::Val => self.val.as_ref(),
             Split::Test => self.test.as_ref(),
@@ -169,7 +241,7 @@ impl Session {
     }
 
     /// A split's data, with its inputs on the device when they were uploaded.
-    fn on_device(&self, split: Split) -> Option<(&Dataset, Option<&Tensor>)> {
+    fn on_device(&self, split: Split) -> Option<(&Data, Option<&Tensor>)> {
         let inputs = self.inputs[split as usize].as_ref();
         self.data(split).map(|d| (d, inputs))
     }
@@ -248,38 +320,40 @@ impl Session {
     }
 
     /// Scores `weights` on each split given.
-    fn score_splits(&self, weights: &Weights) -> Result<(Option<Score>, Option<Score>)> {
+    fn score_splits(&self, weights: &Weights) -> Result<(Option<Metrics>, Option<Metrics>)> {
         let score = |split| {
             self.on_device(split)
-                .map(|(d, x)| self.evaluator.score_with(weights, d, x))
+                .map(|(d, x)| self.evaluator.metrics(weights, d, x, self.metric))
                 .transpose()
         };
         Ok((score(Split::Val)?, score(Split::Test)?))
     }
 
-    /// Logits of ingredient `i` on `split` (computed once).
-    fn ingredient_logits(&mut self, i: usize, split: Split) -> Result<Option<&[f32]>> {
+    /// Outputs of ingredient `i` on `split` (computed once): logits, or each sequence's
+    /// token statistics (language-modelling windows, or multiple-choice choices, in order).
+    pub fn ingredient_outputs(&mut self, i: usize, split: Split) -> Result<Option<&Outputs>> {
         let slot = split as usize;
-        if self.logits[i][slot].is_none() {
+        if self.outputs[i][slot].is_none() {
             let Some((data, inputs)) = self.on_device(split) else {
                 return Ok(None);
             };
             let weights = Weights::from_checkpoint(self.checkpoint(i), &self.evaluator.device)?;
-            let logits = self.evaluator.logits_with(&weights, data, inputs)?;
-            self.logits[i][slot] = Some(logits);
+            let outputs = self.evaluator.outputs(&weights, data, inputs)?;
+            self.outputs[i][slot] = Some(outputs);
         }
-        Ok(self.logits[i][slot].as_deref())
+        Ok(self.outputs[i][slot].as_ref())
     }
 
-    /// Ingredient `i`'s score on `split`, if that split was given.
-    pub fn ingredient_score(&mut self, i: usize, split: Split) -> Result<Option<Score>> {
+    /// Ingredient `i`'s metrics on `split`, if that split was given.
+    pub fn ingredient_score(&mut self, i: usize, split: Split) -> Result<Option<Metrics>> {
         let classes = self.arch().output().width();
-        let Some(logits) = self.ingredient_logits(i, split)? else {
+        let metric = self.metric;
+        if self.ingredient_outputs(i, split)?.is_none() {
             return Ok(None);
-        };
-        let logits = logits.to_vec();
-        let labels = &self.data(split).expect("has logits").labels;
-        Ok(Some(Score::from_logits(&logits, classes, labels)))
+        }
+        let outputs = self.outputs[i][split as usize].as_ref().expect("computed");
+        let data = self.data(split).expect("has outputs");
+        Ok(Some(outputs.metrics(data, classes, metric)))
     }
 
     /// One row per ingredient, scored on the splits given (`splits` limits which).
@@ -349,6 +423,7 @@ impl Session {
                 evaluator: &self.evaluator,
                 val,
                 val_inputs,
+                metric: self.metric,
                 soup: None,
                 pending: None,
             };
@@ -356,7 +431,7 @@ impl Session {
                 &val_scores,
                 &mut candidates,
                 greedy::Rule {
-                    goal: greedy::Goal::Maximize,
+                    goal: self.metric.goal(),
                     accept_ties,
                 },
                 1,
@@ -398,14 +473,21 @@ impl Session {
                 test,
             },
             search,
-            goal: greedy::Goal::Maximize,
+            goal: self.metric.goal(),
+            // Named when it isn't the image classifier's accuracy, whose report predates it.
+            metric: (self.metric_given
+                || self.task != Task::Classification
+                || matches!(self.val, Some(Data::Text(_))))
+            .then_some(self.metric),
             accept_ties,
             output: output.and_then(|r| r.output.clone()),
             merge_command,
         })
     }
 
-    /// The ensemble of every ingredient, from their cached logits.
+    /// The ensemble of every ingredient: a classifier's from their cached logits; a
+    /// language model's from the members run together, batch by batch (see
+    /// [`Evaluator::token_stats`] for the memory it takes).
     pub fn ensemble(&mut self, mode: Mode) -> Result<Ensemble> {
         let classes = self.arch().output().width();
         let mut scores = [None, None];
@@ -413,16 +495,49 @@ impl Session {
             if !self.has(split) {
                 continue;
             }
-            for i in 0..self.pool.len() {
-                self.ingredient_logits(i, split)?;
-            }
-            let logits: Vec<&[f32]> = self
-                .logits
-                .iter()
-                .map(|l| l[split as usize].as_deref().expect("computed above"))
-                .collect();
-            let labels = &self.data(split).expect("has").labels;
-            scores[split as usize] = Some(ensemble::score(&logits, classes, labels, mode));
+            let score = match self.data(split).expect("has") {
+                Data::Text(text) if text.task != Task::Classification => {
+                    let members = self
+                        .pool
+                        .iter()
+                        .map(|c| {
+                            Weights::from_checkpoint(
+                                c.as_ref().expect("returned"),
+                                &self.evaluator.device,
+                            )
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let members: Vec<&Weights> = members.iter().collect();
+                    let stats = self.evaluator.token_stats(&members, text, mode)?;
+                    Outputs::Tokens(stats).metrics(
+                        self.data(split).expect("has"),
+                        classes,
+                        self.metric,
+                    )
+                }
+                _ => {
+                    for i in 0..self.pool.len() {
+                        self.ingredient_outputs(i, split)?;
+                    }
+                    let logits: Vec<&[f32]> = self
+                        .outputs
+                        .iter()
+                        .map(|o| match &o[split as usize] {
+                            Some(Outputs::Logits(l)) => l.as_slice(),
+                            _ => unreachable!("a classifier's outputs are logits"),
+                        })
+                        .collect();
+                    let labels = match self.data(split).expect("has") {
+                        Data::Images(d) => &d.labels,
+                        Data::Text(t) => &t.labels,
+                    };
+                    Metrics::classification(
+                        ensemble::score(&logits, classes, labels, mode),
+                        self.metric,
+                    )
+                }
+            };
+            scores[split as usize] = Some(score);
         }
         Ok(Ensemble {
             row: Row {
@@ -434,6 +549,14 @@ impl Session {
             },
             mode,
         })
+    }
+}
+
+/// A split's image dataset, if it is one.
+fn images(d: &Option<Data>) -> Option<&Dataset> {
+    match d {
+        Some(Data::Images(d)) => Some(d),
+        _ => None,
     }
 }
 
@@ -456,14 +579,15 @@ pub(crate) fn shell_word(s: &str) -> String {
 struct SumCandidates<'a> {
     checkpoints: &'a [&'a Checkpoint],
     evaluator: &'a Evaluator,
-    val: &'a Dataset,
+    val: &'a Data,
     val_inputs: Option<&'a Tensor>,
+    metric: Metric,
     soup: Option<RunningSum<'a>>,
     /// The last candidate tried and its sum, so that keeping it costs nothing.
     pending: Option<(usize, RunningSum<'a>)>,
 }
 
-impl Candidates for SumCandidates<'_> {
+impl Candidates<Metrics> for SumCandidates<'_> {
     fn start(&mut self, first: usize) -> Result<()> {
         self.soup = Some(RunningSum::new(
             self.checkpoints[first],
@@ -472,7 +596,7 @@ impl Candidates for SumCandidates<'_> {
         Ok(())
     }
 
-    fn try_with(&mut self, candidate: usize) -> Result<Trial> {
+    fn try_with(&mut self, candidate: usize) -> Result<Trial<Metrics>> {
         let started = Instant::now();
         let sum = self
             .soup
@@ -485,7 +609,7 @@ impl Candidates for SumCandidates<'_> {
         let merged = Instant::now();
         let val = self
             .evaluator
-            .score_with(&weights, self.val, self.val_inputs)?;
+            .metrics(&weights, self.val, self.val_inputs, self.metric)?;
         let done = Instant::now();
         self.pending = Some((candidate, sum));
         Ok(Trial {
@@ -508,4 +632,79 @@ impl Candidates for SumCandidates<'_> {
         self.soup = Some(soup);
         Ok(())
     }
+}
+
+/// Opens the text splits of a language model: the model's vocabulary, positions, classes and
+/// `config.json` (from the first ingredient), its tokenizer when the data needs one, and the
+/// task both splits share.
+fn open_text(
+    first: &Checkpoint,
+    arch: &dyn Architecture,
+    val: Option<&Path>,
+    test: Option<&Path>,
+    options: &DataOptions,
+) -> Result<(Option<TextData>, Option<TextData>, Task)> {
+    let Input::Tokens(input) = arch.input() else {
+        unreachable!("called for token models")
+    };
+    let layout = Layout::of(first)?;
+    let tokenizer_path = options.tokenizer.clone().or_else(|| {
+        let dir = first.path();
+        let path = dir.join("tokenizer.json");
+        (dir.is_dir() && path.is_file()).then_some(path)
+    });
+    let tokenizer = tokenizer_path
+        .as_deref()
+        .map(TextTokenizer::open)
+        .transpose()?;
+    if let Some(t) = &tokenizer {
+        if t.vocab_size() > input.vocab {
+            return Err(Error::Dataset {
+                path: t.path().to_path_buf(),
+                reason: format!(
+                    "has {} tokens, but {} has {} embedding rows; use the tokenizer saved with this model (--tokenizer PATH)",
+                    t.vocab_size(),
+                    first.path().display(),
+                    input.vocab
+                ),
+            });
+        }
+    }
+    let model = TokenModel {
+        vocab: input.vocab,
+        max_positions: input.max_positions,
+        classes: match arch.output() {
+            Output::Classes(n) => Some(n),
+            Output::NextToken(_) => None,
+        },
+        pad_id: input
+            .pad_token_id
+            .or_else(|| tokenizer.as_ref().and_then(TextTokenizer::padding_id))
+            .unwrap_or(0),
+        ..TokenModel::default()
+    }
+    .with_config(layout.config.as_ref());
+    let mut tasks = Vec::new();
+    for path in val.iter().chain(test.iter()) {
+        tasks.push((path, choose_task(path, &model, options.text.task)?));
+    }
+    if let [(a, ta), (b, tb)] = tasks[..] {
+        if ta != tb {
+            return Err(Error::Dataset {
+                path: b.to_path_buf(),
+                reason: format!(
+                    "is {} data, but --val {} is {} data; give both splits one task (or --task)",
+                    tb.name(),
+                    a.display(),
+                    ta.name()
+                ),
+            });
+        }
+    }
+    let task = tasks.first().map_or(Task::LanguageModelling, |(_, t)| *t);
+    let open = |p: Option<&Path>| {
+        p.map(|p| TextData::open(p, task, &model, tokenizer.as_ref(), &options.text))
+            .transpose()
+    };
+    Ok((open(val)?, open(test)?, task))
 }

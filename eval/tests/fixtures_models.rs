@@ -198,8 +198,11 @@ fn readme_accuracies_match_the_evaluator() {
 /// The vision fixtures, which have their own budget (issue 11: under 20 MB in all).
 const VISION: &[&str] = &["vision", "vision-digits", "digits-images"];
 
+/// The language-model fixtures, which have their own budget (issue 12: under 10 MB).
+const TEXT: &str = "text";
+
 #[test]
-fn fixtures_stay_under_five_megabytes_and_vision_under_twenty() {
+fn fixtures_stay_under_five_megabytes_vision_under_twenty_and_text_under_ten() {
     fn size(dir: &Path) -> u64 {
         std::fs::read_dir(dir)
             .unwrap()
@@ -215,14 +218,19 @@ fn fixtures_stay_under_five_megabytes_and_vision_under_twenty() {
             .sum()
     }
     let vision: u64 = VISION.iter().map(|d| size(&fixtures().join(d))).sum();
-    let total = size(&fixtures()) - vision;
+    let text = size(&fixtures().join(TEXT));
+    let total = size(&fixtures()) - vision - text;
     assert!(
         total < 5_000_000,
-        "fixtures/ holds {total} bytes besides the vision fixtures"
+        "fixtures/ holds {total} bytes besides the vision and text fixtures"
     );
     assert!(
         vision > 0 && vision < 20_000_000,
         "the vision fixtures hold {vision} bytes"
+    );
+    assert!(
+        text > 0 && text < 10_000_000,
+        "the text fixtures hold {text} bytes"
     );
 }
 

@@ -23,6 +23,23 @@
 //! and add one line to [`FAMILIES`]. `resnet.rs` is a complete example. Settings that the
 //! shapes don't reveal (a ViT's heads) take the standard variants' convention, overridable
 //! through [`Options`] (`--arch-option KEY=VALUE`).
+//!
+//! # Adding a language model
+//!
+//! Text families read a Hugging Face model directory: settings from `config.json` through
+//! [`hf_config::HfConfig`] (typed values, transformers' defaults, errors naming the key),
+//! sizes from the shapes, checked against each other; they detect themselves with
+//! [`hf_config::detect`] (`architectures`, then `model_type`). A decoder-only causal LM that
+//! differs from Llama only in biases, fused projections, q/k norms, Gemma's norms and
+//! embedding scale, partial rotary or sliding windows is one small file declaring a
+//! [`decoder::Style`] (see `qwen2.rs`, about 40 lines) plus its line in [`FAMILIES`]; anything
+//! else (another norm, a rope scaling) goes into `decoder.rs` once, behind a new `Style`
+//! field, with a `config.json` key that is refused until it is implemented. A BERT-like
+//! classifier reuses [`encoder::EncoderConfig`] and adds its head (see `bert.rs`). Shared
+//! layers (attention with an f32 softmax, masks, RMSNorm and LayerNorm as transformers
+//! computes them, activations by config name) are in `text_layers.rs`. Every new family
+//! gets a fixture model in `fixtures/text/models` and parity logits in
+//! `fixtures/text/parity`, which `eval/tests/text_parity.rs` checks.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,17 +52,29 @@ use model_soup::format::Checkpoint;
 
 use crate::error::{Error, Result};
 
+pub mod bert;
 pub mod convnext;
+pub mod decoder;
 pub mod densenet;
 pub mod digits_cnn;
+pub mod distilbert;
 pub mod efficientnet;
+pub mod encoder;
+pub mod gemma;
+pub mod hf_config;
 pub mod hf_convnext;
 pub mod hf_vit;
 pub mod layers;
+pub mod llama;
 pub mod mnasnet;
 pub mod mobilenet_v2;
 pub mod mobilenet_v3;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 pub mod resnet;
+pub mod roberta;
+pub mod text_layers;
 pub mod vgg;
 pub mod vit;
 
@@ -63,6 +92,14 @@ pub const FAMILIES: &[&dyn Family] = &[
     &mnasnet::MnasNetFamily,
     &hf_vit::HfVitFamily,
     &hf_convnext::HfConvNextFamily,
+    &llama::LlamaFamily,
+    &qwen2::Qwen2Family,
+    &qwen3::Qwen3Family,
+    &phi3::Phi3Family,
+    &gemma::GemmaFamily,
+    &bert::BertFamily,
+    &roberta::RobertaFamily,
+    &distilbert::DistilBertFamily,
 ];
 
 /// A model built from one set of weights: maps a batch to logits (see [`Output`]).
@@ -81,6 +118,11 @@ pub struct Batch<'a> {
     /// positions are ignored by every caller, so a model only has to keep real positions
     /// independent of the padding (a causal mask does; an encoder masks padded keys).
     pub attention_mask: Option<&'a Tensor>,
+    /// Tokens only: U32 `[B, T]` segment ids, 0 for the first text of a pair and 1 for the
+    /// second, as the tokenizer's `type_ids` give them (transformers' `token_type_ids`).
+    /// Only models with segment embeddings (BERT) read them; `None` means segment 0
+    /// everywhere.
+    pub token_type_ids: Option<&'a Tensor>,
 }
 
 impl<'a> Batch<'a> {
@@ -89,6 +131,16 @@ impl<'a> Batch<'a> {
         Batch {
             inputs,
             attention_mask: None,
+            token_type_ids: None,
+        }
+    }
+
+    /// A batch of token ids with their attention mask, all in segment 0.
+    pub fn tokens(ids: &'a Tensor, attention_mask: Option<&'a Tensor>) -> Self {
+        Batch {
+            inputs: ids,
+            attention_mask,
+            token_type_ids: None,
         }
     }
 }

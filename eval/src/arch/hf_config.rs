@@ -1,0 +1,240 @@
+//! A Hugging Face `config.json`, read key by key: typed values, transformers' defaults for absent keys, and errors that name the key.
+//!
+//! Text families configure themselves from the model directory's `config.json` (heads,
+//! epsilons, rope settings) and check it against the tensor shapes. Every error here is a
+//! [`ConfigError`] whose "tensor" is `config.json:KEY`, so the user sees which key to fix.
+
+use serde_json::Value;
+
+use super::{ConfigError, Layout};
+
+/// The parsed `config.json` of a model directory.
+#[derive(Clone, Copy, Debug)]
+pub struct HfConfig<'a> {
+    value: &'a serde_json::Map<String, Value>,
+}
+
+/// The name errors give a `config.json` key.
+pub fn key_name(key: &str) -> String {
+    format!("config.json:{key}")
+}
+
+impl<'a> HfConfig<'a> {
+    /// The `config.json` of `layout`'s model directory; an error when there is none (text
+    /// models need it: heads and other settings are not in the shapes).
+    pub fn of(layout: &'a Layout) -> Result<HfConfig<'a>, ConfigError> {
+        match &layout.config {
+            Some(Value::Object(value)) => Ok(HfConfig { value }),
+            Some(_) => Err(ConfigError::new(
+                "config.json",
+                "is not a JSON object; it must be the model directory's Hugging Face config",
+            )),
+            None => Err(ConfigError::new(
+                "config.json",
+                "is missing; a language model is read from a Hugging Face model directory (config.json next to the safetensors files)",
+            )),
+        }
+    }
+
+    /// The raw value of `key`, treating JSON `null` as absent.
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.value.get(key).filter(|v| !v.is_null())
+    }
+
+    /// Whether `key` is present and not `null`.
+    pub fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Whether `config.json` has `key` at all, `null` included.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.value.contains_key(key)
+    }
+
+    /// `key` as a non-negative integer, if present.
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>, ConfigError> {
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| bad(key, v, "a non-negative integer"))
+            })
+            .transpose()
+    }
+
+    /// `key` as a positive integer; an error when absent.
+    pub fn positive(&self, key: &str) -> Result<usize, ConfigError> {
+        match self.opt_usize(key)? {
+            Some(0) => Err(bad(key, &Value::from(0), "a positive integer")),
+            Some(n) => Ok(n),
+            None => Err(ConfigError::new(
+                key_name(key),
+                "is missing; the model's config.json must give it",
+            )),
+        }
+    }
+
+    /// `key` as a positive integer, or `default` when absent.
+    pub fn positive_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        match self.opt_usize(key)? {
+            Some(0) => Err(bad(key, &Value::from(0), "a positive integer")),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        }
+    }
+
+    /// `key` as a finite number, or `default` when absent.
+    pub fn number_or(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| bad(key, v, "a finite number")),
+        }
+    }
+
+    /// `key` as a positive finite number, or `default` when absent.
+    pub fn positive_number_or(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
+        let x = self.number_or(key, default)?;
+        if x > 0.0 {
+            Ok(x)
+        } else {
+            Err(bad(key, &Value::from(x), "a positive number"))
+        }
+    }
+
+    /// `key` as a boolean, or `default` when absent.
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| bad(key, v, "true or false")),
+        }
+    }
+
+    /// `key` as a string, if present.
+    pub fn opt_str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
+        self.get(key)
+            .map(|v| v.as_str().ok_or_else(|| bad(key, v, "a string")))
+            .transpose()
+    }
+
+    /// `key` as a token id (a non-negative integer below 2^32), if present.
+    pub fn token_id(&self, key: &str) -> Result<Option<u32>, ConfigError> {
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| bad(key, v, "a token id (a non-negative integer)"))
+            })
+            .transpose()
+    }
+
+    /// Checks that `key`, when present, equals `found` (a size read from a tensor's shape):
+    /// the error names the key, its value and the tensor that disagrees.
+    pub fn agrees(&self, key: &str, found: usize, tensor: &str) -> Result<(), ConfigError> {
+        match self.opt_usize(key)? {
+            Some(n) if n != found => Err(ConfigError::new(
+                key_name(key),
+                format!("is {n}, but tensor '{tensor}' says {found}; config.json and the weights disagree"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a setting this implementation does not have: `key` must be absent, `null`,
+    /// or one of `allowed` (compared as JSON).
+    pub fn refuse_unless(
+        &self,
+        key: &str,
+        allowed: &[Value],
+        what: &str,
+    ) -> Result<(), ConfigError> {
+        match self.get(key) {
+            Some(v) if !allowed.contains(v) => {
+                Err(ConfigError::new(key_name(key), format!("is {v}; {what}")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The classes `architectures` lists.
+    pub fn architectures(&self) -> Vec<&'a str> {
+        match self.get("architectures") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Whether `layout` is a model directory whose `config.json` names one of `classes` in
+/// `architectures`, or, when it lists none, has one of `model_types` as `model_type`. This is
+/// how every text family implements [`super::Family::detect`].
+pub fn detect(layout: &Layout, classes: &[&str], model_types: &[&str]) -> bool {
+    let Ok(config) = HfConfig::of(layout) else {
+        return false;
+    };
+    let listed = config.architectures();
+    if !listed.is_empty() {
+        return listed.iter().any(|a| classes.contains(a));
+    }
+    config
+        .opt_str("model_type")
+        .ok()
+        .flatten()
+        .is_some_and(|t| model_types.contains(&t))
+}
+
+fn bad(key: &str, value: &Value, want: &str) -> ConfigError {
+    ConfigError::new(key_name(key), format!("is {value}; it must be {want}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(config: Value) -> Layout {
+        let mut l = Layout::from_shapes(std::iter::empty());
+        l.config = Some(config);
+        l
+    }
+
+    #[test]
+    fn values_are_typed_and_errors_name_the_key() {
+        let l = layout(serde_json::json!({
+            "hidden_size": 64, "eps": 1e-5, "name": "x", "neg": -3, "nothing": null, "flag": true
+        }));
+        let c = HfConfig::of(&l).unwrap();
+        assert_eq!(c.positive("hidden_size").unwrap(), 64);
+        assert_eq!(c.number_or("eps", 0.0).unwrap(), 1e-5);
+        assert_eq!(c.positive_or("nothing", 7).unwrap(), 7);
+        assert!(c.bool_or("flag", false).unwrap());
+        let err = c.positive("neg").unwrap_err();
+        assert_eq!(err.tensor, "config.json:neg");
+        assert!(err.reason.contains("-3"), "{}", err.reason);
+        assert_eq!(
+            c.positive("absent").unwrap_err().tensor,
+            "config.json:absent"
+        );
+        assert_eq!(c.positive("name").unwrap_err().tensor, "config.json:name");
+        let err = c.agrees("hidden_size", 48, "w").unwrap_err();
+        assert!(
+            err.reason.contains("64") && err.reason.contains("48") && err.reason.contains("'w'")
+        );
+    }
+
+    #[test]
+    fn detection_prefers_architectures_over_model_type() {
+        let l = layout(
+            serde_json::json!({"architectures": ["LlamaForSequenceClassification"], "model_type": "llama"}),
+        );
+        assert!(!detect(&l, &["LlamaForCausalLM"], &["llama"]));
+        let l = layout(serde_json::json!({"model_type": "llama"}));
+        assert!(detect(&l, &["LlamaForCausalLM"], &["llama"]));
+        assert!(!detect(
+            &Layout::default(),
+            &["LlamaForCausalLM"],
+            &["llama"]
+        ));
+    }
+}

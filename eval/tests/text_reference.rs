@@ -1,0 +1,344 @@
+//! soup-eval's language-model pipeline against PyTorch and Python's `tokenizers`, on the
+//! fixtures of fixtures/text (made by fixtures/text/make_text_fixtures.py):
+//!
+//! - token ids equal to the Python `tokenizers` package's, exactly, for every sentence of
+//!   parity/tokens.jsonl (with and without special tokens, pairs, truncation, non-ASCII);
+//! - every metric of parity/metrics.json (PyTorch, float64-accumulated, spec §3 definitions),
+//!   per model and for the ensembles, within 1e-4 relative, with the token and question counts
+//!   exact; and per window (language modelling) and per choice (multiple choice) too.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use model_soup::format::Checkpoint;
+use serde_json::Value;
+use soup_eval::arch::{Options, Selection};
+use soup_eval::ensemble::Mode;
+use soup_eval::evaluator::{Evaluator, Outputs};
+use soup_eval::score::{Metric, Metrics, Score, Task};
+use soup_eval::session::{DataOptions, Session, Split};
+use soup_eval::text::{TextOptions, TextTokenizer};
+
+/// The bar: relative error of each metric.
+const TOLERANCE: f64 = 1e-4;
+
+fn text_fixture(path: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/text")).join(path)
+}
+
+/// A fixture model's directory: `models/NAME`, or `e2e/NAME` for the trained ones.
+fn model_dir(name: &str) -> PathBuf {
+    if name.starts_with("e2e/") {
+        text_fixture(name)
+    } else {
+        text_fixture(&format!("models/{name}"))
+    }
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn token_ids_equal_python_tokenizers() {
+    let cases = lines(&text_fixture("parity/tokens.jsonl"));
+    assert!(cases.len() >= 100, "{} cases", cases.len());
+    let (mut pairs, mut truncated, mut non_ascii) = (0, 0, 0);
+    for case in &cases {
+        let model = case["model"].as_str().unwrap();
+        let text = case["text"].as_str().unwrap();
+        let pair = case.get("text_pair").and_then(Value::as_str);
+        let special = case["add_special_tokens"].as_bool().unwrap();
+        let mut tokenizer =
+            TextTokenizer::open(&text_fixture(&format!("models/{model}/tokenizer.json"))).unwrap();
+        if let Some(max) = case.get("max_length").and_then(Value::as_u64) {
+            tokenizer = tokenizer.truncated(max as usize).unwrap();
+            truncated += 1;
+        }
+        let expected: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let ids = tokenizer.encode(text, pair, special).unwrap();
+        assert_eq!(
+            ids, expected,
+            "{model}: {text:?} / {pair:?}, special tokens {special}"
+        );
+        pairs += pair.is_some() as usize;
+        non_ascii += (!text.is_ascii()) as usize;
+    }
+    assert!(
+        pairs > 0 && truncated > 0 && non_ascii > 0,
+        "{pairs} {truncated} {non_ascii}"
+    );
+}
+
+fn close(ours: f64, theirs: f64, what: &str) -> f64 {
+    let err = (ours - theirs).abs() / theirs.abs().max(1e-12);
+    assert!(
+        err <= TOLERANCE || (ours - theirs).abs() < 1e-12,
+        "{what}: soup-eval {ours} vs PyTorch {theirs} (relative {err:.2e})"
+    );
+    err
+}
+
+/// Opens a session over `models` (fixture model names) on `data` with the entry's options.
+fn session(models: &[String], data: &str, task: Task, options: &Value) -> Session {
+    let dirs: Vec<PathBuf> = models.iter().map(|m| model_dir(m)).collect();
+    let arch = Selection::parse("auto")
+        .unwrap()
+        .configure(&Checkpoint::open(&dirs[0]).unwrap(), &Options::default())
+        .unwrap();
+    let evaluator = Evaluator::new(arch, Device::Cpu, 5);
+    let get = |k: &str| options.get(k).and_then(Value::as_u64).map(|v| v as usize);
+    let default_length = options.get("default_max_length").and_then(Value::as_bool) == Some(true);
+    let text = TextOptions {
+        task: Some(task),
+        max_length: if default_length {
+            None
+        } else {
+            get("max_length")
+        },
+        seq_len: get("seq_len"),
+        stride: get("stride"),
+    };
+    let options = DataOptions {
+        text,
+        metric: Some(if task == Task::LanguageModelling {
+            Metric::Loss
+        } else {
+            Metric::Accuracy
+        }),
+        ..DataOptions::default()
+    };
+    Session::open_data(
+        evaluator,
+        &dirs,
+        Some(&text_fixture(&format!("data/{data}"))),
+        None,
+        &options,
+    )
+    .unwrap_or_else(|e| panic!("{models:?} on {data}: {e}"))
+}
+
+#[test]
+fn metrics_equal_pytorch_for_every_model_and_ensemble() {
+    let entries: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(text_fixture("parity/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let mut worst: f64 = 0.0;
+    let mut checked = 0;
+    for e in &entries {
+        let models: Vec<String> = match &e["model"] {
+            Value::String(m) => vec![m.clone()],
+            Value::Array(a) => a.iter().map(|m| m.as_str().unwrap().to_string()).collect(),
+            other => panic!("model {other}"),
+        };
+        let data = e["data"].as_str().unwrap();
+        let task = match e["task"].as_str().unwrap() {
+            "classification" => Task::Classification,
+            "lm" => Task::LanguageModelling,
+            "multiple_choice" => Task::MultipleChoice,
+            other => panic!("task {other}"),
+        };
+        let what = format!("{models:?} on {data} {}", e["options"]);
+        let mut s = session(&models[..1], data, task, &e["options"]);
+        let m: Metrics = if models.len() == 1 {
+            s.ingredients(&[Split::Val]).unwrap()[0].val.unwrap()
+        } else if task == Task::Classification {
+            // Members of different architectures (BERT and DistilBERT, each with its own
+            // tokenizer): no soup, so each is scored in a session of its own and the mean of
+            // their softmax probabilities is taken here.
+            let mut sum: Vec<f64> = Vec::new();
+            let mut classes = 0;
+            for m in &models {
+                let mut one = session(std::slice::from_ref(m), data, task, &e["options"]);
+                classes = one.arch().output().width();
+                let Some(Outputs::Logits(logits)) = one.ingredient_outputs(0, Split::Val).unwrap()
+                else {
+                    panic!("{what}: a classifier gives logits")
+                };
+                let p = soup_eval::score::softmax(logits, classes);
+                if sum.is_empty() {
+                    sum = vec![0.0; p.len()];
+                }
+                sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+            }
+            let mean: Vec<f64> = sum.iter().map(|x| x / models.len() as f64).collect();
+            let Some(soup_eval::dataset::Data::Text(d)) = s.data(Split::Val) else {
+                panic!("text data")
+            };
+            Metrics::classification(
+                Score::from_probabilities(&mean, classes, &d.labels),
+                Metric::Accuracy,
+            )
+        } else {
+            // Members of different architectures (tied, untied, Mistral's window): no soup,
+            // so no session over them all; the mixture of their models on the first one's data.
+            mixture(&s, &models, task)
+        };
+        let expected = &e["metrics"];
+        let n = e["per_example"].as_array().unwrap().len();
+        for (key, ours) in [
+            ("accuracy", m.accuracy),
+            ("loss", m.loss),
+            ("perplexity", m.perplexity.unwrap_or(f64::NAN)),
+            ("acc_norm", m.acc_norm.unwrap_or(f64::NAN)),
+        ] {
+            if let Some(theirs) = expected.get(key).and_then(Value::as_f64) {
+                if key.starts_with("acc") {
+                    assert_eq!(ours, theirs, "{what}: {key}");
+                } else {
+                    worst = worst.max(close(ours, theirs, &format!("{what}: {key}")));
+                }
+            }
+        }
+        match task {
+            Task::LanguageModelling => {
+                assert_eq!(
+                    m.total,
+                    expected["tokens"].as_u64().unwrap(),
+                    "{what}: tokens"
+                );
+            }
+            _ => assert_eq!(m.total, n as u64, "{what}: examples"),
+        }
+        if models.len() == 1 {
+            worst = worst.max(per_example(&mut s, task, &e["per_example"], &what));
+        }
+        if task == Task::MultipleChoice {
+            // The choice cross-entropy, from PyTorch's per-choice scores.
+            let mut loss = 0.0;
+            let mut answers =
+                std::fs::read_to_string(text_fixture(&format!("data/{data}"))).unwrap();
+            answers.retain(|_| true);
+            let answers: Vec<usize> = answers
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["answer"]
+                        .as_u64()
+                        .unwrap() as usize
+                })
+                .collect();
+            for (q, a) in e["per_example"].as_array().unwrap().iter().zip(&answers) {
+                let scores: Vec<f64> = q["scores"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                loss += max + scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln() - scores[*a];
+            }
+            worst = worst.max(close(
+                m.loss,
+                loss / answers.len() as f64,
+                &format!("{what}: choice loss"),
+            ));
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, entries.len(), "every entry is checked");
+    assert!(checked >= 70, "{checked} entries");
+    eprintln!("{checked} reference entries; worst relative error {worst:.2e}");
+}
+
+/// Language modelling: each window's summed log-probability and token count; multiple choice:
+/// each choice's summed log-probability. Returns the worst relative error.
+fn per_example(s: &mut Session, task: Task, expected: &Value, what: &str) -> f64 {
+    let Some(Outputs::Tokens(stats)) = s.ingredient_outputs(0, Split::Val).unwrap() else {
+        return 0.0;
+    };
+    let mut worst: f64 = 0.0;
+    match task {
+        Task::LanguageModelling => {
+            let windows: Vec<&Value> = expected
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["count"].as_u64().unwrap() > 0)
+                .collect();
+            assert_eq!(stats.len(), windows.len(), "{what}: windows");
+            for (i, (ours, theirs)) in stats.iter().zip(windows).enumerate() {
+                assert_eq!(
+                    ours.tokens,
+                    theirs["count"].as_u64().unwrap(),
+                    "{what}: window {i}"
+                );
+                let err = (ours.log_prob - theirs["sum_logprob"].as_f64().unwrap()).abs()
+                    / theirs["sum_logprob"].as_f64().unwrap().abs().max(1.0);
+                assert!(
+                    err <= TOLERANCE,
+                    "{what}: window {i}: {} vs {}",
+                    ours.log_prob,
+                    theirs["sum_logprob"]
+                );
+                worst = worst.max(err);
+            }
+        }
+        Task::MultipleChoice => {
+            let scores: Vec<f64> = expected
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|q| {
+                    q["scores"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.as_f64().unwrap())
+                })
+                .collect();
+            assert_eq!(stats.len(), scores.len(), "{what}: choices");
+            for (i, (ours, theirs)) in stats.iter().zip(scores).enumerate() {
+                let err = (ours.log_prob - theirs).abs() / theirs.abs().max(1.0);
+                assert!(
+                    err <= TOLERANCE,
+                    "{what}: choice {i}: {} vs {theirs}",
+                    ours.log_prob
+                );
+                worst = worst.max(err);
+            }
+        }
+        Task::Classification => {}
+    }
+    worst
+}
+
+/// The mixture ensemble of `models` (fixture names) on the session's validation data.
+fn mixture(s: &Session, models: &[String], task: Task) -> Metrics {
+    let Some(soup_eval::dataset::Data::Text(data)) = s.data(Split::Val) else {
+        panic!("text data")
+    };
+    let built: Vec<Box<dyn soup_eval::arch::Model>> = models
+        .iter()
+        .map(|m| {
+            let c = Checkpoint::open(&model_dir(m)).unwrap();
+            let arch = Selection::parse("auto")
+                .unwrap()
+                .configure(&c, &Options::default())
+                .unwrap();
+            let w = soup_eval::weights::Weights::from_checkpoint(&c, &Device::Cpu).unwrap();
+            arch.build(w.var_builder(candle_core::DType::F32)).unwrap()
+        })
+        .collect();
+    let stats = s
+        .evaluator()
+        .model_stats(&built, data, Mode::Probs)
+        .unwrap();
+    let metric = if task == Task::LanguageModelling {
+        Metric::Loss
+    } else {
+        Metric::Accuracy
+    };
+    Outputs::Tokens(stats).metrics(s.data(Split::Val).unwrap(), 0, metric)
+}
