@@ -5,7 +5,10 @@
 #   TORCH_PYTHON=/work/torch-venv/bin/python THREADS=2 bench/vision_bench.sh [WORK_DIR]
 #
 # PARTS (default "forward preprocess greedy") picks which of the three parts below run; files
-# made in WORK_DIR by an earlier run are reused.
+# made in WORK_DIR by an earlier run are reused. BEFORE_PROBE=path/to/an/older/bench-vision
+# also runs that build's forward probe, interleaved, for a before/after ratio in the same run
+# (build it from the older commit, e.g. `git archive OLD | tar -x -C /tmp/old` then `cargo
+# build --release -p soup-eval --example bench-vision` there, and copy the binary out).
 #
 # 1. Forward throughput, images/s: ResNet-50 and ViT-B/16 (torchvision constructors, random
 #    weights), batch 32 at 224x224, eval mode; candle through soup-eval's evaluator
@@ -32,6 +35,10 @@ if [[ $parts == *forward* ]]; then
     [[ -f $work/resnet50.safetensors ]] || "$py" "$repo/bench/vision_models.py" save "$work"
     for model in resnet50 vit_b_16; do
         "$py" "$repo/bench/vision_models.py" torch "$work/$model.safetensors" "$threads" 32 3
+        if [[ -n ${BEFORE_PROBE:-} ]]; then
+            echo -n "before: "
+            "$BEFORE_PROBE" forward "$work/$model.safetensors" 32 3
+        fi
         "$probe" forward "$work/$model.safetensors" 32 3
     done
 fi

@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use super::layers::{adaptive_avg_pool, conv_dims, linear, linear_specs, ConvShape};
+use super::layers::{adaptive_avg_pool, conv_dims, linear, linear_specs, Conv, ConvShape};
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
     TensorSpec,
@@ -148,6 +148,7 @@ fn conv(
         stride,
         padding,
         groups,
+        dilation: 1,
         bias: true,
     }
 }
@@ -265,7 +266,7 @@ fn norm2d(x: &Tensor, ln: &LayerNorm) -> Result<Tensor> {
 }
 
 struct Block {
-    dwconv: Conv2d,
+    dwconv: Conv,
     norm: LayerNorm,
     up: Linear,
     down: Linear,
@@ -289,10 +290,10 @@ impl Block {
 }
 
 /// LayerNorm2d then a 2x2 stride-2 convolution, between stages.
-type Downsample = (LayerNorm, Conv2d);
+type Downsample = (LayerNorm, Conv);
 
 struct ConvNext {
-    stem: (Conv2d, LayerNorm),
+    stem: (Conv, LayerNorm),
     stages: Vec<(Vec<Block>, Option<Downsample>)>,
     norm: LayerNorm,
     head: Linear,

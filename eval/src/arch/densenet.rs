@@ -23,11 +23,11 @@
 use std::sync::Arc;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
+use candle_nn::{BatchNorm, Linear, VarBuilder};
 
 use super::layers::{
     adaptive_avg_pool, avg_pool, batch_norm, batch_norm_specs, conv_dims, eval_norm, linear,
-    linear_specs, max_pool, ConvNorm, ConvShape,
+    linear_specs, max_pool, Conv, ConvNorm, ConvShape,
 };
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
@@ -100,6 +100,7 @@ impl DenseNetConfig {
             stride: 2,
             padding: k / 2,
             groups: 1,
+            dilation: 1,
             bias: false,
         };
         let first = "features.denseblock1.denselayer1";
@@ -276,9 +277,9 @@ impl Architecture for DenseNetConfig {
 /// BN-ReLU-conv1x1-BN-ReLU-conv3x3; its output is concatenated to its input.
 struct DenseLayer {
     norm1: BatchNorm,
-    conv1: Conv2d,
+    conv1: Conv,
     norm2: BatchNorm,
-    conv2: Conv2d,
+    conv2: Conv,
 }
 
 impl Module for DenseLayer {
@@ -292,7 +293,7 @@ impl Module for DenseLayer {
 /// BN-ReLU-conv1x1, then a 2x2 average pool.
 struct Transition {
     norm: BatchNorm,
-    conv: Conv2d,
+    conv: Conv,
 }
 
 impl Module for Transition {

@@ -19,11 +19,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Linear, VarBuilder};
+use candle_core::{Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
 
 use super::layers::{
-    adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, ConvShape,
+    adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, Conv, ConvNorm, ConvShape,
 };
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
@@ -256,6 +256,7 @@ impl EfficientNetConfig {
             stride,
             padding: (kernel - 1) / 2,
             groups,
+            dilation: 1,
             bias: false,
         }
     }
@@ -351,11 +352,8 @@ impl Architecture for EfficientNetConfig {
     fn build(&self, vb: VarBuilder) -> Result<Box<dyn Model>> {
         let f = vb.pp("features");
         let eps = self.bn_eps;
-        let cbn = |shape: ConvShape, vb: VarBuilder| -> Result<ConvBn> {
-            Ok(ConvBn {
-                conv: shape.build(vb.pp("0"))?,
-                norm: candle_nn::batch_norm(shape.output, eps, vb.pp("1"))?,
-            })
+        let cbn = |shape: ConvShape, vb: VarBuilder| -> Result<ConvNorm> {
+            ConvNorm::with_eps(&shape, vb.pp("0"), vb.pp("1"), eps)
         };
         let stem = cbn(self.conv(self.channels, self.stem, 3, 2, 1), f.pp("0"))?;
         let mut blocks = Vec::new();
@@ -417,24 +415,12 @@ impl Architecture for EfficientNetConfig {
     }
 }
 
-/// Conv then eval-mode batch norm (with the family's epsilon).
-struct ConvBn {
-    conv: Conv2d,
-    norm: candle_nn::BatchNorm,
-}
-
-impl Module for ConvBn {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        super::layers::eval_norm(&x.apply(&self.conv)?, &self.norm)
-    }
-}
-
 struct Block {
-    expand: Option<ConvBn>,
-    depthwise: ConvBn,
-    fc1: Conv2d,
-    fc2: Conv2d,
-    project: ConvBn,
+    expand: Option<ConvNorm>,
+    depthwise: ConvNorm,
+    fc1: Conv,
+    fc2: Conv,
+    project: ConvNorm,
     residual: bool,
 }
 
@@ -459,9 +445,9 @@ impl Block {
 }
 
 struct EfficientNet {
-    stem: ConvBn,
+    stem: ConvNorm,
     blocks: Vec<Block>,
-    head: ConvBn,
+    head: ConvNorm,
     classifier: Linear,
 }
 

@@ -1,9 +1,16 @@
-//! Layers torchvision's models share, with PyTorch's semantics: convolutions read from their stored shapes, eval-mode batch norm, padded pooling, adaptive average pooling.
+//! Layers torchvision's models share, with PyTorch's semantics: convolutions read from their stored shapes, eval-mode batch norm (folded into the convolution before it), padded pooling, adaptive average pooling, hard activations.
 
-use candle_core::{Module, ModuleT, Result, Tensor, D};
-use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_core::{DType, Module, ModuleT, Result, Tensor, D};
+use candle_nn::{BatchNorm, Linear, VarBuilder};
 
 use super::{Layout, TensorSpec};
+
+mod attention;
+mod depthwise;
+pub mod hf_config;
+
+pub use attention::{first_token, tokens_linear, Activation, SelfAttention};
+pub use depthwise::Depthwise;
 
 /// Batch-norm epsilon, PyTorch's default.
 pub const BN_EPS: f64 = 1e-5;
@@ -24,6 +31,8 @@ pub struct ConvShape {
     pub padding: usize,
     /// Channel groups.
     pub groups: usize,
+    /// Spacing of the kernel taps (1: none).
+    pub dilation: usize,
     /// Whether a `bias` tensor goes with the weight.
     pub bias: bool,
 }
@@ -38,20 +47,26 @@ impl ConvShape {
             stride,
             padding: kernel / 2,
             groups: 1,
+            dilation: 1,
             bias: false,
         }
+    }
+
+    /// The shape of the stored weight: [out, in/groups, k, k].
+    pub fn weight_shape(&self) -> [usize; 4] {
+        [
+            self.output,
+            self.input / self.groups,
+            self.kernel,
+            self.kernel,
+        ]
     }
 
     /// The tensors at `prefix` (`prefix.weight`, and `prefix.bias` with a bias).
     pub fn specs(&self, prefix: &str, out: &mut Vec<TensorSpec>) {
         out.push(TensorSpec::float(
             &format!("{prefix}.weight"),
-            &[
-                self.output,
-                self.input / self.groups,
-                self.kernel,
-                self.kernel,
-            ],
+            &self.weight_shape(),
         ));
         if self.bias {
             out.push(TensorSpec::float(&format!("{prefix}.bias"), &[self.output]));
@@ -59,17 +74,64 @@ impl ConvShape {
     }
 
     /// Builds the convolution from `vb`.
-    pub fn build(&self, vb: VarBuilder) -> Result<Conv2d> {
-        let cfg = Conv2dConfig {
-            padding: self.padding,
-            stride: self.stride,
-            groups: self.groups,
-            ..Default::default()
-        };
-        if self.bias {
-            candle_nn::conv2d(self.input, self.output, self.kernel, cfg, vb)
+    pub fn build(&self, vb: VarBuilder) -> Result<Conv> {
+        let weight = vb.get(self.weight_shape().as_slice(), "weight")?;
+        let bias = if self.bias {
+            Some(vb.get(self.output, "bias")?)
         } else {
-            candle_nn::conv2d_no_bias(self.input, self.output, self.kernel, cfg, vb)
+            None
+        };
+        Conv::new(weight, bias, self)
+    }
+}
+
+/// A `torch.nn.Conv2d` in eval mode: candle's convolution, or, on the CPU for a depthwise
+/// layer (one filter per channel), the direct [`Depthwise`] kernel.
+pub struct Conv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    shape: ConvShape,
+    /// The direct kernel, when the layer is depthwise and the weights are on the CPU.
+    depthwise: Option<Depthwise>,
+}
+
+impl Conv {
+    /// A convolution of `shape` from its weight [out, in/groups, k, k] and optional bias [out].
+    pub fn new(weight: Tensor, bias: Option<Tensor>, shape: &ConvShape) -> Result<Conv> {
+        let depthwise_layer =
+            shape.groups > 1 && shape.groups == shape.input && shape.output == shape.input;
+        let depthwise = if depthwise_layer && weight.device().is_cpu() {
+            Some(Depthwise {
+                stride: shape.stride,
+                padding: shape.padding,
+                dilation: shape.dilation,
+                bias: bias
+                    .as_ref()
+                    .map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>())
+                    .transpose()?,
+            })
+        } else {
+            None
+        };
+        Ok(Conv {
+            weight,
+            bias,
+            shape: *shape,
+            depthwise,
+        })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(op) = &self.depthwise {
+            return x.contiguous()?.apply_op2_no_bwd(&self.weight, op);
+        }
+        let s = &self.shape;
+        let y = x.conv2d(&self.weight, s.padding, s.stride, s.dilation, s.groups)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, s.output, 1, 1))?),
+            None => Ok(y),
         }
     }
 }
@@ -175,24 +237,91 @@ pub fn adaptive_avg_pool(x: &Tensor, oh: usize, ow: usize) -> Result<Tensor> {
 
 /// A convolution followed by eval-mode batch norm (and nothing else): torchvision's
 /// `Conv2dNormActivation` without the activation, and ResNet's conv/bn pairs.
+///
+/// In eval mode batch norm is an affine map per output channel, `y * s + (beta - mean * s)`
+/// with `s = gamma / sqrt(var + eps)`, so it is folded into the convolution when the model is
+/// built: `W' = W * s` per output channel and `b' = (b - mean) * s + beta`. That saves one
+/// pass over every activation (and its temporaries) per convolution. The folding is computed
+/// in f64 from the f32 weights and rounded once to the evaluation dtype, so an f16/bf16 model
+/// rounds each folded weight once rather than rounding the convolution's output and then
+/// every step of the normalisation.
 pub struct ConvNorm {
-    conv: Conv2d,
-    norm: BatchNorm,
+    conv: Conv,
 }
 
 impl ConvNorm {
-    /// Reads `conv` at `conv_vb` and the batch norm at `norm_vb`.
+    /// Reads `conv` at `conv_vb` and the batch norm (PyTorch's default epsilon) at `norm_vb`.
     pub fn new(shape: &ConvShape, conv_vb: VarBuilder, norm_vb: VarBuilder) -> Result<Self> {
+        Self::with_eps(shape, conv_vb, norm_vb, BN_EPS)
+    }
+
+    /// [`ConvNorm::new`] with batch norm's epsilon `eps`.
+    pub fn with_eps(
+        shape: &ConvShape,
+        conv_vb: VarBuilder,
+        norm_vb: VarBuilder,
+        eps: f64,
+    ) -> Result<Self> {
+        let dtype = conv_vb.dtype();
+        // Read at full precision (the evaluator's weights are f32), fold in f64, round once.
+        let exact = |vb: &VarBuilder, shape: &[usize], name: &str| -> Result<Tensor> {
+            vb.clone()
+                .set_dtype(DType::F32)
+                .get(shape, name)?
+                .to_dtype(DType::F64)
+        };
+        let o = shape.output;
+        let weight = exact(
+            &conv_vb,
+            &[o, shape.input / shape.groups, shape.kernel, shape.kernel],
+            "weight",
+        )?;
+        let bias = if shape.bias {
+            Some(exact(&conv_vb, &[o], "bias")?)
+        } else {
+            None
+        };
+        let gamma = exact(&norm_vb, &[o], "weight")?;
+        let beta = exact(&norm_vb, &[o], "bias")?;
+        let mean = exact(&norm_vb, &[o], "running_mean")?;
+        let var = exact(&norm_vb, &[o], "running_var")?;
+        let scale = (gamma / (var + eps)?.sqrt()?)?;
+        let weight = weight.broadcast_mul(&scale.reshape((o, 1, 1, 1))?)?;
+        let shift = match bias {
+            Some(b) => (b - mean)?,
+            None => mean.neg()?,
+        };
+        let bias = ((shift * scale)? + beta)?;
         Ok(ConvNorm {
-            conv: shape.build(conv_vb)?,
-            norm: batch_norm(shape.output, norm_vb)?,
+            conv: Conv::new(weight.to_dtype(dtype)?, Some(bias.to_dtype(dtype)?), shape)?,
         })
     }
 }
 
 impl Module for ConvNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        eval_norm(&x.apply(&self.conv)?, &self.norm)
+        self.conv.forward(x)
+    }
+}
+
+/// `torch.nn.Hardsigmoid`: `relu6(x + 3) / 6`.
+pub fn hard_sigmoid(x: &Tensor) -> Result<Tensor> {
+    (x + 3.0)?.clamp(0f32, 6f32)? / 6.0
+}
+
+/// `torch.nn.Hardswish`: `x * relu6(x + 3) / 6`.
+pub fn hard_swish(x: &Tensor) -> Result<Tensor> {
+    x * hard_sigmoid(x)?
+}
+
+/// torchvision's `_make_divisible(v, 8)`: the multiple of 8 nearest `v` (at least 8), one
+/// step up when rounding lost more than 10%.
+pub fn make_divisible(v: f64) -> usize {
+    let rounded = (((v + 4.0) as usize) / 8 * 8).max(8);
+    if (rounded as f64) < 0.9 * v {
+        rounded + 8
+    } else {
+        rounded
     }
 }
 

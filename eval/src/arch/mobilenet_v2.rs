@@ -155,6 +155,7 @@ fn conv(input: usize, output: usize, kernel: usize, stride: usize, groups: usize
         stride,
         padding: (kernel - 1) / 2,
         groups,
+        dilation: 1,
         bias: false,
     }
 }

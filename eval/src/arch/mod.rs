@@ -63,9 +63,13 @@ pub mod encoder;
 pub mod encoder_classifier;
 pub mod gemma;
 pub mod hf_config;
+pub mod hf_convnext;
+pub mod hf_vit;
 pub mod layers;
 pub mod llama;
+pub mod mnasnet;
 pub mod mobilenet_v2;
+pub mod mobilenet_v3;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
@@ -85,6 +89,10 @@ pub const FAMILIES: &[&dyn Family] = &[
     &convnext::ConvNextFamily,
     &efficientnet::EfficientNetFamily,
     &mobilenet_v2::MobileNetV2Family,
+    &mobilenet_v3::MobileNetV3Family,
+    &mnasnet::MnasNetFamily,
+    &hf_vit::HfVitFamily,
+    &hf_convnext::HfConvNextFamily,
     &llama::LlamaFamily,
     &qwen2::Qwen2Family,
     &qwen3::Qwen3Family,
@@ -456,6 +464,11 @@ impl Options {
                     })
             })
             .transpose()
+    }
+
+    /// The value of `key` as given, if given.
+    pub fn text(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
     }
 
     /// The keys given.

@@ -121,6 +121,7 @@ impl ResNetConfig {
             stride: 2,
             padding: stem_k / 2,
             groups: 1,
+            dilation: 1,
             bias: false,
         };
         let bottleneck = layout.has("layer1.0.conv3.weight");
@@ -221,6 +222,7 @@ fn read_block(
             stride: if strided { stride } else { 1 },
             padding: k / 2,
             groups,
+            dilation: 1,
             bias: false,
         });
         input = out;
@@ -236,6 +238,7 @@ fn read_block(
             stride,
             padding: 0,
             groups: 1,
+            dilation: 1,
             bias: false,
         })
     } else {

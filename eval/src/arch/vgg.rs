@@ -14,11 +14,11 @@
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
-use candle_nn::{BatchNorm, Conv2d, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::layers::{
-    adaptive_avg_pool, batch_norm, batch_norm_specs, conv_dims, eval_norm, linear, linear_specs,
-    max_pool, ConvShape,
+    adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, max_pool, Conv, ConvNorm,
+    ConvShape,
 };
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
@@ -134,6 +134,7 @@ impl VggConfig {
                     stride: 1,
                     padding: kernel / 2,
                     groups: 1,
+                    dilation: 1,
                     bias: true,
                 },
             ));
@@ -270,14 +271,13 @@ impl Architecture for VggConfig {
         let mut layers = Vec::new();
         for s in &self.steps {
             layers.push(match s {
-                Step::Conv(i, c) => Layer::Conv(
-                    c.build(f.pp(i.to_string()))?,
-                    if self.batch_norm {
-                        Some(batch_norm(c.output, f.pp((i + 1).to_string()))?)
-                    } else {
-                        None
-                    },
-                ),
+                // Batch norm is folded into its convolution (layers::ConvNorm).
+                Step::Conv(i, c) if self.batch_norm => Layer::ConvNorm(ConvNorm::new(
+                    c,
+                    f.pp(i.to_string()),
+                    f.pp((i + 1).to_string()),
+                )?),
+                Step::Conv(i, c) => Layer::Conv(c.build(f.pp(i.to_string()))?),
                 Step::Pool => Layer::Pool,
             });
         }
@@ -295,7 +295,8 @@ impl Architecture for VggConfig {
 }
 
 enum Layer {
-    Conv(Conv2d, Option<BatchNorm>),
+    Conv(Conv),
+    ConvNorm(ConvNorm),
     Pool,
 }
 
@@ -310,14 +311,8 @@ impl Model for Vgg {
         let mut x = x.clone();
         for layer in &self.layers {
             x = match layer {
-                Layer::Conv(conv, bn) => {
-                    let y = x.apply(conv)?;
-                    match bn {
-                        Some(bn) => eval_norm(&y, bn)?,
-                        None => y,
-                    }
-                    .relu()?
-                }
+                Layer::Conv(conv) => x.apply(conv)?.relu()?,
+                Layer::ConvNorm(conv) => x.apply(conv)?.relu()?,
                 Layer::Pool => max_pool(&x, 2, 2, 0)?,
             };
         }

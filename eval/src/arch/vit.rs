@@ -16,7 +16,9 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor, D};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use super::layers::{linear, linear_specs, ConvShape};
+use super::layers::{
+    first_token, linear, linear_specs, tokens_linear, Conv, ConvShape, SelfAttention,
+};
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
     TensorSpec,
@@ -241,15 +243,15 @@ impl Architecture for VitConfig {
             let a = b.pp("self_attention");
             blocks.push(Block {
                 ln_1: candle_nn::layer_norm(w, LN_EPS, b.pp("ln_1"))?,
-                in_proj: Linear::new(
+                attention: SelfAttention::new(
                     a.get((3 * w, w), "in_proj_weight")?,
                     Some(a.get(3 * w, "in_proj_bias")?),
-                ),
-                out_proj: linear(w, w, a.pp("out_proj"))?,
+                    linear(w, w, a.pp("out_proj"))?,
+                    self.heads,
+                )?,
                 ln_2: candle_nn::layer_norm(w, LN_EPS, b.pp("ln_2"))?,
                 mlp_0: linear(w, self.mlp, b.pp("mlp.0"))?,
                 mlp_3: linear(self.mlp, w, b.pp("mlp.3"))?,
-                heads: self.heads,
             });
         }
         let h = vb.pp("heads");
@@ -272,46 +274,22 @@ impl Architecture for VitConfig {
 /// One pre-norm encoder block.
 struct Block {
     ln_1: LayerNorm,
-    in_proj: Linear,
-    out_proj: Linear,
+    attention: SelfAttention,
     ln_2: LayerNorm,
     mlp_0: Linear,
     mlp_3: Linear,
-    heads: usize,
 }
 
 impl Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (n, s, w) = x.dims3()?;
-        let d = w / self.heads;
-        let qkv = x.apply(&self.ln_1)?.apply(&self.in_proj)?;
-        let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(2, i * w, w)?
-                .reshape((n, s, self.heads, d))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
-        // PyTorch scales the queries before the product.
-        let q = (q * (1.0 / (d as f64).sqrt()))?;
-        let attn = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let y = attn
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((n, s, w))?
-            .apply(&self.out_proj)?;
-        let x = (x + y)?;
-        let y = x
-            .apply(&self.ln_2)?
-            .apply(&self.mlp_0)?
-            .gelu_erf()?
-            .apply(&self.mlp_3)?;
-        x + y
+        let x = (self.attention.forward(&x.apply(&self.ln_1)?)? + x)?;
+        let y = tokens_linear(&x.apply(&self.ln_2)?, &self.mlp_0)?.gelu_erf()?;
+        tokens_linear(&y, &self.mlp_3)? + x
     }
 }
 
 struct Vit {
-    proj: candle_nn::Conv2d,
+    proj: Conv,
     class_token: Tensor,
     pos: Tensor,
     blocks: Vec<Block>,
@@ -331,7 +309,8 @@ impl Model for Vit {
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        let x = x.apply(&self.ln)?.narrow(1, 0, 1)?.squeeze(1)?;
+        // LayerNorm is per token, so only the class token needs it.
+        let x = first_token(&x)?.apply(&self.ln)?;
         let x = match &self.pre_logits {
             Some(p) => x.apply(p)?.tanh()?,
             None => x,

@@ -1,0 +1,392 @@
+//! Hugging Face vision classifiers: tiny `ViTForImageClassification` and
+//! `ConvNextForImageClassification` model directories (fixtures/vision/hf-*, saved with
+//! transformers' own `save_pretrained` by make_vision_fixtures.py) against PyTorch's logits;
+//! scored through the soup-eval binary on an image folder with the normalisation their
+//! `preprocessor_config.json` names; and their `config.json` given wrong.
+//!
+//! Tolerance, in f32: every logit within 1e-4 of the largest PyTorch logit's magnitude.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use model_soup::format::Checkpoint;
+use serde_json::Value;
+use soup_eval::arch::{Options, Selection};
+use soup_eval::dataset::Dataset;
+use soup_eval::evaluator::Evaluator;
+use soup_eval::weights::{check_fits, Weights};
+
+const TOLERANCE: f32 = 1e-4;
+
+/// f16 against PyTorch's f32, relative to the largest logit.
+const F16_TOLERANCE: f32 = 1e-2;
+
+/// Case, family, the description `--arch auto` must give.
+const CASES: &[(&str, &str, &str)] = &[
+    (
+        "hf-vit",
+        "hf_vit",
+        "hf_vit (patch 8, image 32x32, 2 layers, hidden 48, intermediate 96, 3 heads, 10 classes)",
+    ),
+    (
+        "hf-vit-nobias",
+        "hf_vit",
+        "hf_vit (patch 6, image 24x24, 1 layers, hidden 32, intermediate 40, 2 heads, 5 classes)",
+    ),
+    (
+        "hf-convnext",
+        "hf_convnext",
+        "hf_convnext (patch 4, widths 8-16-24, depths 1-2-1, 10 classes)",
+    ),
+    (
+        "hf-convnext-noscale",
+        "hf_convnext",
+        "hf_convnext (patch 2, widths 8-16, depths 2-1, 4 classes)",
+    ),
+];
+
+fn vision(name: &str) -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/vision")).join(name)
+}
+
+fn read_f32(file: &Checkpoint, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let t = file.tensor(name).unwrap_or_else(|| panic!("no '{name}'"));
+    let shape = t.info.shape.iter().map(|&d| d as usize).collect();
+    let values = t
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (shape, values)
+}
+
+/// candle's logits for the model at `model` (directory or file) on `case`'s inputs, in
+/// `dtype`, with PyTorch's, and the description.
+fn logits(
+    model: &Path,
+    case: &str,
+    arch: &str,
+    options: &[&str],
+    dtype: candle_core::DType,
+) -> (String, Vec<f32>, Vec<f32>) {
+    let weights = Checkpoint::open(model).unwrap();
+    let io = Checkpoint::open(&vision(&format!("{case}.io.safetensors"))).unwrap();
+    let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+    let arch = Selection::parse(arch)
+        .unwrap()
+        .configure(&weights, &Options::parse(&options).unwrap())
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    check_fits(&weights, &*arch).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let (shape, inputs) = read_f32(&io, "inputs");
+    let (_, expected) = read_f32(&io, "logits");
+    let data = Dataset::in_memory(vision(case), inputs, shape[1..].to_vec(), vec![0; shape[0]]);
+    let mut evaluator = Evaluator::new(arch.clone(), candle_core::Device::Cpu, 2);
+    evaluator.dtype = dtype;
+    let got = evaluator
+        .logits(
+            &Weights::from_checkpoint(&weights, &candle_core::Device::Cpu).unwrap(),
+            &data,
+        )
+        .unwrap();
+    (arch.describe(), got, expected)
+}
+
+/// max |got - expected| / max |expected|.
+fn relative(got: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(got.len(), expected.len());
+    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0);
+    got.iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+#[test]
+fn candle_matches_transformers_on_every_model_directory() {
+    for (case, family, description) in CASES {
+        for arch in ["auto", family] {
+            let (described, got, expected) =
+                logits(&vision(case), case, arch, &[], candle_core::DType::F32);
+            assert_eq!(&described, description, "{case} --arch {arch}");
+            let worst = relative(&got, &expected);
+            eprintln!("{case}: max |candle - torch| / max |torch| = {worst:.2e}");
+            assert!(worst <= TOLERANCE, "{case}: {worst:e}");
+            // The comparison can fail: one logit moved by twice the tolerance.
+            let mut moved = got.clone();
+            moved[0] += 2.0 * TOLERANCE * expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(relative(&moved, &expected) > TOLERANCE);
+        }
+    }
+}
+
+#[test]
+fn every_model_directory_runs_in_f16() {
+    for (case, family, _) in CASES {
+        let (_, got, expected) = logits(&vision(case), case, family, &[], candle_core::DType::F16);
+        let worst = relative(&got, &expected);
+        eprintln!("{case}: f16 max |candle - torch| / max |torch| = {worst:.2e}");
+        assert!(worst <= F16_TOLERANCE, "{case}: f16 {worst:e}");
+        assert!(worst > TOLERANCE, "{case}: f16 as close as f32");
+    }
+}
+
+/// A copy of a fixture's model directory in `dir`, with `edit` applied to its config.json
+/// (`None`: no config.json at all).
+fn copy_model(dir: &Path, case: &str, edit: Option<&dyn Fn(&mut Value)>) -> PathBuf {
+    let to = dir.join(case);
+    std::fs::create_dir_all(&to).unwrap();
+    std::fs::copy(
+        vision(case).join("model.safetensors"),
+        to.join("model.safetensors"),
+    )
+    .unwrap();
+    if let Some(edit) = edit {
+        let mut config: Value =
+            serde_json::from_slice(&std::fs::read(vision(case).join("config.json")).unwrap())
+                .unwrap();
+        edit(&mut config);
+        std::fs::write(to.join("config.json"), config.to_string()).unwrap();
+    }
+    to
+}
+
+#[test]
+fn without_config_json_the_shapes_and_transformers_defaults_stand_in() {
+    let dir = tempfile::tempdir().unwrap();
+    // ConvNeXt: everything is in the shapes (and the default final eps, 1e-12, is this one's).
+    let model = copy_model(dir.path(), "hf-convnext", None);
+    let (described, got, expected) =
+        logits(&model, "hf-convnext", "auto", &[], candle_core::DType::F32);
+    assert_eq!(described, CASES[2].2);
+    assert!(relative(&got, &expected) <= TOLERANCE);
+    // ViT: the heads are not in the shapes; with the option it is the model again.
+    let model = copy_model(dir.path(), "hf-vit", None);
+    let (described, got, expected) = logits(
+        &model,
+        "hf-vit",
+        "auto",
+        &["heads=3"],
+        candle_core::DType::F32,
+    );
+    assert_eq!(described, CASES[0].2);
+    assert!(relative(&got, &expected) <= TOLERANCE);
+    let (described, got, expected) =
+        logits(&model, "hf-vit", "hf_vit", &[], candle_core::DType::F32);
+    assert!(described.contains("1 heads"), "{described}");
+    assert!(
+        relative(&got, &expected) > TOLERANCE,
+        "one head matched three"
+    );
+}
+
+#[test]
+fn config_json_given_wrong_is_an_error_naming_the_key_or_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    type Edit = Box<dyn Fn(&mut Value)>;
+    // Case, family, the edit, what the error must say.
+    let cases: Vec<(&str, &str, Edit, Vec<&str>)> = vec![
+        (
+            "hf-vit",
+            "hf_vit",
+            Box::new(|c| c["hidden_act"] = "mish".into()),
+            vec!["config.json hidden_act", "mish", "gelu"],
+        ),
+        (
+            "hf-vit",
+            "hf_vit",
+            Box::new(|c| c["num_attention_heads"] = 5.into()),
+            vec!["num_attention_heads", "48"],
+        ),
+        (
+            "hf-vit",
+            "hf_vit",
+            Box::new(|c| c["image_size"] = 20.into()),
+            vec!["image_size", "patch size 8"],
+        ),
+        (
+            "hf-vit",
+            "hf_vit",
+            Box::new(|c| c["hidden_size"] = "wide".into()),
+            vec!["config.json hidden_size", "positive integer"],
+        ),
+        (
+            "hf-convnext",
+            "hf_convnext",
+            Box::new(|c| c["num_stages"] = 4.into()),
+            vec!["num_stages", "hidden_sizes has 3"],
+        ),
+    ];
+    for (i, (case, family, edit, expect)) in cases.iter().enumerate() {
+        let model = copy_model(&dir.path().join(i.to_string()), case, Some(&**edit));
+        let weights = Checkpoint::open(&model).unwrap();
+        let err = Selection::parse(family)
+            .unwrap()
+            .configure(&weights, &Options::default())
+            .err()
+            .unwrap_or_else(|| panic!("case {i} configured"))
+            .to_string();
+        for e in expect {
+            assert!(err.contains(e), "case {i}: {err}");
+        }
+        assert!(err.contains(family), "case {i}: {err}");
+    }
+    // A config.json that disagrees with the tensors: configured, then refused by the check,
+    // naming the tensor.
+    let model = copy_model(
+        &dir.path().join("depth"),
+        "hf-vit",
+        Some(&|c: &mut Value| c["num_hidden_layers"] = 3.into()),
+    );
+    let weights = Checkpoint::open(&model).unwrap();
+    let arch = Selection::parse("auto")
+        .unwrap()
+        .configure(&weights, &Options::default())
+        .unwrap();
+    let err = check_fits(&weights, &*arch).unwrap_err().to_string();
+    assert!(err.contains("vit.encoder.layer.2"), "{err}");
+    // A config.json for another class is not detected as a classifier.
+    let model = copy_model(
+        &dir.path().join("other"),
+        "hf-vit",
+        Some(&|c: &mut Value| c["architectures"] = serde_json::json!(["ViTModel"])),
+    );
+    assert!(Selection::parse("auto")
+        .unwrap()
+        .configure(&Checkpoint::open(&model).unwrap(), &Options::default())
+        .is_err());
+}
+
+/// `--resize/--crop/--mean/--std` from a model directory's `preprocessor_config.json`, as the
+/// README tells a user to pass them.
+fn processor_flags(dir: &Path) -> Vec<String> {
+    let p: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("preprocessor_config.json")).unwrap())
+            .unwrap();
+    let size = &p["size"];
+    let side = size["height"]
+        .as_u64()
+        .or(size["shortest_edge"].as_u64())
+        .unwrap();
+    let triple = |k: &str| {
+        p[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    vec![
+        "--resize".into(),
+        side.to_string(),
+        "--crop".into(),
+        side.to_string(),
+        "--mean".into(),
+        triple("image_mean"),
+        "--std".into(),
+        triple("image_std"),
+    ]
+}
+
+#[test]
+fn soup_eval_scores_model_directories_on_an_image_folder_as_pytorch_does() {
+    let val = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/digits-images/val"
+    ));
+    for case in ["hf-vit", "hf-convnext"] {
+        let model = vision(case);
+        let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+            .args(["score", "--json", "-q", "--val"])
+            .arg(val)
+            .arg(&model)
+            .args(processor_flags(&model))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{case}: {}", common::stderr(&out));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let meta = Checkpoint::open(&vision(&format!("{case}.io.safetensors")))
+            .unwrap()
+            .metadata()
+            .clone();
+        let score = &r["ingredients"][0]["val"];
+        assert_eq!(
+            score["correct"].as_u64().unwrap(),
+            meta["torch_val_correct"].parse::<u64>().unwrap(),
+            "{case}"
+        );
+        assert_eq!(score["total"], 359);
+        let torch_loss: f64 = meta["torch_val_loss"].parse().unwrap();
+        let loss = score["loss"].as_f64().unwrap();
+        assert!(
+            (loss - torch_loss).abs() < 1e-5,
+            "{case}: {loss} vs {torch_loss}"
+        );
+        assert!(r["arch"]
+            .as_str()
+            .unwrap()
+            .starts_with(&case.replace('-', "_")));
+    }
+    // With torchvision's ImageNet normalisation instead of the ViT processor's 0.5, the same
+    // ViT sees other inputs: the loss moves (so the flags matter and the check can fail).
+    let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+        .args([
+            "score", "--json", "-q", "--resize", "32", "--crop", "32", "--val",
+        ])
+        .arg(val)
+        .arg(vision("hf-vit"))
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let meta = Checkpoint::open(&vision("hf-vit.io.safetensors"))
+        .unwrap()
+        .metadata()
+        .clone();
+    let torch_loss: f64 = meta["torch_val_loss"].parse().unwrap();
+    let loss = r["ingredients"][0]["val"]["loss"].as_f64().unwrap();
+    assert!((loss - torch_loss).abs() > 1e-5, "{loss} vs {torch_loss}");
+}
+
+#[test]
+fn a_greedy_soup_of_model_directories_is_a_model_directory() {
+    // Two ingredients (the same directory twice, under two names): greedy runs through the
+    // HF family and writes a model directory that scores as the ingredient does.
+    let dir = tempfile::tempdir().unwrap();
+    let a = copy_model(
+        &dir.path().join("a"),
+        "hf-convnext",
+        Some(&|_: &mut Value| {}),
+    );
+    let b = copy_model(
+        &dir.path().join("b"),
+        "hf-convnext",
+        Some(&|_: &mut Value| {}),
+    );
+    let val = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/digits-images/val"
+    ));
+    let soup = dir.path().join("soup");
+    let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+        .args([
+            "greedy", "--json", "-q", "--resize", "32", "--crop", "32", "--val",
+        ])
+        .arg(val)
+        .arg(&a)
+        .arg(&b)
+        .arg("-o")
+        .arg(&soup)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(soup.join("config.json").is_file() && soup.join("model.safetensors").is_file());
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["greedy"]["row"]["val"]["correct"],
+        r["ingredients"][0]["val"]["correct"]
+    );
+}
