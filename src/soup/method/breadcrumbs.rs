@@ -1,7 +1,7 @@
 //! `breadcrumbs` and `breadcrumbs_ties`: drop the largest and the smallest magnitudes.
 
 use super::common::*;
-use super::{BaseUse, Method, Param, Sparsify, TensorInfo, TensorParams, Work};
+use super::{Param, Sparsify};
 
 /// Model Breadcrumbs: each task vector drops its `floor(gamma * n)` largest magnitudes and
 /// enough of its smallest to keep `floor(density * n)`; when `gamma` leaves too few, fewer
@@ -13,10 +13,22 @@ use super::{BaseUse, Method, Param, Sparsify, TensorInfo, TensorParams, Work};
 /// difference from mergekit: when `floor(gamma * n)` is 0 (a tensor under 100 elements at the
 /// default 0.01), mergekit's slice `indices[n_bot:-0]` is empty and the whole task vector is
 /// dropped; here no large magnitude is dropped and the smallest are, as the paper intends.
-pub struct Breadcrumbs;
+pub const BREADCRUMBS: Trimmed = Trimmed {
+    name: "breadcrumbs",
+    paper: "https://arxiv.org/abs/2312.06795",
+    params: PARAMS,
+    sparsify: Sparsify::MagnitudeOutliers,
+    elect_sign: false,
+};
 
-/// Breadcrumbs with TIES' sign election; see [`Breadcrumbs`].
-pub struct BreadcrumbsTies;
+/// Breadcrumbs with TIES' sign election; see [`BREADCRUMBS`].
+pub const BREADCRUMBS_TIES: Trimmed = Trimmed {
+    name: "breadcrumbs_ties",
+    paper: "https://arxiv.org/abs/2312.06795",
+    params: PARAMS,
+    sparsify: Sparsify::MagnitudeOutliers,
+    elect_sign: true,
+};
 
 const PARAMS: &[Param] = &[
     WEIGHT,
@@ -27,45 +39,3 @@ const PARAMS: &[Param] = &[
     rescale(false),
     INT8_MASK,
 ];
-
-impl Method for Breadcrumbs {
-    fn name(&self) -> &'static str {
-        "breadcrumbs"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2312.06795"
-    }
-    fn params(&self) -> &'static [Param] {
-        PARAMS
-    }
-    fn base(&self) -> BaseUse {
-        BaseUse::Required
-    }
-    fn check_models(&self, models: usize, _: bool) -> Result<(), String> {
-        check_task_vector_models(models)
-    }
-    fn work(&self, t: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
-        task_vectors(t, p, Some(Sparsify::MagnitudeOutliers), false)
-    }
-}
-
-impl Method for BreadcrumbsTies {
-    fn name(&self) -> &'static str {
-        "breadcrumbs_ties"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2312.06795"
-    }
-    fn params(&self) -> &'static [Param] {
-        PARAMS
-    }
-    fn base(&self) -> BaseUse {
-        BaseUse::Required
-    }
-    fn check_models(&self, models: usize, _: bool) -> Result<(), String> {
-        check_task_vector_models(models)
-    }
-    fn work(&self, t: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
-        task_vectors(t, p, Some(Sparsify::MagnitudeOutliers), true)
-    }
-}

@@ -1,7 +1,7 @@
 //! `dare_linear` and `dare_ties`: random drops, rescaled.
 
 use super::common::*;
-use super::{BaseUse, Method, Param, Sparsify, TensorInfo, TensorParams, Work};
+use super::{Param, Sparsify};
 
 /// DARE: each element of each task vector is kept with probability `density`; with `rescale`
 /// (default true) the survivors are scaled back up. `dare_linear` then sums the weighted
@@ -13,10 +13,22 @@ use super::{BaseUse, Method, Param, Sparsify, TensorInfo, TensorParams, Work};
 /// stream keyed by `--seed`, the tensor's name and the model (see `random_stream`), so the
 /// same seed gives the same bytes at any thread count; the bytes differ from mergekit's, whose
 /// drops come from torch's generator.
-pub struct DareLinear;
+pub const DARE_LINEAR: Trimmed = Trimmed {
+    name: "dare_linear",
+    paper: "https://arxiv.org/abs/2311.03099",
+    params: PARAMS,
+    sparsify: Sparsify::Random,
+    elect_sign: false,
+};
 
-/// DARE with TIES' sign election; see [`DareLinear`].
-pub struct DareTies;
+/// DARE with TIES' sign election; see [`DARE_LINEAR`].
+pub const DARE_TIES: Trimmed = Trimmed {
+    name: "dare_ties",
+    paper: "https://arxiv.org/abs/2311.03099",
+    params: PARAMS,
+    sparsify: Sparsify::Random,
+    elect_sign: true,
+};
 
 const PARAMS: &[Param] = &[
     WEIGHT,
@@ -26,45 +38,3 @@ const PARAMS: &[Param] = &[
     rescale(true),
     INT8_MASK,
 ];
-
-impl Method for DareLinear {
-    fn name(&self) -> &'static str {
-        "dare_linear"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2311.03099"
-    }
-    fn params(&self) -> &'static [Param] {
-        PARAMS
-    }
-    fn base(&self) -> BaseUse {
-        BaseUse::Required
-    }
-    fn check_models(&self, models: usize, _: bool) -> Result<(), String> {
-        check_task_vector_models(models)
-    }
-    fn work(&self, t: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
-        task_vectors(t, p, Some(Sparsify::Random), false)
-    }
-}
-
-impl Method for DareTies {
-    fn name(&self) -> &'static str {
-        "dare_ties"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2311.03099"
-    }
-    fn params(&self) -> &'static [Param] {
-        PARAMS
-    }
-    fn base(&self) -> BaseUse {
-        BaseUse::Required
-    }
-    fn check_models(&self, models: usize, _: bool) -> Result<(), String> {
-        check_task_vector_models(models)
-    }
-    fn work(&self, t: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
-        task_vectors(t, p, Some(Sparsify::Random), true)
-    }
-}

@@ -1,7 +1,7 @@
 //! `della` and `della_linear`: drops with probabilities ranked by magnitude.
 
 use super::common::*;
-use super::{BaseUse, Method, Param, Sparsify, TensorInfo, TensorParams, Work};
+use super::{Param, Sparsify};
 
 /// DELLA: within each row (along dimension 1) of each task vector, elements are kept with
 /// probabilities from `density - epsilon` (smallest magnitude) to `density + epsilon`
@@ -14,12 +14,24 @@ use super::{BaseUse, Method, Param, Sparsify, TensorInfo, TensorParams, Work};
 /// (followed here) matches the L1 norm of the whole vector. Equal magnitudes in a row are
 /// ranked by index (torch's sort leaves it open). A row of one element, where mergekit's rank
 /// normalisation divides by zero, gets probability `density`. Drops are seeded as DARE's.
-pub struct Della;
+pub const DELLA: Trimmed = Trimmed {
+    name: "della",
+    paper: "https://arxiv.org/abs/2406.11617",
+    params: DELLA_PARAMS,
+    sparsify: Sparsify::DellaMagprune,
+    elect_sign: true,
+};
 
-/// DELLA without the sign election; see [`Della`].
-pub struct DellaLinear;
+/// DELLA without the sign election; see [`DELLA`].
+pub const DELLA_LINEAR: Trimmed = Trimmed {
+    name: "della_linear",
+    paper: "https://arxiv.org/abs/2406.11617",
+    params: DELLA_LINEAR_PARAMS,
+    sparsify: Sparsify::DellaMagprune,
+    elect_sign: false,
+};
 
-const DELLA: &[Param] = &[
+const DELLA_PARAMS: &[Param] = &[
     WEIGHT,
     DENSITY,
     EPSILON,
@@ -29,7 +41,7 @@ const DELLA: &[Param] = &[
     INT8_MASK,
 ];
 
-const DELLA_LINEAR: &[Param] = &[
+const DELLA_LINEAR_PARAMS: &[Param] = &[
     WEIGHT,
     DENSITY,
     EPSILON,
@@ -38,45 +50,3 @@ const DELLA_LINEAR: &[Param] = &[
     rescale(true),
     INT8_MASK,
 ];
-
-impl Method for Della {
-    fn name(&self) -> &'static str {
-        "della"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2406.11617"
-    }
-    fn params(&self) -> &'static [Param] {
-        DELLA
-    }
-    fn base(&self) -> BaseUse {
-        BaseUse::Required
-    }
-    fn check_models(&self, models: usize, _: bool) -> Result<(), String> {
-        check_task_vector_models(models)
-    }
-    fn work(&self, t: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
-        task_vectors(t, p, Some(Sparsify::DellaMagprune), true)
-    }
-}
-
-impl Method for DellaLinear {
-    fn name(&self) -> &'static str {
-        "della_linear"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2406.11617"
-    }
-    fn params(&self) -> &'static [Param] {
-        DELLA_LINEAR
-    }
-    fn base(&self) -> BaseUse {
-        BaseUse::Required
-    }
-    fn check_models(&self, models: usize, _: bool) -> Result<(), String> {
-        check_task_vector_models(models)
-    }
-    fn work(&self, t: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
-        task_vectors(t, p, Some(Sparsify::DellaMagprune), false)
-    }
-}

@@ -12,8 +12,8 @@
 //!   seeded random mask over the whole tensor, then an element-wise combination with an
 //!   optional sign election (TIES, DARE, DELLA, breadcrumbs).
 //!
-//! Adding a method is one new file with a type that implements [`Method`], and one line in
-//! [`REGISTRY`].
+//! Adding a method is one new file with a type that implements [`Method`] (or, for one more
+//! trim-and-combine variant, a `common::Trimmed` value), and one line in [`REGISTRY`].
 
 mod breadcrumbs;
 mod dare;
@@ -37,13 +37,13 @@ pub use sparsify::{random_stream, uniform, Sparsify};
 pub static REGISTRY: &[&dyn Method] = &[
     &linear::Linear,
     &task_arithmetic::TaskArithmetic,
-    &ties::Ties,
-    &dare::DareLinear,
-    &dare::DareTies,
-    &della::Della,
-    &della::DellaLinear,
-    &breadcrumbs::Breadcrumbs,
-    &breadcrumbs::BreadcrumbsTies,
+    &ties::TIES,
+    &dare::DARE_LINEAR,
+    &dare::DARE_TIES,
+    &della::DELLA,
+    &della::DELLA_LINEAR,
+    &breadcrumbs::BREADCRUMBS,
+    &breadcrumbs::BREADCRUMBS_TIES,
     &slerp::Slerp,
     &nuslerp::NuSlerp,
     &model_stock::ModelStock,
@@ -383,6 +383,44 @@ mod common {
         default: Some(0.15),
         doc: "half-width of the keep probabilities around density",
     };
+
+    /// A trim-and-combine method (TIES, DARE, DELLA, breadcrumbs and their variants): a base,
+    /// at least one other model, task vectors trimmed by `sparsify`, a sign elected when
+    /// `elect_sign`, then summed. These differ only in these fields, so each is a value
+    /// rather than an impl of its own.
+    pub struct Trimmed {
+        /// `--method` and `merge_method`.
+        pub name: &'static str,
+        /// The defining paper.
+        pub paper: &'static str,
+        /// The parameters it reads, with its defaults.
+        pub params: &'static [Param],
+        /// How each task vector is trimmed.
+        pub sparsify: Sparsify,
+        /// Whether each element's sign is elected before the sum (TIES' consensus).
+        pub elect_sign: bool,
+    }
+
+    impl Method for Trimmed {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn paper(&self) -> &'static str {
+            self.paper
+        }
+        fn params(&self) -> &'static [Param] {
+            self.params
+        }
+        fn base(&self) -> BaseUse {
+            BaseUse::Required
+        }
+        fn check_models(&self, models: usize, _: bool) -> Result<(), String> {
+            check_task_vector_models(models)
+        }
+        fn work(&self, t: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
+            task_vectors(t, p, Some(self.sparsify), self.elect_sign)
+        }
+    }
 
     /// Every task-vector method needs a base and at least one other model.
     pub fn check_task_vector_models(models: usize) -> Result<(), String> {

@@ -1,7 +1,7 @@
 //! `ties`: trim, elect a sign, take the disjoint mean.
 
 use super::common::*;
-use super::{BaseUse, Method, Param, Sparsify, TensorInfo, TensorParams, Work};
+use super::{Param, Sparsify};
 
 /// TIES-Merging: each task vector keeps its `density` largest magnitudes; each element's sign
 /// is the sign of the weighted sum of the trimmed vectors; the terms of that sign are summed
@@ -11,7 +11,13 @@ use super::{BaseUse, Method, Param, Sparsify, TensorInfo, TensorParams, Work};
 /// (followed here) elects the sign of the *weighted* sum of the trimmed vectors, where the
 /// paper sums the unweighted ones, and divides by the sum of the agreeing weights, where the
 /// paper divides by their count.
-pub struct Ties;
+pub const TIES: Trimmed = Trimmed {
+    name: "ties",
+    paper: "https://arxiv.org/abs/2306.01708",
+    params: PARAMS,
+    sparsify: Sparsify::Magnitude,
+    elect_sign: true,
+};
 
 const PARAMS: &[Param] = &[
     WEIGHT,
@@ -21,24 +27,3 @@ const PARAMS: &[Param] = &[
     rescale(false),
     INT8_MASK,
 ];
-
-impl Method for Ties {
-    fn name(&self) -> &'static str {
-        "ties"
-    }
-    fn paper(&self) -> &'static str {
-        "https://arxiv.org/abs/2306.01708"
-    }
-    fn params(&self) -> &'static [Param] {
-        PARAMS
-    }
-    fn base(&self) -> BaseUse {
-        BaseUse::Required
-    }
-    fn check_models(&self, models: usize, _: bool) -> Result<(), String> {
-        check_task_vector_models(models)
-    }
-    fn work(&self, t: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
-        task_vectors(t, p, Some(Sparsify::Magnitude), true)
-    }
-}
