@@ -194,7 +194,7 @@ fn config_json_given_wrong_is_an_error_naming_the_key_or_tensor() {
             "hf-vit",
             "hf_vit",
             Box::new(|c| c["hidden_act"] = "mish".into()),
-            vec!["config.json hidden_act", "mish", "gelu"],
+            vec!["config.json:hidden_act", "mish", "gelu"],
         ),
         (
             "hf-vit",
@@ -212,7 +212,7 @@ fn config_json_given_wrong_is_an_error_naming_the_key_or_tensor() {
             "hf-vit",
             "hf_vit",
             Box::new(|c| c["hidden_size"] = "wide".into()),
-            vec!["config.json hidden_size", "positive integer"],
+            vec!["config.json:hidden_size", "positive integer"],
         ),
         (
             "hf-convnext",

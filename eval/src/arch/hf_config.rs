@@ -1,17 +1,20 @@
 //! A Hugging Face `config.json`, read key by key: typed values, transformers' defaults for absent keys, and errors that name the key.
 //!
 //! Text families configure themselves from the model directory's `config.json` (heads,
-//! epsilons, rope settings) and check it against the tensor shapes. Every error here is a
-//! [`ConfigError`] whose "tensor" is `config.json:KEY`, so the user sees which key to fix.
+//! epsilons, rope settings) and check it against the tensor shapes; the Hugging Face vision
+//! families read it when there is one and fall back on the shapes otherwise
+//! ([`HfConfig::optional`]). Every error here is a [`ConfigError`] whose "tensor" is
+//! `config.json:KEY`, so the user sees which key to fix.
 
 use serde_json::Value;
 
 use super::{ConfigError, Layout};
 
-/// The parsed `config.json` of a model directory.
+/// The parsed `config.json` of a model directory, or none ([`HfConfig::optional`] for a lone
+/// safetensors file): then every getter finds its key absent.
 #[derive(Clone, Copy, Debug)]
 pub struct HfConfig<'a> {
-    value: &'a serde_json::Map<String, Value>,
+    value: Option<&'a serde_json::Map<String, Value>>,
 }
 
 /// The name errors give a `config.json` key.
@@ -23,22 +26,36 @@ impl<'a> HfConfig<'a> {
     /// The `config.json` of `layout`'s model directory; an error when there is none (text
     /// models need it: heads and other settings are not in the shapes).
     pub fn of(layout: &'a Layout) -> Result<HfConfig<'a>, ConfigError> {
+        match Self::optional(layout)? {
+            HfConfig { value: None } => Err(ConfigError::new(
+                "config.json",
+                "is missing; a language model is read from a Hugging Face model directory (config.json next to the safetensors files)",
+            )),
+            config => Ok(config),
+        }
+    }
+
+    /// The `config.json` of `layout`'s model directory when it has one; without one, a
+    /// configuration in which every key is absent (a lone safetensors file).
+    pub fn optional(layout: &'a Layout) -> Result<HfConfig<'a>, ConfigError> {
         match &layout.config {
-            Some(Value::Object(value)) => Ok(HfConfig { value }),
+            Some(Value::Object(value)) => Ok(HfConfig { value: Some(value) }),
             Some(_) => Err(ConfigError::new(
                 "config.json",
                 "is not a JSON object; it must be the model directory's Hugging Face config",
             )),
-            None => Err(ConfigError::new(
-                "config.json",
-                "is missing; a language model is read from a Hugging Face model directory (config.json next to the safetensors files)",
-            )),
+            None => Ok(HfConfig { value: None }),
         }
+    }
+
+    /// Whether there is a `config.json`.
+    pub fn present(&self) -> bool {
+        self.value.is_some()
     }
 
     /// The raw value of `key`, treating JSON `null` as absent.
     pub fn get(&self, key: &str) -> Option<&'a Value> {
-        self.value.get(key).filter(|v| !v.is_null())
+        self.value.and_then(|m| m.get(key)).filter(|v| !v.is_null())
     }
 
     /// Whether `key` is present and not `null`.
@@ -48,7 +65,7 @@ impl<'a> HfConfig<'a> {
 
     /// Whether `config.json` has `key` at all, `null` included.
     pub fn has_key(&self, key: &str) -> bool {
-        self.value.contains_key(key)
+        self.value.is_some_and(|m| m.contains_key(key))
     }
 
     /// `key` as a non-negative integer, if present.
@@ -64,8 +81,7 @@ impl<'a> HfConfig<'a> {
 
     /// `key` as a positive integer; an error when absent.
     pub fn positive(&self, key: &str) -> Result<usize, ConfigError> {
-        match self.opt_usize(key)? {
-            Some(0) => Err(bad(key, &Value::from(0), "a positive integer")),
+        match self.opt_positive(key)? {
             Some(n) => Ok(n),
             None => Err(ConfigError::new(
                 key_name(key),
@@ -76,11 +92,19 @@ impl<'a> HfConfig<'a> {
 
     /// `key` as a positive integer, or `default` when absent.
     pub fn positive_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
-        match self.opt_usize(key)? {
-            Some(0) => Err(bad(key, &Value::from(0), "a positive integer")),
-            Some(n) => Ok(n),
-            None => Ok(default),
-        }
+        Ok(self.opt_positive(key)?.unwrap_or(default))
+    }
+
+    /// `key` as a positive integer, if present.
+    fn opt_positive(&self, key: &str) -> Result<Option<usize>, ConfigError> {
+        self.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .filter(|&n| n > 0)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| bad(key, v, "a positive integer"))
+            })
+            .transpose()
     }
 
     /// `key` as a finite number, or `default` when absent.
@@ -92,6 +116,59 @@ impl<'a> HfConfig<'a> {
                 .filter(|x| x.is_finite())
                 .ok_or_else(|| bad(key, v, "a finite number")),
         }
+    }
+
+    /// `key` as a non-negative finite number, or `default` when absent.
+    pub fn non_negative_or(&self, key: &str, default: f64) -> Result<f64, ConfigError> {
+        let x = self.number_or(key, default)?;
+        if x >= 0.0 {
+            Ok(x)
+        } else {
+            Err(bad(key, &Value::from(x), "a non-negative number"))
+        }
+    }
+
+    /// `key` as one positive integer or a pair of equal ones (a square patch), or `default`
+    /// when absent.
+    pub fn square_or(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        match self.get(key) {
+            Some(v @ Value::Array(_)) => match self.size_or(key, default)? {
+                [h, w] if h == w => Ok(h),
+                _ => Err(bad(key, v, "a positive integer or a pair of equal ones")),
+            },
+            _ => self.positive_or(key, default),
+        }
+    }
+
+    /// `key` as a height and width (one positive integer for both, or a pair), or `default`
+    /// for both when absent.
+    pub fn size_or(&self, key: &str, default: usize) -> Result<[usize; 2], ConfigError> {
+        match self.get(key) {
+            Some(v @ Value::Array(_)) => match self.positives_or(key, &[])?.as_slice() {
+                &[h, w] => Ok([h, w]),
+                _ => Err(bad(key, v, "a positive integer or [height, width]")),
+            },
+            _ => self.positive_or(key, default).map(|n| [n, n]),
+        }
+    }
+
+    /// `key` as a non-empty list of positive integers, or `default` when absent.
+    pub fn positives_or(&self, key: &str, default: &[usize]) -> Result<Vec<usize>, ConfigError> {
+        let Some(v) = self.get(key) else {
+            return Ok(default.to_vec());
+        };
+        v.as_array()
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| {
+                        x.as_u64()
+                            .filter(|&n| n > 0)
+                            .and_then(|n| usize::try_from(n).ok())
+                    })
+                    .collect::<Option<Vec<_>>>()
+            })
+            .filter(|l| !l.is_empty())
+            .ok_or_else(|| bad(key, v, "a list of positive integers"))
     }
 
     /// `key` as a positive finite number, or `default` when absent.
@@ -221,6 +298,38 @@ mod tests {
         assert!(
             err.reason.contains("64") && err.reason.contains("48") && err.reason.contains("'w'")
         );
+    }
+
+    #[test]
+    fn vision_sizes_and_an_absent_config_take_the_defaults() {
+        let l = layout(serde_json::json!({
+            "patch_size": [8, 8], "image_size": [32, 24], "odd": [4, 5], "depths": [3, 3, 9],
+            "empty": [], "zero": [2, 0], "eps": 1e-6, "neg": -1e-6
+        }));
+        let c = HfConfig::optional(&l).unwrap();
+        assert!(c.present());
+        assert_eq!(c.square_or("patch_size", 16).unwrap(), 8);
+        assert_eq!(c.square_or("absent", 16).unwrap(), 16);
+        assert_eq!(c.size_or("image_size", 224).unwrap(), [32, 24]);
+        assert_eq!(c.size_or("absent", 224).unwrap(), [224, 224]);
+        assert_eq!(c.positives_or("depths", &[1]).unwrap(), [3, 3, 9]);
+        assert_eq!(c.non_negative_or("eps", 1e-12).unwrap(), 1e-6);
+        for bad_square in ["odd", "depths", "empty", "zero"] {
+            let err = c.square_or(bad_square, 1).unwrap_err();
+            assert_eq!(err.tensor, format!("config.json:{bad_square}"));
+        }
+        assert!(c.size_or("depths", 1).is_err());
+        assert!(c.positives_or("empty", &[1]).is_err());
+        assert!(c.positives_or("zero", &[1]).is_err());
+        assert!(c.non_negative_or("neg", 1.0).is_err());
+        let none = Layout::default();
+        let c = HfConfig::optional(&none).unwrap();
+        assert!(!c.present());
+        assert_eq!(c.positive_or("hidden_size", 768).unwrap(), 768);
+        assert_eq!(c.size_or("image_size", 224).unwrap(), [224, 224]);
+        assert!(c.architectures().is_empty());
+        assert!(HfConfig::of(&none).is_err());
+        assert!(HfConfig::optional(&layout(serde_json::json!([1]))).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use super::layers::hf_config::HfConfig;
+use super::hf_config::{key_name, HfConfig};
 use super::layers::{conv_dims, linear, linear_specs, tokens_linear, Activation, Conv, ConvShape};
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
@@ -50,9 +50,11 @@ impl Family for HfConvNextFamily {
     }
 
     fn detect(&self, layout: &Layout) -> bool {
-        let config = HfConfig::of(layout);
+        let Ok(config) = HfConfig::optional(layout) else {
+            return false;
+        };
         if config.present() {
-            config.names_architecture(ARCHITECTURE)
+            config.architectures().contains(&ARCHITECTURE)
         } else {
             layout.has(PATCH) && layout.has("classifier.weight")
         }
@@ -89,14 +91,14 @@ pub struct HfConvNextConfig {
 impl HfConvNextConfig {
     /// Reads the configuration from `config.json` (or the shapes, without one).
     pub fn read(layout: &Layout) -> std::result::Result<Self, ConfigError> {
-        let c = HfConfig::of(layout);
+        let c = HfConfig::optional(layout)?;
         let stages = if c.present() {
-            let widths = c.positives("hidden_sizes", &[96, 192, 384, 768])?;
-            let depths = c.positives("depths", &[3, 3, 9, 3])?;
-            let n = c.positive("num_stages", 4)?;
+            let widths = c.positives_or("hidden_sizes", &[96, 192, 384, 768])?;
+            let depths = c.positives_or("depths", &[3, 3, 9, 3])?;
+            let n = c.positive_or("num_stages", 4)?;
             if widths.len() < n || depths.len() < n {
                 return Err(ConfigError::new(
-                    "config.json num_stages",
+                    key_name("num_stages"),
                     format!(
                         "is {n}, but hidden_sizes has {} and depths {} entries",
                         widths.len(),
@@ -123,9 +125,9 @@ impl HfConvNextConfig {
         }
         let (channels, patch, layer_scale) = if c.present() {
             (
-                c.positive("num_channels", 3)?,
-                c.square("patch_size", 4)?,
-                c.number("layer_scale_init_value", 1e-6)? > 0.0,
+                c.positive_or("num_channels", 3)?,
+                c.square_or("patch_size", 4)?,
+                c.non_negative_or("layer_scale_init_value", 1e-6)? > 0.0,
             )
         } else {
             let (_, channels, patch) = conv_dims(layout, PATCH)?;
@@ -135,10 +137,10 @@ impl HfConvNextConfig {
                 layout.has("convnext.encoder.stages.0.layers.0.layer_scale_parameter"),
             )
         };
-        let act_name = c.text("hidden_act", "gelu")?;
+        let act_name = c.opt_str("hidden_act")?.unwrap_or("gelu");
         let act = Activation::parse(act_name).ok_or_else(|| {
             ConfigError::new(
-                "config.json hidden_act",
+                key_name("hidden_act"),
                 format!(
                     "is '{act_name}', which soup-eval does not implement; it knows {}",
                     Activation::NAMES
@@ -150,7 +152,7 @@ impl HfConvNextConfig {
             patch,
             stages,
             act,
-            eps: c.number("layer_norm_eps", 1e-12)?,
+            eps: c.non_negative_or("layer_norm_eps", 1e-12)?,
             layer_scale,
             classes: layout.require("classifier.weight", 2)?[0],
         })

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use super::layers::hf_config::HfConfig;
+use super::hf_config::{key_name, HfConfig};
 use super::layers::{
     first_token, linear, linear_specs, tokens_linear, Activation, Conv, ConvShape, SelfAttention,
 };
@@ -53,9 +53,11 @@ impl Family for HfVitFamily {
     }
 
     fn detect(&self, layout: &Layout) -> bool {
-        let config = HfConfig::of(layout);
+        let Ok(config) = HfConfig::optional(layout) else {
+            return false;
+        };
         if config.present() {
-            config.names_architecture(ARCHITECTURE)
+            config.architectures().contains(&ARCHITECTURE)
         } else {
             layout.has("vit.embeddings.patch_embeddings.projection.weight")
                 && layout.has("classifier.weight")
@@ -103,19 +105,19 @@ const PROJECTION: &str = "vit.embeddings.patch_embeddings.projection.weight";
 impl HfVitConfig {
     /// Reads the configuration from `config.json` (or the shapes, without one) and `options`.
     pub fn read(layout: &Layout, options: &Options) -> std::result::Result<Self, ConfigError> {
-        let c = HfConfig::of(layout);
+        let c = HfConfig::optional(layout)?;
         let layer0 = "vit.encoder.layer.0";
         // Without config.json, the shapes stand in for what config.json would say.
         let (hidden, channels, patch, layers, intermediate, qkv_bias, image) = if c.present() {
-            let patch = c.square("patch_size", 16)?;
+            let patch = c.square_or("patch_size", 16)?;
             (
-                c.positive("hidden_size", 768)?,
-                c.positive("num_channels", 3)?,
+                c.positive_or("hidden_size", 768)?,
+                c.positive_or("num_channels", 3)?,
                 patch,
-                c.positive("num_hidden_layers", 12)?,
-                c.positive("intermediate_size", 3072)?,
-                c.flag("qkv_bias", true)?,
-                c.size("image_size", 224)?,
+                c.positive_or("num_hidden_layers", 12)?,
+                c.positive_or("intermediate_size", 3072)?,
+                c.bool_or("qkv_bias", true)?,
+                c.size_or("image_size", 224)?,
             )
         } else {
             let proj = layout.require(PROJECTION, 4)?;
@@ -143,25 +145,25 @@ impl HfVitConfig {
         };
         if image[0] % patch != 0 || image[1] % patch != 0 {
             return Err(ConfigError::new(
-                "config.json image_size",
+                key_name("image_size"),
                 format!("is {image:?}, which the patch size {patch} does not divide"),
             ));
         }
         let heads = match options.positive("heads")? {
             Some(h) => h,
-            None if c.present() => c.positive("num_attention_heads", 12)?,
+            None if c.present() => c.positive_or("num_attention_heads", 12)?,
             None => (hidden / 64).max(1),
         };
         if hidden % heads != 0 {
             return Err(ConfigError::new(
-                "config.json num_attention_heads",
+                key_name("num_attention_heads"),
                 format!("is {heads}, which does not divide hidden_size {hidden}"),
             ));
         }
-        let act_name = c.text("hidden_act", "gelu")?;
+        let act_name = c.opt_str("hidden_act")?.unwrap_or("gelu");
         let act = Activation::parse(act_name).ok_or_else(|| {
             ConfigError::new(
-                "config.json hidden_act",
+                key_name("hidden_act"),
                 format!(
                     "is '{act_name}', which soup-eval does not implement; it knows {}",
                     Activation::NAMES
@@ -178,7 +180,7 @@ impl HfVitConfig {
             intermediate,
             heads,
             act,
-            eps: c.number("layer_norm_eps", 1e-12)?,
+            eps: c.non_negative_or("layer_norm_eps", 1e-12)?,
             qkv_bias,
             classes,
         })

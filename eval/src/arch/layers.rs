@@ -7,7 +7,6 @@ use super::{Layout, TensorSpec};
 
 mod attention;
 mod depthwise;
-pub mod hf_config;
 
 pub use attention::{first_token, tokens_linear, Activation, SelfAttention};
 pub use depthwise::Depthwise;
