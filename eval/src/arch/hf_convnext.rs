@@ -23,7 +23,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::hf_config::{key_name, HfConfig};
-use super::layers::{conv_dims, linear, linear_specs, tokens_linear, Activation, Conv, ConvShape};
+use super::layers::{conv_dims, linear, linear_specs, tokens_linear, Conv, ConvShape};
+use super::text_layers::Activation;
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
     TensorSpec,
@@ -137,16 +138,7 @@ impl HfConvNextConfig {
                 layout.has("convnext.encoder.stages.0.layers.0.layer_scale_parameter"),
             )
         };
-        let act_name = c.opt_str("hidden_act")?.unwrap_or("gelu");
-        let act = Activation::parse(act_name).ok_or_else(|| {
-            ConfigError::new(
-                key_name("hidden_act"),
-                format!(
-                    "is '{act_name}', which soup-eval does not implement; it knows {}",
-                    Activation::NAMES
-                ),
-            )
-        })?;
+        let act = Activation::read(&c, "hidden_act", "gelu")?;
         Ok(HfConvNextConfig {
             channels,
             patch,

@@ -23,8 +23,9 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::hf_config::{key_name, HfConfig};
 use super::layers::{
-    first_token, linear, linear_specs, tokens_linear, Activation, Conv, ConvShape, SelfAttention,
+    first_token, linear, linear_specs, tokens_linear, Conv, ConvShape, SelfAttention,
 };
+use super::text_layers::Activation;
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
     TensorSpec,
@@ -160,16 +161,7 @@ impl HfVitConfig {
                 format!("is {heads}, which does not divide hidden_size {hidden}"),
             ));
         }
-        let act_name = c.opt_str("hidden_act")?.unwrap_or("gelu");
-        let act = Activation::parse(act_name).ok_or_else(|| {
-            ConfigError::new(
-                key_name("hidden_act"),
-                format!(
-                    "is '{act_name}', which soup-eval does not implement; it knows {}",
-                    Activation::NAMES
-                ),
-            )
-        })?;
+        let act = Activation::read(&c, "hidden_act", "gelu")?;
         let classes = layout.require("classifier.weight", 2)?[0];
         Ok(HfVitConfig {
             channels,

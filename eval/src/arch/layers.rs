@@ -8,7 +8,7 @@ use super::{Layout, TensorSpec};
 mod attention;
 mod depthwise;
 
-pub use attention::{first_token, tokens_linear, Activation, SelfAttention};
+pub use attention::{first_token, tokens_linear, SelfAttention};
 pub use depthwise::Depthwise;
 
 /// Batch-norm epsilon, PyTorch's default.

@@ -10,14 +10,15 @@ use super::{ConfigError, TensorSpec};
 /// every key is masked still gets a (uniform) softmax instead of NaN.
 const MASKED: f32 = f32::MIN;
 
-/// An MLP activation, as transformers' `ACT2FN` names it in `config.json`.
+/// An MLP activation, as transformers' `ACT2FN` names it in `config.json` (`hidden_act`),
+/// for the text families and the Hugging Face vision ones alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
     /// `silu` / `swish`: x·sigmoid(x).
     Silu,
     /// `gelu`: the exact (erf) GELU.
     Gelu,
-    /// `gelu_pytorch_tanh` / `gelu_new`: the tanh approximation.
+    /// `gelu_pytorch_tanh` / `gelu_new` / `gelu_fast`: the tanh approximation.
     GeluTanh,
     /// `relu`.
     Relu,
@@ -31,12 +32,12 @@ impl Activation {
         match name {
             "silu" | "swish" => Ok(Activation::Silu),
             "gelu" => Ok(Activation::Gelu),
-            "gelu_pytorch_tanh" | "gelu_new" => Ok(Activation::GeluTanh),
+            "gelu_pytorch_tanh" | "gelu_new" | "gelu_fast" => Ok(Activation::GeluTanh),
             "relu" => Ok(Activation::Relu),
             "tanh" => Ok(Activation::Tanh),
             other => Err(ConfigError::new(
                 key_name(key),
-                format!("is \"{other}\", which soup-eval does not implement; it has silu, gelu, gelu_pytorch_tanh, gelu_new, relu and tanh"),
+                format!("is \"{other}\", which soup-eval does not implement; it has silu, gelu, gelu_pytorch_tanh, gelu_new, gelu_fast, relu and tanh"),
             )),
         }
     }
@@ -332,5 +333,16 @@ mod tests {
         let err = Activation::parse("quick_gelu", "hidden_act").unwrap_err();
         assert_eq!(err.tensor, "config.json:hidden_act");
         assert!(err.reason.contains("quick_gelu"));
+        // transformers' three names for the tanh approximation are one activation.
+        for name in ["gelu_new", "gelu_pytorch_tanh", "gelu_fast"] {
+            assert_eq!(
+                Activation::parse(name, "hidden_act").unwrap(),
+                Activation::GeluTanh
+            );
+        }
+        assert_eq!(
+            Activation::parse("tanh", "hidden_act").unwrap(),
+            Activation::Tanh
+        );
     }
 }

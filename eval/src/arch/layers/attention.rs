@@ -74,50 +74,6 @@ impl SelfAttention {
     }
 }
 
-/// The MLP activations Hugging Face configurations name (`hidden_act`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// `gelu`: exact, with erf.
-    GeluErf,
-    /// `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`: the tanh approximation.
-    GeluTanh,
-    /// `quick_gelu`: `x * sigmoid(1.702 x)`.
-    QuickGelu,
-    /// `relu`.
-    Relu,
-    /// `silu`, `swish`.
-    Silu,
-}
-
-impl Activation {
-    /// The activation `hidden_act` names, if supported.
-    pub fn parse(name: &str) -> Option<Activation> {
-        Some(match name {
-            "gelu" => Activation::GeluErf,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "quick_gelu" => Activation::QuickGelu,
-            "relu" => Activation::Relu,
-            "silu" | "swish" => Activation::Silu,
-            _ => return None,
-        })
-    }
-
-    /// The names [`Activation::parse`] accepts.
-    pub const NAMES: &'static str =
-        "gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, quick_gelu, relu, silu, swish";
-
-    /// Applies the activation.
-    pub fn apply(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Activation::GeluErf => x.gelu_erf(),
-            Activation::GeluTanh => x.gelu(),
-            Activation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
-            Activation::Relu => x.relu(),
-            Activation::Silu => candle_nn::ops::silu(x),
-        }
-    }
-}
-
 /// The first token of each sequence: `x[:, 0]` of [n, s, w].
 pub fn first_token(x: &Tensor) -> Result<Tensor> {
     x.narrow(1, 0, 1)?.squeeze(1)
