@@ -8,6 +8,8 @@
 
 use std::ops::Range;
 
+use multiversion::multiversion;
+
 use crate::format::{Accumulator, Dtype};
 use crate::soup::method::sparsify::{Bounds, TieCounts};
 
@@ -105,6 +107,10 @@ pub trait Real:
     fn from_magnitude(key: Self::Key) -> Self;
     fn abs(self) -> Self;
     fn to_f64(self) -> f64;
+    /// Row `b` holds bit `l` of the byte `b` as lane `l`'s factor, 0 or 1: masks are applied
+    /// by multiplying (a dropped NaN stays NaN, as mergekit has it) in loops that vectorise,
+    /// eight elements per byte of a mask word.
+    const KEPT: &'static [[Self; 8]; 256];
     /// This precision's buffers in `scratch`, and its output buffer.
     fn buffers(scratch: &mut Scratch) -> (&mut Buffers<Self>, &mut Vec<u64>);
 }
@@ -183,10 +189,32 @@ impl RankKey for u64 {
     }
 }
 
+macro_rules! kept_table {
+    ($t:ty) => {{
+        let mut table = [[0.0 as $t; 8]; 256];
+        let mut b = 0;
+        while b < 256 {
+            let mut l = 0;
+            while l < 8 {
+                if (b >> l) & 1 == 1 {
+                    table[b][l] = 1.0;
+                }
+                l += 1;
+            }
+            b += 1;
+        }
+        table
+    }};
+}
+
+static KEPT_F32: [[f32; 8]; 256] = kept_table!(f32);
+static KEPT_F64: [[f64; 8]; 256] = kept_table!(f64);
+
 impl Real for f32 {
     type Key = u32;
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
+    const KEPT: &'static [[f32; 8]; 256] = &KEPT_F32;
     fn magnitude(self) -> u32 {
         self.to_bits() & 0x7FFF_FFFF
     }
@@ -208,6 +236,7 @@ impl Real for f64 {
     type Key = u64;
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
+    const KEPT: &'static [[f64; 8]; 256] = &KEPT_F64;
     fn magnitude(self) -> u64 {
         self.to_bits() & 0x7FFF_FFFF_FFFF_FFFF
     }
@@ -225,6 +254,18 @@ impl Real for f64 {
     }
 }
 
+/// 64 flags of 0 or 1 as the bits of a word (flag `j` is bit `j`): eight at a time, by a
+/// multiply that gathers the low bit of each byte into the top byte.
+#[inline(always)]
+pub fn pack_flags(flags: &[u8; 64]) -> u64 {
+    let mut x = 0u64;
+    for (g, f) in flags.chunks_exact(8).enumerate() {
+        let b = u64::from_le_bytes(f.try_into().expect("eight"));
+        x |= (b.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * g);
+    }
+    x
+}
+
 /// Decodes elements `range` of a tensor's bytes into `out`.
 pub fn load_range<A: Accumulator>(dtype: Dtype, data: &[u8], range: Range<usize>, out: &mut [A]) {
     let size = dtype.size();
@@ -232,6 +273,7 @@ pub fn load_range<A: Accumulator>(dtype: Dtype, data: &[u8], range: Range<usize>
 }
 
 /// `x - base` at elements `range`, in `A`, as [`decode`] would give both.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 pub fn decode_delta<A: Accumulator + std::ops::Sub<Output = A>>(
     x: Input<'_>,
     base: Input<'_>,
@@ -276,6 +318,7 @@ fn widen_bf16<A: Accumulator>(h: u16) -> A {
 /// Like [`load_range`], with bf16 decoded in a loop that vectorises at any alignment. The
 /// values, NaN bits included, are the half crate's (a NaN gets its quiet bit), so the whole-tensor
 /// kernels' results don't depend on which of the two decoded them.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 pub fn decode<A: Accumulator>(dtype: Dtype, data: &[u8], range: Range<usize>, out: &mut [A]) {
     if dtype != Dtype::BF16 {
         return load_range(dtype, data, range, out);
@@ -476,6 +519,7 @@ pub fn task_vectors<'s>(
     }
 }
 
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 fn task_vectors_in<'s, A: Real>(
     mix: &TaskVectorMix<'_>,
     range: Range<usize>,
@@ -539,13 +583,12 @@ fn task_vectors_in<'s, A: Real>(
                         .zip(base.chunks(64))
                         .zip(words)
                     {
-                        for (j, ((d, x), b)) in d.iter_mut().zip(x).zip(b).enumerate() {
-                            let kept = if (word >> j) & 1 == 1 {
-                                A::ONE
-                            } else {
-                                A::ZERO
-                            };
-                            *d = w * ((*x - *b) * kept * scale);
+                        let lanes = d.chunks_mut(8).zip(x.chunks(8)).zip(b.chunks(8));
+                        for (g, ((d, x), b)) in lanes.enumerate() {
+                            let kept = &A::KEPT[(word >> (8 * g)) as u8 as usize];
+                            for (l, d) in d.iter_mut().enumerate() {
+                                *d = w * ((x[l] - b[l]) * kept[l] * scale);
+                            }
                         }
                     }
                 }

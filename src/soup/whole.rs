@@ -372,8 +372,10 @@ fn trims<A: Real>(
     populate: &(dyn Fn(Range<usize>) + Sync),
 ) -> Vec<Option<sparsify::Trim>> {
     let base = inputs[tv.models.len()];
+    // The models in parallel too: a trim's serial steps (sorting the sample, selecting among
+    // the gathered keys) overlap another model's passes.
     tv.models
-        .iter()
+        .par_iter()
         .map(|m| {
             let method = tv.sparsify?;
             if m.density >= 1.0 {

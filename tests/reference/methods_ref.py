@@ -144,14 +144,29 @@ def stream(seed, name, model):
     return mix_int(mix_int(seed ^ h) ^ (model + 1))
 
 
+def lowbias32(x):
+    """Chris Wellons' two-multiply 32-bit integer hash, on a uint32 array."""
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
 def uniforms(key, n):
+    """u for elements 0..n: element e of block b = e >> 32 hashes its offset j = e mod 2^32
+    with the block's keys (k0, k1), the halves of mix(key + (b + 1) * GOLDEN):
+    u = lowbias32(lowbias32(j ^ k0) + k1) / 2^32."""
+    out = np.empty(n, dtype=np.float64)
     with np.errstate(over="ignore"):
-        e = np.arange(1, n + 1, dtype=np.uint64)
-        z = np.uint64(key) + e * np.uint64(GOLDEN)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        for block in range(0, (n + (1 << 32) - 1) >> 32):
+            z = mix_int((key + (block + 1) * GOLDEN) & MASK64)
+            k0, k1 = np.uint32(z & 0xFFFFFFFF), np.uint32(z >> 32)
+            lo, hi = block << 32, min(n, (block + 1) << 32)
+            j = np.arange(0, hi - lo, dtype=np.uint32)
+            h = lowbias32(lowbias32(j ^ k0) + k1)
+            out[lo:hi] = h.astype(np.float64) * 2.0**-32
+    return out
 
 
 # --- sparsification, as mergekit's sparsify.py -----------------------------------------------

@@ -18,6 +18,7 @@
 mod breadcrumbs;
 mod dare;
 mod della;
+mod draws;
 mod layers;
 mod linear;
 mod model_stock;
@@ -29,9 +30,10 @@ pub mod sparsify;
 mod task_arithmetic;
 mod ties;
 
+pub use draws::{random_stream, uniform};
 pub use layers::Layers;
 pub use params::{Given, Setting, Settings, TensorParams};
-pub use sparsify::{random_stream, uniform, Sparsify};
+pub use sparsify::Sparsify;
 
 /// Every merge method soup-merge knows, by name. One line per method.
 pub static REGISTRY: &[&dyn Method] = &[

@@ -13,9 +13,11 @@
 
 use std::ops::Range;
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
-use crate::soup::kernel::{RankKey, Real, CHUNK_ELEMENTS};
+use super::draws::{self, Cutoff};
+use crate::soup::kernel::{pack_flags, RankKey, Real, CHUNK_ELEMENTS};
 
 /// How a task vector is trimmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,47 +59,6 @@ impl Sparsify {
             }
         }
     }
-}
-
-/// SplitMix64's finaliser: a bijection of u64 that mixes every bit into every other.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// The key of model `model`'s random stream in tensor `tensor`:
-/// `mix(mix(seed ^ fnv1a64(name)) ^ (model + 1))`, with FNV-1a over the name's UTF-8 bytes.
-/// The test reference (tests/reference/methods_ref.py) derives the same stream independently.
-pub fn random_stream(seed: u64, tensor: &str, model: usize) -> u64 {
-    let mut h: u64 = 0xCBF2_9CE4_8422_2325;
-    for b in tensor.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    mix(mix(seed ^ h) ^ (model as u64 + 1))
-}
-
-/// Element `index`'s uniform number in [0, 1) from stream `key`:
-/// `(mix(key + (index + 1) * GOLDEN) >> 11) / 2^53`.
-pub fn uniform(key: u64, index: u64) -> f64 {
-    let z = mix(key.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN)));
-    (z >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
-
-/// `uniform(key, e) < p` is `mix(key + (e + 1) * GOLDEN) >> 11 < keep_below(p)`: `u` is an
-/// integer over 2^53 exactly, so the comparison can be made on the integer, against
-/// `ceil(p * 2^53)` (exact for p in [0, 1]).
-fn keep_below(p: f64) -> u64 {
-    (p * (1u64 << 53) as f64).ceil() as u64
-}
-
-/// Whether element `index` of stream `key` is below `below` (see [`keep_below`]).
-#[inline]
-fn draw(key: u64, index: u64, below: u64) -> bool {
-    mix(key.wrapping_add(index.wrapping_add(1).wrapping_mul(GOLDEN))) >> 11 < below
 }
 
 /// One model's trim: which elements survive, and the factor that the survivors are multiplied
@@ -155,61 +116,91 @@ impl Bounds {
         let low = self.low.as_ref().map(|c| A::Key::from_u64(c.value));
         let high = self.high.as_ref().map(|c| A::Key::from_u64(c.value));
         let one = |b: bool| if b { A::ONE } else { A::ZERO };
-        let any_tie = match (low, high) {
-            (Some(l), Some(h)) => {
-                let mut any = false;
-                for (o, &k) in kept.iter_mut().zip(keys) {
-                    *o = one(k > l && k < h);
-                    any |= (k == l) | (k == h);
-                }
-                any
-            }
-            (Some(l), None) => {
-                let mut any = false;
-                for (o, &k) in kept.iter_mut().zip(keys) {
-                    *o = one(k > l);
-                    any |= k == l;
-                }
-                any
-            }
-            (None, Some(h)) => {
-                let mut any = false;
-                for (o, &k) in kept.iter_mut().zip(keys) {
-                    *o = one(k < h);
-                    any |= k == h;
-                }
-                any
-            }
-            (None, None) => {
-                kept.fill(A::ONE);
-                false
-            }
-        };
+        let any_tie = decide_untied::<A>(low, high, keys, kept);
         if !any_tie {
             return;
         }
-        for (o, &k) in kept.iter_mut().zip(keys) {
-            let (at_low, at_high) = (Some(k) == low, Some(k) == high);
-            if !(at_low || at_high) {
-                continue;
+        let (l, h) = (low.unwrap_or(A::Key::MAX), high.unwrap_or(A::Key::MAX));
+        for (g, group) in keys.chunks(64).enumerate() {
+            // Ties are a few keys at random places: visit only them, in order.
+            let mut m = tie_flags(group, l, h);
+            while m != 0 {
+                let j = g * 64 + m.trailing_zeros() as usize;
+                m &= m - 1;
+                let (k, o) = (keys[j], &mut kept[j]);
+                let (at_low, at_high) = (Some(k) == low, Some(k) == high);
+                let above_low = match (&self.low, low) {
+                    (Some(c), _) if at_low => {
+                        ties.low += 1;
+                        c.ties.contains(&(ties.low - 1))
+                    }
+                    (_, Some(l)) => k > l,
+                    _ => true,
+                };
+                let below_high = match (&self.high, high) {
+                    (Some(c), _) if at_high => {
+                        ties.high += 1;
+                        c.ties.contains(&(ties.high - 1))
+                    }
+                    (_, Some(h)) => k < h,
+                    _ => true,
+                };
+                *o = one(above_low && below_high);
             }
-            let above_low = match (&self.low, low) {
-                (Some(c), _) if at_low => {
-                    ties.low += 1;
-                    c.ties.contains(&(ties.low - 1))
-                }
-                (_, Some(l)) => k > l,
-                _ => true,
-            };
-            let below_high = match (&self.high, high) {
-                (Some(c), _) if at_high => {
-                    ties.high += 1;
-                    c.ties.contains(&(ties.high - 1))
-                }
-                (_, Some(h)) => k < h,
-                _ => true,
-            };
-            *o = one(above_low && below_high);
+        }
+    }
+}
+
+/// The keys of `group` (at most 64) equal to `low` or `high`, as bits. A missing threshold is
+/// passed as the largest key, which no magnitude of a trimmed tensor has (NaN magnitudes are
+/// below it).
+#[inline]
+fn tie_flags<K: RankKey>(group: &[K], low: K, high: K) -> u64 {
+    let mut flags = [0u8; 64];
+    for (f, &k) in flags.iter_mut().zip(group) {
+        *f = ((k == low) | (k == high)) as u8;
+    }
+    pack_flags(&flags)
+}
+
+/// The vectorisable part of [`Bounds::decide`]: every key not equal to a threshold, and
+/// whether any is.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn decide_untied<A: Real>(
+    low: Option<A::Key>,
+    high: Option<A::Key>,
+    keys: &[A::Key],
+    kept: &mut [A],
+) -> bool {
+    let one = |b: bool| if b { A::ONE } else { A::ZERO };
+    match (low, high) {
+        (Some(l), Some(h)) => {
+            let mut any = false;
+            for (o, &k) in kept.iter_mut().zip(keys) {
+                *o = one(k > l && k < h);
+                any |= (k == l) | (k == h);
+            }
+            any
+        }
+        (Some(l), None) => {
+            let mut any = false;
+            for (o, &k) in kept.iter_mut().zip(keys) {
+                *o = one(k > l);
+                any |= k == l;
+            }
+            any
+        }
+        (None, Some(h)) => {
+            let mut any = false;
+            for (o, &k) in kept.iter_mut().zip(keys) {
+                *o = one(k < h);
+                any |= k == h;
+            }
+            any
+        }
+        (None, None) => {
+            kept.fill(A::ONE);
+            false
         }
     }
 }
@@ -246,51 +237,18 @@ struct L1 {
 impl L1 {
     /// Adds the magnitudes `a` of consecutive elements starting on lane 0, with `kept` 0 or 1.
     fn add<A: Real>(&mut self, a: &[A], kept: &[A]) {
-        let (a8, k8) = (a.chunks_exact(8), kept.chunks_exact(8));
-        let (ar, kr) = (a8.remainder(), k8.remainder());
-        for (a, k) in a8.zip(k8) {
-            for l in 0..8 {
-                let x = a[l].to_f64();
-                self.before[l] += x;
-                self.after[l] += x * k[l].to_f64();
-            }
-        }
-        for (l, (a, k)) in ar.iter().zip(kr).enumerate() {
-            let x = a.to_f64();
-            self.before[l] += x;
-            self.after[l] += x * k.to_f64();
-        }
+        l1_add(&mut self.before, &mut self.after, a, kept);
     }
 
     /// Like [`L1::add`], from the magnitudes' keys, with the kept flags as bits: bit `j % 64`
     /// of `words[j / 64]`.
     fn add_keys<A: Real>(&mut self, keys: &[A::Key], words: &[u64]) {
-        for (keys, &w) in keys.chunks(64).zip(words) {
-            for (g, keys) in keys.chunks(8).enumerate() {
-                let byte = (w >> (8 * g)) as u32;
-                for (l, k) in keys.iter().enumerate() {
-                    let x = A::from_magnitude(*k).to_f64();
-                    let kept = if (byte >> l) & 1 == 1 { 1.0 } else { 0.0 };
-                    self.before[l] += x;
-                    self.after[l] += x * kept;
-                }
-            }
-        }
+        l1_add_keys::<A>(&mut self.before, &mut self.after, keys, words);
     }
 
     /// Like [`L1::add_keys`], from the values themselves (their magnitudes are summed).
     fn add_values<A: Real>(&mut self, values: &[A], words: &[u64]) {
-        for (values, &w) in values.chunks(64).zip(words) {
-            for (g, values) in values.chunks(8).enumerate() {
-                let byte = (w >> (8 * g)) as u32;
-                for (l, v) in values.iter().enumerate() {
-                    let x = v.abs().to_f64();
-                    let kept = if (byte >> l) & 1 == 1 { 1.0 } else { 0.0 };
-                    self.before[l] += x;
-                    self.after[l] += x * kept;
-                }
-            }
-        }
+        l1_add_values(&mut self.before, &mut self.after, values, words);
     }
 
     fn flush(&mut self) {
@@ -298,6 +256,64 @@ impl L1 {
         self.sums.1 += self.after.iter().sum::<f64>();
         self.before = [0.0; 8];
         self.after = [0.0; 8];
+    }
+}
+
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn l1_add<A: Real>(before: &mut [f64; 8], after: &mut [f64; 8], a: &[A], kept: &[A]) {
+    let (a8, k8) = (a.chunks_exact(8), kept.chunks_exact(8));
+    let (ar, kr) = (a8.remainder(), k8.remainder());
+    for (a, k) in a8.zip(k8) {
+        for l in 0..8 {
+            let x = a[l].to_f64();
+            before[l] += x;
+            after[l] += x * k[l].to_f64();
+        }
+    }
+    for (l, (a, k)) in ar.iter().zip(kr).enumerate() {
+        let x = a.to_f64();
+        before[l] += x;
+        after[l] += x * k.to_f64();
+    }
+}
+
+/// Lane `l` of each group of eight takes its kept factor from the group's byte of the mask
+/// word (the same sums as testing the bit, in a loop that vectorises).
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn l1_add_keys<A: Real>(
+    before: &mut [f64; 8],
+    after: &mut [f64; 8],
+    keys: &[A::Key],
+    words: &[u64],
+) {
+    for (keys, &w) in keys.chunks(64).zip(words) {
+        for (g, keys) in keys.chunks(8).enumerate() {
+            let kept = &A::KEPT[(w >> (8 * g)) as u8 as usize];
+            for (l, k) in keys.iter().enumerate() {
+                let x = A::from_magnitude(*k).to_f64();
+                before[l] += x;
+                after[l] += x * kept[l].to_f64();
+            }
+        }
+    }
+}
+
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn l1_add_values<A: Real>(
+    before: &mut [f64; 8],
+    after: &mut [f64; 8],
+    values: &[A],
+    words: &[u64],
+) {
+    for (values, &w) in values.chunks(64).zip(words) {
+        for (g, values) in values.chunks(8).enumerate() {
+            let kept = &A::KEPT[(w >> (8 * g)) as u8 as usize];
+            for (l, v) in values.iter().enumerate() {
+                let x = v.abs().to_f64();
+                before[l] += x;
+                after[l] += x * kept[l].to_f64();
+            }
+        }
     }
 }
 
@@ -343,21 +359,13 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> T
 
 /// DARE: each element kept with probability `density`, from the stream alone.
 fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
-    let below = keep_below(spec.density);
+    let cutoff = Cutoff::of(spec.density);
     let mut keep = vec![0u64; n.div_ceil(64)];
     let partials: Vec<(f64, f64)> = keep
         .par_chunks_mut(CHUNK_ELEMENTS / 64)
         .zip(chunk_ranges(n))
         .map(|(bits, (_, range))| {
-            for (w, word) in bits.iter_mut().enumerate() {
-                let start = range.start + w * 64;
-                let end = (start + 64).min(range.end);
-                let mut x = 0u64;
-                for e in start..end {
-                    x |= (draw(spec.stream, e as u64, below) as u64) << (e - start);
-                }
-                *word = x;
-            }
+            draws::keep_bits(spec.stream, range.start as u64, range.len(), cutoff, bits);
             if !spec.rescale {
                 return (0.0, 0.0);
             }
@@ -492,6 +500,43 @@ const SAMPLE_BLOCK: usize = 256;
 /// happens in the sample (then one more pass finds it).
 const MARGIN: usize = 1024;
 
+/// The magnitude keys of `d`.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn magnitudes<A: Real>(d: &[A], keys: &mut [A::Key]) {
+    for (k, x) in keys.iter_mut().zip(d) {
+        *k = x.magnitude();
+    }
+}
+
+/// Adds a tile's keys to each open window's tally: the keys above it, and those inside it
+/// (or, for a window of one value, their number).
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut [Gathered<K>]) {
+    for (w, (above, inside, count)) in windows.iter().zip(out.iter_mut()) {
+        let Some((lo, hi)) = *w else { continue };
+        let width = hi.wrapping_sub(lo);
+        *above += keys.iter().filter(|&&k| k > hi).count();
+        if lo == hi {
+            *count += keys.iter().filter(|&&k| k == hi).count();
+        } else {
+            // A few percent fall inside, at random places: a vectorised pass flags 64 keys
+            // at a time, and only the flagged ones are visited.
+            for group in keys.chunks(64) {
+                let mut flags = [0u8; 64];
+                for (f, k) in flags.iter_mut().zip(group) {
+                    *f = (k.wrapping_sub(lo) <= width) as u8;
+                }
+                let mut m = pack_flags(&flags);
+                while m != 0 {
+                    inside.push(group[m.trailing_zeros() as usize]);
+                    m &= m - 1;
+                }
+            }
+            *count = inside.len();
+        }
+    }
+}
+
 /// The keys at ascending ranks `ranks` (each < n) of the task vector's magnitudes, exactly:
 /// a sorted sample of the keys places a window of keys around each rank; one pass counts the
 /// keys above each window and gathers those inside it (or, when a window is one value, only
@@ -554,26 +599,8 @@ fn select<A: Real>(n: usize, source: &Source<'_, A>, ranks: &[usize]) -> Vec<Fou
                     while start < range.end {
                         let len = TILE.min(range.end - start);
                         (source.deltas)(start..start + len, &mut d[..len]);
-                        for (k, x) in keys.iter_mut().zip(&d[..len]) {
-                            *k = x.magnitude();
-                        }
-                        let keys = &keys[..len];
-                        for (w, (above, inside, count)) in windows.iter().zip(out.iter_mut()) {
-                            let Some((lo, hi)) = *w else { continue };
-                            let width = hi.wrapping_sub(lo);
-                            *above += keys.iter().filter(|&&k| k > hi).count();
-                            if lo == hi {
-                                *count += keys.iter().filter(|&&k| k == hi).count();
-                            } else {
-                                // A few percent fall inside: the branch is predicted.
-                                for &k in keys {
-                                    if k.wrapping_sub(lo) <= width {
-                                        inside.push(k);
-                                    }
-                                }
-                                *count = inside.len();
-                            }
-                        }
+                        magnitudes(&d[..len], &mut keys[..len]);
+                        tally(&keys[..len], &windows, &mut out);
                         start += len;
                     }
                     out
@@ -707,7 +734,8 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim
                     let mut x = 0u64;
                     let end = (start + 64).min(range.end);
                     for (j, &rank) in ranks[start..end].iter().enumerate() {
-                        x |= (rule.keep(spec.stream, start + j, rank as usize) as u64) << j;
+                        let h = draws::draw(spec.stream, (start + j) as u64);
+                        x |= (rule.keep(h, rank as usize) as u64) << j;
                     }
                     *word = x;
                 }
@@ -742,7 +770,10 @@ struct RowScratch<A: Real> {
     d: Vec<A>,
     keys: Vec<A::Key>,
     row: Vec<A::Key>,
-    undecided: Vec<u32>,
+    /// The draws of a row's elements inside the chunk.
+    drawn: Vec<u32>,
+    /// Row positions and draws of the elements `p(0)` and `p(len - 1)` don't decide.
+    undecided: Vec<(u32, u32)>,
     hist: Vec<u32>,
     packed: Vec<<A::Key as RankKey>::Packed>,
     ranks: Vec<u32>,
@@ -754,6 +785,7 @@ impl<A: Real> Default for RowScratch<A> {
             d: Vec::new(),
             keys: Vec::new(),
             row: Vec::new(),
+            drawn: Vec::new(),
             undecided: Vec::new(),
             hist: Vec::new(),
             packed: Vec::new(),
@@ -763,7 +795,7 @@ impl<A: Real> Default for RowScratch<A> {
 }
 
 /// DELLA's keep rule for rows of `len` elements: element `e` of rank `rank` in its row is
-/// kept when `uniform(stream, e) < p(rank)`, `p(rank) = low + rank / (len - 1) * width`
+/// kept when its draw `u` (see [`draws`]) is below `p(rank)`, `p(rank) = low + rank / (len - 1) * width`
 /// (`density` for a row of one).
 struct Magprune {
     density: f64,
@@ -792,8 +824,9 @@ impl Magprune {
         }
     }
 
-    fn keep(&self, stream: u64, e: usize, rank: usize) -> bool {
-        uniform(stream, e as u64) < self.p(rank)
+    /// Whether an element of rank `rank` whose draw is `h` is kept.
+    fn keep(&self, h: u32, rank: usize) -> bool {
+        Cutoff::of(self.p(rank)).keeps(h)
     }
 
     /// Decides the elements of the row that starts at element `first` (stride `stride`)
@@ -823,23 +856,31 @@ impl Magprune {
             bits[o / 64] |= 1 << (o % 64);
         };
         let (p0, p1) = (self.p(0), self.p(len.saturating_sub(1)));
-        let (keep_all, drop_all) = (keep_below(p0), keep_below(p1));
-        rs.undecided.clear();
+        let (keep_all, drop_all) = (Cutoff::of(p0).bound(), Cutoff::of(p1).bound());
         // The row's elements inside `range`: b with first + b * stride in it.
         let b0 = range.start.saturating_sub(first).div_ceil(stride);
         let b1 = range.end.saturating_sub(first).div_ceil(stride).min(len);
-        for b in b0..b1 {
-            let e = first + b * stride;
-            let z = mix(self
-                .stream
-                .wrapping_add((e as u64).wrapping_add(1).wrapping_mul(GOLDEN)))
-                >> 11;
-            if z < keep_all {
-                set(bits, e);
-            } else if z < drop_all {
-                rs.undecided.push(b as u32);
+        let count = b1.saturating_sub(b0);
+        rs.drawn.resize(count, 0);
+        if stride == 1 {
+            draws::fill(self.stream, (first + b0) as u64, &mut rs.drawn);
+        } else {
+            for (i, h) in rs.drawn.iter_mut().enumerate() {
+                *h = draws::draw(self.stream, (first + (b0 + i) * stride) as u64);
             }
         }
+        // Without branches: which way a draw falls is a coin toss.
+        rs.undecided.resize(count, (0, 0));
+        let mut undecided = 0;
+        for (i, &h) in rs.drawn.iter().enumerate() {
+            let b = b0 + i;
+            let o = first + b * stride - range.start;
+            let h64 = h as u64;
+            bits[o / 64] |= ((h64 < keep_all) as u64) << (o % 64);
+            rs.undecided[undecided] = (b as u32, h);
+            undecided += (h64 >= keep_all && h64 < drop_all) as usize;
+        }
+        rs.undecided.truncate(undecided);
         if rs.undecided.is_empty() {
             return;
         }
@@ -847,10 +888,9 @@ impl Magprune {
         let (kmin, kmax) = A::Key::min_max(row);
         if kmin == kmax {
             // All equal: ranks are the indices.
-            for &b in &rs.undecided {
-                let e = first + b as usize * stride;
-                if self.keep(self.stream, e, b as usize) {
-                    set(bits, e);
+            for &(b, h) in &rs.undecided {
+                if self.keep(h, b as usize) {
+                    set(bits, first + b as usize * stride);
                 }
             }
             return;
@@ -870,17 +910,14 @@ impl Magprune {
             rs.hist[i] += rs.hist[i - 1];
         }
         let mut exact = Vec::new();
-        for &b in &rs.undecided {
+        for &(b, h) in &rs.undecided {
             let k = row[b as usize];
             let i = bin(k);
             let (lo, hi) = (rs.hist[i] as usize, rs.hist[i + 1] as usize - 1);
-            let e = first + b as usize * stride;
-            let u = uniform(self.stream, e as u64);
-            if u < self.p(lo) {
-                set(bits, e);
-            } else if u >= self.p(hi) {
-            } else {
-                exact.push(b);
+            if self.keep(h, lo) {
+                set(bits, first + b as usize * stride);
+            } else if self.keep(h, hi) {
+                exact.push((b, h));
             }
         }
         if exact.is_empty() {
@@ -894,10 +931,9 @@ impl Magprune {
             (before + after) as usize
         };
         if exact.len() <= 16 {
-            for b in exact {
-                let e = first + b as usize * stride;
-                if self.keep(self.stream, e, rank_of(b as usize)) {
-                    set(bits, e);
+            for (b, h) in exact {
+                if self.keep(h, rank_of(b as usize)) {
+                    set(bits, first + b as usize * stride);
                 }
             }
             return;
@@ -910,9 +946,9 @@ impl Magprune {
         for (rank, &p) in rs.packed.iter().enumerate() {
             rs.ranks[A::Key::index(p) as usize] = rank as u32;
         }
-        for b in exact {
+        for (b, h) in exact {
             let e = first + b as usize * stride;
-            if self.keep(self.stream, e, rs.ranks[b as usize] as usize) {
+            if self.keep(h, rs.ranks[b as usize] as usize) {
                 set(bits, e);
             }
         }
@@ -954,6 +990,7 @@ fn row_ranks<K: RankKey + Send + Sync>(keys: &[K], shape: &[u64]) -> (Vec<u32>, 
 
 #[cfg(test)]
 mod tests {
+    use super::draws::uniform;
     use super::*;
 
     /// Each element's fate under `spec`, and the scale, decided as the kernels decide them.
@@ -1036,12 +1073,11 @@ mod tests {
 
     /// Values with many exact ties (a few distinct magnitudes, both signs), `n` of them.
     fn tied(n: usize, distinct: u64, seed: u64) -> Vec<f64> {
-        let mut z = seed;
         (0..n)
-            .map(|_| {
-                z = mix(z.wrapping_add(GOLDEN));
+            .map(|e| {
+                let z = draws::draw(seed, e as u64) as u64;
                 let m = (z % distinct) as f64 * 0.25;
-                if z >> 63 == 1 {
+                if z >> 31 == 1 {
                     -m
                 } else {
                     m
@@ -1224,16 +1260,6 @@ mod tests {
     }
 
     #[test]
-    fn the_integer_draw_is_the_float_comparison() {
-        for p in [1e-9, 0.1, 0.3, 0.5, 1.0 / 3.0, 0.999_999, 1.0] {
-            let below = keep_below(p);
-            for e in 0..20_000u64 {
-                assert_eq!(draw(5, e, below), uniform(5, e) < p, "p {p} e {e}");
-            }
-        }
-    }
-
-    #[test]
     fn magnitude_keeps_the_largest_and_breaks_ties_by_index() {
         let kept = trim_of(
             Sparsify::Magnitude,
@@ -1272,17 +1298,6 @@ mod tests {
         for (e, k) in a.iter().enumerate() {
             assert_eq!(*k, uniform(7, e as u64) < 0.3);
         }
-    }
-
-    #[test]
-    fn streams_differ_by_seed_name_and_model() {
-        let s = random_stream(1, "a.weight", 0);
-        assert_ne!(s, random_stream(2, "a.weight", 0));
-        assert_ne!(s, random_stream(1, "b.weight", 0));
-        assert_ne!(s, random_stream(1, "a.weight", 1));
-        assert!((0..1000)
-            .map(|i| uniform(s, i))
-            .all(|u| (0.0..1.0).contains(&u)));
     }
 
     #[test]
