@@ -103,7 +103,7 @@ impl Cutoff {
     }
 
     /// Whether draw `h` is kept.
-    #[inline(always)]
+    #[cfg(test)]
     pub fn keeps(self, h: u32) -> bool {
         match self {
             Cutoff::None => false,

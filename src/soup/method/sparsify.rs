@@ -826,7 +826,8 @@ impl Magprune {
 
     /// Whether an element of rank `rank` whose draw is `h` is kept.
     fn keep(&self, h: u32, rank: usize) -> bool {
-        Cutoff::of(self.p(rank)).keeps(h)
+        // u = h / 2^32 is exact in f64, so this is the definition's `u < p` itself.
+        (h as f64) * (1.0 / (1u64 << 32) as f64) < self.p(rank)
     }
 
     /// Decides the elements of the row that starts at element `first` (stride `stride`)
@@ -849,8 +850,13 @@ impl Magprune {
     ) {
         let len = self.len;
         rs.row.clear();
-        rs.row
-            .extend((0..len).map(|b| rs.keys[first - from + b * stride]));
+        if stride == 1 {
+            rs.row
+                .extend_from_slice(&rs.keys[first - from..first - from + len]);
+        } else {
+            rs.row
+                .extend((0..len).map(|b| rs.keys[first - from + b * stride]));
+        }
         let set = |bits: &mut [u64], e: usize| {
             let o = e - range.start;
             bits[o / 64] |= 1 << (o % 64);
@@ -871,14 +877,15 @@ impl Magprune {
         }
         // Without branches: which way a draw falls is a coin toss.
         rs.undecided.resize(count, (0, 0));
+        let (drawn, pending) = (&rs.drawn[..count], &mut rs.undecided[..count]);
         let mut undecided = 0;
-        for (i, &h) in rs.drawn.iter().enumerate() {
-            let b = b0 + i;
-            let o = first + b * stride - range.start;
+        let mut o = first + b0 * stride - range.start;
+        for (i, &h) in drawn.iter().enumerate() {
             let h64 = h as u64;
             bits[o / 64] |= ((h64 < keep_all) as u64) << (o % 64);
-            rs.undecided[undecided] = (b as u32, h);
+            pending[undecided] = ((b0 + i) as u32, h);
             undecided += (h64 >= keep_all && h64 < drop_all) as usize;
+            o += stride;
         }
         rs.undecided.truncate(undecided);
         if rs.undecided.is_empty() {
@@ -924,12 +931,7 @@ impl Magprune {
             return;
         }
         // Keys below, plus equal keys before: `<=` before `b`, `<` from `b` on.
-        let rank_of = |b: usize| -> usize {
-            let k = row[b];
-            let before: u32 = row[..b].iter().map(|&x| (x <= k) as u32).sum();
-            let after: u32 = row[b..].iter().map(|&x| (x < k) as u32).sum();
-            (before + after) as usize
-        };
+        let rank_of = |b: usize| rank_in_row(row, b);
         if exact.len() <= 16 {
             for (b, h) in exact {
                 if self.keep(h, rank_of(b as usize)) {
@@ -953,6 +955,16 @@ impl Magprune {
             }
         }
     }
+}
+
+/// Element `b`'s rank in `row`: the keys below it, plus equal keys before it (`<=` before
+/// `b`, `<` from `b` on).
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn rank_in_row<K: RankKey>(row: &[K], b: usize) -> usize {
+    let k = row[b];
+    let before: u32 = row[..b].iter().map(|&x| (x <= k) as u32).sum();
+    let after: u32 = row[b..].iter().map(|&x| (x < k) as u32).sum();
+    (before + after) as usize
 }
 
 /// Each element's rank by magnitude within its row along dimension 1 (ascending, equal
