@@ -66,9 +66,13 @@ recipe() {
     esac
 }
 
-# Runs a command under /usr/bin/time; prints "SECONDS RSS_MIB".
+# Runs a command under /usr/bin/time; prints "SECONDS RSS_MIB". Every run starts from the same
+# state: the previous outputs removed and their dirty pages written (otherwise a run pays for
+# its predecessor's writeback, or for reclaiming its page cache when memory is short).
 timed() {
     local log=$out/time.log
+    rm -rf "$out/soup.safetensors" "$out/mergekit"
+    sync
     /usr/bin/time -v -o "$log" "$@" >/dev/null 2>"$out/stderr.log" || { cat "$out/stderr.log" >&2; echo "FAILED"; return; }
     awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; wall = s}
                 /Maximum resident set size/ {rss = $2 / 1024}

@@ -11,6 +11,7 @@ use std::ops::Range;
 use multiversion::multiversion;
 
 use crate::format::{Accumulator, Dtype};
+use crate::soup::method::draws::{self, Cutoff};
 use crate::soup::method::sparsify::{Bounds, TieCounts};
 
 /// Elements per chunk, the unit of work handed to a thread and of I/O: 1 MiB of bf16 output,
@@ -484,6 +485,9 @@ pub enum Kept<'a> {
     Bits(&'a [u64]),
     /// Magnitude thresholds, decided here from each element's key.
     Bounds(&'a Bounds),
+    /// Random drops from this stream and cutoff, drawn here as each tile is combined (a trim
+    /// that needs nothing from the whole tensor keeps no mask).
+    Drawn(u64, Cutoff),
 }
 
 /// One model of the task-vector kernel.
@@ -572,25 +576,20 @@ fn task_vectors_in<'s, A: Real>(
                         *d = w * (*x - *b);
                     }
                 }
-                Some((Kept::Bits(keep), scale)) => {
+                Some((kept @ (Kept::Bits(_) | Kept::Drawn(..)), scale)) => {
                     // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN). Tiles
                     // start on a word of the mask.
                     let scale = A::from_f64(scale);
-                    let words = &keep[start / 64..];
-                    for (((d, x), b), &word) in terms
-                        .chunks_mut(64)
-                        .zip(x.chunks(64))
-                        .zip(base.chunks(64))
-                        .zip(words)
-                    {
-                        let lanes = d.chunks_mut(8).zip(x.chunks(8)).zip(b.chunks(8));
-                        for (g, ((d, x), b)) in lanes.enumerate() {
-                            let kept = &A::KEPT[(word >> (8 * g)) as u8 as usize];
-                            for (l, d) in d.iter_mut().enumerate() {
-                                *d = w * ((x[l] - b[l]) * kept[l] * scale);
-                            }
+                    let mut drawn = [0u64; TV_TILE / 64];
+                    let words = match kept {
+                        Kept::Drawn(stream, cutoff) => {
+                            draws::keep_bits(stream, start as u64, n, cutoff, &mut drawn);
+                            &drawn[..]
                         }
-                    }
+                        Kept::Bits(keep) => &keep[start / 64..],
+                        Kept::Bounds(_) => unreachable!("matched above"),
+                    };
+                    masked_terms(terms, x, base, words, w, scale);
                 }
                 Some((Kept::Bounds(bounds), scale)) => {
                     let scale = A::from_f64(scale);
@@ -687,6 +686,35 @@ fn task_vectors_in<'s, A: Real>(
         A::store(out_dtype, mixed, tile);
     }
     out
+}
+
+/// `d = w * ((x - b) * kept * scale)`, with `kept` bit `j % 64` of `words[j / 64]` as 0 or 1.
+/// Whole words in fixed-size groups, so the loop vectorises with no bounds checks.
+#[inline(always)]
+fn masked_terms<A: Real>(d: &mut [A], x: &[A], b: &[A], words: &[u64], w: A, scale: A) {
+    let full = d.len() / 64 * 64;
+    let (dh, dt) = d.split_at_mut(full);
+    let groups = dh
+        .chunks_exact_mut(64)
+        .zip(x[..full].chunks_exact(64))
+        .zip(b[..full].chunks_exact(64))
+        .zip(words);
+    for (((d, x), b), &word) in groups {
+        for g in 0..8 {
+            let kept = &A::KEPT[(word >> (8 * g)) as u8 as usize];
+            for l in 0..8 {
+                let j = g * 8 + l;
+                d[j] = w * ((x[j] - b[j]) * kept[l] * scale);
+            }
+        }
+    }
+    if !dt.is_empty() {
+        let word = words[full / 64];
+        for (j, d) in dt.iter_mut().enumerate() {
+            let kept = A::KEPT[(word >> (8 * (j / 8))) as u8 as usize][j % 8];
+            *d = w * ((x[full + j] - b[full + j]) * kept * scale);
+        }
+    }
 }
 
 fn sum_into<A: Accumulator>(

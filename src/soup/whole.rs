@@ -149,6 +149,9 @@ pub fn chunk<'s>(
                             let kept = match &t.keep {
                                 sparsify::Keep::Bits(bits) => Kept::Bits(bits),
                                 sparsify::Keep::Bounds(bounds) => Kept::Bounds(bounds),
+                                sparsify::Keep::Drawn(stream, cutoff) => {
+                                    Kept::Drawn(*stream, *cutoff)
+                                }
                             };
                             (kept, t.scale)
                         }),

@@ -18,7 +18,7 @@
 mod breadcrumbs;
 mod dare;
 mod della;
-mod draws;
+pub mod draws;
 mod layers;
 mod linear;
 mod model_stock;

@@ -75,6 +75,9 @@ pub enum Keep {
     /// Magnitude thresholds, decided from each element's key as it is combined (TIES,
     /// breadcrumbs): no per-element state at all.
     Bounds(Bounds),
+    /// Random drops without a rescale: drawn from the stream (key, cutoff) as each element is
+    /// combined, so the merge is one pass, like a linear one.
+    Drawn(u64, Cutoff),
 }
 
 /// A magnitude threshold: keys beyond `value` pass it, and of the keys equal to it, those
@@ -360,15 +363,18 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> T
 /// DARE: each element kept with probability `density`, from the stream alone.
 fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
     let cutoff = Cutoff::of(spec.density);
+    if !spec.rescale {
+        return Trim {
+            keep: Keep::Drawn(spec.stream, cutoff),
+            scale: 1.0,
+        };
+    }
     let mut keep = vec![0u64; n.div_ceil(64)];
     let partials: Vec<(f64, f64)> = keep
         .par_chunks_mut(CHUNK_ELEMENTS / 64)
         .zip(chunk_ranges(n))
         .map(|(bits, (_, range))| {
             draws::keep_bits(spec.stream, range.start as u64, range.len(), cutoff, bits);
-            if !spec.rescale {
-                return (0.0, 0.0);
-            }
             // The norms: tiles on the stack, each its own lane sum (as the sums were defined).
             (source.populate)(range.clone());
             let mut d = [A::ZERO; TILE];
@@ -1016,6 +1022,11 @@ mod tests {
         let t = trim::<f64>(spec, n, &source);
         let kept = match &t.keep {
             Keep::Bits(bits) => (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect(),
+            Keep::Drawn(stream, cutoff) => {
+                let mut bits = vec![0u64; n.div_ceil(64)];
+                draws::keep_bits(*stream, 0, n, *cutoff, &mut bits);
+                (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect()
+            }
             Keep::Bounds(b) => {
                 let mut kept = Vec::with_capacity(n);
                 for (c, chunk) in values.chunks(CHUNK_ELEMENTS).enumerate() {
