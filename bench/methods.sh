@@ -22,7 +22,7 @@ bin=${SOUP_MERGE:-$repo/target/release/soup-merge}
 py=${PYTHON:-python3}
 repeat=${REPEAT:-3}
 mkvenv=${MERGEKIT_VENV:-/work/bench-venv}
-methods=${METHODS:-linear task_arithmetic ties dare_linear dare_ties della della_linear breadcrumbs breadcrumbs_ties slerp nuslerp model_stock passthrough}
+methods=${METHODS:-linear task_arithmetic ties dare_linear dare_linear_norescale dare_ties della della_linear breadcrumbs breadcrumbs_ties slerp nuslerp model_stock passthrough}
 [[ -x $bin ]] || { echo "error: $bin not found; cargo build --release or set SOUP_MERGE" >&2; exit 1; }
 [[ -x /usr/bin/time ]] || { echo "error: /usr/bin/time is missing (apt-get install time)" >&2; exit 1; }
 
@@ -41,6 +41,7 @@ args() {
         linear) echo "$base $ft1 $ft2" ;;
         task_arithmetic) echo "--base $base $ft1 $ft2 -w 0.5,0.5" ;;
         ties|dare_ties|dare_linear|della_linear|breadcrumbs|breadcrumbs_ties) echo "--base $base $ft1 $ft2 -w 0.5,0.5 --density 0.5" ;;
+        dare_linear_norescale) echo "--base $base $ft1 $ft2 -w 0.5,0.5 --density 0.5 --param rescale=false" ;;
         della) echo "--base $base $ft1 $ft2 -w 0.5,0.5 --density 0.5 --epsilon 0.1" ;;
         slerp) echo "--base $base $ft1 --t 0.5" ;;
         nuslerp) echo "--base $base $ft1 $ft2 -w 0.5,0.5" ;;
@@ -52,7 +53,13 @@ args() {
 # The same merge as a mergekit recipe.
 recipe() {
     local m=$1
-    echo "merge_method: $m"
+    if [[ $m == dare_linear_norescale ]]; then
+        echo "merge_method: dare_linear"
+        echo "parameters: {rescale: false}"
+        m=dare_linear
+    else
+        echo "merge_method: $m"
+    fi
     echo "dtype: bfloat16"
     case $m in
         linear) echo "models:"; for d in $base $ft1 $ft2; do echo "  - {model: $d, parameters: {weight: 1}}"; done ;;
@@ -97,7 +104,7 @@ for m in $methods; do
     (( ${SOUP:-1} )) || times=(0)
     for _ in $( (( ${SOUP:-1} )) && seq "$repeat"); do
         # shellcheck disable=SC2046
-        read -r s r < <(timed "$bin" --method "$m" $(args "$m") -o "$out/soup.safetensors" -f -q)
+        read -r s r < <(timed "$bin" --method "${m%_norescale}" $(args "$m") -o "$out/soup.safetensors" -f -q)
         times+=("$s")
         (( r > rss )) && rss=$r
     done
