@@ -881,19 +881,33 @@ impl Magprune {
                 *h = draws::draw(self.stream, (first + (b0 + i) * stride) as u64);
             }
         }
-        // Without branches: which way a draw falls is a coin toss.
-        rs.undecided.resize(count, (0, 0));
-        let (drawn, pending) = (&rs.drawn[..count], &mut rs.undecided[..count]);
-        let mut undecided = 0;
-        let mut o = first + b0 * stride - range.start;
-        for (i, &h) in drawn.iter().enumerate() {
-            let h64 = h as u64;
-            bits[o / 64] |= ((h64 < keep_all) as u64) << (o % 64);
-            pending[undecided] = ((b0 + i) as u32, h);
-            undecided += (h64 >= keep_all && h64 < drop_all) as usize;
-            o += stride;
+        rs.undecided.clear();
+        if stride == 1 {
+            let o = first + b0 - range.start;
+            classify_run(
+                &rs.drawn,
+                keep_all,
+                drop_all,
+                o,
+                b0,
+                bits,
+                &mut rs.undecided,
+            );
+        } else {
+            // Without branches: which way a draw falls is a coin toss.
+            rs.undecided.resize(count, (0, 0));
+            let (drawn, pending) = (&rs.drawn[..count], &mut rs.undecided[..count]);
+            let mut undecided = 0;
+            let mut o = first + b0 * stride - range.start;
+            for (i, &h) in drawn.iter().enumerate() {
+                let h64 = h as u64;
+                bits[o / 64] |= ((h64 < keep_all) as u64) << (o % 64);
+                pending[undecided] = ((b0 + i) as u32, h);
+                undecided += (h64 >= keep_all && h64 < drop_all) as usize;
+                o += stride;
+            }
+            rs.undecided.truncate(undecided);
         }
-        rs.undecided.truncate(undecided);
         if rs.undecided.is_empty() {
             return;
         }
@@ -922,14 +936,16 @@ impl Magprune {
         for i in 1..=bins {
             rs.hist[i] += rs.hist[i - 1];
         }
+        let line = RankLine::new(self);
         let mut exact = Vec::new();
         for &(b, h) in &rs.undecided {
             let k = row[b as usize];
             let i = bin(k);
             let (lo, hi) = (rs.hist[i] as usize, rs.hist[i + 1] as usize - 1);
-            if self.keep(h, lo) {
+            let x = line.at(h);
+            if line.above(x, lo) || (!line.below(x, lo) && self.keep(h, lo)) {
                 set(bits, first + b as usize * stride);
-            } else if self.keep(h, hi) {
+            } else if !line.below(x, hi) && (line.above(x, hi) || self.keep(h, hi)) {
                 exact.push((b, h));
             }
         }
@@ -959,6 +975,80 @@ impl Magprune {
             if self.keep(h, rs.ranks[b as usize] as usize) {
                 set(bits, e);
             }
+        }
+    }
+}
+
+/// DELLA's keep rule as a line in rank space: `u < p(rank)` is `rank > xi(u)` with
+/// `xi(u) = (u - low) (len - 1) / width`. `at` computes `xi` with a multiply and an add instead of
+/// `p`'s division per element; its error and `p`'s rounding together stay far below `margin`, so
+/// a rank more than `margin` above or below it is decided by the comparison alone, and only one
+/// within `margin` (which almost never happens) needs `p` itself.
+struct RankLine {
+    slope: f64,
+    offset: f64,
+    margin: f64,
+}
+
+impl RankLine {
+    fn new(rule: &Magprune) -> RankLine {
+        let span = (rule.len.max(2) - 1) as f64 / rule.width;
+        RankLine {
+            slope: span / (1u64 << 32) as f64,
+            offset: -rule.low * span,
+            // Rounding of `p` (a few ulps of 1, scaled by `span`) and of `at` (a few ulps of
+            // `len`), with a wide factor: 1e-10 ranks for typical rows.
+            margin: 1e-9 + 1e-14 * (rule.len as f64 + span),
+        }
+    }
+
+    fn at(&self, h: u32) -> f64 {
+        h as f64 * self.slope + self.offset
+    }
+
+    /// Whether `rank` surely keeps an element at `x`.
+    fn above(&self, x: f64, rank: usize) -> bool {
+        rank as f64 > x + self.margin
+    }
+
+    /// Whether `rank` surely drops it.
+    fn below(&self, x: f64, rank: usize) -> bool {
+        (rank as f64) < x - self.margin
+    }
+}
+
+/// DELLA's first decision for a run of consecutive row elements (positions `b0..`, bits from
+/// offset `o` of `bits`): draws below `keep_all` are kept, those from `keep_all` up to
+/// `drop_all` are listed as undecided (position, draw), the rest dropped. Flags are computed 64
+/// at a time and packed, so only the undecided are visited one by one.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn classify_run(
+    drawn: &[u32],
+    keep_all: u64,
+    drop_all: u64,
+    o: usize,
+    b0: usize,
+    bits: &mut [u64],
+    undecided: &mut Vec<(u32, u32)>,
+) {
+    for (c, hs) in drawn.chunks(64).enumerate() {
+        let (mut keep, mut open) = ([0u8; 64], [0u8; 64]);
+        for ((k, u), &h) in keep.iter_mut().zip(open.iter_mut()).zip(hs) {
+            let h = h as u64;
+            *k = (h < keep_all) as u8;
+            *u = (h >= keep_all && h < drop_all) as u8;
+        }
+        let (kept, mut open) = (pack_flags(&keep), pack_flags(&open));
+        let at = o + c * 64;
+        let (word, shift) = (at / 64, at % 64);
+        bits[word] |= kept << shift;
+        if shift != 0 && kept >> (64 - shift) != 0 {
+            bits[word + 1] |= kept >> (64 - shift);
+        }
+        while open != 0 {
+            let j = open.trailing_zeros() as usize;
+            open &= open - 1;
+            undecided.push(((b0 + c * 64 + j) as u32, hs[j]));
         }
     }
 }
