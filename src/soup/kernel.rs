@@ -702,9 +702,9 @@ fn masked_terms<A: Real>(d: &mut [A], x: &[A], b: &[A], words: &[u64], w: A, sca
     for (((d, x), b), &word) in groups {
         for g in 0..8 {
             let kept = &A::KEPT[(word >> (8 * g)) as u8 as usize];
-            for l in 0..8 {
+            for (l, &k) in kept.iter().enumerate() {
                 let j = g * 8 + l;
-                d[j] = w * ((x[j] - b[j]) * kept[l] * scale);
+                d[j] = w * ((x[j] - b[j]) * k * scale);
             }
         }
     }

@@ -149,7 +149,7 @@ pub fn keep_bits(key: u64, start: u64, len: usize, cutoff: Cutoff, words: &mut [
         Cutoff::None => words.fill(0),
         Cutoff::All => {
             words.fill(!0);
-            if len % 64 != 0 {
+            if !len.is_multiple_of(64) {
                 *words.last_mut().expect("len > 0") = (1u64 << (len % 64)) - 1;
             }
         }
@@ -206,11 +206,11 @@ mod tests {
                 keep_bits(key, start, len, cutoff, &mut words);
                 let mut drawn = vec![0u32; len];
                 fill(key, start, &mut drawn);
-                for i in 0..len {
+                for (i, &h) in drawn.iter().enumerate() {
                     let e = start + i as u64;
-                    assert_eq!(drawn[i], draw(key, e));
+                    assert_eq!(h, draw(key, e));
                     assert_eq!(bit(&words, i), uniform(key, e) < p, "p {p} e {e}");
-                    assert_eq!(cutoff.keeps(drawn[i]), uniform(key, e) < p);
+                    assert_eq!(cutoff.keeps(h), uniform(key, e) < p);
                 }
                 assert_eq!(words.last().unwrap() >> (len % 64), 0, "bits past len");
             }
