@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::kernel::{
@@ -218,26 +219,53 @@ impl Tiles {
                 out.resize(len, 0.0);
             }
             for (k, &(i, c)) in v.iter().enumerate() {
-                let xs = &self.decoded[i][..len];
-                let out = &mut out[..len];
-                if k == 0 {
-                    for (o, x) in out.iter_mut().zip(xs) {
-                        *o = c * x;
-                    }
-                } else {
-                    for (o, x) in out.iter_mut().zip(xs) {
-                        *o += c * x;
-                    }
-                }
+                add_term(&mut out[..len], c, &self.decoded[i][..len], k == 0);
             }
+        }
+    }
+}
+
+/// `out = c * xs` (`first`) or `out += c * xs`.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn add_term(out: &mut [f64], c: f64, xs: &[f64], first: bool) {
+    if first {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o = c * x;
+        }
+    } else {
+        for (o, x) in out.iter_mut().zip(xs) {
+            *o += c * x;
         }
     }
 }
 
 /// Adds the pairwise products of `values` at positions `0..len` to `lanes` (four per pair, in
 /// pair order): position `j` goes to lane `j % 4`, each lane summed in position order. Written
-/// four at a time so the loop vectorises.
+/// four at a time so the loop vectorises; for two vectors (SLERP, NuSLERP, Model Stock with two
+/// fine-tunes) the three pairs share one loop, so their sums are three independent chains
+/// rather than one after another, in the same order.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 fn add_lanes(values: &[Vec<f64>], len: usize, lanes: &mut [[f64; 4]]) {
+    if let ([x, y], [xx, xy, yy]) = (values, &mut *lanes) {
+        let (x, y) = (&x[..len], &y[..len]);
+        let (x4, y4) = (x.chunks_exact(4), y.chunks_exact(4));
+        let (xr, yr) = (x4.remainder(), y4.remainder());
+        let (mut a, mut b, mut c) = (*xx, *xy, *yy);
+        for (x, y) in x4.zip(y4) {
+            for l in 0..4 {
+                a[l] += x[l] * x[l];
+                b[l] += x[l] * y[l];
+                c[l] += y[l] * y[l];
+            }
+        }
+        for (j, (x, y)) in xr.iter().zip(yr).enumerate() {
+            a[j] += x * x;
+            b[j] += x * y;
+            c[j] += y * y;
+        }
+        (*xx, *xy, *yy) = (a, b, c);
+        return;
+    }
     let m = values.len();
     let mut p = 0;
     for a in 0..m {
