@@ -155,6 +155,9 @@ fn every_method_matches_the_reference() {
             ("task_arithmetic", with(&["--lambda", "0.8"]), r#"{"parameters": {"lambda": 0.8}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
             ("ties", with(&["--density", "0.4"]), r#"{"parameters": {"density": 0.4}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
             ("dare_linear", with(&["--density", "0.6"]), r#"{"parameters": {"density": 0.6}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            // Without rescale DARE draws its drops inside the output pass (one pass, no mask).
+            ("dare_linear", with(&["--density", "0.6", "--param", "rescale=false"]), r#"{"parameters": {"density": 0.6, "rescale": false}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
+            ("dare_ties", with(&["--density", "0.3", "--param", "rescale=false"]), r#"{"parameters": {"density": 0.3, "rescale": false}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
             ("dare_ties", with(&["--density", "0.5", "--lambda", "1.5"]), r#"{"parameters": {"density": 0.5, "lambda": 1.5}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
             ("della", with(&["--density", "0.5", "--epsilon", "0.2"]), r#"{"parameters": {"density": 0.5, "epsilon": 0.2}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
             ("della_linear", with(&["--density", "0.7"]), r#"{"parameters": {"density": 0.7}, "models": [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}]}"#.into()),
@@ -764,6 +767,10 @@ fn whole_tensor_methods_give_the_same_bytes_at_any_thread_count() {
     for (method, flags) in [
         ("ties", vec!["--density", "0.3"]),
         ("dare_ties", vec!["--density", "0.4"]),
+        (
+            "dare_linear",
+            vec!["--density", "0.4", "--param", "rescale=false"],
+        ),
         ("della", vec!["--density", "0.5", "--epsilon", "0.1"]),
         (
             "breadcrumbs_ties",
