@@ -1,5 +1,7 @@
 //! Every call into the operating system that Rust can't check: memory maps, page advice,
-//! writeback hints and no-replace renames. All of the crate's `unsafe` is in this file.
+//! writeback hints and no-replace renames. All of the crate's hand-written `unsafe` is in this
+//! file. (The `multiversion` attribute on a few kernels expands to calls of AVX2 and SSE4.1
+//! clones of them; the crate makes those calls only after detecting the CPU feature.)
 
 use std::fs::File;
 use std::io;
