@@ -11,8 +11,8 @@ use std::ops::Range;
 use multiversion::multiversion;
 
 use crate::format::{Accumulator, Dtype};
-use crate::soup::method::draws::{self, Cutoff};
-use crate::soup::method::sparsify::{Bounds, TieCounts};
+use crate::soup::method::draws;
+use crate::soup::method::sparsify::{Keep, TieCounts, Trim};
 
 /// Elements per chunk, the unit of work handed to a thread and of I/O: 1 MiB of bf16 output,
 /// so the per-chunk system calls (a positioned write, page advice for each input) stay few.
@@ -478,24 +478,12 @@ fn rows_in<'s, A: Real>(
     out
 }
 
-/// Which elements of a model's task vector survive its trim.
-#[derive(Clone, Copy)]
-pub enum Kept<'a> {
-    /// Bit `e % 64` of word `e / 64`.
-    Bits(&'a [u64]),
-    /// Magnitude thresholds, decided here from each element's key.
-    Bounds(&'a Bounds),
-    /// Random drops from this stream and cutoff, drawn here as each tile is combined (a trim
-    /// that needs nothing from the whole tensor keeps no mask).
-    Drawn(u64, Cutoff),
-}
-
 /// One model of the task-vector kernel.
 pub struct TaskVectorInput<'a> {
     pub input: Input<'a>,
     pub weight: f64,
     /// The surviving elements and their scale; `None` keeps every element unscaled.
-    pub trim: Option<(Kept<'a>, f64)>,
+    pub trim: Option<&'a Trim>,
 }
 
 /// What the task-vector kernel does with the trimmed task vectors (see
@@ -546,7 +534,10 @@ fn task_vectors_in<'s, A: Real>(
         .models
         .iter()
         .map(|m| match m.trim {
-            Some((Kept::Bounds(b), _)) => Some(b.start(chunk)),
+            Some(Trim {
+                keep: Keep::Bounds(b),
+                ..
+            }) => Some(b.start(chunk)),
             _ => None,
         })
         .collect();
@@ -576,23 +567,29 @@ fn task_vectors_in<'s, A: Real>(
                         *d = w * (*x - *b);
                     }
                 }
-                Some((kept @ (Kept::Bits(_) | Kept::Drawn(..)), scale)) => {
+                Some(Trim {
+                    keep: keep @ (Keep::Bits(_) | Keep::Drawn(..)),
+                    scale,
+                }) => {
                     // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN). Tiles
                     // start on a word of the mask.
-                    let scale = A::from_f64(scale);
+                    let scale = A::from_f64(*scale);
                     let mut drawn = [0u64; TV_TILE / 64];
-                    let words = match kept {
-                        Kept::Drawn(stream, cutoff) => {
-                            draws::keep_bits(stream, start as u64, n, cutoff, &mut drawn);
+                    let words = match keep {
+                        Keep::Drawn(stream, cutoff) => {
+                            draws::keep_bits(*stream, start as u64, n, *cutoff, &mut drawn);
                             &drawn[..]
                         }
-                        Kept::Bits(keep) => &keep[start / 64..],
-                        Kept::Bounds(_) => unreachable!("matched above"),
+                        Keep::Bits(keep) => &keep[start / 64..],
+                        Keep::Bounds(_) => unreachable!("matched above"),
                     };
                     masked_terms(terms, x, base, words, w, scale);
                 }
-                Some((Kept::Bounds(bounds), scale)) => {
-                    let scale = A::from_f64(scale);
+                Some(Trim {
+                    keep: Keep::Bounds(bounds),
+                    scale,
+                }) => {
+                    let scale = A::from_f64(*scale);
                     let keys = &mut keybuf[..n];
                     for ((d, k), (x, b)) in terms
                         .iter_mut()

@@ -12,7 +12,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::kernel::{
-    self, Input, Kept, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS,
+    self, Input, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS,
 };
 use super::method::{sparsify, Combination, Gram, Grouping, TaskVectors, Work};
 use super::plan::{Plan, TensorPlan, Whole};
@@ -146,16 +146,7 @@ pub fn chunk<'s>(
                     .map(|(m, trim)| TaskVectorInput {
                         input: inputs[m.input],
                         weight: m.weight,
-                        trim: trim.as_ref().map(|t| {
-                            let kept = match &t.keep {
-                                sparsify::Keep::Bits(bits) => Kept::Bits(bits),
-                                sparsify::Keep::Bounds(bounds) => Kept::Bounds(bounds),
-                                sparsify::Keep::Drawn(stream, cutoff) => {
-                                    Kept::Drawn(*stream, *cutoff)
-                                }
-                            };
-                            (kept, t.scale)
-                        }),
+                        trim: trim.as_ref(),
                     })
                     .collect(),
                 consensus: tv.consensus,
