@@ -176,8 +176,7 @@ fn word_below(first: u32, len: usize, keys: (u32, u32), below: u32) -> u64 {
         for (j, f) in flags.iter_mut().enumerate() {
             *f = (hash(first.wrapping_add(j as u32), keys) < below) as u8;
         }
-        let x = pack_flags(&flags);
-        return x;
+        return pack_flags(&flags);
     }
     let mut x = 0u64;
     for j in 0..len {

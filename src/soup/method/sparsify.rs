@@ -665,18 +665,25 @@ fn select<A: Real>(n: usize, source: &Source<'_, A>, ranks: &[usize]) -> Vec<Fou
         .collect()
 }
 
-/// DELLA's MagPrune: each element kept with a probability linear in its magnitude's rank in
-/// its row (along dimension 1).
-fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
-    let shape = spec.shape;
-    let (len, inner) = if shape.len() < 2 {
+/// DELLA's rows of a tensor of `n` elements: their length (dimension 1) and the stride
+/// between a row's elements (the product of the dimensions after it). A tensor of fewer than
+/// two dimensions is one row.
+fn row_layout(shape: &[u64], n: usize) -> (usize, usize) {
+    if shape.len() < 2 {
         (n, 1)
     } else {
         (
             shape[1] as usize,
             shape[2..].iter().product::<u64>() as usize,
         )
-    };
+    }
+}
+
+/// DELLA's MagPrune: each element kept with a probability linear in its magnitude's rank in
+/// its row (along dimension 1).
+fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
+    let shape = spec.shape;
+    let (len, inner) = row_layout(shape, n);
     let slab = len * inner;
     let rule = Magprune::new(spec, len);
     let mut keep = vec![0u64; n.div_ceil(64)];
@@ -1067,14 +1074,7 @@ fn rank_in_row<K: RankKey>(row: &[K], b: usize) -> usize {
 /// magnitudes by index), and the rows' length.
 fn row_ranks<K: RankKey + Send + Sync>(keys: &[K], shape: &[u64]) -> (Vec<u32>, usize) {
     let n = keys.len();
-    let (len, inner) = if shape.len() < 2 {
-        (n, 1)
-    } else {
-        (
-            shape[1] as usize,
-            shape[2..].iter().product::<u64>() as usize,
-        )
-    };
+    let (len, inner) = row_layout(shape, n);
     let mut ranks = vec![0u32; n];
     if n == 0 {
         return (ranks, len);
