@@ -134,61 +134,42 @@ pub trait RankKey: Ord + Copy {
     fn min_max(keys: &[Self]) -> (Self, Self);
 }
 
-impl RankKey for u32 {
-    type Packed = u64;
-    const MAX: u32 = u32::MAX;
-    fn to_u64(self) -> u64 {
-        self as u64
-    }
-    fn from_u64(v: u64) -> u32 {
-        v as u32
-    }
-    fn wrapping_sub(self, other: u32) -> u32 {
-        u32::wrapping_sub(self, other)
-    }
-    fn min_max(keys: &[u32]) -> (u32, u32) {
-        let (mut lo, mut hi) = (i32::MAX, i32::MIN);
-        for &k in keys {
-            lo = lo.min(k as i32);
-            hi = hi.max(k as i32);
+/// The two key widths differ only in their types: the key, its signed twin (for
+/// [`RankKey::min_max`]) and the integer a key packs into with a 32-bit index.
+macro_rules! rank_key {
+    ($key:ty, $signed:ty, $packed:ty) => {
+        impl RankKey for $key {
+            type Packed = $packed;
+            const MAX: $key = <$key>::MAX;
+            fn to_u64(self) -> u64 {
+                self as u64
+            }
+            fn from_u64(v: u64) -> $key {
+                v as $key
+            }
+            fn wrapping_sub(self, other: $key) -> $key {
+                <$key>::wrapping_sub(self, other)
+            }
+            fn min_max(keys: &[$key]) -> ($key, $key) {
+                let (mut lo, mut hi) = (<$signed>::MAX, <$signed>::MIN);
+                for &k in keys {
+                    lo = lo.min(k as $signed);
+                    hi = hi.max(k as $signed);
+                }
+                (lo as $key, hi as $key)
+            }
+            fn pack(self, index: u32) -> $packed {
+                (self as $packed) << 32 | index as $packed
+            }
+            fn index(packed: $packed) -> u32 {
+                packed as u32
+            }
         }
-        (lo as u32, hi as u32)
-    }
-    fn pack(self, index: u32) -> u64 {
-        (self as u64) << 32 | index as u64
-    }
-    fn index(packed: u64) -> u32 {
-        packed as u32
-    }
+    };
 }
 
-impl RankKey for u64 {
-    type Packed = u128;
-    const MAX: u64 = u64::MAX;
-    fn to_u64(self) -> u64 {
-        self
-    }
-    fn from_u64(v: u64) -> u64 {
-        v
-    }
-    fn wrapping_sub(self, other: u64) -> u64 {
-        u64::wrapping_sub(self, other)
-    }
-    fn min_max(keys: &[u64]) -> (u64, u64) {
-        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-        for &k in keys {
-            lo = lo.min(k as i64);
-            hi = hi.max(k as i64);
-        }
-        (lo as u64, hi as u64)
-    }
-    fn pack(self, index: u32) -> u128 {
-        (self as u128) << 32 | index as u128
-    }
-    fn index(packed: u128) -> u32 {
-        packed as u32
-    }
-}
+rank_key!(u32, i32, u64);
+rank_key!(u64, i64, u128);
 
 macro_rules! kept_table {
     ($t:ty) => {{
