@@ -59,8 +59,10 @@ Methods (--method, default linear; mergekit's names, parameters and defaults):
   file is the base, not a model). -w gives one weight per model besides the base (default 1/N
   for linear, 1 otherwise); --density, --t, --lambda, --epsilon, --gamma and --param NAME=VALUE
   set the method's parameters; --seed seeds DARE's and DELLA's drops (default 0), per tensor, so
-  the bytes are the same at any thread count. Whole-tensor methods hold about 8 bytes per element
-  of the largest tensor, beside the inputs' mapped pages of that tensor.
+  the bytes are the same at any thread count. Methods other than linear, task_arithmetic,
+  passthrough and DARE with rescale=false work one tensor at a time: they hold the inputs' pages
+  of that tensor plus, per model, a bit per element (DARE, DELLA) or a few percent of its
+  magnitudes (TIES, breadcrumbs); about 3.6 x the largest tensor in all on three inputs.
 
 Recipes:
   --config recipe.yaml reads a mergekit config: merge_method (any method above), base_model,
