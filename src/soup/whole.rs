@@ -16,6 +16,7 @@ use super::kernel::{
 };
 use super::method::{sparsify, Combination, Gram, Grouping, TaskVectors, Work};
 use super::plan::{Plan, TensorPlan, Whole};
+use crate::format::Dtype;
 
 /// What a whole tensor needs before its chunks: per-group combinations, or per-model trims.
 pub enum Prepared {
@@ -159,9 +160,21 @@ pub fn chunk<'s>(
     }
 }
 
+/// Lanes per pair sum: position `j` of a group goes to lane `j % LANES`, each lane summed in
+/// position order, then the lanes are combined by [`combine`]. Eight lanes are two AVX2
+/// registers per pair: enough independent chains that the additions' latency does not bound the
+/// loop, as it did with four.
+const LANES: usize = 8;
+type Lanes = [f64; LANES];
+
+/// The lanes' total, in a fixed tree.
+fn combine(l: &Lanes) -> f64 {
+    0.0 + (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7])))
+}
+
 /// Elements per tile of the statistics pass: the decoded inputs and the vectors of one tile
-/// stay in the first-level cache. A multiple of 4, so every tile starts on lane 0.
-const STAT_TILE: usize = 1024;
+/// stay in the first-level cache. A multiple of [`LANES`], so every tile starts on lane 0.
+const STAT_TILE: usize = 256;
 
 /// A thread's buffers for [`Tiles::fill`]: one decoded input each, and one per vector.
 struct Tiles {
@@ -230,20 +243,19 @@ fn add_term(out: &mut [f64], c: f64, xs: &[f64], first: bool) {
     }
 }
 
-/// Adds the pairwise products of `values` at positions `0..len` to `lanes` (four per pair, in
-/// pair order): position `j` goes to lane `j % 4`, each lane summed in position order. Written
-/// four at a time so the loop vectorises; for two vectors (SLERP, NuSLERP, Model Stock with two
-/// fine-tunes) the three pairs share one loop, so their sums are three independent chains
-/// rather than one after another, in the same order.
+/// Adds the pairwise products of `values` at positions `0..len` to `lanes` (one [`Lanes`] per
+/// pair, in pair order). For two vectors (SLERP, NuSLERP, Model Stock with two fine-tunes) the
+/// three pairs share one loop, so their sums are independent chains rather than one after
+/// another, in the same order.
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
-fn add_lanes(values: &[Vec<f64>], len: usize, lanes: &mut [[f64; 4]]) {
+fn add_lanes(values: &[Vec<f64>], len: usize, lanes: &mut [Lanes]) {
     if let ([x, y], [xx, xy, yy]) = (values, &mut *lanes) {
         let (x, y) = (&x[..len], &y[..len]);
-        let (x4, y4) = (x.chunks_exact(4), y.chunks_exact(4));
-        let (xr, yr) = (x4.remainder(), y4.remainder());
+        let (xs, ys) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+        let (xr, yr) = (xs.remainder(), ys.remainder());
         let (mut a, mut b, mut c) = (*xx, *xy, *yy);
-        for (x, y) in x4.zip(y4) {
-            for l in 0..4 {
+        for (x, y) in xs.zip(ys) {
+            for l in 0..LANES {
                 a[l] += x[l] * x[l];
                 b[l] += x[l] * y[l];
                 c[l] += y[l] * y[l];
@@ -263,13 +275,12 @@ fn add_lanes(values: &[Vec<f64>], len: usize, lanes: &mut [[f64; 4]]) {
         for b in a..m {
             let mut l = lanes[p];
             let (x, y) = (&values[a][..len], &values[b][..len]);
-            let (x4, y4) = (x.chunks_exact(4), y.chunks_exact(4));
-            let (xr, yr) = (x4.remainder(), y4.remainder());
-            for (x, y) in x4.zip(y4) {
-                l[0] += x[0] * y[0];
-                l[1] += x[1] * y[1];
-                l[2] += x[2] * y[2];
-                l[3] += x[3] * y[3];
+            let (xs, ys) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+            let (xr, yr) = (xs.remainder(), ys.remainder());
+            for (x, y) in xs.zip(ys) {
+                for k in 0..LANES {
+                    l[k] += x[k] * y[k];
+                }
             }
             for (j, (x, y)) in xr.iter().zip(yr).enumerate() {
                 l[j] += x * y;
@@ -280,30 +291,125 @@ fn add_lanes(values: &[Vec<f64>], len: usize, lanes: &mut [[f64; 4]]) {
     }
 }
 
-/// The sums of the pairs' products over `range`, four lanes each combined in a fixed order.
+/// The sums of the pairs' products over `range`, each in [`LANES`] lanes then combined.
 fn pair_sums(
     inputs: &[Input<'_>],
     vectors: &[Combination],
     range: Range<usize>,
     tiles: &mut Tiles,
 ) -> Vec<f64> {
-    let mut lanes = vec![[0f64; 4]; Gram::pairs(vectors.len())];
-    let mut start = range.start;
-    while start < range.end {
-        let end = (start + STAT_TILE).min(range.end);
-        tiles.fill(inputs, vectors, start..end);
-        add_lanes(&tiles.vectors, end - start, &mut lanes);
-        start = end;
+    let mut lanes = vec![[0f64; LANES]; Gram::pairs(vectors.len())];
+    if !pair_lanes_bf16(inputs, vectors, range.clone(), &mut lanes) {
+        let mut start = range.start;
+        while start < range.end {
+            let end = (start + STAT_TILE).min(range.end);
+            tiles.fill(inputs, vectors, start..end);
+            add_lanes(&tiles.vectors, end - start, &mut lanes);
+            start = end;
+        }
     }
-    lanes
-        .iter()
-        .map(|l| 0.0 + ((l[0] + l[1]) + (l[2] + l[3])))
-        .collect()
+    lanes.iter().map(combine).collect()
+}
+
+/// The lanes of [`pair_sums`] for its common shape, two vectors of bf16 inputs with the same
+/// number of terms (SLERP, NuSLERP, Model Stock with two fine-tunes), decoded and combined in
+/// registers instead of through the tiles' buffers. The operations and their order are those of
+/// [`Tiles::fill`] then [`add_lanes`], so the sums are the same bits. False, with `lanes`
+/// untouched, for any other shape or for bf16 data at odd addresses.
+fn pair_lanes_bf16(
+    inputs: &[Input<'_>],
+    vectors: &[Combination],
+    range: Range<usize>,
+    lanes: &mut [Lanes],
+) -> bool {
+    let ([v0, v1], [xx, xy, yy]) = (vectors, &mut *lanes) else {
+        return false;
+    };
+    let bits = |i: usize| -> Option<&[u16]> {
+        let input = inputs[i];
+        let bytes = &input.data[range.start * 2..range.end * 2];
+        (input.dtype == Dtype::BF16)
+            .then(|| bytemuck::try_cast_slice::<u8, u16>(bytes).ok())
+            .flatten()
+    };
+    fn terms<'a, const T: usize>(
+        v: &[(usize, f64)],
+        bits: &impl Fn(usize) -> Option<&'a [u16]>,
+    ) -> Option<[(&'a [u16], f64); T]> {
+        let mut out = [(&[][..], 0.0); T];
+        for (o, &(i, c)) in out.iter_mut().zip(v) {
+            *o = (bits(i)?, c);
+        }
+        (v.len() == T).then_some(out)
+    }
+    let mut pairs = [*xx, *xy, *yy];
+    let done = match (v0.len(), v1.len()) {
+        (1, 1) => terms(v0, &bits)
+            .zip(terms(v1, &bits))
+            .map(|(a, b)| fused_pairs::<1>([a, b], &mut pairs)),
+        (2, 2) => terms(v0, &bits)
+            .zip(terms(v1, &bits))
+            .map(|(a, b)| fused_pairs::<2>([a, b], &mut pairs)),
+        _ => None,
+    };
+    [*xx, *xy, *yy] = pairs;
+    done.is_some()
+}
+
+/// Adds `x * x`, `x * y` and `y * y` to `pairs`, `x` and `y` the two vectors' values: each
+/// `sum_k c_k * widen(bits_k[j])`, in term order. An input in both vectors (the base of two
+/// task vectors) is widened twice: that is cheaper than indexing an array of widened inputs.
+/// No closures: they would not inherit the clone's target features, and would not be inlined.
+/// Unlike [`kernel::decode`], the widening does not set a NaN's quiet bit: the first
+/// multiplication sets it, so the sums keep the same bits.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn fused_pairs<const T: usize>(vectors: [[(&[u16], f64); T]; 2], pairs: &mut [Lanes; 3]) {
+    let len = vectors[0][0].0.len();
+    let whole = len - len % LANES;
+    let [mut xx, mut xy, mut yy] = *pairs;
+    for j in (0..whole).step_by(LANES) {
+        let mut values = [[0f64; LANES]; 2];
+        for (v, out) in vectors.iter().zip(&mut values) {
+            for (k, &(bits, c)) in v.iter().enumerate() {
+                let bits: &[u16; LANES] = bits[j..j + LANES].try_into().expect("a lane each");
+                for l in 0..LANES {
+                    let term = c * widen(bits[l]);
+                    out[l] = if k == 0 { term } else { out[l] + term };
+                }
+            }
+        }
+        let [x, y] = values;
+        for l in 0..LANES {
+            xx[l] += x[l] * x[l];
+            xy[l] += x[l] * y[l];
+            yy[l] += y[l] * y[l];
+        }
+    }
+    for (l, j) in (whole..len).enumerate() {
+        let mut values = [0f64; 2];
+        for (v, out) in vectors.iter().zip(&mut values) {
+            for (k, &(bits, c)) in v.iter().enumerate() {
+                let term = c * widen(bits[j]);
+                *out = if k == 0 { term } else { *out + term };
+            }
+        }
+        let [x, y] = values;
+        xx[l] += x * x;
+        xy[l] += x * y;
+        yy[l] += y * y;
+    }
+    *pairs = [xx, xy, yy];
+}
+
+/// A little-endian bf16's value, its NaNs as they are (see [`fused_pairs`]).
+#[inline(always)]
+fn widen(h: u16) -> f64 {
+    f64::from(f32::from_bits(u32::from(u16::from_le(h)) << 16))
 }
 
 /// The Gram matrix of `vectors` in each group, summed in f64 in a fixed order: per tensor,
-/// each chunk in four lanes, then the chunks' sums in chunk order; per row, the row in four
-/// lanes; per column, each column in row order.
+/// each chunk in [`LANES`] lanes, then the chunks' sums in chunk order; per row, the row in
+/// [`LANES`] lanes; per column, each column in row order.
 fn grams(
     inputs: &[Input<'_>],
     vectors: &[Combination],
@@ -364,13 +470,13 @@ fn grams(
                         for r in 0..rows {
                             tiles.fill(inputs, vectors, r * stride + j0..r * stride + j1);
                             for (j, s) in sums.iter_mut().enumerate() {
-                                // One position per column and row: lane 0 only, as a sum over
-                                // the rows in order.
+                                // One position per column and row: a sum over the rows in
+                                // order.
                                 let mut p = 0;
                                 for a in 0..m {
                                     for b in a..m {
                                         let x = tiles.vectors[a][j] * tiles.vectors[b][j];
-                                        s[p] += ((0.0 + x) + 0.0) + (0.0 + 0.0);
+                                        s[p] += x;
                                         p += 1;
                                     }
                                 }
@@ -423,4 +529,93 @@ fn trims<A: Real>(
             Some(sparsify::trim::<A>(&spec, n, &source))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(data: &[u8]) -> Input<'_> {
+        Input {
+            dtype: Dtype::BF16,
+            data,
+        }
+    }
+
+    /// bf16 bits from a small generator: mostly ordinary values, with zeros of both signs,
+    /// infinities and denormals mixed in.
+    fn bits(seed: u32, n: usize) -> Vec<u16> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                match i % 97 {
+                    13 => 0x8000,
+                    29 => 0x0000,
+                    41 => 0x0001,
+                    _ => (0x3C00 + (s & 0x07FF) as u16) | ((s >> 16) as u16 & 0x8000),
+                }
+            })
+            .collect()
+    }
+
+    /// The register path for bf16 and the tiles that every other input takes must give the
+    /// same bits: bf16 at an odd address takes the tiles, so the two share this one order.
+    #[test]
+    fn the_bf16_register_path_sums_as_the_tiles_do() {
+        let n = 3 * STAT_TILE + 13;
+        let data: Vec<Vec<u16>> = (0..3).map(|i| bits(0x9E37 + i, n)).collect();
+        let aligned: Vec<Vec<u8>> = data
+            .iter()
+            .map(|d| bytemuck::cast_slice(d).to_vec())
+            .collect();
+        // One byte in: every input's data at an odd address.
+        let shifted: Vec<Vec<u8>> = aligned.iter().map(|a| [&[0u8][..], a].concat()).collect();
+        let vector_sets: [Vec<Combination>; 3] = [
+            vec![vec![(1, 1.0)], vec![(0, 1.0)]],
+            vec![vec![(0, 1.0), (2, -1.0)], vec![(1, 1.0), (2, -1.0)]],
+            vec![vec![(0, 0.3), (2, -1.7)], vec![(1, 2.5), (0, 0.25)]],
+        ];
+        for vectors in &vector_sets {
+            for range in [0..n, 5..n - 3, 8..8 + STAT_TILE, 0..7] {
+                let fast: Vec<Input<'_>> = aligned.iter().map(|a| input(a)).collect();
+                let slow: Vec<Input<'_>> = shifted.iter().map(|s| input(&s[1..])).collect();
+                let mut tiles = Tiles::new(3, vectors, STAT_TILE);
+                let mut lanes = vec![[0f64; LANES]; 3];
+                assert!(pair_lanes_bf16(&fast, vectors, range.clone(), &mut lanes));
+                assert!(!pair_lanes_bf16(&slow, vectors, range.clone(), &mut lanes));
+                let a = pair_sums(&fast, vectors, range.clone(), &mut tiles);
+                let b = pair_sums(&slow, vectors, range.clone(), &mut tiles);
+                let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "{vectors:?} {range:?}");
+                assert!(a.iter().all(|x| x.is_finite() && *x != 0.0), "{a:?}");
+            }
+        }
+    }
+
+    /// A NaN in an input gives NaN sums on both paths, with the same bits.
+    #[test]
+    fn nan_inputs_give_the_same_nan_on_both_paths() {
+        let n = 40;
+        let mut data: Vec<Vec<u16>> = (0..3).map(|i| bits(7 + i, n)).collect();
+        // A signalling NaN (quiet bit clear) and a quiet one.
+        data[0][9] = 0x7F81;
+        data[2][21] = 0xFFC3;
+        let aligned: Vec<Vec<u8>> = data
+            .iter()
+            .map(|d| bytemuck::cast_slice(d).to_vec())
+            .collect();
+        let shifted: Vec<Vec<u8>> = aligned.iter().map(|a| [&[0u8][..], a].concat()).collect();
+        let vectors = vec![vec![(0, 1.0), (2, -1.0)], vec![(1, 1.0), (2, -1.0)]];
+        let fast: Vec<Input<'_>> = aligned.iter().map(|a| input(a)).collect();
+        let slow: Vec<Input<'_>> = shifted.iter().map(|s| input(&s[1..])).collect();
+        let mut tiles = Tiles::new(3, &vectors, STAT_TILE);
+        let a = pair_sums(&fast, &vectors, 0..n, &mut tiles);
+        let b = pair_sums(&slow, &vectors, 0..n, &mut tiles);
+        assert!(a.iter().all(|x| x.is_nan()), "{a:?}");
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+    }
 }
