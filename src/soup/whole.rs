@@ -73,11 +73,20 @@ pub fn prepare(plan: &Plan, tensor: &TensorPlan, whole: &Whole) -> Prepared {
             }
         }
         Work::TaskVectors(tv) => {
-            let populate = |range: Range<usize>| populate(plan, tensor, whole, range);
+            // Every model's trim reads the base: each trim mapping the pages it reads, as the
+            // statistics pass does, had them contend for the base's page-table locks. All are
+            // mapped once, up front, in parallel over chunks; they stay mapped until the output
+            // pass releases them.
+            (0..n.div_ceil(CHUNK_ELEMENTS))
+                .into_par_iter()
+                .for_each(|c| {
+                    let range = c * CHUNK_ELEMENTS..((c + 1) * CHUNK_ELEMENTS).min(n);
+                    populate(plan, tensor, whole, range)
+                });
             if whole.wide {
-                Prepared::Trims(trims::<f64>(&inputs, tv, &tensor.shape, n, &populate))
+                Prepared::Trims(trims::<f64>(&inputs, tv, &tensor.shape, n))
             } else {
-                Prepared::Trims(trims::<f32>(&inputs, tv, &tensor.shape, n, &populate))
+                Prepared::Trims(trims::<f32>(&inputs, tv, &tensor.shape, n))
             }
         }
     }
@@ -497,7 +506,6 @@ fn trims<A: Real>(
     tv: &TaskVectors,
     shape: &[u64],
     n: usize,
-    populate: &(dyn Fn(Range<usize>) + Sync),
 ) -> Vec<Option<sparsify::Trim>> {
     let base = inputs[tv.models.len()];
     // The models in parallel too: a trim's serial steps (sorting the sample, selecting among
@@ -522,11 +530,7 @@ fn trims<A: Real>(
                 rescale: tv.rescale,
                 shape,
             };
-            let source = sparsify::Source {
-                deltas: &deltas,
-                populate,
-            };
-            Some(sparsify::trim::<A>(&spec, n, &source))
+            Some(sparsify::trim::<A>(&spec, n, &deltas))
         })
         .collect()
 }

@@ -336,14 +336,6 @@ fn scale(rescale: bool, (before, after): (f64, f64)) -> f64 {
     }
 }
 
-/// The task vector a trim reads: its values, and a hint that a range is about to be read.
-pub struct Source<'a, A> {
-    pub deltas: &'a Deltas<'a, A>,
-    /// Maps the inputs' pages of elements `range` at once (one call per chunk, not a fault
-    /// per page).
-    pub populate: &'a (dyn Fn(Range<usize>) + Sync),
-}
-
 /// The chunk ranges of a tensor of `n` elements.
 fn chunk_ranges(n: usize) -> impl IndexedParallelIterator<Item = (usize, Range<usize>)> {
     (0..n.div_ceil(CHUNK_ELEMENTS))
@@ -352,16 +344,16 @@ fn chunk_ranges(n: usize) -> impl IndexedParallelIterator<Item = (usize, Range<u
 }
 
 /// Computes a model's trim of a tensor of `n` elements.
-pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
+pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
     match spec.method {
-        Sparsify::Random => random(spec, n, source),
-        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => magnitude(spec, n, source),
-        Sparsify::DellaMagprune => della(spec, n, source),
+        Sparsify::Random => random(spec, n, deltas),
+        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => magnitude(spec, n, deltas),
+        Sparsify::DellaMagprune => della(spec, n, deltas),
     }
 }
 
 /// DARE: each element kept with probability `density`, from the stream alone.
-fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
+fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
     let cutoff = Cutoff::of(spec.density);
     if !spec.rescale {
         return Trim {
@@ -376,13 +368,12 @@ fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Tri
         .map(|(bits, (_, range))| {
             draws::keep_bits(spec.stream, range.start as u64, range.len(), cutoff, bits);
             // The norms: tiles on the stack, each its own lane sum (as the sums were defined).
-            (source.populate)(range.clone());
             let mut d = [A::ZERO; TILE];
             let mut l1 = L1::default();
             for (t, words) in bits.chunks(TILE / 64).enumerate() {
                 let start = range.start + t * TILE;
                 let len = TILE.min(range.end - start);
-                (source.deltas)(start..start + len, &mut d[..len]);
+                deltas(start..start + len, &mut d[..len]);
                 l1.add_values(&d[..len], words);
                 l1.flush();
             }
@@ -396,7 +387,7 @@ fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Tri
 }
 
 /// TIES (`Magnitude`) and breadcrumbs (`MagnitudeOutliers`): one or two thresholds by rank.
-fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
+fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
     let kept = (spec.density * n as f64) as usize;
     if kept == 0 {
         // Only breadcrumbs gets here (the plan refuses it for TIES): nothing survives.
@@ -432,7 +423,7 @@ fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> 
         )
     };
     let targets: Vec<usize> = low.iter().chain(high.iter()).map(|t| t.0).collect();
-    let mut found = select::<A>(n, source, &targets).into_iter();
+    let mut found = select::<A>(n, deltas, &targets).into_iter();
     let mut cut = |t: Option<(usize, Rule)>| {
         t.map(|(rank, rule)| {
             let f = found.next().expect("one per target");
@@ -450,7 +441,6 @@ fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> 
     let scale = if spec.rescale {
         let partials: Vec<(f64, f64)> = chunk_ranges(n)
             .map(|(c, range)| {
-                (source.populate)(range.clone());
                 let mut d = [A::ZERO; TILE];
                 let mut keys = [A::Key::default(); TILE];
                 let mut kept = [A::ZERO; TILE];
@@ -459,7 +449,7 @@ fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> 
                 let mut start = range.start;
                 while start < range.end {
                     let len = TILE.min(range.end - start);
-                    (source.deltas)(start..start + len, &mut d[..len]);
+                    deltas(start..start + len, &mut d[..len]);
                     for (k, a) in keys.iter_mut().zip(d[..len].iter_mut()) {
                         *k = a.magnitude();
                         *a = A::from_magnitude(*k);
@@ -549,7 +539,7 @@ fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut
 /// counts them), chunk by chunk in parallel; selection among the gathered keys then finds the
 /// value, and per-chunk counts place its ties. A rank that falls outside its window (rare)
 /// gets an exact window on the side it fell and another pass.
-fn select<A: Real>(n: usize, source: &Source<'_, A>, ranks: &[usize]) -> Vec<Found> {
+fn select<A: Real>(n: usize, deltas: &Deltas<'_, A>, ranks: &[usize]) -> Vec<Found> {
     let mut sample: Vec<A::Key> = Vec::new();
     let full = n <= SAMPLE_BLOCKS * SAMPLE_BLOCK;
     let mut buf = vec![A::ZERO; SAMPLE_BLOCK];
@@ -557,14 +547,14 @@ fn select<A: Real>(n: usize, source: &Source<'_, A>, ranks: &[usize]) -> Vec<Fou
         let mut start = 0;
         while start < n {
             let len = SAMPLE_BLOCK.min(n - start);
-            (source.deltas)(start..start + len, &mut buf[..len]);
+            deltas(start..start + len, &mut buf[..len]);
             sample.extend(buf[..len].iter().map(|d| d.magnitude()));
             start += len;
         }
     } else {
         for b in 0..SAMPLE_BLOCKS {
             let start = b * (n - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1);
-            (source.deltas)(start..start + SAMPLE_BLOCK, &mut buf);
+            deltas(start..start + SAMPLE_BLOCK, &mut buf);
             sample.extend(buf.iter().map(|d| d.magnitude()));
         }
     }
@@ -598,13 +588,12 @@ fn select<A: Real>(n: usize, source: &Source<'_, A>, ranks: &[usize]) -> Vec<Fou
             .map_init(
                 || (vec![A::ZERO; TILE], vec![A::Key::default(); TILE]),
                 |(d, keys), (_, range)| {
-                    (source.populate)(range.clone());
                     let mut out: Vec<Gathered<A::Key>> =
                         windows.iter().map(|_| (0, Vec::new(), 0)).collect();
                     let mut start = range.start;
                     while start < range.end {
                         let len = TILE.min(range.end - start);
-                        (source.deltas)(start..start + len, &mut d[..len]);
+                        deltas(start..start + len, &mut d[..len]);
                         magnitudes(&d[..len], &mut keys[..len]);
                         tally(&keys[..len], &windows, &mut out);
                         start += len;
@@ -681,7 +670,7 @@ fn row_layout(shape: &[u64], n: usize) -> (usize, usize) {
 
 /// DELLA's MagPrune: each element kept with a probability linear in its magnitude's rank in
 /// its row (along dimension 1).
-fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim {
+fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
     let shape = spec.shape;
     let (len, inner) = row_layout(shape, n);
     let slab = len * inner;
@@ -702,9 +691,8 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim
                 let first = range.start / slab;
                 let last = range.end.div_ceil(slab);
                 let (from, to) = (first * slab, (last * slab).min(n));
-                (source.populate)(from..to);
                 rs.d.resize(to - from, A::ZERO);
-                (source.deltas)(from..to, &mut rs.d);
+                deltas(from..to, &mut rs.d);
                 rs.keys.clear();
                 rs.keys.extend(rs.d.iter().map(|x| x.magnitude()));
                 bits.fill(0);
@@ -728,10 +716,9 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, source: &Source<'_, A>) -> Trim
             .for_each_init(
                 || vec![A::ZERO; TILE],
                 |d, (out, (_, range))| {
-                    (source.populate)(range.clone());
                     for (t, out) in out.chunks_mut(TILE).enumerate() {
                         let start = range.start + t * TILE;
-                        (source.deltas)(start..start + out.len(), &mut d[..out.len()]);
+                        deltas(start..start + out.len(), &mut d[..out.len()]);
                         for (k, x) in out.iter_mut().zip(d.iter()) {
                             *k = x.magnitude();
                         }
@@ -1104,12 +1091,8 @@ mod tests {
     /// Each element's fate under `spec`, and the scale, decided as the kernels decide them.
     fn run(spec: &TrimSpec<'_>, values: &[f64]) -> (Vec<bool>, f64) {
         let deltas = |r: Range<usize>, out: &mut [f64]| out.copy_from_slice(&values[r]);
-        let source = Source {
-            deltas: &deltas,
-            populate: &|_| {},
-        };
         let n = values.len();
-        let t = trim::<f64>(spec, n, &source);
+        let t = trim::<f64>(spec, n, &deltas);
         let kept = match &t.keep {
             Keep::Bits(bits) => (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect(),
             Keep::Drawn(stream, cutoff) => {
