@@ -264,24 +264,27 @@ impl L1 {
 
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 fn l1_add<A: Real>(before: &mut [f64; 8], after: &mut [f64; 8], a: &[A], kept: &[A]) {
+    let (mut b, mut s) = (*before, *after);
     let (a8, k8) = (a.chunks_exact(8), kept.chunks_exact(8));
     let (ar, kr) = (a8.remainder(), k8.remainder());
     for (a, k) in a8.zip(k8) {
         for l in 0..8 {
             let x = a[l].to_f64();
-            before[l] += x;
-            after[l] += x * k[l].to_f64();
+            b[l] += x;
+            s[l] += x * k[l].to_f64();
         }
     }
     for (l, (a, k)) in ar.iter().zip(kr).enumerate() {
         let x = a.to_f64();
-        before[l] += x;
-        after[l] += x * k.to_f64();
+        b[l] += x;
+        s[l] += x * k.to_f64();
     }
+    (*before, *after) = (b, s);
 }
 
 /// Lane `l` of each group of eight takes its kept factor from the group's byte of the mask
-/// word (the same sums as testing the bit, in a loop that vectorises).
+/// word (the same sums as testing the bit, in a loop that vectorises). The lanes are summed in
+/// locals: through the `&mut` arrays every addition was a store, and nothing vectorised.
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 fn l1_add_keys<A: Real>(
     before: &mut [f64; 8],
@@ -289,18 +292,29 @@ fn l1_add_keys<A: Real>(
     keys: &[A::Key],
     words: &[u64],
 ) {
+    let (mut b, mut a) = (*before, *after);
     for (keys, &w) in keys.chunks(64).zip(words) {
-        for (g, keys) in keys.chunks(8).enumerate() {
+        let groups = keys.chunks_exact(8);
+        let (rest, full) = (groups.remainder(), groups.len());
+        for (g, keys) in groups.enumerate() {
             let kept = &A::KEPT[(w >> (8 * g)) as u8 as usize];
-            for (l, k) in keys.iter().enumerate() {
-                let x = A::from_magnitude(*k).to_f64();
-                before[l] += x;
-                after[l] += x * kept[l].to_f64();
+            for l in 0..8 {
+                let x = A::from_magnitude(keys[l]).to_f64();
+                b[l] += x;
+                a[l] += x * kept[l].to_f64();
             }
         }
+        let kept = &A::KEPT[(w.checked_shr(8 * full as u32).unwrap_or(0)) as u8 as usize];
+        for (l, k) in rest.iter().enumerate() {
+            let x = A::from_magnitude(*k).to_f64();
+            b[l] += x;
+            a[l] += x * kept[l].to_f64();
+        }
     }
+    (*before, *after) = (b, a);
 }
 
+/// [`l1_add_keys`] from the values themselves (their magnitudes are summed).
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 fn l1_add_values<A: Real>(
     before: &mut [f64; 8],
@@ -308,16 +322,26 @@ fn l1_add_values<A: Real>(
     values: &[A],
     words: &[u64],
 ) {
+    let (mut b, mut a) = (*before, *after);
     for (values, &w) in values.chunks(64).zip(words) {
-        for (g, values) in values.chunks(8).enumerate() {
+        let groups = values.chunks_exact(8);
+        let (rest, full) = (groups.remainder(), groups.len());
+        for (g, values) in groups.enumerate() {
             let kept = &A::KEPT[(w >> (8 * g)) as u8 as usize];
-            for (l, v) in values.iter().enumerate() {
-                let x = v.abs().to_f64();
-                before[l] += x;
-                after[l] += x * kept[l].to_f64();
+            for l in 0..8 {
+                let x = values[l].abs().to_f64();
+                b[l] += x;
+                a[l] += x * kept[l].to_f64();
             }
         }
+        let kept = &A::KEPT[(w.checked_shr(8 * full as u32).unwrap_or(0)) as u8 as usize];
+        for (l, v) in rest.iter().enumerate() {
+            let x = v.abs().to_f64();
+            b[l] += x;
+            a[l] += x * kept[l].to_f64();
+        }
     }
+    (*before, *after) = (b, a);
 }
 
 /// Sums per-chunk L1 partials in chunk order.
