@@ -108,10 +108,6 @@ pub trait Real:
     fn from_magnitude(key: Self::Key) -> Self;
     fn abs(self) -> Self;
     fn to_f64(self) -> f64;
-    /// Row `b` holds bit `l` of the byte `b` as lane `l`'s factor, 0 or 1: masks are applied
-    /// by multiplying (a dropped NaN stays NaN, as mergekit has it) in loops that vectorise,
-    /// eight elements per byte of a mask word.
-    const KEPT: &'static [[Self; 8]; 256];
     /// This precision's buffers in `scratch`, and its output buffer.
     fn buffers(scratch: &mut Scratch) -> (&mut Buffers<Self>, &mut Vec<u64>);
 }
@@ -171,32 +167,18 @@ macro_rules! rank_key {
 rank_key!(u32, i32, u64);
 rank_key!(u64, i64, u128);
 
-macro_rules! kept_table {
-    ($t:ty) => {{
-        let mut table = [[0.0 as $t; 8]; 256];
-        let mut b = 0;
-        while b < 256 {
-            let mut l = 0;
-            while l < 8 {
-                if (b >> l) & 1 == 1 {
-                    table[b][l] = 1.0;
-                }
-                l += 1;
-            }
-            b += 1;
-        }
-        table
-    }};
+/// Bit `j` of `bits` as a factor, 0 or 1. Masks are applied by multiplying (a dropped NaN
+/// stays NaN, as mergekit has it); a shift per lane vectorises (AVX2 shifts 32-bit lanes by a
+/// vector of counts) where a branch or a table lookup per element kept the loops scalar.
+#[inline(always)]
+pub fn kept<A: Accumulator>(bits: u32, j: u32) -> A {
+    A::from_f32(((bits >> j) & 1) as f32)
 }
-
-static KEPT_F32: [[f32; 8]; 256] = kept_table!(f32);
-static KEPT_F64: [[f64; 8]; 256] = kept_table!(f64);
 
 impl Real for f32 {
     type Key = u32;
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
-    const KEPT: &'static [[f32; 8]; 256] = &KEPT_F32;
     fn magnitude(self) -> u32 {
         self.to_bits() & 0x7FFF_FFFF
     }
@@ -218,7 +200,6 @@ impl Real for f64 {
     type Key = u64;
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
-    const KEPT: &'static [[f64; 8]; 256] = &KEPT_F64;
     fn magnitude(self) -> u64 {
         self.to_bits() & 0x7FFF_FFFF_FFFF_FFFF
     }
@@ -678,19 +659,23 @@ fn masked_terms<A: Real>(d: &mut [A], x: &[A], b: &[A], words: &[u64], w: A, sca
         .zip(b[..full].chunks_exact(64))
         .zip(words);
     for (((d, x), b), &word) in groups {
-        for g in 0..8 {
-            let kept = &A::KEPT[(word >> (8 * g)) as u8 as usize];
-            for (l, &k) in kept.iter().enumerate() {
-                let j = g * 8 + l;
-                d[j] = w * ((x[j] - b[j]) * k * scale);
+        // In halves of 32, the lanes of one shift by a vector of counts.
+        let halves = d
+            .chunks_exact_mut(32)
+            .zip(x.chunks_exact(32))
+            .zip(b.chunks_exact(32));
+        for (h, ((d, x), b)) in halves.enumerate() {
+            let bits = (word >> (32 * h)) as u32;
+            for l in 0..32 {
+                d[l] = w * ((x[l] - b[l]) * kept::<A>(bits, l as u32) * scale);
             }
         }
     }
     if !dt.is_empty() {
         let word = words[full / 64];
         for (j, d) in dt.iter_mut().enumerate() {
-            let kept = A::KEPT[(word >> (8 * (j / 8))) as u8 as usize][j % 8];
-            *d = w * ((x[full + j] - b[full + j]) * kept * scale);
+            let bits = (word >> (32 * (j / 32))) as u32;
+            *d = w * ((x[full + j] - b[full + j]) * kept::<A>(bits, (j % 32) as u32) * scale);
         }
     }
 }

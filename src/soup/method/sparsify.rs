@@ -17,7 +17,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::draws::{self, Cutoff};
-use crate::soup::kernel::{pack_flags, RankKey, Real, CHUNK_ELEMENTS};
+use crate::soup::kernel::{self, pack_flags, RankKey, Real, CHUNK_ELEMENTS};
 
 /// How a task vector is trimmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,9 +282,9 @@ fn l1_add<A: Real>(before: &mut [f64; 8], after: &mut [f64; 8], a: &[A], kept: &
     (*before, *after) = (b, s);
 }
 
-/// Lane `l` of each group of eight takes its kept factor from the group's byte of the mask
-/// word (the same sums as testing the bit, in a loop that vectorises). The lanes are summed in
-/// locals: through the `&mut` arrays every addition was a store, and nothing vectorised.
+/// Lane `l` of each group of eight takes its kept factor from its bit of the mask word (see
+/// [`kernel::kept`]). The lanes are summed in locals: through the `&mut` arrays every addition
+/// was a store, and nothing vectorised.
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 fn l1_add_keys<A: Real>(
     before: &mut [f64; 8],
@@ -294,21 +294,24 @@ fn l1_add_keys<A: Real>(
 ) {
     let (mut b, mut a) = (*before, *after);
     for (keys, &w) in keys.chunks(64).zip(words) {
-        let groups = keys.chunks_exact(8);
-        let (rest, full) = (groups.remainder(), groups.len());
-        for (g, keys) in groups.enumerate() {
-            let kept = &A::KEPT[(w >> (8 * g)) as u8 as usize];
-            for l in 0..8 {
-                let x = A::from_magnitude(keys[l]).to_f64();
-                b[l] += x;
-                a[l] += x * kept[l].to_f64();
+        let halves = keys.chunks_exact(32);
+        let (rest, full) = (halves.remainder(), halves.len());
+        for (h, keys) in halves.enumerate() {
+            let bits = (w >> (32 * h)) as u32;
+            for g in 0..4 {
+                for l in 0..8 {
+                    let j = 8 * g + l;
+                    let x = A::from_magnitude(keys[j]).to_f64();
+                    b[l] += x;
+                    a[l] += x * kernel::kept::<f64>(bits, j as u32);
+                }
             }
         }
-        let kept = &A::KEPT[(w.checked_shr(8 * full as u32).unwrap_or(0)) as u8 as usize];
-        for (l, k) in rest.iter().enumerate() {
+        let bits = w.checked_shr(32 * full as u32).unwrap_or(0) as u32;
+        for (j, k) in rest.iter().enumerate() {
             let x = A::from_magnitude(*k).to_f64();
-            b[l] += x;
-            a[l] += x * kept[l].to_f64();
+            b[j % 8] += x;
+            a[j % 8] += x * kernel::kept::<f64>(bits, j as u32);
         }
     }
     (*before, *after) = (b, a);
@@ -324,21 +327,24 @@ fn l1_add_values<A: Real>(
 ) {
     let (mut b, mut a) = (*before, *after);
     for (values, &w) in values.chunks(64).zip(words) {
-        let groups = values.chunks_exact(8);
-        let (rest, full) = (groups.remainder(), groups.len());
-        for (g, values) in groups.enumerate() {
-            let kept = &A::KEPT[(w >> (8 * g)) as u8 as usize];
-            for l in 0..8 {
-                let x = values[l].abs().to_f64();
-                b[l] += x;
-                a[l] += x * kept[l].to_f64();
+        let halves = values.chunks_exact(32);
+        let (rest, full) = (halves.remainder(), halves.len());
+        for (h, values) in halves.enumerate() {
+            let bits = (w >> (32 * h)) as u32;
+            for g in 0..4 {
+                for l in 0..8 {
+                    let j = 8 * g + l;
+                    let x = values[j].abs().to_f64();
+                    b[l] += x;
+                    a[l] += x * kernel::kept::<f64>(bits, j as u32);
+                }
             }
         }
-        let kept = &A::KEPT[(w.checked_shr(8 * full as u32).unwrap_or(0)) as u8 as usize];
-        for (l, v) in rest.iter().enumerate() {
+        let bits = w.checked_shr(32 * full as u32).unwrap_or(0) as u32;
+        for (j, v) in rest.iter().enumerate() {
             let x = v.abs().to_f64();
-            b[l] += x;
-            a[l] += x * kept[l].to_f64();
+            b[j % 8] += x;
+            a[j % 8] += x * kernel::kept::<f64>(bits, j as u32);
         }
     }
     (*before, *after) = (b, a);
