@@ -541,17 +541,20 @@ fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut
     for (w, (above, inside, count)) in windows.iter().zip(out.iter_mut()) {
         let Some((lo, hi)) = *w else { continue };
         let width = hi.wrapping_sub(lo);
-        *above += keys.iter().filter(|&&k| k > hi).count();
         if lo == hi {
+            *above += keys.iter().filter(|&&k| k > hi).count();
             *count += keys.iter().filter(|&&k| k == hi).count();
         } else {
-            // A few percent fall inside, at random places: a vectorised pass flags 64 keys
-            // at a time, and only the flagged ones are visited.
+            // A few percent fall inside, at random places: one vectorised pass flags 64 keys
+            // at a time and counts those above, and only the flagged ones are visited.
             for group in keys.chunks(64) {
                 let mut flags = [0u8; 64];
+                let mut over = 0u32;
                 for (f, k) in flags.iter_mut().zip(group) {
                     *f = (k.wrapping_sub(lo) <= width) as u8;
+                    over += (*k > hi) as u32;
                 }
+                *above += over as usize;
                 let mut m = pack_flags(&flags);
                 while m != 0 {
                     inside.push(group[m.trailing_zeros() as usize]);
