@@ -76,13 +76,18 @@ pub fn prepare(plan: &Plan, tensor: &TensorPlan, whole: &Whole) -> Prepared {
             // Every model's trim reads the base: each trim mapping the pages it reads, as the
             // statistics pass does, had them contend for the base's page-table locks. All are
             // mapped once, up front, in parallel over chunks; they stay mapped until the output
-            // pass releases them.
-            (0..n.div_ceil(CHUNK_ELEMENTS))
-                .into_par_iter()
-                .for_each(|c| {
-                    let range = c * CHUNK_ELEMENTS..((c + 1) * CHUNK_ELEMENTS).min(n);
-                    populate(plan, tensor, whole, range)
-                });
+            // pass releases them. Trims that read nothing (DARE without rescale) leave the
+            // output pass to stream.
+            let reads = tv.sparsify.is_some_and(|s| s.reads_ahead(tv.rescale))
+                && tv.models.iter().any(|m| m.density < 1.0);
+            if reads {
+                (0..n.div_ceil(CHUNK_ELEMENTS))
+                    .into_par_iter()
+                    .for_each(|c| {
+                        let range = c * CHUNK_ELEMENTS..((c + 1) * CHUNK_ELEMENTS).min(n);
+                        populate(plan, tensor, whole, range)
+                    });
+            }
             if whole.wide {
                 Prepared::Trims(trims::<f64>(&inputs, tv, &tensor.shape, n))
             } else {

@@ -38,6 +38,12 @@ pub enum Sparsify {
 }
 
 impl Sparsify {
+    /// Whether a trim reads the task vector before the output pass: every kind but DARE
+    /// without rescale, whose drops come from the random stream alone.
+    pub fn reads_ahead(self, rescale: bool) -> bool {
+        rescale || self != Sparsify::Random
+    }
+
     /// Checks the parameters for a tensor of `n` elements, from headers alone.
     pub fn check(self, n: u64, density: f64, gamma: f64, epsilon: f64) -> Result<(), String> {
         if density >= 1.0 || n == 0 {
