@@ -1157,6 +1157,45 @@ mod tests {
         (kept, t.scale)
     }
 
+    /// `reads_ahead` decides whether the preparing pass maps a tensor's pages before the
+    /// output pass: it must say false only for a trim that really reads nothing (otherwise the
+    /// trim faults every page in one by one), and true for every trim that reads.
+    #[test]
+    fn reads_ahead_says_which_trims_read_the_task_vector() {
+        let values: Vec<f64> = (0..300).map(|i| ((i * 37) % 101) as f64 - 50.0).collect();
+        let kinds = [
+            Sparsify::Magnitude,
+            Sparsify::Random,
+            Sparsify::MagnitudeOutliers,
+            Sparsify::DellaMagprune,
+        ];
+        for method in kinds {
+            for rescale in [false, true] {
+                let spec = TrimSpec {
+                    method,
+                    density: 0.5,
+                    gamma: 0.1,
+                    epsilon: 0.1,
+                    stream: 3,
+                    rescale,
+                    shape: &[values.len() as u64],
+                };
+                let reads = std::sync::atomic::AtomicUsize::new(0);
+                let deltas = |r: Range<usize>, out: &mut [f64]| {
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    out.copy_from_slice(&values[r]);
+                };
+                trim::<f64>(&spec, values.len(), &deltas);
+                let read = reads.into_inner() > 0;
+                assert_eq!(
+                    method.reads_ahead(rescale),
+                    read,
+                    "{method:?}, rescale {rescale}"
+                );
+            }
+        }
+    }
+
     fn trim_of(method: Sparsify, values: &[f64], density: f64, gamma: f64) -> Vec<bool> {
         let spec = TrimSpec {
             method,
