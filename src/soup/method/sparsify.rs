@@ -252,12 +252,14 @@ impl L1 {
     /// Like [`L1::add`], from the magnitudes' keys, with the kept flags as bits: bit `j % 64`
     /// of `words[j / 64]`.
     fn add_keys<A: Real>(&mut self, keys: &[A::Key], words: &[u64]) {
-        l1_add_keys::<A>(&mut self.before, &mut self.after, keys, words);
+        let magnitude = |k: A::Key| A::from_magnitude(k).to_f64();
+        l1_add_masked(&mut self.before, &mut self.after, keys, words, magnitude);
     }
 
     /// Like [`L1::add_keys`], from the values themselves (their magnitudes are summed).
     fn add_values<A: Real>(&mut self, values: &[A], words: &[u64]) {
-        l1_add_values(&mut self.before, &mut self.after, values, words);
+        let magnitude = |v: A| v.abs().to_f64();
+        l1_add_masked(&mut self.before, &mut self.after, values, words, magnitude);
     }
 
     fn flush(&mut self) {
@@ -288,67 +290,36 @@ fn l1_add<A: Real>(before: &mut [f64; 8], after: &mut [f64; 8], a: &[A], kept: &
     (*before, *after) = (b, s);
 }
 
-/// Lane `l` of each group of eight takes its kept factor from its bit of the mask word (see
-/// [`kernel::kept`]). The lanes are summed in locals: through the `&mut` arrays every addition
-/// was a store, and nothing vectorised.
+/// Adds `magnitude(item)` of consecutive items starting on lane 0, with the kept factor of
+/// lane `l` of each group of eight from its bit of the mask word (see [`kernel::kept`]). The
+/// lanes are summed in locals: through the `&mut` arrays every addition was a store, and
+/// nothing vectorised.
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
-fn l1_add_keys<A: Real>(
+fn l1_add_masked<T: Copy, M: Fn(T) -> f64>(
     before: &mut [f64; 8],
     after: &mut [f64; 8],
-    keys: &[A::Key],
+    items: &[T],
     words: &[u64],
+    magnitude: M,
 ) {
     let (mut b, mut a) = (*before, *after);
-    for (keys, &w) in keys.chunks(64).zip(words) {
-        let halves = keys.chunks_exact(32);
+    for (items, &w) in items.chunks(64).zip(words) {
+        let halves = items.chunks_exact(32);
         let (rest, full) = (halves.remainder(), halves.len());
-        for (h, keys) in halves.enumerate() {
+        for (h, items) in halves.enumerate() {
             let bits = (w >> (32 * h)) as u32;
             for g in 0..4 {
                 for l in 0..8 {
                     let j = 8 * g + l;
-                    let x = A::from_magnitude(keys[j]).to_f64();
+                    let x = magnitude(items[j]);
                     b[l] += x;
                     a[l] += x * kernel::kept::<f64>(bits, j as u32);
                 }
             }
         }
         let bits = w.checked_shr(32 * full as u32).unwrap_or(0) as u32;
-        for (j, k) in rest.iter().enumerate() {
-            let x = A::from_magnitude(*k).to_f64();
-            b[j % 8] += x;
-            a[j % 8] += x * kernel::kept::<f64>(bits, j as u32);
-        }
-    }
-    (*before, *after) = (b, a);
-}
-
-/// [`l1_add_keys`] from the values themselves (their magnitudes are summed).
-#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
-fn l1_add_values<A: Real>(
-    before: &mut [f64; 8],
-    after: &mut [f64; 8],
-    values: &[A],
-    words: &[u64],
-) {
-    let (mut b, mut a) = (*before, *after);
-    for (values, &w) in values.chunks(64).zip(words) {
-        let halves = values.chunks_exact(32);
-        let (rest, full) = (halves.remainder(), halves.len());
-        for (h, values) in halves.enumerate() {
-            let bits = (w >> (32 * h)) as u32;
-            for g in 0..4 {
-                for l in 0..8 {
-                    let j = 8 * g + l;
-                    let x = values[j].abs().to_f64();
-                    b[l] += x;
-                    a[l] += x * kernel::kept::<f64>(bits, j as u32);
-                }
-            }
-        }
-        let bits = w.checked_shr(32 * full as u32).unwrap_or(0) as u32;
-        for (j, v) in rest.iter().enumerate() {
-            let x = v.abs().to_f64();
+        for (j, &item) in rest.iter().enumerate() {
+            let x = magnitude(item);
             b[j % 8] += x;
             a[j % 8] += x * kernel::kept::<f64>(bits, j as u32);
         }
