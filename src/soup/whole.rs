@@ -341,10 +341,10 @@ fn pair_lanes_bf16(
     };
     let bits = |i: usize| -> Option<&[u16]> {
         let input = inputs[i];
-        let bytes = &input.data[range.start * 2..range.end * 2];
-        (input.dtype == Dtype::BF16)
-            .then(|| bytemuck::try_cast_slice::<u8, u16>(bytes).ok())
-            .flatten()
+        if input.dtype != Dtype::BF16 {
+            return None;
+        }
+        bytemuck::try_cast_slice(&input.data[range.start * 2..range.end * 2]).ok()
     };
     fn terms<'a, const T: usize>(
         v: &[(usize, f64)],
