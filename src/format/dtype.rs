@@ -223,6 +223,8 @@ impl Accumulator for f32 {
         }
     }
 
+    // Inlined into the multiversioned kernels, which round their sums here at their width.
+    #[inline(always)]
     fn store(dtype: Dtype, acc: &[f32], bytes: &mut [u8]) {
         match dtype {
             Dtype::F32 => view_mut::<f32>(bytes).copy_from_slice(acc),

@@ -327,6 +327,7 @@ impl Scratch {
 /// Computes elements `range` (at most `CHUNK_ELEMENTS`) of `sum(weight * source)` into
 /// `scratch`'s output buffer, as `out_dtype`, accumulating in f64 when `wide`. Returns the
 /// encoded bytes.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 pub fn average<'s>(
     sources: &[Source<'_>],
     range: std::ops::Range<usize>,
@@ -680,6 +681,9 @@ fn masked_terms<A: Real>(d: &mut [A], x: &[A], b: &[A], words: &[u64], w: A, sca
     }
 }
 
+// Always inlined, like `f32::store`, so that both are compiled into the AVX2 clone of
+// `average`: called, they ran at baseline SSE2 width, and the whole linear merge with them.
+#[inline(always)]
 fn sum_into<A: Accumulator>(
     sources: &[Source<'_>],
     range: std::ops::Range<usize>,
