@@ -492,3 +492,52 @@ fn help_describes_the_rules() {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
 }
+
+/// A closed stderr (`soup-merge ... 2>&1 | head -1`) loses lines, not the merge: a finished
+/// merge with warnings still exits 0 with its output in place, and a failed one exits 1.
+/// `eprintln!` panics on a closed stderr, which made both exit 101.
+#[test]
+fn closed_stderr_changes_no_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = repo_root().join("fixtures/models");
+    let (base, ft) = (
+        models.join("base.safetensors"),
+        models.join("ft-lr2e-3.safetensors"),
+    );
+    // lambda 1e308 overflows every tensor whose task vector isn't zero: a warning each.
+    let overflowing = |out: &Path| {
+        let mut cmd = soup_merge();
+        cmd.args(["--method", "task_arithmetic", "--lambda", "1e308", "--base"])
+            .args([&base, &ft])
+            .arg("-o")
+            .arg(out);
+        cmd
+    };
+    let warned = overflowing(&dir.path().join("open.safetensors"))
+        .output()
+        .unwrap();
+    assert!(
+        warned.status.success() && stderr(&warned).contains("warning: tensor"),
+        "the case has warnings to write: {}",
+        stderr(&warned)
+    );
+
+    let out = dir.path().join("closed.safetensors");
+    let mut failing = soup_merge();
+    failing
+        .arg(&ft)
+        .arg(dir.path().join("missing.safetensors"))
+        .arg("-o")
+        .arg(dir.path().join("failed.safetensors"));
+    for (mut cmd, code) in [(overflowing(&out), 0), (failing, 1)] {
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stderr.take());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{cmd:?}");
+    }
+    assert!(out.exists(), "the merge with warnings finished");
+}

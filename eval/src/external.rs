@@ -471,11 +471,11 @@ impl External {
         };
         let on_retry = |e: &Error| {
             self.stats.lock().unwrap_or_else(|e| e.into_inner()).retried += 1;
-            eprintln!(
+            model_soup::cli::say(&format!(
                 "warning: {}; retrying (--retries {})",
                 model_soup::cli::one_line(&e.to_string()),
                 self.scorer.retries
-            );
+            ));
         };
         let result = self.scorer.score(&values, cancel, &on_retry);
         let names = self.names();
@@ -514,10 +514,10 @@ impl External {
                     stats.last = Some(Instant::now());
                 }
                 if !self.options.quiet {
-                    eprintln!(
+                    model_soup::cli::say(&format!(
                         "scored {name}: {} in {:.1} s (slot {slot})",
                         run.score, run.seconds
-                    );
+                    ));
                 }
                 Ok(Trial {
                     val: run.score,

@@ -360,18 +360,18 @@ fn say_done(report: &MergeReport) {
             .sha256
             .as_deref()
             .unwrap_or("see --json for each file");
-        eprintln!(
+        super::say(&format!(
             "verified {} tensors as read back; sha256 {hash}",
             verified.tensors
-        );
+        ));
     }
-    eprintln!(
+    super::say(&format!(
         "wrote {} ({} tensors, {:.1} MB) in {:.2} s",
         output.display(),
         report.tensors,
         report.bytes_written as f64 / 1e6,
         report.seconds
-    );
+    ));
 }
 
 fn describe_plan(report: &MergeReport) -> String {

@@ -44,7 +44,7 @@ pub fn error_kind(err: &anyhow::Error) -> &'static str {
 /// Prints every warning on stderr, one line each: the same list `--json` reports.
 pub fn print_warnings(warnings: &[crate::soup::Warning]) {
     for w in warnings {
-        eprintln!("warning: {}", one_line(&w.message));
+        say(&format!("warning: {}", one_line(&w.message)));
     }
 }
 
@@ -76,7 +76,7 @@ pub fn check_thread_env() -> Result<(), crate::Error> {
 /// Like [`fail`], for a front end whose own error type wraps the core's: it says whether the
 /// failure was a Ctrl-C.
 pub fn fail_as(err: &anyhow::Error, interrupted: bool) -> ExitCode {
-    eprintln!("error: {}", one_line(&format!("{err:#}")));
+    say(&format!("error: {}", one_line(&format!("{err:#}"))));
     if interrupted {
         ExitCode::from(EXIT_INTERRUPTED)
     } else {
@@ -106,6 +106,14 @@ pub fn print(text: &str) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
     }
+}
+
+/// Writes a line to stderr. A closed stderr (`2>&1 | head -1`) is ignored, as a closed
+/// stdout is: `eprintln!` panics there, which turned a finished merge's warning or summary
+/// into exit status 101.
+pub fn say(line: &str) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(line.as_bytes()).and_then(|_| err.write_all(b"\n"));
 }
 
 /// A byte-counting bar on stderr, hidden when stderr is not a terminal or when `quiet`.
