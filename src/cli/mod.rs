@@ -113,7 +113,9 @@ pub fn print(text: &str) -> std::io::Result<()> {
 /// into exit status 101.
 pub fn say(line: &str) {
     let mut err = std::io::stderr().lock();
-    let _ = err.write_all(line.as_bytes()).and_then(|_| err.write_all(b"\n"));
+    let _ = err
+        .write_all(line.as_bytes())
+        .and_then(|_| err.write_all(b"\n"));
 }
 
 /// A byte-counting bar on stderr, hidden when stderr is not a terminal or when `quiet`.

@@ -432,7 +432,14 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
                         }
                     }
                 }
-                Ok((filter, value.ok_or_else(|| format!("{at} has no value:"))?))
+                Ok((
+                    filter,
+                    value.ok_or_else(|| {
+                        format!(
+                            "{at} has no value; give one, as in {{filter: self_attn, value: 0.5}}"
+                        )
+                    })?,
+                ))
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map(Setting::Conditional),
@@ -625,7 +632,7 @@ mod tests {
         assert!(err(&format!(
             "merge_method: ties\nbase_model: b\n{two}parameters: {{weight: [{{filter: a}}]}}\n"
         ))
-        .contains("has no value"));
+        .contains("has no value; give one, as in {filter: self_attn, value: 0.5}"));
         assert!(err("merge_method: slerp\nbase_model: x\nmodels: [{model: x}, {model: y, parameters: {t: 0.5}}]\n")
             .contains("one value for the merge"));
     }
