@@ -784,6 +784,8 @@ struct RowScratch<A: Real> {
     drawn: Vec<u32>,
     /// Row positions and draws of the elements `p(0)` and `p(len - 1)` don't decide.
     undecided: Vec<(u32, u32)>,
+    /// Those of them whose rank bounds don't decide them either.
+    straddling: Vec<(u32, u32)>,
     hist: Vec<u32>,
     packed: Vec<<A::Key as RankKey>::Packed>,
     ranks: Vec<u32>,
@@ -797,6 +799,7 @@ impl<A: Real> Default for RowScratch<A> {
             row: Vec::new(),
             drawn: Vec::new(),
             undecided: Vec::new(),
+            straddling: Vec::new(),
             hist: Vec::new(),
             packed: Vec::new(),
             ranks: Vec::new(),
@@ -937,22 +940,42 @@ impl Magprune {
             rs.hist[bin(k) + 1] += 1;
         }
         // hist[i] becomes the number of keys in bins below i; hist[i + 1] - hist[i] is bin i's.
-        for i in 1..=bins {
-            rs.hist[i] += rs.hist[i - 1];
+        // The running total is kept in a register: `hist[i] += hist[i - 1]` waited on the
+        // store of the bin before, bin after bin.
+        let mut below = 0;
+        for h in rs.hist.iter_mut() {
+            below += *h;
+            *h = below;
         }
         let line = RankLine::new(self);
-        let mut exact = Vec::new();
+        // Which way an element falls is a coin toss, so the common cases set no branch: a
+        // rank bound that keeps it sets its bit, one that drops it does nothing, and only the
+        // few whose bounds straddle the line go on to the list for a closer look.
+        let mut straddling = std::mem::take(&mut rs.straddling);
+        straddling.resize(rs.undecided.len(), (0, 0));
+        let mut count = 0;
         for &(b, h) in &rs.undecided {
-            let k = row[b as usize];
-            let i = bin(k);
+            let i = bin(row[b as usize]);
             let (lo, hi) = (rs.hist[i] as usize, rs.hist[i + 1] as usize - 1);
             let x = line.at(h);
-            if line.above(x, lo) || (!line.below(x, lo) && self.keep(h, lo)) {
+            let (kept, dropped) = (line.above(x, lo), line.below(x, hi));
+            let o = first + b as usize * stride - range.start;
+            bits[o / 64] |= (kept as u64) << (o % 64);
+            straddling[count] = (b, h);
+            count += (!kept && !dropped) as usize;
+        }
+        let mut exact = Vec::new();
+        for &(b, h) in &straddling[..count] {
+            let i = bin(row[b as usize]);
+            let (lo, hi) = (rs.hist[i] as usize, rs.hist[i + 1] as usize - 1);
+            let x = line.at(h);
+            if !line.below(x, lo) && self.keep(h, lo) {
                 set(bits, first + b as usize * stride);
             } else if !line.below(x, hi) && (line.above(x, hi) || self.keep(h, hi)) {
                 exact.push((b, h));
             }
         }
+        rs.straddling = straddling;
         if exact.is_empty() {
             return;
         }
