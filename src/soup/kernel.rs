@@ -11,7 +11,7 @@ use std::ops::Range;
 use multiversion::multiversion;
 
 use crate::format::{Accumulator, Dtype};
-use crate::soup::method::draws;
+use crate::soup::method::draws::{self, Cutoff};
 use crate::soup::method::sparsify::{Keep, TieCounts, Trim};
 
 /// Elements per chunk, the unit of work handed to a thread and of I/O: 1 MiB of bf16 output,
@@ -68,6 +68,8 @@ pub struct Buffers<A: Real> {
     /// A tile's magnitude keys and kept flags (0 or 1), for trims by threshold.
     keys: Vec<A::Key>,
     kept: Vec<A>,
+    /// A tile's draws, for random drops made as the output is combined.
+    drawn: Vec<u32>,
 }
 
 impl<A: Real> Default for Buffers<A> {
@@ -81,6 +83,7 @@ impl<A: Real> Default for Buffers<A> {
             div: Vec::new(),
             keys: Vec::new(),
             kept: Vec::new(),
+            drawn: Vec::new(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl<A: Real> Buffers<A> {
             self.div = vec![A::ZERO; WORK_TILE];
             self.keys = vec![A::Key::default(); WORK_TILE];
             self.kept = vec![A::ZERO; WORK_TILE];
+            self.drawn = vec![0; WORK_TILE];
         }
         if self.terms.len() < models * WORK_TILE {
             self.terms = vec![A::ZERO; models * WORK_TILE];
@@ -525,6 +529,7 @@ fn task_vectors_in<'s, A: Real>(
             div,
             keys: keybuf,
             kept: keptbuf,
+            drawn: drawbuf,
         } = &mut *buf;
         let base = &mut base[..n];
         decode(mix.base.dtype, mix.base.data, start..start + n, base);
@@ -539,23 +544,29 @@ fn task_vectors_in<'s, A: Real>(
                         *d = w * (*x - *b);
                     }
                 }
+                // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN).
                 Some(Trim {
-                    keep: keep @ (Keep::Bits(_) | Keep::Drawn(..)),
+                    keep: Keep::Bits(keep),
                     scale,
                 }) => {
-                    // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN). Tiles
-                    // start on a word of the mask.
+                    // Tiles start on a word of the mask.
+                    let words = &keep[start / 64..];
+                    masked_terms(terms, x, base, words, w, A::from_f64(*scale));
+                }
+                Some(Trim {
+                    keep: Keep::Drawn(stream, cutoff),
+                    scale,
+                }) => {
+                    let drawn = &mut drawbuf[..n];
+                    draws::fill(*stream, start as u64, drawn);
                     let scale = A::from_f64(*scale);
-                    let mut drawn = [0u64; TV_TILE / 64];
-                    let words = match keep {
-                        Keep::Drawn(stream, cutoff) => {
-                            draws::keep_bits(*stream, start as u64, n, *cutoff, &mut drawn);
-                            &drawn[..]
+                    match *cutoff {
+                        Cutoff::Below(c) => {
+                            drawn_terms(terms, x, base, drawn, w, scale, |h| h < c)
                         }
-                        Keep::Bits(keep) => &keep[start / 64..],
-                        Keep::Bounds(_) => unreachable!("matched above"),
-                    };
-                    masked_terms(terms, x, base, words, w, scale);
+                        Cutoff::None => drawn_terms(terms, x, base, drawn, w, scale, |_| false),
+                        Cutoff::All => drawn_terms(terms, x, base, drawn, w, scale, |_| true),
+                    }
                 }
                 Some(Trim {
                     keep: Keep::Bounds(bounds),
@@ -655,6 +666,25 @@ fn task_vectors_in<'s, A: Real>(
         A::store(out_dtype, mixed, tile);
     }
     out
+}
+
+/// `d = w * ((x - b) * kept * scale)`, `kept` 1 where `keeps` says so of the element's draw:
+/// [`masked_terms`]'s operations, with each draw compared where it is used instead of packed
+/// into a mask word and unpacked again.
+#[inline(always)]
+fn drawn_terms<A: Real>(
+    d: &mut [A],
+    x: &[A],
+    b: &[A],
+    drawn: &[u32],
+    w: A,
+    scale: A,
+    keeps: impl Fn(u32) -> bool,
+) {
+    for (((d, x), b), &h) in d.iter_mut().zip(x).zip(b).zip(drawn) {
+        let kept = if keeps(h) { A::ONE } else { A::ZERO };
+        *d = w * ((*x - *b) * kept * scale);
+    }
 }
 
 /// `d = w * ((x - b) * kept * scale)`, with `kept` bit `j % 64` of `words[j / 64]` as 0 or 1.
