@@ -21,20 +21,6 @@ const TENSORS: &[(&str, &[usize])] = &[
     ("model.norm.weight", &[40]),
 ];
 
-fn encode(dtype: D, values: &[f64]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &x in values {
-        match dtype {
-            D::F16 => out.extend(half::f16::from_f64(x).to_le_bytes()),
-            D::BF16 => out.extend(half::bf16::from_f64(x).to_le_bytes()),
-            D::F32 => out.extend((x as f32).to_le_bytes()),
-            D::F64 => out.extend(x.to_le_bytes()),
-            other => panic!("{other:?}"),
-        }
-    }
-    out
-}
-
 /// A model whose float tensors are `f(name, base values)` and whose integer tensor is `step`.
 fn model(path: &Path, dtype: D, step: i64, f: &dyn Fn(usize, &[f64]) -> Vec<f64>) {
     let mut specs = Vec::new();

@@ -561,9 +561,7 @@ fn task_vectors_in<'s, A: Real>(
                     draws::fill(*stream, start as u64, drawn);
                     let scale = A::from_f64(*scale);
                     match *cutoff {
-                        Cutoff::Below(c) => {
-                            drawn_terms(terms, x, base, drawn, w, scale, |h| h < c)
-                        }
+                        Cutoff::Below(c) => drawn_terms(terms, x, base, drawn, w, scale, |h| h < c),
                         Cutoff::None => drawn_terms(terms, x, base, drawn, w, scale, |_| false),
                         Cutoff::All => drawn_terms(terms, x, base, drawn, w, scale, |_| true),
                     }

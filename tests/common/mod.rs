@@ -66,9 +66,14 @@ impl Rng {
 
 /// `n` float values encoded as `dtype`.
 pub fn floats(rng: &mut Rng, dtype: StDtype, n: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n * 8);
-    for _ in 0..n {
-        let x = rng.normal();
+    let values: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+    encode(dtype, &values)
+}
+
+/// `values` as little-endian `dtype`, each rounded once from f64.
+pub fn encode(dtype: StDtype, values: &[f64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 8);
+    for &x in values {
         match dtype {
             StDtype::F16 => out.extend(half::f16::from_f64(x).to_le_bytes()),
             StDtype::BF16 => out.extend(half::bf16::from_f64(x).to_le_bytes()),
