@@ -522,22 +522,28 @@ fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut
             *above += keys.iter().filter(|&&k| k > hi).count();
             *count += keys.iter().filter(|&&k| k == hi).count();
         } else {
-            // A few percent fall inside, at random places: one vectorised pass flags 64 keys
-            // at a time and counts those above, and only the flagged ones are visited.
-            for group in keys.chunks(64) {
+            // The keys above, in 32-bit lanes (a tile has fewer than 2^32 keys).
+            *above += keys.iter().fold(0u32, |n, &k| n + (k > hi) as u32) as usize;
+            // A few percent fall inside, at random places: whole groups of 64 keys are
+            // flagged in one vectorised loop, and only the flagged ones are visited.
+            let whole = keys.len() / 64 * 64;
+            for group in keys[..whole].chunks_exact(64) {
+                let group: &[K; 64] = group.try_into().expect("64 keys");
                 let mut flags = [0u8; 64];
-                let mut over = 0u32;
                 for (f, k) in flags.iter_mut().zip(group) {
                     *f = (k.wrapping_sub(lo) <= width) as u8;
-                    over += (*k > hi) as u32;
                 }
-                *above += over as usize;
                 let mut m = pack_flags(&flags);
                 while m != 0 {
                     inside.push(group[m.trailing_zeros() as usize]);
                     m &= m - 1;
                 }
             }
+            inside.extend(
+                keys[whole..]
+                    .iter()
+                    .filter(|k| k.wrapping_sub(lo) <= width),
+            );
             *count = inside.len();
         }
     }
