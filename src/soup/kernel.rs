@@ -523,25 +523,26 @@ fn task_vectors_in<'s, A: Real>(
         let Buffers {
             base,
             acc,
-            x: xbuf,
             terms,
             sum,
             div,
             keys: keybuf,
             kept: keptbuf,
             drawn: drawbuf,
+            ..
         } = &mut *buf;
         let base = &mut base[..n];
         decode(mix.base.dtype, mix.base.data, start..start + n, base);
         for (i, m) in mix.models.iter().enumerate() {
-            let x = &mut xbuf[..n];
-            decode(m.input.dtype, m.input.data, start..start + n, x);
             let w = A::from_f64(m.weight);
             let terms = &mut terms[i * WORK_TILE..i * WORK_TILE + n];
+            // The task vector, widened and subtracted in one loop: no decoded copy of the
+            // model to write and read back.
+            decode_delta(m.input, mix.base, start..start + n, terms);
             match m.trim {
                 None => {
-                    for ((d, x), b) in terms.iter_mut().zip(x.iter()).zip(base.iter()) {
-                        *d = w * (*x - *b);
+                    for d in terms.iter_mut() {
+                        *d = w * *d;
                     }
                 }
                 // Multiplied by the mask, as mergekit does (a dropped NaN stays NaN).
@@ -551,7 +552,7 @@ fn task_vectors_in<'s, A: Real>(
                 }) => {
                     // Tiles start on a word of the mask.
                     let words = &keep[start / 64..];
-                    masked_terms(terms, x, base, words, w, A::from_f64(*scale));
+                    masked_terms(terms, words, w, A::from_f64(*scale));
                 }
                 Some(Trim {
                     keep: Keep::Drawn(stream, cutoff),
@@ -561,9 +562,9 @@ fn task_vectors_in<'s, A: Real>(
                     draws::fill(*stream, start as u64, drawn);
                     let scale = A::from_f64(*scale);
                     match *cutoff {
-                        Cutoff::Below(c) => drawn_terms(terms, x, base, drawn, w, scale, |h| h < c),
-                        Cutoff::None => drawn_terms(terms, x, base, drawn, w, scale, |_| false),
-                        Cutoff::All => drawn_terms(terms, x, base, drawn, w, scale, |_| true),
+                        Cutoff::Below(c) => drawn_terms(terms, drawn, w, scale, |h| h < c),
+                        Cutoff::None => drawn_terms(terms, drawn, w, scale, |_| false),
+                        Cutoff::All => drawn_terms(terms, drawn, w, scale, |_| true),
                     }
                 }
                 Some(Trim {
@@ -572,12 +573,7 @@ fn task_vectors_in<'s, A: Real>(
                 }) => {
                     let scale = A::from_f64(*scale);
                     let keys = &mut keybuf[..n];
-                    for ((d, k), (x, b)) in terms
-                        .iter_mut()
-                        .zip(keys.iter_mut())
-                        .zip(x.iter().zip(base.iter()))
-                    {
-                        *d = *x - *b;
+                    for (k, d) in keys.iter_mut().zip(terms.iter()) {
                         *k = d.magnitude();
                     }
                     let kept = &mut keptbuf[..n];
@@ -666,46 +662,30 @@ fn task_vectors_in<'s, A: Real>(
     out
 }
 
-/// `d = w * ((x - b) * kept * scale)`, `kept` 1 where `keeps` says so of the element's draw:
-/// [`masked_terms`]'s operations, with each draw compared where it is used instead of packed
-/// into a mask word and unpacked again.
+/// `d = w * (d * kept * scale)` for a task vector `d`, `kept` 1 where `keeps` says so of the
+/// element's draw: [`masked_terms`]'s operations, with each draw compared where it is used
+/// instead of packed into a mask word and unpacked again.
 #[inline(always)]
-fn drawn_terms<A: Real>(
-    d: &mut [A],
-    x: &[A],
-    b: &[A],
-    drawn: &[u32],
-    w: A,
-    scale: A,
-    keeps: impl Fn(u32) -> bool,
-) {
-    for (((d, x), b), &h) in d.iter_mut().zip(x).zip(b).zip(drawn) {
+fn drawn_terms<A: Real>(d: &mut [A], drawn: &[u32], w: A, scale: A, keeps: impl Fn(u32) -> bool) {
+    for (d, &h) in d.iter_mut().zip(drawn) {
         let kept = if keeps(h) { A::ONE } else { A::ZERO };
-        *d = w * ((*x - *b) * kept * scale);
+        *d = w * (*d * kept * scale);
     }
 }
 
-/// `d = w * ((x - b) * kept * scale)`, with `kept` bit `j % 64` of `words[j / 64]` as 0 or 1.
-/// Whole words in fixed-size groups, so the loop vectorises with no bounds checks.
+/// `d = w * (d * kept * scale)` for a task vector `d`, with `kept` bit `j % 64` of
+/// `words[j / 64]` as 0 or 1. Whole words in fixed-size groups, so the loop vectorises with no
+/// bounds checks.
 #[inline(always)]
-fn masked_terms<A: Real>(d: &mut [A], x: &[A], b: &[A], words: &[u64], w: A, scale: A) {
+fn masked_terms<A: Real>(d: &mut [A], words: &[u64], w: A, scale: A) {
     let full = d.len() / 64 * 64;
     let (dh, dt) = d.split_at_mut(full);
-    let groups = dh
-        .chunks_exact_mut(64)
-        .zip(x[..full].chunks_exact(64))
-        .zip(b[..full].chunks_exact(64))
-        .zip(words);
-    for (((d, x), b), &word) in groups {
+    for (d, &word) in dh.chunks_exact_mut(64).zip(words) {
         // In halves of 32, the lanes of one shift by a vector of counts.
-        let halves = d
-            .chunks_exact_mut(32)
-            .zip(x.chunks_exact(32))
-            .zip(b.chunks_exact(32));
-        for (h, ((d, x), b)) in halves.enumerate() {
+        for (h, d) in d.chunks_exact_mut(32).enumerate() {
             let bits = (word >> (32 * h)) as u32;
-            for l in 0..32 {
-                d[l] = w * ((x[l] - b[l]) * kept::<A>(bits, l as u32) * scale);
+            for (l, d) in d.iter_mut().enumerate() {
+                *d = w * (*d * kept::<A>(bits, l as u32) * scale);
             }
         }
     }
@@ -713,7 +693,7 @@ fn masked_terms<A: Real>(d: &mut [A], x: &[A], b: &[A], words: &[u64], w: A, sca
         let word = words[full / 64];
         for (j, d) in dt.iter_mut().enumerate() {
             let bits = (word >> (32 * (j / 32))) as u32;
-            *d = w * ((x[full + j] - b[full + j]) * kept::<A>(bits, (j % 32) as u32) * scale);
+            *d = w * (*d * kept::<A>(bits, (j % 32) as u32) * scale);
         }
     }
 }

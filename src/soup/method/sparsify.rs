@@ -539,11 +539,7 @@ fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut
                     m &= m - 1;
                 }
             }
-            inside.extend(
-                keys[whole..]
-                    .iter()
-                    .filter(|k| k.wrapping_sub(lo) <= width),
-            );
+            inside.extend(keys[whole..].iter().filter(|k| k.wrapping_sub(lo) <= width));
             *count = inside.len();
         }
     }
