@@ -789,8 +789,10 @@ struct RowScratch<A: Real> {
     /// Those of them whose rank bounds don't decide them either.
     straddling: Vec<(u32, u32)>,
     hist: Vec<u32>,
-    packed: Vec<<A::Key as RankKey>::Packed>,
-    ranks: Vec<u32>,
+    /// The bins that hold an element needing an exact rank, and those bins' members packed
+    /// as (key, row position).
+    needed: Vec<bool>,
+    members: Vec<<A::Key as RankKey>::Packed>,
 }
 
 impl<A: Real> Default for RowScratch<A> {
@@ -803,8 +805,8 @@ impl<A: Real> Default for RowScratch<A> {
             undecided: Vec::new(),
             straddling: Vec::new(),
             hist: Vec::new(),
-            packed: Vec::new(),
-            ranks: Vec::new(),
+            needed: Vec::new(),
+            members: Vec::new(),
         }
     }
 }
@@ -991,18 +993,35 @@ impl Magprune {
             }
             return;
         }
-        rs.packed.clear();
-        rs.packed
-            .extend(row.iter().enumerate().map(|(b, k)| k.pack(b as u32)));
-        rs.packed.sort_unstable();
-        rs.ranks.resize(len, 0);
-        for (rank, &p) in rs.packed.iter().enumerate() {
-            rs.ranks[A::Key::index(p) as usize] = rank as u32;
+        // Many elements need an exact rank (a row of many equal keys): their ranks come from
+        // their bins. An element's rank is the keys in the bins below its own (the histogram)
+        // plus, in its own bin, the keys below it and the equal keys before it. One pass
+        // gathers the members of the bins that hold such an element, packed as (key, index)
+        // so that sorting them orders equal keys by index; each rank is then two binary
+        // searches. Sorting only these few costs less than sorting the row.
+        rs.needed.clear();
+        rs.needed.resize(bins, false);
+        for &(b, _) in &exact {
+            rs.needed[bin(row[b as usize])] = true;
         }
+        rs.members.clear();
+        rs.members.resize(len, A::Key::default().pack(0));
+        let mut gathered = 0;
+        for (j, &k) in row.iter().enumerate() {
+            rs.members[gathered] = k.pack(j as u32);
+            gathered += rs.needed[bin(k)] as usize;
+        }
+        let members = &mut rs.members[..gathered];
+        members.sort_unstable();
         for (b, h) in exact {
-            let e = first + b as usize * stride;
-            if self.keep(h, rs.ranks[b as usize] as usize) {
-                set(bits, e);
+            let k = row[b as usize];
+            let i = bin(k);
+            // The smallest key of bin `i`: members packed below it are in lower bins.
+            let floor = A::Key::from_u64(kmin.to_u64() + ((i as u64) << shift)).pack(0);
+            let below = |p| members.partition_point(|&m| m < p);
+            let within = below(k.pack(b)) - below(floor);
+            if self.keep(h, rs.hist[i] as usize + within) {
+                set(bits, first + b as usize * stride);
             }
         }
     }
