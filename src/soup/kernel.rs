@@ -62,8 +62,6 @@ pub struct Buffers<A: Real> {
     /// A tile's magnitude keys and kept flags (0 or 1), for trims by threshold.
     keys: Vec<A::Key>,
     kept: Vec<A>,
-    /// A tile's draws, for random drops made as the output is combined.
-    drawn: Vec<u32>,
 }
 
 impl<A: Real> Default for Buffers<A> {
@@ -77,7 +75,6 @@ impl<A: Real> Default for Buffers<A> {
             div: Vec::new(),
             keys: Vec::new(),
             kept: Vec::new(),
-            drawn: Vec::new(),
         }
     }
 }
@@ -92,7 +89,6 @@ impl<A: Real> Buffers<A> {
             self.div = vec![A::ZERO; WORK_TILE];
             self.keys = vec![A::Key::default(); WORK_TILE];
             self.kept = vec![A::ZERO; WORK_TILE];
-            self.drawn = vec![0; WORK_TILE];
         }
         if self.terms.len() < models * WORK_TILE {
             self.terms = vec![A::ZERO; models * WORK_TILE];
@@ -522,7 +518,6 @@ fn task_vectors_in<'s, A: Real>(
             div,
             keys: keybuf,
             kept: keptbuf,
-            drawn: drawbuf,
             ..
         } = &mut *buf;
         let base = &mut base[..n];
@@ -555,14 +550,15 @@ fn task_vectors_in<'s, A: Real>(
                     keep: Keep::Drawn(stream, cutoff),
                     scale,
                 }) => {
-                    let drawn = &mut drawbuf[..n];
-                    draws::fill(*stream, start as u64, drawn);
                     let scale = A::from_f64(*scale);
-                    match *cutoff {
-                        Cutoff::Below(c) => drawn_terms(terms, drawn, w, scale, |h| h < c),
-                        Cutoff::None => drawn_terms(terms, drawn, w, scale, |_| false),
-                        Cutoff::All => drawn_terms(terms, drawn, w, scale, |_| true),
-                    }
+                    draws::runs(*stream, start as u64, n, |at, len, run| {
+                        let d = &mut terms[at..at + len];
+                        match *cutoff {
+                            Cutoff::Below(c) => drawn_terms(d, run, w, scale, |h| h < c),
+                            Cutoff::None => drawn_terms(d, run, w, scale, |_| false),
+                            Cutoff::All => drawn_terms(d, run, w, scale, |_| true),
+                        }
+                    });
                 }
                 Some(Trim {
                     keep: Keep::Bounds(bounds),
@@ -659,13 +655,14 @@ fn task_vectors_in<'s, A: Real>(
     out
 }
 
-/// `d = w * (d * kept * scale)` for a task vector `d`, `kept` 1 where `keeps` says so of the
-/// element's draw: [`masked_terms`]'s operations, with each draw compared where it is used
-/// instead of packed into a mask word and unpacked again.
+/// `d = w * (d * kept * scale)` for a task vector `d` of one run of a stream, `kept` 1 where
+/// `keeps` says so of the element's draw: [`masked_terms`]'s operations, with each draw made and
+/// compared where it is used, instead of packed into a mask word (or stored in a tile of
+/// draws) and read back.
 #[inline(always)]
-fn drawn_terms<A: Real>(d: &mut [A], drawn: &[u32], w: A, scale: A, keeps: impl Fn(u32) -> bool) {
-    for (d, &h) in d.iter_mut().zip(drawn) {
-        let kept = if keeps(h) { A::ONE } else { A::ZERO };
+fn drawn_terms<A: Real>(d: &mut [A], run: draws::Run, w: A, scale: A, keeps: impl Fn(u32) -> bool) {
+    for (j, d) in d.iter_mut().enumerate() {
+        let kept = if keeps(run.draw(j)) { A::ONE } else { A::ZERO };
         *d = w * (*d * kept * scale);
     }
 }

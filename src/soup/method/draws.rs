@@ -124,6 +124,37 @@ fn by_block(key: u64, start: u64, end: u64, mut f: impl FnMut(u64, u64, (u32, u3
     }
 }
 
+/// Splits elements `start..start + len` of stream `key` into runs that share a block, and
+/// calls `f` with each run's offset into the range, length and [`Run`]: a kernel then draws
+/// its numbers where it uses them, with no buffer between.
+pub fn runs(key: u64, start: u64, len: usize, mut f: impl FnMut(usize, usize, Run)) {
+    by_block(key, start, start + len as u64, |s, e, keys| {
+        f(
+            (s - start) as usize,
+            (e - s) as usize,
+            Run {
+                first: s as u32,
+                keys,
+            },
+        )
+    });
+}
+
+/// Consecutive elements of one block of a stream; see [`runs`].
+#[derive(Clone, Copy)]
+pub struct Run {
+    first: u32,
+    keys: (u32, u32),
+}
+
+impl Run {
+    /// The number of the run's element `j`, which [`fill`] would have drawn.
+    #[inline(always)]
+    pub fn draw(self, j: usize) -> u32 {
+        hash(self.first.wrapping_add(j as u32), self.keys)
+    }
+}
+
 /// The draws of elements `start..start + out.len()` of stream `key`.
 pub fn fill(key: u64, start: u64, out: &mut [u32]) {
     let mut o = 0;
@@ -194,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn bits_fill_and_uniform_agree_across_block_boundaries() {
+    fn bits_fill_runs_and_uniform_agree_across_block_boundaries() {
         let key = random_stream(3, "model.layers.0.mlp.up_proj.weight", 1);
         // Elements around 2^32, where the block keys change, and an unaligned start.
         for start in [0u64, 5, (1 << 32) - 100] {
@@ -205,6 +236,13 @@ mod tests {
                 keep_bits(key, start, len, cutoff, &mut words);
                 let mut drawn = vec![0u32; len];
                 fill(key, start, &mut drawn);
+                let mut ran = vec![None; len];
+                runs(key, start, len, |at, n, run| {
+                    for j in 0..n {
+                        ran[at + j] = Some(run.draw(j));
+                    }
+                });
+                assert_eq!(ran, drawn.iter().map(|&h| Some(h)).collect::<Vec<_>>());
                 for (i, &h) in drawn.iter().enumerate() {
                     let e = start + i as u64;
                     assert_eq!(h, draw(key, e));
