@@ -391,6 +391,73 @@ fn weights_are_used_as_given_or_normalised_on_request() {
     check(&["-w", "-1,2"], [5.0, 8.0]);
     check(&["-w", "2,2", "--normalize"], [2.0, 3.5]);
     check(&["--weights=3,1", "--normalize"], [1.5, 2.75]);
+    // The same rules when --param sends linear through the method path.
+    check(&["--method", "linear", "--param", "weight=2"], [8.0, 14.0]);
+    check(&["--param", "normalize=false"], [2.0, 3.5]);
+    check(&["-w", "2,1", "--param", "normalize=false"], [5.0, 9.0]);
+    check(&["-w", "2,2", "--param", "normalize=true"], [2.0, 3.5]);
+    check(&["--param", "weight=2", "--normalize"], [2.0, 3.5]);
+    // Two spellings of the weights at once are refused, not one silently ignored.
+    let o = soup_merge()
+        .arg(&pa)
+        .arg(&pb)
+        .args([
+            "-o",
+            "/nonexistent/o.safetensors",
+            "-w",
+            "1,1",
+            "--param",
+            "weight=2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("give them once"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_hard_link_to_the_base_is_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, ft, link) = (
+        dir.path().join("base.safetensors"),
+        dir.path().join("ft.safetensors"),
+        dir.path().join("hard_base.safetensors"),
+    );
+    let one = |path: &Path, v: [f32; 2]| {
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        write(path, &[spec("w", D::F32, &[2], bytes)]);
+    };
+    one(&base, [1.0, 1.0]);
+    one(&ft, [3.0, -1.0]);
+    std::fs::hard_link(&base, &link).unwrap();
+    let inputs = |o: &std::process::Output| -> usize {
+        let v: serde_json::Value = serde_json::from_str(&stdout(o)).unwrap();
+        v["inputs"].as_array().unwrap().len()
+    };
+    for listed in [&base, &link] {
+        let o = soup_merge()
+            .args([
+                "--method",
+                "ties",
+                "--density",
+                "1",
+                "--dry-run",
+                "--json",
+                "--base",
+            ])
+            .arg(&base)
+            .arg(&ft)
+            .arg(listed)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            inputs(&o),
+            2,
+            "{} is the base, not a model",
+            listed.display()
+        );
+    }
 }
 
 #[test]

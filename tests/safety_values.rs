@@ -296,4 +296,39 @@ fn thread_counts_are_bounded_before_any_work() {
     assert!(stderr(&o).contains("RAYON_NUM_THREADS=100000") && stderr(&o).contains("1024"));
     assert!(started.elapsed().as_secs_f64() < 5.0);
     assert!(!out.exists());
+    // rayon's older variable would bypass that bound: it is not read.
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 1500000; exec \"$0\" \"$@\"")
+        .arg(common::soup_merge_path())
+        .args([&a, &b])
+        .arg("-o")
+        .arg(&out)
+        .env("RAYON_RS_NUM_CPUS", "100000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_file(&out).unwrap();
+    // A count in range that the process's limits leave no room for (each thread reserves its
+    // stack: 1024 of them need 2 GiB of address space): one error line, and JSON, no panic.
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 300000; exec \"$0\" \"$@\"")
+        .arg(common::soup_merge_path())
+        .args([&a, &b])
+        .arg("-o")
+        .arg(&out)
+        .arg("--json")
+        .env("RAYON_NUM_THREADS", "1024")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.lines().count() == 1 && err.contains("cannot start 1024 worker threads"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
+    assert_eq!(v["kind"], "usage");
+    assert!(!out.exists());
 }

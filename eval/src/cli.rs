@@ -421,7 +421,12 @@ pub fn main(args: Args) -> ExitCode {
     let common = common(&args);
     let json = common.json;
     let scored_externally = common.scorer.given();
-    let result = model_soup::cli::check_thread_env().map_err(anyhow::Error::from);
+    if let Some(n) = common.threads {
+        // Read by candle's CPU kernels on each call and by rayon's pool, which starts next; no
+        // other thread is running yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    let result = model_soup::cli::start_thread_pool().map_err(anyhow::Error::from);
     let result = if scored_externally {
         // Scorers are waited for in a loop that sees Ctrl-C, stops them and removes their
         // candidates: no exit from the handler, which would leave both behind.
@@ -611,11 +616,7 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     let options = arch::Options::parse(&c.arch_options)?;
     let device: DeviceSpec = c.device.parse()?;
     let images = c.images.options()?;
-    if let Some(n) = c.threads {
-        // Read by candle's CPU kernels on each call and by rayon's pool when it starts; no
-        // other thread is running yet.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
+
     for (flag, given) in required {
         if !given && *flag == "--val" {
             bail!("this command needs --val PATH (scored by a built-in --arch model) or --scorer CMD (any command that scores a checkpoint)");

@@ -125,6 +125,13 @@ impl Sandbox {
             "merge_method: linear\nmodels:\n  - model: a.safetensors\n    parameters: {weight: 1.0}\n  - model: b.safetensors\n    parameters: {weight: 1.0}\n",
         )
         .unwrap();
+        // A recipe whose method has no base: its base_model is only the config source, and
+        // still something the run reads.
+        std::fs::write(
+            root.join("recipe_base.yaml"),
+            "merge_method: linear\nbase_model: base\nmodels:\n  - model: a.safetensors\n  - model: b.safetensors\n",
+        )
+        .unwrap();
         std::fs::create_dir_all(root.join("project/.git")).unwrap();
         std::fs::write(root.join("project/.git/HEAD"), "ref: refs/heads/main\n").unwrap();
         std::fs::write(root.join("project/train.py"), "print('train')\n").unwrap();
@@ -364,6 +371,15 @@ fn no_output_may_touch_what_the_run_reads_in_any_role() {
             "--force",
         ],
         vec!["--config", "recipe.yaml", "-o", "recipe.yaml", "--force"],
+        vec!["--config", "recipe_base.yaml", "-o", "base", "--force"],
+        vec!["--config", "recipe_base.yaml", "-o", "base/soup"],
+        vec![
+            "--config",
+            "recipe_base.yaml",
+            "-o",
+            "base/model.safetensors",
+            "--force",
+        ],
         vec!["a.safetensors", "b.safetensors", "-o", ".", "--force"],
         vec!["ftA", "-o", "soupdir", "--base", "ftA/..", "--force"],
     ] {
@@ -409,6 +425,22 @@ fn force_replaces_only_what_the_tool_could_have_written_and_keeps_its_mode() {
         eval_str(d, &eval_args("greedy", &["-o", "project", "--force"]))
     });
     refused(&o, &["'.git'", "not a model file"]);
+    // Nor is a folder of someone's own checkpoints: soup-merge names its weights
+    // model.safetensors or model-NNNNN-of-NNNNN.safetensors, and nothing else.
+    std::fs::create_dir(s.root().join("ckpts")).unwrap();
+    std::fs::copy(
+        s.root().join("poor.safetensors"),
+        s.root().join("ckpts/run-17-epoch-3.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(s.root().join("ckpts/README.md"), "notes\n").unwrap();
+    let o = only_changes(&s, &[], |d| {
+        merge_str(
+            d,
+            &["a.safetensors", "b.safetensors", "-o", "ckpts", "--force"],
+        )
+    });
+    refused(&o, &["'run-17-epoch-3.safetensors'", "not a model file"]);
     // A directory output where a file is.
     let o = only_changes(&s, &[], |d| {
         merge_str(d, &["a.safetensors", "-o", "secret.txt", "--force"])
@@ -556,6 +588,25 @@ fn only_temporaries_the_tool_provably_made_are_cleaned_up() {
     assert!(!s.root().join(&stale_dir).exists());
     // The published directory carries no mark.
     assert!(!s.root().join("soupdir/.model-soup-temporary").exists());
+    // A killed run's marked directory whose shard the user feeds back in is an input's home:
+    // it stays, and so does the shard.
+    let holder = temporary_name("again", pid, 0);
+    std::fs::create_dir(s.root().join(&holder)).unwrap();
+    std::fs::write(s.root().join(&holder).join(".model-soup-temporary"), "1\n").unwrap();
+    std::fs::copy(
+        s.root().join("a.safetensors"),
+        s.root().join(&holder).join("model.safetensors"),
+    )
+    .unwrap();
+    let shard = format!("{holder}/model.safetensors");
+    let o = only_changes(&s, &["again"], |d| {
+        merge_str(d, &[&shard, "b.safetensors", "-o", "again"])
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        s.root().join(&shard).is_file(),
+        "the input's directory was removed"
+    );
 }
 
 #[test]

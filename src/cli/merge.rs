@@ -312,7 +312,7 @@ impl Args {
 /// Runs `soup-merge` with parsed arguments and returns the process's exit status.
 pub fn main(args: Args) -> ExitCode {
     super::handle_interrupts();
-    if let Err(err) = super::check_thread_env() {
+    if let Err(err) = super::start_thread_pool() {
         return super::fail_json(&err.into(), args.json);
     }
     match run(&args) {

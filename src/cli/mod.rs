@@ -60,7 +60,7 @@ pub fn print_json(report: &impl serde::Serialize) -> std::io::Result<()> {
 pub const MAX_THREADS: usize = 1024;
 
 /// Refuses a `RAYON_NUM_THREADS` the thread pool would choke on, before any work.
-pub fn check_thread_env() -> Result<(), crate::Error> {
+fn check_thread_env() -> Result<(), crate::Error> {
     let Some(value) = std::env::var_os("RAYON_NUM_THREADS") else {
         return Ok(());
     };
@@ -71,6 +71,32 @@ pub fn check_thread_env() -> Result<(), crate::Error> {
             "RAYON_NUM_THREADS={text} is not a thread count from 0 (every core) to {MAX_THREADS}; unset it or give a number in that range"
         ))),
     }
+}
+
+/// Starts the worker threads before any work, so that a process limit leaving no room for
+/// them (`ulimit -v`, a pids cgroup) is an `error:` line rather than rayon's panic at first
+/// use. There are `RAYON_NUM_THREADS` of them (see [`check_thread_env`]; 0 or unset is one per
+/// core). rayon's older `RAYON_RS_NUM_CPUS`, which that check doesn't see, is not read. Later
+/// calls report the first call's result.
+pub fn start_thread_pool() -> Result<(), crate::Error> {
+    static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    check_thread_env()?;
+    let started = STARTED.get_or_init(|| {
+        let asked = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0);
+        let n = asked.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| {
+                format!(
+                    "cannot start {n} worker threads ({e}); give fewer with RAYON_NUM_THREADS (or soup-eval's --threads), or raise the process's limits (ulimit -v, ulimit -u)"
+                )
+            })
+    });
+    started.clone().map_err(crate::Error::Usage)
 }
 
 /// Like [`fail`], for a front end whose own error type wraps the core's: it says whether the

@@ -16,7 +16,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::Checkpoint;
-use super::index::INDEX_NAME;
+use super::index::{is_shard_file_name, INDEX_NAME};
 use super::model_dir::COMPANION_FILES;
 use crate::error::{Error, Result};
 
@@ -31,6 +31,8 @@ pub enum Role {
     Index,
     /// The `--base` model directory (config and tokenizer source).
     Base,
+    /// A recipe's `base_model`, read as the base or as the config source.
+    BaseModel,
     /// A `--config` recipe file.
     Recipe,
     /// A validation or test set.
@@ -46,6 +48,7 @@ impl Role {
             Role::Shard => "input shard",
             Role::Index => "input's shard index",
             Role::Base => "--base directory",
+            Role::BaseModel => "recipe's base_model",
             Role::Recipe => "--config recipe",
             Role::Dataset => "dataset",
             Role::Companion => "companion file",
@@ -131,6 +134,16 @@ impl Reads {
         })
     }
 
+    /// Whether anything read lies inside the directory `dir` (found through its resolved path).
+    fn within(&self, dir: &Path) -> bool {
+        let Ok(dir) = fs::canonicalize(dir) else {
+            return false;
+        };
+        self.reads
+            .iter()
+            .any(|r| r.resolved.as_ref().is_some_and(|p| p.starts_with(&dir)))
+    }
+
     fn same_file(&self, meta: &Metadata) -> Option<&Read> {
         let id = (meta.dev(), meta.ino());
         self.reads.iter().find(|r| r.ids.contains(&id))
@@ -184,9 +197,10 @@ impl Destination {
         self.mode
     }
 
-    /// Whether a path is something the run reads (stale-temporary cleanup never removes one).
+    /// Whether a path is something the run reads, or a directory holding something it reads:
+    /// stale-temporary cleanup removes neither (a killed run's shards may be fed back in).
     pub fn protects(&self, path: &Path) -> bool {
-        self.reads.contains(path)
+        self.reads.contains(path) || self.reads.within(path)
     }
 
     /// The same destination checked again with more reads: a writer's own inputs, whatever
@@ -377,9 +391,12 @@ fn special_kind(meta: &Metadata) -> Option<&'static str> {
     }
 }
 
-/// Whether `name` is a file a directory output of this tool can hold.
+/// Whether `name` is a file a directory output of this tool can hold. Only the names it writes
+/// count: a folder of the user's own checkpoints (`run-17-epoch-3.safetensors`) is not a
+/// model directory `--force` may replace.
 pub fn is_model_file(name: &str) -> bool {
-    name.ends_with(".safetensors")
+    name == "model.safetensors"
+        || is_shard_file_name(name)
         || name == INDEX_NAME
         || name == "README.md"
         || COMPANION_FILES.contains(&name)
@@ -408,7 +425,7 @@ fn foreign_entry(dest: &Destination, dir: &Path) -> Result<()> {
         Some((name, what)) => Err(Error::output(
             &dest.given,
             format!(
-                "holds {what} '{}' that is not a model file; --force replaces only a directory of model files (weights, index, config, tokenizer, model card): move it away or choose another {}",
+                "holds {what} '{}' that is not a model file; --force replaces only a directory of model files (model.safetensors or model-NNNNN-of-NNNNN.safetensors shards, index, config, tokenizer, model card): move it away or choose another {}",
                 name.escape_debug(),
                 dest.flag
             ),

@@ -180,6 +180,16 @@ pub fn shard_file_name(n: usize, count: usize) -> String {
     format!("model-{n:05}-of-{count:05}.safetensors")
 }
 
+/// Whether `name` is one [`shard_file_name`] could give: `model-N-of-M.safetensors`, each
+/// number of at least five digits.
+pub fn is_shard_file_name(name: &str) -> bool {
+    let number = |s: &str| s.len() >= 5 && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix("model-")
+        .and_then(|s| s.strip_suffix(".safetensors"))
+        .and_then(|s| s.split_once("-of-"))
+        .is_some_and(|(n, count)| number(n) && number(count))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +230,18 @@ mod tests {
     #[test]
     fn names_shards_as_transformers_does() {
         assert_eq!(shard_file_name(1, 3), "model-00001-of-00003.safetensors");
+        for name in [shard_file_name(1, 3), shard_file_name(123456, 123456)] {
+            assert!(is_shard_file_name(&name), "{name}");
+        }
+        for name in [
+            "model-1-of-3.safetensors",
+            "model-00001-of-00003.safetensors.bak",
+            "model-0000a-of-00003.safetensors",
+            "model-00001-of-.safetensors",
+            "run-17-epoch-3.safetensors",
+            "model.safetensors",
+        ] {
+            assert!(!is_shard_file_name(name), "{name}");
+        }
     }
 }

@@ -195,18 +195,47 @@ impl Mix {
             for (m, x) in w.iter().enumerate() {
                 settings.set_model(m, "weight", Setting::Value(*x), "--weights");
             }
-        } else if declares("weight") && method.name() != "linear" {
-            settings.set_global(
-                "weight",
-                Setting::Value(1.0),
-                "--weights (1 each by default)",
-            );
+        } else if declares("weight") {
+            // The flags' defaults whatever the route: linear averages (1/N each), the other
+            // methods weigh each model 1.
+            if method.name() == "linear" {
+                let w = 1.0 / models.len().max(1) as f64;
+                for m in 0..models.len() {
+                    settings.set_model(
+                        m,
+                        "weight",
+                        Setting::Value(w),
+                        "--weights (1/N each by default)",
+                    );
+                }
+            } else {
+                settings.set_global(
+                    "weight",
+                    Setting::Value(1.0),
+                    "--weights (1 each by default)",
+                );
+            }
         }
-        if request.normalize && method.name() != "linear" {
-            settings.set_global("normalize", Setting::Value(1.0), "--normalize");
+        if request.normalize || method.name() == "linear" {
+            // Linear from flags uses the weights as given unless --normalize, also when
+            // --param routes it here; a recipe keeps mergekit's default (true).
+            let on = if request.normalize { 1.0 } else { 0.0 };
+            settings.set_global("normalize", Setting::Value(on), "--normalize");
         }
         for (name, value, flag) in &request.parameters {
-            settings.set_global(name, Setting::Value(*value), flag.clone());
+            if name == "weight" {
+                if request.weights.is_some() {
+                    return Err(Error::Usage(format!(
+                        "{flag} and --weights both set the weights; give them once"
+                    )));
+                }
+                // One weight for every model, reported per model as -w's are.
+                for m in 0..models.len() {
+                    settings.set_model(m, name, Setting::Value(*value), flag.clone());
+                }
+            } else {
+                settings.set_global(name, Setting::Value(*value), flag.clone());
+            }
         }
         settings
             .check(method, u64::MAX)
@@ -223,13 +252,17 @@ impl Mix {
     }
 }
 
-/// Whether two paths name the same file or directory.
+/// Whether two paths name the same file or directory: the same path resolved, or the same
+/// device and inode (a hard link to the base is the base).
 fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     a == b
         || matches!(
             (std::fs::canonicalize(a), std::fs::canonicalize(b)),
             (Ok(x), Ok(y)) if x == y
         )
+        || matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// A validated merge, planned from headers alone, ready to run.
@@ -269,6 +302,7 @@ fn check_outputs(
     request: &MergeRequest,
     kind: OutputKind,
     ingredients: &[Checkpoint],
+    recipe_base: Option<&Path>,
     companions: &[Companion],
 ) -> Result<Option<Destination>> {
     let mut reads = Reads::new();
@@ -280,6 +314,9 @@ fn check_outputs(
     }
     if let Some(recipe) = &request.recipe {
         reads.add(Role::Recipe, recipe);
+    }
+    if let Some(base) = recipe_base {
+        reads.add(Role::BaseModel, base);
     }
     for (role, path) in &request.also_reads {
         reads.add(*role, path);
@@ -357,7 +394,13 @@ impl Merge {
             .as_deref()
             .map(model_dir::companion_files)
             .unwrap_or_default();
-        let destination = check_outputs(request, kind, &ingredients, &companions)?;
+        // The recipe's base_model is read even by a method without a base (it is the config
+        // source then), so it is protected like --base.
+        let recipe_base = recipe
+            .as_ref()
+            .and_then(|r| r.base_model.as_deref())
+            .map(Path::new);
+        let destination = check_outputs(request, kind, &ingredients, recipe_base, &companions)?;
         let plan = match &mix.settings {
             None => Plan::new(ingredients, mix.weights.clone(), &options)?,
             Some(settings) => Plan::with_method(
