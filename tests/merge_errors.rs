@@ -331,3 +331,94 @@ fn json_mode_reports_errors_as_json_too() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(v["error"].as_str().unwrap().contains("nope.safetensors"));
 }
+
+#[test]
+fn json_mode_reports_a_bad_command_line_as_json_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = good(dir.path(), "a.safetensors");
+    let out = dir.path().join("o.safetensors");
+    for (extra, needle) in [
+        (&["-w", "0.5,"][..], "--weights"),
+        (&["--shard-size", "0"][..], "--shard-size"),
+        (&["--seed", "-1"][..], "--seed"),
+        (&["--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        let o = soup_merge()
+            .arg(&a)
+            .arg(&a)
+            .arg("-o")
+            .arg(&out)
+            .arg("--json")
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o))
+            .unwrap_or_else(|e| panic!("{extra:?}: {e}: {}", stdout(&o)));
+        assert_eq!(v["kind"], "usage", "{extra:?}");
+        assert!(
+            v["error"].as_str().unwrap().contains(needle),
+            "{extra:?}: {v}"
+        );
+        assert!(!out.exists());
+    }
+    // Without --json, stdout stays empty; --help is not a failure.
+    let o = soup_merge().args(["-w", "0.5,"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).is_empty());
+    let o = soup_merge().args(["--help", "--json"]).output().unwrap();
+    assert!(o.status.success());
+    assert!(serde_json::from_str::<serde_json::Value>(&stdout(&o)).is_err());
+}
+
+#[test]
+fn negative_method_values_are_named_with_their_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = good(dir.path(), "a.safetensors");
+    let b = good(dir.path(), "b.safetensors");
+    for (flag, method, range) in [
+        ("--density", "ties", "(0, 1]"),
+        ("--t", "slerp", "[0, 1]"),
+        ("--epsilon", "della", "epsilon"),
+        ("--gamma", "breadcrumbs", "gamma"),
+    ] {
+        let err = fails(
+            dir.path(),
+            &[&b],
+            &[
+                "--method",
+                method,
+                "--base",
+                a.to_str().unwrap(),
+                flag,
+                "-0.5",
+            ],
+        );
+        assert!(err.contains(flag) && err.contains(range), "{flag}: {err}");
+    }
+}
+
+#[test]
+fn a_summary_that_cannot_be_printed_says_the_soup_is_written() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("skipped: no /dev/full here");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = good(dir.path(), "a.safetensors");
+    let out = dir.path().join("o.safetensors");
+    let o = soup_merge()
+        .arg(&a)
+        .arg(&a)
+        .arg("-o")
+        .arg(&out)
+        .args(["--json", "-q"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("is written and complete"), "{err}");
+    assert!(out.is_file(), "the finished soup stays where the error says it is");
+}

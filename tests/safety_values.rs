@@ -147,9 +147,53 @@ fn an_overflow_to_the_output_dtype_is_the_outputs_doing() {
     assert_eq!(warnings[0]["tensor"], "w");
     assert_eq!(warnings[0]["kind"], "non-finite-output");
     assert!(warnings[0]["input"].is_null());
+    let message = warnings[0]["message"].as_str().unwrap();
+    assert!(message.contains("--dtype bf16"), "names the fix: {message}");
+    // Beyond f32's range, only f64 is wider; bf16 is never advised for an F32 output.
+    let [c, d] = pair(dir.path(), &[3e38, 1.0], &[3e38, 1.0]);
+    let f32_out = dir.path().join("f32.safetensors");
+    let o = run_merge(&[&c, &d, &"-w", &"1,1", &"-o", &f32_out, &"--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let message = json(&o)["warnings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
-        warnings[0]["message"].as_str().unwrap().contains("--dtype"),
-        "names the fix"
+        message.contains("--dtype f64") && !message.contains("bf16"),
+        "{message}"
+    );
+    // A method's own arithmetic can give infinity at any width: model_stock on one-element
+    // task vectors pointing opposite ways divides by 1 + cos = 0. No wider type is advised.
+    let one = |name: &str, v: f64| {
+        let path = dir.path().join(name);
+        write(&path, &[spec("w", D::F64, &[1], encode(D::F64, &[v]))]);
+        path
+    };
+    let (base, m1, m2) = (
+        one("base.safetensors", 1.0),
+        one("m1.safetensors", 2.0),
+        one("m2.safetensors", 0.0),
+    );
+    let stock = dir.path().join("stock.safetensors");
+    let o = run_merge(&[
+        &"--method",
+        &"model_stock",
+        &"--base",
+        &base,
+        &m1,
+        &m2,
+        &"-o",
+        &stock,
+        &"--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let message = json(&o)["warnings"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("method") && !message.contains("--dtype"),
+        "{message}"
     );
     // In bf16 the same values fit: no warning.
     let wide = dir.path().join("wide.safetensors");

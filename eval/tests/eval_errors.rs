@@ -249,6 +249,19 @@ fn empty_ingredient_list_is_a_usage_error() {
     let err = common::stderr(&out);
     assert!(err.contains("CHECKPOINT"), "{err}");
     assert!(!err.contains("panicked"));
+    // With --json the same failure is a JSON object on stdout, as every other one is.
+    let out = soup_eval(&[
+        &"report",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &val(),
+        &"--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(v["kind"], "usage");
+    assert!(v["error"].as_str().unwrap().contains("<CHECKPOINT>"), "{v}");
 }
 
 #[test]

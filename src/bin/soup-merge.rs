@@ -1,6 +1,5 @@
-use clap::Parser;
-use model_soup::cli::merge;
+use model_soup::cli::{merge, parse_args};
 
 fn main() -> std::process::ExitCode {
-    merge::main(merge::Args::parse())
+    merge::main(parse_args())
 }

@@ -109,11 +109,11 @@ pub struct Args {
     pub method: String,
 
     /// Fraction of each task vector kept (ties, dare_*, della*, breadcrumbs*), in (0, 1].
-    #[arg(long, value_name = "D")]
+    #[arg(long, value_name = "D", allow_negative_numbers = true)]
     pub density: Option<f64>,
 
     /// Interpolation factor of slerp, in [0, 1] (0 = the base).
-    #[arg(long = "t", value_name = "T")]
+    #[arg(long = "t", value_name = "T", allow_negative_numbers = true)]
     pub t: Option<f64>,
 
     /// Scale of the merged task vector (task-vector methods).
@@ -121,11 +121,11 @@ pub struct Args {
     pub lambda: Option<f64>,
 
     /// Half-width of DELLA's keep probabilities.
-    #[arg(long, value_name = "E")]
+    #[arg(long, value_name = "E", allow_negative_numbers = true)]
     pub epsilon: Option<f64>,
 
     /// Fraction of the largest magnitudes breadcrumbs drops.
-    #[arg(long, value_name = "G")]
+    #[arg(long, value_name = "G", allow_negative_numbers = true)]
     pub gamma: Option<f64>,
 
     /// Any other parameter of the method, as NAME=VALUE (a number, true or false); repeatable.
@@ -133,7 +133,7 @@ pub struct Args {
     pub param: Vec<String>,
 
     /// Seed of the random drops of dare_* and della*.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
     /// Write a model directory with shards of at most this size (5GB, 500MB, 2GiB). Default for
@@ -329,7 +329,16 @@ pub fn main(args: Args) -> ExitCode {
                 Ok(())
             };
             if let Err(e) = printed {
-                return super::fail(&anyhow::Error::new(e).context("cannot write to stdout"));
+                // The soup is already in place and complete; say so, since the exit status
+                // alone would read as "nothing was written".
+                let context = match (&report.output, report.dry_run) {
+                    (Some(o), false) => format!(
+                        "{} is written and complete, but its summary could not be written to stdout",
+                        o.display()
+                    ),
+                    _ => "cannot write to stdout".to_string(),
+                };
+                return super::fail(&anyhow::Error::new(e).context(context));
             }
             ExitCode::SUCCESS
         }

@@ -41,6 +41,29 @@ pub fn error_kind(err: &anyhow::Error) -> &'static str {
         .unwrap_or("other")
 }
 
+/// Parses the command line as clap's `parse` does (a bad one exits with status 2 and clap's
+/// message), except that with `--json` anywhere in it a bad one also prints
+/// `{"error": ..., "kind": "usage"}` on stdout, as every other failure does.
+pub fn parse_args<A: clap::Parser>() -> A {
+    match A::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            if e.use_stderr() && std::env::args_os().skip(1).any(|a| a == "--json") {
+                // clap's message up to its usage section, on one line.
+                let rendered = e.render().to_string();
+                let head: Vec<&str> = rendered.lines().take_while(|l| !l.is_empty()).collect();
+                let text = one_line(&head.join(" "));
+                let message = text.strip_prefix("error: ").unwrap_or(&text);
+                let _ = print(&format!(
+                    "{}\n",
+                    serde_json::json!({ "error": message, "kind": "usage" })
+                ));
+            }
+            e.exit()
+        }
+    }
+}
+
 /// Prints every warning on stderr, one line each: the same list `--json` reports.
 pub fn print_warnings(warnings: &[crate::soup::Warning]) {
     for w in warnings {
@@ -137,11 +160,33 @@ pub fn print(text: &str) -> std::io::Result<()> {
 /// Writes a line to stderr. A closed stderr (`2>&1 | head -1`) is ignored, as a closed
 /// stdout is: `eprintln!` panics there, which turned a finished merge's warning or summary
 /// into exit status 101.
+///
+/// Control characters are written escaped (`\u{1b}`): a message can quote a name from an
+/// untrusted file (a shard listed in a downloaded index), and its escape sequences must not
+/// reach the terminal.
 pub fn say(line: &str) {
+    let line = inert(line);
     let mut err = std::io::stderr().lock();
     let _ = err
         .write_all(line.as_bytes())
         .and_then(|_| err.write_all(b"\n"));
+}
+
+/// `text` with its control characters escaped.
+fn inert(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// A byte-counting bar on stderr, hidden when stderr is not a terminal or when `quiet`.
@@ -176,4 +221,16 @@ pub fn handle_interrupts_then_exit() {
         std::process::exit(EXIT_INTERRUPTED.into());
     });
     crate::format::explain_sigbus();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_reach_the_terminal_without_control_characters() {
+        assert_eq!(super::inert("plain ünïcode"), "plain ünïcode");
+        assert_eq!(
+            super::inert("m/\u{1b}]0;pwned\u{7}\u{1b}[2J.safetensors"),
+            "m/\\u{1b}]0;pwned\\u{7}\\u{1b}[2J.safetensors"
+        );
+    }
 }

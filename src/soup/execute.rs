@@ -15,6 +15,7 @@ use super::layout::Layout;
 use super::plan::{Action, Plan, TensorPlan};
 use super::whole::{self, Prepared};
 use crate::error::{printable, Error, Result};
+use crate::format::Dtype;
 use crate::format::{
     start_writeback, AtomicDir, AtomicFile, Destination, HeaderEntry, Reads, INDEX_NAME,
 };
@@ -513,7 +514,11 @@ fn explain_non_finite(
                 tensor: Some(tensor.name.clone()),
                 input: Some(path.to_path_buf()),
                 kind: "non-finite-input",
-                message: format!("tensor '{}' has NaN or infinite values in {}; the soup inherits them", printable(&tensor.name), path.display()),
+                message: format!(
+                    "tensor '{}' has NaN or infinite values in {}; the soup inherits them",
+                    printable(&tensor.name),
+                    path.display()
+                ),
             }
         }
         None => Warning {
@@ -521,11 +526,33 @@ fn explain_non_finite(
             input: None,
             kind: "non-finite-output",
             message: format!(
-                "tensor '{}' overflowed to infinity when stored as {} although the inputs are finite; use --dtype with a wider type (bf16 or f32)",
+                "tensor '{}' has infinite or NaN values although the inputs are finite: {}",
                 printable(&tensor.name),
-                tensor.dtype
+                non_finite_cause(tensor.dtype, matches!(tensor.action, Action::Whole(_)))
             ),
         },
+    }
+}
+
+/// Why finite inputs gave a non-finite output of `dtype`, and what helps: a wider type only
+/// where one exists, and the method's own arithmetic when a method beyond the weighted sum
+/// made it (model_stock divides by `1 + (N-1) cos`, zero for opposite task vectors).
+fn non_finite_cause(dtype: Dtype, by_method: bool) -> String {
+    let method = "the merge method's own arithmetic (model_stock's ratio, say, divides by zero when the task vectors point opposite ways); check the method's parameters and inputs";
+    let wider = match dtype {
+        Dtype::F16 => Some("bf16, f32 or f64"),
+        Dtype::BF16 | Dtype::F32 => Some("f64"),
+        _ => None,
+    };
+    match (wider, by_method) {
+        (Some(w), false) => format!("the weighted sum overflowed {dtype}'s range; use --dtype {w}"),
+        (Some(w), true) => {
+            format!("beyond {dtype}'s range (then --dtype {w} helps), or from {method}")
+        }
+        (None, false) => {
+            "the weighted sum overflowed even at float64; scale the weights down".to_string()
+        }
+        (None, true) => format!("from {method}"),
     }
 }
 

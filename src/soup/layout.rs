@@ -211,8 +211,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("'{text}' is not a size; write it like 5GB or 500MB"))?;
     let bytes = value * scale as f64;
-    if !(bytes >= 1.0 && bytes < 2f64.powi(63)) {
+    if !(bytes >= 1.0) {
         return Err(format!("shard size '{text}' must be at least 1 byte"));
+    }
+    if bytes >= 2f64.powi(63) {
+        return Err(format!(
+            "shard size '{text}' is over 8 EiB; give a smaller size, or leave --shard-size out for one file"
+        ));
     }
     Ok(bytes as u64)
 }
@@ -229,7 +234,10 @@ mod tests {
         assert_eq!(parse_size("1.5KB"), Ok(1500));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("5XB").is_err());
-        assert!(parse_size("0").is_err());
+        assert!(parse_size("0").unwrap_err().contains("at least 1 byte"));
+        assert!(parse_size("18446744073709551615")
+            .unwrap_err()
+            .contains("over 8 EiB"));
         assert!(parse_size("GB").is_err());
     }
 }

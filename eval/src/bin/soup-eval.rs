@@ -1,6 +1,6 @@
-use clap::Parser;
+use model_soup::cli::parse_args;
 use soup_eval::cli;
 
 fn main() -> std::process::ExitCode {
-    cli::main(cli::Args::parse())
+    cli::main(parse_args())
 }
