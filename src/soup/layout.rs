@@ -211,7 +211,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("'{text}' is not a size; write it like 5GB or 500MB"))?;
     let bytes = value * scale as f64;
-    if !(bytes >= 1.0) {
+    if bytes.is_nan() || bytes < 1.0 {
         return Err(format!("shard size '{text}' must be at least 1 byte"));
     }
     if bytes >= 2f64.powi(63) {
