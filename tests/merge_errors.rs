@@ -420,5 +420,8 @@ fn a_summary_that_cannot_be_printed_says_the_soup_is_written() {
     let err = stderr(&o);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("is written and complete"), "{err}");
-    assert!(out.is_file(), "the finished soup stays where the error says it is");
+    assert!(
+        out.is_file(),
+        "the finished soup stays where the error says it is"
+    );
 }

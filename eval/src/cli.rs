@@ -556,6 +556,14 @@ fn reads(c: &Common) -> Vec<(Role, PathBuf)> {
             .flatten()
             .map(|p| (Role::Dataset, p.clone())),
     );
+    // The log is read (--resume) or written as the search goes (--log): -o and --plot must
+    // never land on it.
+    reads.extend(
+        [&c.scorer.resume, &c.scorer.log]
+            .into_iter()
+            .flatten()
+            .map(|p| (Role::SearchLog, p.clone())),
+    );
     reads
 }
 

@@ -38,10 +38,8 @@ impl ImageList {
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let bytes = crate::dataset::read_regular(path, "image list")?;
+        let text = String::from_utf8(bytes).map_err(|_| bad(path, "is not UTF-8 text"))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rows = match ext.as_deref() {
             Some("csv") => parse_csv(path, &text)?,
@@ -550,8 +548,13 @@ pub fn load(list: &ImageList, options: &LoadOptions) -> Result<Loaded> {
 /// Decodes one image to 8-bit RGB (grey is replicated, alpha dropped, as PIL's
 /// `convert("RGB")` does).
 fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| format!("cannot open: {e}"))?
+    // A regular file only: a FIFO in the list would block the whole evaluation.
+    let file =
+        model_soup::format::small_file::open_regular(path, "image").map_err(|e| match e {
+            model_soup::Error::Header { reason, .. } => reason,
+            other => format!("cannot open: {other}"),
+        })?;
+    let reader = image::ImageReader::new(std::io::BufReader::new(file))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
     let image = reader

@@ -21,6 +21,10 @@ use super::error::{Error, Result};
 /// The log format's version, in its first line.
 pub const VERSION: u32 = 1;
 
+/// The largest `--resume` log read: a line per candidate is a few hundred bytes, so this is
+/// millions of candidates, and a device or a wrong file can't fill the memory.
+const MAX_LOG_BYTES: u64 = 1 << 30;
+
 /// What a log's scores depend on: compared field by field by `--resume`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Description {
@@ -136,8 +140,16 @@ impl SearchLog {
             path: path.to_path_buf(),
             reason,
         };
-        let bytes =
-            std::fs::read(path).map_err(|e| bad(format!("cannot read the --resume log: {e}")))?;
+        // A regular file only, of bounded size: a FIFO must not block (its open ignored
+        // Ctrl-C), nor /dev/zero fill the memory.
+        let bytes = model_soup::format::small_file::read(path, MAX_LOG_BYTES, "--resume log")
+            .map_err(|e| match e {
+                model_soup::Error::Header { reason, .. } => bad(reason),
+                model_soup::Error::Io { cause, .. } => {
+                    bad(format!("cannot read the --resume log: {cause}"))
+                }
+                other => bad(other.to_string()),
+            })?;
         let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         let text = std::str::from_utf8(&bytes[..complete])
             .map_err(|_| bad("is not a soup-eval search log (not UTF-8)".into()))?;

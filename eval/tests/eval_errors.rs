@@ -541,3 +541,20 @@ fn a_session_stays_usable_after_a_refused_soup() {
     assert_eq!(rows[0].val, rows[1].val);
     assert!(session.uniform().is_err());
 }
+
+#[test]
+fn a_fifo_or_device_as_a_dataset_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    for name in ["val.csv", "val.jsonl"] {
+        let fifo = dir.path().join(name);
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &"--val", &fifo, &base()]);
+        assert_error(&out, &[name, "not a regular file"]);
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

@@ -355,3 +355,65 @@ fn non_utf8_paths_reach_the_scorer_byte_for_byte() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(left_in(&work).is_empty());
 }
+
+#[test]
+fn the_search_log_is_never_an_output_and_never_blocks_the_run() {
+    let world = World::files();
+    let work = world.folder("work");
+    let dir = world.dir.path();
+    let scorer = on_soups("true");
+    let log = dir.join("search.jsonl");
+    let base = |extra: &[&str]| {
+        let mut args = vec!["-q", "--work-dir", work.to_str().unwrap(), "--shell"];
+        args.extend_from_slice(&["--scorer", &scorer]);
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let eval = |command: &str, extra: &[&str]| {
+        let mut args = vec![command.to_string()];
+        args.extend(base(extra));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        soup_eval(&args, &world.ingredients).output().unwrap()
+    };
+    let out = eval("greedy", &["--log", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let logged = std::fs::read(&log).unwrap();
+    // -o onto the log being resumed, even with --force: refused before any scorer runs.
+    let out = eval(
+        "greedy",
+        &[
+            "--resume",
+            log.to_str().unwrap(),
+            "-o",
+            log.to_str().unwrap(),
+            "--force",
+        ],
+    );
+    assert_fails(&world, &work, &out, &["search log"]);
+    assert_eq!(std::fs::read(&log).unwrap(), logged, "the log changed");
+    // --plot onto the log this run would write: refused up front, not after the search.
+    let plot = dir.join("p.svg");
+    let out = eval(
+        "report",
+        &[
+            "--log",
+            plot.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+            "--force",
+        ],
+    );
+    assert_fails(&world, &work, &out, &["search log"]);
+    assert!(!plot.exists());
+    // A FIFO as --resume is refused at once: its open used to block, deaf to Ctrl-C.
+    let fifo = dir.join("fifo.jsonl");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let out = eval("greedy", &["--resume", fifo.to_str().unwrap()]);
+    assert_fails(&world, &work, &out, &["fifo.jsonl", "not a regular file"]);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -39,6 +39,8 @@ pub enum Role {
     Dataset,
     /// A config, tokenizer or chat template copied into a directory output.
     Companion,
+    /// soup-eval's search log: `--resume` reads it, `--log` creates it during the run.
+    SearchLog,
 }
 
 impl Role {
@@ -52,6 +54,7 @@ impl Role {
             Role::Recipe => "--config recipe",
             Role::Dataset => "dataset",
             Role::Companion => "companion file",
+            Role::SearchLog => "search log",
         }
     }
 }
@@ -88,8 +91,9 @@ impl Reads {
         Reads::default()
     }
 
-    /// Records `path`, read as `role`. A path that doesn't exist is recorded as given, so it is
-    /// still never written.
+    /// Records `path`, read as `role`. A path that doesn't exist yet (a log the run will
+    /// create) is recorded where it would be, its folder resolved, so it is still never
+    /// written.
     pub fn add(&mut self, role: Role, path: &Path) {
         let mut ids = Vec::new();
         let followed = fs::metadata(path).ok();
@@ -102,7 +106,7 @@ impl Reads {
         self.reads.push(Read {
             role,
             given: path.to_path_buf(),
-            resolved: fs::canonicalize(path).ok(),
+            resolved: fs::canonicalize(path).ok().or_else(|| to_be(path)),
             ids,
             is_dir: followed.is_some_and(|m| m.is_dir()),
         });
@@ -148,6 +152,13 @@ impl Reads {
         let id = (meta.dev(), meta.ino());
         self.reads.iter().find(|r| r.ids.contains(&id))
     }
+}
+
+/// Where a file that doesn't exist yet would be: its folder resolved, then its name.
+fn to_be(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    let folder = fs::canonicalize(super::writer::parent_dir(path)).ok()?;
+    Some(folder.join(name))
 }
 
 /// An output a run asks to write: the flag that names it (for messages), its path and kind.

@@ -2,7 +2,7 @@
 //! blocking on a FIFO or device, and never more than a cap, so a hostile path or file costs
 //! a bounded amount of work.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -12,19 +12,8 @@ use crate::error::{Error, Result};
 /// Reads the whole of a regular file of at most `cap` bytes. `what` names the file's role in
 /// messages ("recipe", "config").
 pub fn read(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
-    // O_NONBLOCK: a FIFO (or one swapped in after a type check) must not block the open.
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
+    let mut file = open_regular(path, what)?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::header(
-            path,
-            format!("is not a regular file (a directory, FIFO, socket or device?); give the {what} file itself"),
-        ));
-    }
     if meta.len() > cap {
         return Err(Error::header(
             path,
@@ -47,4 +36,23 @@ pub fn read(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
         ));
     }
     Ok(bytes)
+}
+
+/// Opens a regular file for reading, refusing anything else without blocking: a FIFO (or one
+/// swapped in after a type check) would block the open, and a device would never end.
+pub fn open_regular(path: &Path, what: &str) -> Result<File> {
+    // O_NONBLOCK only matters to what is refused here: reads of a regular file ignore it.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::header(
+            path,
+            format!("is not a regular file (a directory, FIFO, socket or device?); give the {what} file itself"),
+        ));
+    }
+    Ok(file)
 }

@@ -17,10 +17,7 @@ pub struct Record {
 
 /// Reads `path` as UTF-8 text; an error names the file and the fix.
 pub fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = crate::dataset::read_regular(path, "dataset")?;
     String::from_utf8(bytes).map_err(|e| Error::Dataset {
         path: path.to_path_buf(),
         reason: format!(
