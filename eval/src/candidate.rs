@@ -141,7 +141,15 @@ impl Written {
         path: PathBuf,
         keep: bool,
     ) -> Result<(Written, Vec<Warning>)> {
-        // A leftover of a killed run at this path is replaced: soup-eval wrote it.
+        // A leftover of a killed run at this path is replaced, once its mark shows soup-eval
+        // wrote it; anything else there is the user's (a shared --work-dir), and stays.
+        if path.symlink_metadata().is_ok() && !model_soup::format::written_by_this_tool(&path) {
+            return Err(model_soup::Error::Output {
+                path: path.clone(),
+                reason: "is where a candidate soup goes, but it is not a soup this tool wrote (a killed run's leftover would be); move it away or choose another --work-dir".into(),
+            }
+            .into());
+        }
         let warnings = ingredients.write(members, &path, true, &[])?;
         Ok((Written { path, keep }, warnings))
     }

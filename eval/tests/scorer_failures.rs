@@ -417,3 +417,32 @@ fn the_search_log_is_never_an_output_and_never_blocks_the_run() {
     assert_fails(&world, &work, &out, &["fifo.jsonl", "not a regular file"]);
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn a_users_file_with_a_candidates_name_is_never_replaced() {
+    let world = World::files();
+    let work = world.folder("work");
+    // Every score ties, so the ranking is the command-line order and the first candidate is
+    // the soup of inputs 0 and 1.
+    let theirs = work.join("soup-0-1.safetensors");
+    std::fs::write(&theirs, "my notes, not a soup").unwrap();
+    let out = run(&world, &work, &["--shell", "--scorer", &on_soups("true")]);
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("soup-0-1.safetensors") && stderr.contains("not a soup this tool wrote"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"my notes, not a soup");
+    // A killed run's leftover carries the tool's mark: it is replaced, and the run goes on.
+    let o = common::soup_merge()
+        .args([&world.ingredients[0], &world.ingredients[1]])
+        .arg("-o")
+        .arg(&theirs)
+        .arg("--force")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let out = run(&world, &work, &["--shell", "--scorer", &on_soups("true")]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}

@@ -305,6 +305,37 @@ fn is_marked_file(path: &Path) -> bool {
         .is_some_and(|t| t.starts_with("model-soup "))
 }
 
+/// Whether `path` is a soup this tool wrote: a regular file whose header names model-soup, or
+/// a directory of model files only whose every weights file does. A killed run's leftover is
+/// one; a user's file that happens to have the same name is not.
+pub fn written_by_this_tool(path: &Path) -> bool {
+    match path.symlink_metadata() {
+        Ok(m) if m.is_file() => is_marked_file(path),
+        Ok(m) if m.is_dir() => {
+            let Ok(entries) = std::fs::read_dir(path) else {
+                return false;
+            };
+            let mut weights = 0;
+            for entry in entries {
+                let Ok(entry) = entry else { return false };
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let regular = entry.file_type().is_ok_and(|t| t.is_file());
+                if !regular || !super::destination::is_model_file(&name) {
+                    return false;
+                }
+                if name.ends_with(".safetensors") {
+                    if !is_marked_file(&entry.path()) {
+                        return false;
+                    }
+                    weights += 1;
+                }
+            }
+            weights > 0
+        }
+        _ => false,
+    }
+}
+
 pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
