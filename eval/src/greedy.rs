@@ -53,6 +53,14 @@ pub struct Rule {
 impl Rule {
     /// Whether `new` beats `old` under this rule.
     pub fn accepts(&self, new: f64, old: f64) -> bool {
+        // A NaN score (a diverged model's loss) is the worst there is under either goal: never
+        // accepted, and beaten by any number.
+        if new.is_nan() {
+            return false;
+        }
+        if old.is_nan() {
+            return true;
+        }
         let (new, old) = match self.goal {
             Goal::Maximize => (new, old),
             Goal::Minimize => (old, new),
@@ -109,12 +117,19 @@ pub struct Search<M = Score> {
 }
 
 /// Ranks ingredients by validation score, best first under `goal`; equal scores keep their
-/// order.
+/// order, and NaN scores come last whatever their sign bit (`total_cmp` alone put the NaN of
+/// `inf - inf`, whose sign bit is set, before every loss).
 pub fn rank<M: Measure>(val: &[M], goal: Goal) -> Vec<usize> {
     let mut order: Vec<usize> = (0..val.len()).collect();
-    order.sort_by(|&a, &b| match goal {
-        Goal::Maximize => val[b].value().total_cmp(&val[a].value()),
-        Goal::Minimize => val[a].value().total_cmp(&val[b].value()),
+    order.sort_by(|&a, &b| {
+        let (x, y) = (val[a].value(), val[b].value());
+        if x.is_nan() || y.is_nan() {
+            return x.is_nan().cmp(&y.is_nan());
+        }
+        match goal {
+            Goal::Maximize => y.total_cmp(&x),
+            Goal::Minimize => x.total_cmp(&y),
+        }
     });
     order
 }
@@ -177,4 +192,27 @@ pub fn search<M: Measure>(
         val: Some(current),
         discarded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nan_scores_rank_last_and_never_win_under_either_goal() {
+        let negative_nan = f64::from_bits(f64::NAN.to_bits() | 1 << 63);
+        let val = [2.5, negative_nan, 0.5, f64::NAN, 1.5];
+        assert_eq!(rank(&val, Goal::Minimize), [2, 4, 0, 1, 3]);
+        assert_eq!(rank(&val, Goal::Maximize), [0, 4, 2, 1, 3]);
+        for goal in [Goal::Minimize, Goal::Maximize] {
+            for accept_ties in [false, true] {
+                let rule = Rule { goal, accept_ties };
+                for nan in [f64::NAN, negative_nan] {
+                    assert!(!rule.accepts(nan, 1.0));
+                    assert!(!rule.accepts(nan, nan));
+                    assert!(rule.accepts(1.0, nan));
+                }
+            }
+        }
+    }
 }
