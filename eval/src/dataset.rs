@@ -246,6 +246,12 @@ impl Dataset {
                 labels.info.shape
             )));
         }
+        if n == 0 {
+            // Every score would be 0/0, and a greedy soup would be picked from no data.
+            return Err(bad(
+                "has no examples ('inputs' is [0, ...]); the split needs at least one".into(),
+            ));
+        }
         let mut values = vec![0f32; inputs.info.elements() as usize];
         f32::load(inputs.info.dtype, inputs.data, &mut values);
         let labels = labels

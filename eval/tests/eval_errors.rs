@@ -169,6 +169,27 @@ fn dataset_with_a_label_out_of_range() {
 }
 
 #[test]
+fn an_empty_split_is_refused_not_scored_as_zero_of_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.safetensors");
+    dataset(&empty, Some((&[0, 1, 8, 8], 0)), Some(&[]));
+    let out = dir.path().join("g.safetensors");
+    let run = soup_eval(&[
+        &"greedy",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &empty,
+        &base(),
+        &base(),
+        &"-o",
+        &out,
+    ]);
+    assert_error(&run, &["empty.safetensors", "no examples"]);
+    assert!(!out.exists());
+}
+
+#[test]
 fn dataset_with_the_wrong_input_shape_or_label_count() {
     let dir = tempfile::tempdir().unwrap();
     let flat = dir.path().join("flat.safetensors");
