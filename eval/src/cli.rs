@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::bail;
+use crate::error::{usage, usage_error};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -223,7 +223,7 @@ impl ImageArgs {
             }
             match text.parse::<usize>() {
                 Ok(n) if n > 0 && n <= 1 << 15 => Ok(Some(n)),
-                _ => bail!("{flag} '{text}' must be a size in pixels (1 to 32768) or none"),
+                _ => usage!("{flag} '{text}' must be a size in pixels (1 to 32768) or none"),
             }
         };
         let triple = |flag: &str, text: &str| -> anyhow::Result<[f32; 3]> {
@@ -231,22 +231,24 @@ impl ImageArgs {
                 .split(',')
                 .map(|v| v.trim().parse::<f32>())
                 .collect::<std::result::Result<_, _>>()
-                .map_err(|_| anyhow::anyhow!("{flag} '{text}' must be three numbers: R,G,B"))?;
+                .map_err(|_| {
+                    usage_error(format!("{flag} '{text}' must be three numbers: R,G,B"))
+                })?;
             match values[..] {
                 [r, g, b] if values.iter().all(|v| v.is_finite()) => Ok([r, g, b]),
-                _ => bail!("{flag} '{text}' must be three finite numbers: R,G,B"),
+                _ => usage!("{flag} '{text}' must be three finite numbers: R,G,B"),
             }
         };
         let std = triple("--std", &self.std)?;
         if std.iter().any(|&s| s <= 0.0) {
-            bail!("--std '{}' must be positive", self.std);
+            usage!("--std '{}' must be positive", self.std);
         }
         let normalize = (!self.no_normalize).then_some((triple("--mean", &self.mean)?, std));
         let memory_limit = model_soup::soup::parse_size(&self.data_memory)
-            .map_err(|e| anyhow::anyhow!("--data-memory: {e}"))?;
+            .map_err(|e| usage_error(format!("--data-memory: {e}")))?;
         if let Some(dir) = &self.cache_dir {
             if !dir.is_dir() {
-                bail!("--cache-dir {} is not a folder", dir.display());
+                usage!("--cache-dir {} is not a folder", dir.display());
             }
         }
         Ok(LoadOptions {
@@ -627,14 +629,14 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
 
     for (flag, given) in required {
         if !given && *flag == "--val" {
-            bail!("this command needs --val PATH (scored by a built-in --arch model) or --scorer CMD (any command that scores a checkpoint)");
+            usage!("this command needs --val PATH (scored by a built-in --arch model) or --scorer CMD (any command that scores a checkpoint)");
         }
         if !given {
-            bail!("this command needs {flag} PATH");
+            usage!("this command needs {flag} PATH");
         }
     }
     if c.val.is_none() && c.test.is_none() {
-        bail!("no dataset; pass --val PATH and/or --test PATH");
+        usage!("no dataset; pass --val PATH and/or --test PATH");
     }
     let device = device.open()?;
     // The first checkpoint configures the architecture; every ingredient is then checked
@@ -650,7 +652,7 @@ fn open(c: &Common, required: &[(&str, bool)]) -> anyhow::Result<Session> {
     let text = matches!(arch.input(), arch::Input::Tokens(_));
     if device.is_cpu() && dtype == candle_core::DType::BF16 && !text {
         // candle's CPU convolutions have no bf16 kernel: say so before any work.
-        bail!("--eval-dtype bf16 needs a GPU for image models (candle's CPU convolutions have no bf16 kernel); on the CPU use f32 or f16");
+        usage!("--eval-dtype bf16 needs a GPU for image models (candle's CPU convolutions have no bf16 kernel); on the CPU use f32 or f16");
     }
     let batch_size = c.batch_size.unwrap_or(if text { 8 } else { 256 });
     let mut evaluator = Evaluator::new(arch, device, batch_size as usize);

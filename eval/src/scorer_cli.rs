@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use crate::error::{usage, usage_error};
 use clap::Args as ClapArgs;
 
 use super::cli::{outputs, Args, Command};
@@ -87,7 +87,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
         Command::Score(c) | Command::Uniform(c) => (c, None),
         Command::Greedy(g) => (&g.common, Some(g)),
         Command::Report(r) => (&r.greedy.common, Some(&r.greedy)),
-        Command::Ensemble(_) => bail!(
+        Command::Ensemble(_) => usage!(
             "ensemble can't use --scorer: an ensemble averages each model's outputs, and a scorer gives one number per model; use greedy, uniform or report"
         ),
     };
@@ -103,21 +103,21 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
         (c.test.is_some(), "--test"),
     ] {
         if given {
-            bail!("{flag} is for the built-in models; with --scorer the command scores on its own data, so leave {flag} out");
+            usage!("{flag} is for the built-in models; with --scorer the command scores on its own data, so leave {flag} out");
         }
     }
     let timeout = match s.scorer_timeout {
         Some(t) if !(t.is_finite() && t > 0.0) => {
-            bail!("--scorer-timeout must be a positive number of seconds")
+            usage!("--scorer-timeout must be a positive number of seconds")
         }
         Some(t) => Some(Duration::from_secs_f64(t)),
         None => None,
     };
     if s.jobs == Some(0) {
-        bail!("--jobs must be at least 1");
+        usage!("--jobs must be at least 1");
     }
     if s.speculate == Some(0) {
-        bail!("--speculate must be at least 1 (1: one candidate at a time)");
+        usage!("--speculate must be at least 1 (1: one candidate at a time)");
     }
     // Every output is checked against the output policy before any scorer runs.
     let (soup_request, plot_dest) = match greedy {

@@ -514,6 +514,27 @@ fn json_errors_are_json() {
         .as_str()
         .unwrap()
         .contains("unknown architecture 'nope'"));
+    // Flags found wrong after parsing are usage errors too, never the undocumented "other".
+    for (flag, value) in [
+        ("--crop", "0"),
+        ("--std", "0,0,0"),
+        ("--cache-dir", "/nonexistent"),
+    ] {
+        let out = soup_eval(&[
+            &"score",
+            &"--json",
+            &"--arch",
+            &"digits-cnn",
+            &"--val",
+            &val(),
+            &base(),
+            &flag,
+            &value,
+        ]);
+        assert_error(&out, &[flag]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kind"], "usage", "{flag} {value}: {v}");
+    }
 }
 
 #[test]
