@@ -684,6 +684,25 @@ fn open_text(
         ..TokenModel::default()
     }
     .with_config(layout.config.as_ref());
+    // Special ids from config.json name embedding rows: one past the vocabulary would fail
+    // mid-forward with a message blaming the data.
+    for (key, id) in [
+        (
+            "pad_token_id",
+            Some(model.pad_id).filter(|_| input.pad_token_id.is_some()),
+        ),
+        ("bos_token_id", model.bos),
+    ] {
+        if let Some(id) = id.filter(|&id| id as usize >= model.vocab) {
+            return Err(Error::Dataset {
+                path: first.path().join("config.json"),
+                reason: format!(
+                    "{key} is {id}, but the model has {} embedding rows, so it is no token id; fix config.json",
+                    model.vocab
+                ),
+            });
+        }
+    }
     let mut tasks = Vec::new();
     for path in val.iter().chain(test.iter()) {
         tasks.push((path, choose_task(path, &model, options.text.task)?));

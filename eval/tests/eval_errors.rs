@@ -600,3 +600,35 @@ fn a_fifo_or_device_as_a_dataset_is_refused_at_once() {
     }
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn special_token_ids_past_the_vocabulary_name_config_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::repo_root().join("fixtures/text");
+    for (model, key, data) in [
+        ("bert-cls", "pad_token_id", "cls.jsonl"),
+        ("llama", "bos_token_id", "lm.txt"),
+    ] {
+        let copy = dir.path().join(model);
+        std::fs::create_dir(&copy).unwrap();
+        for entry in std::fs::read_dir(root.join("models").join(model)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+        let config = copy.join("config.json");
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+        value[key] = 99999.into();
+        std::fs::write(&config, value.to_string()).unwrap();
+        let out = soup_eval(&[
+            &"score",
+            &"--val",
+            &root.join("data").join(data),
+            &"--seq-len",
+            &"32",
+            &copy,
+        ]);
+        let line = assert_error(&out, &["config.json", key, "99999"]);
+        assert!(common::stderr(&out).lines().count() == 1, "{line}");
+    }
+}

@@ -450,7 +450,7 @@ impl Merge {
             warnings.push(Warning::general(
                 "no-config",
                 None,
-                "the output directory will have no config.json (the first input is not a model directory with one), so transformers can't load it as is; pass --base DIR to copy the config and tokenizer from a model directory".into(),
+                "the output directory will have no config.json (the first input is not a model directory with one), so transformers can't load it as is; to copy the config and tokenizer, make the first input a model directory that has them, or with soup-merge pass --base DIR".into(),
             ));
         }
         let report = summarise(request, &plan, &layout, &extra, &warnings);
