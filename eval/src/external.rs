@@ -330,7 +330,11 @@ impl External {
         let mut needed = lock(&self.needed).clone();
         needed.sort();
         needed.dedup();
-        let sequential: f64 = needed.iter().filter_map(|m| ran.get(m)).sum();
+        // Folded from +0: `sum` starts at -0, which a fully resumed search printed as "-0.0 s".
+        let sequential: f64 = needed
+            .iter()
+            .filter_map(|m| ran.get(m))
+            .fold(0.0, |a, b| a + b);
         ScorerRun {
             command: self.scorer.text.clone(),
             jobs: self.options.jobs,
