@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use model_soup::format::{Checkpoint, Request, Role};
-use model_soup::soup::{self, display_name, Merge, MergeRequest, Plan, PlanOptions, Warning};
+use model_soup::soup::{self, Merge, MergeRequest, Plan, PlanOptions, Warning};
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, Result};
@@ -66,7 +66,7 @@ impl Ingredients {
 
     /// The ingredients' display names, in command-line order.
     pub fn names(&self) -> Vec<String> {
-        self.paths.iter().map(|p| display_name(p)).collect()
+        soup::display_names(&self.paths.iter().map(|p| p.as_path()).collect::<Vec<_>>())
     }
 
     /// Writes the uniform soup of `members` to `dest` through the core's merge, exactly as

@@ -6,9 +6,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use model_soup::format::Checkpoint;
-use model_soup::soup::{
-    self, display_name, Merge, MergeRequest, Plan, PlanOptions, RunOptions, Warning,
-};
+use model_soup::soup::{self, Merge, MergeRequest, Plan, PlanOptions, RunOptions, Warning};
 
 use super::arch::{Architecture, Input, Layout, Output};
 use super::dataset::{Data, Dataset};
@@ -224,7 +222,7 @@ impl Session {
 
     /// The ingredients' display names (file names), in command-line order.
     pub fn names(&self) -> Vec<String> {
-        self.paths.iter().map(|p| display_name(p)).collect()
+        soup::display_names(&self.paths.iter().map(|p| p.as_path()).collect::<Vec<_>>())
     }
 
     /// Whether a split was given.

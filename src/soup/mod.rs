@@ -22,9 +22,9 @@ pub use kernel::CHUNK_ELEMENTS;
 pub use layout::{parse_size, FileSummary, Layout, OutputFile, DEFAULT_SHARD_SIZE};
 pub use merge::{output_kind, Merge, MergeRequest};
 pub use plan::{
-    display_name, tool_version, Action, MethodMerge, OnMissing, Plan, PlanOptions, TensorPlan,
-    Term, Whole, META_BASE, META_INGREDIENTS, META_METHOD, META_PARAMETERS, META_RECIPE, META_SEED,
-    META_TOOL, META_WEIGHTS,
+    display_name, display_names, tool_version, Action, MethodMerge, OnMissing, Plan, PlanOptions,
+    TensorPlan, Term, Whole, META_BASE, META_INGREDIENTS, META_METHOD, META_PARAMETERS,
+    META_RECIPE, META_SEED, META_TOOL, META_WEIGHTS,
 };
 pub use recipe::Recipe;
 pub use report::{DtypeSummary, InputReport, MergeReport, PlannedTensor};

@@ -711,3 +711,78 @@ pub fn display_name(path: &Path) -> String {
         |n| n.to_string_lossy().into_owned(),
     )
 }
+
+/// Names for several ingredients that tell them apart: each file name, widened by parent
+/// folders (`1/model.safetensors`) as far as needed to differ from the others. The usual
+/// `runs/*/model.safetensors` would otherwise show one name for every run. Paths that are
+/// the same throughout keep the same name.
+pub fn display_names(paths: &[&Path]) -> Vec<String> {
+    let parts: Vec<Vec<String>> = paths
+        .iter()
+        .map(|p| {
+            p.components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect()
+        })
+        .collect();
+    let suffix = |i: usize, depth: usize| {
+        let p = &parts[i];
+        p[p.len().saturating_sub(depth)..].join("/")
+    };
+    let mut depth = vec![1; paths.len()];
+    loop {
+        let names: Vec<String> = (0..paths.len()).map(|i| suffix(i, depth[i])).collect();
+        let mut widened = false;
+        for i in 0..paths.len() {
+            let clash = (0..paths.len()).any(|j| j != i && names[j] == names[i]);
+            if clash && depth[i] < parts[i].len() {
+                depth[i] += 1;
+                widened = true;
+            }
+        }
+        if !widened {
+            return (0..paths.len())
+                .map(|i| match depth[i] {
+                    1 => display_name(paths[i]),
+                    d => suffix(i, d),
+                })
+                .collect();
+        }
+    }
+}
+
+#[cfg(test)]
+mod display_name_tests {
+    #[test]
+    fn display_names_widen_only_as_far_as_needed() {
+        use std::path::Path;
+        let names = |ps: &[&str]| {
+            let paths: Vec<&Path> = ps.iter().map(Path::new).collect();
+            super::display_names(&paths)
+        };
+        assert_eq!(
+            names(&["a/x.safetensors", "b/y.safetensors"]),
+            ["x.safetensors", "y.safetensors"]
+        );
+        assert_eq!(
+            names(&[
+                "runs/1/model.safetensors",
+                "runs/2/model.safetensors",
+                "z.safetensors"
+            ]),
+            [
+                "1/model.safetensors",
+                "2/model.safetensors",
+                "z.safetensors"
+            ]
+        );
+        assert_eq!(
+            names(&["a/run/ckpt", "b/run/ckpt", "c/other/ckpt"]),
+            ["a/run/ckpt", "b/run/ckpt", "other/ckpt"]
+        );
+        assert_eq!(
+            names(&["m.safetensors", "m.safetensors"]),
+            ["m.safetensors", "m.safetensors"]
+        );
+    }
+}
