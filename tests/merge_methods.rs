@@ -318,6 +318,36 @@ fn edge_cases_zero_task_vectors_density_one_and_the_ends_of_t() {
     for (x, y) in b.iter().zip(&g) {
         assert_eq!(*y, 1.25 * x);
     }
+    // Task vectors pointing exactly opposite ways (2 x base and 0): model_stock's ratio
+    // N cos / (1 + (N - 1) cos) has no finite value, and mergekit keeps the base, per tensor
+    // and per row. So does the reference.
+    let zero = tmp.path().join("zero.safetensors");
+    model(&zero, D::F32, 0, &|_, b| vec![0.0; b.len()]);
+    let opposite = [double.clone(), zero];
+    for (flags, params) in [
+        (vec![], "{}"),
+        (
+            vec!["--param", "filter_wise=true"],
+            r#"{"parameters": {"filter_wise": true}}"#,
+        ),
+    ] {
+        let case = Case {
+            method: "model_stock",
+            base: Some(&base32),
+            models: &opposite,
+            flags: &flags,
+            params,
+            seed: 0,
+        };
+        let out = tmp.path().join("opposite.safetensors");
+        let _ = std::fs::remove_file(&out);
+        merged(&case, &out);
+        reference(&python, &case, &out);
+        let (got, want) = (tensors(&out), tensors(&base32));
+        for (name, w) in &want {
+            assert_eq!(got[name].2, w.2, "{flags:?}: {name} is not the base");
+        }
+    }
 }
 
 fn bytemuck_f32(b: &[u8]) -> Vec<f32> {

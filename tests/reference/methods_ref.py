@@ -303,7 +303,10 @@ def model_stock(glob, base, xs):
             cos.append(np.clip(np.sum(offs[i] * offs[j], axis=-1) / np.maximum(norms, 1e-6), -1, 1))
     c = np.mean(cos, axis=0)[..., None]
     n = len(ws)
-    t = n * c / (1 + (n - 1) * c)
+    # mergekit keeps the base where the ratio has no finite value (opposite task vectors).
+    denominator = 1 + (n - 1) * c
+    singular = np.abs(denominator) < 1e-6
+    t = np.where(singular, 0.0, n * c / np.where(singular, 1.0, denominator))
     out = t * (sum(ws) / n) + (1 - t) * w0
     return out.reshape(shape), (np.abs(base) + sum(np.abs(x) for x in xs)).reshape(shape) * 2
 

@@ -9,10 +9,10 @@ use super::{Param, Sparsify};
 /// a sign first; neither normalizes nor rescales by default.
 ///
 /// Davari and Belilovsky 2024, "Model Breadcrumbs: scaling multi-task model merging with sparse
-/// masks", which masks per layer as here (per tensor) with its `beta` as `gamma`. One
-/// difference from mergekit: when `floor(gamma * n)` is 0 (a tensor under 100 elements at the
-/// default 0.01), mergekit's slice `indices[n_bot:-0]` is empty and the whole task vector is
-/// dropped; here no large magnitude is dropped and the smallest are, as the paper intends.
+/// masks", which masks per layer as here (per tensor) with its `beta` as `gamma`. When
+/// `floor(gamma * n)` is 0 (a tensor under 100 elements at the default 0.01), no large
+/// magnitude is dropped and the smallest are, as the paper intends and as mergekit 0.1.5 does
+/// (older mergekit sliced `indices[n_bot:-0]` and dropped the whole task vector).
 pub const BREADCRUMBS: Trimmed = Trimmed {
     name: "breadcrumbs",
     paper: "https://arxiv.org/abs/2312.06795",

@@ -4,8 +4,9 @@ use super::{BaseUse, Gram, Grouping, Kind, Method, Param, Scope, TensorInfo, Ten
 
 /// Model Stock: with the task vectors `o_i = x_i - base` of `N >= 2` fine-tunes and `cos` the
 /// mean over pairs of `<o_i, o_j> / max(|o_i| |o_j|, 1e-6)` (each clamped to [-1, 1]),
-/// `t = N cos / (1 + (N - 1) cos)` and `out = t * mean(x_i) + (1 - t) * base`. Per tensor, or
-/// per row of the last dimension with `filter_wise: true`.
+/// `t = N cos / (1 + (N - 1) cos)` and `out = t * mean(x_i) + (1 - t) * base`, with `t = 0`
+/// (the base) where `|1 + (N - 1) cos| < 1e-6`, as mergekit guards it. Per tensor, or per row
+/// of the last dimension with `filter_wise: true`.
 ///
 /// Jang et al. 2024, "Model Stock: all we need is just a few fine-tuned models". The paper
 /// derives `t` for one angle shared by every pair; mergekit (followed here) averages the
@@ -61,7 +62,14 @@ impl Method for ModelStock {
                 }
             }
             let cos = sum / pairs as f64;
-            let t = n as f64 * cos / (1.0 + (n as f64 - 1.0) * cos);
+            // Opposite task vectors leave the ratio no finite value: the base is kept, as
+            // mergekit does, instead of an update amplified without bound.
+            let denominator = 1.0 + (n as f64 - 1.0) * cos;
+            let t = if denominator.abs() < 1e-6 {
+                0.0
+            } else {
+                n as f64 * cos / denominator
+            };
             let mut c: Vec<(usize, f64)> = (0..n).map(|i| (i, t / n as f64)).collect();
             c.push((n, 1.0 - t));
             c
