@@ -428,8 +428,17 @@ fn recipes_with_gradients_and_filters_match_the_reference() {
             "task_arithmetic",
             r#"{"parameters": {"lambda": [{"filter": "mlp", "value": [0.5, 2.0]}, {"value": 1.0}]}, "models": [{"weight": 0.6}, {"weight": 0.4}]}"#,
         ),
+        // A true/false list steps over the layers (mergekit selects, never interpolates).
+        (
+            "ties",
+            r#"{"parameters": {"density": 0.5, "normalize": [false, true]}, "models": [{"weight": 0.6}, {"weight": 0.3}]}"#,
+        ),
+        (
+            "model_stock",
+            r#"{"parameters": {"filter_wise": [true, false, false]}, "models": [{}, {}]}"#,
+        ),
     ];
-    for (method, params) in cases {
+    for (i, (method, params)) in cases.into_iter().enumerate() {
         let v: serde_json::Value = serde_json::from_str(params).unwrap();
         let mut text = format!(
             "merge_method: {method}\nbase_model: {}\nrandom_seed: 5\nparameters: {}\nmodels:\n  - model: {}\n",
@@ -440,9 +449,9 @@ fn recipes_with_gradients_and_filters_match_the_reference() {
         for (m, p) in fts.iter().zip(v["models"].as_array().unwrap()) {
             text += &format!("  - model: {}\n    parameters: {p}\n", m.display());
         }
-        let recipe = tmp.path().join(format!("{method}.yaml"));
+        let recipe = tmp.path().join(format!("{method}-{i}.yaml"));
         std::fs::write(&recipe, &text).unwrap();
-        let out = tmp.path().join(format!("{method}-recipe.safetensors"));
+        let out = tmp.path().join(format!("{method}-{i}-recipe.safetensors"));
         let o = run_merge(&[&"--config", &recipe, &"-o", &out, &"-q"]);
         assert!(o.status.success(), "{text}\n{}", stderr(&o));
         reference(

@@ -374,8 +374,8 @@ fn same_path(a: &Path, b: &Path) -> bool {
         )
 }
 
-/// One parameter's value in mergekit's syntax: a number, a bool, a list of numbers (a gradient
-/// over the layers), or a list of `{filter, value}` entries.
+/// One parameter's value in mergekit's syntax: a number, a bool, a list of numbers or bools (a
+/// gradient over the layers), or a list of `{filter, value}` entries.
 fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
     match v {
         Value::Number(n) => n
@@ -385,15 +385,22 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
             .ok_or_else(|| format!("{at} is {n}, not a finite number")),
         Value::Bool(b) => Ok(Setting::Value(if *b { 1.0 } else { 0.0 })),
         Value::Sequence(items) if items.is_empty() => Err(format!("{at} is an empty list")),
-        Value::Sequence(items) if items.iter().all(|x| matches!(x, Value::Number(_))) => items
-            .iter()
-            .enumerate()
-            .map(|(i, x)| match setting(x, &format!("{at}[{i}]"))? {
-                Setting::Value(v) => Ok(v),
-                _ => unreachable!("numbers are values"),
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map(Setting::Gradient),
+        // Numbers, or true/false for a flag's list (mergekit steps through those).
+        Value::Sequence(items)
+            if items
+                .iter()
+                .all(|x| matches!(x, Value::Number(_) | Value::Bool(_))) =>
+        {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| match setting(x, &format!("{at}[{i}]"))? {
+                    Setting::Value(v) => Ok(v),
+                    _ => unreachable!("numbers and bools are values"),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map(Setting::Gradient)
+        }
         Value::Sequence(items) => items
             .iter()
             .enumerate()
@@ -567,8 +574,8 @@ mod tests {
         let w = &r.settings.models[0]["weight"].setting;
         assert_eq!(w, &Setting::Gradient(vec![0.1, 0.9]));
         let d = &r.settings.models[0]["density"].setting;
-        assert_eq!(d.evaluate("layers.0.mlp.w", 0.0), Some(0.3));
-        assert_eq!(d.evaluate("layers.0.attn.w", 0.0), Some(0.5));
+        assert_eq!(d.evaluate("layers.0.mlp.w", 0.0, false), Some(0.3));
+        assert_eq!(d.evaluate("layers.0.attn.w", 0.0, false), Some(0.5));
     }
 
     #[test]

@@ -62,9 +62,17 @@ GTA_KIND = {
 # --- parameters, as mergekit's config.evaluate_setting reads them ---------------------------
 
 
-def evaluate(setting, name, t):
+# Parameters mergekit validates as booleans: a list of them selects, never interpolates.
+FLAGS = {"normalize", "rescale", "int8_mask", "filter_wise", "nuslerp_flatten", "nuslerp_row_wise"}
+
+
+def evaluate(setting, name, t, flag=False):
     if isinstance(setting, (bool, int, float)):
         return float(setting)
+    if all(isinstance(e, (bool, int, float)) for e in setting) and (
+        flag or any(isinstance(e, bool) for e in setting)
+    ):
+        return float(bool(setting[int(t * (len(setting) - 1))]))
     if all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting):
         scaled = t * (len(setting) - 1)
         i0 = int(scaled)
@@ -74,7 +82,7 @@ def evaluate(setting, name, t):
     for cond in setting:
         f = cond.get("filter")
         if f is None or f == "*" or f in name:
-            return evaluate(cond["value"], name, t)
+            return evaluate(cond["value"], name, t, flag)
     return None
 
 
@@ -123,7 +131,7 @@ def resolve(method, params, name, t, k):
                 assert v is not None, f"{p} missing for model {m}"
                 mods[m][p] = float(v)
         else:
-            v = evaluate(top[p], name, t) if p in top else None
+            v = evaluate(top[p], name, t, p in FLAGS) if p in top else None
             glob[p] = float(d if v is None else v)
     return glob, mods
 

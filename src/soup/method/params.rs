@@ -20,10 +20,15 @@ pub enum Setting {
 }
 
 impl Setting {
-    /// The value for a tensor named `tensor` at layer position `t` in [0, 1].
-    pub fn evaluate(&self, tensor: &str, t: f64) -> Option<f64> {
+    /// The value for a tensor named `tensor` at layer position `t` in [0, 1]. A `discrete`
+    /// (true/false) parameter's list steps, `list[floor(t * (len - 1))]`, as mergekit selects
+    /// booleans; a number's list is interpolated.
+    pub fn evaluate(&self, tensor: &str, t: f64, discrete: bool) -> Option<f64> {
         match self {
             Setting::Value(v) => Some(*v),
+            Setting::Gradient(list) if discrete => {
+                Some(list[((t * (list.len() - 1) as f64) as usize).min(list.len() - 1)])
+            }
             Setting::Gradient(list) => {
                 let scaled = t * (list.len() - 1) as f64;
                 let i0 = scaled as usize;
@@ -37,7 +42,7 @@ impl Setting {
                     None | Some("*") => true,
                     Some(f) => tensor.contains(f),
                 })
-                .and_then(|(_, s)| s.evaluate(tensor, t)),
+                .and_then(|(_, s)| s.evaluate(tensor, t, discrete)),
         }
     }
 
@@ -69,6 +74,9 @@ impl Setting {
         match self {
             Setting::Value(v) if flag => serde_json::json!(*v != 0.0),
             Setting::Value(v) => serde_json::json!(v),
+            Setting::Gradient(list) if flag => {
+                serde_json::json!(list.iter().map(|v| *v != 0.0).collect::<Vec<_>>())
+            }
             Setting::Gradient(list) => serde_json::json!(list),
             Setting::Conditional(entries) => serde_json::Value::Array(
                 entries
@@ -211,10 +219,11 @@ impl Settings {
         t: f64,
         base: bool,
     ) -> Result<TensorParams, String> {
-        let eval = |g: Option<&Given>| g.and_then(|g| g.setting.evaluate(tensor, t));
         let mut global = BTreeMap::new();
         let mut models = vec![BTreeMap::new(); self.models.len()];
         for p in method.params() {
+            let discrete = p.kind == Kind::Bool;
+            let eval = |g: Option<&Given>| g.and_then(|g| g.setting.evaluate(tensor, t, discrete));
             match p.scope {
                 Scope::Global => {
                     let v = eval(self.global.get(p.name))
@@ -329,14 +338,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn true_false_lists_step_like_mergekit() {
+        // mergekit selects a boolean's list entry at floor(t * (len - 1)), never between.
+        let g = Setting::Gradient(vec![0.0, 1.0]);
+        assert_eq!(g.evaluate("x", 0.0, true), Some(0.0));
+        assert_eq!(g.evaluate("x", 0.99, true), Some(0.0));
+        assert_eq!(g.evaluate("x", 1.0, true), Some(1.0));
+        let g = Setting::Gradient(vec![1.0, 0.0, 1.0]);
+        assert_eq!(g.evaluate("x", 0.4, true), Some(1.0));
+        assert_eq!(g.evaluate("x", 0.6, true), Some(0.0));
+    }
+
+    #[test]
     fn gradients_interpolate_like_mergekit() {
         let g = Setting::Gradient(vec![0.0, 0.5, 1.0, 0.0]);
-        assert_eq!(g.evaluate("x", 0.0), Some(0.0));
-        assert_eq!(g.evaluate("x", 1.0), Some(0.0));
-        assert_eq!(g.evaluate("x", 0.5), Some(0.75));
-        assert_eq!(g.evaluate("x", 1.0 / 6.0), Some(0.25));
+        assert_eq!(g.evaluate("x", 0.0, false), Some(0.0));
+        assert_eq!(g.evaluate("x", 1.0, false), Some(0.0));
+        assert_eq!(g.evaluate("x", 0.5, false), Some(0.75));
+        assert_eq!(g.evaluate("x", 1.0 / 6.0, false), Some(0.25));
         let one = Setting::Gradient(vec![0.3]);
-        assert_eq!(one.evaluate("x", 0.7), Some(0.3));
+        assert_eq!(one.evaluate("x", 0.7, false), Some(0.3));
     }
 
     #[test]
@@ -346,12 +367,15 @@ mod tests {
             (Some("mlp".into()), Setting::Gradient(vec![0.0, 1.0])),
         ]);
         assert_eq!(
-            c.evaluate("model.layers.0.self_attn.q.weight", 0.5),
+            c.evaluate("model.layers.0.self_attn.q.weight", 0.5, false),
             Some(0.1)
         );
-        assert_eq!(c.evaluate("model.layers.0.mlp.up.weight", 0.5), Some(0.5));
-        assert_eq!(c.evaluate("model.norm.weight", 0.5), None);
+        assert_eq!(
+            c.evaluate("model.layers.0.mlp.up.weight", 0.5, false),
+            Some(0.5)
+        );
+        assert_eq!(c.evaluate("model.norm.weight", 0.5, false), None);
         let star = Setting::Conditional(vec![(Some("*".into()), Setting::Value(2.0))]);
-        assert_eq!(star.evaluate("anything", 0.0), Some(2.0));
+        assert_eq!(star.evaluate("anything", 0.0, false), Some(2.0));
     }
 }
