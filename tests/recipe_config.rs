@@ -112,16 +112,18 @@ fn a_recipe_to_a_directory_records_itself_in_the_card() {
     let m = inputs(tmp.path());
     let base = tmp.path().join("base");
     std::fs::create_dir(&base).unwrap();
-    write(
-        &base.join("model.safetensors"),
-        &[spec("a.weight", D::F32, &[1], vec![0; 4])],
-    );
+    // linear doesn't use a base: mergekit merges base_model as one more model, with the
+    // top-level weight, and it is the config source.
+    std::fs::copy(&m[0], base.join("model.safetensors")).unwrap();
     std::fs::write(base.join("config.json"), "{\"torch_dtype\": \"float32\"}").unwrap();
     std::fs::write(base.join("tokenizer.json"), "{}").unwrap();
     let text = linear(
         &m,
         &["1", "1", "1"],
-        &format!("base_model: {}\ndtype: bfloat16\n", base.display()),
+        &format!(
+            "base_model: {}\nparameters: {{weight: 1}}\ndtype: bfloat16\n",
+            base.display()
+        ),
     );
     let r = recipe(tmp.path(), "soup.yaml", &text);
     let out = tmp.path().join("soup");
@@ -134,7 +136,19 @@ fn a_recipe_to_a_directory_records_itself_in_the_card() {
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["torch_dtype"], "bfloat16");
     assert!(out.join("tokenizer.json").is_file());
-    assert_eq!(read(&out.join("model.safetensors"))["a.weight"].0, D::BF16);
+    let soup = read(&out.join("model.safetensors"));
+    assert_eq!(soup["a.weight"].0, D::BF16);
+    // Four models, the base among them: the same bytes as the flags' soup of all four.
+    let flags = tmp.path().join("flags.safetensors");
+    let o = soup_merge()
+        .args(&m)
+        .arg(base.join("model.safetensors"))
+        .args(["--normalize", "--dtype", "bf16", "-o"])
+        .arg(&flags)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(soup, read(&flags));
 }
 
 fn refused(dir: &Path, text: &str, says: &[&str]) {
@@ -233,20 +247,22 @@ fn config_conflicts_with_inputs_and_weights_on_the_command_line() {
 }
 
 #[test]
-fn a_hub_base_model_is_named_as_written_in_the_card() {
+fn a_hub_base_model_is_refused_since_nothing_is_downloaded() {
     let tmp = tempfile::tempdir().unwrap();
     let m = inputs(tmp.path());
     let text = linear(
         &m[..2],
         &["1", "1"],
-        "base_model: mistralai/Mistral-7B-v0.1\n",
+        "base_model: mistralai/Mistral-7B-v0.1\nparameters: {weight: 1}\n",
     );
     let r = recipe(tmp.path(), "hub.yaml", &text);
     let out = tmp.path().join("soup");
-    ok(&[&"--config", &r, &"-o", &out]);
-    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    let o = run_merge(&[&"--config", &r, &"-o", &out]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
     assert!(
-        card.contains("base_model:\n- mistralai/Mistral-7B-v0.1\n"),
-        "{card}"
+        err.contains("mistralai/Mistral-7B-v0.1") && err.contains("does not download"),
+        "{err}"
     );
+    assert!(!out.exists());
 }

@@ -125,11 +125,16 @@ impl Sandbox {
             "merge_method: linear\nmodels:\n  - model: a.safetensors\n    parameters: {weight: 1.0}\n  - model: b.safetensors\n    parameters: {weight: 1.0}\n",
         )
         .unwrap();
-        // A recipe whose method has no base: its base_model is only the config source, and
-        // still something the run reads.
+        // A recipe whose method has no base: mergekit merges its base_model as one more
+        // model, and it is the config source; something the run reads either way.
+        std::fs::copy(
+            root.join("b.safetensors"),
+            root.join("base/model.safetensors"),
+        )
+        .unwrap();
         std::fs::write(
             root.join("recipe_base.yaml"),
-            "merge_method: linear\nbase_model: base\nmodels:\n  - model: a.safetensors\n  - model: b.safetensors\n",
+            "merge_method: linear\nbase_model: base\nparameters: {weight: 1.0}\nmodels:\n  - model: a.safetensors\n  - model: b.safetensors\n",
         )
         .unwrap();
         std::fs::create_dir_all(root.join("project/.git")).unwrap();

@@ -6,7 +6,8 @@
 //!
 //! ```yaml
 //! merge_method: ties            # any registered method (soup-merge --help lists them)
-//! base_model: ./base            # the base of methods that use one; else the config source
+//! base_model: ./base            # the base of methods that use one; else one more model (as
+//!                               # mergekit merges it), and the config source
 //! models:
 //!   - model: ./fine-tune-a      # a local .safetensors file or model directory
 //!     parameters:
@@ -220,6 +221,17 @@ impl Recipe {
             paths.push(model);
             per_model.push(params);
         }
+        // mergekit merges a base_model that the method doesn't use as one more model, after
+        // the listed ones, with the top-level parameters only (its normalize_config), unless
+        // a models entry already names it.
+        let mut base_added = false;
+        if let Some(b) = base_model.as_deref().filter(|_| !base_used) {
+            if !paths.iter().any(|p| same_path(Path::new(b), p)) {
+                paths.push(PathBuf::from(b));
+                per_model.push(Vec::new());
+                base_added = true;
+            }
+        }
 
         let mut settings = Settings::new(paths.len());
         for (name, s, at) in global {
@@ -233,21 +245,30 @@ impl Recipe {
         // Layer counts are only known from the inputs' headers; the plan checks gradient
         // lengths against them.
         settings.check(method, u64::MAX).map_err(fail)?;
+        let as_one_more =
+            "base_model is merged as one more model, as mergekit does for a method without a base";
         if method.name() == "linear" {
             for m in 0..paths.len() {
                 if !settings.models[m].contains_key("weight")
                     && !settings.global.contains_key("weight")
                 {
-                    return Err(fail(format!(
-                        "models[{m}] has no parameters.weight (and there is no default parameters.weight)"
-                    )));
+                    return Err(fail(if base_added && m + 1 == paths.len() {
+                        format!("{as_one_more}, and it has no weight: give a top-level parameters.weight, list it under models with its weight, or leave base_model out")
+                    } else {
+                        format!("models[{m}] has no parameters.weight (and there is no default parameters.weight)")
+                    }));
                 }
             }
         }
         let has_base = base_used && base_model.is_some();
-        method
-            .check_models(paths.len(), has_base)
-            .map_err(|e| fail(format!("merge_method {}: {e}", method.name())))?;
+        method.check_models(paths.len(), has_base).map_err(|e| {
+            let why = if base_added {
+                format!(" ({as_one_more}; leave base_model out)")
+            } else {
+                String::new()
+            };
+            fail(format!("merge_method {}: {e}{why}", method.name()))
+        })?;
         if method.base() == method::BaseUse::Required && base_model.is_none() {
             return Err(fail(format!(
                 "merge_method {} needs a base_model",
@@ -545,15 +566,32 @@ mod tests {
 
     #[test]
     fn reads_a_linear_recipe_with_mergekit_defaults() {
-        let r = parse(
-            "merge_method: linear\nbase_model: b\nmodels:\n  - model: x\n    parameters:\n      weight: 3\n  - model: y\n    parameters: {weight: 1.0}\ndtype: bfloat16\n",
-        )
-        .unwrap();
+        let two = "models:\n  - model: x\n    parameters:\n      weight: 3\n  - model: y\n    parameters: {weight: 1.0}\n";
+        let r = parse(&format!("merge_method: linear\n{two}dtype: bfloat16\n")).unwrap();
         assert_eq!(r.models, [PathBuf::from("x"), PathBuf::from("y")]);
         assert_eq!(r.linear_weights().unwrap().unwrap(), [0.75, 0.25]);
         assert_eq!(r.dtype, Some(Dtype::BF16));
+        // A base_model that linear doesn't use is one more model, as mergekit merges it, with
+        // the top-level parameters; without a weight for it, that is an error.
+        let e = err(&format!("merge_method: linear\nbase_model: b\n{two}"));
+        assert!(
+            e.contains("one more model") && e.contains("no weight"),
+            "{e}"
+        );
+        let r = parse(&format!(
+            "merge_method: linear\nbase_model: b\nparameters: {{weight: 1}}\n{two}"
+        ))
+        .unwrap();
+        assert_eq!(r.models, ["x", "y", "b"].map(PathBuf::from));
+        assert_eq!(r.linear_weights().unwrap().unwrap(), [0.6, 0.2, 0.2]);
         assert_eq!(r.base_model.as_deref(), Some("b"));
         assert!(!r.base_is_ingredient());
+        // Listed among the models, it is merged once.
+        let r = parse("merge_method: linear\nbase_model: y\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n").unwrap();
+        assert_eq!(r.models, ["x", "y"].map(PathBuf::from));
+        // passthrough takes one model, so a base_model is refused, naming why.
+        let e = err("merge_method: passthrough\nbase_model: b\nmodels: [{model: x}]\n");
+        assert!(e.contains("one more model"), "{e}");
         let r = parse("merge_method: linear\nparameters: {normalize: false, weight: 2}\nmodels: [{model: x}, {model: y}]\ndtype: float16\nout_dtype: float32\n").unwrap();
         assert_eq!(r.linear_weights().unwrap().unwrap(), [2.0, 2.0]);
         assert_eq!(r.dtype, Some(Dtype::F32));
