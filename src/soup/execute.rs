@@ -536,9 +536,9 @@ fn explain_non_finite(
 
 /// Why finite inputs gave a non-finite output of `dtype`, and what helps: a wider type only
 /// where one exists, and the method's own arithmetic when a method beyond the weighted sum
-/// made it (model_stock divides by `1 + (N-1) cos`, zero for opposite task vectors).
+/// made it.
 fn non_finite_cause(dtype: Dtype, by_method: bool) -> String {
-    let method = "the merge method's own arithmetic (model_stock's ratio, say, divides by zero when the task vectors point opposite ways); check the method's parameters and inputs";
+    let method = "the merge method's own arithmetic (a large lambda, say); check the method's parameters and inputs";
     let wider = match dtype {
         Dtype::F16 => Some("bf16, f32 or f64"),
         Dtype::BF16 | Dtype::F32 => Some("f64"),
