@@ -639,21 +639,6 @@ fn invalid_parameters_are_clear_errors() {
         "epsilon 0.2 with density 0.1",
     );
     refused(
-        &[
-            &"--method",
-            &"ties",
-            &"--base",
-            &base,
-            a,
-            &"--density",
-            &"0.001",
-            &"-o",
-            &out,
-        ],
-        &out,
-        "keeps no element",
-    );
-    refused(
         &[&"--method", &"karcher", a, b, &"-o", &out],
         &out,
         "--method karcher is not a merge method",

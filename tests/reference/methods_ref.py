@@ -198,7 +198,8 @@ def sparsify(kind, d, p, key, rescale):
     n = flat.size
     mask = np.zeros(n)
     if kind == "magnitude":
-        k = int(density * n)
+        # mergekit keeps at least one element of a nonempty tensor.
+        k = max(1, int(density * n))
         mask[np.argsort(-flat, kind="stable")[:k]] = 1
     elif kind == "outliers":
         target, top = int(density * n), int(p["gamma"] * n)

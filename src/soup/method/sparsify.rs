@@ -22,8 +22,9 @@ use crate::soup::kernel::{self, pack_flags, RankKey, Real, CHUNK_ELEMENTS};
 /// How a task vector is trimmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sparsify {
-    /// Keep the `floor(density * n)` largest magnitudes (TIES). Among equal magnitudes at the
-    /// threshold the lower flat indices are kept (torch's unstable sort leaves this open).
+    /// Keep the `floor(density * n)` largest magnitudes, at least one (TIES; mergekit keeps one
+    /// of a tensor too small for the density). Among equal magnitudes at the threshold the
+    /// lower flat indices are kept (torch's unstable sort leaves this open).
     Magnitude,
     /// Keep each element with probability `density` (DARE).
     Random,
@@ -50,10 +51,6 @@ impl Sparsify {
             return Ok(());
         }
         match self {
-            Sparsify::Magnitude if ((density * n as f64) as u64) == 0 => Err(format!(
-                "density {density} keeps no element of a tensor of {n}; raise density to at least {}",
-                1.0 / n as f64
-            )),
             Sparsify::DellaMagprune if density + epsilon >= 1.0 || density - epsilon <= 0.0 => {
                 Err(format!(
                     "epsilon {epsilon} with density {density} gives keep probabilities outside (0, 1); choose epsilon below min(density, 1 - density)"
@@ -395,9 +392,12 @@ fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Tri
 
 /// TIES (`Magnitude`) and breadcrumbs (`MagnitudeOutliers`): one or two thresholds by rank.
 fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
-    let kept = (spec.density * n as f64) as usize;
+    let mut kept = (spec.density * n as f64) as usize;
+    if spec.method == Sparsify::Magnitude {
+        kept = kept.max(1);
+    }
     if kept == 0 {
-        // Only breadcrumbs gets here (the plan refuses it for TIES): nothing survives.
+        // Only breadcrumbs gets here: nothing survives.
         return Trim {
             keep: Keep::Bits(vec![0; n.div_ceil(64)]),
             scale: 1.0,
@@ -1231,10 +1231,10 @@ mod tests {
         order
     }
 
-    /// TIES by sorting: the `kept` largest, lower indices first among equals.
+    /// TIES by sorting: the `kept` largest (at least one), lower indices first among equals.
     fn magnitude_by_sorting(values: &[f64], density: f64) -> Vec<bool> {
         let n = values.len();
-        let kept = (density * n as f64) as usize;
+        let kept = ((density * n as f64) as usize).max(1);
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| values[b].abs().total_cmp(&values[a].abs()).then(a.cmp(&b)));
         let mut out = vec![false; n];
@@ -1293,6 +1293,10 @@ mod tests {
             (tied(n, 7, 5), 0.9999),
             (vec![0.0; n], 0.4),
             (tied(5000, 3, 9), 0.37),
+            // Too small a density for the tensor: the largest magnitude is kept, as mergekit
+            // keeps one.
+            (spread(7, 11), 0.1),
+            (spread(1, 12), 0.5),
         ] {
             let want = magnitude_by_sorting(&values, density);
             assert_eq!(
