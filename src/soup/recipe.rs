@@ -405,19 +405,33 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
             .map(Setting::Value)
             .ok_or_else(|| format!("{at} is {n}, not a finite number")),
         Value::Bool(b) => Ok(Setting::Value(if *b { 1.0 } else { 0.0 })),
+        // mergekit reads YAML 1.1 (PyYAML), where yes/no/on/off are booleans, and pydantic
+        // takes a quoted number as the number; this reader is YAML 1.2, so both are strings.
+        Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
+            "yes" | "on" | "y" | "true" => Ok(Setting::Value(1.0)),
+            "no" | "off" | "n" | "false" => Ok(Setting::Value(0.0)),
+            number => number
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Setting::Value)
+                .ok_or_else(|| format!("{at} is {}, not a number, true/false or a list", show(v))),
+        },
+        // One {filter, value} entry on its own, as mergekit takes it: a list of one.
+        Value::Mapping(_) => setting(&Value::Sequence(vec![v.clone()]), at),
         Value::Sequence(items) if items.is_empty() => Err(format!("{at} is an empty list")),
         // Numbers, or true/false for a flag's list (mergekit steps through those).
         Value::Sequence(items)
             if items
                 .iter()
-                .all(|x| matches!(x, Value::Number(_) | Value::Bool(_))) =>
+                .all(|x| matches!(x, Value::Number(_) | Value::Bool(_) | Value::String(_))) =>
         {
             items
                 .iter()
                 .enumerate()
                 .map(|(i, x)| match setting(x, &format!("{at}[{i}]"))? {
                     Setting::Value(v) => Ok(v),
-                    _ => unreachable!("numbers and bools are values"),
+                    _ => unreachable!("numbers, bools and their strings are values"),
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map(Setting::Gradient)
@@ -614,6 +628,30 @@ mod tests {
         let d = &r.settings.models[0]["density"].setting;
         assert_eq!(d.evaluate("layers.0.mlp.w", 0.0, false), Some(0.3));
         assert_eq!(d.evaluate("layers.0.attn.w", 0.0, false), Some(0.5));
+    }
+
+    #[test]
+    fn reads_values_as_mergekit_does_through_pyyaml_and_pydantic() {
+        let r = parse(
+            "merge_method: ties\nbase_model: b\nmodels:\n  - model: x\n    parameters:\n      weight: {filter: mlp, value: '0.25'}\nparameters: {normalize: 'off', density: '0.5', weight: 1}\n",
+        )
+        .unwrap();
+        let get = |m: Option<usize>, k: &str, name: &str| {
+            let s = match m {
+                Some(m) => &r.settings.models[m][k].setting,
+                None => &r.settings.global[k].setting,
+            };
+            s.evaluate(name, 0.0, false)
+        };
+        assert_eq!(get(None, "normalize", "w"), Some(0.0));
+        assert_eq!(get(None, "density", "w"), Some(0.5));
+        assert_eq!(get(Some(0), "weight", "layers.0.mlp.w"), Some(0.25));
+        assert_eq!(get(Some(0), "weight", "layers.0.attn.w"), None);
+        let e = err("merge_method: linear\nparameters: {weight: lots}\nmodels: [{model: x}]\n");
+        assert!(
+            e.contains("parameters.weight") && e.contains("not a number"),
+            "{e}"
+        );
     }
 
     #[test]
