@@ -149,33 +149,28 @@ fn an_overflow_to_the_output_dtype_is_the_outputs_doing() {
     assert!(warnings[0]["input"].is_null());
     let message = warnings[0]["message"].as_str().unwrap();
     assert!(message.contains("--dtype bf16"), "names the fix: {message}");
-    // Beyond f32's range, only f64 is wider; bf16 is never advised for an F32 output.
+    // The advice follows the output dtype: beyond f32's range only f64 is wider (bf16 is
+    // never advised for an F32 output), and beyond f64's no type is: the advice is the weights.
+    let advice = |x: &Path, y: &Path, out: &str| -> String {
+        let out = dir.path().join(out);
+        let o = run_merge(&[&x, &y, &"-w", &"1,1", &"-o", &out, &"--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v = json(&o);
+        v["warnings"][0]["message"].as_str().unwrap().to_string()
+    };
     let [c, d] = pair(dir.path(), &[3e38, 1.0], &[3e38, 1.0]);
-    let f32_out = dir.path().join("f32.safetensors");
-    let o = run_merge(&[&c, &d, &"-w", &"1,1", &"-o", &f32_out, &"--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let message = json(&o)["warnings"][0]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = advice(&c, &d, "f32.safetensors");
     assert!(
         message.contains("--dtype f64") && !message.contains("bf16"),
         "{message}"
     );
-    // Beyond f64's range, no type is wider: the advice is the weights.
     let one = |name: &str, v: f64| {
         let path = dir.path().join(name);
         write(&path, &[spec("w", D::F64, &[1], encode(D::F64, &[v]))]);
         path
     };
     let (e, f) = (one("e.safetensors", 1e308), one("f.safetensors", 1e308));
-    let f64_out = dir.path().join("f64.safetensors");
-    let o = run_merge(&[&e, &f, &"-w", &"1,1", &"-o", &f64_out, &"--json"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let message = json(&o)["warnings"][0]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = advice(&e, &f, "f64.safetensors");
     assert!(
         message.contains("float64") && message.contains("weights") && !message.contains("--dtype"),
         "{message}"
