@@ -282,14 +282,27 @@ fn outputs_are_never_inputs_and_never_silently_replaced() {
         stderr(&o)
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
-    let o = soup_merge()
-        .arg(&a)
-        .arg(&b)
-        .arg("-o")
-        .arg(&out)
-        .arg("--force")
-        .output()
-        .unwrap();
+    let merge = |force: bool| {
+        let mut cmd = soup_merge();
+        cmd.arg(&a).arg(&b).arg("-o").arg(&out);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().unwrap()
+    };
+    // Nor with --force: the tool did not write it.
+    let o = merge(true);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not an output of this tool"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    // An earlier soup is replaced with --force.
+    std::fs::remove_file(&out).unwrap();
+    assert!(merge(false).status.success());
+    let o = merge(true);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(read(&out).len(), 2);
 }

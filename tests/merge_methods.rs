@@ -858,3 +858,75 @@ fn dry_runs_plan_methods_from_headers() {
     assert!(plan.iter().any(|t| t["action"] == "copy"));
     assert_eq!(v["inputs"][0]["path"], base.to_str().unwrap());
 }
+
+#[test]
+fn every_method_takes_empty_scalar_and_one_element_tensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let odd = |name: &str, v: f32| {
+        let path = tmp.path().join(name);
+        let f32s = |xs: &[f32]| xs.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        write(
+            &path,
+            &[
+                spec("empty", D::F32, &[0, 4], Vec::new()),
+                spec("scalar", D::F32, &[], f32s(&[v])),
+                spec("one", D::BF16, &[1], encode(D::BF16, &[v as f64])),
+                spec(
+                    "w",
+                    D::F32,
+                    &[3, 2],
+                    f32s(&[v, -v, 0.5, 1.0, v * 2.0, -1.0]),
+                ),
+            ],
+        );
+        path
+    };
+    let base = odd("base.safetensors", 0.25);
+    let models = [odd("a.safetensors", 1.5), odd("b.safetensors", -0.75)];
+    for (method, flags) in [
+        ("linear", vec![]),
+        ("task_arithmetic", vec![]),
+        ("ties", vec!["--density", "0.5"]),
+        ("dare_linear", vec!["--density", "0.5"]),
+        (
+            "dare_ties",
+            vec!["--density", "0.5", "--param", "rescale=false"],
+        ),
+        ("della", vec!["--density", "0.5", "--epsilon", "0.1"]),
+        ("della_linear", vec!["--density", "0.5", "--epsilon", "0.1"]),
+        ("breadcrumbs", vec!["--density", "0.5", "--gamma", "0.2"]),
+        ("breadcrumbs_ties", vec!["--density", "0.5"]),
+        ("nuslerp", vec![]),
+        ("model_stock", vec![]),
+    ] {
+        let out = tmp.path().join(format!("{method}.safetensors"));
+        let mut cmd = soup_merge();
+        cmd.args(["--method", method]);
+        if method != "linear" {
+            cmd.arg("--base").arg(&base);
+        }
+        let o = cmd
+            .args(&models)
+            .args(&flags)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let got = tensors(&out);
+        assert_eq!(got["empty"].1, [0, 4], "{method}");
+        assert!(got["empty"].2.is_empty(), "{method}");
+        assert_eq!(got["scalar"].1, Vec::<usize>::new(), "{method}");
+    }
+    for (method, model) in [("slerp", &models[0]), ("passthrough", &models[1])] {
+        let out = tmp.path().join(format!("{method}.safetensors"));
+        let mut cmd = soup_merge();
+        cmd.args(["--method", method]);
+        if method == "slerp" {
+            cmd.arg("--base").arg(&base).args(["--t", "0.3"]);
+        }
+        let o = cmd.arg(model).arg("-o").arg(&out).output().unwrap();
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        assert!(tensors(&out)["empty"].2.is_empty());
+    }
+}

@@ -495,27 +495,29 @@ fn a_failed_directory_merge_leaves_nothing_and_force_replaces_safely() {
     );
     nothing_left(tmp.path(), "out");
 
-    // An existing directory is refused without --force and left as it was.
+    // Another tool's model directory is not replaced, even with --force.
     std::fs::create_dir(&out).unwrap();
-    std::fs::write(out.join("model.safetensors"), "old").unwrap();
+    std::fs::copy(&files[1], out.join("model.safetensors")).unwrap();
+    fails(
+        &[&files[0], &files[1], &"--force", &"-o", &out],
+        &["not an output of this tool"],
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+    // An earlier soup is refused without --force and left as it was.
+    ok(&[&files[0], &files[2], &"-o", &out, &"-q"]);
     std::fs::write(out.join("config.json"), "{}").unwrap();
+    let old = std::fs::read(out.join("model.safetensors")).unwrap();
     fails(
         &[&files[0], &files[1], &"-o", &out],
         &["already exists", "--force"],
     );
-    assert_eq!(
-        std::fs::read_to_string(out.join("model.safetensors")).unwrap(),
-        "old"
-    );
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), old);
     // A failed --force run leaves the old directory untouched too.
     fails(
         &[&files[0], &other, &"--strict", &"--force", &"-o", &out],
         &["--strict"],
     );
-    assert_eq!(
-        std::fs::read_to_string(out.join("model.safetensors")).unwrap(),
-        "old"
-    );
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), old);
     // A directory holding anything but model files is never replaced, even with --force.
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
     fails(
@@ -531,6 +533,7 @@ fn a_failed_directory_merge_leaves_nothing_and_force_replaces_safely() {
     ok(&[&files[0], &files[1], &"--force", &"-o", &out]);
     assert!(!out.join("config.json").exists());
     assert!(out.join("model.safetensors").is_file());
+    assert_ne!(std::fs::read(out.join("model.safetensors")).unwrap(), old);
     let left: Vec<String> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -363,8 +363,9 @@ pub struct GreedyArgs {
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
 
-    /// Replace an existing -o (or --plot) that this tool could have written: a regular file,
-    /// or a directory of model files. Inputs, datasets and anything else are never replaced.
+    /// Replace an existing -o (or --plot) that this tool wrote itself: a soup, a directory of
+    /// model files or a plot that carries its mark. Inputs, datasets and anything else are
+    /// never replaced.
     #[arg(short, long)]
     pub force: bool,
 

@@ -21,7 +21,8 @@ pub fn svg(report: &Report, title: &str) -> Result<String> {
     }
     let mut text = String::new();
     draw(report, title, &mut text).map_err(|e| Error::Plot(e.to_string()))?;
-    Ok(text)
+    // The mark lets a later --force tell this plot from a file it must not replace.
+    Ok(format!("{}{text}", model_soup::format::PLOT_MARK))
 }
 
 /// Renders every row's validation score as a dot on one axis, a row per model, best on top
@@ -29,7 +30,8 @@ pub fn svg(report: &Report, title: &str) -> Result<String> {
 pub fn ranking_svg<M: Measure>(report: &Report<M>, title: &str) -> Result<String> {
     let mut text = String::new();
     draw_ranking(report, title, &mut text).map_err(|e| Error::Plot(e.to_string()))?;
-    Ok(text)
+    // The mark lets a later --force tell this plot from a file it must not replace.
+    Ok(format!("{}{text}", model_soup::format::PLOT_MARK))
 }
 
 fn draw_ranking<M: Measure>(

@@ -361,6 +361,9 @@ mod tests {
     #[test]
     fn plot_is_an_svg_with_every_marked_row() {
         let svg = crate::plot::svg(&report(), "title").unwrap();
+        let svg = svg
+            .strip_prefix(model_soup::format::PLOT_MARK)
+            .expect("the plot starts with the tool's mark");
         assert!(svg.starts_with("<svg"));
         assert!(
             svg.contains("ensemble")

@@ -171,7 +171,11 @@ fn report_greedy_accuracy_equals_score_of_the_written_file() {
     assert_eq!(scored["ingredients"], report["ingredients"]);
 
     let svg = std::fs::read_to_string(&plot).unwrap();
-    assert!(svg.starts_with("<svg"));
+    // The tool's mark, an XML comment, then the SVG.
+    assert!(
+        svg.starts_with("<!-- written by model-soup -->\n<svg"),
+        "{svg}"
+    );
     for label in ["greedy soup", "uniform soup", "ensemble", "ft-lr2e-3-long"] {
         assert!(svg.contains(label), "the plot lacks '{label}'");
     }

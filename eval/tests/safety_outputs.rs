@@ -152,8 +152,20 @@ impl Sandbox {
         std::os::unix::fs::symlink("/dev/null", root.join("devnull.safetensors")).unwrap();
         std::fs::hard_link(root.join("a.safetensors"), root.join("hard_a.safetensors")).unwrap();
         std::fs::create_dir(root.join("sub")).unwrap();
-        // Outputs an earlier run could have written: replaceable with --force.
-        std::fs::copy(root.join("b.safetensors"), root.join("old.safetensors")).unwrap();
+        // Outputs an earlier run wrote, with the tool's mark: replaceable with --force.
+        let o = merge_str(
+            root,
+            &[
+                "a.safetensors",
+                "poor.safetensors",
+                "-o",
+                "old.safetensors",
+                "-q",
+            ],
+        );
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        // Another tool's checkpoint, not an input of any run: never replaced.
+        std::fs::copy(root.join("b.safetensors"), root.join("theirs.safetensors")).unwrap();
         std::fs::set_permissions(
             root.join("old.safetensors"),
             PermissionsExt::from_mode(0o600),
@@ -416,7 +428,7 @@ fn no_output_may_touch_what_the_run_reads_in_any_role() {
 }
 
 #[test]
-fn force_replaces_only_what_the_tool_could_have_written_and_keeps_its_mode() {
+fn force_replaces_only_what_the_tool_wrote_and_keeps_its_mode() {
     let s = Sandbox::new();
     // Someone's project is not a model directory, whatever --force says.
     let o = only_changes(&s, &[], |d| {
@@ -476,8 +488,20 @@ fn force_replaces_only_what_the_tool_could_have_written_and_keeps_its_mode() {
     });
     assert!(o.status.success(), "{}", common::stderr(&o));
     assert!(s.root().join("oldsoup/model.safetensors").is_file());
+    // Files the tools did not create are not theirs to replace, --force or not: another
+    // tool's checkpoint as -o, notes as --plot.
+    let o = only_changes(&s, &[], |d| {
+        merge_str(d, &["a.safetensors", "-o", "theirs.safetensors", "--force"])
+    });
+    refused(&o, &["not an output of this tool"]);
+    std::fs::write(s.root().join("notes.svg"), "<svg>my drawing</svg>").unwrap();
+    let o = only_changes(&s, &[], |d| {
+        eval_str(d, &eval_args("report", &["--plot", "notes.svg", "--force"]))
+    });
+    refused(&o, &["not an output of this tool"]);
     // The plot replaces an earlier plot, keeping its mode too.
-    std::fs::write(s.root().join("p.svg"), "old").unwrap();
+    let o = eval_str(s.root(), &eval_args("report", &["--plot", "p.svg"]));
+    assert!(o.status.success(), "{}", common::stderr(&o));
     std::fs::set_permissions(s.root().join("p.svg"), PermissionsExt::from_mode(0o640)).unwrap();
     let o = eval_str(
         s.root(),
@@ -865,6 +889,7 @@ fn random_combinations_of_roles_change_nothing_but_a_legitimate_output() {
         "sub/../ftA",
         "secret.txt",
         "old.safetensors",
+        "theirs.safetensors",
         "oldsoup",
         "fresh.safetensors",
         "FRESH.SAFETENSORS",

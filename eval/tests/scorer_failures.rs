@@ -435,11 +435,11 @@ fn a_users_file_with_a_candidates_name_is_never_replaced() {
     );
     assert_eq!(std::fs::read(&theirs).unwrap(), b"my notes, not a soup");
     // A killed run's leftover carries the tool's mark: it is replaced, and the run goes on.
+    std::fs::remove_file(&theirs).unwrap();
     let o = common::soup_merge()
         .args([&world.ingredients[0], &world.ingredients[1]])
         .arg("-o")
         .arg(&theirs)
-        .arg("--force")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", common::stderr(&o));

@@ -203,7 +203,11 @@ fn scorer_json_reads_a_field_and_report_adds_the_uniform_soup_and_a_plot() {
     assert!(close(uniform, expected_score(&all)));
     assert!(report["ensemble"].is_null());
     let svg = std::fs::read_to_string(&plot).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("greedy soup") && svg.contains("ft-a"));
+    assert!(
+        svg.starts_with("<!-- written by model-soup -->\n<svg")
+            && svg.contains("greedy soup")
+            && svg.contains("ft-a")
+    );
 }
 
 #[test]

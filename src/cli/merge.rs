@@ -28,9 +28,10 @@ Safety:
   The output never replaces anything the merge reads (an input, shard, index, --base, --config
   or companion file), whether named directly, through a symbolic link, `..` or a hard link,
   and never lands inside an input's model directory. Devices, FIFOs, sockets and links are
-  never replaced. --force replaces only what soup-merge could have written: a regular file for
-  a .safetensors output, a directory holding nothing but model files for a directory output;
-  the replacement keeps the old one's permissions.
+  never replaced. --force replaces only what soup-merge wrote itself: a soup that carries its
+  model-soup mark for a .safetensors output, a directory holding nothing but model files, with
+  marked weights, for a directory output (another tool's checkpoint is refused); the
+  replacement keeps the old one's permissions.
 
 Model directories:
   An input may be a Hugging Face model directory: its model.safetensors, or its
@@ -179,8 +180,9 @@ pub struct Args {
     #[arg(long)]
     pub strict: bool,
 
-    /// Replace an existing output that soup-merge could have written: a regular file, or a
-    /// directory holding only model files. Inputs, links and special files are never replaced.
+    /// Replace an existing output that soup-merge wrote itself (a soup, or a directory of model
+    /// files, that carries its mark). Inputs, other files, links and special files are never
+    /// replaced.
     #[arg(short, long)]
     pub force: bool,
 

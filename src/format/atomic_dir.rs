@@ -203,6 +203,15 @@ mod tests {
         check(&[request], &Reads::new(), force).unwrap().remove(0)
     }
 
+    /// A soup as the tool writes one, as far as its mark goes: a safetensors header whose
+    /// metadata names model-soup, and no tensors.
+    fn marked_soup(path: &Path) {
+        let header = br#"{"__metadata__":{"model_soup.tool":"model-soup test"}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        std::fs::write(path, bytes).unwrap();
+    }
+
     fn names(dir: &Path) -> Vec<String> {
         let mut n: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -250,7 +259,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("model");
         std::fs::create_dir(&dest).unwrap();
-        std::fs::write(dest.join("model.safetensors"), "old").unwrap();
+        marked_soup(&dest.join("model.safetensors"));
         std::fs::write(dest.join("config.json"), "{}").unwrap();
         let dir = AtomicDir::create(&target(&dest, true)).unwrap();
         dir.write_file("new", b"y").unwrap();
@@ -264,7 +273,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("model");
         std::fs::create_dir(&dest).unwrap();
-        std::fs::write(dest.join("model.safetensors"), "old").unwrap();
+        marked_soup(&dest.join("model.safetensors"));
         let dir = AtomicDir::create(&target(&dest, true)).unwrap();
         std::fs::write(dest.join("notes.txt"), "mine").unwrap();
         let e = dir.commit().unwrap_err().to_string();

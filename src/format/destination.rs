@@ -7,8 +7,8 @@
 //!   reads, in any role, nor to another output of the same run; a directory output never holds
 //!   anything the run reads, and no output lands inside a model directory the run reads;
 //! - devices, FIFOs, sockets and symbolic links are never replaced, even with `--force`;
-//! - `--force` replaces only what the tool could have written itself: a regular file for a file
-//!   output, and for a directory output a directory of model files and nothing else;
+//! - `--force` replaces only what the tool wrote itself: a soup or plot that carries its mark,
+//!   and for a directory output a directory of model files, and nothing else, whose weights do;
 //! - a replacement keeps the mode of what it replaces, so it is never more permissive.
 
 use std::fs::{self, Metadata};
@@ -381,6 +381,15 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
         }
         (OutputKind::Directory, true) => foreign_entry(&dest, &dest.path)?,
         (OutputKind::File, false) => {}
+    }
+    // Only the tool's own outputs: a soup or a directory of them carries the model-soup mark
+    // in its header, a plot on its first line. Another tool's checkpoint, or any other file
+    // that happens to be there, was not created here and is not replaced.
+    if !super::writer::written_by_this_tool(&dest.path) {
+        return refuse(format!(
+            "exists and is not an output of this tool (its soups and plots carry a model-soup mark); --force replaces only those: move it away or choose another {}",
+            request.flag
+        ));
     }
     dest.mode = Some(meta.mode() & 0o7777);
     Ok(dest)

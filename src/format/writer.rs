@@ -278,6 +278,14 @@ fn is_marked_dir(dir: &Path) -> bool {
         .is_ok_and(|m| m.is_file())
 }
 
+fn is_marked_plot(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; PLOT_MARK.len()];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == PLOT_MARK.as_bytes())
+}
+
 /// Whether a file starts with a safetensors header whose metadata names this tool, as every
 /// soup this tool writes does from its first write on.
 fn is_marked_file(path: &Path) -> bool {
@@ -305,12 +313,16 @@ fn is_marked_file(path: &Path) -> bool {
         .is_some_and(|t| t.starts_with("model-soup "))
 }
 
-/// Whether `path` is a soup this tool wrote: a regular file whose header names model-soup, or
-/// a directory of model files only whose every weights file does. A killed run's leftover is
-/// one; a user's file that happens to have the same name is not.
+/// The first line of every plot the tools write: its mark, as a soup's is in its header.
+pub const PLOT_MARK: &str = "<!-- written by model-soup -->\n";
+
+/// Whether `path` is an output this tool wrote: a regular file whose header names model-soup
+/// or that starts with [`PLOT_MARK`], or a directory of model files only whose every weights
+/// file is marked. A killed run's leftover is one; a user's file that happens to have the same
+/// name is not, nor another tool's checkpoint.
 pub fn written_by_this_tool(path: &Path) -> bool {
     match path.symlink_metadata() {
-        Ok(m) if m.is_file() => is_marked_file(path),
+        Ok(m) if m.is_file() => is_marked_file(path) || is_marked_plot(path),
         Ok(m) if m.is_dir() => {
             let Ok(entries) = std::fs::read_dir(path) else {
                 return false;

@@ -393,7 +393,7 @@ fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Tri
 /// TIES (`Magnitude`) and breadcrumbs (`MagnitudeOutliers`): one or two thresholds by rank.
 fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
     let mut kept = (spec.density * n as f64) as usize;
-    if spec.method == Sparsify::Magnitude {
+    if spec.method == Sparsify::Magnitude && n > 0 {
         kept = kept.max(1);
     }
     if kept == 0 {
