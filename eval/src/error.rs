@@ -149,6 +149,21 @@ impl<T> CandleContext<T> for candle_core::Result<T> {
     }
 }
 
+/// Returns a usage error from the enclosing function: a flag's value, or a combination of
+/// flags, that is wrong but was only found after parsing. Its `--json` kind is `usage`, as
+/// soup-merge's are, not `other`.
+macro_rules! usage {
+    ($($message:tt)*) => {
+        return Err(usage_error(format!($($message)*)))
+    };
+}
+pub(crate) use usage;
+
+/// The error [`usage!`] returns, for `map_err`.
+pub(crate) fn usage_error(message: String) -> anyhow::Error {
+    model_soup::Error::Usage(message).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,19 +184,4 @@ mod tests {
             "forward pass failed: in conv1: unsupported dtype BF16 for op matmul"
         );
     }
-}
-
-/// Returns a usage error from the enclosing function: a flag's value, or a combination of
-/// flags, that is wrong but was only found after parsing. Its `--json` kind is `usage`, as
-/// soup-merge's are, not `other`.
-macro_rules! usage {
-    ($($message:tt)*) => {
-        return Err(usage_error(format!($($message)*)))
-    };
-}
-pub(crate) use usage;
-
-/// The error [`usage!`] returns, for `map_err`.
-pub(crate) fn usage_error(message: String) -> anyhow::Error {
-    model_soup::Error::Usage(message).into()
 }
