@@ -309,3 +309,20 @@ fn check_same(logged: &Description, now: &Description) -> std::result::Result<()
 
 /// The `format` field of every log.
 pub const FORMAT: &str = "soup-eval-search-log";
+
+#[cfg(test)]
+mod tests {
+    /// A resumed search compares logged scores with new ones exactly: a score read back a few
+    /// ulps off turned an exact tie into "better", and the resumed soup differed.
+    #[test]
+    fn scores_read_back_bit_for_bit() {
+        let mut x = 0.1f64;
+        for i in 0..2000 {
+            x = (x * 1.618_033_988_749_895 + i as f64 * 1e-7).fract() - 0.5;
+            let scaled = x * 10f64.powi(i % 40 - 20);
+            let text = serde_json::to_string(&scaled).unwrap();
+            let back: f64 = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.to_bits(), scaled.to_bits(), "{text}");
+        }
+    }
+}
