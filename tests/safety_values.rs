@@ -356,3 +356,53 @@ fn thread_counts_are_bounded_before_any_work() {
     assert_eq!(v["kind"], "usage");
     assert!(!out.exists());
 }
+
+#[test]
+fn a_nan_that_a_trim_or_election_hides_is_still_named() {
+    // A NaN in one model's task vector votes TIES' sign negative without reaching the output:
+    // the soup is finite, and wrong. The input is named all the same, and --strict refuses it.
+    let dir = tempfile::tempdir().unwrap();
+    let [base, nan] = pair(dir.path(), &[0.0, 0.0, 0.0], &[f32::NAN, 1.0, 1.0]);
+    let clean = dir.path().join("clean.safetensors");
+    write(
+        &clean,
+        &[
+            spec("clean", D::F32, &[3], f32s(&[1.0, 2.0, 3.0])),
+            spec("w", D::F32, &[3], f32s(&[1.0, 1.0, 1.0])),
+        ],
+    );
+    for method in ["ties", "dare_ties", "breadcrumbs_ties", "della"] {
+        for strict in [false, true] {
+            let out = dir.path().join(format!("{method}-{strict}.safetensors"));
+            let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+                &"--method",
+                &method,
+                &"--base",
+                &base,
+                &nan,
+                &clean,
+                &"--density",
+                &"0.5",
+                &"--json",
+                &"-o",
+                &out,
+            ];
+            if strict {
+                args.push(&"--strict");
+            }
+            let o = run_merge(&args);
+            if strict {
+                assert_eq!(o.status.code(), Some(1), "{method}: {}", stderr(&o));
+                assert!(!out.exists());
+                continue;
+            }
+            assert!(o.status.success(), "{method}: {}", stderr(&o));
+            let warnings = json(&o)["warnings"].as_array().unwrap().clone();
+            assert!(
+                warnings.iter().any(|w| w["kind"] == "non-finite-input"
+                    && w["input"].as_str().unwrap().ends_with("b.safetensors")),
+                "{method}: {warnings:?}"
+            );
+        }
+    }
+}

@@ -413,19 +413,28 @@ fn compute<'s>(
         Action::Whole(w) => {
             let prepared = prepared.expect("whole tensors are prepared first");
             let out = whole::chunk(plan, tensor, w, prepared, job.start..job.end, scratch);
-            let found = if tensor.dtype.any_non_finite(out) {
-                let sources: Vec<Source<'_>> = w
-                    .inputs
-                    .iter()
-                    .map(|&i| {
-                        let t = plan.ingredients[i].tensor(&tensor.name).expect("planned");
-                        Source {
-                            dtype: t.info.dtype,
-                            data: t.data,
-                            weight: 1.0,
-                        }
-                    })
-                    .collect();
+            let sources: Vec<Source<'_>> = w
+                .inputs
+                .iter()
+                .map(|&i| {
+                    let t = plan.ingredients[i].tensor(&tensor.name).expect("planned");
+                    Source {
+                        dtype: t.info.dtype,
+                        data: t.data,
+                        weight: 1.0,
+                    }
+                })
+                .collect();
+            // The inputs are checked even when the output is finite: a trim or a sign
+            // election can hide a NaN (it votes the sign negative) without passing it on.
+            let any_input = || {
+                sources.iter().any(|s| {
+                    let size = s.dtype.size();
+                    s.dtype
+                        .any_non_finite(&s.data[job.start * size..job.end * size])
+                })
+            };
+            let found = if tensor.dtype.any_non_finite(out) || any_input() {
                 let terms: Vec<super::plan::Term> = w
                     .inputs
                     .iter()
