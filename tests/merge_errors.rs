@@ -438,3 +438,30 @@ fn a_summary_that_cannot_be_printed_says_the_soup_is_written() {
         "the finished soup stays where the error says it is"
     );
 }
+
+#[test]
+fn a_parameter_given_twice_is_refused_not_silently_overridden() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = good(dir.path(), "base.safetensors");
+    let a = good(dir.path(), "a.safetensors");
+    for (flag, value, param) in [
+        ("--lambda", "2", "lambda=3"),
+        ("--density", "0.5", "density=0.7"),
+    ] {
+        let err = fails(
+            dir.path(),
+            &[&a],
+            &[
+                "--method",
+                "ties",
+                "--base",
+                base.to_str().unwrap(),
+                flag,
+                value,
+                "--param",
+                param,
+            ],
+        );
+        assert!(err.contains(flag) && err.contains("give it once"), "{err}");
+    }
+}

@@ -818,3 +818,63 @@ fn on_missing_handles_a_tied_lm_head() {
     ]);
     assert_eq!(read(&out)["model.embed_tokens.weight"], full);
 }
+
+#[test]
+fn a_base_file_leaves_the_config_to_the_inputs_model_directories() {
+    // --base names a file (no config there); the fine-tunes are model directories that have
+    // one: the output takes theirs.
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, dirs) = three_inputs(tmp.path());
+    std::fs::write(dirs[1].join("config.json"), r#"{"torch_dtype": "float32"}"#).unwrap();
+    let out = tmp.path().join("ta");
+    ok(&[
+        &"--method",
+        &"task_arithmetic",
+        &"--base",
+        &files[0],
+        &dirs[1],
+        &dirs[2],
+        &"-o",
+        &out,
+        &"-q",
+    ]);
+    assert!(out.join("config.json").is_file());
+}
+
+#[test]
+fn a_soup_of_soups_records_its_own_provenance_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, _) = three_inputs(tmp.path());
+    let first = tmp.path().join("first.safetensors");
+    ok(&[
+        &"--method",
+        &"dare_linear",
+        &"--base",
+        &files[0],
+        &files[1],
+        &files[2],
+        &"--density",
+        &"0.5",
+        &"--seed",
+        &"5",
+        &"-o",
+        &first,
+        &"-q",
+    ]);
+    let second = tmp.path().join("second.safetensors");
+    ok(&[&first, &files[1], &"-o", &second, &"-q"]);
+    let bytes = std::fs::read(&second).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().as_ref().unwrap();
+    assert_eq!(meta["model_soup.method"], "linear");
+    for stale in [
+        "model_soup.seed",
+        "model_soup.base",
+        "model_soup.parameters",
+    ] {
+        assert!(
+            !meta.contains_key(stale),
+            "{stale} came from the first input"
+        );
+    }
+}

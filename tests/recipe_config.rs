@@ -231,6 +231,8 @@ fn config_conflicts_with_inputs_and_weights_on_the_command_line() {
         vec![m[0].as_os_str()],
         vec!["-w".as_ref(), "1,1,1".as_ref()],
         vec!["--dtype".as_ref(), "f16".as_ref()],
+        // The recipe's base_model is the base: a --base beside it would only move the config.
+        vec!["--base".as_ref(), tmp.path().as_os_str()],
     ] {
         let o = soup_merge()
             .arg("--config")

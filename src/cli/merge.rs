@@ -63,7 +63,8 @@ Methods (--method, default linear; mergekit's names, parameters and defaults):
   the bytes are the same at any thread count. Methods other than linear, task_arithmetic,
   passthrough and DARE with rescale=false work one tensor at a time: they hold the inputs' pages
   of that tensor plus, per model, a bit per element (DARE, DELLA) or a few percent of its
-  magnitudes (TIES, breadcrumbs); about 3.6 x the largest tensor in all on three inputs.
+  magnitudes (TIES, breadcrumbs); about 3.6 x the largest tensor in all on three inputs,
+  more for DELLA on very long rows (README.md, Memory).
 
 Recipes:
   --config recipe.yaml reads a mergekit config: merge_method (any method above), base_model,
@@ -99,7 +100,7 @@ pub struct Args {
     #[arg(
         long,
         value_name = "RECIPE",
-        conflicts_with_all = ["inputs", "weights", "normalize", "dtype", "method", "density", "t", "lambda", "epsilon", "gamma", "param", "seed"]
+        conflicts_with_all = ["inputs", "weights", "normalize", "dtype", "method", "density", "t", "lambda", "epsilon", "gamma", "param", "seed", "base"]
     )]
     pub config: Option<PathBuf>,
 
@@ -305,6 +306,12 @@ impl Args {
                         ))
                     })?,
             };
+            // One setting per parameter: a second would silently win over the first.
+            if let Some((_, _, first)) = out.iter().find(|(n, _, _)| n == name) {
+                return Err(crate::Error::Usage(format!(
+                    "{first} and --param {name} both set {name}; give it once"
+                )));
+            }
             out.push((name.to_string(), value, format!("--param {name}")));
         }
         Ok(out)

@@ -450,7 +450,7 @@ impl Merge {
             warnings.push(Warning::general(
                 "no-config",
                 None,
-                "the output directory will have no config.json (the first input is not a model directory with one), so transformers can't load it as is; to copy the config and tokenizer, make the first input a model directory that has them, or with soup-merge pass --base DIR".into(),
+                "the output directory will have no config.json (no base or input is a model directory with one), so transformers can't load it as is; to copy the config and tokenizer, give a model directory that has them as an input, or with soup-merge pass --base DIR".into(),
             ));
         }
         let report = summarise(request, &plan, &layout, &extra, &warnings);
@@ -533,21 +533,23 @@ fn bytes_on_disk(path: &Path) -> u64 {
 }
 
 /// Where a directory output's config and tokenizer come from: --base, the recipe's
-/// base_model, or the first input, whichever is a directory first.
+/// base_model, or an input, whichever is a model directory first.
 fn companion_source(
     request: &MergeRequest,
     recipe: Option<&Recipe>,
     inputs: &[PathBuf],
 ) -> Option<PathBuf> {
+    // A base given as a file has no config to copy: the inputs' model directories still do.
     let recipe_base = recipe
         .and_then(|r| r.base_model.as_ref())
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir());
+        .map(PathBuf::from);
     request
         .base
         .clone()
-        .or(recipe_base)
-        .or_else(|| inputs.first().filter(|p| p.is_dir()).cloned())
+        .into_iter()
+        .chain(recipe_base)
+        .chain(inputs.iter().cloned())
+        .find(|p| p.is_dir())
 }
 
 /// The dtype a directory output's config.json should name: --dtype (or the recipe's), else the

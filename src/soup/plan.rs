@@ -689,7 +689,11 @@ fn output_metadata(
     options: &PlanOptions,
 ) -> BTreeMap<String, String> {
     let mut meta = ingredients[0].metadata().clone();
-    let names: Vec<String> = ingredients.iter().map(|c| display_name(c.path())).collect();
+    // A soup of soups keeps the first input's own metadata, but not its provenance: that
+    // soup's recipe, parameters, base and seed describe another merge.
+    meta.retain(|key, _| !key.starts_with("model_soup."));
+    let paths: Vec<&Path> = ingredients.iter().map(|c| c.path()).collect();
+    let names = display_names(&paths);
     meta.insert(
         META_INGREDIENTS.into(),
         serde_json::to_string(&names).expect("strings serialise"),

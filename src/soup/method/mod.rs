@@ -162,7 +162,7 @@ impl Kind {
                 if value.is_finite() && low_ok && high_ok {
                     Ok(())
                 } else {
-                    Err(format!("is {value}, outside {}", self.range()))
+                    Err(format!("is {}, outside {}", shown(value), self.range()))
                 }
             }
         }
@@ -465,6 +465,17 @@ mod common {
             rescale: params.flag_or("rescale", false),
             lambda: params.global("lambda"),
         }))
+    }
+}
+
+/// A parameter's value for a message: as written when short, in exponent form when its
+/// decimal digits would run to hundreds (`--gamma 1e300`).
+pub(crate) fn shown(value: f64) -> String {
+    let plain = value.to_string();
+    if plain.len() <= 24 {
+        plain
+    } else {
+        format!("{value:e}")
     }
 }
 

@@ -53,7 +53,9 @@ impl Sparsify {
         match self {
             Sparsify::DellaMagprune if density + epsilon >= 1.0 || density - epsilon <= 0.0 => {
                 Err(format!(
-                    "epsilon {epsilon} with density {density} gives keep probabilities outside (0, 1); choose epsilon below min(density, 1 - density)"
+                    "epsilon {} with density {} gives keep probabilities outside (0, 1); choose epsilon below min(density, 1 - density)",
+                    super::shown(epsilon),
+                    super::shown(density)
                 ))
             }
             _ => {
