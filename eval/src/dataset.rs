@@ -329,3 +329,22 @@ pub fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
         },
     })
 }
+
+/// Reads a text dataset or list whole (see [`read_regular`]) as UTF-8, without a leading
+/// byte-order mark: Excel's "CSV UTF-8" and Windows editors write one, and left in it becomes
+/// part of the first field, so a `path,label` header is taken for an image and a first JSON
+/// line does not parse.
+pub fn read_text(path: &Path, what: &str) -> Result<String> {
+    let bytes = read_regular(path, what)?;
+    let mut text = String::from_utf8(bytes).map_err(|e| Error::Dataset {
+        path: path.to_path_buf(),
+        reason: format!(
+            "is not UTF-8 text (invalid bytes at offset {}); convert it to UTF-8",
+            e.utf8_error().valid_up_to()
+        ),
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
+}

@@ -38,8 +38,7 @@ impl ImageList {
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
-        let bytes = crate::dataset::read_regular(path, "image list")?;
-        let text = String::from_utf8(bytes).map_err(|_| bad(path, "is not UTF-8 text"))?;
+        let text = crate::dataset::read_text(path, "image list")?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rows = match ext.as_deref() {
             Some("csv") => parse_csv(path, &text)?,
@@ -596,6 +595,27 @@ mod tests {
             err.contains("line 2") && err.contains("one kind of label"),
             "{err}"
         );
+    }
+
+    /// Excel's "CSV UTF-8" starts a file with a byte-order mark: the header is still a
+    /// header, and a JSONL list's first line still JSON.
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("list.csv", "\u{feff}path,label\na.png,0\nb.png,1\n"),
+            (
+                "list.jsonl",
+                "\u{feff}{\"path\": \"a.png\", \"label\": 0}\n{\"path\": \"b.png\", \"label\": 1}\n",
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let list = ImageList::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let expected = [(dir.path().join("a.png"), 0), (dir.path().join("b.png"), 1)];
+            assert_eq!(list.entries, expected, "{name}");
+            assert_eq!(list.classes, None, "{name}");
+        }
     }
 
     #[test]
