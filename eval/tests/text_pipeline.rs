@@ -819,6 +819,50 @@ fn classification_from_jsonl_names_and_csv_indices_matches_the_reference() {
     }
 }
 
+/// Class names that read as integers (sentiment -1/0/1) are names in CSV as in JSONL: the
+/// same rows score the same in either format, and `-1` is a name, not an index out of range.
+#[test]
+fn csv_labels_that_label2id_names_are_names_as_in_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"label2id": {"-1": 0, "0": 1, "1": 2}, "id2label": {"0": "-1", "1": "0", "2": "1"}});
+    let dirs = vec![model_dir(
+        dir.path(),
+        "sentiment",
+        "bag.weight",
+        &[V, CLASSES],
+        &noise(3, V * CLASSES, 1.0),
+        config,
+    )];
+    let rows = [
+        ("the cat sat", "1"),
+        ("a dog ran", "-1"),
+        ("it", "0"),
+        ("the mat", "1"),
+    ];
+    let (jsonl, csv) = (dir.path().join("val.jsonl"), dir.path().join("test.csv"));
+    let mut j = String::new();
+    let mut c = "text,label\n".to_string();
+    for (text, label) in rows {
+        j += &(serde_json::json!({"text": text, "label": label}).to_string() + "\n");
+        c += &format!("{text},{label}\n");
+    }
+    std::fs::write(&jsonl, j).unwrap();
+    std::fs::write(&csv, c).unwrap();
+    let mut session = open(
+        Arc::new(Bag),
+        &dirs,
+        &jsonl,
+        Some(&csv),
+        4,
+        DataOptions::default(),
+    )
+    .unwrap();
+    let row = &session.ingredients(&[Split::Val, Split::Test]).unwrap()[0];
+    let (val, test) = (row.val.unwrap(), row.test.unwrap());
+    assert_eq!(val.accuracy, test.accuracy);
+    assert_eq!(val.loss, test.loss);
+}
+
 // ----- errors -----
 
 fn err(arch: Arc<dyn Architecture>, dirs: &[PathBuf], data: &Path, options: DataOptions) -> String {

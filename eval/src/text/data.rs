@@ -782,8 +782,10 @@ fn string_field<'a>(
     }
 }
 
-/// A record's label: an integer class, or a name from `config.json`'s `label2id` (CSV fields
-/// are strings: one that reads as an integer is one).
+/// A record's label: an integer class, or a name from `config.json`'s `label2id`. CSV fields
+/// are all strings: one that `label2id` names is that name, as the same string in JSONL is
+/// (sentiment classes `-1`, `0`, `1` and ratings `1` to `5` are common names); any other that
+/// reads as an integer is a class index.
 fn label_of(
     r: &Record,
     model: &TokenModel,
@@ -820,6 +822,15 @@ fn label_of(
             Some(i) if (i as u128) < classes as u128 => Ok(i as usize),
             _ => Err(range(n.to_string())),
         },
+        Some(Value::String(s))
+            if csv
+                && model
+                    .label2id
+                    .as_ref()
+                    .is_some_and(|m| m.contains_key(s.trim())) =>
+        {
+            by_name(s.trim())
+        }
         Some(Value::String(s)) if csv => match s.trim().parse::<i64>() {
             Ok(i) if i >= 0 && (i as u64) < classes as u64 => Ok(i as usize),
             Ok(i) => Err(range(i.to_string())),
