@@ -671,6 +671,7 @@ fn open_text(
     let model = TokenModel {
         vocab: input.vocab,
         max_positions: input.max_positions,
+        trained_positions: input.trained_positions,
         classes: match arch.output() {
             Output::Classes(n) => Some(n),
             Output::NextToken(_) => None,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use soup_eval::arch::{Architecture, Batch, Input, Model, Output, TensorSpec, TokenInput};
+use soup_eval::dataset::Data;
 use soup_eval::ensemble::Mode;
 use soup_eval::evaluator::Evaluator;
 use soup_eval::score::{Metric, Metrics, Task};
@@ -85,6 +86,7 @@ impl Architecture for Bigram {
         Input::Tokens(TokenInput {
             vocab: V,
             max_positions: Some(12),
+            trained_positions: None,
             pad_token_id: Some(1),
         })
     }
@@ -97,6 +99,36 @@ impl Architecture for Bigram {
     fn build(&self, vb: VarBuilder) -> candle_core::Result<Box<dyn Model>> {
         let w = vb.get((V, V), "lm.weight")?;
         Ok(Box::new(BigramModel(candle_nn::Embedding::new(w, V))))
+    }
+}
+
+/// The bigram LM as a rotary model trained on 4 positions: no hard limit, but the defaults
+/// stay within its training length.
+struct Rotary;
+
+impl Architecture for Rotary {
+    fn family(&self) -> &'static str {
+        "rotary"
+    }
+    fn describe(&self) -> String {
+        "rotary".into()
+    }
+    fn input(&self) -> Input {
+        Input::Tokens(TokenInput {
+            vocab: V,
+            max_positions: None,
+            trained_positions: Some(4),
+            pad_token_id: Some(1),
+        })
+    }
+    fn output(&self) -> Output {
+        Bigram.output()
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        Bigram.tensors()
+    }
+    fn build(&self, vb: VarBuilder) -> candle_core::Result<Box<dyn Model>> {
+        Bigram.build(vb)
     }
 }
 
@@ -131,6 +163,7 @@ impl Architecture for Bag {
         Input::Tokens(TokenInput {
             vocab: V,
             max_positions: Some(6),
+            trained_positions: None,
             pad_token_id: None,
         })
     }
@@ -676,6 +709,58 @@ fn multiple_choice_scores_like_lm_evaluation_harness() {
     }
     let every: Vec<Vec<f64>> = f.weights.iter().map(|w| wide(w)).collect();
     check(ensemble.row.val.as_ref().unwrap(), &every, "mixture");
+}
+
+/// The longest sequence each split's sequences have.
+fn longest(session: &Session) -> usize {
+    let Some(Data::Text(data)) = session.data(Split::Val) else {
+        panic!("text data")
+    };
+    data.sequences.iter().map(|s| s.len()).max().unwrap()
+}
+
+/// A rotary model's training length bounds the default windows and contexts (as the help
+/// and lm-evaluation-harness have it); explicit flags may pass it.
+#[test]
+fn defaults_stay_within_a_rotary_models_training_length() {
+    let f = lm_fixture();
+    let lm = |text: TextOptions| {
+        let options = DataOptions {
+            text,
+            ..DataOptions::default()
+        };
+        open(Arc::new(Rotary), &f.dirs, &f.val, None, 2, options).unwrap()
+    };
+    let default = lm(TextOptions::default());
+    assert_eq!(longest(&default), 4);
+    let explicit = lm(TextOptions {
+        seq_len: Some(4),
+        ..TextOptions::default()
+    });
+    let (Some(Data::Text(a)), Some(Data::Text(b))) =
+        (default.data(Split::Val), explicit.data(Split::Val))
+    else {
+        panic!("text data")
+    };
+    assert_eq!(a.sequences, b.sequences);
+    assert_eq!(longest(&lm(lm_options(12, 12, None).text)), 12);
+
+    let path = f.dirs[0].parent().unwrap().join("long.jsonl");
+    let line = serde_json::json!({"context": "the cat sat on the mat and the dog", "choices": [" saw", " ran"], "answer": 0});
+    std::fs::write(&path, line.to_string() + "\n").unwrap();
+    let mc = |max_length| {
+        let options = DataOptions {
+            text: TextOptions {
+                max_length,
+                ..TextOptions::default()
+            },
+            ..DataOptions::default()
+        };
+        open(Arc::new(Rotary), &f.dirs, &path, None, 2, options).unwrap()
+    };
+    // [BOS] + 9 words + the choice: 11 tokens, cut from the left to the 4 trained positions.
+    assert_eq!(longest(&mc(None)), 4);
+    assert_eq!(longest(&mc(Some(100))), 11);
 }
 
 // ----- classification -----

@@ -169,6 +169,10 @@ pub struct TokenInput {
     /// The longest sequence the model takes, when it has a limit (learned position
     /// embeddings); `None` for rotary models.
     pub max_positions: Option<usize>,
+    /// A model without a hard limit: the length it was trained on (a rotary model's
+    /// `max_position_embeddings`). Default windows and contexts stay within it, as
+    /// lm-evaluation-harness's do; an explicit `--seq-len` or `--max-length` may pass it.
+    pub trained_positions: Option<usize>,
     /// The padding id `config.json` names, if any.
     pub pad_token_id: Option<u32>,
 }

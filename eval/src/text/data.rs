@@ -20,6 +20,9 @@ pub struct TokenModel {
     pub vocab: usize,
     /// The longest sequence the model takes, if it has a limit.
     pub max_positions: Option<usize>,
+    /// A model without a limit: the length it was trained on, which the defaults of
+    /// `--seq-len` and `--max-length` stay within.
+    pub trained_positions: Option<usize>,
     /// `Some(n)` for a classifier of `n` classes, `None` for a next-token model.
     pub classes: Option<usize>,
     /// `config.json`'s `bos_token_id`, prepended to language-modelling documents and to
@@ -33,6 +36,12 @@ pub struct TokenModel {
 }
 
 impl TokenModel {
+    /// The longest sequence the defaults give: the model's limit, or the length it was
+    /// trained on.
+    fn default_positions(&self) -> Option<usize> {
+        self.max_positions.or(self.trained_positions)
+    }
+
     /// Reads `bos_token_id` and `label2id` from a parsed `config.json` (absent keys, or
     /// values of the wrong kind, count as absent; a `label2id` index out of range is an error
     /// when a label names it).
@@ -262,7 +271,7 @@ impl TextData {
                 data.cut_windows(model, options)?;
             }
             (Task::MultipleChoice, TextFormat::Jsonl) => {
-                let limit = options.max_length.or(model.max_positions);
+                let limit = options.max_length.or(model.default_positions());
                 if let (Some(l), Some(m)) = (options.max_length, model.max_positions) {
                     if l > m {
                         return Err(bad(
@@ -455,7 +464,10 @@ impl TextData {
                 ))
             }
             (Some(l), _) => l,
-            (None, m) => m.unwrap_or(DEFAULT_MAX_LENGTH).min(DEFAULT_MAX_LENGTH),
+            (None, _) => model
+                .default_positions()
+                .unwrap_or(DEFAULT_MAX_LENGTH)
+                .min(DEFAULT_MAX_LENGTH),
         };
         if seq_len < 2 {
             return Err(bad(
