@@ -29,6 +29,15 @@ pub enum Error {
         family: &'static str,
     },
 
+    /// A model the built-in scoring can't score: a regression or reward head (one output,
+    /// whose softmax is 1 whatever the input, or `config.json`'s `problem_type` regression).
+    #[error("{}: tensor '{tensor}' {reason}; soup-eval scores classifiers of 2 or more classes (score other models with --scorer COMMAND)", path.display())]
+    Head {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
     /// `--arch auto` recognised no family.
     #[error("{}: --arch auto recognises no architecture from its tensor names (or config.json); pass --arch NAME, one of: {known}", path.display())]
     Detect { path: PathBuf, known: String },
@@ -119,7 +128,7 @@ impl Error {
             Error::Arch { .. } => "arch",
             Error::Dataset { .. } => "dataset",
             Error::UnknownArch { .. } | Error::Variant { .. } | Error::Option { .. } => "usage",
-            Error::Detect { .. } => "arch",
+            Error::Detect { .. } | Error::Head { .. } => "arch",
             Error::Device(_) => "device",
             Error::NoIngredients => "usage",
             Error::Candle { .. } => "model",

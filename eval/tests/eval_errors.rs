@@ -632,3 +632,82 @@ fn special_token_ids_past_the_vocabulary_name_config_json() {
         assert!(common::stderr(&out).lines().count() == 1, "{line}");
     }
 }
+
+/// A copy of fixture model directory `fixtures/<from>` in `dir`.
+fn copy_model(dir: &Path, from: &str) -> PathBuf {
+    let to = dir.join(Path::new(from).file_name().unwrap());
+    std::fs::create_dir(&to).unwrap();
+    for entry in std::fs::read_dir(fixture(from)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    to
+}
+
+/// `file`'s tensors with `head.weight` and `head.bias` cut to their first row.
+fn one_output(file: &Path, head: &str) {
+    let mut tensors: Vec<common::Spec> = common::read(file)
+        .into_iter()
+        .map(|(name, (dtype, mut shape, mut data))| {
+            if name == format!("{head}.weight") || name == format!("{head}.bias") {
+                data.truncate(data.len() / shape[0]);
+                shape[0] = 1;
+            }
+            spec(&name, dtype, &shape, data)
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    write(file, &tensors);
+}
+
+/// A softmax over one output is 1: a regression or reward head (or a vision head of one
+/// class) would score 100% with loss 0 on anything, so it is refused, naming the tensor.
+#[test]
+fn a_head_of_one_output_is_refused_not_scored_perfect() {
+    let dir = tempfile::tempdir().unwrap();
+    let reward = copy_model(dir.path(), "text/models/bert-cls");
+    one_output(&reward.join("model.safetensors"), "classifier");
+    let config = reward.join("config.json");
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    value["id2label"] = serde_json::json!({"0": "LABEL_0"});
+    value["label2id"] = serde_json::json!({"LABEL_0": 0});
+    value["problem_type"] = "regression".into();
+    std::fs::write(&config, value.to_string()).unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"text\": \"a fine day\", \"label\": 0}\n").unwrap();
+    let out = soup_eval(&[&"score", &"--val", &data, &reward]);
+    assert_error(
+        &out,
+        &[
+            "classifier.weight",
+            "one output",
+            "problem_type",
+            "regression",
+            "2 or more classes",
+            "--scorer",
+        ],
+    );
+    // Without problem_type, and a vision head: the same refusal.
+    value.as_object_mut().unwrap().remove("problem_type");
+    std::fs::write(&config, value.to_string()).unwrap();
+    let out = soup_eval(&[&"score", &"--val", &data, &reward]);
+    assert_error(
+        &out,
+        &["classifier.weight", "one output", "2 or more classes"],
+    );
+    let resnet = dir.path().join("resnet.safetensors");
+    std::fs::copy(fixture("vision-digits/ft-lr2e-3.safetensors"), &resnet).unwrap();
+    one_output(&resnet, "fc");
+    let images = fixture("digits-images/val");
+    let out = soup_eval(&[&"score", &"--arch", &"resnet", &"--val", &images, &resnet]);
+    assert_error(
+        &out,
+        &[
+            "resnet.safetensors",
+            "fc.weight",
+            "one output",
+            "2 or more classes",
+        ],
+    );
+}
