@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use model_soup::format::{Accumulator, Checkpoint, Dtype};
 
-use super::arch::{Architecture, Input, Output};
+use super::arch::{Architecture, Input, InputShape, Output};
 use super::error::{Error, Result};
 use super::images::{self, ImageList, LoadOptions, Samples};
 use super::score::Task;
@@ -135,6 +135,10 @@ impl Dataset {
             Format::Tensors => Dataset::open_tensors(path)?,
             Format::ImageFolder | Format::Csv | Format::Jsonl => {
                 let list = ImageList::open(path)?;
+                // Every image is cropped to this: too small is known before any is decoded.
+                if let Some(crop) = options.transform.crop {
+                    check_size(path, arch, crop, crop)?;
+                }
                 let loaded = images::load(&list, options)?;
                 Dataset {
                     path: path.to_path_buf(),
@@ -165,6 +169,11 @@ impl Dataset {
                 )))
             }
         };
+        if let [c, h, w] = self.sample_shape[..] {
+            if c == expected.channels {
+                check_size(&self.path, arch, h, w)?;
+            }
+        }
         if !expected.accepts(&self.sample_shape) {
             let dims: Vec<String> = self.sample_shape.iter().map(|d| d.to_string()).collect();
             let what = match (Format::of(&self.path), expected.size) {
@@ -296,6 +305,31 @@ impl Dataset {
     pub fn sample_len(&self) -> usize {
         self.sample_shape.iter().product()
     }
+}
+
+/// Refuses inputs of `h`x`w` that a fully convolutional `arch`'s downsampling layers leave
+/// nothing of, where candle would fail mid-forward with an internal error, or panic.
+fn check_size(path: &Path, arch: &dyn Architecture, h: usize, w: usize) -> Result<()> {
+    let Input::Image(InputShape {
+        size: None, min, ..
+    }) = arch.input()
+    else {
+        return Ok(());
+    };
+    if h.min(w) >= min {
+        return Ok(());
+    }
+    let fix = match Format::of(path) {
+        Format::Tensors => format!("give 'inputs' of at least {min}x{min}"),
+        _ => format!("pass --resize {min} --crop {min} or larger"),
+    };
+    Err(Error::Dataset {
+        path: path.to_path_buf(),
+        reason: format!(
+            "inputs of {h}x{w} are too small for {}, whose downsampling layers need at least {min}x{min}; {fix}",
+            arch.describe()
+        ),
+    })
 }
 
 /// The first few class names, for messages.

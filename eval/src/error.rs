@@ -63,11 +63,12 @@ pub enum Error {
     NoIngredients,
 
     /// A candle operation failed while building or running a model.
-    #[error("{context}: {}", candle_message(source))]
+    #[error("{context}: {}", candle_message(cause))]
     Candle {
         context: String,
-        #[source]
-        source: candle_core::Error,
+        /// Not the error's `source`: the message already holds its text, and an error chain
+        /// printed whole (`{:#}`) would repeat it, with candle's backtrace.
+        cause: candle_core::Error,
     },
 
     /// Writing an output such as the plot.
@@ -151,9 +152,9 @@ pub(crate) trait CandleContext<T> {
 
 impl<T> CandleContext<T> for candle_core::Result<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Candle {
+        self.map_err(|cause| Error::Candle {
             context: context(),
-            source,
+            cause,
         })
     }
 }
@@ -186,11 +187,11 @@ mod tests {
         };
         let e = Error::Candle {
             context: "forward pass failed".into(),
-            source: traced.context("in conv1"),
+            cause: traced.context("in conv1"),
         };
-        assert_eq!(
-            e.to_string(),
-            "forward pass failed: in conv1: unsupported dtype BF16 for op matmul"
-        );
+        let line = "forward pass failed: in conv1: unsupported dtype BF16 for op matmul";
+        assert_eq!(e.to_string(), line);
+        // The whole chain, as the binaries print it: candle's text once, without the trace.
+        assert_eq!(format!("{:#}", anyhow::Error::new(e)), line);
     }
 }

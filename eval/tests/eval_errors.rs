@@ -711,3 +711,48 @@ fn a_head_of_one_output_is_refused_not_scored_perfect() {
         ],
     );
 }
+
+/// Inputs smaller than an architecture's downsampling layers allow are refused before any
+/// forward pass, naming the smallest size and the flag, once: not candle's internal error
+/// (twice, with its backtrace) nor a panic (hf_convnext's 0-sized maps).
+#[test]
+fn inputs_too_small_for_the_architecture_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.safetensors");
+    dataset(&small, Some((&[2, 3, 8, 8], 2 * 3 * 8 * 8)), Some(&[0, 1]));
+    for (model, min) in [("convnext", 16), ("densenet-small", 13), ("vgg", 8)] {
+        let weights = fixture(&format!("vision/{model}.safetensors"));
+        let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+            .args(["score", "-q", "--val"])
+            .args([&small, &weights])
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        if min <= 8 {
+            assert!(out.status.success(), "{model}: {}", common::stderr(&out));
+            continue;
+        }
+        let line = assert_error(
+            &out,
+            &["small.safetensors", "8x8", &format!("at least {min}x{min}")],
+        );
+        assert_eq!(common::stderr(&out).lines().count(), 1, "{line}");
+    }
+    // Through the image flags, and as JSON: the fix is the flags.
+    let hf = fixture("vision/hf-convnext");
+    let images = fixture("digits-images/val");
+    let out = soup_eval(&[
+        &"score",
+        &"--json",
+        &"--resize",
+        &"8",
+        &"--crop",
+        &"8",
+        &"--val",
+        &images,
+        &hf,
+    ]);
+    assert_error(&out, &["8x8", "at least 16x16", "--resize 16 --crop 16"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "dataset");
+}
