@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use model_soup::format::{Accumulator, Checkpoint, Dtype};
 
-use super::arch::{Architecture, Input, Output};
+use super::arch::{Architecture, Input, InputShape, Output};
 use super::error::{Error, Result};
 use super::images::{self, ImageList, LoadOptions, Samples};
 use super::score::Task;
@@ -135,6 +135,10 @@ impl Dataset {
             Format::Tensors => Dataset::open_tensors(path)?,
             Format::ImageFolder | Format::Csv | Format::Jsonl => {
                 let list = ImageList::open(path)?;
+                // Every image is cropped to this: too small is known before any is decoded.
+                if let Some(crop) = options.transform.crop {
+                    check_size(path, arch, crop, crop)?;
+                }
                 let loaded = images::load(&list, options)?;
                 Dataset {
                     path: path.to_path_buf(),
@@ -165,6 +169,11 @@ impl Dataset {
                 )))
             }
         };
+        if let [c, h, w] = self.sample_shape[..] {
+            if c == expected.channels {
+                check_size(&self.path, arch, h, w)?;
+            }
+        }
         if !expected.accepts(&self.sample_shape) {
             let dims: Vec<String> = self.sample_shape.iter().map(|d| d.to_string()).collect();
             let what = match (Format::of(&self.path), expected.size) {
@@ -298,6 +307,31 @@ impl Dataset {
     }
 }
 
+/// Refuses inputs of `h`x`w` that a fully convolutional `arch`'s downsampling layers leave
+/// nothing of, where candle would fail mid-forward with an internal error, or panic.
+fn check_size(path: &Path, arch: &dyn Architecture, h: usize, w: usize) -> Result<()> {
+    let Input::Image(InputShape {
+        size: None, min, ..
+    }) = arch.input()
+    else {
+        return Ok(());
+    };
+    if h.min(w) >= min {
+        return Ok(());
+    }
+    let fix = match Format::of(path) {
+        Format::Tensors => format!("give 'inputs' of at least {min}x{min}"),
+        _ => format!("pass --resize {min} --crop {min} or larger"),
+    };
+    Err(Error::Dataset {
+        path: path.to_path_buf(),
+        reason: format!(
+            "inputs of {h}x{w} are too small for {}, whose downsampling layers need at least {min}x{min}; {fix}",
+            arch.describe()
+        ),
+    })
+}
+
 /// The first few class names, for messages.
 fn preview(names: &[String]) -> String {
     let mut shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
@@ -328,4 +362,23 @@ pub fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
             reason: other.to_string(),
         },
     })
+}
+
+/// Reads a text dataset or list whole (see [`read_regular`]) as UTF-8, without a leading
+/// byte-order mark: Excel's "CSV UTF-8" and Windows editors write one, and left in it becomes
+/// part of the first field, so a `path,label` header is taken for an image and a first JSON
+/// line does not parse.
+pub fn read_text(path: &Path, what: &str) -> Result<String> {
+    let bytes = read_regular(path, what)?;
+    let mut text = String::from_utf8(bytes).map_err(|e| Error::Dataset {
+        path: path.to_path_buf(),
+        reason: format!(
+            "is not UTF-8 text (invalid bytes at offset {}); convert it to UTF-8",
+            e.utf8_error().valid_up_to()
+        ),
+    })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
 }

@@ -29,6 +29,15 @@ pub enum Error {
         family: &'static str,
     },
 
+    /// A model the built-in scoring can't score: a regression or reward head (one output,
+    /// whose softmax is 1 whatever the input, or `config.json`'s `problem_type` regression).
+    #[error("{}: tensor '{tensor}' {reason}; soup-eval scores classifiers of 2 or more classes (score other models with --scorer COMMAND)", path.display())]
+    Head {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+
     /// `--arch auto` recognised no family.
     #[error("{}: --arch auto recognises no architecture from its tensor names (or config.json); pass --arch NAME, one of: {known}", path.display())]
     Detect { path: PathBuf, known: String },
@@ -54,11 +63,12 @@ pub enum Error {
     NoIngredients,
 
     /// A candle operation failed while building or running a model.
-    #[error("{context}: {}", candle_message(source))]
+    #[error("{context}: {}", candle_message(cause))]
     Candle {
         context: String,
-        #[source]
-        source: candle_core::Error,
+        /// Not the error's `source`: the message already holds its text, and an error chain
+        /// printed whole (`{:#}`) would repeat it, with candle's backtrace.
+        cause: candle_core::Error,
     },
 
     /// Writing an output such as the plot.
@@ -119,7 +129,7 @@ impl Error {
             Error::Arch { .. } => "arch",
             Error::Dataset { .. } => "dataset",
             Error::UnknownArch { .. } | Error::Variant { .. } | Error::Option { .. } => "usage",
-            Error::Detect { .. } => "arch",
+            Error::Detect { .. } | Error::Head { .. } => "arch",
             Error::Device(_) => "device",
             Error::NoIngredients => "usage",
             Error::Candle { .. } => "model",
@@ -142,9 +152,9 @@ pub(crate) trait CandleContext<T> {
 
 impl<T> CandleContext<T> for candle_core::Result<T> {
     fn context(self, context: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Candle {
+        self.map_err(|cause| Error::Candle {
             context: context(),
-            source,
+            cause,
         })
     }
 }
@@ -177,11 +187,11 @@ mod tests {
         };
         let e = Error::Candle {
             context: "forward pass failed".into(),
-            source: traced.context("in conv1"),
+            cause: traced.context("in conv1"),
         };
-        assert_eq!(
-            e.to_string(),
-            "forward pass failed: in conv1: unsupported dtype BF16 for op matmul"
-        );
+        let line = "forward pass failed: in conv1: unsupported dtype BF16 for op matmul";
+        assert_eq!(e.to_string(), line);
+        // The whole chain, as the binaries print it: candle's text once, without the trace.
+        assert_eq!(format!("{:#}", anyhow::Error::new(e)), line);
     }
 }

@@ -6,6 +6,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use image::ImageDecoder;
 use rayon::prelude::*;
 
 use super::error::{Error, Result};
@@ -38,8 +39,7 @@ impl ImageList {
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_ascii_lowercase);
-        let bytes = crate::dataset::read_regular(path, "image list")?;
-        let text = String::from_utf8(bytes).map_err(|_| bad(path, "is not UTF-8 text"))?;
+        let text = crate::dataset::read_text(path, "image list")?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rows = match ext.as_deref() {
             Some("csv") => parse_csv(path, &text)?,
@@ -545,8 +545,20 @@ pub fn load(list: &ImageList, options: &LoadOptions) -> Result<Loaded> {
     })
 }
 
+/// The widest and tallest image decoded, in pixels. Real datasets are far below it (ImageNet
+/// photographs are a few hundred pixels a side, satellite tiles a few thousand); a PNG of
+/// zeros a few hundred KB long can claim 20000x20000.
+const MAX_SIDE: u32 = 16384;
+
+/// The most memory one image may take while it is decoded: the decoder's buffer plus the
+/// 8-bit RGB copy made from it. Images decode on every thread at once, so this times
+/// `--threads` bounds the decoding memory. 1 GiB passes a 16384x16384 grey image and a
+/// 16000x9000 RGBA one; `image`'s own default (512 MiB) counts the decoder's buffer only.
+const MAX_DECODE_BYTES: u64 = 1 << 30;
+
 /// Decodes one image to 8-bit RGB (grey is replicated, alpha dropped, as PIL's
-/// `convert("RGB")` does).
+/// `convert("RGB")` does). An image larger than [`MAX_SIDE`] or [`MAX_DECODE_BYTES`] is refused
+/// from its header, before any pixel is decoded.
 fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
     // A regular file only: a FIFO in the list would block the whole evaluation.
     let file =
@@ -554,13 +566,35 @@ fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
             model_soup::Error::Header { reason, .. } => reason,
             other => format!("cannot open: {other}"),
         })?;
-    let reader = image::ImageReader::new(std::io::BufReader::new(file))
+    let mut reader = image::ImageReader::new(std::io::BufReader::new(file))
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
-    let image = reader
-        .decode()
-        .map_err(|e| format!("cannot decode the image: {e}"))?;
-    Ok(image.to_rgb8())
+    let cannot = |e: image::ImageError| format!("cannot decode the image: {e}");
+    // The PNG decoder takes its limits when it is made, for the chunks it reads before the
+    // pixels; the size limits come after the header, so that the refusal can name the size.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits.clone());
+    let mut decoder = reader.into_decoder().map_err(cannot)?;
+    let (w, h) = decoder.dimensions();
+    let copy = match decoder.color_type() {
+        image::ColorType::Rgb8 => 0,
+        _ => 3 * u64::from(w) * u64::from(h),
+    };
+    let bytes = decoder.total_bytes().saturating_add(copy);
+    if w > MAX_SIDE || h > MAX_SIDE || bytes > MAX_DECODE_BYTES {
+        return Err(format!(
+            "is {w}x{h} pixels, which takes {} MiB to decode; soup-eval decodes images of at most {MAX_SIDE} pixels a side and {} MiB (so that a small file can't fill the memory); shrink the image",
+            bytes.div_ceil(1 << 20),
+            MAX_DECODE_BYTES >> 20
+        ));
+    }
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.reserve(bytes).map_err(cannot)?;
+    decoder.set_limits(limits).map_err(cannot)?;
+    let image = image::DynamicImage::from_decoder(decoder).map_err(cannot)?;
+    Ok(image.into_rgb8())
 }
 
 #[cfg(test)]
@@ -594,6 +628,85 @@ mod tests {
         let err = labelled(p, Path::new("."), rows).err().unwrap().to_string();
         assert!(
             err.contains("line 2") && err.contains("one kind of label"),
+            "{err}"
+        );
+    }
+
+    /// Excel's "CSV UTF-8" starts a file with a byte-order mark: the header is still a
+    /// header, and a JSONL list's first line still JSON.
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("list.csv", "\u{feff}path,label\na.png,0\nb.png,1\n"),
+            (
+                "list.jsonl",
+                "\u{feff}{\"path\": \"a.png\", \"label\": 0}\n{\"path\": \"b.png\", \"label\": 1}\n",
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let list = ImageList::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let expected = [(dir.path().join("a.png"), 0), (dir.path().join("b.png"), 1)];
+            assert_eq!(list.entries, expected, "{name}");
+            assert_eq!(list.classes, None, "{name}");
+        }
+    }
+
+    /// A PNG that claims `w`x`h` pixels of `color` (PNG's colour type, 8 bits each), with a
+    /// few bytes of pixel data: enough for a decoder to read the header.
+    fn png_header(w: u32, h: u32, color: u8) -> Vec<u8> {
+        fn crc(bytes: &[u8]) -> u32 {
+            let mut c = !0u32;
+            for &b in bytes {
+                c ^= u32::from(b);
+                for _ in 0..8 {
+                    c = if c & 1 == 1 {
+                        0xedb8_8320 ^ (c >> 1)
+                    } else {
+                        c >> 1
+                    };
+                }
+            }
+            !c
+        }
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend(w.to_be_bytes());
+        ihdr.extend(h.to_be_bytes());
+        ihdr.extend([8, color, 0, 0, 0]);
+        for (kind, data) in [
+            (&b"IHDR"[..], &ihdr[..]),
+            (b"IDAT", &[0x78, 0x9c, 0x03, 0x00]),
+            (b"IEND", &[]),
+        ] {
+            out.extend((data.len() as u32).to_be_bytes());
+            let body: Vec<u8> = kind.iter().chain(data).copied().collect();
+            out.extend(&body);
+            out.extend(crc(&body).to_be_bytes());
+        }
+        out
+    }
+
+    /// A few hundred KB of PNG can claim gigabytes of pixels: refused from the header, with
+    /// the size, before any allocation.
+    #[test]
+    fn a_decompression_bomb_is_refused_from_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        // 400 MB of grey (1.2 GB as RGB) passes `image`'s default limit; too wide here.
+        let wide = dir.path().join("wide.png");
+        std::fs::write(&wide, png_header(20000, 20000, 0)).unwrap();
+        let err = decode(&wide).unwrap_err();
+        assert!(
+            err.contains("20000x20000") && err.contains("16384"),
+            "{err}"
+        );
+        // Within the sides, but grey+alpha (512 MB) and its RGB copy (768 MB) pass 1 GiB.
+        let heavy = dir.path().join("heavy.png");
+        std::fs::write(&heavy, png_header(16000, 16000, 4)).unwrap();
+        let err = decode(&heavy).unwrap_err();
+        assert!(
+            err.contains("16000x16000") && err.contains("1024 MiB"),
             "{err}"
         );
     }

@@ -113,6 +113,7 @@ impl Session {
             check_fits(&checkpoint, arch)?;
             pool.push(Some(checkpoint));
         }
+        check_head(pool[0].as_ref().expect("opened above"), arch)?;
         let (val, test, task) = match arch.input() {
             Input::Image(_) => {
                 let open = |p: Option<&Path>| {
@@ -632,6 +633,46 @@ impl Candidates<Metrics> for SumCandidates<'_> {
     }
 }
 
+/// Refuses a classifier that is not one: a head of one output, or `config.json`'s
+/// `problem_type` `regression` (transformers' reading of `num_labels` = 1). A softmax over one
+/// logit is 1, so every example of class 0 would count as right with loss 0, and every soup
+/// would tie.
+fn check_head(first: &Checkpoint, arch: &dyn Architecture) -> Result<()> {
+    let Output::Classes(classes) = arch.output() else {
+        return Ok(());
+    };
+    let regression = Layout::of(first)?
+        .config
+        .as_ref()
+        .and_then(|c| c.get("problem_type"))
+        .and_then(|p| p.as_str())
+        == Some("regression");
+    if classes >= 2 && !regression {
+        return Ok(());
+    }
+    // The head's weight: the last one with a row per class.
+    let tensor = arch
+        .tensors()
+        .into_iter()
+        .rev()
+        .find(|t| t.name.ends_with("weight") && t.shape.len() == 2 && t.shape[0] == classes)
+        .map_or_else(|| "the classifier".to_string(), |t| t.name);
+    let rows = match classes {
+        1 => "has one output row".to_string(),
+        n => format!("has {n} output rows"),
+    };
+    let reason = if regression {
+        format!("{rows}, and config.json's problem_type is \"regression\": a regression or reward head, not a classifier")
+    } else {
+        format!("{rows}: a regression or reward head, not a classifier (a softmax over one output is always 1)")
+    };
+    Err(Error::Head {
+        path: first.path().to_path_buf(),
+        tensor,
+        reason,
+    })
+}
+
 /// Opens the text splits of a language model: the model's vocabulary, positions, classes and
 /// `config.json` (from the first ingredient), its tokenizer when the data needs one, and the
 /// task both splits share.
@@ -671,6 +712,7 @@ fn open_text(
     let model = TokenModel {
         vocab: input.vocab,
         max_positions: input.max_positions,
+        trained_positions: input.trained_positions,
         classes: match arch.output() {
             Output::Classes(n) => Some(n),
             Output::NextToken(_) => None,

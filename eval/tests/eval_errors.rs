@@ -632,3 +632,127 @@ fn special_token_ids_past_the_vocabulary_name_config_json() {
         assert!(common::stderr(&out).lines().count() == 1, "{line}");
     }
 }
+
+/// A copy of fixture model directory `fixtures/<from>` in `dir`.
+fn copy_model(dir: &Path, from: &str) -> PathBuf {
+    let to = dir.join(Path::new(from).file_name().unwrap());
+    std::fs::create_dir(&to).unwrap();
+    for entry in std::fs::read_dir(fixture(from)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    to
+}
+
+/// `file`'s tensors with `head.weight` and `head.bias` cut to their first row.
+fn one_output(file: &Path, head: &str) {
+    let mut tensors: Vec<common::Spec> = common::read(file)
+        .into_iter()
+        .map(|(name, (dtype, mut shape, mut data))| {
+            if name == format!("{head}.weight") || name == format!("{head}.bias") {
+                data.truncate(data.len() / shape[0]);
+                shape[0] = 1;
+            }
+            spec(&name, dtype, &shape, data)
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    write(file, &tensors);
+}
+
+/// A softmax over one output is 1: a regression or reward head (or a vision head of one
+/// class) would score 100% with loss 0 on anything, so it is refused, naming the tensor.
+#[test]
+fn a_head_of_one_output_is_refused_not_scored_perfect() {
+    let dir = tempfile::tempdir().unwrap();
+    let reward = copy_model(dir.path(), "text/models/bert-cls");
+    one_output(&reward.join("model.safetensors"), "classifier");
+    let config = reward.join("config.json");
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    value["id2label"] = serde_json::json!({"0": "LABEL_0"});
+    value["label2id"] = serde_json::json!({"LABEL_0": 0});
+    value["problem_type"] = "regression".into();
+    std::fs::write(&config, value.to_string()).unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"text\": \"a fine day\", \"label\": 0}\n").unwrap();
+    let out = soup_eval(&[&"score", &"--val", &data, &reward]);
+    assert_error(
+        &out,
+        &[
+            "classifier.weight",
+            "one output",
+            "problem_type",
+            "regression",
+            "2 or more classes",
+            "--scorer",
+        ],
+    );
+    // Without problem_type, and a vision head: the same refusal.
+    value.as_object_mut().unwrap().remove("problem_type");
+    std::fs::write(&config, value.to_string()).unwrap();
+    let out = soup_eval(&[&"score", &"--val", &data, &reward]);
+    assert_error(
+        &out,
+        &["classifier.weight", "one output", "2 or more classes"],
+    );
+    let resnet = dir.path().join("resnet.safetensors");
+    std::fs::copy(fixture("vision-digits/ft-lr2e-3.safetensors"), &resnet).unwrap();
+    one_output(&resnet, "fc");
+    let images = fixture("digits-images/val");
+    let out = soup_eval(&[&"score", &"--arch", &"resnet", &"--val", &images, &resnet]);
+    assert_error(
+        &out,
+        &[
+            "resnet.safetensors",
+            "fc.weight",
+            "one output",
+            "2 or more classes",
+        ],
+    );
+}
+
+/// Inputs smaller than an architecture's downsampling layers allow are refused before any
+/// forward pass, naming the smallest size and the flag, once: not candle's internal error
+/// (twice, with its backtrace) nor a panic (hf_convnext's 0-sized maps).
+#[test]
+fn inputs_too_small_for_the_architecture_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.safetensors");
+    dataset(&small, Some((&[2, 3, 8, 8], 2 * 3 * 8 * 8)), Some(&[0, 1]));
+    for (model, min) in [("convnext", 16), ("densenet-small", 13), ("vgg", 8)] {
+        let weights = fixture(&format!("vision/{model}.safetensors"));
+        let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+            .args(["score", "-q", "--val"])
+            .args([&small, &weights])
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        if min <= 8 {
+            assert!(out.status.success(), "{model}: {}", common::stderr(&out));
+            continue;
+        }
+        let line = assert_error(
+            &out,
+            &["small.safetensors", "8x8", &format!("at least {min}x{min}")],
+        );
+        assert_eq!(common::stderr(&out).lines().count(), 1, "{line}");
+    }
+    // Through the image flags, and as JSON: the fix is the flags.
+    let hf = fixture("vision/hf-convnext");
+    let images = fixture("digits-images/val");
+    let out = soup_eval(&[
+        &"score",
+        &"--json",
+        &"--resize",
+        &"8",
+        &"--crop",
+        &"8",
+        &"--val",
+        &images,
+        &hf,
+    ]);
+    assert_error(&out, &["8x8", "at least 16x16", "--resize 16 --crop 16"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "dataset");
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use soup_eval::arch::{Architecture, Batch, Input, Model, Output, TensorSpec, TokenInput};
+use soup_eval::dataset::Data;
 use soup_eval::ensemble::Mode;
 use soup_eval::evaluator::Evaluator;
 use soup_eval::score::{Metric, Metrics, Task};
@@ -85,6 +86,7 @@ impl Architecture for Bigram {
         Input::Tokens(TokenInput {
             vocab: V,
             max_positions: Some(12),
+            trained_positions: None,
             pad_token_id: Some(1),
         })
     }
@@ -97,6 +99,36 @@ impl Architecture for Bigram {
     fn build(&self, vb: VarBuilder) -> candle_core::Result<Box<dyn Model>> {
         let w = vb.get((V, V), "lm.weight")?;
         Ok(Box::new(BigramModel(candle_nn::Embedding::new(w, V))))
+    }
+}
+
+/// The bigram LM as a rotary model trained on 4 positions: no hard limit, but the defaults
+/// stay within its training length.
+struct Rotary;
+
+impl Architecture for Rotary {
+    fn family(&self) -> &'static str {
+        "rotary"
+    }
+    fn describe(&self) -> String {
+        "rotary".into()
+    }
+    fn input(&self) -> Input {
+        Input::Tokens(TokenInput {
+            vocab: V,
+            max_positions: None,
+            trained_positions: Some(4),
+            pad_token_id: Some(1),
+        })
+    }
+    fn output(&self) -> Output {
+        Bigram.output()
+    }
+    fn tensors(&self) -> Vec<TensorSpec> {
+        Bigram.tensors()
+    }
+    fn build(&self, vb: VarBuilder) -> candle_core::Result<Box<dyn Model>> {
+        Bigram.build(vb)
     }
 }
 
@@ -131,6 +163,7 @@ impl Architecture for Bag {
         Input::Tokens(TokenInput {
             vocab: V,
             max_positions: Some(6),
+            trained_positions: None,
             pad_token_id: None,
         })
     }
@@ -678,6 +711,58 @@ fn multiple_choice_scores_like_lm_evaluation_harness() {
     check(ensemble.row.val.as_ref().unwrap(), &every, "mixture");
 }
 
+/// The longest sequence each split's sequences have.
+fn longest(session: &Session) -> usize {
+    let Some(Data::Text(data)) = session.data(Split::Val) else {
+        panic!("text data")
+    };
+    data.sequences.iter().map(|s| s.len()).max().unwrap()
+}
+
+/// A rotary model's training length bounds the default windows and contexts (as the help
+/// and lm-evaluation-harness have it); explicit flags may pass it.
+#[test]
+fn defaults_stay_within_a_rotary_models_training_length() {
+    let f = lm_fixture();
+    let lm = |text: TextOptions| {
+        let options = DataOptions {
+            text,
+            ..DataOptions::default()
+        };
+        open(Arc::new(Rotary), &f.dirs, &f.val, None, 2, options).unwrap()
+    };
+    let default = lm(TextOptions::default());
+    assert_eq!(longest(&default), 4);
+    let explicit = lm(TextOptions {
+        seq_len: Some(4),
+        ..TextOptions::default()
+    });
+    let (Some(Data::Text(a)), Some(Data::Text(b))) =
+        (default.data(Split::Val), explicit.data(Split::Val))
+    else {
+        panic!("text data")
+    };
+    assert_eq!(a.sequences, b.sequences);
+    assert_eq!(longest(&lm(lm_options(12, 12, None).text)), 12);
+
+    let path = f.dirs[0].parent().unwrap().join("long.jsonl");
+    let line = serde_json::json!({"context": "the cat sat on the mat and the dog", "choices": [" saw", " ran"], "answer": 0});
+    std::fs::write(&path, line.to_string() + "\n").unwrap();
+    let mc = |max_length| {
+        let options = DataOptions {
+            text: TextOptions {
+                max_length,
+                ..TextOptions::default()
+            },
+            ..DataOptions::default()
+        };
+        open(Arc::new(Rotary), &f.dirs, &path, None, 2, options).unwrap()
+    };
+    // [BOS] + 9 words + the choice: 11 tokens, cut from the left to the 4 trained positions.
+    assert_eq!(longest(&mc(None)), 4);
+    assert_eq!(longest(&mc(Some(100))), 11);
+}
+
 // ----- classification -----
 
 const CLS: &[(&str, Option<&str>, &str)] = &[
@@ -817,6 +902,50 @@ fn classification_from_jsonl_names_and_csv_indices_matches_the_reference() {
             close(e.row.val.unwrap().loss, loss, "ensemble loss");
         }
     }
+}
+
+/// Class names that read as integers (sentiment -1/0/1) are names in CSV as in JSONL: the
+/// same rows score the same in either format, and `-1` is a name, not an index out of range.
+#[test]
+fn csv_labels_that_label2id_names_are_names_as_in_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"label2id": {"-1": 0, "0": 1, "1": 2}, "id2label": {"0": "-1", "1": "0", "2": "1"}});
+    let dirs = vec![model_dir(
+        dir.path(),
+        "sentiment",
+        "bag.weight",
+        &[V, CLASSES],
+        &noise(3, V * CLASSES, 1.0),
+        config,
+    )];
+    let rows = [
+        ("the cat sat", "1"),
+        ("a dog ran", "-1"),
+        ("it", "0"),
+        ("the mat", "1"),
+    ];
+    let (jsonl, csv) = (dir.path().join("val.jsonl"), dir.path().join("test.csv"));
+    let mut j = String::new();
+    let mut c = "text,label\n".to_string();
+    for (text, label) in rows {
+        j += &(serde_json::json!({"text": text, "label": label}).to_string() + "\n");
+        c += &format!("{text},{label}\n");
+    }
+    std::fs::write(&jsonl, j).unwrap();
+    std::fs::write(&csv, c).unwrap();
+    let mut session = open(
+        Arc::new(Bag),
+        &dirs,
+        &jsonl,
+        Some(&csv),
+        4,
+        DataOptions::default(),
+    )
+    .unwrap();
+    let row = &session.ingredients(&[Split::Val, Split::Test]).unwrap()[0];
+    let (val, test) = (row.val.unwrap(), row.test.unwrap());
+    assert_eq!(val.accuracy, test.accuracy);
+    assert_eq!(val.loss, test.loss);
 }
 
 // ----- errors -----

@@ -406,3 +406,59 @@ fn a_tiny_mnasnet_is_no_standard_variant() {
         "{err}"
     );
 }
+
+/// Each fully convolutional fixture runs at the smallest input it claims, and candle can't run
+/// it one pixel smaller (an error, or a panic for a 0-sized map): the bound in the up-front
+/// refusal is exact, neither stricter than the model nor looser.
+#[test]
+fn each_family_runs_at_its_smallest_input_and_not_below() {
+    let directories = [
+        ("hf-convnext", "hf_convnext"),
+        ("hf-convnext-noscale", "hf_convnext"),
+    ];
+    let files = CASES
+        .iter()
+        .map(|(case, family, _)| (format!("{case}.safetensors"), *family));
+    let all = files.chain(directories.iter().map(|(d, f)| (d.to_string(), *f)));
+    let mut bounded = 0;
+    for (name, family) in all {
+        let weights = Checkpoint::open(&vision(&name)).unwrap();
+        let model = Selection::parse(family)
+            .unwrap()
+            .configure(&weights, &options(&weights))
+            .unwrap();
+        let soup_eval::arch::Input::Image(shape) = model.input() else {
+            panic!("{name}: an image model")
+        };
+        if shape.size.is_some() {
+            continue;
+        }
+        let w = Weights::from_checkpoint(&weights, &candle_core::Device::Cpu).unwrap();
+        let evaluator = Evaluator::new(model.clone(), candle_core::Device::Cpu, 1);
+        let c = shape.channels;
+        let run = |side: usize| {
+            let data = Dataset::in_memory(
+                vision(&name),
+                vec![0.5; c * side * side],
+                vec![c, side, side],
+                vec![0],
+            );
+            evaluator.logits(&w, &data)
+        };
+        let min = shape.min;
+        run(min).unwrap_or_else(|e| panic!("{name}: fails at its smallest input {min}: {e}"));
+        assert!(shape.accepts(&[c, min, min + 3]), "{name}");
+        if min > 1 {
+            bounded += 1;
+            assert!(!shape.accepts(&[c, min - 1, min]), "{name}");
+            let below = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(min - 1)));
+            assert!(
+                !matches!(below, Ok(Ok(_))),
+                "{name}: runs at {}, below its smallest input {min}",
+                min - 1
+            );
+        }
+    }
+    // convnext, densenet x2, vgg x2, hf-convnext x2.
+    assert_eq!(bounded, 7);
+}

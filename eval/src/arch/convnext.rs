@@ -16,7 +16,9 @@ use std::sync::Arc;
 use candle_core::{Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
-use super::layers::{adaptive_avg_pool, conv_dims, linear, linear_specs, Conv, ConvShape};
+use super::layers::{
+    adaptive_avg_pool, conv_dims, linear, linear_specs, min_side, Conv, ConvShape, Window,
+};
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
     TensorSpec,
@@ -177,9 +179,15 @@ impl Architecture for ConvNextConfig {
     }
 
     fn input(&self) -> Input {
+        // The 4x4 stride-4 stem, then a 2x2 stride-2 convolution between stages.
+        let down = conv(1, 1, 2, 2, 0, 1);
+        let chain: Vec<Window> = std::iter::once(Window::from(&conv(1, 1, 4, 4, 0, 1)))
+            .chain(self.stages[1..].iter().map(|_| Window::from(&down)))
+            .collect();
         InputShape {
             channels: self.channels,
             size: None,
+            min: min_side(&chain),
         }
         .into()
     }

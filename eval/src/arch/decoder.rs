@@ -151,6 +151,8 @@ pub struct Decoder {
     pub ignored: Vec<(String, Vec<usize>)>,
     /// `pad_token_id`.
     pub pad_token_id: Option<u32>,
+    /// `max_position_embeddings`: the length the model was trained on.
+    pub trained_positions: Option<usize>,
 }
 
 /// The parts of [`Style`] the model needs after configuration.
@@ -307,6 +309,7 @@ impl Decoder {
             lm_head,
             ignored,
             pad_token_id: config.token_id("pad_token_id")?,
+            trained_positions: config.opt_positive("max_position_embeddings")?,
         })
     }
 
@@ -624,8 +627,10 @@ impl Architecture for Decoder {
     fn input(&self) -> Input {
         Input::Tokens(TokenInput {
             vocab: self.vocab,
-            // RoPE has no hard limit; `max_position_embeddings` is only the training length.
+            // RoPE has no hard limit; `max_position_embeddings` is only the training length,
+            // which bounds the defaults.
             max_positions: None,
+            trained_positions: self.trained_positions,
             pad_token_id: self.pad_token_id,
         })
     }

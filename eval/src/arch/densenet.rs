@@ -27,7 +27,7 @@ use candle_nn::{BatchNorm, Linear, VarBuilder};
 
 use super::layers::{
     adaptive_avg_pool, avg_pool, batch_norm, batch_norm_specs, conv_dims, eval_norm, linear,
-    linear_specs, max_pool, Conv, ConvNorm, ConvShape,
+    linear_specs, max_pool, min_side, Conv, ConvNorm, ConvShape, Window,
 };
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
@@ -196,6 +196,13 @@ impl Architecture for DenseNetConfig {
         InputShape {
             channels: self.stem.input,
             size: None,
+            // The stem, its max pool and each transition's unpadded 2x2 average pool.
+            min: min_side(
+                &[Window::from(&self.stem), Window::pool(3, 2, 1)]
+                    .into_iter()
+                    .chain(self.transitions.iter().map(|_| Window::pool(2, 2, 0)))
+                    .collect::<Vec<_>>(),
+            ),
         }
         .into()
     }

@@ -97,6 +97,7 @@ impl Architecture for DigitsCnnArch {
         InputShape {
             channels: 1,
             size: Some([8, 8]),
+            min: 1,
         }
         .into()
     }

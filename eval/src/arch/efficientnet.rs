@@ -293,6 +293,8 @@ impl Architecture for EfficientNetConfig {
         InputShape {
             channels: self.channels,
             size: None,
+            // Every convolution is padded by half its kernel: any size leaves a position.
+            min: 1,
         }
         .into()
     }

@@ -54,6 +54,7 @@ impl Architecture for EncoderClassifier {
         Input::Tokens(TokenInput {
             vocab: self.encoder.vocab,
             max_positions: Some(self.encoder.max_positions()),
+            trained_positions: None,
             pad_token_id: self.encoder.pad_token_id,
         })
     }

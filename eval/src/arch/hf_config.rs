@@ -96,7 +96,7 @@ impl<'a> HfConfig<'a> {
     }
 
     /// `key` as a positive integer, if present.
-    fn opt_positive(&self, key: &str) -> Result<Option<usize>, ConfigError> {
+    pub fn opt_positive(&self, key: &str) -> Result<Option<usize>, ConfigError> {
         self.get(key)
             .map(|v| {
                 v.as_u64()

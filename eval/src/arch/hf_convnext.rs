@@ -23,7 +23,9 @@ use candle_core::{Result, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use super::hf_config::{key_name, HfConfig};
-use super::layers::{conv_dims, linear, linear_specs, tokens_linear, Conv, ConvShape};
+use super::layers::{
+    conv_dims, linear, linear_specs, min_side, tokens_linear, Conv, ConvShape, Window,
+};
 use super::text_layers::Activation;
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
@@ -191,9 +193,20 @@ impl Architecture for HfConvNextConfig {
     }
 
     fn input(&self) -> Input {
+        // The patch x patch stride-patch stem, then a 2x2 stride-2 convolution before each
+        // stage but the first.
+        let chain: Vec<Window> =
+            std::iter::once(Window::from(&conv(1, 1, self.patch, self.patch, 1)))
+                .chain(
+                    self.stages[1..]
+                        .iter()
+                        .map(|_| Window::from(&conv(1, 1, 2, 2, 1))),
+                )
+                .collect();
         InputShape {
             channels: self.channels,
             size: None,
+            min: min_side(&chain),
         }
         .into()
     }

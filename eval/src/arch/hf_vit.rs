@@ -214,6 +214,7 @@ impl Architecture for HfVitConfig {
         InputShape {
             channels: self.channels,
             size: Some(self.image),
+            min: 1,
         }
         .into()
     }

@@ -84,6 +84,61 @@ impl ConvShape {
     }
 }
 
+/// The window a convolution or pooling layer slides over a feature map: what decides how
+/// much of the map is left after it, and so the smallest input a model takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding on each side.
+    pub padding: usize,
+    /// Spacing of the kernel taps.
+    pub dilation: usize,
+}
+
+impl Window {
+    /// A pooling window (PyTorch's `ceil_mode=False`, as torchvision's models use it).
+    pub fn pool(kernel: usize, stride: usize, padding: usize) -> Self {
+        Window {
+            kernel,
+            stride,
+            padding,
+            dilation: 1,
+        }
+    }
+
+    /// The side left of a side of `n`, as PyTorch computes it; `None` when the kernel does
+    /// not fit, where candle fails with an internal error or panics.
+    pub fn output(&self, n: usize) -> Option<usize> {
+        let span = self.dilation * (self.kernel.max(1) - 1) + 1;
+        let padded = n + 2 * self.padding;
+        (padded >= span).then(|| (padded - span) / self.stride.max(1) + 1)
+    }
+}
+
+impl From<&ConvShape> for Window {
+    fn from(c: &ConvShape) -> Self {
+        Window {
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+        }
+    }
+}
+
+/// The smallest side for which every window of `chain`, applied in order, leaves at least one
+/// position. Windows that keep the size (padded stride-1 convolutions) may be left out.
+pub fn min_side(chain: &[Window]) -> usize {
+    // Each window at most divides the side by its stride, so the answer is below the product
+    // of the strides times the largest kernel; the bound only stops a malformed chain.
+    (1..=1 << 24)
+        .find(|&n| chain.iter().try_fold(n, |n, w| w.output(n)).is_some())
+        .unwrap_or(1 << 24)
+}
+
 /// A `torch.nn.Conv2d` in eval mode: candle's convolution, or, on the CPU for a depthwise
 /// layer (one filter per channel), the direct [`Depthwise`] kernel.
 pub struct Conv {
@@ -335,6 +390,32 @@ mod tests {
         let x = Tensor::new(&[[[[-1f32, -2.0], [-3.0, -4.0]]]], &Device::Cpu).unwrap();
         let y = max_pool(&x, 3, 2, 1).unwrap();
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [-1.0]);
+    }
+
+    /// The smallest sides PyTorch gives for torchvision's stems and downsampling chains.
+    #[test]
+    fn min_side_is_the_smallest_input_every_window_fits() {
+        let conv = |kernel, stride, padding| Window {
+            kernel,
+            stride,
+            padding,
+            dilation: 1,
+        };
+        // ConvNeXt: a 4x4 stride-4 stem, then three 2x2 stride-2 downsamplings.
+        let convnext = [conv(4, 4, 0), conv(2, 2, 0), conv(2, 2, 0), conv(2, 2, 0)];
+        assert_eq!(min_side(&convnext), 32);
+        // DenseNet-121: 7x7/2 stem, 3x3/2 max pool, three 2x2 average pools.
+        let mut densenet = vec![conv(7, 2, 3), Window::pool(3, 2, 1)];
+        densenet.extend([Window::pool(2, 2, 0); 3]);
+        assert_eq!(min_side(&densenet), 29);
+        // Padded layers take anything; a dilated 3x3 needs 5 without padding.
+        assert_eq!(min_side(&[conv(7, 2, 3), conv(3, 2, 1)]), 1);
+        let dilated = Window {
+            dilation: 2,
+            ..conv(3, 1, 0)
+        };
+        assert_eq!(min_side(&[dilated]), 5);
+        assert_eq!(min_side(&[]), 1);
     }
 
     #[test]

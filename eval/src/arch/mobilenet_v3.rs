@@ -378,6 +378,8 @@ impl Architecture for MobileNetV3Config {
         InputShape {
             channels: self.channels,
             size: None,
+            // Every convolution is padded by half its kernel: any size leaves a position.
+            min: 1,
         }
         .into()
     }

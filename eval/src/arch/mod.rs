@@ -169,6 +169,10 @@ pub struct TokenInput {
     /// The longest sequence the model takes, when it has a limit (learned position
     /// embeddings); `None` for rotary models.
     pub max_positions: Option<usize>,
+    /// A model without a hard limit: the length it was trained on (a rotary model's
+    /// `max_position_embeddings`). Default windows and contexts stay within it, as
+    /// lm-evaluation-harness's do; an explicit `--seq-len` or `--max-length` may pass it.
+    pub trained_positions: Option<usize>,
     /// The padding id `config.json` names, if any.
     pub pad_token_id: Option<u32>,
 }
@@ -240,6 +244,10 @@ pub struct InputShape {
     /// `Some([h, w])` for models that accept one size only (a ViT's position embedding, a
     /// flatten into a linear head); `None` for fully convolutional models.
     pub size: Option<[usize; 2]>,
+    /// A fully convolutional model's smallest height and width: its strided and unpadded
+    /// layers leave nothing of a smaller input ([`layers::min_side`]), and candle then fails
+    /// mid-forward with an internal error, or panics. 1 when every layer is padded.
+    pub min: usize,
 }
 
 impl InputShape {
@@ -247,7 +255,7 @@ impl InputShape {
     pub fn accepts(&self, shape: &[usize]) -> bool {
         match (shape, self.size) {
             ([c, h, w], Some(size)) => *c == self.channels && [*h, *w] == size,
-            ([c, h, w], None) => *c == self.channels && *h > 0 && *w > 0,
+            ([c, h, w], None) => *c == self.channels && (*h).min(*w) >= self.min.max(1),
             _ => false,
         }
     }
@@ -257,6 +265,11 @@ impl fmt::Display for InputShape {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.size {
             Some([h, w]) => write!(f, "[N, {}, {h}, {w}]", self.channels),
+            None if self.min > 1 => write!(
+                f,
+                "[N, {}, H, W] with H and W at least {}",
+                self.channels, self.min
+            ),
             None => write!(f, "[N, {}, H, W]", self.channels),
         }
     }

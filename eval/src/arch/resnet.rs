@@ -25,8 +25,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::layers::{
-    adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, max_pool, ConvNorm,
-    ConvShape,
+    adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, max_pool, min_side,
+    ConvNorm, ConvShape, Window,
 };
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
@@ -294,6 +294,8 @@ impl Architecture for ResNetConfig {
         InputShape {
             channels: self.stem.input,
             size: None,
+            // The stem and its max pool; the blocks' convolutions are padded.
+            min: min_side(&[Window::from(&self.stem), Window::pool(3, 2, 1)]),
         }
         .into()
     }

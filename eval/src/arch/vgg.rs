@@ -17,8 +17,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::layers::{
-    adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, max_pool, Conv, ConvNorm,
-    ConvShape,
+    adaptive_avg_pool, batch_norm_specs, conv_dims, linear, linear_specs, max_pool, min_side, Conv,
+    ConvNorm, ConvShape, Window,
 };
 use super::{
     Architecture, Batch, ConfigError, Family, Input, InputShape, Layout, Model, Options, Output,
@@ -237,9 +237,19 @@ impl Architecture for VggConfig {
             Some(Step::Conv(_, c)) => c.input,
             _ => 3,
         };
+        // Each 2x2 max pool halves the map; the convolutions are as stored.
+        let chain: Vec<Window> = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Conv(_, c) => Window::from(c),
+                Step::Pool => Window::pool(2, 2, 0),
+            })
+            .collect();
         InputShape {
             channels,
             size: None,
+            min: min_side(&chain),
         }
         .into()
     }

@@ -181,6 +181,7 @@ impl Architecture for VitConfig {
         InputShape {
             channels: self.channels,
             size: Some([self.image, self.image]),
+            min: 1,
         }
         .into()
     }

@@ -20,6 +20,9 @@ pub struct TokenModel {
     pub vocab: usize,
     /// The longest sequence the model takes, if it has a limit.
     pub max_positions: Option<usize>,
+    /// A model without a limit: the length it was trained on, which the defaults of
+    /// `--seq-len` and `--max-length` stay within.
+    pub trained_positions: Option<usize>,
     /// `Some(n)` for a classifier of `n` classes, `None` for a next-token model.
     pub classes: Option<usize>,
     /// `config.json`'s `bos_token_id`, prepended to language-modelling documents and to
@@ -33,6 +36,12 @@ pub struct TokenModel {
 }
 
 impl TokenModel {
+    /// The longest sequence the defaults give: the model's limit, or the length it was
+    /// trained on.
+    fn default_positions(&self) -> Option<usize> {
+        self.max_positions.or(self.trained_positions)
+    }
+
     /// Reads `bos_token_id` and `label2id` from a parsed `config.json` (absent keys, or
     /// values of the wrong kind, count as absent; a `label2id` index out of range is an error
     /// when a label names it).
@@ -262,7 +271,7 @@ impl TextData {
                 data.cut_windows(model, options)?;
             }
             (Task::MultipleChoice, TextFormat::Jsonl) => {
-                let limit = options.max_length.or(model.max_positions);
+                let limit = options.max_length.or(model.default_positions());
                 if let (Some(l), Some(m)) = (options.max_length, model.max_positions) {
                     if l > m {
                         return Err(bad(
@@ -455,7 +464,10 @@ impl TextData {
                 ))
             }
             (Some(l), _) => l,
-            (None, m) => m.unwrap_or(DEFAULT_MAX_LENGTH).min(DEFAULT_MAX_LENGTH),
+            (None, _) => model
+                .default_positions()
+                .unwrap_or(DEFAULT_MAX_LENGTH)
+                .min(DEFAULT_MAX_LENGTH),
         };
         if seq_len < 2 {
             return Err(bad(
@@ -782,8 +794,10 @@ fn string_field<'a>(
     }
 }
 
-/// A record's label: an integer class, or a name from `config.json`'s `label2id` (CSV fields
-/// are strings: one that reads as an integer is one).
+/// A record's label: an integer class, or a name from `config.json`'s `label2id`. CSV fields
+/// are all strings: one that `label2id` names is that name, as the same string in JSONL is
+/// (sentiment classes `-1`, `0`, `1` and ratings `1` to `5` are common names); any other that
+/// reads as an integer is a class index.
 fn label_of(
     r: &Record,
     model: &TokenModel,
@@ -820,6 +834,15 @@ fn label_of(
             Some(i) if (i as u128) < classes as u128 => Ok(i as usize),
             _ => Err(range(n.to_string())),
         },
+        Some(Value::String(s))
+            if csv
+                && model
+                    .label2id
+                    .as_ref()
+                    .is_some_and(|m| m.contains_key(s.trim())) =>
+        {
+            by_name(s.trim())
+        }
         Some(Value::String(s)) if csv => match s.trim().parse::<i64>() {
             Ok(i) if i >= 0 && (i as u64) < classes as u64 => Ok(i as usize),
             Ok(i) => Err(range(i.to_string())),

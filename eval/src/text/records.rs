@@ -15,16 +15,9 @@ pub struct Record {
     pub fields: Map<String, Value>,
 }
 
-/// Reads `path` as UTF-8 text; an error names the file and the fix.
+/// Reads `path` as UTF-8 text without a byte-order mark; an error names the file and the fix.
 pub fn read_text(path: &Path) -> Result<String> {
-    let bytes = crate::dataset::read_regular(path, "dataset")?;
-    String::from_utf8(bytes).map_err(|e| Error::Dataset {
-        path: path.to_path_buf(),
-        reason: format!(
-            "is not UTF-8 text (invalid bytes at offset {}); convert it to UTF-8",
-            e.utf8_error().valid_up_to()
-        ),
-    })
+    crate::dataset::read_text(path, "dataset")
 }
 
 /// The objects of a JSON Lines text, one per non-blank line.
@@ -108,7 +101,6 @@ pub fn csv(path: &Path, text: &str) -> Result<Vec<Record>> {
 /// Splits CSV text into rows of fields, each with the line it starts on; `Err(line)` for a
 /// quote left open from that line.
 fn split_rows(text: &str) -> std::result::Result<Vec<(usize, Vec<String>)>, usize> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut rows = Vec::new();
     let mut row = Vec::new();
     let mut field = String::new();
@@ -204,6 +196,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("named twice"), "{e}");
+    }
+
+    /// Excel's "CSV UTF-8" and Windows editors start a file with a byte-order mark: not part
+    /// of the first JSON line or the first CSV column's name.
+    #[test]
+    fn a_byte_order_mark_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(&path, "\u{feff}{\"text\": \"a\", \"label\": 1}\n").unwrap();
+        let rows = jsonl(&path, &read_text(&path).unwrap(), "{}").unwrap();
+        assert_eq!(rows[0].fields["text"], "a");
+        let path = dir.path().join("d.csv");
+        std::fs::write(&path, "\u{feff}text,label\na,1\n").unwrap();
+        let rows = csv(&path, &read_text(&path).unwrap()).unwrap();
+        assert_eq!(rows[0].fields["text"], "a");
     }
 
     #[test]
