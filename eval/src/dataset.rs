@@ -347,7 +347,7 @@ const MAX_TEXT_BYTES: u64 = 16 << 30;
 
 /// Reads a text dataset or list whole: a regular file only (a FIFO is refused without
 /// blocking), of at most [`MAX_TEXT_BYTES`]. `what` names it in messages.
-pub fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
+fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
     model_soup::format::small_file::read(path, MAX_TEXT_BYTES, what).map_err(|e| match e {
         model_soup::Error::Header { reason, .. } => Error::Dataset {
             path: path.to_path_buf(),

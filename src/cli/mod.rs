@@ -82,14 +82,15 @@ pub fn print_json(report: &impl serde::Serialize) -> std::io::Result<()> {
 /// has its own stack), and a typo such as `--threads 100000` must fail at once.
 pub const MAX_THREADS: usize = 1024;
 
-/// Refuses a `RAYON_NUM_THREADS` the thread pool would choke on, before any work.
-fn check_thread_env() -> Result<(), crate::Error> {
+/// The thread count `RAYON_NUM_THREADS` asks for (0 or unset: every core), refusing one the
+/// thread pool would choke on, before any work.
+fn thread_env() -> Result<usize, crate::Error> {
     let Some(value) = std::env::var_os("RAYON_NUM_THREADS") else {
-        return Ok(());
+        return Ok(0);
     };
     let text = value.to_string_lossy();
     match text.trim().parse::<usize>() {
-        Ok(n) if n <= MAX_THREADS => Ok(()),
+        Ok(n) if n <= MAX_THREADS => Ok(n),
         _ => Err(crate::Error::Usage(format!(
             "RAYON_NUM_THREADS={text} is not a thread count from 0 (every core) to {MAX_THREADS}; unset it or give a number in that range"
         ))),
@@ -98,18 +99,17 @@ fn check_thread_env() -> Result<(), crate::Error> {
 
 /// Starts the worker threads before any work, so that a process limit leaving no room for
 /// them (`ulimit -v`, a pids cgroup) is an `error:` line rather than rayon's panic at first
-/// use. There are `RAYON_NUM_THREADS` of them (see [`check_thread_env`]; 0 or unset is one per
+/// use. There are `RAYON_NUM_THREADS` of them (see [`thread_env`]; 0 or unset is one per
 /// core). rayon's older `RAYON_RS_NUM_CPUS`, which that check doesn't see, is not read. Later
 /// calls report the first call's result.
 pub fn start_thread_pool() -> Result<(), crate::Error> {
     static STARTED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    check_thread_env()?;
+    let asked = thread_env()?;
     let started = STARTED.get_or_init(|| {
-        let asked = std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|t| t.trim().parse::<usize>().ok())
-            .filter(|&n| n > 0);
-        let n = asked.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let n = match asked {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()

@@ -31,8 +31,6 @@ pub enum Role {
     Index,
     /// The `--base` model directory (config and tokenizer source).
     Base,
-    /// A recipe's `base_model`, read as the base or as the config source.
-    BaseModel,
     /// A `--config` recipe file.
     Recipe,
     /// A validation or test set.
@@ -50,7 +48,6 @@ impl Role {
             Role::Shard => "input shard",
             Role::Index => "input's shard index",
             Role::Base => "--base directory",
-            Role::BaseModel => "recipe's base_model",
             Role::Recipe => "--config recipe",
             Role::Dataset => "dataset",
             Role::Companion => "companion file",

@@ -212,6 +212,19 @@ pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
 }
 
 /// Whether a process with this id is alive, to tell our stale temporaries from a running merge's.
+/// Whether two paths name the same file or directory: the same text, the same path once
+/// resolved, or the same device and inode (a hard link is the same file).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+        || matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
+}
+
 pub fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;

@@ -20,7 +20,7 @@ use super::verify::Record;
 use crate::error::{Error, Result};
 use crate::format::destination::{self, Destination, OutputKind, Reads, Request, Role};
 use crate::format::model_dir::{self, Companion};
-use crate::format::{Checkpoint, Dtype};
+use crate::format::{same_file, Checkpoint, Dtype};
 
 /// What to merge and where: everything a front end parsed, nothing validated yet.
 #[derive(Debug, Clone, Default)]
@@ -252,19 +252,6 @@ impl Mix {
     }
 }
 
-/// Whether two paths name the same file or directory: the same path resolved, or the same
-/// device and inode (a hard link to the base is the base).
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    a == b
-        || matches!(
-            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
-            (Ok(x), Ok(y)) if x == y
-        )
-        || matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
-}
-
 /// A validated merge, planned from headers alone, ready to run.
 pub struct Merge {
     plan: Plan,
@@ -302,7 +289,6 @@ fn check_outputs(
     request: &MergeRequest,
     kind: OutputKind,
     ingredients: &[Checkpoint],
-    recipe_base: Option<&Path>,
     companions: &[Companion],
 ) -> Result<Option<Destination>> {
     let mut reads = Reads::new();
@@ -314,9 +300,6 @@ fn check_outputs(
     }
     if let Some(recipe) = &request.recipe {
         reads.add(Role::Recipe, recipe);
-    }
-    if let Some(base) = recipe_base {
-        reads.add(Role::BaseModel, base);
     }
     for (role, path) in &request.also_reads {
         reads.add(*role, path);
@@ -394,13 +377,7 @@ impl Merge {
             .as_deref()
             .map(model_dir::companion_files)
             .unwrap_or_default();
-        // The recipe's base_model is read even by a method without a base (it is the config
-        // source then), so it is protected like --base.
-        let recipe_base = recipe
-            .as_ref()
-            .and_then(|r| r.base_model.as_deref())
-            .map(Path::new);
-        let destination = check_outputs(request, kind, &ingredients, recipe_base, &companions)?;
+        let destination = check_outputs(request, kind, &ingredients, &companions)?;
         let plan = match &mix.settings {
             None => Plan::new(ingredients, mix.weights.clone(), &options)?,
             Some(settings) => Plan::with_method(

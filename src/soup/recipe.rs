@@ -33,7 +33,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::method::{self, Method, Setting, Settings};
 use crate::error::{Error, Result};
-use crate::format::Dtype;
+use crate::format::{same_file, Dtype};
 
 /// The keys soup-merge reads at the top of a recipe.
 const TOP_KEYS: &[&str] = &[
@@ -61,8 +61,9 @@ pub struct Recipe {
     pub settings: Settings,
     /// The output dtype: `out_dtype`, else `dtype`.
     pub dtype: Option<Dtype>,
-    /// `base_model`, as written. For a method that uses a base it is an ingredient (and a
-    /// `models` entry naming it is that base, not another model).
+    /// `base_model`, as written. For a method that uses a base it is that base (and a `models`
+    /// entry naming it is the base, not another model); for one that doesn't, mergekit's
+    /// one more model, already in `models`.
     pub base_model: Option<String>,
     /// `random_seed`.
     pub seed: Option<u64>,
@@ -214,7 +215,7 @@ impl Recipe {
             if base_used
                 && base_model
                     .as_deref()
-                    .is_some_and(|b| same_path(Path::new(b), &model))
+                    .is_some_and(|b| same_file(Path::new(b), &model))
             {
                 continue;
             }
@@ -226,7 +227,7 @@ impl Recipe {
         // a models entry already names it.
         let mut base_added = false;
         if let Some(b) = base_model.as_deref().filter(|_| !base_used) {
-            if !paths.iter().any(|p| same_path(Path::new(b), p)) {
+            if !paths.iter().any(|p| same_file(Path::new(b), p)) {
                 paths.push(PathBuf::from(b));
                 per_model.push(Vec::new());
                 base_added = true;
@@ -338,7 +339,8 @@ impl Recipe {
         Ok(recipe)
     }
 
-    /// Whether the base model is an ingredient (the method uses one and the recipe names it).
+    /// Whether the base model is the merge's base (the method uses one and the recipe names
+    /// it), an ingredient besides `models`.
     pub fn base_is_ingredient(&self) -> bool {
         self.method.base() != method::BaseUse::Unused && self.base_model.is_some()
     }
@@ -384,15 +386,6 @@ impl Recipe {
             _ => true,
         }
     }
-}
-
-/// Whether two recipe paths name the same model: the same text, or the same file or directory.
-fn same_path(a: &Path, b: &Path) -> bool {
-    a == b
-        || matches!(
-            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
-            (Ok(x), Ok(y)) if x == y
-        )
 }
 
 /// One parameter's value in mergekit's syntax: a number, a bool, a list of numbers or bools (a

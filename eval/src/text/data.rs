@@ -197,7 +197,7 @@ pub fn choose_task(path: &Path, model: &TokenModel, asked: Option<Task>) -> Resu
         (None, Some(task)) => Ok(task),
         (None, None) => {
             if TextFormat::of(path) == TextFormat::Jsonl {
-                let text = records::read_text(path)?;
+                let text = crate::dataset::read_text(path, "dataset")?;
                 let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
                 if let Ok(Value::Object(o)) = serde_json::from_str::<Value>(first) {
                     if o.contains_key("choices") {
@@ -355,7 +355,7 @@ impl TextData {
         tokenizer: &TextTokenizer,
         format: TextFormat,
     ) -> Result<()> {
-        let text = records::read_text(&self.path)?;
+        let text = crate::dataset::read_text(&self.path, "dataset")?;
         let example = r#"{"text": "...", "label": 0}"#;
         let rows = match format {
             TextFormat::Csv => records::csv(&self.path, &text)?,
@@ -412,7 +412,7 @@ impl TextData {
         tokenizer: &TextTokenizer,
         format: TextFormat,
     ) -> Result<()> {
-        let text = records::read_text(&self.path)?;
+        let text = crate::dataset::read_text(&self.path, "dataset")?;
         let docs: Vec<(usize, String)> = match format {
             TextFormat::Jsonl => {
                 let example = r#"{"text": "..."}"#;
@@ -503,7 +503,7 @@ impl TextData {
         tokenizer: &TextTokenizer,
         limit: Option<usize>,
     ) -> Result<()> {
-        let text = records::read_text(&self.path)?;
+        let text = crate::dataset::read_text(&self.path, "dataset")?;
         let example = r#"{"context": "...", "choices": ["...", "..."], "answer": 0}"#;
         let rows = records::jsonl(&self.path, &text, example)?;
         let path = &self.path;

@@ -15,11 +15,6 @@ pub struct Record {
     pub fields: Map<String, Value>,
 }
 
-/// Reads `path` as UTF-8 text without a byte-order mark; an error names the file and the fix.
-pub fn read_text(path: &Path) -> Result<String> {
-    crate::dataset::read_text(path, "dataset")
-}
-
 /// The objects of a JSON Lines text, one per non-blank line.
 pub fn jsonl(path: &Path, text: &str, example: &str) -> Result<Vec<Record>> {
     let mut records = Vec::new();
@@ -205,11 +200,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.jsonl");
         std::fs::write(&path, "\u{feff}{\"text\": \"a\", \"label\": 1}\n").unwrap();
-        let rows = jsonl(&path, &read_text(&path).unwrap(), "{}").unwrap();
+        let rows = jsonl(
+            &path,
+            &crate::dataset::read_text(&path, "dataset").unwrap(),
+            "{}",
+        )
+        .unwrap();
         assert_eq!(rows[0].fields["text"], "a");
         let path = dir.path().join("d.csv");
         std::fs::write(&path, "\u{feff}text,label\na,1\n").unwrap();
-        let rows = csv(&path, &read_text(&path).unwrap()).unwrap();
+        let rows = csv(&path, &crate::dataset::read_text(&path, "dataset").unwrap()).unwrap();
         assert_eq!(rows[0].fields["text"], "a");
     }
 
