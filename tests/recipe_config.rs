@@ -219,6 +219,21 @@ fn unsupported_keys_methods_and_values_are_named() {
         "merge_method: linear\nmodels: [\n",
         &["not valid YAML"],
     );
+    // A model listed twice, however spelled (mergekit refuses it too).
+    let link = tmp.path().join("hard-link.safetensors");
+    std::fs::hard_link(&m[0], &link).unwrap();
+    let dotted = tmp.path().join(".").join(m[0].file_name().unwrap());
+    for again in [&m[0], &dotted, &link] {
+        refused(
+            tmp.path(),
+            &linear(
+                &[m[0].clone(), m[1].clone(), again.clone()],
+                &["1", "1", "1"],
+                "",
+            ),
+            &["models[2].model", "same model as models[0]", "listed twice"],
+        );
+    }
 }
 
 #[test]

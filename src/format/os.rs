@@ -211,7 +211,6 @@ pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
     }
 }
 
-/// Whether a process with this id is alive, to tell our stale temporaries from a running merge's.
 /// Whether two paths name the same file or directory: the same text, the same path once
 /// resolved, or the same device and inode (a hard link is the same file).
 pub fn same_file(a: &Path, b: &Path) -> bool {
@@ -225,6 +224,7 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         || matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// Whether a process with this id is alive, to tell our stale temporaries from a running merge's.
 pub fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;

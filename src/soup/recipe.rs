@@ -173,8 +173,10 @@ impl Recipe {
         if models.is_empty() {
             return Err(fail("models is empty; list at least one ingredient".into()));
         }
-        let mut paths = Vec::new();
+        let mut paths: Vec<PathBuf> = Vec::new();
         let mut per_model = Vec::new();
+        // Each path's index in `models`, for messages (the base's own entry is skipped).
+        let mut listed_at = Vec::new();
         for (i, entry) in models.iter().enumerate() {
             let at = format!("models[{i}]");
             let entry = entry.as_mapping().ok_or_else(|| {
@@ -219,6 +221,16 @@ impl Recipe {
             {
                 continue;
             }
+            // mergekit refuses a repeated input; merging it twice would silently double its
+            // weight in a method that normalises, and skew TIES' sign election.
+            if let Some(j) = paths.iter().position(|p| same_file(p, &model)) {
+                return Err(fail(format!(
+                    "{at}.model {} is the same model as models[{}]; mergekit refuses a model listed twice: list it once, with the weight you want",
+                    model.display(),
+                    listed_at[j]
+                )));
+            }
+            listed_at.push(i);
             paths.push(model);
             per_model.push(params);
         }
@@ -711,5 +723,23 @@ mod tests {
         .contains("has no value; give one, as in {filter: self_attn, value: 0.5}"));
         assert!(err("merge_method: slerp\nbase_model: x\nmodels: [{model: x}, {model: y, parameters: {t: 0.5}}]\n")
             .contains("one value for the merge"));
+    }
+
+    #[test]
+    fn refuses_a_model_listed_twice_as_mergekit_does() {
+        let e = err("merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}, {model: x, parameters: {weight: 2}}]\n");
+        assert!(
+            e.contains("models[2].model x is the same model as models[0]"),
+            "{e}"
+        );
+        // The base's own entry doesn't shift the index named.
+        let e = err("merge_method: ties\nbase_model: b\nmodels: [{model: b}, {model: x}, {model: y}, {model: x}]\n");
+        assert!(
+            e.contains("models[3].model x is the same model as models[1]"),
+            "{e}"
+        );
+        // The base listed among the models is its own entry, not a duplicate.
+        parse("merge_method: ties\nbase_model: b\nmodels: [{model: b}, {model: x}, {model: y}]\n")
+            .unwrap();
     }
 }
