@@ -30,8 +30,9 @@ pub enum Error {
     },
 
     /// A model the built-in scoring can't score: a regression or reward head (one output,
-    /// whose softmax is 1 whatever the input, or `config.json`'s `problem_type` regression).
-    #[error("{}: tensor '{tensor}' {reason}; soup-eval scores classifiers of 2 or more classes (score other models with --scorer COMMAND)", path.display())]
+    /// whose softmax is 1 whatever the input, or `config.json`'s `problem_type` regression),
+    /// or a multi-label head.
+    #[error("{}: tensor '{tensor}' {reason}; soup-eval scores single-label classifiers of 2 or more classes (score other models with --scorer COMMAND)", path.display())]
     Head {
         path: PathBuf,
         tensor: String,

@@ -634,20 +634,26 @@ impl Candidates<Metrics> for SumCandidates<'_> {
 }
 
 /// Refuses a classifier that is not one: a head of one output, or `config.json`'s
-/// `problem_type` `regression` (transformers' reading of `num_labels` = 1). A softmax over one
-/// logit is 1, so every example of class 0 would count as right with loss 0, and every soup
-/// would tie.
+/// `problem_type` `regression` (transformers' reading of `num_labels` = 1), or
+/// `multi_label_classification`. A softmax over one logit is 1, so every example of class 0
+/// would count as right with loss 0, and every soup would tie; a multi-label head's outputs
+/// are independent sigmoids, trained with binary cross-entropy against a set of labels, which
+/// one label per example and a softmax would score wrongly without saying so.
 fn check_head(first: &Checkpoint, arch: &dyn Architecture) -> Result<()> {
     let Output::Classes(classes) = arch.output() else {
         return Ok(());
     };
-    let regression = Layout::of(first)?
+    let layout = Layout::of(first)?;
+    let problem = layout
         .config
         .as_ref()
         .and_then(|c| c.get("problem_type"))
-        .and_then(|p| p.as_str())
-        == Some("regression");
-    if classes >= 2 && !regression {
+        .and_then(|p| p.as_str());
+    let (regression, multi_label) = (
+        problem == Some("regression"),
+        problem == Some("multi_label_classification"),
+    );
+    if classes >= 2 && !regression && !multi_label {
         return Ok(());
     }
     // The head's weight: the last one with a row per class.
@@ -661,7 +667,9 @@ fn check_head(first: &Checkpoint, arch: &dyn Architecture) -> Result<()> {
         1 => "has one output row".to_string(),
         n => format!("has {n} output rows"),
     };
-    let reason = if regression {
+    let reason = if multi_label {
+        format!("{rows}, and config.json's problem_type is \"multi_label_classification\": independent sigmoids scored against sets of labels, not one class per example")
+    } else if regression {
         format!("{rows}, and config.json's problem_type is \"regression\": a regression or reward head, not a classifier")
     } else {
         format!("{rows}: a regression or reward head, not a classifier (a softmax over one output is always 1)")

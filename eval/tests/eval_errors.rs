@@ -688,6 +688,30 @@ fn a_head_of_one_output_is_refused_not_scored_perfect() {
             "--scorer",
         ],
     );
+    // A multi-label head of any width: sigmoids against label sets, not one class each.
+    let multi_dir = dir.path().join("multi");
+    std::fs::create_dir(&multi_dir).unwrap();
+    let multi = copy_model(&multi_dir, "text/models/bert-cls");
+    let multi_config = multi.join("config.json");
+    let mut mv: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&multi_config).unwrap()).unwrap();
+    mv["problem_type"] = "multi_label_classification".into();
+    std::fs::write(&multi_config, mv.to_string()).unwrap();
+    let out = soup_eval(&[&"score", &"--val", &data, &multi]);
+    assert_error(
+        &out,
+        &[
+            "classifier.weight",
+            "multi_label_classification",
+            "single-label",
+            "--scorer",
+        ],
+    );
+    // single_label_classification is what the scoring does.
+    mv["problem_type"] = "single_label_classification".into();
+    std::fs::write(&multi_config, mv.to_string()).unwrap();
+    let out = soup_eval(&[&"score", &"-q", &"--val", &data, &multi]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
     // Without problem_type, and a vision head: the same refusal.
     value.as_object_mut().unwrap().remove("problem_type");
     std::fs::write(&config, value.to_string()).unwrap();
