@@ -597,13 +597,14 @@ fn closed_stderr_changes_no_exit_status() {
         .arg("-o")
         .arg(dir.path().join("failed.safetensors"));
     for (mut cmd, code) in [(overflowing(&out), 0), (failing, 1)] {
-        let mut child = cmd
+        // The read end is closed before the child starts, so its first line already fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = cmd
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+            .stderr(writer)
+            .status()
             .unwrap();
-        drop(child.stderr.take());
-        let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(code), "{cmd:?}");
     }
     assert!(out.exists(), "the merge with warnings finished");
