@@ -122,7 +122,9 @@ pub struct Common {
     /// The dtype models compute in: auto (the first checkpoint's float type, but f32 for bf16
     /// on the CPU, which has no bf16 kernels), f32, or f16 / bf16 (their logits differ from
     /// f32's by rounding, see README.md; bf16 on the CPU for language models only, at half
-    /// f32's memory and some speed). Soups are averaged in f64 either way.
+    /// f32's memory and some speed). Either way, greedy candidates are averaged in f64, and
+    /// the reported uniform and greedy soups are the bytes soup-merge writes (for 16-bit
+    /// ingredients, summed in f32 and rounded to their dtype).
     #[arg(long, value_enum, default_value_t = EvalDtype::Auto, value_name = "DTYPE")]
     pub eval_dtype: EvalDtype,
 

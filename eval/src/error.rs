@@ -39,9 +39,14 @@ pub enum Error {
         reason: String,
     },
 
-    /// `--arch auto` recognised no family.
-    #[error("{}: --arch auto recognises no architecture from its tensor names (or config.json); pass --arch NAME, one of: {known}", path.display())]
-    Detect { path: PathBuf, known: String },
+    /// `--arch auto` recognised no family: `listed` holds the classes `config.json` names,
+    /// when it names any (a class no family reads, such as a task head soup-eval lacks).
+    #[error("{}", detect_message(path, known, listed))]
+    Detect {
+        path: PathBuf,
+        known: String,
+        listed: Vec<String>,
+    },
 
     /// A bad `--arch-option`.
     #[error("bad --arch-option '{option}': {reason}")]
@@ -173,6 +178,14 @@ pub(crate) use usage;
 /// The error [`usage!`] returns, for `map_err`.
 pub(crate) fn usage_error(message: String) -> anyhow::Error {
     model_soup::Error::Usage(message).into()
+}
+
+fn detect_message(path: &std::path::Path, known: &str, listed: &[String]) -> String {
+    if listed.is_empty() {
+        format!("{}: --arch auto recognises no architecture from its tensor names (or config.json); pass --arch NAME, one of: {known}", path.display())
+    } else {
+        format!("{}: config.json's architectures lists {}, which no --arch family reads (README.md lists the model classes each family takes); score it with --scorer COMMAND", path.display(), listed.join(", "))
+    }
 }
 
 #[cfg(test)]

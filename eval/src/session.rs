@@ -729,6 +729,7 @@ fn open_text(
             .pad_token_id
             .or_else(|| tokenizer.as_ref().and_then(TextTokenizer::padding_id))
             .unwrap_or(0),
+        segments: input.segments,
         ..TokenModel::default()
     }
     .with_config(layout.config.as_ref());

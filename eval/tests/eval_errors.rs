@@ -780,3 +780,29 @@ fn inputs_too_small_for_the_architecture_are_refused_up_front() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["kind"], "dataset");
 }
+
+/// A model directory whose `config.json` names a class no family reads (a Llama with a
+/// classification head) is refused naming that class, not with a list of every `--arch`.
+#[test]
+fn an_unsupported_model_class_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = copy_model(dir.path(), "text/models/llama");
+    let config = model.join("config.json");
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    value["architectures"] = serde_json::json!(["LlamaForSequenceClassification"]);
+    std::fs::write(&config, value.to_string()).unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"text\": \"a fine day\", \"label\": 0}\n").unwrap();
+    let out = soup_eval(&[&"score", &"--val", &data, &model]);
+    let line = assert_error(
+        &out,
+        &[
+            "config.json",
+            "LlamaForSequenceClassification",
+            "no --arch family",
+            "--scorer",
+        ],
+    );
+    assert!(!line.contains("digits-cnn"), "{line}");
+}

@@ -88,6 +88,7 @@ impl Architecture for Bigram {
             max_positions: Some(12),
             trained_positions: None,
             pad_token_id: Some(1),
+            segments: 1,
         })
     }
     fn output(&self) -> Output {
@@ -119,6 +120,7 @@ impl Architecture for Rotary {
             max_positions: None,
             trained_positions: Some(4),
             pad_token_id: Some(1),
+            segments: 1,
         })
     }
     fn output(&self) -> Output {
@@ -165,6 +167,7 @@ impl Architecture for Bag {
             max_positions: Some(6),
             trained_positions: None,
             pad_token_id: None,
+            segments: 1,
         })
     }
     fn output(&self) -> Output {

@@ -91,6 +91,15 @@ fn close(ours: f64, theirs: f64, what: &str) -> f64 {
 
 /// Opens a session over `models` (fixture model names) on `data` with the entry's options.
 fn session(models: &[String], data: &str, task: Task, options: &Value) -> Session {
+    session_on(
+        models,
+        &text_fixture(&format!("data/{data}")),
+        task,
+        options,
+    )
+}
+
+fn session_on(models: &[String], data: &Path, task: Task, options: &Value) -> Session {
     let dirs: Vec<PathBuf> = models.iter().map(|m| model_dir(m)).collect();
     let arch = Selection::parse("auto")
         .unwrap()
@@ -118,14 +127,125 @@ fn session(models: &[String], data: &str, task: Task, options: &Value) -> Sessio
         }),
         ..DataOptions::default()
     };
-    Session::open_data(
-        evaluator,
-        &dirs,
-        Some(&text_fixture(&format!("data/{data}"))),
-        None,
-        &options,
-    )
-    .unwrap_or_else(|e| panic!("{models:?} on {data}: {e}"))
+    Session::open_data(evaluator, &dirs, Some(data), None, &options)
+        .unwrap_or_else(|e| panic!("{models:?} on {}: {e}", data.display()))
+}
+
+/// `data/cls.jsonl`'s pairs as a pre-tokenised file (`input_ids`, `attention_mask`, labels
+/// by `label2id`, and `token_type_ids` when `types`), right-padded with junk the mask hides.
+fn pre_tokenised_pairs(model: &str, to: &Path, types: bool) {
+    let dir = model_dir(model);
+    let tokenizer = TextTokenizer::open(&dir.join("tokenizer.json"))
+        .unwrap()
+        .truncated(64)
+        .unwrap();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let rows: Vec<(Vec<u32>, Vec<u32>, i64)> = lines(&text_fixture("data/cls.jsonl"))
+        .iter()
+        .map(|r| {
+            let pair = r.get("text_pair").and_then(Value::as_str);
+            let (ids, segments) = tokenizer
+                .encode_with_types(r["text"].as_str().unwrap(), pair, true)
+                .unwrap();
+            let label = config["label2id"][r["label"].as_str().unwrap()]
+                .as_i64()
+                .unwrap();
+            (ids, segments, label)
+        })
+        .collect();
+    // A tokenizer that gives every token segment 0 (RoBERTa's): mark each row's last token
+    // as segment 1, as a user's own pipeline might.
+    let marked = !rows.iter().any(|(_, s, _)| s.iter().any(|&t| t != 0));
+    let t = rows.iter().map(|r| r.0.len()).max().unwrap() + 3;
+    let (mut ids, mut mask, mut segments) = (vec![], vec![], vec![]);
+    for (i, s, _) in &rows {
+        for p in 0..t {
+            ids.push(i.get(p).map_or(5, |&x| x as i64));
+            mask.push((p < i.len()) as i64);
+            // Junk types under the mask, too.
+            let last = marked && p + 1 == i.len();
+            segments.push(s.get(p).map_or(1, |&x| (x as i64).max(last as i64)));
+        }
+    }
+    let labels: Vec<i64> = rows.iter().map(|r| r.2).collect();
+    let bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (ib, mb, sb, lb) = (bytes(&ids), bytes(&mask), bytes(&segments), bytes(&labels));
+    fn view(b: &[u8], shape: Vec<usize>) -> safetensors::tensor::TensorView<'_> {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I64, shape, b).unwrap()
+    }
+    let n = rows.len();
+    let mut tensors = vec![
+        ("input_ids", view(&ib, vec![n, t])),
+        ("attention_mask", view(&mb, vec![n, t])),
+        ("labels", view(&lb, vec![n])),
+    ];
+    if types {
+        tensors.push(("token_type_ids", view(&sb, vec![n, t])));
+    }
+    safetensors::serialize_to_file(tensors, None, to).unwrap();
+}
+
+/// A pair classifier reads a pre-tokenised file's `token_type_ids` as it reads the segments
+/// of the same pairs given as text: the same scores, exactly. Without them every token is
+/// segment 0, which scores differently, so the check can fail.
+#[test]
+fn pre_tokenised_pairs_keep_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = serde_json::json!({});
+    let models = vec!["bert-cls".to_string()];
+    let score = |data: &Path| {
+        let mut s = session_on(&models, data, Task::Classification, &options);
+        s.ingredients(&[Split::Val]).unwrap()[0].val.unwrap()
+    };
+    let as_text = score(&text_fixture("data/cls.jsonl"));
+    let (typed, untyped) = (
+        dir.path().join("typed.safetensors"),
+        dir.path().join("untyped.safetensors"),
+    );
+    pre_tokenised_pairs("bert-cls", &typed, true);
+    pre_tokenised_pairs("bert-cls", &untyped, false);
+    assert_eq!(format!("{:?}", score(&typed)), format!("{as_text:?}"));
+    assert_ne!(score(&untyped).loss, as_text.loss);
+}
+
+/// Segment ids a model can't read are refused, naming the row: past BERT's
+/// `type_vocab_size`, and any but 0 for RoBERTa (whose one type row transformers would index
+/// out of range) or a decoder.
+#[test]
+fn pre_tokenised_segments_a_model_cannot_read_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let typed = dir.path().join("typed.safetensors");
+    pre_tokenised_pairs("roberta-cls", &typed, true);
+    let open = |model: &str, task: Task| {
+        let dirs = [model_dir(model)];
+        let arch = Selection::parse("auto")
+            .unwrap()
+            .configure(&Checkpoint::open(&dirs[0]).unwrap(), &Options::default())
+            .unwrap();
+        let options = DataOptions {
+            text: TextOptions {
+                task: Some(task),
+                ..TextOptions::default()
+            },
+            ..DataOptions::default()
+        };
+        Session::open_data(
+            Evaluator::new(arch, Device::Cpu, 5),
+            &dirs,
+            Some(&typed),
+            None,
+            &options,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+    };
+    let e = open("roberta-cls", Task::Classification);
+    assert!(
+        e.contains("'token_type_ids' is 1 at row") && e.contains("every type must be 0"),
+        "{e}"
+    );
 }
 
 #[test]

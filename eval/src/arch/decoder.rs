@@ -632,6 +632,7 @@ impl Architecture for Decoder {
             max_positions: None,
             trained_positions: self.trained_positions,
             pad_token_id: self.pad_token_id,
+            segments: 1,
         })
     }
 

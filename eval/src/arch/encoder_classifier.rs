@@ -56,6 +56,10 @@ impl Architecture for EncoderClassifier {
             max_positions: Some(self.encoder.max_positions()),
             trained_positions: None,
             pad_token_id: self.encoder.pad_token_id,
+            segments: match (self.segments, self.encoder.token_types) {
+                (true, Some(types)) => types,
+                _ => 1,
+            },
         })
     }
 

@@ -175,6 +175,9 @@ pub struct TokenInput {
     pub trained_positions: Option<usize>,
     /// The padding id `config.json` names, if any.
     pub pad_token_id: Option<u32>,
+    /// How many segment ids (`token_type_ids`) the model reads: BERT's `type_vocab_size`;
+    /// 1 for a model that takes every token as segment 0.
+    pub segments: usize,
 }
 
 /// What a model's logits mean.
@@ -565,6 +568,9 @@ impl Selection {
                     .ok_or_else(|| Error::Detect {
                         path: path.clone(),
                         known: names(),
+                        listed: hf_config::HfConfig::of(&layout)
+                            .map(|c| c.architectures().iter().map(|a| a.to_string()).collect())
+                            .unwrap_or_default(),
                     })?
             }
         };

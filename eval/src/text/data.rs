@@ -33,6 +33,9 @@ pub struct TokenModel {
     /// The id batches are padded with (spec §3): `config.json`'s `pad_token_id`, else the
     /// tokenizer's padding token, else 0.
     pub pad_id: u32,
+    /// How many segment ids the model reads (BERT's `type_vocab_size`); 0 or 1 when it reads
+    /// every token as segment 0.
+    pub segments: usize,
 }
 
 impl TokenModel {
@@ -394,11 +397,7 @@ impl TextData {
             let (ids, types, label) = item?;
             self.check_ids(model, &ids, || format!("line {}", r.line))?;
             self.push_whole(ids, 0);
-            if types.iter().any(|&t| t != 0) {
-                let last = self.sources.len() - 1;
-                self.segments.resize(last, Vec::new());
-                self.segments.push(types);
-            }
+            self.set_segments(types);
             self.labels.push(label);
         }
         Ok(())
@@ -615,7 +614,8 @@ impl TextData {
     }
 
     /// Pre-tokenised rows: `input_ids` I64 [N, T], optional `attention_mask` [N, T] (the
-    /// tokens are those where it is 1), and for classification `labels` I64 [N].
+    /// tokens are those where it is 1), for classification `labels` I64 [N], and optional
+    /// `token_type_ids` [N, T] (a pair's segments, as the tokenizer gives them).
     fn read_token_rows(
         &mut self,
         model: &TokenModel,
@@ -624,7 +624,7 @@ impl TextData {
     ) -> Result<()> {
         let path = self.path.clone();
         let file = Checkpoint::open(&path)?;
-        let layout = "a pre-tokenised file holds 'input_ids' (I64 [N, T]), optionally 'attention_mask' (I64 [N, T], 1 for real tokens) and, for classification, 'labels' (I64 [N])";
+        let layout = "a pre-tokenised file holds 'input_ids' (I64 [N, T]), optionally 'attention_mask' (I64 [N, T], 1 for real tokens) and 'token_type_ids' (I64 [N, T], a pair's segments) and, for classification, 'labels' (I64 [N])";
         let ids = file
             .tensor("input_ids")
             .ok_or_else(|| bad(&path, format!("no 'input_ids' tensor; {layout}")))?;
@@ -648,21 +648,23 @@ impl TextData {
             ));
         };
         let values = integer(&ids, "input_ids")?;
-        let mask = match file.tensor("attention_mask") {
-            Some(m) => {
-                if m.info.shape != ids.info.shape {
-                    return Err(bad(
-                        &path,
-                        format!(
-                            "'attention_mask' has shape {:?}, unlike 'input_ids' {shape:?}; {layout}",
-                            m.info.shape
-                        ),
-                    ));
-                }
-                Some(integer(&m, "attention_mask")?)
+        let beside_ids = |name: &str| -> Result<Option<Vec<i64>>> {
+            let Some(m) = file.tensor(name) else {
+                return Ok(None);
+            };
+            if m.info.shape != ids.info.shape {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "'{name}' has shape {:?}, unlike 'input_ids' {shape:?}; {layout}",
+                        m.info.shape
+                    ),
+                ));
             }
-            None => None,
+            Ok(Some(integer(&m, name)?))
         };
+        let mask = beside_ids("attention_mask")?;
+        let types = beside_ids("token_type_ids")?;
         let labels = if classification {
             let l = file.tensor("labels").ok_or_else(|| {
                 bad(
@@ -685,6 +687,7 @@ impl TextData {
         };
         for row in 0..n {
             let mut tokens = Vec::with_capacity(t);
+            let mut segments = Vec::new();
             for col in 0..t {
                 let keep = match &mask {
                     Some(m) => match m[row * t + col] {
@@ -711,6 +714,28 @@ impl TextData {
                         ));
                     }
                     tokens.push(id as u32);
+                    if let Some(types) = &types {
+                        let ty = types[row * t + col];
+                        // A model without segment embeddings takes every token as segment 0.
+                        let limit = model.segments.max(1);
+                        if ty < 0 || ty as u64 >= limit as u64 {
+                            return Err(bad(
+                                &path,
+                                format!(
+                                    "'token_type_ids' is {ty} at row {row}, position {col}; {}",
+                                    if limit == 1 {
+                                        "the model reads no segments, so every type must be 0 (or drop token_type_ids)".to_string()
+                                    } else {
+                                        format!(
+                                            "the model's segments are 0 to {} (type_vocab_size)",
+                                            limit - 1
+                                        )
+                                    }
+                                ),
+                            ));
+                        }
+                        segments.push(ty as u32);
+                    }
                 }
             }
             if let Some(labels) = &labels {
@@ -744,11 +769,22 @@ impl TextData {
                 }
                 self.labels.push(label as usize);
                 self.push_whole(tokens, 0);
+                self.set_segments(segments);
             } else {
                 self.sources.push(tokens);
             }
         }
         Ok(())
+    }
+
+    /// The segment ids of the last source, kept only when some are not 0 (a source without
+    /// any is all segment 0).
+    fn set_segments(&mut self, types: Vec<u32>) {
+        if types.iter().any(|&t| t != 0) {
+            let last = self.sources.len() - 1;
+            self.segments.resize(last, Vec::new());
+            self.segments.push(types);
+        }
     }
 
     /// Adds `ids` as a source read whole.
