@@ -416,3 +416,37 @@ fn a_full_disk_is_reported_and_leaves_nothing() {
     let o = run_merge(&[&a, &b, &"-o", &out]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// A file-size limit (`ulimit -f`, as some batch schedulers set) is an error line, not a
+/// silent death by SIGXFSZ that leaves the temporary behind; for a model directory too.
+#[test]
+fn a_file_size_limit_is_an_error_line_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = small_pair(tmp.path());
+    for out in [tmp.path().join("o.safetensors"), tmp.path().join("dir-out")] {
+        // 1 block of 512 bytes: smaller than the soup.
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -f 1 && exec \"$@\"")
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_soup-merge"))
+            .args(&inputs)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{:?}: {err}", o.status);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("error: ") && err.contains("too large"),
+            "{err}"
+        );
+        assert!(!out.exists());
+        assert!(
+            temporaries(tmp.path()).is_empty(),
+            "{:?}",
+            temporaries(tmp.path())
+        );
+    }
+}

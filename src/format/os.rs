@@ -165,11 +165,27 @@ pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
-            // Filesystems without RENAME_NOREPLACE: a hard link is also atomic and no-replace.
+            // Filesystems without RENAME_NOREPLACE (the Linux NFS client, FUSE without
+            // rename2): see below.
             Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {}
             _ => return Err(err),
         }
     }
+    rename_no_replace_without_flags(from, to)
+}
+
+/// [`rename_no_replace`] where the filesystem takes no rename flags.
+fn rename_no_replace_without_flags(from: &Path, to: &Path) -> io::Result<()> {
+    if std::fs::symlink_metadata(from)?.is_dir() {
+        // A directory can't be hard-linked. rename(2) of a directory fails onto a file or a
+        // non-empty directory, so only an empty directory made at `to` since this check could
+        // be replaced.
+        if std::fs::symlink_metadata(to).is_ok() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        return std::fs::rename(from, to);
+    }
+    // A hard link is also atomic and no-replace.
     std::fs::hard_link(from, to)?;
     std::fs::remove_file(from)
 }
@@ -294,18 +310,46 @@ pub fn drop_cached(file: &File) {
     let _ = file;
 }
 
+/// Set once `--verify` reads the published output back: a SIGBUS then comes from the output,
+/// not from an input, and the output is already in place.
+static VERIFYING_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says that from now on the process reads its own published output (`--verify`), for the
+/// SIGBUS message.
+pub fn sigbus_now_reads_the_output() {
+    VERIFYING_OUTPUT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Turns SIGBUS into one `error:` line and exit status 1. A read of a mapped input raises it
 /// when another process has truncated the file since it was mapped; the default action kills
 /// the process with a bare "Bus error". Nothing is published either way: the output is only
 /// renamed into place after every byte is written, and the dead run's temporary is removed by
-/// the next run that writes the same destination.
+/// the next run that writes the same destination. Under `--verify` the mapped file is the
+/// published output, and the message says so.
 pub fn explain_sigbus() {
     extern "C" fn on_sigbus(_: libc::c_int) {
-        const MESSAGE: &[u8] = b"error: an input file shrank while it was being read (SIGBUS: did another process truncate or rewrite it?); nothing was written to the destination, run again once the inputs are stable\n";
-        // SAFETY: write(2) and _exit(2) are async-signal-safe, and MESSAGE is static. Exiting
-        // without unwinding or running destructors is the point: the faulting read can't go on.
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static FIRED: AtomicBool = AtomicBool::new(false);
+        const INPUT: &[u8] = b"error: an input file shrank while it was being read (SIGBUS: did another process truncate or rewrite it?); nothing was written to the destination, run again once the inputs are stable\n";
+        const OUTPUT: &[u8] = b"error: --verify: the output shrank while it was being read back (SIGBUS: did another process truncate or rewrite it?); it was already in place, so don't use it: merge again\n";
+        // Several workers can fault at once: one line, from the first; the others wait for
+        // its exit (pause(2) is async-signal-safe and returning would fault again).
+        if FIRED.swap(true, Ordering::SeqCst) {
+            loop {
+                // SAFETY: pause(2) is async-signal-safe and touches no memory.
+                unsafe { libc::pause() };
+            }
+        }
+        let message = if VERIFYING_OUTPUT.load(Ordering::SeqCst) {
+            OUTPUT
+        } else {
+            INPUT
+        };
+        // SAFETY: write(2) and _exit(2) are async-signal-safe, and the message is static.
+        // Exiting without unwinding or running destructors is the point: the faulting read
+        // can't go on.
         unsafe {
-            libc::write(libc::STDERR_FILENO, MESSAGE.as_ptr().cast(), MESSAGE.len());
+            libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len());
             libc::_exit(1);
         }
     }
@@ -317,6 +361,10 @@ pub fn explain_sigbus() {
         action.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+        // A file-size limit (`ulimit -f`, set by some batch schedulers) would otherwise kill
+        // the process silently with SIGXFSZ, leaving its temporary; ignored, the write fails
+        // with EFBIG and takes the normal error path.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
@@ -401,5 +449,39 @@ mod tests {
         }
         mapping.release(0..bytes.len());
         assert!(!mapped_pages(bytes).unwrap().iter().any(|&m| m));
+    }
+
+    /// The fallback for filesystems without RENAME_NOREPLACE publishes files and directories
+    /// (a directory can't be hard-linked) and never replaces what is there.
+    #[test]
+    fn renames_without_flags_publish_files_and_directories_and_replace_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, file) = (tmp.path().join("d.tmp"), tmp.path().join("f.tmp"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("model.safetensors"), b"x").unwrap();
+        std::fs::write(&file, b"y").unwrap();
+        let (there, full) = (tmp.path().join("there"), tmp.path().join("full"));
+        std::fs::write(&there, b"theirs").unwrap();
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("keep"), b"theirs").unwrap();
+        for (from, to) in [
+            (&dir, &there),
+            (&dir, &full),
+            (&file, &there),
+            (&file, &full),
+        ] {
+            let e = rename_no_replace_without_flags(from, to).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::AlreadyExists, "{from:?} -> {to:?}");
+        }
+        assert_eq!(std::fs::read(&there).unwrap(), b"theirs");
+        assert_eq!(std::fs::read(full.join("keep")).unwrap(), b"theirs");
+        rename_no_replace_without_flags(&dir, &tmp.path().join("d")).unwrap();
+        rename_no_replace_without_flags(&file, &tmp.path().join("f")).unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("d/model.safetensors")).unwrap(),
+            b"x"
+        );
+        assert_eq!(std::fs::read(tmp.path().join("f")).unwrap(), b"y");
+        assert!(!dir.exists() && !file.exists());
     }
 }
