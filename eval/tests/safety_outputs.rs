@@ -638,6 +638,81 @@ fn only_temporaries_the_tool_provably_made_are_cleaned_up() {
     );
 }
 
+/// A temporary is a live run's while that run holds its lock, whatever its pid looks like
+/// from here: a run in another PID namespace (a container sharing the folder) has a pid that
+/// looks dead, and a dead run's pid may have been reused. And a complete soup directory killed
+/// as it was published (its mark already removed, or the old output swapped out by `--force`)
+/// is still the tool's leftover.
+#[test]
+fn a_temporary_is_live_while_its_lock_is_held_and_complete_leftovers_are_cleaned() {
+    let s = Sandbox::new();
+    // Locked by a live process (this test) under a pid that looks dead: kept.
+    let locked = temporary_name("soup.safetensors", dead_pid(), 0);
+    std::fs::copy(
+        s.root().join("oldsoup/model.safetensors"),
+        s.root().join(&locked),
+    )
+    .unwrap();
+    let held = std::fs::File::open(s.root().join(&locked)).unwrap();
+    held.lock().unwrap();
+    // Unlocked, under a live pid (this test's, as if reused): a dead run's, removed.
+    let reused = temporary_name("soup.safetensors", std::process::id(), 0);
+    std::fs::copy(
+        s.root().join("oldsoup/model.safetensors"),
+        s.root().join(&reused),
+    )
+    .unwrap();
+    let o = only_changes(&s, &["soup.safetensors", &reused], |d| {
+        merge_str(
+            d,
+            &["a.safetensors", "b.safetensors", "-o", "soup.safetensors"],
+        )
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        s.root().join(&locked).exists(),
+        "a live run's temporary was removed"
+    );
+    assert!(!s.root().join(&reused).exists());
+    // Released, it is a dead run's.
+    drop(held);
+    let o = only_changes(&s, &["soup.safetensors", &locked], |d| {
+        merge_str(
+            d,
+            &[
+                "a.safetensors",
+                "b.safetensors",
+                "-o",
+                "soup.safetensors",
+                "--force",
+            ],
+        )
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!s.root().join(&locked).exists());
+
+    // A complete, unmarked soup directory under a dead run's temporary name: removed. One
+    // holding a file that isn't a model file: left alone.
+    let pid = dead_pid();
+    let complete = temporary_name("soupdir", pid, 0);
+    let foreign = temporary_name("soupdir", pid, 1);
+    for name in [&complete, &foreign] {
+        std::fs::create_dir(s.root().join(name)).unwrap();
+        std::fs::copy(
+            s.root().join("oldsoup/model.safetensors"),
+            s.root().join(name).join("model.safetensors"),
+        )
+        .unwrap();
+    }
+    std::fs::write(s.root().join(&foreign).join("notes.txt"), "mine").unwrap();
+    let o = only_changes(&s, &["soupdir", &complete], |d| {
+        merge_str(d, &["a.safetensors", "b.safetensors", "-o", "soupdir"])
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(!s.root().join(&complete).exists());
+    assert!(s.root().join(&foreign).join("notes.txt").exists());
+}
+
 #[test]
 fn recipes_are_read_within_bounds() {
     let s = Sandbox::new();

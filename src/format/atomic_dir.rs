@@ -20,6 +20,9 @@ pub struct AtomicDir {
     mode: Option<u32>,
     /// For the last check before an existing directory is replaced.
     policy: Destination,
+    /// The temporary, open and locked for as long as this run lives (see
+    /// `os::hold_while_running`).
+    _held: Option<File>,
     committed: bool,
 }
 
@@ -34,8 +37,13 @@ impl AtomicDir {
                 format!("cannot create {}: {e}", temp.display()),
             )
         })?;
+        let held = File::open(&temp).ok();
+        if let Some(f) = &held {
+            os::hold_while_running(f);
+        }
         let dir = AtomicDir {
             dest: dest.path().to_path_buf(),
+            _held: held,
             temp,
             overwrite: dest.force(),
             mode: dest.replaced_mode(),

@@ -240,6 +240,25 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         || matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// Takes the advisory lock that marks a temporary as a live run's, held as long as `file` (or
+/// a clone of its descriptor) stays open. Where the filesystem has no locks, nothing is held
+/// and [`held_by_a_live_run`] falls back to the process id.
+pub fn hold_while_running(file: &File) {
+    let _ = file.try_lock();
+}
+
+/// Whether a live run holds `path`'s lock (see [`hold_while_running`]): in any PID namespace
+/// on this kernel, or on another NFS client. `None` where the filesystem has no locks.
+pub fn held_by_a_live_run(path: &Path) -> Option<bool> {
+    let file = File::open(path).ok()?;
+    match file.try_lock() {
+        // Released when `file` closes.
+        Ok(()) => Some(false),
+        Err(std::fs::TryLockError::WouldBlock) => Some(true),
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
 /// Whether a process with this id is alive, to tell our stale temporaries from a running merge's.
 pub fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {

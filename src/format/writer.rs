@@ -92,6 +92,7 @@ impl AtomicFile {
                     format!("cannot create {}: {e}", temp.display()),
                 )
             })?;
+        os::hold_while_running(&file);
         let out = AtomicFile {
             dest: dest.path().to_path_buf(),
             temp,
@@ -231,10 +232,13 @@ pub(crate) fn temp_sibling(dest: &Path) -> Result<PathBuf> {
 }
 
 /// Removes temporaries for `dest` left by runs that died (SIGKILL, power loss), and only those
-/// this tool provably made: the name is `.NAME.soup-tmp-PID-N` for a process that is gone, the
-/// temporary is not a link, it carries this tool's mark (a safetensors header recording
-/// `model_soup.tool` for a file, a `TEMP_MARKER` file for a directory), and it is nothing the
-/// run reads. Anything else with such a name is left alone.
+/// this tool provably made: the name is `.NAME.soup-tmp-PID-N`, no live run holds its lock
+/// (or, where the filesystem has no locks, process PID is gone), the temporary is not a link,
+/// it carries this tool's mark (a safetensors header recording `model_soup.tool` for a file; a
+/// `TEMP_MARKER` file for a directory, or, for one killed as it was published, model files
+/// whose weights carry the mark), and it is nothing the run reads. Anything else with such a
+/// name is left alone. The lock, not the pid, decides where it can: a run in another PID
+/// namespace (a container sharing the directory) has a pid that looks dead from here.
 pub(crate) fn remove_stale_temporaries(dest: &Destination) {
     let path = dest.path();
     let Some(name) = path.file_name() else { return };
@@ -253,17 +257,25 @@ pub(crate) fn remove_stale_temporaries(dest: &Destination) {
         let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u64>()) else {
             continue;
         };
-        if pid == std::process::id() || os::process_alive(pid) {
+        let temp = entry.path();
+        let Ok(meta) = temp.symlink_metadata() else {
+            continue;
+        };
+        if pid == std::process::id() || !(meta.is_dir() || meta.is_file()) {
             continue;
         }
-        let temp = entry.path();
+        if os::held_by_a_live_run(&temp).unwrap_or_else(|| os::process_alive(pid)) {
+            continue;
+        }
         if dest.protects(&temp) {
             continue;
         }
-        let _ = match temp.symlink_metadata() {
-            Ok(m) if m.is_dir() && is_marked_dir(&temp) => std::fs::remove_dir_all(&temp),
-            Ok(m) if m.is_file() && is_marked_file(&temp) => std::fs::remove_file(&temp),
-            _ => Ok(()),
+        let _ = if meta.is_dir() && (is_marked_dir(&temp) || written_by_this_tool(&temp)) {
+            std::fs::remove_dir_all(&temp)
+        } else if meta.is_file() && is_marked_file(&temp) {
+            std::fs::remove_file(&temp)
+        } else {
+            Ok(())
         };
     }
 }
