@@ -878,3 +878,54 @@ fn a_soup_of_soups_records_its_own_provenance_only() {
         );
     }
 }
+
+/// A companion file that can't be written (here past a file-size limit, as a full disk would
+/// be) fails the run before the merge's work: the error names it, not the NaN that the merge
+/// itself would have stopped at under --strict.
+#[test]
+fn companions_are_written_before_the_merge_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dirs) = three_inputs(tmp.path());
+    write_companions(&dirs[0], "float32");
+    // 1 MiB of tokenizer against a 512 KiB limit; the shards stay under it.
+    std::fs::write(dirs[0].join("tokenizer.json"), vec![b' '; 1 << 20]).unwrap();
+    let nan = tmp.path().join("nan.safetensors");
+    let mut tensors = model(9);
+    let big = tensors
+        .iter_mut()
+        .find(|s| s.name == "model.big.weight")
+        .unwrap();
+    big.data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    write(&nan, &tensors);
+    let out = tmp.path().join("soup");
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 1024 && exec \"$@\"")
+        .arg("sh")
+        .arg(soup_merge_path())
+        .args([dirs[0].as_os_str(), nan.as_os_str()])
+        .args(["--strict", "--shard-size", "100KB", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("tokenizer.json") && err.contains("too large"),
+        "{err}"
+    );
+    nothing_left(tmp.path(), "soup");
+    // Without the limit, the merge itself stops at the NaN.
+    fails(
+        &[
+            &dirs[0],
+            &nan,
+            &"--strict",
+            &"--shard-size",
+            &"100KB",
+            &"-o",
+            &out,
+        ],
+        &["model.big.weight"],
+    );
+}

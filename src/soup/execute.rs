@@ -264,6 +264,17 @@ pub fn write_dir(
             Ok(file)
         })
         .collect::<Result<Vec<_>>>()?;
+    // The index and the companion files first: a full disk or an unreadable tokenizer fails
+    // before the merge's work, not after it.
+    if let Some(index) = layout.index(plan) {
+        dir.write_file(INDEX_NAME, index.encode().as_bytes())?;
+    }
+    for f in extra {
+        match f {
+            ExtraFile::Copy { name, from } => dir.copy_file(from, name)?,
+            ExtraFile::Bytes { name, bytes } => dir.write_file(name, bytes)?,
+        }
+    }
     let warnings = run(plan, Some(layout), options, |job, bytes| {
         let tensor = &plan.tensors[job.tensor];
         let spec = &layout.files[job.file];
@@ -280,15 +291,6 @@ pub fn write_dir(
     for (file, spec) in files.iter().zip(&layout.files) {
         file.sync_all()
             .map_err(|e| dir.write_error(&spec.name, e))?;
-    }
-    if let Some(index) = layout.index(plan) {
-        dir.write_file(INDEX_NAME, index.encode().as_bytes())?;
-    }
-    for f in extra {
-        match f {
-            ExtraFile::Copy { name, from } => dir.copy_file(from, name)?,
-            ExtraFile::Bytes { name, bytes } => dir.write_file(name, bytes)?,
-        }
     }
     check_interrupted()?;
     dir.commit()?;
