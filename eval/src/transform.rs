@@ -160,50 +160,67 @@ fn clip8(sum: i64) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// PIL's `Image.resize((w, h), Image.BILINEAR)` of an 8-bit RGB image: horizontal pass, then
-/// vertical, each rounded to 8 bits.
+/// PIL's `Image.resize((w, h), Image.BILINEAR)` of an 8-bit RGB image: one pass per axis that
+/// changes, each rounded to 8 bits. Pillow 13 runs the vertical pass first when the height
+/// loses more than twice the pixels the width does (`in_h - out_h > 2 (in_w - out_w)`, which
+/// is cheaper for a tall image shrunk to its short side), the horizontal first otherwise, as
+/// every Pillow did before; the order changes pixels by one level, so it is followed exactly.
 pub fn resize_bilinear(image: &RgbImage, out_h: usize, out_w: usize) -> RgbImage {
     let (in_w, in_h) = (image.width() as usize, image.height() as usize);
     let src = image.as_raw();
-    let half = 1i64 << (PRECISION_BITS - 1);
-    // Horizontal pass: in_h rows of out_w pixels.
-    let horizontal = if out_w != in_w {
-        let coeffs = coefficients(in_w, out_w);
-        let mut tmp = vec![0u8; in_h * out_w * 3];
-        for y in 0..in_h {
-            let row = &src[y * in_w * 3..(y + 1) * in_w * 3];
-            for (x, (first, weights)) in coeffs.iter().enumerate() {
-                for c in 0..3 {
-                    let mut sum = half;
-                    for (k, w) in weights.iter().enumerate() {
-                        sum += row[(first + k) * 3 + c] as i64 * *w as i64;
-                    }
-                    tmp[(y * out_w + x) * 3 + c] = clip8(sum);
-                }
-            }
-        }
-        tmp
+    let shrunk_h = in_h as isize - out_h as isize;
+    let shrunk_w = in_w as isize - out_w as isize;
+    let pixels = if shrunk_h > 0 && shrunk_h > 2 * shrunk_w {
+        let vertical = resample_rows(src, in_w, in_h, out_h);
+        resample_columns(&vertical, in_w, out_h, out_w)
     } else {
-        src.to_vec()
-    };
-    // Vertical pass: out_h rows.
-    let pixels = if out_h != in_h {
-        let coeffs = coefficients(in_h, out_h);
-        let mut out = vec![0u8; out_h * out_w * 3];
-        for (y, (first, weights)) in coeffs.iter().enumerate() {
-            for i in 0..out_w * 3 {
-                let mut sum = half;
-                for (k, w) in weights.iter().enumerate() {
-                    sum += horizontal[(first + k) * out_w * 3 + i] as i64 * *w as i64;
-                }
-                out[y * out_w * 3 + i] = clip8(sum);
-            }
-        }
-        out
-    } else {
-        horizontal
+        let horizontal = resample_columns(src, in_w, in_h, out_w);
+        resample_rows(&horizontal, out_w, in_h, out_h)
     };
     RgbImage::from_raw(out_w as u32, out_h as u32, pixels).expect("buffer matches the size")
+}
+
+/// The horizontal pass: `h` rows of `w` RGB pixels resampled to `out_w` each.
+fn resample_columns(src: &[u8], w: usize, h: usize, out_w: usize) -> Vec<u8> {
+    if out_w == w {
+        return src.to_vec();
+    }
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let coeffs = coefficients(w, out_w);
+    let mut out = vec![0u8; h * out_w * 3];
+    for y in 0..h {
+        let row = &src[y * w * 3..(y + 1) * w * 3];
+        for (x, (first, weights)) in coeffs.iter().enumerate() {
+            for c in 0..3 {
+                let mut sum = half;
+                for (k, wt) in weights.iter().enumerate() {
+                    sum += row[(first + k) * 3 + c] as i64 * *wt as i64;
+                }
+                out[(y * out_w + x) * 3 + c] = clip8(sum);
+            }
+        }
+    }
+    out
+}
+
+/// The vertical pass: `h` rows of `w` RGB pixels resampled to `out_h` rows.
+fn resample_rows(src: &[u8], w: usize, h: usize, out_h: usize) -> Vec<u8> {
+    if out_h == h {
+        return src.to_vec();
+    }
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let coeffs = coefficients(h, out_h);
+    let mut out = vec![0u8; out_h * w * 3];
+    for (y, (first, weights)) in coeffs.iter().enumerate() {
+        for i in 0..w * 3 {
+            let mut sum = half;
+            for (k, wt) in weights.iter().enumerate() {
+                sum += src[(first + k) * w * 3 + i] as i64 * *wt as i64;
+            }
+            out[y * w * 3 + i] = clip8(sum);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
