@@ -929,3 +929,53 @@ fn companions_are_written_before_the_merge_work() {
         &["model.big.weight"],
     );
 }
+
+/// Every tensor of a mixed-dtype soup starts at a multiple of its element size, in a single
+/// file and in every shard, as the safetensors library lays files out (widest dtype first,
+/// then by name): a loader that maps the file can use each tensor in place.
+#[test]
+fn tensors_are_aligned_to_their_element_size_in_files_and_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (files, _) = three_inputs(tmp.path());
+    let single = tmp.path().join("single.safetensors");
+    let dir = tmp.path().join("sharded");
+    ok(&[&files[0], &files[1], &"-o", &single]);
+    ok(&[&files[0], &files[1], &"-o", &dir, &"--shard-size", &"50KB"]);
+    let mut outputs = vec![single];
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            outputs.push(p);
+        }
+    }
+    assert!(outputs.len() > 2, "{outputs:?}");
+    for path in outputs {
+        let bytes = std::fs::read(&path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut order: Vec<(usize, D, String)> = Vec::new();
+        for (name, view) in st.tensors() {
+            let size = view.dtype().bitsize() / 8;
+            let at = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+            if !view.data().is_empty() {
+                assert_eq!(
+                    at % size,
+                    0,
+                    "{}: {name} ({:?}) at {at}",
+                    path.display(),
+                    view.dtype()
+                );
+            }
+            order.push((at, view.dtype(), name));
+        }
+        order.sort();
+        let dtypes: Vec<D> = order.iter().map(|o| o.1).collect();
+        let mut widest_first = dtypes.clone();
+        widest_first.sort_by_key(|d| std::cmp::Reverse(d.bitsize()));
+        assert_eq!(
+            dtypes.iter().map(|d| d.bitsize()).collect::<Vec<_>>(),
+            widest_first.iter().map(|d| d.bitsize()).collect::<Vec<_>>(),
+            "{}: {order:?}",
+            path.display()
+        );
+    }
+}

@@ -12,7 +12,7 @@ use crate::format::{encode_header, shard_file_name, HeaderEntry, ShardIndex, SIN
 /// transformers' and mergekit's default largest shard: 5 GB (decimal).
 pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
 
-/// One output file: a run of the plan's tensors (which are sorted by name) with its header.
+/// One output file: a run of the plan's tensors (in output order) with its header.
 #[derive(Debug, Clone)]
 pub struct OutputFile {
     /// File name within the output directory (or of the single output file).
@@ -78,8 +78,8 @@ impl Layout {
         }
     }
 
-    /// Shards of at most `max_bytes` of tensor data, filled in name order as transformers
-    /// fills them: a tensor that would overflow the current shard starts the next, and a tensor
+    /// Shards of at most `max_bytes` of tensor data, filled in the plan's output order as
+    /// transformers fills them in its own: a tensor that would overflow the current shard starts the next, and a tensor
     /// larger than `max_bytes` gets a shard of its own. One shard is `model.safetensors`; more
     /// are `model-00001-of-0000N.safetensors`. Every shard gets the plan's `__metadata__`.
     pub fn sharded(plan: &Plan, max_bytes: u64) -> Layout {

@@ -115,7 +115,7 @@ impl TensorPlan {
 pub struct Plan {
     pub ingredients: Vec<Checkpoint>,
     pub weights: Vec<f64>,
-    /// Output tensors, sorted by name, laid out back to back.
+    /// Output tensors in output order (see [`lay_out`]), laid out back to back.
     pub tensors: Vec<TensorPlan>,
     /// The output's `__metadata__`.
     pub metadata: BTreeMap<String, String>,
@@ -151,6 +151,23 @@ pub const META_BASE: &str = "model_soup.base";
 /// The seed of random drops (DARE, DELLA).
 pub const META_SEED: &str = "model_soup.seed";
 
+/// Orders the output's tensors as the safetensors library writes them, by dtype (widest
+/// first, in its dtype order) and then by name, and lays them out back to back. A header is
+/// padded to 8 bytes and every tensor's length is a multiple of its element size, so each
+/// tensor then starts at a multiple of its element size, in a file or in a shard: a loader
+/// that maps the file can use the data in place (in name order, a bf16 tensor could leave the
+/// next f32 one at an odd address).
+fn lay_out(tensors: &mut [TensorPlan]) {
+    tensors.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
+    let mut offset = 0u64;
+    for t in tensors {
+        let len = t.elements() * t.dtype.size() as u64;
+        t.begin = offset;
+        t.end = offset + len;
+        offset += len;
+    }
+}
+
 /// The name and version written into outputs.
 pub fn tool_version() -> String {
     format!("model-soup {}", env!("CARGO_PKG_VERSION"))
@@ -168,7 +185,6 @@ impl Plan {
         check_shapes(&ingredients, &names)?;
 
         let mut tensors = Vec::with_capacity(names.len());
-        let mut offset = 0u64;
         for (name, have) in &names {
             let Some((dtype, action)) = plan_tensor(&ingredients, &weights, options, name, have)?
             else {
@@ -176,17 +192,16 @@ impl Plan {
             };
             let first = ingredients[have[0]].tensor(name).expect("listed above");
             let shape = first.info.shape.clone();
-            let len = first.info.elements() * dtype.size() as u64;
             tensors.push(TensorPlan {
                 name: name.to_string(),
                 dtype,
                 shape,
-                begin: offset,
-                end: offset + len,
+                begin: 0,
+                end: 0,
                 action,
             });
-            offset += len;
         }
+        lay_out(&mut tensors);
         if tensors.is_empty() && !names.is_empty() {
             return Err(Error::Plan(format!(
                 "no tensor is in every input, so --on-missing skip leaves nothing to write ({} tensor(s) skipped, such as '{}'); are these fine-tunes of one model?",
@@ -263,7 +278,6 @@ impl Plan {
         merge.settings.check(method, layers.most()).map_err(fail)?;
 
         let mut tensors = Vec::with_capacity(names.len());
-        let mut offset = 0u64;
         for (name, have) in &names {
             let complete = have.len() == ingredients.len();
             if !complete && options.on_missing == OnMissing::Skip {
@@ -297,17 +311,16 @@ impl Plan {
                 .expect("first always plans")
             };
             let (dtype, action) = planned;
-            let len = first.info.elements() * dtype.size() as u64;
             tensors.push(TensorPlan {
                 name: name.to_string(),
                 dtype,
                 shape,
-                begin: offset,
-                end: offset + len,
+                begin: 0,
+                end: 0,
                 action,
             });
-            offset += len;
         }
+        lay_out(&mut tensors);
         let weights: Vec<f64> = (0..ingredients.len())
             .map(|i| {
                 let m = models.iter().position(|&x| x == i);
