@@ -450,3 +450,54 @@ fn a_file_size_limit_is_an_error_line_and_leaves_nothing() {
         );
     }
 }
+
+/// Under an address-space limit (`ulimit -v`), a method's working buffers either fit or the
+/// run stops with one error line naming the tensor: never an abort on a failed allocation
+/// (exit 134 with Rust's own message), and never a temporary left behind.
+#[test]
+fn a_memory_limit_is_an_error_line_never_an_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = tmp.path().join(format!("m{i}.safetensors"));
+            big_input(&p, 1, 6_000_000, i as u32 + 1);
+            p
+        })
+        .collect();
+    let out = tmp.path().join("soup.safetensors");
+    let (mut refused, mut merged) = (0, 0);
+    for mib in (250..=900).step_by(50) {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -v {} && exec \"$@\"", mib * 1024))
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_soup-merge"))
+            .args(["--method", "della", "--density", "0.5", "--base"])
+            .args(&paths)
+            .arg("-o")
+            .arg(&out)
+            .env("RAYON_NUM_THREADS", "2")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        match o.status.code() {
+            Some(0) => {
+                merged += 1;
+                std::fs::remove_file(&out).unwrap();
+            }
+            Some(1) => {
+                refused += 1;
+                assert_eq!(err.lines().count(), 1, "{mib} MiB: {err}");
+                assert!(err.starts_with("error: "), "{mib} MiB: {err}");
+                assert!(!out.exists());
+            }
+            _ => panic!("{mib} MiB: {:?}: {err}", o.status),
+        }
+        assert!(temporaries(tmp.path()).is_empty(), "{mib} MiB");
+    }
+    assert!(
+        refused > 0 && merged > 0,
+        "refused {refused}, merged {merged}"
+    );
+}

@@ -352,6 +352,7 @@ fn run(
         let Action::Whole(w) = &tensor.action else {
             unreachable!("filtered")
         };
+        whole::check_memory(tensor, w)?;
         let prepared = whole::prepare(plan, tensor, w);
         let jobs: Vec<Job> = chunks(plan, layout, t).collect();
         jobs.par_iter().try_for_each_init(

@@ -97,6 +97,39 @@ pub fn prepare(plan: &Plan, tensor: &TensorPlan, whole: &Whole) -> Prepared {
     }
 }
 
+/// Reserves, and at once releases, the largest buffers the tensor's trims will allocate (every
+/// model's at once, as they run in parallel), so that a process that can't have them (a
+/// memory limit such as `ulimit -v`) stops with an error naming the tensor instead of
+/// aborting mid-merge on a failed allocation. Reserving maps no memory.
+pub fn check_memory(tensor: &TensorPlan, whole: &Whole) -> crate::error::Result<()> {
+    let Work::TaskVectors(tv) = &*whole.work else {
+        return Ok(());
+    };
+    let Some(method) = tv.sparsify else {
+        return Ok(());
+    };
+    let n = tensor.elements() as usize;
+    let trimmed = tv.models.iter().filter(|m| m.density < 1.0).count() as u64;
+    let threads = rayon::current_num_threads() as u64;
+    let w = sparsify::working_bytes(method, &tensor.shape, n, whole.wide);
+    // Masks stay until the output pass; the models are trimmed, and their rows ranked, on up
+    // to `threads` threads at once.
+    let bytes = trimmed * w.mask
+        + trimmed.min(threads) * w.ranking
+        + (trimmed * w.rows).min(threads) * w.sorting;
+    let mut probe: Vec<u8> = Vec::new();
+    probe
+        .try_reserve_exact(usize::try_from(bytes).unwrap_or(usize::MAX))
+        .map_err(|_| {
+            crate::error::Error::Plan(format!(
+                "tensor '{}' needs {} MiB of working memory for {}'s trims, which this process can't allocate (a memory limit such as ulimit -v?); raise the limit or merge on a machine with more memory",
+                crate::error::printable(&tensor.name),
+                bytes.div_ceil(1 << 20),
+                whole.method
+            ))
+        })
+}
+
 /// Computes elements `range` of a prepared whole tensor.
 pub fn chunk<'s>(
     plan: &Plan,

@@ -682,6 +682,47 @@ fn row_layout(shape: &[u64], n: usize) -> (usize, usize) {
     }
 }
 
+/// The largest buffers a trim of a tensor of `n` elements (shaped `shape`) allocates, in
+/// bytes. A threshold's window of keys is a few percent of the tensor and not counted.
+pub struct Working {
+    /// Kept until the output pass: the model's bitmask.
+    pub mask: u64,
+    /// Held while one model is trimmed: for DELLA rows longer than a chunk, a key and a rank
+    /// per element.
+    pub ranking: u64,
+    /// Held by each thread while it ranks a row: the row's packed keys.
+    pub sorting: u64,
+    /// The rows ranked that way (0 when none is).
+    pub rows: u64,
+}
+
+pub fn working_bytes(method: Sparsify, shape: &[u64], n: usize, wide: bool) -> Working {
+    let mask = n.div_ceil(64) as u64 * 8;
+    let (len, inner) = row_layout(shape, n);
+    let block = len * inner;
+    let (key, packed) = if wide { (8, 16) } else { (4, 8) };
+    match method {
+        Sparsify::DellaMagprune if block > CHUNK_ELEMENTS => Working {
+            mask,
+            ranking: n as u64 * (key + 4),
+            sorting: len as u64 * packed,
+            rows: (n / block * inner) as u64,
+        },
+        Sparsify::Random | Sparsify::DellaMagprune => Working {
+            mask,
+            ranking: 0,
+            sorting: 0,
+            rows: 0,
+        },
+        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => Working {
+            mask: 0,
+            ranking: 0,
+            sorting: 0,
+            rows: 0,
+        },
+    }
+}
+
 /// DELLA's MagPrune: each element kept with a probability linear in its magnitude's rank in
 /// its row (along dimension 1).
 fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
