@@ -20,7 +20,7 @@ use super::report::Report;
 use super::score::{Metric, Task};
 use super::session::{DataOptions, Session, Split};
 use super::text::TextOptions;
-use super::transform::Transform;
+use super::transform::{Given, Interpolation, Resize, Transform};
 use model_soup::format::{self, Destination, OutputKind, Reads, Request, Role};
 use model_soup::soup::{self, MergeRequest};
 
@@ -157,44 +157,34 @@ pub struct Common {
 /// evaluation transform by default.
 #[derive(Debug, ClapArgs)]
 pub struct ImageArgs {
-    /// Resize images so the short side is N pixels (bilinear, antialiased, as PIL), or `none`.
-    #[arg(
-        long,
-        default_value = "256",
-        value_name = "N|none",
-        help_heading = "Images"
-    )]
-    pub resize: String,
+    /// Resize images so the short side is N pixels, or to exactly HxW pixels (224x224), or
+    /// `none`; antialiased, as PIL resizes. Default: the model directory's
+    /// preprocessor_config.json if it has one, else 256.
+    #[arg(long, value_name = "N|HxW|none", help_heading = "Images")]
+    pub resize: Option<String>,
+
+    /// The resize's filter: bilinear or bicubic (PIL's). Default: the model directory's
+    /// preprocessor_config.json if it has one, else bilinear (torchvision's default).
+    #[arg(long, value_name = "FILTER", help_heading = "Images")]
+    pub interpolation: Option<String>,
 
     /// Center-crop to N x N pixels, or `none` (then every image must have one size).
-    #[arg(
-        long,
-        default_value = "224",
-        value_name = "N|none",
-        help_heading = "Images"
-    )]
-    pub crop: String,
+    /// Default: the model directory's preprocessor_config.json if it has one, else 224.
+    #[arg(long, value_name = "N|none", help_heading = "Images")]
+    pub crop: Option<String>,
 
-    /// Channel means to subtract after scaling to [0, 1] (ImageNet's by default).
-    #[arg(
-        long,
-        default_value = "0.485,0.456,0.406",
-        value_name = "R,G,B",
-        help_heading = "Images"
-    )]
-    pub mean: String,
+    /// Channel means to subtract after scaling to [0, 1]. Default: the model directory's
+    /// preprocessor_config.json if it has one, else ImageNet's (0.485,0.456,0.406).
+    #[arg(long, value_name = "R,G,B", help_heading = "Images")]
+    pub mean: Option<String>,
 
-    /// Channel standard deviations to divide by (ImageNet's by default).
-    #[arg(
-        long,
-        default_value = "0.229,0.224,0.225",
-        value_name = "R,G,B",
-        help_heading = "Images"
-    )]
-    pub std: String,
+    /// Channel standard deviations to divide by. Default: the model directory's
+    /// preprocessor_config.json if it has one, else ImageNet's (0.229,0.224,0.225).
+    #[arg(long, value_name = "R,G,B", help_heading = "Images")]
+    pub std: Option<String>,
 
     /// Keep values in [0, 1]: no mean or std.
-    #[arg(long, help_heading = "Images")]
+    #[arg(long, help_heading = "Images", conflicts_with_all = ["mean", "std"])]
     pub no_normalize: bool,
 
     /// Hold a split's preprocessed inputs in memory up to this size (e.g. 4GiB); a larger
@@ -219,14 +209,26 @@ pub struct ImageArgs {
 impl ImageArgs {
     /// The validated load options.
     pub fn options(&self) -> anyhow::Result<LoadOptions> {
+        let side = |flag: &str, text: &str| -> anyhow::Result<usize> {
+            match text.trim().parse::<usize>() {
+                Ok(n) if n > 0 && n <= 1 << 15 => Ok(n),
+                _ => usage!("{flag} '{text}' must be a size in pixels (1 to 32768) or none"),
+            }
+        };
         let size = |flag: &str, text: &str| -> anyhow::Result<Option<usize>> {
             if text == "none" {
                 return Ok(None);
             }
-            match text.parse::<usize>() {
-                Ok(n) if n > 0 && n <= 1 << 15 => Ok(Some(n)),
-                _ => usage!("{flag} '{text}' must be a size in pixels (1 to 32768) or none"),
+            side(flag, text).map(Some)
+        };
+        let resize = |text: &str| -> anyhow::Result<Option<Resize>> {
+            if text == "none" {
+                return Ok(None);
             }
+            Ok(Some(match text.split_once(['x', 'X']) {
+                Some((h, w)) => Resize::Exact(side("--resize", h)?, side("--resize", w)?),
+                None => Resize::ShortSide(side("--resize", text)?),
+            }))
         };
         let triple = |flag: &str, text: &str| -> anyhow::Result<[f32; 3]> {
             let values: Vec<f32> = text
@@ -241,11 +243,38 @@ impl ImageArgs {
                 _ => usage!("{flag} '{text}' must be three finite numbers: R,G,B"),
             }
         };
-        let std = triple("--std", &self.std)?;
-        if std.iter().any(|&s| s <= 0.0) {
-            usage!("--std '{}' must be positive", self.std);
+        let std = self
+            .std
+            .as_deref()
+            .map(|s| triple("--std", s))
+            .transpose()?;
+        if std.is_some_and(|s| s.iter().any(|&x| x <= 0.0)) {
+            usage!(
+                "--std '{}' must be positive",
+                self.std.as_deref().unwrap_or_default()
+            );
         }
-        let normalize = (!self.no_normalize).then_some((triple("--mean", &self.mean)?, std));
+        let given = Given {
+            resize: self.resize.as_deref().map(resize).transpose()?,
+            interpolation: match self.interpolation.as_deref() {
+                None => None,
+                Some("bilinear") => Some(Interpolation::Bilinear),
+                Some("bicubic") => Some(Interpolation::Bicubic),
+                Some(other) => usage!("--interpolation '{other}' must be bilinear or bicubic"),
+            },
+            crop: self
+                .crop
+                .as_deref()
+                .map(|c| size("--crop", c))
+                .transpose()?,
+            mean: self
+                .mean
+                .as_deref()
+                .map(|m| triple("--mean", m))
+                .transpose()?,
+            std,
+            no_normalize: self.no_normalize,
+        };
         let memory_limit = model_soup::soup::parse_size(&self.data_memory)
             .map_err(|e| usage_error(format!("--data-memory: {e}")))?;
         if let Some(dir) = &self.cache_dir {
@@ -254,11 +283,8 @@ impl ImageArgs {
             }
         }
         Ok(LoadOptions {
-            transform: Transform {
-                resize: size("--resize", &self.resize)?,
-                crop: size("--crop", &self.crop)?,
-                normalize,
-            },
+            transform: given.over(&Transform::default()),
+            given: Some(given),
             memory_limit,
             cache_dir: self.cache_dir.clone(),
             skip_bad_images: self.skip_bad_images,
@@ -684,6 +710,7 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
         eval_dtype: Some(dtype_name(session.evaluator().dtype).to_string()),
         val_data: c.val.clone(),
         test_data: c.test.clone(),
+        preprocessor: session.preprocessor().map(Path::to_path_buf),
         ingredients: Vec::new(),
         uniform: None,
         greedy: None,

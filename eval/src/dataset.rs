@@ -136,8 +136,8 @@ impl Dataset {
             Format::ImageFolder | Format::Csv | Format::Jsonl => {
                 let list = ImageList::open(path)?;
                 // Every image is cropped to this: too small is known before any is decoded.
-                if let Some(crop) = options.transform.crop {
-                    check_size(path, arch, crop, crop)?;
+                if let Some((h, w)) = options.transform.fixed_size() {
+                    check_size(path, arch, h, w)?;
                 }
                 let loaded = images::load(&list, options)?;
                 Dataset {

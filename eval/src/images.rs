@@ -10,7 +10,7 @@ use image::ImageDecoder;
 use rayon::prelude::*;
 
 use super::error::{Error, Result};
-use super::transform::Transform;
+use super::transform::{Given, Transform};
 
 /// File extensions an image folder's images have, as torchvision's `ImageFolder` lists them
 /// (compared case-insensitively). Other files are ignored. Decoding supports JPEG and PNG; an
@@ -319,6 +319,10 @@ fn parse_jsonl(file: &Path, text: &str) -> Result<Vec<Row>> {
 pub struct LoadOptions {
     /// The transform.
     pub transform: Transform,
+    /// What the command line gave of the transform, when the rest should come from the
+    /// model's `preprocessor_config.json` (see [`LoadOptions::for_model`]); `None` keeps
+    /// `transform` whatever the model.
+    pub given: Option<Given>,
     /// A split whose f32 inputs take more bytes than this is written to a cache file and
     /// read back one batch at a time.
     pub memory_limit: u64,
@@ -332,10 +336,33 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             transform: Transform::default(),
+            given: None,
             memory_limit: 4 << 30,
             cache_dir: None,
             skip_bad_images: false,
         }
+    }
+}
+
+impl LoadOptions {
+    /// The options for a run on `model`: with [`LoadOptions::given`], the transform its
+    /// directory's `preprocessor_config.json` describes, with the given parts replaced, and
+    /// the file it came from; else these options as they are.
+    pub fn for_model(&self, model: &Path) -> Result<(LoadOptions, Option<PathBuf>)> {
+        let Some(given) = &self.given else {
+            return Ok((self.clone(), None));
+        };
+        if given.complete() {
+            return Ok((self.clone(), None));
+        }
+        let Some(processor) = crate::preprocessor::read(model)? else {
+            return Ok((self.clone(), None));
+        };
+        let options = LoadOptions {
+            transform: given.over(&processor),
+            ..self.clone()
+        };
+        Ok((options, Some(model.join(crate::preprocessor::FILE))))
     }
 }
 

@@ -24,6 +24,7 @@ pub mod external;
 pub mod greedy;
 pub mod images;
 pub mod plot;
+pub mod preprocessor;
 pub mod report;
 pub mod score;
 pub mod scorer;

@@ -113,6 +113,10 @@ pub struct Report<M = Metrics> {
     /// The test split (`--test`), if given.
     #[serde(serialize_with = "model_soup::json_path::option")]
     pub test_data: Option<PathBuf>,
+    /// The first model directory's `preprocessor_config.json`, when images were transformed
+    /// as it says (the flags given replacing its steps).
+    #[serde(serialize_with = "model_soup::json_path::option")]
+    pub preprocessor: Option<PathBuf>,
     /// One row per ingredient, in command-line order (empty for `uniform`).
     pub ingredients: Vec<Row<M>>,
     /// The uniform soup, for `uniform` and `report`.
@@ -302,6 +306,7 @@ mod tests {
             arch: "digits-cnn".into(),
             device: Some("cpu".into()),
             eval_dtype: Some("f32".into()),
+            preprocessor: None,
             val_data: None,
             test_data: None,
             ingredients: vec![

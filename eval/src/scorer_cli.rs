@@ -155,6 +155,7 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
         eval_dtype: None,
         val_data: None,
         test_data: None,
+        preprocessor: None,
         ingredients: Vec::new(),
         uniform: None,
         greedy: None,

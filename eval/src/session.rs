@@ -62,6 +62,8 @@ pub struct Session {
     metric: Metric,
     /// Whether `--metric` was given (else the task's default ranks).
     metric_given: bool,
+    /// The `preprocessor_config.json` images were transformed by, when one was read.
+    preprocessor: Option<PathBuf>,
     /// Warnings from the core's merges (integer buffers that differ, say), without repeats.
     pub warnings: Vec<Warning>,
 }
@@ -114,10 +116,14 @@ impl Session {
             pool.push(Some(checkpoint));
         }
         check_head(pool[0].as_ref().expect("opened above"), arch)?;
+        let mut preprocessor = None;
         let (val, test, task) = match arch.input() {
             Input::Image(_) => {
+                // A Hugging Face model directory's own preprocessing, unless flags say otherwise.
+                let (images, source) = options.images.for_model(&ingredients[0])?;
+                preprocessor = source;
                 let open = |p: Option<&Path>| {
-                    p.map(|p| Dataset::open_with(p, arch, &options.images).map(Data::Images))
+                    p.map(|p| Dataset::open_with(p, arch, &images).map(Data::Images))
                         .transpose()
                 };
                 (open(val)?, open(test)?, Task::Classification)
@@ -197,8 +203,14 @@ impl Session {
             task,
             metric,
             metric_given: options.metric.is_some(),
+            preprocessor,
             warnings,
         })
+    }
+
+    /// The `preprocessor_config.json` the images were transformed by, when one was read.
+    pub fn preprocessor(&self) -> Option<&Path> {
+        self.preprocessor.as_deref()
     }
 
     /// The architecture models are built as.

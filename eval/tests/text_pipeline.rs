@@ -542,6 +542,7 @@ fn greedy_minimises_loss_and_each_step_agrees_with_the_reference() {
         eval_dtype: None,
         val_data: None,
         test_data: None,
+        preprocessor: None,
         ingredients: by_acc.ingredients(&[Split::Val]).unwrap(),
         uniform: None,
         greedy: Some(g),

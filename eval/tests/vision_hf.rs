@@ -331,24 +331,100 @@ fn soup_eval_scores_model_directories_on_an_image_folder_as_pytorch_does() {
             .unwrap()
             .starts_with(&case.replace('-', "_")));
     }
-    // With torchvision's ImageNet normalisation instead of the ViT processor's 0.5, the same
-    // ViT sees other inputs: the loss moves (so the flags matter and the check can fail).
-    let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
-        .args([
-            "score", "--json", "-q", "--resize", "32", "--crop", "32", "--val",
-        ])
-        .arg(val)
-        .arg(vision("hf-vit"))
-        .output()
-        .unwrap();
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Without flags, the ViT's own preprocessor_config.json (32 x 32, mean and std 0.5) is
+    // what PyTorch's inputs were made with: the same loss. With torchvision's ImageNet
+    // normalisation instead, the same ViT sees other inputs: the loss moves (so the flags
+    // matter and the check can fail).
     let meta = Checkpoint::open(&vision("hf-vit.io.safetensors"))
         .unwrap()
         .metadata()
         .clone();
     let torch_loss: f64 = meta["torch_val_loss"].parse().unwrap();
-    let loss = r["ingredients"][0]["val"]["loss"].as_f64().unwrap();
-    assert!((loss - torch_loss).abs() > 1e-5, "{loss} vs {torch_loss}");
+    let loss_with = |flags: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+            .args(["score", "--json", "-q", "--val"])
+            .arg(val)
+            .arg(vision("hf-vit"))
+            .args(flags)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        r["ingredients"][0]["val"]["loss"].as_f64().unwrap()
+    };
+    let own = loss_with(&[]);
+    assert!((own - torch_loss).abs() < 1e-5, "{own} vs {torch_loss}");
+    let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+        .args(["score", "--json", "-q", "--val"])
+        .arg(val)
+        .arg(vision("hf-vit"))
+        .output()
+        .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        r["preprocessor"].as_str(),
+        Some(
+            vision("hf-vit")
+                .join("preprocessor_config.json")
+                .to_str()
+                .unwrap()
+        )
+    );
+    let imagenet = loss_with(&["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]);
+    assert!(
+        (imagenet - torch_loss).abs() > 1e-5,
+        "{imagenet} vs {torch_loss}"
+    );
+}
+
+/// A `preprocessor_config.json` that soup-eval can't reproduce stops the run naming the file
+/// and the key, unless the flags settle every step of the transform.
+#[test]
+fn a_preprocessor_config_it_cannot_reproduce_is_named_unless_flags_replace_it() {
+    let val = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/digits-images/val"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let model = copy_model(dir.path(), "hf-vit", Some(&|_: &mut Value| {}));
+    let path = model.join("preprocessor_config.json");
+    let mut p: Value = serde_json::from_slice(
+        &std::fs::read(vision("hf-vit").join("preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
+    p["resample"] = 1.into();
+    std::fs::write(&path, p.to_string()).unwrap();
+    let run = |flags: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+            .args(["score", "--json", "-q", "--val"])
+            .arg(val)
+            .arg(&model)
+            .args(flags)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("preprocessor_config.json")
+            && err.contains("resample 1")
+            && err.contains("--interpolation"),
+        "{err}"
+    );
+    let out = run(&[
+        "--resize",
+        "32x32",
+        "--interpolation",
+        "bilinear",
+        "--crop",
+        "none",
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.5,0.5,0.5",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
 }
 
 #[test]

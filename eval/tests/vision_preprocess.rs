@@ -140,3 +140,75 @@ fn the_disk_cache_holds_the_same_inputs() {
         "reading past the end must fail"
     );
 }
+
+/// Our 8-bit levels (before normalisation) of every photo under `transform`.
+fn levels(transform: soup_eval::transform::Transform) -> Vec<Vec<u8>> {
+    let list = ImageList {
+        entries: PHOTOS
+            .iter()
+            .map(|p| (vision(&format!("photos/{p}")), 0))
+            .collect(),
+        classes: None,
+    };
+    let options = LoadOptions {
+        transform: soup_eval::transform::Transform {
+            normalize: None,
+            ..transform
+        },
+        ..LoadOptions::default()
+    };
+    let loaded = load(&list, &options).unwrap();
+    let soup_eval::images::Samples::Memory(values) = loaded.samples else {
+        panic!("in memory")
+    };
+    values
+        .chunks(3 * 224 * 224)
+        .map(|c| c.iter().map(|v| (v * 255.0).round() as u8).collect())
+        .collect()
+}
+
+/// torchvision's bicubic preset (EfficientNet's) and Hugging Face's ViT and ConvNeXt image
+/// processors, read from their own `preprocessor_config.json`: the same pixels as theirs
+/// (make_preprocess_fixtures.py stored their 8-bit levels), exactly for the PNGs, within the
+/// JPEG decoders' difference for the JPEG.
+#[test]
+fn bicubic_and_hugging_face_processors_give_their_pixels() {
+    use soup_eval::transform::{Interpolation, Resize, Transform};
+    let processor = |name: &str| {
+        soup_eval::preprocessor::read(&vision(&format!("processors/{name}")))
+            .unwrap()
+            .expect("a preprocessor_config.json")
+    };
+    let bicubic = Transform {
+        resize: Some(Resize::ShortSide(256)),
+        interpolation: Interpolation::Bicubic,
+        ..Transform::default()
+    };
+    let reference = Checkpoint::open(&vision("preprocess.safetensors")).unwrap();
+    for (key, transform) in [
+        ("bicubic", bicubic),
+        ("hf-vit", processor("vit")),
+        ("hf-convnext", processor("convnext")),
+    ] {
+        for (photo, ours) in PHOTOS.iter().zip(levels(transform.clone())) {
+            let theirs = reference.tensor(&format!("{key}/{photo}")).unwrap();
+            assert_eq!(theirs.info.shape, [3, 224, 224]);
+            let diffs: Vec<u8> = ours
+                .iter()
+                .zip(theirs.data)
+                .map(|(a, b)| a.abs_diff(*b))
+                .collect();
+            let max = diffs.iter().max().copied().unwrap_or(0);
+            let off = diffs.iter().filter(|&&d| d > 0).count();
+            eprintln!("{key}/{photo}: max {max} levels, {off} values differ");
+            if photo.ends_with(".png") {
+                assert_eq!(max, 0, "{key}/{photo}: {off} values differ");
+            } else {
+                assert!(
+                    max <= 8 && off * 50 < diffs.len(),
+                    "{key}/{photo}: {max}, {off}"
+                );
+            }
+        }
+    }
+}
