@@ -145,8 +145,10 @@ impl VitConfig {
         })
     }
 
+    /// The torchvision builder this configuration is, at any `image_size` (its SWAG weights
+    /// are `vit_b_16(image_size=384)`, say).
     fn standard(&self) -> Option<&'static str> {
-        if self.image != 224 || self.representation.is_some() || self.heads * 64 != self.width {
+        if self.representation.is_some() || self.heads * 64 != self.width {
             return None;
         }
         VARIANTS
@@ -164,8 +166,10 @@ impl Architecture for VitConfig {
     }
 
     fn describe(&self) -> String {
-        if let Some(v) = self.standard() {
-            return v.to_string();
+        match self.standard() {
+            Some(v) if self.image == 224 => return v.to_string(),
+            Some(v) => return format!("{v} (image {})", self.image),
+            None => {}
         }
         format!(
             "vit (patch {}, image {}, {} layers, width {}, mlp {}, {} heads, {} classes)",
@@ -357,6 +361,13 @@ mod tests {
         let twelve = Options::parse(&["heads=8".into()]).unwrap();
         let config = VitConfig::read(&layout(16, 12, 768, 3072), &twelve).unwrap();
         assert_eq!(config.variant(), None);
+        // torchvision's vit_b_16(image_size=384) (the SWAG weights): the same builder.
+        let mut l = layout(16, 12, 768, 3072);
+        l.shapes
+            .insert("encoder.pos_embedding".into(), vec![1, 24 * 24 + 1, 768]);
+        let config = VitConfig::read(&l, &Options::default()).unwrap();
+        assert_eq!(config.variant().as_deref(), Some("vit_b_16"));
+        assert_eq!(config.describe(), "vit_b_16 (image 384)");
     }
 
     #[test]
