@@ -234,6 +234,32 @@ fn unsupported_keys_methods_and_values_are_named() {
             &["models[2].model", "same model as models[0]", "listed twice"],
         );
     }
+    // A model directory and its own weights file are one model.
+    let dir = tmp.path().join("model-dir");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(&m[2], dir.join("model.safetensors")).unwrap();
+    refused(
+        tmp.path(),
+        &linear(
+            &[dir.clone(), m[1].clone(), dir.join("model.safetensors")],
+            &["1", "1", "1"],
+            "",
+        ),
+        &["models[2].model", "same model as models[0]"],
+    );
+    // The base listed twice among the models (mergekit refuses that too).
+    refused(
+        tmp.path(),
+        &format!(
+            "merge_method: ties\nbase_model: {}\nmodels:\n  - model: {}\n  - model: {}\n  - model: {}\n  - model: {}\nparameters: {{weight: 1, density: 0.5}}\n",
+            dir.display(),
+            dir.display(),
+            dir.join("model.safetensors").display(),
+            m[0].display(),
+            m[1].display()
+        ),
+        &["models[1].model", "base_model again", "models[0]"],
+    );
 }
 
 #[test]

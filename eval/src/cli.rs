@@ -211,8 +211,8 @@ impl ImageArgs {
     pub fn options(&self) -> anyhow::Result<LoadOptions> {
         let side = |flag: &str, text: &str| -> anyhow::Result<usize> {
             match text.trim().parse::<usize>() {
-                Ok(n) if n > 0 && n <= 1 << 15 => Ok(n),
-                _ => usage!("{flag} '{text}' must be a size in pixels (1 to 32768) or none"),
+                Ok(n) if n > 0 && n <= 1 << 14 => Ok(n),
+                _ => usage!("{flag} '{text}' must be a size in pixels (1 to 16384) or none"),
             }
         };
         let size = |flag: &str, text: &str| -> anyhow::Result<Option<usize>> {

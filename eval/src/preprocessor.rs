@@ -46,7 +46,24 @@ pub fn read(dir: &Path) -> Result<Option<Transform>> {
     parse(&config).map(Some).map_err(bad)
 }
 
+/// The largest side a resize or crop may give, as `--resize` and `--crop` allow.
+const MAX_SIDE: usize = 16384;
+
+/// A side in pixels from `value` (named `key` in messages): a whole number from 1 to
+/// [`MAX_SIDE`].
+fn side(key: &str, value: &Value) -> std::result::Result<usize, String> {
+    match value.as_u64() {
+        Some(n) if n >= 1 && n as usize <= MAX_SIDE => Ok(n as usize),
+        _ => Err(format!(
+            "{key} is {value}, not a size from 1 to {MAX_SIDE} pixels"
+        )),
+    }
+}
+
 fn parse(config: &Value) -> std::result::Result<Transform, String> {
+    if !config.is_object() {
+        return Err("is not a JSON object of settings".into());
+    }
     let kind = config
         .get("image_processor_type")
         .or_else(|| config.get("feature_extractor_type"))
@@ -80,13 +97,9 @@ fn parse(config: &Value) -> std::result::Result<Transform, String> {
         let size = config
             .get("size")
             .ok_or("do_resize is true but there is no size")?;
-        let number = |key: &str| size.get(key).and_then(Value::as_u64).map(|n| n as usize);
         let (edge, height, width) = match size {
-            Value::Number(n) => {
-                let n = n
-                    .as_u64()
-                    .ok_or(format!("size {size} is not a whole number"))?
-                    as usize;
+            Value::Number(_) => {
+                let n = side("size", size)?;
                 if convnext {
                     (Some(n), None, None)
                 } else {
@@ -99,7 +112,13 @@ fn parse(config: &Value) -> std::result::Result<Transform, String> {
                         "size {size} has a longest_edge, which soup-eval doesn't reproduce"
                     ));
                 }
-                (number("shortest_edge"), number("height"), number("width"))
+                let get = |key: &str| {
+                    map.get(key)
+                        .filter(|v| !v.is_null())
+                        .map(|v| side(&format!("size.{key}"), v))
+                        .transpose()
+                };
+                (get("shortest_edge")?, get("height")?, get("width")?)
             }
             _ => return Err(format!("size {size} is not a number or an object")),
         };
@@ -112,15 +131,22 @@ fn parse(config: &Value) -> std::result::Result<Transform, String> {
                         .filter(|p| *p > 0.0 && *p <= 1.0)
                         .ok_or(format!("crop_pct {v} is not in (0, 1]"))?,
                 };
+                let resized = s as f64 / crop_pct;
+                if resized > MAX_SIDE as f64 {
+                    return Err(format!(
+                        "crop_pct {crop_pct} resizes the short side to {resized:.0} pixels, more than {MAX_SIDE}"
+                    ));
+                }
                 crop = Some(s);
-                Some(Resize::ShortSide((s as f64 / crop_pct) as usize))
+                Some(Resize::ShortSide(resized as usize))
             }
             (Some(s), None, None) if convnext => Some(Resize::Exact(s, s)),
             (Some(s), None, None) => Some(Resize::ShortSide(s)),
-            (None, Some(h), Some(w)) => Some(Resize::Exact(h, w)),
+            (None, Some(h), Some(w)) if !convnext => Some(Resize::Exact(h, w)),
             _ => {
                 return Err(format!(
-                    "size {size} is neither {{\"shortest_edge\": N}} nor {{\"height\": H, \"width\": W}}"
+                    "size {size} is neither {{\"shortest_edge\": N}} nor {{\"height\": H, \"width\": W}}{}",
+                    if convnext { " (a ConvNeXt processor takes shortest_edge)" } else { "" }
                 ))
             }
         }
@@ -131,17 +157,18 @@ fn parse(config: &Value) -> std::result::Result<Transform, String> {
         let size = config
             .get("crop_size")
             .ok_or("do_center_crop is true but there is no crop_size")?;
-        let side = match size {
-            Value::Number(n) => n.as_u64(),
+        let square = match size {
+            Value::Number(_) => Some(size),
             Value::Object(_) => match (size.get("height"), size.get("width")) {
-                (Some(h), Some(w)) if h == w => h.as_u64(),
+                (Some(h), Some(w)) if h == w => Some(h),
                 _ => None,
             },
             _ => None,
         };
-        crop = Some(side.ok_or(format!(
-            "crop_size {size} is not a square of whole pixels, the crops soup-eval reproduces"
-        ))? as usize);
+        let square = square.ok_or(format!(
+            "crop_size {size} is not a square, the crops soup-eval reproduces"
+        ))?;
+        crop = Some(side("crop_size", square)?);
     }
     if flag("do_rescale", true)? {
         if let Some(v) = config.get("rescale_factor").filter(|v| !v.is_null()) {
@@ -244,6 +271,36 @@ mod tests {
                 "image_std",
             ),
             (r#"{"do_resize": true}"#, "no size"),
+            (
+                r#"{"size": {"height": 100000, "width": 100000}}"#,
+                "size.height",
+            ),
+            (
+                r#"{"size": {"height": 18446744073709551615, "width": 1}}"#,
+                "size.height",
+            ),
+            (r#"{"size": {"height": 0, "width": 0}}"#, "size.height"),
+            (
+                r#"{"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 224}, "crop_pct": 1e-300}"#,
+                "crop_pct",
+            ),
+            (
+                r#"{"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 4000000000}}"#,
+                "shortest_edge",
+            ),
+            (
+                r#"{"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 0}}"#,
+                "shortest_edge",
+            ),
+            (
+                r#"{"image_processor_type": "ConvNextImageProcessor", "size": {"height": 224, "width": 224}}"#,
+                "ConvNeXt",
+            ),
+            (
+                r#"{"size": 224, "do_center_crop": true, "crop_size": 0}"#,
+                "crop_size",
+            ),
+            (r#"[1, 2]"#, "JSON object"),
         ] {
             let e = parse_json(text).unwrap_err();
             assert!(e.contains(key), "{text}: {e}");

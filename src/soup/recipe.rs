@@ -177,6 +177,7 @@ impl Recipe {
         let mut per_model = Vec::new();
         // Each path's index in `models`, for messages (the base's own entry is skipped).
         let mut listed_at = Vec::new();
+        let mut base_at = None;
         for (i, entry) in models.iter().enumerate() {
             let at = format!("models[{i}]");
             let entry = entry.as_mapping().ok_or_else(|| {
@@ -217,13 +218,20 @@ impl Recipe {
             if base_used
                 && base_model
                     .as_deref()
-                    .is_some_and(|b| same_file(Path::new(b), &model))
+                    .is_some_and(|b| same_model(Path::new(b), &model))
             {
+                if let Some(j) = base_at {
+                    return Err(fail(format!(
+                        "{at}.model {} is the base_model again, as models[{j}] is; mergekit refuses a model listed twice: list the base once",
+                        model.display()
+                    )));
+                }
+                base_at = Some(i);
                 continue;
             }
             // mergekit refuses a repeated input; merging it twice would silently double its
             // weight in a method that normalises, and skew TIES' sign election.
-            if let Some(j) = paths.iter().position(|p| same_file(p, &model)) {
+            if let Some(j) = paths.iter().position(|p| same_model(p, &model)) {
                 return Err(fail(format!(
                     "{at}.model {} is the same model as models[{}]; mergekit refuses a model listed twice: list it once, with the weight you want",
                     model.display(),
@@ -402,6 +410,25 @@ impl Recipe {
 
 /// One parameter's value in mergekit's syntax: a number, a bool, a list of numbers or bools (a
 /// gradient over the layers), or a list of `{filter, value}` entries.
+/// Whether two recipe paths name one model: the same file or directory, or a model directory
+/// and its own weights file (`a` and `a/model.safetensors`, or its index).
+fn same_model(a: &Path, b: &Path) -> bool {
+    let weights = |p: &Path| -> Option<PathBuf> {
+        if !p.is_dir() {
+            return None;
+        }
+        [crate::format::SINGLE_NAME, crate::format::INDEX_NAME]
+            .iter()
+            .map(|n| p.join(n))
+            .find(|f| f.is_file())
+    };
+    let (wa, wb) = (weights(a), weights(b));
+    same_file(a, b)
+        || wa.as_deref().is_some_and(|w| same_file(w, b))
+        || wb.as_deref().is_some_and(|w| same_file(a, w))
+        || matches!((&wa, &wb), (Some(x), Some(y)) if same_file(x, y))
+}
+
 fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
     match v {
         Value::Number(n) => n

@@ -114,15 +114,22 @@ pub fn check_memory(tensor: &TensorPlan, whole: &Whole) -> crate::error::Result<
     let w = sparsify::working_bytes(method, &tensor.shape, n, whole.wide);
     // Masks stay until the output pass; the models are trimmed, and their rows ranked, on up
     // to `threads` threads at once.
-    let bytes = trimmed * w.mask
+    let buffers = trimmed * w.mask
         + trimmed.min(threads) * w.ranking
         + (trimmed * w.rows).min(threads) * w.sorting;
+    // Small buffers come and go like any chunk's scratch.
+    if buffers < 16 << 20 {
+        return Ok(());
+    }
+    // The workers' first allocations also take address space: glibc reserves a 64 MiB heap
+    // per thread that allocates, which counts against `ulimit -v` before it is used.
+    let bytes = buffers + (threads + 1) * (64 << 20);
     let mut probe: Vec<u8> = Vec::new();
     probe
         .try_reserve_exact(usize::try_from(bytes).unwrap_or(usize::MAX))
         .map_err(|_| {
             crate::error::Error::Plan(format!(
-                "tensor '{}' needs {} MiB of working memory for {}'s trims, which this process can't allocate (a memory limit such as ulimit -v?); raise the limit or merge on a machine with more memory",
+                "tensor '{}' needs about {} MiB of working memory for {}'s trims, which this process can't allocate (a memory limit such as ulimit -v?); raise the limit or merge on a machine with more memory",
                 crate::error::printable(&tensor.name),
                 bytes.div_ceil(1 << 20),
                 whole.method

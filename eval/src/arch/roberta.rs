@@ -71,7 +71,9 @@ impl Family for RobertaFamily {
             encoder,
             head: HEAD,
             classes,
-            segments: false,
+            // transformers adds the token type rows for ids it is given; a tokenizer gives
+            // RoBERTa only 0s, which are the same as none.
+            segments: true,
             ignored: pooler,
         }))
     }

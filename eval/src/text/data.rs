@@ -724,7 +724,7 @@ impl TextData {
                                 format!(
                                     "'token_type_ids' is {ty} at row {row}, position {col}; {}",
                                     if limit == 1 {
-                                        "the model reads no segments, so every type must be 0 (or drop token_type_ids)".to_string()
+                                        "the model has one segment type, so every type must be 0 (or drop token_type_ids)".to_string()
                                     } else {
                                         format!(
                                             "the model's segments are 0 to {} (type_vocab_size)",
