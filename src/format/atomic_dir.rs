@@ -160,7 +160,14 @@ impl AtomicDir {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let aside = parent_dir(&self.dest).join(format!(".{name}.soup-old-{}", std::process::id()));
+        // A name nothing has: a killed run's aside (the only copy of its old output, so never
+        // removed) may hold this pid's name if the pid came round again.
+        let aside = (0u32..)
+            .map(|n| {
+                parent_dir(&self.dest).join(format!(".{name}.soup-old-{}-{n}", std::process::id()))
+            })
+            .find(|p| p.symlink_metadata().is_err())
+            .expect("some name is free");
         std::fs::rename(&self.dest, &aside).map_err(|e| self.rename_error(e))?;
         if let Err(e) = os::rename_no_replace(&self.temp, &self.dest) {
             // Put the old output back; it was never touched.
