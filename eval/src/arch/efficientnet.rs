@@ -158,6 +158,19 @@ impl EfficientNetConfig {
                 "is missing",
             ));
         }
+        // Every MBConv block has squeeze-and-excitation; EfficientNetV2's fused blocks, which
+        // its first stages are, have none. Said first, before any question about strides.
+        let se = |b: usize| {
+            layout
+                .shape(&format!("features.1.0.block.{b}.fc1.weight"))
+                .is_some()
+        };
+        if !se(1) && !se(2) {
+            return Err(ConfigError::new(
+                "features.1.0.block",
+                "has no squeeze-and-excitation (fc1): a fused block, as EfficientNetV2's are, which soup-eval doesn't read; score the model with --scorer COMMAND",
+            ));
+        }
         let strides: Vec<usize> = match options.list("strides")? {
             Some(s) => s,
             None if n == 7 => B0.iter().map(|b| b.2).collect(),
@@ -517,6 +530,21 @@ mod tests {
             assert_eq!(config.variant().as_deref(), Some(name));
             assert_eq!(config.bn_eps, eps, "{name}");
         }
+    }
+
+    /// EfficientNetV2 (torchvision's `efficientnet_v2_s`): its first stages' fused blocks have
+    /// no squeeze-and-excitation. Refused as such, not by asking for strides.
+    #[test]
+    fn an_efficientnet_v2_is_named_before_any_strides_question() {
+        let mut shapes: Vec<(String, Vec<usize>)> = standard_layout(1.0, 1.0)
+            .shapes
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("features.1.0.block.1."))
+            .collect();
+        shapes.push(("features.9.0.block.0.0.weight".into(), vec![8, 8, 1, 1]));
+        let layout = Layout::from_shapes(shapes.iter().map(|(n, s)| (n.as_str(), s.clone())));
+        let e = EfficientNetConfig::read(&layout, &Options::default()).unwrap_err();
+        assert!(e.reason.contains("EfficientNetV2"), "{}", e.reason);
     }
 
     #[test]
