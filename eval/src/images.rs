@@ -345,24 +345,46 @@ impl Default for LoadOptions {
 }
 
 impl LoadOptions {
-    /// The options for a run on `model`: with [`LoadOptions::given`], the transform its
-    /// directory's `preprocessor_config.json` describes, with the given parts replaced, and
-    /// the file it came from; else these options as they are.
-    pub fn for_model(&self, model: &Path) -> Result<(LoadOptions, Option<PathBuf>)> {
+    /// The options for a run on `models`: with [`LoadOptions::given`], the transform the
+    /// first model directory's `preprocessor_config.json` describes, with the given parts
+    /// replaced, and the file it came from; else these options as they are. Every
+    /// ingredient is scored on the same inputs, so directories whose files describe other
+    /// transforms are refused, naming both.
+    pub fn for_models(&self, models: &[PathBuf]) -> Result<(LoadOptions, Option<PathBuf>)> {
         let Some(given) = &self.given else {
             return Ok((self.clone(), None));
         };
         if given.complete() {
             return Ok((self.clone(), None));
         }
-        let Some(processor) = crate::preprocessor::read(model)? else {
+        let mut first: Option<(Transform, PathBuf)> = None;
+        for model in models {
+            let Some(processor) = crate::preprocessor::read(model)? else {
+                continue;
+            };
+            let file = model.join(crate::preprocessor::FILE);
+            match &first {
+                None => first = Some((processor, file)),
+                Some((t, f)) if given.over(t) != given.over(&processor) => {
+                    return Err(Error::Dataset {
+                        path: file,
+                        reason: format!(
+                            "describes other image preprocessing than {}, and every ingredient is scored on the same inputs; make the files agree, or pass --resize, --interpolation, --crop, --mean and --std",
+                            f.display()
+                        ),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let Some((processor, file)) = first else {
             return Ok((self.clone(), None));
         };
         let options = LoadOptions {
             transform: given.over(&processor),
             ..self.clone()
         };
-        Ok((options, Some(model.join(crate::preprocessor::FILE))))
+        Ok((options, Some(file)))
     }
 }
 

@@ -120,7 +120,7 @@ impl Session {
         let (val, test, task) = match arch.input() {
             Input::Image(_) => {
                 // A Hugging Face model directory's own preprocessing, unless flags say otherwise.
-                let (images, source) = options.images.for_model(&ingredients[0])?;
+                let (images, source) = options.images.for_models(ingredients)?;
                 preprocessor = source;
                 let open = |p: Option<&Path>| {
                     p.map(|p| Dataset::open_with(p, arch, &images).map(Data::Images))

@@ -466,3 +466,50 @@ fn a_greedy_soup_of_model_directories_is_a_model_directory() {
         r["ingredients"][0]["val"]["correct"]
     );
 }
+
+/// Every ingredient is scored on one set of inputs: model directories whose
+/// `preprocessor_config.json` files describe other transforms are refused, naming both, unless
+/// flags settle the transform; files that agree are fine.
+#[test]
+fn ingredients_whose_preprocessing_disagrees_are_refused() {
+    let val = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/digits-images/val"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let processor: Value = serde_json::from_slice(
+        &std::fs::read(vision("hf-vit").join("preprocessor_config.json")).unwrap(),
+    )
+    .unwrap();
+    let mut models = Vec::new();
+    for (name, mean) in [("a", 0.5), ("b", 0.5), ("c", 0.4)] {
+        let m = copy_model(&dir.path().join(name), "hf-vit", Some(&|_: &mut Value| {}));
+        let mut p = processor.clone();
+        p["image_mean"] = serde_json::json!([mean, mean, mean]);
+        std::fs::write(m.join("preprocessor_config.json"), p.to_string()).unwrap();
+        models.push(m);
+    }
+    let run = |models: &[PathBuf], flags: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+            .args(["score", "--json", "-q", "--val"])
+            .arg(val)
+            .args(models)
+            .args(flags)
+            .output()
+            .unwrap()
+    };
+    let agree = run(&models[..2], &[]);
+    assert!(agree.status.success(), "{}", common::stderr(&agree));
+    let out = run(&models, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("c/hf-vit/preprocessor_config.json")
+            && err.contains("a/hf-vit/preprocessor_config.json")
+            && err.contains("same inputs"),
+        "{err}"
+    );
+    // The disagreeing step given by a flag settles it.
+    let out = run(&models, &["--mean", "0.5,0.5,0.5"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}
