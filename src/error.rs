@@ -43,6 +43,10 @@ pub enum Error {
     #[error("{0}")]
     Weights(String),
 
+    /// The process's limits leave no room for the work (worker threads it can't start).
+    #[error("{0}")]
+    Resources(String),
+
     #[error("interrupted; the partial output was removed")]
     Interrupted,
 }
@@ -59,6 +63,7 @@ impl Error {
             Error::Output { .. } => "output",
             Error::Usage(_) => "usage",
             Error::Weights(_) => "weights",
+            Error::Resources(_) => "resources",
             Error::Interrupted => "interrupted",
         }
     }

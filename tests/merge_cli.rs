@@ -411,7 +411,7 @@ fn weights_are_used_as_given_or_normalised_on_request() {
         ])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2), "a usage error");
     assert!(stderr(&o).contains("give them once"), "{}", stderr(&o));
 }
 

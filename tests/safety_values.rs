@@ -316,7 +316,7 @@ fn thread_counts_are_bounded_before_any_work() {
         .env("RAYON_NUM_THREADS", "100000")
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("RAYON_NUM_THREADS=100000") && stderr(&o).contains("1024"));
     assert!(started.elapsed().as_secs_f64() < 5.0);
     assert!(!out.exists());
@@ -353,7 +353,7 @@ fn thread_counts_are_bounded_before_any_work() {
         "{err}"
     );
     let v: serde_json::Value = serde_json::from_str(&common::stdout(&o)).unwrap();
-    assert_eq!(v["kind"], "usage");
+    assert_eq!(v["kind"], "resources");
     assert!(!out.exists());
 }
 

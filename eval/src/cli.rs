@@ -47,7 +47,8 @@ Soups are merged by the same code as soup-merge: uniform weights 1/k, the first 
 dtype, summed in input order. The greedy soup written with -o is byte-identical to
 `soup-merge` of its ingredients in the order printed.
 
-Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line.
+Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line
+(also when found after parsing: --json kind usage), 130 after Ctrl-C.
 
 Examples:
   soup-eval score  --arch digits-cnn --test fixtures/digits/test.safetensors fixtures/models/*.safetensors

@@ -32,10 +32,11 @@ fn soup_eval(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     cmd.output().expect("run soup-eval")
 }
 
-/// Asserts exit status 1, one `error:` line containing every needle, and no panic.
+/// Asserts exit status 1 (2 for a usage error), one `error:` line containing every needle,
+/// and no panic.
 fn assert_error(out: &Output, needles: &[&str]) -> String {
     let err = common::stderr(out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(matches!(out.status.code(), Some(1 | 2)), "stderr: {err}");
     assert!(!err.contains("panicked"), "{err}");
     let line = err
         .lines()
@@ -534,7 +535,25 @@ fn json_errors_are_json() {
         assert_error(&out, &[flag]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["kind"], "usage", "{flag} {value}: {v}");
+        // The exit status says the same as the kind: 2 for a bad command line.
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {v}");
     }
+    // Bad input that is not the command line: exit 1.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.safetensors");
+    std::fs::write(&empty, b"").unwrap();
+    let out = soup_eval(&[
+        &"score",
+        &"--json",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &val(),
+        &empty,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(v["kind"], "usage", "{v}");
+    assert_eq!(out.status.code(), Some(1), "{v}");
 }
 
 #[test]

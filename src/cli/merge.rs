@@ -73,8 +73,8 @@ Recipes:
   tokenizer_source: base, random_seed. Any other key, parameter or method is an error naming it.
   The recipe is stored in the output's __metadata__ (model_soup.recipe) and model card.
 
-Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line,
-130 interrupted. With --json, stdout holds one JSON object, also on failure
+Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line
+(also when found after parsing: --json kind usage), 130 interrupted. With --json, stdout holds one JSON object, also on failure
 ({\"error\": ..., \"kind\": ...}; kind is one of io, invalid-input, plan, recipe, output, usage,
 weights, interrupted). Paths that are not UTF-8 appear in JSON as
 {\"utf8_lossy\": ..., \"bytes_hex\": ...}.

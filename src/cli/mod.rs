@@ -9,6 +9,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Exit status for bad input, failed validation or a failed write.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit status for a bad command line: clap's, and the same for one found after parsing
+/// (`kind: "usage"`), so that the status and the JSON kind always agree.
+pub const EXIT_USAGE: u8 = 2;
 /// Exit status after Ctrl-C (128 + SIGINT, as shells report it).
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -30,6 +33,10 @@ pub fn fail_report(err: &anyhow::Error, json: bool, kind: &str, interrupted: boo
             "{}\n",
             serde_json::json!({ "error": one_line(&format!("{err:#}")), "kind": kind })
         ));
+    }
+    if kind == "usage" && !interrupted {
+        say(&format!("error: {}", one_line(&format!("{err:#}"))));
+        return ExitCode::from(EXIT_USAGE);
     }
     fail_as(err, interrupted)
 }
@@ -119,7 +126,7 @@ pub fn start_thread_pool() -> Result<(), crate::Error> {
                 )
             })
     });
-    started.clone().map_err(crate::Error::Usage)
+    started.clone().map_err(crate::Error::Resources)
 }
 
 /// Like [`fail`], for a front end whose own error type wraps the core's: it says whether the
