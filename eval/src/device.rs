@@ -117,7 +117,7 @@ fn open_cuda(n: usize) -> Result<Device> {
 #[cfg(not(feature = "cuda"))]
 fn open_cuda(n: usize) -> Result<Device> {
     Err(Error::Device(format!(
-        "--device cuda:{n} needs the CUDA build of soup-eval, and this is the CPU build; build it with `{CUDA_BUILD_COMMAND}` (needs nvcc from a CUDA 13 toolkit; README.md, \"CUDA\"), or use --device cpu"
+        "--device cuda:{n} needs the CUDA build of soup-eval, and this is the CPU build; build it with `{CUDA_BUILD_COMMAND}` (needs nvcc from a CUDA 13 toolkit; README.md, \"Which binary to build where\"), or use --device cpu"
     )))
 }
 
