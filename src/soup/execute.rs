@@ -399,7 +399,7 @@ impl Drop for Pooled<'_> {
 
 fn strict_error(w: &Warning) -> Error {
     Error::Plan(format!(
-        "{} (--strict makes this an error; the output was not written)",
+        "{} (--strict makes this an error, so nothing was written)",
         w.message
     ))
 }
@@ -493,7 +493,7 @@ fn compute<'s>(
                 input: Some(plan.ingredients[i].path().to_path_buf()),
                 kind: "integers-differ",
                 message: format!(
-                    "tensor '{}' ({}) differs between {} and {}; non-float tensors are not merged, so the first one's value was copied",
+                    "tensor '{}' ({}) differs between {} and {}; non-float tensors are not merged, so the soup takes the first one's value",
                     printable(&tensor.name),
                     tensor.dtype,
                     plan.ingredients[*from].path().display(),
