@@ -184,7 +184,7 @@ pub struct ImageArgs {
     #[arg(long, value_name = "R,G,B", help_heading = "Images")]
     pub std: Option<String>,
 
-    /// Keep values in [0, 1]: no mean or std.
+    /// Keep values in [0, 1]: no mean or std (so not with --mean or --std).
     #[arg(long, help_heading = "Images", conflicts_with_all = ["mean", "std"])]
     pub no_normalize: bool,
 

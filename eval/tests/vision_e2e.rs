@@ -280,6 +280,11 @@ fn bad_lists_and_flags_are_refused_with_the_line_or_flag() {
     for (flag, value) in [
         ("--crop", "0"),
         ("--resize", "big"),
+        ("--resize", "0x32"),
+        ("--resize", "32x"),
+        ("--resize", "32x20000"),
+        ("--crop", "16385"),
+        ("--interpolation", "lanczos"),
         ("--mean", "1,2"),
         ("--std", "1,0,1"),
         ("--data-memory", "lots"),

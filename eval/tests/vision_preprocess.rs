@@ -34,15 +34,20 @@ const PHOTOS: &[&str] = &[
 /// One normalised step (1/255 divided by the smallest std) in value units.
 const LEVEL: f32 = 1.0 / 255.0 / 0.224;
 
-/// Ours and torchvision's inputs, [photos, 3, 224, 224] each.
-fn both() -> (Vec<f32>, Vec<f32>) {
-    let list = ImageList {
-        entries: PHOTOS
+/// The photographs `names`, as a list of images of class 0.
+fn photos(names: &[&str]) -> ImageList {
+    ImageList {
+        entries: names
             .iter()
             .map(|p| (vision(&format!("photos/{p}")), 0))
             .collect(),
         classes: None,
-    };
+    }
+}
+
+/// Ours and torchvision's inputs, [photos, 3, 224, 224] each.
+fn both() -> (Vec<f32>, Vec<f32>) {
+    let list = photos(PHOTOS);
     let loaded = load(&list, &LoadOptions::default()).unwrap();
     assert_eq!(loaded.sample_shape, [3, 224, 224]);
     let ours = match loaded.samples {
@@ -115,13 +120,7 @@ fn a_fixture_model_predicts_the_same_class_from_both() {
 
 #[test]
 fn the_disk_cache_holds_the_same_inputs() {
-    let list = ImageList {
-        entries: PHOTOS
-            .iter()
-            .map(|p| (vision(&format!("photos/{p}")), 0))
-            .collect(),
-        classes: None,
-    };
+    let list = photos(PHOTOS);
     let memory = load(&list, &LoadOptions::default()).unwrap();
     let options = LoadOptions {
         memory_limit: 1,
@@ -146,13 +145,7 @@ const COLOUR_PNGS: &[&str] = &["chelsea.png", "coffee.png", "rocket-tall.png"];
 
 /// Our 8-bit levels (before normalisation) of [`COLOUR_PNGS`] under `transform`.
 fn levels(transform: soup_eval::transform::Transform) -> Vec<Vec<u8>> {
-    let list = ImageList {
-        entries: COLOUR_PNGS
-            .iter()
-            .map(|p| (vision(&format!("photos/{p}")), 0))
-            .collect(),
-        classes: None,
-    };
+    let list = photos(COLOUR_PNGS);
     let options = LoadOptions {
         transform: soup_eval::transform::Transform {
             normalize: None,
