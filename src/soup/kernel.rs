@@ -14,6 +14,8 @@ use crate::format::{Accumulator, Dtype};
 use crate::soup::method::draws::{self, Cutoff};
 use crate::soup::method::sparsify::{Keep, TieCounts, Trim};
 
+mod lanes;
+
 /// Elements per chunk, the unit of work handed to a thread and of I/O: 1 MiB of bf16 output,
 /// so the per-chunk system calls (a positioned write, page advice for each input) stay few.
 pub const CHUNK_ELEMENTS: usize = 1 << 19;
@@ -273,6 +275,43 @@ pub fn decode_delta<A: Accumulator + std::ops::Sub<Output = A>>(
     }
 }
 
+/// The magnitude keys ([`Real::magnitude`]) of `x - base` at elements `range`, as
+/// [`decode_delta`] would give the differences: what every trim reads. bf16 is decoded,
+/// subtracted and keyed in one loop, with no buffer between.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+pub fn decode_magnitudes<A: Real>(
+    x: Input<'_>,
+    base: Input<'_>,
+    range: Range<usize>,
+    out: &mut [A::Key],
+) {
+    if x.dtype == Dtype::BF16 && base.dtype == Dtype::BF16 {
+        let xs = &x.data[range.start * 2..range.end * 2];
+        let bs = &base.data[range.start * 2..range.end * 2];
+        if let (Ok(xs), Ok(bs)) = (
+            bytemuck::try_cast_slice::<u8, u16>(xs),
+            bytemuck::try_cast_slice::<u8, u16>(bs),
+        ) {
+            for (o, (x, b)) in out.iter_mut().zip(xs.iter().zip(bs)) {
+                let d = widen_bf16::<A>(u16::from_le(*x)) - widen_bf16::<A>(u16::from_le(*b));
+                *o = d.magnitude();
+            }
+            return;
+        }
+    }
+    // The differences in tiles on the stack: no allocation per call.
+    const TILE: usize = 1024;
+    let mut d = [A::default(); TILE];
+    for (t, out) in out.chunks_mut(TILE).enumerate() {
+        let start = range.start + t * TILE;
+        let d = &mut d[..out.len()];
+        decode_delta(x, base, start..start + out.len(), d);
+        for (o, d) in out.iter_mut().zip(d.iter()) {
+            *o = d.magnitude();
+        }
+    }
+}
+
 /// A bf16 value's bits as `A`, NaNs quieted as the half crate quiets them.
 #[inline]
 fn widen_bf16<A: Accumulator>(h: u16) -> A {
@@ -471,10 +510,14 @@ pub fn task_vectors<'s>(
     scratch: &'s mut Scratch,
 ) -> &'s [u8] {
     if wide {
-        task_vectors_in::<f64>(mix, range, out_dtype, scratch)
-    } else {
-        task_vectors_in::<f32>(mix, range, out_dtype, scratch)
+        return task_vectors_in::<f64>(mix, range, out_dtype, scratch);
     }
+    // Borrowed only when the fast kernel takes the mix (a conditional return of the borrow
+    // is rejected by today's borrow checker).
+    if lanes::takes(mix, &range) {
+        return lanes::task_vectors(mix, range, out_dtype, scratch);
+    }
+    task_vectors_in::<f32>(mix, range, out_dtype, scratch)
 }
 
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]

@@ -563,8 +563,8 @@ fn trims<A: Real>(
                 return None;
             }
             let x = inputs[m.input];
-            let deltas = |range: Range<usize>, out: &mut [A]| {
-                kernel::decode_delta(x, base, range, out);
+            let magnitudes = |range: Range<usize>, out: &mut [A::Key]| {
+                kernel::decode_magnitudes::<A>(x, base, range, out);
             };
             let spec = sparsify::TrimSpec {
                 method,
@@ -575,7 +575,7 @@ fn trims<A: Real>(
                 rescale: tv.rescale,
                 shape,
             };
-            Some(sparsify::trim::<A>(&spec, n, &deltas))
+            Some(sparsify::trim::<A>(&spec, n, &magnitudes))
         })
         .collect()
 }

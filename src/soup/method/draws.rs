@@ -103,7 +103,7 @@ impl Cutoff {
     }
 
     /// Whether draw `h` is kept.
-    #[cfg(test)]
+    #[inline(always)]
     pub fn keeps(self, h: u32) -> bool {
         match self {
             Cutoff::None => false,

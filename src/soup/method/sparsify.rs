@@ -135,27 +135,40 @@ impl Bounds {
             while m != 0 {
                 let j = g * 64 + m.trailing_zeros() as usize;
                 m &= m - 1;
-                let (k, o) = (keys[j], &mut kept[j]);
-                let (at_low, at_high) = (Some(k) == low, Some(k) == high);
-                let above_low = match (&self.low, low) {
-                    (Some(c), _) if at_low => {
-                        ties.low += 1;
-                        c.ties.contains(&(ties.low - 1))
-                    }
-                    (_, Some(l)) => k > l,
-                    _ => true,
-                };
-                let below_high = match (&self.high, high) {
-                    (Some(c), _) if at_high => {
-                        ties.high += 1;
-                        c.ties.contains(&(ties.high - 1))
-                    }
-                    (_, Some(h)) => k < h,
-                    _ => true,
-                };
-                *o = one(above_low && below_high);
+                kept[j] = one(self.tied(keys[j], low, high, ties));
             }
         }
+    }
+
+    /// Whether key `k`, equal to a threshold (`low` or `high`, this trim's values as keys),
+    /// survives: the next of its ties in flat order, so keys equal to a threshold must be
+    /// decided in that order.
+    #[inline]
+    pub fn tied<K: RankKey>(
+        &self,
+        k: K,
+        low: Option<K>,
+        high: Option<K>,
+        ties: &mut TieCounts,
+    ) -> bool {
+        let (at_low, at_high) = (Some(k) == low, Some(k) == high);
+        let above_low = match (&self.low, low) {
+            (Some(c), _) if at_low => {
+                ties.low += 1;
+                c.ties.contains(&(ties.low - 1))
+            }
+            (_, Some(l)) => k > l,
+            _ => true,
+        };
+        let below_high = match (&self.high, high) {
+            (Some(c), _) if at_high => {
+                ties.high += 1;
+                c.ties.contains(&(ties.high - 1))
+            }
+            (_, Some(h)) => k < h,
+            _ => true,
+        };
+        above_low && below_high
     }
 }
 
@@ -224,8 +237,10 @@ pub struct TrimSpec<'a> {
     pub shape: &'a [u64],
 }
 
-/// Fills `out` with the task vector's elements `range`, in the working precision.
-pub type Deltas<'a, A> = dyn Fn(Range<usize>, &mut [A]) + Sync + 'a;
+/// Fills `out` with the magnitude keys ([`Real::magnitude`]) of the task vector's elements
+/// `range`, in the working precision. Every trim decides on magnitudes alone, and the norms of
+/// rescales sum them: no trim needs a sign.
+pub type Magnitudes<'a, K> = dyn Fn(Range<usize>, &mut [K]) + Sync + 'a;
 
 /// Elements per tile inside a chunk: the unit of the random drops' L1 sums (and so fixed:
 /// the sums' order depends on it), and of decoding everywhere here.
@@ -253,12 +268,6 @@ impl L1 {
     fn add_keys<A: Real>(&mut self, keys: &[A::Key], words: &[u64]) {
         let magnitude = |k: A::Key| A::from_magnitude(k).to_f64();
         l1_add_masked(&mut self.before, &mut self.after, keys, words, magnitude);
-    }
-
-    /// Like [`L1::add_keys`], from the values themselves (their magnitudes are summed).
-    fn add_values<A: Real>(&mut self, values: &[A], words: &[u64]) {
-        let magnitude = |v: A| v.abs().to_f64();
-        l1_add_masked(&mut self.before, &mut self.after, values, words, magnitude);
     }
 
     fn flush(&mut self) {
@@ -350,16 +359,16 @@ fn chunk_ranges(n: usize) -> impl IndexedParallelIterator<Item = (usize, Range<u
 }
 
 /// Computes a model's trim of a tensor of `n` elements.
-pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
+pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, A::Key>) -> Trim {
     match spec.method {
-        Sparsify::Random => random(spec, n, deltas),
-        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => magnitude(spec, n, deltas),
-        Sparsify::DellaMagprune => della(spec, n, deltas),
+        Sparsify::Random => random::<A>(spec, n, magnitudes),
+        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => magnitude::<A>(spec, n, magnitudes),
+        Sparsify::DellaMagprune => della::<A>(spec, n, magnitudes),
     }
 }
 
 /// DARE: each element kept with probability `density`, from the stream alone.
-fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
+fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, A::Key>) -> Trim {
     let cutoff = Cutoff::of(spec.density);
     if !spec.rescale {
         return Trim {
@@ -374,13 +383,13 @@ fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Tri
         .map(|(bits, (_, range))| {
             draws::keep_bits(spec.stream, range.start as u64, range.len(), cutoff, bits);
             // The norms: tiles on the stack, each its own lane sum (as the sums were defined).
-            let mut d = [A::ZERO; TILE];
+            let mut keys = [A::Key::default(); TILE];
             let mut l1 = L1::default();
             for (t, words) in bits.chunks(TILE / 64).enumerate() {
                 let start = range.start + t * TILE;
                 let len = TILE.min(range.end - start);
-                deltas(start..start + len, &mut d[..len]);
-                l1.add_values(&d[..len], words);
+                magnitudes(start..start + len, &mut keys[..len]);
+                l1.add_keys::<A>(&keys[..len], words);
                 l1.flush();
             }
             l1.sums
@@ -393,7 +402,7 @@ fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Tri
 }
 
 /// TIES (`Magnitude`) and breadcrumbs (`MagnitudeOutliers`): one or two thresholds by rank.
-fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
+fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, A::Key>) -> Trim {
     let mut kept = (spec.density * n as f64) as usize;
     if spec.method == Sparsify::Magnitude && n > 0 {
         kept = kept.max(1);
@@ -432,7 +441,7 @@ fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> 
         )
     };
     let targets: Vec<usize> = low.iter().chain(high.iter()).map(|t| t.0).collect();
-    let mut found = select::<A>(n, deltas, &targets).into_iter();
+    let mut found = select::<A>(n, magnitudes, &targets).into_iter();
     let mut cut = |t: Option<(usize, Rule)>| {
         t.map(|(rank, rule)| {
             let f = found.next().expect("one per target");
@@ -458,9 +467,8 @@ fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> 
                 let mut start = range.start;
                 while start < range.end {
                     let len = TILE.min(range.end - start);
-                    deltas(start..start + len, &mut d[..len]);
-                    for (k, a) in keys.iter_mut().zip(d[..len].iter_mut()) {
-                        *k = a.magnitude();
+                    magnitudes(start..start + len, &mut keys[..len]);
+                    for (a, k) in d[..len].iter_mut().zip(&keys[..len]) {
                         *a = A::from_magnitude(*k);
                     }
                     bounds.decide::<A>(&keys[..len], &mut ties, &mut kept[..len]);
@@ -505,14 +513,6 @@ const SAMPLE_BLOCK: usize = 256;
 /// happens in the sample (then one more pass finds it).
 const MARGIN: usize = 1024;
 
-/// The magnitude keys of `d`.
-#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
-fn magnitudes<A: Real>(d: &[A], keys: &mut [A::Key]) {
-    for (k, x) in keys.iter_mut().zip(d) {
-        *k = x.magnitude();
-    }
-}
-
 /// Adds a tile's keys to each open window's tally: the keys above it, and those inside it
 /// (or, for a window of one value, their number).
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
@@ -524,16 +524,17 @@ fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut
             *above += keys.iter().filter(|&&k| k > hi).count();
             *count += keys.iter().filter(|&&k| k == hi).count();
         } else {
-            // The keys above, in 32-bit lanes (a tile has fewer than 2^32 keys).
-            *above += keys.iter().fold(0u32, |n, &k| n + (k > hi) as u32) as usize;
             // A few percent fall inside, at random places: whole groups of 64 keys are
-            // flagged in one vectorised loop, and only the flagged ones are visited.
+            // flagged, and the keys above counted (in 32-bit lanes), in one vectorised loop,
+            // and only the flagged ones are visited.
             let whole = keys.len() / 64 * 64;
+            let mut over = 0u32;
             for group in keys[..whole].chunks_exact(64) {
                 let group: &[K; 64] = group.try_into().expect("64 keys");
                 let mut flags = [0u8; 64];
                 for (f, k) in flags.iter_mut().zip(group) {
                     *f = (k.wrapping_sub(lo) <= width) as u8;
+                    over += (*k > hi) as u32;
                 }
                 let mut m = pack_flags(&flags);
                 while m != 0 {
@@ -542,6 +543,8 @@ fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut
                 }
             }
             inside.extend(keys[whole..].iter().filter(|k| k.wrapping_sub(lo) <= width));
+            over += keys[whole..].iter().filter(|&&k| k > hi).count() as u32;
+            *above += over as usize;
             *count = inside.len();
         }
     }
@@ -553,23 +556,17 @@ fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut
 /// counts them), chunk by chunk in parallel; selection among the gathered keys then finds the
 /// value, and per-chunk counts place its ties. A rank that falls outside its window (rare)
 /// gets an exact window on the side it fell and another pass.
-fn select<A: Real>(n: usize, deltas: &Deltas<'_, A>, ranks: &[usize]) -> Vec<Found> {
-    let mut sample: Vec<A::Key> = Vec::new();
+fn select<A: Real>(n: usize, magnitudes: &Magnitudes<'_, A::Key>, ranks: &[usize]) -> Vec<Found> {
     let full = n <= SAMPLE_BLOCKS * SAMPLE_BLOCK;
-    let mut buf = vec![A::ZERO; SAMPLE_BLOCK];
+    let mut sample: Vec<A::Key>;
     if full {
-        let mut start = 0;
-        while start < n {
-            let len = SAMPLE_BLOCK.min(n - start);
-            deltas(start..start + len, &mut buf[..len]);
-            sample.extend(buf[..len].iter().map(|d| d.magnitude()));
-            start += len;
-        }
+        sample = vec![A::Key::default(); n];
+        magnitudes(0..n, &mut sample);
     } else {
-        for b in 0..SAMPLE_BLOCKS {
+        sample = vec![A::Key::default(); SAMPLE_BLOCKS * SAMPLE_BLOCK];
+        for (b, out) in sample.chunks_mut(SAMPLE_BLOCK).enumerate() {
             let start = b * (n - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1);
-            deltas(start..start + SAMPLE_BLOCK, &mut buf);
-            sample.extend(buf.iter().map(|d| d.magnitude()));
+            magnitudes(start..start + SAMPLE_BLOCK, out);
         }
     }
     sample.sort_unstable();
@@ -600,15 +597,14 @@ fn select<A: Real>(n: usize, deltas: &Deltas<'_, A>, ranks: &[usize]) -> Vec<Fou
         // Per chunk, per window: keys above it, and the keys in it (or their number).
         let per_chunk: Vec<Vec<Gathered<A::Key>>> = chunk_ranges(n)
             .map_init(
-                || (vec![A::ZERO; TILE], vec![A::Key::default(); TILE]),
-                |(d, keys), (_, range)| {
+                || vec![A::Key::default(); TILE],
+                |keys, (_, range)| {
                     let mut out: Vec<Gathered<A::Key>> =
                         windows.iter().map(|_| (0, Vec::new(), 0)).collect();
                     let mut start = range.start;
                     while start < range.end {
                         let len = TILE.min(range.end - start);
-                        deltas(start..start + len, &mut d[..len]);
-                        magnitudes(&d[..len], &mut keys[..len]);
+                        magnitudes(start..start + len, &mut keys[..len]);
                         tally(&keys[..len], &windows, &mut out);
                         start += len;
                     }
@@ -725,7 +721,7 @@ pub fn working_bytes(method: Sparsify, shape: &[u64], n: usize, wide: bool) -> W
 
 /// DELLA's MagPrune: each element kept with a probability linear in its magnitude's rank in
 /// its row (along dimension 1).
-fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim {
+fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, A::Key>) -> Trim {
     let shape = spec.shape;
     let (len, inner) = row_layout(shape, n);
     let slab = len * inner;
@@ -746,10 +742,8 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim
                 let first = range.start / slab;
                 let last = range.end.div_ceil(slab);
                 let (from, to) = (first * slab, (last * slab).min(n));
-                rs.d.resize(to - from, A::ZERO);
-                deltas(from..to, &mut rs.d);
-                rs.keys.clear();
-                rs.keys.extend(rs.d.iter().map(|x| x.magnitude()));
+                rs.keys.resize(to - from, A::Key::default());
+                magnitudes(from..to, &mut rs.keys);
                 bits.fill(0);
                 for a in first..last {
                     for c in 0..inner {
@@ -768,18 +762,7 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim
         let mut keys = vec![A::Key::default(); n];
         keys.par_chunks_mut(CHUNK_ELEMENTS)
             .zip(chunk_ranges(n))
-            .for_each_init(
-                || vec![A::ZERO; TILE],
-                |d, (out, (_, range))| {
-                    for (t, out) in out.chunks_mut(TILE).enumerate() {
-                        let start = range.start + t * TILE;
-                        deltas(start..start + out.len(), &mut d[..out.len()]);
-                        for (k, x) in out.iter_mut().zip(d.iter()) {
-                            *k = x.magnitude();
-                        }
-                    }
-                },
-            );
+            .for_each(|(out, (_, range))| magnitudes(range, out));
         let (ranks, _) = row_ranks(&keys, shape);
         keep.par_chunks_mut(CHUNK_ELEMENTS / 64)
             .zip(chunk_ranges(n))
@@ -822,7 +805,6 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, deltas: &Deltas<'_, A>) -> Trim
 
 /// A thread's buffers for DELLA's rows.
 struct RowScratch<A: Real> {
-    d: Vec<A>,
     keys: Vec<A::Key>,
     row: Vec<A::Key>,
     /// The draws of a row's elements inside the chunk.
@@ -841,7 +823,6 @@ struct RowScratch<A: Real> {
 impl<A: Real> Default for RowScratch<A> {
     fn default() -> Self {
         RowScratch {
-            d: Vec::new(),
             keys: Vec::new(),
             row: Vec::new(),
             drawn: Vec::new(),
@@ -1187,9 +1168,13 @@ mod tests {
 
     /// Each element's fate under `spec`, and the scale, decided as the kernels decide them.
     fn run(spec: &TrimSpec<'_>, values: &[f64]) -> (Vec<bool>, f64) {
-        let deltas = |r: Range<usize>, out: &mut [f64]| out.copy_from_slice(&values[r]);
+        let magnitudes = |r: Range<usize>, out: &mut [u64]| {
+            for (o, v) in out.iter_mut().zip(&values[r]) {
+                *o = v.magnitude();
+            }
+        };
         let n = values.len();
-        let t = trim::<f64>(spec, n, &deltas);
+        let t = trim::<f64>(spec, n, &magnitudes);
         let kept = match &t.keep {
             Keep::Bits(bits) => (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect(),
             Keep::Drawn(stream, cutoff) => {
@@ -1239,11 +1224,13 @@ mod tests {
                     shape: &[values.len() as u64],
                 };
                 let reads = std::sync::atomic::AtomicUsize::new(0);
-                let deltas = |r: Range<usize>, out: &mut [f64]| {
+                let magnitudes = |r: Range<usize>, out: &mut [u64]| {
                     reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    out.copy_from_slice(&values[r]);
+                    for (o, v) in out.iter_mut().zip(&values[r]) {
+                        *o = v.magnitude();
+                    }
                 };
-                trim::<f64>(&spec, values.len(), &deltas);
+                trim::<f64>(&spec, values.len(), &magnitudes);
                 let read = reads.into_inner() > 0;
                 assert_eq!(
                     method.reads_ahead(rescale),
