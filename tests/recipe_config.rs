@@ -309,3 +309,83 @@ fn a_hub_base_model_is_refused_since_nothing_is_downloaded() {
     );
     assert!(!out.exists());
 }
+
+/// Without `dtype`, mergekit computes each tensor in the promotion of its inputs' dtypes
+/// (torch's `promote_types`) and writes that: a bf16 base with an f32 fine-tune gives f32, and
+/// so does bf16 with f16. The command line keeps the first input's dtype, as documented.
+#[test]
+fn a_recipe_without_dtype_writes_the_promoted_dtype_as_mergekit_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(77);
+    let values: Vec<Vec<f64>> = (0..2)
+        .map(|_| (0..96).map(|_| rng.normal()).collect())
+        .collect();
+    let model = |name: &str, dtypes: [D; 2], v: &[f64]| {
+        let p = tmp.path().join(name);
+        write(
+            &p,
+            &[
+                spec("a.weight", dtypes[0], &[96], encode(dtypes[0], v)),
+                spec("b.weight", dtypes[1], &[96], encode(dtypes[1], v)),
+                spec("steps", D::I64, &[1], 7i64.to_le_bytes().to_vec()),
+            ],
+        );
+        p
+    };
+    let bf = model("bf.safetensors", [D::BF16, D::BF16], &values[0]);
+    let wide = model("wide.safetensors", [D::F32, D::F16], &values[1]);
+    let out = tmp.path().join("out.safetensors");
+    let r = recipe(
+        tmp.path(),
+        "r.yml",
+        &linear(&[bf.clone(), wide.clone()], &["1", "1"], ""),
+    );
+    ok(&[&"--config", &r, &"-o", &out, &"-q"]);
+    let got = read(&out);
+    assert_eq!(got["a.weight"].0, D::F32);
+    assert_eq!(got["b.weight"].0, D::F32);
+    assert_eq!(got["steps"].0, D::I64);
+    // The values: the mean of the two inputs as stored, rounded once to f32.
+    let stored = |d: D, v: &[f64]| -> Vec<f64> {
+        let bytes = encode(d, v);
+        match d {
+            D::BF16 => bytes
+                .chunks(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+                .collect(),
+            D::F16 => bytes
+                .chunks(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+                .collect(),
+            _ => bytes
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+        }
+    };
+    for (name, wide_dtype) in [("a.weight", D::F32), ("b.weight", D::F16)] {
+        let (x, y) = (stored(D::BF16, &values[0]), stored(wide_dtype, &values[1]));
+        let want: Vec<u8> = x
+            .iter()
+            .zip(&y)
+            .flat_map(|(a, b)| (((a + b) / 2.0) as f32).to_le_bytes())
+            .collect();
+        assert_eq!(got[name].2, want, "{name}");
+    }
+    // dtype: in the recipe still decides.
+    let r = recipe(
+        tmp.path(),
+        "r16.yml",
+        &linear(
+            &[bf.clone(), wide.clone()],
+            &["1", "1"],
+            "dtype: bfloat16\n",
+        ),
+    );
+    ok(&[&"--config", &r, &"-o", &out, &"-q", &"--force"]);
+    assert_eq!(read(&out)["a.weight"].0, D::BF16);
+    // The command line keeps the first input's.
+    ok(&[&bf, &wide, &"-o", &out, &"-q", &"--force"]);
+    let got = read(&out);
+    assert_eq!((got["a.weight"].0, got["b.weight"].0), (D::BF16, D::BF16));
+}

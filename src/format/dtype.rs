@@ -95,6 +95,16 @@ impl Dtype {
         matches!(self, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
     }
 
+    /// The float dtype that holds both `self` and `other` (two float dtypes) exactly, as
+    /// torch's `promote_types` has it: the wider, and f32 for bf16 with f16.
+    pub fn promoted(self, other: Dtype) -> Dtype {
+        match (self, other) {
+            (a, b) if a == b => a,
+            (Dtype::F64, _) | (_, Dtype::F64) => Dtype::F64,
+            _ => Dtype::F32,
+        }
+    }
+
     /// Whether `bytes`, elements of this float type, hold a NaN or an infinity: a test of the
     /// exponent bits, cheap enough to run on every chunk the kernel writes.
     pub fn any_non_finite(self, bytes: &[u8]) -> bool {

@@ -362,6 +362,7 @@ impl Merge {
             .collect::<Result<Vec<_>>>()?;
         let mut options = PlanOptions {
             dtype: mix.dtype,
+            promote: recipe.is_some(),
             on_missing: request.on_missing,
             ..Default::default()
         };

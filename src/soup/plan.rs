@@ -41,8 +41,12 @@ impl OnMissing {
 /// Choices that shape the plan beyond the ingredients and weights.
 #[derive(Debug, Clone, Default)]
 pub struct PlanOptions {
-    /// Output dtype of averaged tensors; `None` keeps the first ingredient's.
+    /// Output dtype of averaged tensors; `None` keeps the first ingredient's, or see `promote`.
     pub dtype: Option<Dtype>,
+    /// Without `dtype`, an averaged tensor takes the widest of its inputs' dtypes (torch's
+    /// promotion: bf16 with f16 gives f32) instead of the first's. mergekit computes a
+    /// recipe's merge, and writes it, in that dtype, so recipes use it.
+    pub promote: bool,
     pub on_missing: OnMissing,
     /// Extra `__metadata__` entries for the output (recipes, say), after the provenance.
     pub extra_metadata: BTreeMap<String, String>,
@@ -649,7 +653,11 @@ fn plan_tensor(
             ingredients[have[pos]].path().display()
         )));
     }
-    let out = options.dtype.unwrap_or(dtypes[0]);
+    let out = match options.dtype {
+        Some(d) => d,
+        None if options.promote => dtypes[1..].iter().fold(dtypes[0], |a, &b| a.promoted(b)),
+        None => dtypes[0],
+    };
     let mut terms: Vec<Term> = if !complete && options.on_missing == OnMissing::First {
         // A copy of the first input that has it, in the output dtype: the weights, and so
         // their sum, play no part.

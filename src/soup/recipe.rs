@@ -21,9 +21,11 @@
 //!         - value: 0.3
 //! parameters:                   # the method's global parameters, and per-model defaults
 //!   normalize: true
-//! dtype: bfloat16               # output dtype, unless out_dtype is given
+//! dtype: bfloat16               # output dtype, unless out_dtype is given (neither: each
+//!                               # tensor's inputs' promoted dtype, as in mergekit)
 //! out_dtype: bfloat16
-//! tokenizer_source: base        # the only value supported: the base model's tokenizer
+//! tokenizer_source: base        # the only value supported: the base model's tokenizer (the
+//!                               # first model's without a base_model, as in mergekit)
 //! random_seed: 42               # the seed of DARE's and DELLA's drops (soup-merge's own key)
 //! ```
 
@@ -101,9 +103,15 @@ impl Recipe {
             path: path.to_path_buf(),
             reason,
         };
+        // Editors on Windows start UTF-8 files with a byte-order mark, which PyYAML (and so
+        // mergekit) skips.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         check_nesting(text).map_err(fail)?;
-        let doc: Value =
+        let mut doc: Value =
             serde_yaml::from_str(text).map_err(|e| fail(format!("is not valid YAML: {e}")))?;
+        // `<<: *defaults` merge keys, which PyYAML applies.
+        doc.apply_merge()
+            .map_err(|e| fail(format!("is not valid YAML: {e}")))?;
         let top = doc.as_mapping().ok_or_else(|| {
             fail("is not a mergekit recipe: expected a mapping with merge_method and models".into())
         })?;
@@ -144,7 +152,9 @@ impl Recipe {
         let base_used = method.base() != method::BaseUse::Unused;
 
         let mut global = Vec::new();
-        if let Some(params) = top.get("parameters") {
+        // An empty `parameters:` is null, which mergekit reads as no parameters (its own
+        // examples have one).
+        if let Some(params) = top.get("parameters").filter(|v| !v.is_null()) {
             let params = params
                 .as_mapping()
                 .ok_or_else(|| fail("parameters must be a mapping".into()))?;
@@ -193,6 +203,7 @@ impl Recipe {
                     "model" => {
                         model = Some(model_path(value, &format!("{at}.model")).map_err(fail)?)
                     }
+                    "parameters" if value.is_null() => {}
                     "parameters" => {
                         let map = value
                             .as_mapping()
@@ -299,11 +310,9 @@ impl Recipe {
 
         match top.get("tokenizer_source") {
             None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s == "base" => {
-                if base_model.is_none() {
-                    return Err(fail("tokenizer_source: base needs a base_model".into()));
-                }
-            }
+            // Without a base_model, mergekit's "base" is the first model, whose tokenizer
+            // soup-merge copies anyway.
+            Some(Value::String(s)) if s == "base" => {}
             Some(v) => {
                 return Err(fail(format!(
                     "key 'tokenizer_source' is not supported with value {}; soup-merge copies one model's tokenizer: use tokenizer_source: base, or leave it out for the first model's",
@@ -641,6 +650,39 @@ mod tests {
         let r = parse("merge_method: linear\nparameters: {normalize: false, weight: 2}\nmodels: [{model: x}, {model: y}]\ndtype: float16\nout_dtype: float32\n").unwrap();
         assert_eq!(r.linear_weights().unwrap().unwrap(), [2.0, 2.0]);
         assert_eq!(r.dtype, Some(Dtype::F32));
+    }
+
+    /// Recipes as mergekit's own examples and Windows editors write them: a byte-order mark,
+    /// an empty `parameters:`, a `<<:` merge key, and `tokenizer_source: base` with no base.
+    #[test]
+    fn reads_what_pyyaml_and_mergekit_accept() {
+        let plain = "merge_method: ties\nbase_model: b\nmodels:\n  - model: b\n  - model: x\n    parameters: {weight: 1, density: 0.5}\n";
+        let text = |r: &Recipe| format!("{:?}", r.settings.models);
+        let want = text(&parse(plain).unwrap());
+        let bom = parse(&format!("\u{feff}{plain}")).unwrap();
+        assert_eq!(text(&bom), want);
+        // Null parameters, at the top and in an entry, are no parameters.
+        let empty = "merge_method: ties\nbase_model: b\nparameters:\ndtype: bfloat16\nmodels:\n  - model: b\n    parameters:\n  - model: x\n    parameters: {weight: 1, density: 0.5}\n";
+        let r = parse(empty).unwrap();
+        assert_eq!(text(&r), want);
+        assert!(r.settings.global.is_empty());
+        // A merge key copies the anchored mapping; the entry's own keys win.
+        let merged = "merge_method: ties\nbase_model: b\nmodels:\n  - model: x\n    parameters: &p\n      weight: 1.0\n      density: 0.5\n  - model: y\n    parameters:\n      <<: *p\n      weight: 0.8\n";
+        let r = parse(merged).unwrap();
+        let value = |m: usize, k: &str| match &r.settings.models[m][k].setting {
+            Setting::Value(v) => *v,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((value(1, "weight"), value(1, "density")), (0.8, 0.5));
+        assert_eq!((value(0, "weight"), value(0, "density")), (1.0, 0.5));
+        // mergekit's "base" tokenizer is the first model's when there is no base_model.
+        let r = parse("merge_method: passthrough\nmodels: [{model: x}]\ntokenizer_source: base\ndtype: bfloat16\n").unwrap();
+        assert_eq!(r.base_model, None);
+        // A merge key of something other than a mapping is an error.
+        assert!(
+            err("merge_method: linear\nmodels:\n  - model: x\n    parameters:\n      <<: 3\n")
+                .contains("YAML")
+        );
     }
 
     #[test]
