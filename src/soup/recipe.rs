@@ -124,7 +124,7 @@ impl Recipe {
             }
             if !TOP_KEYS.contains(&key.as_str()) {
                 return Err(fail(format!(
-                    "unknown key '{key}'; soup-merge reads {}",
+                    "unknown key '{key}'; soup-merge reads {}: fix its spelling or remove it (mergekit would silently ignore it)",
                     TOP_KEYS.join(", ")
                 )));
             }
@@ -733,7 +733,8 @@ mod tests {
         let base = "models: [{model: x, parameters: {weight: 1}}]\n";
         assert!(err(&format!("merge_method: karcher\n{base}")).contains("merge_method 'karcher'"));
         assert!(err(&format!("merge_method: linear\n{base}slices: []\n")).contains("key 'slices'"));
-        assert!(err(&format!("merge_method: linear\n{base}foo: 1\n")).contains("unknown key 'foo'"));
+        let e = err(&format!("merge_method: linear\n{base}foo: 1\n"));
+        assert!(e.contains("unknown key 'foo'") && e.contains("remove it"), "{e}");
         assert!(err(
             "merge_method: linear\nmodels: [{model: x, parameters: {weight: 1, density: 0.5}}]\n"
         )
