@@ -19,7 +19,10 @@ pub use dtype::{Accumulator, Dtype};
 pub use header::{Header, TensorInfo, MAX_HEADER_LEN};
 pub use index::{shard_file_name, ShardIndex, INDEX_NAME, SINGLE_NAME};
 pub(crate) use os::{allocate, drop_cached, start_writeback};
-pub use os::{explain_sigbus, process_alive, same_file, sigbus_now_reads_the_output, signal_group};
+pub use os::{
+    continue_group, explain_sigbus, process_alive, same_file, sigbus_now_reads_the_output,
+    signal_group,
+};
 pub use writer::{
     encode_header, write_whole, written_by_this_tool, AtomicFile, HeaderEntry, PLOT_MARK,
 };

@@ -273,12 +273,22 @@ pub fn process_alive(pid: u32) -> bool {
 /// soup-eval does to stop an external scorer and whatever it started. A group that is already
 /// gone is not an error.
 pub fn signal_group(pgid: u32, kill: bool) -> io::Result<()> {
+    send_to_group(pgid, if kill { libc::SIGKILL } else { libc::SIGTERM })
+}
+
+/// Sends SIGCONT to every process in the process group `pgid`: a member stopped (by SIGTTIN
+/// for reading the terminal, say) then acts on a SIGTERM sent before, instead of holding it
+/// pending for the whole grace period. A group that is already gone is not an error.
+pub fn continue_group(pgid: u32) -> io::Result<()> {
+    send_to_group(pgid, libc::SIGCONT)
+}
+
+fn send_to_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
     // Group 0 or 1 would mean "our own group" or "every process": never what a caller means.
     let pgid = match libc::pid_t::try_from(pgid) {
         Ok(p) if p > 1 => p,
         _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
     };
-    let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
     // SAFETY: kill(2) with a negative id signals a process group; it touches no memory of ours.
     let rc = unsafe { libc::kill(-pgid, signal) };
     if rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
