@@ -143,15 +143,66 @@ impl Written {
     ) -> Result<(Written, Vec<Warning>)> {
         // A leftover of a killed run at this path is replaced, once its mark shows soup-eval
         // wrote it; anything else there is the user's (a shared --work-dir), and stays.
-        if path.symlink_metadata().is_ok() && !model_soup::format::written_by_this_tool(&path) {
-            return Err(model_soup::Error::Output {
-                path: path.clone(),
-                reason: "is where a candidate soup goes, but it is not a soup this tool wrote (a killed run's leftover would be); move it away or choose another --work-dir".into(),
-            }
-            .into());
-        }
-        let warnings = ingredients.write(members, &path, true, &[])?;
+        check_leftover(&path)?;
+        let warnings = ingredients
+            .write(members, &path, true, &[])
+            .map_err(|e| full_work_dir(e, &path))?;
         Ok((Written { path, keep }, warnings))
+    }
+}
+
+/// Checks that whatever is at candidate path `path` is a leftover of a killed run (it carries
+/// the tool's mark), which may be replaced or removed; nothing there is fine too. Anything
+/// else is the user's, such as a file in a shared `--work-dir`, and is an error naming it.
+pub fn check_leftover(path: &Path) -> Result<()> {
+    if path.symlink_metadata().is_ok() && !model_soup::format::written_by_this_tool(path) {
+        return Err(model_soup::Error::Output {
+            path: path.to_path_buf(),
+            reason: "is where a candidate soup goes, but it is not a soup this tool wrote (a killed run's leftover would be); move it away or choose another --work-dir".into(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Removes a killed run's leftover candidate at `path`, after [`check_leftover`]: only a
+/// file or model directory that carries the tool's mark goes; anything else stops the run.
+pub fn remove_leftover(path: &Path) -> Result<()> {
+    let Ok(meta) = path.symlink_metadata() else {
+        return Ok(());
+    };
+    check_leftover(path)?;
+    let removed = if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!("cannot remove this killed run's leftover candidate: {e}"),
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A full disk while writing a candidate names the flag that moves candidates, `--work-dir`,
+/// not `-o` (which the core's writer suggests for an output).
+fn full_work_dir(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Format(model_soup::Error::Output { path: p, reason })
+            if p == path && reason.starts_with("no space left on device") =>
+        {
+            model_soup::Error::Output {
+                path: p,
+                reason: "no space left on device for this candidate soup; free some space or give --work-dir a folder with room for the candidates".into(),
+            }
+            .into()
+        }
+        other => other,
     }
 }
 

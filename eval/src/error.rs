@@ -85,9 +85,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A `--scorer` template (or `--scorer-json` path) that can't be used.
-    #[error("--scorer {template:?}: {reason}")]
-    Template { template: String, reason: String },
+    /// A `--scorer` template (or `--scorer-json` path, `flag` naming which) that can't be used.
+    #[error("{flag} {template:?}: {reason}")]
+    Template {
+        flag: &'static str,
+        template: String,
+        reason: String,
+    },
 
     /// The scorer could not be started at all.
     #[error("cannot start the scorer `{command}`: {source}; check that the program exists and is executable (or pass --shell)")]
@@ -103,6 +107,10 @@ pub enum Error {
         command: String,
         problem: String,
         stderr: String,
+        /// The exit status, `None` when it was killed (a timeout, a signal) or stopped.
+        exit_status: Option<i32>,
+        /// Wall seconds of the failed run.
+        seconds: f64,
     },
 
     /// A `--log` or `--resume` file that can't be used.

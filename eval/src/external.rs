@@ -79,6 +79,10 @@ pub struct External {
     stats: Mutex<Stats>,
     /// Scorer seconds of each candidate scored in this invocation, by its members.
     ran: Mutex<HashMap<Vec<usize>, f64>>,
+    /// Each candidate scored in this invocation, by its members, so none is scored twice.
+    trials: Mutex<HashMap<Vec<usize>, Trial<f64>>>,
+    /// Candidates whose scorer failed in this invocation, with the error.
+    failed: Mutex<Vec<(Vec<usize>, String)>>,
     /// The candidates a one-at-a-time search needs (no speculation), for the speed-up.
     needed: Mutex<Vec<Vec<usize>>>,
     warnings: Mutex<Vec<Warning>>,
@@ -128,6 +132,19 @@ impl External {
                 WorkDir { path, ours: true }
             }
         };
+        if options.speculate > options.jobs {
+            model_soup::cli::say(&format!(
+                "warning: --speculate {} is more than --jobs {}: the candidates beyond {} wait for a free slot, so speculation only adds runs (those after an accepted candidate are thrown away); give --jobs {} or a smaller --speculate",
+                options.speculate, options.jobs, options.jobs, options.speculate
+            ));
+        }
+        if work_dir.ours && (options.log.is_some() || options.resume.is_some()) {
+            // A new folder each run: --resume can't know the killed run's.
+            model_soup::cli::say(&format!(
+                "note: candidates go to {}, a new folder for this run; a run killed with SIGKILL leaves the ones it was scoring there, where --resume won't look (give --work-dir to have --resume remove them)",
+                work_dir.path.display()
+            ));
+        }
         if options.log.is_some() && options.resume.is_some() && options.log != options.resume {
             return Err(Error::Log {
                 path: options.log.clone().expect("checked"),
@@ -167,15 +184,23 @@ impl External {
                 if !options.keep_candidates {
                     // A run killed between logging a candidate and removing it left it here;
                     // it won't be written again, so it goes now. The path is made from the
-                    // members (checked against the ingredients), never from the log's text.
-                    for entry in logged.values().filter(|e| e.members.len() > 1) {
-                        let name = candidate::name(&entry.members);
-                        let stale = ingredients.candidate_path(&work_dir.path, &name);
-                        let _ = if stale.is_dir() {
-                            std::fs::remove_dir_all(&stale)
-                        } else {
-                            std::fs::remove_file(&stale)
-                        };
+                    // members (checked against the ingredients), never from the log's text,
+                    // and only what carries the tool's mark is removed: --work-dir may have
+                    // changed since, to a shared folder with the user's own files in it.
+                    let mut stale: Vec<PathBuf> = logged
+                        .values()
+                        .filter(|e| e.members.len() > 1)
+                        .map(|e| {
+                            ingredients.candidate_path(&work_dir.path, &candidate::name(&e.members))
+                        })
+                        .collect();
+                    stale.sort();
+                    // Every name is checked before anything goes, so an error removes nothing.
+                    for path in &stale {
+                        candidate::check_leftover(path)?;
+                    }
+                    for path in &stale {
+                        candidate::remove_leftover(path)?;
                     }
                 }
             } else {
@@ -192,6 +217,8 @@ impl External {
             options,
             stats: Mutex::new(Stats::default()),
             ran: Mutex::new(HashMap::new()),
+            trials: Mutex::new(HashMap::new()),
+            failed: Mutex::new(Vec::new()),
             needed: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
         })
@@ -222,7 +249,7 @@ impl External {
         if uniform && n > 1 {
             sets.push((0..n).collect());
         }
-        let trials = self.score_many(&sets)?;
+        let trials = self.score_all(&sets)?;
         lock(&self.needed).extend(sets.iter().cloned());
         let names = self.names();
         let rows = names
@@ -275,6 +302,23 @@ impl External {
                 }
                 needed.push(members);
             }
+            // A speculative trial that failed after a kept one: the sequential search never
+            // runs it, so it doesn't fail the search; it is said here, and logged.
+            let mut discarded = Vec::new();
+            for (members, error) in lock(&self.failed).iter() {
+                if !needed.contains(members) {
+                    discarded.push(Warning::general(
+                        "speculative-trial-failed",
+                        None,
+                        format!(
+                            "the speculative trial of {} failed, but a candidate before it was kept, so the one-at-a-time search never scores it and it was thrown away: {error}",
+                            candidate::name(members)
+                        ),
+                    ));
+                }
+            }
+            drop(needed);
+            self.note(discarded);
         }
         if let Some((path, force, also)) = output {
             let warnings = self.ingredients.write(&search.chosen, path, force, also)?;
@@ -347,7 +391,20 @@ impl External {
             wall_seconds: wall,
             speedup: if wall > 0.0 { sequential / wall } else { 1.0 },
             log: self.log.as_ref().map(|l| l.path().to_path_buf()),
+            kept_in: self.kept_in(),
         }
+    }
+
+    /// Where `--keep-candidates` left candidates, if it left any.
+    pub fn kept_in(&self) -> Option<PathBuf> {
+        let path = &self.work_dir.path;
+        let any = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some());
+        (self.options.keep_candidates && any).then(|| path.clone())
+    }
+
+    /// Whether candidates go to a temporary folder of this run (no `--work-dir`).
+    pub fn work_dir_is_temporary(&self) -> bool {
+        self.work_dir.ours
     }
 
     fn note(&self, found: Vec<Warning>) {
@@ -359,77 +416,111 @@ impl External {
         }
     }
 
-    /// Scores the uniform soup of each member list: from the log when it has it, else with up
-    /// to `jobs` scorers at once. The first failure stops the others (their candidates are
-    /// removed) and is the error.
-    fn score_many(&self, sets: &[Vec<usize>]) -> Result<Vec<Trial<f64>>> {
-        let mut results: Vec<Option<Trial<f64>>> = vec![None; sets.len()];
+    /// Scores the uniform soup of each member list: from the log or this run when they have
+    /// it, else with up to `jobs` scorers at once. The first failure stops the others (their
+    /// candidates are removed) and is the error.
+    fn score_all(&self, sets: &[Vec<usize>]) -> Result<Vec<Trial<f64>>> {
+        let mut first_error: Option<Error> = None;
+        let mut trials = Vec::with_capacity(sets.len());
+        for result in self.score_many(sets, Failing::StopsAll)? {
+            match result {
+                Ok(trial) => trials.push(trial),
+                // Runs stopped because another failed say "interrupted"; the failure is
+                // the news.
+                Err(e) => {
+                    let cancelled = matches!(e, Error::Format(model_soup::Error::Interrupted));
+                    if first_error.is_none()
+                        || (!cancelled
+                            && matches!(
+                                first_error,
+                                Some(Error::Format(model_soup::Error::Interrupted))
+                            ))
+                    {
+                        first_error = Some(e);
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(trials),
+        }
+    }
+
+    /// Scores each member list as [`External::score_all`] does, but with an outcome each: a
+    /// failure stops only the runs of the lists after it (greedy speculation, where a failure
+    /// after a kept candidate is thrown away). The error is for Ctrl-C only.
+    fn score_each(&self, sets: &[Vec<usize>]) -> Result<Vec<Result<Trial<f64>>>> {
+        self.score_many(sets, Failing::StopsLater)
+    }
+
+    fn score_many(&self, sets: &[Vec<usize>], failing: Failing) -> Result<Vec<Result<Trial<f64>>>> {
+        let mut results: Vec<Option<Result<Trial<f64>>>> = Vec::new();
+        results.resize_with(sets.len(), || None);
         let mut todo = Vec::new();
         for (i, members) in sets.iter().enumerate() {
-            match self
+            if let Some((score, entry)) = self
                 .logged
                 .get(members)
                 .and_then(|e| e.score.map(|s| (s, e)))
             {
-                Some((score, entry)) => {
-                    results[i] = Some(Trial {
-                        val: score,
-                        merge_seconds: entry.write_seconds,
-                        eval_seconds: entry.seconds,
-                    });
-                    self.stats.lock().unwrap_or_else(|e| e.into_inner()).resumed += 1;
-                }
-                None => todo.push(i),
+                results[i] = Some(Ok(Trial {
+                    val: score,
+                    merge_seconds: entry.write_seconds,
+                    eval_seconds: entry.seconds,
+                }));
+                lock(&self.stats).resumed += 1;
+            } else if let Some(trial) = lock(&self.trials).get(members) {
+                // Scored earlier in this run (the uniform soup is the greedy soup of every
+                // ingredient): the same bytes, so not scored twice, nor given two numbers.
+                results[i] = Some(Ok(*trial));
+            } else {
+                todo.push(i);
             }
         }
         if !todo.is_empty() {
-            let cancel = AtomicBool::new(false);
+            // One flag per run: a failure sets those of the runs it makes pointless.
+            let cancels: Vec<AtomicBool> = todo.iter().map(|_| AtomicBool::new(false)).collect();
             let next = AtomicUsize::new(0);
             let done: Mutex<Vec<(usize, Result<Trial<f64>>)>> = Mutex::new(Vec::new());
             std::thread::scope(|scope| {
                 for slot in 0..self.options.jobs.min(todo.len()) {
-                    let (cancel, next, done, todo) = (&cancel, &next, &done, &todo);
+                    let (cancels, next, done, todo) = (&cancels, &next, &done, &todo);
                     scope.spawn(move || loop {
                         let k = next.fetch_add(1, Ordering::SeqCst);
-                        if k >= todo.len() || cancel.load(Ordering::SeqCst) {
+                        if k >= todo.len() {
                             break;
                         }
                         let i = todo[k];
-                        let result = self.score_one(&sets[i], slot, cancel);
-                        if result.is_err() {
-                            cancel.store(true, Ordering::SeqCst);
+                        let result = if cancels[k].load(Ordering::SeqCst) {
+                            Err(model_soup::Error::Interrupted.into())
+                        } else {
+                            self.score_one(&sets[i], slot, &cancels[k])
+                        };
+                        if let Err(e) = &result {
+                            let stopped = match failing {
+                                Failing::StopsAll => &cancels[..],
+                                Failing::StopsLater => &cancels[k + 1..],
+                            };
+                            for c in stopped {
+                                c.store(true, Ordering::SeqCst);
+                            }
+                            if !matches!(e, Error::Format(model_soup::Error::Interrupted)) {
+                                lock(&self.failed).push((
+                                    sets[i].clone(),
+                                    model_soup::cli::one_line(&e.to_string()),
+                                ));
+                            }
                         }
-                        done.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((i, result));
+                        lock(done).push((i, result));
                     });
                 }
             });
-            let mut first_error: Option<Error> = None;
             for (i, result) in done.into_inner().unwrap_or_else(|e| e.into_inner()) {
-                match result {
-                    Ok(trial) => results[i] = Some(trial),
-                    // Runs stopped because another failed say "interrupted"; the failure is
-                    // the news, unless the user pressed Ctrl-C.
-                    Err(e) => {
-                        let cancelled = matches!(e, Error::Format(model_soup::Error::Interrupted));
-                        if first_error.is_none()
-                            || (!cancelled
-                                && matches!(
-                                    first_error,
-                                    Some(Error::Format(model_soup::Error::Interrupted))
-                                ))
-                        {
-                            first_error = Some(e);
-                        }
-                    }
-                }
+                results[i] = Some(result);
             }
             if model_soup::soup::interrupted() {
                 return Err(model_soup::Error::Interrupted.into());
-            }
-            if let Some(e) = first_error {
-                return Err(e);
             }
         }
         Ok(results
@@ -511,6 +602,14 @@ impl External {
                     ))?;
                 }
                 lock(&self.ran).insert(members.to_vec(), run.total_seconds);
+                lock(&self.trials).insert(
+                    members.to_vec(),
+                    Trial {
+                        val: run.score,
+                        merge_seconds: write_seconds,
+                        eval_seconds: run.seconds,
+                    },
+                );
                 {
                     let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
                     stats.scored += 1;
@@ -530,11 +629,20 @@ impl External {
                 })
             }
             Err(e) => {
-                if let (Some(log), Error::Scorer { .. }) = (&self.log, &e) {
+                if let (
+                    Some(log),
+                    Error::Scorer {
+                        exit_status,
+                        seconds,
+                        ..
+                    },
+                ) = (&self.log, &e)
+                {
+                    // The last failed run's status and time, as the fields' docs say.
                     log.append(&entry(
                         None,
-                        0.0,
-                        None,
+                        *seconds,
+                        *exit_status,
                         self.scorer.retries + 1,
                         Some(model_soup::cli::one_line(&e.to_string())),
                     ))?;
@@ -543,6 +651,17 @@ impl External {
             }
         }
     }
+}
+
+/// How a failed run stops the others of a batch.
+#[derive(Clone, Copy)]
+enum Failing {
+    /// Every run is needed: the first failure is the batch's, and stops them all.
+    StopsAll,
+    /// The runs are greedy candidates in order: a failure stops only those after it, which
+    /// the search can't use whatever happens (before it, a kept candidate makes the failure
+    /// moot, and without one the failure ends the search).
+    StopsLater,
 }
 
 /// Greedy candidates scored by the external scorer, several at once when speculating.
@@ -566,12 +685,12 @@ impl Candidates<f64> for ScorerCandidates<'_> {
     }
 
     fn try_with(&mut self, candidate: usize) -> Result<Trial<f64>> {
-        Ok(self.external.score_many(&[self.with(candidate)])?[0])
+        Ok(self.external.score_all(&[self.with(candidate)])?[0])
     }
 
-    fn try_each(&mut self, candidates: &[usize]) -> Result<Vec<Trial<f64>>> {
+    fn try_each(&mut self, candidates: &[usize]) -> Result<Vec<Result<Trial<f64>>>> {
         let sets: Vec<Vec<usize>> = candidates.iter().map(|&c| self.with(c)).collect();
-        self.external.score_many(&sets)
+        self.external.score_each(&sets)
     }
 
     fn keep(&mut self, candidate: usize) -> Result<()> {

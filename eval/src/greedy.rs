@@ -22,9 +22,12 @@ pub trait Candidates<M: Measure = Score> {
     /// Scores, on validation, the uniform soup of the chosen ingredients plus `candidate`.
     fn try_with(&mut self, candidate: usize) -> Result<Trial<M>>;
     /// Scores the soup of the chosen ingredients plus each of `candidates`, separately (none
-    /// joins the soup). One at a time unless the implementation can do better.
-    fn try_each(&mut self, candidates: &[usize]) -> Result<Vec<Trial<M>>> {
-        candidates.iter().map(|&c| self.try_with(c)).collect()
+    /// joins the soup), each with its own outcome: a failed trial fails the search only if
+    /// the one-at-a-time search would have run it too, that is when no earlier candidate of
+    /// the batch is kept. The outer error is for what stops everything (Ctrl-C). One at a
+    /// time unless the implementation can do better.
+    fn try_each(&mut self, candidates: &[usize]) -> Result<Vec<Result<Trial<M>>>> {
+        Ok(candidates.iter().map(|&c| self.try_with(c)).collect())
     }
     /// Adds `candidate`, tried since the last change to the soup, to the soup.
     fn keep(&mut self, candidate: usize) -> Result<()>;
@@ -116,8 +119,8 @@ pub struct Search<M = Score> {
     pub discarded: usize,
 }
 
-/// Ranks ingredients by validation score, best first under `goal`; equal scores keep their
-/// order, and NaN scores come last whatever their sign bit (`total_cmp` alone put the NaN of
+/// Ranks ingredients by validation score, best first under `goal`; equal scores (-0 and +0
+/// among them) keep their order, and NaN scores come last whatever their sign bit (`total_cmp` alone put the NaN of
 /// `inf - inf`, whose sign bit is set, before every loss).
 pub fn rank<M: Measure>(val: &[M], goal: Goal) -> Vec<usize> {
     let mut order: Vec<usize> = (0..val.len()).collect();
@@ -126,10 +129,13 @@ pub fn rank<M: Measure>(val: &[M], goal: Goal) -> Vec<usize> {
         if x.is_nan() || y.is_nan() {
             return x.is_nan().cmp(&y.is_nan());
         }
-        match goal {
-            Goal::Maximize => y.total_cmp(&x),
-            Goal::Minimize => x.total_cmp(&y),
-        }
+        // `partial_cmp`, not `total_cmp`: -0 and +0 are equal scores, as `Rule::accepts`
+        // has them, so they keep command-line order (NaN is handled above).
+        let order = match goal {
+            Goal::Maximize => y.partial_cmp(&x),
+            Goal::Minimize => x.partial_cmp(&y),
+        };
+        order.unwrap_or(std::cmp::Ordering::Equal)
     });
     order
 }
@@ -161,11 +167,15 @@ pub fn search<M: Measure>(
     while next < ranking.len() {
         let batch = &ranking[next..ranking.len().min(next + speculate.max(1))];
         let trials = if batch.len() == 1 {
-            vec![candidates.try_with(batch[0])?]
+            vec![candidates.try_with(batch[0])]
         } else {
             candidates.try_each(batch)?
         };
         for (j, (&candidate, trial)) in batch.iter().zip(trials).enumerate() {
+            // Reached only while no earlier candidate of the batch was kept: the sequential
+            // search runs this trial too, so its failure is the search's. A failure after a
+            // kept one is thrown away with its batch, as its score would have been.
+            let trial = trial?;
             next += 1;
             let kept = rule.accepts(trial.val.value(), current.value());
             steps.push(Step {
@@ -197,6 +207,81 @@ pub fn search<M: Measure>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minus_zero_and_zero_tie_and_keep_command_line_order() {
+        assert_eq!(rank(&[-0.0, 0.0, -1.0], Goal::Maximize), [0, 1, 2]);
+        assert_eq!(rank(&[0.0, -0.0, -1.0], Goal::Maximize), [0, 1, 2]);
+        assert_eq!(rank(&[0.0, -0.0, 1.0], Goal::Minimize), [0, 1, 2]);
+        assert_eq!(rank(&[-0.0, 0.0, 1.0], Goal::Minimize), [0, 1, 2]);
+    }
+
+    /// Scores from a table by member list; the soups listed in `failing` fail.
+    struct Scripted {
+        chosen: Vec<usize>,
+        score: fn(&[usize]) -> f64,
+        failing: Vec<Vec<usize>>,
+        tried: Vec<Vec<usize>>,
+    }
+
+    impl Candidates<f64> for Scripted {
+        fn start(&mut self, first: usize) -> Result<()> {
+            self.chosen = vec![first];
+            Ok(())
+        }
+        fn try_with(&mut self, candidate: usize) -> Result<Trial<f64>> {
+            let mut members = self.chosen.clone();
+            members.push(candidate);
+            self.tried.push(members.clone());
+            if self.failing.contains(&members) {
+                return Err(crate::Error::Plot(format!("{members:?} failed")));
+            }
+            Ok(Trial {
+                val: (self.score)(&members),
+                merge_seconds: 0.0,
+                eval_seconds: 0.0,
+            })
+        }
+        fn keep(&mut self, candidate: usize) -> Result<()> {
+            self.chosen.push(candidate);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failed_trial_after_a_kept_one_is_thrown_away_and_one_before_fails_the_search() {
+        // Ranking 0, 1, 2; {0,1} is kept; {0,2} fails, and only speculation tries it.
+        let score = |m: &[usize]| match m {
+            [0, 1] => 0.95,
+            _ => 0.1,
+        };
+        let val = [0.9, 0.5, 0.4];
+        let rule = Rule::default();
+        let mut outcomes = Vec::new();
+        for speculate in [1, 2, 3] {
+            let mut c = Scripted {
+                chosen: Vec::new(),
+                score,
+                failing: vec![vec![0, 2]],
+                tried: Vec::new(),
+            };
+            let s = search(&val, &mut c, rule, speculate).unwrap();
+            assert_eq!(s.chosen, [0, 1]);
+            outcomes.push((s.chosen, s.steps, s.val));
+        }
+        assert!(outcomes.windows(2).all(|w| w[0] == w[1]));
+        // A failure the sequential search meets fails every search.
+        for speculate in [1, 2, 3] {
+            let mut c = Scripted {
+                chosen: Vec::new(),
+                score,
+                failing: vec![vec![0, 1]],
+                tried: Vec::new(),
+            };
+            let e = search(&val, &mut c, rule, speculate).unwrap_err();
+            assert!(e.to_string().contains("[0, 1] failed"), "{e}");
+        }
+    }
 
     #[test]
     fn nan_scores_rank_last_and_never_win_under_either_goal() {

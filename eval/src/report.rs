@@ -95,6 +95,10 @@ pub struct ScorerRun {
     pub speedup: f64,
     /// The JSON Lines log of every scored candidate (`--log` or `--resume`), if any.
     pub log: Option<PathBuf>,
+    /// The folder `--keep-candidates` left the candidates in (`--work-dir`, or the new
+    /// temporary folder when none was given); null when no candidate was kept.
+    #[serde(serialize_with = "model_soup::json_path::option")]
+    pub kept_in: Option<PathBuf>,
 }
 
 /// Everything one `soup-eval` command measured. Sections a command doesn't compute are null.
@@ -252,6 +256,9 @@ impl<M: Measure> Report<M> {
                 run.jobs,
                 run.speculate,
             );
+            if let Some(dir) = &run.kept_in {
+                let _ = writeln!(out, "  candidates kept in {}", dir.display());
+            }
             if let Some(g) = &self.greedy {
                 if g.search.discarded > 0 {
                     let _ = writeln!(

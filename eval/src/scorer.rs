@@ -13,6 +13,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,7 @@ impl Template {
     /// is required: a scorer that isn't told what to score would score nothing.
     pub fn parse(text: &str, shell: bool) -> Result<Template> {
         let bad = |reason: String| Error::Template {
+            flag: "--scorer",
             template: text.to_string(),
             reason,
         };
@@ -287,9 +289,9 @@ impl Reading {
         let keys: Vec<String> = path.split('.').map(str::to_string).collect();
         if keys.iter().any(|k| k.is_empty()) {
             return Err(Error::Template {
+                flag: "--scorer-json",
                 template: path.to_string(),
-                reason: "--scorer-json takes keys joined by dots, such as results.arc_easy.acc"
-                    .into(),
+                reason: "takes keys joined by dots, such as results.arc_easy.acc".into(),
             });
         }
         Ok(Reading::Json(keys))
@@ -352,7 +354,8 @@ impl Reading {
                 "printed the score {value}, which is not a finite number"
             ));
         }
-        Ok(value)
+        // -0 is 0: the same score, ranked and logged as one (adding +0 turns -0 into +0).
+        Ok(value + 0.0)
     }
 }
 
@@ -406,6 +409,8 @@ pub struct Run {
 enum Stop {
     TimedOut,
     Cancelled,
+    /// A process of the scorer's group (this pid) was stopped for using the terminal.
+    AtTerminal(u32),
 }
 
 impl Scorer {
@@ -480,10 +485,14 @@ impl Scorer {
     fn run_once(&self, values: &Values<'_>, cancel: &AtomicBool) -> Result<(f64, i32)> {
         let argv = self.template.argv(values);
         let shown = display_argv(&argv);
+        let started = Instant::now();
+        let exit_status = std::cell::Cell::new(None);
         let failed = |problem: String, stderr: &[u8]| Error::Scorer {
             command: shown.clone(),
             problem,
             stderr: stderr_tail(stderr),
+            exit_status: exit_status.get(),
+            seconds: started.elapsed().as_secs_f64(),
         };
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
@@ -501,27 +510,49 @@ impl Scorer {
                 command: shown.clone(),
                 source: e,
             })?;
-        let stdout = reader(child.stdout.take(), STDOUT_KEPT);
-        let stderr = reader(child.stderr.take(), STDERR_KEPT);
+        let stdout = Reader::start(child.stdout.take(), STDOUT_KEPT);
+        let stderr = Reader::start(child.stderr.take(), STDERR_KEPT);
         let waited = wait(&mut child, self.timeout, cancel);
         let group = child.id();
         if waited.is_err() {
             stop_group(&mut child);
         }
-        // A process the scorer left behind may hold its pipes open: give it a moment, then
-        // end the group so that reading the output can finish.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !(stdout.is_finished() && stderr.is_finished()) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if !(stdout.is_finished() && stderr.is_finished()) {
+        // A process the scorer left behind may hold its pipes open: give it a moment, then end
+        // the group so that reading the output can finish. One in a session of its own
+        // (setsid, a server started with start_new_session) survives that, so the wait is
+        // bounded: what was read is used, and that process is left to run.
+        let drained = |within: Duration| {
+            let deadline = Instant::now() + within;
+            while !(stdout.finished() && stderr.finished()) {
+                if Instant::now() >= deadline
+                    || cancel.load(Ordering::SeqCst)
+                    || model_soup::soup::interrupted()
+                {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            true
+        };
+        if !drained(Duration::from_secs(2)) {
             let _ = model_soup::format::signal_group(group, true);
+            if !drained(Duration::from_secs(1)) && waited.is_ok() {
+                model_soup::cli::say(&format!(
+                    "warning: the scorer `{shown}` exited, but a process it started still holds its stdout or stderr (one in a session of its own, which stopping the scorer's process group doesn't reach); its output so far is used, and that process is left running"
+                ));
+            }
         }
-        let out = stdout.join().unwrap_or_default();
-        let err = stderr.join().unwrap_or_default();
+        let out = stdout.take();
+        let err = stderr.take();
         let status = match waited {
             Ok(status) => status,
             Err(Stop::Cancelled) => return Err(model_soup::Error::Interrupted.into()),
+            Err(Stop::AtTerminal(pid)) => {
+                return Err(failed(
+                    format!("stopped to read the terminal (process {pid} was stopped by SIGTTIN or SIGTTOU, and would have waited forever) and was stopped with its process group; scorers can't be interactive: answer its question beforehand (an ssh host key, a login), or give the answer by a flag, a file or the environment"),
+                    &err,
+                ))
+            }
             Err(Stop::TimedOut) => {
                 return Err(failed(
                     format!(
@@ -532,6 +563,7 @@ impl Scorer {
                 ))
             }
         };
+        exit_status.set(status.code());
         if !status.success() {
             let problem = match (status.code(), status.signal()) {
                 (Some(code), _) => format!("exited with status {code}"),
@@ -545,7 +577,8 @@ impl Scorer {
     }
 }
 
-/// Waits for `child`, up to `timeout`, while `cancel` and Ctrl-C are unset.
+/// Waits for `child`, up to `timeout`, while `cancel` and Ctrl-C are unset, and while no
+/// process of its group is stopped for reading the terminal.
 fn wait(
     child: &mut Child,
     timeout: Option<Duration>,
@@ -553,6 +586,10 @@ fn wait(
 ) -> std::result::Result<ExitStatus, Stop> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(1);
+    // Only a process with a controlling terminal can be stopped for reading it; the scorer
+    // has ours, if we have one.
+    let terminal = has_terminal(std::process::id());
+    let mut next_look = started + Duration::from_millis(200);
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return Ok(status),
@@ -566,15 +603,59 @@ fn wait(
         if timeout.is_some_and(|t| started.elapsed() >= t) {
             return Err(Stop::TimedOut);
         }
+        if terminal && Instant::now() >= next_look {
+            if let Some(pid) = stopped_at_terminal(child.id()) {
+                return Err(Stop::AtTerminal(pid));
+            }
+            next_look = Instant::now() + Duration::from_millis(500);
+        }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(25));
     }
 }
 
-/// SIGTERM to the child's process group, SIGKILL after [`GRACE`], then reaps the child.
+/// The fields of `/proc/PID/stat` after the command name: state, ppid, pgrp, session,
+/// tty_nr, tpgid, ...
+fn proc_stat(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    Some(rest.split(' ').map(str::to_string).collect())
+}
+
+/// Whether process `pid` has a controlling terminal.
+fn has_terminal(pid: u32) -> bool {
+    proc_stat(&pid.to_string())
+        .and_then(|f| f.get(4).and_then(|t| t.parse::<i64>().ok()))
+        .is_some_and(|tty| tty != 0)
+}
+
+/// A process of group `pgid` that is stopped (state `T`) while its group is in the background
+/// of its terminal: stopped by SIGTTIN or SIGTTOU for using the terminal, which it would wait
+/// for forever, since nobody brings a scorer to the foreground.
+fn stopped_at_terminal(pgid: u32) -> Option<u32> {
+    let group = pgid.to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Some(f) = proc_stat(pid) else { continue };
+        if f.len() > 5 && f[0] == "T" && f[2] == group && f[4] != "0" && f[5] != group {
+            return pid.parse().ok();
+        }
+    }
+    None
+}
+
+/// SIGTERM (with SIGCONT, so that a stopped member acts on it) to the child's process group,
+/// SIGKILL after [`GRACE`], then reaps the child.
 fn stop_group(child: &mut Child) {
     let group = child.id();
     let _ = model_soup::format::signal_group(group, false);
+    let _ = model_soup::format::continue_group(group);
     let deadline = Instant::now() + GRACE;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -588,27 +669,52 @@ fn stop_group(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Reads a pipe to its end on a thread, keeping at most about `keep` bytes (the latest).
-fn reader(pipe: Option<impl Read + Send + 'static>, keep: usize) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let Some(mut pipe) = pipe else { return kept };
-        let mut buf = [0u8; 8192];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    kept.extend_from_slice(&buf[..n]);
-                    if kept.len() > keep {
-                        kept.drain(..kept.len() - keep / 2);
+/// A pipe read to its end on a thread, keeping at most about `keep` bytes (the latest). What
+/// was read so far can be taken at any time, so a pipe that another process holds open
+/// forever doesn't hold up the run.
+struct Reader {
+    kept: Arc<Mutex<Vec<u8>>>,
+    thread: JoinHandle<()>,
+}
+
+impl Reader {
+    fn start(pipe: Option<impl Read + Send + 'static>, keep: usize) -> Reader {
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::clone(&kept);
+        let thread = std::thread::spawn(move || {
+            let Some(mut pipe) = pipe else { return };
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let mut kept = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        kept.extend_from_slice(&buf[..n]);
+                        if kept.len() > keep {
+                            let cut = kept.len() - keep / 2;
+                            kept.drain(..cut);
+                        }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
             }
+        });
+        Reader { kept, thread }
+    }
+
+    /// Whether the pipe was read to its end.
+    fn finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// What was read so far; a thread still reading is left to finish on its own.
+    fn take(self) -> Vec<u8> {
+        if self.thread.is_finished() {
+            let _ = self.thread.join();
         }
-        kept
-    })
+        std::mem::take(&mut *self.kept.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 /// The last lines of a scorer's stderr, for an error message.
@@ -727,7 +833,13 @@ mod tests {
             .score(br#"{"results": {"arc_easy": {"acc": "high"}}}"#)
             .unwrap_err();
         assert!(e.contains("not a number"), "{e}");
-        assert!(Reading::new(Some("a..b")).is_err());
+        let e = Reading::new(Some("a..b")).unwrap_err().to_string();
+        assert!(e.starts_with("--scorer-json \"a..b\": takes keys"), "{e}");
+        for minus_zero in [&b"-0.0\n"[..], b"-0", b"-0e5"] {
+            assert_eq!(last.score(minus_zero).unwrap().to_bits(), 0f64.to_bits());
+        }
+        let json_zero = Reading::new(Some("s")).unwrap().score(br#"{"s": -0.0}"#);
+        assert_eq!(json_zero.unwrap().to_bits(), 0f64.to_bits());
         let list = Reading::new(Some("scores.1")).unwrap();
         assert_eq!(list.score(br#"{"scores": [1, 2.5]}"#), Ok(2.5));
     }

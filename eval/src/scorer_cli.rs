@@ -1,12 +1,15 @@
 //! `soup-eval --scorer`: the external scorer's flags, their validation, and its commands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use model_soup::format::Destination;
+use model_soup::soup::MergeRequest;
 
 use crate::error::{usage, usage_error};
 use clap::Args as ClapArgs;
 
-use super::cli::{outputs, Args, Command};
+use super::cli::{outputs, Args, Command, GreedyArgs};
 use super::external::{External, Options};
 use super::greedy::{Goal, Rule};
 use super::plot;
@@ -107,9 +110,9 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
         }
     }
     let timeout = match s.scorer_timeout {
-        Some(t) if !(t.is_finite() && t > 0.0) => {
-            usage!("--scorer-timeout must be a positive number of seconds")
-        }
+        Some(t) if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&t) => usage!(
+            "--scorer-timeout must be a positive number of seconds, from {MIN_TIMEOUT} to {MAX_TIMEOUT:e} (about 31 years); {t} is not"
+        ),
         Some(t) => Some(Duration::from_secs_f64(t)),
         None => None,
     };
@@ -124,6 +127,16 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
         Some(g) => outputs(c, g, plot_path)?,
         None => (None, None),
     };
+    if let Some(dir) = &s.work_dir {
+        let mut outputs: Vec<(&str, &Path)> = Vec::new();
+        if let Some(o) = greedy.and_then(|g| g.output.as_deref()) {
+            outputs.push(("-o", o));
+        }
+        if let Some(p) = plot_path {
+            outputs.push(("--plot", p));
+        }
+        check_work_dir(dir, &outputs, &c.inputs)?;
+    }
     let scorer = Scorer::new(
         text,
         s.shell,
@@ -149,6 +162,93 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
         quiet: c.quiet,
     };
     let external = External::open(scorer, &c.inputs, options)?;
+    let result = search(args, greedy, &external, soup_request, plot_dest);
+    if let Some(dir) = external.kept_in() {
+        if external.work_dir_is_temporary() {
+            // Not a folder the user named: say where the candidates are, whatever happened.
+            model_soup::cli::say(&format!(
+                "note: --keep-candidates left the candidates in {}",
+                dir.display()
+            ));
+        }
+    }
+    result
+}
+
+/// The shortest --scorer-timeout: a shorter one reads as 0 s in messages, and no scorer
+/// starts that fast.
+const MIN_TIMEOUT: f64 = 0.001;
+/// The longest --scorer-timeout, well inside what a `Duration` holds.
+const MAX_TIMEOUT: f64 = 1e9;
+
+/// Refuses a `--work-dir` that is, holds or lies inside an output (`-o`, `--plot`), or lies
+/// inside (or is) an input: the search fills it with candidates and writes the outputs at the
+/// end, so a clash would be found only after every scorer has run.
+fn check_work_dir(dir: &Path, outputs: &[(&str, &Path)], inputs: &[PathBuf]) -> anyhow::Result<()> {
+    let w = resolved(dir);
+    for (flag, output) in outputs {
+        let o = resolved(output);
+        let how = if o == w {
+            "is also"
+        } else if o.starts_with(&w) {
+            "holds"
+        } else if w.starts_with(&o) {
+            "is inside"
+        } else {
+            continue;
+        };
+        usage!(
+            "--work-dir {} {how} {flag} {}; candidate soups and the run's outputs need places of their own: give --work-dir a folder apart from -o and --plot",
+            dir.display(),
+            output.display()
+        );
+    }
+    for input in inputs {
+        let i = resolved(input);
+        if w == i || (input.is_dir() && w.starts_with(&i)) {
+            usage!(
+                "--work-dir {} is {} {}; candidates written there would change an ingredient or its model directory: give --work-dir a folder outside the inputs",
+                dir.display(),
+                if w == i { "the input" } else { "inside the input" },
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `path` made absolute with its longest existing part resolved (links, `..`), so that a
+/// path that doesn't exist yet compares with others.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut head = absolute.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(head) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                head = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Scores the ingredients, then the soups the command asks for, and builds the report.
+fn search(
+    args: &Args,
+    greedy: Option<&GreedyArgs>,
+    external: &External,
+    soup_request: Option<MergeRequest>,
+    plot_dest: Option<Destination>,
+) -> anyhow::Result<Report<f64>> {
     let mut report = Report {
         arch: "scorer".into(),
         device: None,

@@ -172,6 +172,17 @@ impl SearchLog {
                 logged.version
             )));
         }
+        if let Some((i, _)) = logged
+            .ingredients
+            .iter()
+            .enumerate()
+            .find(|(_, g)| !is_sha256(&g.sha256))
+        {
+            return Err(bad(format!(
+                "ingredient {}'s sha256 in the log is not 64 hex digits; the log was edited or damaged: start a new --log",
+                i + 1
+            )));
+        }
         check_same(&logged, description).map_err(bad)?;
         let mut scored = HashMap::new();
         for (n, line) in lines {
@@ -298,13 +309,24 @@ fn check_same(logged: &Description, now: &Description) -> std::result::Result<()
                 "ingredient {} ({}) has sha256 {} in the log, but {} now has {}; give the same ingredients, unchanged and in the same order, or start a new --log",
                 i + 1,
                 was.path,
-                &was.sha256[..was.sha256.len().min(16)],
+                prefix(&was.sha256),
                 is.path,
-                &is.sha256[..is.sha256.len().min(16)],
+                prefix(&is.sha256),
             ));
         }
     }
     Ok(())
+}
+
+/// Whether `s` is a sha256 as this tool writes it: 64 lowercase hex digits.
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The first 16 characters of a sha256, for messages (by characters: a damaged log's text
+/// may hold any).
+fn prefix(s: &str) -> String {
+    s.chars().take(16).collect()
 }
 
 /// The `format` field of every log.

@@ -5,7 +5,7 @@
 
 mod scorer_support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use std::time::{Duration, Instant};
@@ -292,7 +292,7 @@ fn careless_command_lines_are_refused_before_anything_runs() {
         ),
         (
             &["--scorer", "echo {checkpoint}", "--scorer-json", "a..b"][..],
-            "--scorer-json takes keys",
+            "--scorer-json \"a..b\": takes keys",
         ),
     ] {
         let out = run(&world, &work, args);
@@ -446,4 +446,299 @@ fn a_users_file_with_a_candidates_name_is_never_replaced() {
     assert!(o.status.success(), "{}", common::stderr(&o));
     let out = run(&world, &work, &["--shell", "--scorer", &on_soups("true")]);
     assert!(out.status.success(), "{}", common::stderr(&out));
+}
+
+#[test]
+fn a_daemon_left_holding_the_scorers_stdout_doesnt_hang_the_run() {
+    let world = World::files();
+    let pids = world.folder("pids");
+    // The scorer starts a process in a session of its own (as a server started with
+    // start_new_session would be), which keeps its stdout, prints its score and exits.
+    let script = format!(
+        "test -e {{checkpoint}} || exit 9; setsid sleep 60 & echo $! > {}/daemon; echo 0.5",
+        pids.display()
+    );
+    let started = Instant::now();
+    let out = soup_eval(
+        &[
+            "score",
+            "-q",
+            "--shell",
+            "--scorer",
+            &script,
+            "--scorer-timeout",
+            "30",
+        ],
+        &world.ingredients[..1],
+    )
+    .output()
+    .unwrap();
+    let took = started.elapsed();
+    let daemon = std::fs::read_to_string(pids.join("daemon")).unwrap();
+    let _ = Command::new("kill").arg(daemon.trim()).status();
+    let stderr = common::stderr(&out);
+    assert!(took < Duration::from_secs(15), "took {took:?}: {stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("still holds its stdout"),
+        "{stderr}"
+    );
+    assert!(
+        common::stdout(&out).contains("0.5"),
+        "{}",
+        common::stdout(&out)
+    );
+}
+
+#[test]
+fn ctrl_c_is_heard_while_a_daemon_holds_the_scorers_stdout() {
+    let world = World::files();
+    let pids = world.folder("pids");
+    let script = format!(
+        "test -e {{checkpoint}} || exit 9; setsid sleep 60 & echo $! > {p}/daemon; echo $$ > {p}/scorer; sleep 1; echo 0.5",
+        p = pids.display()
+    );
+    let child = soup_eval(
+        &["score", "-q", "--shell", "--scorer", &script],
+        &world.ingredients[..1],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !pids.join("scorer").exists() {
+        assert!(Instant::now() < deadline, "the scorer never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Once the scorer is gone, only the daemon holds the pipe.
+    let scorer = std::fs::read_to_string(pids.join("scorer")).unwrap();
+    while alive(&scorer) {
+        assert!(Instant::now() < deadline, "the scorer never finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stopped = Instant::now();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let daemon = std::fs::read_to_string(pids.join("daemon")).unwrap();
+    let _ = Command::new("kill").arg(daemon.trim()).status();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", common::stderr(&out));
+}
+
+#[test]
+fn a_scorer_that_reads_the_terminal_is_an_error_not_a_silent_hang() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: no `script` to give soup-eval a terminal");
+        return;
+    }
+    let world = World::files();
+    let pids = world.folder("pids");
+    let err = world.dir.path().join("stderr");
+    // `script` gives soup-eval a terminal; the scorer, in a background group of it, asks a
+    // question there as ssh does for an unknown host key, and is stopped by SIGTTIN.
+    let scorer = format!(
+        "sh -c 'echo $$ > {}/scorer; printf \"continue (yes/no)? \" > /dev/tty; read a < /dev/tty; echo 0.5' scorer {{checkpoint}}",
+        pids.display()
+    );
+    let command = format!(
+        "{} score -q --scorer {} {} 2> {}",
+        quote(Path::new(env!("CARGO_BIN_EXE_soup-eval"))),
+        quote(Path::new(&scorer)),
+        quote(&world.ingredients[0]),
+        quote(&err)
+    );
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .args(["60", "script", "-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(took < Duration::from_secs(30), "took {took:?}: {stderr}");
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("stopped to read the terminal")
+            && errors[0].contains("can't be interactive"),
+        "{stderr}"
+    );
+    let pid = std::fs::read_to_string(pids.join("scorer")).unwrap();
+    assert!(!alive(&pid), "the stopped scorer ({pid}) survived");
+    // SIGCONT went with SIGTERM: a stopped group is not left to the 5 s grace.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn a_work_dir_clashing_with_an_output_or_an_input_is_refused_before_any_scorer_runs() {
+    let world = World::dirs();
+    let record = world.dir.path().join("record");
+    let scorer = format!(
+        "echo {{name}} {{checkpoint}} >> {}; echo 0.5",
+        quote(&record)
+    );
+    let dir = world.dir.path();
+    let w = dir.join("W");
+    let shared = world.folder("shared");
+    let inside_input = world.ingredients[1].join("cands");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    for (command, args, work, needle) in [
+        ("greedy", vec!["-o".to_string(), s(&w)], &w, "is also -o"),
+        (
+            "greedy",
+            vec!["-o".to_string(), s(&shared.join("soup"))],
+            &shared,
+            "holds -o",
+        ),
+        (
+            "greedy",
+            vec!["-o".to_string(), s(&w)],
+            &w.join("cands"),
+            "is inside -o",
+        ),
+        (
+            "report",
+            vec!["--plot".to_string(), s(&w)],
+            &w,
+            "is also --plot",
+        ),
+        ("greedy", vec![], &inside_input, "inside the input"),
+    ] {
+        let mut all = vec![command, "-q", "--shell", "--scorer", &scorer, "--work-dir"];
+        let work = s(work);
+        all.push(&work);
+        all.extend(args.iter().map(String::as_str));
+        let out = soup_eval(&all, &world.ingredients).output().unwrap();
+        let stderr = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(
+            errors[0].contains("--work-dir") && errors[0].contains(needle),
+            "{needle}: {stderr}"
+        );
+        assert!(!record.exists(), "a scorer ran before the check");
+        assert!(!w.exists() && !inside_input.exists());
+        assert!(left_in(&shared).is_empty());
+    }
+}
+
+#[test]
+fn scorer_timeouts_out_of_range_are_usage_errors_not_panics() {
+    let world = World::files();
+    let work = world.folder("work");
+    for t in ["1e20", "1e300", "1e-12", "0.0001"] {
+        let out = run(
+            &world,
+            &work,
+            &[
+                "--shell",
+                "--scorer",
+                "test -e {checkpoint} && echo 1",
+                "--scorer-timeout",
+                t,
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{t}: {}", common::stderr(&out));
+        assert_fails(
+            &world,
+            &work,
+            &out,
+            &["--scorer-timeout", "from 0.001 to 1e9"],
+        );
+    }
+}
+
+#[test]
+fn a_full_work_dir_names_work_dir_as_the_fix() {
+    let world = World::files();
+    let small = world.folder("small");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+        .arg(&small)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("skipping: can't mount a small tmpfs here (needs root)");
+        return;
+    }
+    // A candidate's bytes: bigger than the folder's room.
+    let big: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let p = world.dir.path().join(format!("big{i}.safetensors"));
+            common::write(
+                &p,
+                &[common::spec(
+                    "w",
+                    safetensors::Dtype::F32,
+                    &[8192],
+                    vec![i as u8; 8192 * 4],
+                )],
+            );
+            p
+        })
+        .collect();
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            "test -e {checkpoint} && echo 1",
+            "--work-dir",
+        ],
+        &[],
+    )
+    .arg(&small)
+    .args(&big)
+    .output()
+    .unwrap();
+    let left = left_in(&small);
+    let _ = Command::new("umount").arg(&small).status();
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no space left") && stderr.contains("--work-dir"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("-o"), "{stderr}");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn keep_candidates_without_a_work_dir_says_where_they_are() {
+    let world = World::files();
+    let tmp = world.folder("tmp");
+    let (report, out) = run_json(
+        soup_eval(
+            &[
+                "greedy",
+                "--json",
+                "-q",
+                "--shell",
+                "--scorer",
+                "test -e {checkpoint} && echo 1",
+                "--keep-candidates",
+            ],
+            &world.ingredients[..2],
+        )
+        .env("TMPDIR", &tmp),
+    );
+    let kept = PathBuf::from(report["scorer"]["kept_in"].as_str().unwrap());
+    assert!(kept.starts_with(&tmp), "{kept:?}");
+    assert_eq!(left_in(&kept), ["soup-0-1.safetensors"]);
+    assert!(
+        common::stderr(&out).contains(&format!("left the candidates in {}", kept.display())),
+        "{}",
+        common::stderr(&out)
+    );
 }

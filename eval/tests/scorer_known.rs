@@ -327,3 +327,206 @@ fn jobs_and_speculation_give_exactly_the_sequential_search() {
         }
     }
 }
+
+/// Ranking 0 (0.9), 1 (0.5), 2 (0.4); the soup of 0 and 1 is kept; the soup of 0 and 2
+/// fails, and only a speculative search tries it.
+fn failing_after_a_kept_one() -> String {
+    table_scorer(
+        &[
+            ("ingredient-0", "0.9"),
+            ("ingredient-1", "0.5"),
+            ("ingredient-2", "0.4"),
+            ("soup-0-1", "0.95"),
+            ("soup-0-2", "echo nan"),
+        ],
+        "0.3",
+    )
+}
+
+#[test]
+fn a_speculative_trial_failing_after_a_kept_one_doesnt_fail_the_search() {
+    let world = World::files();
+    let scorer = failing_after_a_kept_one();
+    let mut outcomes = Vec::new();
+    for extra in [&[][..], &["--jobs", "2", "--speculate", "2"][..]] {
+        let out = world
+            .dir
+            .path()
+            .join(format!("g{}.safetensors", extra.len()));
+        let mut args = vec!["greedy", "--json", "-q", "--shell", "--scorer", &scorer];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", out.to_str().unwrap()]);
+        let (report, output) = run_json(&mut soup_eval(&args, &three(&world)));
+        assert_eq!(
+            report["greedy"]["search"]["chosen"],
+            serde_json::json!([0, 1])
+        );
+        outcomes.push((search_outcome(&report), std::fs::read(&out).unwrap()));
+        if !extra.is_empty() {
+            // The failure is said, not hidden: a warning on stderr and in the report.
+            let stderr = common::stderr(&output);
+            assert!(
+                stderr.contains("soup-0-2") && stderr.contains("not a finite number"),
+                "{stderr}"
+            );
+            assert!(report["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["kind"] == "speculative-trial-failed"));
+        }
+    }
+    assert_eq!(outcomes[0], outcomes[1], "speculation changed the outcome");
+    // A failure the sequential search meets too still fails a speculative one.
+    let scorer = table_scorer(
+        &[
+            ("ingredient-0", "0.9"),
+            ("ingredient-1", "0.5"),
+            ("soup-0-1", "exit 4"),
+        ],
+        "0.3",
+    );
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--jobs",
+            "2",
+            "--speculate",
+            "2",
+        ],
+        &three(&world),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("exited with status 4"),
+        "{}",
+        common::stderr(&out)
+    );
+}
+
+#[test]
+fn minus_zero_and_zero_tie_in_command_line_order() {
+    let world = World::files();
+    for (flags, table) in [
+        (
+            &[][..],
+            [
+                ("ingredient-0", "-0.0"),
+                ("ingredient-1", "0.0"),
+                ("ingredient-2", "-1"),
+            ],
+        ),
+        (
+            &["--minimize"][..],
+            [
+                ("ingredient-0", "0.0"),
+                ("ingredient-1", "-0.0"),
+                ("ingredient-2", "1"),
+            ],
+        ),
+    ] {
+        let scorer = table_scorer(&table, "0.5");
+        let mut args = vec!["greedy", "--json", "-q", "--shell", "--scorer", &scorer];
+        args.extend_from_slice(flags);
+        let (report, _) = run_json(&mut soup_eval(&args, &three(&world)));
+        let search = &report["greedy"]["search"];
+        assert_eq!(search["ranking"], serde_json::json!([0, 1, 2]), "{flags:?}");
+        assert_eq!(search["chosen"][0], 0, "{flags:?}");
+        // Read as one score: 0, never "-0".
+        assert_eq!(
+            report["ingredients"][0]["val"].as_f64().unwrap().to_bits(),
+            0
+        );
+    }
+}
+
+#[test]
+fn report_scores_the_uniform_soup_once_even_when_greedy_tries_the_same_soup() {
+    let world = World::files();
+    let record = world.dir.path().join("record");
+    // Every ingredient ties, so the greedy candidates are in command-line order, and each is
+    // kept (ties count with --accept-ties): the last is the uniform soup of all three. A
+    // noisy scorer would give the one model two numbers.
+    let scorer = format!(
+        "echo {{name}} >> {}; test -e {{checkpoint}} && echo 0.5",
+        quote(&record)
+    );
+    let (report, _) = run_json(&mut soup_eval(
+        &[
+            "report",
+            "--json",
+            "-q",
+            "--accept-ties",
+            "--shell",
+            "--scorer",
+            &scorer,
+        ],
+        &three(&world),
+    ));
+    let runs = std::fs::read_to_string(&record).unwrap();
+    let uniform_runs = runs.lines().filter(|l| *l == "soup-0-1-2").count();
+    assert_eq!(uniform_runs, 1, "{runs}");
+    assert_eq!(
+        report["greedy"]["search"]["chosen"],
+        serde_json::json!([0, 1, 2])
+    );
+    assert_eq!(
+        report["scorer"]["scored"], 5,
+        "3 ingredients, soup-0-1, soup-0-1-2"
+    );
+}
+
+#[test]
+fn speculating_past_the_jobs_is_warned_about() {
+    let world = World::files();
+    let scorer = table_scorer(&[], "0.5");
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--jobs",
+            "1",
+            "--speculate",
+            "3",
+        ],
+        &three(&world),
+    )
+    .output()
+    .unwrap();
+    let stderr = common::stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: --speculate 3 is more than --jobs 1"),
+        "{stderr}"
+    );
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--jobs",
+            "3",
+            "--speculate",
+            "3",
+        ],
+        &three(&world),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        !common::stderr(&out).contains("warning"),
+        "{}",
+        common::stderr(&out)
+    );
+}

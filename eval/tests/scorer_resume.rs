@@ -253,3 +253,179 @@ fn a_log_cut_mid_line_resumes_and_other_searches_logs_are_refused() {
     let out = run(&["--resume", log.to_str().unwrap()]);
     assert!(common::stderr(&out).contains("not a soup-eval search log"));
 }
+
+/// The run of `command` on `ingredients` with a scorer that ties everything, and `args`.
+fn tied(command: &str, ingredients: &[std::path::PathBuf], args: &[&str]) -> std::process::Output {
+    let scorer = table_scorer(&[], "0.5");
+    let mut all = vec![command, "-q", "--shell", "--scorer", &scorer];
+    all.extend_from_slice(args);
+    soup_eval(&all, ingredients).output().unwrap()
+}
+
+#[test]
+fn resume_never_removes_a_users_file_or_folder_at_a_candidates_name() {
+    for world in [World::files(), World::dirs()] {
+        let ingredients = three(&world);
+        let log = world.dir.path().join("log.jsonl");
+        let out = tied("greedy", &ingredients, &["--log", log.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        // The search resumed in a shared folder (--work-dir may change), where a user's own
+        // file and folder have candidates' names.
+        let shared = world.folder("shared");
+        let mine = |name: &str| {
+            if world.ingredients[0].is_dir() {
+                let d = shared.join(name);
+                std::fs::create_dir(&d).unwrap();
+                std::fs::write(d.join("thesis.tex"), "my thesis").unwrap();
+                d.join("thesis.tex")
+            } else {
+                let f = shared.join(format!("{name}.safetensors"));
+                std::fs::write(&f, "my notes, not a soup").unwrap();
+                f
+            }
+        };
+        let theirs = [mine("soup-0-1"), mine("soup-0-2")];
+        let out = tied(
+            "greedy",
+            &ingredients,
+            &[
+                "--resume",
+                log.to_str().unwrap(),
+                "--work-dir",
+                shared.to_str().unwrap(),
+            ],
+        );
+        let stderr = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(
+            errors[0].contains("soup-0-1") && errors[0].contains("not a soup this tool wrote"),
+            "{stderr}"
+        );
+        for f in &theirs {
+            assert!(f.exists(), "{} was removed", f.display());
+        }
+    }
+}
+
+#[test]
+fn a_failed_candidate_is_logged_with_its_exit_status_and_time() {
+    let world = World::files();
+    let log = world.dir.path().join("log.jsonl");
+    let scorer = "sleep 0.5; echo 'CUDA out of memory' >&2; exit 3; echo {checkpoint}";
+    let out = soup_eval(
+        &[
+            "score",
+            "-q",
+            "--shell",
+            "--scorer",
+            scorer,
+            "--log",
+            log.to_str().unwrap(),
+        ],
+        &world.ingredients[..1],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let entries = log_lines(&log);
+    let failed = entries.last().unwrap();
+    assert_eq!(failed["score"], serde_json::Value::Null);
+    assert_eq!(failed["exit_status"], 3, "{failed}");
+    assert!(failed["seconds"].as_f64().unwrap() >= 0.5, "{failed}");
+    assert!(failed["error"]
+        .as_str()
+        .unwrap()
+        .contains("CUDA out of memory"));
+    // Killed at the timeout: no exit status, and the time it ran.
+    let log = world.dir.path().join("timeout.jsonl");
+    let scorer = "sleep 30; echo {checkpoint}";
+    let out = soup_eval(
+        &[
+            "score",
+            "-q",
+            "--shell",
+            "--scorer",
+            scorer,
+            "--scorer-timeout",
+            "0.5",
+            "--log",
+            log.to_str().unwrap(),
+        ],
+        &world.ingredients[..1],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let failed = log_lines(&log).pop().unwrap();
+    assert_eq!(failed["exit_status"], serde_json::Value::Null, "{failed}");
+    assert!(failed["seconds"].as_f64().unwrap() >= 0.5, "{failed}");
+}
+
+#[test]
+fn a_log_with_a_damaged_sha256_is_refused_not_a_panic() {
+    let world = World::files();
+    let log = world.dir.path().join("log.jsonl");
+    let out = tied("greedy", &three(&world), &["--log", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    for (i, damaged) in ["€".repeat(22), "abc".into(), "Z".repeat(64)]
+        .iter()
+        .enumerate()
+    {
+        first["ingredients"][i]["sha256"] = serde_json::json!(damaged);
+        lines[0] = first.to_string();
+        std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+        let out = tied(
+            "greedy",
+            &three(&world),
+            &["--resume", log.to_str().unwrap()],
+        );
+        let stderr = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains("log.jsonl")
+                && stderr.contains(&format!("ingredient {}'s sha256", i + 1))
+                && stderr.contains("damaged"),
+            "{stderr}"
+        );
+        first["ingredients"][i]["sha256"] = serde_json::json!("0".repeat(64));
+    }
+}
+
+#[test]
+fn a_logged_search_without_a_work_dir_says_where_its_candidates_go() {
+    let world = World::files();
+    let tmp = world.folder("tmp");
+    let log = world.dir.path().join("log.jsonl");
+    let scorer = table_scorer(&[], "0.5");
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--log",
+            log.to_str().unwrap(),
+        ],
+        &three(&world),
+    )
+    .env("TMPDIR", &tmp)
+    .output()
+    .unwrap();
+    let stderr = common::stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    let note = stderr
+        .lines()
+        .find(|l| l.contains("candidates go to"))
+        .unwrap_or_else(|| panic!("no note of the folder: {stderr}"));
+    assert!(
+        note.contains(tmp.to_str().unwrap()) && note.contains("--work-dir"),
+        "{note}"
+    );
+}

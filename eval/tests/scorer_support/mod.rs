@@ -208,3 +208,26 @@ pub fn left_in(dir: &Path) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A `--shell` scorer whose score is looked up by `{name}` in `table` (`default` for the
+/// rest), after checking that it was given an existing checkpoint. A value may be any shell
+/// command (`exit 3`) instead of a number.
+pub fn table_scorer(table: &[(&str, &str)], default: &str) -> String {
+    let cases: String = table
+        .iter()
+        .map(|(name, score)| {
+            let action = if score.starts_with(|c: char| c.is_ascii_digit() || c == '-') {
+                format!("echo {score}")
+            } else {
+                score.to_string()
+            };
+            format!("{name}) {action};; ")
+        })
+        .collect();
+    format!("test -e {{checkpoint}} || exit 9; case {{name}} in {cases}*) echo {default};; esac")
+}
+
+/// Three ingredient files, digits of `World::files`, in command-line order.
+pub fn three(world: &World) -> Vec<PathBuf> {
+    world.ingredients[..3].to_vec()
+}
