@@ -152,3 +152,116 @@ fn a_greedy_search_scored_through_slurm_with_two_jobs() {
     check(&report);
     assert!(left_in(&work).is_empty());
 }
+
+/// The README's `sbatch` wrapper (the code block that starts `# sbatch_wait.sh`), its log
+/// folder and batch script replaced by the test's.
+fn readme_sbatch_wrapper(logs: &std::path::Path, batch: &std::path::Path) -> String {
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).unwrap();
+    let start = readme
+        .find("# sbatch_wait.sh")
+        .expect("README.md has the sbatch_wait.sh example");
+    let end = start + readme[start..].find("```").unwrap();
+    readme[start..end]
+        .replace("/shared/logs", logs.to_str().unwrap())
+        .replace("score_lm_eval.sbatch", &quote(batch))
+}
+
+#[test]
+fn the_readmes_sbatch_wrapper_keeps_odd_paths_whole_and_leaves_no_job_behind() {
+    let Some(python) = common::reference_python() else {
+        return;
+    };
+    let Some((conf, _started)) = cluster() else {
+        return;
+    };
+    let world = World::files();
+    // Ingredients whose folder has a `$1` and quotes: `--wrap "... {checkpoint}"` broke them.
+    let odd = world.folder("ft$1 'x\"");
+    let ingredients: Vec<PathBuf> = world
+        .ingredients
+        .iter()
+        .map(|p| {
+            let q = odd.join(p.file_name().unwrap());
+            std::fs::copy(p, &q).unwrap();
+            q
+        })
+        .collect();
+    let logs = world.folder("logs");
+    let batch = world.dir.path().join("score.sbatch");
+    std::fs::write(
+        &batch,
+        format!(
+            "#!/bin/sh\nexec {} {} \"$1\" {}\n",
+            quote(&python),
+            quote(&common::repo_root().join("eval/tests/scorers/distance.py")),
+            quote(&world.target)
+        ),
+    )
+    .unwrap();
+    let wrapper = world.dir.path().join("sbatch_wait.sh");
+    std::fs::write(&wrapper, readme_sbatch_wrapper(&logs, &batch)).unwrap();
+    let scorer = format!("sh {} {{name}} {{checkpoint}}", quote(&wrapper));
+    let work = world.folder("work");
+    let (report, _) = run_json(
+        soup_eval(
+            &[
+                "greedy",
+                "--json",
+                "-q",
+                "--shell",
+                "--scorer",
+                &scorer,
+                "--jobs",
+                "2",
+                "--scorer-timeout",
+                "120",
+                "--work-dir",
+                work.to_str().unwrap(),
+            ],
+            &ingredients,
+        )
+        .env("SLURM_CONF", &conf),
+    );
+    check(&report);
+
+    // A job that outlives --scorer-timeout is cancelled by the wrapper's trap.
+    std::fs::write(
+        &batch,
+        "#!/bin/sh\n#SBATCH -J soup-eval-leak-test\nsleep 300\n",
+    )
+    .unwrap();
+    let out = soup_eval(
+        &[
+            "score",
+            "-q",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--scorer-timeout",
+            "4",
+        ],
+        &ingredients[..1],
+    )
+    .env("SLURM_CONF", &conf)
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    assert!(common::stderr(&out).contains("--scorer-timeout 4 s"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let queue = Command::new("squeue")
+            .args(["-h", "-n", "soup-eval-leak-test", "-o", "%i %T"])
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap();
+        let queue = String::from_utf8_lossy(&queue.stdout).trim().to_string();
+        if queue.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch job outlived the timeout: {queue}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
