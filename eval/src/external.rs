@@ -138,13 +138,6 @@ impl External {
                 options.speculate, options.jobs, options.jobs, options.speculate
             ));
         }
-        if work_dir.ours && (options.log.is_some() || options.resume.is_some()) {
-            // A new folder each run: --resume can't know the killed run's.
-            model_soup::cli::say(&format!(
-                "note: candidates go to {}, a new folder for this run; a run killed with SIGKILL leaves the ones it was scoring there, where --resume won't look (give --work-dir to have --resume remove them)",
-                work_dir.path.display()
-            ));
-        }
         if options.log.is_some() && options.resume.is_some() && options.log != options.resume {
             return Err(Error::Log {
                 path: options.log.clone().expect("checked"),
@@ -206,6 +199,13 @@ impl External {
             } else {
                 log = Some(SearchLog::create(path, &description)?);
             }
+        }
+        if work_dir.ours && (options.log.is_some() || options.resume.is_some()) {
+            // A new folder each run: --resume can't know the killed run's.
+            model_soup::cli::say(&format!(
+                "note: candidates go to {}, a new folder for this run; a run killed with SIGKILL leaves the ones it was scoring there, where --resume won't look (give --work-dir to have --resume remove them)",
+                work_dir.path.display()
+            ));
         }
         Ok(External {
             scorer,

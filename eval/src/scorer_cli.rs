@@ -36,12 +36,14 @@ pub struct ScorerFlags {
     #[arg(long, requires = "scorer")]
     pub minimize: bool,
 
-    /// Run the scorer with sh -c; placeholders are replaced by single-quoted values.
+    /// Run the scorer with sh -c; placeholders are replaced by single-quoted values, so never
+    /// put one inside other quotes ("{checkpoint}", --wrap "... {checkpoint}"): there a path's
+    /// $, ` or " would be read by the shell.
     #[arg(long, requires = "scorer")]
     pub shell: bool,
 
-    /// Stop a scorer run (its whole process group) after this many seconds; it counts as a
-    /// failure.
+    /// Stop a scorer run (its whole process group) after this many seconds (0.001 to 1e9);
+    /// it counts as a failure.
     #[arg(long, value_name = "SECONDS", requires = "scorer")]
     pub scorer_timeout: Option<f64>,
 
@@ -53,8 +55,8 @@ pub struct ScorerFlags {
     #[arg(long, value_name = "N", requires = "scorer")]
     pub jobs: Option<usize>,
 
-    /// Score the next K greedy candidates at once, as if none were kept; an acceptance throws
-    /// away the ones after it. The result is the same as one at a time.
+    /// Score the next K greedy candidates at once (with --jobs K), as if none were kept; an
+    /// acceptance throws away the ones after it. The result is the same as one at a time.
     #[arg(long, value_name = "K", requires = "scorer")]
     pub speculate: Option<usize>,
 
