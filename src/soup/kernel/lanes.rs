@@ -8,13 +8,13 @@
 
 use multiversion::multiversion;
 
-use super::{Scratch, TaskVectorMix, CHUNK_ELEMENTS, WORK_TILE};
+use super::{pack_flags, Scratch, TaskVectorMix, CHUNK_ELEMENTS, WORK_TILE};
 use crate::format::{Accumulator, Dtype};
 use crate::soup::method::draws::{self, Cutoff};
 use crate::soup::method::sparsify::{Bounds, Keep, TieCounts, Trim};
 
-/// Elements per group: a word of a mask, and eight AVX2 registers of f32, few enough that a
-/// group's buffers stay in the first-level cache.
+/// Elements per group: a word of a mask (and of [`pack_flags`]), and eight AVX2 registers of
+/// f32, few enough that a group's buffers stay in the first-level cache.
 const LANES: usize = 64;
 type Lanes = [f32; LANES];
 
@@ -359,10 +359,17 @@ fn group<L: Load, const K: usize>(
                     let counts = ties[i].as_mut().expect("made for every threshold trim");
                     let threshold = |v: i32| (v >= 0).then_some(v as u32);
                     let (lo, hi) = (threshold(at[0]), threshold(at[1]));
+                    // Ties can be a few percent of the keys (bf16 differences repeat): the
+                    // group's are found in one vectorised pass, and only they are visited.
+                    let mut flags = [0u8; LANES];
                     for l in 0..len {
-                        if keys[l] == at[0] || keys[l] == at[1] {
-                            kept[l] = one(bounds.tied(keys[l] as u32, lo, hi, counts));
-                        }
+                        flags[l] = ((keys[l] == at[0]) | (keys[l] == at[1])) as u8;
+                    }
+                    let mut m = pack_flags(&flags);
+                    while m != 0 {
+                        let l = m.trailing_zeros() as usize;
+                        m &= m - 1;
+                        kept[l] = one(bounds.tied(keys[l] as u32, lo, hi, counts));
                     }
                 }
             }
