@@ -118,7 +118,21 @@ pub fn takes(mix: &TaskVectorMix<'_>, range: &std::ops::Range<usize>) -> bool {
         }
         _ => false,
     };
+    // Random drops take one run of the stream per tile: chunks start at multiples of the
+    // tile, so a tile never crosses a block of 2^32 elements, unless a caller hands a range
+    // that does (the generic kernel splits runs).
+    let one_block = range.is_empty() || range.start >> 32 == (range.end - 1) >> 32;
+    let drawn = mix.models.iter().any(|m| {
+        matches!(
+            m.trim,
+            Some(Trim {
+                keep: Keep::Drawn(..),
+                ..
+            })
+        )
+    });
     (1..=MAX_MODELS).contains(&k)
+        && (one_block || !drawn)
         && mix.models.iter().all(|m| m.input.dtype == dtype)
         && aligned(mix.base.data)
         && mix.models.iter().all(|m| aligned(m.input.data))
@@ -218,7 +232,7 @@ fn tiles<'s, L: Load, const K: usize>(
                     match keep {
                         Keep::Bits(words) => Cut::Bits(&words[start / 64..]),
                         Keep::Drawn(stream, cutoff) => {
-                            // Tiles start at multiples of their size, so none crosses a block.
+                            // `takes` saw that the range lies in one block of the stream.
                             let mut run = None;
                             draws::runs(*stream, start as u64, n, |_, _, r| {
                                 run.get_or_insert(r);
@@ -610,5 +624,15 @@ mod tests {
         assert!(!takes(&mix(&[aligned, f32]), &r));
         assert!(!takes(&mix(&[aligned; 6]), &r));
         assert!(!takes(&mix(&[aligned, odd]), &r));
+        // Random drops over a range that crosses a block of the stream (refused before any
+        // byte is looked at, so the tiny inputs don't matter).
+        let drawn = Trim {
+            keep: Keep::Drawn(1, Cutoff::of(0.5)),
+            scale: 1.0,
+        };
+        let mut m = mix(&[aligned, aligned]);
+        m.models[0].trim = Some(&drawn);
+        assert!(!takes(&m, &((1 << 32) - 8..(1 << 32) + 8)));
+        assert!(takes(&m, &r));
     }
 }
