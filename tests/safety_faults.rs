@@ -501,3 +501,64 @@ fn a_memory_limit_is_an_error_line_never_an_abort() {
         "refused {refused}, merged {merged}"
     );
 }
+
+/// The same for the threads and the per-thread buffers every merge starts with: at any
+/// address-space limit, for the default thread count and for more threads than cores, a
+/// small linear merge either runs or stops with one error line. Before, a limit that let a
+/// thread's stack be mapped but not its signal stack, or the threads' heaps leave no room for a
+/// chunk's buffer, aborted (about one limit in a hundred, so the sweep is fine-grained).
+#[test]
+fn a_memory_limit_never_aborts_the_threads_or_their_buffers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let p = tmp.path().join(format!("m{i}.safetensors"));
+            big_input(&p, 1, 1000, i as u32 + 1);
+            p
+        })
+        .collect();
+    let out = tmp.path().join("soup.safetensors");
+    for threads in ["0", "8"] {
+        let (mut refused, mut merged) = (0, 0);
+        for kib in (100_000..=700_000).step_by(3_000) {
+            let o = Command::new("sh")
+                .arg("-c")
+                .arg(format!("ulimit -v {kib} && exec \"$@\""))
+                .arg("sh")
+                .arg(env!("CARGO_BIN_EXE_soup-merge"))
+                .args(&paths)
+                .arg("-o")
+                .arg(&out)
+                .env("RAYON_NUM_THREADS", threads)
+                .env_remove("RUST_BACKTRACE")
+                .output()
+                .unwrap();
+            let err = stderr(&o);
+            match o.status.code() {
+                Some(0) => {
+                    merged += 1;
+                    std::fs::remove_file(&out).unwrap();
+                }
+                Some(1) => {
+                    refused += 1;
+                    assert_eq!(
+                        err.lines().count(),
+                        1,
+                        "{threads} threads, {kib} KiB: {err}"
+                    );
+                    assert!(
+                        err.starts_with("error: "),
+                        "{threads} threads, {kib} KiB: {err}"
+                    );
+                    assert!(!out.exists());
+                }
+                _ => panic!("{threads} threads, {kib} KiB: {:?}: {err}", o.status),
+            }
+            assert!(temporaries(tmp.path()).is_empty(), "{kib} KiB");
+        }
+        assert!(
+            refused > 0 && merged > 0,
+            "{threads} threads: refused {refused}, merged {merged}"
+        );
+    }
+}

@@ -89,6 +89,16 @@ pub fn print_json(report: &impl serde::Serialize) -> std::io::Result<()> {
 /// has its own stack), and a typo such as `--threads 100000` must fail at once.
 pub const MAX_THREADS: usize = 1024;
 
+/// Each worker thread's stack: set rather than left to `RUST_MIN_STACK`, so that the room
+/// [`start_thread_pool`] checks for is the room the threads take. The kernels keep at most a
+/// few hundred KiB of tiles on the stack.
+const WORKER_STACK: usize = 2 << 20;
+
+/// Beside its stack, what each worker maps as it starts and on its first chunk: its signal
+/// stack, and the merge's per-thread buffers (a chunk's output, 4 MiB, and the kernels'
+/// tiles), with room to spare.
+const WORKER_ROOM: usize = 8 << 20;
+
 /// The thread count `RAYON_NUM_THREADS` asks for (0 or unset: every core), refusing one the
 /// thread pool would choke on, before any work.
 fn thread_env() -> Result<usize, crate::Error> {
@@ -117,8 +127,26 @@ pub fn start_thread_pool() -> Result<(), crate::Error> {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        // Address space that runs out while threads start can fail after a thread's stack
+        // is mapped but before its signal stack or first allocation is, which std and the
+        // allocator turn into an abort: so the room for every thread's stack and first
+        // buffers is asked for (and at once given back) first, as a plain error.
+        // glibc also reserves a 64 MiB heap for each thread that allocates, up to 8 per core:
+        // address space that later allocations (a chunk's buffer) would otherwise not find.
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let heaps = n.min(8 * cores) * (64 << 20);
+        let room = n
+            .saturating_mul(WORKER_STACK + WORKER_ROOM)
+            .saturating_add(heaps);
+        if Vec::<u8>::new().try_reserve_exact(room).is_err() {
+            return Err(format!(
+                "cannot start {n} worker threads (with their stacks and buffers they need about {} MiB of address space, which this process can't have); give fewer with RAYON_NUM_THREADS (or soup-eval's --threads), or raise the process's limits (ulimit -v)",
+                room >> 20
+            ));
+        }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
+            .stack_size(WORKER_STACK)
             .build_global()
             .map_err(|e| {
                 format!(

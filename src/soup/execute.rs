@@ -340,7 +340,19 @@ fn run(
     };
     // Rayon calls an init closure for every piece of work it splits off, not once per thread:
     // the buffers come from a pool rather than being allocated (and zeroed) for each piece.
-    let pool = Mutex::new(Vec::new());
+    // One per thread, made before any work: a process that can't have them (a `ulimit -v`)
+    // stops with an error here instead of aborting on a failed allocation midway.
+    let threads = rayon::current_num_threads();
+    let mut scratches = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        scratches.push(Scratch::try_new().ok_or_else(|| {
+            Error::Resources(format!(
+                "cannot allocate the merge's buffers (about {} MiB for {threads} worker threads); give fewer with RAYON_NUM_THREADS, or raise the process's limits (ulimit -v)",
+                (threads * (CHUNK_ELEMENTS * 8 + (64 << 10))) >> 20
+            ))
+        })?);
+    }
+    let pool = Mutex::new(scratches);
     streamed.par_iter().try_for_each_init(
         || Pooled::take(&pool),
         |pooled, job| one(pooled.scratch(), job, None),

@@ -360,6 +360,26 @@ impl Default for Scratch {
 }
 
 impl Scratch {
+    /// Like `default`, or `None` when the memory can't be had (a `ulimit -v`), where
+    /// `default` would abort.
+    pub fn try_new() -> Option<Scratch> {
+        fn zeros<T: Clone + Default>(n: usize) -> Option<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).ok()?;
+            v.resize(n, T::default());
+            Some(v)
+        }
+        Some(Scratch {
+            acc32: zeros(TILE_ELEMENTS)?,
+            x32: zeros(TILE_ELEMENTS)?,
+            acc64: Vec::new(),
+            x64: Vec::new(),
+            out: zeros(CHUNK_ELEMENTS)?,
+            work32: Buffers::default(),
+            work64: Buffers::default(),
+        })
+    }
+
     /// The output buffer, as `len` bytes.
     pub fn out(&mut self, len: usize) -> &mut [u8] {
         &mut bytemuck::cast_slice_mut(&mut self.out)[..len]
