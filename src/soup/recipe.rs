@@ -734,7 +734,10 @@ mod tests {
         assert!(err(&format!("merge_method: karcher\n{base}")).contains("merge_method 'karcher'"));
         assert!(err(&format!("merge_method: linear\n{base}slices: []\n")).contains("key 'slices'"));
         let e = err(&format!("merge_method: linear\n{base}foo: 1\n"));
-        assert!(e.contains("unknown key 'foo'") && e.contains("remove it"), "{e}");
+        assert!(
+            e.contains("unknown key 'foo'") && e.contains("remove it"),
+            "{e}"
+        );
         assert!(err(
             "merge_method: linear\nmodels: [{model: x, parameters: {weight: 1, density: 0.5}}]\n"
         )
