@@ -451,6 +451,39 @@ fn a_file_size_limit_is_an_error_line_and_leaves_nothing() {
     }
 }
 
+/// soup-merge with `args` under an address-space limit of `kib` KiB and `threads` worker
+/// threads. True when it merged (the output is removed again); false when it refused with one
+/// `error:` line and left nothing. Anything else (an abort, a signal) fails the test.
+fn merge_under_limit(kib: u64, threads: &str, args: &[&std::ffi::OsStr], out: &Path) -> bool {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {kib} && exec \"$@\""))
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_soup-merge"))
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .env("RAYON_NUM_THREADS", threads)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    let at = format!("{threads} threads, {kib} KiB");
+    match o.status.code() {
+        Some(0) => {
+            std::fs::remove_file(out).unwrap();
+            true
+        }
+        Some(1) => {
+            assert_eq!(err.lines().count(), 1, "{at}: {err}");
+            assert!(err.starts_with("error: "), "{at}: {err}");
+            assert!(!out.exists(), "{at}");
+            false
+        }
+        _ => panic!("{at}: {:?}: {err}", o.status),
+    }
+}
+
 /// Under an address-space limit (`ulimit -v`), a method's working buffers either fit or the
 /// run stops with one error line naming the tensor: never an abort on a failed allocation
 /// (exit 134 with Rust's own message), and never a temporary left behind.
@@ -465,34 +498,17 @@ fn a_memory_limit_is_an_error_line_never_an_abort() {
         })
         .collect();
     let out = tmp.path().join("soup.safetensors");
+    let mut args: Vec<&std::ffi::OsStr> = ["--method", "della", "--density", "0.5", "--base"]
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .collect();
+    args.extend(paths.iter().map(|p| p.as_os_str()));
     let (mut refused, mut merged) = (0, 0);
     for mib in (250..=900).step_by(50) {
-        let o = Command::new("sh")
-            .arg("-c")
-            .arg(format!("ulimit -v {} && exec \"$@\"", mib * 1024))
-            .arg("sh")
-            .arg(env!("CARGO_BIN_EXE_soup-merge"))
-            .args(["--method", "della", "--density", "0.5", "--base"])
-            .args(&paths)
-            .arg("-o")
-            .arg(&out)
-            .env("RAYON_NUM_THREADS", "2")
-            .env_remove("RUST_BACKTRACE")
-            .output()
-            .unwrap();
-        let err = stderr(&o);
-        match o.status.code() {
-            Some(0) => {
-                merged += 1;
-                std::fs::remove_file(&out).unwrap();
-            }
-            Some(1) => {
-                refused += 1;
-                assert_eq!(err.lines().count(), 1, "{mib} MiB: {err}");
-                assert!(err.starts_with("error: "), "{mib} MiB: {err}");
-                assert!(!out.exists());
-            }
-            _ => panic!("{mib} MiB: {:?}: {err}", o.status),
+        if merge_under_limit(mib * 1024, "2", &args, &out) {
+            merged += 1;
+        } else {
+            refused += 1;
         }
         assert!(temporaries(tmp.path()).is_empty(), "{mib} MiB");
     }
@@ -521,38 +537,11 @@ fn a_memory_limit_never_aborts_the_threads_or_their_buffers() {
     for threads in ["0", "8"] {
         let (mut refused, mut merged) = (0, 0);
         for kib in (100_000..=700_000).step_by(3_000) {
-            let o = Command::new("sh")
-                .arg("-c")
-                .arg(format!("ulimit -v {kib} && exec \"$@\""))
-                .arg("sh")
-                .arg(env!("CARGO_BIN_EXE_soup-merge"))
-                .args(&paths)
-                .arg("-o")
-                .arg(&out)
-                .env("RAYON_NUM_THREADS", threads)
-                .env_remove("RUST_BACKTRACE")
-                .output()
-                .unwrap();
-            let err = stderr(&o);
-            match o.status.code() {
-                Some(0) => {
-                    merged += 1;
-                    std::fs::remove_file(&out).unwrap();
-                }
-                Some(1) => {
-                    refused += 1;
-                    assert_eq!(
-                        err.lines().count(),
-                        1,
-                        "{threads} threads, {kib} KiB: {err}"
-                    );
-                    assert!(
-                        err.starts_with("error: "),
-                        "{threads} threads, {kib} KiB: {err}"
-                    );
-                    assert!(!out.exists());
-                }
-                _ => panic!("{threads} threads, {kib} KiB: {:?}: {err}", o.status),
+            let args: Vec<&std::ffi::OsStr> = paths.iter().map(|p| p.as_os_str()).collect();
+            if merge_under_limit(kib, threads, &args, &out) {
+                merged += 1;
+            } else {
+                refused += 1;
             }
             assert!(temporaries(tmp.path()).is_empty(), "{kib} KiB");
         }

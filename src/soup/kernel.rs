@@ -347,15 +347,9 @@ pub fn decode<A: Accumulator>(dtype: Dtype, data: &[u8], range: Range<usize>, ou
 
 impl Default for Scratch {
     fn default() -> Self {
-        Scratch {
-            acc32: vec![0.0; TILE_ELEMENTS],
-            x32: vec![0.0; TILE_ELEMENTS],
-            acc64: Vec::new(),
-            x64: Vec::new(),
-            out: vec![0; CHUNK_ELEMENTS],
-            work32: Buffers::default(),
-            work64: Buffers::default(),
-        }
+        Scratch::try_new().unwrap_or_else(|| {
+            std::alloc::handle_alloc_error(std::alloc::Layout::new::<[u64; CHUNK_ELEMENTS]>())
+        })
     }
 }
 

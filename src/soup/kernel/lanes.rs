@@ -148,43 +148,29 @@ pub fn task_vectors<'a, 's>(
     let bytes = |data: &'a [u8], size: usize| &data[range.start * size..range.end * size];
     if mix.base.dtype == Dtype::BF16 {
         let cast = |data: &'a [u8]| Bf16(bytemuck::cast_slice(bytes(data, 2)));
-        let xs: Vec<Bf16<'_>> = mix.models.iter().map(|m| cast(m.input.data)).collect();
-        dispatch(
-            mix,
-            cast(mix.base.data),
-            &xs,
-            range.clone(),
-            out_dtype,
-            scratch,
-        )
+        dispatch(mix, cast, range.clone(), out_dtype, scratch)
     } else {
         let cast = |data: &'a [u8]| F32(bytemuck::cast_slice(bytes(data, 4)));
-        let xs: Vec<F32<'_>> = mix.models.iter().map(|m| cast(m.input.data)).collect();
-        dispatch(
-            mix,
-            cast(mix.base.data),
-            &xs,
-            range.clone(),
-            out_dtype,
-            scratch,
-        )
+        dispatch(mix, cast, range.clone(), out_dtype, scratch)
     }
 }
 
-/// Runs the kernel for the number of models, which the loops unroll over.
-fn dispatch<'s, L: Load>(
-    mix: &TaskVectorMix<'_>,
-    base: L,
-    xs: &[L],
+/// Runs the kernel on the inputs seen through `cast`, for the number of models, which the
+/// loops unroll over.
+fn dispatch<'a, 's, L: Load>(
+    mix: &TaskVectorMix<'a>,
+    cast: impl Fn(&'a [u8]) -> L,
     range: std::ops::Range<usize>,
     out_dtype: Dtype,
     scratch: &'s mut Scratch,
 ) -> &'s [u8] {
+    let base = cast(mix.base.data);
+    let xs: Vec<L> = mix.models.iter().map(|m| cast(m.input.data)).collect();
     match xs.len() {
-        1 => tiles::<L, 1>(mix, base, xs, range, out_dtype, scratch),
-        2 => tiles::<L, 2>(mix, base, xs, range, out_dtype, scratch),
-        3 => tiles::<L, 3>(mix, base, xs, range, out_dtype, scratch),
-        _ => tiles::<L, 4>(mix, base, xs, range, out_dtype, scratch),
+        1 => tiles::<L, 1>(mix, base, &xs, range, out_dtype, scratch),
+        2 => tiles::<L, 2>(mix, base, &xs, range, out_dtype, scratch),
+        3 => tiles::<L, 3>(mix, base, &xs, range, out_dtype, scratch),
+        _ => tiles::<L, 4>(mix, base, &xs, range, out_dtype, scratch),
     }
 }
 
