@@ -634,36 +634,56 @@ fn has_terminal(pid: u32) -> bool {
 /// for forever, since nobody brings a scorer to the foreground.
 fn stopped_at_terminal(pgid: u32) -> Option<u32> {
     let group = pgid.to_string();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Some(f) = proc_stat(pid) else { continue };
-        if f.len() > 5 && f[0] == "T" && f[2] == group && f[4] != "0" && f[5] != group {
-            return pid.parse().ok();
-        }
-    }
-    None
+    group_members(pgid)?
+        .into_iter()
+        .find(|(_, f)| f.len() > 5 && f[0] == "T" && f[4] != "0" && f[5] != group)
+        .map(|(pid, _)| pid)
+}
+
+/// The processes of group `pgid`, each with its [`proc_stat`] fields; `None` where /proc
+/// can't be read.
+fn group_members(pgid: u32) -> Option<Vec<(u32, Vec<String>)>> {
+    let group = pgid.to_string();
+    let members = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let f = proc_stat(&pid.to_string())?;
+            (f.len() > 2 && f[2] == group).then_some((pid, f))
+        })
+        .collect();
+    Some(members)
 }
 
 /// SIGTERM (with SIGCONT, so that a stopped member acts on it) to the child's process group,
 /// SIGKILL after [`GRACE`], then reaps the child.
+///
+/// The grace is the group's, not the child's: `sh -c '... wrapper ...'` dies of the SIGTERM
+/// at once while the wrapper's trap is still cancelling its cluster job, and killing the group
+/// then would leave that job running. So the SIGKILL waits until every member has exited or
+/// the grace is over.
 fn stop_group(child: &mut Child) {
     let group = child.id();
     let _ = model_soup::format::signal_group(group, false);
     let _ = model_soup::format::continue_group(group);
     let deadline = Instant::now() + GRACE;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            // The leader is gone; anything else in the group gets no more grace.
-            let _ = model_soup::format::signal_group(group, true);
-            return;
+    loop {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            match group_members(group) {
+                // Nobody left to kill; the group's number may even be another group's by now.
+                Some(members) if members.is_empty() => return,
+                // Zombies have finished: they wait for their parent, not for us.
+                Some(members) if members.iter().all(|(_, f)| f[0] == "Z" || f[0] == "X") => break,
+                Some(_) => {}
+                // Without /proc, the child's exit is all we can see.
+                None => break,
+            }
         }
-        std::thread::sleep(Duration::from_millis(10));
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let _ = model_soup::format::signal_group(group, true);
     let _ = child.wait();

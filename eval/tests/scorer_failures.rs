@@ -155,6 +155,33 @@ fn a_scorer_that_ignores_sigterm_is_killed_after_the_grace_period() {
 }
 
 #[test]
+fn a_scorers_cleanup_gets_the_grace_period_after_its_shell_is_gone() {
+    // `sh -c` runs the wrapper as a child and dies of the SIGTERM at once, while the wrapper's
+    // trap is still cancelling its cluster job (the README's sbatch wrapper, run by --shell).
+    // The grace belongs to the group: the trap finishes, then the run fails.
+    let world = World::files();
+    let work = world.folder("work");
+    let marker = world.dir.path().join("cleaned-up");
+    let script = on_soups(&format!(
+        "sh -c 'trap \"sleep 1; echo done > {}; exit 143\" TERM; sleep 300 & wait'; :",
+        marker.display()
+    ));
+    let started = Instant::now();
+    let out = run(
+        &world,
+        &work,
+        &["--shell", "--scorer", &script, "--scorer-timeout", "1"],
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_fails(&world, &work, &out, &["longer than --scorer-timeout 1 s"]);
+    assert_eq!(
+        std::fs::read_to_string(&marker).ok().as_deref(),
+        Some("done\n"),
+        "the scorer's trap was killed before it finished"
+    );
+}
+
+#[test]
 fn retries_cover_a_flaky_scorer_and_only_as_many_times_as_asked() {
     let world = World::files();
     let flaky = world.folder("flaky");

@@ -225,11 +225,7 @@ fn the_readmes_sbatch_wrapper_keeps_odd_paths_whole_and_leaves_no_job_behind() {
     check(&report);
 
     // A job that outlives --scorer-timeout is cancelled by the wrapper's trap.
-    std::fs::write(
-        &batch,
-        "#!/bin/sh\n#SBATCH -J soup-eval-leak-test\nsleep 300\n",
-    )
-    .unwrap();
+    std::fs::write(&batch, "#!/bin/sh\nsleep 300\n").unwrap();
     let out = soup_eval(
         &[
             "score",
@@ -247,21 +243,100 @@ fn the_readmes_sbatch_wrapper_keeps_odd_paths_whole_and_leaves_no_job_behind() {
     .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
     assert!(common::stderr(&out).contains("--scorer-timeout 4 s"));
+    no_job_left(&conf, &batch, "after --scorer-timeout");
+
+    // A stop can land at any moment, also while sbatch is submitting: CI once stopped it
+    // there, before the trap that knew the job's number was set, and the job ran on. A busy
+    // controller is played by an sbatch that answers a second after Slurm took the job.
+    let real_sbatch = Command::new("sh")
+        .args(["-c", "command -v sbatch"])
+        .output()
+        .unwrap();
+    let real_sbatch = String::from_utf8_lossy(&real_sbatch.stdout)
+        .trim()
+        .to_string();
+    let slow = world.folder("slow-controller");
+    std::fs::write(
+        slow.join("sbatch"),
+        format!(
+            "#!/bin/sh\nout=$({} \"$@\") || exit\nsleep 1\necho \"$out\"\n",
+            quote(std::path::Path::new(&real_sbatch))
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        slow.join("sbatch"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        slow.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    // Stopped as soup-eval stops it: SIGTERM to its process group, SIGKILL 5 s later.
+    for after_ms in [0, 10, 40, 160, 320, 640, 1280] {
+        let mut wrapper_run = Command::new("sh");
+        wrapper_run
+            .arg(&wrapper)
+            .arg(format!("stopped-after-{after_ms}-ms"))
+            .arg(&ingredients[0])
+            .env("SLURM_CONF", &conf)
+            .env("PATH", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut wrapper_run, 0);
+        let mut child = wrapper_run.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        let group = format!("-{}", child.id());
+        Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = child.wait();
+        no_job_left(
+            &conf,
+            &batch,
+            &format!("stopped {after_ms} ms after it started"),
+        );
+    }
+}
+
+/// Fails if a job of `batch` is still queued or running 30 s after `when`, and cancels it.
+fn no_job_left(conf: &std::path::Path, batch: &std::path::Path, when: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let queue = Command::new("squeue")
-            .args(["-h", "-n", "soup-eval-leak-test", "-o", "%i %T"])
-            .env("SLURM_CONF", &conf)
+            .args(["-h", "-o", "%i %T %o"])
+            .env("SLURM_CONF", conf)
             .output()
             .unwrap();
-        let queue = String::from_utf8_lossy(&queue.stdout).trim().to_string();
-        if queue.is_empty() {
-            break;
+        let left: Vec<String> = String::from_utf8_lossy(&queue.stdout)
+            .lines()
+            .filter(|line| line.contains(batch.to_str().unwrap()))
+            .map(str::to_string)
+            .collect();
+        if left.is_empty() {
+            return;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the batch job outlived the timeout: {queue}"
-        );
+        if std::time::Instant::now() >= deadline {
+            for job in &left {
+                let id = job.split(' ').next().unwrap();
+                let _ = Command::new("scancel")
+                    .arg(id)
+                    .env("SLURM_CONF", conf)
+                    .status();
+            }
+            panic!("the batch job outlived its wrapper, {when}: {left:?}");
+        }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
