@@ -215,6 +215,10 @@ fn an_input_truncated_during_the_merge_never_yields_an_output() {
         "{err}"
     );
     assert!(
+        err.contains(big.inputs[1].to_str().unwrap()),
+        "the error doesn't name the truncated input: {err}"
+    );
+    assert!(
         !big.out().exists(),
         "an output was published from a truncated input"
     );

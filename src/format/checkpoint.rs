@@ -61,7 +61,7 @@ impl Shard {
                 "is not a regular file; pass a .safetensors file",
             ));
         }
-        let mapping = Mapping::new(&file).map_err(|e| Error::io(path, e))?;
+        let mapping = Mapping::new(&file, path).map_err(|e| Error::io(path, e))?;
         let header = Header::parse(path, mapping.bytes())?;
         Ok(Shard {
             path: path.to_path_buf(),

@@ -6,12 +6,17 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
 /// A read-only memory map of a whole input file.
 pub struct Mapping {
     map: Option<Mmap>,
+    /// Its entry in [`MAPPED`], for the SIGBUS message; `None` for an empty file or a full table.
+    slot: Option<usize>,
+    /// The path the entry points at, owned here so that it lives as long as the map.
+    _name: Box<[u8]>,
 }
 
 impl Mapping {
@@ -22,18 +27,29 @@ impl Mapping {
     /// missing page raise SIGBUS; one that is rewritten in place changes under us. The executor
     /// re-checks every input's length and modification time before it publishes an output, and
     /// the README documents that inputs must not be modified during a merge.
-    pub fn new(file: &File) -> io::Result<Mapping> {
+    /// `path` is what a SIGBUS from this map names.
+    pub fn new(file: &File, path: &Path) -> io::Result<Mapping> {
+        let name: Box<[u8]> = path.as_os_str().as_encoded_bytes().into();
         let len = file.metadata()?.len();
         if len == 0 {
             // mmap of length 0 fails on Linux; an empty file is simply an empty slice.
-            return Ok(Mapping { map: None });
+            return Ok(Mapping {
+                map: None,
+                slot: None,
+                _name: name,
+            });
         }
         // SAFETY: the map is read-only and private to this process; the remaining hazard, another
         // process changing the file, is the documented contract above.
         let map = unsafe { Mmap::map(file)? };
         // Read-ahead helps the one sequential pass a merge makes; failure only costs speed.
         let _ = map.advise(Advice::Sequential);
-        Ok(Mapping { map: Some(map) })
+        let slot = MAPPED.enter(map.as_ptr() as usize, map.len(), &name);
+        Ok(Mapping {
+            map: Some(map),
+            slot,
+            _name: name,
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -339,14 +355,95 @@ pub fn drop_cached(file: &File) {
     let _ = file;
 }
 
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // Out of the table before the map goes (the fields drop after this), so that no entry
+        // ever names a range that is no longer mapped.
+        if let Some(slot) = self.slot {
+            MAPPED.leave(slot);
+        }
+    }
+}
+
+/// The live maps' address ranges and paths, for the SIGBUS handler to name the file that
+/// shrank. A fixed table of atomics, since the handler may neither lock nor allocate.
+struct MapTable {
+    slots: [MapSlot; 1024],
+}
+
+struct MapSlot {
+    /// The path's bytes; null while the slot is free. Claimed by compare-and-swap.
+    name: AtomicPtr<u8>,
+    name_len: AtomicUsize,
+    start: AtomicUsize,
+    end: AtomicUsize,
+}
+
+static MAPPED: MapTable = MapTable {
+    slots: [const {
+        MapSlot {
+            name: AtomicPtr::new(std::ptr::null_mut()),
+            name_len: AtomicUsize::new(0),
+            start: AtomicUsize::new(0),
+            end: AtomicUsize::new(0),
+        }
+    }; 1024],
+};
+
+impl MapTable {
+    /// Records that `len` bytes at `start` map the file called `name`, which must outlive the
+    /// entry. `None` when every slot is taken: that map's SIGBUS names no file.
+    fn enter(&self, start: usize, len: usize, name: &[u8]) -> Option<usize> {
+        for (i, slot) in self.slots.iter().enumerate() {
+            let claimed = slot.name.compare_exchange(
+                std::ptr::null_mut(),
+                name.as_ptr().cast_mut(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            if claimed.is_ok() {
+                slot.name_len.store(name.len(), Ordering::Release);
+                slot.start.store(start, Ordering::Release);
+                slot.end.store(start + len, Ordering::Release);
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn leave(&self, i: usize) {
+        let slot = &self.slots[i];
+        slot.end.store(0, Ordering::Release);
+        slot.start.store(0, Ordering::Release);
+        slot.name.store(std::ptr::null_mut(), Ordering::Release);
+    }
+
+    /// The path of the live map that holds `address`. Async-signal-safe: loads only. The map a
+    /// faulting read is in stays alive while that read runs, so its path does too.
+    fn name_at(&self, address: usize) -> Option<&[u8]> {
+        self.slots.iter().find_map(|slot| {
+            let start = slot.start.load(Ordering::Acquire);
+            let end = slot.end.load(Ordering::Acquire);
+            if !(start..end).contains(&address) {
+                return None;
+            }
+            let name = slot.name.load(Ordering::Acquire);
+            let len = slot.name_len.load(Ordering::Acquire);
+            // SAFETY: the entry is live (its range holds a faulting address), so `name` points
+            // at the `len` path bytes its Mapping owns until it leaves the table.
+            (!name.is_null()).then(|| unsafe { std::slice::from_raw_parts(name, len) })
+        })
+    }
+}
+
 /// Set once `--verify` reads the published output back: a SIGBUS then comes from the output,
 /// not from an input, and the output is already in place.
-static VERIFYING_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static VERIFYING_OUTPUT: AtomicBool = AtomicBool::new(false);
 
 /// Says that from now on the process reads its own published output (`--verify`), for the
 /// SIGBUS message.
 pub fn sigbus_now_reads_the_output() {
-    VERIFYING_OUTPUT.store(true, std::sync::atomic::Ordering::SeqCst);
+    VERIFYING_OUTPUT.store(true, Ordering::SeqCst);
 }
 
 /// Turns SIGBUS into one `error:` line and exit status 1. A read of a mapped input raises it
@@ -356,11 +453,8 @@ pub fn sigbus_now_reads_the_output() {
 /// the next run that writes the same destination. Under `--verify` the mapped file is the
 /// published output, and the message says so.
 pub fn explain_sigbus() {
-    extern "C" fn on_sigbus(_: libc::c_int) {
-        use std::sync::atomic::{AtomicBool, Ordering};
+    extern "C" fn on_sigbus(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
         static FIRED: AtomicBool = AtomicBool::new(false);
-        const INPUT: &[u8] = b"error: an input file shrank while it was being read (SIGBUS: did another process truncate or rewrite it?); nothing was written to the destination, run again once the inputs are stable\n";
-        const OUTPUT: &[u8] = b"error: --verify: the output shrank while it was being read back (SIGBUS: did another process truncate or rewrite it?); it was already in place, so don't use it: merge again\n";
         // Several workers can fault at once: one line, from the first; the others wait for
         // its exit (pause(2) is async-signal-safe and returning would fault again).
         if FIRED.swap(true, Ordering::SeqCst) {
@@ -369,16 +463,24 @@ pub fn explain_sigbus() {
                 unsafe { libc::pause() };
             }
         }
-        let message = if VERIFYING_OUTPUT.load(Ordering::SeqCst) {
-            OUTPUT
-        } else {
-            INPUT
+        // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler; for SIGBUS its
+        // address is the faulting one.
+        let address = unsafe { (*info).si_addr() } as usize;
+        let name = MAPPED.name_at(address);
+        let output = VERIFYING_OUTPUT.load(Ordering::SeqCst);
+        let parts: [&[u8]; 4] = match (output, name) {
+            (false, Some(name)) => [b"error: ", name, b": the file shrank while it was being read (SIGBUS: did another process truncate or rewrite it?); nothing was written to the destination, run again once the file is stable", b"\n"],
+            (false, None) => [b"error: an input file shrank while it was being read (SIGBUS: did another process truncate or rewrite it?); nothing was written to the destination, run again once the inputs are stable", b"", b"", b"\n"],
+            (true, Some(name)) => [b"error: --verify: ", name, b": the output shrank while it was being read back (SIGBUS: did another process truncate or rewrite it?); it was already in place, so don't use it: merge again", b"\n"],
+            (true, None) => [b"error: --verify: the output shrank while it was being read back (SIGBUS: did another process truncate or rewrite it?); it was already in place, so don't use it: merge again", b"", b"", b"\n"],
         };
-        // SAFETY: write(2) and _exit(2) are async-signal-safe, and the message is static.
-        // Exiting without unwinding or running destructors is the point: the faulting read
-        // can't go on.
+        // SAFETY: write(2) and _exit(2) are async-signal-safe, and the parts are static or
+        // the live map's path. Exiting without unwinding or running destructors is the point:
+        // the faulting read can't go on.
         unsafe {
-            libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len());
+            for part in parts {
+                libc::write(libc::STDERR_FILENO, part.as_ptr().cast(), part.len());
+            }
             libc::_exit(1);
         }
     }
@@ -387,7 +489,10 @@ pub fn explain_sigbus() {
     // overflow, which on Linux arrives as SIGSEGV).
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_sigaction = on_sigbus
+            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+            as libc::sighandler_t;
+        action.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
         // A file-size limit (`ulimit -f`, set by some batch schedulers) would otherwise kill
@@ -427,7 +532,7 @@ mod tests {
             file.write_all(&block).unwrap();
         }
         file.as_file().sync_all().unwrap();
-        let mapping = Mapping::new(file.as_file()).unwrap();
+        let mapping = Mapping::new(file.as_file(), file.path()).unwrap();
         let sum: u64 = mapping
             .bytes()
             .iter()
@@ -478,6 +583,65 @@ mod tests {
         }
         mapping.release(0..bytes.len());
         assert!(!mapped_pages(bytes).unwrap().iter().any(|&m| m));
+    }
+
+    /// Each live map's addresses lead to its own path, and a dropped map's to none.
+    #[test]
+    fn the_map_table_names_the_file_behind_an_address() {
+        let files: Vec<_> = (0..3)
+            .map(|i| {
+                let mut file = tempfile::NamedTempFile::new().unwrap();
+                file.write_all(&vec![i as u8 + 1; 3 << 12]).unwrap();
+                file
+            })
+            .collect();
+        let maps: Vec<Mapping> = files
+            .iter()
+            .map(|f| Mapping::new(f.as_file(), f.path()).unwrap())
+            .collect();
+        for (file, map) in files.iter().zip(&maps) {
+            let bytes = map.bytes();
+            for at in [0, bytes.len() / 2, bytes.len() - 1] {
+                let address = bytes.as_ptr() as usize + at;
+                let name = MAPPED.name_at(address).unwrap();
+                assert_eq!(name, file.path().as_os_str().as_encoded_bytes());
+            }
+        }
+        let gone = maps[1].bytes().as_ptr() as usize;
+        drop(maps);
+        assert_eq!(MAPPED.name_at(gone), None);
+    }
+
+    /// A read of a map whose file was cut short under it ends the process with one `error:`
+    /// line that names the file, not a bare "Bus error". The fault kills the process, so
+    /// this test runs itself as a child that maps, truncates and reads.
+    #[test]
+    fn a_read_past_a_truncated_files_end_names_the_file() {
+        const NAME: &str = "format::os::tests::a_read_past_a_truncated_files_end_names_the_file";
+        if let Some(path) = std::env::var_os("SOUP_SIGBUS_CHILD") {
+            explain_sigbus();
+            let file = File::options().read(true).write(true).open(&path).unwrap();
+            let mapping = Mapping::new(&file, Path::new(&path)).unwrap();
+            file.set_len(0).unwrap();
+            let byte = std::hint::black_box(mapping.bytes())[2 * page_size()];
+            panic!("read {byte} past the end of a truncated file without a SIGBUS");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ft 'x\" $1.safetensors");
+        std::fs::write(&path, vec![7u8; 1 << 16]).unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env("SOUP_SIGBUS_CHILD", &path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let line = format!(
+            "error: {}: the file shrank while it was being read",
+            path.display()
+        );
+        assert!(err.contains(&line), "{err}");
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
     }
 
     /// The fallback for filesystems without RENAME_NOREPLACE publishes files and directories
