@@ -609,3 +609,55 @@ fn closed_stderr_changes_no_exit_status() {
     }
     assert!(out.exists(), "the merge with warnings finished");
 }
+
+/// A model given twice, by the same path, a symlink or a hard link, is merged as asked (it
+/// weighs double) with one warning that names it; distinct models draw no such warning.
+#[test]
+fn a_model_given_twice_is_merged_with_a_warning_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(5);
+    let [a, b] = ["a.safetensors", "b.safetensors"].map(|n| {
+        let p = dir.path().join(n);
+        write(
+            &p,
+            &[spec("w", D::F32, &[64], floats(&mut rng, D::F32, 64))],
+        );
+        p
+    });
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    let hard = dir.path().join("hard.safetensors");
+    std::fs::hard_link(&a, &hard).unwrap();
+    let repeated = |v: &serde_json::Value| -> Vec<String> {
+        v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["kind"] == "repeated-input")
+            .map(|w| w["message"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (n, second) in [&a, &link, &hard].into_iter().enumerate() {
+        let out = dir.path().join(format!("soup{n}.safetensors"));
+        let o = run_merge(&[&a, &b, second, &"-o", &out, &"--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let found = repeated(&v);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains(second.to_str().unwrap()) && found[0].contains("inputs 0 and 2"),
+            "{found:?}"
+        );
+        assert!(stderr(&o).contains(&format!("warning: {}", found[0])));
+        // Merged as asked: a counts twice.
+        let (w_a, w_b) = (f32s(&read(&a)["w"].2), f32s(&read(&b)["w"].2));
+        for (i, x) in f32s(&read(&out)["w"].2).iter().enumerate() {
+            let want = ((2.0 * w_a[i] as f64 + w_b[i] as f64) / 3.0) as f32;
+            assert!((x - want).abs() <= want.abs() * 1e-6, "{x} {want}");
+        }
+    }
+    let out = dir.path().join("distinct.safetensors");
+    let o = run_merge(&[&a, &b, &"-o", &out, &"--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(repeated(&v).is_empty());
+}

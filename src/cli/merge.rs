@@ -20,7 +20,8 @@ How tensors are merged:
   they are copied; when they differ (BatchNorm's num_batches_tracked after different epochs, say)
   the first input's value is copied and a warning names them. --strict makes that an error.
   NaN or infinite values in an input, or an overflow when rounding to the output dtype, are
-  warnings too, and errors under --strict.
+  warnings too, and errors under --strict. A model given twice (by its path, a link or a hard
+  link) is merged as given, so it weighs double, with a warning.
 
 Safety:
   Every header is validated, and every input checked against the others, before any tensor data

@@ -413,6 +413,26 @@ impl Merge {
             }
         };
         let mut warnings = Vec::new();
+        // mergekit merges a model listed twice without a word; it is most often a slip (a
+        // repeated path, a glob that matched a link), and it silently doubles that model's
+        // weight.
+        for (j, later) in mix.inputs.iter().enumerate() {
+            if let Some(i) = mix.inputs[..j].iter().position(|p| same_file(p, later)) {
+                warnings.push(Warning::general(
+                    "repeated-input",
+                    Some(later.clone()),
+                    format!(
+                        "{} is given twice (inputs {i} and {j}{}); each counts as a model of its own, so it weighs double in the soup; drop one if that was not meant",
+                        later.display(),
+                        if mix.inputs[i] == *later {
+                            String::new()
+                        } else {
+                            format!(", the first as {}", mix.inputs[i].display())
+                        }
+                    ),
+                ));
+            }
+        }
         let extra = match kind {
             OutputKind::File => Vec::new(),
             OutputKind::Directory => extra_files(
