@@ -428,6 +428,85 @@ fn no_output_may_touch_what_the_run_reads_in_any_role() {
 }
 
 #[test]
+fn a_model_directory_reached_through_its_files_is_protected_like_one_given() {
+    let s = Sandbox::new();
+    let root = s.root();
+    // X holds only links to ftA's files: X is an input, so ftA is the model directory read.
+    std::fs::create_dir(root.join("X")).unwrap();
+    for e in std::fs::read_dir(root.join("ftA")).unwrap() {
+        let name = e.unwrap().file_name();
+        let target = Path::new("../ftA").join(&name);
+        std::os::unix::fs::symlink(target, root.join("X").join(&name)).unwrap();
+    }
+    // Da is a model directory whose weights file is given on its own.
+    std::fs::create_dir(root.join("Da")).unwrap();
+    std::fs::copy(
+        root.join("a.safetensors"),
+        root.join("Da/model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(root.join("Da/config.json"), r#"{"model_type": "cnn"}"#).unwrap();
+    for args in [
+        vec!["X", "b.safetensors", "-o", "ftA/model.safetensors"],
+        vec!["X", "b.safetensors", "-o", "ftA/soup.safetensors"],
+        vec!["X", "b.safetensors", "-o", "ftA/config.json.d"],
+        vec!["X", "b.safetensors", "-o", "X/../ftA/new"],
+        vec![
+            "Da/model.safetensors",
+            "b.safetensors",
+            "-o",
+            "Da/model.safetensors.index.json",
+        ],
+        vec![
+            "Da/model.safetensors",
+            "b.safetensors",
+            "-o",
+            "Da/model-00001-of-00002.safetensors",
+        ],
+        vec![
+            "Da/model.safetensors",
+            "b.safetensors",
+            "-o",
+            "Da/tokenizer.json",
+        ],
+        vec![
+            "--method",
+            "task_arithmetic",
+            "--base",
+            "Da/model.safetensors",
+            "b.safetensors",
+            "-o",
+            "Da/model.safetensors.index.json",
+        ],
+    ] {
+        let o = only_changes(&s, &[], |d| merge_str(d, &args));
+        let line = refused(&o, &["write the output elsewhere"]);
+        assert!(!line.contains("already exists"), "{args:?}: {line}");
+    }
+    // A soup beside a model directory's weights file adds nothing that directory loads.
+    let o = only_changes(&s, &["Da/soup.safetensors"], |d| {
+        merge_str(
+            d,
+            &[
+                "Da/model.safetensors",
+                "b.safetensors",
+                "-o",
+                "Da/soup.safetensors",
+            ],
+        )
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    // So does model.safetensors beside plain checkpoints in a folder that is no model's, also
+    // when a model directory's weights are a link to one of them.
+    std::fs::create_dir(root.join("Y")).unwrap();
+    std::os::unix::fs::symlink("../a.safetensors", root.join("Y/model.safetensors")).unwrap();
+    let o = only_changes(&s, &["model.safetensors"], |d| {
+        merge_str(d, &["Y", "b.safetensors", "-o", "model.safetensors"])
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+}
+
+#[test]
 fn force_replaces_only_what_the_tool_wrote_and_keeps_its_mode() {
     let s = Sandbox::new();
     // Someone's project is not a model directory, whatever --force says.

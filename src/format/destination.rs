@@ -74,6 +74,9 @@ struct Read {
     /// (device, inode) of what the path resolves to, and of the path itself when that is a link.
     ids: Vec<(u64, u64)>,
     is_dir: bool,
+    /// A shard or index of a checkpoint given as a model directory: the folder it resolves
+    /// into is that model directory too (a directory of links to another model's files).
+    of_model_dir: bool,
 }
 
 /// Everything a run reads, in every role, by resolved path and by identity.
@@ -106,18 +109,24 @@ impl Reads {
             resolved: fs::canonicalize(path).ok().or_else(|| to_be(path)),
             ids,
             is_dir: followed.is_some_and(|m| m.is_dir()),
+            of_model_dir: false,
         });
     }
 
     /// Records a checkpoint: the path given, every shard, and a model directory's index.
     pub fn add_checkpoint(&mut self, checkpoint: &Checkpoint) {
         self.add(Role::Ingredient, checkpoint.path());
+        let is_dir = checkpoint.path().is_dir();
+        let first = self.reads.len();
         for shard in checkpoint.shards() {
             self.add(Role::Shard, shard.path());
         }
         let index = checkpoint.path().join(INDEX_NAME);
-        if checkpoint.path().is_dir() && index.exists() {
+        if is_dir && index.exists() {
             self.add(Role::Index, &index);
+        }
+        for read in &mut self.reads[first..] {
+            read.of_model_dir = is_dir;
         }
     }
 
@@ -149,6 +158,57 @@ impl Reads {
         let id = (meta.dev(), meta.ino());
         self.reads.iter().find(|r| r.ids.contains(&id))
     }
+}
+
+/// A model directory the run reads can also be reached through its files, not only as given:
+/// - a checkpoint given as a directory of links to another model directory's files reads that
+///   other directory, and no output may land inside it (a link to a plain checkpoint in a
+///   folder of them makes that folder no model directory);
+/// - a model directory's weights file given on its own (`Da/model.safetensors`) reads that
+///   directory, and no output may add a file it would load (weights, an index, a config or
+///   tokenizer) beside it, which would change what it loads as. Other names may go there: a
+///   soup beside its ingredient is an ordinary request.
+///
+/// Returns the refusal, if any.
+fn changes_a_model_directory(dest: &Destination, reads: &Reads) -> Option<String> {
+    let name = dest.path.file_name()?.to_str().unwrap_or("");
+    for read in &reads.reads {
+        if !matches!(read.role, Role::Shard | Role::Index) {
+            continue;
+        }
+        let Some(resolved) = &read.resolved else {
+            continue;
+        };
+        let Some(folder) = resolved.parent() else {
+            continue;
+        };
+        let is_model_dir = || {
+            resolved
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == "model.safetensors" || is_shard_file_name(n))
+                || folder.join("config.json").exists()
+                || folder.join(INDEX_NAME).exists()
+        };
+        if read.of_model_dir && dest.path.starts_with(folder) && is_model_dir() {
+            return Some(format!(
+                "is inside {}, the model directory that the {} {} resolves into; writing there would change that model: write the output elsewhere",
+                folder.display(),
+                read.role.noun(),
+                read.given.display()
+            ));
+        }
+        let loads = is_model_file(name) && name != "README.md";
+        if loads && dest.path.parent() == Some(folder) && is_model_dir() {
+            return Some(format!(
+                "would add {name} to {}, the model directory of the {} {}, and change what that model loads as: write the output elsewhere",
+                folder.display(),
+                read.role.noun(),
+                read.given.display()
+            ));
+        }
+    }
+    None
 }
 
 /// Where a file that doesn't exist yet would be: its folder resolved, then its name.
@@ -321,6 +381,9 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
                 read.given.display()
             ));
         }
+    }
+    if let Some(reason) = changes_a_model_directory(&dest, reads) {
+        return refuse(reason);
     }
     let meta = match fs::symlink_metadata(&dest.path) {
         Ok(m) => m,
