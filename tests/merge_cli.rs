@@ -637,7 +637,11 @@ fn a_model_given_twice_is_merged_with_a_warning_naming_it() {
             .map(|w| w["message"].as_str().unwrap().to_string())
             .collect()
     };
-    for (n, second) in [&a, &link, &hard].into_iter().enumerate() {
+    // A model directory whose weights are a (a hard link), and that directory's own file.
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir(&model_dir).unwrap();
+    std::fs::hard_link(&a, model_dir.join("model.safetensors")).unwrap();
+    for (n, second) in [&a, &link, &hard, &model_dir].into_iter().enumerate() {
         let out = dir.path().join(format!("soup{n}.safetensors"));
         let o = run_merge(&[&a, &b, second, &"-o", &out, &"--json"]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -656,6 +660,12 @@ fn a_model_given_twice_is_merged_with_a_warning_naming_it() {
             assert!((x - want).abs() <= want.abs() * 1e-6, "{x} {want}");
         }
     }
+    let out = dir.path().join("dir-and-file.safetensors");
+    let file = model_dir.join("model.safetensors");
+    let o = run_merge(&[&model_dir, &b, &file, &"-o", &out, &"--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(repeated(&v).len(), 1, "{v}");
     let out = dir.path().join("distinct.safetensors");
     let o = run_merge(&[&a, &b, &"-o", &out, &"--json"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();

@@ -930,3 +930,85 @@ fn every_method_takes_empty_scalar_and_one_element_tensors() {
         assert!(tensors(&out)["empty"].2.is_empty());
     }
 }
+
+/// With a base, each tensor takes its inputs' promoted dtype, as the same recipe does: a bf16
+/// base never narrows f32 fine-tunes. Without --dtype only; --dtype still decides.
+#[test]
+fn a_base_never_narrows_the_fine_tunes_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base16, _) = family(dir.path(), D::BF16, 0);
+    let (base32, fts32) = family(dir.path(), D::F32, 2);
+    let (_, fts16) = family(dir.path(), D::BF16, 2);
+    let f16_path = dir.path().join("ft-f16.safetensors");
+    model(&f16_path, D::F16, 3, &|_, b| {
+        b.iter().map(|x| x + 0.01).collect()
+    });
+    for (base, models, flags, want) in [
+        (&base16, &fts32, &[][..], D::F32),
+        (&base32, &fts16, &[][..], D::F32),
+        (&base16, &fts16, &[][..], D::BF16),
+        (
+            &base16,
+            &vec![fts16[0].clone(), f16_path.clone()],
+            &[][..],
+            D::F32,
+        ),
+        (&base16, &fts32, &["--dtype", "bf16"][..], D::BF16),
+    ] {
+        for method in ["task_arithmetic", "ties"] {
+            let out = dir.path().join(format!("{method}.safetensors"));
+            let _ = std::fs::remove_file(&out);
+            let o = soup_merge()
+                .args(["--method", method, "--density", "1", "--base"])
+                .arg(base)
+                .args(models)
+                .args(flags)
+                .arg("-o")
+                .arg(&out)
+                .args(["-q", "--force"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            for (name, (dtype, _, _)) in tensors(&out) {
+                if name != "bn.num_batches_tracked" {
+                    assert_eq!(
+                        dtype, want,
+                        "{method} {base:?} {models:?} {flags:?}: {name}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A base given as a model directory and again as its own weights file among the inputs is
+/// the base, not one more model, as a recipe takes it.
+#[test]
+fn the_base_spelled_as_its_directory_and_its_file_is_one_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, fts) = family(dir.path(), D::F32, 2);
+    let base_dir = dir.path().join("base");
+    std::fs::create_dir(&base_dir).unwrap();
+    std::fs::copy(&base, base_dir.join("model.safetensors")).unwrap();
+    let run = |inputs: &[PathBuf], out: &str| {
+        let out = dir.path().join(out);
+        let o = soup_merge()
+            .args(["--method", "task_arithmetic", "--base"])
+            .arg(&base_dir)
+            .args(inputs)
+            .arg("-o")
+            .arg(&out)
+            .args(["-q", "--json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        (std::fs::read(&out).unwrap(), stdout(&o))
+    };
+    let (plain, _) = run(&fts, "plain.safetensors");
+    let with_file: Vec<PathBuf> = std::iter::once(base_dir.join("model.safetensors"))
+        .chain(fts.iter().cloned())
+        .collect();
+    let (folded, json) = run(&with_file, "folded.safetensors");
+    assert_eq!(plain, folded, "the base's own file was merged as a model");
+    assert!(!json.contains("repeated-input"), "{json}");
+}

@@ -14,8 +14,9 @@ How tensors are merged:
   Float tensors (F16, BF16, F32, F64) are averaged: out = sum_i w_i * x_i, summed in input order.
   The sum is kept in f32 when the output is F16/BF16, and in f64 when the output is F32/F64 or any
   input is F64, then rounded once to the output dtype (round to nearest even). Inputs may mix
-  float dtypes. The output dtype is the first input's unless --dtype says otherwise (a --config
-  recipe without dtype takes each tensor's inputs' promoted dtype, as mergekit does).
+  float dtypes. The output dtype is the first input's unless --dtype says otherwise; with --base,
+  or a --config recipe without dtype, each tensor takes its inputs' promoted dtype (bf16 with
+  f32 gives f32, bf16 with f16 gives f32), as mergekit computes it.
   Other tensors (integers, BOOL, F8 types, C64) are never averaged. Identical in every input,
   they are copied; when they differ (BatchNorm's num_batches_tracked after different epochs, say)
   the first input's value is copied and a warning names them. --strict makes that an error.
@@ -59,7 +60,7 @@ Methods (--method, default linear; mergekit's names, parameters and defaults):
   model_stock       base + 2 or more fine-tunes          filter_wise
   passthrough       one model, scaled                    scale
   Methods with a base take it from --base (a file or model directory; an input that is the same
-  file is the base, not a model). -w gives one weight per model besides the base (default 1/N
+  model is the base, not a model). -w gives one weight per model besides the base (default 1/N
   for linear, 1 otherwise); --density, --t, --lambda, --epsilon, --gamma and --param NAME=VALUE
   set the method's parameters; --seed seeds DARE's and DELLA's drops (default 0), per tensor, so
   the bytes are the same at any thread count. Methods other than linear, task_arithmetic,
@@ -171,8 +172,8 @@ pub struct Args {
     #[arg(long)]
     pub normalize: bool,
 
-    /// Output dtype of averaged tensors. Default: the first input's (with --config, the
-    /// recipe's dtype, else each tensor's inputs' promoted dtype).
+    /// Output dtype of averaged tensors. Default: the first input's; with --base or --config
+    /// (unless the recipe sets dtype), each tensor's inputs' promoted dtype.
     #[arg(long, value_name = "DTYPE")]
     pub dtype: Option<OutDtype>,
 

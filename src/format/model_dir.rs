@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::{Checkpoint, Shard};
 use super::dtype::Dtype;
 use super::index::{ShardIndex, INDEX_NAME, SINGLE_NAME};
+use super::os::same_file;
 use crate::error::{printable, Error, Result};
 
 /// Files a model directory carries besides its weights, copied from the first input (or
@@ -256,4 +257,24 @@ pub fn config_with_dtype(path: &Path, bytes: &[u8], dtype: &str) -> Result<Vec<u
     let mut text = serde_json::to_string_pretty(&config).expect("values from JSON serialise");
     text.push('\n');
     Ok(text.into_bytes())
+}
+
+/// Whether two paths name one model: the same file or directory (through links, `..` or a hard
+/// link), or a model directory and its own weights file (`a` and `a/model.safetensors`, or its
+/// index), or two model directories whose weights are one file.
+pub fn same_model(a: &Path, b: &Path) -> bool {
+    let weights = |p: &Path| -> Option<PathBuf> {
+        if !p.is_dir() {
+            return None;
+        }
+        [SINGLE_NAME, INDEX_NAME]
+            .iter()
+            .map(|n| p.join(n))
+            .find(|f| f.is_file())
+    };
+    let (wa, wb) = (weights(a), weights(b));
+    same_file(a, b)
+        || wa.as_deref().is_some_and(|w| same_file(w, b))
+        || wb.as_deref().is_some_and(|w| same_file(a, w))
+        || matches!((&wa, &wb), (Some(x), Some(y)) if same_file(x, y))
 }

@@ -20,7 +20,7 @@ use super::verify::Record;
 use crate::error::{Error, Result};
 use crate::format::destination::{self, Destination, OutputKind, Reads, Request, Role};
 use crate::format::model_dir::{self, Companion};
-use crate::format::{same_file, Checkpoint, Dtype};
+use crate::format::{same_model, Checkpoint, Dtype};
 
 /// What to merge and where: everything a front end parsed, nothing validated yet.
 #[derive(Debug, Clone, Default)]
@@ -163,11 +163,12 @@ impl Mix {
             (BaseUse::Unused, _) | (_, None) => None,
             (_, Some(b)) => Some(b.clone()),
         };
-        // An input that is the base file is the base, as a mergekit recipe lists it among models.
+        // An input that is the base model (however spelled) is the base, as a mergekit recipe
+        // lists it among models.
         let models: Vec<PathBuf> = request
             .inputs
             .iter()
-            .filter(|p| !base.as_ref().is_some_and(|b| same_file(b, p)))
+            .filter(|p| !base.as_ref().is_some_and(|b| same_model(b, p)))
             .cloned()
             .collect();
         let mut settings = Settings::new(models.len());
@@ -362,7 +363,9 @@ impl Merge {
             .collect::<Result<Vec<_>>>()?;
         let mut options = PlanOptions {
             dtype: mix.dtype,
-            promote: recipe.is_some(),
+            // A base's dtype says nothing about the fine-tunes' precision: with one, as in a
+            // recipe, each tensor takes its inputs' promotion, never silently the narrower.
+            promote: recipe.is_some() || mix.base.is_some(),
             on_missing: request.on_missing,
             ..Default::default()
         };
@@ -417,7 +420,7 @@ impl Merge {
         // repeated path, a glob that matched a link), and it silently doubles that model's
         // weight.
         for (j, later) in mix.inputs.iter().enumerate() {
-            if let Some(i) = mix.inputs[..j].iter().position(|p| same_file(p, later)) {
+            if let Some(i) = mix.inputs[..j].iter().position(|p| same_model(p, later)) {
                 warnings.push(Warning::general(
                     "repeated-input",
                     Some(later.clone()),

@@ -35,7 +35,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::method::{self, Method, Setting, Settings};
 use crate::error::{Error, Result};
-use crate::format::{same_file, Dtype};
+use crate::format::{same_file, same_model, Dtype};
 
 /// The keys soup-merge reads at the top of a recipe.
 const TOP_KEYS: &[&str] = &[
@@ -419,25 +419,6 @@ impl Recipe {
 
 /// One parameter's value in mergekit's syntax: a number, a bool, a list of numbers or bools (a
 /// gradient over the layers), or a list of `{filter, value}` entries.
-/// Whether two recipe paths name one model: the same file or directory, or a model directory
-/// and its own weights file (`a` and `a/model.safetensors`, or its index).
-fn same_model(a: &Path, b: &Path) -> bool {
-    let weights = |p: &Path| -> Option<PathBuf> {
-        if !p.is_dir() {
-            return None;
-        }
-        [crate::format::SINGLE_NAME, crate::format::INDEX_NAME]
-            .iter()
-            .map(|n| p.join(n))
-            .find(|f| f.is_file())
-    };
-    let (wa, wb) = (weights(a), weights(b));
-    same_file(a, b)
-        || wa.as_deref().is_some_and(|w| same_file(w, b))
-        || wb.as_deref().is_some_and(|w| same_file(a, w))
-        || matches!((&wa, &wb), (Some(x), Some(y)) if same_file(x, y))
-}
-
 fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
     match v {
         Value::Number(n) => n
