@@ -1012,3 +1012,88 @@ fn the_base_spelled_as_its_directory_and_its_file_is_one_base() {
     assert_eq!(plain, folded, "the base's own file was merged as a model");
     assert!(!json.contains("repeated-input"), "{json}");
 }
+
+/// A model of weight 0 takes no part in any method that weighs its models: whatever it holds,
+/// NaN included, no output value changes, and it is not read (no non-finite-input warning).
+/// With every weight 0 the task-vector methods give the base.
+#[test]
+fn a_model_of_weight_zero_is_not_read_by_any_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, fts) = family(dir.path(), D::F32, 2);
+    let nan = dir.path().join("nan.safetensors");
+    model(&nan, D::F32, 10, &|_, b| b.iter().map(|_| f64::NAN).collect());
+    let run = |method: &str, flags: &[&str], models: [&PathBuf; 2], weights: &str| {
+        let out = dir.path().join("out.safetensors");
+        let o = soup_merge()
+            .args(["--method", method, "--base"])
+            .arg(&base)
+            .args(models)
+            .args(["-w", weights])
+            .args(flags)
+            .arg("-o")
+            .arg(&out)
+            .args(["--json", "--force", "-q"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        assert!(
+            !stdout(&o).contains("non-finite"),
+            "{method} -w {weights}: {}",
+            stdout(&o)
+        );
+        tensors(&out)
+    };
+    for (method, flags) in [
+        ("task_arithmetic", &[][..]),
+        ("ties", &["--density", "0.5"][..]),
+        ("dare_linear", &["--density", "0.5"][..]),
+        ("dare_ties", &["--density", "0.5"][..]),
+        ("della", &["--density", "0.5", "--epsilon", "0.1"][..]),
+        ("della_linear", &["--density", "0.5", "--epsilon", "0.1"][..]),
+        ("breadcrumbs", &["--density", "0.5"][..]),
+        ("breadcrumbs_ties", &["--density", "0.5"][..]),
+        ("nuslerp", &[][..]),
+    ] {
+        for (weights, zero) in [("0,1", 0), ("1,0", 1)] {
+            let mut with_nan = [&fts[0], &fts[1]];
+            with_nan[zero] = &nan;
+            let got = run(method, flags, with_nan, weights);
+            let want = run(method, flags, [&fts[0], &fts[1]], weights);
+            assert_eq!(got, want, "{method} -w {weights}");
+        }
+    }
+    // Every weight 0 for one tensor (a recipe's filter): that tensor is the base's.
+    let base_only = tensors(&base);
+    for (method, globals) in [
+        ("task_arithmetic", "{}"),
+        ("ties", "{density: 0.5}"),
+        ("dare_linear", "{density: 0.5}"),
+        ("della", "{density: 0.5, epsilon: 0.1}"),
+    ] {
+        let recipe = dir.path().join(format!("{method}.yaml"));
+        let weight = r#"{weight: [{filter: model.norm, value: 0}, {value: 1}]}"#;
+        std::fs::write(
+            &recipe,
+            format!(
+                "merge_method: {method}\nbase_model: {}\nparameters: {globals}\nmodels:\n  - model: {}\n    parameters: {weight}\n  - model: {}\n    parameters: {weight}\n",
+                base.display(),
+                fts[0].display(),
+                fts[1].display()
+            ),
+        )
+        .unwrap();
+        let out = dir.path().join(format!("{method}-recipe.safetensors"));
+        let o = soup_merge()
+            .arg("--config")
+            .arg(&recipe)
+            .arg("-o")
+            .arg(&out)
+            .arg("-q")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let got = tensors(&out);
+        assert_eq!(got["model.norm.weight"], base_only["model.norm.weight"], "{method}");
+        assert_ne!(got["model.embed.weight"], base_only["model.embed.weight"]);
+    }
+}

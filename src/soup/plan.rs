@@ -582,6 +582,22 @@ fn plan_method_tensor(
             }
             Action::Average { terms, wide }
         }
+        Work::TaskVectors(mut tv) => {
+            // Only the models taking part, then the base, are inputs: one of weight 0 is not
+            // read, nor scanned for NaN.
+            let mut inputs: Vec<usize> = Vec::with_capacity(tv.models.len() + 1);
+            for (k, m) in tv.models.iter_mut().enumerate() {
+                inputs.push(roles[m.input]);
+                m.input = k;
+            }
+            inputs.push(*roles.last().expect("task vectors have a base"));
+            Action::Whole(Whole {
+                method: merge.method.name(),
+                inputs,
+                work: Arc::new(Work::TaskVectors(tv)),
+                wide,
+            })
+        }
         work => Action::Whole(Whole {
             method: merge.method.name(),
             inputs: roles.to_vec(),

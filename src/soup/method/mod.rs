@@ -448,14 +448,24 @@ mod common {
                 s.check(tensor.elements, density, gamma, epsilon)
                     .map_err(|e| format!("model {m}: {e}"))?;
             }
+            let weight = params.model(m, "weight");
+            // A model of weight 0 takes no part: it would add only zeros to the sums and to
+            // TIES' election, and 0 x NaN would carry its NaNs into them. It is not read.
+            if weight == 0.0 {
+                continue;
+            }
             models.push(TaskVector {
                 input: m,
-                weight: params.model(m, "weight"),
+                weight,
                 density,
                 gamma,
                 epsilon,
                 stream: random_stream(tensor.seed, tensor.name, m),
             });
+        }
+        if models.is_empty() {
+            // base + lambda * 0: the base, read alone (it follows the models in the inputs).
+            return Ok(Work::Linear(vec![(params.models(), 1.0)]));
         }
         Ok(Work::TaskVectors(TaskVectors {
             models,

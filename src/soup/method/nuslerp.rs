@@ -2,7 +2,8 @@
 
 use super::{BaseUse, Gram, Grouping, Kind, Method, Param, Scope, TensorInfo, TensorParams, Work};
 
-/// SLERP of two models at `t = w_1 / (w_0 + w_1)` (0.5 when the weights sum to almost 0).
+/// SLERP of two models at `t = w_1 / (w_0 + w_1)` (0.5 when the weights sum to almost 0; at
+/// t = 0 or 1, one weight being 0, the other model as it is).
 /// With a base model it interpolates the task vectors `x_i - base` and adds the base back.
 /// `cos` is the dot product of the vectors divided by their norms (each at least 1e-7), and
 /// when `|sin(theta)| < 1e-8` it interpolates linearly. `nuslerp_flatten` (default true) takes
@@ -65,6 +66,11 @@ impl Method for NuSlerp {
         } else {
             w1 / (w0 + w1)
         };
+        // At an end, the interpolation is that model, exactly: the other one (of weight 0)
+        // is not read, so its NaNs can't reach the norms and spoil every element.
+        if t == 0.0 || t == 1.0 {
+            return Ok(Work::Linear(vec![(usize::from(t == 1.0), 1.0)]));
+        }
         // With a base, input 2 is it and the vectors are the task vectors.
         let with_base = p.has_base();
         let vectors = if with_base {
