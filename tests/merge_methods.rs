@@ -1021,7 +1021,9 @@ fn a_model_of_weight_zero_is_not_read_by_any_method() {
     let dir = tempfile::tempdir().unwrap();
     let (base, fts) = family(dir.path(), D::F32, 2);
     let nan = dir.path().join("nan.safetensors");
-    model(&nan, D::F32, 10, &|_, b| b.iter().map(|_| f64::NAN).collect());
+    model(&nan, D::F32, 10, &|_, b| {
+        b.iter().map(|_| f64::NAN).collect()
+    });
     let run = |method: &str, flags: &[&str], models: [&PathBuf; 2], weights: &str| {
         let out = dir.path().join("out.safetensors");
         let o = soup_merge()
@@ -1049,7 +1051,10 @@ fn a_model_of_weight_zero_is_not_read_by_any_method() {
         ("dare_linear", &["--density", "0.5"][..]),
         ("dare_ties", &["--density", "0.5"][..]),
         ("della", &["--density", "0.5", "--epsilon", "0.1"][..]),
-        ("della_linear", &["--density", "0.5", "--epsilon", "0.1"][..]),
+        (
+            "della_linear",
+            &["--density", "0.5", "--epsilon", "0.1"][..],
+        ),
         ("breadcrumbs", &["--density", "0.5"][..]),
         ("breadcrumbs_ties", &["--density", "0.5"][..]),
         ("nuslerp", &[][..]),
@@ -1093,7 +1098,10 @@ fn a_model_of_weight_zero_is_not_read_by_any_method() {
             .unwrap();
         assert!(o.status.success(), "{method}: {}", stderr(&o));
         let got = tensors(&out);
-        assert_eq!(got["model.norm.weight"], base_only["model.norm.weight"], "{method}");
+        assert_eq!(
+            got["model.norm.weight"], base_only["model.norm.weight"],
+            "{method}"
+        );
         assert_ne!(got["model.embed.weight"], base_only["model.embed.weight"]);
     }
 }
