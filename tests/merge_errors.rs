@@ -428,10 +428,11 @@ fn a_summary_that_cannot_be_printed_says_the_soup_is_written() {
     };
     let dir = tempfile::tempdir().unwrap();
     let a = good(dir.path(), "a.safetensors");
+    let b = good(dir.path(), "b.safetensors");
     let out = dir.path().join("o.safetensors");
     let o = soup_merge()
         .arg(&a)
-        .arg(&a)
+        .arg(&b)
         .arg("-o")
         .arg(&out)
         .args(["--json", "-q"])

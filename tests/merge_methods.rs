@@ -1105,3 +1105,39 @@ fn a_model_of_weight_zero_is_not_read_by_any_method() {
         assert_ne!(got["model.embed.weight"], base_only["model.embed.weight"]);
     }
 }
+
+/// What the command line lacks or gets wrong for a method is a usage error, as clap's are:
+/// exit status 2, `kind: usage`, one line naming the flag to give, and nothing opened per
+/// tensor (no tensor named).
+#[test]
+fn a_methods_missing_flags_are_usage_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, fts) = family(tmp.path(), D::F32, 3);
+    let out = tmp.path().join("never.safetensors");
+    let b = base.to_str().unwrap();
+    let [f0, f1, f2] = [0, 1, 2].map(|i| fts[i].to_str().unwrap());
+    for (args, says) in [
+        (vec!["--method", "slerp", "--base", b, f0], "needs parameter t"),
+        (vec!["--method", "ties", f0, f1], "needs a base model: give --base PATH"),
+        (vec!["--method", "model_stock", f0, f1], "give --base PATH"),
+        (vec!["--method", "passthrough", f0, f1], "exactly one model"),
+        (vec!["--method", "slerp", "--base", b, f0, f1, "--t", "0.5"], "exactly"),
+        (vec!["--method", "model_stock", "--base", b, f0], "at least two"),
+        (vec!["--method", "nuslerp", f0, f1, f2], "exactly two models"),
+        (
+            vec!["--method", "ties", "--base", b, f0, "--param", "=1"],
+            "give NAME=VALUE",
+        ),
+    ] {
+        let mut cmd = soup_merge();
+        cmd.args(&args).arg("-o").arg(&out).arg("--json");
+        let o = cmd.output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: expected '{says}' in {err}");
+        assert!(!err.contains("tensor '"), "{args:?}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["kind"], "usage", "{args:?}");
+        assert!(!out.exists());
+    }
+}

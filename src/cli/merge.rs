@@ -292,11 +292,14 @@ impl Args {
             }
         }
         for p in &self.param {
-            let (name, value) = p.split_once('=').ok_or_else(|| {
-                crate::Error::Usage(format!(
-                    "--param {p}: give NAME=VALUE, such as rescale=false"
-                ))
-            })?;
+            let (name, value) = p
+                .split_once('=')
+                .filter(|(name, _)| !name.trim().is_empty())
+                .ok_or_else(|| {
+                    crate::Error::Usage(format!(
+                        "--param {p}: give NAME=VALUE, such as rescale=false"
+                    ))
+                })?;
             let value = match value {
                 "true" => 1.0,
                 "false" => 0.0,

@@ -171,6 +171,14 @@ impl Mix {
             .filter(|p| !base.as_ref().is_some_and(|b| same_model(b, p)))
             .cloned()
             .collect();
+        // What the command line lacks is a usage error, found before any file is opened.
+        let usage = |e: String| Error::Usage(format!("--method {}: {e}", method.name()));
+        if method.base() == BaseUse::Required && base.is_none() {
+            return Err(usage("needs a base model: give --base PATH".into()));
+        }
+        method
+            .check_models(models.len(), base.is_some())
+            .map_err(usage)?;
         let mut settings = Settings::new(models.len());
         let declares = |name: &str| method.params().iter().any(|p| p.name == name);
         if let Some(w) = &request.weights {
@@ -238,9 +246,18 @@ impl Mix {
                 settings.set_global(name, Setting::Value(*value), flag.clone());
             }
         }
-        settings
-            .check(method, u64::MAX)
-            .map_err(|e| Error::Usage(format!("--method {}: {e}", method.name())))?;
+        settings.check(method, u64::MAX).map_err(usage)?;
+        if let Some(p) = method.params().iter().find(|p| {
+            p.scope == method::Scope::Global
+                && p.default.is_none()
+                && !settings.global.contains_key(p.name)
+        }) {
+            let flag = match p.name {
+                "t" | "density" | "lambda" | "epsilon" | "gamma" => format!("--{} VALUE", p.name),
+                name => format!("--param {name}=VALUE"),
+            };
+            return Err(usage(format!("needs parameter {} ({}): give {flag}", p.name, p.doc)));
+        }
         Ok(Mix {
             inputs: base.iter().cloned().chain(models).collect(),
             weights: Vec::new(),
