@@ -256,7 +256,10 @@ impl Mix {
                 "t" | "density" | "lambda" | "epsilon" | "gamma" => format!("--{} VALUE", p.name),
                 name => format!("--param {name}=VALUE"),
             };
-            return Err(usage(format!("needs parameter {} ({}): give {flag}", p.name, p.doc)));
+            return Err(usage(format!(
+                "needs parameter {} ({}): give {flag}",
+                p.name, p.doc
+            )));
         }
         Ok(Mix {
             inputs: base.iter().cloned().chain(models).collect(),
