@@ -522,6 +522,38 @@ fn a_memory_limit_is_an_error_line_never_an_abort() {
     );
 }
 
+/// The trims' memory check counts glibc's per-thread heaps as the thread pool does, at most 8
+/// per core, and asks for them a piece at a time. It asked for 64 MiB for every thread in
+/// one request: 64 threads on one core under a 2.9 GB limit refused a DELLA merge of 600 000
+/// elements (and 512 threads with no limit at all exceeded the machine). `taskset` pins the
+/// core count, which the heap count follows.
+#[test]
+fn the_trims_memory_check_grows_with_cores_not_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = tmp.path().join(format!("m{i}.safetensors"));
+            big_input(&p, 1, 600_000, i as u32 + 1);
+            p
+        })
+        .collect();
+    let out = tmp.path().join("soup.safetensors");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 3000000 && exec taskset -c 0 \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_soup-merge"))
+        .args(["--method", "della", "--density", "0.5", "--base"])
+        .args(&paths)
+        .arg("-o")
+        .arg(&out)
+        .env("RAYON_NUM_THREADS", "64")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.is_file());
+}
+
 /// The same for the threads and the per-thread buffers every merge starts with: at any
 /// address-space limit, for the default thread count and for more threads than cores, a
 /// small linear merge either runs or stops with one error line. Before, a limit that let a

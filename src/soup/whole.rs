@@ -122,19 +122,34 @@ pub fn check_memory(tensor: &TensorPlan, whole: &Whole) -> crate::error::Result<
         return Ok(());
     }
     // The workers' first allocations also take address space: glibc reserves a 64 MiB heap
-    // per thread that allocates, which counts against `ulimit -v` before it is used.
-    let bytes = buffers + (threads + 1) * (64 << 20);
-    let mut probe: Vec<u8> = Vec::new();
-    probe
-        .try_reserve_exact(usize::try_from(bytes).unwrap_or(usize::MAX))
-        .map_err(|_| {
-            crate::error::Error::Plan(format!(
-                "tensor '{}' needs about {} MiB of working memory for {}'s trims, which this process can't allocate (a memory limit such as ulimit -v?); raise the limit or merge on a machine with more memory",
-                crate::error::printable(&tensor.name),
-                bytes.div_ceil(1 << 20),
-                whole.method
-            ))
-        })
+    // per thread that allocates (up to 8 per core), which counts against `ulimit -v` before it
+    // is used. Asked for a piece at a time, all held until the last, as the thread pool's
+    // room is: one request the size of them all could exceed the machine's memory, which the
+    // kernel's overcommit check refuses with no limit set.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u64;
+    let heaps = (threads + 1).min(8 * cores);
+    let bytes = buffers + heaps * (64 << 20);
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    let fits = std::iter::once(buffers)
+        .chain(std::iter::repeat_n(64 << 20, heaps as usize))
+        .all(|piece| {
+            let mut v: Vec<u8> = Vec::new();
+            let ok = v
+                .try_reserve_exact(usize::try_from(piece).unwrap_or(usize::MAX))
+                .is_ok();
+            held.push(v);
+            ok
+        });
+    drop(held);
+    if fits {
+        return Ok(());
+    }
+    Err(crate::error::Error::Plan(format!(
+        "tensor '{}' needs about {} MiB of working memory for {}'s trims, which this process can't allocate (a memory limit such as ulimit -v?); raise the limit or merge on a machine with more memory",
+        crate::error::printable(&tensor.name),
+        bytes.div_ceil(1 << 20),
+        whole.method
+    )))
 }
 
 /// Computes elements `range` of a prepared whole tensor.
