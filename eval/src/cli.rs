@@ -318,7 +318,8 @@ pub struct TextArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Text")]
     pub max_length: Option<u32>,
 
-    /// Language modelling: tokens per window (default: the model's positions, at most 512).
+    /// Language modelling: tokens per window, at most the model's positions (its
+    /// max_position_embeddings) (default: the model's positions, at most 512).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..), help_heading = "Text")]
     pub seq_len: Option<u32>,
 
@@ -576,17 +577,23 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
 }
 
 /// What a soup-eval run reads: every ingredient and dataset, which no output may touch.
-fn reads(c: &Common) -> Vec<(Role, PathBuf)> {
+pub(crate) fn reads(c: &Common) -> Vec<(Role, PathBuf)> {
     let mut reads: Vec<(Role, PathBuf)> = c
         .inputs
         .iter()
         .map(|p| (Role::Ingredient, p.clone()))
         .collect();
     reads.extend(
-        [&c.val, &c.test, &c.text.tokenizer]
+        [&c.val, &c.test]
             .into_iter()
             .flatten()
             .map(|p| (Role::Dataset, p.clone())),
+    );
+    reads.extend(
+        c.text
+            .tokenizer
+            .iter()
+            .map(|p| (Role::Tokenizer, p.clone())),
     );
     // The log is read (--resume) or written as the search goes (--log): -o and --plot must
     // never land on it.
@@ -708,7 +715,7 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
     let mut report = Report {
         arch: session.arch().describe(),
         device: Some(super::device::name(&session.evaluator().device)),
-        eval_dtype: Some(dtype_name(session.evaluator().dtype).to_string()),
+        eval_dtype: Some(super::device::dtype_name(session.evaluator().dtype).to_string()),
         val_data: c.val.clone(),
         test_data: c.test.clone(),
         preprocessor: session.preprocessor().map(Path::to_path_buf),
@@ -721,15 +728,6 @@ fn finish(c: &Common, session: &Session, fill: impl FnOnce(&mut Report)) -> Repo
     };
     fill(&mut report);
     report
-}
-
-/// How reports name a dtype: as `--eval-dtype` spells it.
-fn dtype_name(dtype: candle_core::DType) -> &'static str {
-    match dtype {
-        candle_core::DType::F16 => "f16",
-        candle_core::DType::BF16 => "bf16",
-        _ => "f32",
-    }
 }
 
 /// Counts evaluated images (or sequences) on stderr; hidden when stderr is not a terminal or

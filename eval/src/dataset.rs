@@ -263,6 +263,17 @@ impl Dataset {
         }
         let mut values = vec![0f32; inputs.info.elements() as usize];
         f32::load(inputs.info.dtype, inputs.data, &mut values);
+        // Refused, not warned about: one NaN or infinity makes every loss NaN, and candle's
+        // ReLU and max-pool drop NaN where PyTorch propagates it, so the scores would look
+        // plausible and mean nothing.
+        let non_finite = values.iter().filter(|v| !v.is_finite()).count();
+        if non_finite > 0 {
+            let per = (values.len() / n).max(1);
+            let first = values.iter().position(|v| !v.is_finite()).expect("counted") / per;
+            return Err(bad(format!(
+                "'inputs' holds {non_finite} NaN or infinite value(s) as f32 (the first in input {first}); a model's scores on them mean nothing: fix the data"
+            )));
+        }
         let labels = labels
             .data
             .chunks_exact(8)

@@ -33,9 +33,11 @@ impl std::str::FromStr for DeviceSpec {
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
                 .ok_or_else(|| {
-                    Error::Device(format!(
+                    // A malformed value is a bad command line (exit 2, kind usage); a
+                    // well-formed one this build or machine can't open is a device error.
+                    Error::Format(model_soup::Error::Usage(format!(
                         "bad --device '{s}'; use auto, cpu, cuda or cuda:N (N a GPU ordinal)"
-                    ))
+                    )))
                 }),
         }
     }
@@ -61,6 +63,15 @@ impl DeviceSpec {
             DeviceSpec::Cuda(n) => open_cuda(n),
             DeviceSpec::Auto => Ok(open_cuda(0).unwrap_or(Device::Cpu)),
         }
+    }
+}
+
+/// How reports and messages name a dtype: as `--eval-dtype` spells it.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
     }
 }
 

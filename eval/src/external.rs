@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
-use model_soup::format::Request;
+use model_soup::format::{Checkpoint, Request};
 use model_soup::soup::Warning;
 
 use super::candidate::{self, Ingredients, Written};
@@ -39,15 +39,17 @@ pub struct Options {
     pub quiet: bool,
 }
 
-/// The folder candidates go to; one this run created is removed with it.
+/// The folder candidates go to; one this run created is removed with it: a temporary one
+/// always, a `--work-dir` the run created when the run fails (see [`External::succeeded`]).
 struct WorkDir {
     path: PathBuf,
     ours: bool,
+    created: AtomicBool,
 }
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if self.ours {
+        if self.ours || self.created.load(Ordering::Relaxed) {
             // Only empty: candidates kept with --keep-candidates stay, and so does the folder.
             let _ = std::fs::remove_dir(&self.path);
         }
@@ -97,10 +99,25 @@ impl External {
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         let paths: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
         let ingredients = Ingredients::open(&paths)?;
+        let mut warnings = Vec::new();
+        for path in &paths {
+            warnings.extend(super::weights::non_finite(&Checkpoint::open(path)?));
+        }
+        // Every refusal that needs no hashing comes before the work folder is made.
+        if options.log.is_some() && options.resume.is_some() && options.log != options.resume {
+            return Err(Error::Log {
+                path: options.log.clone().expect("checked"),
+                reason: "give --resume LOG alone: it goes on appending to LOG".into(),
+            });
+        }
+        if let (Some(log), None) = (&options.log, &options.resume) {
+            SearchLog::check_new(log)?;
+        }
         let work_dir = match &options.work_dir {
             Some(dir) => {
+                let mut created = false;
                 match std::fs::create_dir(dir) {
-                    Ok(()) => {}
+                    Ok(()) => created = true,
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
                     Err(e) => {
                         return Err(Error::Io {
@@ -115,6 +132,7 @@ impl External {
                 WorkDir {
                     path: absolute(dir),
                     ours: false,
+                    created: AtomicBool::new(created),
                 }
             }
             None => {
@@ -129,7 +147,11 @@ impl External {
                     path: path.clone(),
                     source,
                 })?;
-                WorkDir { path, ours: true }
+                WorkDir {
+                    path,
+                    ours: true,
+                    created: AtomicBool::new(true),
+                }
             }
         };
         if options.speculate > options.jobs {
@@ -137,12 +159,6 @@ impl External {
                 "warning: --speculate {} is more than --jobs {}: the candidates beyond {} wait for a free slot, so speculation only adds runs (those after an accepted candidate are thrown away); give --jobs {} or a smaller --speculate",
                 options.speculate, options.jobs, options.jobs, options.speculate
             ));
-        }
-        if options.log.is_some() && options.resume.is_some() && options.log != options.resume {
-            return Err(Error::Log {
-                path: options.log.clone().expect("checked"),
-                reason: "give --resume LOG alone: it goes on appending to LOG".into(),
-            });
         }
         let mut hashes = Vec::new();
         let mut log = None;
@@ -220,8 +236,14 @@ impl External {
             trials: Mutex::new(HashMap::new()),
             failed: Mutex::new(Vec::new()),
             needed: Mutex::new(Vec::new()),
-            warnings: Mutex::new(Vec::new()),
+            warnings: Mutex::new(warnings),
         })
+    }
+
+    /// Marks the run a success: a `--work-dir` it created stays, even empty. Without this, an
+    /// empty one is removed when the search is dropped, so a failed run leaves no folder behind.
+    pub fn succeeded(&self) {
+        self.work_dir.created.store(false, Ordering::Relaxed);
     }
 
     /// The ingredients' display names, in command-line order.
@@ -410,7 +432,14 @@ impl External {
     fn note(&self, found: Vec<Warning>) {
         let mut warnings = lock(&self.warnings);
         for w in found {
-            if !warnings.iter().any(|k| k.message == w.message) {
+            // An ingredient's NaN was said when it was opened, once for all its tensors.
+            let same_input = |k: &Warning| {
+                w.kind == "non-finite-input" && k.kind == w.kind && k.input == w.input
+            };
+            if !warnings
+                .iter()
+                .any(|k| k.message == w.message || same_input(k))
+            {
                 warnings.push(w);
             }
         }

@@ -1,8 +1,10 @@
 //! Image datasets: an image folder `root/<class>/<image>` or a CSV/JSONL list of `path,label`, decoded and transformed in parallel into f32 inputs, in memory or in a cache file.
 
-use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -10,7 +12,7 @@ use image::ImageDecoder;
 use rayon::prelude::*;
 
 use super::error::{Error, Result};
-use super::transform::{Given, Transform};
+use super::transform::{Given, Resize, Transform};
 
 /// File extensions an image folder's images have, as torchvision's `ImageFolder` lists them
 /// (compared case-insensitively). Other files are ignored. Decoding supports JPEG and PNG; an
@@ -89,10 +91,12 @@ fn list_folder(root: &Path) -> Result<ImageList> {
         ));
     }
     let mut entries = Vec::new();
+    let mut scanned = Scanned::default();
+    scanned.first_visit(root)?;
     for (label, class) in classes.iter().enumerate() {
         let dir = root.join(class);
         let before = entries.len();
-        walk(&dir, &mut |p| entries.push((p, label)))?;
+        walk(&dir, &mut scanned, &mut |p| entries.push((p, label)))?;
         if entries.len() == before {
             return Err(bad(
                 &dir,
@@ -109,9 +113,43 @@ fn list_folder(root: &Path) -> Result<ImageList> {
     })
 }
 
+/// The folders an image-folder scan has visited, by (device, inode), with the path each was
+/// first reached by. Links to folders are followed, as `ImageFolder` does; a folder reached a
+/// second time (a link loop, or two links to one folder) would count its images again, or
+/// never end, so it is refused.
+#[derive(Default)]
+struct Scanned {
+    folders: HashMap<(u64, u64), PathBuf>,
+}
+
+impl Scanned {
+    /// Records `dir`, or refuses it, naming the link, if it was visited before.
+    fn first_visit(&mut self, dir: &Path) -> Result<()> {
+        let meta = std::fs::metadata(dir).map_err(|e| Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        match self.folders.entry((meta.dev(), meta.ino())) {
+            Entry::Vacant(v) => {
+                v.insert(dir.to_path_buf());
+                Ok(())
+            }
+            Entry::Occupied(first) => Err(bad(
+                dir,
+                format!(
+                    "is the folder {} again (a symbolic link to a folder already scanned, or a loop); its images would be counted twice: remove the link",
+                    first.get().display()
+                ),
+            )),
+        }
+    }
+}
+
 /// Calls `found` for every file under `dir` with an image extension, sorted at each level
-/// (files and folders together, by name, as `os.walk` under `sorted` visits them).
-fn walk(dir: &Path, found: &mut dyn FnMut(PathBuf)) -> Result<()> {
+/// (files and folders together, by name, as `os.walk` under `sorted` visits them). A folder
+/// met twice is refused (see [`Scanned`]).
+fn walk(dir: &Path, scanned: &mut Scanned, found: &mut dyn FnMut(PathBuf)) -> Result<()> {
+    scanned.first_visit(dir)?;
     let io = |e: std::io::Error| Error::Io {
         path: dir.to_path_buf(),
         source: e,
@@ -132,7 +170,7 @@ fn walk(dir: &Path, found: &mut dyn FnMut(PathBuf)) -> Result<()> {
         }
     }
     for p in names.iter().filter(|p| p.is_dir()) {
-        walk(p, found)?;
+        walk(p, scanned, found)?;
     }
     Ok(())
 }
@@ -388,6 +426,105 @@ impl LoadOptions {
     }
 }
 
+/// The most memory one transformed image may take as f32 values (3 x H x W x 4 bytes), and
+/// the resized 8-bit image before its crop (3 x H x W bytes): as [`MAX_DECODE_BYTES`] bounds a
+/// decoded one. 1 GiB passes 9000x9000, far above what image models are evaluated at; a
+/// 16384-pixel size, within the flags' range, would make every image 3 GiB. The images of one
+/// parallel round together stay within it too (see [`round_len`]), so the transformed images
+/// in flight take at most this, whatever `--threads`.
+pub const MAX_TRANSFORMED_BYTES: u64 = 1 << 30;
+
+/// Bytes of the f32 values of a transformed `h` x `w` image.
+fn transformed_bytes(h: usize, w: usize) -> u64 {
+    12u64.saturating_mul(h as u64).saturating_mul(w as u64)
+}
+
+/// `bytes` in GiB or MiB, for messages.
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// Images per parallel round for outputs of `bytes` each: [`ROUND`], fewer for large images,
+/// so that a round's transformed images take at most [`MAX_TRANSFORMED_BYTES`] (at least one).
+fn round_len(bytes: u64) -> usize {
+    (MAX_TRANSFORMED_BYTES / bytes.max(1)).clamp(1, ROUND as u64) as usize
+}
+
+impl LoadOptions {
+    /// Checks the transform's output size before any image is read: one transformed image
+    /// within [`MAX_TRANSFORMED_BYTES`] (for a short-side resize without a crop, the square it
+    /// makes at least), and, for a model that reads one size only (`expected`, a ViT's
+    /// `image_size`), a size from the model's `preprocessor_config.json` (`source`) equal to
+    /// it. A size given by a flag is a usage error naming the flag; one from the file names the
+    /// file. `model` describes the architecture for messages.
+    pub fn check_size(
+        &self,
+        source: Option<&Path>,
+        expected: Option<[usize; 2]>,
+        model: &str,
+    ) -> Result<()> {
+        let t = &self.transform;
+        let given = self.given.clone().unwrap_or_default();
+        // The size every image gets (or at least gets), and whether a flag set it.
+        let (size, by_flag, flags, at_least) = match (t.crop, t.resize) {
+            (Some(c), _) => ((c, c), given.crop.is_some(), format!("--crop {c}"), ""),
+            (None, Some(Resize::Exact(h, w))) => (
+                (h, w),
+                given.resize.is_some(),
+                format!("--resize {h}x{w} --crop none"),
+                "",
+            ),
+            (None, Some(Resize::ShortSide(n))) => (
+                (n, n),
+                given.resize.is_some(),
+                format!("--resize {n} --crop none"),
+                " or more",
+            ),
+            (None, None) => return Ok(()),
+        };
+        let (h, w) = size;
+        let bytes = transformed_bytes(h, w);
+        let refuse = |reason: String| -> Result<()> {
+            match source.filter(|_| !by_flag) {
+                Some(file) => Err(Error::Dataset {
+                    path: file.to_path_buf(),
+                    reason,
+                }),
+                None => Err(Error::Format(model_soup::Error::Usage(format!(
+                    "{flags}: {reason}"
+                )))),
+            }
+        };
+        if bytes > MAX_TRANSFORMED_BYTES {
+            let what = if source.is_some() && !by_flag {
+                "its size".to_string()
+            } else {
+                "it".to_string()
+            };
+            return refuse(format!(
+                "{what} makes every image {h}x{w}{at_least}, {} of f32 values{at_least}, over the {} one transformed image may take; pass a smaller --resize or --crop (the model's own input size)",
+                size_text(bytes),
+                size_text(MAX_TRANSFORMED_BYTES)
+            ));
+        }
+        if let (Some([eh, ew]), Some(file), false) = (expected, source, by_flag) {
+            if t.fixed_size().is_some_and(|s| s != (eh, ew)) {
+                return Err(Error::Dataset {
+                    path: file.to_path_buf(),
+                    reason: format!(
+                        "makes images {h}x{w}, but {model} reads {eh}x{ew} only (config.json's image_size); make the two files agree, or pass --resize {eh}x{ew} --crop none"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Decoded, transformed inputs: in memory, or in a cache file.
 pub enum Samples {
     /// Row-major f32 values.
@@ -489,12 +626,29 @@ pub fn load(list: &ImageList, options: &LoadOptions) -> Result<Loaded> {
     let mut cache: Option<(CacheFile, BufWriter<File>)> = None;
     let mut labels = Vec::with_capacity(list.entries.len());
     let mut skipped = Vec::new();
-    for round in list.entries.chunks(ROUND) {
+    // A short-side resize without a crop makes each image at least this big.
+    let smallest = match (transform.fixed_size(), transform.resize) {
+        (Some((h, w)), _) => transformed_bytes(h, w),
+        (None, Some(Resize::ShortSide(n))) => transformed_bytes(n, n),
+        _ => 0,
+    };
+    for round in list.entries.chunks(round_len(smallest)) {
         let decoded: Vec<std::result::Result<Decoded, String>> = round
             .par_iter()
             .map(|(path, _)| {
                 let image = decode(path)?;
-                let (h, w) = transform.output_size(image.height() as usize, image.width() as usize);
+                let (ih, iw) = (image.height() as usize, image.width() as usize);
+                let (rh, rw) = transform.resized(ih, iw);
+                let (h, w) = transform.output_size(ih, iw);
+                // Known from the image's size alone: refused before either is allocated.
+                let bytes = transformed_bytes(h, w).max(transformed_bytes(rh, rw) / 4);
+                if bytes > MAX_TRANSFORMED_BYTES {
+                    return Err(format!(
+                        "its {ih}x{iw} pixels become {h}x{w} (resized to {rh}x{rw}) after the transform, {} in memory, over the {} one transformed image may take; pass --crop N, or a smaller --resize",
+                        size_text(bytes),
+                        size_text(MAX_TRANSFORMED_BYTES)
+                    ));
+                }
                 let mut out = vec![0f32; 3 * h * w];
                 transform.apply(&image, &mut out);
                 Ok((vec![3, h, w], out))

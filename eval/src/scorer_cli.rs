@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use model_soup::format::Destination;
+use model_soup::format::{destination, Checkpoint, Destination, OutputKind, Reads, Request, Role};
 use model_soup::soup::MergeRequest;
 
 use crate::error::{usage, usage_error};
 use clap::Args as ClapArgs;
 
-use super::cli::{outputs, Args, Command, GreedyArgs};
+use super::cli::{outputs, Args, Command, Common, GreedyArgs};
 use super::external::{External, Options};
 use super::greedy::{Goal, Rule};
 use super::plot;
@@ -129,6 +129,10 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
         Some(g) => outputs(c, g, plot_path)?,
         None => (None, None),
     };
+    let logs: Vec<(&str, &Path)> = [("--log", &s.log), ("--resume", &s.resume)]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+        .collect();
     if let Some(dir) = &s.work_dir {
         let mut outputs: Vec<(&str, &Path)> = Vec::new();
         if let Some(o) = greedy.and_then(|g| g.output.as_deref()) {
@@ -137,8 +141,9 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
         if let Some(p) = plot_path {
             outputs.push(("--plot", p));
         }
-        check_work_dir(dir, &outputs, &c.inputs)?;
+        check_work_dir(dir, &outputs, &logs, &c.inputs)?;
     }
+    check_placements(c)?;
     let scorer = Scorer::new(
         text,
         s.shell,
@@ -165,6 +170,9 @@ pub fn run(args: &Args) -> anyhow::Result<Report<f64>> {
     };
     let external = External::open(scorer, &c.inputs, options)?;
     let result = search(args, greedy, &external, soup_request, plot_dest);
+    if result.is_ok() {
+        external.succeeded();
+    }
     if let Some(dir) = external.kept_in() {
         if external.work_dir_is_temporary() {
             // Not a folder the user named: say where the candidates are, whatever happened.
@@ -183,11 +191,38 @@ const MIN_TIMEOUT: f64 = 0.001;
 /// The longest --scorer-timeout, well inside what a `Duration` holds.
 const MAX_TIMEOUT: f64 = 1e9;
 
-/// Refuses a `--work-dir` that is, holds or lies inside an output (`-o`, `--plot`), or lies
-/// inside (or is) an input: the search fills it with candidates and writes the outputs at the
-/// end, so a clash would be found only after every scorer has run.
-fn check_work_dir(dir: &Path, outputs: &[(&str, &Path)], inputs: &[PathBuf]) -> anyhow::Result<()> {
+/// Refuses a `--work-dir` that is, holds or lies inside an output (`-o`, `--plot`), is the
+/// search log (`--log`, `--resume`) or holds it under a candidate's name, or lies inside (or is)
+/// an input: the search fills it with candidates and writes the outputs at the end, so a clash
+/// would be found only after every scorer has run.
+fn check_work_dir(
+    dir: &Path,
+    outputs: &[(&str, &Path)],
+    logs: &[(&str, &Path)],
+    inputs: &[PathBuf],
+) -> anyhow::Result<()> {
     let w = resolved(dir);
+    for (flag, log) in logs {
+        let l = resolved(log);
+        let candidate_name = l.parent() == Some(w.as_path())
+            && l.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("soup-"));
+        if l == w || w.starts_with(&l) {
+            usage!(
+                "--work-dir {} is also {flag} {}; the log is a file and candidates need a folder of their own: give --work-dir a folder apart from the log",
+                dir.display(),
+                log.display()
+            );
+        }
+        if candidate_name {
+            usage!(
+                "{flag} {} is in --work-dir {} under a candidate's name (soup-...), where a candidate soup would be written: give the log another name or folder",
+                log.display(),
+                dir.display()
+            );
+        }
+    }
     for (flag, output) in outputs {
         let o = resolved(output);
         let how = if o == w {
@@ -214,6 +249,42 @@ fn check_work_dir(dir: &Path, outputs: &[(&str, &Path)], inputs: &[PathBuf]) -> 
                 if w == i { "the input" } else { "inside the input" },
                 input.display()
             );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the search log (`--log`, `--resume`) and `--work-dir` through the output policy's
+/// placement rules, before anything is created: none may be an input or lie inside a model
+/// directory the run reads (given, behind a symbolic link, or reached through its files), as
+/// -o and --plot may not.
+fn check_placements(c: &Common) -> anyhow::Result<()> {
+    let s = &c.scorer;
+    let mut read = Reads::new();
+    for (role, path) in super::cli::reads(c) {
+        if role != Role::SearchLog {
+            read.add(role, &path);
+        }
+    }
+    for input in &c.inputs {
+        // One that doesn't open is refused, with its reason, when the ingredients are opened.
+        if let Ok(checkpoint) = Checkpoint::open(input) {
+            read.add_checkpoint(&checkpoint);
+        }
+    }
+    let requests = [
+        ("--log", &s.log, OutputKind::File),
+        ("--resume", &s.resume, OutputKind::File),
+        ("--work-dir", &s.work_dir, OutputKind::Directory),
+    ];
+    for (flag, path, kind) in requests {
+        if let Some(path) = path {
+            let request = Request {
+                flag,
+                path: path.clone(),
+                kind,
+            };
+            destination::check_placement(&request, &read)?;
         }
     }
     Ok(())

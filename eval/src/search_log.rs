@@ -87,6 +87,15 @@ pub struct Entry {
     pub unix_time: f64,
 }
 
+/// The refusal of a `--log` that already exists.
+fn already_exists(path: &Path) -> Error {
+    Error::Log {
+        path: path.to_path_buf(),
+        reason: "already exists; pass --resume with it to continue that search, or remove it"
+            .into(),
+    }
+}
+
 /// An open log, appended to by any thread.
 pub struct SearchLog {
     path: PathBuf,
@@ -94,6 +103,15 @@ pub struct SearchLog {
 }
 
 impl SearchLog {
+    /// Refuses a `--log` path where something already is (it may be a search to resume), so
+    /// a run can say so before it creates anything; [`SearchLog::create`] refuses it again.
+    pub fn check_new(path: &Path) -> Result<()> {
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(already_exists(path)),
+        }
+    }
+
     /// Starts a new log at `path` with `description`; an existing file is refused (it may be
     /// a search to resume).
     pub fn create(path: &Path, description: &Description) -> Result<SearchLog> {
@@ -102,15 +120,12 @@ impl SearchLog {
             .create_new(true)
             .open(path)
             .map_err(|e| {
-                let reason = if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    "already exists; pass --resume with it to continue that search, or remove it"
-                        .to_string()
-                } else {
-                    format!("cannot create the --log file: {e}")
-                };
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    return already_exists(path);
+                }
                 Error::Log {
                     path: path.to_path_buf(),
-                    reason,
+                    reason: format!("cannot create the --log file: {e}"),
                 }
             })?;
         let log = SearchLog {

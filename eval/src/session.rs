@@ -110,17 +110,20 @@ impl Session {
         }
         let arch = &*evaluator.arch;
         let mut pool = Vec::with_capacity(ingredients.len());
+        let mut warnings = Vec::new();
         for path in ingredients {
             let checkpoint = Checkpoint::open(path)?;
             check_fits(&checkpoint, arch)?;
+            warnings.extend(super::weights::non_finite(&checkpoint));
             pool.push(Some(checkpoint));
         }
         check_head(pool[0].as_ref().expect("opened above"), arch)?;
         let mut preprocessor = None;
         let (val, test, task) = match arch.input() {
-            Input::Image(_) => {
+            Input::Image(shape) => {
                 // A Hugging Face model directory's own preprocessing, unless flags say otherwise.
                 let (images, source) = options.images.for_models(ingredients)?;
+                images.check_size(source.as_deref(), shape.size, &arch.describe())?;
                 preprocessor = source;
                 let open = |p: Option<&Path>| {
                     p.map(|p| Dataset::open_with(p, arch, &images).map(Data::Images))
@@ -167,7 +170,6 @@ impl Session {
                 }
             }
         }
-        let mut warnings = Vec::new();
         for data in images(&val).into_iter().chain(images(&test)) {
             if let Some((path, reason)) = data.skipped.first() {
                 warnings.push(Warning::general(
@@ -320,10 +322,15 @@ impl Session {
     /// counters, which differ between any two fine-tunes, get one line in all.
     fn note(&mut self, warnings: impl IntoIterator<Item = Warning>) {
         for w in warnings {
-            let seen = self
-                .warnings
-                .iter()
-                .any(|old| *old == w || (w.kind == "batches-tracked-differ" && old.kind == w.kind));
+            // An ingredient's NaN was said when it was opened, once for all its tensors.
+            let same_input = |old: &Warning| {
+                w.kind == "non-finite-input" && old.kind == w.kind && old.input == w.input
+            };
+            let seen = self.warnings.iter().any(|old| {
+                *old == w
+                    || (w.kind == "batches-tracked-differ" && old.kind == w.kind)
+                    || same_input(old)
+            });
             if !seen {
                 self.warnings.push(w);
             }
@@ -421,6 +428,24 @@ impl Session {
         let mut val_scores = Vec::with_capacity(self.pool.len());
         for i in 0..self.pool.len() {
             val_scores.push(self.ingredient_score(i, Split::Val)?.expect("val given"));
+        }
+        // NaN ranks last and never wins, so a search where every ingredient scores NaN would
+        // keep nothing and return the first one as if it had been chosen.
+        if val_scores
+            .iter()
+            .all(|s| !super::score::Measure::value(s).is_finite())
+        {
+            let overflow = match super::device::dtype_name(self.evaluator.dtype) {
+                "f32" => String::new(),
+                dtype => format!(", or the model overflows {dtype} (try --eval-dtype f32)"),
+            };
+            return Err(Error::Dataset {
+                path: self.data(Split::Val).expect("val given").path().to_path_buf(),
+                reason: format!(
+                    "the {} of every ingredient on this split is NaN or infinite, so no greedy soup can be chosen by it: their weights hold NaN or infinite values (see the warnings){overflow}; soup-eval score shows each one's metrics",
+                    self.metric.name()
+                ),
+            });
         }
         let search = {
             let checkpoints: Vec<&Checkpoint> = self

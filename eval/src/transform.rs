@@ -137,7 +137,7 @@ impl Default for Transform {
 
 impl Transform {
     /// Height and width of an `h` x `w` image after the resize.
-    fn resized(&self, h: usize, w: usize) -> (usize, usize) {
+    pub fn resized(&self, h: usize, w: usize) -> (usize, usize) {
         match self.resize {
             Some(Resize::ShortSide(size)) => resized_size(h, w, size),
             Some(Resize::Exact(rh, rw)) => (rh, rw),

@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use model_soup::format::{Accumulator, Checkpoint, Dtype};
-use model_soup::soup::Soup;
+use model_soup::soup::{Soup, Warning};
 
 use super::arch::{Architecture, TensorKind};
 use super::error::{CandleContext, Error, Result};
@@ -437,4 +437,33 @@ impl<'a> RunningSum<'a> {
             })
             .collect()
     }
+}
+
+/// A warning when `checkpoint` holds NaN or infinite values, naming the first such tensor and
+/// counting the others, with soup-merge's stable kind `non-finite-input`. Its scores are not to
+/// be trusted: candle's ReLU and max-pool drop NaN (`max(NaN, 0)` is 0) where PyTorch
+/// propagates it, so a broken checkpoint can score as a plausible model. A scan of each float
+/// tensor's exponent bits, as soup-merge's.
+pub fn non_finite(checkpoint: &Checkpoint) -> Option<Warning> {
+    let mut found = checkpoint
+        .tensors()
+        .filter(|t| t.info.dtype.any_non_finite(t.data))
+        .map(|t| t.name().to_string());
+    let first = found.next()?;
+    let more = found.count();
+    let others = match more {
+        0 => String::new(),
+        1 => " (and 1 other tensor)".to_string(),
+        n => format!(" (and {n} other tensors)"),
+    };
+    Some(Warning {
+        tensor: Some(first.clone()),
+        input: Some(checkpoint.path().to_path_buf()),
+        kind: "non-finite-input",
+        message: format!(
+            "tensor '{}'{others} has NaN or infinite values in {}; its scores, and those of any soup with it, are not to be trusted",
+            model_soup::error::printable(&first),
+            checkpoint.path().display()
+        ),
+    })
 }

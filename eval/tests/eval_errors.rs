@@ -353,18 +353,41 @@ fn auto_detects_the_fixtures_cnn_and_arch_options_are_checked() {
 
 #[test]
 fn bad_device_and_missing_cuda_support() {
-    let out = soup_eval(&[
-        &"score",
-        &"--arch",
-        &"digits-cnn",
-        &"--device",
-        &"tpu",
-        &"--val",
-        &val(),
-        &base(),
-    ]);
-    assert_error(&out, &["bad --device 'tpu'", "cuda:N"]);
+    // A malformed --device is a bad command line: exit 2, --json kind usage, as --help says.
+    for device in ["tpu", "cuda:x", "cuda:-1", "cuda:"] {
+        let out = soup_eval(&[
+            &"score",
+            &"--json",
+            &"--arch",
+            &"digits-cnn",
+            &"--device",
+            &device,
+            &"--val",
+            &val(),
+            &base(),
+        ]);
+        assert_error(&out, &[&format!("bad --device '{device}'"), "cuda:N"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kind"], "usage", "{device}: {v}");
+        assert_eq!(out.status.code(), Some(2), "{device}: {v}");
+    }
     if cfg!(not(feature = "cuda")) {
+        // A well-formed device this build can't open is not a usage error.
+        let out = soup_eval(&[
+            &"score",
+            &"--json",
+            &"--arch",
+            &"digits-cnn",
+            &"--device",
+            &"cuda",
+            &"--val",
+            &val(),
+            &base(),
+        ]);
+        assert_error(&out, &["--device cuda", "CPU build"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kind"], "device", "{v}");
+        assert_eq!(out.status.code(), Some(1), "{v}");
         let out = soup_eval(&[
             &"score",
             &"--arch",
@@ -824,4 +847,157 @@ fn an_unsupported_model_class_is_named() {
         ],
     );
     assert!(!line.contains("digits-cnn"), "{line}");
+}
+
+#[test]
+fn a_causal_lms_window_or_context_past_its_positions_is_refused() {
+    let root = common::repo_root().join("fixtures/text");
+    for model in ["llama", "mistral", "qwen2"] {
+        let dir = root.join("models").join(model);
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+        let m = config["max_position_embeddings"].as_u64().unwrap();
+        // 1e6 once asked for a [1, heads, T, T] attention matrix of a whole document.
+        for (flag, data) in [("--seq-len", "lm.txt"), ("--max-length", "mc.jsonl")] {
+            for n in [m + 1, 1_000_000] {
+                let n = n.to_string();
+                let out = soup_eval(&[
+                    &"score",
+                    &"--json",
+                    &"--val",
+                    &root.join("data").join(data),
+                    &flag,
+                    &n,
+                    &dir,
+                ]);
+                assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+                assert_error(
+                    &out,
+                    &[
+                        data,
+                        &format!("{flag} {n} is more than the model's {m} positions"),
+                        "max_position_embeddings",
+                        &format!("pass at most {m}"),
+                    ],
+                );
+                assert_eq!(common::stderr(&out).lines().count(), 1);
+            }
+        }
+    }
+    // The model's own length is allowed.
+    let llama = root.join("models/llama");
+    let out = soup_eval(&[
+        &"score",
+        &"--val",
+        &root.join("data/lm.txt"),
+        &"--seq-len",
+        &"128",
+        &llama,
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}
+
+/// The base checkpoint with every value of `tensor` replaced by `value`, written to `path`.
+fn with_values(path: &Path, tensor: &str, value: f32) {
+    edited_base(path, |tensors| {
+        let t = tensors.iter_mut().find(|t| t.name == tensor).unwrap();
+        t.data = t
+            .data
+            .chunks_exact(4)
+            .flat_map(|_| value.to_le_bytes())
+            .collect();
+    });
+}
+
+#[test]
+fn nan_in_weights_is_warned_about_in_every_command_and_in_data_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // candle's ReLU and max-pool drop NaN, so a NaN batch norm scores as a plausible model.
+    let nan_bn = dir.path().join("nan-bn1.safetensors");
+    with_values(&nan_bn, "bn1.bias", f32::NAN);
+    let inf_fc = dir.path().join("inf-fc.safetensors");
+    with_values(&inf_fc, "fc.weight", f32::INFINITY);
+    let good = fixture("models/ft-lr2e-3.safetensors");
+    for command in ["score", "greedy", "ensemble", "report", "uniform"] {
+        let out = soup_eval(&[
+            &command,
+            &"--json",
+            &"-q",
+            &"--arch",
+            &"digits-cnn",
+            &"--val",
+            &val(),
+            &good,
+            &nan_bn,
+        ]);
+        let stderr = common::stderr(&out);
+        assert!(out.status.success(), "{command}: {stderr}");
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("warning:") && l.contains("nan-bn1.safetensors"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{command}: {stderr}");
+        assert!(
+            warnings[0].contains("'bn1.bias'") && warnings[0].contains("NaN or infinite"),
+            "{command}: {stderr}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let kinds: Vec<&serde_json::Value> = v["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["kind"] == "non-finite-input")
+            .collect();
+        assert_eq!(kinds.len(), 1, "{command}: {v}");
+        assert_eq!(kinds[0]["tensor"], "bn1.bias", "{command}: {v}");
+    }
+    // A search whose metric is NaN for every ingredient is an error naming the metric, not a
+    // "greedy soup" of the first one.
+    let nan_fc = dir.path().join("nan-fc.safetensors");
+    with_values(&nan_fc, "fc.bias", f32::NAN);
+    for command in ["greedy", "report"] {
+        let out = soup_eval(&[
+            &command,
+            &"--arch",
+            &"digits-cnn",
+            &"--metric",
+            &"loss",
+            &"--val",
+            &val(),
+            &nan_fc,
+            &inf_fc,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+        assert_error(
+            &out,
+            &[
+                "val.safetensors",
+                "the loss of every ingredient",
+                "NaN or infinite",
+            ],
+        );
+    }
+    // NaN or infinite inputs: refused, with the count and the first input.
+    let data = dir.path().join("nan-val.safetensors");
+    let mut tensors = common::read(&val());
+    let (_, shape, bytes) = tensors.get_mut("inputs").unwrap();
+    let per: usize = shape[1..].iter().product();
+    bytes[4 * per * 2..4 * per * 2 + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    bytes[4 * per * 5..4 * per * 5 + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let specs: Vec<common::Spec> = tensors
+        .into_iter()
+        .map(|(name, (dtype, shape, data))| spec(&name, dtype, &shape, data))
+        .collect();
+    write(&data, &specs);
+    let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &"--val", &data, &base()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_error(
+        &out,
+        &[
+            "nan-val.safetensors",
+            "'inputs' holds 2 NaN or infinite",
+            "input 2",
+            "fix the data",
+        ],
+    );
 }

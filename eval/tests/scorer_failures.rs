@@ -769,3 +769,239 @@ fn keep_candidates_without_a_work_dir_says_where_they_are() {
         common::stderr(&out)
     );
 }
+
+/// Every file under `root` (links not followed) with its kind and contents, to compare before
+/// and after a run.
+fn snapshot(root: &Path) -> Vec<(PathBuf, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let (kind, bytes) = if meta.is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                (
+                    "link".to_string(),
+                    target.to_string_lossy().as_bytes().to_vec(),
+                )
+            } else if meta.is_dir() {
+                stack.push(p.clone());
+                ("dir".to_string(), Vec::new())
+            } else {
+                ("file".to_string(), std::fs::read(&p).unwrap())
+            };
+            out.push((p.strip_prefix(root).unwrap().to_path_buf(), kind, bytes));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_search_log_and_work_dir_never_land_inside_an_input_model_directory() {
+    let world = World::dirs();
+    let dir = world.dir.path();
+    let record = dir.join("record");
+    let scorer = format!(
+        "echo {{name}} {{checkpoint}} >> {}; echo 0.5",
+        quote(&record)
+    );
+    let input = &world.ingredients[1];
+    let input_name = input.file_name().unwrap().to_str().unwrap();
+    let link = dir.join("through-a-link");
+    std::os::unix::fs::symlink(input, &link).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let work = world.folder("work");
+    // A log the model directory's readers know by name would break the ingredient for later
+    // runs; any other name still changes the directory, and a link is no way around it.
+    let cases = [
+        ("--log", s(&input.join("preprocessor_config.json"))),
+        ("--log", s(&input.join("model.safetensors.index.json"))),
+        ("--log", s(&input.join("search.jsonl"))),
+        ("--log", s(&link.join("search.jsonl"))),
+        ("--resume", s(&input.join("config.json"))),
+        ("--log", s(&input.join("model.safetensors"))),
+    ];
+    for (flag, path) in &cases {
+        let before = snapshot(dir);
+        let args = [
+            "greedy",
+            "-q",
+            "--json",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--work-dir",
+            work.to_str().unwrap(),
+            flag,
+            path,
+        ];
+        let out = soup_eval(&args, &world.ingredients).output().unwrap();
+        let stderr = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{flag} {path}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(
+            errors[0].contains(path.as_str())
+                && errors[0].contains(input_name)
+                && errors[0].contains(&format!("give {flag} a path elsewhere")),
+            "{flag} {path}: {stderr}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kind"], "output", "{v}");
+        assert!(!record.exists(), "a scorer ran before the check");
+        assert_eq!(snapshot(dir), before, "{flag} {path} changed the world");
+    }
+    // --work-dir through a link into an input: refused the same way, nothing created.
+    let before = snapshot(dir);
+    let inside = link.join("cands");
+    let args = [
+        "greedy",
+        "-q",
+        "--shell",
+        "--scorer",
+        &scorer,
+        "--work-dir",
+        inside.to_str().unwrap(),
+    ];
+    let out = soup_eval(&args, &world.ingredients).output().unwrap();
+    let stderr = common::stderr(&out);
+    assert!(matches!(out.status.code(), Some(1 | 2)), "{stderr}");
+    assert!(
+        stderr.contains("--work-dir") && stderr.contains(input_name),
+        "{stderr}"
+    );
+    assert_eq!(snapshot(dir), before);
+    // A log beside the ingredients is an ordinary request.
+    let log = dir.join("search.jsonl");
+    let args = [
+        "greedy",
+        "-q",
+        "--shell",
+        "--scorer",
+        &scorer,
+        "--work-dir",
+        work.to_str().unwrap(),
+        "--log",
+        log.to_str().unwrap(),
+    ];
+    let out = soup_eval(&args, &world.ingredients).output().unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(log.exists());
+}
+
+#[test]
+fn a_refused_run_leaves_no_work_dir_behind_and_clashes_with_the_log_are_found_first() {
+    let world = World::files();
+    let dir = world.dir.path();
+    let record = dir.join("record");
+    let scorer = format!(
+        "echo {{name}} {{checkpoint}} >> {}; echo 0.5",
+        quote(&record)
+    );
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "my notes").unwrap();
+    let new_wd = dir.join("new-wd");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let log = dir.join("L.jsonl");
+    let wd_for = |p: &Path| p.to_path_buf();
+    for (args, wd, needle, code) in [
+        // An existing --log: refused before the work folder is made.
+        (
+            vec!["--log".to_string(), s(&notes)],
+            wd_for(&new_wd),
+            "already exists; pass --resume",
+            1,
+        ),
+        // --work-dir equal to --log (or --resume): a usage error, and no folder at the log's
+        // path for the next run to trip over.
+        (
+            vec!["--log".to_string(), s(&log)],
+            wd_for(&log),
+            "--work-dir",
+            2,
+        ),
+        (
+            vec!["--resume".to_string(), s(&log)],
+            wd_for(&log),
+            "is also --resume",
+            2,
+        ),
+        // A log at a candidate's name in the work folder: found up front, not after every
+        // ingredient was scored.
+        (
+            vec!["--log".to_string(), s(&new_wd.join("soup-0-1.safetensors"))],
+            wd_for(&new_wd),
+            "candidate's name",
+            2,
+        ),
+        // A failing scorer: the run fails after it made --work-dir, which goes with it.
+        (
+            vec!["--scorer-timeout".to_string(), "5".to_string()],
+            wd_for(&new_wd),
+            "exited with status 3",
+            1,
+        ),
+    ] {
+        let before = snapshot(dir);
+        let failing = "test -e {checkpoint} && exit 3".to_string();
+        let scorer = if needle.contains("status 3") {
+            &failing
+        } else {
+            &scorer
+        };
+        let mut all = vec!["greedy", "-q", "--json", "--shell", "--scorer", scorer];
+        let wd = s(&wd);
+        all.extend(["--work-dir", wd.as_str()]);
+        all.extend(args.iter().map(String::as_str));
+        let out = soup_eval(&all, &world.ingredients).output().unwrap();
+        let stderr = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(needle), "{needle:?} not in {stderr}");
+        if code == 2 {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["kind"], "usage", "{v}");
+            assert!(!record.exists(), "a scorer ran before the check");
+        }
+        assert_eq!(snapshot(dir), before, "{args:?} left something behind");
+        assert!(!new_wd.exists() && !log.exists());
+    }
+    // A --work-dir the user made stays, even when the run fails.
+    let mine = world.folder("mine");
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            "test -e {checkpoint} && exit 3",
+            "--work-dir",
+            mine.to_str().unwrap(),
+        ],
+        &world.ingredients,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(mine.is_dir());
+    // And one the run made stays after a success, as before.
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--work-dir",
+            new_wd.to_str().unwrap(),
+        ],
+        &world.ingredients,
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(new_wd.is_dir());
+}

@@ -297,3 +297,36 @@ fn bad_lists_and_flags_are_refused_with_the_line_or_flag() {
     let out = soup_eval(&[&"score", &"--arch", &"digits-cnn", &"--val", &val, &cnn]);
     assert_error(&out, &["[N, 3, 32, 32]", "[N, 1, 8, 8]"]);
 }
+
+#[test]
+fn a_folder_reached_twice_through_links_is_refused_naming_the_link() {
+    use std::os::unix::fs::symlink;
+    use std::time::{Duration, Instant};
+    // Two links to `.` once made the scan branch twice per level until ELOOP (2^40 visits);
+    // one link back counted every image 41 times; a class linked into another counted its
+    // images under both labels.
+    // (The fan-out last: a build without the check never finishes it.)
+    for (link, target) in [("3/loop", "../.."), ("4/threes", "../3"), ("3/a", ".")] {
+        let dir = tempfile::tempdir().unwrap();
+        let val = copy_val(dir.path(), "val");
+        symlink(target, val.join(link)).unwrap();
+        if link == "3/a" {
+            symlink(".", val.join("3/b")).unwrap();
+        }
+        let started = Instant::now();
+        let out = score(&val, &["--threads", "1"]);
+        assert!(started.elapsed() < Duration::from_secs(30), "{link}");
+        assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+        assert_error(&out, &[link, "counted twice", "remove the link"]);
+    }
+    // A link to a folder outside the split is followed, as ImageFolder does.
+    let dir = tempfile::tempdir().unwrap();
+    let val = copy_val(dir.path(), "val");
+    let extra = dir.path().join("more-threes");
+    std::fs::create_dir(&extra).unwrap();
+    let three = first_file(&val.join("3"));
+    std::fs::copy(&three, extra.join("x.png")).unwrap();
+    symlink(&extra, val.join("3/more")).unwrap();
+    let r = report(&score(&val, &[]));
+    assert_eq!(r["ingredients"][0]["val"]["total"], 360);
+}

@@ -513,3 +513,113 @@ fn ingredients_whose_preprocessing_disagrees_are_refused() {
     let out = run(&models, &["--mean", "0.5,0.5,0.5"]);
     assert!(out.status.success(), "{}", common::stderr(&out));
 }
+
+/// An image folder of one class whose only image is not a PNG at all: any run that reads an
+/// image fails on it, so a refusal that names something else came before any image was read
+/// (and an old build that transformed first fails here quickly, without the 3 GiB per image).
+fn unreadable_images(dir: &Path) -> PathBuf {
+    let val = dir.join("val");
+    for class in 0..10 {
+        std::fs::create_dir_all(val.join(class.to_string())).unwrap();
+        std::fs::write(val.join(format!("{class}/a.png")), b"not a png").unwrap();
+    }
+    val
+}
+
+#[test]
+fn target_sizes_too_big_for_memory_or_for_the_model_are_refused_before_any_image_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let val = unreadable_images(dir.path());
+    let model = dir.path().join("vit");
+    std::fs::create_dir(&model).unwrap();
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(vision("hf-vit").join(name), model.join(name)).unwrap();
+    }
+    let processor = model.join("preprocessor_config.json");
+    let original: Value = serde_json::from_slice(&std::fs::read(&processor).unwrap()).unwrap();
+    let run = |flags: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+            .args(["score", "--json", "-q", "--threads", "1", "--val"])
+            .arg(&val)
+            .arg(&model)
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = common::stderr(&out);
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(!err.contains("panicked") && !err.contains("a.png"), "{err}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), errors[0].to_string(), v["kind"].clone())
+    };
+    // A flag's size: a usage error naming the flag, the size and the fix (16384 is within the
+    // flags' range, and made every 8x8 image a 3 GiB tensor).
+    for (flags, needle) in [
+        (
+            &["--resize", "16384x16384", "--crop", "none"][..],
+            "--resize 16384x16384",
+        ),
+        (
+            &["--resize", "16384", "--crop", "16384"][..],
+            "--crop 16384",
+        ),
+        (
+            &["--resize", "16384", "--crop", "none"][..],
+            "16384x16384 or more",
+        ),
+    ] {
+        let (code, line, kind) = run(flags);
+        assert_eq!(code, Some(2), "{line}");
+        assert_eq!(kind, "usage", "{line}");
+        for n in [
+            needle,
+            "3.0 GiB",
+            "1.0 GiB",
+            "pass a smaller --resize or --crop",
+        ] {
+            assert!(line.contains(n), "{n:?} not in {line}");
+        }
+    }
+    // The same size from the model's preprocessor_config.json names that file.
+    let mut huge = original.clone();
+    huge["size"] = serde_json::json!({"height": 16384, "width": 16384});
+    std::fs::write(&processor, huge.to_string()).unwrap();
+    let (code, line, kind) = run(&[]);
+    assert_eq!((code, kind), (Some(1), "dataset".into()), "{line}");
+    for n in ["preprocessor_config.json", "16384x16384", "3.0 GiB"] {
+        assert!(line.contains(n), "{n:?} not in {line}");
+    }
+    // A ViT reads one size: a processor size that differs from config.json's image_size is
+    // refused, naming both, before any image is decoded.
+    let mut other = original.clone();
+    other["size"] = serde_json::json!({"height": 64, "width": 64});
+    std::fs::write(&processor, other.to_string()).unwrap();
+    let (code, line, _) = run(&[]);
+    assert_eq!(code, Some(1), "{line}");
+    for n in [
+        "preprocessor_config.json",
+        "64x64",
+        "32x32",
+        "image_size",
+        "--resize 32x32 --crop none",
+    ] {
+        assert!(line.contains(n), "{n:?} not in {line}");
+    }
+    // The processor's own size goes on to the images (and fails on them, as it should).
+    std::fs::write(&processor, original.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+        .args(["score", "-q", "--val"])
+        .arg(&val)
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        common::stderr(&out).contains("a.png"),
+        "{}",
+        common::stderr(&out)
+    );
+}

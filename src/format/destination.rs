@@ -39,6 +39,8 @@ pub enum Role {
     Companion,
     /// soup-eval's search log: `--resume` reads it, `--log` creates it during the run.
     SearchLog,
+    /// soup-eval's `--tokenizer` file.
+    Tokenizer,
 }
 
 impl Role {
@@ -52,6 +54,15 @@ impl Role {
             Role::Dataset => "dataset",
             Role::Companion => "companion file",
             Role::SearchLog => "search log",
+            Role::Tokenizer => "--tokenizer file",
+        }
+    }
+
+    /// What writing inside a directory read in this role would change.
+    fn folder_noun(self) -> &'static str {
+        match self {
+            Role::Dataset => "dataset",
+            _ => "model directory",
         }
     }
 }
@@ -169,9 +180,9 @@ impl Reads {
 ///   tokenizer) beside it, which would change what it loads as. Other names may go there: a
 ///   soup beside its ingredient is an ordinary request.
 ///
-/// Returns the refusal, if any.
-fn changes_a_model_directory(dest: &Destination, reads: &Reads) -> Option<String> {
-    let name = dest.path.file_name()?.to_str().unwrap_or("");
+/// Returns the refusal, if any, ending with `fix`.
+fn changes_a_model_directory(dest: &Path, reads: &Reads, fix: &str) -> Option<String> {
+    let name = dest.file_name()?.to_str().unwrap_or("");
     for read in &reads.reads {
         if !matches!(read.role, Role::Shard | Role::Index) {
             continue;
@@ -190,18 +201,18 @@ fn changes_a_model_directory(dest: &Destination, reads: &Reads) -> Option<String
                 || folder.join("config.json").exists()
                 || folder.join(INDEX_NAME).exists()
         };
-        if read.of_model_dir && dest.path.starts_with(folder) && is_model_dir() {
+        if read.of_model_dir && dest.starts_with(folder) && is_model_dir() {
             return Some(format!(
-                "is inside {}, the model directory that the {} {} resolves into; writing there would change that model: write the output elsewhere",
+                "is inside {}, the model directory that the {} {} resolves into; writing there would change that model: {fix}",
                 folder.display(),
                 read.role.noun(),
                 read.given.display()
             ));
         }
         let loads = is_model_file(name) && name != "README.md";
-        if loads && dest.path.parent() == Some(folder) && is_model_dir() {
+        if loads && dest.parent() == Some(folder) && is_model_dir() {
             return Some(format!(
-                "would add {name} to {}, the model directory of the {} {}, and change what that model loads as: write the output elsewhere",
+                "would add {name} to {}, the model directory of the {} {}, and change what that model loads as: {fix}",
                 folder.display(),
                 read.role.noun(),
                 read.given.display()
@@ -317,6 +328,53 @@ pub fn check(requests: &[Request], reads: &Reads, force: bool) -> Result<Vec<Des
     Ok(out)
 }
 
+/// Applies the placement rules of [`check`] to a path a run writes that is not an output
+/// `--force` may replace: soup-eval's search log (`--log` creates it, `--resume` appends to it)
+/// and the folder its candidates go to (`--work-dir`, of kind [`OutputKind::Directory`]: files
+/// are added inside it, and nothing the run reads may be there as a model directory). The path,
+/// through links, `..` and hard links, is never anything the run reads, never inside a
+/// directory it reads, and never adds a file to a model directory it reads through its files.
+/// Whether the path may already exist is the caller's rule.
+pub fn check_placement(request: &Request, reads: &Reads) -> Result<()> {
+    let given = &request.path;
+    let refuse = |reason: String| Err(Error::output(given, reason));
+    let fix = match request.kind {
+        OutputKind::File => format!("give {} a path elsewhere", request.flag),
+        OutputKind::Directory => format!("give {} a folder elsewhere", request.flag),
+    };
+    // A path whose folder doesn't exist is refused by whatever creates it.
+    let Some(path) = fs::canonicalize(given).ok().or_else(|| to_be(given)) else {
+        return Ok(());
+    };
+    let existing = [fs::symlink_metadata(given).ok(), fs::metadata(given).ok()];
+    for read in &reads.reads {
+        let same_file = existing
+            .iter()
+            .flatten()
+            .any(|m| read.ids.contains(&(m.dev(), m.ino())));
+        if read.resolved.as_ref() == Some(&path) || same_file {
+            return refuse(format!(
+                "is the {} {}; {} never writes to what the run reads: {fix}",
+                read.role.noun(),
+                read.given.display(),
+                request.flag
+            ));
+        }
+        if read.is_dir && read.resolved.as_ref().is_some_and(|r| path.starts_with(r)) {
+            return refuse(format!(
+                "is inside the {} {}; writing there would change that {}: {fix}",
+                read.role.noun(),
+                read.given.display(),
+                read.role.folder_noun()
+            ));
+        }
+    }
+    if let Some(reason) = changes_a_model_directory(&path, reads, &fix) {
+        return refuse(reason);
+    }
+    Ok(())
+}
+
 fn overlaps(a: &Destination, b: &Destination) -> bool {
     a.path == b.path
         || (a.kind == OutputKind::Directory && b.path.starts_with(&a.path))
@@ -376,13 +434,15 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
         }
         if read.is_dir && dest.path.starts_with(resolved) {
             return refuse(format!(
-                "is inside the {} {}; writing there would change that model directory: write the output elsewhere",
+                "is inside the {} {}; writing there would change that {}: write the output elsewhere",
                 read.role.noun(),
-                read.given.display()
+                read.given.display(),
+                read.role.folder_noun()
             ));
         }
     }
-    if let Some(reason) = changes_a_model_directory(&dest, reads) {
+    if let Some(reason) = changes_a_model_directory(&dest.path, reads, "write the output elsewhere")
+    {
         return refuse(reason);
     }
     let meta = match fs::symlink_metadata(&dest.path) {

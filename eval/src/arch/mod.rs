@@ -171,7 +171,8 @@ pub struct TokenInput {
     pub max_positions: Option<usize>,
     /// A model without a hard limit: the length it was trained on (a rotary model's
     /// `max_position_embeddings`). Default windows and contexts stay within it, as
-    /// lm-evaluation-harness's do; an explicit `--seq-len` or `--max-length` may pass it.
+    /// lm-evaluation-harness's do, and `--seq-len` or `--max-length` may not pass it (an
+    /// extended context is the config's own, through `rope_scaling`).
     pub trained_positions: Option<usize>,
     /// The padding id `config.json` names, if any.
     pub pad_token_id: Option<u32>,

@@ -20,8 +20,8 @@ pub struct TokenModel {
     pub vocab: usize,
     /// The longest sequence the model takes, if it has a limit.
     pub max_positions: Option<usize>,
-    /// A model without a limit: the length it was trained on, which the defaults of
-    /// `--seq-len` and `--max-length` stay within.
+    /// A model without a limit: the length it was trained on, which `--seq-len` and
+    /// `--max-length` (and their defaults) stay within.
     pub trained_positions: Option<usize>,
     /// `Some(n)` for a classifier of `n` classes, `None` for a next-token model.
     pub classes: Option<usize>,
@@ -43,6 +43,16 @@ impl TokenModel {
     /// trained on.
     fn default_positions(&self) -> Option<usize> {
         self.max_positions.or(self.trained_positions)
+    }
+
+    /// Where [`TokenModel::default_positions`] comes from, for messages: nothing to add for a
+    /// model with learned positions, `config.json`'s key for a rotary one.
+    fn positions_source(&self) -> &'static str {
+        if self.max_positions.is_none() && self.trained_positions.is_some() {
+            " (config.json's max_position_embeddings)"
+        } else {
+            ""
+        }
     }
 
     /// Reads `bos_token_id` and `label2id` from a parsed `config.json` (absent keys, or
@@ -275,11 +285,14 @@ impl TextData {
             }
             (Task::MultipleChoice, TextFormat::Jsonl) => {
                 let limit = options.max_length.or(model.default_positions());
-                if let (Some(l), Some(m)) = (options.max_length, model.max_positions) {
+                if let (Some(l), Some(m)) = (options.max_length, model.default_positions()) {
                     if l > m {
                         return Err(bad(
                             path,
-                            format!("--max-length {l} is more than the model's {m} positions; pass at most {m}"),
+                            format!(
+                                "--max-length {l} is more than the model's {m} positions{}; pass at most {m}",
+                                model.positions_source()
+                            ),
                         ));
                     }
                 }
@@ -453,12 +466,15 @@ impl TextData {
     /// Cuts every source into language-modelling windows (spec §3), replacing the sequences.
     fn cut_windows(&mut self, model: &TokenModel, options: &TextOptions) -> Result<()> {
         let path = &self.path;
-        let seq_len = match (options.seq_len, model.max_positions) {
+        // A rotary model's trained length bounds it too: its attention is [T, T] per head, so a
+        // window far past it only fills the memory (1e6 asked for terabytes).
+        let seq_len = match (options.seq_len, model.default_positions()) {
             (Some(l), Some(m)) if l > m => {
                 return Err(bad(
                     path,
                     format!(
-                        "--seq-len {l} is more than the model's {m} positions; pass at most {m}"
+                        "--seq-len {l} is more than the model's {m} positions{}; pass at most {m}",
+                        model.positions_source()
                     ),
                 ))
             }
