@@ -1156,3 +1156,61 @@ fn random_combinations_of_roles_change_nothing_but_a_legitimate_output() {
         }
     }
 }
+
+#[test]
+fn refusals_name_what_the_path_is_to_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let val = root.join("img/val");
+    std::fs::create_dir_all(val.join("0")).unwrap();
+    std::fs::copy(
+        fixtures().join("models/ft-lr2e-3.safetensors"),
+        root.join("a.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(root.join("notes.txt"), "my notes").unwrap();
+    let before = snapshot(root);
+    // Inside a dataset folder: "that dataset", not "that model directory".
+    let o = eval_str(
+        root,
+        &[
+            "greedy",
+            "--arch",
+            "digits-cnn",
+            "--val",
+            "img/val",
+            "a.safetensors",
+            "-o",
+            "img/val/11",
+        ],
+    );
+    let line = refused(
+        &o,
+        &[
+            "img/val/11",
+            "is inside the dataset img/val",
+            "that dataset",
+        ],
+    );
+    assert!(!line.contains("model directory"), "{line}");
+    // A --tokenizer file is one, not "the dataset".
+    let bert = fixtures().join("text/models/bert-cls");
+    let cls = fixtures().join("text/data/cls.jsonl");
+    let o = eval(
+        root,
+        &[
+            &"report",
+            &"--val",
+            &cls,
+            &"--tokenizer",
+            &"notes.txt",
+            &bert,
+            &"--plot",
+            &"notes.txt",
+            &"--force",
+        ],
+    );
+    let line = refused(&o, &["notes.txt", "is the --tokenizer file notes.txt"]);
+    assert!(!line.contains("dataset"), "{line}");
+    assert_eq!(snapshot(root), before);
+}

@@ -747,7 +747,29 @@ fn defaults_stay_within_a_rotary_models_training_length() {
         panic!("text data")
     };
     assert_eq!(a.sequences, b.sequences);
-    assert_eq!(longest(&lm(lm_options(12, 12, None).text)), 12);
+    // Past the trained length is refused, as BERT's --max-length past its positions is: a
+    // --seq-len of 1e6 once asked for a whole document's [T, T] attention at once.
+    let refused = |result: soup_eval::Result<Session>, flag: &str| {
+        let e = result.err().expect("refused").to_string();
+        for needle in [
+            format!("{flag} 12 is more than the model's 4 positions"),
+            "max_position_embeddings".to_string(),
+            "pass at most 4".to_string(),
+        ] {
+            assert!(e.contains(&needle), "{needle:?} not in {e}");
+        }
+    };
+    refused(
+        open(
+            Arc::new(Rotary),
+            &f.dirs,
+            &f.val,
+            None,
+            2,
+            lm_options(12, 12, None),
+        ),
+        "--seq-len",
+    );
 
     let path = f.dirs[0].parent().unwrap().join("long.jsonl");
     let line = serde_json::json!({"context": "the cat sat on the mat and the dog", "choices": [" saw", " ran"], "answer": 0});
@@ -760,11 +782,12 @@ fn defaults_stay_within_a_rotary_models_training_length() {
             },
             ..DataOptions::default()
         };
-        open(Arc::new(Rotary), &f.dirs, &path, None, 2, options).unwrap()
+        open(Arc::new(Rotary), &f.dirs, &path, None, 2, options)
     };
     // [BOS] + 9 words + the choice: 11 tokens, cut from the left to the 4 trained positions.
-    assert_eq!(longest(&mc(None)), 4);
-    assert_eq!(longest(&mc(Some(100))), 11);
+    assert_eq!(longest(&mc(None).unwrap()), 4);
+    assert_eq!(longest(&mc(Some(3)).unwrap()), 3);
+    refused(mc(Some(12)), "--max-length");
 }
 
 // ----- classification -----
