@@ -1117,13 +1117,28 @@ fn a_methods_missing_flags_are_usage_errors() {
     let b = base.to_str().unwrap();
     let [f0, f1, f2] = [0, 1, 2].map(|i| fts[i].to_str().unwrap());
     for (args, says) in [
-        (vec!["--method", "slerp", "--base", b, f0], "needs parameter t"),
-        (vec!["--method", "ties", f0, f1], "needs a base model: give --base PATH"),
+        (
+            vec!["--method", "slerp", "--base", b, f0],
+            "needs parameter t",
+        ),
+        (
+            vec!["--method", "ties", f0, f1],
+            "needs a base model: give --base PATH",
+        ),
         (vec!["--method", "model_stock", f0, f1], "give --base PATH"),
         (vec!["--method", "passthrough", f0, f1], "exactly one model"),
-        (vec!["--method", "slerp", "--base", b, f0, f1, "--t", "0.5"], "exactly"),
-        (vec!["--method", "model_stock", "--base", b, f0], "at least two"),
-        (vec!["--method", "nuslerp", f0, f1, f2], "exactly two models"),
+        (
+            vec!["--method", "slerp", "--base", b, f0, f1, "--t", "0.5"],
+            "exactly",
+        ),
+        (
+            vec!["--method", "model_stock", "--base", b, f0],
+            "at least two",
+        ),
+        (
+            vec!["--method", "nuslerp", f0, f1, f2],
+            "exactly two models",
+        ),
         (
             vec!["--method", "ties", "--base", b, f0, "--param", "=1"],
             "give NAME=VALUE",
