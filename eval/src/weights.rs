@@ -443,12 +443,27 @@ impl<'a> RunningSum<'a> {
 /// counting the others, with soup-merge's stable kind `non-finite-input`. Its scores are not to
 /// be trusted: candle's ReLU and max-pool drop NaN (`max(NaN, 0)` is 0) where PyTorch
 /// propagates it, so a broken checkpoint can score as a plausible model. A scan of each float
-/// tensor's exponent bits, as soup-merge's.
+/// tensor's exponent bits, as soup-merge's, in parallel over tensors and a block at a time,
+/// each block's pages given back once scanned: opening an LLM's ingredients must not leave
+/// them all resident.
 pub fn non_finite(checkpoint: &Checkpoint) -> Option<Warning> {
-    let mut found = checkpoint
-        .tensors()
-        .filter(|t| t.info.dtype.any_non_finite(t.data))
-        .map(|t| t.name().to_string());
+    const BLOCK: usize = 64 << 20;
+    let tensors: Vec<_> = checkpoint.tensors().collect();
+    let bad: Vec<String> = tensors
+        .par_iter()
+        .filter(|t| {
+            let size = t.info.dtype.size().max(1);
+            let block = BLOCK / size * size;
+            (0..t.data.len()).step_by(block.max(1)).any(|start| {
+                let range = start..(start + block).min(t.data.len());
+                let found = t.info.dtype.any_non_finite(&t.data[range.clone()]);
+                checkpoint.release(t, range);
+                found
+            })
+        })
+        .map(|t| t.name().to_string())
+        .collect();
+    let mut found = bad.into_iter();
     let first = found.next()?;
     let more = found.count();
     let others = match more {
