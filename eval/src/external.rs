@@ -103,6 +103,7 @@ impl External {
         for path in &paths {
             warnings.extend(super::weights::non_finite(&Checkpoint::open(path)?));
         }
+        warnings.extend(model_soup::soup::repeated_models(&paths));
         // Every refusal that needs no hashing comes before the work folder is made.
         if options.log.is_some() && options.resume.is_some() && options.log != options.resume {
             return Err(Error::Log {

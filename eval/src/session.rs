@@ -117,6 +117,7 @@ impl Session {
             warnings.extend(super::weights::non_finite(&checkpoint));
             pool.push(Some(checkpoint));
         }
+        warnings.extend(model_soup::soup::repeated_models(ingredients));
         check_head(pool[0].as_ref().expect("opened above"), arch)?;
         let mut preprocessor = None;
         let (val, test, task) = match arch.input() {

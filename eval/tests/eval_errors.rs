@@ -1001,3 +1001,47 @@ fn nan_in_weights_is_warned_about_in_every_command_and_in_data_refused() {
         ],
     );
 }
+
+/// An ingredient given twice (by its path or a link) is scored as given, with one warning
+/// naming it in every command, and its name in the tables is its path, shown once rooted
+/// (it was `//work/...`).
+#[test]
+fn an_ingredient_given_twice_is_warned_about_and_named_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = fixture("models/ft-lr2e-3.safetensors");
+    let other = fixture("models/ft-lr5e-4.safetensors");
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    for second in [&good, &link] {
+        for command in ["score", "greedy", "ensemble", "uniform"] {
+            let out = soup_eval(&[
+                &command,
+                &"--json",
+                &"-q",
+                &"--arch",
+                &"digits-cnn",
+                &"--val",
+                &val(),
+                &good,
+                &other,
+                second,
+            ]);
+            let stderr = common::stderr(&out);
+            assert!(out.status.success(), "{command}: {stderr}");
+            let repeated: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.starts_with("warning:") && l.contains("is given twice"))
+                .collect();
+            assert_eq!(repeated.len(), 1, "{command}: {stderr}");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let kinds = v["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["kind"] == "repeated-input")
+                .count();
+            assert_eq!(kinds, 1, "{command}: {v}");
+            assert!(!v.to_string().contains("//"), "{command}: {v}");
+        }
+    }
+}

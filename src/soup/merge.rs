@@ -436,26 +436,7 @@ impl Merge {
             }
         };
         let mut warnings = Vec::new();
-        // mergekit merges a model listed twice without a word; it is most often a slip (a
-        // repeated path, a glob that matched a link), and it silently doubles that model's
-        // weight.
-        for (j, later) in mix.inputs.iter().enumerate() {
-            if let Some(i) = mix.inputs[..j].iter().position(|p| same_model(p, later)) {
-                warnings.push(Warning::general(
-                    "repeated-input",
-                    Some(later.clone()),
-                    format!(
-                        "{} is given twice (inputs {i} and {j}{}); each counts as a model of its own, so it weighs double in the soup; drop one if that was not meant",
-                        later.display(),
-                        if mix.inputs[i] == *later {
-                            String::new()
-                        } else {
-                            format!(", the first as {}", mix.inputs[i].display())
-                        }
-                    ),
-                ));
-            }
-        }
+        warnings.extend(repeated_models(&mix.inputs));
         let extra = match kind {
             OutputKind::File => Vec::new(),
             OutputKind::Directory => extra_files(
@@ -739,4 +720,30 @@ fn planned_tensors(plan: &Plan) -> Vec<PlannedTensor> {
             }
         })
         .collect()
+}
+
+/// A warning for each model given again (however spelled: a link, a hard link, a model
+/// directory and its own weights file), naming both places. mergekit merges a model listed
+/// twice without a word; it is most often a slip (a repeated path, a glob that matched a link),
+/// and it silently doubles that model's weight in any soup of them all.
+pub fn repeated_models(paths: &[PathBuf]) -> Vec<Warning> {
+    let mut warnings = Vec::new();
+    for (j, later) in paths.iter().enumerate() {
+        if let Some(i) = paths[..j].iter().position(|p| same_model(p, later)) {
+            let first = if paths[i] == *later {
+                String::new()
+            } else {
+                format!(", the first as {}", paths[i].display())
+            };
+            warnings.push(Warning::general(
+                "repeated-input",
+                Some(later.clone()),
+                format!(
+                    "{} is given twice (inputs {i} and {j}{first}); each counts as a model of its own, so it weighs double in a soup of them all; drop one if that was not meant",
+                    later.display()
+                ),
+            ));
+        }
+    }
+    warnings
 }

@@ -2,7 +2,7 @@
 //! its dtype and its place in the output. Headers only; no tensor byte is read here.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -766,9 +766,15 @@ pub fn display_names(paths: &[&Path]) -> Vec<String> {
                 .collect()
         })
         .collect();
+    // Rejoined as a path, not with "/": a whole absolute path starts with the root, which
+    // joined as text showed as "//work/...".
     let suffix = |i: usize, depth: usize| {
         let p = &parts[i];
-        p[p.len().saturating_sub(depth)..].join("/")
+        p[p.len().saturating_sub(depth)..]
+            .iter()
+            .collect::<PathBuf>()
+            .display()
+            .to_string()
     };
     let mut depth = vec![1; paths.len()];
     loop {
@@ -820,6 +826,11 @@ mod display_name_tests {
         assert_eq!(
             names(&["a/run/ckpt", "b/run/ckpt", "c/other/ckpt"]),
             ["a/run/ckpt", "b/run/ckpt", "other/ckpt"]
+        );
+        // One path given twice widens to the whole path, shown once rooted.
+        assert_eq!(
+            names(&["/work/ft.safetensors", "/work/ft.safetensors"]),
+            ["/work/ft.safetensors", "/work/ft.safetensors"]
         );
         assert_eq!(
             names(&["m.safetensors", "m.safetensors"]),
