@@ -636,8 +636,19 @@ pub(crate) fn outputs(
     for (role, path) in reads(c) {
         read.add(role, &path);
     }
+    let checked = format::destination::check(&requests, &read, g.force)?;
+    // After the policy, whose refusals say more (a plot onto an input): the plot is SVG,
+    // whatever the name says, and a viewer given p.png would refuse it.
+    if let Some(p) = plot {
+        if !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
+            usage!(
+                "--plot {}: the plot is an SVG file; give a path ending in .svg",
+                p.display()
+            );
+        }
+    }
     let mut plot_dest = None;
-    for dest in format::destination::check(&requests, &read, g.force)? {
+    for dest in checked {
         match dest.kind() {
             OutputKind::File => drop(format::AtomicFile::create(&dest)?),
             OutputKind::Directory => drop(format::AtomicDir::create(&dest)?),

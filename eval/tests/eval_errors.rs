@@ -508,7 +508,9 @@ fn missing_splits_and_existing_outputs() {
         &"-o",
         &existing,
     ]);
-    assert_error(&out, &["already exists", "--force"]);
+    // Not the tool's: refused as such, without suggesting a --force that would be refused too.
+    let line = assert_error(&out, &["exists and is not an output of this tool"]);
+    assert!(!line.contains("pass --force"), "{line}");
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
 }
 
@@ -1044,4 +1046,87 @@ fn an_ingredient_given_twice_is_warned_about_and_named_plainly() {
             assert!(!v.to_string().contains("//"), "{command}: {v}");
         }
     }
+}
+
+/// The plot is SVG: a --plot path with another extension (p.png, a folder) is a usage error
+/// before any work, and nothing is written; .svg in any case is accepted.
+#[test]
+fn a_plot_path_must_say_svg() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = fixture("models/ft-lr2e-3.safetensors");
+    let other = fixture("models/ft-lr5e-4.safetensors");
+    std::fs::create_dir(dir.path().join("plots")).unwrap();
+    for plot in ["p.png", "p", "p.svg.png"] {
+        let out = soup_eval(&[
+            &"report",
+            &"--json",
+            &"-q",
+            &"--arch",
+            &"digits-cnn",
+            &"--val",
+            &val(),
+            &"--test",
+            &val(),
+            &good,
+            &other,
+            &"--plot",
+            &dir.path().join(plot),
+            &"-o",
+            &dir.path().join("g.safetensors"),
+        ]);
+        let stderr = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{plot}: {stderr}");
+        assert!(
+            stderr.contains("give a path ending in .svg"),
+            "{plot}: {stderr}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kind"], "usage", "{plot}");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["plots"], "{plot}: {left:?}");
+    }
+    // A folder is refused as one, without suggesting --force, which could never replace it.
+    for plot in ["plots", "plots/"] {
+        let out = soup_eval(&[
+            &"report",
+            &"-q",
+            &"--arch",
+            &"digits-cnn",
+            &"--val",
+            &val(),
+            &"--test",
+            &val(),
+            &good,
+            &other,
+            &"--plot",
+            &dir.path().join(plot),
+        ]);
+        let line = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{plot}: {line}");
+        assert!(
+            line.contains("is a directory, and --plot writes a file"),
+            "{line}"
+        );
+        assert!(!line.contains("pass --force"), "{line}");
+    }
+    let plot = dir.path().join("P.SVG");
+    let out = soup_eval(&[
+        &"report",
+        &"-q",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &val(),
+        &"--test",
+        &val(),
+        &good,
+        &other,
+        &"--plot",
+        &plot,
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
 }

@@ -483,19 +483,17 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
             request.flag
         ));
     }
-    if !force {
-        return refuse("already exists; pass --force to replace it".into());
-    }
+    // What --force could never replace is refused as such, without suggesting it.
     match (request.kind, meta.is_dir()) {
         (OutputKind::File, true) => {
             return refuse(format!(
-                "is a directory, and {} writes a file; --force replaces only a file here: choose another {}",
+                "is a directory, and {} writes a file; even --force replaces only a file here: choose another {}",
                 request.flag, request.flag
             ))
         }
         (OutputKind::Directory, false) => {
             return refuse(format!(
-                "is a file, not a model directory; --force replaces only a directory of model files here: remove it or choose another {}",
+                "is a file, not a model directory; even --force replaces only a directory of model files here: remove it or choose another {}",
                 request.flag
             ))
         }
@@ -510,6 +508,9 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
             "exists and is not an output of this tool (its soups and plots carry a model-soup mark); --force replaces only those: move it away or choose another {}",
             request.flag
         ));
+    }
+    if !force {
+        return refuse("already exists; pass --force to replace it".into());
     }
     dest.mode = Some(meta.mode() & 0o7777);
     Ok(dest)
