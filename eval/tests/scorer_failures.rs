@@ -615,6 +615,7 @@ fn a_work_dir_clashing_with_an_output_or_an_input_is_refused_before_any_scorer_r
     );
     let dir = world.dir.path();
     let w = dir.join("W");
+    let plot = dir.join("W.svg");
     let shared = world.folder("shared");
     let inside_input = world.ingredients[1].join("cands");
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -634,8 +635,8 @@ fn a_work_dir_clashing_with_an_output_or_an_input_is_refused_before_any_scorer_r
         ),
         (
             "report",
-            vec!["--plot".to_string(), s(&w)],
-            &w,
+            vec!["--plot".to_string(), s(&plot)],
+            &plot,
             "is also --plot",
         ),
         ("greedy", vec![], &inside_input, "inside the input"),
@@ -654,7 +655,7 @@ fn a_work_dir_clashing_with_an_output_or_an_input_is_refused_before_any_scorer_r
             "{needle}: {stderr}"
         );
         assert!(!record.exists(), "a scorer ran before the check");
-        assert!(!w.exists() && !inside_input.exists());
+        assert!(!w.exists() && !plot.exists() && !inside_input.exists());
         assert!(left_in(&shared).is_empty());
     }
 }
