@@ -375,6 +375,27 @@ fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
     })
 }
 
+/// Whether a model directory's optional file (`what`, such as its tokenizer.json) is there:
+/// `false` when nothing is at `path`, an error when something is but it is no regular file. A
+/// FIFO or a device taken for missing was misreported, and read it would block or never end.
+pub fn present(path: &Path, what: &str) -> Result<bool> {
+    match std::fs::metadata(path) {
+        Err(_) => Ok(false),
+        Ok(m) if m.is_file() => Ok(true),
+        Ok(m) => Err(Error::Dataset {
+            path: path.to_path_buf(),
+            reason: format!(
+                "is {}, not a regular file; the model's {what} must be a file",
+                if m.is_dir() {
+                    "a directory"
+                } else {
+                    "a FIFO, socket or device"
+                }
+            ),
+        }),
+    }
+}
+
 /// Reads a text dataset or list whole (see [`read_regular`]) as UTF-8, without a leading
 /// byte-order mark: Excel's "CSV UTF-8" and Windows editors write one, and left in it becomes
 /// part of the first field, so a `path,label` header is taken for an image and a first JSON

@@ -31,7 +31,7 @@ pub const FILE: &str = "preprocessor_config.json";
 /// not a directory or has none.
 pub fn read(dir: &Path) -> Result<Option<Transform>> {
     let path = dir.join(FILE);
-    if !dir.is_dir() || !path.is_file() {
+    if !dir.is_dir() || !crate::dataset::present(&path, "image processor configuration")? {
         return Ok(None);
     }
     let text = crate::dataset::read_text(&path, "an image processor configuration")?;

@@ -733,11 +733,14 @@ fn open_text(
         unreachable!("called for token models")
     };
     let layout = Layout::of(first)?;
-    let tokenizer_path = options.tokenizer.clone().or_else(|| {
-        let dir = first.path();
-        let path = dir.join("tokenizer.json");
-        (dir.is_dir() && path.is_file()).then_some(path)
-    });
+    let tokenizer_path = match &options.tokenizer {
+        Some(path) => Some(path.clone()),
+        None => {
+            let dir = first.path();
+            let path = dir.join("tokenizer.json");
+            (dir.is_dir() && crate::dataset::present(&path, "tokenizer")?).then_some(path)
+        }
+    };
     let tokenizer = tokenizer_path
         .as_deref()
         .map(TextTokenizer::open)

@@ -1105,3 +1105,45 @@ fn a_plot_path_must_say_svg() {
     let svg = std::fs::read_to_string(dir.path().join("P.SVG")).unwrap();
     assert!(svg.contains("<svg"));
 }
+
+/// A model directory whose tokenizer.json or config.json is a FIFO, or a --tokenizer that is
+/// one, is refused as "not a regular file", not reported missing, and never read (a FIFO
+/// would block). `timeout` guards the run: a blocked read fails the test, not hangs it.
+#[test]
+fn a_fifo_for_a_models_own_file_is_named_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("text/models/bert-cls");
+    let data = fixture("text/data/cls.csv");
+    let fifo_in = |name: &str| {
+        let copy = dir.path().join(format!("fifo-{name}"));
+        std::fs::create_dir(&copy).unwrap();
+        for e in std::fs::read_dir(&model).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+        std::fs::remove_file(copy.join(name)).unwrap();
+        let made = Command::new("mkfifo")
+            .arg(copy.join(name))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        copy
+    };
+    let run = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["60", env!("CARGO_BIN_EXE_soup-eval"), "score", "--val"])
+            .arg(&data);
+        for a in args {
+            cmd.arg(a.as_ref());
+        }
+        cmd.output().unwrap()
+    };
+    for name in ["tokenizer.json", "config.json"] {
+        let copy = fifo_in(name);
+        let out = run(&[&copy]);
+        assert_error(&out, &[name, "not a regular file"]);
+    }
+    let tokenizer = dir.path().join("fifo-tokenizer.json/tokenizer.json");
+    let out = run(&[&"--tokenizer", &tokenizer, &model]);
+    assert_error(&out, &["tokenizer.json", "not a regular file"]);
+}

@@ -343,7 +343,7 @@ impl Layout {
             .collect();
         let dir = checkpoint.path();
         let config_path = dir.join("config.json");
-        let config = if dir.is_dir() && config_path.is_file() {
+        let config = if dir.is_dir() && crate::dataset::present(&config_path, "config")? {
             let bytes = std::fs::read(&config_path).map_err(|source| Error::Io {
                 path: config_path.clone(),
                 source,

@@ -28,7 +28,7 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             reason,
         };
-        if !path.is_file() {
+        if !crate::dataset::present(path, "tokenizer")? {
             return Err(bad(
                 "no such tokenizer file; text data needs the model directory's tokenizer.json (or --tokenizer PATH, or pre-tokenised .safetensors data)".into(),
             ));
