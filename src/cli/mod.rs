@@ -131,21 +131,12 @@ pub fn start_thread_pool() -> Result<(), crate::Error> {
         // is mapped but before its signal stack or first allocation is, which std and the
         // allocator turn into an abort. So the room for every thread is asked for first (and
         // given back), a plain error when it can't be had: its stack, its first buffers, and
-        // the 64 MiB heap glibc reserves for each thread that allocates (up to 8 per core).
-        // A thread at a time, all held until the last: no single request is larger than a
-        // machine's memory, which the kernel's overcommit check would refuse.
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-        let heap = |i: usize| if i < 8 * cores { 64 << 20 } else { 0 };
+        // its glibc heap.
+        let heaps = crate::soup::room::thread_heaps(n);
+        let heap = |i: usize| if i < heaps { crate::soup::room::THREAD_HEAP } else { 0 };
         let each = |i: usize| WORKER_STACK + WORKER_ROOM + heap(i);
         let room: usize = (0..n).map(each).sum();
-        let mut held: Vec<Vec<u8>> = Vec::with_capacity(n);
-        let fits = (0..n).all(|i| {
-            let mut v = Vec::new();
-            let ok = v.try_reserve_exact(each(i)).is_ok();
-            held.push(v);
-            ok
-        });
-        drop(held);
+        let fits = crate::soup::room::fits((0..n).map(each));
         if !fits {
             return Err(format!(
                 "cannot start {n} worker threads (with their stacks and buffers they need about {} MiB of address space, which this process can't have); give fewer with RAYON_NUM_THREADS (or soup-eval's --threads), or raise the process's limits (ulimit -v)",

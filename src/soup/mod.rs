@@ -10,6 +10,7 @@ pub mod method;
 mod plan;
 mod recipe;
 mod report;
+pub mod room;
 mod verify;
 pub mod weights;
 mod whole;

@@ -121,27 +121,13 @@ pub fn check_memory(tensor: &TensorPlan, whole: &Whole) -> crate::error::Result<
     if buffers < 16 << 20 {
         return Ok(());
     }
-    // The workers' first allocations also take address space: glibc reserves a 64 MiB heap
-    // per thread that allocates (up to 8 per core), which counts against `ulimit -v` before it
-    // is used. Asked for a piece at a time, all held until the last, as the thread pool's
-    // room is: one request the size of them all could exceed the machine's memory, which the
-    // kernel's overcommit check refuses with no limit set.
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as u64;
-    let heaps = (threads + 1).min(8 * cores);
-    let bytes = buffers + heaps * (64 << 20);
-    let mut held: Vec<Vec<u8>> = Vec::new();
-    let fits = std::iter::once(buffers)
-        .chain(std::iter::repeat_n(64 << 20, heaps as usize))
-        .all(|piece| {
-            let mut v: Vec<u8> = Vec::new();
-            let ok = v
-                .try_reserve_exact(usize::try_from(piece).unwrap_or(usize::MAX))
-                .is_ok();
-            held.push(v);
-            ok
-        });
-    drop(held);
-    if fits {
+    // The workers' first allocations also take address space: glibc's heaps.
+    let heaps = super::room::thread_heaps(threads as usize + 1);
+    let buffers = usize::try_from(buffers).unwrap_or(usize::MAX);
+    let bytes = (buffers as u64).saturating_add((heaps * super::room::THREAD_HEAP) as u64);
+    if super::room::fits(
+        std::iter::once(buffers).chain(std::iter::repeat_n(super::room::THREAD_HEAP, heaps)),
+    ) {
         return Ok(());
     }
     Err(crate::error::Error::Plan(format!(
