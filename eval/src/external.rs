@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
-use model_soup::format::{Checkpoint, Request};
+use model_soup::format::Request;
 use model_soup::soup::Warning;
 
 use super::candidate::{self, Ingredients, Written};
@@ -99,11 +99,10 @@ impl External {
         let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         let paths: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
         let ingredients = Ingredients::open(&paths)?;
-        let mut warnings = Vec::new();
-        for path in &paths {
-            warnings.extend(super::weights::non_finite(&Checkpoint::open(path)?));
-        }
-        warnings.extend(model_soup::soup::repeated_models(&paths));
+        // No scan for NaN here, unlike the built-in evaluators: the scorer runs its own
+        // framework, which propagates NaN to a score the run refuses, and every soup's merge
+        // warns of the NaN it reads. A scan would read every ingredient's bytes once more.
+        let warnings = model_soup::soup::repeated_models(&paths);
         // Every refusal that needs no hashing comes before the work folder is made.
         if options.log.is_some() && options.resume.is_some() && options.log != options.resume {
             return Err(Error::Log {
@@ -433,14 +432,7 @@ impl External {
     fn note(&self, found: Vec<Warning>) {
         let mut warnings = lock(&self.warnings);
         for w in found {
-            // An ingredient's NaN was said when it was opened, once for all its tensors.
-            let same_input = |k: &Warning| {
-                w.kind == "non-finite-input" && k.kind == w.kind && k.input == w.input
-            };
-            if !warnings
-                .iter()
-                .any(|k| k.message == w.message || same_input(k))
-            {
+            if !warnings.iter().any(|k| k.message == w.message) {
                 warnings.push(w);
             }
         }
