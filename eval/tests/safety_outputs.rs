@@ -1214,3 +1214,69 @@ fn refusals_name_what_the_path_is_to_the_run() {
     assert!(!line.contains("dataset"), "{line}");
     assert_eq!(snapshot(root), before);
 }
+
+/// `-` names no output: both tools write files, never stdout, so `-o -`, `--plot -`, and the
+/// scorer's `--log -`, `--resume -` and `--work-dir -` are usage errors (exit 2, `kind:
+/// usage`) saying so, and nothing named `-` appears (it was a directory or a file before).
+#[test]
+fn a_dash_for_an_output_is_refused_not_taken_for_stdout() {
+    let s = Sandbox::new();
+    let usage = |o: &Output, flag: &str| {
+        let err = common::stderr(o);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(o.status.code(), Some(2), "{flag}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        for needle in [&format!("{flag} -"), "stdout", "file"] {
+            assert!(lines[0].contains(needle), "'{}' lacks '{needle}'", lines[0]);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["kind"], "usage", "{flag}: {v}");
+    };
+    for (args, flag) in [
+        (vec!["a.safetensors", "b.safetensors", "-o", "-"], "-o"),
+        (
+            vec!["a.safetensors", "b.safetensors", "-o", "-", "--dry-run"],
+            "-o",
+        ),
+    ] {
+        let mut args = args;
+        args.push("--json");
+        let o = only_changes(&s, &[], |d| merge_str(d, &args));
+        usage(&o, flag);
+    }
+    for (command, extra, flag) in [
+        ("greedy", vec!["-o", "-"], "-o"),
+        ("report", vec!["--plot", "-"], "--plot"),
+    ] {
+        let mut extra = extra;
+        extra.push("--json");
+        let o = only_changes(&s, &[], |d| eval_str(d, &eval_args(command, &extra)));
+        usage(&o, flag);
+    }
+    for (flag, kind) in [
+        ("--log", "greedy"),
+        ("--resume", "greedy"),
+        ("--work-dir", "greedy"),
+    ] {
+        let o = only_changes(&s, &[], |d| {
+            eval_str(
+                d,
+                &[
+                    kind,
+                    "--json",
+                    "-q",
+                    "--shell",
+                    "--scorer",
+                    "echo 0.5",
+                    flag,
+                    "-",
+                    "a.safetensors",
+                    "b.safetensors",
+                ],
+            )
+        });
+        usage(&o, flag);
+    }
+    assert!(!s.root().join("-").exists());
+}

@@ -9,7 +9,8 @@
 //! - devices, FIFOs, sockets and symbolic links are never replaced, even with `--force`;
 //! - `--force` replaces only what the tool wrote itself: a soup or plot that carries its mark,
 //!   and for a directory output a directory of model files, and nothing else, whose weights do;
-//! - a replacement keeps the mode of what it replaces, so it is never more permissive.
+//! - a replacement keeps the mode of what it replaces, so it is never more permissive;
+//! - `-` is refused as a path, since it reads as stdout and the tools write only files.
 
 use std::fs::{self, Metadata};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -336,6 +337,7 @@ pub fn check(requests: &[Request], reads: &Reads, force: bool) -> Result<Vec<Des
 /// directory it reads, and never adds a file to a model directory it reads through its files.
 /// Whether the path may already exist is the caller's rule.
 pub fn check_placement(request: &Request, reads: &Reads) -> Result<()> {
+    not_stdout(request)?;
     let given = &request.path;
     let refuse = |reason: String| Err(Error::output(given, reason));
     let fix = match request.kind {
@@ -381,7 +383,27 @@ fn overlaps(a: &Destination, b: &Destination) -> bool {
         || (b.kind == OutputKind::Directory && a.path.starts_with(&b.path))
 }
 
+/// Refuses `-` as a path either tool writes. Many tools read it as standard output, but these
+/// write files (built beside the destination and renamed into place), so `-o -` made a file or
+/// a model directory named `-`, where the user expected the soup on stdout. A usage error: the
+/// command line is wrong, not the file system. `./-` still names a file called `-`.
+fn not_stdout(request: &Request) -> Result<()> {
+    if request.path.as_os_str() != "-" {
+        return Ok(());
+    }
+    let what = match (request.flag, request.kind) {
+        ("-o", _) => "a path such as soup.safetensors",
+        (_, OutputKind::File) => "a file name",
+        (_, OutputKind::Directory) => "a folder name",
+    };
+    Err(Error::Usage(format!(
+        "{flag} -: writing to stdout is not supported, the tool writes files; give {flag} {what} (./- for one called -)",
+        flag = request.flag
+    )))
+}
+
 fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destination> {
+    not_stdout(request)?;
     let given = &request.path;
     let refuse = |reason: String| Err(Error::output(given, reason));
     let name = match given.file_name() {
