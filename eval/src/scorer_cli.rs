@@ -194,13 +194,22 @@ const MAX_TIMEOUT: f64 = 1e9;
 /// Refuses a `--work-dir` that is, holds or lies inside an output (`-o`, `--plot`), is the
 /// search log (`--log`, `--resume`) or holds it under a candidate's name, or lies inside (or is)
 /// an input: the search fills it with candidates and writes the outputs at the end, so a clash
-/// would be found only after every scorer has run.
+/// would be found only after every scorer has run. These are the output policy's placement
+/// refusals, as `--log` inside an input and `-o` onto `--plot` are: `kind: output`, exit
+/// status 1, not a usage error, whichever flag is refused.
 fn check_work_dir(
     dir: &Path,
     outputs: &[(&str, &Path)],
     logs: &[(&str, &Path)],
     inputs: &[PathBuf],
 ) -> anyhow::Result<()> {
+    let refuse = |path: &Path, reason: String| -> anyhow::Result<()> {
+        Err(model_soup::Error::Output {
+            path: path.to_path_buf(),
+            reason,
+        }
+        .into())
+    };
     let w = resolved(dir);
     for (flag, log) in logs {
         let l = resolved(log);
@@ -209,17 +218,21 @@ fn check_work_dir(
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("soup-"));
         if l == w || w.starts_with(&l) {
-            usage!(
-                "--work-dir {} is also {flag} {}; the log is a file and candidates need a folder of their own: give --work-dir a folder apart from the log",
-                dir.display(),
-                log.display()
+            return refuse(
+                dir,
+                format!(
+                    "--work-dir is also {flag} {}; the log is a file and candidates need a folder of their own: give --work-dir a folder apart from the log",
+                    log.display()
+                ),
             );
         }
         if candidate_name {
-            usage!(
-                "{flag} {} is in --work-dir {} under a candidate's name (soup-...), where a candidate soup would be written: give the log another name or folder",
-                log.display(),
-                dir.display()
+            return refuse(
+                log,
+                format!(
+                    "{flag} is in --work-dir {} under a candidate's name (soup-...), where a candidate soup would be written: give the log another name or folder",
+                    dir.display()
+                ),
             );
         }
     }
@@ -234,20 +247,35 @@ fn check_work_dir(
         } else {
             continue;
         };
-        usage!(
-            "--work-dir {} {how} {flag} {}; candidate soups and the run's outputs need places of their own: give --work-dir a folder apart from -o and --plot",
-            dir.display(),
-            output.display()
+        return refuse(
+            dir,
+            format!(
+                "--work-dir {how} {flag} {}; candidate soups and the run's outputs need places of their own: give --work-dir a folder apart from -o and --plot",
+                output.display()
+            ),
         );
     }
     for input in inputs {
         let i = resolved(input);
-        if w == i || (input.is_dir() && w.starts_with(&i)) {
-            usage!(
-                "--work-dir {} is {} {}; candidates written there would change an ingredient or its model directory: give --work-dir a folder outside the inputs",
-                dir.display(),
-                if w == i { "the input" } else { "inside the input" },
-                input.display()
+        // Worded as the output policy words --log and --work-dir inside an input (see
+        // `destination::check_placement`, which finds the same for a folder that exists): this
+        // also covers a --work-dir whose parent folders the run would create.
+        if w == i {
+            return refuse(
+                dir,
+                format!(
+                    "is the input {}; --work-dir never writes to what the run reads: give --work-dir a folder elsewhere",
+                    input.display()
+                ),
+            );
+        }
+        if input.is_dir() && w.starts_with(&i) {
+            return refuse(
+                dir,
+                format!(
+                    "is inside the input {}; writing there would change that model directory: give --work-dir a folder elsewhere",
+                    input.display()
+                ),
             );
         }
     }

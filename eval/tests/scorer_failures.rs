@@ -647,7 +647,8 @@ fn a_work_dir_clashing_with_an_output_or_an_input_is_refused_before_any_scorer_r
         all.extend(args.iter().map(String::as_str));
         let out = soup_eval(&all, &world.ingredients).output().unwrap();
         let stderr = common::stderr(&out);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        // The output policy's refusals, as for -o onto --plot: exit 1, not a usage error.
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
         let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(errors.len(), 1, "{stderr}");
         assert!(
@@ -854,26 +855,37 @@ fn the_search_log_and_work_dir_never_land_inside_an_input_model_directory() {
         assert!(!record.exists(), "a scorer ran before the check");
         assert_eq!(snapshot(dir), before, "{flag} {path} changed the world");
     }
-    // --work-dir through a link into an input: refused the same way, nothing created.
-    let before = snapshot(dir);
-    let inside = link.join("cands");
-    let args = [
-        "greedy",
-        "-q",
-        "--shell",
-        "--scorer",
-        &scorer,
-        "--work-dir",
-        inside.to_str().unwrap(),
-    ];
-    let out = soup_eval(&args, &world.ingredients).output().unwrap();
-    let stderr = common::stderr(&out);
-    assert!(matches!(out.status.code(), Some(1 | 2)), "{stderr}");
-    assert!(
-        stderr.contains("--work-dir") && stderr.contains(input_name),
-        "{stderr}"
-    );
-    assert_eq!(snapshot(dir), before);
+    // --work-dir into an input, directly or through a link: refused the same way as --log,
+    // with the same exit status and kind (a placement refusal of the output policy), nothing
+    // created.
+    for inside in [input.join("cands"), link.join("cands"), input.join("a/b")] {
+        let before = snapshot(dir);
+        let args = [
+            "greedy",
+            "-q",
+            "--json",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--work-dir",
+            inside.to_str().unwrap(),
+        ];
+        let out = soup_eval(&args, &world.ingredients).output().unwrap();
+        let stderr = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{inside:?}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(
+            errors[0].contains(inside.to_str().unwrap())
+                && errors[0].contains(input_name)
+                && errors[0].contains("give --work-dir a folder elsewhere"),
+            "{stderr}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kind"], "output", "{v}");
+        assert!(!record.exists(), "a scorer ran before the check");
+        assert_eq!(snapshot(dir), before);
+    }
     // A log beside the ingredients is an ordinary request.
     let log = dir.join("search.jsonl");
     let args = [
@@ -915,19 +927,20 @@ fn a_refused_run_leaves_no_work_dir_behind_and_clashes_with_the_log_are_found_fi
             "already exists; pass --resume",
             1,
         ),
-        // --work-dir equal to --log (or --resume): a usage error, and no folder at the log's
-        // path for the next run to trip over.
+        // --work-dir equal to --log (or --resume): refused as the output policy refuses two
+        // outputs on one path (exit 1, kind output), and no folder at the log's path for the
+        // next run to trip over.
         (
             vec!["--log".to_string(), s(&log)],
             wd_for(&log),
             "--work-dir",
-            2,
+            1,
         ),
         (
             vec!["--resume".to_string(), s(&log)],
             wd_for(&log),
             "is also --resume",
-            2,
+            1,
         ),
         // A log at a candidate's name in the work folder: found up front, not after every
         // ingredient was scored.
@@ -935,7 +948,7 @@ fn a_refused_run_leaves_no_work_dir_behind_and_clashes_with_the_log_are_found_fi
             vec!["--log".to_string(), s(&new_wd.join("soup-0-1.safetensors"))],
             wd_for(&new_wd),
             "candidate's name",
-            2,
+            1,
         ),
         // A failing scorer: the run fails after it made --work-dir, which goes with it.
         (
@@ -962,9 +975,14 @@ fn a_refused_run_leaves_no_work_dir_behind_and_clashes_with_the_log_are_found_fi
         let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
         assert_eq!(errors.len(), 1, "{stderr}");
         assert!(errors[0].contains(needle), "{needle:?} not in {stderr}");
-        if code == 2 {
+        if !needle.contains("status 3") {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert_eq!(v["kind"], "usage", "{v}");
+            let kind = if needle.contains("already exists") {
+                "log"
+            } else {
+                "output"
+            };
+            assert_eq!(v["kind"], kind, "{v}");
             assert!(!record.exists(), "a scorer ran before the check");
         }
         assert_eq!(snapshot(dir), before, "{args:?} left something behind");
