@@ -382,17 +382,28 @@ pub fn present(path: &Path, what: &str) -> Result<bool> {
     match std::fs::metadata(path) {
         Err(_) => Ok(false),
         Ok(m) if m.is_file() => Ok(true),
-        Ok(m) => Err(Error::Dataset {
-            path: path.to_path_buf(),
-            reason: format!(
-                "is {}, not a regular file; the model's {what} must be a file",
-                if m.is_dir() {
-                    "a directory"
-                } else {
-                    "a FIFO, socket or device"
-                }
-            ),
-        }),
+        Ok(m) => Err(not_a_file(
+            path,
+            &m,
+            &format!("the model's {what} must be a file"),
+        )),
+    }
+}
+
+/// The refusal of what is at `path` (`meta`, links followed) where a regular file must be,
+/// ending with `fix`: one wording for every file soup-eval finds by its name rather than
+/// being given, so that none is taken for missing or opened (a FIFO would block).
+pub(crate) fn not_a_file(path: &Path, meta: &std::fs::Metadata, fix: &str) -> Error {
+    Error::Dataset {
+        path: path.to_path_buf(),
+        reason: format!(
+            "is {}, not a regular file; {fix}",
+            if meta.is_dir() {
+                "a directory"
+            } else {
+                "a FIFO, socket or device"
+            }
+        ),
     }
 }
 

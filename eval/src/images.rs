@@ -159,17 +159,44 @@ fn walk(dir: &Path, scanned: &mut Scanned, found: &mut dyn FnMut(PathBuf)) -> Re
         .map(|e| e.map(|e| e.path()).map_err(io))
         .collect::<Result<_>>()?;
     names.sort();
-    // os.walk lists a folder's files before descending into its sub-folders.
-    for p in names.iter().filter(|p| p.is_file()) {
-        let ext = p
-            .extension()
+    let is_image = |p: &Path| {
+        p.extension()
             .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase);
-        if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
-            found(p.clone());
+            .map(str::to_ascii_lowercase)
+            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+    };
+    // os.walk lists a folder's files before descending into its sub-folders. Links are
+    // followed, as ImageFolder follows them.
+    let mut folders = Vec::new();
+    for p in &names {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => folders.push(p),
+            Ok(m) if m.is_file() => {
+                if is_image(p) {
+                    found(p.clone());
+                }
+            }
+            // Something named as an image that is no file: ImageFolder would list it and fail
+            // to load it, and skipped it shrank the split unsaid. Refused from its type, never
+            // opened: a FIFO would block the run.
+            Ok(m) if is_image(p) => {
+                return Err(crate::dataset::not_a_file(
+                    p,
+                    &m,
+                    "an image folder's images must be files: remove it, or give it a name without an image extension",
+                ))
+            }
+            Err(e) if is_image(p) => {
+                return Err(bad(
+                    p,
+                    format!("cannot be read ({e}), so it is no image file (a symbolic link to nothing?): remove it or fix the link"),
+                ))
+            }
+            // Anything else without an image's name is ignored, as other files are.
+            _ => {}
         }
     }
-    for p in names.iter().filter(|p| p.is_dir()) {
+    for p in folders {
         walk(p, scanned, found)?;
     }
     Ok(())

@@ -645,6 +645,45 @@ fn a_fifo_or_device_as_a_dataset_is_refused_at_once() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
+/// An image folder holding a FIFO (or a socket, a device) named as an image is refused,
+/// naming it, as "not a regular file", at listing: not skipped silently, and never opened (a
+/// FIFO would block). Any other name is ignored, as other files are. `timeout` guards the run.
+#[test]
+fn a_fifo_named_as_an_image_in_an_image_folder_is_refused_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("val");
+    let from = fixture("digits-images/val");
+    for class in std::fs::read_dir(&from).unwrap() {
+        let class = class.unwrap();
+        std::fs::create_dir_all(root.join(class.file_name())).unwrap();
+        for image in std::fs::read_dir(class.path()).unwrap() {
+            let image = image.unwrap();
+            let to = root.join(class.file_name()).join(image.file_name());
+            std::fs::copy(image.path(), to).unwrap();
+        }
+    }
+    let mkfifo = |p: &Path| assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+    let fifo = root.join("3/x.png");
+    mkfifo(&fifo);
+    mkfifo(&root.join("3/notes"));
+    let model = fixture("vision-digits/ft-lr2e-3.safetensors");
+    let run = || {
+        Command::new("timeout")
+            .args(["60", env!("CARGO_BIN_EXE_soup-eval"), "score", "-q"])
+            .args(["--arch", "resnet", "--val"])
+            .args([&root, &model])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let line = assert_error(&out, &[fifo.to_str().unwrap(), "not a regular file"]);
+    assert_eq!(out.status.code(), Some(1), "{line}");
+    assert!(!line.contains("notes"), "{line}");
+    std::fs::remove_file(&fifo).unwrap();
+    let out = run();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}
+
 #[test]
 fn special_token_ids_past_the_vocabulary_name_config_json() {
     let dir = tempfile::tempdir().unwrap();
