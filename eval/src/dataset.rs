@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use model_soup::format::{Accumulator, Checkpoint, Dtype};
 
 use super::arch::{Architecture, Input, InputShape, Output};
+use super::batch_memory::{self, Example};
 use super::error::{Error, Result};
 use super::images::{self, ImageList, LoadOptions, Samples};
 use super::score::Task;
@@ -131,6 +132,19 @@ impl Dataset {
         arch: &dyn Architecture,
         options: &LoadOptions,
     ) -> Result<Dataset> {
+        Dataset::open_batched(path, arch, options, None)
+    }
+
+    /// [`Dataset::open_with`] for an evaluator that reads `batch_size` examples at a time:
+    /// batches whose inputs would take more than [`batch_memory::check`] allows are refused,
+    /// for image lists from the transform's size before any image is decoded.
+    pub fn open_batched(
+        path: &Path,
+        arch: &dyn Architecture,
+        options: &LoadOptions,
+        batch_size: Option<usize>,
+    ) -> Result<Dataset> {
+        const SHRINK_IMAGES: &str = "a smaller --resize or --crop";
         let data = match Format::of(path) {
             Format::Tensors => Dataset::open_tensors(path)?,
             Format::ImageFolder | Format::Csv | Format::Jsonl => {
@@ -138,6 +152,21 @@ impl Dataset {
                 // Every image is cropped to this: too small is known before any is decoded.
                 if let Some((h, w)) = options.transform.fixed_size() {
                     check_size(path, arch, h, w)?;
+                }
+                if let (Some(batch), Some(((h, w), larger))) =
+                    (batch_size, options.transform.least_size())
+                {
+                    let example = Example {
+                        path,
+                        bytes: images::transformed_bytes(h, w),
+                        at_least: larger,
+                        what: format!(
+                            "images of {}3x{h}x{w}",
+                            if larger { "at least " } else { "" }
+                        ),
+                        shrink: SHRINK_IMAGES,
+                    };
+                    batch_memory::check(batch, list.entries.len(), &example)?;
                 }
                 let loaded = images::load(&list, options)?;
                 Dataset {
@@ -151,6 +180,22 @@ impl Dataset {
             }
         };
         data.check(arch)?;
+        if let Some(batch) = batch_size {
+            // What was decoded or read, whatever the transform said it would be.
+            let dims: Vec<String> = data.sample_shape.iter().map(|d| d.to_string()).collect();
+            let (what, shrink) = match Format::of(path) {
+                Format::Tensors => (format!("inputs of {}", dims.join("x")), ""),
+                _ => (format!("images of {}", dims.join("x")), SHRINK_IMAGES),
+            };
+            let example = Example {
+                path,
+                bytes: (data.sample_len() as u64).saturating_mul(4),
+                at_least: false,
+                what,
+                shrink,
+            };
+            batch_memory::check(batch, data.len(), &example)?;
+        }
         Ok(data)
     }
 

@@ -462,12 +462,12 @@ impl LoadOptions {
 pub const MAX_TRANSFORMED_BYTES: u64 = 1 << 30;
 
 /// Bytes of the f32 values of a transformed `h` x `w` image.
-fn transformed_bytes(h: usize, w: usize) -> u64 {
+pub(crate) fn transformed_bytes(h: usize, w: usize) -> u64 {
     12u64.saturating_mul(h as u64).saturating_mul(w as u64)
 }
 
 /// `bytes` in GiB or MiB, for messages.
-fn size_text(bytes: u64) -> String {
+pub(crate) fn size_text(bytes: u64) -> String {
     if bytes >= 1 << 30 {
         format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
     } else {
@@ -654,11 +654,9 @@ pub fn load(list: &ImageList, options: &LoadOptions) -> Result<Loaded> {
     let mut labels = Vec::with_capacity(list.entries.len());
     let mut skipped = Vec::new();
     // A short-side resize without a crop makes each image at least this big.
-    let smallest = match (transform.fixed_size(), transform.resize) {
-        (Some((h, w)), _) => transformed_bytes(h, w),
-        (None, Some(Resize::ShortSide(n))) => transformed_bytes(n, n),
-        _ => 0,
-    };
+    let smallest = transform
+        .least_size()
+        .map_or(0, |((h, w), _)| transformed_bytes(h, w));
     for round in list.entries.chunks(round_len(smallest)) {
         let decoded: Vec<std::result::Result<Decoded, String>> = round
             .par_iter()

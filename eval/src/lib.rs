@@ -3,7 +3,7 @@
 //! The pieces, each in its own file: [`arch`] (the `--arch` registry), [`dataset`] (with
 //! [`images`] and [`transform`] for image data), [`device`] (`--device`), [`weights`]
 //! (tensors and the greedy running sum, on the device), [`evaluator`] (batched forward
-//! passes), [`score`], [`greedy`] (the search, apart from how candidates are built),
+//! passes, with [`batch_memory`] bounding one batch's inputs), [`score`], [`greedy`] (the search, apart from how candidates are built),
 //! [`ensemble`], [`session`] (one run over ingredients and splits), [`report`] and [`plot`]
 //! (the outputs), and [`cli`] (`soup-eval`'s flags and commands).
 //!
@@ -13,6 +13,7 @@
 //! the search) and [`scorer_cli`] (the flags).
 
 pub mod arch;
+pub mod batch_memory;
 pub mod candidate;
 pub mod cli;
 pub mod dataset;

@@ -9,6 +9,7 @@ use model_soup::format::Checkpoint;
 use model_soup::soup::{self, Merge, MergeRequest, Plan, PlanOptions, RunOptions, Warning};
 
 use super::arch::{Architecture, Input, Layout, Output};
+use super::batch_memory::{self, Example};
 use super::dataset::{Data, Dataset};
 use super::ensemble::{self, Mode};
 use super::error::{Error, Result};
@@ -126,8 +127,9 @@ impl Session {
                 let (images, source) = options.images.for_models(ingredients)?;
                 images.check_size(source.as_deref(), shape.size, &arch.describe())?;
                 preprocessor = source;
+                let batch = Some(evaluator.batch_size);
                 let open = |p: Option<&Path>| {
-                    p.map(|p| Dataset::open_with(p, arch, &images).map(Data::Images))
+                    p.map(|p| Dataset::open_batched(p, arch, &images, batch).map(Data::Images))
                         .transpose()
                 };
                 (open(val)?, open(test)?, Task::Classification)
@@ -135,6 +137,18 @@ impl Session {
             Input::Tokens(_) => {
                 let first = pool[0].as_ref().expect("opened above");
                 let (val, test, task) = open_text(first, arch, val, test, options)?;
+                for data in val.iter().chain(&test) {
+                    // A batch is padded to its longest sequence: at most this many tokens each.
+                    let longest = data.sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+                    let example = Example {
+                        path: &data.path,
+                        bytes: longest as u64 * batch_memory::TOKEN_BYTES,
+                        at_least: false,
+                        what: format!("sequences of up to {longest} tokens"),
+                        shrink: "a smaller --seq-len or --max-length",
+                    };
+                    batch_memory::check(evaluator.batch_size, data.sequences.len(), &example)?;
+                }
                 (val.map(Data::Text), test.map(Data::Text), task)
             }
         };

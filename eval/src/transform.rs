@@ -154,6 +154,17 @@ impl Transform {
         }
     }
 
+    /// The smallest output size any image can have, and whether images can come out larger
+    /// (a short-side resize without a crop makes the square or larger); `None` when only the
+    /// images tell (no resize, no crop).
+    pub fn least_size(&self) -> Option<((usize, usize), bool)> {
+        match (self.fixed_size(), self.resize) {
+            (Some(size), _) => Some((size, false)),
+            (None, Some(Resize::ShortSide(n))) => Some(((n, n), true)),
+            _ => None,
+        }
+    }
+
     /// The output size whatever the image's, when the transform fixes it.
     pub fn fixed_size(&self) -> Option<(usize, usize)> {
         match (self.crop, self.resize) {

@@ -864,6 +864,65 @@ fn inputs_too_small_for_the_architecture_are_refused_up_front() {
     assert_eq!(v["kind"], "dataset");
 }
 
+/// A batch whose inputs would take more than 2 GiB (64 images resized to 2048x2048 are 3
+/// GiB of f32) is a usage error naming --batch-size and the largest that fits, found from the
+/// list and the flags before any image is decoded: the list is 64 rows of one 8x8 PNG, and
+/// nothing big is ever allocated. `timeout` bounds a run that would decode them.
+#[test]
+fn a_batch_too_large_for_memory_is_refused_before_any_image_is_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("one.png");
+    std::fs::copy(fixture("digits-images/val/0/0009.png"), &png).unwrap();
+    let list = dir.path().join("val.csv");
+    let rows: String = (0..64).map(|i| format!("one.png,{}\n", i % 10)).collect();
+    std::fs::write(&list, format!("path,label\n{rows}")).unwrap();
+    let model = fixture("vision-digits/ft-lr2e-3.safetensors");
+    for flags in [
+        &[
+            "--resize",
+            "2048x2048",
+            "--crop",
+            "none",
+            "--batch-size",
+            "64",
+        ][..],
+        &["--resize", "2048", "--crop", "2048"][..],
+    ] {
+        let started = std::time::Instant::now();
+        let out = Command::new("timeout")
+            .args([
+                "60",
+                env!("CARGO_BIN_EXE_soup-eval"),
+                "score",
+                "--json",
+                "-q",
+            ])
+            .args(["--arch", "resnet", "--val"])
+            .arg(&list)
+            .args(flags)
+            .arg(&model)
+            .output()
+            .unwrap();
+        let line = assert_error(&out, &["val.csv", "images of 3x2048x2048", "--batch-size"]);
+        assert_eq!(out.status.code(), Some(2), "{line}");
+        assert_eq!(common::stderr(&out).lines().count(), 1, "{line}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kind"], "usage", "{v}");
+        // 48 MiB an image: at most 42 in 2 GiB (fewer if the machine has less available).
+        let fits: usize = line
+            .split("--batch-size ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no batch size suggested: {line}"));
+        assert!((1..=42).contains(&fits), "{line}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{line}"
+        );
+    }
+}
+
 /// A model directory whose `config.json` names a class no family reads (a Llama with a
 /// classification head) is refused naming that class, not with a list of every `--arch`.
 #[test]
