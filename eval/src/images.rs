@@ -171,11 +171,7 @@ fn walk(dir: &Path, scanned: &mut Scanned, found: &mut dyn FnMut(PathBuf)) -> Re
     for p in &names {
         match std::fs::metadata(p) {
             Ok(m) if m.is_dir() => folders.push(p),
-            Ok(m) if m.is_file() => {
-                if is_image(p) {
-                    found(p.clone());
-                }
-            }
+            Ok(m) if m.is_file() && is_image(p) => found(p.clone()),
             // Something named as an image that is no file: ImageFolder would list it and fail
             // to load it, and skipped it shrank the split unsaid. Refused from its type, never
             // opened: a FIFO would block the run.
