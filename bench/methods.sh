@@ -12,7 +12,9 @@
 #
 # Environment: SOUP_MERGE (default target/release/soup-merge), PYTHON (numpy; default python3),
 # MERGEKIT_VENV (default /work/bench-venv; skipped when it has no mergekit-yaml), MERGEKIT=0 to
-# skip mergekit, SOUP=0 to time mergekit only, REPEAT, METHODS (a space-separated subset).
+# skip mergekit, SOUP=0 to time mergekit only, REPEAT, METHODS (a space-separated subset), COLD=1
+# to start every run of either tool with the inputs out of the page cache (drop_caches: needs
+# root), as when a model is larger than the machine's memory.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +26,7 @@ repeat=${REPEAT:-3}
 mkvenv=${MERGEKIT_VENV:-/work/bench-venv}
 methods=${METHODS:-linear task_arithmetic ties dare_linear dare_linear_norescale dare_ties della della_linear breadcrumbs breadcrumbs_ties slerp nuslerp model_stock passthrough}
 [[ -x $bin ]] || { echo "error: $bin not found; cargo build --release or set SOUP_MERGE" >&2; exit 1; }
+[[ ${COLD:-0} != 1 || -w /proc/sys/vm/drop_caches ]] || { echo "error: COLD=1 needs root (it writes /proc/sys/vm/drop_caches); run as root or without COLD" >&2; exit 1; }
 [[ -x /usr/bin/time ]] || { echo "error: /usr/bin/time is missing (apt-get install time)" >&2; exit 1; }
 
 in=$data/in-${gib}g
@@ -80,6 +83,9 @@ timed() {
     local log=$out/time.log
     rm -rf "$out/soup.safetensors" "$out/mergekit"
     sync
+    if [[ ${COLD:-0} == 1 ]]; then
+        echo 1 > /proc/sys/vm/drop_caches
+    fi
     /usr/bin/time -v -o "$log" "$@" >/dev/null 2>"$out/stderr.log" || { cat "$out/stderr.log" >&2; echo "FAILED"; return; }
     awk -F': ' '/Elapsed \(wall clock\)/ {n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; wall = s}
                 /Maximum resident set size/ {rss = $2 / 1024}
@@ -91,7 +97,7 @@ median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 mergekit=0
 if [[ ${MERGEKIT:-1} != 0 && -x $mkvenv/bin/mergekit-yaml ]]; then mergekit=1; fi
 
-echo "run of $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, REPEAT=$repeat" >&2
+echo "run of $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, REPEAT=$repeat, COLD=${COLD:-0}" >&2
 echo "warming the page cache with one uncounted linear run" >&2
 # shellcheck disable=SC2046
 "$bin" $(args linear) -o "$out/soup.safetensors" -f -q
