@@ -477,3 +477,44 @@ fn a_parameter_given_twice_is_refused_not_silently_overridden() {
         assert!(err.contains(flag) && err.contains("give it once"), "{err}");
     }
 }
+
+/// A `--base` that doesn't exist is a missing input, as a missing positional model is: the
+/// same kind and exit status for pipelines that branch on them.
+#[test]
+fn a_missing_base_is_an_input_error_like_a_missing_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    let ft = |n: &str| repo_root().join(format!("fixtures/models/{n}.safetensors"));
+    let nope = dir.path().join("nope.safetensors");
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    for args in [
+        vec![
+            s(&ft("ft-lr2e-3")),
+            s(&nope),
+            "-o".into(),
+            s(&out),
+            "--json".into(),
+        ],
+        vec![
+            "--method".into(),
+            "task_arithmetic".into(),
+            "--base".into(),
+            s(&nope),
+            s(&ft("ft-lr2e-3")),
+            s(&ft("ft-lr5e-4")),
+            "-o".into(),
+            s(&out),
+            "--json".into(),
+        ],
+    ] {
+        let o = soup_merge().args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["kind"], "io", "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("nope.safetensors"),
+            "{v}"
+        );
+        assert!(!out.exists());
+    }
+}

@@ -362,10 +362,15 @@ impl Merge {
         if let Some(base) = &request.base {
             if mix.base.is_some() {
                 if !base.exists() {
-                    return Err(Error::Usage(format!(
-                        "--base {} does not exist; give the base model's .safetensors file or directory",
-                        base.display()
-                    )));
+                    // A missing model is an input error (kind io, exit 1), as a missing
+                    // positional input is, not a usage error.
+                    return Err(Error::io(
+                        base,
+                        std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "the --base model does not exist; give the base model's .safetensors file or directory",
+                        ),
+                    ));
                 }
             } else if kind == OutputKind::File {
                 return Err(Error::Usage("--base applies to a model-directory output (or to a method with a base model); give -o a directory name (without .safetensors)".into()));
