@@ -239,13 +239,6 @@ impl Checkpoint {
         Some((s, self.shards[s].header.tensors[t].begin))
     }
 
-    /// Starts reading `tensor`'s bytes from disk into the page cache, in the background.
-    pub fn prefetch(&self, tensor: &Tensor<'_>) {
-        let shard = &self.shards[tensor.shard];
-        let (start, end) = shard.span(tensor.info);
-        shard.mapping.prefetch(start..end);
-    }
-
     /// Maps the resident pages of `tensor`'s bytes `range` ahead of reading them.
     pub fn populate(&self, tensor: &Tensor<'_>, range: std::ops::Range<usize>) {
         let shard = &self.shards[tensor.shard];

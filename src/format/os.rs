@@ -99,26 +99,6 @@ impl Mapping {
         }
     }
 
-    /// Asks the OS to start reading `range` from disk into the page cache, without waiting
-    /// and without mapping anything: a whole-tensor method reads the next tensor while it
-    /// computes this one, where it otherwise waited for the disk at every tensor. Failure
-    /// only costs speed.
-    ///
-    /// Linux reads at most the device's read-ahead window per call (`read_ahead_kb`, 128 KiB
-    /// by default), so a whole tensor is asked for a window at a time; pages already cached
-    /// cost a lookup each.
-    pub fn prefetch(&self, range: std::ops::Range<usize>) {
-        const WINDOW: usize = 128 << 10;
-        let Some(map) = &self.map else { return };
-        let (start, len) = outward(range, map.len());
-        let mut at = start;
-        while at < start + len {
-            let step = WINDOW.min(start + len - at);
-            let _ = map.advise_range(Advice::WillNeed, at, step);
-            at += step;
-        }
-    }
-
     fn advise(&self, range: std::ops::Range<usize>, advice: UncheckedAdvice) {
         let Some(map) = &self.map else { return };
         let (start, len) = outward(range, map.len());

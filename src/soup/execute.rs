@@ -353,42 +353,25 @@ fn run(
         })?);
     }
     let pool = Mutex::new(scratches);
-    let wholes: Vec<usize> = order.iter().copied().filter(|&t| is_whole(t)).collect();
-    // A whole tensor's first pass waits for all of its pages: each one's reads from disk
-    // start, on a thread of their own, while the work before it computes.
-    let prefetch = |k: usize| {
-        if let Some(&t) = wholes.get(k) {
-            prefetch_inputs(plan, &plan.tensors[t]);
-        }
-    };
-    std::thread::scope(|background| -> Result<()> {
-        // A thread the OS refuses (a process limit) only costs the overlap.
-        let spawn = |k: usize| {
-            let _ = std::thread::Builder::new().spawn_scoped(background, move || prefetch(k));
+    streamed.par_iter().try_for_each_init(
+        || Pooled::take(&pool),
+        |pooled, job| one(pooled.scratch(), job, None),
+    )?;
+    // Whole tensors run one after another, each on every thread.
+    for &t in order.iter().filter(|&&t| is_whole(t)) {
+        check_interrupted()?;
+        let tensor = &plan.tensors[t];
+        let Action::Whole(w) = &tensor.action else {
+            unreachable!("filtered")
         };
-        spawn(0);
-        streamed.par_iter().try_for_each_init(
+        whole::check_memory(tensor, w)?;
+        let prepared = whole::prepare(plan, tensor, w);
+        let jobs: Vec<Job> = chunks(plan, layout, t).collect();
+        jobs.par_iter().try_for_each_init(
             || Pooled::take(&pool),
-            |pooled, job| one(pooled.scratch(), job, None),
+            |pooled, job| one(pooled.scratch(), job, Some(&prepared)),
         )?;
-        // Whole tensors run one after another, each on every thread.
-        for (k, &t) in wholes.iter().enumerate() {
-            check_interrupted()?;
-            spawn(k + 1);
-            let tensor = &plan.tensors[t];
-            let Action::Whole(w) = &tensor.action else {
-                unreachable!("filtered")
-            };
-            whole::check_memory(tensor, w)?;
-            let prepared = whole::prepare(plan, tensor, w);
-            let jobs: Vec<Job> = chunks(plan, layout, t).collect();
-            jobs.par_iter().try_for_each_init(
-                || Pooled::take(&pool),
-                |pooled, job| one(pooled.scratch(), job, Some(&prepared)),
-            )?;
-        }
-        Ok(())
-    })?;
+    }
     let mut findings = findings.into_inner().expect("no panics while held");
     findings.sort_by_key(|(t, start, w)| (*t, w.input.clone(), *start));
     // One warning per tensor and input and kind, however many chunks saw it.
@@ -604,16 +587,6 @@ enum Pages {
     Populate,
     /// Give them back once read.
     Release,
-}
-
-/// Starts reading every input of `tensor` into the page cache (see [`Mapping::prefetch`]).
-///
-/// [`Mapping::prefetch`]: crate::format::os::Mapping::prefetch
-fn prefetch_inputs(plan: &Plan, tensor: &TensorPlan) {
-    for i in tensor.action.inputs() {
-        let ck = &plan.ingredients[i];
-        ck.prefetch(&ck.tensor(&tensor.name).expect("planned"));
-    }
 }
 
 fn advise_inputs(plan: &Plan, tensor: &TensorPlan, job: &Job, pages: Pages) {
