@@ -389,3 +389,44 @@ fn a_recipe_without_dtype_writes_the_promoted_dtype_as_mergekit_does() {
     let got = read(&out);
     assert_eq!((got["a.weight"].0, got["b.weight"].0), (D::BF16, D::BF16));
 }
+
+/// Runs soup-merge with its address space capped, so that a recipe that blows up in memory
+/// fails the test instead of the machine.
+fn run_merge_capped(args: &[&dyn AsRef<std::ffi::OsStr>]) -> std::process::Output {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ulimit -v 1000000 && exec \"$0\" \"$@\""])
+        .arg(soup_merge_path());
+    for a in args {
+        cmd.arg(a.as_ref());
+    }
+    cmd.output().expect("run soup-merge")
+}
+
+#[test]
+fn an_alias_bomb_is_refused_before_it_is_expanded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    // 40 000 aliases of a 40 000-item list: 160 KB of text, 1.6 billion values expanded, and
+    // under serde_yaml's own repetition limit.
+    let n = 40_000;
+    let text = format!(
+        "x: &x [{}]\nmerge_method: linear\nmodels:\n  - model: {}\n    parameters:\n      weight: [{}]\n",
+        vec!["1"; n].join(","),
+        m[0].display(),
+        vec!["*x"; n].join(",")
+    );
+    let r = recipe(tmp.path(), "bomb.yaml", &text);
+    let out = tmp.path().join("out.safetensors");
+    let o = run_merge_capped(&[&"--config", &r, &"-o", &out]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        err.contains("bomb.yaml") && err.contains("aliases"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

@@ -29,8 +29,12 @@
 //! random_seed: 42               # the seed of DARE's and DELLA's drops (soup-merge's own key)
 //! ```
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
+use serde::de::{
+    self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
+};
 use serde_yaml::{Mapping, Value};
 
 use super::method::{self, Method, Setting, Settings};
@@ -107,6 +111,7 @@ impl Recipe {
         // mergekit) skips.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         check_nesting(text).map_err(fail)?;
+        check_expanded_size(text).map_err(fail)?;
         let mut doc: Value =
             serde_yaml::from_str(text).map_err(|e| fail(format!("is not valid YAML: {e}")))?;
         // `<<: *defaults` merge keys, which PyYAML applies.
@@ -586,6 +591,104 @@ fn check_nesting(text: &str) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The most values (scalars, lists and mappings) a recipe may hold once its aliases are
+/// expanded. Without aliases a recipe within `MAX_RECIPE_BYTES` holds at most about half a
+/// million, so this only stops alias bombs: a 200 KB file of one 40 000-item list aliased
+/// 40 000 times expands to 1.6 billion values, and serde_yaml's own repetition limit (100
+/// aliases per event) lets that one through to a tree of tens of gigabytes.
+const MAX_VALUES: usize = 1 << 20;
+
+/// Counts the values of `text`, aliases expanded, without building them, so that a bomb is
+/// refused after `MAX_VALUES` cheap steps rather than after allocating its tree. Any other
+/// error is left to the real parse, which words it.
+fn check_expanded_size(text: &str) -> std::result::Result<(), String> {
+    let count = Cell::new(0);
+    match Count(&count).deserialize(serde_yaml::Deserializer::from_str(text)) {
+        Err(_) if count.get() > MAX_VALUES => Err(format!(
+            "expands to more than {MAX_VALUES} values through its aliases (*name); a mergekit recipe holds a few hundred: remove the aliases, or is this the right file?"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A visitor that only counts the values it is shown, failing past `MAX_VALUES`.
+#[derive(Clone, Copy)]
+struct Count<'a>(&'a Cell<usize>);
+
+impl Count<'_> {
+    fn tick<E: de::Error>(self) -> std::result::Result<(), E> {
+        self.0.set(self.0.get() + 1);
+        if self.0.get() > MAX_VALUES {
+            return Err(E::custom("too many values"));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Count<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Count<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_i128<E: de::Error>(self, _: i128) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_u128<E: de::Error>(self, _: u128) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_none<E: de::Error>(self) -> std::result::Result<(), E> {
+        self.tick()
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        self.tick()?;
+        self.deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        self.tick()?;
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        self.tick()?;
+        while map.next_entry_seed(self, self)?.is_some() {}
+        Ok(())
+    }
+    // A tagged value (`!name value`).
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> std::result::Result<(), A::Error> {
+        self.tick()?;
+        let ((), variant) = data.variant_seed(self)?;
+        variant.newtype_variant_seed(self)
+    }
 }
 
 #[cfg(test)]
