@@ -430,3 +430,29 @@ fn an_alias_bomb_is_refused_before_it_is_expanded() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn a_huge_value_is_quoted_short_in_the_one_error_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    let huge = format!("[{}]", vec!["0.5"; 100_000].join(","));
+    for extra in [
+        format!("random_seed: {huge}\n"),
+        format!("dtype: {huge}\n"),
+        format!("tokenizer_source: {huge}\n"),
+        format!("parameters:\n  weight: [{huge}]\n"),
+    ] {
+        let text = linear(&m[..2], &["1", "1"], &extra);
+        let r = recipe(tmp.path(), "huge.yaml", &text);
+        let o = run_merge(&[&"--config", &r, &"-o", &tmp.path().join("out.safetensors")]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{}", &err[..err.len().min(500)]);
+        assert!(
+            err.starts_with("error: ") && err.lines().count() == 1 && err.len() < 600,
+            "{} bytes: {}",
+            err.len(),
+            &err[..err.len().min(500)]
+        );
+        assert!(err.contains("0.5 ") && err.contains("..."), "{err}");
+    }
+}

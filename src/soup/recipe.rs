@@ -554,10 +554,17 @@ fn torch_dtype(name: &str) -> Option<Dtype> {
     }
 }
 
+/// A value as messages quote it: one line, cut short, since a value can be a list of a
+/// million numbers and the message is one line on a terminal.
 fn show(v: &Value) -> String {
-    serde_yaml::to_string(v)
+    const MAX_CHARS: usize = 60;
+    let text = serde_yaml::to_string(v)
         .map(|s| s.trim().replace('\n', " "))
-        .unwrap_or_else(|_| "?".into())
+        .unwrap_or_else(|_| "?".into());
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text,
+    }
 }
 
 /// The largest recipe read: real ones are a few KB.
