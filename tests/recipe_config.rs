@@ -455,4 +455,27 @@ fn a_huge_value_is_quoted_short_in_the_one_error_line() {
         );
         assert!(err.contains("0.5 ") && err.contains("..."), "{err}");
     }
+    // And a huge string where a name goes.
+    let long = "x".repeat(100_000);
+    for extra in [
+        format!("dtype: {long}\n"),
+        format!("merge_method: {long}\n"),
+    ] {
+        let text = linear(&m[..2], &["1", "1"], &extra).replacen("merge_method: linear\n", "", 1);
+        let text = if extra.starts_with("dtype") {
+            format!("merge_method: linear\n{text}")
+        } else {
+            text
+        };
+        let r = recipe(tmp.path(), "huge.yaml", &text);
+        let o = run_merge(&[&"--config", &r, &"-o", &tmp.path().join("out.safetensors")]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{}", &err[..err.len().min(500)]);
+        assert!(
+            err.lines().count() == 1 && err.len() < 600 && err.contains("xxx..."),
+            "{} bytes: {}",
+            err.len(),
+            &err[..err.len().min(500)]
+        );
+    }
 }

@@ -137,7 +137,8 @@ impl Recipe {
         let method = match top.get("merge_method") {
             Some(Value::String(m)) => method::find(m).ok_or_else(|| {
                 fail(format!(
-                    "merge_method '{m}' is not supported; soup-merge runs {}",
+                    "merge_method '{}' is not supported; soup-merge runs {}",
+                    cut(m),
                     method::names()
                 ))
             })?,
@@ -341,7 +342,8 @@ impl Recipe {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => torch_dtype(s).map(Some).ok_or_else(|| {
                     fail(format!(
-                        "{key} '{s}' is not supported; use float32, float16, bfloat16 or float64"
+                        "{key} '{}' is not supported; use float32, float16, bfloat16 or float64",
+                        cut(s)
                     ))
                 }),
                 Some(v) => Err(fail(format!(
@@ -533,7 +535,8 @@ fn keys(map: &Mapping, at: &str) -> std::result::Result<Vec<String>, String> {
 fn model_path(v: &Value, at: &str) -> std::result::Result<PathBuf, String> {
     match v {
         Value::String(s) if s.contains('+') && !Path::new(s).exists() => Err(format!(
-            "{at} '{s}' applies a LoRA (model+lora), which is not supported; merge the adapter first"
+            "{at} '{}' applies a LoRA (model+lora), which is not supported; merge the adapter first",
+            cut(s)
         )),
         Value::String(s) if !s.is_empty() => Ok(PathBuf::from(s)),
         Value::Mapping(_) => Err(format!(
@@ -557,13 +560,17 @@ fn torch_dtype(name: &str) -> Option<Dtype> {
 /// A value as messages quote it: one line, cut short, since a value can be a list of a
 /// million numbers and the message is one line on a terminal.
 fn show(v: &Value) -> String {
-    const MAX_CHARS: usize = 60;
-    let text = serde_yaml::to_string(v)
+    cut(&serde_yaml::to_string(v)
         .map(|s| s.trim().replace('\n', " "))
-        .unwrap_or_else(|_| "?".into());
+        .unwrap_or_else(|_| "?".into()))
+}
+
+/// Text from the recipe as messages quote it: its first 60 characters.
+fn cut(text: &str) -> String {
+    const MAX_CHARS: usize = 60;
     match text.char_indices().nth(MAX_CHARS) {
         Some((end, _)) => format!("{}...", &text[..end]),
-        None => text,
+        None => text.to_string(),
     }
 }
 
