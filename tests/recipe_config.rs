@@ -216,6 +216,15 @@ fn unsupported_keys_methods_and_values_are_named() {
     refused(tmp.path(), "merge_method: linear\nmodels:\n  - model: org/not-downloaded\n    parameters: {weight: 1}\n", &["org/not-downloaded", "does not download"]);
     refused(
         tmp.path(),
+        "merge_method: linear\nmodels:\n  - model: ~/models/ft-a\n    parameters: {weight: 1}\n",
+        &[
+            "models[0].model '~/models/ft-a'",
+            "~, which is not expanded",
+            "in full",
+        ],
+    );
+    refused(
+        tmp.path(),
         "merge_method: linear\nmodels: [\n",
         &["not valid YAML"],
     );

@@ -538,6 +538,12 @@ fn model_path(v: &Value, at: &str) -> std::result::Result<PathBuf, String> {
             "{at} '{}' applies a LoRA (model+lora), which is not supported; merge the adapter first",
             cut(s)
         )),
+        // A shell expands `~`; a YAML file reaches us with it as written (mergekit doesn't
+        // expand it either), and the missing path would read as a model to download.
+        Value::String(s) if s.starts_with('~') && !Path::new(s).exists() => Err(format!(
+            "{at} '{}' starts with ~, which is not expanded in a recipe; write the path in full (or relative to the working directory)",
+            cut(s)
+        )),
         Value::String(s) if !s.is_empty() => Ok(PathBuf::from(s)),
         Value::Mapping(_) => Err(format!(
             "{at} is a mapping (a model reference with path/revision/lora); give a local path string"
