@@ -980,3 +980,35 @@ fn tensors_are_aligned_to_their_element_size_in_files_and_shards() {
         );
     }
 }
+
+#[test]
+fn an_index_is_read_with_a_bounded_cost() {
+    // Between 64 MiB and the old 256 MiB cap: an index that size parses into over a gigabyte.
+    corrupt_case(
+        "a 100 MiB index",
+        |d| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("model.safetensors.index.json"))
+                .unwrap();
+            f.set_len(100 << 20).unwrap();
+        },
+        &["model.safetensors.index.json", "at most 67108864 bytes"],
+    );
+    // A FIFO never blocks the read (model_dir::open looks before, but the file can change).
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("model.safetensors.index.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(model_soup::format::ShardIndex::read(&fifo).map_err(|e| e.to_string()));
+    });
+    let r = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("reading an index that is a FIFO blocked");
+    assert!(r.unwrap_err().contains("not a regular file"));
+}

@@ -15,8 +15,11 @@ pub const INDEX_NAME: &str = "model.safetensors.index.json";
 /// The weights file of an unsharded model directory.
 pub const SINGLE_NAME: &str = "model.safetensors";
 
-/// Index files larger than this are refused; a 400B model's index is a few megabytes.
-pub const MAX_INDEX_LEN: u64 = 256 * 1024 * 1024;
+/// Index files larger than this are refused. A trillion-parameter model's index is about 15 MB
+/// (Kimi K2: some 140 000 tensors of about 100 bytes each, estimated from its tensor count);
+/// parsed, an index takes up to 15 times its size (a `"3f":"s",` entry becomes two strings in
+/// a map), so 64 MiB, the header cap, bounds that near 1 GB.
+pub const MAX_INDEX_LEN: u64 = 64 * 1024 * 1024;
 
 /// A parsed index: which shard file holds each tensor. Shard names are plain file names in the
 /// index's directory; a `ShardIndex` that exists has no path separators or `..` in them and at
@@ -125,19 +128,10 @@ impl ShardIndex {
         })
     }
 
-    /// Reads and parses the index file at `path`.
+    /// Reads and parses the index file at `path`: a regular file of at most `MAX_INDEX_LEN`
+    /// bytes (a FIFO swapped in after the directory was looked at would block a plain read).
     pub fn read(path: &Path) -> Result<ShardIndex> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.len() > MAX_INDEX_LEN {
-            return Err(Error::header(
-                path,
-                format!(
-                    "is {} bytes, more than the {MAX_INDEX_LEN}-byte limit for an index",
-                    meta.len()
-                ),
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = super::small_file::read(path, MAX_INDEX_LEN, "shard index")?;
         ShardIndex::parse(path, &bytes)
     }
 
