@@ -473,6 +473,42 @@ fn a_directory_without_weights_says_what_it_has() {
 }
 
 #[test]
+fn weights_that_are_there_but_not_a_file_are_named_as_such() {
+    let mkfifo = |p: &Path| {
+        let made = std::process::Command::new("mkfifo").arg(p).status();
+        assert!(made.unwrap().success());
+    };
+    let index = "model.safetensors.index.json";
+    corrupt_case(
+        "index is a FIFO",
+        |d| {
+            std::fs::remove_file(d.join(index)).unwrap();
+            mkfifo(&d.join(index));
+        },
+        &[&format!("bad/{index}: is not a regular file")],
+    );
+    corrupt_case(
+        "index links to nothing",
+        |d| {
+            std::fs::remove_file(d.join(index)).unwrap();
+            std::os::unix::fs::symlink("../blobs/gone", d.join(index)).unwrap();
+        },
+        &[
+            &format!("bad/{index}: is a link to nothing"),
+            "fetch the model again",
+        ],
+    );
+    corrupt_case(
+        "model.safetensors is a directory",
+        |d| {
+            std::fs::remove_file(d.join(index)).unwrap();
+            std::fs::create_dir(d.join("model.safetensors")).unwrap();
+        },
+        &["bad/model.safetensors: is a directory"],
+    );
+}
+
+#[test]
 fn a_failed_directory_merge_leaves_nothing_and_force_replaces_safely() {
     let tmp = tempfile::tempdir().unwrap();
     let (files, dirs) = three_inputs(tmp.path());

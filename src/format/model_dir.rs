@@ -43,7 +43,27 @@ pub fn open(dir: &Path) -> Result<Checkpoint> {
     if index_path.is_file() {
         return open_sharded(dir, &index_path);
     }
+    // Present but unreadable is not "without": saying so would send the user to pass a
+    // shard alone.
+    for path in [single, index_path] {
+        if let Some(reason) = unusable_reason(&path) {
+            return Err(Error::header(&path, reason));
+        }
+    }
     Err(Error::header(dir, missing_weights_reason(dir)))
+}
+
+/// Why a weights file or index that is there, but is not a regular file, can't be read; `None`
+/// when nothing is there.
+fn unusable_reason(path: &Path) -> Option<String> {
+    path.symlink_metadata().ok()?;
+    Some(match std::fs::metadata(path) {
+        Err(_) => "is a link to nothing (an interrupted download?); fetch the model again".into(),
+        Ok(m) if m.is_dir() => {
+            "is a directory, not a weights file; the model directory is malformed".into()
+        }
+        Ok(_) => "is not a regular file (a FIFO, socket or device?); a model directory's weights are regular files".into(),
+    })
 }
 
 /// Opens the shards an index names and checks the index against what they hold.
