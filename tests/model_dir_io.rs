@@ -447,6 +447,15 @@ fn an_index_with_a_duplicate_key_or_a_path_outside_is_refused() {
         &["model.scalar", "not a file name"],
     );
     corrupt_case(
+        "the index as a shard",
+        |d| {
+            edit_index(d, |v| {
+                v["weight_map"]["model.scalar"] = "model.safetensors.index.json".into();
+            })
+        },
+        &["model.scalar", "names the index itself"],
+    );
+    corrupt_case(
         "not json",
         |d| std::fs::write(d.join("model.safetensors.index.json"), "{\"weight_map\": [").unwrap(),
         &["not a valid safetensors index"],

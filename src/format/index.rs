@@ -111,6 +111,14 @@ impl ShardIndex {
             ));
         }
         for (tensor, file) in &raw.weight_map.0 {
+            // Read as a shard, the index would be reported as a corrupt safetensors file.
+            if file == INDEX_NAME {
+                return Err(Error::tensor(
+                    path,
+                    tensor,
+                    format!("weight_map names the index itself, {INDEX_NAME}, as its shard; regenerate the index or re-download the model"),
+                ));
+            }
             if !is_plain_file_name(file) {
                 return Err(Error::tensor(
                     path,
