@@ -379,18 +379,22 @@ struct MapSlot {
     end: AtomicUsize,
 }
 
-static MAPPED: MapTable = MapTable {
-    slots: [const {
-        MapSlot {
-            name: AtomicPtr::new(std::ptr::null_mut()),
-            name_len: AtomicUsize::new(0),
-            start: AtomicUsize::new(0),
-            end: AtomicUsize::new(0),
-        }
-    }; 1024],
-};
+static MAPPED: MapTable = MapTable::new();
 
 impl MapTable {
+    const fn new() -> MapTable {
+        MapTable {
+            slots: [const {
+                MapSlot {
+                    name: AtomicPtr::new(std::ptr::null_mut()),
+                    name_len: AtomicUsize::new(0),
+                    start: AtomicUsize::new(0),
+                    end: AtomicUsize::new(0),
+                }
+            }; 1024],
+        }
+    }
+
     /// Records that `len` bytes at `start` map the file called `name`, which must outlive the
     /// entry. `None` when every slot is taken: that map's SIGBUS names no file.
     fn enter(&self, start: usize, len: usize, name: &[u8]) -> Option<usize> {
@@ -506,6 +510,40 @@ pub fn explain_sigbus() {
 mod tests {
     use super::*;
     use std::io::{Read, Seek, SeekFrom, Write};
+
+    /// A process with more maps than the SIGBUS table holds (a model of thousands of shards)
+    /// still maps them all: the extra ones just go unnamed, and a freed slot is taken again.
+    /// Lookups name only the map whose range holds the address.
+    #[test]
+    fn a_full_map_table_names_what_it_holds_and_refuses_the_rest() {
+        let table = MapTable::new();
+        let names: Vec<Vec<u8>> = (0..1025)
+            .map(|i| format!("shard-{i}").into_bytes())
+            .collect();
+        let slots: Vec<Option<usize>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| table.enter(0x1000 * (i + 1), 0x1000, name))
+            .collect();
+        assert!(slots[..1024].iter().all(Option::is_some));
+        assert_eq!(slots[1024], None, "the 1025th map gets no slot");
+        assert_eq!(table.name_at(0x1000 * 7 + 5), Some(&b"shard-6"[..]));
+        assert_eq!(
+            table.name_at(0x1000 * 1025 + 5),
+            None,
+            "unnamed, not misnamed"
+        );
+        assert_eq!(table.name_at(0x10), None);
+        table.leave(slots[6].unwrap());
+        assert_eq!(
+            table.name_at(0x1000 * 7 + 5),
+            None,
+            "a map that left is not named"
+        );
+        let again = table.enter(0x1000 * 1025, 0x1000, &names[1024]);
+        assert_eq!(again, slots[6], "the freed slot is reused");
+        assert_eq!(table.name_at(0x1000 * 1025 + 5), Some(&b"shard-1024"[..]));
+    }
 
     /// Which pages of `bytes` are mapped into this process, from /proc/self/pagemap (bit 63 of
     /// each page's entry), or None where the kernel doesn't offer it.
