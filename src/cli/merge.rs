@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::format::Dtype;
-use crate::soup::{self, Merge, MergeReport, MergeRequest, OnMissing};
+use crate::soup::{self, Merge, MergeReport, MergeRequest, OnMissing, PARAMETER_FLAGS};
 
 const AFTER_HELP: &str = "\
 How tensors are merged:
@@ -280,13 +280,9 @@ impl Args {
     /// The method's parameters from their own flags and from `--param NAME=VALUE`.
     fn parameters(&self) -> Result<Vec<(String, f64, String)>, crate::Error> {
         let mut out = Vec::new();
-        for (name, value) in [
-            ("density", self.density),
-            ("t", self.t),
-            ("lambda", self.lambda),
-            ("epsilon", self.epsilon),
-            ("gamma", self.gamma),
-        ] {
+        // In PARAMETER_FLAGS' order.
+        let flags = [self.density, self.t, self.lambda, self.epsilon, self.gamma];
+        for (name, value) in PARAMETER_FLAGS.into_iter().zip(flags) {
             if let Some(v) = value {
                 out.push((name.to_string(), v, format!("--{name}")));
             }

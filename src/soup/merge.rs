@@ -62,6 +62,10 @@ pub struct MergeRequest {
     pub seed: Option<u64>,
 }
 
+/// The method parameters that have a flag of their own (`--density VALUE`); the others are
+/// given as `--param NAME=VALUE`.
+pub const PARAMETER_FLAGS: [&str; 5] = ["density", "t", "lambda", "epsilon", "gamma"];
+
 /// The merge a request or recipe asks for, resolved: the ingredients (the base first, when the
 /// method uses one), and either a linear merge's weights or a method's settings.
 struct Mix {
@@ -252,9 +256,10 @@ impl Mix {
                 && p.default.is_none()
                 && !settings.global.contains_key(p.name)
         }) {
-            let flag = match p.name {
-                "t" | "density" | "lambda" | "epsilon" | "gamma" => format!("--{} VALUE", p.name),
-                name => format!("--param {name}=VALUE"),
+            let flag = if PARAMETER_FLAGS.contains(&p.name) {
+                format!("--{} VALUE", p.name)
+            } else {
+                format!("--param {}=VALUE", p.name)
             };
             return Err(usage(format!(
                 "needs parameter {} ({}): give {flag}",
