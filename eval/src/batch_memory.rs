@@ -1,4 +1,6 @@
-//! The memory one batch's inputs take, bounded before any model runs (for image lists, before any image is decoded), so that `--batch-size` with a large `--resize` is a usage error naming the batch size that fits, not an OOM kill.
+//! The memory one batch's inputs take, bounded before any model runs (for image lists, before
+//! any image is decoded), so that `--batch-size` with a large `--resize` is a usage error
+//! naming the batch size that fits, not an OOM kill.
 
 use std::path::Path;
 
