@@ -203,6 +203,13 @@ fn unsupported_keys_methods_and_values_are_named() {
         &ok_models.replacen("weight: 1", "weight: [0.1, 0.9]", 1),
         &["models[0].parameters.weight is a list"],
     );
+    for huge in ["1e400", "-1e400", "'1e400'", ".inf", ".nan", "'inf'"] {
+        refused(
+            tmp.path(),
+            &ok_models.replacen("weight: 1", &format!("weight: {huge}"), 1),
+            &["models[0].parameters.weight is", "not a finite number"],
+        );
+    }
     refused(
         tmp.path(),
         &format!("{ok_models}dtype: int8\n"),

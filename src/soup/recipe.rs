@@ -439,12 +439,15 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
         Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
             "yes" | "on" | "y" | "true" => Ok(Setting::Value(1.0)),
             "no" | "off" | "n" | "false" => Ok(Setting::Value(0.0)),
-            number => number
-                .parse::<f64>()
-                .ok()
-                .filter(|x| x.is_finite())
-                .map(Setting::Value)
-                .ok_or_else(|| format!("{at} is {}, not a number, true/false or a list", show(v))),
+            // YAML hands over a number too large for f64 (1e400) as this string.
+            number => match number.parse::<f64>() {
+                Ok(x) if x.is_finite() => Ok(Setting::Value(x)),
+                Ok(_) => Err(format!("{at} is {}, not a finite number", show(v))),
+                Err(_) => Err(format!(
+                    "{at} is {}, not a number, true/false or a list",
+                    show(v)
+                )),
+            },
         },
         // One {filter, value} entry on its own, as mergekit takes it: a list of one.
         Value::Mapping(_) => setting(&Value::Sequence(vec![v.clone()]), at),
