@@ -495,3 +495,40 @@ fn a_huge_value_is_quoted_short_in_the_one_error_line() {
         );
     }
 }
+
+#[test]
+fn a_recipe_of_many_models_is_checked_in_linear_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 20 000 entries: comparing every pair for repeats took minutes (4 000 took 38 s).
+    let mut text = String::from("merge_method: linear\nparameters: {weight: 1}\nmodels:\n");
+    for i in 0..20_000 {
+        text += &format!(
+            "  - model: {}\n",
+            tmp.path().join(format!("m{i}")).display()
+        );
+    }
+    text += &format!("  - model: {}\n", tmp.path().join("m7").display());
+    let r = recipe(tmp.path(), "many.yaml", &text);
+    let mut child = soup_merge()
+        .args(["--config".as_ref(), r.as_os_str(), "--dry-run".as_ref()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("checking 20 000 models took over 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("models[20000].model") && err.contains("same model as models[7]"),
+        "{err}"
+    );
+}

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::{Checkpoint, Shard};
 use super::dtype::Dtype;
 use super::index::{ShardIndex, INDEX_NAME, SINGLE_NAME};
-use super::os::same_file;
 use crate::error::{printable, Error, Result};
 
 /// Files a model directory carries besides its weights, copied from the first input (or
@@ -283,18 +282,37 @@ pub fn config_with_dtype(path: &Path, bytes: &[u8], dtype: &str) -> Result<Vec<u
 /// link), or a model directory and its own weights file (`a` and `a/model.safetensors`, or its
 /// index), or two model directories whose weights are one file.
 pub fn same_model(a: &Path, b: &Path) -> bool {
-    let weights = |p: &Path| -> Option<PathBuf> {
-        if !p.is_dir() {
-            return None;
-        }
-        [SINGLE_NAME, INDEX_NAME]
-            .iter()
-            .map(|n| p.join(n))
-            .find(|f| f.is_file())
-    };
-    let (wa, wb) = (weights(a), weights(b));
-    same_file(a, b)
-        || wa.as_deref().is_some_and(|w| same_file(w, b))
-        || wb.as_deref().is_some_and(|w| same_file(a, w))
-        || matches!((&wa, &wb), (Some(x), Some(y)) if same_file(x, y))
+    model_key(a) == model_key(b)
+}
+
+/// What [`same_model`] compares, as a value to hash: repeats among n paths are then found with
+/// n look-ups, where comparing every pair costs n² of them (minutes for a few thousand).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModelKey {
+    /// The device and inode of the model's weights: a directory's `model.safetensors` or
+    /// index, else the file or directory itself.
+    Found { dev: u64, ino: u64 },
+    /// A path that doesn't exist, as written: only the same text is the same model.
+    Missing(PathBuf),
+}
+
+/// The [`ModelKey`] of a path.
+pub fn model_key(path: &Path) -> ModelKey {
+    use std::os::unix::fs::MetadataExt;
+    let weights = path
+        .is_dir()
+        .then(|| {
+            [SINGLE_NAME, INDEX_NAME]
+                .iter()
+                .map(|n| path.join(n))
+                .find(|f| f.is_file())
+        })
+        .flatten();
+    match std::fs::metadata(weights.as_deref().unwrap_or(path)) {
+        Ok(m) => ModelKey::Found {
+            dev: m.dev(),
+            ino: m.ino(),
+        },
+        Err(_) => ModelKey::Missing(path.to_path_buf()),
+    }
 }

@@ -30,6 +30,7 @@
 //! ```
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::de::{
@@ -39,7 +40,8 @@ use serde_yaml::{Mapping, Value};
 
 use super::method::{self, Method, Setting, Settings};
 use crate::error::{Error, Result};
-use crate::format::{same_file, same_model, Dtype};
+use crate::format::model_dir::model_key;
+use crate::format::{same_file, Dtype};
 
 /// The keys soup-merge reads at the top of a recipe.
 const TOP_KEYS: &[&str] = &[
@@ -191,8 +193,9 @@ impl Recipe {
         }
         let mut paths: Vec<PathBuf> = Vec::new();
         let mut per_model = Vec::new();
-        // Each path's index in `models`, for messages (the base's own entry is skipped).
-        let mut listed_at = Vec::new();
+        // Each model's index in `models`, for messages (the base's own entry is skipped).
+        let mut listed_at = HashMap::new();
+        let base_key = base_model.as_deref().map(|b| model_key(Path::new(b)));
         let mut base_at = None;
         for (i, entry) in models.iter().enumerate() {
             let at = format!("models[{i}]");
@@ -231,12 +234,9 @@ impl Recipe {
                 }
             }
             let model = model.ok_or_else(|| fail(format!("{at} has no model:")))?;
+            let key = model_key(&model);
             // mergekit lists the base among the models too; that entry is the base.
-            if base_used
-                && base_model
-                    .as_deref()
-                    .is_some_and(|b| same_model(Path::new(b), &model))
-            {
+            if base_used && base_key.as_ref() == Some(&key) {
                 if let Some(j) = base_at {
                     return Err(fail(format!(
                         "{at}.model {} is the base_model again, as models[{j}] is; mergekit refuses a model listed twice: list the base once",
@@ -248,14 +248,13 @@ impl Recipe {
             }
             // mergekit refuses a repeated input; merging it twice would silently double its
             // weight in a method that normalises, and skew TIES' sign election.
-            if let Some(j) = paths.iter().position(|p| same_model(p, &model)) {
+            if let Some(j) = listed_at.get(&key) {
                 return Err(fail(format!(
-                    "{at}.model {} is the same model as models[{}]; mergekit refuses a model listed twice: list it once, with the weight you want",
+                    "{at}.model {} is the same model as models[{j}]; mergekit refuses a model listed twice: list it once, with the weight you want",
                     model.display(),
-                    listed_at[j]
                 )));
             }
-            listed_at.push(i);
+            listed_at.insert(key, i);
             paths.push(model);
             per_model.push(params);
         }
