@@ -671,3 +671,28 @@ fn a_model_given_twice_is_merged_with_a_warning_naming_it() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert!(repeated(&v).is_empty());
 }
+
+/// Repeats among the inputs are found with one look-up per input: comparing every pair took
+/// 20 s for 3000 inputs (a bound far above the fix's milliseconds, to catch the quadratic
+/// check, not to time it).
+#[test]
+fn repeated_inputs_among_thousands_are_found_without_comparing_every_pair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut paths: Vec<std::path::PathBuf> = (0..3000)
+        .map(|i| tmp.path().join(format!("m{i}.safetensors")))
+        .collect();
+    paths.push(tmp.path().join("m7.safetensors"));
+    let start = std::time::Instant::now();
+    let warnings = model_soup::soup::repeated_models(&paths);
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "{:?} for 3001 inputs",
+        start.elapsed()
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].message.contains("inputs 7 and 3000"),
+        "{}",
+        warnings[0].message
+    );
+}

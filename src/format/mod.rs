@@ -18,7 +18,7 @@ pub use destination::{Destination, OutputKind, Reads, Request, Role};
 pub use dtype::{Accumulator, Dtype};
 pub use header::{Header, TensorInfo, MAX_HEADER_LEN};
 pub use index::{shard_file_name, ShardIndex, INDEX_NAME, SINGLE_NAME};
-pub use model_dir::same_model;
+pub use model_dir::{model_key, same_model};
 pub(crate) use os::{allocate, drop_cached, start_writeback};
 pub use os::{
     continue_group, explain_sigbus, process_alive, same_file, sigbus_now_reads_the_output,

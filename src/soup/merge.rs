@@ -20,7 +20,7 @@ use super::verify::Record;
 use crate::error::{Error, Result};
 use crate::format::destination::{self, Destination, OutputKind, Reads, Request, Role};
 use crate::format::model_dir::{self, Companion};
-use crate::format::{same_model, Checkpoint, Dtype};
+use crate::format::{model_key, same_model, Checkpoint, Dtype};
 
 /// What to merge and where: everything a front end parsed, nothing validated yet.
 #[derive(Debug, Clone, Default)]
@@ -738,8 +738,11 @@ fn planned_tensors(plan: &Plan) -> Vec<PlannedTensor> {
 /// and it silently doubles that model's weight in any soup of them all.
 pub fn repeated_models(paths: &[PathBuf]) -> Vec<Warning> {
     let mut warnings = Vec::new();
+    // One look-up per input: comparing every pair took 20 s for 3000 inputs.
+    let mut first_of = std::collections::HashMap::new();
     for (j, later) in paths.iter().enumerate() {
-        if let Some(i) = paths[..j].iter().position(|p| same_model(p, later)) {
+        let i = *first_of.entry(model_key(later)).or_insert(j);
+        if i != j {
             let first = if paths[i] == *later {
                 String::new()
             } else {
