@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::destination::Destination;
@@ -83,7 +84,12 @@ impl AtomicDir {
 
     /// Copies the regular file `from` to `name`, streaming, flushed to disk.
     pub fn copy_file(&self, from: &Path, name: &str) -> Result<()> {
-        let mut source = File::open(from).map_err(|e| Error::io(from, e))?;
+        // Without blocking: a FIFO swapped in after the caller looked would block the open.
+        let mut source = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(from)
+            .map_err(|e| Error::io(from, e))?;
         if !source.metadata().is_ok_and(|m| m.is_file()) {
             return Err(Error::header(
                 from,
@@ -234,6 +240,31 @@ mod tests {
             .collect();
         n.sort();
         n
+    }
+
+    /// A companion file (config, tokenizer) that became a FIFO after the caller checked it is
+    /// refused at once: opening it for reading used to wait for a writer forever.
+    #[test]
+    fn copying_a_fifo_is_refused_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("tokenizer.json");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        let dest = tmp.path().join("model");
+        let (done, outcome) = std::sync::mpsc::channel();
+        let target = target(&dest, false);
+        std::thread::spawn(move || {
+            let dir = AtomicDir::create(&target).unwrap();
+            let _ = done.send(
+                dir.copy_file(&fifo, "tokenizer.json")
+                    .map_err(|e| e.to_string()),
+            );
+        });
+        let e = outcome
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("copy_file blocked on a FIFO")
+            .unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     #[test]
