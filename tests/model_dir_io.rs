@@ -1057,3 +1057,19 @@ fn an_index_is_read_with_a_bounded_cost() {
         .expect("reading an index that is a FIFO blocked");
     assert!(r.unwrap_err().contains("not a regular file"));
 }
+
+/// A config.json is parsed whole to set its dtype, at many times its size in memory: one past
+/// 8 MiB (real ones are under 1 MiB) is refused, naming the file, before any tensor is read.
+#[test]
+fn an_oversized_config_is_refused_not_parsed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dirs) = three_inputs(tmp.path());
+    let config = std::fs::File::create(dirs[0].join("config.json")).unwrap();
+    config.set_len((8 << 20) + 1).unwrap();
+    let out = tmp.path().join("soup");
+    fails(
+        &[&dirs[0], &dirs[1], &"--dtype", &"bf16", &"-o", &out],
+        &["config.json", "at most 8388608 bytes"],
+    );
+    assert!(!out.exists());
+}
