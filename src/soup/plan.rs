@@ -235,7 +235,7 @@ impl Plan {
         options: &PlanOptions,
     ) -> Result<Plan> {
         let method = merge.method;
-        let fail = |m: String| Error::Plan(format!("--method {}: {m}", method.name()));
+        let fail = |m: String| Error::Plan(format!("method {}: {m}", method.name()));
         if ingredients.is_empty() {
             return Err(Error::Plan(
                 "no ingredients: give at least one .safetensors input".into(),
@@ -556,7 +556,7 @@ fn plan_method_tensor(
     };
     let at = |m: String| {
         Error::Plan(format!(
-            "--method {}: tensor '{}': {m}",
+            "method {}: tensor '{}': {m}",
             merge.method.name(),
             printable(name)
         ))
