@@ -518,3 +518,28 @@ fn a_missing_base_is_an_input_error_like_a_missing_model() {
         assert!(!out.exists());
     }
 }
+
+/// Every input stays open until the output is published: a merge of more files than the
+/// process may open says so, with the fix, as a resources error.
+#[test]
+fn too_many_inputs_for_the_open_file_limit_name_the_limit_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    let ft = repo_root().join("fixtures/models/ft-lr2e-3.safetensors");
+    let mut command = std::process::Command::new("sh");
+    command.args(["-c", "ulimit -n 12 && exec \"$@\"", "sh"]);
+    command.arg(soup_merge_path());
+    for _ in 0..20 {
+        command.arg(&ft);
+    }
+    let o = command.arg("-o").arg(&out).arg("--json").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kind"], "resources", "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("limit on open files") && e.contains("ulimit -n"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}

@@ -112,7 +112,15 @@ fn open_nonblocking(path: &Path) -> Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         options.custom_flags(libc::O_NONBLOCK);
     }
-    options.open(path).map_err(|e| Error::io(path, e))
+    options.open(path).map_err(|e| match e.raw_os_error() {
+        // Every input stays open until the output is published (to check that none changed),
+        // so a merge of thousands of shards can reach the process's limit.
+        Some(libc::EMFILE | libc::ENFILE) => Error::Resources(format!(
+            "{}: can't be opened, the limit on open files is reached; a merge keeps every input file open until it ends: raise the limit (ulimit -n 65536) or merge fewer files",
+            path.display()
+        )),
+        _ => Error::io(path, e),
+    })
 }
 
 /// One tensor of a checkpoint: its entry and its stored bytes.
