@@ -1073,3 +1073,30 @@ fn an_oversized_config_is_refused_not_parsed() {
     );
     assert!(!out.exists());
 }
+
+/// A config.json that is there but skipped (a FIFO) gets its own warning, and the output's
+/// missing config is put down to it, not to "no input has one".
+#[test]
+fn a_skipped_config_is_named_as_the_reason_the_output_has_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dirs) = three_inputs(tmp.path());
+    let config = dirs[0].join("config.json");
+    let _ = std::fs::remove_file(&config);
+    let made = std::process::Command::new("mkfifo").arg(&config).status();
+    assert!(made.unwrap().success());
+    let out = tmp.path().join("soup");
+    let o = run_merge(&[&dirs[0], &dirs[1], &"-o", &out, &"--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let warnings = report["warnings"].as_array().unwrap();
+    let kinds: Vec<&str> = warnings
+        .iter()
+        .map(|w| w["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"companion-skipped"), "{kinds:?}");
+    let no_config = warnings.iter().find(|w| w["kind"] == "no-config").unwrap();
+    let message = no_config["message"].as_str().unwrap();
+    assert!(message.contains("was skipped"), "{message}");
+    assert!(!message.contains("no base or input"), "{message}");
+    assert!(!out.join("config.json").exists());
+}

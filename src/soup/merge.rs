@@ -459,11 +459,24 @@ impl Merge {
             )?,
         };
         if kind == OutputKind::Directory && !extra.iter().any(|f| f.name() == "config.json") {
-            warnings.push(Warning::general(
-                "no-config",
-                None,
-                "the output directory will have no config.json (no base or input is a model directory with one), so transformers can't load it as is; to copy the config and tokenizer, give a model directory that has them as an input, or with soup-merge pass --base DIR".into(),
-            ));
+            let skipped = companions.iter().find_map(|c| match c {
+                Companion::Skipped {
+                    name: "config.json",
+                    path,
+                    ..
+                } => Some(path),
+                _ => None,
+            });
+            let message = match skipped {
+                // Its own warning says why; "no input has one" would send the user looking
+                // for a config they have.
+                Some(path) => format!(
+                    "the output directory will have no config.json ({} was skipped, see the warning above), so transformers can't load it as is; make it a regular file inside the model directory and merge again",
+                    path.display()
+                ),
+                None => "the output directory will have no config.json (no base or input is a model directory with one), so transformers can't load it as is; to copy the config and tokenizer, give a model directory that has them as an input, or with soup-merge pass --base DIR".into(),
+            };
+            warnings.push(Warning::general("no-config", None, message));
         }
         let report = summarise(request, &plan, &layout, &extra, &warnings);
         Ok(Merge {
