@@ -532,3 +532,21 @@ fn a_recipe_of_many_models_is_checked_in_linear_time() {
         "{err}"
     );
 }
+
+/// A relative model path that exists beside the recipe, run from another folder: the error
+/// says paths are read from the working directory, not that the model must be downloaded.
+#[test]
+fn a_relative_path_beside_the_recipe_is_explained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ft = repo_root().join("fixtures/models/ft-lr2e-3.safetensors");
+    std::fs::copy(&ft, tmp.path().join("mine.safetensors")).unwrap();
+    refused(
+        tmp.path(),
+        "merge_method: linear\nmodels:\n  - model: mine.safetensors\n    parameters: {weight: 1}\n",
+        &[
+            "models[0].model mine.safetensors",
+            "working directory",
+            "run from there",
+        ],
+    );
+}

@@ -88,22 +88,32 @@ impl Mix {
             path: path.to_path_buf(),
             reason,
         };
+        // A relative path that exists beside the recipe is the likelier mistake than a model
+        // to download: paths are read from the working directory, as mergekit reads them.
+        let missing = |key: String, model: &Path| {
+            let beside = path.parent().map(|dir| dir.join(model));
+            let fix = match beside {
+                Some(b) if model.is_relative() && b.exists() => format!(
+                    "relative paths are read from the working directory, not the recipe's folder, and {} exists: run from there or write the path in full",
+                    b.display()
+                ),
+                _ => "soup-merge does not download models: fetch it first (huggingface-cli download REPO --local-dir DIR) and put the directory in the recipe".into(),
+            };
+            fail(format!(
+                "{key} {} is not a local file or directory; {fix}",
+                model.display()
+            ))
+        };
         for (i, model) in r.models.iter().enumerate() {
             if !model.exists() {
-                return Err(fail(format!(
-                    "models[{i}].model {} is not a local file or directory; soup-merge does not download models: fetch it first (huggingface-cli download REPO --local-dir DIR) and put the directory in the recipe",
-                    model.display()
-                )));
+                return Err(missing(format!("models[{i}].model"), model));
             }
         }
         let base = r
             .base_is_ingredient()
             .then(|| PathBuf::from(r.base_model.as_deref().expect("has a base")));
         if let Some(b) = base.as_ref().filter(|b| !b.exists()) {
-            return Err(fail(format!(
-                "base_model {} is not a local file or directory; soup-merge does not download models: fetch it first and put the directory in the recipe",
-                b.display()
-            )));
+            return Err(missing("base_model".into(), b));
         }
         let seed = r.seed.unwrap_or(0);
         if let Some(weights) = r.linear_weights() {
