@@ -550,3 +550,19 @@ fn a_relative_path_beside_the_recipe_is_explained() {
         ],
     );
 }
+
+/// A whole number past 64 bits is named with its key and the range, not left as a parser's
+/// "invalid type ... as u128".
+#[test]
+fn a_number_past_64_bits_is_named_with_the_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ft = repo_root().join("fixtures/models/ft-lr2e-3.safetensors");
+    refused(
+        tmp.path(),
+        &format!(
+            "merge_method: linear\nrandom_seed: 18446744073709551616\nmodels:\n  - model: {}\n    parameters: {{weight: 1}}\n",
+            ft.display()
+        ),
+        &["random_seed", "past 64 bits", "below 2^64"],
+    );
+}

@@ -114,8 +114,15 @@ impl Recipe {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         check_nesting(text).map_err(fail)?;
         check_expanded_size(text).map_err(fail)?;
-        let mut doc: Value =
-            serde_yaml::from_str(text).map_err(|e| fail(format!("is not valid YAML: {e}")))?;
+        let mut doc: Value = serde_yaml::from_str(text).map_err(|e| {
+            let e = e.to_string();
+            // serde_yaml holds integers in 64 bits and words a larger one as a type error.
+            if e.contains("as u128") || e.contains("as i128") {
+                fail(format!("{e}: the number is past 64 bits; every whole number in a recipe (a random_seed, say) is below 2^64"))
+            } else {
+                fail(format!("is not valid YAML: {e}"))
+            }
+        })?;
         // `<<: *defaults` merge keys, which PyYAML applies.
         doc.apply_merge()
             .map_err(|e| fail(format!("is not valid YAML: {e}")))?;
