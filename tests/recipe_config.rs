@@ -566,3 +566,24 @@ fn a_number_past_64_bits_is_named_with_the_range() {
         &["random_seed", "past 64 bits", "below 2^64"],
     );
 }
+
+/// A recipe path that is a directory or a FIFO is refused without blocking, as a recipe
+/// error (the same `--json` kind as a recipe that is not YAML).
+#[test]
+fn a_recipe_that_is_not_a_regular_file_is_a_recipe_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo.yaml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    let out = tmp.path().join("o.safetensors");
+    for r in [tmp.path().to_path_buf(), fifo] {
+        let o = run_merge(&[&"--config", &r, &"-o", &out, &"--json"]);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(v["kind"], "recipe", "{v}");
+        assert!(
+            v["error"].as_str().unwrap().contains("not a regular file"),
+            "{v}"
+        );
+    }
+}

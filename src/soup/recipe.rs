@@ -95,7 +95,15 @@ impl std::fmt::Debug for Recipe {
 impl Recipe {
     /// Reads and validates a recipe file: a regular file of at most `MAX_RECIPE_BYTES`.
     pub fn read(path: &Path) -> Result<Recipe> {
-        let bytes = crate::format::small_file::read(path, MAX_RECIPE_BYTES, "recipe")?;
+        // A recipe that can't be read as one (a FIFO, a directory, too large) is a recipe
+        // error like any other, for pipelines that branch on `--json`'s kind; a missing or
+        // unreadable file stays an I/O error.
+        let bytes = crate::format::small_file::read(path, MAX_RECIPE_BYTES, "recipe").map_err(
+            |e| match e {
+                Error::Header { path, reason } => Error::Recipe { path, reason },
+                e => e,
+            },
+        )?;
         let text = String::from_utf8(bytes).map_err(|_| Error::Recipe {
             path: path.to_path_buf(),
             reason: "is not UTF-8 text; a recipe is a YAML file".into(),
