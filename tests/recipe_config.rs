@@ -587,3 +587,46 @@ fn a_recipe_that_is_not_a_regular_file_is_a_recipe_error() {
         );
     }
 }
+
+/// The YAML parser's time grows with the square of the nesting (a one-line file of 200 000
+/// brackets took minutes), so deep nesting is refused before parsing, apostrophes and quotes
+/// on the line notwithstanding; comment lines nest nothing, whatever brackets they hold.
+#[test]
+fn deep_nesting_is_refused_before_parsing_and_comment_lines_nest_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let deep = |prefix: &str| {
+        format!(
+            "merge_method: linear\nmodels: [{prefix}{}{}]\n",
+            "[".repeat(200_000),
+            "]".repeat(200_000)
+        )
+    };
+    for prefix in ["", "x, don't, ", "\"a #\", "] {
+        let r = recipe(tmp.path(), "deep.yaml", &deep(prefix));
+        let start = std::time::Instant::now();
+        let o = run_merge(&[&"--config", &r, &"-o", &tmp.path().join("o.safetensors")]);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{prefix:?}: {:?}",
+            start.elapsed()
+        );
+        assert_eq!(o.status.code(), Some(1), "{prefix:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("nests deeper than 32 levels"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let ft = repo_root().join("fixtures/models/ft-lr2e-3.safetensors");
+    let mut text = String::from("merge_method: linear\n");
+    for _ in 0..40 {
+        text += "# layers [0, 8) use the first value\n  # {unbalanced too\n";
+    }
+    text += &format!(
+        "models:\n  - model: {}\n    parameters: {{weight: 1}}\n",
+        ft.display()
+    );
+    let r = recipe(tmp.path(), "commented.yaml", &text);
+    let o = run_merge(&[&"--config", &r, &"--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
