@@ -3,7 +3,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::destination::Destination;
@@ -85,17 +84,7 @@ impl AtomicDir {
     /// Copies the regular file `from` to `name`, streaming, flushed to disk.
     pub fn copy_file(&self, from: &Path, name: &str) -> Result<()> {
         // Without blocking: a FIFO swapped in after the caller looked would block the open.
-        let mut source = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(from)
-            .map_err(|e| Error::io(from, e))?;
-        if !source.metadata().is_ok_and(|m| m.is_file()) {
-            return Err(Error::header(
-                from,
-                "is not a regular file; it can't be copied into the output",
-            ));
-        }
+        let mut source = super::small_file::open_regular(from, name)?;
         let mut f = self.create_file(name)?;
         io::copy(&mut source, &mut f)
             .and_then(|_| f.sync_all())

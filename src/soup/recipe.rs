@@ -609,7 +609,6 @@ fn check_nesting(text: &str) -> std::result::Result<(), String> {
     let mut depth = 0usize;
     let mut deepest = 0usize;
     for line in text.lines() {
-        let body = line.trim_start_matches([' ', '-']);
         // A line that starts with `#` is a comment, or text inside a quoted or block scalar:
         // either way it nests nothing, and its brackets ("layers [0, 8)") are not flow
         // collections. Anything else is counted whole, quotes included: telling a quote that
@@ -618,7 +617,8 @@ fn check_nesting(text: &str) -> std::result::Result<(), String> {
         if line.trim_start().starts_with('#') {
             continue;
         }
-        deepest = deepest.max((line.len() - body.len()) / 2);
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        deepest = deepest.max(indent / 2);
         for c in line.chars() {
             match c {
                 '[' | '{' => {
