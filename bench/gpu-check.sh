@@ -150,10 +150,16 @@ say "soup-eval report on the GPU and the CPU (tables in $out)"
 # val loss, uniform, ensemble), in f32 and bf16 on the GPU against f32 on the CPU.
 text=fixtures/text
 lm_failed=0
-compare_json() { # CPU_JSON GPU_JSON TOLERANCE WHAT: every metric of every row within TOLERANCE (relative)
+# CPU_JSON GPU_JSON TOLERANCE WHAT [FLIPS]: every loss-like metric of every row within TOLERANCE
+# (relative), and each accuracy's count of correct items within FLIPS of the CPU's (default 0).
+# Accuracy is a count of argmaxes, so a near-tie between two tokens' logits, 1e-7 apart in
+# f32, may go either way on another device's summation order: a flip is not an error of the
+# model, and is listed; losses show any real drift.
+compare_json() {
     python3 - "$@" <<'PY' || lm_failed=1
 import json, sys
 cpu, gpu, tol, what = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), float(sys.argv[3]), sys.argv[4]
+flips_allowed = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 def rows(r):
     out = {}
     for i in r.get("ingredients", []):
@@ -162,12 +168,17 @@ def rows(r):
         if r.get(k): out[k] = r[k]
     if r.get("greedy"): out["greedy"] = r["greedy"]["row"]
     return out
-worst, bad = 0.0, []
+worst, bad, flips = 0.0, [], []
 for name, a in rows(cpu).items():
     b = rows(gpu)[name]
     for split in ("val", "test"):
         if not a.get(split): continue
+        if "correct" in a[split]:
+            d = abs(a[split]["correct"] - b[split]["correct"])
+            if d: flips.append(f"{name} {split}: {a[split]['correct']} vs {b[split]['correct']} of {a[split]['total']}")
+            if d > flips_allowed: bad.append(f"{name} {split} correct: cpu {a[split]['correct']} gpu {b[split]['correct']}")
         for key, x in a[split].items():
+            if key == "accuracy" and "correct" in a[split]: continue
             if isinstance(x, float):
                 y = b[split][key]
                 e = abs(x - y) / max(abs(x), 1e-12)
@@ -175,7 +186,9 @@ for name, a in rows(cpu).items():
                 if e > tol: bad.append(f"{name} {split} {key}: cpu {x} gpu {y}")
 if cpu.get("greedy") and cpu["greedy"]["search"]["chosen"] != gpu["greedy"]["search"]["chosen"]:
     bad.append("greedy soups differ")
-print(f"{what}: worst relative difference {worst:.2e} (bound {tol:g})" + ("; " + "; ".join(bad) if bad else ""))
+print(f"{what}: worst relative difference {worst:.2e} (bound {tol:g})"
+      + (f"; counts differ by at most {flips_allowed}: " + ", ".join(flips) if flips else "")
+      + ("; " + "; ".join(bad) if bad else ""))
 sys.exit(1 if bad else 0)
 PY
 }
@@ -194,8 +207,10 @@ e2e=(--val $text/e2e/val.txt --test $text/e2e/test.txt --seq-len 64 --stride 32 
 for dt in f32 bf16; do
     "$soup_eval" report --device cuda --eval-dtype $dt "${e2e[@]}" >"$out/e2e-cuda-$dt.json" || lm_failed=1
 done
-compare_json "$out/e2e-cpu.json" "$out/e2e-cuda-f32.json" 1e-4 "e2e report, cuda f32" >>"$out/lm.txt"
-compare_json "$out/e2e-cpu.json" "$out/e2e-cuda-bf16.json" 5e-2 "e2e report, cuda bf16" >>"$out/lm.txt"
+# Up to 0.2% of the 2657 test tokens may flip in f32 (one did on an H200), 1% in bf16 (at most
+# 6 did there; its losses are within 5e-2).
+compare_json "$out/e2e-cpu.json" "$out/e2e-cuda-f32.json" 1e-4 "e2e report, cuda f32" 5 >>"$out/lm.txt"
+compare_json "$out/e2e-cpu.json" "$out/e2e-cuda-bf16.json" 5e-2 "e2e report, cuda bf16" 27 >>"$out/lm.txt"
 say "language models on the GPU and the CPU ($out/lm.txt)"
 
 # Everything else, and the report.
@@ -213,8 +228,10 @@ set -e
     echo
     echo "## soup-eval report, the same table on both devices"
     echo
-    if diff -q "$out/report-cpu.txt" "$out/report-cuda.txt" >/dev/null; then
-        echo "The CPU's and the GPU's tables are identical (counts, accuracies and losses to 4 decimals):"
+    # The greedy lines end in each step's timings, which differ by device: compared without.
+    untimed() { sed 's/ *(merge [0-9.]* ms, forward [0-9.]* ms)$//' "$1"; }
+    if diff -q <(untimed "$out/report-cpu.txt") <(untimed "$out/report-cuda.txt") >/dev/null; then
+        echo "The CPU's and the GPU's tables are identical (counts, accuracies and losses to 4 decimals; the greedy steps' timings aside):"
     else
         echo "The CPU's and the GPU's tables differ (below: the GPU's; $out/report-cpu.txt holds the CPU's):"
     fi
