@@ -277,7 +277,10 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
         )?;
     }
 
-    // 4. Speed: forward throughput and greedy steps.
+    // 4. Every vision family's fixture: PyTorch's logits, the CPU's and the device's.
+    vision_fixtures(&gpu, out, &mut failures)?;
+
+    // 5. Speed: forward throughput and greedy steps.
     writeln!(out, "\n## Speed\n")?;
     let repeat = if flags.quick { 4 } else { 200 };
     let big = tiled(
@@ -357,6 +360,101 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
         )?;
     }
     Ok(failures)
+}
+
+/// Bounds for the vision fixtures' logits, relative to the largest of PyTorch's: against
+/// PyTorch, the CPU test's (eval/tests/vision_parity.rs); against the CPU, ten times f32's
+/// rounding, as for the digits CNN.
+const VISION_BOUNDS: (f64, f64) = (1e-4, 1e-5);
+
+/// Each torchvision-layout fixture in fixtures/vision (`NAME.safetensors` beside the inputs and
+/// PyTorch's logits in `NAME.io.safetensors`), configured by `--arch auto` as a user's would
+/// be, run on the CPU and on `gpu` in f32. The model directories (hf-*) load through the same
+/// layers and are left to the CPU tests.
+fn vision_fixtures(gpu: &Device, out: &mut String, failures: &mut Vec<String>) -> Result<()> {
+    let dir = fixture("vision");
+    let mut cases: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let case = name.strip_suffix(".io.safetensors")?.to_string();
+            dir.join(format!("{case}.safetensors"))
+                .is_file()
+                .then_some(case)
+        })
+        .collect();
+    cases.sort();
+    writeln!(out, "\n## Vision families (f32)\n")?;
+    writeln!(out, "Each fixture of fixtures/vision, `--arch auto`; largest logit error relative to PyTorch's largest logit.\n")?;
+    writeln!(out, "| fixture | model | vs PyTorch | vs CPU |")?;
+    writeln!(out, "|---|---|---:|---:|")?;
+    for case in &cases {
+        let weights = Checkpoint::open(&dir.join(format!("{case}.safetensors")))?;
+        let io = Checkpoint::open(&dir.join(format!("{case}.io.safetensors")))?;
+        let given: Vec<String> = weights
+            .metadata()
+            .get("arch_options")
+            .map(|o| o.split(' ').map(str::to_string).collect())
+            .unwrap_or_default();
+        let model = arch::Selection::parse("auto")?
+            .configure(&weights, &arch::Options::parse(&given)?)
+            .with_context(|| format!("{case}: --arch auto"))?;
+        let (shape, inputs) = f32_tensor(&io, "inputs")?;
+        let (_, torch) = f32_tensor(&io, "logits")?;
+        let data = Dataset::in_memory(
+            dir.join(case),
+            inputs,
+            shape[1..].to_vec(),
+            vec![0; shape[0]],
+        );
+        let logits_on = |device: &Device| -> Result<Vec<f32>> {
+            Ok(Evaluator::new(model.clone(), device.clone(), 8)
+                .logits(&Weights::from_checkpoint(&weights, device)?, &data)?)
+        };
+        let result = logits_on(&Device::Cpu).and_then(|cpu| Ok((cpu, logits_on(gpu)?)));
+        let (cpu, on_gpu) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                writeln!(out, "| {case} | {} | FAILED: {e:#} | |", model.describe())?;
+                failures.push(format!("{case}: {e:#}"));
+                continue;
+            }
+        };
+        let scale = torch.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+        let worst = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| (x as f64 - y as f64).abs())
+                .fold(0f64, f64::max)
+                / scale
+        };
+        let (vs_torch, vs_cpu) = (worst(&on_gpu, &torch), worst(&on_gpu, &cpu));
+        writeln!(
+            out,
+            "| {case} | {} | {vs_torch:.1e} | {vs_cpu:.1e} |",
+            model.describe()
+        )?;
+        if on_gpu.len() != torch.len() || vs_torch > VISION_BOUNDS.0 || vs_cpu > VISION_BOUNDS.1 {
+            failures.push(format!(
+                "{case}: {vs_torch:.1e} from PyTorch, {vs_cpu:.1e} from the CPU"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A float32 tensor of a fixture file, with its shape.
+fn f32_tensor(file: &Checkpoint, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let t = file
+        .tensor(name)
+        .with_context(|| format!("no tensor '{name}'"))?;
+    let shape = t.info.shape.iter().map(|&d| d as usize).collect();
+    let values = t
+        .data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
+    Ok((shape, values))
 }
 
 /// The uniform soup of `models` merged by the core (one model: itself), on `device`.

@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 
 use super::encoder::{Encoder, EncoderConfig};
+use super::layers::first_token;
 use super::text_layers::{linear, linear_specs, Activation};
 use super::{Architecture, Batch, Input, Model, Output, TensorSpec, TokenInput};
 
@@ -105,7 +106,7 @@ impl Model for Classifier {
         let x = self
             .encoder
             .forward(batch.inputs, batch.attention_mask, segments)?;
-        let first = x.narrow(1, 0, 1)?.squeeze(1)?;
+        let first = first_token(&x)?;
         self.out
             .forward(&self.activation.apply(&self.dense.forward(&first)?)?)
     }

@@ -74,7 +74,31 @@ impl SelfAttention {
     }
 }
 
-/// The first token of each sequence: `x[:, 0]` of [n, s, w].
+/// The first token of each sequence: `x[:, 0]` of [n, s, w], as a contiguous [n, w]. The view
+/// alone strides by `s * w` between rows, which the CPU's matmul takes but CUDA's refuses
+/// ("matmul is only supported for contiguous tensors"): the heads that follow are matmuls.
 pub fn first_token(x: &Tensor) -> Result<Tensor> {
-    x.narrow(1, 0, 1)?.squeeze(1)
+    x.narrow(1, 0, 1)?.squeeze(1)?.contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn the_first_token_is_a_contiguous_copy_as_cuda_matmuls_need() {
+        // A classifier head multiplies it next: on CUDA a strided view fails there (seen on an
+        // H200 with every BERT-family classifier), so the layout is what's checked.
+        let x = Tensor::arange(0f32, 24.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
+        let first = first_token(&x).unwrap();
+        assert!(first.is_contiguous());
+        assert_eq!(
+            first.to_vec2::<f32>().unwrap(),
+            vec![vec![0.0, 1.0, 2.0, 3.0], vec![12.0, 13.0, 14.0, 15.0]]
+        );
+    }
 }
