@@ -192,13 +192,20 @@ print(f"{what}: worst relative difference {worst:.2e} (bound {tol:g})"
 sys.exit(1 if bad else 0)
 PY
 }
-for m in llama llama-tied mistral qwen2 qwen3 phi3 gemma; do
+# Every fixture model directory: decoders (config.json names a *ForCausalLM) on the two LM
+# data sets, classifiers on the classification set.
+decoders=() classifiers=()
+for d in $text/models/*/; do
+    m=$(basename "$d")
+    if grep -q 'ForCausalLM' "$d/config.json"; then decoders+=("$m"); else classifiers+=("$m"); fi
+done
+for m in "${decoders[@]}"; do
     for data in lm.txt mc.jsonl; do
         for d in cpu cuda; do "$soup_eval" score --device $d -q --json --val $text/data/$data $text/models/$m >"$out/lm-$m-$data-$d.json" 2>&1 || true; done
         compare_json "$out/lm-$m-$data-cpu.json" "$out/lm-$m-$data-cuda.json" 1e-4 "$m on $data, f32" >>"$out/lm.txt"
     done
 done
-for m in bert-cls roberta-cls distilbert-cls xlm-roberta-cls; do
+for m in "${classifiers[@]}"; do
     for d in cpu cuda; do "$soup_eval" score --device $d -q --json --val $text/data/cls.jsonl $text/models/$m >"$out/cls-$m-$d.json" 2>&1 || true; done
     compare_json "$out/cls-$m-cpu.json" "$out/cls-$m-cuda.json" 1e-4 "$m f32" >>"$out/lm.txt"
 done

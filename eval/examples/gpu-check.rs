@@ -367,10 +367,9 @@ fn run(flags: &Flags, out: &mut String) -> Result<Vec<String>> {
 /// rounding, as for the digits CNN.
 const VISION_BOUNDS: (f64, f64) = (1e-4, 1e-5);
 
-/// Each torchvision-layout fixture in fixtures/vision (`NAME.safetensors` beside the inputs and
-/// PyTorch's logits in `NAME.io.safetensors`), configured by `--arch auto` as a user's would
-/// be, run on the CPU and on `gpu` in f32. The model directories (hf-*) load through the same
-/// layers and are left to the CPU tests.
+/// Each fixture in fixtures/vision (`NAME.safetensors`, or the Hugging Face model directory
+/// `NAME/`, beside the inputs and PyTorch's logits in `NAME.io.safetensors`), configured by
+/// `--arch auto` as a user's would be, run on the CPU and on `gpu` in f32.
 fn vision_fixtures(gpu: &Device, out: &mut String, failures: &mut Vec<String>) -> Result<()> {
     let dir = fixture("vision");
     let mut cases: Vec<String> = std::fs::read_dir(&dir)
@@ -378,18 +377,18 @@ fn vision_fixtures(gpu: &Device, out: &mut String, failures: &mut Vec<String>) -
         .filter_map(|e| {
             let name = e.ok()?.file_name().into_string().ok()?;
             let case = name.strip_suffix(".io.safetensors")?.to_string();
-            dir.join(format!("{case}.safetensors"))
-                .is_file()
+            (dir.join(format!("{case}.safetensors")).is_file() || dir.join(&case).is_dir())
                 .then_some(case)
         })
         .collect();
     cases.sort();
     writeln!(out, "\n## Vision families (f32)\n")?;
-    writeln!(out, "Each fixture of fixtures/vision, `--arch auto`; largest logit error relative to PyTorch's largest logit.\n")?;
+    writeln!(out, "Each fixture of fixtures/vision (torchvision files, Hugging Face directories), `--arch auto`; largest logit error relative to PyTorch's largest logit.\n")?;
     writeln!(out, "| fixture | model | vs PyTorch | vs CPU |")?;
     writeln!(out, "|---|---|---:|---:|")?;
     for case in &cases {
-        let weights = Checkpoint::open(&dir.join(format!("{case}.safetensors")))?;
+        let file = dir.join(format!("{case}.safetensors"));
+        let weights = Checkpoint::open(&if file.is_file() { file } else { dir.join(case) })?;
         let io = Checkpoint::open(&dir.join(format!("{case}.io.safetensors")))?;
         let given: Vec<String> = weights
             .metadata()
