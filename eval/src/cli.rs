@@ -634,7 +634,12 @@ pub(crate) fn outputs(
     }
     let mut read = Reads::new();
     for (role, path) in reads(c) {
-        read.add(role, &path);
+        // An ingredient as a checkpoint: a model directory it reaches through its files (a
+        // folder of links, a weights file given alone) is protected like one given.
+        match role {
+            Role::Ingredient => read.add_ingredient(&path),
+            _ => read.add(role, &path),
+        }
     }
     let checked = format::destination::check(&requests, &read, g.force)?;
     // After the policy, whose refusals say more (a plot onto an input): the plot is SVG,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use model_soup::format::{destination, Checkpoint, Destination, OutputKind, Reads, Request, Role};
+use model_soup::format::{destination, Destination, OutputKind, Reads, Request, Role};
 use model_soup::soup::MergeRequest;
 
 use crate::error::{usage, usage_error};
@@ -290,14 +290,10 @@ fn check_placements(c: &Common) -> anyhow::Result<()> {
     let s = &c.scorer;
     let mut read = Reads::new();
     for (role, path) in super::cli::reads(c) {
-        if role != Role::SearchLog {
-            read.add(role, &path);
-        }
-    }
-    for input in &c.inputs {
-        // One that doesn't open is refused, with its reason, when the ingredients are opened.
-        if let Ok(checkpoint) = Checkpoint::open(input) {
-            read.add_checkpoint(&checkpoint);
+        match role {
+            Role::SearchLog => {}
+            Role::Ingredient => read.add_ingredient(&path),
+            _ => read.add(role, &path),
         }
     }
     let requests = [

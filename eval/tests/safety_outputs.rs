@@ -506,6 +506,47 @@ fn a_model_directory_reached_through_its_files_is_protected_like_one_given() {
     assert!(o.status.success(), "{}", common::stderr(&o));
 }
 
+/// soup-eval read its ingredients by the paths given only, so a model directory reached
+/// through an ingredient's files was unprotected when the greedy soup rejected that
+/// ingredient: `-o` and `--plot` landed inside it, or added weights beside a weights file
+/// given alone. They are refused as soup-merge refuses them.
+#[test]
+fn soup_evals_outputs_never_land_in_a_model_directory_read_through_its_files() {
+    let s = Sandbox::new();
+    let root = s.root();
+    // P is a model directory of the poor fine-tune, which every greedy soup rejects; XP holds
+    // only links to P's files.
+    std::fs::create_dir(root.join("P")).unwrap();
+    std::fs::copy(
+        root.join("poor.safetensors"),
+        root.join("P/model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(root.join("P/config.json"), r#"{"model_type": "cnn"}"#).unwrap();
+    std::fs::create_dir(root.join("XP")).unwrap();
+    for name in ["model.safetensors", "config.json"] {
+        std::os::unix::fs::symlink(Path::new("../P").join(name), root.join("XP").join(name))
+            .unwrap();
+    }
+    let base = ["--arch", "digits-cnn", "--val", "val.safetensors", "-q"];
+    for (command, poor, extra) in [
+        ("greedy", "XP", ["-o", "P/soup.safetensors"]),
+        ("report", "XP", ["--plot", "P/soups.svg"]),
+        (
+            "greedy",
+            "P/model.safetensors",
+            ["-o", "P/model-00001-of-00002.safetensors"],
+        ),
+    ] {
+        let mut args = vec![command];
+        args.extend(base);
+        args.extend(["b.safetensors", poor]);
+        args.extend(extra);
+        let o = only_changes(&s, &[], |d| eval_str(d, &args));
+        refused(&o, &["write the output elsewhere"]);
+    }
+}
+
 #[test]
 fn force_replaces_only_what_the_tool_wrote_and_keeps_its_mode() {
     let s = Sandbox::new();

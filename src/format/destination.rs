@@ -142,6 +142,22 @@ impl Reads {
         }
     }
 
+    /// Records an ingredient given by its path, as a checkpoint when it opens: its shards and
+    /// index then count too, so a model directory it reaches through its files (a folder of
+    /// links, or `Da/model.safetensors` given alone) is protected as one given. A path that
+    /// doesn't open is recorded as given; the run refuses it with its reason when it opens it.
+    pub fn add_ingredient(&mut self, path: &Path) {
+        match Checkpoint::open(path) {
+            Ok(checkpoint) => self.add_checkpoint(&checkpoint),
+            Err(_) => self.add(Role::Ingredient, path),
+        }
+    }
+
+    /// Whether a path is something the run reads, or a directory holding something it reads.
+    pub fn protects(&self, path: &Path) -> bool {
+        self.contains(path) || self.within(path)
+    }
+
     /// Whether `path` (not followed, if it is a link) or what it resolves to is read.
     pub fn contains(&self, path: &Path) -> bool {
         let ids: Vec<(u64, u64)> = [fs::symlink_metadata(path).ok(), fs::metadata(path).ok()]
@@ -280,7 +296,7 @@ impl Destination {
     /// Whether a path is something the run reads, or a directory holding something it reads:
     /// stale-temporary cleanup removes neither (a killed run's shards may be fed back in).
     pub fn protects(&self, path: &Path) -> bool {
-        self.reads.contains(path) || self.reads.within(path)
+        self.reads.protects(path)
     }
 
     /// The same destination checked again with more reads: a writer's own inputs, whatever

@@ -338,7 +338,12 @@ fn check_outputs(
         reads.add(Role::Recipe, recipe);
     }
     for (role, path) in &request.also_reads {
-        reads.add(*role, path);
+        // soup-eval's other ingredients: a model directory reached through their files is
+        // protected as one merged here is (a greedy soup leaves rejected ones out).
+        match role {
+            Role::Ingredient => reads.add_ingredient(path),
+            _ => reads.add(*role, path),
+        }
     }
     for c in companions {
         if let Companion::Copy { from, .. } = c {
