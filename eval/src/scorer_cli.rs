@@ -311,7 +311,40 @@ fn check_placements(c: &Common) -> anyhow::Result<()> {
             destination::check_placement(&request, &read)?;
         }
     }
+    if let Some(dir) = &s.work_dir {
+        check_candidate_names(dir, &read)?;
+    }
     Ok(())
+}
+
+/// Refuses a `--work-dir` where an input (or a folder holding one) is at a candidate soup's
+/// name, through a link or a hard link too: a candidate written there would be refused only
+/// once the search reached it, and `--resume` removes the logged candidates it finds at their
+/// names, which would have deleted an input that carries the tool's mark (a soup kept with
+/// `--keep-candidates` and fed back in, say).
+fn check_candidate_names(dir: &Path, read: &Reads) -> anyhow::Result<()> {
+    // A folder the run will create holds nothing yet.
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut clashes: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("soup-")))
+        .map(|e| e.path())
+        .filter(|p| read.protects(p))
+        .collect();
+    clashes.sort();
+    match clashes.into_iter().next() {
+        None => Ok(()),
+        Some(path) => Err(model_soup::Error::Output {
+            path,
+            reason: format!(
+                "is an input of this run (or holds one), at a candidate soup's name in --work-dir {}, where a candidate would replace it: give --work-dir a folder apart from the inputs",
+                dir.display()
+            ),
+        }
+        .into()),
+    }
 }
 
 /// `path` made absolute with its longest existing part resolved (links, `..`), so that a
