@@ -547,6 +547,74 @@ fn soup_evals_outputs_never_land_in_a_model_directory_read_through_its_files() {
     }
 }
 
+/// Unmounts a bind mount when dropped, before the sandbox is removed.
+struct BindMount(PathBuf);
+
+impl BindMount {
+    /// Binds `from` at `at`, or `None` where this user may not mount (the test then skips).
+    fn new(from: &Path, at: &Path) -> Option<BindMount> {
+        std::fs::create_dir(at).unwrap();
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .args([from, at])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| BindMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A bind mount shows a model directory at a second path that no comparison of paths relates
+/// to the first: outputs under the mount landed inside the model directory the run read (and
+/// the other way round), and weights written beside its weights file changed what it loads.
+/// The policy compares folders by identity too.
+#[test]
+fn a_bind_mount_of_a_model_directory_is_protected_like_the_directory() {
+    let s = Sandbox::new();
+    let root = s.root();
+    let Some(_mount) = BindMount::new(&root.join("ftA"), &root.join("mnt")) else {
+        eprintln!("skipped: mount --bind is not permitted here");
+        return;
+    };
+    for args in [
+        vec!["ftA", "b.safetensors", "-o", "mnt/soup.safetensors"],
+        vec!["ftA", "b.safetensors", "-o", "mnt/soup"],
+        vec!["mnt", "b.safetensors", "-o", "ftA/soup.safetensors"],
+        vec![
+            "ftA/model-00001-of-00003.safetensors",
+            "b.safetensors",
+            "-o",
+            "mnt/model.safetensors",
+        ],
+    ] {
+        let o = only_changes(&s, &[], |d| merge_str(d, &args));
+        refused(&o, &["write the output elsewhere"]);
+    }
+    let o = only_changes(&s, &[], |d| {
+        let mut args = vec!["report", "--arch", "digits-cnn", "--val", "val.safetensors"];
+        args.extend(["-q", "ftA", "b.safetensors", "--plot", "mnt/soups.svg"]);
+        eval_str(d, &args)
+    });
+    refused(&o, &["write the output elsewhere"]);
+    for flag in ["--log", "--work-dir"] {
+        let o = only_changes(&s, &[], |d| {
+            eval_str(
+                d,
+                &[
+                    "greedy", "-q", "--scorer", "echo 1", "ftA", "oldsoup", flag, "mnt/new",
+                ],
+            )
+        });
+        refused(&o, &["inside", "ftA"]);
+    }
+}
+
 #[test]
 fn force_replaces_only_what_the_tool_wrote_and_keeps_its_mode() {
     let s = Sandbox::new();

@@ -86,9 +86,50 @@ struct Read {
     /// (device, inode) of what the path resolves to, and of the path itself when that is a link.
     ids: Vec<(u64, u64)>,
     is_dir: bool,
+    /// (device, inode) of the folder the path resolves into, which a bind mount also shows at
+    /// another path.
+    folder_id: Option<(u64, u64)>,
     /// A shard or index of a checkpoint given as a model directory: the folder it resolves
     /// into is that model directory too (a directory of links to another model's files).
     of_model_dir: bool,
+}
+
+impl Read {
+    /// Whether `path` (absolute, its folder resolved) is this directory or lies inside it,
+    /// by path or, for a bind mount of it, by identity.
+    fn holds(&self, path: &Path) -> bool {
+        self.is_dir
+            && (self.resolved.as_ref().is_some_and(|r| path.starts_with(r))
+                || self.ids.first().is_some_and(|&id| lies_in(path, id)))
+    }
+
+    /// Whether `path` lies inside the folder this read resolves into (see [`Read::holds`]).
+    fn folder_holds(&self, path: &Path) -> bool {
+        self.resolved
+            .as_deref()
+            .and_then(Path::parent)
+            .is_some_and(|f| path.starts_with(f))
+            || self.folder_id.is_some_and(|id| lies_in(path, id))
+    }
+
+    /// Whether `path` is directly in the folder this read resolves into.
+    fn folder_is_parent_of(&self, path: &Path) -> bool {
+        let Some(parent) = path.parent() else {
+            return false;
+        };
+        self.resolved.as_deref().and_then(Path::parent) == Some(parent)
+            || self.folder_id.is_some_and(|id| {
+                fs::metadata(parent).is_ok_and(|m| (m.dev(), m.ino()) == id)
+            })
+    }
+}
+
+/// Whether `path` or a folder above it is the directory `dir` (device, inode). A bind mount
+/// shows a directory at a second path that no comparison of paths relates to the first, so
+/// an output under the mount would land inside a model directory the run reads.
+fn lies_in(path: &Path, dir: (u64, u64)) -> bool {
+    path.ancestors()
+        .any(|a| fs::metadata(a).is_ok_and(|m| (m.dev(), m.ino()) == dir))
 }
 
 /// Everything a run reads, in every role, by resolved path and by identity.
@@ -115,12 +156,19 @@ impl Reads {
         if let Ok(m) = fs::symlink_metadata(path) {
             ids.push((m.dev(), m.ino()));
         }
+        let resolved = fs::canonicalize(path).ok().or_else(|| to_be(path));
+        let folder_id = resolved
+            .as_deref()
+            .and_then(Path::parent)
+            .and_then(|f| fs::metadata(f).ok())
+            .map(|m| (m.dev(), m.ino()));
         self.reads.push(Read {
             role,
             given: path.to_path_buf(),
-            resolved: fs::canonicalize(path).ok().or_else(|| to_be(path)),
+            resolved,
             ids,
             is_dir: followed.is_some_and(|m| m.is_dir()),
+            folder_id,
             of_model_dir: false,
         });
     }
@@ -218,7 +266,7 @@ fn changes_a_model_directory(dest: &Path, reads: &Reads, fix: &str) -> Option<St
                 || folder.join("config.json").exists()
                 || folder.join(INDEX_NAME).exists()
         };
-        if read.of_model_dir && dest.starts_with(folder) && is_model_dir() {
+        if read.of_model_dir && read.folder_holds(dest) && is_model_dir() {
             return Some(format!(
                 "is inside {}, the model directory that the {} {} resolves into; writing there would change that model: {fix}",
                 folder.display(),
@@ -227,7 +275,7 @@ fn changes_a_model_directory(dest: &Path, reads: &Reads, fix: &str) -> Option<St
             ));
         }
         let loads = is_model_file(name) && name != "README.md";
-        if loads && dest.parent() == Some(folder) && is_model_dir() {
+        if loads && read.folder_is_parent_of(dest) && is_model_dir() {
             return Some(format!(
                 "would add {name} to {}, the model directory of the {} {}, and change what that model loads as: {fix}",
                 folder.display(),
@@ -378,7 +426,7 @@ pub fn check_placement(request: &Request, reads: &Reads) -> Result<()> {
                 request.flag
             ));
         }
-        if read.is_dir && read.resolved.as_ref().is_some_and(|r| path.starts_with(r)) {
+        if read.holds(&path) {
             return refuse(format!(
                 "is inside the {} {}; writing there would change that {}: {fix}",
                 read.role.noun(),
@@ -470,7 +518,7 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
                 read.given.display()
             ));
         }
-        if read.is_dir && dest.path.starts_with(resolved) {
+        if read.holds(&dest.path) {
             return refuse(format!(
                 "is inside the {} {}; writing there would change that {}: write the output elsewhere",
                 read.role.noun(),
