@@ -615,6 +615,41 @@ fn a_bind_mount_of_a_model_directory_is_protected_like_the_directory() {
     }
 }
 
+/// `--force` was judged once, before the run: a plot path that was free then and that a
+/// `--scorer` (or anyone) wrote during the search was replaced at the end, though the tool
+/// never wrote that file. The policy is applied again just before the rename.
+#[test]
+fn force_never_replaces_a_file_that_appeared_during_the_run() {
+    let s = Sandbox::new();
+    for (command, flag, path) in [
+        ("report", "--plot", "results.svg"),
+        ("greedy", "-o", "results.safetensors"),
+    ] {
+        let target = s.root().join(path);
+        let scorer = format!(
+            "echo my results > {}; echo 0.5; : {{checkpoint}}",
+            target.display()
+        );
+        let o = eval_str(
+            s.root(),
+            &[
+                command,
+                "-q",
+                "--shell",
+                "--scorer",
+                &scorer,
+                "a.safetensors",
+                "b.safetensors",
+                flag,
+                path,
+                "--force",
+            ],
+        );
+        refused(&o, &[path, "not an output of this tool"]);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "my results\n");
+    }
+}
+
 #[test]
 fn force_replaces_only_what_the_tool_wrote_and_keeps_its_mode() {
     let s = Sandbox::new();

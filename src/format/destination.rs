@@ -360,13 +360,12 @@ impl Destination {
         check_one(&request, &reads, self.force)
     }
 
-    /// Checks again, just before an existing directory is replaced, that it still holds only
-    /// model files: something may have been added since the run started.
-    pub fn recheck_replaced_dir(&self) -> Result<()> {
-        match fs::symlink_metadata(&self.path) {
-            Ok(m) if m.is_dir() => foreign_entry(self, &self.path),
-            _ => Ok(()),
-        }
+    /// Applies the whole policy again just before an output is renamed over what is at its
+    /// destination with `--force`: the run may have taken hours, and whatever appeared there
+    /// since [`check`] (a file a `--scorer` wrote where the plot goes, a file added to the
+    /// old model directory, an edited weights file) is replaced only if it still passes.
+    pub fn recheck_replaced(&self) -> Result<()> {
+        self.with_reads(&Reads::new()).map(|_| ())
     }
 }
 
