@@ -459,7 +459,9 @@ pub fn main(args: Args) -> ExitCode {
         // other thread is running yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let result = model_soup::cli::start_thread_pool().map_err(anyhow::Error::from);
+    let result = model_soup::cli::start_thread_pool()
+        .and_then(|()| check_standard_streams(common))
+        .map_err(anyhow::Error::from);
     let result = if scored_externally {
         // Scorers are waited for in a loop that sees Ctrl-C, stops them and removes their
         // candidates: no exit from the handler, which would leave both behind.
@@ -503,6 +505,19 @@ fn print_report<M: super::score::Measure>(report: &Report<M>, json: bool) -> std
     } else {
         model_soup::cli::print(&report.table())
     }
+}
+
+/// Refuses standard output or error that is a file the run reads (`--json >> val.jsonl`),
+/// before any work: the report would be appended to it.
+fn check_standard_streams(c: &Common) -> model_soup::Result<()> {
+    let mut read = Reads::new();
+    for (role, path) in reads(c) {
+        match role {
+            Role::Ingredient => read.add_ingredient(&path),
+            _ => read.add(role, &path),
+        }
+    }
+    format::destination::check_standard_streams(&read)
 }
 
 /// The flags every command shares.

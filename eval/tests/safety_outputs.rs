@@ -650,6 +650,64 @@ fn force_never_replaces_a_file_that_appeared_during_the_run() {
     }
 }
 
+/// A shell opens `--json >> a.safetensors` before the run: the summary (and with `--json` the
+/// error object too) was appended to the input. Standard output or error that is a file the
+/// run reads is refused before any work, and nothing at all is written to it.
+#[test]
+fn standard_output_or_error_appending_to_an_input_is_refused_and_writes_nothing_there() {
+    let s = Sandbox::new();
+    let append = |name: &str| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.root().join(name))
+            .unwrap()
+    };
+    let merge_args = [
+        "a.safetensors",
+        "b.safetensors",
+        "-o",
+        "new.safetensors",
+        "--json",
+    ];
+    let eval_args = eval_args("score", &["--json"]);
+    for (tool, args, into) in [
+        ("soup-merge", &merge_args[..], "a.safetensors"),
+        (
+            "soup-merge",
+            &["--config", "recipe.yaml", "-o", "new.safetensors", "--json"][..],
+            "b.safetensors",
+        ),
+        ("soup-eval", &eval_args[..], "poor.safetensors"),
+        ("soup-eval", &eval_args[..], "val.safetensors"),
+    ] {
+        for stderr in [false, true] {
+            let o = only_changes(&s, &[], |d| {
+                let mut cmd = match tool {
+                    "soup-merge" => common::soup_merge(),
+                    _ => Command::new(env!("CARGO_BIN_EXE_soup-eval")),
+                };
+                cmd.current_dir(d).args(args);
+                if stderr {
+                    cmd.stderr(append(into));
+                } else {
+                    cmd.stdout(append(into));
+                }
+                cmd.output().unwrap()
+            });
+            assert_eq!(o.status.code(), Some(1), "{tool} {args:?} into {into}");
+            let told = if stderr {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            } else {
+                common::stderr(&o)
+            };
+            assert!(
+                told.contains(into) && told.contains("redirect standard"),
+                "{tool} {args:?}: {told}"
+            );
+        }
+    }
+}
+
 #[test]
 fn force_replaces_only_what_the_tool_wrote_and_keeps_its_mode() {
     let s = Sandbox::new();

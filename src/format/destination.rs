@@ -118,9 +118,9 @@ impl Read {
             return false;
         };
         self.resolved.as_deref().and_then(Path::parent) == Some(parent)
-            || self.folder_id.is_some_and(|id| {
-                fs::metadata(parent).is_ok_and(|m| (m.dev(), m.ino()) == id)
-            })
+            || self
+                .folder_id
+                .is_some_and(|id| fs::metadata(parent).is_ok_and(|m| (m.dev(), m.ino()) == id))
     }
 }
 
@@ -390,6 +390,51 @@ pub fn check(requests: &[Request], reads: &Reads, force: bool) -> Result<Vec<Des
         out.push(dest);
     }
     Ok(out)
+}
+
+/// Refuses a run whose standard output or standard error is a regular file it reads: a shell
+/// opens `--json >> a.safetensors` before the run starts, and the summary (or, with `2>>`,
+/// any message) would be appended to that input, as `cat a >> a` would (cat refuses it too).
+/// Such a stream is pointed at /dev/null first, so that not even the refusal lands in it; the
+/// other stream and the exit status still tell.
+pub fn check_standard_streams(reads: &Reads) -> Result<()> {
+    use super::os::Stream;
+    use std::os::fd::{AsFd, BorrowedFd};
+    let id = |fd: BorrowedFd<'_>| -> Option<(u64, u64)> {
+        let meta = fs::File::from(fd.try_clone_to_owned().ok()?)
+            .metadata()
+            .ok()?;
+        meta.is_file().then(|| (meta.dev(), meta.ino()))
+    };
+    let streams = [
+        (
+            Stream::Stdout,
+            "standard output",
+            id(std::io::stdout().as_fd()),
+        ),
+        (
+            Stream::Stderr,
+            "standard error",
+            id(std::io::stderr().as_fd()),
+        ),
+    ];
+    let mut refusal = None;
+    for (stream, name, file) in streams {
+        let Some(read) = file.and_then(|f| reads.reads.iter().find(|r| r.ids.contains(&f))) else {
+            continue;
+        };
+        super::os::silence(stream);
+        refusal.get_or_insert_with(|| {
+            Error::output(
+                &read.given,
+                format!(
+                    "is the {} and also the run's {name} (a shell redirection such as >>), which the run writes to: redirect {name} to another file",
+                    read.role.noun()
+                ),
+            )
+        });
+    }
+    refusal.map_or(Ok(()), Err)
 }
 
 /// Applies the placement rules of [`check`] to a path a run writes that is not an output

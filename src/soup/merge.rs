@@ -350,6 +350,8 @@ fn check_outputs(
             reads.add(Role::Companion, from);
         }
     }
+    // The standard streams are written too: never into an input (`--json >> a.safetensors`).
+    destination::check_standard_streams(&reads)?;
     let mut requests = Vec::new();
     if let Some(output) = &request.output {
         requests.push(Request {
