@@ -329,7 +329,11 @@ fn check_candidate_names(dir: &Path, read: &Reads) -> anyhow::Result<()> {
     };
     let mut clashes: Vec<PathBuf> = entries
         .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("soup-")))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("soup-"))
+        })
         .map(|e| e.path())
         .filter(|p| read.protects(p))
         .collect();

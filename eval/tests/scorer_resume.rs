@@ -338,7 +338,9 @@ fn resume_never_removes_an_input_at_a_candidates_name() {
         let out = tied("greedy", &ingredients, &["--log", log.to_str().unwrap()]);
         assert!(out.status.success(), "{}", common::stderr(&out));
         assert!(
-            std::fs::read_to_string(&log).unwrap().contains("\"soup-0-1\""),
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("\"soup-0-1\""),
             "the first run logged soup-0-1"
         );
         let before = std::fs::read(if kept.is_dir() {
@@ -368,7 +370,11 @@ fn resume_never_removes_an_input_at_a_candidates_name() {
             } else {
                 kept.clone()
             });
-            assert_eq!(now.ok(), Some(before.clone()), "{flags:?}: the input was removed");
+            assert_eq!(
+                now.ok(),
+                Some(before.clone()),
+                "{flags:?}: the input was removed"
+            );
         }
         assert!(!fresh.exists(), "a refused run starts no log");
     }
