@@ -708,6 +708,46 @@ fn standard_output_or_error_appending_to_an_input_is_refused_and_writes_nothing_
     }
 }
 
+/// A trailing slash names a directory, but `-o x.safetensors/` and `--plot p.svg/` resolved
+/// to the name without it and wrote a file there (and `--log l.jsonl/` failed with the
+/// kernel's "Is a directory"). A file output ending in a slash is refused, naming the fix.
+#[test]
+fn a_file_output_ending_in_a_slash_is_refused() {
+    let s = Sandbox::new();
+    for path in ["new.safetensors/", "new.safetensors/.", "NEW.SAFETENSORS//"] {
+        let o = only_changes(&s, &[], |d| {
+            merge_str(d, &["a.safetensors", "b.safetensors", "-o", path])
+        });
+        refused(&o, &["ends in a slash", "without .safetensors"]);
+        let o = only_changes(&s, &[], |d| {
+            eval_str(d, &eval_args("greedy", &["-o", path]))
+        });
+        refused(&o, &["ends in a slash", "-o"]);
+    }
+    let scorer = ["-q", "--shell", "--scorer", "echo 0.5; : {checkpoint}"];
+    for (flag, path) in [
+        ("--plot", "p.svg/"),
+        ("--log", "l.jsonl/"),
+        ("--resume", "l.jsonl/"),
+    ] {
+        let o = only_changes(&s, &[], |d| {
+            let mut args = vec!["report"];
+            args.extend(scorer);
+            args.extend(["a.safetensors", "b.safetensors", flag, path]);
+            eval_str(d, &args)
+        });
+        refused(&o, &["ends in a slash", flag]);
+    }
+    // A model directory may end in one.
+    let o = only_changes(&s, &["newdir"], |d| {
+        merge_str(
+            d,
+            &["a.safetensors", "b.safetensors", "-o", "newdir/", "-q"],
+        )
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+}
+
 #[test]
 fn force_replaces_only_what_the_tool_wrote_and_keeps_its_mode() {
     let s = Sandbox::new();

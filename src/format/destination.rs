@@ -446,6 +446,7 @@ pub fn check_standard_streams(reads: &Reads) -> Result<()> {
 /// Whether the path may already exist is the caller's rule.
 pub fn check_placement(request: &Request, reads: &Reads) -> Result<()> {
     not_stdout(request)?;
+    not_a_directory_path(request)?;
     let given = &request.path;
     let refuse = |reason: String| Err(Error::output(given, reason));
     let fix = match request.kind {
@@ -510,8 +511,33 @@ fn not_stdout(request: &Request) -> Result<()> {
     )))
 }
 
+/// Refuses a file output whose path ends in a slash (`-o soup.safetensors/`, `--plot p.svg/.`):
+/// the slash says a directory, the name or flag a file, and the path resolves to the name
+/// without the slash, so the tool wrote a file where the user asked for a directory (and
+/// `--log` failed with the kernel's "Is a directory").
+fn not_a_directory_path(request: &Request) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = request.path.as_os_str().as_bytes();
+    if request.kind != OutputKind::File || !(bytes.ends_with(b"/") || bytes.ends_with(b"/.")) {
+        return Ok(());
+    }
+    let or = if request.flag == "-o" {
+        " (for a model directory, give a name without .safetensors)"
+    } else {
+        ""
+    };
+    Err(Error::output(
+        &request.path,
+        format!(
+            "ends in a slash, which names a directory, but {} writes a file here: drop the trailing slash{or}",
+            request.flag
+        ),
+    ))
+}
+
 fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destination> {
     not_stdout(request)?;
+    not_a_directory_path(request)?;
     let given = &request.path;
     let refuse = |reason: String| Err(Error::output(given, reason));
     let name = match given.file_name() {
