@@ -512,13 +512,17 @@ fn not_stdout(request: &Request) -> Result<()> {
 }
 
 /// Refuses a file output whose path ends in a slash (`-o soup.safetensors/`, `--plot p.svg/.`):
-/// the slash says a directory, the name or flag a file, and the path resolves to the name
-/// without the slash, so the tool wrote a file where the user asked for a directory (and
-/// `--log` failed with the kernel's "Is a directory").
+/// the slash says a directory, the name or flag a file, and a path that isn't a directory
+/// resolves to the name without the slash, so the tool wrote a file where the user asked for
+/// a directory (and `--log` failed with the kernel's "Is a directory").
 fn not_a_directory_path(request: &Request) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = request.path.as_os_str().as_bytes();
     if request.kind != OutputKind::File || !(bytes.ends_with(b"/") || bytes.ends_with(b"/.")) {
+        return Ok(());
+    }
+    // A directory that exists is refused as one, in the words of the checks that follow.
+    if fs::metadata(&request.path).is_ok_and(|m| m.is_dir()) {
         return Ok(());
     }
     let or = if request.flag == "-o" {
