@@ -5,7 +5,10 @@
 //! The rules, each tested in `tests/safety_outputs.rs` and stated in SAFETY.md:
 //! - an output never resolves (through symbolic links, `..` or a hard link) to anything the run
 //!   reads, in any role, nor to another output of the same run; a directory output never holds
-//!   anything the run reads, and no output lands inside a model directory the run reads;
+//!   anything the run reads, and no output lands inside a model directory the run reads, also
+//!   through a bind mount of it (folders are compared by device and inode too);
+//! - standard output and error are never a file the run reads ([`check_standard_streams`]);
+//! - a file output's path never ends in a slash, which names a directory;
 //! - devices, FIFOs, sockets and symbolic links are never replaced, even with `--force`;
 //! - `--force` replaces only what the tool wrote itself: a soup or plot that carries its mark,
 //!   and for a directory output a directory of model files, and nothing else, whose weights do;
