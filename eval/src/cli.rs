@@ -459,7 +459,9 @@ pub fn main(args: Args) -> ExitCode {
         // other thread is running yet.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let result = model_soup::cli::start_thread_pool().map_err(anyhow::Error::from);
+    let result = model_soup::cli::start_thread_pool()
+        .and_then(|()| check_standard_streams(common))
+        .map_err(anyhow::Error::from);
     let result = if scored_externally {
         // Scorers are waited for in a loop that sees Ctrl-C, stops them and removes their
         // candidates: no exit from the handler, which would leave both behind.
@@ -503,6 +505,19 @@ fn print_report<M: super::score::Measure>(report: &Report<M>, json: bool) -> std
     } else {
         model_soup::cli::print(&report.table())
     }
+}
+
+/// Refuses standard output or error that is a file the run reads (`--json >> val.jsonl`),
+/// before any work: the report would be appended to it.
+fn check_standard_streams(c: &Common) -> model_soup::Result<()> {
+    let mut read = Reads::new();
+    for (role, path) in reads(c) {
+        match role {
+            Role::Ingredient => read.add_ingredient(&path),
+            _ => read.add(role, &path),
+        }
+    }
+    format::destination::check_standard_streams(&read)
 }
 
 /// The flags every command shares.
@@ -634,7 +649,12 @@ pub(crate) fn outputs(
     }
     let mut read = Reads::new();
     for (role, path) in reads(c) {
-        read.add(role, &path);
+        // An ingredient as a checkpoint: a model directory it reaches through its files (a
+        // folder of links, a weights file given alone) is protected like one given.
+        match role {
+            Role::Ingredient => read.add_ingredient(&path),
+            _ => read.add(role, &path),
+        }
     }
     let checked = format::destination::check(&requests, &read, g.force)?;
     // After the policy, whose refusals say more (a plot onto an input): the plot is SVG,

@@ -401,10 +401,16 @@ fn preview(names: &[String]) -> String {
 /// dataset (`/dev/zero`) is an error, not the memory filled.
 const MAX_TEXT_BYTES: u64 = 16 << 30;
 
-/// Reads a text dataset or list whole: a regular file only (a FIFO is refused without
-/// blocking), of at most [`MAX_TEXT_BYTES`]. `what` names it in messages.
-fn read_regular(path: &Path, what: &str) -> Result<Vec<u8>> {
-    model_soup::format::small_file::read(path, MAX_TEXT_BYTES, what).map_err(|e| match e {
+/// The largest model configuration read (`config.json`, `preprocessor_config.json`), as
+/// soup-merge caps a config it copies: the largest real ones (a label map of 21 000 classes)
+/// are near 1 MiB, and a hostile model directory's 20 GB `config.json` must be an error, not
+/// 20 GB of memory.
+const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
+/// Reads a file whole: a regular file only (a FIFO is refused without blocking), of at most
+/// `cap` bytes. `what` names it in messages.
+fn read_regular(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+    model_soup::format::small_file::read(path, cap, what).map_err(|e| match e {
         model_soup::Error::Header { reason, .. } => Error::Dataset {
             path: path.to_path_buf(),
             reason,
@@ -457,7 +463,17 @@ pub(crate) fn not_a_file(path: &Path, meta: &std::fs::Metadata, fix: &str) -> Er
 /// part of the first field, so a `path,label` header is taken for an image and a first JSON
 /// line does not parse.
 pub fn read_text(path: &Path, what: &str) -> Result<String> {
-    let bytes = read_regular(path, what)?;
+    text_of(path, read_regular(path, MAX_TEXT_BYTES, what)?)
+}
+
+/// Reads a model directory's configuration (`what`: "config", say) as [`read_text`] reads a
+/// dataset, but of at most [`MAX_CONFIG_BYTES`].
+pub fn read_config(path: &Path, what: &str) -> Result<String> {
+    text_of(path, read_regular(path, MAX_CONFIG_BYTES, what)?)
+}
+
+/// `bytes` read from `path` as UTF-8 text, without a leading byte-order mark.
+fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String> {
     let mut text = String::from_utf8(bytes).map_err(|e| Error::Dataset {
         path: path.to_path_buf(),
         reason: format!(

@@ -34,7 +34,7 @@ pub fn read(dir: &Path) -> Result<Option<Transform>> {
     if !dir.is_dir() || !crate::dataset::present(&path, "image processor configuration")? {
         return Ok(None);
     }
-    let text = crate::dataset::read_text(&path, "an image processor configuration")?;
+    let text = crate::dataset::read_config(&path, "image processor configuration")?;
     let bad = |reason: String| {
         Error::Dataset {
         path: path.clone(),

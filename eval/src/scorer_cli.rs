@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use model_soup::format::{destination, Checkpoint, Destination, OutputKind, Reads, Request, Role};
+use model_soup::format::{destination, Destination, OutputKind, Reads, Request, Role};
 use model_soup::soup::MergeRequest;
 
 use crate::error::{usage, usage_error};
@@ -290,14 +290,10 @@ fn check_placements(c: &Common) -> anyhow::Result<()> {
     let s = &c.scorer;
     let mut read = Reads::new();
     for (role, path) in super::cli::reads(c) {
-        if role != Role::SearchLog {
-            read.add(role, &path);
-        }
-    }
-    for input in &c.inputs {
-        // One that doesn't open is refused, with its reason, when the ingredients are opened.
-        if let Ok(checkpoint) = Checkpoint::open(input) {
-            read.add_checkpoint(&checkpoint);
+        match role {
+            Role::SearchLog => {}
+            Role::Ingredient => read.add_ingredient(&path),
+            _ => read.add(role, &path),
         }
     }
     let requests = [
@@ -315,7 +311,44 @@ fn check_placements(c: &Common) -> anyhow::Result<()> {
             destination::check_placement(&request, &read)?;
         }
     }
+    if let Some(dir) = &s.work_dir {
+        check_candidate_names(dir, &read)?;
+    }
     Ok(())
+}
+
+/// Refuses a `--work-dir` where an input (or a folder holding one) is at a candidate soup's
+/// name, through a link or a hard link too: a candidate written there would be refused only
+/// once the search reached it, and `--resume` removes the logged candidates it finds at their
+/// names, which would have deleted an input that carries the tool's mark (a soup kept with
+/// `--keep-candidates` and fed back in, say).
+fn check_candidate_names(dir: &Path, read: &Reads) -> anyhow::Result<()> {
+    // A folder the run will create holds nothing yet.
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut clashes: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with("soup-"))
+        })
+        .map(|e| e.path())
+        .filter(|p| read.protects(p))
+        .collect();
+    clashes.sort();
+    match clashes.into_iter().next() {
+        None => Ok(()),
+        Some(path) => Err(model_soup::Error::Output {
+            path,
+            reason: format!(
+                "is an input of this run (or holds one), at a candidate soup's name in --work-dir {}, where a candidate would replace it: give --work-dir a folder apart from the inputs",
+                dir.display()
+            ),
+        }
+        .into()),
+    }
 }
 
 /// `path` made absolute with its longest existing part resolved (links, `..`), so that a

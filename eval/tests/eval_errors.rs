@@ -1245,3 +1245,34 @@ fn a_fifo_for_a_models_own_file_is_named_as_one() {
     let out = run(&[&"--tokenizer", &tokenizer, &model]);
     assert_error(&out, &["tokenizer.json", "not a regular file"]);
 }
+
+/// A model directory's `config.json` and `preprocessor_config.json` were read whole, however
+/// large: a hostile directory's 20 GB file took 20 GB of memory (soup-merge caps a config at
+/// 8 MiB). Both are refused from their size, before a byte is read.
+#[test]
+fn an_oversized_model_config_is_refused_from_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["config.json", "preprocessor_config.json"] {
+        let dir = tmp.path().join(name.replace('.', "-"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(base(), dir.join("model.safetensors")).unwrap();
+        if name != "config.json" {
+            std::fs::write(dir.join("config.json"), "{}").unwrap();
+        }
+        // Sparse: 64 MiB claimed, nothing on disk (the cap is what matters, not the size).
+        let big = std::fs::File::create(dir.join(name)).unwrap();
+        big.set_len(64 << 20).unwrap();
+        let started = std::time::Instant::now();
+        let out = soup_eval(&[
+            &"score",
+            &"-q",
+            &"--arch",
+            &"digits-cnn",
+            &"--val",
+            &fixture("digits-images/val"),
+            &dir,
+        ]);
+        assert_error(&out, &[name, "at most 8388608 bytes"]);
+        assert!(started.elapsed().as_secs() < 20, "{name} was read");
+    }
+}

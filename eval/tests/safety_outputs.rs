@@ -506,6 +506,248 @@ fn a_model_directory_reached_through_its_files_is_protected_like_one_given() {
     assert!(o.status.success(), "{}", common::stderr(&o));
 }
 
+/// soup-eval read its ingredients by the paths given only, so a model directory reached
+/// through an ingredient's files was unprotected when the greedy soup rejected that
+/// ingredient: `-o` and `--plot` landed inside it, or added weights beside a weights file
+/// given alone. They are refused as soup-merge refuses them.
+#[test]
+fn soup_evals_outputs_never_land_in_a_model_directory_read_through_its_files() {
+    let s = Sandbox::new();
+    let root = s.root();
+    // P is a model directory of the poor fine-tune, which every greedy soup rejects; XP holds
+    // only links to P's files.
+    std::fs::create_dir(root.join("P")).unwrap();
+    std::fs::copy(
+        root.join("poor.safetensors"),
+        root.join("P/model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(root.join("P/config.json"), r#"{"model_type": "cnn"}"#).unwrap();
+    std::fs::create_dir(root.join("XP")).unwrap();
+    for name in ["model.safetensors", "config.json"] {
+        std::os::unix::fs::symlink(Path::new("../P").join(name), root.join("XP").join(name))
+            .unwrap();
+    }
+    let base = ["--arch", "digits-cnn", "--val", "val.safetensors", "-q"];
+    for (command, poor, extra) in [
+        ("greedy", "XP", ["-o", "P/soup.safetensors"]),
+        ("report", "XP", ["--plot", "P/soups.svg"]),
+        (
+            "greedy",
+            "P/model.safetensors",
+            ["-o", "P/model-00001-of-00002.safetensors"],
+        ),
+    ] {
+        let mut args = vec![command];
+        args.extend(base);
+        args.extend(["b.safetensors", poor]);
+        args.extend(extra);
+        let o = only_changes(&s, &[], |d| eval_str(d, &args));
+        refused(&o, &["write the output elsewhere"]);
+    }
+}
+
+/// Unmounts a bind mount when dropped, before the sandbox is removed.
+struct BindMount(PathBuf);
+
+impl BindMount {
+    /// Binds `from` at `at`, or `None` where this user may not mount (the test then skips).
+    fn new(from: &Path, at: &Path) -> Option<BindMount> {
+        std::fs::create_dir(at).unwrap();
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .args([from, at])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| BindMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A bind mount shows a model directory at a second path that no comparison of paths relates
+/// to the first: outputs under the mount landed inside the model directory the run read (and
+/// the other way round), and weights written beside its weights file changed what it loads.
+/// The policy compares folders by identity too.
+#[test]
+fn a_bind_mount_of_a_model_directory_is_protected_like_the_directory() {
+    let s = Sandbox::new();
+    let root = s.root();
+    let Some(_mount) = BindMount::new(&root.join("ftA"), &root.join("mnt")) else {
+        eprintln!("skipped: mount --bind is not permitted here");
+        return;
+    };
+    for args in [
+        vec!["ftA", "b.safetensors", "-o", "mnt/soup.safetensors"],
+        vec!["ftA", "b.safetensors", "-o", "mnt/soup"],
+        vec!["mnt", "b.safetensors", "-o", "ftA/soup.safetensors"],
+        vec![
+            "ftA/model-00001-of-00003.safetensors",
+            "b.safetensors",
+            "-o",
+            "mnt/model.safetensors",
+        ],
+    ] {
+        let o = only_changes(&s, &[], |d| merge_str(d, &args));
+        refused(&o, &["write the output elsewhere"]);
+    }
+    let o = only_changes(&s, &[], |d| {
+        let mut args = vec!["report", "--arch", "digits-cnn", "--val", "val.safetensors"];
+        args.extend(["-q", "ftA", "b.safetensors", "--plot", "mnt/soups.svg"]);
+        eval_str(d, &args)
+    });
+    refused(&o, &["write the output elsewhere"]);
+    for flag in ["--log", "--work-dir"] {
+        let o = only_changes(&s, &[], |d| {
+            eval_str(
+                d,
+                &[
+                    "greedy", "-q", "--scorer", "echo 1", "ftA", "oldsoup", flag, "mnt/new",
+                ],
+            )
+        });
+        refused(&o, &["inside", "ftA"]);
+    }
+}
+
+/// `--force` was judged once, before the run: a plot path that was free then and that a
+/// `--scorer` (or anyone) wrote during the search was replaced at the end, though the tool
+/// never wrote that file. The policy is applied again just before the rename.
+#[test]
+fn force_never_replaces_a_file_that_appeared_during_the_run() {
+    let s = Sandbox::new();
+    for (command, flag, path) in [
+        ("report", "--plot", "results.svg"),
+        ("greedy", "-o", "results.safetensors"),
+    ] {
+        let target = s.root().join(path);
+        let scorer = format!(
+            "echo my results > {}; echo 0.5; : {{checkpoint}}",
+            target.display()
+        );
+        let o = eval_str(
+            s.root(),
+            &[
+                command,
+                "-q",
+                "--shell",
+                "--scorer",
+                &scorer,
+                "a.safetensors",
+                "b.safetensors",
+                flag,
+                path,
+                "--force",
+            ],
+        );
+        refused(&o, &[path, "not an output of this tool"]);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "my results\n");
+    }
+}
+
+/// A shell opens `--json >> a.safetensors` before the run: the summary (and with `--json` the
+/// error object too) was appended to the input. Standard output or error that is a file the
+/// run reads is refused before any work, and nothing at all is written to it.
+#[test]
+fn standard_output_or_error_appending_to_an_input_is_refused_and_writes_nothing_there() {
+    let s = Sandbox::new();
+    let append = |name: &str| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.root().join(name))
+            .unwrap()
+    };
+    let merge_args = [
+        "a.safetensors",
+        "b.safetensors",
+        "-o",
+        "new.safetensors",
+        "--json",
+    ];
+    let eval_args = eval_args("score", &["--json"]);
+    for (tool, args, into) in [
+        ("soup-merge", &merge_args[..], "a.safetensors"),
+        (
+            "soup-merge",
+            &["--config", "recipe.yaml", "-o", "new.safetensors", "--json"][..],
+            "b.safetensors",
+        ),
+        ("soup-eval", &eval_args[..], "poor.safetensors"),
+        ("soup-eval", &eval_args[..], "val.safetensors"),
+    ] {
+        for stderr in [false, true] {
+            let o = only_changes(&s, &[], |d| {
+                let mut cmd = match tool {
+                    "soup-merge" => common::soup_merge(),
+                    _ => Command::new(env!("CARGO_BIN_EXE_soup-eval")),
+                };
+                cmd.current_dir(d).args(args);
+                if stderr {
+                    cmd.stderr(append(into));
+                } else {
+                    cmd.stdout(append(into));
+                }
+                cmd.output().unwrap()
+            });
+            assert_eq!(o.status.code(), Some(1), "{tool} {args:?} into {into}");
+            let told = if stderr {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            } else {
+                common::stderr(&o)
+            };
+            assert!(
+                told.contains(into) && told.contains("redirect standard"),
+                "{tool} {args:?}: {told}"
+            );
+        }
+    }
+}
+
+/// A trailing slash names a directory, but `-o x.safetensors/` and `--plot p.svg/` resolved
+/// to the name without it and wrote a file there (and `--log l.jsonl/` failed with the
+/// kernel's "Is a directory"). A file output ending in a slash is refused, naming the fix.
+#[test]
+fn a_file_output_ending_in_a_slash_is_refused() {
+    let s = Sandbox::new();
+    for path in ["new.safetensors/", "new.safetensors/.", "NEW.SAFETENSORS//"] {
+        let o = only_changes(&s, &[], |d| {
+            merge_str(d, &["a.safetensors", "b.safetensors", "-o", path])
+        });
+        refused(&o, &["ends in a slash", "without .safetensors"]);
+        let o = only_changes(&s, &[], |d| {
+            eval_str(d, &eval_args("greedy", &["-o", path]))
+        });
+        refused(&o, &["ends in a slash", "-o"]);
+    }
+    let scorer = ["-q", "--shell", "--scorer", "echo 0.5; : {checkpoint}"];
+    for (flag, path) in [
+        ("--plot", "p.svg/"),
+        ("--log", "l.jsonl/"),
+        ("--resume", "l.jsonl/"),
+    ] {
+        let o = only_changes(&s, &[], |d| {
+            let mut args = vec!["report"];
+            args.extend(scorer);
+            args.extend(["a.safetensors", "b.safetensors", flag, path]);
+            eval_str(d, &args)
+        });
+        refused(&o, &["ends in a slash", flag]);
+    }
+    // A model directory may end in one.
+    let o = only_changes(&s, &["newdir"], |d| {
+        merge_str(
+            d,
+            &["a.safetensors", "b.safetensors", "-o", "newdir/", "-q"],
+        )
+    });
+    assert!(o.status.success(), "{}", common::stderr(&o));
+}
+
 #[test]
 fn force_replaces_only_what_the_tool_wrote_and_keeps_its_mode() {
     let s = Sandbox::new();

@@ -309,6 +309,77 @@ fn resume_never_removes_a_users_file_or_folder_at_a_candidates_name() {
     }
 }
 
+/// An input that sits in `--work-dir` under a candidate's name (a soup kept with
+/// `--keep-candidates` and fed back in) carries the tool's mark, so `--resume`'s removal of the
+/// logged candidates took it for a leftover and deleted it. It is refused before anything runs.
+#[test]
+fn resume_never_removes_an_input_at_a_candidates_name() {
+    for world in [World::files(), World::dirs()] {
+        let shared = world.folder("shared");
+        let kept = if world.ingredients[0].is_dir() {
+            shared.join("soup-0-1")
+        } else {
+            shared.join("soup-0-1.safetensors")
+        };
+        let made = common::soup_merge()
+            .args([&world.ingredients[3], &world.ingredients[4]])
+            .arg("-o")
+            .arg(&kept)
+            .arg("-q")
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{}", common::stderr(&made));
+        let ingredients = vec![
+            world.ingredients[0].clone(),
+            world.ingredients[1].clone(),
+            kept.clone(),
+        ];
+        let log = world.dir.path().join("log.jsonl");
+        let out = tied("greedy", &ingredients, &["--log", log.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        assert!(
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("\"soup-0-1\""),
+            "the first run logged soup-0-1"
+        );
+        let before = std::fs::read(if kept.is_dir() {
+            kept.join("model.safetensors")
+        } else {
+            kept.clone()
+        })
+        .unwrap();
+        let fresh = world.dir.path().join("fresh.jsonl");
+        for flags in [
+            vec!["--resume", log.to_str().unwrap()],
+            vec!["--log", fresh.to_str().unwrap()],
+        ] {
+            let mut args = flags.clone();
+            args.extend(["--work-dir", shared.to_str().unwrap()]);
+            let out = tied("greedy", &ingredients, &args);
+            let stderr = common::stderr(&out);
+            assert_eq!(out.status.code(), Some(1), "{flags:?}: {stderr}");
+            let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+            assert_eq!(errors.len(), 1, "{stderr}");
+            assert!(
+                errors[0].contains("soup-0-1") && errors[0].contains("input"),
+                "{stderr}"
+            );
+            let now = std::fs::read(if kept.is_dir() {
+                kept.join("model.safetensors")
+            } else {
+                kept.clone()
+            });
+            assert_eq!(
+                now.ok(),
+                Some(before.clone()),
+                "{flags:?}: the input was removed"
+            );
+        }
+        assert!(!fresh.exists(), "a refused run starts no log");
+    }
+}
+
 #[test]
 fn a_failed_candidate_is_logged_with_its_exit_status_and_time() {
     let world = World::files();

@@ -133,7 +133,7 @@ impl AtomicDir {
             sync_parent(&self.dest);
             return Ok(());
         }
-        self.policy.recheck_replaced_dir()?;
+        self.policy.recheck_replaced()?;
         match os::rename_exchange(&self.temp, &self.dest) {
             Ok(()) => {
                 // The temporary name now holds the old output.

@@ -5,7 +5,10 @@
 //! The rules, each tested in `tests/safety_outputs.rs` and stated in SAFETY.md:
 //! - an output never resolves (through symbolic links, `..` or a hard link) to anything the run
 //!   reads, in any role, nor to another output of the same run; a directory output never holds
-//!   anything the run reads, and no output lands inside a model directory the run reads;
+//!   anything the run reads, and no output lands inside a model directory the run reads, also
+//!   through a bind mount of it (folders are compared by device and inode too);
+//! - standard output and error are never a file the run reads ([`check_standard_streams`]);
+//! - a file output's path never ends in a slash, which names a directory;
 //! - devices, FIFOs, sockets and symbolic links are never replaced, even with `--force`;
 //! - `--force` replaces only what the tool wrote itself: a soup or plot that carries its mark,
 //!   and for a directory output a directory of model files, and nothing else, whose weights do;
@@ -86,9 +89,50 @@ struct Read {
     /// (device, inode) of what the path resolves to, and of the path itself when that is a link.
     ids: Vec<(u64, u64)>,
     is_dir: bool,
+    /// (device, inode) of the folder the path resolves into, which a bind mount also shows at
+    /// another path.
+    folder_id: Option<(u64, u64)>,
     /// A shard or index of a checkpoint given as a model directory: the folder it resolves
     /// into is that model directory too (a directory of links to another model's files).
     of_model_dir: bool,
+}
+
+impl Read {
+    /// Whether `path` (absolute, its folder resolved) is this directory or lies inside it,
+    /// by path or, for a bind mount of it, by identity.
+    fn holds(&self, path: &Path) -> bool {
+        self.is_dir
+            && (self.resolved.as_ref().is_some_and(|r| path.starts_with(r))
+                || self.ids.first().is_some_and(|&id| lies_in(path, id)))
+    }
+
+    /// Whether `path` lies inside the folder this read resolves into (see [`Read::holds`]).
+    fn folder_holds(&self, path: &Path) -> bool {
+        self.resolved
+            .as_deref()
+            .and_then(Path::parent)
+            .is_some_and(|f| path.starts_with(f))
+            || self.folder_id.is_some_and(|id| lies_in(path, id))
+    }
+
+    /// Whether `path` is directly in the folder this read resolves into.
+    fn folder_is_parent_of(&self, path: &Path) -> bool {
+        let Some(parent) = path.parent() else {
+            return false;
+        };
+        self.resolved.as_deref().and_then(Path::parent) == Some(parent)
+            || self
+                .folder_id
+                .is_some_and(|id| fs::metadata(parent).is_ok_and(|m| (m.dev(), m.ino()) == id))
+    }
+}
+
+/// Whether `path` or a folder above it is the directory `dir` (device, inode). A bind mount
+/// shows a directory at a second path that no comparison of paths relates to the first, so
+/// an output under the mount would land inside a model directory the run reads.
+fn lies_in(path: &Path, dir: (u64, u64)) -> bool {
+    path.ancestors()
+        .any(|a| fs::metadata(a).is_ok_and(|m| (m.dev(), m.ino()) == dir))
 }
 
 /// Everything a run reads, in every role, by resolved path and by identity.
@@ -115,12 +159,19 @@ impl Reads {
         if let Ok(m) = fs::symlink_metadata(path) {
             ids.push((m.dev(), m.ino()));
         }
+        let resolved = fs::canonicalize(path).ok().or_else(|| to_be(path));
+        let folder_id = resolved
+            .as_deref()
+            .and_then(Path::parent)
+            .and_then(|f| fs::metadata(f).ok())
+            .map(|m| (m.dev(), m.ino()));
         self.reads.push(Read {
             role,
             given: path.to_path_buf(),
-            resolved: fs::canonicalize(path).ok().or_else(|| to_be(path)),
+            resolved,
             ids,
             is_dir: followed.is_some_and(|m| m.is_dir()),
+            folder_id,
             of_model_dir: false,
         });
     }
@@ -140,6 +191,22 @@ impl Reads {
         for read in &mut self.reads[first..] {
             read.of_model_dir = is_dir;
         }
+    }
+
+    /// Records an ingredient given by its path, as a checkpoint when it opens: its shards and
+    /// index then count too, so a model directory it reaches through its files (a folder of
+    /// links, or `Da/model.safetensors` given alone) is protected as one given. A path that
+    /// doesn't open is recorded as given; the run refuses it with its reason when it opens it.
+    pub fn add_ingredient(&mut self, path: &Path) {
+        match Checkpoint::open(path) {
+            Ok(checkpoint) => self.add_checkpoint(&checkpoint),
+            Err(_) => self.add(Role::Ingredient, path),
+        }
+    }
+
+    /// Whether a path is something the run reads, or a directory holding something it reads.
+    pub fn protects(&self, path: &Path) -> bool {
+        self.contains(path) || self.within(path)
     }
 
     /// Whether `path` (not followed, if it is a link) or what it resolves to is read.
@@ -202,7 +269,7 @@ fn changes_a_model_directory(dest: &Path, reads: &Reads, fix: &str) -> Option<St
                 || folder.join("config.json").exists()
                 || folder.join(INDEX_NAME).exists()
         };
-        if read.of_model_dir && dest.starts_with(folder) && is_model_dir() {
+        if read.of_model_dir && read.folder_holds(dest) && is_model_dir() {
             return Some(format!(
                 "is inside {}, the model directory that the {} {} resolves into; writing there would change that model: {fix}",
                 folder.display(),
@@ -211,7 +278,7 @@ fn changes_a_model_directory(dest: &Path, reads: &Reads, fix: &str) -> Option<St
             ));
         }
         let loads = is_model_file(name) && name != "README.md";
-        if loads && dest.parent() == Some(folder) && is_model_dir() {
+        if loads && read.folder_is_parent_of(dest) && is_model_dir() {
             return Some(format!(
                 "would add {name} to {}, the model directory of the {} {}, and change what that model loads as: {fix}",
                 folder.display(),
@@ -280,7 +347,7 @@ impl Destination {
     /// Whether a path is something the run reads, or a directory holding something it reads:
     /// stale-temporary cleanup removes neither (a killed run's shards may be fed back in).
     pub fn protects(&self, path: &Path) -> bool {
-        self.reads.contains(path) || self.reads.within(path)
+        self.reads.protects(path)
     }
 
     /// The same destination checked again with more reads: a writer's own inputs, whatever
@@ -296,13 +363,12 @@ impl Destination {
         check_one(&request, &reads, self.force)
     }
 
-    /// Checks again, just before an existing directory is replaced, that it still holds only
-    /// model files: something may have been added since the run started.
-    pub fn recheck_replaced_dir(&self) -> Result<()> {
-        match fs::symlink_metadata(&self.path) {
-            Ok(m) if m.is_dir() => foreign_entry(self, &self.path),
-            _ => Ok(()),
-        }
+    /// Applies the whole policy again just before an output is renamed over what is at its
+    /// destination with `--force`: the run may have taken hours, and whatever appeared there
+    /// since [`check`] (a file a `--scorer` wrote where the plot goes, a file added to the
+    /// old model directory, an edited weights file) is replaced only if it still passes.
+    pub fn recheck_replaced(&self) -> Result<()> {
+        self.with_reads(&Reads::new()).map(|_| ())
     }
 }
 
@@ -329,6 +395,51 @@ pub fn check(requests: &[Request], reads: &Reads, force: bool) -> Result<Vec<Des
     Ok(out)
 }
 
+/// Refuses a run whose standard output or standard error is a regular file it reads: a shell
+/// opens `--json >> a.safetensors` before the run starts, and the summary (or, with `2>>`,
+/// any message) would be appended to that input, as `cat a >> a` would (cat refuses it too).
+/// Such a stream is pointed at /dev/null first, so that not even the refusal lands in it; the
+/// other stream and the exit status still tell.
+pub fn check_standard_streams(reads: &Reads) -> Result<()> {
+    use super::os::Stream;
+    use std::os::fd::{AsFd, BorrowedFd};
+    let id = |fd: BorrowedFd<'_>| -> Option<(u64, u64)> {
+        let meta = fs::File::from(fd.try_clone_to_owned().ok()?)
+            .metadata()
+            .ok()?;
+        meta.is_file().then(|| (meta.dev(), meta.ino()))
+    };
+    let streams = [
+        (
+            Stream::Stdout,
+            "standard output",
+            id(std::io::stdout().as_fd()),
+        ),
+        (
+            Stream::Stderr,
+            "standard error",
+            id(std::io::stderr().as_fd()),
+        ),
+    ];
+    let mut refusal = None;
+    for (stream, name, file) in streams {
+        let Some(read) = file.and_then(|f| reads.reads.iter().find(|r| r.ids.contains(&f))) else {
+            continue;
+        };
+        super::os::silence(stream);
+        refusal.get_or_insert_with(|| {
+            Error::output(
+                &read.given,
+                format!(
+                    "is the {} and also the run's {name} (a shell redirection such as >>), which the run writes to: redirect {name} to another file",
+                    read.role.noun()
+                ),
+            )
+        });
+    }
+    refusal.map_or(Ok(()), Err)
+}
+
 /// Applies the placement rules of [`check`] to a path a run writes that is not an output
 /// `--force` may replace: soup-eval's search log (`--log` creates it, `--resume` appends to it)
 /// and the folder its candidates go to (`--work-dir`, of kind [`OutputKind::Directory`]: files
@@ -338,6 +449,7 @@ pub fn check(requests: &[Request], reads: &Reads, force: bool) -> Result<Vec<Des
 /// Whether the path may already exist is the caller's rule.
 pub fn check_placement(request: &Request, reads: &Reads) -> Result<()> {
     not_stdout(request)?;
+    not_a_directory_path(request)?;
     let given = &request.path;
     let refuse = |reason: String| Err(Error::output(given, reason));
     let fix = match request.kind {
@@ -362,7 +474,7 @@ pub fn check_placement(request: &Request, reads: &Reads) -> Result<()> {
                 request.flag
             ));
         }
-        if read.is_dir && read.resolved.as_ref().is_some_and(|r| path.starts_with(r)) {
+        if read.holds(&path) {
             return refuse(format!(
                 "is inside the {} {}; writing there would change that {}: {fix}",
                 read.role.noun(),
@@ -402,8 +514,37 @@ fn not_stdout(request: &Request) -> Result<()> {
     )))
 }
 
+/// Refuses a file output whose path ends in a slash (`-o soup.safetensors/`, `--plot p.svg/.`):
+/// the slash says a directory, the name or flag a file, and a path that isn't a directory
+/// resolves to the name without the slash, so the tool wrote a file where the user asked for
+/// a directory (and `--log` failed with the kernel's "Is a directory").
+fn not_a_directory_path(request: &Request) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = request.path.as_os_str().as_bytes();
+    if request.kind != OutputKind::File || !(bytes.ends_with(b"/") || bytes.ends_with(b"/.")) {
+        return Ok(());
+    }
+    // A directory that exists is refused as one, in the words of the checks that follow.
+    if fs::metadata(&request.path).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
+    let or = if request.flag == "-o" {
+        " (for a model directory, give a name without .safetensors)"
+    } else {
+        ""
+    };
+    Err(Error::output(
+        &request.path,
+        format!(
+            "ends in a slash, which names a directory, but {} writes a file here: drop the trailing slash{or}",
+            request.flag
+        ),
+    ))
+}
+
 fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destination> {
     not_stdout(request)?;
+    not_a_directory_path(request)?;
     let given = &request.path;
     let refuse = |reason: String| Err(Error::output(given, reason));
     let name = match given.file_name() {
@@ -454,7 +595,7 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
                 read.given.display()
             ));
         }
-        if read.is_dir && dest.path.starts_with(resolved) {
+        if read.holds(&dest.path) {
             return refuse(format!(
                 "is inside the {} {}; writing there would change that {}: write the output elsewhere",
                 read.role.noun(),

@@ -256,6 +256,31 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
         || matches!((id(a), id(b)), (Some(x), Some(y)) if x == y)
 }
 
+/// A standard stream the tools write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Points a standard stream at /dev/null, so that nothing more is written to the file it was:
+/// for a run whose standard output or error is a file it reads (`>> a.safetensors`), where
+/// even the refusal (`--json`'s error object, the `error:` line) would change that input.
+/// Called before anything is printed, so no buffered bytes are meant for the old file.
+pub fn silence(stream: Stream) {
+    use std::os::fd::AsRawFd;
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else {
+        return;
+    };
+    let fd = match stream {
+        Stream::Stdout => libc::STDOUT_FILENO,
+        Stream::Stderr => libc::STDERR_FILENO,
+    };
+    // SAFETY: both descriptors are open for the duration of the call; dup2 atomically makes
+    // `fd` a copy of `null`'s, which stays open on /dev/null once `null` is dropped.
+    unsafe { libc::dup2(null.as_raw_fd(), fd) };
+}
+
 /// Takes the advisory lock that marks a temporary as a live run's, held as long as `file` (or
 /// a clone of its descriptor) stays open. Where the filesystem has no locks, nothing is held
 /// and [`held_by_a_live_run`] falls back to the process id.

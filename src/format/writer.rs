@@ -73,6 +73,8 @@ pub struct AtomicFile {
     temp: PathBuf,
     file: File,
     overwrite: bool,
+    /// For the last check before an existing destination is replaced.
+    policy: Destination,
     committed: bool,
 }
 
@@ -98,6 +100,7 @@ impl AtomicFile {
             temp,
             file,
             overwrite: dest.force(),
+            policy: dest.clone(),
             committed: false,
         };
         if let Some(mode) = dest.replaced_mode() {
@@ -148,6 +151,8 @@ impl AtomicFile {
     pub fn commit(mut self) -> Result<()> {
         self.file.sync_all().map_err(|e| self.write_error(e))?;
         let published = if self.overwrite {
+            // What --force replaces may have changed since the policy approved it.
+            self.policy.recheck_replaced()?;
             std::fs::rename(&self.temp, &self.dest)
         } else {
             os::rename_no_replace(&self.temp, &self.dest)

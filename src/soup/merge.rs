@@ -338,13 +338,20 @@ fn check_outputs(
         reads.add(Role::Recipe, recipe);
     }
     for (role, path) in &request.also_reads {
-        reads.add(*role, path);
+        // soup-eval's other ingredients: a model directory reached through their files is
+        // protected as one merged here is (a greedy soup leaves rejected ones out).
+        match role {
+            Role::Ingredient => reads.add_ingredient(path),
+            _ => reads.add(*role, path),
+        }
     }
     for c in companions {
         if let Companion::Copy { from, .. } = c {
             reads.add(Role::Companion, from);
         }
     }
+    // The standard streams are written too: never into an input (`--json >> a.safetensors`).
+    destination::check_standard_streams(&reads)?;
     let mut requests = Vec::new();
     if let Some(output) = &request.output {
         requests.push(Request {

@@ -344,11 +344,8 @@ impl Layout {
         let dir = checkpoint.path();
         let config_path = dir.join("config.json");
         let config = if dir.is_dir() && crate::dataset::present(&config_path, "config")? {
-            let bytes = std::fs::read(&config_path).map_err(|source| Error::Io {
-                path: config_path.clone(),
-                source,
-            })?;
-            let value = serde_json::from_slice(&bytes).map_err(|e| Error::Dataset {
+            let text = crate::dataset::read_config(&config_path, "config")?;
+            let value = serde_json::from_str(&text).map_err(|e| Error::Dataset {
                 path: config_path.clone(),
                 reason: format!("is not valid JSON ({e}); fix or remove it"),
             })?;
