@@ -106,6 +106,79 @@ fn a_recipe_gives_the_same_tensors_as_the_flags() {
     }
 }
 
+/// mergekit takes a model as a path string or as the long form `{model: PATH}` /
+/// `{model: {path: PATH}}` (what its own config dump writes); both name the same model.
+/// The long form's LoRA, Hub revision and architecture override are refused by name.
+#[test]
+fn a_long_form_model_reference_is_read_as_its_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    let short = recipe(
+        tmp.path(),
+        "short.yaml",
+        &format!(
+            "merge_method: task_arithmetic\nbase_model: {}\nmodels:\n  - model: {}\n    parameters: {{weight: 0.7}}\n  - model: {}\n    parameters: {{weight: 0.3}}\n",
+            m[0].display(),
+            m[1].display(),
+            m[2].display()
+        ),
+    );
+    let long = recipe(
+        tmp.path(),
+        "long.yaml",
+        &format!(
+            "merge_method: task_arithmetic\nbase_model: {{model: {{path: {}, revision: null}}}}\nmodels:\n  - model: {{model: {}}}\n    parameters: {{weight: 0.7}}\n  - model: {{model: {{path: {}}}, lora: null}}\n    parameters: {{weight: 0.3}}\n",
+            m[0].display(),
+            m[1].display(),
+            m[2].display()
+        ),
+    );
+    let a = tmp.path().join("short.safetensors");
+    let b = tmp.path().join("long.safetensors");
+    ok(&[&"--config", &short, &"-o", &a]);
+    ok(&[&"--config", &long, &"-o", &b]);
+    assert_eq!(read(&a), read(&b));
+
+    let entry = |model: &str| {
+        format!(
+            "merge_method: linear\nmodels:\n  - model: {model}\n    parameters: {{weight: 1}}\n"
+        )
+    };
+    let x = m[1].display();
+    refused(
+        tmp.path(),
+        &entry(&format!("{{model: {x}, lora: adapter}}")),
+        &["models[0].model.lora applies a LoRA"],
+    );
+    refused(
+        tmp.path(),
+        &entry(&format!("{{model: {{path: {x}, revision: main}}}}")),
+        &["models[0].model.model.revision names a Hub revision"],
+    );
+    refused(
+        tmp.path(),
+        &entry(&format!(
+            "{{model: {x}, override_architecture: LlamaForCausalLM}}"
+        )),
+        &["models[0].model.override_architecture is not supported"],
+    );
+    refused(
+        tmp.path(),
+        &entry("{lora: adapter}"),
+        &["models[0].model.lora"],
+    );
+    refused(
+        tmp.path(),
+        &entry("{revision: main}"),
+        &["models[0].model.revision is not supported"],
+    );
+    refused(
+        tmp.path(),
+        &entry("{model: null}"),
+        &["models[0].model has no model:"],
+    );
+}
+
 #[test]
 fn a_recipe_to_a_directory_records_itself_in_the_card() {
     let tmp = tempfile::tempdir().unwrap();

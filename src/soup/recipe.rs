@@ -9,7 +9,8 @@
 //! base_model: ./base            # the base of methods that use one; else one more model (as
 //!                               # mergekit merges it), and the config source
 //! models:
-//!   - model: ./fine-tune-a      # a local .safetensors file or model directory
+//!   - model: ./fine-tune-a      # a local .safetensors file or model directory (or the long
+//!                               # form {model: ./fine-tune-a}, or {model: {path: ...}})
 //!     parameters:
 //!       weight: 0.7
 //!       density: [0.3, 0.5, 0.7]          # a gradient over the layers
@@ -549,24 +550,99 @@ fn keys(map: &Mapping, at: &str) -> std::result::Result<Vec<String>, String> {
         .collect()
 }
 
+/// A model reference as mergekit takes one: a path string, or its long form.
 fn model_path(v: &Value, at: &str) -> std::result::Result<PathBuf, String> {
     match v {
         Value::String(s) if s.contains('+') && !Path::new(s).exists() => Err(format!(
             "{at} '{}' applies a LoRA (model+lora), which is not supported; merge the adapter first",
             cut(s)
         )),
-        // A shell expands `~`; a YAML file reaches us with it as written (mergekit doesn't
-        // expand it either), and the missing path would read as a model to download.
-        Value::String(s) if s.starts_with('~') && !Path::new(s).exists() => Err(format!(
-            "{at} '{}' starts with ~, which is not expanded in a recipe; write the path in full (or relative to the working directory)",
-            cut(s)
-        )),
-        Value::String(s) if !s.is_empty() => Ok(PathBuf::from(s)),
-        Value::Mapping(_) => Err(format!(
-            "{at} is a mapping (a model reference with path/revision/lora); give a local path string"
-        )),
+        Value::String(s) if !s.is_empty() => local_path(s, at),
+        Value::Mapping(map) => model_reference(map, at),
         other => Err(format!("{at} is {}, not a path", show(other))),
     }
+}
+
+/// mergekit's long form of a model reference, `{model: PATH}` or `{model: {path: PATH}}`
+/// (what its own config dump writes for a reference with extra fields), read as the path.
+/// Its other fields change which weights are read, so each is refused by name rather than
+/// dropped: a LoRA to apply, a Hub revision, an architecture override.
+fn model_reference(map: &Mapping, at: &str) -> std::result::Result<PathBuf, String> {
+    let mut path = None;
+    for key in keys(map, &format!("{at}."))? {
+        let value = &map[key.as_str()];
+        match key.as_str() {
+            _ if value.is_null() => {}
+            "model" => {
+                path = Some(match value {
+                    // Inside `model:` a '+' is part of the path: mergekit splits a LoRA off
+                    // only the short form.
+                    Value::String(s) if !s.is_empty() => local_path(s, &format!("{at}.model"))?,
+                    Value::Mapping(inner) => model_path_fields(inner, &format!("{at}.model"))?,
+                    other => {
+                        return Err(format!("{at}.model is {}, not a path", show(other)));
+                    }
+                })
+            }
+            "lora" => {
+                return Err(format!(
+                    "{at}.lora applies a LoRA, which is not supported; merge the adapter into the model first"
+                ))
+            }
+            "override_architecture" => {
+                return Err(format!(
+                    "{at}.override_architecture is not supported; soup-merge reads tensors by name, whatever the architecture: remove it"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "{at}.{other} is not supported; a model reference takes model: (a local path)"
+                ))
+            }
+        }
+    }
+    path.ok_or_else(|| format!("{at} has no model:; give the path, as in {{model: ./fine-tune}}"))
+}
+
+/// The `{path, revision}` mapping inside a long model reference.
+fn model_path_fields(map: &Mapping, at: &str) -> std::result::Result<PathBuf, String> {
+    let mut path = None;
+    for key in keys(map, &format!("{at}."))? {
+        let value = &map[key.as_str()];
+        match key.as_str() {
+            _ if value.is_null() => {}
+            "path" => match value {
+                Value::String(s) if !s.is_empty() => {
+                    path = Some(local_path(s, &format!("{at}.path"))?)
+                }
+                other => return Err(format!("{at}.path is {}, not a path", show(other))),
+            },
+            "revision" => {
+                return Err(format!(
+                    "{at}.revision names a Hub revision, which is not supported; download that revision and give its local path"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "{at}.{other} is not supported; a model path takes path: (a local path)"
+                ))
+            }
+        }
+    }
+    path.ok_or_else(|| format!("{at} has no path:; give one, as in {{path: ./fine-tune}}"))
+}
+
+/// A path string, short form or long.
+fn local_path(s: &str, at: &str) -> std::result::Result<PathBuf, String> {
+    // A shell expands `~`; a YAML file reaches us with it as written (mergekit doesn't
+    // expand it either), and the missing path would read as a model to download.
+    if s.starts_with('~') && !Path::new(s).exists() {
+        return Err(format!(
+            "{at} '{}' starts with ~, which is not expanded in a recipe; write the path in full (or relative to the working directory)",
+            cut(s)
+        ));
+    }
+    Ok(PathBuf::from(s))
 }
 
 /// PyTorch dtype names, as mergekit reads them.
