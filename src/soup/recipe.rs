@@ -424,10 +424,18 @@ impl Recipe {
         {
             return None;
         }
+        // A model's own weight overrides the top-level one, whatever its form: a filtered or
+        // per-layer weight is not plain, even where a plain top-level weight stands behind it
+        // (that one only applies where the model's filters match nothing).
         self.settings
             .models
             .iter()
-            .map(|m| scalar(m.get("weight")).or_else(|| scalar(self.settings.global.get("weight"))))
+            .map(|m| {
+                scalar(
+                    m.get("weight")
+                        .or_else(|| self.settings.global.get("weight")),
+                )
+            })
             .collect()
     }
 
