@@ -26,7 +26,8 @@
 //!                               # tensor's inputs' promoted dtype, as in mergekit)
 //! out_dtype: bfloat16
 //! tokenizer_source: base        # the only value supported: the base model's tokenizer (the
-//!                               # first model's without a base_model, as in mergekit)
+//!                               # first model's without a base_model; mergekit's pick is
+//!                               # arbitrary then)
 //! random_seed: 42               # the seed of DARE's and DELLA's drops (soup-merge's own key)
 //! ```
 
@@ -331,8 +332,8 @@ impl Recipe {
 
         match top.get("tokenizer_source") {
             None | Some(Value::Null) => {}
-            // Without a base_model, mergekit's "base" is the first model, whose tokenizer
-            // soup-merge copies anyway.
+            // Without a base_model, "base" is the first model, whose tokenizer soup-merge
+            // copies anyway (mergekit takes the first of an unordered set of the models).
             Some(Value::String(s)) if s == "base" => {}
             Some(v) => {
                 return Err(fail(format!(
@@ -888,7 +889,7 @@ mod tests {
         };
         assert_eq!((value(1, "weight"), value(1, "density")), (0.8, 0.5));
         assert_eq!((value(0, "weight"), value(0, "density")), (1.0, 0.5));
-        // mergekit's "base" tokenizer is the first model's when there is no base_model.
+        // Without a base_model, "base" is the first model's tokenizer.
         let r = parse("merge_method: passthrough\nmodels: [{model: x}]\ntokenizer_source: base\ndtype: bfloat16\n").unwrap();
         assert_eq!(r.base_model, None);
         // A merge key of something other than a mapping is an error.
