@@ -106,6 +106,129 @@ fn a_recipe_gives_the_same_tensors_as_the_flags() {
     }
 }
 
+/// A model's own filtered or per-layer weight wins over a plain top-level weight, which only
+/// fills in where the model's filters match nothing (mergekit resolves a parameter scope by
+/// scope). The shortcut for plain linear weights used to take the top-level weight for every
+/// tensor of such a model.
+#[test]
+fn a_models_filtered_weight_wins_over_the_top_level_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    let r = recipe(
+        tmp.path(),
+        "filtered.yaml",
+        &format!(
+            "merge_method: linear\nparameters: {{weight: 0.25}}\nmodels:\n  - model: {}\n    parameters:\n      weight: [{{filter: a.weight, value: 0.75}}]\n  - model: {}\ndtype: float32\n",
+            m[0].display(),
+            m[1].display()
+        ),
+    );
+    let out = tmp.path().join("filtered.safetensors");
+    ok(&[&"--config", &r, &"-o", &out]);
+    let soup = read(&out);
+    // a.weight at 0.75 and 0.25; the rest, where the filter matches nothing, at 0.25 each.
+    let flags = |w: &str, name: &str| {
+        let p = tmp.path().join(format!("flags-{w}-{name}.safetensors"));
+        ok(&[
+            &m[0],
+            &m[1],
+            &"-w",
+            &w,
+            &"--normalize",
+            &"--dtype",
+            &"f32",
+            &"-o",
+            &p,
+        ]);
+        read(&p).remove(name).unwrap()
+    };
+    assert!(
+        soup["a.weight"] == flags("0.75,0.25", "a.weight"),
+        "a.weight is not the soup at 0.75,0.25"
+    );
+    assert!(
+        soup["b.weight"] == flags("0.25,0.25", "b.weight"),
+        "b.weight is not the soup at 0.25,0.25"
+    );
+    assert!(
+        soup["c.weight"] == flags("0.25,0.25", "c.weight"),
+        "c.weight is not the soup at 0.25,0.25"
+    );
+}
+
+/// mergekit takes a model as a path string or as the long form `{model: PATH}` /
+/// `{model: {path: PATH}}` (what its own config dump writes); both name the same model.
+/// The long form's LoRA, Hub revision and architecture override are refused by name.
+#[test]
+fn a_long_form_model_reference_is_read_as_its_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    let short = recipe(
+        tmp.path(),
+        "short.yaml",
+        &format!(
+            "merge_method: task_arithmetic\nbase_model: {}\nmodels:\n  - model: {}\n    parameters: {{weight: 0.7}}\n  - model: {}\n    parameters: {{weight: 0.3}}\n",
+            m[0].display(),
+            m[1].display(),
+            m[2].display()
+        ),
+    );
+    let long = recipe(
+        tmp.path(),
+        "long.yaml",
+        &format!(
+            "merge_method: task_arithmetic\nbase_model: {{model: {{path: {}, revision: null}}}}\nmodels:\n  - model: {{model: {}}}\n    parameters: {{weight: 0.7}}\n  - model: {{model: {{path: {}}}, lora: null}}\n    parameters: {{weight: 0.3}}\n",
+            m[0].display(),
+            m[1].display(),
+            m[2].display()
+        ),
+    );
+    let a = tmp.path().join("short.safetensors");
+    let b = tmp.path().join("long.safetensors");
+    ok(&[&"--config", &short, &"-o", &a]);
+    ok(&[&"--config", &long, &"-o", &b]);
+    assert_eq!(read(&a), read(&b));
+
+    let entry = |model: &str| {
+        format!(
+            "merge_method: linear\nmodels:\n  - model: {model}\n    parameters: {{weight: 1}}\n"
+        )
+    };
+    let x = m[1].display();
+    refused(
+        tmp.path(),
+        &entry(&format!("{{model: {x}, lora: adapter}}")),
+        &["models[0].model.lora applies a LoRA"],
+    );
+    refused(
+        tmp.path(),
+        &entry(&format!("{{model: {{path: {x}, revision: main}}}}")),
+        &["models[0].model.model.revision names a Hub revision"],
+    );
+    refused(
+        tmp.path(),
+        &entry(&format!(
+            "{{model: {x}, override_architecture: LlamaForCausalLM}}"
+        )),
+        &["models[0].model.override_architecture is not supported"],
+    );
+    refused(
+        tmp.path(),
+        &entry("{lora: adapter}"),
+        &["models[0].model.lora"],
+    );
+    refused(
+        tmp.path(),
+        &entry("{revision: main}"),
+        &["models[0].model.revision is not supported"],
+    );
+    refused(
+        tmp.path(),
+        &entry("{model: null}"),
+        &["models[0].model has no model:"],
+    );
+}
+
 #[test]
 fn a_recipe_to_a_directory_records_itself_in_the_card() {
     let tmp = tempfile::tempdir().unwrap();

@@ -71,9 +71,10 @@ Methods (--method, default linear; mergekit's names, parameters and defaults):
 
 Recipes:
   --config recipe.yaml reads a mergekit config: merge_method (any method above), base_model,
-  models[].model, models[].parameters, top-level parameters (the method's, and per-model
-  defaults), per-layer gradient lists and filter/value entries, dtype, out_dtype,
-  tokenizer_source: base, random_seed. Any other key, parameter or method is an error naming it.
+  models[].model (a path, or {model: PATH}), models[].parameters, top-level parameters (the
+  method's, and per-model defaults), per-layer gradient lists and filter/value entries, dtype,
+  out_dtype, tokenizer_source: base, random_seed. Any other key, parameter or method is an error
+  naming it.
   The recipe is stored in the output's __metadata__ (model_soup.recipe) and model card.
 
 Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line

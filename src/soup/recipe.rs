@@ -9,7 +9,8 @@
 //! base_model: ./base            # the base of methods that use one; else one more model (as
 //!                               # mergekit merges it), and the config source
 //! models:
-//!   - model: ./fine-tune-a      # a local .safetensors file or model directory
+//!   - model: ./fine-tune-a      # a local .safetensors file or model directory (or the long
+//!                               # form {model: ./fine-tune-a}, or {model: {path: ...}})
 //!     parameters:
 //!       weight: 0.7
 //!       density: [0.3, 0.5, 0.7]          # a gradient over the layers
@@ -25,7 +26,8 @@
 //!                               # tensor's inputs' promoted dtype, as in mergekit)
 //! out_dtype: bfloat16
 //! tokenizer_source: base        # the only value supported: the base model's tokenizer (the
-//!                               # first model's without a base_model, as in mergekit)
+//!                               # first model's without a base_model; mergekit's pick is
+//!                               # arbitrary then)
 //! random_seed: 42               # the seed of DARE's and DELLA's drops (soup-merge's own key)
 //! ```
 
@@ -258,6 +260,24 @@ impl Recipe {
                         model.display()
                     )));
                 }
+                // Its parameters change nothing (mergekit reads a model's parameters for the
+                // models besides the base), and recipes copied around carry them, so they are
+                // accepted; a name the method doesn't know is still a typo to report.
+                if let Some((_, _, pat)) = params
+                    .iter()
+                    .find(|(name, _, _)| !method.params().iter().any(|p| p.name == *name))
+                {
+                    return Err(fail(format!(
+                        "{pat} is not a parameter of {}; it takes {} (the base's own parameters are not used)",
+                        method.name(),
+                        method
+                            .params()
+                            .iter()
+                            .map(|p| p.name)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    )));
+                }
                 base_at = Some(i);
                 continue;
             }
@@ -330,8 +350,8 @@ impl Recipe {
 
         match top.get("tokenizer_source") {
             None | Some(Value::Null) => {}
-            // Without a base_model, mergekit's "base" is the first model, whose tokenizer
-            // soup-merge copies anyway.
+            // Without a base_model, "base" is the first model, whose tokenizer soup-merge
+            // copies anyway (mergekit takes the first of an unordered set of the models).
             Some(Value::String(s)) if s == "base" => {}
             Some(v) => {
                 return Err(fail(format!(
@@ -423,10 +443,18 @@ impl Recipe {
         {
             return None;
         }
+        // A model's own weight overrides the top-level one, whatever its form: a filtered or
+        // per-layer weight is not plain, even where a plain top-level weight stands behind it
+        // (that one only applies where the model's filters match nothing).
         self.settings
             .models
             .iter()
-            .map(|m| scalar(m.get("weight")).or_else(|| scalar(self.settings.global.get("weight"))))
+            .map(|m| {
+                scalar(
+                    m.get("weight")
+                        .or_else(|| self.settings.global.get("weight")),
+                )
+            })
             .collect()
     }
 
@@ -549,24 +577,99 @@ fn keys(map: &Mapping, at: &str) -> std::result::Result<Vec<String>, String> {
         .collect()
 }
 
+/// A model reference as mergekit takes one: a path string, or its long form.
 fn model_path(v: &Value, at: &str) -> std::result::Result<PathBuf, String> {
     match v {
         Value::String(s) if s.contains('+') && !Path::new(s).exists() => Err(format!(
             "{at} '{}' applies a LoRA (model+lora), which is not supported; merge the adapter first",
             cut(s)
         )),
-        // A shell expands `~`; a YAML file reaches us with it as written (mergekit doesn't
-        // expand it either), and the missing path would read as a model to download.
-        Value::String(s) if s.starts_with('~') && !Path::new(s).exists() => Err(format!(
-            "{at} '{}' starts with ~, which is not expanded in a recipe; write the path in full (or relative to the working directory)",
-            cut(s)
-        )),
-        Value::String(s) if !s.is_empty() => Ok(PathBuf::from(s)),
-        Value::Mapping(_) => Err(format!(
-            "{at} is a mapping (a model reference with path/revision/lora); give a local path string"
-        )),
+        Value::String(s) if !s.is_empty() => local_path(s, at),
+        Value::Mapping(map) => model_reference(map, at),
         other => Err(format!("{at} is {}, not a path", show(other))),
     }
+}
+
+/// mergekit's long form of a model reference, `{model: PATH}` or `{model: {path: PATH}}`
+/// (what its own config dump writes for a reference with extra fields), read as the path.
+/// Its other fields change which weights are read, so each is refused by name rather than
+/// dropped: a LoRA to apply, a Hub revision, an architecture override.
+fn model_reference(map: &Mapping, at: &str) -> std::result::Result<PathBuf, String> {
+    let mut path = None;
+    for key in keys(map, &format!("{at}."))? {
+        let value = &map[key.as_str()];
+        match key.as_str() {
+            _ if value.is_null() => {}
+            "model" => {
+                path = Some(match value {
+                    // Inside `model:` a '+' is part of the path: mergekit splits a LoRA off
+                    // only the short form.
+                    Value::String(s) if !s.is_empty() => local_path(s, &format!("{at}.model"))?,
+                    Value::Mapping(inner) => model_path_fields(inner, &format!("{at}.model"))?,
+                    other => {
+                        return Err(format!("{at}.model is {}, not a path", show(other)));
+                    }
+                })
+            }
+            "lora" => {
+                return Err(format!(
+                    "{at}.lora applies a LoRA, which is not supported; merge the adapter into the model first"
+                ))
+            }
+            "override_architecture" => {
+                return Err(format!(
+                    "{at}.override_architecture is not supported; soup-merge reads tensors by name, whatever the architecture: remove it"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "{at}.{other} is not supported; a model reference takes model: (a local path)"
+                ))
+            }
+        }
+    }
+    path.ok_or_else(|| format!("{at} has no model:; give the path, as in {{model: ./fine-tune}}"))
+}
+
+/// The `{path, revision}` mapping inside a long model reference.
+fn model_path_fields(map: &Mapping, at: &str) -> std::result::Result<PathBuf, String> {
+    let mut path = None;
+    for key in keys(map, &format!("{at}."))? {
+        let value = &map[key.as_str()];
+        match key.as_str() {
+            _ if value.is_null() => {}
+            "path" => match value {
+                Value::String(s) if !s.is_empty() => {
+                    path = Some(local_path(s, &format!("{at}.path"))?)
+                }
+                other => return Err(format!("{at}.path is {}, not a path", show(other))),
+            },
+            "revision" => {
+                return Err(format!(
+                    "{at}.revision names a Hub revision, which is not supported; download that revision and give its local path"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "{at}.{other} is not supported; a model path takes path: (a local path)"
+                ))
+            }
+        }
+    }
+    path.ok_or_else(|| format!("{at} has no path:; give one, as in {{path: ./fine-tune}}"))
+}
+
+/// A path string, short form or long.
+fn local_path(s: &str, at: &str) -> std::result::Result<PathBuf, String> {
+    // A shell expands `~`; a YAML file reaches us with it as written (mergekit doesn't
+    // expand it either), and the missing path would read as a model to download.
+    if s.starts_with('~') && !Path::new(s).exists() {
+        return Err(format!(
+            "{at} '{}' starts with ~, which is not expanded in a recipe; write the path in full (or relative to the working directory)",
+            cut(s)
+        ));
+    }
+    Ok(PathBuf::from(s))
 }
 
 /// PyTorch dtype names, as mergekit reads them.
@@ -804,7 +907,7 @@ mod tests {
         };
         assert_eq!((value(1, "weight"), value(1, "density")), (0.8, 0.5));
         assert_eq!((value(0, "weight"), value(0, "density")), (1.0, 0.5));
-        // mergekit's "base" tokenizer is the first model's when there is no base_model.
+        // Without a base_model, "base" is the first model's tokenizer.
         let r = parse("merge_method: passthrough\nmodels: [{model: x}]\ntokenizer_source: base\ndtype: bfloat16\n").unwrap();
         assert_eq!(r.base_model, None);
         // A merge key of something other than a mapping is an error.
@@ -900,7 +1003,7 @@ mod tests {
         assert!(err(&format!(
             "merge_method: slerp\nbase_model: x\n{two}parameters: {{t: 0.5}}\n"
         ))
-        .contains("models[1].parameters.weight is not a parameter of slerp"));
+        .contains("models[0].parameters.weight is not a parameter of slerp"));
         assert!(err(&format!(
             "merge_method: slerp\nbase_model: x\n{bare}parameters: {{t: [0, 1.5]}}\n"
         ))
@@ -925,6 +1028,20 @@ mod tests {
         .contains("has no value; give one, as in {filter: self_attn, value: 0.5}"));
         assert!(err("merge_method: slerp\nbase_model: x\nmodels: [{model: x}, {model: y, parameters: {t: 0.5}}]\n")
             .contains("one value for the merge"));
+    }
+
+    /// The base's own entry may carry the method's parameters, which change nothing (as in
+    /// mergekit); a name the method doesn't take is refused there as everywhere else. It used
+    /// to be dropped unread.
+    #[test]
+    fn the_base_entry_takes_known_parameters_and_names_a_typo() {
+        let r = parse("merge_method: ties\nbase_model: b\nmodels:\n  - model: b\n    parameters: {weight: 0.5, density: 0.5}\n  - model: x\n    parameters: {weight: 1}\n").unwrap();
+        assert_eq!(r.models, [PathBuf::from("x")]);
+        let e = err("merge_method: task_arithmetic\nbase_model: b\nmodels:\n  - model: b\n    parameters: {wieght: 1}\n  - model: x\n    parameters: {weight: 1}\n");
+        assert!(
+            e.contains("models[0].parameters.wieght is not a parameter of task_arithmetic"),
+            "{e}"
+        );
     }
 
     #[test]

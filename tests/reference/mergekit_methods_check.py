@@ -7,7 +7,7 @@ in float32 and soup-merge in float64 for float32 outputs) and ulps at the tensor
 
 Usage: mergekit_methods_check.py SOUP_MERGE MERGEKIT_YAML WORKDIR [--dtype float32|bfloat16]
 
-Needs numpy and safetensors (mergekit's venv has both). DARE and DELLA are left out: their drops
+Needs numpy, safetensors and torch (mergekit's venv has all three). DARE and DELLA are left out: their drops
 come from torch's generator in mergekit and from a seeded stream keyed by tensor name in
 soup-merge, so their bytes differ by design.
 """
@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 bf16 = False
 
@@ -63,11 +63,18 @@ def model(path, rng, base=None, hidden=64, layers=4, vocab=256):
 
 
 def load_dir(d):
-    out = {}
+    """Every tensor of a model directory as float32 numpy (exact for bfloat16, which numpy
+    can't hold), with the dtype it was stored in."""
+    import torch
+    from safetensors.torch import load_file as load_torch
+
+    out, dtypes = {}, {}
     for f in sorted(os.listdir(d)):
         if f.endswith(".safetensors"):
-            out.update(load_file(os.path.join(d, f)))
-    return out
+            for n, t in load_torch(os.path.join(d, f)).items():
+                dtypes[n] = str(t.dtype).removeprefix("torch.")
+                out[n] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    return out, dtypes
 
 
 def ulps(a, b):
@@ -104,17 +111,19 @@ def main():
         subprocess.run([a.soup_merge, "--config", rpath, "-o", ours, "-f", "-q"], check=True)
         subprocess.run([a.mergekit_yaml, rpath, theirs, "--no-copy-tokenizer", "--quiet", "--allow-crimes"], check=True,
                        env=dict(os.environ, HF_HUB_OFFLINE="1"))
-        x, y = load_dir(ours), load_dir(theirs)
+        (x, xd), (y, yd) = load_dir(ours), load_dir(theirs)
+        dtypes_differ = sorted(n for n in x if n in y and xd[n] != yd[n])
         same = sum(1 for n in x if n in y and x[n].tobytes() == y[n].tobytes())
         worst = max((ulps(x[n], y[n]) for n in x if n in y), default=0)
         scale = max((float(np.max(np.abs(x[n].astype(np.float64) - y[n])) / (np.spacing(np.float32(np.max(np.abs(x[n])))) * (65536.0 if bf16 else 1.0)))
                      for n in x if n in y and x[n].size), default=0)
         missing = sorted(set(x) ^ set(y))
-        rows.append((method, len(x), same, worst, scale, missing))
+        rows.append((method, len(x), same, worst, scale, missing, dtypes_differ))
     print(f"| method | tensors | bit-identical | max ulp at the value ({a.dtype}) | max ulp at the tensor's largest value |")
     print("|---|---|---|---|---|")
-    for method, n, same, worst, scale, missing in rows:
-        print(f"| {method} | {n} | {same} | {worst:.0f} | {scale:.2f} |" + (f" names differ: {missing[:3]}" if missing else ""))
+    for method, n, same, worst, scale, missing, dtypes_differ in rows:
+        print(f"| {method} | {n} | {same} | {worst:.0f} | {scale:.2f} |" + (f" names differ: {missing[:3]}" if missing else "")
+              + (f" dtypes differ: {dtypes_differ[:3]}" if dtypes_differ else ""))
 
 
 if __name__ == "__main__":
