@@ -543,3 +543,43 @@ fn too_many_inputs_for_the_open_file_limit_name_the_limit_and_the_fix() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn an_output_under_something_that_is_no_directory_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = good(tmp.path(), "a.safetensors");
+    let b = good(tmp.path(), "b.safetensors");
+    let before = std::fs::read(&a).unwrap();
+    let under_a = a.join("x.safetensors");
+    let deeper = a.join("sub").join("x.safetensors");
+    let missing = tmp.path().join("missing").join("x.safetensors");
+    for (out, needles) in [
+        // There, but not a directory: "does not exist" sent users looking for a typo.
+        (
+            Path::new("/dev/null/x.safetensors"),
+            vec!["/dev/null is not a directory"],
+        ),
+        (under_a.as_path(), vec!["a.safetensors is not a directory"]),
+        (deeper.as_path(), vec!["can't be reached", "ot a directory"]),
+        (
+            missing.as_path(),
+            vec!["missing does not exist", "create it"],
+        ),
+    ] {
+        let o = soup_merge()
+            .arg(&a)
+            .arg(&b)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{}: {err}", out.display());
+        assert!(err.starts_with("error: "), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{}: '{n}' in {err}", out.display());
+        }
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), before, "the input is untouched");
+}

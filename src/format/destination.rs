@@ -559,10 +559,27 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
     let parent = super::writer::parent_dir(given);
     let folder = match fs::canonicalize(parent) {
         Ok(p) if p.is_dir() => p,
-        _ => {
+        // `-o /dev/null/x` or `-o model.safetensors/x`: there, but no directory.
+        Ok(_) => {
+            return refuse(format!(
+                "{} is not a directory; choose another {}",
+                parent.display(),
+                request.flag
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return refuse(format!(
                 "the directory {} does not exist; create it or choose another {}",
                 parent.display(),
+                request.flag
+            ))
+        }
+        // A file on the way (ENOTDIR), a link loop, a folder that can't be searched.
+        Err(e) => {
+            return refuse(format!(
+                "the directory {} can't be reached ({}); choose another {}",
+                parent.display(),
+                e,
                 request.flag
             ))
         }
