@@ -220,6 +220,52 @@ compare_json "$out/e2e-cpu.json" "$out/e2e-cuda-f32.json" 1e-4 "e2e report, cuda
 compare_json "$out/e2e-cpu.json" "$out/e2e-cuda-bf16.json" 5e-2 "e2e report, cuda bf16" 27 >>"$out/lm.txt"
 say "language models on the GPU and the CPU ($out/lm.txt)"
 
+# Against PyTorch on the same GPU, where the machine's Python has torch and transformers with
+# CUDA: a random 246M-parameter Llama (bench/text_models.py, f32, 0.98 GB) scored on 64
+# pre-tokenised sequences of 512 random tokens by soup-eval and by transformers, both end to end
+# (process start to result, model read from disk) and best of 3. The losses must agree within
+# 1e-4 relative, the correct-token counts within 0.2%. (TORCH_PYTHON, TORCH_VS_DEVICE=cpu and
+# TORCH_VS_SIZE=100m try the function out on a machine without a GPU.)
+torch_vs() {
+    local py=${TORCH_PYTHON:-python3} dev=${TORCH_VS_DEVICE:-cuda} w="$out/torch-vs"
+    "$py" -c "import torch, transformers; assert '$dev' == 'cpu' or torch.cuda.is_available()" 2>/dev/null || {
+        echo "not run: $py has no torch and transformers with CUDA"
+        return 0
+    }
+    mkdir -p "$w"
+    [ -d "$w/model" ] || "$py" bench/text_models.py save "$w/model" "${TORCH_VS_SIZE:-1g}" 2>"$w/save.log"
+    [ -f "$w/data.safetensors" ] || "$py" bench/text_models.py data "$w/data.safetensors" 64 512
+    local best_soup=999 best_torch=999 t0 t1 e
+    for _ in 1 2 3; do
+        t0=$(date +%s.%N)
+        "$soup_eval" score --device "$dev" -q --json --batch-size 8 --val "$w/data.safetensors" "$w/model" >"$w/soup.json"
+        t1=$(date +%s.%N)
+        best_soup=$(python3 -c "print(min($best_soup, $t1 - $t0))")
+        t0=$(date +%s.%N)
+        "$py" bench/text_models.py loss "$w/model" "$w/data.safetensors" "$dev" 8 2>"$w/torch.log" | tail -1 >"$w/torch.json"
+        t1=$(date +%s.%N)
+        best_torch=$(python3 -c "print(min($best_torch, $t1 - $t0))")
+    done
+    python3 - "$w/soup.json" "$w/torch.json" "$best_soup" "$best_torch" "${TORCH_VS_SIZE:-1g}" <<'PY'
+import json, sys
+soup = json.load(open(sys.argv[1]))["ingredients"][0]["val"]
+torch = json.loads(open(sys.argv[2]).read())
+s, t = float(sys.argv[3]), float(sys.argv[4])
+rel = abs(soup["loss"] - torch["loss"]) / abs(torch["loss"])
+flips = abs(soup["correct"] - torch["correct"])
+print(f"random Llama (bench/text_models.py size {sys.argv[5]}), f32, {soup['total']} predicted tokens, batch 8 ({torch['tool']}, torch {torch['torch']}):")
+print(f"- loss: soup-eval {soup['loss']:.9f}, transformers {torch['loss']:.9f} (relative difference {rel:.1e}, bound 1e-4)")
+print(f"- correct tokens: soup-eval {soup['correct']}, transformers {torch['correct']} of {soup['total']} (bound: 0.2% may differ)")
+inner = torch["load_seconds"] + torch["forward_seconds"]
+print(f"- end to end, best of 3: soup-eval {s:.2f} s, transformers {t:.2f} s: transformers / soup-eval {t / s:.2f}x")
+print(f"- transformers without Python's start and imports (the last run): model load {torch['load_seconds']:.2f} s + forward {torch['forward_seconds']:.2f} s = {inner:.2f} s, {inner / s:.2f}x soup-eval's whole run")
+sys.exit(0 if rel <= 1e-4 and soup["total"] == torch["total"] and flips <= 0.002 * soup["total"] else 1)
+PY
+}
+torch_failed=0
+torch_vs >"$out/torch-vs.txt" 2>&1 || torch_failed=1
+say "against PyTorch on the same GPU ($out/torch-vs.txt)"
+
 # Everything else, and the report.
 python="${SOUP_PYTHON:-python3}"
 "$python" -c 'import numpy' 2>/dev/null || die "$python has no numpy, which the float64 reference needs (set SOUP_PYTHON)"
@@ -253,9 +299,16 @@ set -e
     cat "$out/lm.txt"
     echo '```'
     echo
+    echo "## Against PyTorch on the same GPU"
+    echo
+    echo '```'
+    cat "$out/torch-vs.txt"
+    echo '```'
+    echo
     echo "Checked at commit $(cat "$bundle/COMMIT" 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown), in $((SECONDS - started)) s."
 } >>"$out/gpu-check.md"
 cat "$out/gpu-check.md"
 [ "$lm_failed" -eq 0 ] || die "a language-model check failed; see $out/lm.txt"
+[ "$torch_failed" -eq 0 ] || die "the check against PyTorch failed; see $out/torch-vs.txt"
 [ "$status" -eq 0 ] || die "gpu-check failed (status $status); see $out/gpu-check.md and $out/gpu-check.log"
 say "all checks passed; report: $out/gpu-check.md"

@@ -8,6 +8,11 @@
     text_models.py ingredients DIR OUT K
                                         K perturbed copies of DIR (fine-tunes of one base)
     text_models.py data OUT N SEQ_LEN   pre-tokenised LM data: input_ids I64 [N, SEQ_LEN]
+    text_models.py loss DIR DATA DEVICE BATCH
+                                        transformers' next-token loss and accuracy on
+                                        pre-tokenised DATA, as soup-eval scores it (each row
+                                        one sequence, every position after the first
+                                        predicted), f32 on DEVICE (cpu, cuda), JSON line
 """
 
 import json
@@ -74,6 +79,30 @@ def data(out, n, seq_len):
     save_file({"input_ids": ids}, out)
 
 
+def loss(path, data_path, device, batch):
+    started = time.perf_counter()
+    model = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    ids = load_file(data_path)["input_ids"]
+    loaded = time.perf_counter()
+    nll, correct, total = 0.0, 0, 0
+    with torch.inference_mode():
+        for i in range(0, ids.shape[0], batch):
+            x = ids[i:i + batch].to(device)
+            logits = model(input_ids=x).logits[:, :-1].double()
+            target = x[:, 1:]
+            nll += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum").item()
+            correct += (logits.argmax(-1) == target).sum().item()
+            total += target.numel()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    done = time.perf_counter()
+    print(json.dumps({"tool": "transformers " + __import__("transformers").__version__,
+                      "torch": torch.__version__, "device": device, "loss": nll / total,
+                      "correct": correct, "total": total, "load_seconds": loaded - started,
+                      "forward_seconds": done - loaded}))
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "save":
@@ -84,5 +113,7 @@ if __name__ == "__main__":
         ingredients(rest[0], rest[1], int(rest[2]))
     elif command == "data":
         data(rest[0], int(rest[1]), int(rest[2]))
+    elif command == "loss":
+        loss(rest[0], rest[1], rest[2], int(rest[3]))
     else:
         sys.exit(__doc__)
