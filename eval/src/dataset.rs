@@ -1,6 +1,7 @@
 //! Datasets: a safetensors file with `inputs` (float [N, ...]) and `labels` (i64 [N]), or images (a class folder tree or a CSV/JSONL list) decoded through [`crate::images`]; and [`Data`], one split as the model reads it, images or text ([`crate::text`]).
 
 use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use model_soup::format::{Accumulator, Checkpoint, Dtype};
@@ -265,6 +266,46 @@ impl Dataset {
         Ok(())
     }
 
+    /// Numbers named classes as the model's own `label2id` (a Hugging Face `config.json`)
+    /// does, when the data names exactly the model's classes. Sorted names are torchvision's
+    /// convention (`ImageFolder`), but a model trained with classes in another order would
+    /// otherwise be scored against the wrong labels without a word. Returns why nothing was
+    /// renumbered when only some of the data's names are the model's: the labels are then
+    /// ambiguous, and the caller warns.
+    pub fn follow_label2id(&mut self, label2id: &BTreeMap<String, usize>) -> Option<String> {
+        let names = self.classes.as_ref()?;
+        let known: Vec<&String> = names.iter().filter(|n| label2id.contains_key(*n)).collect();
+        let ids: BTreeSet<usize> = label2id.values().copied().collect();
+        let permutation = ids.len() == names.len() && ids.iter().copied().eq(0..names.len());
+        if known.len() == names.len() && label2id.len() == names.len() && permutation {
+            let new: Vec<usize> = names.iter().map(|n| label2id[n]).collect();
+            for label in &mut self.labels {
+                *label = new[*label];
+            }
+            let mut renamed = names.clone();
+            for (name, &id) in names.iter().zip(&new) {
+                renamed[id] = name.clone();
+            }
+            self.classes = Some(renamed);
+            return None;
+        }
+        if known.is_empty() {
+            return None;
+        }
+        let unknown: Vec<String> = names
+            .iter()
+            .filter(|n| !label2id.contains_key(*n))
+            .cloned()
+            .collect();
+        Some(format!(
+            "{}: {} of its {} class names are in config.json's label2id, but not {}; classes are numbered in sorted order, as torchvision does, which may not be the model's; name the classes as label2id does",
+            self.path.display(),
+            known.len(),
+            names.len(),
+            preview(&unknown)
+        ))
+    }
+
     /// Reads a safetensors dataset of `inputs` and `labels`.
     fn open_tensors(path: &Path) -> Result<Dataset> {
         let file = Checkpoint::open(path)?;
@@ -464,6 +505,16 @@ pub(crate) fn not_a_file(path: &Path, meta: &std::fs::Metadata, fix: &str) -> Er
 /// line does not parse.
 pub fn read_text(path: &Path, what: &str) -> Result<String> {
     text_of(path, read_regular(path, MAX_TEXT_BYTES, what)?)
+}
+
+/// `config.json`'s `label2id`: class names to indices, entries of another kind left out.
+pub fn label2id(config: &serde_json::Value) -> Option<BTreeMap<String, usize>> {
+    let map = config.get("label2id")?.as_object()?;
+    Some(
+        map.iter()
+            .filter_map(|(k, v)| Some((k.clone(), usize::try_from(v.as_u64()?).ok()?)))
+            .collect(),
+    )
 }
 
 /// Reads a model directory's configuration (`what`: "config", say) as [`read_text`] reads a

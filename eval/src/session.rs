@@ -128,9 +128,23 @@ impl Session {
                 images.check_size(source.as_deref(), shape.size, &arch.describe())?;
                 preprocessor = source;
                 let batch = Some(evaluator.batch_size);
-                let open = |p: Option<&Path>| {
-                    p.map(|p| Dataset::open_batched(p, arch, &images, batch).map(Data::Images))
-                        .transpose()
+                // Class names are numbered as the first model's label2id does when they are
+                // exactly its classes, else in sorted order (warned when only some are).
+                let label2id = Layout::of(pool[0].as_ref().expect("opened above"))?
+                    .config
+                    .as_ref()
+                    .and_then(crate::dataset::label2id);
+                let mut open = |p: Option<&Path>| -> Result<Option<Data>> {
+                    let Some(p) = p else { return Ok(None) };
+                    let mut data = Dataset::open_batched(p, arch, &images, batch)?;
+                    if let Some(message) = label2id.as_ref().and_then(|m| data.follow_label2id(m)) {
+                        warnings.push(Warning::general(
+                            "classes-unmatched",
+                            Some(data.path.clone()),
+                            message,
+                        ));
+                    }
+                    Ok(Some(Data::Images(data)))
                 };
                 (open(val)?, open(test)?, Task::Classification)
             }

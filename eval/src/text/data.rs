@@ -66,11 +66,7 @@ impl TokenModel {
             .get("bos_token_id")
             .and_then(Value::as_u64)
             .and_then(|b| u32::try_from(b).ok());
-        self.label2id = config.get("label2id").and_then(Value::as_object).map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), usize::try_from(v.as_u64()?).ok()?)))
-                .collect()
-        });
+        self.label2id = crate::dataset::label2id(config);
         self
     }
 }
