@@ -180,7 +180,12 @@ pub fn check_fits(checkpoint: &Checkpoint, arch: &dyn Architecture) -> Result<()
     for spec in &specs {
         let Some(t) = checkpoint.tensor(&spec.name) else {
             if spec.kind == TensorKind::Float {
-                return Err(bad(&spec.name, "is missing".into()));
+                let names: Vec<&str> = checkpoint.tensors().map(|t| t.name()).collect();
+                let reason = match crate::arch::wrapper::missing_hint(&names, &spec.name) {
+                    Some(hint) => format!("is missing; {hint}"),
+                    None => "is missing".into(),
+                };
+                return Err(bad(&spec.name, reason));
             }
             continue;
         };

@@ -1276,3 +1276,91 @@ fn an_oversized_model_config_is_refused_from_its_size() {
         assert!(started.elapsed().as_secs() < 20, "{name} was read");
     }
 }
+
+/// A state dict saved from a wrapper (`module.` of DataParallel, `model.` of Lightning) or a
+/// LoRA adapter is named as such, with the fix; it was "recognises no architecture" or
+/// "'conv1.weight' is missing", which hid that the weights were all there under a prefix.
+#[test]
+fn a_wrapper_prefix_or_a_lora_adapter_is_named_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefixed = dir.path().join("ddp.safetensors");
+    edited_base(&prefixed, |tensors| {
+        for t in tensors.iter_mut() {
+            t.name = format!("module.{}", t.name);
+        }
+    });
+    let out = soup_eval(&[&"score", &"--val", &val(), &prefixed]);
+    assert_error(
+        &out,
+        &[
+            "ddp.safetensors",
+            "start with 'module.'",
+            "k.removeprefix(\"module.\")",
+            "it is a digits-cnn checkpoint",
+        ],
+    );
+    // With --arch given, and as the second ingredient: the missing tensor and the prefix.
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &val(),
+        &prefixed,
+    ]);
+    assert_error(
+        &out,
+        &["ddp.safetensors", "is missing", "start with 'module.'"],
+    );
+    let out = soup_eval(&[&"score", &"--val", &val(), &base(), &prefixed]);
+    assert_error(
+        &out,
+        &["ddp.safetensors", "is missing", "start with 'module.'"],
+    );
+    // Another model's checkpoint gets no such hint.
+    let other = dir.path().join("other.safetensors");
+    edited_base(&other, |tensors| {
+        tensors.retain(|t| t.name != "conv1.weight")
+    });
+    let line = assert_error(
+        &soup_eval(&[&"score", &"--val", &val(), &base(), &other]),
+        &["other.safetensors", "conv1.weight"],
+    );
+    assert!(!line.contains("prefix"), "{line}");
+
+    // A PEFT adapter: its file, and its directory (whose file the old message offered).
+    let adapter = dir.path().join("adapter");
+    std::fs::create_dir(&adapter).unwrap();
+    let factor = |name: &str| spec(name, D::F32, &[2, 2], vec![0; 16]);
+    write(
+        &adapter.join("adapter_model.safetensors"),
+        &[
+            factor("base_model.model.fc.lora_A.weight"),
+            factor("base_model.model.fc.lora_B.weight"),
+        ],
+    );
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        r#"{"peft_type": "LORA"}"#,
+    )
+    .unwrap();
+    let out = soup_eval(&[
+        &"score",
+        &"--val",
+        &val(),
+        &adapter.join("adapter_model.safetensors"),
+    ]);
+    assert_error(
+        &out,
+        &[
+            "adapter_model.safetensors",
+            "LoRA adapter",
+            "merge_and_unload",
+        ],
+    );
+    let line = assert_error(
+        &soup_eval(&[&"score", &"--val", &val(), &adapter]),
+        &["adapter", "PEFT adapter", "merge_and_unload"],
+    );
+    assert!(!line.contains("pass the file itself"), "{line}");
+}
