@@ -1364,3 +1364,57 @@ fn a_wrapper_prefix_or_a_lora_adapter_is_named_with_the_fix() {
     );
     assert!(!line.contains("pass the file itself"), "{line}");
 }
+
+/// A PyTorch file (zip or pickle), a GGUF file or an ONNX model given as an ingredient is
+/// named as what it is, with how to convert it; it was "header claims 578712552184433488
+/// bytes, more than the 67108864-byte limit". soup-merge reads headers the same way.
+#[test]
+fn a_pytorch_gguf_or_onnx_file_is_named_as_one_with_the_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[u8], &[&str])] = &[
+        (
+            "ft.pt",
+            b"PK\x03\x04\x00\x00\x08\x08archive/data.pkl",
+            &["zip archive", "torch.save", "safetensors.torch.save_file"],
+        ),
+        (
+            "pytorch_model.bin",
+            b"\x80\x02\x8a\x0alz\xfc\x9cF\xf9 j\xa8",
+            &["Python pickle", "torch.load"],
+        ),
+        (
+            "model.gguf",
+            b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00",
+            &["GGUF"],
+        ),
+        (
+            "model.onnx",
+            b"\x08\x07\x12\x07pytorch\x1a\x052.1.0",
+            &["ONNX", "state_dict()"],
+        ),
+    ];
+    for (name, bytes, needles) in cases {
+        let path = dir.path().join(name);
+        let mut content = bytes.to_vec();
+        content.resize(256, 0);
+        std::fs::write(&path, content).unwrap();
+        let line = assert_error(&soup_eval(&[&"score", &"--val", &val(), &path]), needles);
+        assert!(
+            line.contains(name) && !line.contains("header claims"),
+            "{line}"
+        );
+        let merged = common::run_merge(&[&path, &base(), &"-o", &dir.path().join("o.safetensors")]);
+        assert!(
+            common::stderr(&merged).contains(needles[0]),
+            "{}",
+            common::stderr(&merged)
+        );
+    }
+    // A file that is simply corrupt keeps the header's own message.
+    let corrupt = dir.path().join("corrupt.safetensors");
+    std::fs::write(&corrupt, [0xffu8; 64]).unwrap();
+    assert_error(
+        &soup_eval(&[&"score", &"--val", &val(), &corrupt]),
+        &["header claims"],
+    );
+}
