@@ -1418,3 +1418,54 @@ fn a_pytorch_gguf_or_onnx_file_is_named_as_one_with_the_conversion() {
         &["header claims"],
     );
 }
+
+/// `--arch` naming another family than the weights', or an ingredient of another family than
+/// the first, names the family the weights are; it said only which tensor was missing.
+#[test]
+fn weights_of_another_family_are_named_with_their_family() {
+    let convnext = fixture("vision/convnext.safetensors");
+    let resnet = fixture("vision-digits/ft-lr1e-3.safetensors");
+    let images = fixture("digits-images/val");
+    let flags = ["--resize", "32", "--crop", "32"];
+    let run = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"score", &"--val", &images];
+        for f in &flags {
+            all.push(f);
+        }
+        all.extend_from_slice(args);
+        soup_eval(&all)
+    };
+    assert_error(
+        &run(&[&"--arch", &"vit", &convnext]),
+        &[
+            "convnext.safetensors",
+            "conv_proj.weight",
+            "it is a convnext checkpoint: pass --arch convnext",
+        ],
+    );
+    assert_error(
+        &run(&[&resnet, &convnext]),
+        &[
+            "convnext.safetensors",
+            "it is a convnext checkpoint, not resnet",
+        ],
+    );
+    // A head of another size is the same family: no such hint.
+    let dir = tempfile::tempdir().unwrap();
+    let five = dir.path().join("five.safetensors");
+    let mut tensors: Vec<common::Spec> = common::read(&resnet)
+        .into_iter()
+        .map(|(name, (dtype, shape, data))| spec(&name, dtype, &shape, data))
+        .collect();
+    for t in tensors.iter_mut().filter(|t| t.name.starts_with("fc.")) {
+        let row = t.data.len() / t.shape[0];
+        t.shape[0] = 5;
+        t.data.truncate(5 * row);
+    }
+    write(&five, &tensors);
+    let line = assert_error(
+        &run(&[&resnet, &five]),
+        &["five.safetensors", "fc.weight", "[5, 64]"],
+    );
+    assert!(!line.contains("checkpoint, not"), "{line}");
+}

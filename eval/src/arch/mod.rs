@@ -578,7 +578,16 @@ impl Selection {
             // A tensor missing because the whole checkpoint sits under a wrapper's prefix, or
             // is a LoRA adapter, says so: "conv1.weight is missing" alone hides the fix.
             let hint = (!layout.has(&e.tensor))
-                .then(|| wrapper::missing_hint(&layout.names().collect::<Vec<_>>(), &e.tensor))
+                .then(|| {
+                    wrapper::missing_hint(&layout.names().collect::<Vec<_>>(), &e.tensor).or_else(
+                        || {
+                            // --arch named another family than the weights are: name theirs.
+                            recognise(&layout).filter(|f| *f != family.name()).map(|f| {
+                                format!("it is a {f} checkpoint: pass --arch {f}, or --arch auto")
+                            })
+                        },
+                    )
+                })
                 .flatten();
             Error::Arch {
                 path: path.clone(),
@@ -620,6 +629,11 @@ impl Selection {
         }
         Ok(arch)
     }
+}
+
+/// The family `--arch auto` would pick for `layout`, if any.
+pub fn recognise(layout: &Layout) -> Option<&'static str> {
+    FAMILIES.iter().find(|f| f.detect(layout)).map(|f| f.name())
 }
 
 /// The names `--arch` accepts, comma-separated, for error messages.
