@@ -359,7 +359,13 @@ fn parse_jsonl(file: &Path, text: &str) -> Result<Vec<Row>> {
             .ok_or_else(|| at("needs a \"path\" string"))?;
         let label = match value.get("label") {
             Some(serde_json::Value::Number(n)) => {
-                Label::Index(n.as_u64().ok_or_else(|| {
+                // A whole float (`2.0`, as pandas writes an integer column with gaps) is that
+                // index, as in text data.
+                let whole = n
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                    .map(|f| f as u64);
+                Label::Index(n.as_u64().or(whole).ok_or_else(|| {
                     at("\"label\" must be a non-negative integer or a class name")
                 })?)
             }
@@ -944,10 +950,15 @@ mod tests {
             "{\"label\": 2}",
             "{\"path\": \"a.png\"}",
             "{\"path\": \"a.png\", \"label\": -1}",
+            "{\"path\": \"a.png\", \"label\": 1.5}",
+            "{\"path\": \"a.png\", \"label\": -1.0}",
             "nope",
         ] {
             let err = parse_jsonl(p, bad_line).err().unwrap().to_string();
             assert!(err.contains("line 1"), "{bad_line}: {err}");
         }
+        // pandas' float labels: 2.0 is index 2, as in text data.
+        let rows = parse_jsonl(p, "{\"path\": \"a.png\", \"label\": 2.0}").unwrap();
+        assert!(matches!(rows[0].label, Label::Index(2)));
     }
 }
