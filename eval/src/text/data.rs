@@ -368,7 +368,11 @@ impl TextData {
         format: TextFormat,
     ) -> Result<()> {
         let text = crate::dataset::read_text(&self.path, "dataset")?;
-        let example = r#"{"text": "...", "label": 0}"#;
+        // What a record looks like, for "no 'text' field": a CSV's fields are its columns.
+        let example = match format {
+            TextFormat::Csv => "a header line naming the columns text,label (text_pair optional)",
+            _ => r#"{"text": "...", "label": 0}"#,
+        };
         let rows = match format {
             TextFormat::Csv => records::csv(&self.path, &text)?,
             _ => records::jsonl(&self.path, &text, example)?,
