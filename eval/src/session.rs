@@ -119,6 +119,7 @@ impl Session {
             pool.push(Some(checkpoint));
         }
         warnings.extend(model_soup::soup::repeated_models(ingredients));
+        warnings.extend(test_is_val(val, test));
         check_head(pool[0].as_ref().expect("opened above"), arch)?;
         let mut preprocessor = None;
         let (val, test, task) = match arch.input() {
@@ -615,6 +616,27 @@ impl Session {
             mode,
         })
     }
+}
+
+/// A warning when `--test` is `--val` (by any path to it): the greedy soup is chosen on
+/// validation, so its test numbers would not be held out, and look better than they are.
+fn test_is_val(val: Option<&Path>, test: Option<&Path>) -> Option<Warning> {
+    let (val, test) = (val?, test?);
+    let same = match (std::fs::canonicalize(val), std::fs::canonicalize(test)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => val == test,
+    };
+    same.then(|| {
+        Warning::general(
+            "test-is-val",
+            Some(test.to_path_buf()),
+            format!(
+                "--test {} is --val {}: the soups are chosen on it, so the test numbers are not held out; give a separate test split",
+                test.display(),
+                val.display()
+            ),
+        )
+    })
 }
 
 /// A split's image dataset, if it is one.
