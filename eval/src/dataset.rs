@@ -292,6 +292,14 @@ impl Dataset {
         if known.is_empty() {
             return None;
         }
+        if known.len() == names.len() {
+            return Some(format!(
+                "{}: its class names are config.json's label2id's, but label2id doesn't number {} classes 0 to {} once each; classes are numbered in sorted order, as torchvision does, which may not be the model's; fix label2id",
+                self.path.display(),
+                names.len(),
+                names.len() - 1
+            ));
+        }
         let unknown: Vec<String> = names
             .iter()
             .filter(|n| !label2id.contains_key(*n))
@@ -536,4 +544,49 @@ fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String> {
         text.drain(..'\u{feff}'.len_utf8());
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(names: &[&str], labels: Vec<usize>) -> Dataset {
+        let n = labels.len();
+        let mut data = Dataset::in_memory(PathBuf::from("val"), vec![0.0; n], vec![1], labels);
+        data.classes = Some(names.iter().map(|s| s.to_string()).collect());
+        data
+    }
+
+    fn map(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn classes_follow_label2id_only_when_it_names_them_all_once() {
+        // Sorted: cat, dog, eel; the model numbers them dog 0, eel 1, cat 2.
+        let label2id = map(&[("dog", 0), ("eel", 1), ("cat", 2)]);
+        let mut data = named(&["cat", "dog", "eel"], vec![0, 1, 2, 0]);
+        assert_eq!(data.follow_label2id(&label2id), None);
+        assert_eq!(data.labels, [2, 0, 1, 2]);
+        assert_eq!(data.classes.as_deref().unwrap(), ["dog", "eel", "cat"]);
+        // Names label2id doesn't have at all (ImageNet's synsets against its readable
+        // names): sorted order, silently.
+        let mut data = named(&["n01", "n02", "n03"], vec![0, 1, 2]);
+        assert_eq!(data.follow_label2id(&label2id), None);
+        assert_eq!(data.labels, [0, 1, 2]);
+        // Some but not all: sorted order, and why.
+        let mut data = named(&["cat", "dog", "fox"], vec![0, 1, 2]);
+        let why = data.follow_label2id(&label2id).unwrap();
+        assert!(
+            why.contains("2 of its 3 class names") && why.contains("not fox"),
+            "{why}"
+        );
+        assert_eq!(data.labels, [0, 1, 2]);
+        // All named, but label2id numbers two classes alike.
+        let twice = map(&[("dog", 0), ("eel", 0), ("cat", 2)]);
+        let mut data = named(&["cat", "dog", "eel"], vec![0, 1, 2]);
+        let why = data.follow_label2id(&twice).unwrap();
+        assert!(why.contains("0 to 2 once each"), "{why}");
+        assert_eq!(data.labels, [0, 1, 2]);
+    }
 }
