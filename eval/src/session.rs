@@ -121,6 +121,7 @@ impl Session {
         warnings.extend(model_soup::soup::repeated_models(ingredients));
         warnings.extend(test_is_val(val, test));
         check_head(pool[0].as_ref().expect("opened above"), arch)?;
+        check_label_order(&pool)?;
         let mut preprocessor = None;
         let (val, test, task) = match arch.input() {
             Input::Image(shape) => {
@@ -767,6 +768,46 @@ fn check_head(first: &Checkpoint, arch: &dyn Architecture) -> Result<()> {
         tensor,
         reason,
     })
+}
+
+/// Refuses ingredients whose `config.json` numbers the same class names differently: their
+/// heads' rows are other classes, so a soup would average unrelated rows and every score would
+/// hold them to the first ingredient's labels. (Names that differ, `LABEL_0` against `cat`,
+/// don't say how the rows relate, and pass.)
+fn check_label_order(pool: &[Option<Checkpoint>]) -> Result<()> {
+    let label2id = |c: &Checkpoint| -> Result<Option<std::collections::BTreeMap<String, usize>>> {
+        Ok(Layout::of(c)?
+            .config
+            .as_ref()
+            .and_then(crate::dataset::label2id))
+    };
+    let mut checkpoints = pool.iter().flatten();
+    let Some(first) = checkpoints.next() else {
+        return Ok(());
+    };
+    let Some(expected) = label2id(first)? else {
+        return Ok(());
+    };
+    for other in checkpoints {
+        let Some(found) = label2id(other)? else {
+            continue;
+        };
+        if found.keys().eq(expected.keys()) && found != expected {
+            let (name, id) = found
+                .iter()
+                .find(|(name, id)| expected.get(*name) != Some(id))
+                .expect("the maps differ on a shared key");
+            return Err(Error::Dataset {
+                path: other.path().join("config.json"),
+                reason: format!(
+                    "its label2id numbers {name:?} {id}, but {}'s numbers it {}: the models' output rows are other classes, so they can't be souped or scored on one set of labels; permute the head's rows (and label2id) to the first model's order",
+                    first.path().join("config.json").display(),
+                    expected[name]
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Opens the text splits of a language model: the model's vocabulary, positions, classes and

@@ -1508,3 +1508,37 @@ fn a_test_split_that_is_the_val_split_warns() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
 }
+
+/// Two classifiers whose config.json number the same classes differently are refused, naming
+/// the class: their heads' rows are other classes. Both were scored, souped and ensembled
+/// against the first one's labels.
+#[test]
+fn ingredients_numbering_their_classes_differently_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bert = fixture("text/models/bert-cls");
+    let copy = dir.path().join("bert-permuted");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(&bert).unwrap() {
+        let from = entry.unwrap().path();
+        std::fs::copy(&from, copy.join(from.file_name().unwrap())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join("config.json")).unwrap()).unwrap();
+    config["label2id"] = serde_json::json!({"positive": 0, "neutral": 1, "negative": 2});
+    config["id2label"] = serde_json::json!({"0": "positive", "1": "neutral", "2": "negative"});
+    std::fs::write(copy.join("config.json"), config.to_string()).unwrap();
+    let data = fixture("text/data/cls.jsonl");
+    let out = soup_eval(&[&"report", &"-q", &"--val", &data, &bert, &copy]);
+    assert_error(
+        &out,
+        &[
+            "bert-permuted/config.json",
+            "label2id numbers \"negative\" 2",
+            "numbers it 0",
+            "permute",
+        ],
+    );
+    // The same order passes.
+    let out = soup_eval(&[&"score", &"-q", &"--val", &data, &bert, &bert]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}
