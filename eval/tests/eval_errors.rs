@@ -1388,6 +1388,11 @@ fn a_pytorch_gguf_or_onnx_file_is_named_as_one_with_the_conversion() {
             &["GGUF"],
         ),
         (
+            "model.safetensors",
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 2200119864\n",
+            &["Git LFS pointer", "git lfs pull"],
+        ),
+        (
             "model.onnx",
             b"\x08\x07\x12\x07pytorch\x1a\x052.1.0",
             &["ONNX", "state_dict()"],

@@ -103,6 +103,8 @@ fn foreign_format(path: &Path, file: &[u8]) -> Option<String> {
         format!("is a zip archive, as torch.save writes (.pt, .pth, .bin, .ckpt), not safetensors; {CONVERT}")
     } else if file.len() >= 2 && file[0] == 0x80 && (2..=5).contains(&file[1]) {
         format!("is a Python pickle, as older torch.save writes (.pt, .bin), not safetensors; {CONVERT}")
+    } else if file.starts_with(b"version https://git-lfs") {
+        "is a Git LFS pointer, not the weights: the repository was cloned without Git LFS; run git lfs pull in it (or download the file itself)".to_string()
     } else if file.starts_with(b"GGUF") {
         "is a GGUF file (llama.cpp), not safetensors; average the original Hugging Face model directories, then convert the soup".to_string()
     } else if file.starts_with(b"\x89HDF") {
