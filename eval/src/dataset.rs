@@ -1,6 +1,7 @@
 //! Datasets: a safetensors file with `inputs` (float [N, ...]) and `labels` (i64 [N]), or images (a class folder tree or a CSV/JSONL list) decoded through [`crate::images`]; and [`Data`], one split as the model reads it, images or text ([`crate::text`]).
 
 use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use model_soup::format::{Accumulator, Checkpoint, Dtype};
@@ -265,6 +266,54 @@ impl Dataset {
         Ok(())
     }
 
+    /// Numbers named classes as the model's own `label2id` (a Hugging Face `config.json`)
+    /// does, when the data names exactly the model's classes. Sorted names are torchvision's
+    /// convention (`ImageFolder`), but a model trained with classes in another order would
+    /// otherwise be scored against the wrong labels without a word. Returns why nothing was
+    /// renumbered when only some of the data's names are the model's: the labels are then
+    /// ambiguous, and the caller warns.
+    pub fn follow_label2id(&mut self, label2id: &BTreeMap<String, usize>) -> Option<String> {
+        let names = self.classes.as_ref()?;
+        let known: Vec<&String> = names.iter().filter(|n| label2id.contains_key(*n)).collect();
+        let ids: BTreeSet<usize> = label2id.values().copied().collect();
+        let permutation = ids.len() == names.len() && ids.iter().copied().eq(0..names.len());
+        if known.len() == names.len() && label2id.len() == names.len() && permutation {
+            let new: Vec<usize> = names.iter().map(|n| label2id[n]).collect();
+            for label in &mut self.labels {
+                *label = new[*label];
+            }
+            let mut renamed = names.clone();
+            for (name, &id) in names.iter().zip(&new) {
+                renamed[id] = name.clone();
+            }
+            self.classes = Some(renamed);
+            return None;
+        }
+        if known.is_empty() {
+            return None;
+        }
+        if known.len() == names.len() {
+            return Some(format!(
+                "{}: its class names are config.json's label2id's, but label2id doesn't number {} classes 0 to {} once each; classes are numbered in sorted order, as torchvision does, which may not be the model's; fix label2id",
+                self.path.display(),
+                names.len(),
+                names.len() - 1
+            ));
+        }
+        let unknown: Vec<String> = names
+            .iter()
+            .filter(|n| !label2id.contains_key(*n))
+            .cloned()
+            .collect();
+        Some(format!(
+            "{}: {} of its {} class names are in config.json's label2id, but not {}; classes are numbered in sorted order, as torchvision does, which may not be the model's; name the classes as label2id does",
+            self.path.display(),
+            known.len(),
+            names.len(),
+            preview(&unknown)
+        ))
+    }
+
     /// Reads a safetensors dataset of `inputs` and `labels`.
     fn open_tensors(path: &Path) -> Result<Dataset> {
         let file = Checkpoint::open(path)?;
@@ -466,6 +515,16 @@ pub fn read_text(path: &Path, what: &str) -> Result<String> {
     text_of(path, read_regular(path, MAX_TEXT_BYTES, what)?)
 }
 
+/// `config.json`'s `label2id`: class names to indices, entries of another kind left out.
+pub fn label2id(config: &serde_json::Value) -> Option<BTreeMap<String, usize>> {
+    let map = config.get("label2id")?.as_object()?;
+    Some(
+        map.iter()
+            .filter_map(|(k, v)| Some((k.clone(), usize::try_from(v.as_u64()?).ok()?)))
+            .collect(),
+    )
+}
+
 /// Reads a model directory's configuration (`what`: "config", say) as [`read_text`] reads a
 /// dataset, but of at most [`MAX_CONFIG_BYTES`].
 pub fn read_config(path: &Path, what: &str) -> Result<String> {
@@ -485,4 +544,49 @@ fn text_of(path: &Path, bytes: Vec<u8>) -> Result<String> {
         text.drain(..'\u{feff}'.len_utf8());
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(names: &[&str], labels: Vec<usize>) -> Dataset {
+        let n = labels.len();
+        let mut data = Dataset::in_memory(PathBuf::from("val"), vec![0.0; n], vec![1], labels);
+        data.classes = Some(names.iter().map(|s| s.to_string()).collect());
+        data
+    }
+
+    fn map(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn classes_follow_label2id_only_when_it_names_them_all_once() {
+        // Sorted: cat, dog, eel; the model numbers them dog 0, eel 1, cat 2.
+        let label2id = map(&[("dog", 0), ("eel", 1), ("cat", 2)]);
+        let mut data = named(&["cat", "dog", "eel"], vec![0, 1, 2, 0]);
+        assert_eq!(data.follow_label2id(&label2id), None);
+        assert_eq!(data.labels, [2, 0, 1, 2]);
+        assert_eq!(data.classes.as_deref().unwrap(), ["dog", "eel", "cat"]);
+        // Names label2id doesn't have at all (ImageNet's synsets against its readable
+        // names): sorted order, silently.
+        let mut data = named(&["n01", "n02", "n03"], vec![0, 1, 2]);
+        assert_eq!(data.follow_label2id(&label2id), None);
+        assert_eq!(data.labels, [0, 1, 2]);
+        // Some but not all: sorted order, and why.
+        let mut data = named(&["cat", "dog", "fox"], vec![0, 1, 2]);
+        let why = data.follow_label2id(&label2id).unwrap();
+        assert!(
+            why.contains("2 of its 3 class names") && why.contains("not fox"),
+            "{why}"
+        );
+        assert_eq!(data.labels, [0, 1, 2]);
+        // All named, but label2id numbers two classes alike.
+        let twice = map(&[("dog", 0), ("eel", 0), ("cat", 2)]);
+        let mut data = named(&["cat", "dog", "eel"], vec![0, 1, 2]);
+        let why = data.follow_label2id(&twice).unwrap();
+        assert!(why.contains("0 to 2 once each"), "{why}");
+        assert_eq!(data.labels, [0, 1, 2]);
+    }
 }

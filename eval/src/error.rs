@@ -41,11 +41,14 @@ pub enum Error {
 
     /// `--arch auto` recognised no family: `listed` holds the classes `config.json` names,
     /// when it names any (a class no family reads, such as a task head soup-eval lacks).
-    #[error("{}", detect_message(path, known, listed))]
+    /// `hint` says what to do when the checkpoint is recognisably not a plain state dict (a
+    /// wrapper's prefix, a LoRA adapter).
+    #[error("{}", detect_message(path, known, listed, hint.as_deref()))]
     Detect {
         path: PathBuf,
         known: String,
         listed: Vec<String>,
+        hint: Option<String>,
     },
 
     /// A bad `--arch-option`.
@@ -188,8 +191,18 @@ pub(crate) fn usage_error(message: String) -> anyhow::Error {
     model_soup::Error::Usage(message).into()
 }
 
-fn detect_message(path: &std::path::Path, known: &str, listed: &[String]) -> String {
-    if listed.is_empty() {
+fn detect_message(
+    path: &std::path::Path,
+    known: &str,
+    listed: &[String],
+    hint: Option<&str>,
+) -> String {
+    if let Some(hint) = hint {
+        format!(
+            "{}: --arch auto recognises no architecture: {hint}",
+            path.display()
+        )
+    } else if listed.is_empty() {
         format!("{}: --arch auto recognises no architecture from its tensor names (or config.json); pass --arch NAME, one of: {known}", path.display())
     } else {
         format!("{}: config.json's architectures lists {}, which no --arch family reads (README.md lists the model classes each family takes); score it with --scorer COMMAND", path.display(), listed.join(", "))

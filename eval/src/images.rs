@@ -359,7 +359,13 @@ fn parse_jsonl(file: &Path, text: &str) -> Result<Vec<Row>> {
             .ok_or_else(|| at("needs a \"path\" string"))?;
         let label = match value.get("label") {
             Some(serde_json::Value::Number(n)) => {
-                Label::Index(n.as_u64().ok_or_else(|| {
+                // A whole float (`2.0`, as pandas writes an integer column with gaps) is that
+                // index, as in text data.
+                let whole = n
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                    .map(|f| f as u64);
+                Label::Index(n.as_u64().or(whole).ok_or_else(|| {
                     at("\"label\" must be a non-negative integer or a class name")
                 })?)
             }
@@ -818,7 +824,32 @@ fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
     limits.reserve(bytes).map_err(cannot)?;
     decoder.set_limits(limits).map_err(cannot)?;
     let image = image::DynamicImage::from_decoder(decoder).map_err(cannot)?;
-    Ok(image.into_rgb8())
+    Ok(rgb8_as_pillow(image))
+}
+
+/// 8-bit RGB as Pillow's `convert("RGB")` makes it (what torchvision's `ImageFolder` loads),
+/// which for 16-bit PNGs is not `image`'s rounding of v / 257: Pillow reads 16-bit colour and
+/// grey-with-alpha PNGs by their high byte, and 16-bit grey ones as mode `I;16`, which
+/// `convert` clips at 255. A model trained through torchvision saw those pixels, so they are
+/// the ones that reproduce its scores.
+fn rgb8_as_pillow(image: image::DynamicImage) -> image::RgbImage {
+    use image::DynamicImage as I;
+    let (w, h) = (image.width(), image.height());
+    let spread = |values: Vec<u8>, channels: usize, grey: bool| -> image::RgbImage {
+        let pixels = values
+            .chunks_exact(channels)
+            .flat_map(|p| if grey { [p[0]; 3] } else { [p[0], p[1], p[2]] })
+            .collect();
+        image::RgbImage::from_raw(w, h, pixels).expect("w * h pixels of 3 channels")
+    };
+    let high = |raw: &[u16]| raw.iter().map(|v| (v >> 8) as u8).collect::<Vec<u8>>();
+    match image {
+        I::ImageLuma16(b) => spread(b.iter().map(|&v| v.min(255) as u8).collect(), 1, true),
+        I::ImageLumaA16(b) => spread(high(&b), 2, true),
+        I::ImageRgb16(b) => spread(high(&b), 3, false),
+        I::ImageRgba16(b) => spread(high(&b), 4, false),
+        other => other.into_rgb8(),
+    }
 }
 
 #[cfg(test)]
@@ -935,6 +966,32 @@ mod tests {
         );
     }
 
+    /// 16-bit PNGs as Pillow converts them (checked with Pillow 13): colour by the high byte
+    /// (1000 is 3, where v / 257 rounds to 4), grey clipped at 255 (30000 is 255, not 117).
+    #[test]
+    fn sixteen_bit_images_are_converted_as_pillow_does() {
+        let rgb = image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(
+            2,
+            1,
+            vec![1000, 30000, 65535, 257 * 7, 257 * 200, 0],
+        )
+        .unwrap();
+        let got = rgb8_as_pillow(image::DynamicImage::ImageRgb16(rgb));
+        assert_eq!(got.into_raw(), [3, 117, 255, 7, 200, 0]);
+        let grey =
+            image::ImageBuffer::<image::Luma<u16>, _>::from_raw(4, 1, vec![1000, 30000, 200, 0])
+                .unwrap();
+        let got = rgb8_as_pillow(image::DynamicImage::ImageLuma16(grey));
+        assert_eq!(
+            got.into_raw(),
+            [255, 255, 255, 255, 255, 255, 200, 200, 200, 0, 0, 0]
+        );
+        let grey_alpha =
+            image::ImageBuffer::<image::LumaA<u16>, _>::from_raw(1, 1, vec![1000, 7]).unwrap();
+        let got = rgb8_as_pillow(image::DynamicImage::ImageLumaA16(grey_alpha));
+        assert_eq!(got.into_raw(), [3, 3, 3]);
+    }
+
     #[test]
     fn jsonl_rows_need_a_path_and_a_label() {
         let p = Path::new("list.jsonl");
@@ -944,10 +1001,15 @@ mod tests {
             "{\"label\": 2}",
             "{\"path\": \"a.png\"}",
             "{\"path\": \"a.png\", \"label\": -1}",
+            "{\"path\": \"a.png\", \"label\": 1.5}",
+            "{\"path\": \"a.png\", \"label\": -1.0}",
             "nope",
         ] {
             let err = parse_jsonl(p, bad_line).err().unwrap().to_string();
             assert!(err.contains("line 1"), "{bad_line}: {err}");
         }
+        // pandas' float labels: 2.0 is index 2, as in text data.
+        let rows = parse_jsonl(p, "{\"path\": \"a.png\", \"label\": 2.0}").unwrap();
+        assert!(matches!(rows[0].label, Label::Index(2)));
     }
 }

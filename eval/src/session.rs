@@ -119,7 +119,9 @@ impl Session {
             pool.push(Some(checkpoint));
         }
         warnings.extend(model_soup::soup::repeated_models(ingredients));
+        warnings.extend(test_is_val(val, test));
         check_head(pool[0].as_ref().expect("opened above"), arch)?;
+        check_label_order(&pool)?;
         let mut preprocessor = None;
         let (val, test, task) = match arch.input() {
             Input::Image(shape) => {
@@ -128,9 +130,23 @@ impl Session {
                 images.check_size(source.as_deref(), shape.size, &arch.describe())?;
                 preprocessor = source;
                 let batch = Some(evaluator.batch_size);
-                let open = |p: Option<&Path>| {
-                    p.map(|p| Dataset::open_batched(p, arch, &images, batch).map(Data::Images))
-                        .transpose()
+                // Class names are numbered as the first model's label2id does when they are
+                // exactly its classes, else in sorted order (warned when only some are).
+                let label2id = Layout::of(pool[0].as_ref().expect("opened above"))?
+                    .config
+                    .as_ref()
+                    .and_then(crate::dataset::label2id);
+                let mut open = |p: Option<&Path>| -> Result<Option<Data>> {
+                    let Some(p) = p else { return Ok(None) };
+                    let mut data = Dataset::open_batched(p, arch, &images, batch)?;
+                    if let Some(message) = label2id.as_ref().and_then(|m| data.follow_label2id(m)) {
+                        warnings.push(Warning::general(
+                            "classes-unmatched",
+                            Some(data.path.clone()),
+                            message,
+                        ));
+                    }
+                    Ok(Some(Data::Images(data)))
                 };
                 (open(val)?, open(test)?, Task::Classification)
             }
@@ -603,6 +619,27 @@ impl Session {
     }
 }
 
+/// A warning when `--test` is `--val` (by any path to it): the greedy soup is chosen on
+/// validation, so its test numbers would not be held out, and look better than they are.
+fn test_is_val(val: Option<&Path>, test: Option<&Path>) -> Option<Warning> {
+    let (val, test) = (val?, test?);
+    let same = match (std::fs::canonicalize(val), std::fs::canonicalize(test)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => val == test,
+    };
+    same.then(|| {
+        Warning::general(
+            "test-is-val",
+            Some(test.to_path_buf()),
+            format!(
+                "--test {} is --val {}: the soups are chosen on it, so the test numbers are not held out; give a separate test split",
+                test.display(),
+                val.display()
+            ),
+        )
+    })
+}
+
 /// A split's image dataset, if it is one.
 fn images(d: &Option<Data>) -> Option<&Dataset> {
     match d {
@@ -731,6 +768,46 @@ fn check_head(first: &Checkpoint, arch: &dyn Architecture) -> Result<()> {
         tensor,
         reason,
     })
+}
+
+/// Refuses ingredients whose `config.json` numbers the same class names differently: their
+/// heads' rows are other classes, so a soup would average unrelated rows and every score would
+/// hold them to the first ingredient's labels. (Names that differ, `LABEL_0` against `cat`,
+/// don't say how the rows relate, and pass.)
+fn check_label_order(pool: &[Option<Checkpoint>]) -> Result<()> {
+    let label2id = |c: &Checkpoint| -> Result<Option<std::collections::BTreeMap<String, usize>>> {
+        Ok(Layout::of(c)?
+            .config
+            .as_ref()
+            .and_then(crate::dataset::label2id))
+    };
+    let mut checkpoints = pool.iter().flatten();
+    let Some(first) = checkpoints.next() else {
+        return Ok(());
+    };
+    let Some(expected) = label2id(first)? else {
+        return Ok(());
+    };
+    for other in checkpoints {
+        let Some(found) = label2id(other)? else {
+            continue;
+        };
+        if found.keys().eq(expected.keys()) && found != expected {
+            let (name, id) = found
+                .iter()
+                .find(|(name, id)| expected.get(*name) != Some(id))
+                .expect("the maps differ on a shared key");
+            return Err(Error::Dataset {
+                path: other.path().join("config.json"),
+                reason: format!(
+                    "its label2id numbers {name:?} {id}, but {}'s numbers it {}: the models' output rows are other classes, so they can't be souped or scored on one set of labels; permute the head's rows (and label2id) to the first model's order",
+                    first.path().join("config.json").display(),
+                    expected[name]
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Opens the text splits of a language model: the model's vocabulary, positions, classes and

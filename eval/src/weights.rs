@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use model_soup::format::{Accumulator, Checkpoint, Dtype};
 use model_soup::soup::{Soup, Warning};
 
-use super::arch::{Architecture, TensorKind};
+use super::arch::{Architecture, Layout, TensorKind};
 use super::error::{CandleContext, Error, Result};
 
 /// The float tensors one model is built from: name → f32 tensor, all on one device.
@@ -177,23 +177,39 @@ pub fn check_fits(checkpoint: &Checkpoint, arch: &dyn Architecture) -> Result<()
         arch: arch.describe(),
         reason,
     };
+    // An ingredient of another family than `arch` is named as one: "conv1.weight is missing"
+    // alone doesn't say that the wrong model was given.
+    let other_family = || {
+        Layout::of(checkpoint)
+            .ok()
+            .and_then(|layout| crate::arch::recognise(&layout))
+            .filter(|f| *f != arch.family())
+            .map(|f| format!("it is a {f} checkpoint, not {}: every ingredient must be of the architecture --arch names (with --arch auto, the first ingredient's)", arch.family()))
+    };
+    let with_hint = |reason: String, hint: Option<String>| match hint {
+        Some(hint) => format!("{reason}; {hint}"),
+        None => reason,
+    };
     for spec in &specs {
         let Some(t) = checkpoint.tensor(&spec.name) else {
             if spec.kind == TensorKind::Float {
-                return Err(bad(&spec.name, "is missing".into()));
+                // Why it is missing, when that is known: a wrapper's prefix, a LoRA adapter, or
+                // another family.
+                let names: Vec<&str> = checkpoint.tensors().map(|t| t.name()).collect();
+                let hint =
+                    crate::arch::wrapper::missing_hint(&names, &spec.name).or_else(other_family);
+                return Err(bad(&spec.name, with_hint("is missing".into(), hint)));
             }
             continue;
         };
         let shape = shape_of(&t.info.shape);
         if shape != spec.shape {
-            return Err(bad(
-                &spec.name,
-                format!(
-                    "has shape {shape:?}, but {} expects {:?}",
-                    arch.describe(),
-                    spec.shape
-                ),
-            ));
+            let reason = format!(
+                "has shape {shape:?}, but {} expects {:?}",
+                arch.describe(),
+                spec.shape
+            );
+            return Err(bad(&spec.name, with_hint(reason, other_family())));
         }
         let float = t.info.dtype.is_averaged();
         if spec.kind == TensorKind::Float && !float {

@@ -1276,3 +1276,274 @@ fn an_oversized_model_config_is_refused_from_its_size() {
         assert!(started.elapsed().as_secs() < 20, "{name} was read");
     }
 }
+
+/// A state dict saved from a wrapper (`module.` of DataParallel, `model.` of Lightning) or a
+/// LoRA adapter is named as such, with the fix; it was "recognises no architecture" or
+/// "'conv1.weight' is missing", which hid that the weights were all there under a prefix.
+#[test]
+fn a_wrapper_prefix_or_a_lora_adapter_is_named_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefixed = dir.path().join("ddp.safetensors");
+    edited_base(&prefixed, |tensors| {
+        for t in tensors.iter_mut() {
+            t.name = format!("module.{}", t.name);
+        }
+    });
+    let out = soup_eval(&[&"score", &"--val", &val(), &prefixed]);
+    assert_error(
+        &out,
+        &[
+            "ddp.safetensors",
+            "start with 'module.'",
+            "k.removeprefix(\"module.\")",
+            "it is a digits-cnn checkpoint",
+        ],
+    );
+    // With --arch given, and as the second ingredient: the missing tensor and the prefix.
+    let out = soup_eval(&[
+        &"score",
+        &"--arch",
+        &"digits-cnn",
+        &"--val",
+        &val(),
+        &prefixed,
+    ]);
+    assert_error(
+        &out,
+        &["ddp.safetensors", "is missing", "start with 'module.'"],
+    );
+    let out = soup_eval(&[&"score", &"--val", &val(), &base(), &prefixed]);
+    assert_error(
+        &out,
+        &["ddp.safetensors", "is missing", "start with 'module.'"],
+    );
+    // Another model's checkpoint gets no such hint.
+    let other = dir.path().join("other.safetensors");
+    edited_base(&other, |tensors| {
+        tensors.retain(|t| t.name != "conv1.weight")
+    });
+    let line = assert_error(
+        &soup_eval(&[&"score", &"--val", &val(), &base(), &other]),
+        &["other.safetensors", "conv1.weight"],
+    );
+    assert!(!line.contains("prefix"), "{line}");
+
+    // A PEFT adapter: its file, and its directory (whose file the old message offered).
+    let adapter = dir.path().join("adapter");
+    std::fs::create_dir(&adapter).unwrap();
+    let factor = |name: &str| spec(name, D::F32, &[2, 2], vec![0; 16]);
+    write(
+        &adapter.join("adapter_model.safetensors"),
+        &[
+            factor("base_model.model.fc.lora_A.weight"),
+            factor("base_model.model.fc.lora_B.weight"),
+        ],
+    );
+    std::fs::write(
+        adapter.join("adapter_config.json"),
+        r#"{"peft_type": "LORA"}"#,
+    )
+    .unwrap();
+    let out = soup_eval(&[
+        &"score",
+        &"--val",
+        &val(),
+        &adapter.join("adapter_model.safetensors"),
+    ]);
+    assert_error(
+        &out,
+        &[
+            "adapter_model.safetensors",
+            "LoRA adapter",
+            "merge_and_unload",
+        ],
+    );
+    let line = assert_error(
+        &soup_eval(&[&"score", &"--val", &val(), &adapter]),
+        &["adapter", "PEFT adapter", "merge_and_unload"],
+    );
+    assert!(!line.contains("pass the file itself"), "{line}");
+}
+
+/// A PyTorch file (zip or pickle), a GGUF file or an ONNX model given as an ingredient is
+/// named as what it is, with how to convert it; it was "header claims 578712552184433488
+/// bytes, more than the 67108864-byte limit". soup-merge reads headers the same way.
+#[test]
+fn a_pytorch_gguf_or_onnx_file_is_named_as_one_with_the_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &[u8], &[&str])] = &[
+        (
+            "ft.pt",
+            b"PK\x03\x04\x00\x00\x08\x08archive/data.pkl",
+            &["zip archive", "torch.save", "safetensors.torch.save_file"],
+        ),
+        (
+            "pytorch_model.bin",
+            b"\x80\x02\x8a\x0alz\xfc\x9cF\xf9 j\xa8",
+            &["Python pickle", "torch.load"],
+        ),
+        (
+            "model.gguf",
+            b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00",
+            &["GGUF"],
+        ),
+        (
+            "model.safetensors",
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 2200119864\n",
+            &["Git LFS pointer", "git lfs pull"],
+        ),
+        (
+            "model.onnx",
+            b"\x08\x07\x12\x07pytorch\x1a\x052.1.0",
+            &["ONNX", "state_dict()"],
+        ),
+    ];
+    for (name, bytes, needles) in cases {
+        let path = dir.path().join(name);
+        let mut content = bytes.to_vec();
+        content.resize(256, 0);
+        std::fs::write(&path, content).unwrap();
+        let line = assert_error(&soup_eval(&[&"score", &"--val", &val(), &path]), needles);
+        assert!(
+            line.contains(name) && !line.contains("header claims"),
+            "{line}"
+        );
+        let merged = common::run_merge(&[&path, &base(), &"-o", &dir.path().join("o.safetensors")]);
+        assert!(
+            common::stderr(&merged).contains(needles[0]),
+            "{}",
+            common::stderr(&merged)
+        );
+    }
+    // A file that is simply corrupt keeps the header's own message.
+    let corrupt = dir.path().join("corrupt.safetensors");
+    std::fs::write(&corrupt, [0xffu8; 64]).unwrap();
+    assert_error(
+        &soup_eval(&[&"score", &"--val", &val(), &corrupt]),
+        &["header claims"],
+    );
+}
+
+/// `--arch` naming another family than the weights', or an ingredient of another family than
+/// the first, names the family the weights are; it said only which tensor was missing.
+#[test]
+fn weights_of_another_family_are_named_with_their_family() {
+    let convnext = fixture("vision/convnext.safetensors");
+    let resnet = fixture("vision-digits/ft-lr1e-3.safetensors");
+    let images = fixture("digits-images/val");
+    let flags = ["--resize", "32", "--crop", "32"];
+    let run = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"score", &"--val", &images];
+        for f in &flags {
+            all.push(f);
+        }
+        all.extend_from_slice(args);
+        soup_eval(&all)
+    };
+    assert_error(
+        &run(&[&"--arch", &"vit", &convnext]),
+        &[
+            "convnext.safetensors",
+            "conv_proj.weight",
+            "it is a convnext checkpoint: pass --arch convnext",
+        ],
+    );
+    assert_error(
+        &run(&[&resnet, &convnext]),
+        &[
+            "convnext.safetensors",
+            "it is a convnext checkpoint, not resnet",
+        ],
+    );
+    // A head of another size is the same family: no such hint.
+    let dir = tempfile::tempdir().unwrap();
+    let five = dir.path().join("five.safetensors");
+    let mut tensors: Vec<common::Spec> = common::read(&resnet)
+        .into_iter()
+        .map(|(name, (dtype, shape, data))| spec(&name, dtype, &shape, data))
+        .collect();
+    for t in tensors.iter_mut().filter(|t| t.name.starts_with("fc.")) {
+        let row = t.data.len() / t.shape[0];
+        t.shape[0] = 5;
+        t.data.truncate(5 * row);
+    }
+    write(&five, &tensors);
+    let line = assert_error(
+        &run(&[&resnet, &five]),
+        &["five.safetensors", "fc.weight", "[5, 64]"],
+    );
+    assert!(!line.contains("checkpoint, not"), "{line}");
+}
+
+/// `--test` given the `--val` split (here by another spelling of its path) warns that the test
+/// numbers are not held out; it reported them as if they were.
+#[test]
+fn a_test_split_that_is_the_val_split_warns() {
+    let again = fixture("digits/../digits/val.safetensors");
+    let out = soup_eval(&[
+        &"greedy",
+        &"-q",
+        &"--json",
+        &"--val",
+        &val(),
+        &"--test",
+        &again,
+        &base(),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("warning: --test"),
+        "{}",
+        common::stderr(&out)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["warnings"][0]["kind"], "test-is-val", "{report}");
+    let test = fixture("digits/test.safetensors");
+    let out = soup_eval(&[
+        &"greedy",
+        &"-q",
+        &"--json",
+        &"--val",
+        &val(),
+        &"--test",
+        &test,
+        &base(),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
+}
+
+/// Two classifiers whose config.json number the same classes differently are refused, naming
+/// the class: their heads' rows are other classes. Both were scored, souped and ensembled
+/// against the first one's labels.
+#[test]
+fn ingredients_numbering_their_classes_differently_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bert = fixture("text/models/bert-cls");
+    let copy = dir.path().join("bert-permuted");
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(&bert).unwrap() {
+        let from = entry.unwrap().path();
+        std::fs::copy(&from, copy.join(from.file_name().unwrap())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join("config.json")).unwrap()).unwrap();
+    config["label2id"] = serde_json::json!({"positive": 0, "neutral": 1, "negative": 2});
+    config["id2label"] = serde_json::json!({"0": "positive", "1": "neutral", "2": "negative"});
+    std::fs::write(copy.join("config.json"), config.to_string()).unwrap();
+    let data = fixture("text/data/cls.jsonl");
+    let out = soup_eval(&[&"report", &"-q", &"--val", &data, &bert, &copy]);
+    assert_error(
+        &out,
+        &[
+            "bert-permuted/config.json",
+            "label2id numbers \"negative\" 2",
+            "numbers it 0",
+            "permute",
+        ],
+    );
+    // The same order passes.
+    let out = soup_eval(&[&"score", &"-q", &"--val", &data, &bert, &bert]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+}

@@ -1026,6 +1026,7 @@ fn bad_text_data_gets_one_line_naming_the_file_the_line_and_the_fix() {
         (Arc::new(Bag), &cls, write("c.jsonl", "{\"text\": \"the\", \"label\": \"happy\"}\n"), d(), vec!["line 1", "\"happy\"", "label2id", "pos"]),
         (Arc::new(Bag), &cls, write("d.jsonl", "\n{\"text\": \"the\", \"label\": 3}\n"), d(), vec!["line 2", "label 3 is out of range", "0 to 2"]),
         (Arc::new(Bag), &cls, write("e.csv", "text,label\nthe,-1\n"), d(), vec!["e.csv", "line 2", "label -1 is out of range"]),
+        (Arc::new(Bag), &cls, write("f.csv", "sentence,label\nthe,1\n"), d(), vec!["f.csv", "line 2", "no 'text' field", "header line naming the columns text,label"]),
         (Arc::new(Bag), &cls, write("f.jsonl", "\n\n"), d(), vec!["f.jsonl", "no examples"]),
         (Arc::new(Bag), &cls, write("g.txt", "the cat"), d(), vec!["g.txt", "classification data must be"]),
         (Arc::new(Bag), &cls, write("h.jsonl", "{\"text\": \"the\", \"label\": 0}\n"), DataOptions { text: TextOptions { max_length: Some(7), ..TextOptions::default() }, ..d() }, vec!["--max-length 7", "6 positions"]),

@@ -623,3 +623,86 @@ fn target_sizes_too_big_for_memory_or_for_the_model_are_refused_before_any_image
         common::stderr(&out)
     );
 }
+
+/// An image folder whose class folders are the model's `label2id` names is numbered as the
+/// model numbers them, not in sorted order: "zero" ... "nine" sort as eight, five, four, ...,
+/// which scored every image against another class's label without a word. Folders named
+/// only partly as the model's classes keep the sorted order, with a warning.
+#[test]
+fn class_folders_named_as_label2id_are_numbered_as_the_model_numbers_them() {
+    let names = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let model = copy_model(
+        dir.path(),
+        "hf-vit",
+        Some(&|c: &mut Value| {
+            c["id2label"] = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (i.to_string(), Value::from(*n)))
+                .collect();
+            c["label2id"] = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), Value::from(i)))
+                .collect();
+        }),
+    );
+    std::fs::copy(
+        vision("hf-vit").join("preprocessor_config.json"),
+        model.join("preprocessor_config.json"),
+    )
+    .unwrap();
+    let digits = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/digits-images/val"
+    ));
+    let folder = |name: &str, class: &dyn Fn(usize) -> String| {
+        let root = dir.path().join(name);
+        for (i, _) in names.iter().enumerate() {
+            let to = root.join(class(i));
+            std::fs::create_dir_all(&to).unwrap();
+            for image in std::fs::read_dir(digits.join(i.to_string())).unwrap() {
+                let image = image.unwrap().path();
+                std::fs::copy(&image, to.join(image.file_name().unwrap())).unwrap();
+            }
+        }
+        root
+    };
+    let score = |val: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_soup-eval"))
+            .args(["score", "--json", "-q", "--val"])
+            .arg(val)
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let torch_loss: f64 = Checkpoint::open(&vision("hf-vit.io.safetensors"))
+        .unwrap()
+        .metadata()["torch_val_loss"]
+        .parse()
+        .unwrap();
+    let words = score(&folder("words", &|i| names[i].to_string()));
+    let loss = words["ingredients"][0]["val"]["loss"].as_f64().unwrap();
+    assert!((loss - torch_loss).abs() < 1e-5, "{loss} vs {torch_loss}");
+    assert_eq!(words["warnings"], serde_json::json!([]));
+    // One folder named otherwise: sorted order, and a warning naming it.
+    let mixed = score(&folder("mixed", &|i| {
+        if i == 0 {
+            "0".to_string()
+        } else {
+            names[i].to_string()
+        }
+    }));
+    let warning = &mixed["warnings"][0];
+    assert_eq!(warning["kind"], "classes-unmatched", "{mixed}");
+    let message = warning["message"].as_str().unwrap();
+    assert!(
+        message.contains("9 of its 10 class names are in config.json's label2id, but not 0"),
+        "{message}"
+    );
+}

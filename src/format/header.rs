@@ -58,6 +58,13 @@ impl Header {
     /// `prefix` must hold at least the 8-byte length and the header it announces; pass the whole
     /// mapped file. `path` is only used in messages.
     pub fn parse(path: &Path, file: &[u8]) -> Result<Header> {
+        Header::parse_safetensors(path, file).map_err(|e| match foreign_format(path, file) {
+            Some(what) => Error::header(path, what),
+            None => e,
+        })
+    }
+
+    fn parse_safetensors(path: &Path, file: &[u8]) -> Result<Header> {
         let file_len = file.len() as u64;
         let len_bytes: [u8; 8] = file.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| {
             Error::header(
@@ -84,6 +91,34 @@ impl Header {
         let data_len = file_len - data_start;
         validate(path, raw, data_start, data_len)
     }
+}
+
+/// What a file that is not safetensors is, with how to convert it, when its first bytes (or,
+/// for ONNX, which has no magic number, its extension) say: the formats a user is likely to
+/// pass by mistake. Only consulted once parsing has failed, so no safetensors file is
+/// misnamed.
+fn foreign_format(path: &Path, file: &[u8]) -> Option<String> {
+    const CONVERT: &str = "convert it first: safetensors.torch.save_file(state_dict, \"model.safetensors\") with state_dict = torch.load(PATH, map_location=\"cpu\") (a Lightning .ckpt: its [\"state_dict\"]; a whole pickled model: its .state_dict())";
+    let what = if file.starts_with(b"PK\x03\x04") {
+        format!("is a zip archive, as torch.save writes (.pt, .pth, .bin, .ckpt), not safetensors; {CONVERT}")
+    } else if file.len() >= 2 && file[0] == 0x80 && (2..=5).contains(&file[1]) {
+        format!("is a Python pickle, as older torch.save writes (.pt, .bin), not safetensors; {CONVERT}")
+    } else if file.starts_with(b"version https://git-lfs") {
+        "is a Git LFS pointer, not the weights: the repository was cloned without Git LFS; run git lfs pull in it (or download the file itself)".to_string()
+    } else if file.starts_with(b"GGUF") {
+        "is a GGUF file (llama.cpp), not safetensors; average the original Hugging Face model directories, then convert the soup".to_string()
+    } else if file.starts_with(b"\x89HDF") {
+        "is an HDF5 file (Keras .h5), not safetensors; save the weights with safetensors instead"
+            .to_string()
+    } else if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+    {
+        "is an ONNX model (judging by its name), not safetensors; average the PyTorch weights it was exported from: safetensors.torch.save_file(model.state_dict(), \"model.safetensors\")".to_string()
+    } else {
+        return None;
+    };
+    Some(what)
 }
 
 fn parse_json(path: &Path, json: &[u8]) -> Result<RawHeader> {

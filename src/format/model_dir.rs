@@ -151,6 +151,13 @@ fn missing_weights_reason(dir: &Path) -> String {
         }
     }
     let base = format!("is a directory without {SINGLE_NAME} or {INDEX_NAME}");
+    // A PEFT adapter's directory holds adapter_model.safetensors: its LoRA factors are no
+    // model's weights, and averaging A and B factors separately is not averaging the updates.
+    if dir.join("adapter_config.json").exists() {
+        return format!(
+            "{base}; it is a PEFT adapter (adapter_config.json), not a model: merge it into its base model first (PeftModel.from_pretrained(base, ADAPTER_DIR).merge_and_unload().save_pretrained(OUT_DIR)) and pass OUT_DIR"
+        );
+    }
     let safetensors: Vec<&String> = found
         .iter()
         .filter(|n| n.ends_with(".safetensors"))

@@ -78,6 +78,7 @@ pub mod roberta;
 pub mod text_layers;
 pub mod vgg;
 pub mod vit;
+pub mod wrapper;
 
 /// Every family `--arch` accepts, in the order `--arch auto` tries them.
 pub const FAMILIES: &[&dyn Family] = &[
@@ -569,14 +570,34 @@ impl Selection {
                         listed: hf_config::HfConfig::of(&layout)
                             .map(|c| c.architectures().iter().map(|a| a.to_string()).collect())
                             .unwrap_or_default(),
+                        hint: wrapper::detect_hint(&layout),
                     })?
             }
         };
-        let fail = |e: ConfigError| Error::Arch {
-            path: path.clone(),
-            tensor: e.tensor,
-            arch: family.name().to_string(),
-            reason: e.reason,
+        let fail = |e: ConfigError| {
+            // A tensor missing because the whole checkpoint sits under a wrapper's prefix, or
+            // is a LoRA adapter, says so: "conv1.weight is missing" alone hides the fix.
+            let hint = (!layout.has(&e.tensor))
+                .then(|| {
+                    wrapper::missing_hint(&layout.names().collect::<Vec<_>>(), &e.tensor).or_else(
+                        || {
+                            // --arch named another family than the weights are: name theirs.
+                            recognise(&layout).filter(|f| *f != family.name()).map(|f| {
+                                format!("it is a {f} checkpoint: pass --arch {f}, or --arch auto")
+                            })
+                        },
+                    )
+                })
+                .flatten();
+            Error::Arch {
+                path: path.clone(),
+                arch: family.name().to_string(),
+                reason: match hint {
+                    Some(hint) => format!("{}; {hint}", e.reason),
+                    None => e.reason,
+                },
+                tensor: e.tensor,
+            }
         };
         for key in options.keys() {
             if !family.options().iter().any(|(k, _)| *k == key) {
@@ -608,6 +629,11 @@ impl Selection {
         }
         Ok(arch)
     }
+}
+
+/// The family `--arch auto` would pick for `layout`, if any.
+pub fn recognise(layout: &Layout) -> Option<&'static str> {
+    FAMILIES.iter().find(|f| f.detect(layout)).map(|f| f.name())
 }
 
 /// The names `--arch` accepts, comma-separated, for error messages.

@@ -66,11 +66,7 @@ impl TokenModel {
             .get("bos_token_id")
             .and_then(Value::as_u64)
             .and_then(|b| u32::try_from(b).ok());
-        self.label2id = config.get("label2id").and_then(Value::as_object).map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), usize::try_from(v.as_u64()?).ok()?)))
-                .collect()
-        });
+        self.label2id = crate::dataset::label2id(config);
         self
     }
 }
@@ -372,7 +368,11 @@ impl TextData {
         format: TextFormat,
     ) -> Result<()> {
         let text = crate::dataset::read_text(&self.path, "dataset")?;
-        let example = r#"{"text": "...", "label": 0}"#;
+        // What a record looks like, for "no 'text' field": a CSV's fields are its columns.
+        let example = match format {
+            TextFormat::Csv => "a header line naming the columns text,label (text_pair optional)",
+            _ => r#"{"text": "...", "label": 0}"#,
+        };
         let rows = match format {
             TextFormat::Csv => records::csv(&self.path, &text)?,
             _ => records::jsonl(&self.path, &text, example)?,
@@ -846,10 +846,10 @@ fn string_field<'a>(
     }
 }
 
-/// A record's label: an integer class, or a name from `config.json`'s `label2id`. CSV fields
-/// are all strings: one that `label2id` names is that name, as the same string in JSONL is
-/// (sentiment classes `-1`, `0`, `1` and ratings `1` to `5` are common names); any other that
-/// reads as an integer is a class index.
+/// A record's label: an integer class, or a name from `config.json`'s `label2id`. A string
+/// (every CSV field is one) that `label2id` names is that name (sentiment classes `-1`, `0`,
+/// `1` and ratings `1` to `5` are common names); any other that reads as an integer is a class
+/// index, in JSONL as in CSV.
 fn label_of(
     r: &Record,
     model: &TokenModel,
@@ -882,25 +882,30 @@ fn label_of(
         }
     };
     match r.fields.get("label") {
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(i) if (i as u128) < classes as u128 => Ok(i as usize),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(i), _) if (i as u128) < classes as u128 => Ok(i as usize),
+            // pandas writes an integer column that had a missing value as floats (`2.0`):
+            // a whole number is that index.
+            (None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f < classes as f64 => Ok(f as usize),
+            (None, Some(f)) if f.fract() != 0.0 => Err(format!(
+                "label {n} is not a whole number; a class index is an integer from 0 to {}",
+                classes.saturating_sub(1)
+            )),
             _ => Err(range(n.to_string())),
         },
-        Some(Value::String(s))
-            if csv
-                && model
-                    .label2id
-                    .as_ref()
-                    .is_some_and(|m| m.contains_key(s.trim())) =>
-        {
-            by_name(s.trim())
+        // A string is a name when label2id has it, else an index when it reads as one
+        // (`"2"`, as CSV holds every label), else a name that must be in label2id.
+        Some(Value::String(s)) => {
+            let s = if csv { s.trim() } else { s.as_str() };
+            if model.label2id.as_ref().is_some_and(|m| m.contains_key(s)) {
+                return by_name(s);
+            }
+            match s.parse::<i64>() {
+                Ok(i) if i >= 0 && (i as u64) < classes as u64 => Ok(i as usize),
+                Ok(i) => Err(range(i.to_string())),
+                Err(_) => by_name(s),
+            }
         }
-        Some(Value::String(s)) if csv => match s.trim().parse::<i64>() {
-            Ok(i) if i >= 0 && (i as u64) < classes as u64 => Ok(i as usize),
-            Ok(i) => Err(range(i.to_string())),
-            Err(_) => by_name(s.trim()),
-        },
-        Some(Value::String(s)) => by_name(s),
         Some(other) => Err(format!(
             "'label' is a {}; it must be a class index or name",
             records::kind(other)
@@ -969,5 +974,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// JSONL labels as pandas and hand-written files give them: `2.0` (an integer column with
+    /// a gap is float) and `"2"` are index 2, as the CSV field `2` is; they were refused as
+    /// "label 2.0 is out of range" (it isn't) and "not in config.json's label2id".
+    #[test]
+    fn whole_float_and_numeric_string_labels_are_indices_in_jsonl_too() {
+        let model = TokenModel {
+            label2id: Some(
+                [("negative", 0), ("neutral", 1), ("positive", 2), ("-1", 0)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            ),
+            ..TokenModel::default()
+        };
+        let label = |json: &str, csv: bool| {
+            let record = Record {
+                line: 1,
+                fields: serde_json::from_str(&format!(r#"{{"label": {json}}}"#)).unwrap(),
+            };
+            label_of(&record, &model, 3, csv)
+        };
+        for csv in [false, true] {
+            assert_eq!(label(r#""2""#, csv), Ok(2));
+            assert_eq!(label(r#""positive""#, csv), Ok(2));
+            // A name label2id has wins over the index it reads as.
+            assert_eq!(label(r#""-1""#, csv), Ok(0));
+        }
+        assert_eq!(label("2.0", false), Ok(2));
+        assert_eq!(label("2", false), Ok(2));
+        let half = label("1.5", false).unwrap_err();
+        assert!(half.contains("not a whole number"), "{half}");
+        let big = label("3.0", false).unwrap_err();
+        assert!(big.contains("out of range"), "{big}");
+        let unknown = label(r#""Positive""#, false).unwrap_err();
+        assert!(
+            unknown.contains("not in config.json's label2id"),
+            "{unknown}"
+        );
     }
 }
