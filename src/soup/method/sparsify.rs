@@ -343,8 +343,11 @@ fn total(partials: &[(f64, f64)]) -> (f64, f64) {
 }
 
 /// mergekit's rescaled_masked_tensor: match the L1 norm, unless either norm is below 1e-7.
+/// Written as mergekit's test (`before < eps or after < eps` skips), so that a NaN norm, from a
+/// NaN in the task vector, still rescales and spreads its NaN as mergekit's does, rather than
+/// quietly leaving that model's kept elements unscaled.
 fn scale(rescale: bool, (before, after): (f64, f64)) -> f64 {
-    if rescale && before >= 1e-7 && after >= 1e-7 {
+    if rescale && !(before < 1e-7 || after < 1e-7) {
         before / after
     } else {
         1.0
