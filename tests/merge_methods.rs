@@ -1156,3 +1156,52 @@ fn a_methods_missing_flags_are_usage_errors() {
         assert!(!out.exists());
     }
 }
+
+/// nuslerp of opposite task vectors (v1 = -v0 exactly) keeps the base, as mergekit does: the
+/// two terms cancel. Its cos was the dot product over the product of two rounded norms, an ulp
+/// above -1 for these values, so sin(theta) was 1.5e-8, just over the linear threshold, and the
+/// coefficients near 3e7 (with the base folded in as 1 - a - b) cancelled the base out of a
+/// bf16 soup: zeros, or whatever the rounding left.
+#[test]
+fn nuslerp_of_opposite_task_vectors_keeps_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    // |v|^2 = sum (k / 1024)^2 is exact; sqrt(|v|^2)^2 rounds above it.
+    let ks = [
+        -172, -154, -157, -16, -114, 176, 142, -43, -72, 110, -92, 110,
+    ];
+    let v: Vec<f64> = ks.iter().map(|&k| k as f64 / 1024.0).collect();
+    let base: Vec<f64> = (0..12).map(|j| 0.25 * (j as f64 - 5.0)).collect();
+    let path = |name: &str, sign: f64| {
+        let p = dir.path().join(name);
+        let values: Vec<f64> = base.iter().zip(&v).map(|(b, d)| b + sign * d).collect();
+        write(&p, &[spec("w", D::F32, &[4, 3], encode(D::F32, &values))]);
+        p
+    };
+    let (b, x, y) = (
+        path("b.safetensors", 0.0),
+        path("x.safetensors", 1.0),
+        path("y.safetensors", -1.0),
+    );
+    for dtype in ["bf16", "f32"] {
+        let out = dir.path().join(format!("{dtype}.safetensors"));
+        let o = soup_merge()
+            .args(["--method", "nuslerp", "--base"])
+            .arg(&b)
+            .arg(&x)
+            .arg(&y)
+            .args(["--dtype", dtype, "-q", "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{dtype}: {}", stderr(&o));
+        let (d, _, bytes) = &tensors(&out)["w"];
+        let got: Vec<f64> = match d {
+            D::BF16 => bytes
+                .chunks(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
+                .collect(),
+            _ => bytemuck_f32(bytes).into_iter().map(f64::from).collect(),
+        };
+        assert_eq!(got, base, "{dtype}");
+    }
+}
