@@ -1205,3 +1205,86 @@ fn nuslerp_of_opposite_task_vectors_keeps_the_base() {
         assert_eq!(got, base, "{dtype}");
     }
 }
+
+/// The trims and elections on 0-d tensors and on task vectors with NaN and infinities, against
+/// the reference: a NaN magnitude ranks above every other (torch's order), a NaN that loses
+/// TIES' election adds 0 (README, differences from mergekit), and a NaN L1 norm makes the
+/// rescale NaN.
+#[test]
+fn scalars_and_non_finite_task_vectors_match_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dtype in [D::F32, D::BF16] {
+        let n = 3000;
+        let make = |name: &str, m: usize| {
+            let mut rng = Rng::new(5);
+            let base: Vec<f64> = (0..n).map(|_| rng.normal() * 0.5).collect();
+            let mut noise = Rng::new(50 + m as u64);
+            let mut v: Vec<f64> = base
+                .iter()
+                .map(|b| {
+                    if m == 0 {
+                        *b
+                    } else {
+                        b + 0.05 * noise.normal()
+                    }
+                })
+                .collect();
+            if m == 1 {
+                for (i, x) in v.iter_mut().enumerate() {
+                    if i % 7 == 0 {
+                        *x = f64::NAN;
+                    } else if i % 11 == 1 {
+                        *x = f64::INFINITY;
+                    }
+                }
+            }
+            let path = tmp.path().join(format!("{name}-{dtype:?}.safetensors"));
+            write(
+                &path,
+                &[
+                    spec("t", dtype, &[n], encode(dtype, &v)),
+                    spec("s", dtype, &[], encode(dtype, &v[..1])),
+                ],
+            );
+            path
+        };
+        let base = make("base", 0);
+        let fts: Vec<PathBuf> = (1..4).map(|m| make(&format!("ft{m}"), m)).collect();
+        for (method, flags, params) in [
+            (
+                "ties",
+                vec!["--density", "0.5"],
+                r#"{"parameters": {"density": 0.5}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+            (
+                "dare_ties",
+                vec!["--density", "0.5"],
+                r#"{"parameters": {"density": 0.5}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+            (
+                "dare_linear",
+                vec!["--density", "0.5"],
+                r#"{"parameters": {"density": 0.5}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+            (
+                "della",
+                vec!["--density", "0.5", "--epsilon", "0.1"],
+                r#"{"parameters": {"density": 0.5, "epsilon": 0.1}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+            (
+                "breadcrumbs_ties",
+                vec!["--density", "0.5", "--gamma", "0.1"],
+                r#"{"parameters": {"density": 0.5, "gamma": 0.1}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+        ] {
+            check(Case {
+                method,
+                base: Some(&base),
+                models: &fts,
+                flags: &flags,
+                params,
+                seed: 3,
+            });
+        }
+    }
+}

@@ -440,8 +440,8 @@ fn compute<'s>(
                     }
                 })
                 .collect();
-            // The inputs are checked even when the output is finite: an input's NaN need not
-            // reach the output (a model of weight 0 is not read).
+            // The inputs are checked even when the output is finite: a trim or a sign
+            // election can hide a NaN (it votes the sign negative) without passing it on.
             let any_input = || {
                 sources.iter().any(|s| {
                     let size = s.dtype.size();

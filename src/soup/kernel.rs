@@ -670,13 +670,10 @@ fn task_vectors_in<'s, A: Real>(
                     } else {
                         d < A::ZERO
                     };
-                    // A term that disagrees counts as `d * 0`, mergekit's `deltas * mask`:
-                    // 0 for a number, but NaN for a NaN or infinite term, which loses the
-                    // election (NaN is neither > 0 nor < 0) and must not vanish from the soup.
                     if agree {
                         (d, w)
                     } else {
-                        (d * A::ZERO, A::ZERO)
+                        (A::ZERO, A::ZERO)
                     }
                 };
                 let lanes = mixed

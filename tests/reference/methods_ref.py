@@ -232,14 +232,17 @@ def gta(method, base, xs, glob, mods, name, seed):
     w = [mods[m]["weight"] for m in range(len(xs))]
     wd = np.stack([wi * di for wi, di in zip(w, deltas)])
     ws = np.array(w).reshape((-1,) + (1,) * base.ndim)
-    mag = np.abs(wd).sum(axis=0)
+    # Magnitudes of the finite terms only: a NaN would make every tolerance NaN.
+    mag = np.where(np.isfinite(wd), np.abs(wd), 0.0).sum(axis=0)
     ambiguous = np.zeros(base.shape, dtype=bool)
     if consensus:
         s = wd.sum(axis=0)
         results = []
         for majority in (np.where(s >= 0, 1.0, -1.0), np.where(s >= 0, -1.0, 1.0)):
             mask = np.sign(wd) == majority
-            mixed = (wd * mask).sum(axis=0)
+            # A term that loses the vote adds 0, even a NaN or infinite one (mergekit's
+            # `deltas * mask` would carry it as NaN; soup-merge drops it and warns).
+            mixed = np.where(mask, wd, 0.0).sum(axis=0)
             div = (ws * mask).sum(axis=0)
             # np.where, not item assignment: a 0-d tensor's sum is a numpy scalar.
             div = np.where(div == 0, 1.0, div)

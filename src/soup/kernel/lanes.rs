@@ -386,15 +386,14 @@ fn group<L: Load, const K: usize>(
     }
     let mut mixed = [0f32; LANES];
     if s.consensus {
-        // TIES' election, as in the generic kernel: the sums start from +0, a NaN sum counts
-        // as negative (it is not >= 0), and a term that disagrees adds `t * 0` (mergekit's
-        // `deltas * mask`: +-0, or NaN for a NaN or infinite term, which stays in the soup).
+        // TIES' election, as in the generic kernel: the sums start from +0, and a NaN sum
+        // counts as negative (it is not >= 0).
         let mut weights = [0f32; LANES];
         for (t, m) in terms.iter().zip(models) {
             for l in 0..LANES {
                 let positive = sum[l] >= 0.0;
                 let agree = (positive & (t[l] > 0.0)) | (!positive & (t[l] < 0.0));
-                mixed[l] += t[l] * one(agree);
+                mixed[l] += select(agree, t[l]);
                 weights[l] += select(agree, m.weight);
             }
         }
