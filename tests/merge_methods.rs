@@ -1156,3 +1156,135 @@ fn a_methods_missing_flags_are_usage_errors() {
         assert!(!out.exists());
     }
 }
+
+/// nuslerp of opposite task vectors (v1 = -v0 exactly) keeps the base, as mergekit does: the
+/// two terms cancel. Its cos was the dot product over the product of two rounded norms, an ulp
+/// above -1 for these values, so sin(theta) was 1.5e-8, just over the linear threshold, and the
+/// coefficients near 3e7 (with the base folded in as 1 - a - b) cancelled the base out of a
+/// bf16 soup: zeros, or whatever the rounding left.
+#[test]
+fn nuslerp_of_opposite_task_vectors_keeps_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    // |v|^2 = sum (k / 1024)^2 is exact; sqrt(|v|^2)^2 rounds above it.
+    let ks = [
+        -172, -154, -157, -16, -114, 176, 142, -43, -72, 110, -92, 110,
+    ];
+    let v: Vec<f64> = ks.iter().map(|&k| k as f64 / 1024.0).collect();
+    let base: Vec<f64> = (0..12).map(|j| 0.25 * (j as f64 - 5.0)).collect();
+    let path = |name: &str, sign: f64| {
+        let p = dir.path().join(name);
+        let values: Vec<f64> = base.iter().zip(&v).map(|(b, d)| b + sign * d).collect();
+        write(&p, &[spec("w", D::F32, &[4, 3], encode(D::F32, &values))]);
+        p
+    };
+    let (b, x, y) = (
+        path("b.safetensors", 0.0),
+        path("x.safetensors", 1.0),
+        path("y.safetensors", -1.0),
+    );
+    for dtype in ["bf16", "f32"] {
+        let out = dir.path().join(format!("{dtype}.safetensors"));
+        let o = soup_merge()
+            .args(["--method", "nuslerp", "--base"])
+            .arg(&b)
+            .arg(&x)
+            .arg(&y)
+            .args(["--dtype", dtype, "-q", "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{dtype}: {}", stderr(&o));
+        let (d, _, bytes) = &tensors(&out)["w"];
+        let got: Vec<f64> = match d {
+            D::BF16 => bytes
+                .chunks(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
+                .collect(),
+            _ => bytemuck_f32(bytes).into_iter().map(f64::from).collect(),
+        };
+        assert_eq!(got, base, "{dtype}");
+    }
+}
+
+/// The trims and elections on 0-d tensors and on task vectors with NaN and infinities, against
+/// the reference: a NaN magnitude ranks above every other (torch's order), a NaN that loses
+/// TIES' election adds 0 (README, differences from mergekit), and a NaN L1 norm makes the
+/// rescale NaN.
+#[test]
+fn scalars_and_non_finite_task_vectors_match_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    for dtype in [D::F32, D::BF16] {
+        let n = 3000;
+        let make = |name: &str, m: usize| {
+            let mut rng = Rng::new(5);
+            let base: Vec<f64> = (0..n).map(|_| rng.normal() * 0.5).collect();
+            let mut noise = Rng::new(50 + m as u64);
+            let mut v: Vec<f64> = base
+                .iter()
+                .map(|b| {
+                    if m == 0 {
+                        *b
+                    } else {
+                        b + 0.05 * noise.normal()
+                    }
+                })
+                .collect();
+            if m == 1 {
+                for (i, x) in v.iter_mut().enumerate() {
+                    if i % 7 == 0 {
+                        *x = f64::NAN;
+                    } else if i % 11 == 1 {
+                        *x = f64::INFINITY;
+                    }
+                }
+            }
+            let path = tmp.path().join(format!("{name}-{dtype:?}.safetensors"));
+            write(
+                &path,
+                &[
+                    spec("t", dtype, &[n], encode(dtype, &v)),
+                    spec("s", dtype, &[], encode(dtype, &v[..1])),
+                ],
+            );
+            path
+        };
+        let base = make("base", 0);
+        let fts: Vec<PathBuf> = (1..4).map(|m| make(&format!("ft{m}"), m)).collect();
+        for (method, flags, params) in [
+            (
+                "ties",
+                vec!["--density", "0.5"],
+                r#"{"parameters": {"density": 0.5}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+            (
+                "dare_ties",
+                vec!["--density", "0.5"],
+                r#"{"parameters": {"density": 0.5}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+            (
+                "dare_linear",
+                vec!["--density", "0.5"],
+                r#"{"parameters": {"density": 0.5}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+            (
+                "della",
+                vec!["--density", "0.5", "--epsilon", "0.1"],
+                r#"{"parameters": {"density": 0.5, "epsilon": 0.1}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+            (
+                "breadcrumbs_ties",
+                vec!["--density", "0.5", "--gamma", "0.1"],
+                r#"{"parameters": {"density": 0.5, "gamma": 0.1}, "models": [{"weight": 1}, {"weight": 1}, {"weight": 1}]}"#,
+            ),
+        ] {
+            check(Case {
+                method,
+                base: Some(&base),
+                models: &fts,
+                flags: &flags,
+                params,
+                seed: 3,
+            });
+        }
+    }
+}

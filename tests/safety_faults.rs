@@ -522,6 +522,41 @@ fn a_memory_limit_is_an_error_line_never_an_abort() {
     );
 }
 
+/// TIES' and breadcrumbs' threshold windows (the keys near each threshold, 3% of the elements
+/// per threshold) count in the trims' memory check. They didn't: breadcrumbs on a 256 MiB
+/// tensor under `ulimit -v 1000000` aborted with "memory allocation of 34490368 bytes failed"
+/// (exit 134), where a limit a little lower or higher gave an error line or a soup.
+#[test]
+fn a_memory_limit_never_aborts_the_threshold_trims() {
+    let tmp = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = tmp.path().join(format!("m{i}.safetensors"));
+            big_input(&p, 1, 12_000_000, i as u32 + 1);
+            p
+        })
+        .collect();
+    let out = tmp.path().join("soup.safetensors");
+    for method in ["breadcrumbs", "ties"] {
+        let flags = ["--method", method, "--density", "0.5", "--base"];
+        let mut args: Vec<&std::ffi::OsStr> = flags.iter().map(std::ffi::OsStr::new).collect();
+        args.extend(paths.iter().map(|p| p.as_os_str()));
+        let (mut refused, mut merged) = (0, 0);
+        for mib in (300..=900).step_by(8) {
+            if merge_under_limit(mib * 1024, "2", &args, &out) {
+                merged += 1;
+            } else {
+                refused += 1;
+            }
+            assert!(temporaries(tmp.path()).is_empty(), "{method}, {mib} MiB");
+        }
+        assert!(
+            refused > 0 && merged > 0,
+            "{method}: refused {refused}, merged {merged}"
+        );
+    }
+}
+
 /// The trims' memory check counts glibc's per-thread heaps as the thread pool does, at most 8
 /// per core, and asks for them a piece at a time. It asked for 64 MiB for every thread in
 /// one request: 64 threads on one core under a 2.9 GB limit refused a DELLA merge of 600 000

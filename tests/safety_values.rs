@@ -406,3 +406,58 @@ fn a_nan_that_a_trim_or_election_hides_is_still_named() {
         }
     }
 }
+
+fn f32s_of(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn values(path: &Path, name: &str) -> Vec<f32> {
+    let (dtype, _, bytes) = &read(path)[name];
+    match dtype {
+        D::F32 => f32s_of(bytes),
+        D::BF16 => bytes
+            .chunks(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_nan_in_a_rescaled_task_vector_is_nan_everywhere_as_in_mergekit() {
+    let dir = tempfile::tempdir().unwrap();
+    // DARE's and DELLA's rescale: a NaN makes the task vector's L1 norm NaN, and mergekit's
+    // `before < eps or after < eps` test is false for NaN, so it rescales by NaN and the whole
+    // tensor is NaN. The test used to be written the other way round (`before >= eps and
+    // after >= eps`), which skipped the rescale: the model's kept elements came out finite
+    // and unscaled, a plausible soup that was not DARE.
+    let n = 64;
+    let zeros = vec![0.0f32; n];
+    let mut ft: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 64.0).collect();
+    ft[3] = f32::NAN;
+    let rescaled = dir.path().join("rescaled");
+    std::fs::create_dir(&rescaled).unwrap();
+    let [base, nan] = pair(&rescaled, &zeros, &ft);
+    for method in ["dare_linear", "della_linear"] {
+        let out = dir.path().join(format!("{method}.safetensors"));
+        let o = run_merge(&[
+            &"--method",
+            &method,
+            &"--base",
+            &base,
+            &nan,
+            &"--density",
+            &"0.5",
+            &"-q",
+            &"-o",
+            &out,
+        ]);
+        assert!(o.status.success(), "{method}: {}", stderr(&o));
+        let w = values(&out, "w");
+        assert!(w.iter().all(|x| x.is_nan()), "{method}: {w:?}");
+        assert_eq!(values(&out, "clean"), [1.0, 2.0, 3.0], "{method}");
+    }
+}

@@ -87,7 +87,19 @@ impl Method for NuSlerp {
         let finish = move |g: &Gram| {
             let n0 = g.dot(0, 0).sqrt().max(1e-7);
             let n1 = g.dot(1, 1).sqrt().max(1e-7);
-            let cos = (g.dot(0, 1) / (n0 * n1)).clamp(-1.0, 1.0);
+            // sqrt(|v0|^2 |v1|^2) rather than |v0| |v1|: for opposite vectors (v1 = -v0, as
+            // when two fine-tunes move one parameter apart) the dot product is exactly
+            // -|v0|^2, and only this form makes cos exactly -1, so sin(theta) falls below the
+            // threshold. The product of two rounded roots left cos an ulp above -1 and sin
+            // near 1e-8, and the coefficients near 1e8 then cancelled the base out of the
+            // soup (the base folded in as 1 - a - b): zeros where mergekit keeps the base.
+            let norms = (g.dot(0, 0) * g.dot(1, 1)).sqrt();
+            let norms = if n0 > 1e-7 && n1 > 1e-7 && norms.is_normal() {
+                norms
+            } else {
+                n0 * n1
+            };
+            let cos = (g.dot(0, 1) / norms).clamp(-1.0, 1.0);
             let theta = cos.acos();
             let sin = theta.sin();
             let (a, b) = if sin.abs() < 1e-8 {

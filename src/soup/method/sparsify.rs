@@ -343,8 +343,11 @@ fn total(partials: &[(f64, f64)]) -> (f64, f64) {
 }
 
 /// mergekit's rescaled_masked_tensor: match the L1 norm, unless either norm is below 1e-7.
+/// Written as mergekit's test (`before < eps or after < eps` skips), so that a NaN norm, from a
+/// NaN in the task vector, still rescales and spreads its NaN as mergekit's does, rather than
+/// quietly leaving that model's kept elements unscaled.
 fn scale(rescale: bool, (before, after): (f64, f64)) -> f64 {
-    if rescale && before >= 1e-7 && after >= 1e-7 {
+    if rescale && !(before < 1e-7 || after < 1e-7) {
         before / after
     } else {
         1.0
@@ -679,12 +682,13 @@ fn row_layout(shape: &[u64], n: usize) -> (usize, usize) {
 }
 
 /// The largest buffers a trim of a tensor of `n` elements (shaped `shape`) allocates, in
-/// bytes. A threshold's window of keys is a few percent of the tensor and not counted.
+/// bytes.
 pub struct Working {
     /// Kept until the output pass: the model's bitmask.
     pub mask: u64,
     /// Held while one model is trimmed: for DELLA rows longer than a chunk, a key and a rank
-    /// per element.
+    /// per element; for TIES and breadcrumbs, the sample and the keys gathered in each
+    /// threshold's window.
     pub ranking: u64,
     /// Held by each thread while it ranks a row: the row's packed keys.
     pub sorting: u64,
@@ -710,12 +714,29 @@ pub fn working_bytes(method: Sparsify, shape: &[u64], n: usize, wide: bool) -> W
             sorting: 0,
             rows: 0,
         },
-        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => Working {
-            mask: 0,
-            ranking: 0,
-            sorting: 0,
-            rows: 0,
-        },
+        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => {
+            // `select`'s sample, and per threshold (breadcrumbs has two) the keys inside its
+            // window, about 2 MARGIN of the sample's positions (3% of the elements): gathered
+            // in per-chunk vectors that grow by doubling, then copied into one for the
+            // selection, so up to three times that. These were not counted, and on a 256 MiB
+            // tensor under `ulimit -v` breadcrumbs aborted on a failed allocation of its
+            // windows instead of stopping at the memory check. Equal magnitudes can fill a
+            // window beyond this; the count is for ordinary tensors, like the README's.
+            let thresholds = if method == Sparsify::Magnitude { 1 } else { 2 };
+            let sampled = SAMPLE_BLOCKS * SAMPLE_BLOCK;
+            let sample = n.min(sampled) as u64 * key;
+            let window = if n <= sampled {
+                0
+            } else {
+                (n as u64 * (2 * MARGIN as u64 + 1)).div_ceil(sampled as u64) * key * 3
+            };
+            Working {
+                mask: 0,
+                ranking: sample + thresholds * window,
+                sorting: 0,
+                rows: 0,
+            }
+        }
     }
 }
 
