@@ -1479,38 +1479,25 @@ fn weights_of_another_family_are_named_with_their_family() {
 /// numbers are not held out; it reported them as if they were.
 #[test]
 fn a_test_split_that_is_the_val_split_warns() {
-    let again = fixture("digits/../digits/val.safetensors");
-    let out = soup_eval(&[
-        &"greedy",
-        &"-q",
-        &"--json",
-        &"--val",
-        &val(),
-        &"--test",
-        &again,
-        &base(),
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    assert!(
-        common::stderr(&out).contains("warning: --test"),
-        "{}",
-        common::stderr(&out)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let greedy = |test: &Path| {
+        let out = soup_eval(&[
+            &"greedy",
+            &"-q",
+            &"--json",
+            &"--val",
+            &val(),
+            &"--test",
+            &test,
+            &base(),
+        ]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (common::stderr(&out), report)
+    };
+    let (stderr, report) = greedy(&fixture("digits/../digits/val.safetensors"));
+    assert!(stderr.contains("warning: --test"), "{stderr}");
     assert_eq!(report["warnings"][0]["kind"], "test-is-val", "{report}");
-    let test = fixture("digits/test.safetensors");
-    let out = soup_eval(&[
-        &"greedy",
-        &"-q",
-        &"--json",
-        &"--val",
-        &val(),
-        &"--test",
-        &test,
-        &base(),
-    ]);
-    assert!(out.status.success(), "{}", common::stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (_, report) = greedy(&fixture("digits/test.safetensors"));
     assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
 }
 
