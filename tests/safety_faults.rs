@@ -622,3 +622,52 @@ fn a_memory_limit_never_aborts_the_threads_or_their_buffers() {
         );
     }
 }
+
+/// An input larger than the address-space limit (`ulimit -v`) can't be mapped: the error is
+/// kind `resources` and names the limit and the fix. It was kind `io`, "Cannot allocate memory
+/// (os error 12)", which reads as a machine short of memory. The inputs are sparse 64 GiB files.
+#[test]
+fn an_input_beyond_the_address_space_limit_names_the_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elements: u64 = 16 << 30;
+    let mut header = format!(
+        "{{\"w\":{{\"dtype\":\"F32\",\"shape\":[{elements}],\"data_offsets\":[0,{}]}}}}",
+        elements * 4
+    );
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let inputs: Vec<PathBuf> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let p = tmp.path().join(format!("{n}.safetensors"));
+            let mut f = std::fs::File::create(&p).unwrap();
+            f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+            f.write_all(header.as_bytes()).unwrap();
+            f.set_len(8 + header.len() as u64 + elements * 4).unwrap();
+            p
+        })
+        .collect();
+    let out = tmp.path().join("soup.safetensors");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4000000 && exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_soup-merge"))
+        .args(&inputs)
+        .arg("-o")
+        .arg(&out)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("a.safetensors") && err.contains("ulimit -v"),
+        "{err}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["kind"], "resources", "{json}");
+    assert!(!out.exists());
+}

@@ -61,7 +61,17 @@ impl Shard {
                 "is not a regular file; pass a .safetensors file",
             ));
         }
-        let mapping = Mapping::new(&file, path).map_err(|e| Error::io(path, e))?;
+        let mapping = Mapping::new(&file, path).map_err(|e| match e.raw_os_error() {
+            // Every input is mapped whole: it takes address space, not memory, so a limit on
+            // the address space (or on the count of maps) refuses a model the machine could
+            // merge.
+            Some(libc::ENOMEM) => Error::Resources(format!(
+                "{}: can't be mapped ({} bytes): the address space is limited (ulimit -v) or the process holds too many maps (vm.max_map_count); every input is mapped whole, which takes address space but not memory: lift the limit (ulimit -v unlimited) or merge fewer files",
+                path.display(),
+                meta.len()
+            )),
+            _ => Error::io(path, e),
+        })?;
         let header = Header::parse(path, mapping.bytes())?;
         Ok(Shard {
             path: path.to_path_buf(),
