@@ -488,38 +488,56 @@ fn merge_under_limit(kib: u64, threads: &str, args: &[&std::ffi::OsStr], out: &P
     }
 }
 
+/// `count` inputs in `dir` of one F32 tensor of `elements` each.
+fn inputs(dir: &Path, count: usize, elements: usize) -> Vec<PathBuf> {
+    (0..count)
+        .map(|i| {
+            let p = dir.join(format!("m{i}.safetensors"));
+            big_input(&p, 1, elements, i as u32 + 1);
+            p
+        })
+        .collect()
+}
+
+/// soup-merge with `args` under each limit of `kib` (see [`merge_under_limit`]): every run
+/// leaves no temporary in `dir`, and the sweep sees both a merge and a refusal.
+fn sweep_limits(
+    dir: &Path,
+    args: &[&std::ffi::OsStr],
+    threads: &str,
+    kib: impl Iterator<Item = u64>,
+    what: &str,
+) {
+    let out = dir.join("soup.safetensors");
+    let (mut refused, mut merged) = (0, 0);
+    for limit in kib {
+        if merge_under_limit(limit, threads, args, &out) {
+            merged += 1;
+        } else {
+            refused += 1;
+        }
+        assert!(temporaries(dir).is_empty(), "{what}, {limit} KiB");
+    }
+    assert!(
+        refused > 0 && merged > 0,
+        "{what}: refused {refused}, merged {merged}"
+    );
+}
+
 /// Under an address-space limit (`ulimit -v`), a method's working buffers either fit or the
 /// run stops with one error line naming the tensor: never an abort on a failed allocation
 /// (exit 134 with Rust's own message), and never a temporary left behind.
 #[test]
 fn a_memory_limit_is_an_error_line_never_an_abort() {
     let tmp = tempfile::tempdir().unwrap();
-    let paths: Vec<PathBuf> = (0..3)
-        .map(|i| {
-            let p = tmp.path().join(format!("m{i}.safetensors"));
-            big_input(&p, 1, 6_000_000, i as u32 + 1);
-            p
-        })
-        .collect();
-    let out = tmp.path().join("soup.safetensors");
+    let paths = inputs(tmp.path(), 3, 6_000_000);
     let mut args: Vec<&std::ffi::OsStr> = ["--method", "della", "--density", "0.5", "--base"]
         .iter()
         .map(std::ffi::OsStr::new)
         .collect();
     args.extend(paths.iter().map(|p| p.as_os_str()));
-    let (mut refused, mut merged) = (0, 0);
-    for mib in (250..=900).step_by(50) {
-        if merge_under_limit(mib * 1024, "2", &args, &out) {
-            merged += 1;
-        } else {
-            refused += 1;
-        }
-        assert!(temporaries(tmp.path()).is_empty(), "{mib} MiB");
-    }
-    assert!(
-        refused > 0 && merged > 0,
-        "refused {refused}, merged {merged}"
-    );
+    let limits = (250..=900).step_by(50).map(|mib| mib * 1024);
+    sweep_limits(tmp.path(), &args, "2", limits, "della");
 }
 
 /// TIES' and breadcrumbs' threshold windows (the keys near each threshold, 3% of the elements
@@ -529,31 +547,13 @@ fn a_memory_limit_is_an_error_line_never_an_abort() {
 #[test]
 fn a_memory_limit_never_aborts_the_threshold_trims() {
     let tmp = tempfile::tempdir().unwrap();
-    let paths: Vec<PathBuf> = (0..3)
-        .map(|i| {
-            let p = tmp.path().join(format!("m{i}.safetensors"));
-            big_input(&p, 1, 12_000_000, i as u32 + 1);
-            p
-        })
-        .collect();
-    let out = tmp.path().join("soup.safetensors");
+    let paths = inputs(tmp.path(), 3, 12_000_000);
     for method in ["breadcrumbs", "ties"] {
         let flags = ["--method", method, "--density", "0.5", "--base"];
         let mut args: Vec<&std::ffi::OsStr> = flags.iter().map(std::ffi::OsStr::new).collect();
         args.extend(paths.iter().map(|p| p.as_os_str()));
-        let (mut refused, mut merged) = (0, 0);
-        for mib in (300..=900).step_by(8) {
-            if merge_under_limit(mib * 1024, "2", &args, &out) {
-                merged += 1;
-            } else {
-                refused += 1;
-            }
-            assert!(temporaries(tmp.path()).is_empty(), "{method}, {mib} MiB");
-        }
-        assert!(
-            refused > 0 && merged > 0,
-            "{method}: refused {refused}, merged {merged}"
-        );
+        let limits = (300..=900).step_by(8).map(|mib| mib * 1024);
+        sweep_limits(tmp.path(), &args, "2", limits, method);
     }
 }
 
@@ -565,13 +565,7 @@ fn a_memory_limit_never_aborts_the_threshold_trims() {
 #[test]
 fn the_trims_memory_check_grows_with_cores_not_threads() {
     let tmp = tempfile::tempdir().unwrap();
-    let paths: Vec<PathBuf> = (0..3)
-        .map(|i| {
-            let p = tmp.path().join(format!("m{i}.safetensors"));
-            big_input(&p, 1, 600_000, i as u32 + 1);
-            p
-        })
-        .collect();
+    let paths = inputs(tmp.path(), 3, 600_000);
     let out = tmp.path().join("soup.safetensors");
     let o = Command::new("sh")
         .arg("-c")
@@ -597,28 +591,16 @@ fn the_trims_memory_check_grows_with_cores_not_threads() {
 #[test]
 fn a_memory_limit_never_aborts_the_threads_or_their_buffers() {
     let tmp = tempfile::tempdir().unwrap();
-    let paths: Vec<PathBuf> = (0..2)
-        .map(|i| {
-            let p = tmp.path().join(format!("m{i}.safetensors"));
-            big_input(&p, 1, 1000, i as u32 + 1);
-            p
-        })
-        .collect();
-    let out = tmp.path().join("soup.safetensors");
+    let paths = inputs(tmp.path(), 2, 1000);
+    let args: Vec<&std::ffi::OsStr> = paths.iter().map(|p| p.as_os_str()).collect();
     for threads in ["0", "8"] {
-        let (mut refused, mut merged) = (0, 0);
-        for kib in (100_000..=700_000).step_by(3_000) {
-            let args: Vec<&std::ffi::OsStr> = paths.iter().map(|p| p.as_os_str()).collect();
-            if merge_under_limit(kib, threads, &args, &out) {
-                merged += 1;
-            } else {
-                refused += 1;
-            }
-            assert!(temporaries(tmp.path()).is_empty(), "{kib} KiB");
-        }
-        assert!(
-            refused > 0 && merged > 0,
-            "{threads} threads: refused {refused}, merged {merged}"
+        let limits = (100_000..=700_000).step_by(3_000);
+        sweep_limits(
+            tmp.path(),
+            &args,
+            threads,
+            limits,
+            &format!("{threads} threads"),
         );
     }
 }
