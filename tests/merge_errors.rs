@@ -583,3 +583,52 @@ fn an_output_under_something_that_is_no_directory_says_so() {
     }
     assert_eq!(std::fs::read(&a).unwrap(), before, "the input is untouched");
 }
+
+#[test]
+fn any_output_name_the_file_system_takes_is_written_and_a_longer_one_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = good(tmp.path(), "a.safetensors");
+    let b = good(tmp.path(), "b.safetensors");
+    // Up to 255 bytes a file system takes the name; the temporary beside it used to add about
+    // 30 bytes and failed with "File name too long" from 225 bytes on.
+    for (n, suffix) in [(200, ".safetensors"), (240, ".safetensors"), (255, "")] {
+        let name = format!("{}{suffix}", "s".repeat(n - suffix.len()));
+        let out = tmp.path().join(&name);
+        let o = soup_merge()
+            .arg(&a)
+            .arg(&b)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{n} bytes: {}", stderr(&o));
+        assert!(out.exists(), "{n} bytes: written");
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f != "a.safetensors" && f != "b.safetensors")
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![name.clone()], "{n} bytes: nothing else left");
+        std::fs::remove_file(&out)
+            .or_else(|_| std::fs::remove_dir_all(&out))
+            .unwrap();
+    }
+    let name = format!("{}.safetensors", "t".repeat(256 - 12));
+    let o = soup_merge()
+        .arg(&a)
+        .arg(&b)
+        .arg("-o")
+        .arg(tmp.path().join(&name))
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("a name of 256 bytes") && err.contains("choose a shorter -o"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
+}

@@ -556,6 +556,14 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
             ))
         }
     };
+    let length = std::os::unix::ffi::OsStrExt::as_bytes(name.as_os_str()).len();
+    if length > super::writer::NAME_MAX {
+        return refuse(format!(
+            "has a name of {length} bytes, and file systems allow {}; choose a shorter {}",
+            super::writer::NAME_MAX,
+            request.flag
+        ));
+    }
     let parent = super::writer::parent_dir(given);
     let folder = match fs::canonicalize(parent) {
         Ok(p) if p.is_dir() => p,

@@ -228,12 +228,33 @@ pub(crate) fn temp_sibling(dest: &Path) -> Result<PathBuf> {
         )
     })?;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let temp_name = format!(
-        ".{}{TEMP_MARK}{}-{n}",
-        name.to_string_lossy(),
-        std::process::id()
-    );
+    let temp_name = format!("{}{}-{n}", temp_prefix(name), std::process::id());
     Ok(parent_dir(dest).join(temp_name))
+}
+
+/// The longest file name, in bytes, that Linux's file systems take (ext4, XFS, btrfs, tmpfs).
+pub(crate) const NAME_MAX: usize = 255;
+
+/// The start of every temporary's name for the destination name `name`: `.NAME.soup-tmp-`,
+/// with room left for the longest pid and counter. A name too long for that is cut, and a
+/// hash of the whole name keeps two long names that share their start apart; without the cut
+/// a destination name of 225 to 255 bytes, which the file system accepts, could not be
+/// written because its temporary's name could not be created.
+fn temp_prefix(name: &std::ffi::OsStr) -> String {
+    const ROOM: usize = NAME_MAX - 1 - TEMP_MARK.len() - (10 + 1 + 20);
+    let name = name.to_string_lossy();
+    if name.len() <= ROOM {
+        return format!(".{name}{TEMP_MARK}");
+    }
+    // FNV-1a: stable across runs and builds, so a later run finds a dead run's temporaries.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut cut = ROOM - 17;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(".{}~{hash:016x}{TEMP_MARK}", &name[..cut])
 }
 
 /// Removes temporaries for `dest` left by runs that died (SIGKILL, power loss), and only those
@@ -247,7 +268,7 @@ pub(crate) fn temp_sibling(dest: &Path) -> Result<PathBuf> {
 pub(crate) fn remove_stale_temporaries(dest: &Destination) {
     let path = dest.path();
     let Some(name) = path.file_name() else { return };
-    let prefix = format!(".{}{TEMP_MARK}", name.to_string_lossy());
+    let prefix = temp_prefix(name);
     let Ok(entries) = std::fs::read_dir(parent_dir(path)) else {
         return;
     };
@@ -383,6 +404,67 @@ pub(crate) fn sync_parent(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_name_the_file_system_takes_has_a_temporary_it_takes_too() {
+        use std::os::unix::ffi::OsStrExt;
+        let widest = |name: &std::ffi::OsStr| {
+            format!("{}{}-{}", temp_prefix(name), u32::MAX, u64::MAX).len()
+        };
+        let mut names: Vec<Vec<u8>> = (1..=NAME_MAX).map(|n| vec![b'a'; n]).collect();
+        // Multi-byte characters around the cut, and bytes that are no UTF-8, which grow
+        // threefold as U+FFFD.
+        names.extend((0..4).map(|k| [vec![b'a'; k], "\u{00e9}".repeat(126).into()].concat()));
+        names.push(vec![0xff; NAME_MAX]);
+        for name in &names {
+            let name = std::ffi::OsStr::from_bytes(name);
+            assert!(widest(name) <= NAME_MAX, "{} bytes", name.len());
+        }
+        // A short name keeps the form earlier releases (and their leftovers) used.
+        assert_eq!(
+            temp_prefix("soup.safetensors".as_ref()),
+            ".soup.safetensors.soup-tmp-"
+        );
+        // Two long names that share their start don't share their temporaries.
+        let a = format!("{}a.safetensors", "x".repeat(230));
+        let b = format!("{}b.safetensors", "x".repeat(230));
+        assert_ne!(temp_prefix(a.as_ref()), temp_prefix(b.as_ref()));
+        assert_eq!(temp_prefix(a.as_ref()), temp_prefix(a.as_ref()));
+    }
+
+    #[test]
+    fn a_dead_runs_temporary_for_a_long_name_is_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join(format!("{}.safetensors", "n".repeat(240)));
+        let policy = crate::format::destination::check(
+            &[crate::format::Request {
+                flag: "-o",
+                path: dest.clone(),
+                kind: crate::format::OutputKind::File,
+            }],
+            &crate::format::Reads::new(),
+            false,
+        )
+        .unwrap()
+        .remove(0);
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let leftover = parent_dir(&dest).join(format!(
+            "{}{dead}-0",
+            temp_prefix(dest.file_name().unwrap())
+        ));
+        let mut meta = BTreeMap::new();
+        meta.insert("model_soup.tool".to_string(), "model-soup 0".to_string());
+        std::fs::write(&leftover, encode_header(&meta, &[])).unwrap();
+        let stranger = dir
+            .path()
+            .join(format!(".{}.soup-tmp-{dead}-0", "n".repeat(200)));
+        std::fs::write(&stranger, encode_header(&meta, &[])).unwrap();
+        remove_stale_temporaries(&policy);
+        assert!(!leftover.exists(), "the dead run's temporary is removed");
+        assert!(stranger.exists(), "another name's is not");
+    }
 
     #[test]
     fn header_is_padded_to_eight_bytes() {
