@@ -458,7 +458,7 @@ const MAX_CONFIG_BYTES: u64 = 8 << 20;
 
 /// Reads a file whole: a regular file only (a FIFO is refused without blocking), of at most
 /// `cap` bytes. `what` names it in messages.
-fn read_regular(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_regular(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
     model_soup::format::small_file::read(path, cap, what).map_err(|e| match e {
         model_soup::Error::Header { reason, .. } => Error::Dataset {
             path: path.to_path_buf(),

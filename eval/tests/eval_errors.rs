@@ -1534,3 +1534,29 @@ fn ingredients_numbering_their_classes_differently_are_refused() {
     let out = soup_eval(&[&"score", &"-q", &"--val", &data, &bert, &bert]);
     assert!(out.status.success(), "{}", common::stderr(&out));
 }
+
+/// A model directory's `tokenizer.json` was parsed whole, however large: the library holds
+/// several times the file's size while parsing, so a hostile directory's 20 GB file was an
+/// out-of-memory kill. It is refused from its size, before a byte is read.
+#[test]
+fn an_oversized_tokenizer_is_refused_from_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("text/models/bert-cls");
+    let copy = tmp.path().join("bert-cls");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(&model).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    // Sparse: 1 GiB claimed, nothing on disk.
+    let big = std::fs::File::create(copy.join("tokenizer.json")).unwrap();
+    big.set_len(1 << 30).unwrap();
+    let out = soup_eval(&[
+        &"score",
+        &"-q",
+        &"--val",
+        &fixture("text/data/cls.csv"),
+        &copy,
+    ]);
+    assert_error(&out, &["tokenizer.json", "at most 268435456 bytes"]);
+}

@@ -6,6 +6,11 @@ use tokenizers::{PostProcessor, Tokenizer, TruncationDirection, TruncationParams
 
 use crate::error::{Error, Result};
 
+/// The largest `tokenizer.json` read. Real ones are a few MB to a few tens (Gemma's 262 144
+/// pieces take 33 MB); the library parses the whole file into memory at several times its
+/// size, so a hostile model directory's 20 GB file must be refused by its size first.
+const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+
 /// A tokenizer loaded from a `tokenizer.json`, with the file's own padding turned off
 /// (batches are padded to their longest sequence by [`crate::text::batch`]) and truncation
 /// off unless [`TextTokenizer::truncated`] set it.
@@ -33,7 +38,8 @@ impl TextTokenizer {
                 "no such tokenizer file; text data needs the model directory's tokenizer.json (or --tokenizer PATH, or pre-tokenised .safetensors data)".into(),
             ));
         }
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| {
+        let bytes = crate::dataset::read_regular(path, MAX_TOKENIZER_BYTES, "tokenizer.json")?;
+        let mut tokenizer = Tokenizer::from_bytes(bytes).map_err(|e| {
             bad(format!(
                 "is not a tokenizer.json the tokenizers library reads ({}); save it with transformers' save_pretrained or tokenizers' Tokenizer.save",
                 model_soup::cli::one_line(&e.to_string())
