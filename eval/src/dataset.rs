@@ -1,10 +1,10 @@
-//! Datasets: a safetensors file with `inputs` (float [N, ...]) and `labels` (i64 [N]), or images (a class folder tree or a CSV/JSONL list) decoded through [`crate::images`]; and [`Data`], one split as the model reads it, images or text ([`crate::text`]).
+//! Datasets: a safetensors file with `inputs` (float [N, ...]) and `labels` (integers [N]), or images (a class folder tree or a CSV/JSONL list) decoded through [`crate::images`]; and [`Data`], one split as the model reads it, images or text ([`crate::text`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use model_soup::format::{Accumulator, Checkpoint, Dtype};
+use model_soup::format::{Accumulator, Checkpoint};
 
 use super::arch::{Architecture, Input, InputShape, Output};
 use super::batch_memory::{self, Example};
@@ -322,10 +322,10 @@ impl Dataset {
             reason,
         };
         let inputs = file.tensor("inputs").ok_or_else(|| {
-            bad("no 'inputs' tensor; a dataset holds 'inputs' (float [N, ...]) and 'labels' (i64 [N])".into())
+            bad("no 'inputs' tensor; a dataset holds 'inputs' (float [N, ...]) and 'labels' (integers [N])".into())
         })?;
         let labels = file.tensor("labels").ok_or_else(|| {
-            bad("no 'labels' tensor; a dataset holds 'inputs' (float [N, ...]) and 'labels' (i64 [N])".into())
+            bad("no 'labels' tensor; a dataset holds 'inputs' (float [N, ...]) and 'labels' (integers [N])".into())
         })?;
         if !inputs.info.dtype.is_averaged() {
             return Err(bad(format!(
@@ -333,12 +333,12 @@ impl Dataset {
                 inputs.info.dtype
             )));
         }
-        if labels.info.dtype != Dtype::I64 {
+        let Some(label_values) = labels.info.dtype.integers(labels.data) else {
             return Err(bad(format!(
-                "'labels' is {}; it must be I64",
+                "'labels' is {}; it must be integers (I64, I32, ...): class indices from 0",
                 labels.info.dtype
             )));
-        }
+        };
         let shape: Vec<usize> = inputs.info.shape.iter().map(|&d| d as usize).collect();
         let Some(&n) = shape.first() else {
             return Err(bad("'inputs' is a scalar; it must be [N, ...]".into()));
@@ -368,12 +368,10 @@ impl Dataset {
                 "'inputs' holds {non_finite} NaN or infinite value(s) as f32 (the first in input {first}); a model's scores on them mean nothing: fix the data"
             )));
         }
-        let labels = labels
-            .data
-            .chunks_exact(8)
+        let labels = label_values
+            .into_iter()
             .enumerate()
-            .map(|(i, b)| {
-                let label = i64::from_le_bytes(b.try_into().expect("chunks of 8"));
+            .map(|(i, label)| {
                 usize::try_from(label).map_err(|_| {
                     bad(format!("label {label} of input {i} is out of range; labels are class indices from 0"))
                 })

@@ -1560,3 +1560,54 @@ fn an_oversized_tokenizer_is_refused_from_its_size() {
     ]);
     assert_error(&out, &["tokenizer.json", "at most 268435456 bytes"]);
 }
+
+/// A dataset's `labels` of any integer type (I32 from `np.int32`, U8 for a few classes) score
+/// as I64 labels do; anything but I64 was refused. Float labels are still refused.
+#[test]
+fn dataset_labels_of_any_integer_type_score_as_i64_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::read(&val());
+    let (_, shape, labels) = &file["labels"];
+    let wide: Vec<i64> = labels
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let score = |path: &Path| {
+        let out = soup_eval(&[&"score", &"-q", &"--json", &"--val", &path, &base()]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["ingredients"][0]["val"].clone()
+    };
+    let want = score(&val());
+    assert_eq!(want["total"], 359, "{want}");
+    for (dtype, data) in [
+        (
+            D::I32,
+            wide.iter()
+                .flat_map(|&l| (l as i32).to_le_bytes())
+                .collect::<Vec<u8>>(),
+        ),
+        (D::U8, wide.iter().map(|&l| l as u8).collect()),
+        (
+            D::F32,
+            wide.iter()
+                .flat_map(|&l| (l as f32).to_le_bytes())
+                .collect(),
+        ),
+    ] {
+        let path = dir.path().join(format!("{dtype:?}.safetensors"));
+        let mut tensors: Vec<common::Spec> = file
+            .iter()
+            .filter(|(name, _)| *name != "labels")
+            .map(|(name, (d, s, bytes))| spec(name, *d, s, bytes.clone()))
+            .collect();
+        tensors.push(spec("labels", dtype, shape, data));
+        write(&path, &tensors);
+        if dtype == D::F32 {
+            let out = soup_eval(&[&"score", &"--val", &path, &base()]);
+            assert_error(&out, &["'labels' is F32", "must be integers"]);
+        } else {
+            assert_eq!(score(&path), want, "{dtype:?}");
+        }
+    }
+}

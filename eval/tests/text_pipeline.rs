@@ -1108,3 +1108,55 @@ fn ids_the_model_lacks_are_refused_before_any_model_runs() {
         "{e}"
     );
 }
+
+/// A multiple-choice `answer` written `2.0` (pandas' integer column with a gap) or `"2"` is
+/// index 2, as a classification label is; it was refused as "not the index of the right
+/// choice". `1.5`, `-1`, `"b"` and `true` are still refused.
+#[test]
+fn multiple_choice_answers_written_as_whole_floats_or_strings_are_indices() {
+    let f = lm_fixture();
+    let write = |name: &str, answer: &dyn Fn(usize) -> serde_json::Value| {
+        let path = f.dirs[0].parent().unwrap().join(name);
+        let text: String = MC
+            .iter()
+            .map(|(c, ch, a)| {
+                serde_json::json!({"context": c, "choices": ch, "answer": answer(*a)}).to_string()
+                    + "\n"
+            })
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let score = |path: &std::path::Path| {
+        let mut session = open(
+            Arc::new(Bigram),
+            &f.dirs,
+            path,
+            None,
+            2,
+            DataOptions::default(),
+        )?;
+        Ok::<_, soup_eval::Error>(session.ingredients(&[Split::Val])?[0].val.unwrap())
+    };
+    let plain = score(&write("mc-int.jsonl", &|a| a.into())).unwrap();
+    for (name, answer) in [
+        (
+            "mc-float.jsonl",
+            &(|a: usize| (a as f64).into()) as &dyn Fn(usize) -> _,
+        ),
+        ("mc-string.jsonl", &|a: usize| a.to_string().into()),
+    ] {
+        assert_eq!(score(&write(name, answer)).unwrap(), plain, "{name}");
+    }
+    for bad in [
+        serde_json::json!(1.5),
+        serde_json::json!(-1),
+        serde_json::json!("b"),
+        serde_json::json!(true),
+        serde_json::json!(7),
+    ] {
+        let path = write("mc-bad.jsonl", &|_| bad.clone());
+        let err = score(&path).unwrap_err().to_string();
+        assert!(err.contains("'answer' is"), "{bad}: {err}");
+    }
+}

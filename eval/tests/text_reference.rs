@@ -462,3 +462,51 @@ fn mixture(s: &Session, models: &[String], task: Task) -> Metrics {
     };
     Outputs::Tokens(stats).metrics(s.data(Split::Val).unwrap(), 0, metric)
 }
+
+/// Pre-tokenised data of any integer type scores as I64 does: ids, segments and labels as
+/// I32 (what many tokenisers and `np.int32` give) and the mask as bool (torch's `mask > 0`).
+/// Anything but I64 was refused.
+#[test]
+fn pre_tokenised_integers_of_any_type_score_as_i64_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = serde_json::json!({});
+    let models = vec!["bert-cls".to_string()];
+    let score = |data: &Path| {
+        let mut s = session_on(&models, data, Task::Classification, &options);
+        s.ingredients(&[Split::Val]).unwrap()[0].val.unwrap()
+    };
+    let wide = dir.path().join("i64.safetensors");
+    pre_tokenised_pairs("bert-cls", &wide, true);
+    let bytes = std::fs::read(&wide).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let narrowed: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let values = t
+                .data()
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap()));
+            let (dtype, data): (_, Vec<u8>) = if name == "attention_mask" {
+                (safetensors::Dtype::BOOL, values.map(|v| v as u8).collect())
+            } else {
+                let narrow = values.map(|v| i32::try_from(v).unwrap().to_le_bytes());
+                (safetensors::Dtype::I32, narrow.flatten().collect())
+            };
+            (name, dtype, t.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = narrowed
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data);
+            (name.clone(), view.unwrap())
+        })
+        .collect();
+    let narrow = dir.path().join("i32.safetensors");
+    safetensors::serialize_to_file(views, None, &narrow).unwrap();
+    assert_eq!(
+        format!("{:?}", score(&narrow)),
+        format!("{:?}", score(&wide))
+    );
+}

@@ -105,6 +105,32 @@ impl Dtype {
         }
     }
 
+    /// `bytes`, elements of this type, as integers, if it is an integer type or bool: labels
+    /// and token ids as numpy and torch save them (int64 by default, int32 from many
+    /// tokenisers and `np.int32`, uint8 or bool for masks). A u64 above `i64::MAX` saturates,
+    /// out of range for every use of these values.
+    pub fn integers(self, bytes: &[u8]) -> Option<Vec<i64>> {
+        fn each<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> i64) -> Vec<i64> {
+            bytes
+                .chunks_exact(N)
+                .map(|b| f(b.try_into().expect("chunks of N")))
+                .collect()
+        }
+        Some(match self {
+            Dtype::Bool | Dtype::U8 => each(bytes, |[b]: [u8; 1]| i64::from(b)),
+            Dtype::I8 => each(bytes, |b| i64::from(i8::from_le_bytes(b))),
+            Dtype::I16 => each(bytes, |b| i64::from(i16::from_le_bytes(b))),
+            Dtype::U16 => each(bytes, |b| i64::from(u16::from_le_bytes(b))),
+            Dtype::I32 => each(bytes, |b| i64::from(i32::from_le_bytes(b))),
+            Dtype::U32 => each(bytes, |b| i64::from(u32::from_le_bytes(b))),
+            Dtype::I64 => each(bytes, i64::from_le_bytes),
+            Dtype::U64 => each(bytes, |b| {
+                i64::try_from(u64::from_le_bytes(b)).unwrap_or(i64::MAX)
+            }),
+            _ => return None,
+        })
+    }
+
     /// Whether `bytes`, elements of this float type, hold a NaN or an infinity: a test of the
     /// exponent bits, cheap enough to run on every chunk the kernel writes.
     pub fn any_non_finite(self, bytes: &[u8]) -> bool {
@@ -360,6 +386,54 @@ mod tests {
         }
         assert_eq!(Dtype::parse("F4"), None);
         assert_eq!(Dtype::parse("bf16"), None);
+    }
+
+    #[test]
+    fn integers_decode_from_every_integer_type_and_bool() {
+        let cases: [(Dtype, Vec<u8>, Vec<i64>); 9] = [
+            (Dtype::Bool, vec![0, 1], vec![0, 1]),
+            (Dtype::U8, vec![7, 255], vec![7, 255]),
+            (Dtype::I8, vec![7, 0xff], vec![7, -1]),
+            (
+                Dtype::I16,
+                [300i16, -2].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![300, -2],
+            ),
+            (
+                Dtype::U16,
+                [65535u16].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![65535],
+            ),
+            (
+                Dtype::I32,
+                [-5i32, 1 << 30]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                vec![-5, 1 << 30],
+            ),
+            (
+                Dtype::U32,
+                [u32::MAX].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![i64::from(u32::MAX)],
+            ),
+            (
+                Dtype::I64,
+                [i64::MIN, 3].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![i64::MIN, 3],
+            ),
+            (
+                Dtype::U64,
+                [u64::MAX, 4].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                vec![i64::MAX, 4],
+            ),
+        ];
+        for (dtype, bytes, want) in cases {
+            assert_eq!(dtype.integers(&bytes), Some(want), "{dtype}");
+        }
+        for dtype in [Dtype::F32, Dtype::BF16, Dtype::F8E4M3, Dtype::C64] {
+            assert_eq!(dtype.integers(&[0; 8]), None, "{dtype}");
+        }
     }
 
     #[test]

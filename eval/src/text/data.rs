@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::Value;
 
-use model_soup::format::{Checkpoint, Dtype};
+use model_soup::format::Checkpoint;
 
 use super::records::{self, Record};
 use super::tokenizer::TextTokenizer;
@@ -554,7 +554,9 @@ impl TextData {
                     None => return Err(at(format!("no 'choices' field; expected {example}"))),
                 };
                 let answer = match r.fields.get("answer") {
-                    Some(v) => v.as_u64().map(|a| a as usize).filter(|&a| a < choices.len()).ok_or_else(|| {
+                    // `1.0` from pandas (an integer column with a gap), `"1"` from a CSV
+                    // turned into JSON: the index as labels take it.
+                    Some(v) => whole_index(v).filter(|&a| a < choices.len()).ok_or_else(|| {
                         at(format!(
                             "'answer' is {v}; it must be the index of the right choice, 0 to {}",
                             choices.len() - 1
@@ -640,21 +642,15 @@ impl TextData {
     ) -> Result<()> {
         let path = self.path.clone();
         let file = Checkpoint::open(&path)?;
-        let layout = "a pre-tokenised file holds 'input_ids' (I64 [N, T]), optionally 'attention_mask' (I64 [N, T], 1 for real tokens) and 'token_type_ids' (I64 [N, T], a pair's segments) and, for classification, 'labels' (I64 [N])";
+        let layout = "a pre-tokenised file holds 'input_ids' (integers [N, T]), optionally 'attention_mask' (integers or bool [N, T], 1 for real tokens) and 'token_type_ids' (integers [N, T], a pair's segments) and, for classification, 'labels' (integers [N])";
         let ids = file
             .tensor("input_ids")
             .ok_or_else(|| bad(&path, format!("no 'input_ids' tensor; {layout}")))?;
         let integer = |t: &model_soup::format::Tensor<'_>, name: &str| -> Result<Vec<i64>> {
-            if t.info.dtype != Dtype::I64 {
-                return Err(bad(
-                    &path,
-                    format!("'{name}' is {}; {layout}", t.info.dtype),
-                ));
-            }
-            Ok(t.data
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().expect("chunks of 8")))
-                .collect())
+            t.info
+                .dtype
+                .integers(t.data)
+                .ok_or_else(|| bad(&path, format!("'{name}' is {}; {layout}", t.info.dtype)))
         };
         let shape: Vec<usize> = ids.info.shape.iter().map(|&d| d as usize).collect();
         let [n, t] = shape[..] else {
@@ -850,6 +846,22 @@ fn string_field<'a>(
 /// (every CSV field is one) that `label2id` names is that name (sentiment classes `-1`, `0`,
 /// `1` and ratings `1` to `5` are common names); any other that reads as an integer is a class
 /// index, in JSONL as in CSV.
+/// A JSON value that is a whole, non-negative number (`2`, `2.0`) or a string holding one
+/// (`"2"`), as an index.
+fn whole_index(v: &Value) -> Option<usize> {
+    match v {
+        Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+            (Some(i), _) => usize::try_from(i).ok(),
+            (None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f < u32::MAX as f64 => {
+                Some(f as usize)
+            }
+            _ => None,
+        },
+        Value::String(s) => s.trim().parse::<usize>().ok(),
+        _ => None,
+    }
+}
+
 fn label_of(
     r: &Record,
     model: &TokenModel,
