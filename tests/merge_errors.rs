@@ -594,13 +594,7 @@ fn any_output_name_the_file_system_takes_is_written_and_a_longer_one_is_named() 
     for (n, suffix) in [(200, ".safetensors"), (240, ".safetensors"), (255, "")] {
         let name = format!("{}{suffix}", "s".repeat(n - suffix.len()));
         let out = tmp.path().join(&name);
-        let o = soup_merge()
-            .arg(&a)
-            .arg(&b)
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let o = run_merge(&[&a, &b, &"-o", &out]);
         assert!(o.status.success(), "{n} bytes: {}", stderr(&o));
         assert!(out.exists(), "{n} bytes: written");
         let mut left: Vec<String> = std::fs::read_dir(tmp.path())
@@ -615,13 +609,7 @@ fn any_output_name_the_file_system_takes_is_written_and_a_longer_one_is_named() 
             .unwrap();
     }
     let name = format!("{}.safetensors", "t".repeat(256 - 12));
-    let o = soup_merge()
-        .arg(&a)
-        .arg(&b)
-        .arg("-o")
-        .arg(tmp.path().join(&name))
-        .output()
-        .unwrap();
+    let o = run_merge(&[&a, &b, &"-o", &tmp.path().join(&name)]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.starts_with("error: "), "{err}");

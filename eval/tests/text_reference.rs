@@ -186,27 +186,31 @@ fn pre_tokenised_pairs(model: &str, to: &Path, types: bool) {
     safetensors::serialize_to_file(tensors, None, to).unwrap();
 }
 
+/// bert-cls's validation metrics on `data`.
+fn bert_cls_val(data: &Path) -> Metrics {
+    let models = ["bert-cls".to_string()];
+    let mut s = session_on(&models, data, Task::Classification, &serde_json::json!({}));
+    s.ingredients(&[Split::Val]).unwrap()[0].val.unwrap()
+}
+
 /// A pair classifier reads a pre-tokenised file's `token_type_ids` as it reads the segments
 /// of the same pairs given as text: the same scores, exactly. Without them every token is
 /// segment 0, which scores differently, so the check can fail.
 #[test]
 fn pre_tokenised_pairs_keep_their_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let options = serde_json::json!({});
-    let models = vec!["bert-cls".to_string()];
-    let score = |data: &Path| {
-        let mut s = session_on(&models, data, Task::Classification, &options);
-        s.ingredients(&[Split::Val]).unwrap()[0].val.unwrap()
-    };
-    let as_text = score(&text_fixture("data/cls.jsonl"));
+    let as_text = bert_cls_val(&text_fixture("data/cls.jsonl"));
     let (typed, untyped) = (
         dir.path().join("typed.safetensors"),
         dir.path().join("untyped.safetensors"),
     );
     pre_tokenised_pairs("bert-cls", &typed, true);
     pre_tokenised_pairs("bert-cls", &untyped, false);
-    assert_eq!(format!("{:?}", score(&typed)), format!("{as_text:?}"));
-    assert_ne!(score(&untyped).loss, as_text.loss);
+    assert_eq!(
+        format!("{:?}", bert_cls_val(&typed)),
+        format!("{as_text:?}")
+    );
+    assert_ne!(bert_cls_val(&untyped).loss, as_text.loss);
 }
 
 /// Segment ids a model can't read are refused, naming the row: past BERT's
@@ -469,12 +473,6 @@ fn mixture(s: &Session, models: &[String], task: Task) -> Metrics {
 #[test]
 fn pre_tokenised_integers_of_any_type_score_as_i64_does() {
     let dir = tempfile::tempdir().unwrap();
-    let options = serde_json::json!({});
-    let models = vec!["bert-cls".to_string()];
-    let score = |data: &Path| {
-        let mut s = session_on(&models, data, Task::Classification, &options);
-        s.ingredients(&[Split::Val]).unwrap()[0].val.unwrap()
-    };
     let wide = dir.path().join("i64.safetensors");
     pre_tokenised_pairs("bert-cls", &wide, true);
     let bytes = std::fs::read(&wide).unwrap();
@@ -506,7 +504,7 @@ fn pre_tokenised_integers_of_any_type_score_as_i64_does() {
     let narrow = dir.path().join("i32.safetensors");
     safetensors::serialize_to_file(views, None, &narrow).unwrap();
     assert_eq!(
-        format!("{:?}", score(&narrow)),
-        format!("{:?}", score(&wide))
+        format!("{:?}", bert_cls_val(&narrow)),
+        format!("{:?}", bert_cls_val(&wide))
     );
 }
