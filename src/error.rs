@@ -49,6 +49,11 @@ pub enum Error {
 
     #[error("interrupted; the partial output was removed")]
     Interrupted,
+
+    /// A Ctrl-C (or SIGTERM, SIGHUP) that stopped a run with no partial output to remove (a
+    /// dry run): the text says what the run was doing and what is left.
+    #[error("interrupted while {0}")]
+    InterruptedWhile(String),
 }
 
 impl Error {
@@ -64,7 +69,7 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::Weights(_) => "weights",
             Error::Resources(_) => "resources",
-            Error::Interrupted => "interrupted",
+            Error::Interrupted | Error::InterruptedWhile(_) => "interrupted",
         }
     }
 

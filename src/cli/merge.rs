@@ -363,7 +363,7 @@ pub fn main(args: Args) -> ExitCode {
 pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
     let merge = Merge::plan(&args.request()?)?;
     if args.dry_run {
-        return Ok(merge.dry_run());
+        return Ok(merge.dry_run()?);
     }
     let bar = super::progress_bar(merge.plan_ref().data_len(), args.quiet);
     let report = merge.run(&|n| bar.inc(n));

@@ -515,11 +515,18 @@ impl Merge {
         &self.plan
     }
 
-    /// The dry run's report: the plan per tensor, nothing read beyond headers.
-    pub fn dry_run(mut self) -> MergeReport {
+    /// The dry run's report: the plan per tensor, nothing read beyond headers. A Ctrl-C that
+    /// came while the headers were read (a model of thousands of shards, a slow disk) stops it
+    /// here, as it stops a merge at its first chunk: the plan is not printed as if it had not.
+    pub fn dry_run(mut self) -> Result<MergeReport> {
+        if super::interrupted() {
+            return Err(Error::InterruptedWhile(
+                "reading the inputs' headers (a dry run); nothing was written".into(),
+            ));
+        }
         self.report.dry_run = true;
         self.report.plan = Some(planned_tensors(&self.plan));
-        self.report
+        Ok(self.report)
     }
 
     /// Runs the merge and publishes the output atomically. `progress` sees the output bytes
