@@ -51,7 +51,8 @@ pub enum Error {
     Interrupted,
 
     /// A Ctrl-C (or SIGTERM, SIGHUP) that stopped a run with no partial output to remove (a
-    /// dry run): the text says what the run was doing and what is left.
+    /// dry run, or `--verify` reading back an output already complete and in place): the text
+    /// says what the run was doing and what is left.
     #[error("interrupted while {0}")]
     InterruptedWhile(String),
 }
