@@ -558,6 +558,32 @@ fn help_describes_the_rules() {
     ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
+    // Every --json error kind the README documents, in --help's list of them.
+    let kinds = text
+        .split("kind is one of")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("--help lists the --json error kinds");
+    let listed: Vec<&str> = kinds
+        .split([',', ' ', '\n'])
+        .filter(|k| !k.is_empty())
+        .collect();
+    for kind in [
+        "io",
+        "invalid-input",
+        "plan",
+        "recipe",
+        "output",
+        "usage",
+        "weights",
+        "resources",
+        "interrupted",
+    ] {
+        assert!(
+            listed.contains(&kind),
+            "--help's kinds lack {kind}: {listed:?}"
+        );
+    }
 }
 
 /// A closed stderr (`soup-merge ... 2>&1 | head -1`) loses lines, not the merge: a finished

@@ -80,7 +80,7 @@ Recipes:
 Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line
 (also when found after parsing: --json kind usage), 130 interrupted. With --json, stdout holds one JSON object, also on failure
 ({\"error\": ..., \"kind\": ...}; kind is one of io, invalid-input, plan, recipe, output, usage,
-weights, interrupted). Paths that are not UTF-8 appear in JSON as
+weights, resources, interrupted). Paths that are not UTF-8 appear in JSON as
 {\"utf8_lossy\": ..., \"bytes_hex\": ...}.
 
 Examples:
