@@ -722,3 +722,53 @@ fn repeated_inputs_among_thousands_are_found_without_comparing_every_pair() {
         warnings[0].message
     );
 }
+
+/// Inputs saved without `__metadata__` (`safetensors.torch.save_file(t, path)`, candle's
+/// `save`) still give an output whose metadata says `format: pt`: the output always has
+/// metadata (its provenance), and transformers 4's `from_pretrained` refuses one without a
+/// `format` ("does not contain the valid metadata"). Checked for a file and for every shard of
+/// a model directory.
+#[test]
+fn an_output_of_inputs_without_metadata_says_format_pt() {
+    use safetensors::tensor::TensorView;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(31);
+    let ins = ["a", "b"].map(|n| dir.path().join(format!("{n}.safetensors")));
+    for p in &ins {
+        let data: Vec<Vec<u8>> = (0..3).map(|_| floats(&mut rng, D::F32, 64)).collect();
+        let views: Vec<(String, TensorView<'_>)> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let view = TensorView::new(D::F32, vec![64], d).unwrap();
+                (format!("layer.{i}.weight"), view)
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, p).unwrap();
+    }
+    let meta = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["__metadata__"].clone()
+    };
+    assert!(meta(&ins[0]).is_null(), "the input has no metadata");
+
+    let file = dir.path().join("soup.safetensors");
+    let o = run_merge(&[&ins[0], &ins[1], &"-o", &file]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(meta(&file)["format"], "pt", "{}", meta(&file));
+
+    let model = dir.path().join("soup");
+    let o = run_merge(&[&ins[0], &ins[1], &"-o", &model, &"--shard-size", &"300B"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shards: Vec<std::path::PathBuf> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    assert!(shards.len() >= 2, "{shards:?}");
+    for shard in &shards {
+        assert_eq!(meta(shard)["format"], "pt", "{}", shard.display());
+    }
+}
