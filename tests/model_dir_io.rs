@@ -1149,4 +1149,14 @@ fn the_model_card_names_the_promoted_dtype_of_a_merge_with_a_base() {
         card.contains("Output dtype: as the first model's."),
         "{card}"
     );
+
+    // linear's --base only names where the config comes from: no promotion, as documented.
+    let linear = dir.path().join("linear");
+    ok(&[&dirs[0], &dirs[1], &"--base", &dirs[2], &"-o", &linear]);
+    assert_eq!(read_dir(&linear)["w"].0, D::BF16);
+    let card = std::fs::read_to_string(linear.join("README.md")).unwrap();
+    assert!(
+        card.contains("Output dtype: as the first model's."),
+        "{card}"
+    );
 }
