@@ -49,6 +49,12 @@ pub enum Error {
 
     #[error("interrupted; the partial output was removed")]
     Interrupted,
+
+    /// A Ctrl-C (or SIGTERM, SIGHUP) that stopped a run with no partial output to remove (a
+    /// dry run, or `--verify` reading back an output already complete and in place): the text
+    /// says what the run was doing and what is left.
+    #[error("interrupted while {0}")]
+    InterruptedWhile(String),
 }
 
 impl Error {
@@ -64,7 +70,7 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::Weights(_) => "weights",
             Error::Resources(_) => "resources",
-            Error::Interrupted => "interrupted",
+            Error::Interrupted | Error::InterruptedWhile(_) => "interrupted",
         }
     }
 

@@ -558,6 +558,32 @@ fn help_describes_the_rules() {
     ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
+    // Every --json error kind the README documents, in --help's list of them.
+    let kinds = text
+        .split("kind is one of")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("--help lists the --json error kinds");
+    let listed: Vec<&str> = kinds
+        .split([',', ' ', '\n'])
+        .filter(|k| !k.is_empty())
+        .collect();
+    for kind in [
+        "io",
+        "invalid-input",
+        "plan",
+        "recipe",
+        "output",
+        "usage",
+        "weights",
+        "resources",
+        "interrupted",
+    ] {
+        assert!(
+            listed.contains(&kind),
+            "--help's kinds lack {kind}: {listed:?}"
+        );
+    }
 }
 
 /// A closed stderr (`soup-merge ... 2>&1 | head -1`) loses lines, not the merge: a finished
@@ -695,4 +721,54 @@ fn repeated_inputs_among_thousands_are_found_without_comparing_every_pair() {
         "{}",
         warnings[0].message
     );
+}
+
+/// Inputs saved without `__metadata__` (`safetensors.torch.save_file(t, path)`, candle's
+/// `save`) still give an output whose metadata says `format: pt`: the output always has
+/// metadata (its provenance), and transformers 4's `from_pretrained` refuses one without a
+/// `format` ("does not contain the valid metadata"). Checked for a file and for every shard of
+/// a model directory.
+#[test]
+fn an_output_of_inputs_without_metadata_says_format_pt() {
+    use safetensors::tensor::TensorView;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(31);
+    let ins = ["a", "b"].map(|n| dir.path().join(format!("{n}.safetensors")));
+    for p in &ins {
+        let data: Vec<Vec<u8>> = (0..3).map(|_| floats(&mut rng, D::F32, 64)).collect();
+        let views: Vec<(String, TensorView<'_>)> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let view = TensorView::new(D::F32, vec![64], d).unwrap();
+                (format!("layer.{i}.weight"), view)
+            })
+            .collect();
+        safetensors::serialize_to_file(views, None, p).unwrap();
+    }
+    let meta = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["__metadata__"].clone()
+    };
+    assert!(meta(&ins[0]).is_null(), "the input has no metadata");
+
+    let file = dir.path().join("soup.safetensors");
+    let o = run_merge(&[&ins[0], &ins[1], &"-o", &file]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(meta(&file)["format"], "pt", "{}", meta(&file));
+
+    let model = dir.path().join("soup");
+    let o = run_merge(&[&ins[0], &ins[1], &"-o", &model, &"--shard-size", &"300B"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shards: Vec<std::path::PathBuf> = std::fs::read_dir(&model)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    assert!(shards.len() >= 2, "{shards:?}");
+    for shard in &shards {
+        assert_eq!(meta(shard)["format"], "pt", "{}", shard.display());
+    }
 }

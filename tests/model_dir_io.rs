@@ -1100,3 +1100,63 @@ fn a_skipped_config_is_named_as_the_reason_the_output_has_none() {
     assert!(!message.contains("no base or input"), "{message}");
     assert!(!out.join("config.json").exists());
 }
+
+/// The model card states the dtype rule the merge followed. With a base (or a recipe without
+/// `dtype`) each tensor takes its inputs' promoted dtype, so a bf16 base with f32 fine-tunes
+/// gives f32: the card says so, not "as the first model's" (the bf16 base, listed first).
+#[test]
+fn the_model_card_names_the_promoted_dtype_of_a_merge_with_a_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(41);
+    let mut dirs = Vec::new();
+    for (i, dtype) in [D::BF16, D::F32, D::F32].into_iter().enumerate() {
+        let d = dir.path().join(format!("m{i}"));
+        std::fs::create_dir(&d).unwrap();
+        write(
+            &d.join("model.safetensors"),
+            &[spec("w", dtype, &[4, 4], floats(&mut rng, dtype, 16))],
+        );
+        dirs.push(d);
+    }
+    let out = dir.path().join("soup");
+    ok(&[
+        &"--method",
+        &"task_arithmetic",
+        &"--base",
+        &dirs[0],
+        &dirs[1],
+        &dirs[2],
+        &"-o",
+        &out,
+    ]);
+    assert_eq!(read_dir(&out)["w"].0, D::F32, "promoted from bf16 and f32");
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    let line = card
+        .lines()
+        .find(|l| l.starts_with("Output dtype:"))
+        .expect("the card states the output dtype");
+    assert!(
+        !line.contains("first model") && line.contains("promotion"),
+        "{line}"
+    );
+
+    // Without a base, each tensor keeps the first input's dtype, and the card says that.
+    let plain = dir.path().join("plain");
+    ok(&[&dirs[0], &dirs[1], &"-o", &plain]);
+    assert_eq!(read_dir(&plain)["w"].0, D::BF16);
+    let card = std::fs::read_to_string(plain.join("README.md")).unwrap();
+    assert!(
+        card.contains("Output dtype: as the first model's."),
+        "{card}"
+    );
+
+    // linear's --base only names where the config comes from: no promotion, as documented.
+    let linear = dir.path().join("linear");
+    ok(&[&dirs[0], &dirs[1], &"--base", &dirs[2], &"-o", &linear]);
+    assert_eq!(read_dir(&linear)["w"].0, D::BF16);
+    let card = std::fs::read_to_string(linear.join("README.md")).unwrap();
+    assert!(
+        card.contains("Output dtype: as the first model's."),
+        "{card}"
+    );
+}

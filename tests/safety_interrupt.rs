@@ -40,3 +40,34 @@ fn an_interrupt_before_the_merge_starts_stops_it() {
         .unwrap();
     assert!(matches!(err, Error::Interrupted), "{err}");
 }
+
+/// A Ctrl-C while a dry run reads its headers (thousands of shards on a slow disk) is not
+/// forgotten either: the run stops with kind `interrupted` (exit status 130) instead of
+/// printing the plan and exiting 0 as if it had never come.
+#[test]
+fn an_interrupt_while_a_dry_run_reads_headers_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(6);
+    let paths = ["a", "b"].map(|n| dir.path().join(format!("{n}.safetensors")));
+    for p in &paths {
+        write(p, &[spec("w", D::F32, &[8], floats(&mut rng, D::F32, 8))]);
+    }
+    let args = <model_soup::cli::merge::Args as clap::Parser>::parse_from([
+        "soup-merge".as_ref(),
+        paths[0].as_os_str(),
+        paths[1].as_os_str(),
+        "--dry-run".as_ref(),
+        "--json".as_ref(),
+    ]);
+    // As if Ctrl-C came while the headers were being read.
+    soup::interrupt();
+    let err = model_soup::cli::merge::run(&args).expect_err("a dry run after Ctrl-C");
+    // Exit status 130, and `"kind": "interrupted"` in --json.
+    assert!(model_soup::cli::interrupted(&err), "{err:#}");
+    assert_eq!(model_soup::cli::error_kind(&err), "interrupted", "{err:#}");
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with("interrupted") && text.contains("nothing was written"),
+        "{text}"
+    );
+}

@@ -14,9 +14,10 @@ How tensors are merged:
   Float tensors (F16, BF16, F32, F64) are averaged: out = sum_i w_i * x_i, summed in input order.
   The sum is kept in f32 when the output is F16/BF16, and in f64 when the output is F32/F64 or any
   input is F64, then rounded once to the output dtype (round to nearest even). Inputs may mix
-  float dtypes. The output dtype is the first input's unless --dtype says otherwise; with --base,
-  or a --config recipe without dtype, each tensor takes its inputs' promoted dtype (bf16 with
-  f32 gives f32, bf16 with f16 gives f32), as mergekit computes it.
+  float dtypes. The output dtype is the first input's unless --dtype says otherwise; with the
+  --base of a method that uses one (not linear's, which only names the config's source), or a
+  --config recipe without dtype, each tensor takes its inputs' promoted dtype (bf16 with f32
+  gives f32, bf16 with f16 gives f32), as mergekit computes it.
   Other tensors (integers, BOOL, F8 types, C64) are never averaged. Identical in every input,
   they are copied; when they differ (BatchNorm's num_batches_tracked after different epochs, say)
   the first input's value is copied and a warning names them. --strict makes that an error.
@@ -80,7 +81,7 @@ Recipes:
 Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line
 (also when found after parsing: --json kind usage), 130 interrupted. With --json, stdout holds one JSON object, also on failure
 ({\"error\": ..., \"kind\": ...}; kind is one of io, invalid-input, plan, recipe, output, usage,
-weights, interrupted). Paths that are not UTF-8 appear in JSON as
+weights, resources, interrupted). Paths that are not UTF-8 appear in JSON as
 {\"utf8_lossy\": ..., \"bytes_hex\": ...}.
 
 Examples:
@@ -173,8 +174,9 @@ pub struct Args {
     #[arg(long)]
     pub normalize: bool,
 
-    /// Output dtype of averaged tensors. Default: the first input's; with --base or --config
-    /// (unless the recipe sets dtype), each tensor's inputs' promoted dtype.
+    /// Output dtype of averaged tensors. Default: the first input's; with the --base of a
+    /// method that uses one, or --config (unless the recipe sets dtype), each tensor's inputs'
+    /// promoted dtype.
     #[arg(long, value_name = "DTYPE")]
     pub dtype: Option<OutDtype>,
 
@@ -363,7 +365,7 @@ pub fn main(args: Args) -> ExitCode {
 pub fn run(args: &Args) -> anyhow::Result<MergeReport> {
     let merge = Merge::plan(&args.request()?)?;
     if args.dry_run {
-        return Ok(merge.dry_run());
+        return Ok(merge.dry_run()?);
     }
     let bar = super::progress_bar(merge.plan_ref().data_len(), args.quiet);
     let report = merge.run(&|n| bar.inc(n));

@@ -172,7 +172,7 @@ pub fn interrupted(err: &anyhow::Error) -> bool {
     err.chain().any(|e| {
         matches!(
             e.downcast_ref::<crate::Error>(),
-            Some(crate::Error::Interrupted)
+            Some(crate::Error::Interrupted | crate::Error::InterruptedWhile(_))
         )
     })
 }

@@ -16,7 +16,8 @@ pub struct Card {
     pub base_models: Vec<String>,
     /// Each ingredient's name and the weight actually used.
     pub ingredients: Vec<(String, f64)>,
-    /// The output dtype of averaged tensors, or `None` when each keeps the first input's.
+    /// The output dtype of averaged tensors, or how each gets its own (promoted from its
+    /// inputs'); `None` when each keeps the first input's.
     pub dtype: Option<String>,
     /// How tensors missing from some ingredients were handled (`error`, `skip`, ...).
     pub on_missing: String,

@@ -515,11 +515,18 @@ impl Merge {
         &self.plan
     }
 
-    /// The dry run's report: the plan per tensor, nothing read beyond headers.
-    pub fn dry_run(mut self) -> MergeReport {
+    /// The dry run's report: the plan per tensor, nothing read beyond headers. A Ctrl-C that
+    /// came while the headers were read (a model of thousands of shards, a slow disk) stops it
+    /// here, as it stops a merge at its first chunk: the plan is not printed as if it had not.
+    pub fn dry_run(mut self) -> Result<MergeReport> {
+        if super::interrupted() {
+            return Err(Error::InterruptedWhile(
+                "reading the inputs' headers (a dry run); nothing was written".into(),
+            ));
+        }
         self.report.dry_run = true;
         self.report.plan = Some(planned_tensors(&self.plan));
-        self.report
+        Ok(self.report)
     }
 
     /// Runs the merge and publishes the output atomically. `progress` sees the output bytes
@@ -661,9 +668,15 @@ fn extra_files(
         .map_or_else(|| "soup".into(), display_name);
     let base_model = recipe.and_then(|r| r.base_model.as_deref());
     let mut card = Card::for_plan(plan, &title, base_model);
-    card.dtype = options
-        .dtype
-        .map(|d| model_dir::torch_name(d).unwrap_or(d.name()).to_string());
+    card.dtype = match options.dtype {
+        Some(d) => Some(model_dir::torch_name(d).unwrap_or(d.name()).to_string()),
+        // Not the first model's: with a base (or a recipe) a bf16 model and an f32 one give f32.
+        None if options.promote => Some(
+            "each tensor in the promotion of its models' dtypes (bf16 with f32 gives f32, bf16 with f16 gives f32)"
+                .to_string(),
+        ),
+        None => None,
+    };
     card.on_missing = request.on_missing.name().to_string();
     card.recipe = recipe.map(|r| r.text.clone());
     extra.push(ExtraFile::Bytes {

@@ -141,6 +141,9 @@ pub struct MethodMerge<'a> {
     pub seed: u64,
 }
 
+/// The key of `__metadata__` that transformers reads to tell a PyTorch checkpoint (`pt`) from
+/// others; the output gets `pt` when the first ingredient has none.
+pub const META_FORMAT: &str = "format";
 /// Keys the output's `__metadata__` gets, beside the first ingredient's own.
 pub const META_INGREDIENTS: &str = "model_soup.ingredients";
 pub const META_WEIGHTS: &str = "model_soup.weights";
@@ -729,6 +732,12 @@ fn output_metadata(
     // A soup of soups keeps the first input's own metadata, but not its provenance: that
     // soup's recipe, parameters, base and seed describe another merge.
     meta.retain(|key, _| !key.starts_with("model_soup."));
+    // The output always has a `__metadata__` (the provenance below), and transformers 4
+    // refuses to load a safetensors file whose metadata has no `format` ("does not contain
+    // the valid metadata"): say `pt`, as `save_pretrained` and mergekit do, unless the first
+    // input says otherwise.
+    meta.entry(META_FORMAT.into())
+        .or_insert_with(|| "pt".into());
     let paths: Vec<&Path> = ingredients.iter().map(|c| c.path()).collect();
     let names = display_names(&paths);
     meta.insert(

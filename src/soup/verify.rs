@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::execute::interrupted;
 use super::kernel::CHUNK_ELEMENTS;
 use super::layout::{Layout, OutputFile};
 use super::plan::Plan;
@@ -69,7 +70,27 @@ impl Record {
     /// Reads the output published at `dest` (a file, or a model directory laid out by `layout`)
     /// back and checks it against what was written: headers byte for byte, then every tensor
     /// chunk's sha256.
+    ///
+    /// A Ctrl-C (or SIGTERM, SIGHUP) stops the read-back at its next MiB read or chunk
+    /// checked, as it stops a merge at its next chunk: the output stays, complete, and the
+    /// error says it was not verified.
     pub fn check(&self, plan: &Plan, layout: &Layout, dest: &Path) -> Result<Verified> {
+        self.check_unless_interrupted(plan, layout, dest)
+            .map_err(|e| match e {
+                Error::Interrupted => Error::InterruptedWhile(format!(
+                    "verifying {}, which is written and complete but not verified; merge again with --verify to check it",
+                    dest.display()
+                )),
+                other => other,
+            })
+    }
+
+    fn check_unless_interrupted(
+        &self,
+        plan: &Plan,
+        layout: &Layout,
+        dest: &Path,
+    ) -> Result<Verified> {
         crate::format::sigbus_now_reads_the_output();
         let is_dir = dest.is_dir();
         let chunks = self.chunks.lock().expect("no panics while held");
@@ -164,9 +185,15 @@ fn check_file(
         );
     }
     let bad = jobs.par_iter().find_first(|&&(t, start, end, size, data)| {
+        if interrupted() {
+            return true;
+        }
         let digest: [u8; 32] = Sha256::digest(&data[start * size..end * size]).into();
         chunks.get(&(t, start)) != Some(&digest)
     });
+    if interrupted() {
+        return Err(Error::Interrupted);
+    }
     if let Some(&(t, start, end, _, _)) = bad {
         return Err(failed(format!(
             "tensor '{}' elements {start}..{end} read back different from what was written",
@@ -189,6 +216,9 @@ fn hash_file(path: &Path, head: usize) -> Result<(u64, String, Vec<u8>)> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
+        if interrupted() {
+            return Err(Error::Interrupted);
+        }
         let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
         if n == 0 {
             break;
