@@ -541,8 +541,17 @@ fn a_failed_directory_merge_leaves_nothing_and_force_replaces_safely() {
     );
     nothing_left(tmp.path(), "out");
 
-    // Another tool's model directory is not replaced, even with --force.
+    // A folder made ready for the output is refused with or without --force, saying not to
+    // make it (it was called "not an output of this tool (its soups and plots carry ...)").
     std::fs::create_dir(&out).unwrap();
+    for force in [&"--force" as &dyn AsRef<std::ffi::OsStr>, &"-q"] {
+        fails(
+            &[&files[0], &files[1], force, &"-o", &out],
+            &["is an empty directory", "don't create it first", "rmdir"],
+        );
+    }
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    // Another tool's model directory is not replaced, even with --force.
     std::fs::copy(&files[1], out.join("model.safetensors")).unwrap();
     fails(
         &[&files[0], &files[1], &"--force", &"-o", &out],
@@ -1159,4 +1168,57 @@ fn the_model_card_names_the_promoted_dtype_of_a_merge_with_a_base() {
         card.contains("Output dtype: as the first model's."),
         "{card}"
     );
+}
+
+/// A model with custom code (`auto_map` in its config or tokenizer config, for transformers'
+/// `trust_remote_code`) gives an output that can't load without the code's `.py` files, which
+/// are not copied: a `remote-code` warning names each local module once, and leaves out a
+/// class that lives in another repository (`repo--module.Class`).
+#[test]
+fn custom_model_code_that_is_not_copied_is_named_in_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, dirs) = three_inputs(tmp.path());
+    write_companions(&dirs[0], "float32");
+    std::fs::write(
+        dirs[0].join("config.json"),
+        r#"{"architectures": ["XForCausalLM"], "auto_map": {
+            "AutoConfig": "configuration_x.XConfig",
+            "AutoModel": "modeling_x.XModel",
+            "AutoModelForCausalLM": "modeling_x.XForCausalLM",
+            "AutoModelForSequenceClassification": "other/repo--modeling_y.YModel"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dirs[0].join("tokenizer_config.json"),
+        r#"{"auto_map": {"AutoTokenizer": ["tokenization_x.XTokenizer", null]}}"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("soup");
+    let json = ok(&[&dirs[0], &dirs[1], &"--json", &"-o", &out]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let warnings: Vec<&serde_json::Value> = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["kind"] == "remote-code")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{report}");
+    let message = warnings[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("(configuration_x.py, modeling_x.py, tokenization_x.py)"),
+        "{message}"
+    );
+    assert!(!message.contains("modeling_y"), "{message}");
+    assert!(out.join("config.json").is_file());
+
+    // Without an auto_map there is no such warning.
+    write_companions(&dirs[0], "float32");
+    let json = ok(&[
+        &dirs[0],
+        &dirs[1],
+        &"--json",
+        &"-o",
+        &tmp.path().join("plain"),
+    ]);
+    assert!(!json.contains("remote-code"), "{json}");
 }

@@ -691,6 +691,15 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
     // Only the tool's own outputs: a soup or a directory of them carries the model-soup mark
     // in its header, a plot on its first line. Another tool's checkpoint, or any other file
     // that happens to be there, was not created here and is not replaced.
+    // A folder made ready for the output (`mkdir -p out`, a mounted volume): nothing in it is
+    // the tool's, and the directory is built beside it and renamed into place, not filled.
+    if meta.is_dir() && fs::read_dir(&dest.path).is_ok_and(|mut d| d.next().is_none()) {
+        return refuse(format!(
+            "is an empty directory this tool did not create; {} builds the model directory beside it and renames it into place, so don't create it first: remove it (rmdir) or choose another {}",
+            if request.flag == "-o" { "the tool" } else { request.flag },
+            request.flag
+        ));
+    }
     if !super::writer::written_by_this_tool(&dest.path) {
         return refuse(format!(
             "exists and is not an output of this tool (its soups and plots carry a model-soup mark); --force replaces only those: move it away or choose another {}",

@@ -243,6 +243,42 @@ pub fn companion_files(dir: &Path) -> Vec<Companion> {
     found
 }
 
+/// The Python modules a model directory's custom code lives in: the local files that the
+/// `auto_map` of its `config.json` and `tokenizer_config.json` name (`"AutoModel":
+/// "modeling_x.XModel"` is `modeling_x.py`; a `"repo--modeling_x.XModel"` lives in another
+/// repository). transformers' `trust_remote_code` loads them from the model's own folder, so
+/// an output without them does not load; the files are not copied (code is no companion this
+/// tool vouches for), and the caller warns instead. Unreadable or odd configs name none: their
+/// own checks report them.
+pub fn remote_code(dir: &Path) -> Vec<String> {
+    let mut modules = Vec::new();
+    for config in ["config.json", "tokenizer_config.json"] {
+        let Ok(bytes) = super::small_file::read(&dir.join(config), 8 << 20, "config") else {
+            continue;
+        };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            continue;
+        };
+        let Some(map) = json.get("auto_map").and_then(|m| m.as_object()) else {
+            continue;
+        };
+        // A tokenizer's entry is a [slow, fast] pair, either of which may be null.
+        let refs = map.values().flat_map(|v| match v {
+            serde_json::Value::Array(pair) => pair.iter().filter_map(|r| r.as_str()).collect(),
+            other => other.as_str().into_iter().collect::<Vec<_>>(),
+        });
+        for class in refs.filter(|r| !r.contains("--")) {
+            if let Some((module, _)) = class.rsplit_once('.') {
+                let file = format!("{}.py", module.replace('.', "/"));
+                if !modules.contains(&file) {
+                    modules.push(file);
+                }
+            }
+        }
+    }
+    modules
+}
+
 /// The PyTorch name transformers writes in `config.json` for a dtype, if it has one.
 pub fn torch_name(dtype: Dtype) -> Option<&'static str> {
     match dtype {

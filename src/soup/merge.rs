@@ -495,6 +495,21 @@ impl Merge {
             };
             warnings.push(Warning::general("no-config", None, message));
         }
+        if let Some(source) = companion_source.as_deref() {
+            let modules = model_dir::remote_code(source);
+            if !modules.is_empty() {
+                warnings.push(Warning::general(
+                    "remote-code",
+                    Some(source.to_path_buf()),
+                    format!(
+                        "{}'s config names custom code ({}) for transformers' trust_remote_code, which soup-merge does not copy; copy those files from {} into the output before loading it",
+                        source.display(),
+                        modules.join(", "),
+                        source.display()
+                    ),
+                ));
+            }
+        }
         let report = summarise(request, &plan, &layout, &extra, &warnings);
         Ok(Merge {
             plan,
