@@ -796,7 +796,9 @@ fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
             model_soup::Error::Header { reason, .. } => reason,
             other => format!("cannot open: {other}"),
         })?;
-    let mut reader = image::ImageReader::new(std::io::BufReader::new(file))
+    let mut file = std::io::BufReader::new(file);
+    let grey16 = png_is_grey16(&mut file).map_err(|e| format!("cannot read: {e}"))?;
+    let mut reader = image::ImageReader::new(file)
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
     let cannot = |e: image::ImageError| format!("cannot decode the image: {e}");
@@ -824,15 +826,36 @@ fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
     limits.reserve(bytes).map_err(cannot)?;
     decoder.set_limits(limits).map_err(cannot)?;
     let image = image::DynamicImage::from_decoder(decoder).map_err(cannot)?;
-    Ok(rgb8_as_pillow(image))
+    Ok(rgb8_as_pillow(image, grey16))
+}
+
+/// Whether `file` is a PNG of 16-bit grey (colour type 0), read from its header and rewound.
+/// `image` gives one with a tRNS chunk as grey with alpha, like a grey-with-alpha PNG, but
+/// Pillow reads it as mode `I;16` like any 16-bit grey PNG (clipped at 255 by `convert`).
+fn png_is_grey16(file: &mut (impl Read + Seek)) -> std::io::Result<bool> {
+    let mut header = [0u8; 26];
+    let mut len = 0;
+    while len < header.len() {
+        match file.read(&mut header[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    file.seek(SeekFrom::Start(0))?;
+    // Signature, IHDR's length and type, width, height, then bit depth and colour type.
+    Ok(len == header.len()
+        && header.starts_with(b"\x89PNG\r\n\x1a\n")
+        && &header[12..16] == b"IHDR"
+        && header[24..26] == [16, 0])
 }
 
 /// 8-bit RGB as Pillow's `convert("RGB")` makes it (what torchvision's `ImageFolder` loads),
 /// which for 16-bit PNGs is not `image`'s rounding of v / 257: Pillow reads 16-bit colour and
 /// grey-with-alpha PNGs by their high byte, and 16-bit grey ones as mode `I;16`, which
 /// `convert` clips at 255. A model trained through torchvision saw those pixels, so they are
-/// the ones that reproduce its scores.
-fn rgb8_as_pillow(image: image::DynamicImage) -> image::RgbImage {
+/// the ones that reproduce its scores. `grey16`: the file is a 16-bit grey PNG, which `image`
+/// gives as grey with alpha when it has a tRNS chunk (see [`png_is_grey16`]).
+fn rgb8_as_pillow(image: image::DynamicImage, grey16: bool) -> image::RgbImage {
     use image::DynamicImage as I;
     let (w, h) = (image.width(), image.height());
     let spread = |values: Vec<u8>, channels: usize, grey: bool| -> image::RgbImage {
@@ -843,8 +866,10 @@ fn rgb8_as_pillow(image: image::DynamicImage) -> image::RgbImage {
         image::RgbImage::from_raw(w, h, pixels).expect("w * h pixels of 3 channels")
     };
     let high = |raw: &[u16]| raw.iter().map(|v| (v >> 8) as u8).collect::<Vec<u8>>();
+    let clipped = |raw: &[u16]| raw.iter().map(|&v| v.min(255) as u8).collect::<Vec<u8>>();
     match image {
-        I::ImageLuma16(b) => spread(b.iter().map(|&v| v.min(255) as u8).collect(), 1, true),
+        I::ImageLuma16(b) => spread(clipped(&b), 1, true),
+        I::ImageLumaA16(b) if grey16 => spread(clipped(&b), 2, true),
         I::ImageLumaA16(b) => spread(high(&b), 2, true),
         I::ImageRgb16(b) => spread(high(&b), 3, false),
         I::ImageRgba16(b) => spread(high(&b), 4, false),
@@ -976,19 +1001,19 @@ mod tests {
             vec![1000, 30000, 65535, 257 * 7, 257 * 200, 0],
         )
         .unwrap();
-        let got = rgb8_as_pillow(image::DynamicImage::ImageRgb16(rgb));
+        let got = rgb8_as_pillow(image::DynamicImage::ImageRgb16(rgb), false);
         assert_eq!(got.into_raw(), [3, 117, 255, 7, 200, 0]);
         let grey =
             image::ImageBuffer::<image::Luma<u16>, _>::from_raw(4, 1, vec![1000, 30000, 200, 0])
                 .unwrap();
-        let got = rgb8_as_pillow(image::DynamicImage::ImageLuma16(grey));
+        let got = rgb8_as_pillow(image::DynamicImage::ImageLuma16(grey), true);
         assert_eq!(
             got.into_raw(),
             [255, 255, 255, 255, 255, 255, 200, 200, 200, 0, 0, 0]
         );
         let grey_alpha =
             image::ImageBuffer::<image::LumaA<u16>, _>::from_raw(1, 1, vec![1000, 7]).unwrap();
-        let got = rgb8_as_pillow(image::DynamicImage::ImageLumaA16(grey_alpha));
+        let got = rgb8_as_pillow(image::DynamicImage::ImageLumaA16(grey_alpha), false);
         assert_eq!(got.into_raw(), [3, 3, 3]);
     }
 
