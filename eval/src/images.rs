@@ -3,7 +3,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -798,6 +798,11 @@ fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
         })?;
     let mut file = std::io::BufReader::new(file);
     let grey16 = png_is_grey16(&mut file).map_err(|e| format!("cannot read: {e}"))?;
+    // zune-jpeg decodes a cut-short JPEG without an error, filling in what is missing; Pillow
+    // refuses it ("image file is truncated"), so ImageFolder never scores it.
+    if !jpeg_reaches_its_end(&mut file).map_err(|e| format!("cannot read: {e}"))? {
+        return Err("is truncated: its JPEG data ends before the end-of-image marker, so part of the image is missing (Pillow refuses it too); replace the file".into());
+    }
     let mut reader = image::ImageReader::new(file)
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
@@ -847,6 +852,86 @@ fn png_is_grey16(file: &mut (impl Read + Seek)) -> std::io::Result<bool> {
         && header.starts_with(b"\x89PNG\r\n\x1a\n")
         && &header[12..16] == b"IHDR"
         && header[24..26] == [16, 0])
+}
+
+/// Whether `file`, when it is a JPEG, reaches its end-of-image marker (EOI): its segments are
+/// skipped by their lengths and its entropy-coded data scanned for the next marker, so an EOI
+/// inside a segment (an EXIF thumbnail's) doesn't count. A file that ends first is cut short.
+/// Anything that is no JPEG is `true`, as are bytes after the marker; the file is rewound.
+fn jpeg_reaches_its_end(file: &mut (impl BufRead + Seek)) -> std::io::Result<bool> {
+    fn byte(file: &mut impl BufRead) -> std::io::Result<Option<u8>> {
+        let Some(&b) = file.fill_buf()?.first() else {
+            return Ok(None);
+        };
+        file.consume(1);
+        Ok(Some(b))
+    }
+    /// The marker after an 0xFF, past fill bytes (more 0xFF); `None` at the end of the file.
+    fn marker(file: &mut impl BufRead) -> std::io::Result<Option<u8>> {
+        loop {
+            match byte(file)? {
+                Some(0xff) => {}
+                other => return Ok(other),
+            }
+        }
+    }
+    /// `Some(reached)` for a JPEG, `None` for another file.
+    fn walk(file: &mut impl BufRead) -> std::io::Result<Option<bool>> {
+        if (byte(file)?, byte(file)?) != (Some(0xff), Some(0xd8)) {
+            return Ok(None);
+        }
+        let mut pending = None;
+        loop {
+            let found = match pending.take() {
+                Some(m) => Some(m),
+                // Up to the next 0xFF (libjpeg skips extraneous bytes).
+                None => loop {
+                    match byte(file)? {
+                        None => break None,
+                        Some(0xff) => break marker(file)?,
+                        Some(_) => {}
+                    }
+                },
+            };
+            let Some(m) = found else {
+                return Ok(Some(false));
+            };
+            match m {
+                0xd9 => return Ok(Some(true)),
+                0x00 | 0x01 | 0xd0..=0xd7 => continue,
+                _ => {}
+            }
+            let (Some(hi), Some(lo)) = (byte(file)?, byte(file)?) else {
+                return Ok(Some(false));
+            };
+            let skip = u64::from(u16::from_be_bytes([hi, lo])).saturating_sub(2);
+            if std::io::copy(&mut file.take(skip), &mut std::io::sink())? < skip {
+                return Ok(Some(false));
+            }
+            if m != 0xda {
+                continue;
+            }
+            // A scan's entropy-coded data: 0xFF 0x00 is a data byte, RSTn stays in the scan;
+            // any other marker ends it.
+            loop {
+                match byte(file)? {
+                    None => return Ok(Some(false)),
+                    Some(0xff) => match marker(file)? {
+                        None => return Ok(Some(false)),
+                        Some(0x00 | 0xd0..=0xd7) => {}
+                        Some(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                    },
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let complete = walk(file)?.unwrap_or(true);
+    file.seek(SeekFrom::Start(0))?;
+    Ok(complete)
 }
 
 /// 8-bit RGB as Pillow's `convert("RGB")` makes it (what torchvision's `ImageFolder` loads),

@@ -1,7 +1,8 @@
 //! Decoding parity: every small image in fixtures/vision/decode (PNGs of each colour type and
 //! bit depth, with and without transparency, interlaced; colour, grey, CMYK, progressive and
 //! EXIF-rotated JPEGs) gives the 8-bit RGB pixels that torchvision's `ImageFolder` loads
-//! (`PIL.Image.open(path).convert("RGB")`, stored by make_decode_fixtures.py).
+//! (`PIL.Image.open(path).convert("RGB")`, stored by make_decode_fixtures.py), and the files
+//! Pillow refuses (truncated JPEGs) are refused, not scored.
 
 use std::path::{Path, PathBuf};
 
@@ -63,11 +64,43 @@ fn every_image_gives_the_pixels_pillow_gives_imagefolder() {
             max = max.max(d);
             off += usize::from(d > 0);
         }
-        eprintln!("{name}: max {max} levels, {off}/{} values differ", 3 * plane);
-        let allowed = if name.ends_with(".jpg") { JPEG_LEVELS } else { 0 };
+        eprintln!(
+            "{name}: max {max} levels, {off}/{} values differ",
+            3 * plane
+        );
+        let allowed = if name.ends_with(".jpg") {
+            JPEG_LEVELS
+        } else {
+            0
+        };
         assert!(
             max <= allowed,
             "{name}: {off} values differ from Pillow's, by up to {max} levels"
+        );
+    }
+}
+
+#[test]
+fn images_pillow_refuses_are_refused() {
+    let reference = Checkpoint::open(&vision("decode.safetensors")).unwrap();
+    let refused = &reference.metadata()["refused"];
+    let refused: Vec<&str> = refused.split(',').collect();
+    assert_eq!(
+        refused,
+        [
+            "no_end_marker.jpg",
+            "truncated.jpg",
+            "truncated_marker_inside.jpg"
+        ]
+    );
+    for name in refused {
+        let err = match decoded(name) {
+            Ok((shape, _)) => panic!("{name}: decoded as {shape:?}, but Pillow refuses it"),
+            Err(e) => e,
+        };
+        assert!(
+            err.contains(name) && err.contains("truncated"),
+            "{name}: {err}"
         );
     }
 }
