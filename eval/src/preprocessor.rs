@@ -9,7 +9,8 @@
 //!   resizes the short side, and for a ConvNeXt processor below 384 pixels to `s / crop_pct`
 //!   first and then center-crops `s` (at 384 and above it resizes to `s` x `s`, as
 //!   `ConvNextImageProcessor` does); a bare number is the legacy spelling of either;
-//! - `resample` is PIL's filter number (2 bilinear, 3 bicubic);
+//! - `resample` is PIL's filter number (2 bilinear, 3 bicubic); without it, the processor's
+//!   default (bicubic for ConvNeXt, bilinear otherwise);
 //! - `do_center_crop` with `crop_size` center-crops, offset rounded down as transformers does;
 //! - `do_rescale` with `rescale_factor` 1/255, `do_normalize` with `image_mean`/`image_std`.
 //!
@@ -81,6 +82,8 @@ fn parse(config: &Value) -> std::result::Result<Transform, String> {
         return Err("do_pad is true: padding is not reproduced".into());
     }
     let interpolation = match config.get("resample") {
+        // Each processor's own default: ConvNextImageProcessor's is bicubic.
+        None | Some(Value::Null) if convnext => Interpolation::Bicubic,
         None | Some(Value::Null) => Interpolation::Bilinear,
         Some(v) => match v.as_u64() {
             Some(2) => Interpolation::Bilinear,
