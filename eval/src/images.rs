@@ -15,7 +15,7 @@ use super::error::{Error, Result};
 use super::transform::{Given, Resize, Transform};
 
 /// File extensions an image folder's images have, as torchvision's `ImageFolder` lists them
-/// (compared case-insensitively). Other files are ignored. Decoding supports JPEG and PNG; an
+/// (compared case-insensitively, with the dot, with the end of the file name). Other files are ignored. Decoding supports JPEG and PNG; an
 /// image in another listed format is a decode error (or skipped with `--skip-bad-images`).
 pub const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
@@ -63,8 +63,9 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// `root/<class>/**/<image>`: classes are the sub-folders sorted by name, images each class
-/// folder's files with an image extension, walked recursively in sorted order, as
-/// torchvision's `ImageFolder` does.
+/// folder's files whose name ends with an image extension, as torchvision's `ImageFolder`
+/// lists them: its `sorted(os.walk(class))` takes the folders in the order of their paths as
+/// strings (`cat/sub-x` before `cat/sub/deep`), each folder's files sorted by name.
 fn list_folder(root: &Path) -> Result<ImageList> {
     let io = |p: &Path, e: std::io::Error| Error::Io {
         path: p.to_path_buf(),
@@ -96,7 +97,16 @@ fn list_folder(root: &Path) -> Result<ImageList> {
     for (label, class) in classes.iter().enumerate() {
         let dir = root.join(class);
         let before = entries.len();
-        walk(&dir, &mut scanned, &mut |p| entries.push((p, label)))?;
+        let mut folders = Vec::new();
+        walk(&dir, &mut scanned, &mut folders)?;
+        folders.sort_by(|a, b| {
+            a.0.as_os_str()
+                .as_encoded_bytes()
+                .cmp(b.0.as_os_str().as_encoded_bytes())
+        });
+        for (_, images) in folders {
+            entries.extend(images.into_iter().map(|p| (p, label)));
+        }
         if entries.len() == before {
             return Err(bad(
                 &dir,
@@ -145,10 +155,28 @@ impl Scanned {
     }
 }
 
-/// Calls `found` for every file under `dir` with an image extension, sorted at each level
-/// (files and folders together, by name, as `os.walk` under `sorted` visits them). A folder
+/// Whether `path`'s file name ends with `.` and an image extension, in any case, as
+/// `ImageFolder`'s `has_file_allowed_extension` tests it (so a file named `.png` is one).
+fn is_image(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.as_encoded_bytes().to_ascii_lowercase())
+        .unwrap_or_default();
+    IMAGE_EXTENSIONS.iter().any(|e| {
+        name.len() > e.len()
+            && name.ends_with(e.as_bytes())
+            && name[name.len() - e.len() - 1] == b'.'
+    })
+}
+
+/// Adds `dir` and every folder under it to `folders`, each with its files that [`is_image`],
+/// sorted by name (the folders in the order they are met; the caller sorts them). A folder
 /// met twice is refused (see [`Scanned`]).
-fn walk(dir: &Path, scanned: &mut Scanned, found: &mut dyn FnMut(PathBuf)) -> Result<()> {
+fn walk(
+    dir: &Path,
+    scanned: &mut Scanned,
+    folders: &mut Vec<(PathBuf, Vec<PathBuf>)>,
+) -> Result<()> {
     scanned.first_visit(dir)?;
     let io = |e: std::io::Error| Error::Io {
         path: dir.to_path_buf(),
@@ -159,19 +187,13 @@ fn walk(dir: &Path, scanned: &mut Scanned, found: &mut dyn FnMut(PathBuf)) -> Re
         .map(|e| e.map(|e| e.path()).map_err(io))
         .collect::<Result<_>>()?;
     names.sort();
-    let is_image = |p: &Path| {
-        p.extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
-    };
-    // os.walk lists a folder's files before descending into its sub-folders. Links are
-    // followed, as ImageFolder follows them.
-    let mut folders = Vec::new();
+    // Links are followed, as ImageFolder follows them.
+    let mut images = Vec::new();
+    let mut subfolders = Vec::new();
     for p in &names {
         match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => folders.push(p),
-            Ok(m) if m.is_file() && is_image(p) => found(p.clone()),
+            Ok(m) if m.is_dir() => subfolders.push(p),
+            Ok(m) if m.is_file() && is_image(p) => images.push(p.clone()),
             // Something named as an image that is no file: ImageFolder would list it and fail
             // to load it, and skipped it shrank the split unsaid. Refused from its type, never
             // opened: a FIFO would block the run.
@@ -192,8 +214,9 @@ fn walk(dir: &Path, scanned: &mut Scanned, found: &mut dyn FnMut(PathBuf)) -> Re
             _ => {}
         }
     }
-    for p in folders {
-        walk(p, scanned, found)?;
+    folders.push((dir.to_path_buf(), images));
+    for p in subfolders {
+        walk(p, scanned, folders)?;
     }
     Ok(())
 }
