@@ -889,6 +889,25 @@ fn jpeg_reaches_its_end(file: &mut (impl BufRead + Seek)) -> std::io::Result<boo
         file.consume(1);
         Ok(Some(b))
     }
+    /// Skips past the next 0xFF, a buffer at a time; `false` at the end of the file.
+    fn past_next_ff(file: &mut impl BufRead) -> std::io::Result<bool> {
+        loop {
+            let buf = file.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(false);
+            }
+            match buf.iter().position(|&b| b == 0xff) {
+                Some(i) => {
+                    file.consume(i + 1);
+                    return Ok(true);
+                }
+                None => {
+                    let n = buf.len();
+                    file.consume(n);
+                }
+            }
+        }
+    }
     /// The marker after an 0xFF, past fill bytes (more 0xFF); `None` at the end of the file.
     fn marker(file: &mut impl BufRead) -> std::io::Result<Option<u8>> {
         loop {
@@ -907,14 +926,9 @@ fn jpeg_reaches_its_end(file: &mut (impl BufRead + Seek)) -> std::io::Result<boo
         loop {
             let found = match pending.take() {
                 Some(m) => Some(m),
-                // Up to the next 0xFF (libjpeg skips extraneous bytes).
-                None => loop {
-                    match byte(file)? {
-                        None => break None,
-                        Some(0xff) => break marker(file)?,
-                        Some(_) => {}
-                    }
-                },
+                // Past the next 0xFF (libjpeg skips extraneous bytes).
+                None if past_next_ff(file)? => marker(file)?,
+                None => None,
             };
             let Some(m) = found else {
                 return Ok(Some(false));
@@ -937,17 +951,16 @@ fn jpeg_reaches_its_end(file: &mut (impl BufRead + Seek)) -> std::io::Result<boo
             // A scan's entropy-coded data: 0xFF 0x00 is a data byte, RSTn stays in the scan;
             // any other marker ends it.
             loop {
-                match byte(file)? {
+                if !past_next_ff(file)? {
+                    return Ok(Some(false));
+                }
+                match marker(file)? {
                     None => return Ok(Some(false)),
-                    Some(0xff) => match marker(file)? {
-                        None => return Ok(Some(false)),
-                        Some(0x00 | 0xd0..=0xd7) => {}
-                        Some(other) => {
-                            pending = Some(other);
-                            break;
-                        }
-                    },
-                    Some(_) => {}
+                    Some(0x00 | 0xd0..=0xd7) => {}
+                    Some(other) => {
+                        pending = Some(other);
+                        break;
+                    }
                 }
             }
         }
