@@ -513,12 +513,20 @@ pub fn read_text(path: &Path, what: &str) -> Result<String> {
     text_of(path, read_regular(path, MAX_TEXT_BYTES, what)?)
 }
 
-/// `config.json`'s `label2id`: class names to indices, entries of another kind left out.
+/// `config.json`'s `label2id`: class names to indices, entries of another kind left out. An
+/// index written as a string (`"cat": "1"`, as some exporters write it, which transformers
+/// keeps as it is, its `id2label` saying `1: "cat"`) is that index.
 pub fn label2id(config: &serde_json::Value) -> Option<BTreeMap<String, usize>> {
     let map = config.get("label2id")?.as_object()?;
     Some(
         map.iter()
-            .filter_map(|(k, v)| Some((k.clone(), usize::try_from(v.as_u64()?).ok()?)))
+            .filter_map(|(k, v)| {
+                let id = match v {
+                    serde_json::Value::String(s) => s.parse::<u64>().ok()?,
+                    other => other.as_u64()?,
+                };
+                Some((k.clone(), usize::try_from(id).ok()?))
+            })
             .collect(),
     )
 }
@@ -557,6 +565,18 @@ mod tests {
 
     fn map(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
         pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// Indices written as strings were left out, so a model numbering its classes otherwise
+    /// than sorted was scored against sorted labels, without a warning.
+    #[test]
+    fn label2id_reads_indices_written_as_strings() {
+        let config = serde_json::json!({"label2id": {"dog": "0", "eel": 1, "cat": "2", "fox": "x", "gnu": -1}});
+        let read = label2id(&config).unwrap();
+        assert_eq!(read, map(&[("dog", 0), ("eel", 1), ("cat", 2)]));
+        let mut data = named(&["cat", "dog", "eel"], vec![0, 1, 2]);
+        assert_eq!(data.follow_label2id(&read), None);
+        assert_eq!(data.labels, [2, 0, 1]);
     }
 
     #[test]

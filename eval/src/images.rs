@@ -3,7 +3,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -15,7 +15,7 @@ use super::error::{Error, Result};
 use super::transform::{Given, Resize, Transform};
 
 /// File extensions an image folder's images have, as torchvision's `ImageFolder` lists them
-/// (compared case-insensitively). Other files are ignored. Decoding supports JPEG and PNG; an
+/// (compared case-insensitively, with the dot, with the end of the file name). Other files are ignored. Decoding supports JPEG and PNG; an
 /// image in another listed format is a decode error (or skipped with `--skip-bad-images`).
 pub const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
@@ -63,8 +63,9 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 /// `root/<class>/**/<image>`: classes are the sub-folders sorted by name, images each class
-/// folder's files with an image extension, walked recursively in sorted order, as
-/// torchvision's `ImageFolder` does.
+/// folder's files whose name ends with an image extension, as torchvision's `ImageFolder`
+/// lists them: its `sorted(os.walk(class))` takes the folders in the order of their paths as
+/// strings (`cat/sub-x` before `cat/sub/deep`), each folder's files sorted by name.
 fn list_folder(root: &Path) -> Result<ImageList> {
     let io = |p: &Path, e: std::io::Error| Error::Io {
         path: p.to_path_buf(),
@@ -96,7 +97,16 @@ fn list_folder(root: &Path) -> Result<ImageList> {
     for (label, class) in classes.iter().enumerate() {
         let dir = root.join(class);
         let before = entries.len();
-        walk(&dir, &mut scanned, &mut |p| entries.push((p, label)))?;
+        let mut folders = Vec::new();
+        walk(&dir, &mut scanned, &mut folders)?;
+        folders.sort_by(|a, b| {
+            a.0.as_os_str()
+                .as_encoded_bytes()
+                .cmp(b.0.as_os_str().as_encoded_bytes())
+        });
+        for (_, images) in folders {
+            entries.extend(images.into_iter().map(|p| (p, label)));
+        }
         if entries.len() == before {
             return Err(bad(
                 &dir,
@@ -145,10 +155,28 @@ impl Scanned {
     }
 }
 
-/// Calls `found` for every file under `dir` with an image extension, sorted at each level
-/// (files and folders together, by name, as `os.walk` under `sorted` visits them). A folder
+/// Whether `path`'s file name ends with `.` and an image extension, in any case, as
+/// `ImageFolder`'s `has_file_allowed_extension` tests it (so a file named `.png` is one).
+fn is_image(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.as_encoded_bytes().to_ascii_lowercase())
+        .unwrap_or_default();
+    IMAGE_EXTENSIONS.iter().any(|e| {
+        name.len() > e.len()
+            && name.ends_with(e.as_bytes())
+            && name[name.len() - e.len() - 1] == b'.'
+    })
+}
+
+/// Adds `dir` and every folder under it to `folders`, each with its files that [`is_image`],
+/// sorted by name (the folders in the order they are met; the caller sorts them). A folder
 /// met twice is refused (see [`Scanned`]).
-fn walk(dir: &Path, scanned: &mut Scanned, found: &mut dyn FnMut(PathBuf)) -> Result<()> {
+fn walk(
+    dir: &Path,
+    scanned: &mut Scanned,
+    folders: &mut Vec<(PathBuf, Vec<PathBuf>)>,
+) -> Result<()> {
     scanned.first_visit(dir)?;
     let io = |e: std::io::Error| Error::Io {
         path: dir.to_path_buf(),
@@ -159,19 +187,13 @@ fn walk(dir: &Path, scanned: &mut Scanned, found: &mut dyn FnMut(PathBuf)) -> Re
         .map(|e| e.map(|e| e.path()).map_err(io))
         .collect::<Result<_>>()?;
     names.sort();
-    let is_image = |p: &Path| {
-        p.extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
-    };
-    // os.walk lists a folder's files before descending into its sub-folders. Links are
-    // followed, as ImageFolder follows them.
-    let mut folders = Vec::new();
+    // Links are followed, as ImageFolder follows them.
+    let mut images = Vec::new();
+    let mut subfolders = Vec::new();
     for p in &names {
         match std::fs::metadata(p) {
-            Ok(m) if m.is_dir() => folders.push(p),
-            Ok(m) if m.is_file() && is_image(p) => found(p.clone()),
+            Ok(m) if m.is_dir() => subfolders.push(p),
+            Ok(m) if m.is_file() && is_image(p) => images.push(p.clone()),
             // Something named as an image that is no file: ImageFolder would list it and fail
             // to load it, and skipped it shrank the split unsaid. Refused from its type, never
             // opened: a FIFO would block the run.
@@ -192,8 +214,9 @@ fn walk(dir: &Path, scanned: &mut Scanned, found: &mut dyn FnMut(PathBuf)) -> Re
             _ => {}
         }
     }
-    for p in folders {
-        walk(p, scanned, found)?;
+    folders.push((dir.to_path_buf(), images));
+    for p in subfolders {
+        walk(p, scanned, folders)?;
     }
     Ok(())
 }
@@ -796,7 +819,14 @@ fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
             model_soup::Error::Header { reason, .. } => reason,
             other => format!("cannot open: {other}"),
         })?;
-    let mut reader = image::ImageReader::new(std::io::BufReader::new(file))
+    let mut file = std::io::BufReader::new(file);
+    let grey16 = png_is_grey16(&mut file).map_err(|e| format!("cannot read: {e}"))?;
+    // zune-jpeg decodes a cut-short JPEG without an error, filling in what is missing; Pillow
+    // refuses it ("image file is truncated"), so ImageFolder never scores it.
+    if !jpeg_reaches_its_end(&mut file).map_err(|e| format!("cannot read: {e}"))? {
+        return Err("is truncated: its JPEG data ends before the end-of-image marker, so part of the image is missing (Pillow refuses it too); replace the file".into());
+    }
+    let mut reader = image::ImageReader::new(file)
         .with_guessed_format()
         .map_err(|e| format!("cannot read: {e}"))?;
     let cannot = |e: image::ImageError| format!("cannot decode the image: {e}");
@@ -824,15 +854,129 @@ fn decode(path: &Path) -> std::result::Result<image::RgbImage, String> {
     limits.reserve(bytes).map_err(cannot)?;
     decoder.set_limits(limits).map_err(cannot)?;
     let image = image::DynamicImage::from_decoder(decoder).map_err(cannot)?;
-    Ok(rgb8_as_pillow(image))
+    Ok(rgb8_as_pillow(image, grey16))
+}
+
+/// Whether `file` is a PNG of 16-bit grey (colour type 0), read from its header and rewound.
+/// `image` gives one with a tRNS chunk as grey with alpha, like a grey-with-alpha PNG, but
+/// Pillow reads it as mode `I;16` like any 16-bit grey PNG (clipped at 255 by `convert`).
+fn png_is_grey16(file: &mut (impl Read + Seek)) -> std::io::Result<bool> {
+    let mut header = [0u8; 26];
+    let mut len = 0;
+    while len < header.len() {
+        match file.read(&mut header[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    file.seek(SeekFrom::Start(0))?;
+    // Signature, IHDR's length and type, width, height, then bit depth and colour type.
+    Ok(len == header.len()
+        && header.starts_with(b"\x89PNG\r\n\x1a\n")
+        && &header[12..16] == b"IHDR"
+        && header[24..26] == [16, 0])
+}
+
+/// Whether `file`, when it is a JPEG, reaches its end-of-image marker (EOI): its segments are
+/// skipped by their lengths and its entropy-coded data scanned for the next marker, so an EOI
+/// inside a segment (an EXIF thumbnail's) doesn't count. A file that ends first is cut short.
+/// Anything that is no JPEG is `true`, as are bytes after the marker; the file is rewound.
+fn jpeg_reaches_its_end(file: &mut (impl BufRead + Seek)) -> std::io::Result<bool> {
+    fn byte(file: &mut impl BufRead) -> std::io::Result<Option<u8>> {
+        let Some(&b) = file.fill_buf()?.first() else {
+            return Ok(None);
+        };
+        file.consume(1);
+        Ok(Some(b))
+    }
+    /// Skips past the next 0xFF, a buffer at a time; `false` at the end of the file.
+    fn past_next_ff(file: &mut impl BufRead) -> std::io::Result<bool> {
+        loop {
+            let buf = file.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(false);
+            }
+            match buf.iter().position(|&b| b == 0xff) {
+                Some(i) => {
+                    file.consume(i + 1);
+                    return Ok(true);
+                }
+                None => {
+                    let n = buf.len();
+                    file.consume(n);
+                }
+            }
+        }
+    }
+    /// The marker after an 0xFF, past fill bytes (more 0xFF); `None` at the end of the file.
+    fn marker(file: &mut impl BufRead) -> std::io::Result<Option<u8>> {
+        loop {
+            match byte(file)? {
+                Some(0xff) => {}
+                other => return Ok(other),
+            }
+        }
+    }
+    /// `Some(reached)` for a JPEG, `None` for another file.
+    fn walk(file: &mut impl BufRead) -> std::io::Result<Option<bool>> {
+        if (byte(file)?, byte(file)?) != (Some(0xff), Some(0xd8)) {
+            return Ok(None);
+        }
+        let mut pending = None;
+        loop {
+            let found = match pending.take() {
+                Some(m) => Some(m),
+                // Past the next 0xFF (libjpeg skips extraneous bytes).
+                None if past_next_ff(file)? => marker(file)?,
+                None => None,
+            };
+            let Some(m) = found else {
+                return Ok(Some(false));
+            };
+            match m {
+                0xd9 => return Ok(Some(true)),
+                0x00 | 0x01 | 0xd0..=0xd7 => continue,
+                _ => {}
+            }
+            let (Some(hi), Some(lo)) = (byte(file)?, byte(file)?) else {
+                return Ok(Some(false));
+            };
+            let skip = u64::from(u16::from_be_bytes([hi, lo])).saturating_sub(2);
+            if std::io::copy(&mut file.take(skip), &mut std::io::sink())? < skip {
+                return Ok(Some(false));
+            }
+            if m != 0xda {
+                continue;
+            }
+            // A scan's entropy-coded data: 0xFF 0x00 is a data byte, RSTn stays in the scan;
+            // any other marker ends it.
+            loop {
+                if !past_next_ff(file)? {
+                    return Ok(Some(false));
+                }
+                match marker(file)? {
+                    None => return Ok(Some(false)),
+                    Some(0x00 | 0xd0..=0xd7) => {}
+                    Some(other) => {
+                        pending = Some(other);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let complete = walk(file)?.unwrap_or(true);
+    file.seek(SeekFrom::Start(0))?;
+    Ok(complete)
 }
 
 /// 8-bit RGB as Pillow's `convert("RGB")` makes it (what torchvision's `ImageFolder` loads),
 /// which for 16-bit PNGs is not `image`'s rounding of v / 257: Pillow reads 16-bit colour and
 /// grey-with-alpha PNGs by their high byte, and 16-bit grey ones as mode `I;16`, which
 /// `convert` clips at 255. A model trained through torchvision saw those pixels, so they are
-/// the ones that reproduce its scores.
-fn rgb8_as_pillow(image: image::DynamicImage) -> image::RgbImage {
+/// the ones that reproduce its scores. `grey16`: the file is a 16-bit grey PNG, which `image`
+/// gives as grey with alpha when it has a tRNS chunk (see [`png_is_grey16`]).
+fn rgb8_as_pillow(image: image::DynamicImage, grey16: bool) -> image::RgbImage {
     use image::DynamicImage as I;
     let (w, h) = (image.width(), image.height());
     let spread = |values: Vec<u8>, channels: usize, grey: bool| -> image::RgbImage {
@@ -843,8 +987,10 @@ fn rgb8_as_pillow(image: image::DynamicImage) -> image::RgbImage {
         image::RgbImage::from_raw(w, h, pixels).expect("w * h pixels of 3 channels")
     };
     let high = |raw: &[u16]| raw.iter().map(|v| (v >> 8) as u8).collect::<Vec<u8>>();
+    let clipped = |raw: &[u16]| raw.iter().map(|&v| v.min(255) as u8).collect::<Vec<u8>>();
     match image {
-        I::ImageLuma16(b) => spread(b.iter().map(|&v| v.min(255) as u8).collect(), 1, true),
+        I::ImageLuma16(b) => spread(clipped(&b), 1, true),
+        I::ImageLumaA16(b) if grey16 => spread(clipped(&b), 2, true),
         I::ImageLumaA16(b) => spread(high(&b), 2, true),
         I::ImageRgb16(b) => spread(high(&b), 3, false),
         I::ImageRgba16(b) => spread(high(&b), 4, false),
@@ -976,19 +1122,19 @@ mod tests {
             vec![1000, 30000, 65535, 257 * 7, 257 * 200, 0],
         )
         .unwrap();
-        let got = rgb8_as_pillow(image::DynamicImage::ImageRgb16(rgb));
+        let got = rgb8_as_pillow(image::DynamicImage::ImageRgb16(rgb), false);
         assert_eq!(got.into_raw(), [3, 117, 255, 7, 200, 0]);
         let grey =
             image::ImageBuffer::<image::Luma<u16>, _>::from_raw(4, 1, vec![1000, 30000, 200, 0])
                 .unwrap();
-        let got = rgb8_as_pillow(image::DynamicImage::ImageLuma16(grey));
+        let got = rgb8_as_pillow(image::DynamicImage::ImageLuma16(grey), true);
         assert_eq!(
             got.into_raw(),
             [255, 255, 255, 255, 255, 255, 200, 200, 200, 0, 0, 0]
         );
         let grey_alpha =
             image::ImageBuffer::<image::LumaA<u16>, _>::from_raw(1, 1, vec![1000, 7]).unwrap();
-        let got = rgb8_as_pillow(image::DynamicImage::ImageLumaA16(grey_alpha));
+        let got = rgb8_as_pillow(image::DynamicImage::ImageLumaA16(grey_alpha), false);
         assert_eq!(got.into_raw(), [3, 3, 3]);
     }
 

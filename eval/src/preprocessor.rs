@@ -9,8 +9,10 @@
 //!   resizes the short side, and for a ConvNeXt processor below 384 pixels to `s / crop_pct`
 //!   first and then center-crops `s` (at 384 and above it resizes to `s` x `s`, as
 //!   `ConvNextImageProcessor` does); a bare number is the legacy spelling of either;
-//! - `resample` is PIL's filter number (2 bilinear, 3 bicubic);
-//! - `do_center_crop` with `crop_size` center-crops, offset rounded down as transformers does;
+//! - `resample` is PIL's filter number (2 bilinear, 3 bicubic); without it, the processor's
+//!   default (bicubic for ConvNeXt, bilinear otherwise);
+//! - `do_center_crop` with `crop_size` center-crops, offset rounded down as transformers does
+//!   (after the resize, for a ConvNeXt too, as transformers 5 does);
 //! - `do_rescale` with `rescale_factor` 1/255, `do_normalize` with `image_mean`/`image_std`.
 //!
 //! Anything that would change the pixels in a way the transform can't reproduce (another
@@ -81,6 +83,8 @@ fn parse(config: &Value) -> std::result::Result<Transform, String> {
         return Err("do_pad is true: padding is not reproduced".into());
     }
     let interpolation = match config.get("resample") {
+        // Each processor's own default: ConvNextImageProcessor's is bicubic.
+        None | Some(Value::Null) if convnext => Interpolation::Bicubic,
         None | Some(Value::Null) => Interpolation::Bilinear,
         Some(v) => match v.as_u64() {
             Some(2) => Interpolation::Bilinear,
@@ -153,7 +157,7 @@ fn parse(config: &Value) -> std::result::Result<Transform, String> {
     } else {
         None
     };
-    if !convnext && flag("do_center_crop", false)? {
+    if flag("do_center_crop", false)? {
         let size = config
             .get("crop_size")
             .ok_or("do_center_crop is true but there is no crop_size")?;
@@ -168,7 +172,17 @@ fn parse(config: &Value) -> std::result::Result<Transform, String> {
         let square = square.ok_or(format!(
             "crop_size {size} is not a square, the crops soup-eval reproduces"
         ))?;
-        crop = Some(side("crop_size", square)?);
+        let size = side("crop_size", square)?;
+        // ConvNeXt's processor (transformers 5) center-crops after its own resize, which below
+        // 384 pixels already cropped to shortest_edge: one crop unless the sizes differ.
+        match crop {
+            Some(first) if first != size => {
+                return Err(format!(
+                    "do_center_crop crops {size} pixels from the {first} that crop_pct's crop leaves, two crops soup-eval doesn't reproduce"
+                ))
+            }
+            _ => crop = Some(size),
+        }
     }
     if flag("do_rescale", true)? {
         if let Some(v) = config.get("rescale_factor").filter(|v| !v.is_null()) {
