@@ -28,7 +28,7 @@ const AFTER_HELP: &str = "\
 Data: a dataset is a .safetensors file with 'inputs' (float [N, ...], the shape --arch expects)
 and 'labels' (integers [N]); or images: a folder ROOT/<class>/<image> (classes sorted by name, as
 torchvision's ImageFolder), or a .csv (path,label) or .jsonl ({\"path\", \"label\"}) list, labels
-being class indices or class names. Images are decoded (JPEG, PNG) and transformed as
+being class indices or class names. Images are decoded (JPEG, PNG, BMP, PPM, TIFF, WebP) and transformed as
 torchvision's evaluation preset (see the Images flags). --val ranks and chooses ingredients;
 --test is only reported.
 

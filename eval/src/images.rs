@@ -15,8 +15,8 @@ use super::error::{Error, Result};
 use super::transform::{Given, Resize, Transform};
 
 /// File extensions an image folder's images have, as torchvision's `ImageFolder` lists them
-/// (compared case-insensitively, with the dot, with the end of the file name). Other files are ignored. Decoding supports JPEG and PNG; an
-/// image in another listed format is a decode error (or skipped with `--skip-bad-images`).
+/// (compared case-insensitively, with the dot, with the end of the file name). Other files are ignored. Every listed format decodes, as Pillow
+/// decodes it, but palette TIFFs: a decode error (or skipped with `--skip-bad-images`).
 pub const IMAGE_EXTENSIONS: &[&str] = &[
     "jpg", "jpeg", "png", "ppm", "bmp", "pgm", "tif", "tiff", "webp",
 ];
