@@ -530,3 +530,45 @@ fn speculating_past_the_jobs_is_warned_about() {
         common::stderr(&out)
     );
 }
+
+/// `--speculate` as large as the flag takes: the batch's end once wrapped around, and the run
+/// panicked after scoring every ingredient. It is the one-at-a-time search.
+#[test]
+fn a_speculation_as_large_as_the_flag_takes_is_the_one_at_a_time_search() {
+    let world = World::files();
+    let scorer = table_scorer(
+        &[
+            ("ingredient-0", "0.9"),
+            ("ingredient-1", "0.5"),
+            ("ingredient-2", "0.4"),
+            ("soup-0-1", "0.95"),
+            ("soup-0-1-2", "0.1"),
+        ],
+        "0.2",
+    );
+    let mut outcomes = Vec::new();
+    for (jobs, speculate) in [("1", "1"), ("2", &usize::MAX.to_string()[..])] {
+        let (report, out) = run_json(&mut soup_eval(
+            &[
+                "greedy",
+                "--json",
+                "-q",
+                "--shell",
+                "--scorer",
+                &scorer,
+                "--jobs",
+                jobs,
+                "--speculate",
+                speculate,
+            ],
+            &three(&world),
+        ));
+        assert!(!common::stderr(&out).contains("panicked"));
+        assert_eq!(
+            report["greedy"]["search"]["chosen"],
+            serde_json::json!([0, 1])
+        );
+        outcomes.push(search_outcome(&report));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+}
