@@ -384,6 +384,45 @@ fn non_utf8_paths_reach_the_scorer_byte_for_byte() {
     assert!(left_in(&work).is_empty());
 }
 
+/// `--json` with a `--log` whose path isn't UTF-8: the report's `scorer.log` failed to
+/// serialise, and the run ended "cannot write to stdout" with exit status 1 after every scorer
+/// had run. It is the object that keeps every byte, as every other path in the report.
+#[test]
+fn a_non_utf8_log_path_is_kept_whole_in_the_json_report() {
+    use std::os::unix::ffi::OsStrExt;
+    let world = World::files();
+    let log = world
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"search-\xe9.jsonl"));
+    let (report, _) = run_json(
+        soup_eval(
+            &[
+                "score",
+                "--json",
+                "-q",
+                "--scorer",
+                "sh -c 'echo 1' scorer {checkpoint}",
+            ],
+            &three(&world),
+        )
+        .arg("--log")
+        .arg(&log),
+    );
+    let hex: String = log
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        report["scorer"]["log"]["bytes_hex"],
+        hex.as_str(),
+        "{report}"
+    );
+    assert!(log.is_file());
+}
+
 #[test]
 fn the_search_log_is_never_an_output_and_never_blocks_the_run() {
     let world = World::files();
