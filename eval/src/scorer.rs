@@ -152,15 +152,18 @@ impl Template {
     }
 }
 
-/// Splits `text` into words: whitespace separates, '...' is literal, "..." keeps \" and \\,
-/// a backslash outside quotes escapes the next character. No expansions of any kind.
+/// Splits `text` into words as sh does, without expansions: spaces, tabs and newlines
+/// separate (no other whitespace: a no-break space in a file name is part of it), '...' is
+/// literal, "..." keeps \", \\, \$ and \` as the character after the backslash, a backslash
+/// outside quotes escapes the next character, and a backslash before a newline, outside single
+/// quotes, joins the lines (a template written over several lines).
 fn split_words(text: &str) -> std::result::Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut word: Option<String> = None;
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
         match c {
-            c if c.is_whitespace() => words.extend(word.take()),
+            ' ' | '\t' | '\n' => words.extend(word.take()),
             '\'' => {
                 let w = word.get_or_insert_with(String::new);
                 loop {
@@ -177,7 +180,8 @@ fn split_words(text: &str) -> std::result::Result<Vec<String>, String> {
                     match chars.next() {
                         Some('"') => break,
                         Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some('\n') => {}
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
                             Some(c) => {
                                 w.push('\\');
                                 w.push(c);
@@ -190,6 +194,8 @@ fn split_words(text: &str) -> std::result::Result<Vec<String>, String> {
                 }
             }
             '\\' => match chars.next() {
+                // A line continuation: no character, and no word boundary either.
+                Some('\n') => {}
                 Some(c) => word.get_or_insert_with(String::new).push(c),
                 None => return Err("it ends with a lone backslash".into()),
             },
@@ -789,6 +795,35 @@ mod tests {
         .map(OsString::from)
         .collect();
         assert_eq!(argv, expected);
+    }
+
+    /// Templates are split as sh splits them: a backslash before a newline used to become a
+    /// word of its own (a scorer written over several lines got an argument "\n"), "\$" kept
+    /// its backslash, and a no-break space split a word in two.
+    #[test]
+    fn words_split_as_sh_splits_them() {
+        for text in [
+            "a  b\tc",
+            "python score.py \\\n    --model x \\\n    --gpu 0",
+            "ab\\\ncd \\\n",
+            r#""a\$b" "c\`d" "e\\f" "g\hi" "j\"k""#,
+            "\"l\\\nm\" 'n\\\no' p\\ q",
+            "my\u{a0}score.py x\u{2003}y",
+            "'' \"\" x\\'y",
+        ] {
+            let sh = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("for a in {text}; do printf '%s\\0' \"$a\"; done"))
+                .output()
+                .unwrap();
+            assert!(sh.status.success(), "{text:?}");
+            let expected: Vec<String> = String::from_utf8(sh.stdout)
+                .unwrap()
+                .split_terminator('\0')
+                .map(str::to_string)
+                .collect();
+            assert_eq!(split_words(text).unwrap(), expected, "{text:?}");
+        }
     }
 
     #[test]
