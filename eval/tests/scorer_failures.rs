@@ -943,6 +943,44 @@ fn the_search_log_and_work_dir_never_land_inside_an_input_model_directory() {
     assert!(log.exists());
 }
 
+/// Only a candidate's own name clashes in `--work-dir`: any name that began with `soup-` was
+/// refused, so `--log W/soup-search.jsonl`, or an input `W/soup-v1.safetensors` (a user's
+/// earlier soup), stopped the run with "under a candidate's name", which no candidate has.
+#[test]
+fn names_in_the_work_dir_that_no_candidate_has_are_not_clashes() {
+    let world = World::files();
+    let work = world.folder("work");
+    let log = work.join("soup-search.jsonl");
+    let earlier = work.join("soup-v1.safetensors");
+    std::fs::copy(&world.ingredients[0], &earlier).unwrap();
+    let mut ingredients = vec![earlier.clone()];
+    ingredients.extend_from_slice(&world.ingredients[1..3]);
+    let scorer = table_scorer(&[("ingredient-0", "0.9"), ("soup-0-1", "0.95")], "0.5");
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ],
+        &ingredients,
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    // The header, three ingredients, {0,1} kept, {0,1,2} rejected.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines.lines().count(), 6, "{lines}");
+    let mut left = left_in(&work);
+    left.sort();
+    assert_eq!(left, ["soup-search.jsonl", "soup-v1.safetensors"]);
+}
+
 #[test]
 fn a_refused_run_leaves_no_work_dir_behind_and_clashes_with_the_log_are_found_first() {
     let world = World::files();
