@@ -504,7 +504,9 @@ impl External {
             // One flag per run: a failure sets those of the runs it makes pointless.
             let cancels: Vec<AtomicBool> = todo.iter().map(|_| AtomicBool::new(false)).collect();
             let next = AtomicUsize::new(0);
-            let done: Mutex<Vec<(usize, Result<Trial<f64>>)>> = Mutex::new(Vec::new());
+            // Each run's outcome and the warnings of its candidate's merge, by its position.
+            type Done = (usize, Result<Trial<f64>>, Vec<Warning>);
+            let done: Mutex<Vec<Done>> = Mutex::new(Vec::new());
             std::thread::scope(|scope| {
                 for slot in 0..self.options.jobs.min(todo.len()) {
                     let (cancels, next, done, todo) = (&cancels, &next, &done, &todo);
@@ -514,12 +516,13 @@ impl External {
                             break;
                         }
                         let i = todo[k];
+                        let mut warnings = Vec::new();
                         let result = if cancels[k].load(Ordering::SeqCst) {
                             Err(model_soup::Error::Interrupted.into())
                         } else {
-                            self.score_one(&sets[i], slot, &cancels[k])
+                            self.score_one(&sets[i], slot, &cancels[k], &mut warnings)
                         };
-                        if let Err(e) = &result {
+                        if result.is_err() {
                             let stopped = match failing {
                                 Failing::StopsAll => &cancels[..],
                                 Failing::StopsLater => &cancels[k + 1..],
@@ -527,18 +530,27 @@ impl External {
                             for c in stopped {
                                 c.store(true, Ordering::SeqCst);
                             }
-                            if !matches!(e, Error::Format(model_soup::Error::Interrupted)) {
-                                lock(&self.failed).push((
-                                    sets[i].clone(),
-                                    model_soup::cli::one_line(&e.to_string()),
-                                ));
-                            }
                         }
-                        lock(done).push((i, result));
+                        lock(done).push((i, result, warnings));
                     });
                 }
             });
-            for (i, result) in done.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            // In the order of the sets, not the order the runs ended in, so that the warnings
+            // are the same whatever the timing (and, for --speculate, those of the one-at-a-time
+            // search): the candidates' merge warnings, and the first failure only, since the
+            // ones after it may or may not have been stopped by it before they failed.
+            let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+            done.sort_by_key(|(i, _, _)| *i);
+            let mut failed = false;
+            for (i, result, warnings) in done {
+                self.note(warnings);
+                if let Err(e) = &result {
+                    if !failed && !matches!(e, Error::Format(model_soup::Error::Interrupted)) {
+                        lock(&self.failed)
+                            .push((sets[i].clone(), model_soup::cli::one_line(&e.to_string())));
+                    }
+                    failed = true;
+                }
                 results[i] = Some(result);
             }
             if model_soup::soup::interrupted() {
@@ -551,8 +563,15 @@ impl External {
             .collect())
     }
 
-    /// Writes, scores, logs and removes one candidate.
-    fn score_one(&self, members: &[usize], slot: usize, cancel: &AtomicBool) -> Result<Trial<f64>> {
+    /// Writes, scores, logs and removes one candidate; the warnings of its merge go to
+    /// `warnings`, whatever the outcome.
+    fn score_one(
+        &self,
+        members: &[usize],
+        slot: usize,
+        cancel: &AtomicBool,
+        warnings: &mut Vec<Warning>,
+    ) -> Result<Trial<f64>> {
         let name = candidate::name(members);
         let started = Instant::now();
         {
@@ -565,13 +584,13 @@ impl External {
             (self.ingredients.paths[*one].clone(), None)
         } else {
             let path = self.ingredients.candidate_path(&self.work_dir.path, &name);
-            let (written, warnings) = Written::create(
+            let (written, found) = Written::create(
                 &self.ingredients,
                 members,
                 path.clone(),
                 self.options.keep_candidates,
             )?;
-            self.note(warnings);
+            warnings.extend(found);
             (path, Some(written))
         };
         let sha256 = match (&self.log, members) {
