@@ -319,6 +319,7 @@ impl Reading {
                 })?
             }
             Reading::Json(keys) => {
+                let text = python_floats(&text);
                 let object = serde_json::from_str::<serde_json::Value>(text.trim())
                     .ok()
                     .filter(|v| v.is_object())
@@ -346,7 +347,7 @@ impl Reading {
                         )
                     })?;
                 }
-                at.as_f64().ok_or_else(|| {
+                at.as_f64().or_else(|| python_float(at)).ok_or_else(|| {
                     format!(
                         "printed {} at {}, which is not a number",
                         clip(&at.to_string(), 200),
@@ -362,6 +363,60 @@ impl Reading {
         }
         // -0 is 0: the same score, ranked and logged as one (adding +0 turns -0 into +0).
         Ok(value + 0.0)
+    }
+}
+
+/// Marks a bare `NaN`, `Infinity` or `-Infinity` made into a JSON string by [`python_floats`].
+const PYTHON_FLOAT: &str = "\u{0}soup-eval non-finite ";
+
+/// Python's `json.dumps` writes NaN and the infinities as bare `NaN`, `Infinity` and
+/// `-Infinity`, which JSON lacks, so one such value anywhere (a metric's stderr over one
+/// example, say) made the whole object unreadable: "printed no JSON object". Outside strings
+/// they become strings marked with [`PYTHON_FLOAT`], read back by [`python_float`], so the
+/// rest of the object is read, and a score that is one of them is refused as not finite. A
+/// line ends any string (JSON strings hold no newline), so noise with a stray quote doesn't
+/// hide the lines after it.
+fn python_floats(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if !in_string {
+            let word = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|w| rest.starts_with(w));
+            if let Some(word) = word {
+                out.push_str(&format!("\"\\u0000{}{word}\"", &PYTHON_FLOAT[1..]));
+                rest = &rest[word.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+        if c == '\n' {
+            (in_string, escaped) = (false, false);
+        } else if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        }
+    }
+    out
+}
+
+/// The value of a string made by [`python_floats`], if `value` is one.
+fn python_float(value: &serde_json::Value) -> Option<f64> {
+    match value.as_str()?.strip_prefix(PYTHON_FLOAT)? {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
     }
 }
 
@@ -824,6 +879,33 @@ mod tests {
                 .collect();
             assert_eq!(split_words(text).unwrap(), expected, "{text:?}");
         }
+    }
+
+    /// Python's json.dumps writes NaN and infinities as bare words, which JSON lacks: one in
+    /// any field (a metric's stderr) made the scorer's whole object "no JSON object".
+    #[test]
+    fn python_nan_and_infinities_in_json_are_read_as_python_wrote_them() {
+        let json = Reading::new(Some("results.arc_easy.acc,none")).unwrap();
+        let out = br#"{"results": {"arc_easy": {"acc,none": 0.5, "acc_stderr,none": NaN, "x": [Infinity, -Infinity]}}}"#;
+        assert_eq!(json.score(out), Ok(0.5));
+        // Pretty-printed over several lines; and after noise with a stray quote.
+        let out =
+            b"{\n  \"results\": {\n    \"arc_easy\": {\"acc,none\": 0.25, \"s\": NaN}\n  }\n}\n";
+        assert_eq!(json.score(out), Ok(0.25));
+        let out = b"noise \"\n{\"results\": {\"arc_easy\": {\"acc,none\": 0.75, \"s\": NaN}}}\n";
+        assert_eq!(json.score(out), Ok(0.75));
+        for (word, shown) in [("NaN", "NaN"), ("Infinity", "inf"), ("-Infinity", "-inf")] {
+            let out = format!(r#"{{"results": {{"arc_easy": {{"acc,none": {word}}}}}}}"#);
+            let e = json.score(out.as_bytes()).unwrap_err();
+            assert!(
+                e.contains(&format!("the score {shown}, which is not a finite number")),
+                "{e}"
+            );
+        }
+        // In strings they stay text.
+        let out = br#"{"results": {"arc_easy": {"acc,none": "NaN", "note": "Infinity \" NaN"}}}"#;
+        let e = json.score(out).unwrap_err();
+        assert!(e.contains(r#"printed "NaN" at"#), "{e}");
     }
 
     #[test]
