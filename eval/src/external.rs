@@ -342,6 +342,9 @@ impl External {
             drop(needed);
             self.note(discarded);
         }
+        if self.options.resume.is_some() && !self.options.keep_candidates {
+            self.remove_unneeded_leftovers(&search.chosen);
+        }
         if let Some((path, force, also)) = output {
             let warnings = self.ingredients.write(&search.chosen, path, force, also)?;
             self.note(warnings);
@@ -383,6 +386,35 @@ impl External {
             merge_command,
             search,
         })
+    }
+
+    /// Removes what a killed run may have left in the work folder that this resumed search
+    /// never wrote again: the candidates it was scoring when it was killed, not logged, which
+    /// only a search that reaches them rewrites (and removes). A search resumed with another
+    /// `--speculate`, or as `greedy` after `report`, doesn't, and they stayed for good.
+    ///
+    /// The killed run's soup was, at any time, a start of `chosen` (its decisions came from
+    /// the log), so it could have been scoring that start plus any other ingredient, or the
+    /// uniform soup of all. Only those names are looked at, and only what carries the tool's
+    /// mark goes (as `Written::create` would have replaced it); anything else stays.
+    fn remove_unneeded_leftovers(&self, chosen: &[usize]) {
+        let n = self.ingredients.paths.len();
+        let mut lists = vec![(0..n).collect::<Vec<usize>>()];
+        for k in 1..=chosen.len() {
+            for c in (0..n).filter(|c| !chosen[..k].contains(c)) {
+                let mut members = chosen[..k].to_vec();
+                members.push(c);
+                lists.push(members);
+            }
+        }
+        for members in lists.iter().filter(|m| m.len() > 1) {
+            let path = self
+                .ingredients
+                .candidate_path(&self.work_dir.path, &candidate::name(members));
+            if path.symlink_metadata().is_ok() && candidate::check_leftover(&path).is_ok() {
+                let _ = candidate::remove_leftover(&path);
+            }
+        }
     }
 
     /// How the scorer ran in this invocation.
