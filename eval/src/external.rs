@@ -45,6 +45,30 @@ struct WorkDir {
     path: PathBuf,
     ours: bool,
     created: AtomicBool,
+    /// The folder, open with its advisory lock held while the search runs (see
+    /// [`WorkDir::lock`]).
+    lock: Option<std::fs::File>,
+}
+
+impl WorkDir {
+    /// Takes the folder's advisory lock, so that a second search given the same `--work-dir`
+    /// is refused at once: it replaced the first one's candidates as leftovers (they carry
+    /// the tool's mark) and removed them under its scorers, and `--resume` removed its logged
+    /// ones. Where the filesystem has no locks, nothing is held.
+    fn lock(&mut self) -> Result<()> {
+        let Ok(file) = std::fs::File::open(&self.path) else {
+            return Ok(());
+        };
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+            return Err(model_soup::Error::Output {
+                path: self.path.clone(),
+                reason: "is the --work-dir of another soup-eval search that is still running (it holds the folder's lock); give each search a --work-dir of its own, or wait for the other to end".into(),
+            }
+            .into());
+        }
+        self.lock = Some(file);
+        Ok(())
+    }
 }
 
 impl Drop for WorkDir {
@@ -113,7 +137,7 @@ impl External {
         if let (Some(log), None) = (&options.log, &options.resume) {
             SearchLog::check_new(log)?;
         }
-        let work_dir = match &options.work_dir {
+        let mut work_dir = match &options.work_dir {
             Some(dir) => {
                 let mut created = false;
                 match std::fs::create_dir(dir) {
@@ -133,6 +157,7 @@ impl External {
                     path: absolute(dir),
                     ours: false,
                     created: AtomicBool::new(created),
+                    lock: None,
                 }
             }
             None => {
@@ -151,9 +176,11 @@ impl External {
                     path,
                     ours: true,
                     created: AtomicBool::new(true),
+                    lock: None,
                 }
             }
         };
+        work_dir.lock()?;
         if options.speculate > options.jobs {
             model_soup::cli::say(&format!(
                 "warning: --speculate {} is more than --jobs {}: the candidates beyond {} wait for a free slot, so speculation only adds runs (those after an accepted candidate are thrown away); give --jobs {} or a smaller --speculate",

@@ -1101,3 +1101,75 @@ fn a_refused_run_leaves_no_work_dir_behind_and_clashes_with_the_log_are_found_fi
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(new_wd.is_dir());
 }
+
+/// Two searches given one `--work-dir` (the same command started twice): the second took the
+/// first one's candidates for a killed run's leftovers (they carry the tool's mark), replaced
+/// them and removed them under the first one's scorers. It is refused at once, and the first
+/// search goes on unharmed.
+#[test]
+fn a_second_search_in_a_work_dir_in_use_is_refused_at_once() {
+    let world = World::files();
+    let work = world.folder("work");
+    let started = world.dir.path().join("started");
+    let release = world.dir.path().join("release");
+    // Every score ties, so the first search tries soup-0-1, then soup-0-2; its scorer holds
+    // each soup until the test releases it, then checks it is still there.
+    let holding = format!(
+        "case {{name}} in soup-*) : > {s}; while [ ! -e {r} ]; do sleep 0.05; done;; esac; test -e {{checkpoint}} && echo 1",
+        s = quote(&started),
+        r = quote(&release)
+    );
+    let work_arg = work.to_str().unwrap();
+    let first = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &holding,
+            "--scorer-timeout",
+            "60",
+            "--work-dir",
+            work_arg,
+        ],
+        &three(&world),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            "test -e {checkpoint} && echo 1",
+            "--work-dir",
+            work_arg,
+        ],
+        &three(&world),
+    )
+    .output()
+    .unwrap();
+    let candidate_stayed = work.join("soup-0-1.safetensors").is_file();
+    std::fs::write(&release, "").unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert!(started.exists(), "the first search never reached a soup");
+    assert_fails(
+        &world,
+        &world.folder("unused"),
+        &second,
+        &["another soup-eval search"],
+    );
+    assert!(
+        candidate_stayed,
+        "the second search removed the first's candidate"
+    );
+    assert!(first.status.success(), "{}", common::stderr(&first));
+    assert!(left_in(&work).is_empty(), "{:?}", left_in(&work));
+}
