@@ -124,6 +124,27 @@ pub fn name(members: &[usize]) -> String {
     format!("soup-{}-{}", members.len(), &hex(&digest)[..16])
 }
 
+/// Whether `file_name` is one a candidate soup can have in the work folder, for a file or a
+/// model directory: `soup-` then two or more numbers joined by `-` (the last may be the
+/// 16-digit hex of a long list), then `.safetensors` or nothing. A user's `soup-search.jsonl`
+/// is not one.
+pub fn is_name(file_name: &str) -> bool {
+    let stem = file_name.strip_suffix(".safetensors").unwrap_or(file_name);
+    let Some(list) = stem.strip_prefix("soup-") else {
+        return false;
+    };
+    let parts: Vec<&str> = list.split('-').collect();
+    let number = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let hash =
+        |p: &&str| p.len() == 16 && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match parts.split_last() {
+        Some((last, rest)) => {
+            !rest.is_empty() && rest.iter().all(number) && (number(last) || hash(last))
+        }
+        None => false,
+    }
+}
+
 /// A candidate written to the work folder, removed when dropped unless kept: after its score,
 /// on an error, on Ctrl-C (the scorer is stopped first), and in a panic's unwinding.
 #[derive(Debug)]
@@ -285,6 +306,22 @@ mod tests {
         assert!(long.starts_with("soup-60-") && long.len() == "soup-60-".len() + 16);
         assert_eq!(long, name(&many));
         assert_ne!(name(&[0, 1]), name(&[1, 0]));
+        for members in [&[3, 0, 5][..], &[0, 1], &many] {
+            assert!(is_name(&name(members)));
+            assert!(is_name(&format!("{}.safetensors", name(members))));
+        }
+        for other in [
+            "soup-search.jsonl",
+            "soup-final.safetensors",
+            "soup-3",
+            "soup-",
+            "soup--1",
+            "soup-1-",
+            "ingredient-3",
+            "soup-0-1.safetensors.log",
+        ] {
+            assert!(!is_name(other), "{other}");
+        }
     }
 
     #[test]

@@ -45,6 +45,30 @@ struct WorkDir {
     path: PathBuf,
     ours: bool,
     created: AtomicBool,
+    /// The folder, open with its advisory lock held while the search runs (see
+    /// [`WorkDir::lock`]).
+    lock: Option<std::fs::File>,
+}
+
+impl WorkDir {
+    /// Takes the folder's advisory lock, so that a second search given the same `--work-dir`
+    /// is refused at once: it replaced the first one's candidates as leftovers (they carry
+    /// the tool's mark) and removed them under its scorers, and `--resume` removed its logged
+    /// ones. Where the filesystem has no locks, nothing is held.
+    fn lock(&mut self) -> Result<()> {
+        let Ok(file) = std::fs::File::open(&self.path) else {
+            return Ok(());
+        };
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+            return Err(model_soup::Error::Output {
+                path: self.path.clone(),
+                reason: "is the --work-dir of another soup-eval search that is still running (it holds the folder's lock); give each search a --work-dir of its own, or wait for the other to end".into(),
+            }
+            .into());
+        }
+        self.lock = Some(file);
+        Ok(())
+    }
 }
 
 impl Drop for WorkDir {
@@ -113,7 +137,7 @@ impl External {
         if let (Some(log), None) = (&options.log, &options.resume) {
             SearchLog::check_new(log)?;
         }
-        let work_dir = match &options.work_dir {
+        let mut work_dir = match &options.work_dir {
             Some(dir) => {
                 let mut created = false;
                 match std::fs::create_dir(dir) {
@@ -133,6 +157,7 @@ impl External {
                     path: absolute(dir),
                     ours: false,
                     created: AtomicBool::new(created),
+                    lock: None,
                 }
             }
             None => {
@@ -151,9 +176,11 @@ impl External {
                     path,
                     ours: true,
                     created: AtomicBool::new(true),
+                    lock: None,
                 }
             }
         };
+        work_dir.lock()?;
         if options.speculate > options.jobs {
             model_soup::cli::say(&format!(
                 "warning: --speculate {} is more than --jobs {}: the candidates beyond {} wait for a free slot, so speculation only adds runs (those after an accepted candidate are thrown away); give --jobs {} or a smaller --speculate",
@@ -342,6 +369,9 @@ impl External {
             drop(needed);
             self.note(discarded);
         }
+        if self.options.resume.is_some() && !self.options.keep_candidates {
+            self.remove_unneeded_leftovers(&search.chosen);
+        }
         if let Some((path, force, also)) = output {
             let warnings = self.ingredients.write(&search.chosen, path, force, also)?;
             self.note(warnings);
@@ -383,6 +413,35 @@ impl External {
             merge_command,
             search,
         })
+    }
+
+    /// Removes what a killed run may have left in the work folder that this resumed search
+    /// never wrote again: the candidates it was scoring when it was killed, not logged, which
+    /// only a search that reaches them rewrites (and removes). A search resumed with another
+    /// `--speculate`, or as `greedy` after `report`, doesn't, and they stayed for good.
+    ///
+    /// The killed run's soup was, at any time, a start of `chosen` (its decisions came from
+    /// the log), so it could have been scoring that start plus any other ingredient, or the
+    /// uniform soup of all. Only those names are looked at, and only what carries the tool's
+    /// mark goes (as `Written::create` would have replaced it); anything else stays.
+    fn remove_unneeded_leftovers(&self, chosen: &[usize]) {
+        let n = self.ingredients.paths.len();
+        let mut lists = vec![(0..n).collect::<Vec<usize>>()];
+        for k in 1..=chosen.len() {
+            for c in (0..n).filter(|c| !chosen[..k].contains(c)) {
+                let mut members = chosen[..k].to_vec();
+                members.push(c);
+                lists.push(members);
+            }
+        }
+        for members in lists.iter().filter(|m| m.len() > 1) {
+            let path = self
+                .ingredients
+                .candidate_path(&self.work_dir.path, &candidate::name(members));
+            if path.symlink_metadata().is_ok() && candidate::check_leftover(&path).is_ok() {
+                let _ = candidate::remove_leftover(&path);
+            }
+        }
     }
 
     /// How the scorer ran in this invocation.
@@ -504,7 +563,9 @@ impl External {
             // One flag per run: a failure sets those of the runs it makes pointless.
             let cancels: Vec<AtomicBool> = todo.iter().map(|_| AtomicBool::new(false)).collect();
             let next = AtomicUsize::new(0);
-            let done: Mutex<Vec<(usize, Result<Trial<f64>>)>> = Mutex::new(Vec::new());
+            // Each run's outcome and the warnings of its candidate's merge, by its position.
+            type Done = (usize, Result<Trial<f64>>, Vec<Warning>);
+            let done: Mutex<Vec<Done>> = Mutex::new(Vec::new());
             std::thread::scope(|scope| {
                 for slot in 0..self.options.jobs.min(todo.len()) {
                     let (cancels, next, done, todo) = (&cancels, &next, &done, &todo);
@@ -514,12 +575,13 @@ impl External {
                             break;
                         }
                         let i = todo[k];
+                        let mut warnings = Vec::new();
                         let result = if cancels[k].load(Ordering::SeqCst) {
                             Err(model_soup::Error::Interrupted.into())
                         } else {
-                            self.score_one(&sets[i], slot, &cancels[k])
+                            self.score_one(&sets[i], slot, &cancels[k], &mut warnings)
                         };
-                        if let Err(e) = &result {
+                        if result.is_err() {
                             let stopped = match failing {
                                 Failing::StopsAll => &cancels[..],
                                 Failing::StopsLater => &cancels[k + 1..],
@@ -527,18 +589,27 @@ impl External {
                             for c in stopped {
                                 c.store(true, Ordering::SeqCst);
                             }
-                            if !matches!(e, Error::Format(model_soup::Error::Interrupted)) {
-                                lock(&self.failed).push((
-                                    sets[i].clone(),
-                                    model_soup::cli::one_line(&e.to_string()),
-                                ));
-                            }
                         }
-                        lock(done).push((i, result));
+                        lock(done).push((i, result, warnings));
                     });
                 }
             });
-            for (i, result) in done.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            // In the order of the sets, not the order the runs ended in, so that the warnings
+            // are the same whatever the timing (and, for --speculate, those of the one-at-a-time
+            // search): the candidates' merge warnings, and the first failure only, since the
+            // ones after it may or may not have been stopped by it before they failed.
+            let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+            done.sort_by_key(|(i, _, _)| *i);
+            let mut failed = false;
+            for (i, result, warnings) in done {
+                self.note(warnings);
+                if let Err(e) = &result {
+                    if !failed && !matches!(e, Error::Format(model_soup::Error::Interrupted)) {
+                        lock(&self.failed)
+                            .push((sets[i].clone(), model_soup::cli::one_line(&e.to_string())));
+                    }
+                    failed = true;
+                }
                 results[i] = Some(result);
             }
             if model_soup::soup::interrupted() {
@@ -551,8 +622,15 @@ impl External {
             .collect())
     }
 
-    /// Writes, scores, logs and removes one candidate.
-    fn score_one(&self, members: &[usize], slot: usize, cancel: &AtomicBool) -> Result<Trial<f64>> {
+    /// Writes, scores, logs and removes one candidate; the warnings of its merge go to
+    /// `warnings`, whatever the outcome.
+    fn score_one(
+        &self,
+        members: &[usize],
+        slot: usize,
+        cancel: &AtomicBool,
+        warnings: &mut Vec<Warning>,
+    ) -> Result<Trial<f64>> {
         let name = candidate::name(members);
         let started = Instant::now();
         {
@@ -565,13 +643,13 @@ impl External {
             (self.ingredients.paths[*one].clone(), None)
         } else {
             let path = self.ingredients.candidate_path(&self.work_dir.path, &name);
-            let (written, warnings) = Written::create(
+            let (written, found) = Written::create(
                 &self.ingredients,
                 members,
                 path.clone(),
                 self.options.keep_candidates,
             )?;
-            self.note(warnings);
+            warnings.extend(found);
             (path, Some(written))
         };
         let sha256 = match (&self.log, members) {

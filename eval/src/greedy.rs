@@ -165,7 +165,9 @@ pub fn search<M: Measure>(
     let mut discarded = 0;
     let mut next = 1;
     while next < ranking.len() {
-        let batch = &ranking[next..ranking.len().min(next + speculate.max(1))];
+        // Saturating: `--speculate 18446744073709551615` wrapped to a batch that ended before
+        // it started, and the search panicked once every ingredient was scored.
+        let batch = &ranking[next..ranking.len().min(next.saturating_add(speculate.max(1)))];
         let trials = if batch.len() == 1 {
             vec![candidates.try_with(batch[0])]
         } else {
@@ -281,6 +283,29 @@ mod tests {
             let e = search(&val, &mut c, rule, speculate).unwrap_err();
             assert!(e.to_string().contains("[0, 1] failed"), "{e}");
         }
+    }
+
+    #[test]
+    fn any_speculation_up_to_usize_max_is_the_one_at_a_time_search() {
+        let score = |m: &[usize]| match m {
+            [0, 1] => 0.95,
+            [0, 1, 3] => 0.97,
+            _ => 0.1,
+        };
+        let val = [0.9, 0.5, 0.4, 0.3];
+        let mut outcomes = Vec::new();
+        for speculate in [1, 2, usize::MAX - 1, usize::MAX] {
+            let mut c = Scripted {
+                chosen: Vec::new(),
+                score,
+                failing: Vec::new(),
+                tried: Vec::new(),
+            };
+            let s = search(&val, &mut c, Rule::default(), speculate).unwrap();
+            assert_eq!(s.chosen, [0, 1, 3], "--speculate {speculate}");
+            outcomes.push((s.chosen, s.steps, s.val));
+        }
+        assert!(outcomes.windows(2).all(|w| w[0] == w[1]));
     }
 
     #[test]

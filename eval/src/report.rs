@@ -94,6 +94,7 @@ pub struct ScorerRun {
     /// scoring one candidate at a time (about 1 when they were not used).
     pub speedup: f64,
     /// The JSON Lines log of every scored candidate (`--log` or `--resume`), if any.
+    #[serde(serialize_with = "model_soup::json_path::option")]
     pub log: Option<PathBuf>,
     /// The folder `--keep-candidates` left the candidates in (`--work-dir`, or the new
     /// temporary folder when none was given); null when no candidate was kept.

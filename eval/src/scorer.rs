@@ -152,15 +152,18 @@ impl Template {
     }
 }
 
-/// Splits `text` into words: whitespace separates, '...' is literal, "..." keeps \" and \\,
-/// a backslash outside quotes escapes the next character. No expansions of any kind.
+/// Splits `text` into words as sh does, without expansions: spaces, tabs and newlines
+/// separate (no other whitespace: a no-break space in a file name is part of it), '...' is
+/// literal, "..." keeps \", \\, \$ and \` as the character after the backslash, a backslash
+/// outside quotes escapes the next character, and a backslash before a newline, outside single
+/// quotes, joins the lines (a template written over several lines).
 fn split_words(text: &str) -> std::result::Result<Vec<String>, String> {
     let mut words = Vec::new();
     let mut word: Option<String> = None;
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
         match c {
-            c if c.is_whitespace() => words.extend(word.take()),
+            ' ' | '\t' | '\n' => words.extend(word.take()),
             '\'' => {
                 let w = word.get_or_insert_with(String::new);
                 loop {
@@ -177,7 +180,8 @@ fn split_words(text: &str) -> std::result::Result<Vec<String>, String> {
                     match chars.next() {
                         Some('"') => break,
                         Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\')) => w.push(c),
+                            Some('\n') => {}
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
                             Some(c) => {
                                 w.push('\\');
                                 w.push(c);
@@ -190,6 +194,8 @@ fn split_words(text: &str) -> std::result::Result<Vec<String>, String> {
                 }
             }
             '\\' => match chars.next() {
+                // A line continuation: no character, and no word boundary either.
+                Some('\n') => {}
                 Some(c) => word.get_or_insert_with(String::new).push(c),
                 None => return Err("it ends with a lone backslash".into()),
             },
@@ -313,6 +319,7 @@ impl Reading {
                 })?
             }
             Reading::Json(keys) => {
+                let text = python_floats(&text);
                 let object = serde_json::from_str::<serde_json::Value>(text.trim())
                     .ok()
                     .filter(|v| v.is_object())
@@ -340,7 +347,7 @@ impl Reading {
                         )
                     })?;
                 }
-                at.as_f64().ok_or_else(|| {
+                at.as_f64().or_else(|| python_float(at)).ok_or_else(|| {
                     format!(
                         "printed {} at {}, which is not a number",
                         clip(&at.to_string(), 200),
@@ -356,6 +363,60 @@ impl Reading {
         }
         // -0 is 0: the same score, ranked and logged as one (adding +0 turns -0 into +0).
         Ok(value + 0.0)
+    }
+}
+
+/// Marks a bare `NaN`, `Infinity` or `-Infinity` made into a JSON string by [`python_floats`].
+const PYTHON_FLOAT: &str = "\u{0}soup-eval non-finite ";
+
+/// Python's `json.dumps` writes NaN and the infinities as bare `NaN`, `Infinity` and
+/// `-Infinity`, which JSON lacks, so one such value anywhere (a metric's stderr over one
+/// example, say) made the whole object unreadable: "printed no JSON object". Outside strings
+/// they become strings marked with [`PYTHON_FLOAT`], read back by [`python_float`], so the
+/// rest of the object is read, and a score that is one of them is refused as not finite. A
+/// line ends any string (JSON strings hold no newline), so noise with a stray quote doesn't
+/// hide the lines after it.
+fn python_floats(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if !in_string {
+            let word = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|w| rest.starts_with(w));
+            if let Some(word) = word {
+                out.push_str(&format!("\"\\u0000{}{word}\"", &PYTHON_FLOAT[1..]));
+                rest = &rest[word.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+        if c == '\n' {
+            (in_string, escaped) = (false, false);
+        } else if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if c == '"' {
+            in_string = true;
+        }
+    }
+    out
+}
+
+/// The value of a string made by [`python_floats`], if `value` is one.
+fn python_float(value: &serde_json::Value) -> Option<f64> {
+    match value.as_str()?.strip_prefix(PYTHON_FLOAT)? {
+        "NaN" => Some(f64::NAN),
+        "Infinity" => Some(f64::INFINITY),
+        "-Infinity" => Some(f64::NEG_INFINITY),
+        _ => None,
     }
 }
 
@@ -789,6 +850,62 @@ mod tests {
         .map(OsString::from)
         .collect();
         assert_eq!(argv, expected);
+    }
+
+    /// Templates are split as sh splits them: a backslash before a newline used to become a
+    /// word of its own (a scorer written over several lines got an argument "\n"), "\$" kept
+    /// its backslash, and a no-break space split a word in two.
+    #[test]
+    fn words_split_as_sh_splits_them() {
+        for text in [
+            "a  b\tc",
+            "python score.py \\\n    --model x \\\n    --gpu 0",
+            "ab\\\ncd \\\n",
+            r#""a\$b" "c\`d" "e\\f" "g\hi" "j\"k""#,
+            "\"l\\\nm\" 'n\\\no' p\\ q",
+            "my\u{a0}score.py x\u{2003}y",
+            "'' \"\" x\\'y",
+        ] {
+            let sh = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("for a in {text}; do printf '%s\\0' \"$a\"; done"))
+                .output()
+                .unwrap();
+            assert!(sh.status.success(), "{text:?}");
+            let expected: Vec<String> = String::from_utf8(sh.stdout)
+                .unwrap()
+                .split_terminator('\0')
+                .map(str::to_string)
+                .collect();
+            assert_eq!(split_words(text).unwrap(), expected, "{text:?}");
+        }
+    }
+
+    /// Python's json.dumps writes NaN and infinities as bare words, which JSON lacks: one in
+    /// any field (a metric's stderr) made the scorer's whole object "no JSON object".
+    #[test]
+    fn python_nan_and_infinities_in_json_are_read_as_python_wrote_them() {
+        let json = Reading::new(Some("results.arc_easy.acc,none")).unwrap();
+        let out = br#"{"results": {"arc_easy": {"acc,none": 0.5, "acc_stderr,none": NaN, "x": [Infinity, -Infinity]}}}"#;
+        assert_eq!(json.score(out), Ok(0.5));
+        // Pretty-printed over several lines; and after noise with a stray quote.
+        let out =
+            b"{\n  \"results\": {\n    \"arc_easy\": {\"acc,none\": 0.25, \"s\": NaN}\n  }\n}\n";
+        assert_eq!(json.score(out), Ok(0.25));
+        let out = b"noise \"\n{\"results\": {\"arc_easy\": {\"acc,none\": 0.75, \"s\": NaN}}}\n";
+        assert_eq!(json.score(out), Ok(0.75));
+        for (word, shown) in [("NaN", "NaN"), ("Infinity", "inf"), ("-Infinity", "-inf")] {
+            let out = format!(r#"{{"results": {{"arc_easy": {{"acc,none": {word}}}}}}}"#);
+            let e = json.score(out.as_bytes()).unwrap_err();
+            assert!(
+                e.contains(&format!("the score {shown}, which is not a finite number")),
+                "{e}"
+            );
+        }
+        // In strings they stay text.
+        let out = br#"{"results": {"arc_easy": {"acc,none": "NaN", "note": "Infinity \" NaN"}}}"#;
+        let e = json.score(out).unwrap_err();
+        assert!(e.contains(r#"printed "NaN" at"#), "{e}");
     }
 
     #[test]

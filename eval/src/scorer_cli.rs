@@ -216,7 +216,7 @@ fn check_work_dir(
         let candidate_name = l.parent() == Some(w.as_path())
             && l.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("soup-"));
+                .is_some_and(super::candidate::is_name);
         if l == w || w.starts_with(&l) {
             return refuse(
                 dir,
@@ -332,7 +332,7 @@ fn check_candidate_names(dir: &Path, read: &Reads) -> anyhow::Result<()> {
         .filter(|e| {
             e.file_name()
                 .to_str()
-                .is_some_and(|n| n.starts_with("soup-"))
+                .is_some_and(super::candidate::is_name)
         })
         .map(|e| e.path())
         .filter(|p| read.protects(p))

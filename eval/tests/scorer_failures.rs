@@ -384,6 +384,45 @@ fn non_utf8_paths_reach_the_scorer_byte_for_byte() {
     assert!(left_in(&work).is_empty());
 }
 
+/// `--json` with a `--log` whose path isn't UTF-8: the report's `scorer.log` failed to
+/// serialise, and the run ended "cannot write to stdout" with exit status 1 after every scorer
+/// had run. It is the object that keeps every byte, as every other path in the report.
+#[test]
+fn a_non_utf8_log_path_is_kept_whole_in_the_json_report() {
+    use std::os::unix::ffi::OsStrExt;
+    let world = World::files();
+    let log = world
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"search-\xe9.jsonl"));
+    let (report, _) = run_json(
+        soup_eval(
+            &[
+                "score",
+                "--json",
+                "-q",
+                "--scorer",
+                "sh -c 'echo 1' scorer {checkpoint}",
+            ],
+            &three(&world),
+        )
+        .arg("--log")
+        .arg(&log),
+    );
+    let hex: String = log
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        report["scorer"]["log"]["bytes_hex"],
+        hex.as_str(),
+        "{report}"
+    );
+    assert!(log.is_file());
+}
+
 #[test]
 fn the_search_log_is_never_an_output_and_never_blocks_the_run() {
     let world = World::files();
@@ -904,6 +943,44 @@ fn the_search_log_and_work_dir_never_land_inside_an_input_model_directory() {
     assert!(log.exists());
 }
 
+/// Only a candidate's own name clashes in `--work-dir`: any name that began with `soup-` was
+/// refused, so `--log W/soup-search.jsonl`, or an input `W/soup-v1.safetensors` (a user's
+/// earlier soup), stopped the run with "under a candidate's name", which no candidate has.
+#[test]
+fn names_in_the_work_dir_that_no_candidate_has_are_not_clashes() {
+    let world = World::files();
+    let work = world.folder("work");
+    let log = work.join("soup-search.jsonl");
+    let earlier = work.join("soup-v1.safetensors");
+    std::fs::copy(&world.ingredients[0], &earlier).unwrap();
+    let mut ingredients = vec![earlier.clone()];
+    ingredients.extend_from_slice(&world.ingredients[1..3]);
+    let scorer = table_scorer(&[("ingredient-0", "0.9"), ("soup-0-1", "0.95")], "0.5");
+    let out = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &scorer,
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ],
+        &ingredients,
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    // The header, three ingredients, {0,1} kept, {0,1,2} rejected.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(lines.lines().count(), 6, "{lines}");
+    let mut left = left_in(&work);
+    left.sort();
+    assert_eq!(left, ["soup-search.jsonl", "soup-v1.safetensors"]);
+}
+
 #[test]
 fn a_refused_run_leaves_no_work_dir_behind_and_clashes_with_the_log_are_found_first() {
     let world = World::files();
@@ -1023,4 +1100,76 @@ fn a_refused_run_leaves_no_work_dir_behind_and_clashes_with_the_log_are_found_fi
     .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(new_wd.is_dir());
+}
+
+/// Two searches given one `--work-dir` (the same command started twice): the second took the
+/// first one's candidates for a killed run's leftovers (they carry the tool's mark), replaced
+/// them and removed them under the first one's scorers. It is refused at once, and the first
+/// search goes on unharmed.
+#[test]
+fn a_second_search_in_a_work_dir_in_use_is_refused_at_once() {
+    let world = World::files();
+    let work = world.folder("work");
+    let started = world.dir.path().join("started");
+    let release = world.dir.path().join("release");
+    // Every score ties, so the first search tries soup-0-1, then soup-0-2; its scorer holds
+    // each soup until the test releases it, then checks it is still there.
+    let holding = format!(
+        "case {{name}} in soup-*) : > {s}; while [ ! -e {r} ]; do sleep 0.05; done;; esac; test -e {{checkpoint}} && echo 1",
+        s = quote(&started),
+        r = quote(&release)
+    );
+    let work_arg = work.to_str().unwrap();
+    let first = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            &holding,
+            "--scorer-timeout",
+            "60",
+            "--work-dir",
+            work_arg,
+        ],
+        &three(&world),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = soup_eval(
+        &[
+            "greedy",
+            "-q",
+            "--shell",
+            "--scorer",
+            "test -e {checkpoint} && echo 1",
+            "--work-dir",
+            work_arg,
+        ],
+        &three(&world),
+    )
+    .output()
+    .unwrap();
+    let candidate_stayed = work.join("soup-0-1.safetensors").is_file();
+    std::fs::write(&release, "").unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert!(started.exists(), "the first search never reached a soup");
+    assert_fails(
+        &world,
+        &world.folder("unused"),
+        &second,
+        &["another soup-eval search"],
+    );
+    assert!(
+        candidate_stayed,
+        "the second search removed the first's candidate"
+    );
+    assert!(first.status.success(), "{}", common::stderr(&first));
+    assert!(left_in(&work).is_empty(), "{:?}", left_in(&work));
 }

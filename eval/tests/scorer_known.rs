@@ -530,3 +530,132 @@ fn speculating_past_the_jobs_is_warned_about() {
         common::stderr(&out)
     );
 }
+
+/// `--speculate` as large as the flag takes: the batch's end once wrapped around, and the run
+/// panicked after scoring every ingredient. It is the one-at-a-time search.
+#[test]
+fn a_speculation_as_large_as_the_flag_takes_is_the_one_at_a_time_search() {
+    let world = World::files();
+    let scorer = table_scorer(
+        &[
+            ("ingredient-0", "0.9"),
+            ("ingredient-1", "0.5"),
+            ("ingredient-2", "0.4"),
+            ("soup-0-1", "0.95"),
+            ("soup-0-1-2", "0.1"),
+        ],
+        "0.2",
+    );
+    let mut outcomes = Vec::new();
+    for (jobs, speculate) in [("1", "1"), ("2", &usize::MAX.to_string()[..])] {
+        let (report, out) = run_json(&mut soup_eval(
+            &[
+                "greedy",
+                "--json",
+                "-q",
+                "--shell",
+                "--scorer",
+                &scorer,
+                "--jobs",
+                jobs,
+                "--speculate",
+                speculate,
+            ],
+            &three(&world),
+        ));
+        assert!(!common::stderr(&out).contains("panicked"));
+        assert_eq!(
+            report["greedy"]["search"]["chosen"],
+            serde_json::json!([0, 1])
+        );
+        outcomes.push(search_outcome(&report));
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+}
+
+/// The warnings of a search run with `--jobs` and `--speculate` don't depend on which scorer
+/// finished first. The merges' warnings were noted as candidates were written, so the NaN
+/// warnings of three ingredients came in any order; and of two speculative trials failing
+/// after a kept one, the later one's failure was warned about only when it failed before the
+/// earlier one could stop it. Now: the merges' warnings in the one-at-a-time search's order,
+/// and the first failure of a batch only.
+#[test]
+fn warnings_of_a_speculative_search_dont_depend_on_timing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ingredients: Vec<std::path::PathBuf> = (0..5)
+        .map(|i| {
+            let mut w = [0.25f32 * i as f32; 4];
+            if i >= 2 {
+                w[i - 2] = f32::NAN;
+            }
+            let bytes = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let p = dir.path().join(format!("nan{i}.safetensors"));
+            common::write(
+                &p,
+                &[common::spec("w", safetensors::Dtype::F32, &[4], bytes)],
+            );
+            p
+        })
+        .collect();
+    let table = |rest: &[(&'static str, &'static str)]| {
+        let mut t = vec![
+            ("ingredient-0", "0.9"),
+            ("ingredient-1", "0.8"),
+            ("ingredient-2", "0.7"),
+            ("ingredient-3", "0.6"),
+            ("ingredient-4", "0.5"),
+            ("soup-0-1", "0.95"),
+        ];
+        t.extend_from_slice(rest);
+        table_scorer(&t, "0.1")
+    };
+    let warnings = |scorer: &str, jobs: &str| {
+        let args = [
+            "greedy",
+            "--json",
+            "-q",
+            "--shell",
+            "--scorer",
+            scorer,
+            "--jobs",
+            jobs,
+            "--speculate",
+            jobs,
+        ];
+        let (report, _) = run_json(&mut soup_eval(&args, &ingredients));
+        assert_eq!(
+            report["greedy"]["search"]["chosen"],
+            serde_json::json!([0, 1])
+        );
+        report["warnings"].clone()
+    };
+    let scorer = table(&[]);
+    let sequential = warnings(&scorer, "1");
+    let named: Vec<bool> = (2..5)
+        .map(|i| {
+            sequential[i - 2]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("nan{i}."))
+        })
+        .collect();
+    assert_eq!(named, [true; 3], "{sequential}");
+    for _ in 0..5 {
+        assert_eq!(warnings(&scorer, "4"), sequential);
+    }
+    // {0,2} fails slowly, {0,3} at once, both after the kept {0,1}: {0,2}'s failure is the
+    // one said, whichever ended first.
+    let scorer = table(&[("soup-0-2", "sleep 1; exit 3"), ("soup-0-3", "exit 4")]);
+    let failed: Vec<String> = warnings(&scorer, "4")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["kind"] == "speculative-trial-failed")
+        .map(|w| w["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].contains("soup-0-2") && failed[0].contains("status 3"),
+        "{failed:?}"
+    );
+}

@@ -500,3 +500,64 @@ fn a_logged_search_without_a_work_dir_says_where_its_candidates_go() {
         "{note}"
     );
 }
+
+/// A run killed with SIGKILL leaves the candidates it was scoring in `--work-dir`, unlogged.
+/// `--resume` removed only the logged ones and left the others to be rewritten, but a search
+/// resumed with another `--speculate` never reaches the speculative ones, and they stayed
+/// after its success. Now they go once the resumed search is done; a user's files stay.
+#[test]
+fn a_resumed_search_removes_the_killed_runs_unlogged_candidates() {
+    let world = World::files();
+    let ingredients = three(&world);
+    // Ranking 0, 1, 2; {0,1} is kept, {0,1,2} is not; a speculative run also tries {0,2}.
+    let scorer = table_scorer(
+        &[
+            ("ingredient-0", "0.9"),
+            ("ingredient-1", "0.5"),
+            ("ingredient-2", "0.4"),
+            ("soup-0-1", "0.95"),
+        ],
+        "0.1",
+    );
+    let search = |args: &[&str]| {
+        let mut all = vec!["greedy", "-q", "--shell", "--scorer", &scorer];
+        all.extend_from_slice(args);
+        let out = soup_eval(&all, &ingredients).output().unwrap();
+        assert!(out.status.success(), "{}", common::stderr(&out));
+    };
+    // The candidates a speculative run writes, each carrying the tool's mark.
+    let kept = world.folder("kept");
+    let kept_arg = kept.to_str().unwrap();
+    search(&[
+        "--jobs",
+        "2",
+        "--speculate",
+        "2",
+        "--keep-candidates",
+        "--work-dir",
+        kept_arg,
+    ]);
+    assert!(kept.join("soup-0-2.safetensors").is_file());
+    let work = world.folder("work");
+    let work_arg = work.to_str().unwrap();
+    let log = world.dir.path().join("search.jsonl");
+    let log_arg = log.to_str().unwrap();
+    search(&["--work-dir", work_arg, "--log", log_arg]);
+    // What a speculative run killed while scoring {0,2} leaves: that candidate, unlogged,
+    // beside a user's files.
+    std::fs::copy(
+        kept.join("soup-0-2.safetensors"),
+        work.join("soup-0-2.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(work.join("soup-1-2.safetensors"), "my notes, not a soup").unwrap();
+    std::fs::write(work.join("notes.txt"), "mine").unwrap();
+    search(&["--work-dir", work_arg, "--resume", log_arg]);
+    let mut left = left_in(&work);
+    left.sort();
+    assert_eq!(left, ["notes.txt", "soup-1-2.safetensors"]);
+    assert_eq!(
+        std::fs::read_to_string(work.join("soup-1-2.safetensors")).unwrap(),
+        "my notes, not a soup"
+    );
+}

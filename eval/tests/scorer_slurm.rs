@@ -164,6 +164,84 @@ fn readme_sbatch_wrapper(logs: &std::path::Path, batch: &std::path::Path) -> Str
     readme[start..end]
         .replace("/shared/logs", logs.to_str().unwrap())
         .replace("score_lm_eval.sbatch", &quote(batch))
+        // Polled every second, not every ten, to keep the tests short.
+        .replace("sleep 10 ", "sleep 1 ")
+}
+
+/// The README's `sbatch` wrapper scores only a job that completed. It took the last line of
+/// the job's log whatever happened: a job that printed a number and then failed was scored
+/// with it, and a `squeue` that failed once (a busy controller) ended the wait at once, so the
+/// job ran on and the log an earlier run left under the same name was read as the score.
+#[test]
+fn the_readmes_sbatch_wrapper_scores_only_a_completed_job_and_rides_out_a_failed_squeue() {
+    let Some((conf, _started)) = cluster() else {
+        return;
+    };
+    let world = World::files();
+    let logs = world.folder("logs");
+    let batch = world.dir.path().join("score.sbatch");
+    let wrapper = world.dir.path().join("sbatch_wait.sh");
+    std::fs::write(&wrapper, readme_sbatch_wrapper(&logs, &batch)).unwrap();
+    let scorer = format!("sh {} {{name}} {{checkpoint}}", quote(&wrapper));
+    // A squeue that fails its first call, then is the real one.
+    let real = Command::new("sh")
+        .args(["-c", "command -v squeue"])
+        .output()
+        .unwrap();
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    let busy = world.folder("busy-controller");
+    let failed_once = busy.join("failed-once");
+    std::fs::write(
+        busy.join("squeue"),
+        format!(
+            "#!/bin/sh\nif [ ! -e {mark} ]; then : > {mark}; echo 'slurm_load_jobs error: Socket timed out on send/recv operation' >&2; exit 1; fi\nexec {} \"$@\"\n",
+            quote(std::path::Path::new(&real)),
+            mark = quote(&failed_once),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        busy.join("squeue"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        busy.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let score = |path: &str| {
+        soup_eval(
+            &[
+                "score",
+                "--json",
+                "-q",
+                "--scorer",
+                &scorer,
+                "--scorer-timeout",
+                "60",
+            ],
+            &world.ingredients[..1],
+        )
+        .env("SLURM_CONF", &conf)
+        .env("PATH", path)
+        .output()
+        .unwrap()
+    };
+    std::fs::write(&batch, "#!/bin/sh\necho 0.5\nexit 3\n").unwrap();
+    let out = score(&std::env::var("PATH").unwrap_or_default());
+    let stderr = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ended FAILED"), "{stderr}");
+    // That job's log says 0.5; this one's will say 0.25, after a squeue that failed.
+    std::fs::write(&batch, "#!/bin/sh\nsleep 3\necho 0.25\n").unwrap();
+    let out = score(&path);
+    let stderr = common::stderr(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(failed_once.exists(), "the failing squeue was not called");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ingredients"][0]["val"], 0.25, "{report}");
+    no_job_left(&conf, &batch, "after a squeue that failed");
 }
 
 #[test]
