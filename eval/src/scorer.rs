@@ -199,6 +199,20 @@ fn split_words(text: &str) -> std::result::Result<Vec<String>, String> {
                 Some(c) => word.get_or_insert_with(String::new).push(c),
                 None => return Err("it ends with a lone backslash".into()),
             },
+            // sh would act on these (a pipe, a redirection, an expansion) where this split
+            // passes them to the scorer as text: `score {checkpoint} | tail -1` gave the
+            // scorer the arguments `|`, `tail` and `-1`.
+            '|' | '&' | ';' | '<' | '>' | '(' | ')' | '$' | '`' => {
+                return Err(format!(
+                    "'{c}' outside quotes is shell syntax, and the template is not run by a shell: pass --shell to run it in sh, or quote it to pass it as text"
+                ))
+            }
+            '~' if word.is_none() => {
+                return Err(
+                    "a word starting with ~ is expanded by sh, not here: write the path in full, or pass --shell"
+                        .into(),
+                )
+            }
             c => word.get_or_insert_with(String::new).push(c),
         }
     }
@@ -850,6 +864,34 @@ mod tests {
         .map(OsString::from)
         .collect();
         assert_eq!(argv, expected);
+    }
+
+    /// Shell syntax outside quotes (a pipe, a redirection, `$`, a leading `~`) was passed to
+    /// the scorer as arguments; it is refused, naming --shell.
+    #[test]
+    fn shell_syntax_outside_quotes_is_refused_naming_shell() {
+        for text in [
+            "score {checkpoint} | tail -1",
+            "score {checkpoint} 2>/dev/null",
+            "score {checkpoint} > out.txt",
+            "score {checkpoint}; echo done",
+            "score {checkpoint} && true",
+            "score --out $HOME/x {checkpoint}",
+            "score `pwd` {checkpoint}",
+            "~/bin/score {checkpoint}",
+            "score {checkpoint} <in",
+        ] {
+            let err = Template::parse(text, false).unwrap_err().to_string();
+            assert!(err.contains("--shell"), "{text}: {err}");
+            Template::parse(text, true).unwrap();
+        }
+        // Quoted, escaped or inside a word, they are text, as sh has them.
+        let t = Template::parse(r#"score '|' "a>b" \; x~y "$" {checkpoint}"#, false).unwrap();
+        let argv = t.argv(&values(Path::new("c.safetensors")));
+        assert_eq!(
+            argv[1..6],
+            ["|", "a>b", ";", "x~y", "$"].map(OsString::from)
+        );
     }
 
     /// Templates are split as sh splits them: a backslash before a newline used to become a
