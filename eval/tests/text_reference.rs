@@ -508,3 +508,39 @@ fn pre_tokenised_integers_of_any_type_score_as_i64_does() {
         format!("{:?}", bert_cls_val(&wide))
     );
 }
+
+/// Multiple choice past `--max-length`, against lm-evaluation-harness's truncation
+/// (parity/mc-truncation.json, fixtures/text/make_mc_truncation_reference.py): `max_length`
+/// tokens of input predict `max_length + 1` tokens, because the last token is only predicted,
+/// so the context loses tokens from the left only beyond that. At 92 (the longest sequence is
+/// 94 tokens) exactly one context token goes; soup-eval cut one more of every sequence longer
+/// than 92 than lm-eval does, and so changed scores lm-eval doesn't cut at all.
+#[test]
+fn truncated_multiple_choice_scores_equal_lm_evaluation_harness() {
+    let entries: Value = serde_json::from_str(
+        &std::fs::read_to_string(text_fixture("parity/mc-truncation.json")).unwrap(),
+    )
+    .unwrap();
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for entry in entries {
+        let model = entry["model"].as_str().unwrap().to_string();
+        let max_length = entry["max_length"].as_u64().unwrap();
+        let options = serde_json::json!({ "max_length": max_length });
+        let mut s = session(
+            std::slice::from_ref(&model),
+            entry["data"].as_str().unwrap(),
+            Task::MultipleChoice,
+            &options,
+        );
+        let what = format!("{model} on mc.jsonl at --max-length {max_length}");
+        let questions: Vec<Value> = entry["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|scores| serde_json::json!({ "scores": scores }))
+            .collect();
+        let worst = per_example(&mut s, Task::MultipleChoice, &Value::from(questions), &what);
+        assert!(worst <= TOLERANCE, "{what}: {worst:.2e}");
+    }
+}
