@@ -313,8 +313,9 @@ pub struct TextArgs {
     pub tokenizer: Option<PathBuf>,
 
     /// Classification: tokens per example, special tokens included, longer ones truncated
-    /// (default: the model's positions, at most 512). Multiple choice: the longest sequence,
-    /// contexts cut from the left (default: the model's positions).
+    /// (default: the model's positions, at most 512). Multiple choice: the longest input, whose
+    /// tokens predict one more (the last is never read, as in lm-evaluation-harness); longer
+    /// contexts are cut from the left (default: the model's positions).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Text")]
     pub max_length: Option<u32>,
 

@@ -78,8 +78,8 @@ pub struct TextOptions {
     /// The task, when the model and data leave it open (`--task`).
     pub task: Option<Task>,
     /// Classification: tokens per example, special tokens included (default: the model's max
-    /// positions, at most 512). Multiple choice: the longest sequence (default: the model's
-    /// max positions).
+    /// positions, at most 512). Multiple choice: the longest input, whose tokens predict one
+    /// more, as in lm-evaluation-harness (default: the model's max positions).
     pub max_length: Option<usize>,
     /// Language modelling: tokens per window (default: the model's max positions, at most
     /// 512).
@@ -591,14 +591,24 @@ impl TextData {
                             "choice {i} ({choice:?}) tokenises to nothing after the context; give it some text"
                         )));
                     }
-                    // Too long: cut the context from the left, keeping one token of it.
-                    let begin = match limit {
-                        Some(limit) if whole.len() > limit => {
-                            let cut = whole.len() - limit;
+                    // Too long: cut the context from the left, keeping one token of it. As
+                    // in lm-evaluation-harness (`[-(max_length + 1):][:-1]`), the last token
+                    // is only predicted, never read for a prediction, so `limit` tokens
+                    // predict `limit + 1`: a causal model's logits before the last token
+                    // don't depend on it, and a model without a hard position limit (every
+                    // rotary decoder) reads it at position `limit`, whose logits are unused.
+                    let window = match model.max_positions {
+                        None => limit.map(|l| l + 1),
+                        Some(_) => limit,
+                    };
+                    let begin = match window {
+                        Some(window) if whole.len() > window => {
+                            let cut = whole.len() - window;
                             if cut >= ctx {
                                 return Err(at(format!(
-                                    "choice {i} has {} tokens, and with one token of context that is more than the model's {limit} positions; shorten it (or raise --max-length)",
-                                    whole.len() - ctx
+                                    "choice {i} has {} tokens, more than the model's {} positions can predict after one token of context; shorten it (or raise --max-length)",
+                                    whole.len() - ctx,
+                                    limit.unwrap_or(window)
                                 )));
                             }
                             cut

@@ -22,6 +22,9 @@ pub struct TextTokenizer {
     padding_id: Option<u32>,
     /// The length set by [`TextTokenizer::truncated`].
     max_length: Option<usize>,
+    /// Which end truncation cuts: `tokenizer_config.json`'s `truncation_side` next to the
+    /// file (`"left"` or `"right"`, transformers' default), as transformers' tokenizer reads it.
+    direction: TruncationDirection,
 }
 
 impl TextTokenizer {
@@ -55,6 +58,7 @@ impl TextTokenizer {
             tokenizer,
             padding_id,
             max_length: None,
+            direction: truncation_side(path)?,
         })
     }
 
@@ -71,6 +75,7 @@ impl TextTokenizer {
         t.tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length,
+                direction: self.direction,
                 ..TruncationParams::default()
             }))
             .map_err(|e| Error::Dataset {
@@ -169,9 +174,34 @@ impl TextTokenizer {
             } else {
                 (keep_short, keep_long)
             };
-            first.truncate(k1, 0, TruncationDirection::Right);
-            second.truncate(k2, 0, TruncationDirection::Right);
+            first.truncate(k1, 0, self.direction);
+            second.truncate(k2, 0, self.direction);
         }
         plain.post_process(first, Some(second), add_special_tokens)
+    }
+}
+
+/// The `truncation_side` of the `tokenizer_config.json` beside `tokenizer` (transformers'
+/// tokenizer reads it there and truncates from that end; tokenizer.json's own truncation
+/// settings are overridden): right when the file or the key is absent.
+fn truncation_side(tokenizer: &Path) -> Result<TruncationDirection> {
+    let path = tokenizer.with_file_name("tokenizer_config.json");
+    if !crate::dataset::present(&path, "tokenizer config")? {
+        return Ok(TruncationDirection::Right);
+    }
+    let bad = |reason: String| Error::Dataset {
+        path: path.clone(),
+        reason,
+    };
+    let text = crate::dataset::read_config(&path, "tokenizer config")?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("is not valid JSON ({e}); fix or remove it")))?;
+    match config.get("truncation_side") {
+        None | Some(serde_json::Value::Null) => Ok(TruncationDirection::Right),
+        Some(serde_json::Value::String(s)) if s == "right" => Ok(TruncationDirection::Right),
+        Some(serde_json::Value::String(s)) if s == "left" => Ok(TruncationDirection::Left),
+        Some(other) => Err(bad(format!(
+            "has truncation_side {other}; transformers takes \"left\" or \"right\""
+        ))),
     }
 }
