@@ -544,6 +544,45 @@ fn too_many_inputs_for_the_open_file_limit_name_the_limit_and_the_fix() {
     assert!(!out.exists());
 }
 
+/// Every output shard stays open until the merge ends too: a `--shard-size` that makes more
+/// shards than the process may open says so, with the fix, as a resources error, where it
+/// was "cannot write .../model-00061-of-00100.safetensors: Too many open files (os error 24)".
+#[test]
+fn too_many_output_shards_for_the_open_file_limit_name_the_limit_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("soup");
+    let mut rng = Rng::new(7);
+    let tensors: Vec<Spec> = (0..100)
+        .map(|i| spec(&format!("t.{i}"), D::F32, &[2], floats(&mut rng, D::F32, 2)))
+        .collect();
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    write(&a, &tensors);
+    write(&b, &tensors);
+    let o = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 40 && exec \"$@\"", "sh"])
+        .arg(soup_merge_path())
+        .args([&a, &b])
+        .arg("-o")
+        .arg(&out)
+        .args(["--shard-size", "1", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kind"], "resources", "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("limit on open files") && e.contains("ulimit -n") && e.contains("--shard-size"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 2, "only the inputs remain: {left:?}");
+}
+
 #[test]
 fn an_output_under_something_that_is_no_directory_says_so() {
     let tmp = tempfile::tempdir().unwrap();
