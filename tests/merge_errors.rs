@@ -544,6 +544,98 @@ fn too_many_inputs_for_the_open_file_limit_name_the_limit_and_the_fix() {
     assert!(!out.exists());
 }
 
+/// Every output shard stays open until the merge ends too: a `--shard-size` that makes more
+/// shards than the process may open says so, with the fix, as a resources error, where it
+/// was "cannot write .../model-00061-of-00100.safetensors: Too many open files (os error 24)".
+#[test]
+fn too_many_output_shards_for_the_open_file_limit_name_the_limit_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("soup");
+    let mut rng = Rng::new(7);
+    let tensors: Vec<Spec> = (0..100)
+        .map(|i| spec(&format!("t.{i}"), D::F32, &[2], floats(&mut rng, D::F32, 2)))
+        .collect();
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    write(&a, &tensors);
+    write(&b, &tensors);
+    let o = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 40 && exec \"$@\"", "sh"])
+        .arg(soup_merge_path())
+        .args([&a, &b])
+        .arg("-o")
+        .arg(&out)
+        .args(["--shard-size", "1", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kind"], "resources", "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("limit on open files") && e.contains("ulimit -n") && e.contains("--shard-size"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 2, "only the inputs remain: {left:?}");
+}
+
+/// A safetensors file of one 1-D BF16 tensor `big` of `n` elements, sparse: only the header
+/// takes disk space.
+fn sparse_1d(path: &Path, n: u64) {
+    let header = format!(
+        r#"{{"__metadata__":{{"format":"pt"}},"big":{{"dtype":"BF16","shape":[{n}],"data_offsets":[0,{}]}}}}"#,
+        2 * n
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    std::fs::write(path, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(bytes.len() as u64 + 2 * n).unwrap();
+}
+
+/// DELLA ranks each row with 32-bit positions: a row of 2^32 elements or more (here a 1-D
+/// tensor, which is one row) is refused from its header, naming the tensor, where it was
+/// planned and its ranks would have wrapped. TIES on the same tensor still plans.
+#[test]
+fn della_refuses_rows_too_long_to_rank_from_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = (1u64 << 32) + 64;
+    let files: Vec<PathBuf> = ["base", "a", "b"]
+        .iter()
+        .map(|name| {
+            let p = dir.path().join(format!("{name}.safetensors"));
+            sparse_1d(&p, n);
+            p
+        })
+        .collect();
+    let run = |method: &str| {
+        soup_merge()
+            .args(["--method", method, "--base"])
+            .arg(&files[0])
+            .args([&files[1], &files[2]])
+            .args(["--density", "0.5", "--dry-run", "--json"])
+            .output()
+            .unwrap()
+    };
+    for method in ["della", "della_linear"] {
+        let o = run(method);
+        assert_eq!(o.status.code(), Some(1), "{method}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["kind"], "plan", "{v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(
+            e.contains("'big'") && e.contains(&n.to_string()) && e.contains("4294967295"),
+            "{e}"
+        );
+    }
+    let o = run("ties");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
 #[test]
 fn an_output_under_something_that_is_no_directory_says_so() {
     let tmp = tempfile::tempdir().unwrap();

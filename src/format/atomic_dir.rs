@@ -94,6 +94,15 @@ impl AtomicDir {
 
     /// The error for a failed write of `name`, with the fix for a full disk.
     pub fn write_error(&self, name: &str, e: io::Error) -> Error {
+        if let Some(libc::EMFILE | libc::ENFILE) = e.raw_os_error() {
+            // Every output shard stays open until the merge ends, like every input: a small
+            // --shard-size makes thousands of them.
+            return Error::Resources(format!(
+                "{}: cannot create {}: the limit on open files is reached; a merge keeps every output shard and every input file open until it ends: raise the limit (ulimit -n 65536) or write fewer, larger shards (--shard-size)",
+                self.dest.display(),
+                name
+            ));
+        }
         let reason = if e.raw_os_error() == Some(libc::ENOSPC) {
             "no space left on device; free some space or write the output elsewhere with -o"
                 .to_string()

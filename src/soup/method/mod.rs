@@ -445,7 +445,7 @@ mod common {
             let gamma = params.model_or(m, "gamma", 0.0);
             let epsilon = params.model_or(m, "epsilon", 0.0);
             if let Some(s) = sparsify {
-                s.check(tensor.elements, density, gamma, epsilon)
+                s.check(tensor.shape, tensor.elements, density, gamma, epsilon)
                     .map_err(|e| format!("model {m}: {e}"))?;
             }
             let weight = params.model(m, "weight");

@@ -45,12 +45,26 @@ impl Sparsify {
         rescale || self != Sparsify::Random
     }
 
-    /// Checks the parameters for a tensor of `n` elements, from headers alone.
-    pub fn check(self, n: u64, density: f64, gamma: f64, epsilon: f64) -> Result<(), String> {
+    /// Checks the parameters for a tensor of `n` elements shaped `shape`, from headers alone.
+    pub fn check(
+        self,
+        shape: &[u64],
+        n: u64,
+        density: f64,
+        gamma: f64,
+        epsilon: f64,
+    ) -> Result<(), String> {
         if density >= 1.0 || n == 0 {
             return Ok(());
         }
+        let row = if shape.len() < 2 { n } else { shape[1] };
         match self {
+            // A row is ranked with 32-bit positions and ranks (`RankKey::pack`): a longer one
+            // would wrap them and rank the wrong elements, silently.
+            Sparsify::DellaMagprune if row > u64::from(u32::MAX) => Err(format!(
+                "its rows (along dimension 1; a tensor of fewer than two dimensions is one row) have {row} elements, and DELLA ranks rows of at most {} elements; give this tensor density 1 (a filter entry in a --config recipe) or use another method",
+                u32::MAX
+            )),
             Sparsify::DellaMagprune if density + epsilon >= 1.0 || density - epsilon <= 0.0 => {
                 Err(format!(
                     "epsilon {} with density {} gives keep probabilities outside (0, 1); choose epsilon below min(density, 1 - density)",
