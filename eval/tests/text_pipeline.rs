@@ -628,8 +628,9 @@ fn pre_tokenised_rows_score_like_the_same_tokens_as_text() {
 }
 
 /// Choices start with a space, as in lm-evaluation-harness, except after a context that ends
-/// with whitespace, which moves to them. In "it saws a" the choice's tokens are those after
-/// the context's length: "a" alone, after the unknown "saws".
+/// with whitespace, which moves to them; acc_norm divides by the choice's characters without
+/// that space, as lm-evaluation-harness divides by `len(choice)`. In "it saws a" the choice's
+/// tokens are those after the context's length: "a" alone, after the unknown "saws".
 const MC: &[(&str, &[&str], usize)] = &[
     ("the cat sat on the  ", &["mat", "dog ran"], 0),
     ("it saw", &[" the cat", "s a", " the dog and the mat"], 2),
@@ -673,7 +674,8 @@ fn multiple_choice_scores_like_lm_evaluation_harness() {
             let (mut scores, mut normed) = (Vec::new(), Vec::new());
             for choice in *choices {
                 let moved = format!("{space}{choice}");
-                let chars = moved.chars().count();
+                // lm-evaluation-harness's len(choice): without the delimiter before it.
+                let chars = moved.trim_start().chars().count();
                 let whole: Vec<u32> = std::iter::once(BOS)
                     .chain(ids(&format!("{trimmed}{moved}")))
                     .collect();

@@ -126,8 +126,8 @@ impl Sequence {
 pub struct Question {
     /// Index of the first choice's sequence.
     pub first: usize,
-    /// Each choice's length in Unicode characters (after the whitespace move), for
-    /// `acc_norm`.
+    /// Each choice's length in Unicode characters, without the whitespace before it (moved
+    /// from the context or written into the choice), for `acc_norm`.
     pub chars: Vec<usize>,
     /// The right choice.
     pub answer: usize,
@@ -615,7 +615,10 @@ impl TextData {
                         }
                         _ => 0,
                     };
-                    out.push((whole, begin, choice.chars().count()));
+                    // acc_norm's denominator, as lm-evaluation-harness counts it: the
+                    // choice's characters without the delimiter before it (the moved
+                    // whitespace, or a leading space written into the choice).
+                    out.push((whole, begin, choice.trim_start().chars().count().max(1)));
                 }
                 Ok((out, ctx, answer))
             })
