@@ -321,3 +321,40 @@ fn bert_reads_the_second_segment_of_a_pair_through_its_token_types() {
         values(model.logits(&batch).unwrap())
     );
 }
+
+/// A Qwen config that turns `use_sliding_window` on without a `sliding_window` key gets
+/// transformers' default window, 4096 (Qwen2Config and Qwen3Config); it had none. `null` is
+/// still no window, and `use_sliding_window: false` none whatever the key says.
+#[test]
+fn a_qwen_window_without_its_size_is_transformers_default() {
+    let src = text("models/qwen2-window-linear");
+    let describe = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+        }
+        let path = dir.path().join("config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut config);
+        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        Selection::parse("auto")
+            .unwrap()
+            .configure(&Checkpoint::open(dir.path()).unwrap(), &Options::default())
+            .unwrap()
+            .describe()
+    };
+    let absent = describe(&|c| {
+        c.as_object_mut().unwrap().remove("sliding_window");
+    });
+    assert!(absent.ends_with(", sliding window 4096)"), "{absent}");
+    let null = describe(&|c| c["sliding_window"] = serde_json::Value::Null);
+    assert!(!null.contains("sliding window"), "{null}");
+    let off = describe(&|c| {
+        c.as_object_mut().unwrap().remove("sliding_window");
+        c["use_sliding_window"] = false.into();
+    });
+    assert!(!off.contains("sliding window"), "{off}");
+    let given = describe(&|_| {});
+    assert!(given.ends_with(", sliding window 6)"), "{given}");
+}

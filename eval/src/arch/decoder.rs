@@ -52,7 +52,8 @@ pub enum Windows {
         default: Option<usize>,
     },
     /// Qwen's per-layer choice: `layer_types` (`full_attention` / `sliding_attention`), or,
-    /// without it, `use_sliding_window` from layer `max_window_layers` on.
+    /// without it, `use_sliding_window` from layer `max_window_layers` on; the window is
+    /// `sliding_window`, 4096 when the key is absent (Qwen2Config's and Qwen3Config's default).
     PerLayer,
 }
 
@@ -557,8 +558,10 @@ fn windows(
         Windows::Full => Ok(vec![None; layers]),
         Windows::Global { default } => Ok(vec![window(default)?; layers]),
         Windows::PerLayer => {
+            // Qwen2Config and Qwen3Config default `sliding_window` to 4096, used when
+            // `use_sliding_window` is on and the key is absent.
             let w = if config.bool_or("use_sliding_window", false)? {
-                window(None)?
+                window(Some(4096))?
             } else {
                 None
             };
