@@ -215,6 +215,22 @@ fn text_models_declare_token_inputs_and_their_outputs() {
     assert_eq!(arch.output(), Output::NextToken(tokens.vocab));
 }
 
+/// A copy of the fixture model `name` (config and weights) with its config.json changed by
+/// `edit`.
+fn with_config(name: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let src = text(&format!("models/{name}"));
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let path = dir.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    dir
+}
+
 #[test]
 fn the_variants_settings_matter() {
     // Each variant's distinguishing setting, switched off in a copy of its config.json, must
@@ -242,17 +258,10 @@ fn the_variants_settings_matter() {
             serde_json::json!({"rope_type": "default", "rope_theta": 10000.0}),
         ),
     ] {
-        let src = text(&format!("models/{name}"));
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["config.json", "model.safetensors"] {
-            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-        }
-        let path = dir.path().join("config.json");
-        let mut config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        assert!(config.get(key).is_some(), "{name} has no {key}");
-        config[key] = off;
-        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let dir = with_config(name, |config| {
+            assert!(config.get(key).is_some(), "{name} has no {key}");
+            config[key] = off.clone();
+        });
         let (_, got, expected) = compare_dir(dir.path(), name, DType::F32, &Device::Cpu);
         let err = relative_error(&got, &expected);
         assert!(
@@ -327,17 +336,8 @@ fn bert_reads_the_second_segment_of_a_pair_through_its_token_types() {
 /// still no window, and `use_sliding_window: false` none whatever the key says.
 #[test]
 fn a_qwen_window_without_its_size_is_transformers_default() {
-    let src = text("models/qwen2-window-linear");
     let describe = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["config.json", "model.safetensors"] {
-            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-        }
-        let path = dir.path().join("config.json");
-        let mut config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        edit(&mut config);
-        std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let dir = with_config("qwen2-window-linear", edit);
         Selection::parse("auto")
             .unwrap()
             .configure(&Checkpoint::open(dir.path()).unwrap(), &Options::default())

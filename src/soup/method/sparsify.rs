@@ -57,11 +57,11 @@ impl Sparsify {
         if density >= 1.0 || n == 0 {
             return Ok(());
         }
-        let row = if shape.len() < 2 { n } else { shape[1] };
+        let (row, _) = row_layout(shape, n as usize);
         match self {
             // A row is ranked with 32-bit positions and ranks (`RankKey::pack`): a longer one
             // would wrap them and rank the wrong elements, silently.
-            Sparsify::DellaMagprune if row > u64::from(u32::MAX) => Err(format!(
+            Sparsify::DellaMagprune if row as u64 > u64::from(u32::MAX) => Err(format!(
                 "its rows (along dimension 1; a tensor of fewer than two dimensions is one row) have {row} elements, and DELLA ranks rows of at most {} elements; give this tensor density 1 (a filter entry in a --config recipe) or use another method",
                 u32::MAX
             )),
