@@ -386,6 +386,26 @@ fn json_mode_reports_a_bad_command_line_as_json_too() {
         );
         assert!(!out.exists());
     }
+    // `--json=true` is refused (the flag takes no value), but it asked for JSON, so the
+    // refusal comes as JSON too.
+    let o = soup_merge()
+        .arg(&a)
+        .arg("-o")
+        .arg(&out)
+        .arg("--json=true")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["kind"], "usage");
+    assert!(v["error"].as_str().unwrap().contains("--json"), "{v}");
+    // After `--`, `--json` is an input's name, not a request for JSON.
+    let o = soup_merge()
+        .args(["-w", "0.5,", "--", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
     // Without --json, stdout stays empty; --help is not a failure.
     let o = soup_merge().args(["-w", "0.5,"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));

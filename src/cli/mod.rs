@@ -55,7 +55,7 @@ pub fn parse_args<A: clap::Parser>() -> A {
     match A::try_parse() {
         Ok(args) => args,
         Err(e) => {
-            if e.use_stderr() && std::env::args_os().skip(1).any(|a| a == "--json") {
+            if e.use_stderr() && asks_for_json(std::env::args_os().skip(1)) {
                 // clap's message up to its usage section, on one line.
                 let rendered = e.render().to_string();
                 let head: Vec<&str> = rendered.lines().take_while(|l| !l.is_empty()).collect();
@@ -69,6 +69,16 @@ pub fn parse_args<A: clap::Parser>() -> A {
             e.exit()
         }
     }
+}
+
+/// Whether a command line that clap refused asks for `--json`: the flag itself, or the flag
+/// given a value (`--json=true`, which clap refuses, and which a pipeline that asked for JSON
+/// must still get), before any `--` (after it, `--json` is a file name).
+fn asks_for_json(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.take_while(|a| a != "--").any(|a| {
+        let a = a.as_encoded_bytes();
+        a == b"--json" || a.starts_with(b"--json=")
+    })
 }
 
 /// Prints every warning on stderr, one line each: the same list `--json` reports.
