@@ -358,3 +358,24 @@ fn a_qwen_window_without_its_size_is_transformers_default() {
     let given = describe(&|_| {});
     assert!(given.ends_with(", sliding window 6)"), "{given}");
 }
+
+/// `pad_token_id: -1` (in some converted LLaMA configs) means no padding token: transformers
+/// builds such a model, and its logits are the fixture's. RoBERTa counts its positions from
+/// the padding id, so there a negative one stays an error naming the key.
+#[test]
+fn a_negative_pad_token_id_is_no_padding_token() {
+    for name in ["llama", "bert-cls", "distilbert-cls"] {
+        let dir = with_config(name, |c| c["pad_token_id"] = (-1).into());
+        let (_, got, expected) = compare_dir(dir.path(), name, DType::F32, &Device::Cpu);
+        let err = relative_error(&got, &expected);
+        assert!(err <= TOLERANCE, "{name} with pad_token_id -1: {err:e}");
+    }
+    let dir = with_config("roberta-cls", |c| c["pad_token_id"] = (-1).into());
+    let err = Selection::parse("auto")
+        .unwrap()
+        .configure(&Checkpoint::open(dir.path()).unwrap(), &Options::default())
+        .err()
+        .expect("RoBERTa with pad_token_id -1 is refused")
+        .to_string();
+    assert!(err.contains("pad_token_id"), "{err}");
+}

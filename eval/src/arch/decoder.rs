@@ -309,7 +309,7 @@ impl Decoder {
             biases,
             lm_head,
             ignored,
-            pad_token_id: config.token_id("pad_token_id")?,
+            pad_token_id: config.pad_token_id()?,
             trained_positions: config.opt_positive("max_position_embeddings")?,
         })
     }

@@ -76,7 +76,7 @@ impl Family for DistilBertFamily {
             token_types: None,
             positions: Positions::Absolute,
             buffers: vec![(format!("{e}.position_ids"), vec![1, position_rows])],
-            pad_token_id: Some(config.token_id("pad_token_id")?.unwrap_or(0)),
+            pad_token_id: Some(config.pad_token_id()?.unwrap_or(0)),
         };
         let classes = classes(layout, &config, "classifier.weight")?;
         let e = &encoder;

@@ -148,7 +148,14 @@ impl EncoderConfig {
         let intermediate = layout.require(&up, 2)?[0];
         config.agrees("intermediate_size", intermediate, &up)?;
         let heads = heads(config, "num_attention_heads", hidden)?;
-        let pad_token_id = match config.token_id("pad_token_id")? {
+        // RoBERTa's positions count from its padding id, so a negative one (which would
+        // shift them) stays an error there.
+        let pad = if roberta {
+            config.token_id("pad_token_id")?
+        } else {
+            config.pad_token_id()?
+        };
+        let pad_token_id = match pad {
             Some(p) => Some(p),
             None if roberta => Some(1),
             None => Some(0),

@@ -207,6 +207,17 @@ impl<'a> HfConfig<'a> {
             .transpose()
     }
 
+    /// `pad_token_id` as a token id, if present. A negative one (`-1` in some converted
+    /// LLaMA configs) means the model has no padding token: transformers builds such a model
+    /// (the id only marks an embedding row that gets no gradient), so batches are padded as
+    /// for a config without the key.
+    pub fn pad_token_id(&self) -> Result<Option<u32>, ConfigError> {
+        match self.get("pad_token_id") {
+            Some(v) if v.as_i64().is_some_and(|n| n < 0) => Ok(None),
+            _ => self.token_id("pad_token_id"),
+        }
+    }
+
     /// Checks that `key`, when present, equals `found` (a size read from a tensor's shape):
     /// the error names the key, its value and the tensor that disagrees.
     pub fn agrees(&self, key: &str, found: usize, tensor: &str) -> Result<(), ConfigError> {
