@@ -308,8 +308,8 @@ fn unsupported_keys_methods_and_values_are_named() {
     );
     refused(
         tmp.path(),
-        &format!("{ok_models}slices: []\n"),
-        &["key 'slices'"],
+        &format!("{ok_models}modules: {{}}\n"),
+        &["key 'modules'"],
     );
     refused(
         tmp.path(),
@@ -752,4 +752,118 @@ fn deep_nesting_is_refused_before_parsing_and_comment_lines_nest_nothing() {
     let r = recipe(tmp.path(), "commented.yaml", &text);
     let o = run_merge(&[&"--config", &r, &"--dry-run"]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// Three models of `layers` layers (`model.layers.N`) plus an embedding and a head, as a
+/// LazyMergekit recipe sees a Llama.
+fn layered(dir: &Path, layers: usize) -> Vec<PathBuf> {
+    (0..3u64)
+        .map(|i| {
+            let mut rng = Rng::new(90 + i);
+            let p = dir.join(format!("l{layers}-{i}.safetensors"));
+            let mut tensors = vec![
+                spec(
+                    "model.embed_tokens.weight",
+                    D::BF16,
+                    &[16, 8],
+                    floats(&mut rng, D::BF16, 128),
+                ),
+                spec(
+                    "lm_head.weight",
+                    D::BF16,
+                    &[16, 8],
+                    floats(&mut rng, D::BF16, 128),
+                ),
+            ];
+            for l in 0..layers {
+                for part in ["self_attn.q_proj", "mlp.up_proj"] {
+                    tensors.push(spec(
+                        &format!("model.layers.{l}.{part}.weight"),
+                        D::BF16,
+                        &[8, 8],
+                        floats(&mut rng, D::BF16, 64),
+                    ));
+                }
+            }
+            write(&p, &tensors);
+            p
+        })
+        .collect()
+}
+
+/// LazyMergekit's SLERP recipe, and every method's recipe written with `slices:`: one slice
+/// whose sources take every layer is the `models:` recipe (mergekit turns `models` into
+/// exactly that), so the outputs are the same bytes.
+#[test]
+fn one_slice_of_whole_models_merges_as_the_models_recipe_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = layered(tmp.path(), 6);
+    let (a, b, c) = (m[0].display(), m[1].display(), m[2].display());
+    let t = "parameters:\n  t:\n    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n    - value: 0.5\n";
+    let cases = [
+        (
+            format!("slices:\n  - sources:\n      - model: {a}\n        layer_range: [0, 6]\n      - model: {b}\n        layer_range: [0, 6]\nmerge_method: slerp\nbase_model: {a}\n{t}dtype: bfloat16\n"),
+            format!("models:\n  - model: {a}\n  - model: {b}\nmerge_method: slerp\nbase_model: {a}\n{t}dtype: bfloat16\n"),
+        ),
+        (
+            format!("merge_method: ties\nslices:\n  - base_model: {a}\n    parameters: {{density: 0.5}}\n    sources:\n      - {{model: {b}, layer_range: [0, 6], parameters: {{weight: [0.2, 0.8]}}}}\n      - {{model: {c}, layer_range: [0, 6], parameters: {{weight: 0.5, density: 0.7}}}}\n"),
+            format!("merge_method: ties\nbase_model: {a}\nparameters: {{density: 0.5}}\nmodels:\n  - {{model: {b}, parameters: {{weight: [0.2, 0.8]}}}}\n  - {{model: {c}, parameters: {{weight: 0.5, density: 0.7}}}}\n"),
+        ),
+        (
+            format!("merge_method: linear\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 6], parameters: {{weight: 1}}}}\n      - {{model: {b}, layer_range: [0, 6], parameters: {{weight: 3}}}}\n"),
+            format!("merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1}}}}\n  - {{model: {b}, parameters: {{weight: 3}}}}\n"),
+        ),
+    ];
+    for (i, (sliced, listed)) in cases.iter().enumerate() {
+        let mut outs = Vec::new();
+        for (name, text) in [("sliced", sliced), ("listed", listed)] {
+            let r = recipe(tmp.path(), &format!("{name}{i}.yaml"), text);
+            let out = tmp.path().join(format!("{name}{i}.safetensors"));
+            ok(&[&"--config", &r, &"-o", &out]);
+            outs.push(read(&out));
+        }
+        assert_eq!(outs[0], outs[1], "{sliced}");
+    }
+}
+
+#[test]
+fn a_slice_that_is_not_every_layer_is_refused_from_the_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = layered(tmp.path(), 4);
+    let (a, b) = (m[0].display(), m[1].display());
+    let slerp = |range: &str, second: &str| {
+        format!("merge_method: slerp\nbase_model: {a}\nparameters: {{t: 0.5}}\nslices:\n  - sources:\n      - {{model: {a}, layer_range: {range}}}\n      - {{model: {second}, layer_range: {range}}}\n")
+    };
+    // 32 layers claimed (LazyMergekit's template, unedited) for models of 4.
+    refused(
+        tmp.path(),
+        &slerp("[0, 32]", &b.to_string()),
+        &[
+            "slices[0].sources[0].layer_range is [0, 32]",
+            "has 4 layers",
+            "give [0, 4]",
+        ],
+    );
+    // Part of the layers: a frankenmerge, not a soup.
+    refused(
+        tmp.path(),
+        &slerp("[0, 2]", &b.to_string()),
+        &["has 4 layers"],
+    );
+    // A source that doesn't exist is named by its place in the slice.
+    refused(
+        tmp.path(),
+        &slerp("[0, 4]", "/nonexistent/model"),
+        &[
+            "slices[0].sources[1].model /nonexistent/model",
+            "not a local file",
+        ],
+    );
+    // Models without layer indices can't be sliced.
+    let flat = inputs(tmp.path());
+    refused(
+        tmp.path(),
+        &format!("merge_method: linear\nparameters: {{weight: 1}}\nslices:\n  - sources:\n      - {{model: {}, layer_range: [0, 4]}}\n", flat[0].display()),
+        &["no tensor name", "layer index", "models:"],
+    );
 }

@@ -104,9 +104,14 @@ impl Mix {
                 model.display()
             ))
         };
-        for (i, model) in r.models.iter().enumerate() {
+        for (model, at) in r.models.iter().zip(&r.given_at) {
             if !model.exists() {
-                return Err(missing(format!("models[{i}].model"), model));
+                let key = if at == "base_model" {
+                    at.clone()
+                } else {
+                    format!("{at}.model")
+                };
+                return Err(missing(key, model));
             }
         }
         let base = r
@@ -408,6 +413,13 @@ impl Merge {
             .iter()
             .map(|p| Checkpoint::open(p))
             .collect::<Result<Vec<_>>>()?;
+        if let Some((r, path)) = recipe.as_ref().zip(request.recipe.as_ref()) {
+            r.check_slice_layers(&ingredients)
+                .map_err(|reason| Error::Recipe {
+                    path: path.clone(),
+                    reason,
+                })?;
+        }
         let mut options = PlanOptions {
             dtype: mix.dtype,
             // A base's dtype says nothing about the fine-tunes' precision: with one, as in a

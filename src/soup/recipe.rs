@@ -30,6 +30,19 @@
 //!                               # arbitrary then)
 //! random_seed: 42               # the seed of DARE's and DELLA's drops (soup-merge's own key)
 //! ```
+//!
+//! Instead of `models`, one slice whose sources each take every layer, which mergekit merges
+//! as the `models` form (LazyMergekit writes its recipes so):
+//!
+//! ```yaml
+//! slices:
+//!   - sources:
+//!       - model: ./fine-tune-a
+//!         layer_range: [0, 32]  # checked against the layers the tensor names show
+//!       - model: ./fine-tune-b
+//!         layer_range: [0, 32]
+//!     parameters: {}            # between a source's parameters and the top-level ones
+//! ```
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -40,15 +53,17 @@ use serde::de::{
 };
 use serde_yaml::{Mapping, Value};
 
-use super::method::{self, Method, Setting, Settings};
+use super::method::{self, Layers, Method, Setting, Settings};
 use crate::error::{Error, Result};
 use crate::format::model_dir::model_key;
+use crate::format::Checkpoint;
 use crate::format::{same_file, Dtype};
 
 /// The keys soup-merge reads at the top of a recipe.
 const TOP_KEYS: &[&str] = &[
     "merge_method",
     "models",
+    "slices",
     "parameters",
     "dtype",
     "out_dtype",
@@ -58,7 +73,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 
 /// mergekit keys that exist but that soup-merge doesn't implement.
-const UNSUPPORTED_KEYS: &[&str] = &["slices", "modules", "tokenizer", "chat_template"];
+const UNSUPPORTED_KEYS: &[&str] = &["modules", "tokenizer", "chat_template"];
 
 /// A validated recipe.
 #[derive(Clone)]
@@ -77,6 +92,12 @@ pub struct Recipe {
     pub base_model: Option<String>,
     /// `random_seed`.
     pub seed: Option<u64>,
+    /// Where each of `models` was given (`models[2]`, `slices[0].sources[1]`, `base_model`),
+    /// for messages.
+    pub given_at: Vec<String>,
+    /// For a recipe written with `slices`: the layer count its sources' `layer_range` says
+    /// every model has, and where. It is checked against the inputs' tensor names.
+    pub slice_layers: Option<(u64, String)>,
     /// The file's text, kept for the output's metadata and model card.
     pub text: String,
 }
@@ -165,14 +186,23 @@ impl Recipe {
             None => return Err(fail("has no merge_method; add merge_method: linear".into())),
         };
 
-        let base_model = match top.get("base_model") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                model_path(v, "base_model")
-                    .map_err(fail)?
-                    .to_string_lossy()
-                    .into_owned(),
-            ),
+        let ingredients = Ingredients::read(top).map_err(fail)?;
+        let base_model = match (top.get("base_model"), ingredients.base_model) {
+            (None | Some(Value::Null), None) => None,
+            (Some(v), None) | (None | Some(Value::Null), Some((v, _))) => {
+                let at = ingredients.base_model.map_or("base_model", |(_, at)| at);
+                Some(
+                    model_path(v, at)
+                        .map_err(fail)?
+                        .to_string_lossy()
+                        .into_owned(),
+                )
+            }
+            (Some(_), Some((_, at))) => {
+                return Err(fail(format!(
+                    "has both base_model and {at}; give the base once (the slice's would win in mergekit)"
+                )))
+            }
         };
         let base_used = method.base() != method::BaseUse::Unused;
 
@@ -193,29 +223,31 @@ impl Recipe {
             }
         }
 
-        let models = top
-            .get("models")
-            .ok_or_else(|| {
-                fail(
-                    "has no models; list the ingredients under models: with model: and parameters:"
-                        .into(),
-                )
-            })?
-            .as_sequence()
-            .ok_or_else(|| {
-                fail("models must be a list of entries with model: and parameters:".into())
-            })?;
-        if models.is_empty() {
-            return Err(fail("models is empty; list at least one ingredient".into()));
+        // A slice's parameters rank between a model's and the top-level ones; with one slice
+        // covering every layer they apply to every tensor, so they are top-level ones, unless
+        // both levels name a parameter and the slice's filters can leave a tensor to the top.
+        for (key, setting, at) in ingredients.parameters {
+            match global.iter().position(|(k, _, _)| *k == key) {
+                None => global.push((key, setting, at)),
+                Some(i) if decides_every_tensor(&setting) => global[i] = (key, setting, at),
+                Some(i) => {
+                    return Err(fail(format!(
+                        "{at} and {} both set {key}, and the slice's filters leave some tensors to the top level, an order soup-merge does not keep; give {key} in one place",
+                        global[i].2
+                    )))
+                }
+            }
         }
+        let models = &ingredients.entries;
         let mut paths: Vec<PathBuf> = Vec::new();
+        let mut given_at: Vec<String> = Vec::new();
         let mut per_model = Vec::new();
         // Each model's index in `models`, for messages (the base's own entry is skipped).
         let mut listed_at = HashMap::new();
         let base_key = base_model.as_deref().map(|b| model_key(Path::new(b)));
         let mut base_at = None;
         for (i, entry) in models.iter().enumerate() {
-            let at = format!("models[{i}]");
+            let at = format!("{}[{i}]", ingredients.at);
             let entry = entry.as_mapping().ok_or_else(|| {
                 fail(format!(
                     "{at} must be a mapping with model: and parameters:"
@@ -243,9 +275,12 @@ impl Recipe {
                             ));
                         }
                     }
+                    // Checked with the slice, which needs every source's.
+                    "layer_range" if ingredients.slice_layers.is_some() => {}
                     other => {
                         return Err(fail(format!(
-                        "{at}.{other} is not supported; a model entry takes model: and parameters:"
+                        "{at}.{other} is not supported; a model entry takes model: and parameters:{}",
+                        if ingredients.slice_layers.is_some() { " (and layer_range:)" } else { "" }
                     )))
                     }
                 }
@@ -254,9 +289,9 @@ impl Recipe {
             let key = model_key(&model);
             // mergekit lists the base among the models too; that entry is the base.
             if base_used && base_key.as_ref() == Some(&key) {
-                if let Some(j) = base_at {
+                if let Some(j) = &base_at {
                     return Err(fail(format!(
-                        "{at}.model {} is the base_model again, as models[{j}] is; mergekit refuses a model listed twice: list the base once",
+                        "{at}.model {} is the base_model again, as {j} is; mergekit refuses a model listed twice: list the base once",
                         model.display()
                     )));
                 }
@@ -278,19 +313,20 @@ impl Recipe {
                             .join(", "),
                     )));
                 }
-                base_at = Some(i);
+                base_at = Some(at);
                 continue;
             }
             // mergekit refuses a repeated input; merging it twice would silently double its
             // weight in a method that normalises, and skew TIES' sign election.
             if let Some(j) = listed_at.get(&key) {
                 return Err(fail(format!(
-                    "{at}.model {} is the same model as models[{j}]; mergekit refuses a model listed twice: list it once, with the weight you want",
+                    "{at}.model {} is the same model as {j}; mergekit refuses a model listed twice: list it once, with the weight you want",
                     model.display(),
                 )));
             }
-            listed_at.insert(key, i);
+            listed_at.insert(key, at.clone());
             paths.push(model);
+            given_at.push(at);
             per_model.push(params);
         }
         // mergekit merges a base_model that the method doesn't use as one more model, after
@@ -300,6 +336,7 @@ impl Recipe {
         if let Some(b) = base_model.as_deref().filter(|_| !base_used) {
             if !paths.iter().any(|p| same_file(Path::new(b), p)) {
                 paths.push(PathBuf::from(b));
+                given_at.push("base_model".into());
                 per_model.push(Vec::new());
                 base_added = true;
             }
@@ -320,14 +357,12 @@ impl Recipe {
         let as_one_more =
             "base_model is merged as one more model, as mergekit does for a method without a base";
         if method.name() == "linear" {
-            for m in 0..paths.len() {
-                if !settings.models[m].contains_key("weight")
-                    && !settings.global.contains_key("weight")
-                {
-                    return Err(fail(if base_added && m + 1 == paths.len() {
+            for (model, at) in settings.models.iter().zip(&given_at) {
+                if !model.contains_key("weight") && !settings.global.contains_key("weight") {
+                    return Err(fail(if at == "base_model" {
                         format!("{as_one_more}, and it has no weight: give a top-level parameters.weight, list it under models with its weight, or leave base_model out")
                     } else {
-                        format!("models[{m}] has no parameters.weight (and there is no default parameters.weight)")
+                        format!("{at} has no parameters.weight (and there is no default parameters.weight)")
                     }));
                 }
             }
@@ -395,6 +430,8 @@ impl Recipe {
             dtype,
             base_model,
             seed,
+            given_at,
+            slice_layers: ingredients.slice_layers,
             text: text.to_string(),
         };
         if let Some(weights) = recipe.linear_weights_as_written() {
@@ -407,6 +444,26 @@ impl Recipe {
             }
         }
         Ok(recipe)
+    }
+
+    /// Checks a slice's `layer_range` against the layers each input's tensor names show
+    /// (a recipe with `models` has nothing to check).
+    pub fn check_slice_layers(&self, inputs: &[Checkpoint]) -> std::result::Result<(), String> {
+        let Some((layers, at)) = &self.slice_layers else {
+            return Ok(());
+        };
+        for input in inputs {
+            let has = Layers::from_names(input.tensors().map(|t| t.name())).most();
+            if has != *layers {
+                let path = input.path().display();
+                return Err(if has == 0 {
+                    format!("{at} is [0, {layers}], but no tensor name of {path} has a layer index; list the models under models: instead of slices:")
+                } else {
+                    format!("{at} is [0, {layers}], but {path} has {has} layers; soup-merge merges every layer of each model: give [0, {has}] (mergekit would take part of the layers)")
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether the base model is the merge's base (the method uses one and the recipe names
@@ -462,6 +519,168 @@ impl Recipe {
         match self.settings.global.get("normalize").map(|g| &g.setting) {
             Some(Setting::Value(v)) => *v != 0.0,
             _ => true,
+        }
+    }
+}
+
+/// Where a recipe lists its ingredients: `models`, or the sources of its one slice.
+struct Ingredients<'a> {
+    /// The entries, each a mapping with `model:` and `parameters:` (and, in a slice,
+    /// `layer_range:`).
+    entries: &'a [Value],
+    /// Their key, for messages: `models` or `slices[0].sources`.
+    at: &'static str,
+    /// The slice's own parameters, with where each was given.
+    parameters: Vec<(String, Setting, String)>,
+    /// The slice's `base_model`, and where.
+    base_model: Option<(&'a Value, &'static str)>,
+    /// The layer count every source's `layer_range` covers, and where.
+    slice_layers: Option<(u64, String)>,
+}
+
+impl<'a> Ingredients<'a> {
+    /// The ingredients of a recipe's top level. mergekit takes exactly one of `models` and
+    /// `slices`, and turns `models` into one slice whose sources take every layer of each
+    /// model (its `normalize_config`); so one slice of such sources is the same merge, and is
+    /// how many published recipes (LazyMergekit's SLERP, say) are written. Several slices, or
+    /// sources with part of the layers, build a model from parts of others (a "frankenmerge"),
+    /// which is not a soup: refused, naming the key.
+    fn read(top: &'a Mapping) -> std::result::Result<Ingredients<'a>, String> {
+        let list = |v: &'a Value, at: &str| -> std::result::Result<&'a [Value], String> {
+            match v.as_sequence() {
+                Some(l) if !l.is_empty() => Ok(l),
+                Some(_) => Err(format!("{at} is empty; list at least one ingredient")),
+                None => Err(format!(
+                    "{at} must be a list of entries with model: and parameters:"
+                )),
+            }
+        };
+        let slices = match (top.get("models"), top.get("slices")) {
+            (Some(_), Some(_)) => {
+                return Err("has both models and slices; mergekit takes one of them: list the ingredients under models:, or as one slice's sources".into())
+            }
+            (Some(models), None) => {
+                return Ok(Ingredients {
+                    entries: list(models, "models")?,
+                    at: "models",
+                    parameters: Vec::new(),
+                    base_model: None,
+                    slice_layers: None,
+                })
+            }
+            (None, None) => {
+                return Err(
+                    "has no models; list the ingredients under models: with model: and parameters:"
+                        .into(),
+                )
+            }
+            (None, Some(slices)) => slices.as_sequence().ok_or(
+                "slices must be a list of slices, each with sources: (model: and layer_range:)",
+            )?,
+        };
+        let slice = match slices.as_slice() {
+            [one] => one.as_mapping().ok_or(
+                "slices[0] must be a mapping with sources: (model: and layer_range:)",
+            )?,
+            [] => return Err("slices is empty; list the ingredients under models:".into()),
+            _ => {
+                return Err(format!(
+                    "slices has {} entries; several slices build one model from layers of others (a frankenmerge), which soup-merge does not do: it merges whole models, given under models: or as the sources of one slice that take every layer; use mergekit for this recipe",
+                    slices.len()
+                ))
+            }
+        };
+        let mut read = Ingredients {
+            entries: &[],
+            at: "slices[0].sources",
+            parameters: Vec::new(),
+            base_model: None,
+            slice_layers: None,
+        };
+        for key in keys(slice, "slices[0].")? {
+            let value = &slice[key.as_str()];
+            match key.as_str() {
+                "sources" => read.entries = list(value, "slices[0].sources")?,
+                "parameters" if value.is_null() => {}
+                "parameters" => {
+                    let map = value
+                        .as_mapping()
+                        .ok_or("slices[0].parameters must be a mapping")?;
+                    for pk in keys(map, "slices[0].parameters.")? {
+                        let at = format!("slices[0].parameters.{pk}");
+                        read.parameters
+                            .push((pk.clone(), setting(&map[pk.as_str()], &at)?, at));
+                    }
+                }
+                "base_model" if value.is_null() => {}
+                "base_model" => read.base_model = Some((value, "slices[0].base_model")),
+                "residual_weight" => {
+                    return Err("slices[0].residual_weight is not supported; remove it or use mergekit".into())
+                }
+                other => {
+                    return Err(format!(
+                        "slices[0].{other} is not supported; a slice takes sources:, parameters: and base_model:"
+                    ))
+                }
+            }
+        }
+        if read.entries.is_empty() {
+            return Err("slices[0] has no sources; list the models under sources: with model: and layer_range:".into());
+        }
+        // Every source's range: [0, layers], the same for all (mergekit requires equal
+        // lengths).
+        for (i, source) in read.entries.iter().enumerate() {
+            let at = format!("slices[0].sources[{i}].layer_range");
+            let Some(range) = source.as_mapping().map(|m| m.get("layer_range")) else {
+                continue; // The entry itself is refused with the models.
+            };
+            let Some(range) = range else {
+                return Err(format!(
+                    "slices[0].sources[{i}] has no layer_range; give [0, LAYERS] to merge every layer"
+                ));
+            };
+            let bounds = range
+                .as_sequence()
+                .filter(|r| r.len() == 2)
+                .and_then(|r| Some((r[0].as_u64()?, r[1].as_u64()?)));
+            let end = match bounds {
+                Some((0, end)) if end > 0 => end,
+                Some((start, end)) => {
+                    return Err(format!(
+                        "{at} is [{start}, {end}], part of the layers; soup-merge merges whole models: give [0, LAYERS], or use mergekit to build a model from some layers"
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "{at} is {}, not two whole numbers such as [0, 32]",
+                        show(range)
+                    ))
+                }
+            };
+            match &read.slice_layers {
+                Some((first, first_at)) if *first != end => {
+                    return Err(format!(
+                        "{at} ends at {end}, and {first_at} at {first}; mergekit requires the same number of layers from every source, and soup-merge every layer of each: give [0, LAYERS] to each"
+                    ))
+                }
+                Some(_) => {}
+                None => read.slice_layers = Some((end, at)),
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// Whether a setting gives a value for every tensor, so that nothing falls through to the
+/// level below it (a filter list without a catch-all entry leaves the unmatched tensors).
+fn decides_every_tensor(setting: &Setting) -> bool {
+    match setting {
+        Setting::Value(_) | Setting::Gradient(_) => true,
+        Setting::Conditional(entries) => {
+            entries.iter().all(|(_, s)| decides_every_tensor(s))
+                && entries
+                    .iter()
+                    .any(|(f, _)| f.is_none() || f.as_deref() == Some("*"))
         }
     }
 }
@@ -936,6 +1155,110 @@ mod tests {
         assert_eq!(d.evaluate("layers.0.attn.w", 0.0, false), Some(0.5));
     }
 
+    /// LazyMergekit's SLERP recipe, as published: one slice whose sources take every layer.
+    const SLICED_SLERP: &str = "slices:\n  - sources:\n      - model: a\n        layer_range: [0, 32]\n      - model: b\n        layer_range: [0, 32]\nmerge_method: slerp\nbase_model: a\nparameters:\n  t:\n    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n    - value: 0.5\ndtype: bfloat16\n";
+
+    #[test]
+    fn one_slice_of_whole_models_is_the_models_recipe() {
+        let sliced = parse(SLICED_SLERP).unwrap();
+        let listed = parse(&SLICED_SLERP.replace(
+            "slices:\n  - sources:\n      - model: a\n        layer_range: [0, 32]\n      - model: b\n        layer_range: [0, 32]\n",
+            "models:\n  - model: a\n  - model: b\n",
+        ))
+        .unwrap();
+        assert_eq!(sliced.models, listed.models);
+        assert_eq!(sliced.models, [PathBuf::from("b")]);
+        assert_eq!(sliced.base_model, listed.base_model);
+        assert_eq!(
+            sliced.settings.global["t"].setting,
+            listed.settings.global["t"].setting
+        );
+        assert_eq!(
+            sliced.slice_layers,
+            Some((32, "slices[0].sources[0].layer_range".into()))
+        );
+        assert_eq!(listed.slice_layers, None);
+        assert_eq!(sliced.given_at, ["slices[0].sources[1]"]);
+
+        // A source's parameters are that model's; the slice's rank between them and the top
+        // level, and its base_model is the base.
+        let r = parse("merge_method: ties\nslices:\n  - base_model: b\n    parameters: {density: 0.4}\n    sources:\n      - {model: b, layer_range: [0, 4]}\n      - {model: x, layer_range: [0, 4], parameters: {weight: 0.7}}\n      - {model: y, layer_range: [0, 4], parameters: {weight: 0.3, density: 0.9}}\nparameters: {normalize: false}\n").unwrap();
+        assert_eq!(r.base_model.as_deref(), Some("b"));
+        assert_eq!(r.models, [PathBuf::from("x"), PathBuf::from("y")]);
+        assert_eq!(r.settings.models[0]["weight"].setting, Setting::Value(0.7));
+        assert_eq!(r.settings.models[1]["density"].setting, Setting::Value(0.9));
+        assert_eq!(r.settings.global["density"].setting, Setting::Value(0.4));
+        assert_eq!(
+            r.settings.global["density"].at,
+            "slices[0].parameters.density"
+        );
+        assert_eq!(r.settings.global["normalize"].setting, Setting::Value(0.0));
+        // A slice's value that decides every tensor shadows the top level's, as in mergekit;
+        // one whose filters can fall through to it is refused rather than misordered.
+        let both = |slice: &str| {
+            parse(&format!("merge_method: ties\nbase_model: b\nslices:\n  - parameters: {{density: {slice}}}\n    sources:\n      - {{model: b, layer_range: [0, 4]}}\n      - {{model: x, layer_range: [0, 4], parameters: {{weight: 1}}}}\nparameters: {{density: 0.2}}\n"))
+        };
+        assert_eq!(
+            both("0.4").unwrap().settings.global["density"].setting,
+            Setting::Value(0.4)
+        );
+        let e = both("[{filter: mlp, value: 0.4}]").unwrap_err().to_string();
+        assert!(
+            e.contains("slices[0].parameters.density")
+                && e.contains("parameters.density")
+                && e.contains("one place"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn slices_that_are_not_whole_models_are_refused_naming_the_key() {
+        let sources = |ranges: &[&str]| {
+            let mut s = String::from(
+                "merge_method: linear\nparameters: {weight: 1}\nslices:\n  - sources:\n",
+            );
+            for (i, r) in ranges.iter().enumerate() {
+                s += &format!("      - {{model: m{i}, {r}}}\n");
+            }
+            s
+        };
+        for (text, needles) in [
+            // A frankenmerge: layers of two models stacked.
+            (
+                format!("{}  - sources:\n      - {{model: m1, layer_range: [0, 4]}}\n", sources(&["layer_range: [0, 4]"])),
+                &["slices has 2 entries", "frankenmerge", "mergekit"][..],
+            ),
+            (sources(&["layer_range: [0, 4]", "layer_range: [0, 6]"]), &["slices[0].sources[1].layer_range ends at 6", "slices[0].sources[0].layer_range at 4"][..]),
+            (sources(&["layer_range: [2, 4]"]), &["slices[0].sources[0].layer_range is [2, 4]", "part of the layers"][..]),
+            (sources(&["layer_range: [0, 0]"]), &["part of the layers"][..]),
+            (sources(&["layer_range: [0]"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: [0, -1]"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: 4"]), &["not two whole numbers"][..]),
+            (sources(&["parameters: {weight: 1}"]), &["slices[0].sources[0] has no layer_range"][..]),
+            (sources(&["layer_range: [0, 4], revision: main"]), &["slices[0].sources[0].revision is not supported"][..]),
+            ("merge_method: linear\nslices: []\n".into(), &["slices is empty"][..]),
+            ("merge_method: linear\nslices: {sources: []}\n".into(), &["slices must be a list"][..]),
+            ("merge_method: linear\nslices:\n  - sources: []\n".into(), &["slices[0].sources is empty"][..]),
+            ("merge_method: linear\nslices:\n  - parameters: {weight: 1}\n".into(), &["slices[0] has no sources"][..]),
+            (format!("{}    residual_weight: 0.5\n", sources(&["layer_range: [0, 4]"])), &["slices[0].residual_weight is not supported"][..]),
+            (format!("{}    extra: 1\n", sources(&["layer_range: [0, 4]"])), &["slices[0].extra is not supported"][..]),
+            (format!("{}models: [{{model: m0}}]\n", sources(&["layer_range: [0, 4]"])), &["both models and slices"][..]),
+            (
+                "merge_method: ties\nbase_model: b\nslices:\n  - base_model: c\n    sources:\n      - {model: x, layer_range: [0, 4]}\n".into(),
+                &["both base_model and slices[0].base_model"][..],
+            ),
+            (
+                "merge_method: linear\nparameters: {weight: 1}\nslices:\n  - sources:\n      - {model: x, layer_range: [0, 4]}\n      - {model: x, layer_range: [0, 4]}\n".into(),
+                &["slices[0].sources[1].model", "same model as slices[0].sources[0]"][..],
+            ),
+        ] {
+            let e = err(&text);
+            for n in needles {
+                assert!(e.contains(n), "{text}\n{e}");
+            }
+        }
+    }
+
     #[test]
     fn reads_values_as_mergekit_does_through_pyyaml_and_pydantic() {
         let r = parse(
@@ -964,7 +1287,9 @@ mod tests {
     fn names_what_it_does_not_support() {
         let base = "models: [{model: x, parameters: {weight: 1}}]\n";
         assert!(err(&format!("merge_method: karcher\n{base}")).contains("merge_method 'karcher'"));
-        assert!(err(&format!("merge_method: linear\n{base}slices: []\n")).contains("key 'slices'"));
+        assert!(
+            err(&format!("merge_method: linear\n{base}modules: {{}}\n")).contains("key 'modules'")
+        );
         let e = err(&format!("merge_method: linear\n{base}foo: 1\n"));
         assert!(
             e.contains("unknown key 'foo'") && e.contains("remove it"),

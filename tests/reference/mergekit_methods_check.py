@@ -34,6 +34,17 @@ METHODS = {
     "passthrough": ("", "  - {model: %(ft1)s, parameters: {scale: 0.5}}\n", None),
 }
 
+# Recipes written as published: LazyMergekit's SLERP template, with one slice whose sources take
+# every layer (mergekit turns `models:` into exactly that), and filtered gradients.
+SLICED = {
+    "slerp (slices)": "slices:\n  - sources:\n      - model: %(base)s\n        layer_range: [0, 4]\n      - model: %(ft1)s\n        layer_range: [0, 4]\n"
+                      "merge_method: slerp\nbase_model: %(base)s\nparameters:\n  t:\n    - filter: self_attn\n      value: [0, 0.5, 1]\n"
+                      "    - filter: mlp\n      value: [1, 0.5, 0]\n    - value: 0.5\n",
+    "ties (slices)": "merge_method: ties\nslices:\n  - base_model: %(base)s\n    parameters: {density: 0.5}\n    sources:\n"
+                     "      - {model: %(base)s, layer_range: [0, 4]}\n      - {model: %(ft1)s, layer_range: [0, 4], parameters: {weight: [0.3, 0.7]}}\n"
+                     "      - {model: %(ft2)s, layer_range: [0, 4], parameters: {weight: 0.4, density: 0.7}}\n",
+}
+
 
 def model(path, rng, base=None, hidden=64, layers=4, vocab=256):
     inter = 160
@@ -102,12 +113,15 @@ def main():
     for k in ("ft1", "ft2", "ft3"):
         model(paths[k], rng, base)
     rows = []
-    for method, (top, models, flags) in METHODS.items():
-        recipe = f"merge_method: {method}\n{top % paths}dtype: {a.dtype}\nmodels:\n{models % paths}"
-        rpath = os.path.join(a.work, f"{method}.yml")
+    recipes = [(m, f"merge_method: {m}\n{top % paths}dtype: {a.dtype}\nmodels:\n{models % paths}")
+               for m, (top, models, _) in METHODS.items()]
+    recipes += [(m, f"{text % paths}dtype: {a.dtype}\n") for m, text in SLICED.items()]
+    for method, recipe in recipes:
+        rpath = os.path.join(a.work, f"{method.replace(' ', '_')}.yml")
         with open(rpath, "w") as f:
             f.write(recipe)
-        ours, theirs = os.path.join(a.work, f"soup-{method}"), os.path.join(a.work, f"mk-{method}")
+        tag = method.replace(" ", "_").replace("(", "").replace(")", "")
+        ours, theirs = os.path.join(a.work, f"soup-{tag}"), os.path.join(a.work, f"mk-{tag}")
         subprocess.run([a.soup_merge, "--config", rpath, "-o", ours, "-f", "-q"], check=True)
         subprocess.run([a.mergekit_yaml, rpath, theirs, "--no-copy-tokenizer", "--quiet", "--allow-crimes"], check=True,
                        env=dict(os.environ, HF_HUB_OFFLINE="1"))
