@@ -27,7 +27,7 @@
 //! out_dtype: bfloat16
 //! tokenizer_source: base        # the only value supported: the base model's tokenizer (the
 //!                               # first model's without a base_model; mergekit's pick is
-//!                               # arbitrary then)
+//!                               # arbitrary then), or that model's path
 //! random_seed: 42               # the seed of DARE's and DELLA's drops (soup-merge's own key)
 //! ```
 //!
@@ -388,9 +388,16 @@ impl Recipe {
             // Without a base_model, "base" is the first model, whose tokenizer soup-merge
             // copies anyway (mergekit takes the first of an unordered set of the models).
             Some(Value::String(s)) if s == "base" => {}
+            // The model whose tokenizer is copied, named by its path (mergekit's generated
+            // recipes often name the base so).
+            Some(v)
+                if model_path(v, "tokenizer_source").is_ok_and(|p| {
+                    let copied = base_model.as_deref().map(Path::new).or(paths.first().map(PathBuf::as_path));
+                    copied.is_some_and(|c| model_key(c) == model_key(&p))
+                }) => {}
             Some(v) => {
                 return Err(fail(format!(
-                    "key 'tokenizer_source' is not supported with value {}; soup-merge copies one model's tokenizer: use tokenizer_source: base, or leave it out for the first model's",
+                    "key 'tokenizer_source' is not supported with value {}; soup-merge copies one model's tokenizer, the base_model's (or the first model's without one): use tokenizer_source: base, name that model, or leave it out",
                     show(v)
                 )))
             }
@@ -1209,6 +1216,27 @@ mod tests {
                 && e.contains("one place"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_tokenizer_source_naming_the_copied_model_is_base() {
+        let with = |extra: &str| {
+            parse(&format!("merge_method: ties\nbase_model: org/base\nmodels:\n  - model: org/base\n  - {{model: org/ft, parameters: {{weight: 1, density: 0.5}}}}\n{extra}"))
+        };
+        with("tokenizer_source: org/base\n").unwrap();
+        with("tokenizer_source: {model: org/base}\n").unwrap();
+        let e = with("tokenizer_source: org/ft\n").unwrap_err().to_string();
+        assert!(
+            e.contains("tokenizer_source") && e.contains("name that model"),
+            "{e}"
+        );
+        assert!(with("tokenizer_source: union\n").is_err());
+        // Without a base_model, the first model's tokenizer is copied.
+        let first = |name: &str| {
+            parse(&format!("merge_method: linear\nparameters: {{weight: 1}}\nmodels: [{{model: a}}, {{model: b}}]\ntokenizer_source: {name}\n"))
+        };
+        first("a").unwrap();
+        assert!(first("b").is_err());
     }
 
     #[test]
