@@ -867,3 +867,126 @@ fn a_slice_that_is_not_every_layer_is_refused_from_the_headers() {
         &["no tensor name", "layer index", "models:"],
     );
 }
+
+/// `chat_template`: `auto` gives the output the template most models have (trimmed, as
+/// mergekit takes it), text is taken as it is, and both reach `chat_template.jinja` and a
+/// `tokenizer_config.json` that names a template; a template the copied tokenizer already has
+/// changes nothing, and mergekit's short names are refused.
+#[test]
+fn a_recipes_chat_template_reaches_the_outputs_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    // Three model directories: the base's tokenizer has no template; two fine-tunes share one,
+    // written once in tokenizer_config.json and once as chat_template.jinja.
+    let shared = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}";
+    let dirs: Vec<PathBuf> = ["base", "ft1", "ft2"]
+        .iter()
+        .zip(&m)
+        .map(|(name, weights)| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::copy(weights, d.join("model.safetensors")).unwrap();
+            std::fs::write(d.join("config.json"), "{}").unwrap();
+            std::fs::write(d.join("tokenizer.json"), "{}").unwrap();
+            let config = if *name == "ft1" {
+                serde_json::json!({"model_max_length": 64, "chat_template": format!("\n{shared}\n")})
+            } else {
+                serde_json::json!({"model_max_length": 64})
+            };
+            std::fs::write(d.join("tokenizer_config.json"), config.to_string()).unwrap();
+            if *name == "ft2" {
+                std::fs::write(d.join("chat_template.jinja"), shared).unwrap();
+            }
+            d
+        })
+        .collect();
+    let text = |template: &str| {
+        format!(
+            "merge_method: task_arithmetic\nbase_model: {}\nmodels:\n  - {{model: {}, parameters: {{weight: 0.5}}}}\n  - {{model: {}, parameters: {{weight: 0.5}}}}\nchat_template: {template}\n",
+            dirs[0].display(),
+            dirs[1].display(),
+            dirs[2].display()
+        )
+    };
+    let run = |name: &str, template: &str| {
+        let r = recipe(tmp.path(), &format!("{name}.yaml"), &text(template));
+        let out = tmp.path().join(name);
+        let o = run_merge(&[&"--config", &r, &"-o", &out, &"--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        out
+    };
+    // auto: the fine-tunes' template (trimmed), though the base's tokenizer is the one copied.
+    let out = run("auto", "auto");
+    assert_eq!(
+        std::fs::read_to_string(out.join("chat_template.jinja")).unwrap(),
+        shared
+    );
+    // The base's tokenizer_config.json names no template, so it is copied as it is.
+    assert_eq!(
+        std::fs::read(out.join("tokenizer_config.json")).unwrap(),
+        std::fs::read(dirs[0].join("tokenizer_config.json")).unwrap()
+    );
+    // Text, into a tokenizer_config.json that names a template: both carry it.
+    let own = "{% for m in messages %}{{ m.content }}\n{% endfor %}";
+    let mut cases = text(&format!("{own:?}"));
+    cases = cases.replace(
+        &format!("base_model: {}", dirs[0].display()),
+        &format!("base_model: {}", dirs[1].display()),
+    );
+    cases = cases.replace(
+        &format!("model: {}, parameters", dirs[1].display()),
+        &format!("model: {}, parameters", dirs[0].display()),
+    );
+    let r = recipe(tmp.path(), "text.yaml", &cases);
+    let out = tmp.path().join("text");
+    ok(&[&"--config", &r, &"-o", &out]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("chat_template.jinja")).unwrap(),
+        own
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(config["chat_template"], own);
+    assert_eq!(config["model_max_length"], 64);
+    // A base whose tokenizer already has the chosen template: its files are copied as they are.
+    let same = text("auto")
+        .replace(
+            &format!("base_model: {}", dirs[0].display()),
+            &format!("base_model: {}", dirs[2].display()),
+        )
+        .replace(
+            &format!("model: {}, parameters", dirs[2].display()),
+            &format!("model: {}, parameters", dirs[0].display()),
+        );
+    let r = recipe(tmp.path(), "same.yaml", &same);
+    let out = tmp.path().join("same");
+    ok(&[&"--config", &r, &"-o", &out]);
+    for f in ["chat_template.jinja", "tokenizer_config.json"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(dirs[2].join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // A file output has no tokenizer: a warning says the template was not written.
+    let r = recipe(tmp.path(), "file.yaml", &text("auto"));
+    let out = tmp.path().join("file.safetensors");
+    let o = run_merge(&[&"--config", &r, &"-o", &out, &"--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["kind"] == "chat-template"),
+        "{report}"
+    );
+    // mergekit's bundled names, and values of the wrong kind, are refused naming the key.
+    refused(
+        tmp.path(),
+        &text("chatml"),
+        &["chat_template 'chatml'", "Jinja text"],
+    );
+    refused(tmp.path(), &text("[1]"), &["chat_template is", "not auto"]);
+}

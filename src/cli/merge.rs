@@ -74,10 +74,11 @@ Recipes:
   --config recipe.yaml reads a mergekit config: merge_method (any method above), base_model,
   models[].model (a path, or {model: PATH}), models[].parameters, top-level parameters (the
   method's, and per-model defaults), per-layer gradient lists and filter/value entries, dtype,
-  out_dtype, tokenizer_source: base (or that model's path), random_seed. The models may also be
-  one slice whose sources each take every layer
-  (slices: [{sources: [{model: PATH, layer_range: [0, LAYERS]}, ...]}]); several slices or part
-  of the layers are refused. Any other key, parameter or method is an error naming it.
+  out_dtype, tokenizer_source: base (or that model's path), chat_template (auto, or the
+  template's text), random_seed. The models may also be one slice whose sources each take
+  every layer (slices: [{sources: [{model: PATH, layer_range: [0, LAYERS]}, ...]}]); several
+  slices or part of the layers are refused. Any other key, parameter or method is an error
+  naming it.
   The recipe is stored in the output's __metadata__ (model_soup.recipe) and model card.
 
 Exit status: 0 success, 1 any error (one line on stderr: error: ...), 2 bad command line

@@ -321,6 +321,40 @@ pub fn config_with_dtype(path: &Path, bytes: &[u8], dtype: &str) -> Result<Vec<u
     Ok(text.into_bytes())
 }
 
+/// The chat template a tokenizer's files give it, as transformers loads it:
+/// `chat_template.jinja` when there is one, else `tokenizer_config.json`'s `chat_template`
+/// (the one named `default` when it holds several). Unreadable or odd files give none.
+pub fn chat_template(jinja: Option<&Path>, tokenizer_config: Option<&Path>) -> Option<String> {
+    const MAX: u64 = 8 << 20;
+    if let Some(bytes) = jinja.and_then(|p| super::small_file::read(p, MAX, "chat template").ok()) {
+        return String::from_utf8(bytes).ok();
+    }
+    let bytes = super::small_file::read(tokenizer_config?, MAX, "tokenizer config").ok()?;
+    let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    match config.get("chat_template")? {
+        serde_json::Value::String(t) => Some(t.clone()),
+        serde_json::Value::Array(named) => named
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+        serde_json::Value::Object(named) => named.get("default")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// A `tokenizer_config.json` whose `chat_template` is `template`, written back as
+/// [`config_with_dtype`] writes, so that a transformers older than `chat_template.jinja`
+/// (4.43) reads the template the output's `chat_template.jinja` holds. `None` when it has no
+/// such key (then the `.jinja` file alone carries the template) or is not a JSON object.
+pub fn tokenizer_config_with_template(bytes: &[u8], template: &str) -> Option<Vec<u8>> {
+    let mut config: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let slot = config.as_object_mut()?.get_mut("chat_template")?;
+    *slot = template.into();
+    let mut text = serde_json::to_string_pretty(&config).expect("values from JSON serialise");
+    text.push('\n');
+    Some(text.into_bytes())
+}
+
 /// Whether two paths name one model: the same file or directory (through links, `..` or a hard
 /// link), or a model directory and its own weights file (`a` and `a/model.safetensors`, or its
 /// index), or two model directories whose weights are one file.

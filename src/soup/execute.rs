@@ -77,7 +77,7 @@ pub struct Warning {
     pub input: Option<PathBuf>,
     /// What kind of finding, stable for machines: `integers-differ`,
     /// `batches-tracked-differ`, `non-finite-input`, `non-finite-output`, `no-config`,
-    /// `companion-skipped`, `remote-code`, `repeated-input`.
+    /// `companion-skipped`, `remote-code`, `repeated-input`, `chat-template`.
     pub kind: &'static str,
     /// One line for people.
     pub message: String,

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::card::Card;
+use super::chat;
 use super::execute::{self, ExtraFile, RunOptions, Warning};
 use super::layout::{Layout, DEFAULT_SHARD_SIZE};
 use super::method::{self, BaseUse, Method, Setting, Settings};
@@ -477,11 +478,20 @@ impl Merge {
         let mut warnings = Vec::new();
         warnings.extend(repeated_models(&mix.inputs));
         let extra = match kind {
-            OutputKind::File => Vec::new(),
+            OutputKind::File => {
+                if recipe.as_ref().is_some_and(|r| r.chat_template.is_some()) {
+                    warnings.push(Warning::general(
+                        "chat-template",
+                        None,
+                        "the recipe's chat_template applies to a model directory's tokenizer, and -o names a .safetensors file, which has none; give -o a directory name to have it written".into(),
+                    ));
+                }
+                Vec::new()
+            }
             OutputKind::Directory => extra_files(
                 request,
                 recipe.as_ref(),
-                &plan,
+                (&plan, &mix.inputs),
                 &options,
                 &companions,
                 &mut warnings,
@@ -654,7 +664,7 @@ fn config_dtype(plan: &Plan, options: &PlanOptions) -> Option<Dtype> {
 fn extra_files(
     request: &MergeRequest,
     recipe: Option<&Recipe>,
-    plan: &Plan,
+    (plan, inputs): (&Plan, &[PathBuf]),
     options: &PlanOptions,
     companions: &[Companion],
     warnings: &mut Vec<Warning>,
@@ -688,6 +698,10 @@ fn extra_files(
                 }),
             },
         }
+    }
+    let wanted = recipe.and_then(|r| r.chat_template.as_ref());
+    if let Some(template) = wanted.and_then(|w| chat::choose(w, inputs)) {
+        chat::apply(&template, &mut extra, warnings)?;
     }
     let title = request
         .output

@@ -2,6 +2,7 @@
 //! files or memory.
 
 mod card;
+mod chat;
 mod execute;
 mod kernel;
 mod layout;

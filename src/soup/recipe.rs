@@ -29,6 +29,7 @@
 //!                               # first model's without a base_model; mergekit's pick is
 //!                               # arbitrary then), or that model's path
 //! random_seed: 42               # the seed of DARE's and DELLA's drops (soup-merge's own key)
+//! chat_template: auto           # the template most models have, or a template's own text
 //! ```
 //!
 //! Instead of `models`, one slice whose sources each take every layer, which mergekit merges
@@ -64,6 +65,7 @@ const TOP_KEYS: &[&str] = &[
     "merge_method",
     "models",
     "slices",
+    "chat_template",
     "parameters",
     "dtype",
     "out_dtype",
@@ -73,7 +75,16 @@ const TOP_KEYS: &[&str] = &[
 ];
 
 /// mergekit keys that exist but that soup-merge doesn't implement.
-const UNSUPPORTED_KEYS: &[&str] = &["modules", "tokenizer", "chat_template"];
+const UNSUPPORTED_KEYS: &[&str] = &["modules", "tokenizer"];
+
+/// A recipe's `chat_template`, as mergekit reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatTemplate {
+    /// `auto`: the template most of the models' tokenizers have.
+    Auto,
+    /// The template's Jinja text itself.
+    Text(String),
+}
 
 /// A validated recipe.
 #[derive(Clone)]
@@ -95,6 +106,8 @@ pub struct Recipe {
     /// Where each of `models` was given (`models[2]`, `slices[0].sources[1]`, `base_model`),
     /// for messages.
     pub given_at: Vec<String>,
+    /// `chat_template`: the template a directory output's tokenizer gets.
+    pub chat_template: Option<ChatTemplate>,
     /// For a recipe written with `slices`: the layer count its sources' `layer_range` says
     /// every model has, and where. It is checked against the inputs' tensor names.
     pub slice_layers: Option<(u64, String)>,
@@ -402,6 +415,27 @@ impl Recipe {
                 )))
             }
         }
+        let chat_template = match top.get("chat_template") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s == "auto" => Some(ChatTemplate::Auto),
+            // mergekit takes a string of at least 20 characters with a `{` as the template
+            // itself; a shorter one names a template file it carries.
+            Some(Value::String(s)) if s.chars().count() >= 20 && s.contains('{') => {
+                Some(ChatTemplate::Text(s.clone()))
+            }
+            Some(Value::String(s)) => {
+                return Err(fail(format!(
+                    "chat_template '{}' names one of mergekit's bundled templates, which soup-merge does not carry; give auto (the template most of the models have), or the template's Jinja text",
+                    cut(s)
+                )))
+            }
+            Some(v) => {
+                return Err(fail(format!(
+                    "chat_template is {}, not auto or a template's text",
+                    show(v)
+                )))
+            }
+        };
         let seed = match top.get("random_seed") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
@@ -438,6 +472,7 @@ impl Recipe {
             base_model,
             seed,
             given_at,
+            chat_template,
             slice_layers: ingredients.slice_layers,
             text: text.to_string(),
         };

@@ -1,0 +1,95 @@
+//! A recipe's `chat_template` given to a directory output's tokenizer, as mergekit gives it:
+//! `auto` takes the template most of the models have, trimmed; a template's text is taken as
+//! it is. The output's `chat_template.jinja` holds it (where transformers 5 saves a template),
+//! and a copied `tokenizer_config.json` that names one names the same.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::execute::{ExtraFile, Warning};
+use super::recipe::ChatTemplate;
+use crate::error::Result;
+use crate::format::model_dir;
+
+/// The template `wanted` stands for among model directories `models` (files are skipped: they
+/// have no tokenizer). `auto` with no model that has one asks for none, as in mergekit.
+pub fn choose(wanted: &ChatTemplate, models: &[PathBuf]) -> Option<String> {
+    match wanted {
+        ChatTemplate::Text(t) => Some(t.clone()),
+        ChatTemplate::Auto => {
+            let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
+            for dir in models.iter().filter(|m| m.is_dir()) {
+                let jinja = dir.join("chat_template.jinja");
+                let config = dir.join("tokenizer_config.json");
+                let found = model_dir::chat_template(
+                    jinja.exists().then_some(jinja.as_path()),
+                    Some(config.as_path()),
+                );
+                if let Some(t) = found
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                {
+                    let first = counts.len();
+                    counts.entry(t).or_insert((0, first)).0 += 1;
+                }
+            }
+            // The most common; among equally common, the first met in the recipe's order
+            // (mergekit's order is a set's, which varies from run to run).
+            counts
+                .into_iter()
+                .max_by_key(|(_, (n, first))| (*n, std::cmp::Reverse(*first)))
+                .map(|(t, _)| t)
+        }
+    }
+}
+
+/// Gives the output's tokenizer files in `extra` the template `template`: a new
+/// `chat_template.jinja`, and the same template in a copied `tokenizer_config.json` that has a
+/// `chat_template` key. Nothing changes when the copied files already give that template;
+/// without a tokenizer to give it to, a `chat-template` warning says so, as mergekit warns.
+pub fn apply(
+    template: &str,
+    extra: &mut Vec<ExtraFile>,
+    warnings: &mut Vec<Warning>,
+) -> Result<()> {
+    let copied = |name: &str| {
+        extra.iter().find_map(|f| match f {
+            ExtraFile::Copy { name: n, from } if n == name => Some(from.clone()),
+            _ => None,
+        })
+    };
+    let (jinja, config) = (
+        copied("chat_template.jinja"),
+        copied("tokenizer_config.json"),
+    );
+    if config.is_none() && copied("tokenizer.json").is_none() {
+        warnings.push(Warning::general(
+            "chat-template",
+            None,
+            "the recipe's chat_template was not written: the output has no tokenizer (tokenizer_config.json or tokenizer.json) to give it to; copy one in, or give --base a model directory that has one".into(),
+        ));
+        return Ok(());
+    }
+    if model_dir::chat_template(jinja.as_deref(), config.as_deref()).as_deref() == Some(template) {
+        return Ok(());
+    }
+    extra.retain(|f| f.name() != "chat_template.jinja");
+    extra.push(ExtraFile::Bytes {
+        name: "chat_template.jinja".into(),
+        bytes: template.as_bytes().to_vec(),
+    });
+    if let Some(path) = config {
+        let bytes = crate::format::small_file::read(&path, 8 << 20, "tokenizer config")?;
+        if let Some(bytes) = model_dir::tokenizer_config_with_template(&bytes, template) {
+            let at = extra
+                .iter()
+                .position(|f| f.name() == "tokenizer_config.json")
+                .expect("found above");
+            extra[at] = ExtraFile::Bytes {
+                name: "tokenizer_config.json".into(),
+                bytes,
+            };
+        }
+    }
+    Ok(())
+}
