@@ -856,7 +856,8 @@ struct RowScratch<A: Real> {
     undecided: Vec<(u32, u32)>,
     /// Those of them whose rank bounds don't decide them either.
     straddling: Vec<(u32, u32)>,
-    hist: Vec<u32>,
+    /// Per bin, the keys counted in it; after [`accumulate`], the keys in the bins below.
+    hist: Box<[u32; MAX_BINS + 1]>,
     /// Per row position, the elements of its bin before it.
     before: Vec<u32>,
     /// The bins that hold an element needing an exact rank, and those bins' members packed
@@ -873,7 +874,7 @@ impl<A: Real> Default for RowScratch<A> {
             drawn: Vec::new(),
             undecided: Vec::new(),
             straddling: Vec::new(),
-            hist: Vec::new(),
+            hist: Box::new([0; MAX_BINS + 1]),
             before: Vec::new(),
             needed: Vec::new(),
             members: Vec::new(),
@@ -1023,54 +1024,21 @@ impl Magprune {
             }
             return;
         }
-        // As many bins as the row has elements, at most 8192, each `1 << shift` keys wide
-        // from `floor` (bin 0 also takes every key below it). The bins span the row's keys, or
-        // when those spread wider, the eight binades below the largest.
-        let bins = len.next_power_of_two().clamp(64, 8192);
-        let (lowest, highest) = (kmin.to_u64(), kmax.to_u64());
-        let log = bins.trailing_zeros();
-        let spanned = (64 - (highest - lowest).leading_zeros()).saturating_sub(log);
-        let shift = spanned.min((A::Key::FRACTION + 3).saturating_sub(log));
-        let floor = lowest.max(highest.saturating_sub(((bins as u64) << shift) - 1));
-        // `min` never binds (the largest key lands in the last bin); it spares the bounds
-        // checks.
-        let bin = |k: A::Key| ((k.to_u64().saturating_sub(floor) >> shift) as usize).min(bins - 1);
+        let bins = Bins::spanning(len, kmin, kmax);
+        let bin = |k: A::Key| bins.of(k);
         // Counting also notes each element's place among its bin's members: in a bin of one
         // key, that is its rank among the bin's (see below).
-        hist.clear();
-        hist.resize(bins + 1, 0);
+        let hist = &mut **hist;
+        hist[..bins.count + 1].fill(0);
         before.resize(len, 0);
-        let (hist, before) = (&mut hist[..bins + 1], &mut before[..len]);
-        for (&k, place) in row.iter().zip(before.iter_mut()) {
-            let i = bin(k);
-            let c = hist[i + 1];
-            *place = c;
-            hist[i + 1] = c + 1;
-        }
-        // hist[i] becomes the number of keys in bins below i; hist[i + 1] - hist[i] is bin i's.
-        // The running total is kept in a register: `hist[i] += hist[i - 1]` waited on the
-        // store of the bin before, bin after bin.
-        let mut below = 0;
-        for h in hist.iter_mut() {
-            below += *h;
-            *h = below;
-        }
+        count_bins(bins, row, hist, before);
+        accumulate(&mut hist[..bins.count + 1]);
         let (hist, before) = (&*hist, &*before);
-        // Which way an element falls is a coin toss, so the common cases set no branch: a
-        // rank bound that keeps it sets its bit, one that drops it does nothing, and only the
-        // few whose bounds straddle the cut go on to the list for a closer look.
         straddling.resize(undecided.len(), (0, 0));
-        let mut count = 0;
-        for &(b, h) in undecided {
-            let i = bin(row[b as usize]);
-            let (lo, hi) = (hist[i] as usize, hist[i + 1] as usize - 1);
-            let h64 = h as u64;
-            let (kept, dropped) = (h64 < cut[lo], h64 >= cut[hi]);
-            let o = first + b as usize * stride - range.start;
-            bits[o / 64] |= (kept as u64) << (o % 64);
-            straddling[count] = (b, h);
-            count += (!kept & !dropped) as usize;
-        }
+        // The row's first element sits before `range` when the row began in the chunk before.
+        let o = first.wrapping_sub(range.start);
+        let line = RankLine::new(self);
+        let count = bound(bins, row, undecided, hist, &line, (o, stride), bits, straddling);
         if count == 0 {
             return;
         }
@@ -1125,7 +1093,7 @@ impl Magprune {
         // so that sorting them orders equal keys by index; each rank is then two binary
         // searches. Sorting only these few costs less than sorting the row.
         needed.clear();
-        needed.resize(bins, false);
+        needed.resize(bins.count, false);
         for &(b, _) in exact {
             needed[bin(row[b as usize])] = true;
         }
@@ -1145,7 +1113,7 @@ impl Magprune {
             let least = if i == 0 {
                 0
             } else {
-                floor + ((i as u64) << shift)
+                bins.floor + ((i as u64) << bins.shift)
             };
             let least = A::Key::from_u64(least).pack(0);
             let below = |p| members.partition_point(|&m| m < p);
@@ -1155,6 +1123,153 @@ impl Magprune {
             }
         }
     }
+}
+
+/// DELLA's keep rule as a line in rank space: `u < p(rank)` is `rank > xi(u)` with
+/// `xi(u) = (u - low) (len - 1) / width`. `at` computes `xi` with a multiply and an add instead of
+/// `p`'s division per element; its error and `p`'s rounding together stay far below `margin`, so
+/// a rank more than `margin` above or below it is decided by the comparison alone, and only one
+/// within `margin` (which almost never happens) needs `p` itself (its [`Magprune::cut`]). It
+/// bounds ranks without reading a table: the cuts of random ranks missed the cache.
+struct RankLine {
+    slope: f64,
+    offset: f64,
+    margin: f64,
+}
+
+impl RankLine {
+    fn new(rule: &Magprune) -> RankLine {
+        let span = (rule.len.max(2) - 1) as f64 / rule.width;
+        RankLine {
+            slope: span / (1u64 << 32) as f64,
+            offset: -rule.low * span,
+            // Rounding of `p` (a few ulps of 1, scaled by `span`) and of `at` (a few ulps of
+            // `len`), with a wide factor: 1e-10 ranks for typical rows.
+            margin: 1e-9 + 1e-14 * (rule.len as f64 + span),
+        }
+    }
+
+    fn at(&self, h: u32) -> f64 {
+        h as f64 * self.slope + self.offset
+    }
+
+    /// Whether `rank` surely keeps an element at `x`.
+    fn above(&self, x: f64, rank: usize) -> bool {
+        rank as f64 > x + self.margin
+    }
+
+    /// Whether `rank` surely drops it.
+    fn below(&self, x: f64, rank: usize) -> bool {
+        (rank as f64) < x - self.margin
+    }
+}
+
+/// The most bins of a DELLA row's histogram.
+const MAX_BINS: usize = 8192;
+
+/// The bins of a DELLA row's keys: `count` of them, at most [`MAX_BINS`], each `1 << shift`
+/// keys wide from `floor` (bin 0 also takes every key below it).
+#[derive(Clone, Copy)]
+struct Bins {
+    floor: u64,
+    shift: u32,
+    count: usize,
+}
+
+impl Bins {
+    /// About as many bins as a row of `len` has elements, spanning its keys from `kmin` to `kmax`
+    /// or, when those spread wider, the eight binades below the largest.
+    fn spanning<K: RankKey>(len: usize, kmin: K, kmax: K) -> Bins {
+        // The largest power of two not above `len`: the next one up made rows of 5632 count
+        // into 8192 bins, which with the row's other arrays spilled out of L1.
+        let count = (1usize << len.ilog2()).clamp(64, MAX_BINS);
+        let (lowest, highest) = (kmin.to_u64(), kmax.to_u64());
+        let log = count.trailing_zeros();
+        let spanned = (64 - (highest - lowest).leading_zeros()).saturating_sub(log);
+        let shift = spanned.min((K::FRACTION + 3).saturating_sub(log));
+        let floor = lowest.max(highest.saturating_sub(((count as u64) << shift) - 1));
+        Bins {
+            floor,
+            shift,
+            count,
+        }
+    }
+
+    /// The bin of key `k`, one of the row's. The mask never changes it (the largest key
+    /// lands in the last bin); it spares the bounds checks.
+    #[inline(always)]
+    fn of<K: RankKey>(self, k: K) -> usize {
+        (k.to_u64().saturating_sub(self.floor) >> self.shift) as usize & (MAX_BINS - 1)
+    }
+}
+
+/// Counts `row`'s keys into `hist` (bin `i`'s in `hist[i + 1]`, which starts at zero), and
+/// notes each key's place among its bin's in `before`. A function of its own: inside the
+/// row's, the loop's bounds and shift lived on the stack.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn count_bins<K: RankKey>(
+    bins: Bins,
+    row: &[K],
+    hist: &mut [u32; MAX_BINS + 1],
+    before: &mut [u32],
+) {
+    for (&k, place) in row.iter().zip(before) {
+        let i = bins.of(k);
+        let c = hist[i + 1];
+        *place = c;
+        hist[i + 1] = c + 1;
+    }
+}
+
+/// Turns counts per bin (bin `i`'s in `hist[i + 1]`) into the counts of the bins below:
+/// `hist[i]`, and `hist[i + 1] - hist[i]` is bin `i`'s. The running total is kept in a
+/// register: `hist[i] += hist[i - 1]` waited on the store of the bin before, bin after bin.
+fn accumulate(hist: &mut [u32]) {
+    let mut below = 0;
+    for h in hist.iter_mut() {
+        below += *h;
+        *h = below;
+    }
+}
+
+/// Bounds each undecided element's rank (`undecided`: row position, draw) by its bin's, and
+/// decides those its bounds decide: kept when the lowest rank keeps it, dropped when the
+/// highest drops it. Sets the kept ones' bits (row position `b` at offset `o + b * stride`
+/// of `bits`, wrapping: `o` is below zero for a row that began before them) and lists the rest in `straddling`; returns how many were listed.
+///
+/// Which way an element falls is a coin toss, so the common cases set no branch. The kept
+/// bits of one word are gathered in a register: or-ing each into `bits` made every element
+/// wait on the store of the one before, a dozen to a word.
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn bound<K: RankKey>(
+    bins: Bins,
+    row: &[K],
+    undecided: &[(u32, u32)],
+    hist: &[u32; MAX_BINS + 1],
+    line: &RankLine,
+    (o, stride): (usize, usize),
+    bits: &mut [u64],
+    straddling: &mut [(u32, u32)],
+) -> usize {
+    let mut count = 0;
+    let (mut word, mut gathered) = (0, 0u64);
+    for &(b, h) in undecided {
+        let i = bins.of(row[b as usize]);
+        let (lo, hi) = (hist[i] as usize, hist[i + 1] as usize - 1);
+        let x = line.at(h);
+        let (kept, dropped) = (line.above(x, lo), line.below(x, hi));
+        let at = o.wrapping_add(b as usize * stride);
+        if at / 64 != word {
+            bits[word] |= gathered;
+            (word, gathered) = (at / 64, 0);
+        }
+        gathered |= (kept as u64) << (at % 64);
+        straddling[count] = (b, h);
+        count += (!kept & !dropped) as usize;
+    }
+    bits[word] |= gathered;
+    count
 }
 
 /// DELLA's first decision for a run of consecutive row elements (positions `b0..`, bits from
@@ -1172,13 +1287,17 @@ fn classify_run(
     bits: &mut [u64],
     undecided: &mut [(u32, u32)],
 ) -> usize {
+    // `h < bound` as a comparison of u32 lanes, which AVX2 does eight at a time where u64
+    // lanes took four and a sign flip: `h <= bound - 1`, and nothing is below a bound of 0.
+    let under = |bound: u64| ((bound.max(1) - 1).min(u32::MAX as u64) as u32, (bound > 0) as u8);
+    let ((keep_last, keeps), (open_last, opens)) = (under(keep_all), under(drop_all));
     let mut listed = 0;
     for (c, hs) in drawn.chunks(64).enumerate() {
         let (mut keep, mut open) = ([0u8; 64], [0u8; 64]);
         for ((k, u), &h) in keep.iter_mut().zip(open.iter_mut()).zip(hs) {
-            let h = h as u64;
-            *k = (h < keep_all) as u8;
-            *u = (h >= keep_all && h < drop_all) as u8;
+            let kept = (h <= keep_last) as u8 & keeps;
+            *k = kept;
+            *u = ((h <= open_last) as u8 & opens) & (kept ^ 1);
         }
         let (kept, mut open) = (pack_flags(&keep), pack_flags(&open));
         let at = o + c * 64;
