@@ -1662,6 +1662,75 @@ mod tests {
         }
     }
 
+    /// A task vector of bf16 weights as f64: differences of bf16 values, a few binades below
+    /// the largest and on a coarse grid, so rows hold dozens of elements of one magnitude;
+    /// with `unchanged` of the elements (in 256ths) left at zero, as fine-tuning leaves many.
+    fn bf16_deltas(n: usize, unchanged: u32, seed: u64) -> Vec<f64> {
+        let bf16 = |x: f32| f32::from_bits(x.to_bits() & 0xFFFF_0000) as f64;
+        (0..n)
+            .map(|e| {
+                let base = (uniform(seed, e as u64) as f32 - 0.5) * 0.05;
+                let step = (uniform(seed + 1, e as u64) as f32 - 0.5) * 0.006;
+                if draws::draw(seed + 2, e as u64) >> 24 < unchanged {
+                    0.0
+                } else {
+                    bf16(base + step) - bf16(base)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn della_ranks_rows_of_many_ties_exactly_in_both_precisions() {
+        // Rows whose bins mostly hold one key (ranked from the bin), rows of mostly zeros
+        // (one large bin of one key), few distinct values (every bin one key), all-equal
+        // rows, strided rows of a 3-D tensor, rows straddling chunks, and rows longer than
+        // the histogram's bins.
+        let cases: Vec<(Vec<u64>, Vec<f64>)> = vec![
+            (vec![64, 2048], bf16_deltas(64 * 2048, 8, 21)),
+            (vec![3, 5632], bf16_deltas(3 * 5632, 8, 22)),
+            (vec![40, 2048], bf16_deltas(40 * 2048, 200, 23)),
+            (vec![6, 120_000], bf16_deltas(720_000, 8, 24)),
+            (vec![4, 300, 3], bf16_deltas(3600, 8, 25)),
+            (vec![5, 20_000], bf16_deltas(100_000, 8, 26)),
+            (vec![32, 1000], tied(32_000, 4, 27)),
+            (vec![8, 777], vec![-0.25; 8 * 777]),
+        ];
+        for (shape, values) in &cases {
+            for (density, epsilon) in [(0.5, 0.1), (0.5, 0.15), (0.3, 0.2)] {
+                let want = della_by_sorting(values, shape, density, epsilon);
+                let spec = TrimSpec {
+                    method: Sparsify::DellaMagprune,
+                    density,
+                    gamma: 0.0,
+                    epsilon,
+                    stream: 11,
+                    rescale: false,
+                    shape,
+                };
+                assert!(
+                    run(&spec, values).0 == want,
+                    "f64, shape {shape:?} density {density} epsilon {epsilon}"
+                );
+                // The same values in f32 (exact: each is a difference of two bf16 values).
+                let magnitudes = |r: Range<usize>, out: &mut [u32]| {
+                    for (o, v) in out.iter_mut().zip(&values[r]) {
+                        *o = (*v as f32).magnitude();
+                    }
+                };
+                let n = values.len();
+                let Keep::Bits(bits) = trim::<f32>(&spec, n, &magnitudes).keep else {
+                    panic!("DELLA keeps a bitmask");
+                };
+                let kept: Vec<bool> = (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect();
+                assert!(
+                    kept == want,
+                    "f32, shape {shape:?} density {density} epsilon {epsilon}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn rescaled_magnitude_trims_restore_the_l1_norm() {
         let values = tied(CHUNK_ELEMENTS + 999, 9, 12);
