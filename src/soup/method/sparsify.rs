@@ -858,7 +858,8 @@ struct RowScratch<A: Real> {
     straddling: Vec<(u32, u32)>,
     /// Per bin, the keys counted in it; after [`accumulate`], the keys in the bins below.
     hist: Box<[u32; MAX_BINS + 1]>,
-    /// Per row position, the elements of its bin before it.
+    /// Per row position, its bin (the bits above [`PLACE`]) and the elements of its bin before
+    /// it (those of `PLACE`).
     before: Vec<u32>,
     /// The bins that hold an element needing an exact rank, and those bins' members packed
     /// as (key, row position).
@@ -1014,7 +1015,7 @@ impl Magprune {
         if undecided.is_empty() {
             return;
         }
-        let (kmin, kmax) = A::Key::min_max(row);
+        let (kmin, kmax) = key_range(row);
         if kmin == kmax {
             // All equal: ranks are the indices.
             for &(b, h) in undecided {
@@ -1038,7 +1039,15 @@ impl Magprune {
         // The row's first element sits before `range` when the row began in the chunk before.
         let o = first.wrapping_sub(range.start);
         let line = RankLine::new(self);
-        let count = bound(bins, row, undecided, hist, &line, (o, stride), bits, straddling);
+        let count = bound(
+            before,
+            undecided,
+            hist,
+            &line,
+            (o, stride),
+            bits,
+            straddling,
+        );
         if count == 0 {
             return;
         }
@@ -1065,7 +1074,7 @@ impl Magprune {
                 }
             };
             if one {
-                if (h as u64) < cut[hist[i] as usize + before[b as usize] as usize] {
+                if (h as u64) < cut[hist[i] as usize + (before[b as usize] & PLACE) as usize] {
                     set(bits, first + b as usize * stride);
                 }
             } else {
@@ -1177,12 +1186,13 @@ struct Bins {
 }
 
 impl Bins {
-    /// About as many bins as a row of `len` has elements, spanning its keys from `kmin` to `kmax`
-    /// or, when those spread wider, the eight binades below the largest.
+    /// A bin for every two to four of a row's `len` elements, spanning its keys from `kmin`
+    /// to `kmax` or, when those spread wider, the eight binades below the largest.
     fn spanning<K: RankKey>(len: usize, kmin: K, kmax: K) -> Bins {
-        // The largest power of two not above `len`: the next one up made rows of 5632 count
-        // into 8192 bins, which with the row's other arrays spilled out of L1.
-        let count = (1usize << len.ilog2()).clamp(64, MAX_BINS);
+        // Half the largest power of two not above `len`: the next one up made rows of 5632
+        // count into 8192 bins, whose counts (and their running total, a store per bin) cost
+        // more than the few more elements that then share a bin.
+        let count = (1usize << len.ilog2() >> 1).clamp(64, MAX_BINS);
         let (lowest, highest) = (kmin.to_u64(), kmax.to_u64());
         let log = count.trailing_zeros();
         let spanned = (64 - (highest - lowest).leading_zeros()).saturating_sub(log);
@@ -1203,9 +1213,22 @@ impl Bins {
     }
 }
 
+/// The low bits of a [`RowScratch::before`] entry: an element's place among its bin's
+/// members, below the row's length, which is at most a chunk's (longer rows are ranked
+/// whole). The bin, below [`MAX_BINS`], takes the bits above.
+const PLACE: u32 = (1 << 19) - 1;
+const _: () = assert!(CHUNK_ELEMENTS <= PLACE as usize + 1 && MAX_BINS << 19 <= 1 << 32);
+
+/// The smallest and largest of `keys` (not empty), vectorised: inlined into the row's
+/// closure, it ran on SSE2.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn key_range<K: RankKey>(keys: &[K]) -> (K, K) {
+    K::min_max(keys)
+}
+
 /// Counts `row`'s keys into `hist` (bin `i`'s in `hist[i + 1]`, which starts at zero), and
-/// notes each key's place among its bin's in `before`. A function of its own: inside the
-/// row's, the loop's bounds and shift lived on the stack.
+/// notes each key's bin and place among its bin's in `before` (see [`PLACE`]). A function of
+/// its own: inside the row's, the loop's bounds and shift lived on the stack.
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 fn count_bins<K: RankKey>(
     bins: Bins,
@@ -1216,7 +1239,7 @@ fn count_bins<K: RankKey>(
     for (&k, place) in row.iter().zip(before) {
         let i = bins.of(k);
         let c = hist[i + 1];
-        *place = c;
+        *place = (i as u32) << 19 | c;
         hist[i + 1] = c + 1;
     }
 }
@@ -1232,19 +1255,20 @@ fn accumulate(hist: &mut [u32]) {
     }
 }
 
-/// Bounds each undecided element's rank (`undecided`: row position, draw) by its bin's, and
-/// decides those its bounds decide: kept when the lowest rank keeps it, dropped when the
-/// highest drops it. Sets the kept ones' bits (row position `b` at offset `o + b * stride`
-/// of `bits`, wrapping: `o` is below zero for a row that began before them) and lists the rest in `straddling`; returns how many were listed.
+/// Bounds each undecided element's rank (`undecided`: row position, draw) by its bin's (its
+/// bin from `before`, the ranks from `hist` after [`accumulate`]), and decides those its
+/// bounds decide: kept when the lowest rank keeps it, dropped when the highest drops it.
+/// Sets the kept ones' bits (row position `b` at offset `o + b * stride` of `bits`,
+/// wrapping: `o` is below zero for a row that began before them) and lists the rest in
+/// `straddling`; returns how many were listed.
 ///
 /// Which way an element falls is a coin toss, so the common cases set no branch. The kept
 /// bits of one word are gathered in a register: or-ing each into `bits` made every element
 /// wait on the store of the one before, a dozen to a word.
 #[allow(clippy::too_many_arguments)]
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
-fn bound<K: RankKey>(
-    bins: Bins,
-    row: &[K],
+fn bound(
+    before: &[u32],
     undecided: &[(u32, u32)],
     hist: &[u32; MAX_BINS + 1],
     line: &RankLine,
@@ -1255,7 +1279,7 @@ fn bound<K: RankKey>(
     let mut count = 0;
     let (mut word, mut gathered) = (0, 0u64);
     for &(b, h) in undecided {
-        let i = bins.of(row[b as usize]);
+        let i = (before[b as usize] >> 19) as usize & (MAX_BINS - 1);
         let (lo, hi) = (hist[i] as usize, hist[i + 1] as usize - 1);
         let x = line.at(h);
         let (kept, dropped) = (line.above(x, lo), line.below(x, hi));
@@ -1289,7 +1313,12 @@ fn classify_run(
 ) -> usize {
     // `h < bound` as a comparison of u32 lanes, which AVX2 does eight at a time where u64
     // lanes took four and a sign flip: `h <= bound - 1`, and nothing is below a bound of 0.
-    let under = |bound: u64| ((bound.max(1) - 1).min(u32::MAX as u64) as u32, (bound > 0) as u8);
+    let under = |bound: u64| {
+        (
+            (bound.max(1) - 1).min(u32::MAX as u64) as u32,
+            (bound > 0) as u8,
+        )
+    };
     let ((keep_last, keeps), (open_last, opens)) = (under(keep_all), under(drop_all));
     let mut listed = 0;
     for (c, hs) in drawn.chunks(64).enumerate() {
