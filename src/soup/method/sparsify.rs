@@ -858,9 +858,6 @@ struct RowScratch<A: Real> {
     straddling: Vec<(u32, u32)>,
     /// Per bin, the keys counted in it; after [`accumulate`], the keys in the bins below.
     hist: Box<[u32; MAX_BINS + 1]>,
-    /// Per row position, its bin (the bits above [`PLACE`]) and the elements of its bin before
-    /// it (those of `PLACE`).
-    before: Vec<u32>,
     /// The bins that hold an element needing an exact rank, and those bins' members packed
     /// as (key, row position).
     needed: Vec<bool>,
@@ -876,7 +873,6 @@ impl<A: Real> Default for RowScratch<A> {
             undecided: Vec::new(),
             straddling: Vec::new(),
             hist: Box::new([0; MAX_BINS + 1]),
-            before: Vec::new(),
             needed: Vec::new(),
             members: Vec::new(),
         }
@@ -965,7 +961,6 @@ impl Magprune {
             undecided,
             straddling,
             hist,
-            before,
             needed,
             members,
         } = rs;
@@ -1031,16 +1026,16 @@ impl Magprune {
         // key, that is its rank among the bin's (see below).
         let hist = &mut **hist;
         hist[..bins.count + 1].fill(0);
-        before.resize(len, 0);
-        count_bins(bins, row, hist, before);
+        count_bins(bins, row, hist);
         accumulate(&mut hist[..bins.count + 1]);
-        let (hist, before) = (&*hist, &*before);
+        let hist = &*hist;
         straddling.resize(undecided.len(), (0, 0));
         // The row's first element sits before `range` when the row began in the chunk before.
         let o = first.wrapping_sub(range.start);
         let line = RankLine::new(self);
         let count = bound(
-            before,
+            bins,
+            row,
             undecided,
             hist,
             &line,
@@ -1054,9 +1049,10 @@ impl Magprune {
         // Task vectors of 16-bit weights take few distinct magnitudes (differences on a coarse
         // grid), so most of those that straddle share their key with dozens of others, which
         // no bin can tell apart. A bin that holds one key ranks them exactly: the keys in lower
-        // bins plus the bin's members before. A bin holds one key when the row has as many
+        // bins plus the equal keys before. A bin holds one key when the row has as many
         // elements of that key as the bin has members: one count of the row per such bin
-        // (rows' ties gather in a few), where an exact rank costs one per element.
+        // (rows' ties gather in a few), and one of the equal keys before per element, where an
+        // exact rank compares every key of the row twice.
         let mut left = 0;
         let mut known: [(usize, bool); 4] = [(usize::MAX, false); 4];
         for s in 0..count {
@@ -1074,7 +1070,8 @@ impl Magprune {
                 }
             };
             if one {
-                if (h as u64) < cut[hist[i] as usize + (before[b as usize] & PLACE) as usize] {
+                let place = count_equal(&row[..b as usize], k);
+                if (h as u64) < cut[hist[i] as usize + place] {
                     set(bits, first + b as usize * stride);
                 }
             } else {
@@ -1213,12 +1210,6 @@ impl Bins {
     }
 }
 
-/// The low bits of a [`RowScratch::before`] entry: an element's place among its bin's
-/// members, below the row's length, which is at most a chunk's (longer rows are ranked
-/// whole). The bin, below [`MAX_BINS`], takes the bits above.
-const PLACE: u32 = (1 << 19) - 1;
-const _: () = assert!(CHUNK_ELEMENTS <= PLACE as usize + 1 && MAX_BINS << 19 <= 1 << 32);
-
 /// The smallest and largest of `keys` (not empty), vectorised: inlined into the row's
 /// closure, it ran on SSE2.
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
@@ -1226,21 +1217,14 @@ fn key_range<K: RankKey>(keys: &[K]) -> (K, K) {
     K::min_max(keys)
 }
 
-/// Counts `row`'s keys into `hist` (bin `i`'s in `hist[i + 1]`, which starts at zero), and
-/// notes each key's bin and place among its bin's in `before` (see [`PLACE`]). A function of
-/// its own: inside the row's, the loop's bounds and shift lived on the stack.
+/// Counts `row`'s keys into `hist` (bin `i`'s in `hist[i + 1]`, which starts at zero). A
+/// function of its own: inside the row's, the loop's bounds and shift lived on the stack.
+/// Noting each element's place among its bin's here, a second store per element, cost more
+/// than counting it for the few that need it.
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
-fn count_bins<K: RankKey>(
-    bins: Bins,
-    row: &[K],
-    hist: &mut [u32; MAX_BINS + 1],
-    before: &mut [u32],
-) {
-    for (&k, place) in row.iter().zip(before) {
-        let i = bins.of(k);
-        let c = hist[i + 1];
-        *place = (i as u32) << 19 | c;
-        hist[i + 1] = c + 1;
+fn count_bins<K: RankKey>(bins: Bins, row: &[K], hist: &mut [u32; MAX_BINS + 1]) {
+    for &k in row {
+        hist[bins.of(k) + 1] += 1;
     }
 }
 
@@ -1256,7 +1240,7 @@ fn accumulate(hist: &mut [u32]) {
 }
 
 /// Bounds each undecided element's rank (`undecided`: row position, draw) by its bin's (its
-/// bin from `before`, the ranks from `hist` after [`accumulate`]), and decides those its
+/// ranks from `hist` after [`accumulate`]), and decides those its
 /// bounds decide: kept when the lowest rank keeps it, dropped when the highest drops it.
 /// Sets the kept ones' bits (row position `b` at offset `o + b * stride` of `bits`,
 /// wrapping: `o` is below zero for a row that began before them) and lists the rest in
@@ -1267,8 +1251,9 @@ fn accumulate(hist: &mut [u32]) {
 /// wait on the store of the one before, a dozen to a word.
 #[allow(clippy::too_many_arguments)]
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
-fn bound(
-    before: &[u32],
+fn bound<K: RankKey>(
+    bins: Bins,
+    row: &[K],
     undecided: &[(u32, u32)],
     hist: &[u32; MAX_BINS + 1],
     line: &RankLine,
@@ -1279,7 +1264,7 @@ fn bound(
     let mut count = 0;
     let (mut word, mut gathered) = (0, 0u64);
     for &(b, h) in undecided {
-        let i = (before[b as usize] >> 19) as usize & (MAX_BINS - 1);
+        let i = bins.of(row[b as usize]);
         let (lo, hi) = (hist[i] as usize, hist[i + 1] as usize - 1);
         let x = line.at(h);
         let (kept, dropped) = (line.above(x, lo), line.below(x, hi));
