@@ -889,9 +889,10 @@ struct Magprune {
     len: usize,
     stream: u64,
     /// `p` as draws, by rank: an element of rank `r` is kept when its draw is below `cut[r]`
-    /// ([`Cutoff::bound`] of `p(r)`, so the same test as [`Magprune::keep`]). Rows within a
-    /// chunk are decided by integer comparisons against it; `p` rises with the rank, and so
-    /// does `cut`. Empty for rows longer than a chunk, which are ranked whole and use `keep`.
+    /// ([`Cutoff::bound`] of `p(r)`, so the same test as [`Magprune::keep`]). In rows within
+    /// a chunk, an element that `p(0)`, `p(len - 1)` and its rank's bounds leave open is
+    /// decided by an integer comparison against its exact rank's cut. Empty for rows longer
+    /// than a chunk, which are ranked whole and use `keep`.
     cut: Vec<u64>,
 }
 
@@ -1274,6 +1275,8 @@ fn bound<K: RankKey>(
             (word, gathered) = (at / 64, 0);
         }
         gathered |= (kept as u64) << (at % 64);
+        // Written for every element, kept only for those that straddle: a branch here, though
+        // seldom taken, made this loop three times slower.
         straddling[count] = (b, h);
         count += (!kept & !dropped) as usize;
     }
