@@ -935,15 +935,16 @@ impl Magprune {
     /// `p` never decreases with the rank, so an element whose `u` is below `p(0)` is kept and
     /// one whose `u` is at least `p(len - 1)` dropped, whatever its rank; most are decided so.
     /// For the rest, a histogram of the row's keys bounds each rank to its bin's; an element
-    /// whose bounds don't decide it gets its exact rank by counting, or, when too many need
-    /// one, from its bin's members, sorted.
+    /// whose bounds don't decide it gets its exact rank from its bin when the bin holds one
+    /// key, else by counting the row, or, when too many need one, from its bin's members,
+    /// sorted.
     ///
     /// The bins are as narrow as the histogram allows over the top eight binades of the row's
     /// keys, and the keys below those share bin 0. A task vector's magnitudes sit within a
     /// few binades below the row's largest, and the smallest (down to the zeros of unchanged
     /// weights) are few: bins over the whole key range from zero put a binade in 16 bins, a
-    /// few dozen elements in each, and some 10 per row then straddled; these bins hold one or
-    /// two distinct keys each, and hardly any element straddles.
+    /// few dozen elements in each, and 8 to 15 per row then straddled; these bins hold one or
+    /// two distinct keys each, and what still straddles is mostly ties.
     fn row<A: Real>(
         &self,
         rs: &mut RowScratch<A>,
@@ -1023,8 +1024,6 @@ impl Magprune {
         }
         let bins = Bins::spanning(len, kmin, kmax);
         let bin = |k: A::Key| bins.of(k);
-        // Counting also notes each element's place among its bin's members: in a bin of one
-        // key, that is its rank among the bin's (see below).
         let hist = &mut **hist;
         hist[..bins.count + 1].fill(0);
         count_bins(bins, row, hist);
@@ -1136,8 +1135,8 @@ impl Magprune {
 /// `xi(u) = (u - low) (len - 1) / width`. `at` computes `xi` with a multiply and an add instead of
 /// `p`'s division per element; its error and `p`'s rounding together stay far below `margin`, so
 /// a rank more than `margin` above or below it is decided by the comparison alone, and only one
-/// within `margin` (which almost never happens) needs `p` itself (its [`Magprune::cut`]). It
-/// bounds ranks without reading a table: the cuts of random ranks missed the cache.
+/// within `margin` (which almost never happens) needs `p` itself (its [`Magprune::cut`]).
+/// Bounding by the table of cuts instead measured the same.
 struct RankLine {
     slope: f64,
     offset: f64,
