@@ -123,6 +123,9 @@ pub trait RankKey: Ord + Copy {
     type Packed: Ord + Copy + Send;
     /// The largest key.
     const MAX: Self;
+    /// The fraction bits of the float whose magnitude the key is: a key's top bits are its
+    /// exponent, so `1 << FRACTION` keys span one binade.
+    const FRACTION: u32;
     fn pack(self, index: u32) -> Self::Packed;
     fn index(packed: Self::Packed) -> u32;
     /// The key as a u64, for thresholds kept independent of the working precision.
@@ -138,10 +141,11 @@ pub trait RankKey: Ord + Copy {
 /// The two key widths differ only in their types: the key, its signed twin (for
 /// [`RankKey::min_max`]) and the integer a key packs into with a 32-bit index.
 macro_rules! rank_key {
-    ($key:ty, $signed:ty, $packed:ty) => {
+    ($key:ty, $signed:ty, $packed:ty, $fraction:expr) => {
         impl RankKey for $key {
             type Packed = $packed;
             const MAX: $key = <$key>::MAX;
+            const FRACTION: u32 = $fraction;
             fn to_u64(self) -> u64 {
                 self as u64
             }
@@ -169,8 +173,8 @@ macro_rules! rank_key {
     };
 }
 
-rank_key!(u32, i32, u64);
-rank_key!(u64, i64, u128);
+rank_key!(u32, i32, u64, f32::MANTISSA_DIGITS - 1);
+rank_key!(u64, i64, u128, f64::MANTISSA_DIGITS - 1);
 
 /// Bit `j` of `bits` as a factor, 0 or 1. Masks are applied by multiplying (a dropped NaN
 /// stays NaN, as mergekit has it); a shift per lane vectorises (AVX2 shifts 32-bit lanes by a

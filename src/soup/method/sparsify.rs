@@ -701,7 +701,8 @@ pub struct Working {
     /// Kept until the output pass: the model's bitmask.
     pub mask: u64,
     /// Held while one model is trimmed: for DELLA rows longer than a chunk, a key and a rank
-    /// per element; for TIES and breadcrumbs, the sample and the keys gathered in each
+    /// per element, and for shorter ones the keep rule's cut per rank (8 bytes a row
+    /// position); for TIES and breadcrumbs, the sample and the keys gathered in each
     /// threshold's window.
     pub ranking: u64,
     /// Held by each thread while it ranks a row: the row's packed keys.
@@ -722,7 +723,13 @@ pub fn working_bytes(method: Sparsify, shape: &[u64], n: usize, wide: bool) -> W
             sorting: len as u64 * packed,
             rows: (n / block * inner) as u64,
         },
-        Sparsify::Random | Sparsify::DellaMagprune => Working {
+        Sparsify::DellaMagprune => Working {
+            mask,
+            ranking: len as u64 * 8,
+            sorting: 0,
+            rows: 0,
+        },
+        Sparsify::Random => Working {
             mask,
             ranking: 0,
             sorting: 0,
@@ -760,7 +767,7 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, A::
     let shape = spec.shape;
     let (len, inner) = row_layout(shape, n);
     let slab = len * inner;
-    let rule = Magprune::new(spec, len);
+    let rule = Magprune::new(spec, len, slab <= CHUNK_ELEMENTS);
     let mut keep = vec![0u64; n.div_ceil(64)];
     if n == 0 {
         return Trim {
@@ -841,6 +848,7 @@ fn della<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, A::
 /// A thread's buffers for DELLA's rows.
 struct RowScratch<A: Real> {
     keys: Vec<A::Key>,
+    /// A strided row's keys, gathered (a row of stride 1 is read where it lies).
     row: Vec<A::Key>,
     /// The draws of a row's elements inside the chunk.
     drawn: Vec<u32>,
@@ -848,7 +856,8 @@ struct RowScratch<A: Real> {
     undecided: Vec<(u32, u32)>,
     /// Those of them whose rank bounds don't decide them either.
     straddling: Vec<(u32, u32)>,
-    hist: Vec<u32>,
+    /// Per bin, the keys counted in it; after [`accumulate`], the keys in the bins below.
+    hist: Box<[u32; MAX_BINS + 1]>,
     /// The bins that hold an element needing an exact rank, and those bins' members packed
     /// as (key, row position).
     needed: Vec<bool>,
@@ -863,7 +872,7 @@ impl<A: Real> Default for RowScratch<A> {
             drawn: Vec::new(),
             undecided: Vec::new(),
             straddling: Vec::new(),
-            hist: Vec::new(),
+            hist: Box::new([0; MAX_BINS + 1]),
             needed: Vec::new(),
             members: Vec::new(),
         }
@@ -879,17 +888,30 @@ struct Magprune {
     width: f64,
     len: usize,
     stream: u64,
+    /// `p` as draws, by rank: an element of rank `r` is kept when its draw is below `cut[r]`
+    /// ([`Cutoff::bound`] of `p(r)`, so the same test as [`Magprune::keep`]). In rows within
+    /// a chunk, an element that `p(0)`, `p(len - 1)` and its rank's bounds leave open is
+    /// decided by an integer comparison against its exact rank's cut. Empty for rows longer
+    /// than a chunk, which are ranked whole and use `keep`.
+    cut: Vec<u64>,
 }
 
 impl Magprune {
-    fn new(spec: &TrimSpec<'_>, len: usize) -> Magprune {
-        Magprune {
+    /// The rule for rows of `len`; `ranked_by_row` when [`Magprune::row`] will decide them
+    /// (rows within a chunk), which builds the cuts.
+    fn new(spec: &TrimSpec<'_>, len: usize, ranked_by_row: bool) -> Magprune {
+        let mut rule = Magprune {
             density: spec.density,
             low: spec.density - spec.epsilon,
             width: 2.0 * spec.epsilon,
             len,
             stream: spec.stream,
+            cut: Vec::new(),
+        };
+        if ranked_by_row {
+            rule.cut = (0..len).map(|r| Cutoff::of(rule.p(r)).bound()).collect();
         }
+        rule
     }
 
     fn p(&self, rank: usize) -> f64 {
@@ -913,8 +935,16 @@ impl Magprune {
     /// `p` never decreases with the rank, so an element whose `u` is below `p(0)` is kept and
     /// one whose `u` is at least `p(len - 1)` dropped, whatever its rank; most are decided so.
     /// For the rest, a histogram of the row's keys bounds each rank to its bin's; an element
-    /// whose bounds don't decide it gets its exact rank by counting, or, when too many need
-    /// one, the row is sorted.
+    /// whose bounds don't decide it gets its exact rank from its bin when the bin holds one
+    /// key, else by counting the row, or, when too many need one, from its bin's members,
+    /// sorted.
+    ///
+    /// The bins are as narrow as the histogram allows over the top eight binades of the row's
+    /// keys, and the keys below those share bin 0. A task vector's magnitudes sit within a
+    /// few binades below the row's largest, and the smallest (down to the zeros of unchanged
+    /// weights) are few: bins over the whole key range from zero put a binade in 16 bins, a
+    /// few dozen elements in each, and 8 to 15 per row then straddled; these bins hold one or
+    /// two distinct keys each, and what still straddles is mostly ties.
     fn row<A: Real>(
         &self,
         rs: &mut RowScratch<A>,
@@ -925,128 +955,138 @@ impl Magprune {
         bits: &mut [u64],
     ) {
         let len = self.len;
-        rs.row.clear();
-        if stride == 1 {
-            rs.row
-                .extend_from_slice(&rs.keys[first - from..first - from + len]);
+        let cut = &self.cut[..len];
+        let RowScratch {
+            keys,
+            row: gathered,
+            drawn,
+            undecided,
+            straddling,
+            hist,
+            needed,
+            members,
+        } = rs;
+        let row: &[A::Key] = if stride == 1 {
+            &keys[first - from..first - from + len]
         } else {
-            rs.row
-                .extend((0..len).map(|b| rs.keys[first - from + b * stride]));
-        }
+            gathered.clear();
+            gathered.extend((0..len).map(|b| keys[first - from + b * stride]));
+            gathered
+        };
         let set = |bits: &mut [u64], e: usize| {
             let o = e - range.start;
             bits[o / 64] |= 1 << (o % 64);
         };
-        let (p0, p1) = (self.p(0), self.p(len.saturating_sub(1)));
-        let (keep_all, drop_all) = (Cutoff::of(p0).bound(), Cutoff::of(p1).bound());
+        let (keep_all, drop_all) = (cut[0], cut[len - 1]);
         // The row's elements inside `range`: b with first + b * stride in it.
         let b0 = range.start.saturating_sub(first).div_ceil(stride);
         let b1 = range.end.saturating_sub(first).div_ceil(stride).min(len);
         let count = b1.saturating_sub(b0);
-        rs.drawn.resize(count, 0);
+        drawn.resize(count, 0);
         if stride == 1 {
-            draws::fill(self.stream, (first + b0) as u64, &mut rs.drawn);
+            draws::fill(self.stream, (first + b0) as u64, drawn);
         } else {
-            for (i, h) in rs.drawn.iter_mut().enumerate() {
+            for (i, h) in drawn.iter_mut().enumerate() {
                 *h = draws::draw(self.stream, (first + (b0 + i) * stride) as u64);
             }
         }
-        rs.undecided.clear();
-        if stride == 1 {
+        undecided.resize(count, (0, 0));
+        let open = if stride == 1 {
             let o = first + b0 - range.start;
-            classify_run(
-                &rs.drawn,
-                keep_all,
-                drop_all,
-                o,
-                b0,
-                bits,
-                &mut rs.undecided,
-            );
+            classify_run(drawn, keep_all, drop_all, o, b0, bits, undecided)
         } else {
             // Without branches: which way a draw falls is a coin toss.
-            rs.undecided.resize(count, (0, 0));
-            let (drawn, pending) = (&rs.drawn[..count], &mut rs.undecided[..count]);
-            let mut undecided = 0;
+            let (drawn, pending) = (&drawn[..count], &mut undecided[..count]);
+            let mut open = 0;
             let mut o = first + b0 * stride - range.start;
             for (i, &h) in drawn.iter().enumerate() {
                 let h64 = h as u64;
                 bits[o / 64] |= ((h64 < keep_all) as u64) << (o % 64);
-                pending[undecided] = ((b0 + i) as u32, h);
-                undecided += (h64 >= keep_all && h64 < drop_all) as usize;
+                pending[open] = ((b0 + i) as u32, h);
+                open += (h64 >= keep_all && h64 < drop_all) as usize;
                 o += stride;
             }
-            rs.undecided.truncate(undecided);
-        }
-        if rs.undecided.is_empty() {
+            open
+        };
+        let undecided = &undecided[..open];
+        if undecided.is_empty() {
             return;
         }
-        let row = &rs.row;
-        let (kmin, kmax) = A::Key::min_max(row);
+        let (kmin, kmax) = key_range(row);
         if kmin == kmax {
             // All equal: ranks are the indices.
-            for &(b, h) in &rs.undecided {
-                if self.keep(h, b as usize) {
+            for &(b, h) in undecided {
+                if (h as u64) < cut[b as usize] {
                     set(bits, first + b as usize * stride);
                 }
             }
             return;
         }
-        // Bins of the key range: as many as the row has elements, at most 8192.
-        let bins = len.next_power_of_two().clamp(64, 8192);
-        let span = kmax.to_u64() - kmin.to_u64();
-        let shift = (64 - span.leading_zeros()).saturating_sub(bins.trailing_zeros());
-        let bin = |k: A::Key| ((k.to_u64() - kmin.to_u64()) >> shift) as usize;
-        rs.hist.clear();
-        rs.hist.resize(bins + 1, 0);
-        for &k in row {
-            rs.hist[bin(k) + 1] += 1;
-        }
-        // hist[i] becomes the number of keys in bins below i; hist[i + 1] - hist[i] is bin i's.
-        // The running total is kept in a register: `hist[i] += hist[i - 1]` waited on the
-        // store of the bin before, bin after bin.
-        let mut below = 0;
-        for h in rs.hist.iter_mut() {
-            below += *h;
-            *h = below;
-        }
+        let bins = Bins::spanning(len, kmin, kmax);
+        let bin = |k: A::Key| bins.of(k);
+        let hist = &mut **hist;
+        hist[..bins.count + 1].fill(0);
+        count_bins(bins, row, hist);
+        accumulate(&mut hist[..bins.count + 1]);
+        let hist = &*hist;
+        straddling.resize(undecided.len(), (0, 0));
+        // The row's first element sits before `range` when the row began in the chunk before.
+        let o = first.wrapping_sub(range.start);
         let line = RankLine::new(self);
-        // Which way an element falls is a coin toss, so the common cases set no branch: a
-        // rank bound that keeps it sets its bit, one that drops it does nothing, and only the
-        // few whose bounds straddle the line go on to the list for a closer look.
-        let mut straddling = std::mem::take(&mut rs.straddling);
-        straddling.resize(rs.undecided.len(), (0, 0));
-        let mut count = 0;
-        for &(b, h) in &rs.undecided {
-            let i = bin(row[b as usize]);
-            let (lo, hi) = (rs.hist[i] as usize, rs.hist[i + 1] as usize - 1);
-            let x = line.at(h);
-            let (kept, dropped) = (line.above(x, lo), line.below(x, hi));
-            let o = first + b as usize * stride - range.start;
-            bits[o / 64] |= (kept as u64) << (o % 64);
-            straddling[count] = (b, h);
-            count += (!kept && !dropped) as usize;
+        let count = bound(
+            bins,
+            row,
+            undecided,
+            hist,
+            &line,
+            (o, stride),
+            bits,
+            straddling,
+        );
+        if count == 0 {
+            return;
         }
-        let mut exact = Vec::new();
-        for &(b, h) in &straddling[..count] {
-            let i = bin(row[b as usize]);
-            let (lo, hi) = (rs.hist[i] as usize, rs.hist[i + 1] as usize - 1);
-            let x = line.at(h);
-            if !line.below(x, lo) && self.keep(h, lo) {
-                set(bits, first + b as usize * stride);
-            } else if !line.below(x, hi) && (line.above(x, hi) || self.keep(h, hi)) {
-                exact.push((b, h));
+        // Task vectors of 16-bit weights take few distinct magnitudes (differences on a coarse
+        // grid), so most of those that straddle share their key with dozens of others, which
+        // no bin can tell apart. A bin that holds one key ranks them exactly: the keys in lower
+        // bins plus the equal keys before. A bin holds one key when the row has as many
+        // elements of that key as the bin has members: one count of the row per such bin
+        // (rows' ties gather in a few), and one of the equal keys before per element, where an
+        // exact rank compares every key of the row twice.
+        let mut left = 0;
+        let mut known: [(usize, bool); 4] = [(usize::MAX, false); 4];
+        for s in 0..count {
+            let (b, h) = straddling[s];
+            let k = row[b as usize];
+            let i = bin(k);
+            let one = match known.iter().find(|&&(bin, _)| bin == i) {
+                Some(&(_, one)) => one,
+                None => {
+                    let members = (hist[i + 1] - hist[i]) as usize;
+                    let one = count_equal(row, k) == members;
+                    known.rotate_right(1);
+                    known[0] = (i, one);
+                    one
+                }
+            };
+            if one {
+                let place = count_equal(&row[..b as usize], k);
+                if (h as u64) < cut[hist[i] as usize + place] {
+                    set(bits, first + b as usize * stride);
+                }
+            } else {
+                straddling[left] = (b, h);
+                left += 1;
             }
         }
-        rs.straddling = straddling;
+        let exact = &straddling[..left];
         if exact.is_empty() {
             return;
         }
         // Keys below, plus equal keys before: `<=` before `b`, `<` from `b` on.
-        let rank_of = |b: usize| rank_in_row(row, b);
         if exact.len() <= 16 {
-            for (b, h) in exact {
-                if self.keep(h, rank_of(b as usize)) {
+            for &(b, h) in exact {
+                if (h as u64) < cut[rank_in_row(row, b as usize)] {
                     set(bits, first + b as usize * stride);
                 }
             }
@@ -1058,28 +1098,33 @@ impl Magprune {
         // gathers the members of the bins that hold such an element, packed as (key, index)
         // so that sorting them orders equal keys by index; each rank is then two binary
         // searches. Sorting only these few costs less than sorting the row.
-        rs.needed.clear();
-        rs.needed.resize(bins, false);
-        for &(b, _) in &exact {
-            rs.needed[bin(row[b as usize])] = true;
+        needed.clear();
+        needed.resize(bins.count, false);
+        for &(b, _) in exact {
+            needed[bin(row[b as usize])] = true;
         }
-        rs.members.clear();
-        rs.members.resize(len, A::Key::default().pack(0));
+        members.clear();
+        members.resize(len, A::Key::default().pack(0));
         let mut gathered = 0;
         for (j, &k) in row.iter().enumerate() {
-            rs.members[gathered] = k.pack(j as u32);
-            gathered += rs.needed[bin(k)] as usize;
+            members[gathered] = k.pack(j as u32);
+            gathered += needed[bin(k)] as usize;
         }
-        let members = &mut rs.members[..gathered];
+        let members = &mut members[..gathered];
         members.sort_unstable();
-        for (b, h) in exact {
+        for &(b, h) in exact {
             let k = row[b as usize];
             let i = bin(k);
-            // The smallest key of bin `i`: members packed below it are in lower bins.
-            let floor = A::Key::from_u64(kmin.to_u64() + ((i as u64) << shift)).pack(0);
+            // The smallest key bin `i` can hold: members packed below it are in lower bins.
+            let least = if i == 0 {
+                0
+            } else {
+                bins.floor + ((i as u64) << bins.shift)
+            };
+            let least = A::Key::from_u64(least).pack(0);
             let below = |p| members.partition_point(|&m| m < p);
-            let within = below(k.pack(b)) - below(floor);
-            if self.keep(h, rs.hist[i] as usize + within) {
+            let within = below(k.pack(b)) - below(least);
+            if (h as u64) < cut[hist[i] as usize + within] {
                 set(bits, first + b as usize * stride);
             }
         }
@@ -1090,7 +1135,8 @@ impl Magprune {
 /// `xi(u) = (u - low) (len - 1) / width`. `at` computes `xi` with a multiply and an add instead of
 /// `p`'s division per element; its error and `p`'s rounding together stay far below `margin`, so
 /// a rank more than `margin` above or below it is decided by the comparison alone, and only one
-/// within `margin` (which almost never happens) needs `p` itself.
+/// within `margin` (which almost never happens) needs `p` itself (its [`Magprune::cut`]).
+/// Bounding by the table of cuts instead measured the same.
 struct RankLine {
     slope: f64,
     offset: f64,
@@ -1124,10 +1170,124 @@ impl RankLine {
     }
 }
 
+/// The most bins of a DELLA row's histogram.
+const MAX_BINS: usize = 8192;
+
+/// The bins of a DELLA row's keys: `count` of them, at most [`MAX_BINS`], each `1 << shift`
+/// keys wide from `floor` (bin 0 also takes every key below it).
+#[derive(Clone, Copy)]
+struct Bins {
+    floor: u64,
+    shift: u32,
+    count: usize,
+}
+
+impl Bins {
+    /// A bin for every two to four of a row's `len` elements, spanning its keys from `kmin`
+    /// to `kmax` or, when those spread wider, the eight binades below the largest.
+    fn spanning<K: RankKey>(len: usize, kmin: K, kmax: K) -> Bins {
+        // Half the largest power of two not above `len`: the next one up made rows of 5632
+        // count into 8192 bins, whose counts (and their running total, a store per bin) cost
+        // more than the few more elements that then share a bin.
+        let count = (1usize << len.ilog2() >> 1).clamp(64, MAX_BINS);
+        let (lowest, highest) = (kmin.to_u64(), kmax.to_u64());
+        let log = count.trailing_zeros();
+        let spanned = (64 - (highest - lowest).leading_zeros()).saturating_sub(log);
+        let shift = spanned.min((K::FRACTION + 3).saturating_sub(log));
+        let floor = lowest.max(highest.saturating_sub(((count as u64) << shift) - 1));
+        Bins {
+            floor,
+            shift,
+            count,
+        }
+    }
+
+    /// The bin of key `k`, one of the row's. The mask never changes it (the largest key
+    /// lands in the last bin); it spares the bounds checks.
+    #[inline(always)]
+    fn of<K: RankKey>(self, k: K) -> usize {
+        (k.to_u64().saturating_sub(self.floor) >> self.shift) as usize & (MAX_BINS - 1)
+    }
+}
+
+/// The smallest and largest of `keys` (not empty), vectorised: inlined into the row's
+/// closure, it ran on SSE2.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn key_range<K: RankKey>(keys: &[K]) -> (K, K) {
+    K::min_max(keys)
+}
+
+/// Counts `row`'s keys into `hist` (bin `i`'s in `hist[i + 1]`, which starts at zero). A
+/// function of its own: inside the row's, the loop's bounds and shift lived on the stack.
+/// Noting each element's place among its bin's here, a second store per element, cost more
+/// than counting it for the few that need it.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn count_bins<K: RankKey>(bins: Bins, row: &[K], hist: &mut [u32; MAX_BINS + 1]) {
+    for &k in row {
+        hist[bins.of(k) + 1] += 1;
+    }
+}
+
+/// Turns counts per bin (bin `i`'s in `hist[i + 1]`) into the counts of the bins below:
+/// `hist[i]`, and `hist[i + 1] - hist[i]` is bin `i`'s. The running total is kept in a
+/// register: `hist[i] += hist[i - 1]` waited on the store of the bin before, bin after bin.
+fn accumulate(hist: &mut [u32]) {
+    let mut below = 0;
+    for h in hist.iter_mut() {
+        below += *h;
+        *h = below;
+    }
+}
+
+/// Bounds each undecided element's rank (`undecided`: row position, draw) by its bin's (its
+/// ranks from `hist` after [`accumulate`]), and decides those its
+/// bounds decide: kept when the lowest rank keeps it, dropped when the highest drops it.
+/// Sets the kept ones' bits (row position `b` at offset `o + b * stride` of `bits`,
+/// wrapping: `o` is below zero for a row that began before them) and lists the rest in
+/// `straddling`; returns how many were listed.
+///
+/// Which way an element falls is a coin toss, so the common cases set no branch. The kept
+/// bits of one word are gathered in a register: or-ing each into `bits` made every element
+/// wait on the store of the one before, a dozen to a word.
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn bound<K: RankKey>(
+    bins: Bins,
+    row: &[K],
+    undecided: &[(u32, u32)],
+    hist: &[u32; MAX_BINS + 1],
+    line: &RankLine,
+    (o, stride): (usize, usize),
+    bits: &mut [u64],
+    straddling: &mut [(u32, u32)],
+) -> usize {
+    let mut count = 0;
+    let (mut word, mut gathered) = (0, 0u64);
+    for &(b, h) in undecided {
+        let i = bins.of(row[b as usize]);
+        let (lo, hi) = (hist[i] as usize, hist[i + 1] as usize - 1);
+        let x = line.at(h);
+        let (kept, dropped) = (line.above(x, lo), line.below(x, hi));
+        let at = o.wrapping_add(b as usize * stride);
+        if at / 64 != word {
+            bits[word] |= gathered;
+            (word, gathered) = (at / 64, 0);
+        }
+        gathered |= (kept as u64) << (at % 64);
+        // Written for every element, kept only for those that straddle: a branch here, though
+        // seldom taken, made this loop three times slower.
+        straddling[count] = (b, h);
+        count += (!kept & !dropped) as usize;
+    }
+    bits[word] |= gathered;
+    count
+}
+
 /// DELLA's first decision for a run of consecutive row elements (positions `b0..`, bits from
 /// offset `o` of `bits`): draws below `keep_all` are kept, those from `keep_all` up to
-/// `drop_all` are listed as undecided (position, draw), the rest dropped. Flags are computed 64
-/// at a time and packed, so only the undecided are visited one by one.
+/// `drop_all` are listed in `undecided` (position, draw), the rest dropped; returns how many
+/// were listed. Flags are computed 64 at a time and packed, so only the undecided are visited
+/// one by one.
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 fn classify_run(
     drawn: &[u32],
@@ -1136,14 +1296,24 @@ fn classify_run(
     o: usize,
     b0: usize,
     bits: &mut [u64],
-    undecided: &mut Vec<(u32, u32)>,
-) {
+    undecided: &mut [(u32, u32)],
+) -> usize {
+    // `h < bound` as a comparison of u32 lanes, which AVX2 does eight at a time where u64
+    // lanes took four and a sign flip: `h <= bound - 1`, and nothing is below a bound of 0.
+    let under = |bound: u64| {
+        (
+            (bound.max(1) - 1).min(u32::MAX as u64) as u32,
+            (bound > 0) as u8,
+        )
+    };
+    let ((keep_last, keeps), (open_last, opens)) = (under(keep_all), under(drop_all));
+    let mut listed = 0;
     for (c, hs) in drawn.chunks(64).enumerate() {
         let (mut keep, mut open) = ([0u8; 64], [0u8; 64]);
         for ((k, u), &h) in keep.iter_mut().zip(open.iter_mut()).zip(hs) {
-            let h = h as u64;
-            *k = (h < keep_all) as u8;
-            *u = (h >= keep_all && h < drop_all) as u8;
+            let kept = (h <= keep_last) as u8 & keeps;
+            *k = kept;
+            *u = ((h <= open_last) as u8 & opens) & (kept ^ 1);
         }
         let (kept, mut open) = (pack_flags(&keep), pack_flags(&open));
         let at = o + c * 64;
@@ -1155,9 +1325,11 @@ fn classify_run(
         while open != 0 {
             let j = open.trailing_zeros() as usize;
             open &= open - 1;
-            undecided.push(((b0 + c * 64 + j) as u32, hs[j]));
+            undecided[listed] = ((b0 + c * 64 + j) as u32, hs[j]);
+            listed += 1;
         }
     }
+    listed
 }
 
 /// Element `b`'s rank in `row`: the keys below it, plus equal keys before it (`<=` before
@@ -1168,6 +1340,12 @@ fn rank_in_row<K: RankKey>(row: &[K], b: usize) -> usize {
     let before: u32 = row[..b].iter().map(|&x| (x <= k) as u32).sum();
     let after: u32 = row[b..].iter().map(|&x| (x < k) as u32).sum();
     (before + after) as usize
+}
+
+/// How many of `row`'s keys equal `k`.
+#[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
+fn count_equal<K: RankKey>(row: &[K], k: K) -> usize {
+    row.iter().map(|&x| (x == k) as u32).sum::<u32>() as usize
 }
 
 /// Each element's rank by magnitude within its row along dimension 1 (ascending, equal
@@ -1463,7 +1641,7 @@ mod tests {
             (vec![500, 1], spread(500, 7)),
         ];
         for (shape, values) in &cases {
-            // A tiny epsilon makes nearly every rank comparison fall inside `RankLine`'s margin.
+            // A tiny epsilon puts the cuts of many ranks on one draw.
             for (density, epsilon) in [
                 (0.5, 0.1),
                 (0.3, 0.2),
@@ -1496,6 +1674,75 @@ mod tests {
                 if after > 1e-7 {
                     assert!((scale - before / after).abs() <= 1e-9 * scale, "{scale}");
                 }
+            }
+        }
+    }
+
+    /// A task vector of bf16 weights as f64: differences of bf16 values, a few binades below
+    /// the largest and on a coarse grid, so rows hold dozens of elements of one magnitude;
+    /// with `unchanged` of the elements (in 256ths) left at zero, as fine-tuning leaves many.
+    fn bf16_deltas(n: usize, unchanged: u32, seed: u64) -> Vec<f64> {
+        let bf16 = |x: f32| f32::from_bits(x.to_bits() & 0xFFFF_0000) as f64;
+        (0..n)
+            .map(|e| {
+                let base = (uniform(seed, e as u64) as f32 - 0.5) * 0.05;
+                let step = (uniform(seed + 1, e as u64) as f32 - 0.5) * 0.006;
+                if draws::draw(seed + 2, e as u64) >> 24 < unchanged {
+                    0.0
+                } else {
+                    bf16(base + step) - bf16(base)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn della_ranks_rows_of_many_ties_exactly_in_both_precisions() {
+        // Rows whose bins mostly hold one key (ranked from the bin), rows of mostly zeros
+        // (one large bin of one key), few distinct values (every bin one key), all-equal
+        // rows, strided rows of a 3-D tensor, rows straddling chunks, and rows longer than
+        // the histogram's bins.
+        let cases: Vec<(Vec<u64>, Vec<f64>)> = vec![
+            (vec![64, 2048], bf16_deltas(64 * 2048, 8, 21)),
+            (vec![3, 5632], bf16_deltas(3 * 5632, 8, 22)),
+            (vec![40, 2048], bf16_deltas(40 * 2048, 200, 23)),
+            (vec![6, 120_000], bf16_deltas(720_000, 8, 24)),
+            (vec![4, 300, 3], bf16_deltas(3600, 8, 25)),
+            (vec![5, 20_000], bf16_deltas(100_000, 8, 26)),
+            (vec![32, 1000], tied(32_000, 4, 27)),
+            (vec![8, 777], vec![-0.25; 8 * 777]),
+        ];
+        for (shape, values) in &cases {
+            for (density, epsilon) in [(0.5, 0.1), (0.5, 0.15), (0.3, 0.2)] {
+                let want = della_by_sorting(values, shape, density, epsilon);
+                let spec = TrimSpec {
+                    method: Sparsify::DellaMagprune,
+                    density,
+                    gamma: 0.0,
+                    epsilon,
+                    stream: 11,
+                    rescale: false,
+                    shape,
+                };
+                assert!(
+                    run(&spec, values).0 == want,
+                    "f64, shape {shape:?} density {density} epsilon {epsilon}"
+                );
+                // The same values in f32 (exact: each is a difference of two bf16 values).
+                let magnitudes = |r: Range<usize>, out: &mut [u32]| {
+                    for (o, v) in out.iter_mut().zip(&values[r]) {
+                        *o = (*v as f32).magnitude();
+                    }
+                };
+                let n = values.len();
+                let Keep::Bits(bits) = trim::<f32>(&spec, n, &magnitudes).keep else {
+                    panic!("DELLA keeps a bitmask");
+                };
+                let kept: Vec<bool> = (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect();
+                assert!(
+                    kept == want,
+                    "f32, shape {shape:?} density {density} epsilon {epsilon}"
+                );
             }
         }
     }
