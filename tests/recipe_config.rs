@@ -990,3 +990,96 @@ fn a_recipes_chat_template_reaches_the_outputs_tokenizer() {
     );
     refused(tmp.path(), &text("[1]"), &["chat_template is", "not auto"]);
 }
+
+/// `tokenizer_source` naming another of the recipe's models: the output gets that model's
+/// tokenizer files (and none of the other's) with the base's config, as mergekit takes the
+/// tokenizer from it; a weights file, or a folder without a tokenizer, is refused naming it.
+#[test]
+fn a_tokenizer_source_gives_the_output_that_models_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    let dir = |name: &str, weights: &Path, files: &[(&str, &str)]| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::copy(weights, d.join("model.safetensors")).unwrap();
+        for (f, text) in files {
+            std::fs::write(d.join(f), text).unwrap();
+        }
+        d
+    };
+    let base = dir(
+        "base",
+        &m[0],
+        &[
+            (
+                "config.json",
+                "{\"torch_dtype\": \"float32\", \"who\": \"base\"}",
+            ),
+            ("tokenizer.json", "{\"who\": \"base\"}"),
+            ("tokenizer.model", "base sentencepiece"),
+            ("tokenizer_config.json", "{\"who\": \"base\"}"),
+        ],
+    );
+    let ft = dir(
+        "ft",
+        &m[1],
+        &[
+            ("config.json", "{\"who\": \"ft\"}"),
+            ("tokenizer.json", "{\"who\": \"ft\"}"),
+            ("tokenizer_config.json", "{\"who\": \"ft\"}"),
+            ("special_tokens_map.json", "{\"who\": \"ft\"}"),
+        ],
+    );
+    let bare = dir("bare", &m[2], &[]);
+    let text = |source: &Path| {
+        format!(
+            "merge_method: task_arithmetic\nbase_model: {}\nmodels:\n  - {{model: {}, parameters: {{weight: 0.5}}}}\n  - {{model: {}, parameters: {{weight: 0.5}}}}\ntokenizer_source: {}\n",
+            base.display(),
+            ft.display(),
+            bare.display(),
+            source.display()
+        )
+    };
+    let r = recipe(tmp.path(), "tok.yaml", &text(&ft));
+    let out = tmp.path().join("out");
+    ok(&[&"--config", &r, &"-o", &out]);
+    let read_out = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    assert!(read_out("config.json").contains("\"who\": \"base\""));
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        assert_eq!(
+            read_out(f),
+            std::fs::read_to_string(ft.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // The base's sentencepiece file belongs to the base's tokenizer: not mixed in.
+    assert!(!out.join("tokenizer.model").exists());
+    // Naming the base is the default: the base's tokenizer.
+    let r = recipe(tmp.path(), "tok-base.yaml", &text(&base));
+    let out2 = tmp.path().join("out2");
+    ok(&[&"--config", &r, &"-o", &out2]);
+    assert!(out2.join("tokenizer.model").is_file());
+    // A model without a tokenizer can't give one to a directory output.
+    let r = recipe(tmp.path(), "tok-bare.yaml", &text(&bare));
+    let out3 = tmp.path().join("out3");
+    let o = run_merge(&[&"--config", &r, &"-o", &out3]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: ")
+            && err.contains("tok-bare.yaml")
+            && err.contains("has no tokenizer files"),
+        "{err}"
+    );
+    assert!(!out3.exists());
+    // Nor can a model that is not in the recipe.
+    refused(
+        tmp.path(),
+        &text(&tmp.path().join("elsewhere")),
+        &["tokenizer_source", "one of the recipe's models"],
+    );
+}

@@ -74,7 +74,7 @@ Recipes:
   --config recipe.yaml reads a mergekit config: merge_method (any method above), base_model,
   models[].model (a path, or {model: PATH}), models[].parameters, top-level parameters (the
   method's, and per-model defaults), per-layer gradient lists and filter/value entries, dtype,
-  out_dtype, tokenizer_source: base (or that model's path), chat_template (auto, or the
+  out_dtype, tokenizer_source (base, or one of the models' paths), chat_template (auto, or the
   template's text), random_seed. The models may also be one slice whose sources each take
   every layer (slices: [{sources: [{model: PATH, layer_range: [0, LAYERS]}, ...]}]); several
   slices or part of the layers are refused. Any other key, parameter or method is an error

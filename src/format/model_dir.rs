@@ -31,6 +31,23 @@ pub const COMPANION_FILES: &[&str] = &[
     "processor_config.json",
 ];
 
+/// The companion files that make up a tokenizer (with its chat template): what a recipe's
+/// `tokenizer_source` takes from another model.
+pub const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+];
+
 /// Opens a model directory's weights as one checkpoint. Like transformers, it prefers
 /// `model.safetensors` and otherwise reads `model.safetensors.index.json` and its shards.
 pub fn open(dir: &Path) -> Result<Checkpoint> {
@@ -190,6 +207,15 @@ pub enum Companion {
         path: PathBuf,
         reason: String,
     },
+}
+
+impl Companion {
+    /// The file's name, as transformers saves it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Companion::Copy { name, .. } | Companion::Skipped { name, .. } => name,
+        }
+    }
 }
 
 /// The companion files present in `dir`, in `COMPANION_FILES` order. A symbolic link is

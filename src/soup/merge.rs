@@ -437,10 +437,17 @@ impl Merge {
         let companion_source = (kind == OutputKind::Directory)
             .then(|| companion_source(request, recipe.as_ref(), &inputs))
             .flatten();
-        let companions = companion_source
-            .as_deref()
-            .map(model_dir::companion_files)
-            .unwrap_or_default();
+        let tokenizer_source = recipe
+            .as_ref()
+            .and_then(|r| r.tokenizer_source.as_deref())
+            .filter(|_| kind == OutputKind::Directory);
+        let companions =
+            companions(companion_source.as_deref(), tokenizer_source).map_err(|reason| {
+                Error::Recipe {
+                    path: request.recipe.clone().unwrap_or_default(),
+                    reason,
+                }
+            })?;
         let destination = check_outputs(request, kind, &ingredients, &companions)?;
         let plan = match &mix.settings {
             None => Plan::new(ingredients, mix.weights.clone(), &options)?,
@@ -620,6 +627,45 @@ fn bytes_on_disk(path: &Path) -> u64 {
 
 /// Where a directory output's config and tokenizer come from: --base, the recipe's
 /// base_model, or an input, whichever is a model directory first.
+/// The companion files of a directory output: `source`'s, with the tokenizer's taken from
+/// `tokenizer` instead when a recipe's `tokenizer_source` names another model.
+fn companions(
+    source: Option<&Path>,
+    tokenizer: Option<&Path>,
+) -> std::result::Result<Vec<Companion>, String> {
+    let mut found = source.map(model_dir::companion_files).unwrap_or_default();
+    let Some(tokenizer) = tokenizer else {
+        return Ok(found);
+    };
+    if !tokenizer.is_dir() {
+        return Err(format!(
+            "tokenizer_source {} is a weights file, which has no tokenizer; name a model directory",
+            tokenizer.display()
+        ));
+    }
+    let is_tokenizer = |c: &Companion| model_dir::TOKENIZER_FILES.contains(&c.name());
+    let theirs: Vec<Companion> = model_dir::companion_files(tokenizer)
+        .into_iter()
+        .filter(is_tokenizer)
+        .collect();
+    if theirs.is_empty() {
+        return Err(format!(
+            "tokenizer_source {} has no tokenizer files (tokenizer.json, tokenizer_config.json, ...); name a model directory that has them",
+            tokenizer.display()
+        ));
+    }
+    found.retain(|c| !is_tokenizer(c));
+    found.extend(theirs);
+    // In the order of the file list, as a single source gives them.
+    let rank = |c: &Companion| {
+        model_dir::COMPANION_FILES
+            .iter()
+            .position(|n| *n == c.name())
+    };
+    found.sort_by_key(rank);
+    Ok(found)
+}
+
 fn companion_source(
     request: &MergeRequest,
     recipe: Option<&Recipe>,

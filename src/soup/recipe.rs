@@ -27,7 +27,7 @@
 //! out_dtype: bfloat16
 //! tokenizer_source: base        # the only value supported: the base model's tokenizer (the
 //!                               # first model's without a base_model; mergekit's pick is
-//!                               # arbitrary then), or that model's path
+//!                               # arbitrary then), or the path of one of the models
 //! random_seed: 42               # the seed of DARE's and DELLA's drops (soup-merge's own key)
 //! chat_template: auto           # the template most models have, or a template's own text
 //! ```
@@ -106,6 +106,9 @@ pub struct Recipe {
     /// Where each of `models` was given (`models[2]`, `slices[0].sources[1]`, `base_model`),
     /// for messages.
     pub given_at: Vec<String>,
+    /// `tokenizer_source` naming a model other than the one whose companion files are
+    /// copied: the model whose tokenizer files a directory output gets instead.
+    pub tokenizer_source: Option<PathBuf>,
     /// `chat_template`: the template a directory output's tokenizer gets.
     pub chat_template: Option<ChatTemplate>,
     /// For a recipe written with `slices`: the layer count its sources' `layer_range` says
@@ -396,25 +399,39 @@ impl Recipe {
             )));
         }
 
-        match top.get("tokenizer_source") {
-            None | Some(Value::Null) => {}
+        // The model whose tokenizer is copied: by default the base_model's (the first model's
+        // without one), whose other companion files (config.json) come along anyway.
+        let copied = base_model
+            .as_deref()
+            .map(PathBuf::from)
+            .or(paths.first().cloned());
+        let tokenizer_source = match top.get("tokenizer_source") {
+            None | Some(Value::Null) => None,
             // Without a base_model, "base" is the first model, whose tokenizer soup-merge
             // copies anyway (mergekit takes the first of an unordered set of the models).
-            Some(Value::String(s)) if s == "base" => {}
-            // The model whose tokenizer is copied, named by its path (mergekit's generated
-            // recipes often name the base so).
-            Some(v)
-                if model_path(v, "tokenizer_source").is_ok_and(|p| {
-                    let copied = base_model.as_deref().map(Path::new).or(paths.first().map(PathBuf::as_path));
-                    copied.is_some_and(|c| model_key(c) == model_key(&p))
-                }) => {}
+            Some(Value::String(s)) if s == "base" => None,
+            // A model of the recipe named by its path, as mergekit's generated recipes do.
             Some(v) => {
-                return Err(fail(format!(
-                    "key 'tokenizer_source' is not supported with value {}; soup-merge copies one model's tokenizer, the base_model's (or the first model's without one): use tokenizer_source: base, name that model, or leave it out",
-                    show(v)
-                )))
+                let named = model_path(v, "tokenizer_source").ok().and_then(|p| {
+                    let key = model_key(&p);
+                    copied
+                        .iter()
+                        .chain(&paths)
+                        .find(|m| model_key(m) == key)
+                        .cloned()
+                });
+                match named {
+                    Some(m) if copied.as_ref() == Some(&m) => None,
+                    Some(m) => Some(m),
+                    None => {
+                        return Err(fail(format!(
+                            "key 'tokenizer_source' is not supported with value {}; soup-merge copies the tokenizer of one of the recipe's models: name one (by its path as the recipe writes it), use base, or leave it out ('union' builds a new vocabulary, which it does not do)",
+                            show(v)
+                        )))
+                    }
+                }
             }
-        }
+        };
         let chat_template = match top.get("chat_template") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s == "auto" => Some(ChatTemplate::Auto),
@@ -472,6 +489,7 @@ impl Recipe {
             base_model,
             seed,
             given_at,
+            tokenizer_source,
             chat_template,
             slice_layers: ingredients.slice_layers,
             text: text.to_string(),
@@ -1254,15 +1272,26 @@ mod tests {
     }
 
     #[test]
-    fn a_tokenizer_source_naming_the_copied_model_is_base() {
+    fn a_tokenizer_source_names_one_of_the_models() {
         let with = |extra: &str| {
             parse(&format!("merge_method: ties\nbase_model: org/base\nmodels:\n  - model: org/base\n  - {{model: org/ft, parameters: {{weight: 1, density: 0.5}}}}\n{extra}"))
         };
         with("tokenizer_source: org/base\n").unwrap();
         with("tokenizer_source: {model: org/base}\n").unwrap();
-        let e = with("tokenizer_source: org/ft\n").unwrap_err().to_string();
+        assert_eq!(
+            with("tokenizer_source: org/base\n")
+                .unwrap()
+                .tokenizer_source,
+            None
+        );
+        // Another of the models: its tokenizer instead.
+        let r = with("tokenizer_source: org/ft\n").unwrap();
+        assert_eq!(r.tokenizer_source, Some(PathBuf::from("org/ft")));
+        let e = with("tokenizer_source: org/other\n")
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("tokenizer_source") && e.contains("name that model"),
+            e.contains("tokenizer_source") && e.contains("one of the recipe's models"),
             "{e}"
         );
         assert!(with("tokenizer_source: union\n").is_err());
@@ -1270,8 +1299,12 @@ mod tests {
         let first = |name: &str| {
             parse(&format!("merge_method: linear\nparameters: {{weight: 1}}\nmodels: [{{model: a}}, {{model: b}}]\ntokenizer_source: {name}\n"))
         };
-        first("a").unwrap();
-        assert!(first("b").is_err());
+        assert_eq!(first("a").unwrap().tokenizer_source, None);
+        assert_eq!(
+            first("b").unwrap().tokenizer_source,
+            Some(PathBuf::from("b"))
+        );
+        assert!(first("c").is_err());
     }
 
     #[test]
