@@ -1417,9 +1417,14 @@ mod tests {
                 *o = v.magnitude();
             }
         };
+        let t = trim::<f64>(spec, values.len(), &magnitudes);
+        (kept_of(&t, values), t.scale)
+    }
+
+    /// Each element's fate under trim `t` of `values`, decided as the kernels decide them.
+    fn kept_of(t: &Trim, values: &[f64]) -> Vec<bool> {
         let n = values.len();
-        let t = trim::<f64>(spec, n, &magnitudes);
-        let kept = match &t.keep {
+        match &t.keep {
             Keep::Bits(bits) => (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect(),
             Keep::Drawn(stream, cutoff) => {
                 let mut bits = vec![0u64; n.div_ceil(64)];
@@ -1440,8 +1445,7 @@ mod tests {
                 }
                 kept
             }
-        };
-        (kept, t.scale)
+        }
     }
 
     /// `reads_ahead` decides whether the preparing pass maps a tensor's pages before the
@@ -1601,7 +1605,7 @@ mod tests {
         let n = 3 * SAMPLE_BLOCKS * SAMPLE_BLOCK;
         let mut sampled = vec![false; n];
         for b in 0..SAMPLE_BLOCKS {
-            let start = b * (n - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1);
+            let start = sample_start(b, n);
             sampled[start..start + SAMPLE_BLOCK].fill(true);
         }
         let low: Vec<f64> = (0..n)
@@ -1731,6 +1735,91 @@ mod tests {
             .map(|(x, _)| x.abs())
             .sum();
         assert!((scale - before / after).abs() <= 1e-12 * scale);
+    }
+
+    /// Several models' trims by magnitude from their shared passes: each model's kept set
+    /// is the sorting one, and its scale is what it gets trimmed alone, whatever the other
+    /// models are: tied and untied values, thresholds in different chunks, one model whose
+    /// sample misses its threshold (costing the others nothing but a pass they ignore), and a
+    /// model of which nothing survives.
+    #[test]
+    fn shared_passes_give_each_model_its_own_trim() {
+        let n = 2 * CHUNK_ELEMENTS + 12_345;
+        let mut sampled = vec![false; n];
+        for b in 0..SAMPLE_BLOCKS {
+            let start = sample_start(b, n);
+            sampled[start..start + SAMPLE_BLOCK].fill(true);
+        }
+        // Small where the sample looks, large elsewhere: the sample misses the thresholds.
+        let missed: Vec<f64> = (0..n)
+            .map(|e| {
+                if sampled[e] {
+                    0.001 * (e % 97) as f64
+                } else {
+                    -5.0 - (e % 89) as f64
+                }
+            })
+            .collect();
+        let models: Vec<(Vec<f64>, Sparsify, f64, f64)> = vec![
+            (spread(n, 21), Sparsify::Magnitude, 0.3, 0.0),
+            (tied(n, 7, 22), Sparsify::Magnitude, 0.5, 0.0),
+            (missed, Sparsify::Magnitude, 0.2, 0.0),
+            (tied(n, 5, 23), Sparsify::MagnitudeOutliers, 0.5, 0.1),
+            (spread(n, 24), Sparsify::MagnitudeOutliers, 0.6, 0.05),
+            (spread(n, 25), Sparsify::MagnitudeOutliers, 0.0, 0.5),
+        ];
+        let shape = [n as u64];
+        for rescale in [false, true] {
+            let specs: Vec<TrimSpec<'_>> = models
+                .iter()
+                .enumerate()
+                .map(|(m, (_, method, density, gamma))| TrimSpec {
+                    method: *method,
+                    density: *density,
+                    gamma: *gamma,
+                    epsilon: 0.0,
+                    stream: m as u64,
+                    rescale,
+                    shape: &shape,
+                })
+                .collect();
+            let magnitudes = |r: Range<usize>, out: &mut [u64]| {
+                if r.is_empty() {
+                    return;
+                }
+                for ((values, ..), out) in models.iter().zip(out.chunks_mut(r.len())) {
+                    for (o, v) in out.iter_mut().zip(&values[r.clone()]) {
+                        *o = v.magnitude();
+                    }
+                }
+            };
+            let trims = magnitude_trims::<f64>(&specs, n, &magnitudes);
+            for ((trim, spec), (values, method, density, gamma)) in
+                trims.iter().zip(&specs).zip(&models)
+            {
+                let want = match method {
+                    Sparsify::Magnitude => magnitude_by_sorting(values, *density),
+                    _ => outliers_by_sorting(values, *density, *gamma),
+                };
+                let case = format!("{method:?} density {density} rescale {rescale}");
+                assert_eq!(kept_of(trim, values), want, "{case}");
+                let (alone, scale) = run(spec, values);
+                assert_eq!(alone, want, "{case}");
+                assert_eq!(trim.scale.to_bits(), scale.to_bits(), "{case}");
+                if rescale && want.contains(&true) {
+                    let before: f64 = values.iter().map(|x| x.abs()).sum();
+                    let after: f64 = values
+                        .iter()
+                        .zip(&want)
+                        .filter(|(_, k)| **k)
+                        .map(|(x, _)| x.abs())
+                        .sum();
+                    assert!((trim.scale - before / after).abs() <= 1e-12 * trim.scale);
+                } else {
+                    assert_eq!(trim.scale, 1.0, "{case}");
+                }
+            }
+        }
     }
 
     #[test]
