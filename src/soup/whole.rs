@@ -557,9 +557,14 @@ fn trims<A: Real>(
     n: usize,
 ) -> Vec<Option<sparsify::Trim>> {
     let base = inputs[tv.models.len()];
-    if let Some(method @ (Sparsify::Magnitude | Sparsify::MagnitudeOutliers)) = tv.sparsify {
-        // Thresholds: every trimmed model's passes at once, each tile of the base read once
-        // for all of them (see `sparsify::magnitude_trims`).
+    let shared = match tv.sparsify {
+        Some(Sparsify::Magnitude | Sparsify::MagnitudeOutliers) => true,
+        Some(Sparsify::Random) => tv.rescale,
+        _ => false,
+    };
+    if let (Some(method), true) = (tv.sparsify, shared) {
+        // Thresholds, and DARE's norms: every trimmed model's passes at once, each tile of the
+        // base read once for all of them (see `sparsify::magnitude_trims`).
         let trimmed: Vec<usize> = (0..tv.models.len())
             .filter(|&m| tv.models[m].density < 1.0)
             .collect();
@@ -590,7 +595,12 @@ fn trims<A: Real>(
                 kernel::decode_magnitudes::<A>(x, base, range.clone(), out);
             }
         };
-        let mut found = sparsify::magnitude_trims::<A>(&specs, n, &magnitudes).into_iter();
+        let trims = if method == Sparsify::Random {
+            sparsify::random_trims::<A>(&specs, n, &magnitudes)
+        } else {
+            sparsify::magnitude_trims::<A>(&specs, n, &magnitudes)
+        };
+        let mut found = trims.into_iter();
         return tv
             .models
             .iter()

@@ -386,36 +386,80 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, 
 
 /// DARE: each element kept with probability `density`, from the stream alone.
 fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, A::Key>) -> Trim {
-    let cutoff = Cutoff::of(spec.density);
     if !spec.rescale {
         return Trim {
-            keep: Keep::Drawn(spec.stream, cutoff),
+            keep: Keep::Drawn(spec.stream, Cutoff::of(spec.density)),
             scale: 1.0,
         };
     }
-    let mut keep = vec![0u64; n.div_ceil(64)];
-    let partials: Vec<(f64, f64)> = keep
-        .par_chunks_mut(CHUNK_ELEMENTS / 64)
-        .zip(chunk_ranges(n))
-        .map(|(bits, (_, range))| {
-            draws::keep_bits(spec.stream, range.start as u64, range.len(), cutoff, bits);
-            // The norms: tiles on the stack, each its own lane sum (as the sums were defined).
-            let mut keys = [A::Key::default(); TILE];
-            let mut l1 = L1::default();
-            for (t, words) in bits.chunks(TILE / 64).enumerate() {
-                let start = range.start + t * TILE;
-                let len = TILE.min(range.end - start);
-                magnitudes(start..start + len, &mut keys[..len]);
-                l1.add_keys::<A>(&keys[..len], words);
-                l1.flush();
-            }
-            l1.sums
-        })
+    let one = |range: Range<usize>, out: &mut [A::Key]| magnitudes(range, out);
+    random_trims::<A>(std::slice::from_ref(spec), n, &one)
+        .pop()
+        .expect("one model")
+}
+
+/// DARE with rescale for the models `specs` of one tensor of `n` elements at once (all
+/// `Random` with `rescale`, in the order of `magnitudes`' models): each model's bits from its
+/// stream, and its L1 norms from one pass shared by all of them, which reads each tile of
+/// the base once. Each model's bits and scale are what it would get alone.
+pub fn random_trims<A: Real>(
+    specs: &[TrimSpec<'_>],
+    n: usize,
+    magnitudes: &ModelMagnitudes<'_, A::Key>,
+) -> Vec<Trim> {
+    debug_assert!(specs
+        .iter()
+        .all(|s| s.method == Sparsify::Random && s.rescale));
+    let models = specs.len();
+    let cutoffs: Vec<Cutoff> = specs.iter().map(|s| Cutoff::of(s.density)).collect();
+    let mut keep: Vec<Vec<u64>> = (0..models).map(|_| vec![0u64; n.div_ceil(64)]).collect();
+    // Per chunk, every model's words of it.
+    let mut words: Vec<Vec<&mut [u64]>> = (0..n.div_ceil(CHUNK_ELEMENTS))
+        .map(|_| Vec::with_capacity(models))
         .collect();
-    Trim {
-        keep: Keep::Bits(keep),
-        scale: scale(spec.rescale, total(&partials)),
+    for bits in &mut keep {
+        for (c, w) in bits.chunks_mut(CHUNK_ELEMENTS / 64).enumerate() {
+            words[c].push(w);
+        }
     }
+    let partials: Vec<Vec<(f64, f64)>> = words
+        .into_par_iter()
+        .zip(chunk_ranges(n))
+        .map_init(
+            || vec![A::Key::default(); models * TILE],
+            |keys, (mut bits, (_, range))| {
+                for ((spec, cutoff), bits) in specs.iter().zip(&cutoffs).zip(&mut bits) {
+                    draws::keep_bits(spec.stream, range.start as u64, range.len(), *cutoff, bits);
+                }
+                // The norms: each tile its own lane sum (as the sums were defined).
+                let mut l1: Vec<L1> = (0..models).map(|_| L1::default()).collect();
+                let mut start = range.start;
+                while start < range.end {
+                    let len = TILE.min(range.end - start);
+                    let t = (start - range.start) / TILE;
+                    magnitudes(start..start + len, &mut keys[..models * len]);
+                    for ((keys, bits), l1) in
+                        keys[..models * len].chunks(len).zip(&bits).zip(&mut l1)
+                    {
+                        l1.add_keys::<A>(keys, &bits[t * TILE / 64..]);
+                        l1.flush();
+                    }
+                    start += len;
+                }
+                l1.iter().map(|l| l.sums).collect()
+            },
+        )
+        .collect();
+    keep.into_iter()
+        .enumerate()
+        .map(|(m, keep)| {
+            let sums: Vec<(f64, f64)> = partials.iter().map(|p| p[m]).collect();
+            Trim {
+                keep: Keep::Bits(keep),
+                scale: scale(true, total(&sums)),
+            }
+        })
+        .collect()
 }
 
 /// Fills `out` with several models' magnitude keys ([`Real::magnitude`]) at elements `range`,
@@ -1819,6 +1863,53 @@ mod tests {
                     assert_eq!(trim.scale, 1.0, "{case}");
                 }
             }
+        }
+    }
+
+    /// DARE's rescale for several models from one shared pass: each model keeps the bits of
+    /// its own stream, and its scale restores its own L1 norm, with the same bits as alone.
+    #[test]
+    fn shared_dare_norms_are_each_models_own() {
+        let n = 2 * CHUNK_ELEMENTS + 4097;
+        let values = [spread(n, 31), tied(n, 9, 32), spread(n, 33)];
+        let shape = [n as u64];
+        let specs: Vec<TrimSpec<'_>> = [0.3, 0.5, 0.9]
+            .iter()
+            .enumerate()
+            .map(|(m, &density)| TrimSpec {
+                method: Sparsify::Random,
+                density,
+                gamma: 0.0,
+                epsilon: 0.0,
+                stream: 40 + m as u64,
+                rescale: true,
+                shape: &shape,
+            })
+            .collect();
+        let magnitudes = |r: Range<usize>, out: &mut [u64]| {
+            for (values, out) in values.iter().zip(out.chunks_mut(r.len().max(1))) {
+                for (o, v) in out.iter_mut().zip(&values[r.clone()]) {
+                    *o = v.magnitude();
+                }
+            }
+        };
+        let trims = random_trims::<f64>(&specs, n, &magnitudes);
+        for ((trim, spec), values) in trims.iter().zip(&specs).zip(&values) {
+            let mut bits = vec![0u64; n.div_ceil(64)];
+            draws::keep_bits(spec.stream, 0, n, Cutoff::of(spec.density), &mut bits);
+            let want: Vec<bool> = (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect();
+            assert_eq!(kept_of(trim, values), want);
+            let (alone, scale) = run(spec, values);
+            assert_eq!(alone, want);
+            assert_eq!(trim.scale.to_bits(), scale.to_bits());
+            let before: f64 = values.iter().map(|x| x.abs()).sum();
+            let after: f64 = values
+                .iter()
+                .zip(&want)
+                .filter(|(_, k)| **k)
+                .map(|(x, _)| x.abs())
+                .sum();
+            assert!((trim.scale - before / after).abs() <= 1e-12 * trim.scale);
         }
     }
 
