@@ -652,6 +652,10 @@ struct Found {
     offsets: Vec<usize>,
 }
 
+/// A model's selection windows, one per rank, each the range of keys (lowest, highest) that
+/// holds it, or `None` once its key is found.
+type Windows<K> = Vec<Option<(K, K)>>;
+
 /// What one chunk's pass finds for one window.
 #[derive(Clone, Default)]
 struct Gathered<K> {
@@ -791,7 +795,7 @@ fn select<A: Real>(
         .zip(ranks)
         .filter(|(_, r)| !r.is_empty())
         .for_each(|(s, _)| s.sort_unstable());
-    let mut windows: Vec<Vec<Option<(A::Key, A::Key)>>> = samples
+    let mut windows: Vec<Windows<A::Key>> = samples
         .iter()
         .zip(ranks)
         .map(|(sample, ranks)| {
@@ -878,51 +882,59 @@ fn select<A: Real>(
                 },
             )
             .collect();
-        for (m, windows) in windows.iter_mut().enumerate() {
-            for (w, window) in windows.iter_mut().enumerate() {
-                let Some((lo, hi)) = *window else { continue };
-                let r = ranks[m][w];
-                let gathered = || per_chunk.iter().map(|c| &c[m][w]);
-                let above: usize = gathered().map(|g| g.above).sum();
-                let inside: usize = gathered().map(|g| g.inside).sum();
-                let below = n - above - inside;
-                if r < below {
-                    // Some key is below `lo`, so `lo > 0`.
-                    *window = Some((A::Key::default(), A::Key::from_u64(lo.to_u64() - 1)));
-                    continue;
+        // The models' selections in parallel: each is serial, and one model's would leave
+        // the other threads idle.
+        let resolve =
+            |(m, (windows, found)): (usize, (&mut Windows<A::Key>, &mut Vec<Option<Found>>))| {
+                for (w, window) in windows.iter_mut().enumerate() {
+                    let Some((lo, hi)) = *window else { continue };
+                    let r = ranks[m][w];
+                    let gathered = || per_chunk.iter().map(|c| &c[m][w]);
+                    let above: usize = gathered().map(|g| g.above).sum();
+                    let inside: usize = gathered().map(|g| g.inside).sum();
+                    let below = n - above - inside;
+                    if r < below {
+                        // Some key is below `lo`, so `lo > 0`.
+                        *window = Some((A::Key::default(), A::Key::from_u64(lo.to_u64() - 1)));
+                        continue;
+                    }
+                    if r >= below + inside {
+                        *window = Some((A::Key::from_u64(hi.to_u64() + 1), A::Key::MAX));
+                        continue;
+                    }
+                    let (value, less, counts): (A::Key, usize, Vec<usize>) = if lo == hi {
+                        (lo, below, gathered().map(|g| g.inside).collect())
+                    } else {
+                        let mut all: Vec<A::Key> =
+                            gathered().flat_map(|g| g.keys().iter().copied()).collect();
+                        let (smaller, value, _) = all.select_nth_unstable(r - below);
+                        let value = *value;
+                        let less = below + smaller.iter().filter(|k| **k < value).count();
+                        let counts = gathered()
+                            .map(|g| g.keys().iter().filter(|k| **k == value).count())
+                            .collect();
+                        (value, less, counts)
+                    };
+                    let mut offsets = Vec::with_capacity(counts.len());
+                    let mut acc = 0;
+                    for c in counts {
+                        offsets.push(acc);
+                        acc += c;
+                    }
+                    found[w] = Some(Found {
+                        value: value.to_u64(),
+                        less,
+                        ties: acc,
+                        offsets,
+                    });
+                    *window = None;
                 }
-                if r >= below + inside {
-                    *window = Some((A::Key::from_u64(hi.to_u64() + 1), A::Key::MAX));
-                    continue;
-                }
-                let (value, less, counts): (A::Key, usize, Vec<usize>) = if lo == hi {
-                    (lo, below, gathered().map(|g| g.inside).collect())
-                } else {
-                    let mut all: Vec<A::Key> =
-                        gathered().flat_map(|g| g.keys().iter().copied()).collect();
-                    let (smaller, value, _) = all.select_nth_unstable(r - below);
-                    let value = *value;
-                    let less = below + smaller.iter().filter(|k| **k < value).count();
-                    let counts = gathered()
-                        .map(|g| g.keys().iter().filter(|k| **k == value).count())
-                        .collect();
-                    (value, less, counts)
-                };
-                let mut offsets = Vec::with_capacity(counts.len());
-                let mut acc = 0;
-                for c in counts {
-                    offsets.push(acc);
-                    acc += c;
-                }
-                found[m][w] = Some(Found {
-                    value: value.to_u64(),
-                    less,
-                    ties: acc,
-                    offsets,
-                });
-                *window = None;
-            }
-        }
+            };
+        windows
+            .par_iter_mut()
+            .zip(found.par_iter_mut())
+            .enumerate()
+            .for_each(resolve);
     }
     found
         .into_iter()
