@@ -825,8 +825,7 @@ fn select<A: Real>(
         .collect();
     drop(samples);
     let mut found: Vec<Vec<Option<Found>>> = ranks.iter().map(|r| vec![None; r.len()]).collect();
-    let open =
-        |windows: &[Vec<Option<(A::Key, A::Key)>>]| windows.iter().flatten().any(Option::is_some);
+    let open = |windows: &[Windows<A::Key>]| windows.iter().flatten().any(Option::is_some);
     while open(&windows) {
         // Per chunk, per model, per window: keys above it, and the keys in it (or their
         // number).
@@ -884,8 +883,11 @@ fn select<A: Real>(
             .collect();
         // The models' selections in parallel: each is serial, and one model's would leave
         // the other threads idle.
-        let resolve =
-            |(m, (windows, found)): (usize, (&mut Windows<A::Key>, &mut Vec<Option<Found>>))| {
+        windows
+            .par_iter_mut()
+            .zip(found.par_iter_mut())
+            .enumerate()
+            .for_each(|(m, (windows, found))| {
                 for (w, window) in windows.iter_mut().enumerate() {
                     let Some((lo, hi)) = *window else { continue };
                     let r = ranks[m][w];
@@ -929,12 +931,7 @@ fn select<A: Real>(
                     });
                     *window = None;
                 }
-            };
-        windows
-            .par_iter_mut()
-            .zip(found.par_iter_mut())
-            .enumerate()
-            .for_each(resolve);
+            });
     }
     found
         .into_iter()
