@@ -992,9 +992,9 @@ pub fn working_bytes(method: Sparsify, shape: &[u64], n: usize, wide: bool) -> W
         },
         Sparsify::Magnitude | Sparsify::MagnitudeOutliers => {
             // `select`'s sample, and per threshold (breadcrumbs has two) the keys inside its
-            // window, about 2 MARGIN of the sample's positions (3% of the elements): gathered
-            // in per-chunk vectors that grow by doubling, then copied into one for the
-            // selection, so up to three times that. These were not counted, and on a 256 MiB
+            // window, about 2 MARGIN of the sample's positions (3% of the elements): copied
+            // per chunk out of each thread's room (a chunk's worth, grown by doubling), then
+            // into one for the selection, so up to about three times that. These were not counted, and on a 256 MiB
             // tensor under `ulimit -v` breadcrumbs aborted on a failed allocation of its
             // windows instead of stopping at the memory check. Equal magnitudes can fill a
             // window beyond this; the count is for ordinary tensors, like the README's.
