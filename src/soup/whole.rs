@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::kernel::{
     self, Input, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS,
 };
-use super::method::{sparsify, Combination, Gram, Grouping, TaskVectors, Work};
+use super::method::{sparsify, Combination, Gram, Grouping, Sparsify, TaskVectors, Work};
 use super::plan::{Plan, TensorPlan, Whole};
 use crate::format::Dtype;
 
@@ -113,10 +113,13 @@ pub fn check_memory(tensor: &TensorPlan, whole: &Whole) -> crate::error::Result<
     let threads = rayon::current_num_threads() as u64;
     let w = sparsify::working_bytes(method, &tensor.shape, n, whole.wide);
     // Masks stay until the output pass; the models are trimmed, and their rows ranked, on up
-    // to `threads` threads at once.
-    let buffers = trimmed * w.mask
-        + trimmed.min(threads) * w.ranking
-        + (trimmed * w.rows).min(threads) * w.sorting;
+    // to `threads` threads at once, except thresholds, whose selections run together.
+    let selecting = match method {
+        Sparsify::Magnitude | Sparsify::MagnitudeOutliers => trimmed,
+        _ => trimmed.min(threads),
+    };
+    let buffers =
+        trimmed * w.mask + selecting * w.ranking + (trimmed * w.rows).min(threads) * w.sorting;
     // Small buffers come and go like any chunk's scratch.
     if buffers < 16 << 20 {
         return Ok(());
@@ -554,6 +557,56 @@ fn trims<A: Real>(
     n: usize,
 ) -> Vec<Option<sparsify::Trim>> {
     let base = inputs[tv.models.len()];
+    let shared = match tv.sparsify {
+        Some(Sparsify::Magnitude | Sparsify::MagnitudeOutliers) => true,
+        Some(Sparsify::Random) => tv.rescale,
+        _ => false,
+    };
+    if let (Some(method), true) = (tv.sparsify, shared) {
+        // Thresholds, and DARE's norms: every trimmed model's passes at once, each tile of the
+        // base read once for all of them (see `sparsify::magnitude_trims`).
+        let trimmed: Vec<usize> = (0..tv.models.len())
+            .filter(|&m| tv.models[m].density < 1.0)
+            .collect();
+        let xs: Vec<Input<'_>> = trimmed
+            .iter()
+            .map(|&m| inputs[tv.models[m].input])
+            .collect();
+        let specs: Vec<sparsify::TrimSpec<'_>> = trimmed
+            .iter()
+            .map(|&m| {
+                let m = &tv.models[m];
+                sparsify::TrimSpec {
+                    method,
+                    density: m.density,
+                    gamma: m.gamma,
+                    epsilon: m.epsilon,
+                    stream: m.stream,
+                    rescale: tv.rescale,
+                    shape,
+                }
+            })
+            .collect();
+        let magnitudes = |range: Range<usize>, out: &mut [A::Key]| {
+            if range.is_empty() {
+                return;
+            }
+            for (&x, out) in xs.iter().zip(out.chunks_mut(range.len())) {
+                kernel::decode_magnitudes::<A>(x, base, range.clone(), out);
+            }
+        };
+        let trims = if method == Sparsify::Random {
+            sparsify::random_trims::<A>(&specs, n, &magnitudes)
+        } else {
+            sparsify::magnitude_trims::<A>(&specs, n, &magnitudes)
+        };
+        let mut found = trims.into_iter();
+        return tv
+            .models
+            .iter()
+            .map(|m| (m.density < 1.0).then(|| found.next().expect("one per trimmed model")))
+            .collect();
+    }
     // The models in parallel too: a trim's serial steps (sorting the sample, selecting among
     // the gathered keys) overlap another model's passes.
     tv.models

@@ -386,55 +386,116 @@ pub fn trim<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, 
 
 /// DARE: each element kept with probability `density`, from the stream alone.
 fn random<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, A::Key>) -> Trim {
-    let cutoff = Cutoff::of(spec.density);
     if !spec.rescale {
         return Trim {
-            keep: Keep::Drawn(spec.stream, cutoff),
+            keep: Keep::Drawn(spec.stream, Cutoff::of(spec.density)),
             scale: 1.0,
         };
     }
-    let mut keep = vec![0u64; n.div_ceil(64)];
-    let partials: Vec<(f64, f64)> = keep
-        .par_chunks_mut(CHUNK_ELEMENTS / 64)
-        .zip(chunk_ranges(n))
-        .map(|(bits, (_, range))| {
-            draws::keep_bits(spec.stream, range.start as u64, range.len(), cutoff, bits);
-            // The norms: tiles on the stack, each its own lane sum (as the sums were defined).
-            let mut keys = [A::Key::default(); TILE];
-            let mut l1 = L1::default();
-            for (t, words) in bits.chunks(TILE / 64).enumerate() {
-                let start = range.start + t * TILE;
-                let len = TILE.min(range.end - start);
-                magnitudes(start..start + len, &mut keys[..len]);
-                l1.add_keys::<A>(&keys[..len], words);
-                l1.flush();
-            }
-            l1.sums
-        })
-        .collect();
-    Trim {
-        keep: Keep::Bits(keep),
-        scale: scale(spec.rescale, total(&partials)),
-    }
+    let one = |range: Range<usize>, out: &mut [A::Key]| magnitudes(range, out);
+    random_trims::<A>(std::slice::from_ref(spec), n, &one)
+        .pop()
+        .expect("one model")
 }
 
-/// TIES (`Magnitude`) and breadcrumbs (`MagnitudeOutliers`): one or two thresholds by rank.
+/// DARE with rescale for the models `specs` of one tensor of `n` elements at once (all
+/// `Random` with `rescale`, in the order of `magnitudes`' models): each model's bits from its
+/// stream, and its L1 norms from one pass shared by all of them, which reads each tile of
+/// the base once. Each model's bits and scale are what it would get alone.
+pub fn random_trims<A: Real>(
+    specs: &[TrimSpec<'_>],
+    n: usize,
+    magnitudes: &ModelMagnitudes<'_, A::Key>,
+) -> Vec<Trim> {
+    debug_assert!(specs
+        .iter()
+        .all(|s| s.method == Sparsify::Random && s.rescale));
+    let models = specs.len();
+    let cutoffs: Vec<Cutoff> = specs.iter().map(|s| Cutoff::of(s.density)).collect();
+    let mut keep: Vec<Vec<u64>> = (0..models).map(|_| vec![0u64; n.div_ceil(64)]).collect();
+    // Per chunk, every model's words of it.
+    let mut words: Vec<Vec<&mut [u64]>> = (0..n.div_ceil(CHUNK_ELEMENTS))
+        .map(|_| Vec::with_capacity(models))
+        .collect();
+    for bits in &mut keep {
+        for (c, w) in bits.chunks_mut(CHUNK_ELEMENTS / 64).enumerate() {
+            words[c].push(w);
+        }
+    }
+    let partials: Vec<Vec<(f64, f64)>> = words
+        .into_par_iter()
+        .zip(chunk_ranges(n))
+        .map_init(
+            || vec![A::Key::default(); models * TILE],
+            |keys, (mut bits, (_, range))| {
+                for ((spec, cutoff), bits) in specs.iter().zip(&cutoffs).zip(&mut bits) {
+                    draws::keep_bits(spec.stream, range.start as u64, range.len(), *cutoff, bits);
+                }
+                // The norms: each tile its own lane sum (as the sums were defined).
+                let mut l1: Vec<L1> = (0..models).map(|_| L1::default()).collect();
+                let mut start = range.start;
+                while start < range.end {
+                    let len = TILE.min(range.end - start);
+                    let t = (start - range.start) / TILE;
+                    magnitudes(start..start + len, &mut keys[..models * len]);
+                    for ((keys, bits), l1) in
+                        keys[..models * len].chunks(len).zip(&bits).zip(&mut l1)
+                    {
+                        l1.add_keys::<A>(keys, &bits[t * TILE / 64..]);
+                        l1.flush();
+                    }
+                    start += len;
+                }
+                l1.iter().map(|l| l.sums).collect()
+            },
+        )
+        .collect();
+    keep.into_iter()
+        .enumerate()
+        .map(|(m, keep)| {
+            let sums: Vec<(f64, f64)> = partials.iter().map(|p| p[m]).collect();
+            Trim {
+                keep: Keep::Bits(keep),
+                scale: scale(true, total(&sums)),
+            }
+        })
+        .collect()
+}
+
+/// Fills `out` with several models' magnitude keys ([`Real::magnitude`]) at elements `range`,
+/// model after model: model `m`'s at `out[m * range.len()..(m + 1) * range.len()]`. Trims by
+/// magnitude share their passes over a tensor through this: each tile of the base is read
+/// once for every model, while it is in cache, instead of once per model's pass.
+pub type ModelMagnitudes<'a, K> = dyn Fn(Range<usize>, &mut [K]) + Sync + 'a;
+
+/// Elements per tile of the shared passes: every model's keys of a tile stay in the first-level
+/// cache while they are tallied. A multiple of 64 (the tally's groups) and of 8 (the lanes of
+/// [`L1`], which start each tile on lane 0), so the sums don't depend on it.
+const SHARED_TILE: usize = 1024;
+
+/// TIES (`Magnitude`) and breadcrumbs (`MagnitudeOutliers`) for one model.
 fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_, A::Key>) -> Trim {
+    let one = |range: Range<usize>, out: &mut [A::Key]| magnitudes(range, out);
+    magnitude_trims::<A>(std::slice::from_ref(spec), n, &one)
+        .pop()
+        .expect("one model")
+}
+
+/// A boundary: its ascending rank, and which ties pass it given (ties below it, ties).
+type Rule = fn(usize, usize) -> Range<usize>;
+type Target = Option<(usize, Rule)>;
+
+/// A magnitude trim's low and high boundaries in a tensor of `n` elements, or `None` when
+/// nothing survives it (only breadcrumbs gets there).
+fn targets(spec: &TrimSpec<'_>, n: usize) -> Option<(Target, Target)> {
     let mut kept = (spec.density * n as f64) as usize;
     if spec.method == Sparsify::Magnitude && n > 0 {
         kept = kept.max(1);
     }
     if kept == 0 {
-        // Only breadcrumbs gets here: nothing survives.
-        return Trim {
-            keep: Keep::Bits(vec![0; n.div_ceil(64)]),
-            scale: 1.0,
-        };
+        return None;
     }
-    // A boundary: its ascending rank, and which ties pass it given (ties below it, ties).
-    type Rule = fn(usize, usize) -> Range<usize>;
-    type Target = Option<(usize, Rule)>;
-    let (low, high): (Target, Target) = if spec.method == Sparsify::Magnitude {
+    Some(if spec.method == Sparsify::Magnitude {
         // The `kept` largest, equal magnitudes ranked by descending index so the lower
         // indices count as larger: the first `ties - below` equal ones pass.
         (
@@ -456,54 +517,127 @@ fn magnitude<A: Real>(spec: &TrimSpec<'_>, n: usize, magnitudes: &Magnitudes<'_,
             (bottom > 0).then_some((bottom, (|below, ties| below..ties) as Rule)),
             (top > 0).then_some((n - top, (|below, _| 0..below) as Rule)),
         )
-    };
-    let targets: Vec<usize> = low.iter().chain(high.iter()).map(|t| t.0).collect();
-    let mut found = select::<A>(n, magnitudes, &targets).into_iter();
-    let mut cut = |t: Option<(usize, Rule)>| {
-        t.map(|(rank, rule)| {
-            let f = found.next().expect("one per target");
-            Cut {
-                value: f.value,
-                ties: rule(rank - f.less, f.ties),
-                offsets: f.offsets,
-            }
+    })
+}
+
+/// TIES (`Magnitude`) and breadcrumbs (`MagnitudeOutliers`): one or two thresholds by rank
+/// per model, for the models `specs` of one tensor of `n` elements at once, in the order of
+/// `magnitudes`' models. Each pass over the tensor (the selection's, and the rescale's) is
+/// shared by all of them; each model's thresholds and scale are what it would get alone.
+pub fn magnitude_trims<A: Real>(
+    specs: &[TrimSpec<'_>],
+    n: usize,
+    magnitudes: &ModelMagnitudes<'_, A::Key>,
+) -> Vec<Trim> {
+    let targets: Vec<Option<(Target, Target)>> = specs.iter().map(|s| targets(s, n)).collect();
+    let ranks: Vec<Vec<usize>> = targets
+        .iter()
+        .map(|t| match t {
+            Some((low, high)) => low.iter().chain(high.iter()).map(|t| t.0).collect(),
+            None => Vec::new(),
         })
-    };
-    let bounds = Bounds {
-        low: cut(low),
-        high: cut(high),
-    };
-    let scale = if spec.rescale {
-        let partials: Vec<(f64, f64)> = chunk_ranges(n)
-            .map(|(c, range)| {
-                let mut d = [A::ZERO; TILE];
-                let mut keys = [A::Key::default(); TILE];
-                let mut kept = [A::ZERO; TILE];
-                let mut ties = bounds.start(c);
-                let mut l1 = L1::default();
+        .collect();
+    let found = select::<A>(n, magnitudes, &ranks);
+    let bounds: Vec<Option<Bounds>> = targets
+        .iter()
+        .zip(found)
+        .map(|(t, found)| {
+            let (low, high) = (*t)?;
+            let mut found = found.into_iter();
+            let mut cut = |t: Target| {
+                t.map(|(rank, rule)| {
+                    let f = found.next().expect("one per target");
+                    Cut {
+                        value: f.value,
+                        ties: rule(rank - f.less, f.ties),
+                        offsets: f.offsets,
+                    }
+                })
+            };
+            Some(Bounds {
+                low: cut(low),
+                high: cut(high),
+            })
+        })
+        .collect();
+    let scales = rescales::<A>(specs, n, magnitudes, &bounds);
+    bounds
+        .into_iter()
+        .zip(scales)
+        .map(|(bounds, scale)| match bounds {
+            Some(bounds) => Trim {
+                keep: Keep::Bounds(bounds),
+                scale,
+            },
+            // Nothing survives.
+            None => Trim {
+                keep: Keep::Bits(vec![0; n.div_ceil(64)]),
+                scale: 1.0,
+            },
+        })
+        .collect()
+}
+
+/// The scales of the models whose trims rescale (1 for the others), from one pass that sums
+/// every such model's L1 norms before and after its trim, each in [`L1`]'s fixed order.
+fn rescales<A: Real>(
+    specs: &[TrimSpec<'_>],
+    n: usize,
+    magnitudes: &ModelMagnitudes<'_, A::Key>,
+    bounds: &[Option<Bounds>],
+) -> Vec<f64> {
+    let models = specs.len();
+    let wanted: Vec<bool> = specs
+        .iter()
+        .zip(bounds)
+        .map(|(s, b)| s.rescale && b.is_some())
+        .collect();
+    if !wanted.contains(&true) {
+        return vec![1.0; models];
+    }
+    let partials: Vec<Vec<(f64, f64)>> = chunk_ranges(n)
+        .map_init(
+            || vec![A::Key::default(); models * SHARED_TILE],
+            |keys, (c, range)| {
+                let mut d = [A::ZERO; SHARED_TILE];
+                let mut kept = [A::ZERO; SHARED_TILE];
+                let mut ties: Vec<Option<TieCounts>> = bounds
+                    .iter()
+                    .map(|b| b.as_ref().map(|b| b.start(c)))
+                    .collect();
+                let mut l1: Vec<L1> = (0..models).map(|_| L1::default()).collect();
                 let mut start = range.start;
                 while start < range.end {
-                    let len = TILE.min(range.end - start);
-                    magnitudes(start..start + len, &mut keys[..len]);
-                    for (a, k) in d[..len].iter_mut().zip(&keys[..len]) {
-                        *a = A::from_magnitude(*k);
+                    let len = SHARED_TILE.min(range.end - start);
+                    magnitudes(start..start + len, &mut keys[..models * len]);
+                    for (m, keys) in keys[..models * len].chunks(len).enumerate() {
+                        let (Some(b), Some(ties), true) = (&bounds[m], &mut ties[m], wanted[m])
+                        else {
+                            continue;
+                        };
+                        for (a, k) in d[..len].iter_mut().zip(keys) {
+                            *a = A::from_magnitude(*k);
+                        }
+                        b.decide::<A>(keys, ties, &mut kept[..len]);
+                        l1[m].add(&d[..len], &kept[..len]);
                     }
-                    bounds.decide::<A>(&keys[..len], &mut ties, &mut kept[..len]);
-                    l1.add(&d[..len], &kept[..len]);
                     start += len;
                 }
-                l1.flush();
-                l1.sums
-            })
-            .collect();
-        scale(true, total(&partials))
-    } else {
-        1.0
-    };
-    Trim {
-        keep: Keep::Bounds(bounds),
-        scale,
-    }
+                l1.iter_mut()
+                    .map(|l| {
+                        l.flush();
+                        l.sums
+                    })
+                    .collect()
+            },
+        )
+        .collect();
+    (0..models)
+        .map(|m| {
+            let sums: Vec<(f64, f64)> = partials.iter().map(|p| p[m]).collect();
+            scale(wanted[m], total(&sums))
+        })
+        .collect()
 }
 
 /// The key at an ascending rank, with what places its ties.
@@ -518,9 +652,28 @@ struct Found {
     offsets: Vec<usize>,
 }
 
-/// What one chunk's pass finds for one window: the keys above it, the keys in it (when it
-/// spans several values), and their number.
-type Gathered<K> = (usize, Vec<K>, usize);
+/// A model's selection windows, one per rank, each the range of keys (lowest, highest) that
+/// holds it, or `None` once its key is found.
+type Windows<K> = Vec<Option<(K, K)>>;
+
+/// What one chunk's pass finds for one window.
+#[derive(Clone, Default)]
+struct Gathered<K> {
+    /// Keys above the window.
+    above: usize,
+    /// Keys inside it.
+    inside: usize,
+    /// Those keys, `keys[..inside]`, when the window spans several values (for a window of
+    /// one value, only their number is needed); the rest is room for the next tile's.
+    keys: Vec<K>,
+}
+
+impl<K> Gathered<K> {
+    /// The keys gathered inside a window that spans several values.
+    fn keys(&self) -> &[K] {
+        &self.keys[..self.inside]
+    }
+}
 
 /// Blocks and block length of the sample that places the selection windows.
 const SAMPLE_BLOCKS: usize = 256;
@@ -530,20 +683,34 @@ const SAMPLE_BLOCK: usize = 256;
 /// happens in the sample (then one more pass finds it).
 const MARGIN: usize = 1024;
 
+/// The first element of sample block `b` of a tensor of `n` elements (more than the sample):
+/// the blocks are spread evenly, the first at the start and the last at the end.
+fn sample_start(b: usize, n: usize) -> usize {
+    b * (n - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1)
+}
+
 /// Adds a tile's keys to each open window's tally: the keys above it, and those inside it
 /// (or, for a window of one value, their number).
 #[multiversion(targets("x86_64+avx2", "x86_64+sse4.1"))]
 fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut [Gathered<K>]) {
-    for (w, (above, inside, count)) in windows.iter().zip(out.iter_mut()) {
+    for (w, g) in windows.iter().zip(out.iter_mut()) {
         let Some((lo, hi)) = *w else { continue };
         let width = hi.wrapping_sub(lo);
         if lo == hi {
-            *above += keys.iter().filter(|&&k| k > hi).count();
-            *count += keys.iter().filter(|&&k| k == hi).count();
+            g.above += keys.iter().filter(|&&k| k > hi).count();
+            g.inside += keys.iter().filter(|&&k| k == hi).count();
         } else {
             // A few percent fall inside, at random places: whole groups of 64 keys are
-            // flagged, and the keys above counted (in 32-bit lanes), in one vectorised loop,
-            // and only the flagged ones are visited.
+            // flagged, and the keys above counted (in 32-bit lanes), in one vectorised loop.
+            // The flagged keys are written into room made for the whole tile: a group's first
+            // four without branches, then the rest (rarely any) in a loop. A loop over them
+            // all mispredicted its exit in nearly every group. The room grows by doubling:
+            // made afresh for each tile, its zeroing cost more than the writes.
+            let mut used = g.inside;
+            if g.keys.len() < used + keys.len() {
+                let room = (used + keys.len()).max(2 * g.keys.len());
+                g.keys.resize(room, K::default());
+            }
             let whole = keys.len() / 64 * 64;
             let mut over = 0u32;
             for group in keys[..whole].chunks_exact(64) {
@@ -554,130 +721,225 @@ fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut
                     over += (*k > hi) as u32;
                 }
                 let mut m = pack_flags(&flags);
+                let flagged = m.count_ones() as usize;
+                // At most the group's 64 keys from `used` on: inside the room, as `used` is
+                // at most the tile's keys before this group.
+                let room: &mut [K; 64] =
+                    (&mut g.keys[used..used + 64]).try_into().expect("64 slots");
+                // Past the flagged ones these write copies of `group[0]` that `used` leaves
+                // out.
+                for slot in &mut room[..4] {
+                    *slot = group[(m.trailing_zeros() & 63) as usize];
+                    m &= m.wrapping_sub(1);
+                }
+                let mut slot = 4;
                 while m != 0 {
-                    inside.push(group[m.trailing_zeros() as usize]);
+                    room[slot] = group[m.trailing_zeros() as usize];
+                    slot += 1;
                     m &= m - 1;
                 }
+                used += flagged;
             }
-            inside.extend(keys[whole..].iter().filter(|k| k.wrapping_sub(lo) <= width));
-            over += keys[whole..].iter().filter(|&&k| k > hi).count() as u32;
-            *above += over as usize;
-            *count = inside.len();
+            for &k in &keys[whole..] {
+                if k.wrapping_sub(lo) <= width {
+                    g.keys[used] = k;
+                    used += 1;
+                }
+                over += (k > hi) as u32;
+            }
+            g.above += over as usize;
+            g.inside = used;
         }
     }
 }
 
-/// The keys at ascending ranks `ranks` (each < n) of the task vector's magnitudes, exactly:
-/// a sorted sample of the keys places a window of keys around each rank; one pass counts the
-/// keys above each window and gathers those inside it (or, when a window is one value, only
-/// counts them), chunk by chunk in parallel; selection among the gathered keys then finds the
-/// value, and per-chunk counts place its ties. A rank that falls outside its window (rare)
-/// gets an exact window on the side it fell and another pass.
-fn select<A: Real>(n: usize, magnitudes: &Magnitudes<'_, A::Key>, ranks: &[usize]) -> Vec<Found> {
+/// For each model, the keys at ascending ranks `ranks[m]` (each < n) of its task vector's
+/// magnitudes, exactly: a sorted sample of the keys places a window of keys around each
+/// rank; one pass counts the keys above each window and gathers those inside it (or, when a
+/// window is one value, only counts them), chunk by chunk in parallel, every model's tiles
+/// together; selection among the gathered keys then finds the value, and per-chunk counts
+/// place its ties. A rank that falls outside its window (rare) gets an exact window on the
+/// side it fell and another pass.
+fn select<A: Real>(
+    n: usize,
+    magnitudes: &ModelMagnitudes<'_, A::Key>,
+    ranks: &[Vec<usize>],
+) -> Vec<Vec<Found>> {
+    let models = ranks.len();
+    if ranks.iter().all(Vec::is_empty) {
+        return vec![Vec::new(); models];
+    }
     let full = n <= SAMPLE_BLOCKS * SAMPLE_BLOCK;
-    let mut sample: Vec<A::Key>;
+    let mut samples: Vec<Vec<A::Key>> = vec![Vec::new(); models];
     if full {
-        sample = vec![A::Key::default(); n];
-        magnitudes(0..n, &mut sample);
+        let mut all = vec![A::Key::default(); models * n];
+        magnitudes(0..n, &mut all);
+        for (s, keys) in samples.iter_mut().zip(all.chunks(n)) {
+            s.extend_from_slice(keys);
+        }
     } else {
-        sample = vec![A::Key::default(); SAMPLE_BLOCKS * SAMPLE_BLOCK];
-        for (b, out) in sample.chunks_mut(SAMPLE_BLOCK).enumerate() {
-            let start = b * (n - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1);
-            magnitudes(start..start + SAMPLE_BLOCK, out);
+        let mut block = vec![A::Key::default(); models * SAMPLE_BLOCK];
+        for s in &mut samples {
+            s.reserve_exact(SAMPLE_BLOCKS * SAMPLE_BLOCK);
+        }
+        for b in 0..SAMPLE_BLOCKS {
+            let start = sample_start(b, n);
+            magnitudes(start..start + SAMPLE_BLOCK, &mut block);
+            for (s, keys) in samples.iter_mut().zip(block.chunks(SAMPLE_BLOCK)) {
+                s.extend_from_slice(keys);
+            }
         }
     }
-    sample.sort_unstable();
-    let s = sample.len();
-    let mut windows: Vec<Option<(A::Key, A::Key)>> = ranks
+    samples
+        .par_iter_mut()
+        .zip(ranks)
+        .filter(|(_, r)| !r.is_empty())
+        .for_each(|(s, _)| s.sort_unstable());
+    let mut windows: Vec<Windows<A::Key>> = samples
         .iter()
-        .map(|&r| {
-            Some(if full {
-                (sample[r], sample[r])
-            } else {
-                let i = ((r as f64 / n as f64) * s as f64) as usize;
-                let lo = if i >= MARGIN {
-                    sample[i - MARGIN]
-                } else {
-                    A::Key::default()
-                };
-                let hi = if i + MARGIN < s {
-                    sample[i + MARGIN]
-                } else {
-                    A::Key::MAX
-                };
-                (lo, hi)
-            })
+        .zip(ranks)
+        .map(|(sample, ranks)| {
+            let s = sample.len();
+            ranks
+                .iter()
+                .map(|&r| {
+                    Some(if full {
+                        (sample[r], sample[r])
+                    } else {
+                        let i = ((r as f64 / n as f64) * s as f64) as usize;
+                        let lo = if i >= MARGIN {
+                            sample[i - MARGIN]
+                        } else {
+                            A::Key::default()
+                        };
+                        let hi = if i + MARGIN < s {
+                            sample[i + MARGIN]
+                        } else {
+                            A::Key::MAX
+                        };
+                        (lo, hi)
+                    })
+                })
+                .collect()
         })
         .collect();
-    let mut found: Vec<Option<Found>> = vec![None; ranks.len()];
-    while windows.iter().any(Option::is_some) {
-        // Per chunk, per window: keys above it, and the keys in it (or their number).
-        let per_chunk: Vec<Vec<Gathered<A::Key>>> = chunk_ranges(n)
+    drop(samples);
+    let mut found: Vec<Vec<Option<Found>>> = ranks.iter().map(|r| vec![None; r.len()]).collect();
+    let open = |windows: &[Windows<A::Key>]| windows.iter().flatten().any(Option::is_some);
+    while open(&windows) {
+        // Per chunk, per model, per window: keys above it, and the keys in it (or their
+        // number).
+        // Each thread tallies into its own room, which it keeps from chunk to chunk: room
+        // made afresh for each chunk was mapped, faulted in and zeroed each time. A chunk's
+        // gathered keys are copied out of it, a few percent of its elements.
+        let per_chunk: Vec<Vec<Vec<Gathered<A::Key>>>> = chunk_ranges(n)
             .map_init(
-                || vec![A::Key::default(); TILE],
-                |keys, (_, range)| {
-                    let mut out: Vec<Gathered<A::Key>> =
-                        windows.iter().map(|_| (0, Vec::new(), 0)).collect();
+                || {
+                    let rooms: Vec<Vec<Gathered<A::Key>>> = windows
+                        .iter()
+                        .map(|w| w.iter().map(|_| Gathered::default()).collect())
+                        .collect();
+                    (vec![A::Key::default(); models * SHARED_TILE], rooms)
+                },
+                |(keys, rooms), (_, range)| {
+                    for g in rooms.iter_mut().flatten() {
+                        (g.above, g.inside) = (0, 0);
+                    }
                     let mut start = range.start;
                     while start < range.end {
-                        let len = TILE.min(range.end - start);
-                        magnitudes(start..start + len, &mut keys[..len]);
-                        tally(&keys[..len], &windows, &mut out);
+                        let len = SHARED_TILE.min(range.end - start);
+                        magnitudes(start..start + len, &mut keys[..models * len]);
+                        for ((keys, windows), rooms) in keys[..models * len]
+                            .chunks(len)
+                            .zip(&windows)
+                            .zip(&mut *rooms)
+                        {
+                            if windows.iter().any(Option::is_some) {
+                                tally(keys, windows, rooms);
+                            }
+                        }
                         start += len;
                     }
-                    out
+                    rooms
+                        .iter()
+                        .zip(&windows)
+                        .map(|(rooms, windows)| {
+                            rooms
+                                .iter()
+                                .zip(windows)
+                                .map(|(g, w)| Gathered {
+                                    above: g.above,
+                                    inside: g.inside,
+                                    keys: match w {
+                                        Some((lo, hi)) if lo != hi => g.keys().to_vec(),
+                                        _ => Vec::new(),
+                                    },
+                                })
+                                .collect()
+                        })
+                        .collect()
                 },
             )
             .collect();
-        for (w, window) in windows.iter_mut().enumerate() {
-            let Some((lo, hi)) = *window else { continue };
-            let r = ranks[w];
-            let above: usize = per_chunk.iter().map(|c| c[w].0).sum();
-            let inside: usize = per_chunk.iter().map(|c| c[w].2).sum();
-            let below = n - above - inside;
-            if r < below {
-                // Some key is below `lo`, so `lo > 0`.
-                *window = Some((A::Key::default(), A::Key::from_u64(lo.to_u64() - 1)));
-                continue;
-            }
-            if r >= below + inside {
-                *window = Some((A::Key::from_u64(hi.to_u64() + 1), A::Key::MAX));
-                continue;
-            }
-            let (value, less, counts): (A::Key, usize, Vec<usize>) = if lo == hi {
-                (lo, below, per_chunk.iter().map(|c| c[w].2).collect())
-            } else {
-                let mut all: Vec<A::Key> = per_chunk
-                    .iter()
-                    .flat_map(|c| c[w].1.iter().copied())
-                    .collect();
-                let (smaller, value, _) = all.select_nth_unstable(r - below);
-                let value = *value;
-                let less = below + smaller.iter().filter(|k| **k < value).count();
-                let counts = per_chunk
-                    .iter()
-                    .map(|c| c[w].1.iter().filter(|k| **k == value).count())
-                    .collect();
-                (value, less, counts)
-            };
-            let mut offsets = Vec::with_capacity(counts.len());
-            let mut acc = 0;
-            for c in counts {
-                offsets.push(acc);
-                acc += c;
-            }
-            found[w] = Some(Found {
-                value: value.to_u64(),
-                less,
-                ties: acc,
-                offsets,
+        // The models' selections in parallel: each is serial, and one model's would leave
+        // the other threads idle.
+        windows
+            .par_iter_mut()
+            .zip(found.par_iter_mut())
+            .enumerate()
+            .for_each(|(m, (windows, found))| {
+                for (w, window) in windows.iter_mut().enumerate() {
+                    let Some((lo, hi)) = *window else { continue };
+                    let r = ranks[m][w];
+                    let gathered = || per_chunk.iter().map(|c| &c[m][w]);
+                    let above: usize = gathered().map(|g| g.above).sum();
+                    let inside: usize = gathered().map(|g| g.inside).sum();
+                    let below = n - above - inside;
+                    if r < below {
+                        // Some key is below `lo`, so `lo > 0`.
+                        *window = Some((A::Key::default(), A::Key::from_u64(lo.to_u64() - 1)));
+                        continue;
+                    }
+                    if r >= below + inside {
+                        *window = Some((A::Key::from_u64(hi.to_u64() + 1), A::Key::MAX));
+                        continue;
+                    }
+                    let (value, less, counts): (A::Key, usize, Vec<usize>) = if lo == hi {
+                        (lo, below, gathered().map(|g| g.inside).collect())
+                    } else {
+                        let mut all: Vec<A::Key> =
+                            gathered().flat_map(|g| g.keys().iter().copied()).collect();
+                        let (smaller, value, _) = all.select_nth_unstable(r - below);
+                        let value = *value;
+                        let less = below + smaller.iter().filter(|k| **k < value).count();
+                        let counts = gathered()
+                            .map(|g| g.keys().iter().filter(|k| **k == value).count())
+                            .collect();
+                        (value, less, counts)
+                    };
+                    let mut offsets = Vec::with_capacity(counts.len());
+                    let mut acc = 0;
+                    for c in counts {
+                        offsets.push(acc);
+                        acc += c;
+                    }
+                    found[w] = Some(Found {
+                        value: value.to_u64(),
+                        less,
+                        ties: acc,
+                        offsets,
+                    });
+                    *window = None;
+                }
             });
-            *window = None;
-        }
     }
     found
         .into_iter()
-        .map(|f| f.expect("every window resolves"))
+        .map(|f| {
+            f.into_iter()
+                .map(|f| f.expect("every window resolves"))
+                .collect()
+        })
         .collect()
 }
 
@@ -737,9 +999,9 @@ pub fn working_bytes(method: Sparsify, shape: &[u64], n: usize, wide: bool) -> W
         },
         Sparsify::Magnitude | Sparsify::MagnitudeOutliers => {
             // `select`'s sample, and per threshold (breadcrumbs has two) the keys inside its
-            // window, about 2 MARGIN of the sample's positions (3% of the elements): gathered
-            // in per-chunk vectors that grow by doubling, then copied into one for the
-            // selection, so up to three times that. These were not counted, and on a 256 MiB
+            // window, about 2 MARGIN of the sample's positions (3% of the elements): copied
+            // per chunk out of each thread's room (a chunk's worth, grown by doubling), then
+            // into one for the selection, so up to about three times that. These were not counted, and on a 256 MiB
             // tensor under `ulimit -v` breadcrumbs aborted on a failed allocation of its
             // windows instead of stopping at the memory check. Equal magnitudes can fill a
             // window beyond this; the count is for ordinary tensors, like the README's.
@@ -1386,9 +1648,14 @@ mod tests {
                 *o = v.magnitude();
             }
         };
+        let t = trim::<f64>(spec, values.len(), &magnitudes);
+        (kept_of(&t, values), t.scale)
+    }
+
+    /// Each element's fate under trim `t` of `values`, decided as the kernels decide them.
+    fn kept_of(t: &Trim, values: &[f64]) -> Vec<bool> {
         let n = values.len();
-        let t = trim::<f64>(spec, n, &magnitudes);
-        let kept = match &t.keep {
+        match &t.keep {
             Keep::Bits(bits) => (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect(),
             Keep::Drawn(stream, cutoff) => {
                 let mut bits = vec![0u64; n.div_ceil(64)];
@@ -1409,8 +1676,7 @@ mod tests {
                 }
                 kept
             }
-        };
-        (kept, t.scale)
+        }
     }
 
     /// `reads_ahead` decides whether the preparing pass maps a tensor's pages before the
@@ -1570,7 +1836,7 @@ mod tests {
         let n = 3 * SAMPLE_BLOCKS * SAMPLE_BLOCK;
         let mut sampled = vec![false; n];
         for b in 0..SAMPLE_BLOCKS {
-            let start = b * (n - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1);
+            let start = sample_start(b, n);
             sampled[start..start + SAMPLE_BLOCK].fill(true);
         }
         let low: Vec<f64> = (0..n)
@@ -1769,6 +2035,138 @@ mod tests {
             .map(|(x, _)| x.abs())
             .sum();
         assert!((scale - before / after).abs() <= 1e-12 * scale);
+    }
+
+    /// Several models' trims by magnitude from their shared passes: each model's kept set
+    /// is the sorting one, and its scale is what it gets trimmed alone, whatever the other
+    /// models are: tied and untied values, thresholds in different chunks, one model whose
+    /// sample misses its threshold (costing the others nothing but a pass they ignore), and a
+    /// model of which nothing survives.
+    #[test]
+    fn shared_passes_give_each_model_its_own_trim() {
+        let n = 2 * CHUNK_ELEMENTS + 12_345;
+        let mut sampled = vec![false; n];
+        for b in 0..SAMPLE_BLOCKS {
+            let start = sample_start(b, n);
+            sampled[start..start + SAMPLE_BLOCK].fill(true);
+        }
+        // Small where the sample looks, large elsewhere: the sample misses the thresholds.
+        let missed: Vec<f64> = (0..n)
+            .map(|e| {
+                if sampled[e] {
+                    0.001 * (e % 97) as f64
+                } else {
+                    -5.0 - (e % 89) as f64
+                }
+            })
+            .collect();
+        let models: Vec<(Vec<f64>, Sparsify, f64, f64)> = vec![
+            (spread(n, 21), Sparsify::Magnitude, 0.3, 0.0),
+            (tied(n, 7, 22), Sparsify::Magnitude, 0.5, 0.0),
+            (missed, Sparsify::Magnitude, 0.2, 0.0),
+            (tied(n, 5, 23), Sparsify::MagnitudeOutliers, 0.5, 0.1),
+            (spread(n, 24), Sparsify::MagnitudeOutliers, 0.6, 0.05),
+            (spread(n, 25), Sparsify::MagnitudeOutliers, 0.0, 0.5),
+        ];
+        let shape = [n as u64];
+        for rescale in [false, true] {
+            let specs: Vec<TrimSpec<'_>> = models
+                .iter()
+                .enumerate()
+                .map(|(m, (_, method, density, gamma))| TrimSpec {
+                    method: *method,
+                    density: *density,
+                    gamma: *gamma,
+                    epsilon: 0.0,
+                    stream: m as u64,
+                    rescale,
+                    shape: &shape,
+                })
+                .collect();
+            let magnitudes = |r: Range<usize>, out: &mut [u64]| {
+                if r.is_empty() {
+                    return;
+                }
+                for ((values, ..), out) in models.iter().zip(out.chunks_mut(r.len())) {
+                    for (o, v) in out.iter_mut().zip(&values[r.clone()]) {
+                        *o = v.magnitude();
+                    }
+                }
+            };
+            let trims = magnitude_trims::<f64>(&specs, n, &magnitudes);
+            for ((trim, spec), (values, method, density, gamma)) in
+                trims.iter().zip(&specs).zip(&models)
+            {
+                let want = match method {
+                    Sparsify::Magnitude => magnitude_by_sorting(values, *density),
+                    _ => outliers_by_sorting(values, *density, *gamma),
+                };
+                let case = format!("{method:?} density {density} rescale {rescale}");
+                assert_eq!(kept_of(trim, values), want, "{case}");
+                let (alone, scale) = run(spec, values);
+                assert_eq!(alone, want, "{case}");
+                assert_eq!(trim.scale.to_bits(), scale.to_bits(), "{case}");
+                if rescale && want.contains(&true) {
+                    let before: f64 = values.iter().map(|x| x.abs()).sum();
+                    let after: f64 = values
+                        .iter()
+                        .zip(&want)
+                        .filter(|(_, k)| **k)
+                        .map(|(x, _)| x.abs())
+                        .sum();
+                    assert!((trim.scale - before / after).abs() <= 1e-12 * trim.scale);
+                } else {
+                    assert_eq!(trim.scale, 1.0, "{case}");
+                }
+            }
+        }
+    }
+
+    /// DARE's rescale for several models from one shared pass: each model keeps the bits of
+    /// its own stream, and its scale restores its own L1 norm, with the same bits as alone.
+    #[test]
+    fn shared_dare_norms_are_each_models_own() {
+        let n = 2 * CHUNK_ELEMENTS + 4097;
+        let values = [spread(n, 31), tied(n, 9, 32), spread(n, 33)];
+        let shape = [n as u64];
+        let specs: Vec<TrimSpec<'_>> = [0.3, 0.5, 0.9]
+            .iter()
+            .enumerate()
+            .map(|(m, &density)| TrimSpec {
+                method: Sparsify::Random,
+                density,
+                gamma: 0.0,
+                epsilon: 0.0,
+                stream: 40 + m as u64,
+                rescale: true,
+                shape: &shape,
+            })
+            .collect();
+        let magnitudes = |r: Range<usize>, out: &mut [u64]| {
+            for (values, out) in values.iter().zip(out.chunks_mut(r.len().max(1))) {
+                for (o, v) in out.iter_mut().zip(&values[r.clone()]) {
+                    *o = v.magnitude();
+                }
+            }
+        };
+        let trims = random_trims::<f64>(&specs, n, &magnitudes);
+        for ((trim, spec), values) in trims.iter().zip(&specs).zip(&values) {
+            let mut bits = vec![0u64; n.div_ceil(64)];
+            draws::keep_bits(spec.stream, 0, n, Cutoff::of(spec.density), &mut bits);
+            let want: Vec<bool> = (0..n).map(|e| bits[e / 64] >> (e % 64) & 1 == 1).collect();
+            assert_eq!(kept_of(trim, values), want);
+            let (alone, scale) = run(spec, values);
+            assert_eq!(alone, want);
+            assert_eq!(trim.scale.to_bits(), scale.to_bits());
+            let before: f64 = values.iter().map(|x| x.abs()).sum();
+            let after: f64 = values
+                .iter()
+                .zip(&want)
+                .filter(|(_, k)| **k)
+                .map(|(x, _)| x.abs())
+                .sum();
+            assert!((trim.scale - before / after).abs() <= 1e-12 * trim.scale);
+        }
     }
 
     #[test]
