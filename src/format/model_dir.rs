@@ -31,22 +31,20 @@ pub const COMPANION_FILES: &[&str] = &[
     "processor_config.json",
 ];
 
-/// The companion files that make up a tokenizer (with its chat template): what a recipe's
-/// `tokenizer_source` takes from another model.
-pub const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "chat_template.jinja",
-    "chat_template.json",
+/// The companion files that describe the model rather than its tokenizer; every other one
+/// belongs to the tokenizer (or its chat template), which a recipe's `tokenizer_source` takes
+/// from another model.
+const MODEL_DESCRIPTION_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
 ];
+
+/// Whether companion file `name` is part of the tokenizer.
+pub fn is_tokenizer_file(name: &str) -> bool {
+    !MODEL_DESCRIPTION_FILES.contains(&name)
+}
 
 /// Opens a model directory's weights as one checkpoint. Like transformers, it prefers
 /// `model.safetensors` and otherwise reads `model.safetensors.index.json` and its shards.

@@ -643,7 +643,7 @@ fn companions(
             tokenizer.display()
         ));
     }
-    let is_tokenizer = |c: &Companion| model_dir::TOKENIZER_FILES.contains(&c.name());
+    let is_tokenizer = |c: &Companion| model_dir::is_tokenizer_file(c.name());
     let theirs: Vec<Companion> = model_dir::companion_files(tokenizer)
         .into_iter()
         .filter(is_tokenizer)

@@ -14,7 +14,9 @@ use rayon::prelude::*;
 use super::kernel::{
     self, Input, Real, Scratch, Source, TaskVectorInput, TaskVectorMix, CHUNK_ELEMENTS,
 };
-use super::method::{sparsify, Combination, Gram, Grouping, Sparsify, TaskVectors, Work};
+use super::method::{
+    sparsify, Combination, Gram, Grouping, Sparsify, TaskVector, TaskVectors, Work,
+};
 use super::plan::{Plan, TensorPlan, Whole};
 use crate::format::Dtype;
 
@@ -557,6 +559,15 @@ fn trims<A: Real>(
     n: usize,
 ) -> Vec<Option<sparsify::Trim>> {
     let base = inputs[tv.models.len()];
+    let spec = |method, m: &TaskVector| sparsify::TrimSpec {
+        method,
+        density: m.density,
+        gamma: m.gamma,
+        epsilon: m.epsilon,
+        stream: m.stream,
+        rescale: tv.rescale,
+        shape,
+    };
     let shared = match tv.sparsify {
         Some(Sparsify::Magnitude | Sparsify::MagnitudeOutliers) => true,
         Some(Sparsify::Random) => tv.rescale,
@@ -574,18 +585,7 @@ fn trims<A: Real>(
             .collect();
         let specs: Vec<sparsify::TrimSpec<'_>> = trimmed
             .iter()
-            .map(|&m| {
-                let m = &tv.models[m];
-                sparsify::TrimSpec {
-                    method,
-                    density: m.density,
-                    gamma: m.gamma,
-                    epsilon: m.epsilon,
-                    stream: m.stream,
-                    rescale: tv.rescale,
-                    shape,
-                }
-            })
+            .map(|&m| spec(method, &tv.models[m]))
             .collect();
         let magnitudes = |range: Range<usize>, out: &mut [A::Key]| {
             if range.is_empty() {
@@ -620,16 +620,7 @@ fn trims<A: Real>(
             let magnitudes = |range: Range<usize>, out: &mut [A::Key]| {
                 kernel::decode_magnitudes::<A>(x, base, range, out);
             };
-            let spec = sparsify::TrimSpec {
-                method,
-                density: m.density,
-                gamma: m.gamma,
-                epsilon: m.epsilon,
-                stream: m.stream,
-                rescale: tv.rescale,
-                shape,
-            };
-            Some(sparsify::trim::<A>(&spec, n, &magnitudes))
+            Some(sparsify::trim::<A>(&spec(method, m), n, &magnitudes))
         })
         .collect()
 }

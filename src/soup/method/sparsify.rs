@@ -1829,25 +1829,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_sample_that_misses_the_threshold_costs_a_pass_not_a_wrong_answer() {
-        // Every sampled block holds small values and everything else is large, so the sample
-        // puts the window far below the true threshold (and, for the other target, above).
-        let n = 3 * SAMPLE_BLOCKS * SAMPLE_BLOCK;
+    /// `n` values, small where the sample of a tensor of `n` elements looks and of magnitude
+    /// `far.abs()` and more (with `far`'s sign) everywhere else: the sample misses the
+    /// thresholds.
+    fn sample_misses(n: usize, far: f64) -> Vec<f64> {
         let mut sampled = vec![false; n];
         for b in 0..SAMPLE_BLOCKS {
             let start = sample_start(b, n);
             sampled[start..start + SAMPLE_BLOCK].fill(true);
         }
-        let low: Vec<f64> = (0..n)
+        (0..n)
             .map(|e| {
                 if sampled[e] {
                     0.001 * (e % 97) as f64
                 } else {
-                    5.0 + (e % 89) as f64
+                    far + far.signum() * (e % 89) as f64
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn a_sample_that_misses_the_threshold_costs_a_pass_not_a_wrong_answer() {
+        // Every sampled block holds small values and everything else is large, so the sample
+        // puts the window far below the true threshold (and, for the other target, above).
+        let n = 3 * SAMPLE_BLOCKS * SAMPLE_BLOCK;
+        let low = sample_misses(n, 5.0);
         let high: Vec<f64> = low.iter().map(|x| 100.0 - x).collect();
         for values in [&low, &high] {
             for density in [0.2, 0.5, 0.9] {
@@ -2045,21 +2052,7 @@ mod tests {
     #[test]
     fn shared_passes_give_each_model_its_own_trim() {
         let n = 2 * CHUNK_ELEMENTS + 12_345;
-        let mut sampled = vec![false; n];
-        for b in 0..SAMPLE_BLOCKS {
-            let start = sample_start(b, n);
-            sampled[start..start + SAMPLE_BLOCK].fill(true);
-        }
-        // Small where the sample looks, large elsewhere: the sample misses the thresholds.
-        let missed: Vec<f64> = (0..n)
-            .map(|e| {
-                if sampled[e] {
-                    0.001 * (e % 97) as f64
-                } else {
-                    -5.0 - (e % 89) as f64
-                }
-            })
-            .collect();
+        let missed = sample_misses(n, -5.0);
         let models: Vec<(Vec<f64>, Sparsify, f64, f64)> = vec![
             (spread(n, 21), Sparsify::Magnitude, 0.3, 0.0),
             (tied(n, 7, 22), Sparsify::Magnitude, 0.5, 0.0),
