@@ -19,11 +19,10 @@ pub fn choose(wanted: &ChatTemplate, models: &[PathBuf]) -> Option<String> {
         ChatTemplate::Auto => {
             let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
             for dir in models.iter().filter(|m| m.is_dir()) {
-                let jinja = dir.join("chat_template.jinja");
-                let config = dir.join("tokenizer_config.json");
+                // A missing file reads as none, so both are passed as they would be.
                 let found = model_dir::chat_template(
-                    jinja.exists().then_some(jinja.as_path()),
-                    Some(config.as_path()),
+                    Some(&dir.join("chat_template.jinja")),
+                    Some(&dir.join("tokenizer_config.json")),
                 );
                 if let Some(t) = found
                     .map(|t| t.trim().to_string())

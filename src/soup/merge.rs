@@ -625,8 +625,6 @@ fn bytes_on_disk(path: &Path) -> u64 {
     }
 }
 
-/// Where a directory output's config and tokenizer come from: --base, the recipe's
-/// base_model, or an input, whichever is a model directory first.
 /// The companion files of a directory output: `source`'s, with the tokenizer's taken from
 /// `tokenizer` instead when a recipe's `tokenizer_source` names another model.
 fn companions(
@@ -666,6 +664,8 @@ fn companions(
     Ok(found)
 }
 
+/// Where a directory output's config and tokenizer come from: --base, the recipe's
+/// base_model, or an input, whichever is a model directory first.
 fn companion_source(
     request: &MergeRequest,
     recipe: Option<&Recipe>,
