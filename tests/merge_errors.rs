@@ -732,3 +732,116 @@ fn any_output_name_the_file_system_takes_is_written_and_a_longer_one_is_named() 
     );
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2);
 }
+
+/// A run whose standard error (or, with `--json`, output) is appended to a file it reads fails
+/// without writing there, however early it fails: a missing input, a bad weight, a flag clap
+/// refuses, a recipe refused for its own reasons, or a corrupt input found before the
+/// output's checks all used to append their `error:` line (or JSON object) to the input.
+#[test]
+fn an_early_failure_never_appends_its_error_to_an_input_given_as_a_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = good(dir, "a.safetensors");
+    let b = good(dir, "bb.safetensors");
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(&a, model.join("model.safetensors")).unwrap();
+    std::fs::write(model.join("config.json"), "{}").unwrap();
+    let bad_recipe = dir.join("bad.yml");
+    std::fs::write(
+        &bad_recipe,
+        format!(
+            "merge_method: linear\nmodels:\n  - model: {}\n  - model: {}/nothere\n",
+            a.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let missing = dir.join("missing.safetensors");
+    let corrupt = dir.join("corrupt.safetensors");
+    raw_file(&corrupt, "{not json", &[]);
+    let out = dir.join("soup.safetensors");
+    let o = out.to_str().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    // (the file the stream is appended to, the command line)
+    let cases: Vec<(PathBuf, Vec<String>)> = vec![
+        (a.clone(), vec![s(&a), s(&missing), "-o".into(), o.into()]),
+        (
+            a.clone(),
+            vec![
+                s(&a),
+                s(&b),
+                "-w".into(),
+                "1,2,3".into(),
+                "-o".into(),
+                o.into(),
+            ],
+        ),
+        (a.clone(), vec![s(&a), "--bogus".into()]),
+        (
+            b.clone(),
+            vec![s(&a), format!("--base={}", s(&b)), "--bogus".into()],
+        ),
+        (a.clone(), vec![s(&a), s(&corrupt), "-o".into(), o.into()]),
+        (
+            a.clone(),
+            vec!["--config".into(), s(&bad_recipe), "-o".into(), o.into()],
+        ),
+        (
+            bad_recipe.clone(),
+            vec!["--config".into(), s(&bad_recipe), "-o".into(), o.into()],
+        ),
+        (
+            model.join("model.safetensors"),
+            vec![s(&model), s(&missing), "-o".into(), o.into()],
+        ),
+        (
+            model.join("config.json"),
+            vec![s(&model), s(&missing), "-o".into(), o.into()],
+        ),
+    ];
+    for (target, args) in &cases {
+        for json in [false, true] {
+            let before = std::fs::read(target).unwrap();
+            let stream = || {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(target)
+                    .unwrap()
+            };
+            let mut cmd = soup_merge();
+            cmd.args(args);
+            if json {
+                cmd.arg("--json")
+                    .stdout(stream())
+                    .stderr(std::process::Stdio::null());
+            } else {
+                cmd.stderr(stream());
+            }
+            let status = cmd.status().unwrap();
+            assert!(
+                matches!(status.code(), Some(1 | 2)),
+                "{args:?} json={json}: {status}"
+            );
+            assert!(
+                std::fs::read(target).unwrap() == before,
+                "{args:?} json={json} wrote into {}",
+                target.display()
+            );
+            assert!(!out.exists());
+        }
+    }
+    // A stream that is no input still gets the error.
+    let log = dir.join("log.txt");
+    let status = soup_merge()
+        .args([s(&a), s(&missing), "-o".into(), o.into()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.starts_with("error: ") && text.contains("missing.safetensors"),
+        "{text}"
+    );
+}

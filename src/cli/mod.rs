@@ -55,6 +55,7 @@ pub fn parse_args<A: clap::Parser>() -> A {
     match A::try_parse() {
         Ok(args) => args,
         Err(e) => {
+            silence_streams_into_named_files(std::env::args_os().skip(1));
             if e.use_stderr() && asks_for_json(std::env::args_os().skip(1)) {
                 // clap's message up to its usage section, on one line.
                 let rendered = e.render().to_string();
@@ -69,6 +70,29 @@ pub fn parse_args<A: clap::Parser>() -> A {
             e.exit()
         }
     }
+}
+
+/// Points standard output or error at /dev/null when it is a file that a command line clap
+/// refused names (`soup-merge a.safetensors --bogus 2>> a.safetensors`): its roles are
+/// unknown, so any path it names, or holds as a model directory's file, may be an input, and
+/// the usage error must not be appended to it. The exit status still tells.
+fn silence_streams_into_named_files(args: impl Iterator<Item = std::ffi::OsString>) {
+    use crate::format::destination::{check_standard_streams, Reads, Role};
+    let mut named = Reads::new();
+    for arg in args {
+        let bytes = arg.as_encoded_bytes();
+        // `--base=DIR`: the path is the value.
+        let path = match bytes.iter().position(|&b| b == b'=') {
+            Some(i) if bytes.starts_with(b"--") => std::path::PathBuf::from(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes[i + 1..]),
+            ),
+            _ => std::path::PathBuf::from(&arg),
+        };
+        if path.symlink_metadata().is_ok() {
+            named.add_named(Role::Ingredient, &path);
+        }
+    }
+    let _ = check_standard_streams(&named);
 }
 
 /// Whether a command line that clap refused asks for `--json`: the flag itself, or the flag

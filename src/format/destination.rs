@@ -176,6 +176,36 @@ impl Reads {
         });
     }
 
+    /// Records a path named on the command line before anything is opened (it may not even be
+    /// a checkpoint): the path, and for a directory, the files in it a model directory's
+    /// reader may open (weights, the index, config and tokenizer files). Cheap and
+    /// infallible, so that it can run before any check that might fail and print.
+    pub fn add_named(&mut self, role: Role, path: &Path) {
+        self.add(role, path);
+        if !fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            return;
+        }
+        let Ok(entries) = fs::read_dir(path) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let role = if name == INDEX_NAME {
+                Role::Index
+            } else if name.ends_with(".safetensors") {
+                Role::Shard
+            } else if COMPANION_FILES.contains(&name) {
+                Role::Companion
+            } else {
+                continue;
+            };
+            self.add(role, &entry.path());
+        }
+    }
+
     /// Records a checkpoint: the path given, every shard, and a model directory's index.
     pub fn add_checkpoint(&mut self, checkpoint: &Checkpoint) {
         self.add(Role::Ingredient, checkpoint.path());

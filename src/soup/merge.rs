@@ -326,6 +326,61 @@ pub fn output_kind(output: &Path, shard_size: Option<u64>) -> Result<OutputKind>
     }
 }
 
+/// Refuses standard output or error that is a file the command line names to read (an input,
+/// a file in an input's model directory, `--base`, `--config` or a model of that recipe), as
+/// [`destination::check_standard_streams`] does, but before anything is opened, parsed or
+/// validated: an error found first (a missing input, a bad weight, a corrupt header) would
+/// otherwise be printed into that file (`2>> a.safetensors`). [`Merge::plan`] checks again
+/// with everything the merge reads.
+pub fn check_named_streams(
+    inputs: &[PathBuf],
+    base: Option<&Path>,
+    recipe: Option<&Path>,
+) -> Result<()> {
+    let mut reads = Reads::new();
+    for input in inputs {
+        reads.add_named(Role::Ingredient, input);
+    }
+    if let Some(base) = base {
+        reads.add_named(Role::Base, base);
+    }
+    if let Some(path) = recipe {
+        reads.add(Role::Recipe, path);
+        match Recipe::read(path) {
+            Ok(r) => {
+                for model in &r.models {
+                    reads.add_named(Role::Ingredient, model);
+                }
+                if let Some(base) = r.base_model.as_deref() {
+                    reads.add_named(Role::Base, Path::new(base));
+                }
+                if let Some(source) = &r.tokenizer_source {
+                    reads.add_named(Role::Base, source);
+                }
+            }
+            // A recipe refused later, with its reason, still names its models: any word of
+            // it that is a path here may be one, and its refusal must not land there.
+            Err(_) => {
+                let cap = super::recipe::MAX_RECIPE_BYTES;
+                if let Ok(bytes) = crate::format::small_file::read(path, cap, "recipe") {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let mut seen = std::collections::HashSet::new();
+                    let words = text.split(|c: char| {
+                        c.is_whitespace()
+                            || matches!(c, ':' | ',' | '[' | ']' | '{' | '}' | '"' | '\'' | '#')
+                    });
+                    for word in words.filter(|w| !w.is_empty() && seen.insert(*w)) {
+                        if Path::new(word).symlink_metadata().is_ok() {
+                            reads.add_named(Role::Ingredient, Path::new(word));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    destination::check_standard_streams(&reads)
+}
+
 /// What a merge reads and writes, checked by the output policy.
 fn check_outputs(
     request: &MergeRequest,

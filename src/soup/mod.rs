@@ -22,7 +22,9 @@ pub use execute::{
 };
 pub use kernel::CHUNK_ELEMENTS;
 pub use layout::{parse_size, FileSummary, Layout, OutputFile, DEFAULT_SHARD_SIZE};
-pub use merge::{output_kind, repeated_models, Merge, MergeRequest, PARAMETER_FLAGS};
+pub use merge::{
+    check_named_streams, output_kind, repeated_models, Merge, MergeRequest, PARAMETER_FLAGS,
+};
 pub use plan::{
     display_name, display_names, tool_version, Action, MethodMerge, OnMissing, Plan, PlanOptions,
     TensorPlan, Term, Whole, META_BASE, META_INGREDIENTS, META_METHOD, META_PARAMETERS,
