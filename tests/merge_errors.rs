@@ -845,3 +845,48 @@ fn an_early_failure_never_appends_its_error_to_an_input_given_as_a_stream() {
         "{text}"
     );
 }
+
+/// An input that can't be looked at names the fix, not only the kernel's words ("No such file
+/// or directory (os error 2)"), and stays an `io` error.
+#[test]
+fn an_input_that_is_not_there_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = good(dir, "a.safetensors");
+    let dangling = dir.join("dangling.safetensors");
+    std::os::unix::fs::symlink("gone.safetensors", &dangling).unwrap();
+    let (l1, l2) = (dir.join("loop1"), dir.join("loop2"));
+    std::os::unix::fs::symlink(&l2, &l1).unwrap();
+    std::os::unix::fs::symlink(&l1, &l2).unwrap();
+    let mut slashed = a.clone().into_os_string();
+    slashed.push("/");
+    let cases: [(PathBuf, &str); 4] = [
+        (
+            dir.join("missing.safetensors"),
+            "does not exist: check the path",
+        ),
+        (dangling, "is a link to nothing (gone.safetensors)"),
+        (l1, "loop of symbolic links"),
+        (slashed.into(), "trailing slash"),
+    ];
+    for (input, fix) in &cases {
+        let err = fails(dir, &[&a, input], &[]);
+        assert!(err.contains(fix), "{err}");
+        let o = soup_merge()
+            .arg(&a)
+            .arg(input)
+            .args([
+                "-o".as_ref(),
+                dir.join("x.safetensors").as_os_str(),
+                "--json".as_ref(),
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            (o.status.code(), v["kind"].as_str()),
+            (Some(1), Some("io")),
+            "{v}"
+        );
+    }
+}

@@ -43,7 +43,7 @@ impl Stamp {
 impl Shard {
     /// Opens, maps and validates one safetensors file. Reads only the header.
     pub fn open(path: &Path) -> Result<Shard> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let meta = std::fs::metadata(path).map_err(|e| input_error(path, e))?;
         if meta.is_dir() {
             return Err(Error::header(path, "is a directory; pass a .safetensors file, or a model directory holding model.safetensors or model.safetensors.index.json"));
         }
@@ -113,6 +113,26 @@ impl Shard {
     }
 }
 
+/// An input that can't be looked at, with what to do about it: the kernel's words alone
+/// ("No such file or directory (os error 2)") name no fix.
+fn input_error(path: &Path, e: std::io::Error) -> Error {
+    use std::io::ErrorKind;
+    let fix = match e.kind() {
+        ErrorKind::NotFound if path.symlink_metadata().is_ok() => {
+            let target = std::fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            format!("is a link to nothing ({target}), an interrupted download or a moved file: fix the link or give the file itself")
+        }
+        ErrorKind::NotFound => "does not exist: check the path, and give a .safetensors file or a model directory".into(),
+        ErrorKind::NotADirectory => "goes through a file as if it were a directory (a trailing slash after a file name?): fix the path".into(),
+        ErrorKind::PermissionDenied => "can't be read (permission denied): make it readable or run as a user who can read it".into(),
+        _ if e.raw_os_error() == Some(libc::ELOOP) => "is a loop of symbolic links: fix the link".into(),
+        _ => return Error::io(path, e),
+    };
+    Error::io(path, std::io::Error::new(e.kind(), format!("{fix} ({e})")))
+}
+
 fn open_nonblocking(path: &Path) -> Result<File> {
     let mut options = OpenOptions::new();
     options.read(true);
@@ -129,7 +149,7 @@ fn open_nonblocking(path: &Path) -> Result<File> {
             "{}: can't be opened, the limit on open files is reached; a merge keeps every input file open until it ends: raise the limit (ulimit -n 65536) or merge fewer files",
             path.display()
         )),
-        _ => Error::io(path, e),
+        _ => input_error(path, e),
     })
 }
 
