@@ -296,6 +296,77 @@ fn an_input_changed_between_planning_and_publishing_is_detected() {
     assert!(dir.path().join("soup.safetensors").exists());
 }
 
+/// A companion file (a tokenizer, say) copied into a directory output and changed before the
+/// output is published stops it, as a changed input shard does: the output would pair the
+/// weights with a file torn, or no longer the one they came with.
+#[test]
+fn a_companion_file_changed_during_the_merge_never_yields_an_output() {
+    use model_soup::format::{destination::check, OutputKind, Reads, Request};
+    type Meddle = fn(&Path);
+    let cases: [(&str, Meddle); 3] = [
+        ("appended", |p| {
+            let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+            f.write_all(b" ").unwrap();
+        }),
+        ("replaced by a rename", |p| {
+            let new = p.with_extension("new");
+            std::fs::write(&new, b"{\"other\": true}").unwrap();
+            std::fs::rename(&new, p).unwrap();
+        }),
+        ("removed", |p| std::fs::remove_file(p).unwrap()),
+    ];
+    let run = |meddle: Option<Meddle>| {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = small_pair(dir.path());
+        let tokenizer = dir.path().join("tokenizer.json");
+        std::fs::write(&tokenizer, b"{\"tokens\": []}").unwrap();
+        let cks = paths.iter().map(|p| Checkpoint::open(p).unwrap()).collect();
+        let plan = Plan::new(cks, vec![0.5, 0.5], &PlanOptions::default()).unwrap();
+        let layout = soup::Layout::single(&plan, "model.safetensors");
+        let out = dir.path().join("out");
+        let request = Request {
+            flag: "-o",
+            path: out.clone(),
+            kind: OutputKind::Directory,
+        };
+        let dest = check(&[request], &Reads::new(), false).unwrap().remove(0);
+        let once = std::sync::Once::new();
+        // The first chunk's progress comes after the companions are copied.
+        let progress = |_| {
+            once.call_once(|| {
+                if let Some(m) = meddle {
+                    m(&tokenizer)
+                }
+            })
+        };
+        let extra = [soup::ExtraFile::Copy {
+            name: "tokenizer.json".into(),
+            from: tokenizer.clone(),
+        }];
+        let options = RunOptions {
+            progress: &progress,
+            ..RunOptions::default()
+        };
+        let result = soup::write_dir(&plan, &layout, &dest, &extra, options);
+        let left = temporaries(dir.path());
+        (result, out.exists(), left, dir)
+    };
+    for (what, meddle) in cases {
+        let (result, published, left, _dir) = run(Some(meddle));
+        let err = result.expect_err(what).to_string();
+        assert!(
+            err.contains("changed while it was being copied"),
+            "{what}: {err}"
+        );
+        assert!(err.contains("tokenizer.json"), "{what}: {err}");
+        assert!(!published, "{what}: published");
+        assert!(left.is_empty(), "{what}: temporary kept: {left:?}");
+    }
+    let (result, published, _, _dir) = run(None);
+    result.unwrap();
+    assert!(published, "untouched, the same steps publish");
+}
+
 #[test]
 fn two_runs_writing_one_destination_never_mix() {
     let dir = tempfile::tempdir().unwrap();

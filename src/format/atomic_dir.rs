@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::checkpoint::Stamp;
 use super::destination::Destination;
 use super::os;
 use super::writer::{claim_temporary, parent_dir, sync_parent, TEMP_MARKER};
@@ -23,6 +24,8 @@ pub struct AtomicDir {
     /// The temporary, open and locked for as long as this run lives (see
     /// `os::hold_while_running`).
     _held: Option<File>,
+    /// Every file copied in, as it was when copied: checked again before the commit.
+    copied: std::sync::Mutex<Vec<(PathBuf, Stamp)>>,
     committed: bool,
 }
 
@@ -48,6 +51,7 @@ impl AtomicDir {
             overwrite: dest.force(),
             mode: dest.replaced_mode(),
             policy: dest.clone(),
+            copied: Default::default(),
             committed: false,
         };
         dir.write_file(TEMP_MARKER, format!("{}\n", std::process::id()).as_bytes())?;
@@ -85,10 +89,22 @@ impl AtomicDir {
     pub fn copy_file(&self, from: &Path, name: &str) -> Result<()> {
         // Without blocking: a FIFO swapped in after the caller looked would block the open.
         let mut source = super::small_file::open_regular(from, name)?;
+        let before = source.metadata().map_err(|e| Error::io(from, e))?;
         let mut f = self.create_file(name)?;
-        io::copy(&mut source, &mut f)
-            .and_then(|_| f.sync_all())
+        let copied = io::copy(&mut source, &mut f)
+            .and_then(|n| f.sync_all().map(|()| n))
             .map_err(|e| self.write_error(name, e))?;
+        // A file rewritten in place as it is copied (truncated, grown) would be published
+        // torn, as a shard would be, which the shards' stamps catch.
+        let stamp = Stamp::of(&before);
+        let after = source.metadata().map_err(|e| Error::io(from, e))?;
+        if copied != before.len() || Stamp::of(&after) != stamp {
+            return Err(changed(from));
+        }
+        self.copied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((from.to_path_buf(), stamp));
         Ok(())
     }
 
@@ -116,6 +132,18 @@ impl AtomicDir {
     /// (allowed by `overwrite`) is swapped out atomically where the filesystem can, and else
     /// renamed aside first; either way it is removed only once the new directory is in place.
     pub fn commit(mut self) -> Result<()> {
+        // Changed after it was copied, a file no longer matches the weights it came with, as
+        // a changed input shard stops the output too.
+        for (from, stamp) in self
+            .copied
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if !std::fs::metadata(from).is_ok_and(|m| Stamp::of(&m) == *stamp) {
+                return Err(changed(from));
+            }
+        }
         std::fs::remove_file(self.temp.join(TEMP_MARKER))
             .map_err(|e| self.write_error(TEMP_MARKER, e))?;
         if let Some(mode) = self.mode {
@@ -190,6 +218,13 @@ impl AtomicDir {
             format!("cannot rename {} into place: {e}", self.temp.display()),
         )
     }
+}
+
+fn changed(from: &Path) -> Error {
+    Error::header(
+        from,
+        "changed while it was being copied into the output (another process wrote, replaced or truncated it); the output was discarded, run again once the file is stable",
+    )
 }
 
 fn remove_any(path: &Path) {

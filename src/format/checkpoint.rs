@@ -23,14 +23,14 @@ pub struct Shard {
 /// modification time (which tools can set back) and its status-change time (which they can't;
 /// a chmod or a new hard link also moves it, and that is reported as a change too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     len: u64,
     modified: Option<SystemTime>,
     changed: (i64, i64),
 }
 
 impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Stamp {
         use std::os::unix::fs::MetadataExt;
         Stamp {
             len: meta.len(),
