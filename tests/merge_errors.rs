@@ -860,11 +860,12 @@ fn an_input_that_is_not_there_says_what_to_do() {
     std::os::unix::fs::symlink(&l1, &l2).unwrap();
     let mut slashed = a.clone().into_os_string();
     slashed.push("/");
-    let cases: [(PathBuf, &str); 4] = [
+    let cases: [(PathBuf, &str); 5] = [
         (
             dir.join("missing.safetensors"),
             "does not exist: check the path",
         ),
+        (dir.join("x".repeat(300)), "longer than the system takes"),
         (dangling, "is a link to nothing (gone.safetensors)"),
         (l1, "loop of symbolic links"),
         (slashed.into(), "trailing slash"),

@@ -128,6 +128,7 @@ fn input_error(path: &Path, e: std::io::Error) -> Error {
         ErrorKind::NotADirectory => "goes through a file as if it were a directory (a trailing slash after a file name?): fix the path".into(),
         ErrorKind::PermissionDenied => "can't be read (permission denied): make it readable or run as a user who can read it".into(),
         _ if e.raw_os_error() == Some(libc::ELOOP) => "is a loop of symbolic links: fix the link".into(),
+        _ if e.raw_os_error() == Some(libc::ENAMETOOLONG) => "is a path longer than the system takes: give it from a folder nearer the file (cd there first)".into(),
         _ => return Error::io(path, e),
     };
     Error::io(path, std::io::Error::new(e.kind(), format!("{fix} ({e})")))
