@@ -891,3 +891,60 @@ fn an_input_that_is_not_there_says_what_to_do() {
         );
     }
 }
+
+/// An output folder that takes no new files (read-only for this user, or immutable for root)
+/// is named with the fix, in one line, and nothing is left in it.
+#[test]
+fn an_output_folder_that_cannot_be_written_names_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = good(dir, "a.safetensors");
+    let locked = dir.join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    // Root writes through permissions; the immutable flag stops it, where chattr works.
+    let immutable = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(&locked)
+        .status()
+        .is_ok_and(|s| s.success());
+    // Lifted however the test ends, or the temporary folder could not be removed.
+    struct Unlock(PathBuf);
+    impl Drop for Unlock {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unlock = immutable.then(|| Unlock(locked.clone()));
+    if !immutable {
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    if std::fs::write(locked.join("probe"), b"").is_ok() {
+        eprintln!("skipped: this user can write to a read-only folder");
+        return;
+    }
+    for name in ["soup.safetensors", "soup"] {
+        let out = locked.join(name);
+        let o = soup_merge()
+            .args([&a, &a])
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{err}"
+        );
+        assert!(
+            err.contains("can't be written to") && err.contains("a folder you can write to"),
+            "{err}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::Stamp;
 use super::destination::Destination;
 use super::os;
-use super::writer::{claim_temporary, parent_dir, sync_parent, TEMP_MARKER};
+use super::writer::{cannot_create, claim_temporary, parent_dir, sync_parent, TEMP_MARKER};
 use crate::error::{Error, Result};
 
 /// A directory filled under `.NAME.soup-tmp-PID-N` beside `dest` and renamed into place by
@@ -34,12 +34,7 @@ impl AtomicDir {
     /// tool's so that only it is ever cleaned up as a stale temporary.
     pub fn create(dest: &Destination) -> Result<AtomicDir> {
         let temp = claim_temporary(dest)?;
-        std::fs::create_dir(&temp).map_err(|e| {
-            Error::output(
-                dest.given(),
-                format!("cannot create {}: {e}", temp.display()),
-            )
-        })?;
+        std::fs::create_dir(&temp).map_err(|e| cannot_create(dest, &temp, e))?;
         let held = File::open(&temp).ok();
         if let Some(f) = &held {
             os::hold_while_running(f);

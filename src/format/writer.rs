@@ -88,12 +88,7 @@ impl AtomicFile {
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(|e| {
-                Error::output(
-                    dest.given(),
-                    format!("cannot create {}: {e}", temp.display()),
-                )
-            })?;
+            .map_err(|e| cannot_create(dest, &temp, e))?;
         os::hold_while_running(&file);
         let out = AtomicFile {
             dest: dest.path().to_path_buf(),
@@ -182,6 +177,22 @@ impl Drop for AtomicFile {
             let _ = std::fs::remove_file(&self.temp);
         }
     }
+}
+
+/// The error for a temporary that can't be created beside `dest`, with the fix where the
+/// folder refuses writes: the kernel's "Permission denied" alone names none.
+pub(crate) fn cannot_create(dest: &Destination, temp: &Path, e: io::Error) -> Error {
+    let fix = match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => format!(
+            "; the folder {} can't be written to (its permissions, or a read-only file system): write the output to a folder you can write to",
+            parent_dir(dest.path()).display()
+        ),
+        _ => String::new(),
+    };
+    Error::output(
+        dest.given(),
+        format!("cannot create {}: {e}{fix}", temp.display()),
+    )
 }
 
 /// Writes a small output (a plot, say) whole, atomically, through the same policy and
