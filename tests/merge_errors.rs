@@ -737,6 +737,7 @@ fn any_output_name_the_file_system_takes_is_written_and_a_longer_one_is_named() 
 /// without writing there, however early it fails: a missing input, a bad weight, a flag clap
 /// refuses, a recipe refused for its own reasons, or a corrupt input found before the
 /// output's checks all used to append their `error:` line (or JSON object) to the input.
+/// Standard output then carries the `error:` line, which went nowhere before.
 #[test]
 fn an_early_failure_never_appends_its_error_to_an_input_given_as_a_stream() {
     let tmp = tempfile::tempdir().unwrap();
@@ -818,11 +819,20 @@ fn an_early_failure_never_appends_its_error_to_an_input_given_as_a_stream() {
             } else {
                 cmd.stderr(stream());
             }
-            let status = cmd.status().unwrap();
+            let o = cmd.output().unwrap();
+            let status = o.status;
             assert!(
                 matches!(status.code(), Some(1 | 2)),
                 "{args:?} json={json}: {status}"
             );
+            if !json {
+                // The other stream says what failed.
+                let said = stdout(&o);
+                assert!(
+                    said.starts_with("error: ") && said.lines().count() == 1,
+                    "{args:?}: stdout {said:?}"
+                );
+            }
             assert!(
                 std::fs::read(target).unwrap() == before,
                 "{args:?} json={json} wrote into {}",

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::format::{silenced, Stream};
+
 /// Exit status for bad input, failed validation or a failed write.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status for a bad command line: clap's, and the same for one found after parsing
@@ -34,6 +36,14 @@ pub fn fail_report(err: &anyhow::Error, json: bool, kind: &str, interrupted: boo
             serde_json::json!({ "error": one_line(&format!("{err:#}")), "kind": kind })
         ));
     }
+    if !json && silenced(Stream::Stderr) && !silenced(Stream::Stdout) {
+        // Standard error is a file the run reads (`2>> a.safetensors`), now /dev/null: the
+        // error line goes to standard output, or nothing would say what failed.
+        let _ = print(&format!(
+            "{}\n",
+            inert(&format!("error: {}", one_line(&format!("{err:#}"))))
+        ));
+    }
     if kind == "usage" && !interrupted {
         say(&format!("error: {}", one_line(&format!("{err:#}"))));
         return ExitCode::from(EXIT_USAGE);
@@ -56,16 +66,21 @@ pub fn parse_args<A: clap::Parser>() -> A {
         Ok(args) => args,
         Err(e) => {
             silence_streams_into_named_files(std::env::args_os().skip(1));
-            if e.use_stderr() && asks_for_json(std::env::args_os().skip(1)) {
+            if e.use_stderr() {
                 // clap's message up to its usage section, on one line.
                 let rendered = e.render().to_string();
                 let head: Vec<&str> = rendered.lines().take_while(|l| !l.is_empty()).collect();
                 let text = one_line(&head.join(" "));
                 let message = text.strip_prefix("error: ").unwrap_or(&text);
-                let _ = print(&format!(
-                    "{}\n",
-                    serde_json::json!({ "error": message, "kind": "usage" })
-                ));
+                if asks_for_json(std::env::args_os().skip(1)) {
+                    let _ = print(&format!(
+                        "{}\n",
+                        serde_json::json!({ "error": message, "kind": "usage" })
+                    ));
+                } else if silenced(Stream::Stderr) && !silenced(Stream::Stdout) {
+                    // As in `fail_report`: stderr is an input, so stdout says what failed.
+                    let _ = print(&format!("{}\n", inert(&format!("error: {message}"))));
+                }
             }
             e.exit()
         }

@@ -22,7 +22,7 @@ pub use model_dir::{model_key, same_model};
 pub(crate) use os::{allocate, drop_cached, start_writeback};
 pub use os::{
     continue_group, explain_sigbus, process_alive, same_file, sigbus_now_reads_the_output,
-    signal_group,
+    signal_group, silenced, Stream,
 };
 pub use writer::{
     encode_header, write_whole, written_by_this_tool, AtomicFile, HeaderEntry, PLOT_MARK,

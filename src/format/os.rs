@@ -278,7 +278,21 @@ pub fn silence(stream: Stream) {
     };
     // SAFETY: both descriptors are open for the duration of the call; dup2 atomically makes
     // `fd` a copy of `null`'s, which stays open on /dev/null once `null` is dropped.
-    unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    if unsafe { libc::dup2(null.as_raw_fd(), fd) } == fd {
+        SILENCED[stream as usize].store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Which of [`Stream`]s [`silence`] pointed at /dev/null.
+static SILENCED: [std::sync::atomic::AtomicBool; 2] = [
+    std::sync::atomic::AtomicBool::new(false),
+    std::sync::atomic::AtomicBool::new(false),
+];
+
+/// Whether [`silence`] pointed `stream` at /dev/null: what is printed there is lost, and the
+/// other stream has to carry an error.
+pub fn silenced(stream: Stream) -> bool {
+    SILENCED[stream as usize].load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Takes the advisory lock that marks a temporary as a live run's, held as long as `file` (or
