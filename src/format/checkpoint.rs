@@ -70,6 +70,14 @@ impl Shard {
                 path.display(),
                 meta.len()
             )),
+            // A file system that can't map files (sysfs, some FUSE mounts).
+            Some(libc::ENODEV) => Error::io(
+                path,
+                std::io::Error::new(
+                    e.kind(),
+                    format!("can't be memory-mapped, which every input is: its file system doesn't map files; copy it to a local disk ({e})"),
+                ),
+            ),
             _ => Error::io(path, e),
         })?;
         let header = Header::parse(path, mapping.bytes())?;
