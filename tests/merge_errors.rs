@@ -758,6 +758,17 @@ fn an_early_failure_never_appends_its_error_to_an_input_given_as_a_stream() {
         ),
     )
     .unwrap();
+    let spaced = dir.join("a b.safetensors");
+    std::fs::copy(&a, &spaced).unwrap();
+    let quoted_recipe = dir.join("quoted.yml");
+    std::fs::write(
+        &quoted_recipe,
+        format!(
+            "merge_method: linear\nmodels:\n  - model: \"{}\"\n  - model: nothere\n",
+            spaced.display()
+        ),
+    )
+    .unwrap();
     let missing = dir.join("missing.safetensors");
     let corrupt = dir.join("corrupt.safetensors");
     raw_file(&corrupt, "{not json", &[]);
@@ -791,6 +802,10 @@ fn an_early_failure_never_appends_its_error_to_an_input_given_as_a_stream() {
         (
             bad_recipe.clone(),
             vec!["--config".into(), s(&bad_recipe), "-o".into(), o.into()],
+        ),
+        (
+            spaced.clone(),
+            vec!["--config".into(), s(&quoted_recipe), "-o".into(), o.into()],
         ),
         (
             model.join("model.safetensors"),

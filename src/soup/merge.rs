@@ -369,7 +369,15 @@ pub fn check_named_streams(
                         c.is_whitespace()
                             || matches!(c, ':' | ',' | '[' | ']' | '{' | '}' | '"' | '\'' | '#')
                     });
-                    for word in words.filter(|w| !w.is_empty() && seen.insert(*w)) {
+                    // A quoted path may hold spaces: every other piece between quotes too.
+                    let quoted = ['"', '\''].into_iter().flat_map(|q| {
+                        text.lines()
+                            .flat_map(move |line| line.split(q).skip(1).step_by(2))
+                    });
+                    for word in words
+                        .chain(quoted)
+                        .filter(|w| !w.is_empty() && seen.insert(*w))
+                    {
                         if Path::new(word).symlink_metadata().is_ok() {
                             reads.add_named(Role::Ingredient, Path::new(word));
                         }
