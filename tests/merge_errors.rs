@@ -979,3 +979,44 @@ fn an_output_folder_that_cannot_be_written_names_the_fix() {
     }
     assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
 }
+
+/// Inputs whose headers are just within the cap can give an output whose header is not (the
+/// tool's metadata is added to the first input's): it was published, and no run of the tool
+/// could read it back (`--verify` failed after the fact). It is refused from the plan.
+#[test]
+fn an_output_header_over_the_cap_is_refused_before_it_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cap = model_soup::format::MAX_HEADER_LEN as usize;
+    let header = |pad: usize| {
+        format!(
+            r#"{{"__metadata__":{{"big":"{}"}},"w":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}}}"#,
+            "x".repeat(pad)
+        )
+    };
+    let fixed = header(0).len();
+    let input = dir.join("big-metadata.safetensors");
+    let json = header(cap - fixed - 64);
+    raw_file(&input, &json, &[0; 4]);
+    for args in [
+        &["-o", "soup.safetensors"][..],
+        &["-o", "soup"],
+        &["--dry-run"],
+    ] {
+        let o = soup_merge()
+            .current_dir(dir)
+            .args([&input, &input])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("header") && err.contains("strip the large __metadata__"),
+            "{args:?}: {err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "{args:?}: only the input is there: {left:?}");
+    }
+}

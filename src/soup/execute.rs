@@ -200,6 +200,7 @@ impl ExtraFile {
 pub fn write(plan: &Plan, dest: &Destination, options: RunOptions<'_>) -> Result<Vec<Warning>> {
     let dest = dest.with_reads(&plan_reads(plan))?;
     let layout = Layout::single(plan, "");
+    layout.check_header_sizes(plan)?;
     let file = &layout.files[0];
     let out = AtomicFile::create(&dest)?;
     // The header goes first: it is the mark that lets a later run remove this temporary if
@@ -252,6 +253,7 @@ pub fn write_dir(
     options: RunOptions<'_>,
 ) -> Result<Vec<Warning>> {
     let dest = dest.with_reads(&plan_reads(plan))?;
+    layout.check_header_sizes(plan)?;
     let dir = AtomicDir::create(&dest)?;
     let files = layout
         .files

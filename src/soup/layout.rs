@@ -7,7 +7,10 @@ use std::ops::Range;
 use serde::Serialize;
 
 use super::plan::{Plan, TensorPlan};
-use crate::format::{encode_header, shard_file_name, HeaderEntry, ShardIndex, SINGLE_NAME};
+use crate::error::{Error, Result};
+use crate::format::{
+    encode_header, shard_file_name, HeaderEntry, ShardIndex, MAX_HEADER_LEN, SINGLE_NAME,
+};
 
 /// transformers' and mergekit's default largest shard: 5 GB (decimal).
 pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
@@ -112,6 +115,31 @@ impl Layout {
             })
             .collect();
         Layout { files, owner }
+    }
+
+    /// Refuses a layout with a header over [`MAX_HEADER_LEN`]: readers refuse such a file (this
+    /// tool as an input, and `--verify` after publishing it), and it can be reached from inputs
+    /// whose own headers are within it, by the tool's metadata added to theirs.
+    pub fn check_header_sizes(&self, plan: &Plan) -> Result<()> {
+        let Some(file) = self
+            .files
+            .iter()
+            .find(|f| f.header.len() as u64 - 8 > MAX_HEADER_LEN)
+        else {
+            return Ok(());
+        };
+        let len = file.header.len() - 8;
+        let metadata: usize = plan.metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        // Every shard carries the whole __metadata__, but only its own tensors' entries.
+        let fix = if metadata * 2 > len {
+            "strip the large __metadata__ entries from the first input"
+        } else {
+            "write a model directory of smaller shards (a name without .safetensors, --shard-size), each with a header of its own"
+        };
+        Err(Error::Plan(format!(
+            "the output's header{} would be {len} bytes, over the {MAX_HEADER_LEN} bytes a safetensors header may have here, so no run of this tool could read the soup back ({metadata} of them __metadata__, the first input's and the tool's): {fix}",
+            if file.name.is_empty() { String::new() } else { format!(" ({})", file.name) },
+        )))
     }
 
     /// The file that holds tensor `t`.

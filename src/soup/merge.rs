@@ -545,6 +545,7 @@ impl Merge {
                 Layout::sharded(&plan, request.shard_size.unwrap_or(DEFAULT_SHARD_SIZE))
             }
         };
+        layout.check_header_sizes(&plan)?;
         let mut warnings = Vec::new();
         warnings.extend(repeated_models(&mix.inputs));
         let extra = match kind {
