@@ -1020,3 +1020,55 @@ fn an_output_header_over_the_cap_is_refused_before_it_is_written() {
         assert_eq!(left.len(), 1, "{args:?}: only the input is there: {left:?}");
     }
 }
+
+#[test]
+fn inputs_that_hold_no_tensors_are_refused_not_merged_into_an_empty_soup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = good(tmp.path(), "a.safetensors");
+    let empty = tmp.path().join("empty.safetensors");
+    raw_file(&empty, "{}", &[]);
+    let only_metadata = tmp.path().join("meta.safetensors");
+    raw_file(&only_metadata, r#"{"__metadata__":{"format":"pt"}}"#, &[]);
+    let empty_base = [
+        "--method",
+        "task_arithmetic",
+        "--base",
+        empty.to_str().unwrap(),
+    ];
+    for (inputs, extra, named) in [
+        (vec![&*empty, &*empty], &[][..], &empty),
+        (vec![&*a, &*only_metadata], &[][..], &only_metadata),
+        (vec![&*a], &empty_base[..], &empty),
+    ] {
+        let err = fails(tmp.path(), &inputs, extra);
+        assert!(err.contains("holds no tensors"), "{err}");
+        assert!(err.contains(&named.display().to_string()), "{err}");
+    }
+}
+
+#[test]
+fn a_new_name_among_the_devices_or_the_kernels_files_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = good(tmp.path(), "a.safetensors");
+    let b = good(tmp.path(), "b.safetensors");
+    let name = format!("soup-test-{}", std::process::id());
+    for (out, folder) in [
+        (format!("/dev/{name}"), "/dev"),
+        (format!("/dev/{name}.safetensors"), "/dev"),
+        (format!("/proc/{name}.safetensors"), "/proc"),
+        (format!("/sys/{name}"), "/sys"),
+    ] {
+        let o = soup_merge()
+            .arg(&a)
+            .arg(&b)
+            .args(["-o", &out, "--force"])
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(&format!("is under {folder}")), "{err}");
+        assert!(!Path::new(&out).exists(), "{out} was created");
+    }
+}

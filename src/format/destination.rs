@@ -490,6 +490,7 @@ pub fn check_placement(request: &Request, reads: &Reads) -> Result<()> {
     let Some(path) = fs::canonicalize(given).ok().or_else(|| to_be(given)) else {
         return Ok(());
     };
+    not_a_system_folder(request, &path)?;
     let existing = [fs::symlink_metadata(given).ok(), fs::metadata(given).ok()];
     for read in &reads.reads {
         let same_file = existing
@@ -572,6 +573,31 @@ fn not_a_directory_path(request: &Request) -> Result<()> {
     ))
 }
 
+/// Refuses a path, resolved through links, inside the kernel's own folders: /proc and /sys,
+/// and /dev outside /dev/shm (a RAM disk people do write to). Whatever exists there is
+/// refused by the checks that follow, in their words (a device, not a regular file), but a
+/// name that doesn't exist yet (`-o /dev/sdb` on a machine without that disk) became a new
+/// directory among the device nodes, where no soup belongs and the next device could be
+/// shadowed.
+fn not_a_system_folder(request: &Request, resolved: &Path) -> Result<()> {
+    if fs::symlink_metadata(resolved).is_ok() {
+        return Ok(());
+    }
+    let system = ["/proc", "/sys", "/dev"]
+        .into_iter()
+        .find(|folder| resolved.starts_with(folder) && !resolved.starts_with("/dev/shm"));
+    let Some(folder) = system else {
+        return Ok(());
+    };
+    Err(Error::output(
+        &request.path,
+        format!(
+            "is under {folder}, the kernel's folder of devices or processes, where the tool writes nothing; give {} a path in a folder of your own",
+            request.flag
+        ),
+    ))
+}
+
 fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destination> {
     not_stdout(request)?;
     not_a_directory_path(request)?;
@@ -623,6 +649,7 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
         }
     };
     let path = folder.join(&name);
+    not_a_system_folder(request, &path)?;
     let mut dest = Destination {
         flag: request.flag,
         given: given.clone(),

@@ -244,6 +244,7 @@ impl Plan {
                 "no ingredients: give at least one .safetensors input".into(),
             ));
         }
+        check_not_empty(&ingredients)?;
         let base = match (method.base(), merge.base) {
             (method::BaseUse::Required, None) => {
                 return Err(fail(
@@ -412,12 +413,26 @@ impl Plan {
     }
 }
 
+/// Refuses an input whose header lists no tensors (`{}`, or only `__metadata__`): a soup of it
+/// is an empty file, written and reported as a success, when the file given was surely not the
+/// model meant (an adapter's empty stub, a placeholder of an interrupted export).
+fn check_not_empty(ingredients: &[Checkpoint]) -> Result<()> {
+    match ingredients.iter().find(|c| c.is_empty()) {
+        Some(c) => Err(Error::header(
+            c.path(),
+            "holds no tensors (its header lists none), so there is nothing to merge; give the model's weights file",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn check_weights(ingredients: &[Checkpoint], weights: &[f64]) -> Result<()> {
     if ingredients.is_empty() {
         return Err(Error::Usage(
             "no inputs: give at least one .safetensors file or model directory".into(),
         ));
     }
+    check_not_empty(ingredients)?;
     if weights.len() != ingredients.len() {
         return Err(Error::Weights(format!(
             "the weights have {} values for {} inputs; give one weight per input, or none for 1/N each",
