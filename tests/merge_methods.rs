@@ -1106,6 +1106,87 @@ fn a_model_of_weight_zero_is_not_read_by_any_method() {
     }
 }
 
+/// Task arithmetic folds `base + lambda * sum w_i (x_i - base)` into one combination, whose
+/// base coefficient `1 - lambda * sum w_i` is 0 for the usual weights summing to 1. The base is
+/// still merged there: a NaN or an infinity in it makes that element NaN, as every task vector
+/// is (mergekit's result), with the base named in a warning; it was left out, and the soup held
+/// the fine-tunes' finite average in its place.
+#[test]
+fn task_arithmetic_carries_the_bases_non_finite_values_when_its_coefficient_folds_to_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in [D::F32, D::BF16] {
+        let file = |name: &str, values: &[f64]| {
+            let p = dir.path().join(format!("{name}-{dtype:?}.safetensors"));
+            write(&p, &[spec("w", dtype, &[4], encode(dtype, values))]);
+            p
+        };
+        let base = file("base", &[f64::NAN, f64::INFINITY, 1.0, -2.0]);
+        let a = file("a", &[0.5, 0.25, 1.5, -1.0]);
+        let b = file("b", &[1.5, 0.75, 0.5, -3.0]);
+        let out = dir.path().join(format!("soup-{dtype:?}.safetensors"));
+        let o = soup_merge()
+            .args([
+                "--method",
+                "task_arithmetic",
+                "-w",
+                "0.5,0.5",
+                "--dtype",
+                "f32",
+            ])
+            .arg("--base")
+            .arg(&base)
+            .arg(&a)
+            .arg(&b)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("base-"), "{}", stderr(&o));
+        let got = bytemuck_f32(&tensors(&out)["w"].2);
+        assert!(got[0].is_nan() && got[1].is_nan(), "{dtype:?}: {got:?}");
+        assert_eq!(got[2..], [1.0, -2.0], "{dtype:?}");
+    }
+}
+
+/// NuSLERP at an end of t (a weight of 0) with a base is `base + (x - base)`: the other model
+/// is not read, but the base is, so a NaN or an infinity in it makes that element NaN (and is
+/// named in a warning) where the soup held the model's finite value.
+#[test]
+fn nuslerp_at_an_end_still_carries_the_bases_non_finite_values() {
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in [D::F32, D::BF16] {
+        let file = |name: &str, values: &[f64]| {
+            let p = dir.path().join(format!("{name}-{dtype:?}.safetensors"));
+            write(&p, &[spec("w", dtype, &[4], encode(dtype, values))]);
+            p
+        };
+        let base = file("base", &[f64::NAN, f64::INFINITY, 1.0, -2.0]);
+        let a = file("a", &[f64::NAN, 0.25, 1.5, -1.0]);
+        let b = file("b", &[1.5, 0.75, 0.5, -3.0]);
+        let out = dir.path().join(format!("soup-{dtype:?}.safetensors"));
+        let o = soup_merge()
+            .args([
+                "--method", "nuslerp", "-w", "0,1", "--dtype", "f32", "--base",
+            ])
+            .args([&base, &a, &b])
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("base-"), "{}", stderr(&o));
+        assert!(
+            !stderr(&o).contains(&format!("a-{dtype:?}")),
+            "{}",
+            stderr(&o)
+        );
+        let got = bytemuck_f32(&tensors(&out)["w"].2);
+        assert!(got[0].is_nan() && got[1].is_nan(), "{dtype:?}: {got:?}");
+        assert_eq!(got[2..], [0.5, -3.0], "{dtype:?}");
+    }
+}
+
 /// What the command line lacks or gets wrong for a method is a usage error, as clap's are:
 /// exit status 2, `kind: usage`, one line naming the flag to give, and nothing opened per
 /// tensor (no tensor named).

@@ -594,7 +594,11 @@ fn plan_method_tensor(
                 })
                 .collect();
             let first = terms[0];
-            terms.retain(|t| t.weight != 0.0);
+            // A base of coefficient 0 stays: that 0 is task arithmetic's `1 - sum c_i` when
+            // `lambda * sum w_i` is 1, not a weight of 0, and `base + sum c_i (x_i - base)`
+            // still carries the base's NaN and infinities (as mergekit's does), where leaving
+            // it out gave the fine-tunes' plausible values, unread and unwarned.
+            terms.retain(|t| t.weight != 0.0 || Some(t.ingredient) == base);
             if terms.is_empty() {
                 terms.push(first);
             }

@@ -67,9 +67,15 @@ impl Method for NuSlerp {
             w1 / (w0 + w1)
         };
         // At an end, the interpolation is that model, exactly: the other one (of weight 0)
-        // is not read, so its NaNs can't reach the norms and spoil every element.
+        // is not read, so its NaNs can't reach the norms and spoil every element. A base
+        // stays in, at coefficient 0 (`base + (x - base)`): its NaN and infinities are the
+        // soup's there, as they are at any other t, rather than unread and unwarned.
         if t == 0.0 || t == 1.0 {
-            return Ok(Work::Linear(vec![(usize::from(t == 1.0), 1.0)]));
+            let mut end = vec![(usize::from(t == 1.0), 1.0)];
+            if p.has_base() {
+                end.push((2, 0.0));
+            }
+            return Ok(Work::Linear(end));
         }
         // With a base, input 2 is it and the vectors are the task vectors.
         let with_base = p.has_base();
