@@ -988,15 +988,77 @@ pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
 const MAX_NESTING: usize = 32;
 
 fn check_nesting(text: &str) -> std::result::Result<(), String> {
+    let too_deep = || {
+        format!(
+            "nests deeper than {MAX_NESTING} levels; a mergekit recipe nests a few levels: is this the right file?"
+        )
+    };
+    if nesting(text, &[]) <= MAX_NESTING {
+        return Ok(());
+    }
+    // A chat template given as a block scalar (`chat_template: |`) is Jinja, full of `{%`,
+    // JSON fragments with unbalanced braces, and indented lines, none of which nest YAML.
+    // Which lines are a block scalar's is only guessed here (a `|` line inside a multi-line
+    // quoted string is no block scalar, and the "scalar" after it can close the quote and
+    // open real brackets), so the guess is checked by the parser itself before the lines are
+    // let off: with their brackets replaced by markers, the text is at most as deep as
+    // counted, cheap to parse, and each marker must come back inside a string. A marker ends
+    // in ` #`, which a plain scalar can't hold (it starts a comment), so it came back from a
+    // quoted or block scalar that began before it; the original text's brackets sit in the
+    // same scalar, as brackets change nothing inside one.
+    let scalars = block_scalar_lines(text);
+    if !scalars.contains(&true) || text.contains(MARK_OPEN) || nesting(text, &scalars) > MAX_NESTING
+    {
+        return Err(too_deep());
+    }
+    let mut masked = String::with_capacity(text.len() + 64);
+    let mut marks = 0usize;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if scalars.get(i) != Some(&true) {
+            masked.push_str(line);
+            continue;
+        }
+        for c in line.chars() {
+            if matches!(c, '[' | ']' | '{' | '}') {
+                masked.push_str(&format!("{MARK_OPEN}{marks}{MARK_CLOSE}"));
+                marks += 1;
+            } else {
+                masked.push(c);
+            }
+        }
+    }
+    let found = std::cell::RefCell::new(vec![false; marks]);
+    let count = Cell::new(0);
+    let seen = Count {
+        count: &count,
+        marks: Some(&found),
+    }
+    .deserialize(serde_yaml::Deserializer::from_str(&masked));
+    if seen.is_ok() && found.into_inner().iter().all(|&f| f) {
+        Ok(())
+    } else {
+        Err(too_deep())
+    }
+}
+
+/// The markers that stand in for a block scalar's brackets while `check_nesting` checks that
+/// they are in one: `MARK_OPEN`, the bracket's index, `MARK_CLOSE`. Private-use characters, so
+/// a recipe that holds `MARK_OPEN` itself (which could fake a marker) is never let off.
+const MARK_OPEN: char = '\u{E000}';
+const MARK_CLOSE: &str = "\u{E001} #";
+
+/// The deepest nesting of `text`'s brackets and indentation, leaving out the lines whose
+/// entry in `skip` is true.
+fn nesting(text: &str, skip: &[bool]) -> usize {
     let mut depth = 0usize;
     let mut deepest = 0usize;
-    for line in text.lines() {
+    for (i, line) in text.lines().enumerate() {
         // A line that starts with `#` is a comment, or text inside a quoted or block scalar:
         // either way it nests nothing, and its brackets ("layers [0, 8)") are not flow
         // collections. Anything else is counted whole, quotes included: telling a quote that
         // opens a string from an apostrophe in a plain one takes a YAML parser, and a guess
         // that hid real brackets let a one-line bomb through to minutes of parsing.
-        if line.trim_start().starts_with('#') {
+        if line.trim_start().starts_with('#') || skip.get(i) == Some(&true) {
             continue;
         }
         let indent = line.len() - line.trim_start_matches([' ', '-']).len();
@@ -1012,12 +1074,53 @@ fn check_nesting(text: &str) -> std::result::Result<(), String> {
             }
         }
         if deepest > MAX_NESTING {
-            return Err(format!(
-                "nests deeper than {MAX_NESTING} levels; a mergekit recipe nests a few levels: is this the right file?"
-            ));
+            // Counting on can only go deeper.
+            break;
         }
     }
-    Ok(())
+    deepest
+}
+
+/// For each line, whether it looks like the text of a block scalar: a line after one ending in
+/// `key: |` or `- >` (with any chomping or indentation indicator, and a comment), up to the
+/// first line not indented past the key. Only a guess; `check_nesting` has it confirmed.
+fn block_scalar_lines(text: &str) -> Vec<bool> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = vec![false; lines.len()];
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        let content = line.trim_start_matches([' ', '-']);
+        if content.starts_with('#') {
+            continue;
+        }
+        let head = match content.find(" #") {
+            Some(at) => &content[..at],
+            None => content,
+        }
+        .trim_end();
+        let head = head.trim_end_matches(|c: char| c == '+' || c == '-' || c.is_ascii_digit());
+        let Some(before) = head.strip_suffix(['|', '>']) else {
+            continue;
+        };
+        if !(before.is_empty()
+            || (before.ends_with([' ', '\t']) && before.trim_end().ends_with(':')))
+        {
+            continue;
+        }
+        let parent = line.len() - content.len();
+        while i < lines.len() {
+            let next = lines[i];
+            let body = next.trim_start_matches(' ');
+            if !body.trim().is_empty() && next.len() - body.len() <= parent {
+                break;
+            }
+            found[i] = true;
+            i += 1;
+        }
+    }
+    found
 }
 
 /// The most values (scalars, lists and mappings) a recipe may hold once its aliases are
@@ -1032,7 +1135,11 @@ const MAX_VALUES: usize = 1 << 20;
 /// error is left to the real parse, which words it.
 fn check_expanded_size(text: &str) -> std::result::Result<(), String> {
     let count = Cell::new(0);
-    match Count(&count).deserialize(serde_yaml::Deserializer::from_str(text)) {
+    let counter = Count {
+        count: &count,
+        marks: None,
+    };
+    match counter.deserialize(serde_yaml::Deserializer::from_str(text)) {
         Err(_) if count.get() > MAX_VALUES => Err(format!(
             "expands to more than {MAX_VALUES} values through its aliases (*name); a mergekit recipe holds a few hundred: remove the aliases, or is this the right file?"
         )),
@@ -1040,14 +1147,18 @@ fn check_expanded_size(text: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// A visitor that only counts the values it is shown, failing past `MAX_VALUES`.
+/// A visitor that only counts the values it is shown, failing past `MAX_VALUES`; with
+/// `marks`, it also notes which of `check_nesting`'s markers its strings hold.
 #[derive(Clone, Copy)]
-struct Count<'a>(&'a Cell<usize>);
+struct Count<'a> {
+    count: &'a Cell<usize>,
+    marks: Option<&'a std::cell::RefCell<Vec<bool>>>,
+}
 
 impl Count<'_> {
     fn tick<E: de::Error>(self) -> std::result::Result<(), E> {
-        self.0.set(self.0.get() + 1);
-        if self.0.get() > MAX_VALUES {
+        self.count.set(self.count.get() + 1);
+        if self.count.get() > MAX_VALUES {
             return Err(E::custom("too many values"));
         }
         Ok(())
@@ -1084,7 +1195,21 @@ impl<'de> Visitor<'de> for Count<'_> {
     fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<(), E> {
         self.tick()
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<(), E> {
+    fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<(), E> {
+        if let Some(marks) = self.marks {
+            let mut marks = marks.borrow_mut();
+            for (at, open) in s.match_indices(MARK_OPEN) {
+                let rest = &s[at + open.len()..];
+                let digits =
+                    rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                let n = rest[..digits].parse::<usize>().ok();
+                if let Some(seen) = n.filter(|_| rest[digits..].starts_with(MARK_CLOSE)) {
+                    if let Some(seen) = marks.get_mut(seen) {
+                        *seen = true;
+                    }
+                }
+            }
+        }
         self.tick()
     }
     fn visit_bytes<E: de::Error>(self, _: &[u8]) -> std::result::Result<(), E> {
