@@ -891,6 +891,26 @@ fn one_slice_of_whole_models_merges_as_the_models_recipe_does() {
     }
 }
 
+/// A model without the weight a method needs is named where the recipe gives it: recipes list
+/// the base among the models (LazyMergekit's DARE-TIES template puts it first), so the n-th
+/// model besides the base is not `models[n]`. The message named `models[0]` for `models[1]`.
+#[test]
+fn a_model_without_a_weight_is_named_where_the_recipe_gives_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = layered(tmp.path(), 4);
+    let (a, b, c) = (m[0].display(), m[1].display(), m[2].display());
+    refused(
+        tmp.path(),
+        &format!("merge_method: ties\nbase_model: {a}\nmodels:\n  - model: {a}\n    # no parameters for the base\n  - model: {b}\n    parameters: {{density: 0.5}}\n  - model: {c}\n    parameters: {{weight: 0.5, density: 0.5}}\n"),
+        &["models[1] has none (give models[1].parameters.weight, or a top-level parameters.weight)"],
+    );
+    refused(
+        tmp.path(),
+        &format!("merge_method: task_arithmetic\nbase_model: {a}\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 4]}}\n      - {{model: {b}, layer_range: [0, 4], parameters: {{weight: 1}}}}\n      - {{model: {c}, layer_range: [0, 4]}}\n"),
+        &["slices[0].sources[2] has none (give slices[0].sources[2].parameters.weight"],
+    );
+}
+
 #[test]
 fn a_slice_that_is_not_every_layer_is_refused_from_the_headers() {
     let tmp = tempfile::tempdir().unwrap();

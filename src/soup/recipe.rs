@@ -359,6 +359,7 @@ impl Recipe {
         }
 
         let mut settings = Settings::new(paths.len());
+        settings.given_at = given_at.clone();
         for (name, s, at) in global {
             settings.set_global(&name, s, at);
         }
