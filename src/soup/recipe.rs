@@ -1591,6 +1591,34 @@ mod tests {
         );
     }
 
+    /// A block scalar's lines nest nothing, however its header is written; the same lines
+    /// outside one (or after a `|` that only looks like a header) still count.
+    #[test]
+    fn a_block_scalars_lines_are_left_out_of_the_nesting_once_confirmed() {
+        let deep: String = (0..40)
+            .map(|i| {
+                format!(
+                    "{}{{%- if a[{i}] %}}{{{{ '{{' }}}}\n",
+                    " ".repeat(2 + 2 * i)
+                )
+            })
+            .collect();
+        for header in [
+            "chat_template: |",
+            "chat_template:   >2",
+            "chat_template: |-  # a comment",
+            "chat_template: |+",
+        ] {
+            let text = format!("{header}\n{deep}merge_method: linear\n");
+            assert_eq!(check_nesting(&text), Ok(()), "{header}");
+        }
+        assert!(check_nesting(&format!("chat_template: x\n{deep}")).is_err());
+        assert!(check_nesting(&format!("a: \"x\nb: |\n{deep}\"\n")).is_ok());
+        // The private-use marker in the text itself could fake a confirmation.
+        let marked = format!("chat_template: |\n{deep}  {MARK_OPEN}0{MARK_CLOSE}\n");
+        assert!(check_nesting(&marked).is_err());
+    }
+
     #[test]
     fn refuses_a_model_listed_twice_as_mergekit_does() {
         let e = err("merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}, {model: x, parameters: {weight: 2}}]\n");
