@@ -214,10 +214,17 @@ impl Recipe {
                         .into_owned(),
                 )
             }
-            (Some(_), Some((_, at))) => {
-                return Err(fail(format!(
-                    "has both base_model and {at}; give the base once (the slice's would win in mergekit)"
-                )))
+            // Both naming one model is the same recipe (a tool that writes the slice out in
+            // full repeats the base there); two different ones are a conflict to report.
+            (Some(top_base), Some((slice_base, at))) => {
+                let top_base = model_path(top_base, "base_model").map_err(fail)?;
+                let slice_base = model_path(slice_base, at).map_err(fail)?;
+                if model_key(&top_base) != model_key(&slice_base) {
+                    return Err(fail(format!(
+                        "has both base_model and {at}, naming different models; give the base once (the slice's would win in mergekit)"
+                    )));
+                }
+                Some(slice_base.to_string_lossy().into_owned())
             }
         };
         let base_used = method.base() != method::BaseUse::Unused;
@@ -1379,6 +1386,10 @@ mod tests {
             "slices[0].parameters.density"
         );
         assert_eq!(r.settings.global["normalize"].setting, Setting::Value(0.0));
+        // The same base at both levels is that base.
+        let r = parse("merge_method: ties\nbase_model: b\nslices:\n  - base_model: b\n    sources:\n      - {model: b, layer_range: [0, 4]}\n      - {model: x, layer_range: [0, 4], parameters: {weight: 1}}\n").unwrap();
+        assert_eq!(r.base_model.as_deref(), Some("b"));
+        assert_eq!(r.models, [PathBuf::from("x")]);
         // A slice's value that decides every tensor shadows the top level's, as in mergekit;
         // one whose filters can fall through to it is refused rather than misordered.
         let both = |slice: &str| {
@@ -1467,7 +1478,7 @@ mod tests {
             (format!("{}models: [{{model: m0}}]\n", sources(&["layer_range: [0, 4]"])), &["both models and slices"][..]),
             (
                 "merge_method: ties\nbase_model: b\nslices:\n  - base_model: c\n    sources:\n      - {model: x, layer_range: [0, 4]}\n".into(),
-                &["both base_model and slices[0].base_model"][..],
+                &["both base_model and slices[0].base_model, naming different models"][..],
             ),
             (
                 "merge_method: linear\nparameters: {weight: 1}\nslices:\n  - sources:\n      - {model: x, layer_range: [0, 4]}\n      - {model: x, layer_range: [0, 4]}\n".into(),
