@@ -176,6 +176,14 @@ impl Recipe {
         let top = doc.as_mapping().ok_or_else(|| {
             fail("is not a mergekit recipe: expected a mapping with merge_method and models".into())
         })?;
+        // mergekit-moe's configs are YAML of another shape, whose keys would each be
+        // "unknown" here with advice to remove them; the one they all have says what the
+        // file is.
+        if top.contains_key("experts") && !top.contains_key("merge_method") {
+            return Err(fail(
+                "is a mergekit-moe config (key 'experts'), which builds a mixture of experts from the models; soup-merge merges models into one of the same shape: run mergekit-moe for it".into(),
+            ));
+        }
         for key in keys(top, "").map_err(fail)? {
             if UNSUPPORTED_KEYS.contains(&key.as_str()) {
                 return Err(fail(format!(
@@ -1540,6 +1548,11 @@ mod tests {
         ))
         .contains("parameters.epsilon"));
         assert!(err(base).contains("no merge_method"));
+        let e = err("base_model: b\ngate_mode: hidden\nexperts:\n  - source_model: x\n    positive_prompts: [chat]\n");
+        assert!(
+            e.contains("mergekit-moe config (key 'experts')") && !e.contains("gate_mode"),
+            "{e}"
+        );
         assert!(err("merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: -1}}]\n").contains("sum to 0"));
         assert!(err("merge_method: linear\nmerge_method: linear\nmodels: []\n").contains("YAML"));
         let two =
