@@ -166,6 +166,10 @@ impl Recipe {
             // serde_yaml holds integers in 64 bits and words a larger one as a type error.
             if e.contains("as u128") || e.contains("as i128") {
                 fail(format!("{e}: the number is past 64 bits; every whole number in a recipe (a random_seed, say) is below 2^64"))
+            } else if e.contains("more than one document") {
+                // Valid YAML, which mergekit-yaml refuses too; mergekit-multi chains such
+                // documents, each merge feeding the next.
+                fail("holds several YAML documents (separated by ---), and a recipe is one merge; a mergekit-multi file chains merges: run each document as its own recipe, giving each the path of the merge it uses".into())
             } else {
                 fail(format!("is not valid YAML: {e}"))
             }
@@ -1555,6 +1559,11 @@ mod tests {
         );
         assert!(err("merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: -1}}]\n").contains("sum to 0"));
         assert!(err("merge_method: linear\nmerge_method: linear\nmodels: []\n").contains("YAML"));
+        let e = err("name: first\nmerge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}]\n---\nmerge_method: linear\nmodels: [{model: first, parameters: {weight: 1}}]\n");
+        assert!(
+            e.contains("several YAML documents") && e.contains("mergekit-multi"),
+            "{e}"
+        );
         let two =
             "models: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n";
         assert!(err(&format!("merge_method: ties\n{two}")).contains("needs a base_model"));
