@@ -241,7 +241,13 @@ impl Settings {
                         let v = eval(given.get(p.name))
                             .or_else(|| eval(self.global.get(p.name)))
                             .or(p.default)
-                            .ok_or_else(|| missing(method, p, Some((m, self.given_at.get(m)))))?;
+                            .ok_or_else(|| {
+                                missing(
+                                    method,
+                                    p,
+                                    Some((m, self.given_at.get(m).map(String::as_str))),
+                                )
+                            })?;
                         models[m].insert(p.name, v);
                     }
                 }
@@ -277,7 +283,7 @@ impl Settings {
     }
 }
 
-fn missing(method: &dyn Method, p: &Param, model: Option<(usize, Option<&String>)>) -> String {
+fn missing(method: &dyn Method, p: &Param, model: Option<(usize, Option<&str>)>) -> String {
     match model {
         Some((_, Some(at))) => {
             let name = p.name;
