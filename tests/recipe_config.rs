@@ -754,6 +754,71 @@ fn deep_nesting_is_refused_before_parsing_and_comment_lines_nest_nothing() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+/// A chat template given as a block scalar is Jinja: tool-calling templates indent their
+/// nested `{%- if %}` blocks past the limit and open JSON braces in strings they close far
+/// later, or never. Its lines nest nothing in the YAML, so they pass; a `|` line that only
+/// looks like a block scalar's start (inside a multi-line quoted string, or a flow list)
+/// still hides no bracket bomb from the check.
+#[test]
+fn a_block_scalar_chat_template_nests_nothing_but_a_fake_one_hides_no_bomb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ft = repo_root().join("fixtures/models/ft-lr2e-3.safetensors");
+    let head = format!(
+        "merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 1}}\n",
+        ft.display()
+    );
+    let mut jinja = String::new();
+    for i in 0..20 {
+        jinja += &format!("{}{{%- if tools[{i}] %}}\n", "    ".repeat(i));
+    }
+    for i in (0..20).rev() {
+        jinja += &format!(
+            "{}{{{{- '<tool_call>\\n{{\"name\": \"' + tools[{i}].name + '\", [' }}}}\n",
+            "    ".repeat(i + 1)
+        );
+    }
+    let block = |header: &str| {
+        let mut s = format!("{header}\n");
+        for line in jinja.lines() {
+            s += &format!("  {line}\n");
+        }
+        s
+    };
+    for text in [
+        format!("{head}{}", block("chat_template: |")),
+        format!(
+            "{}{head}dtype: bfloat16\n",
+            block("chat_template: |-  # tools")
+        ),
+    ] {
+        let r = recipe(tmp.path(), "template.yaml", &text);
+        let o = run_merge(&[&"--config", &r, &"--dry-run"]);
+        assert!(o.status.success(), "{text}\n{}", stderr(&o));
+    }
+    let bomb = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
+    for fake in [
+        format!("a:\n  key: \"abc\nx: |\n  \"\n  b: {bomb}\n"),
+        format!("key: \"abc\n x: |\n  \" {bomb}\n"),
+        format!("key: 'it''s\n x: >\n  '\n  {bomb}\n"),
+        format!("chat_template: [ \"]\",\n  x: |\n   {bomb}\n"),
+    ] {
+        let r = recipe(tmp.path(), "fake.yaml", &format!("{head}{fake}"));
+        let start = std::time::Instant::now();
+        let o = run_merge(&[&"--config", &r, &"--dry-run"]);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("nests deeper than 32 levels"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
 /// Three models of `layers` layers (`model.layers.N`) plus an embedding and a head, as a
 /// LazyMergekit recipe sees a Llama.
 fn layered(dir: &Path, layers: usize) -> Vec<PathBuf> {
@@ -824,6 +889,26 @@ fn one_slice_of_whole_models_merges_as_the_models_recipe_does() {
         }
         assert_eq!(outs[0], outs[1], "{sliced}");
     }
+}
+
+/// A model without the weight a method needs is named where the recipe gives it: recipes list
+/// the base among the models (LazyMergekit's DARE-TIES template puts it first), so the n-th
+/// model besides the base is not `models[n]`. The message named `models[0]` for `models[1]`.
+#[test]
+fn a_model_without_a_weight_is_named_where_the_recipe_gives_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = layered(tmp.path(), 4);
+    let (a, b, c) = (m[0].display(), m[1].display(), m[2].display());
+    refused(
+        tmp.path(),
+        &format!("merge_method: ties\nbase_model: {a}\nmodels:\n  - model: {a}\n    # no parameters for the base\n  - model: {b}\n    parameters: {{density: 0.5}}\n  - model: {c}\n    parameters: {{weight: 0.5, density: 0.5}}\n"),
+        &["models[1] has none (give models[1].parameters.weight, or a top-level parameters.weight)"],
+    );
+    refused(
+        tmp.path(),
+        &format!("merge_method: task_arithmetic\nbase_model: {a}\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 4]}}\n      - {{model: {b}, layer_range: [0, 4], parameters: {{weight: 1}}}}\n      - {{model: {c}, layer_range: [0, 4]}}\n"),
+        &["slices[0].sources[2] has none (give slices[0].sources[2].parameters.weight"],
+    );
 }
 
 #[test]

@@ -166,6 +166,10 @@ impl Recipe {
             // serde_yaml holds integers in 64 bits and words a larger one as a type error.
             if e.contains("as u128") || e.contains("as i128") {
                 fail(format!("{e}: the number is past 64 bits; every whole number in a recipe (a random_seed, say) is below 2^64"))
+            } else if e.contains("more than one document") {
+                // Valid YAML, which mergekit-yaml refuses too; mergekit-multi chains such
+                // documents, each merge feeding the next.
+                fail("holds several YAML documents (separated by ---), and a recipe is one merge; a mergekit-multi file chains merges: run each document as its own recipe, giving each the path of the merge it uses".into())
             } else {
                 fail(format!("is not valid YAML: {e}"))
             }
@@ -176,6 +180,14 @@ impl Recipe {
         let top = doc.as_mapping().ok_or_else(|| {
             fail("is not a mergekit recipe: expected a mapping with merge_method and models".into())
         })?;
+        // mergekit-moe's configs are YAML of another shape, whose keys would each be
+        // "unknown" here with advice to remove them; the one they all have says what the
+        // file is.
+        if top.contains_key("experts") && !top.contains_key("merge_method") {
+            return Err(fail(
+                "is a mergekit-moe config (key 'experts'), which builds a mixture of experts from the models; soup-merge merges models into one of the same shape: run mergekit-moe for it".into(),
+            ));
+        }
         for key in keys(top, "").map_err(fail)? {
             if UNSUPPORTED_KEYS.contains(&key.as_str()) {
                 return Err(fail(format!(
@@ -214,10 +226,17 @@ impl Recipe {
                         .into_owned(),
                 )
             }
-            (Some(_), Some((_, at))) => {
-                return Err(fail(format!(
-                    "has both base_model and {at}; give the base once (the slice's would win in mergekit)"
-                )))
+            // Both naming one model is the same recipe (a tool that writes the slice out in
+            // full repeats the base there); two different ones are a conflict to report.
+            (Some(top_base), Some((slice_base, at))) => {
+                let top_base = model_path(top_base, "base_model").map_err(fail)?;
+                let slice_base = model_path(slice_base, at).map_err(fail)?;
+                if model_key(&top_base) != model_key(&slice_base) {
+                    return Err(fail(format!(
+                        "has both base_model and {at}, naming different models; give the base once (the slice's would win in mergekit)"
+                    )));
+                }
+                Some(slice_base.to_string_lossy().into_owned())
             }
         };
         let base_used = method.base() != method::BaseUse::Unused;
@@ -359,6 +378,7 @@ impl Recipe {
         }
 
         let mut settings = Settings::new(paths.len());
+        settings.given_at = given_at.clone();
         for (name, s, at) in global {
             settings.set_global(&name, s, at);
         }
@@ -988,15 +1008,77 @@ pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
 const MAX_NESTING: usize = 32;
 
 fn check_nesting(text: &str) -> std::result::Result<(), String> {
+    let too_deep = || {
+        format!(
+            "nests deeper than {MAX_NESTING} levels; a mergekit recipe nests a few levels: is this the right file?"
+        )
+    };
+    if nesting(text, &[]) <= MAX_NESTING {
+        return Ok(());
+    }
+    // A chat template given as a block scalar (`chat_template: |`) is Jinja, full of `{%`,
+    // JSON fragments with unbalanced braces, and indented lines, none of which nest YAML.
+    // Which lines are a block scalar's is only guessed here (a `|` line inside a multi-line
+    // quoted string is no block scalar, and the "scalar" after it can close the quote and
+    // open real brackets), so the guess is checked by the parser itself before the lines are
+    // let off: with their brackets replaced by markers, the text is at most as deep as
+    // counted, cheap to parse, and each marker must come back inside a string. A marker ends
+    // in ` #`, which a plain scalar can't hold (it starts a comment), so it came back from a
+    // quoted or block scalar that began before it; the original text's brackets sit in the
+    // same scalar, as brackets change nothing inside one.
+    let scalars = block_scalar_lines(text);
+    if !scalars.contains(&true) || text.contains(MARK_OPEN) || nesting(text, &scalars) > MAX_NESTING
+    {
+        return Err(too_deep());
+    }
+    let mut masked = String::with_capacity(text.len() + 64);
+    let mut marks = 0usize;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        if scalars.get(i) != Some(&true) {
+            masked.push_str(line);
+            continue;
+        }
+        for c in line.chars() {
+            if matches!(c, '[' | ']' | '{' | '}') {
+                masked.push_str(&format!("{MARK_OPEN}{marks}{MARK_CLOSE}"));
+                marks += 1;
+            } else {
+                masked.push(c);
+            }
+        }
+    }
+    let found = std::cell::RefCell::new(vec![false; marks]);
+    let count = Cell::new(0);
+    let seen = Count {
+        count: &count,
+        marks: Some(&found),
+    }
+    .deserialize(serde_yaml::Deserializer::from_str(&masked));
+    if seen.is_ok() && found.into_inner().iter().all(|&f| f) {
+        Ok(())
+    } else {
+        Err(too_deep())
+    }
+}
+
+/// The markers that stand in for a block scalar's brackets while `check_nesting` checks that
+/// they are in one: `MARK_OPEN`, the bracket's index, `MARK_CLOSE`. Private-use characters, so
+/// a recipe that holds `MARK_OPEN` itself (which could fake a marker) is never let off.
+const MARK_OPEN: char = '\u{E000}';
+const MARK_CLOSE: &str = "\u{E001} #";
+
+/// The deepest nesting of `text`'s brackets and indentation, leaving out the lines whose
+/// entry in `skip` is true.
+fn nesting(text: &str, skip: &[bool]) -> usize {
     let mut depth = 0usize;
     let mut deepest = 0usize;
-    for line in text.lines() {
+    for (i, line) in text.lines().enumerate() {
         // A line that starts with `#` is a comment, or text inside a quoted or block scalar:
         // either way it nests nothing, and its brackets ("layers [0, 8)") are not flow
         // collections. Anything else is counted whole, quotes included: telling a quote that
         // opens a string from an apostrophe in a plain one takes a YAML parser, and a guess
         // that hid real brackets let a one-line bomb through to minutes of parsing.
-        if line.trim_start().starts_with('#') {
+        if line.trim_start().starts_with('#') || skip.get(i) == Some(&true) {
             continue;
         }
         let indent = line.len() - line.trim_start_matches([' ', '-']).len();
@@ -1012,12 +1094,53 @@ fn check_nesting(text: &str) -> std::result::Result<(), String> {
             }
         }
         if deepest > MAX_NESTING {
-            return Err(format!(
-                "nests deeper than {MAX_NESTING} levels; a mergekit recipe nests a few levels: is this the right file?"
-            ));
+            // Counting on can only go deeper.
+            break;
         }
     }
-    Ok(())
+    deepest
+}
+
+/// For each line, whether it looks like the text of a block scalar: a line after one ending in
+/// `key: |` or `- >` (with any chomping or indentation indicator, and a comment), up to the
+/// first line not indented past the key. Only a guess; `check_nesting` has it confirmed.
+fn block_scalar_lines(text: &str) -> Vec<bool> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = vec![false; lines.len()];
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        let content = line.trim_start_matches([' ', '-']);
+        if content.starts_with('#') {
+            continue;
+        }
+        let head = match content.find(" #") {
+            Some(at) => &content[..at],
+            None => content,
+        }
+        .trim_end();
+        let head = head.trim_end_matches(|c: char| c == '+' || c == '-' || c.is_ascii_digit());
+        let Some(before) = head.strip_suffix(['|', '>']) else {
+            continue;
+        };
+        if !(before.is_empty()
+            || (before.ends_with([' ', '\t']) && before.trim_end().ends_with(':')))
+        {
+            continue;
+        }
+        let parent = line.len() - content.len();
+        while i < lines.len() {
+            let next = lines[i];
+            let body = next.trim_start_matches(' ');
+            if !body.trim().is_empty() && next.len() - body.len() <= parent {
+                break;
+            }
+            found[i] = true;
+            i += 1;
+        }
+    }
+    found
 }
 
 /// The most values (scalars, lists and mappings) a recipe may hold once its aliases are
@@ -1032,7 +1155,11 @@ const MAX_VALUES: usize = 1 << 20;
 /// error is left to the real parse, which words it.
 fn check_expanded_size(text: &str) -> std::result::Result<(), String> {
     let count = Cell::new(0);
-    match Count(&count).deserialize(serde_yaml::Deserializer::from_str(text)) {
+    let counter = Count {
+        count: &count,
+        marks: None,
+    };
+    match counter.deserialize(serde_yaml::Deserializer::from_str(text)) {
         Err(_) if count.get() > MAX_VALUES => Err(format!(
             "expands to more than {MAX_VALUES} values through its aliases (*name); a mergekit recipe holds a few hundred: remove the aliases, or is this the right file?"
         )),
@@ -1040,14 +1167,18 @@ fn check_expanded_size(text: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// A visitor that only counts the values it is shown, failing past `MAX_VALUES`.
+/// A visitor that only counts the values it is shown, failing past `MAX_VALUES`; with
+/// `marks`, it also notes which of `check_nesting`'s markers its strings hold.
 #[derive(Clone, Copy)]
-struct Count<'a>(&'a Cell<usize>);
+struct Count<'a> {
+    count: &'a Cell<usize>,
+    marks: Option<&'a std::cell::RefCell<Vec<bool>>>,
+}
 
 impl Count<'_> {
     fn tick<E: de::Error>(self) -> std::result::Result<(), E> {
-        self.0.set(self.0.get() + 1);
-        if self.0.get() > MAX_VALUES {
+        self.count.set(self.count.get() + 1);
+        if self.count.get() > MAX_VALUES {
             return Err(E::custom("too many values"));
         }
         Ok(())
@@ -1084,7 +1215,21 @@ impl<'de> Visitor<'de> for Count<'_> {
     fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<(), E> {
         self.tick()
     }
-    fn visit_str<E: de::Error>(self, _: &str) -> std::result::Result<(), E> {
+    fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<(), E> {
+        if let Some(marks) = self.marks {
+            let mut marks = marks.borrow_mut();
+            for (at, open) in s.match_indices(MARK_OPEN) {
+                let rest = &s[at + open.len()..];
+                let digits =
+                    rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                let n = rest[..digits].parse::<usize>().ok();
+                if let Some(seen) = n.filter(|_| rest[digits..].starts_with(MARK_CLOSE)) {
+                    if let Some(seen) = marks.get_mut(seen) {
+                        *seen = true;
+                    }
+                }
+            }
+        }
         self.tick()
     }
     fn visit_bytes<E: de::Error>(self, _: &[u8]) -> std::result::Result<(), E> {
@@ -1253,6 +1398,10 @@ mod tests {
             "slices[0].parameters.density"
         );
         assert_eq!(r.settings.global["normalize"].setting, Setting::Value(0.0));
+        // The same base at both levels is that base.
+        let r = parse("merge_method: ties\nbase_model: b\nslices:\n  - base_model: b\n    sources:\n      - {model: b, layer_range: [0, 4]}\n      - {model: x, layer_range: [0, 4], parameters: {weight: 1}}\n").unwrap();
+        assert_eq!(r.base_model.as_deref(), Some("b"));
+        assert_eq!(r.models, [PathBuf::from("x")]);
         // A slice's value that decides every tensor shadows the top level's, as in mergekit;
         // one whose filters can fall through to it is refused rather than misordered.
         let both = |slice: &str| {
@@ -1341,7 +1490,7 @@ mod tests {
             (format!("{}models: [{{model: m0}}]\n", sources(&["layer_range: [0, 4]"])), &["both models and slices"][..]),
             (
                 "merge_method: ties\nbase_model: b\nslices:\n  - base_model: c\n    sources:\n      - {model: x, layer_range: [0, 4]}\n".into(),
-                &["both base_model and slices[0].base_model"][..],
+                &["both base_model and slices[0].base_model, naming different models"][..],
             ),
             (
                 "merge_method: linear\nparameters: {weight: 1}\nslices:\n  - sources:\n      - {model: x, layer_range: [0, 4]}\n      - {model: x, layer_range: [0, 4]}\n".into(),
@@ -1403,8 +1552,18 @@ mod tests {
         ))
         .contains("parameters.epsilon"));
         assert!(err(base).contains("no merge_method"));
+        let e = err("base_model: b\ngate_mode: hidden\nexperts:\n  - source_model: x\n    positive_prompts: [chat]\n");
+        assert!(
+            e.contains("mergekit-moe config (key 'experts')") && !e.contains("gate_mode"),
+            "{e}"
+        );
         assert!(err("merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: -1}}]\n").contains("sum to 0"));
         assert!(err("merge_method: linear\nmerge_method: linear\nmodels: []\n").contains("YAML"));
+        let e = err("name: first\nmerge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}]\n---\nmerge_method: linear\nmodels: [{model: first, parameters: {weight: 1}}]\n");
+        assert!(
+            e.contains("several YAML documents") && e.contains("mergekit-multi"),
+            "{e}"
+        );
         let two =
             "models: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n";
         assert!(err(&format!("merge_method: ties\n{two}")).contains("needs a base_model"));
@@ -1463,6 +1622,34 @@ mod tests {
             e.contains("models[0].parameters.wieght is not a parameter of task_arithmetic"),
             "{e}"
         );
+    }
+
+    /// A block scalar's lines nest nothing, however its header is written; the same lines
+    /// outside one (or after a `|` that only looks like a header) still count.
+    #[test]
+    fn a_block_scalars_lines_are_left_out_of_the_nesting_once_confirmed() {
+        let deep: String = (0..40)
+            .map(|i| {
+                format!(
+                    "{}{{%- if a[{i}] %}}{{{{ '{{' }}}}\n",
+                    " ".repeat(2 + 2 * i)
+                )
+            })
+            .collect();
+        for header in [
+            "chat_template: |",
+            "chat_template:   >2",
+            "chat_template: |-  # a comment",
+            "chat_template: |+",
+        ] {
+            let text = format!("{header}\n{deep}merge_method: linear\n");
+            assert_eq!(check_nesting(&text), Ok(()), "{header}");
+        }
+        assert!(check_nesting(&format!("chat_template: x\n{deep}")).is_err());
+        assert!(check_nesting(&format!("a: \"x\nb: |\n{deep}\"\n")).is_ok());
+        // The private-use marker in the text itself could fake a confirmation.
+        let marked = format!("chat_template: |\n{deep}  {MARK_OPEN}0{MARK_CLOSE}\n");
+        assert!(check_nesting(&marked).is_err());
     }
 
     #[test]

@@ -104,6 +104,10 @@ pub struct Given {
 pub struct Settings {
     pub global: BTreeMap<String, Given>,
     pub models: Vec<BTreeMap<String, Given>>,
+    /// Where a recipe gave each model (`models[2]`, `slices[0].sources[1]`), for messages:
+    /// the index in `models` skips the base, which recipes list among the models too. Empty
+    /// for the command line.
+    pub given_at: Vec<String>,
 }
 
 /// One tensor's parameters, resolved: every declared parameter has a number.
@@ -120,6 +124,7 @@ impl Settings {
         Settings {
             global: BTreeMap::new(),
             models: vec![BTreeMap::new(); models],
+            given_at: Vec::new(),
         }
     }
 
@@ -236,7 +241,13 @@ impl Settings {
                         let v = eval(given.get(p.name))
                             .or_else(|| eval(self.global.get(p.name)))
                             .or(p.default)
-                            .ok_or_else(|| missing(method, p, Some(m)))?;
+                            .ok_or_else(|| {
+                                missing(
+                                    method,
+                                    p,
+                                    Some((m, self.given_at.get(m).map(String::as_str))),
+                                )
+                            })?;
                         models[m].insert(p.name, v);
                     }
                 }
@@ -272,9 +283,22 @@ impl Settings {
     }
 }
 
-fn missing(method: &dyn Method, p: &Param, model: Option<usize>) -> String {
+fn missing(method: &dyn Method, p: &Param, model: Option<(usize, Option<&str>)>) -> String {
     match model {
-        Some(m) => format!(
+        Some((_, Some(at))) => {
+            let name = p.name;
+            // A base_model merged as one more model has no parameters of its own.
+            let own = if at == "base_model" {
+                format!("list it under models with parameters.{name}")
+            } else {
+                format!("give {at}.parameters.{name}")
+            };
+            format!(
+                "{} needs {name} for every model: {at} has none ({own}, or a top-level parameters.{name})",
+                method.name(),
+            )
+        }
+        Some((m, None)) => format!(
             "{} needs {} for every model: model {m} has none (give models[{m}].parameters.{}, a top-level parameters.{}, or the flag)",
             method.name(),
             p.name,
