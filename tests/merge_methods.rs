@@ -1106,6 +1106,37 @@ fn a_model_of_weight_zero_is_not_read_by_any_method() {
     }
 }
 
+/// Merges a four-element base holding a NaN and an infinity with two fine-tunes (the first
+/// element of the first is `a0`) by `method_args`, in `dtype`, into f32: the run's stderr and
+/// the soup's values.
+fn merge_over_a_non_finite_base(
+    dir: &Path,
+    dtype: D,
+    a0: f64,
+    method_args: &[&str],
+) -> (String, Vec<f32>) {
+    let file = |name: &str, values: &[f64]| {
+        let p = dir.join(format!("{name}-{dtype:?}.safetensors"));
+        write(&p, &[spec("w", dtype, &[4], encode(dtype, values))]);
+        p
+    };
+    let base = file("base", &[f64::NAN, f64::INFINITY, 1.0, -2.0]);
+    let a = file("a", &[a0, 0.25, 1.5, -1.0]);
+    let b = file("b", &[1.5, 0.75, 0.5, -3.0]);
+    let out = dir.join(format!("soup-{dtype:?}.safetensors"));
+    let o = soup_merge()
+        .args(method_args)
+        .args(["--dtype", "f32", "--base"])
+        .args([&base, &a, &b])
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("base-"), "{}", stderr(&o));
+    (stderr(&o), bytemuck_f32(&tensors(&out)["w"].2))
+}
+
 /// Task arithmetic folds `base + lambda * sum w_i (x_i - base)` into one combination, whose
 /// base coefficient `1 - lambda * sum w_i` is 0 for the usual weights summing to 1. The base is
 /// still merged there: a NaN or an infinity in it makes that element NaN, as every task vector
@@ -1115,35 +1146,8 @@ fn a_model_of_weight_zero_is_not_read_by_any_method() {
 fn task_arithmetic_carries_the_bases_non_finite_values_when_its_coefficient_folds_to_zero() {
     let dir = tempfile::tempdir().unwrap();
     for dtype in [D::F32, D::BF16] {
-        let file = |name: &str, values: &[f64]| {
-            let p = dir.path().join(format!("{name}-{dtype:?}.safetensors"));
-            write(&p, &[spec("w", dtype, &[4], encode(dtype, values))]);
-            p
-        };
-        let base = file("base", &[f64::NAN, f64::INFINITY, 1.0, -2.0]);
-        let a = file("a", &[0.5, 0.25, 1.5, -1.0]);
-        let b = file("b", &[1.5, 0.75, 0.5, -3.0]);
-        let out = dir.path().join(format!("soup-{dtype:?}.safetensors"));
-        let o = soup_merge()
-            .args([
-                "--method",
-                "task_arithmetic",
-                "-w",
-                "0.5,0.5",
-                "--dtype",
-                "f32",
-            ])
-            .arg("--base")
-            .arg(&base)
-            .arg(&a)
-            .arg(&b)
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        assert!(stderr(&o).contains("base-"), "{}", stderr(&o));
-        let got = bytemuck_f32(&tensors(&out)["w"].2);
+        let args = ["--method", "task_arithmetic", "-w", "0.5,0.5"];
+        let (_, got) = merge_over_a_non_finite_base(dir.path(), dtype, 0.5, &args);
         assert!(got[0].is_nan() && got[1].is_nan(), "{dtype:?}: {got:?}");
         assert_eq!(got[2..], [1.0, -2.0], "{dtype:?}");
     }
@@ -1156,32 +1160,10 @@ fn task_arithmetic_carries_the_bases_non_finite_values_when_its_coefficient_fold
 fn nuslerp_at_an_end_still_carries_the_bases_non_finite_values() {
     let dir = tempfile::tempdir().unwrap();
     for dtype in [D::F32, D::BF16] {
-        let file = |name: &str, values: &[f64]| {
-            let p = dir.path().join(format!("{name}-{dtype:?}.safetensors"));
-            write(&p, &[spec("w", dtype, &[4], encode(dtype, values))]);
-            p
-        };
-        let base = file("base", &[f64::NAN, f64::INFINITY, 1.0, -2.0]);
-        let a = file("a", &[f64::NAN, 0.25, 1.5, -1.0]);
-        let b = file("b", &[1.5, 0.75, 0.5, -3.0]);
-        let out = dir.path().join(format!("soup-{dtype:?}.safetensors"));
-        let o = soup_merge()
-            .args([
-                "--method", "nuslerp", "-w", "0,1", "--dtype", "f32", "--base",
-            ])
-            .args([&base, &a, &b])
-            .arg("-o")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-        assert!(stderr(&o).contains("base-"), "{}", stderr(&o));
-        assert!(
-            !stderr(&o).contains(&format!("a-{dtype:?}")),
-            "{}",
-            stderr(&o)
-        );
-        let got = bytemuck_f32(&tensors(&out)["w"].2);
+        // The unread model's own NaN must not be reported.
+        let args = ["--method", "nuslerp", "-w", "0,1"];
+        let (err, got) = merge_over_a_non_finite_base(dir.path(), dtype, f64::NAN, &args);
+        assert!(!err.contains(&format!("a-{dtype:?}")), "{err}");
         assert!(got[0].is_nan() && got[1].is_nan(), "{dtype:?}: {got:?}");
         assert_eq!(got[2..], [0.5, -3.0], "{dtype:?}");
     }
