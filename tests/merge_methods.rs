@@ -1270,9 +1270,9 @@ fn nuslerp_of_opposite_task_vectors_keeps_the_base() {
 }
 
 /// The trims and elections on 0-d tensors and on task vectors with NaN and infinities, against
-/// the reference: a NaN magnitude ranks above every other (torch's order), a NaN that loses
-/// TIES' election adds 0 (README, differences from mergekit), and a NaN L1 norm makes the
-/// rescale NaN.
+/// the reference: a NaN magnitude ranks above every other (torch's order), a NaN or an
+/// infinity that loses TIES' election still makes the element NaN (mergekit's `delta * mask`),
+/// and a NaN L1 norm makes the rescale NaN.
 #[test]
 fn scalars_and_non_finite_task_vectors_match_the_reference() {
     let tmp = tempfile::tempdir().unwrap();

@@ -433,7 +433,9 @@ fn a_nan_in_a_rescaled_task_vector_is_nan_everywhere_as_in_mergekit() {
     // `before < eps or after < eps` test is false for NaN, so it rescales by NaN and the whole
     // tensor is NaN. The test used to be written the other way round (`before >= eps and
     // after >= eps`), which skipped the rescale: the model's kept elements came out finite
-    // and unscaled, a plausible soup that was not DARE.
+    // and unscaled, a plausible soup that was not DARE. Under TIES' election (dare_ties,
+    // della) the NaN terms lost the vote and added 0, so the soup was the base, finite, while
+    // the warning said it inherited the NaNs.
     let n = 64;
     let zeros = vec![0.0f32; n];
     let mut ft: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 / 64.0).collect();
@@ -441,7 +443,7 @@ fn a_nan_in_a_rescaled_task_vector_is_nan_everywhere_as_in_mergekit() {
     let rescaled = dir.path().join("rescaled");
     std::fs::create_dir(&rescaled).unwrap();
     let [base, nan] = pair(&rescaled, &zeros, &ft);
-    for method in ["dare_linear", "della_linear"] {
+    for method in ["dare_linear", "della_linear", "dare_ties", "della"] {
         let out = dir.path().join(format!("{method}.safetensors"));
         let o = run_merge(&[
             &"--method",

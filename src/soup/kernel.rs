@@ -108,6 +108,9 @@ pub trait Real:
     type Key: RankKey + Default + Send + Sync + std::fmt::Debug;
     const ZERO: Self;
     const ONE: Self;
+    const INFINITY: Self;
+    /// The NaN the kernels write where TIES drops a non-finite term: one quiet NaN, positive.
+    const NAN: Self;
     fn magnitude(self) -> Self::Key;
     /// The `|x|` a key stands for.
     fn from_magnitude(key: Self::Key) -> Self;
@@ -188,6 +191,8 @@ impl Real for f32 {
     type Key = u32;
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
+    const INFINITY: f32 = f32::INFINITY;
+    const NAN: f32 = f32::NAN;
     fn magnitude(self) -> u32 {
         self.to_bits() & 0x7FFF_FFFF
     }
@@ -209,6 +214,8 @@ impl Real for f64 {
     type Key = u64;
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
+    const INFINITY: f64 = f64::INFINITY;
+    const NAN: f64 = f64::NAN;
     fn magnitude(self) -> u64 {
         self.to_bits() & 0x7FFF_FFFF_FFFF_FFFF
     }
@@ -660,6 +667,9 @@ fn task_vectors_in<'s, A: Real>(
             }
         }
         let mixed = &mut acc[..n];
+        // Where a NaN or an infinite term loses TIES' election: mergekit's `delta * mask` is
+        // NaN there, and so is the soup (1 marks one; the trims are done with this buffer).
+        let lost = &mut keptbuf[..n];
         if mix.consensus {
             // TIES' election: the sign of the summed terms (>= 0 is positive); only terms of that
             // sign count, and only their weights divide. Each sum starts from +0, as a zeroed
@@ -675,26 +685,30 @@ fn task_vectors_in<'s, A: Real>(
                         d < A::ZERO
                     };
                     if agree {
-                        (d, w)
+                        (d, w, A::ZERO)
                     } else {
-                        (A::ZERO, A::ZERO)
+                        let finite = d.abs() < A::INFINITY;
+                        (A::ZERO, A::ZERO, if finite { A::ZERO } else { A::ONE })
                     }
                 };
                 let lanes = mixed
                     .iter_mut()
                     .zip(weights.iter_mut())
+                    .zip(lost.iter_mut())
                     .zip(sum.iter().zip(term(i)));
                 if i == 0 {
-                    for ((m, v), (s, d)) in lanes {
-                        let (dm, dv) = agreeing(*s, *d);
+                    for (((m, v), l), (s, d)) in lanes {
+                        let (dm, dv, dl) = agreeing(*s, *d);
                         *m = A::ZERO + dm;
                         *v = A::ZERO + dv;
+                        *l = dl;
                     }
                 } else {
-                    for ((m, v), (s, d)) in lanes {
-                        let (dm, dv) = agreeing(*s, *d);
+                    for (((m, v), l), (s, d)) in lanes {
+                        let (dm, dv, dl) = agreeing(*s, *d);
                         *m = *m + dm;
                         *v = *v + dv;
+                        *l = *l + dl;
                     }
                 }
             }
@@ -710,6 +724,15 @@ fn task_vectors_in<'s, A: Real>(
         }
         for (m, b) in mixed.iter_mut().zip(base.iter()) {
             *m = *b + *m * lambda;
+        }
+        if mix.consensus {
+            // One NaN, whatever NaNs or infinities met there: their sum's bits would depend on
+            // the order the instructions take their operands in, which differs between kernels.
+            for (m, l) in mixed.iter_mut().zip(lost.iter()) {
+                if *l != A::ZERO {
+                    *m = A::NAN;
+                }
+            }
         }
         A::store(out_dtype, mixed, tile);
     }

@@ -240,9 +240,9 @@ def gta(method, base, xs, glob, mods, name, seed):
         results = []
         for majority in (np.where(s >= 0, 1.0, -1.0), np.where(s >= 0, -1.0, 1.0)):
             mask = np.sign(wd) == majority
-            # A term that loses the vote adds 0, even a NaN or infinite one (mergekit's
-            # `deltas * mask` would carry it as NaN; soup-merge drops it and warns).
-            mixed = np.where(mask, wd, 0.0).sum(axis=0)
+            # A term that loses the vote adds itself times 0: NaN for a NaN or an infinity
+            # (mergekit's `deltas * mask`).
+            mixed = (wd * mask).sum(axis=0)
             div = (ws * mask).sum(axis=0)
             # np.where, not item assignment: a 0-d tensor's sum is a numpy scalar.
             div = np.where(div == 0, 1.0, div)

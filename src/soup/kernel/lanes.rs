@@ -385,6 +385,8 @@ fn group<L: Load, const K: usize>(
         }
     }
     let mut mixed = [0f32; LANES];
+    // Where a NaN or an infinite term loses the election, as in the generic kernel: all ones.
+    let mut lost = [0u32; LANES];
     if s.consensus {
         // TIES' election, as in the generic kernel: the sums start from +0, and a NaN sum
         // counts as negative (it is not >= 0).
@@ -395,6 +397,8 @@ fn group<L: Load, const K: usize>(
                 let agree = (positive & (t[l] > 0.0)) | (!positive & (t[l] < 0.0));
                 mixed[l] += select(agree, t[l]);
                 weights[l] += select(agree, m.weight);
+                let finite = t[l].abs() < f32::INFINITY;
+                lost[l] |= ((!agree & !finite) as u32).wrapping_neg();
             }
         }
         if s.normalize {
@@ -417,6 +421,13 @@ fn group<L: Load, const K: usize>(
     }
     for l in 0..LANES {
         mixed[l] = b[l] + mixed[l] * s.lambda;
+    }
+    if s.consensus {
+        // One NaN where one was lost, as in the generic kernel.
+        for l in 0..LANES {
+            mixed[l] =
+                f32::from_bits((mixed[l].to_bits() & !lost[l]) | (f32::NAN.to_bits() & lost[l]));
+        }
     }
     mixed
 }
