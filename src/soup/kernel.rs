@@ -108,13 +108,13 @@ pub trait Real:
     type Key: RankKey + Default + Send + Sync + std::fmt::Debug;
     const ZERO: Self;
     const ONE: Self;
-    const INFINITY: Self;
-    /// The NaN the kernels write where TIES drops a non-finite term: one quiet NaN, positive.
+    /// The NaN the kernels write wherever TIES' election gives one: a quiet NaN, positive.
     const NAN: Self;
     fn magnitude(self) -> Self::Key;
     /// The `|x|` a key stands for.
     fn from_magnitude(key: Self::Key) -> Self;
     fn abs(self) -> Self;
+    fn is_nan(self) -> bool;
     fn to_f64(self) -> f64;
     /// This precision's buffers in `scratch`, and its output buffer.
     fn buffers(scratch: &mut Scratch) -> (&mut Buffers<Self>, &mut Vec<u64>);
@@ -191,7 +191,6 @@ impl Real for f32 {
     type Key = u32;
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
-    const INFINITY: f32 = f32::INFINITY;
     const NAN: f32 = f32::NAN;
     fn magnitude(self) -> u32 {
         self.to_bits() & 0x7FFF_FFFF
@@ -201,6 +200,9 @@ impl Real for f32 {
     }
     fn abs(self) -> f32 {
         f32::abs(self)
+    }
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
     }
     fn to_f64(self) -> f64 {
         self as f64
@@ -214,7 +216,6 @@ impl Real for f64 {
     type Key = u64;
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
-    const INFINITY: f64 = f64::INFINITY;
     const NAN: f64 = f64::NAN;
     fn magnitude(self) -> u64 {
         self.to_bits() & 0x7FFF_FFFF_FFFF_FFFF
@@ -224,6 +225,9 @@ impl Real for f64 {
     }
     fn abs(self) -> f64 {
         f64::abs(self)
+    }
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
     }
     fn to_f64(self) -> f64 {
         self
@@ -667,13 +671,12 @@ fn task_vectors_in<'s, A: Real>(
             }
         }
         let mixed = &mut acc[..n];
-        // Where a NaN or an infinite term loses TIES' election: mergekit's `delta * mask` is
-        // NaN there, and so is the soup (1 marks one; the trims are done with this buffer).
-        let lost = &mut keptbuf[..n];
         if mix.consensus {
             // TIES' election: the sign of the summed terms (>= 0 is positive); only terms of that
             // sign count, and only their weights divide. Each sum starts from +0, as a zeroed
-            // accumulator would (so a lone -0 term gives +0).
+            // accumulator would (so a lone -0 term gives +0). A losing term adds itself times
+            // 0, as mergekit's `delta * mask` does: nothing for a number, NaN for a NaN or an
+            // infinity, which the soup then holds, as the non-finite warning says.
             let sum = &sum[..n];
             let weights = &mut div[..n];
             for (i, model) in mix.models.iter().enumerate() {
@@ -685,30 +688,26 @@ fn task_vectors_in<'s, A: Real>(
                         d < A::ZERO
                     };
                     if agree {
-                        (d, w, A::ZERO)
+                        (d, w)
                     } else {
-                        let finite = d.abs() < A::INFINITY;
-                        (A::ZERO, A::ZERO, if finite { A::ZERO } else { A::ONE })
+                        (d * A::ZERO, A::ZERO)
                     }
                 };
                 let lanes = mixed
                     .iter_mut()
                     .zip(weights.iter_mut())
-                    .zip(lost.iter_mut())
                     .zip(sum.iter().zip(term(i)));
                 if i == 0 {
-                    for (((m, v), l), (s, d)) in lanes {
-                        let (dm, dv, dl) = agreeing(*s, *d);
+                    for ((m, v), (s, d)) in lanes {
+                        let (dm, dv) = agreeing(*s, *d);
                         *m = A::ZERO + dm;
                         *v = A::ZERO + dv;
-                        *l = dl;
                     }
                 } else {
-                    for (((m, v), l), (s, d)) in lanes {
-                        let (dm, dv, dl) = agreeing(*s, *d);
+                    for ((m, v), (s, d)) in lanes {
+                        let (dm, dv) = agreeing(*s, *d);
                         *m = *m + dm;
                         *v = *v + dv;
-                        *l = *l + dl;
                     }
                 }
             }
@@ -726,10 +725,11 @@ fn task_vectors_in<'s, A: Real>(
             *m = *b + *m * lambda;
         }
         if mix.consensus {
-            // One NaN, whatever NaNs or infinities met there: their sum's bits would depend on
-            // the order the instructions take their operands in, which differs between kernels.
-            for (m, l) in mixed.iter_mut().zip(lost.iter()) {
-                if *l != A::ZERO {
+            // One NaN, whatever NaNs met there: the bits of a sum of two NaNs are the operand's
+            // the instruction takes first, an order each kernel's compiled code picks for
+            // itself.
+            for m in mixed.iter_mut() {
+                if m.is_nan() {
                     *m = A::NAN;
                 }
             }

@@ -385,20 +385,32 @@ fn group<L: Load, const K: usize>(
         }
     }
     let mut mixed = [0f32; LANES];
-    // Where a NaN or an infinite term loses the election, as in the generic kernel: all ones.
-    let mut lost = [0u32; LANES];
+    // A NaN or an infinite term makes the sum of the terms NaN or infinite: only a group with
+    // such a sum can hold a NaN, and only there does the election take the slower road that
+    // carries one (finite terms give the same bytes either way).
+    let mut finite = true;
+    for s in &sum {
+        finite &= s.abs() < f32::INFINITY;
+    }
     if s.consensus {
-        // TIES' election, as in the generic kernel: the sums start from +0, and a NaN sum
-        // counts as negative (it is not >= 0).
+        // TIES' election, as in the generic kernel: the sums start from +0, a NaN sum counts
+        // as negative (it is not >= 0), and a losing term adds itself times 0.
         let mut weights = [0f32; LANES];
         for (t, m) in terms.iter().zip(models) {
-            for l in 0..LANES {
-                let positive = sum[l] >= 0.0;
-                let agree = (positive & (t[l] > 0.0)) | (!positive & (t[l] < 0.0));
-                mixed[l] += select(agree, t[l]);
-                weights[l] += select(agree, m.weight);
-                let finite = t[l].abs() < f32::INFINITY;
-                lost[l] |= ((!agree & !finite) as u32).wrapping_neg();
+            if finite {
+                for l in 0..LANES {
+                    let positive = sum[l] >= 0.0;
+                    let agree = (positive & (t[l] > 0.0)) | (!positive & (t[l] < 0.0));
+                    mixed[l] += select(agree, t[l]);
+                    weights[l] += select(agree, m.weight);
+                }
+            } else {
+                for l in 0..LANES {
+                    let positive = sum[l] >= 0.0;
+                    let agree = (positive & (t[l] > 0.0)) | (!positive & (t[l] < 0.0));
+                    mixed[l] += t[l] * one(agree);
+                    weights[l] += select(agree, m.weight);
+                }
             }
         }
         if s.normalize {
@@ -422,11 +434,12 @@ fn group<L: Load, const K: usize>(
     for l in 0..LANES {
         mixed[l] = b[l] + mixed[l] * s.lambda;
     }
-    if s.consensus {
-        // One NaN where one was lost, as in the generic kernel.
-        for l in 0..LANES {
-            mixed[l] =
-                f32::from_bits((mixed[l].to_bits() & !lost[l]) | (f32::NAN.to_bits() & lost[l]));
+    if s.consensus && !finite {
+        // One NaN, as in the generic kernel.
+        for m in mixed.iter_mut() {
+            if m.is_nan() {
+                *m = f32::NAN;
+            }
         }
     }
     mixed
