@@ -387,12 +387,13 @@ fn group<L: Load, const K: usize>(
     let mut mixed = [0f32; LANES];
     // A NaN or an infinite term makes the sum of the terms NaN or infinite: only a group with
     // such a sum can hold a NaN, and only there does the election take the slower road that
-    // carries one (finite terms give the same bytes either way).
+    // carries one (finite terms give the same bytes either way). Without an election the sum
+    // carries NaNs as it is.
     let mut finite = true;
-    for s in &sum {
-        finite &= s.abs() < f32::INFINITY;
-    }
     if s.consensus {
+        for s in &sum {
+            finite &= s.abs() < f32::INFINITY;
+        }
         // TIES' election, as in the generic kernel: the sums start from +0, a NaN sum counts
         // as negative (it is not >= 0), and a losing term adds itself times 0.
         let mut weights = [0f32; LANES];
@@ -434,7 +435,7 @@ fn group<L: Load, const K: usize>(
     for l in 0..LANES {
         mixed[l] = b[l] + mixed[l] * s.lambda;
     }
-    if s.consensus && !finite {
+    if !finite {
         // One NaN, as in the generic kernel.
         for m in mixed.iter_mut() {
             if m.is_nan() {
