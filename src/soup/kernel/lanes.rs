@@ -391,8 +391,8 @@ fn group<L: Load, const K: usize>(
     // carries NaNs as it is.
     let mut finite = true;
     if s.consensus {
-        for s in &sum {
-            finite &= s.abs() < f32::INFINITY;
+        for total in &sum {
+            finite &= total.abs() < f32::INFINITY;
         }
         // TIES' election, as in the generic kernel: the sums start from +0, a NaN sum counts
         // as negative (it is not >= 0), and a losing term adds itself times 0.
