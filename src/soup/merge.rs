@@ -105,7 +105,7 @@ impl Mix {
                 model.display()
             ))
         };
-        for (model, at) in r.models.iter().zip(&r.given_at) {
+        for (model, at) in r.models.iter().zip(&r.settings.given_at) {
             if !model.exists() {
                 let key = if at == "base_model" {
                     at.clone()

@@ -103,9 +103,6 @@ pub struct Recipe {
     pub base_model: Option<String>,
     /// `random_seed`.
     pub seed: Option<u64>,
-    /// Where each of `models` was given (`models[2]`, `slices[0].sources[1]`, `base_model`),
-    /// for messages.
-    pub given_at: Vec<String>,
     /// `tokenizer_source` naming a model other than the one whose companion files are
     /// copied: the model whose tokenizer files a directory output gets instead.
     pub tokenizer_source: Option<PathBuf>,
@@ -378,7 +375,7 @@ impl Recipe {
         }
 
         let mut settings = Settings::new(paths.len());
-        settings.given_at = given_at.clone();
+        settings.given_at = given_at;
         for (name, s, at) in global {
             settings.set_global(&name, s, at);
         }
@@ -393,7 +390,7 @@ impl Recipe {
         let as_one_more =
             "base_model is merged as one more model, as mergekit does for a method without a base";
         if method.name() == "linear" {
-            for (model, at) in settings.models.iter().zip(&given_at) {
+            for (model, at) in settings.models.iter().zip(&settings.given_at) {
                 if !model.contains_key("weight") && !settings.global.contains_key("weight") {
                     return Err(fail(if at == "base_model" {
                         format!("{as_one_more}, and it has no weight: give a top-level parameters.weight, list it under models with its weight, or leave base_model out")
@@ -508,7 +505,6 @@ impl Recipe {
             dtype,
             base_model,
             seed,
-            given_at,
             tokenizer_source,
             chat_template,
             slice_layers: ingredients.slice_layers,
@@ -1383,7 +1379,7 @@ mod tests {
             Some((32, "slices[0].sources[0].layer_range".into()))
         );
         assert_eq!(listed.slice_layers, None);
-        assert_eq!(sliced.given_at, ["slices[0].sources[1]"]);
+        assert_eq!(sliced.settings.given_at, ["slices[0].sources[1]"]);
 
         // A source's parameters are that model's; the slice's rank between them and the top
         // level, and its base_model is the base.

@@ -104,9 +104,9 @@ pub struct Given {
 pub struct Settings {
     pub global: BTreeMap<String, Given>,
     pub models: Vec<BTreeMap<String, Given>>,
-    /// Where a recipe gave each model (`models[2]`, `slices[0].sources[1]`), for messages:
-    /// the index in `models` skips the base, which recipes list among the models too. Empty
-    /// for the command line.
+    /// Where a recipe gave each model (`models[2]`, `slices[0].sources[1]`, `base_model`), for
+    /// messages: the index in `models` skips the base, which recipes list among the models
+    /// too. Empty for the command line.
     pub given_at: Vec<String>,
 }
 
