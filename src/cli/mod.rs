@@ -92,22 +92,20 @@ pub fn parse_args<A: clap::Parser>() -> A {
 /// unknown, so any path it names, or holds as a model directory's file, may be an input, and
 /// the usage error must not be appended to it. The exit status still tells.
 fn silence_streams_into_named_files(args: impl Iterator<Item = std::ffi::OsString>) {
-    use crate::format::destination::{check_standard_streams, Reads, Role};
-    let mut named = Reads::new();
-    for arg in args {
-        let bytes = arg.as_encoded_bytes();
-        // `--base=DIR`: the path is the value.
-        let path = match bytes.iter().position(|&b| b == b'=') {
-            Some(i) if bytes.starts_with(b"--") => std::path::PathBuf::from(
-                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes[i + 1..]),
-            ),
-            _ => std::path::PathBuf::from(&arg),
-        };
-        if path.symlink_metadata().is_ok() {
-            named.add_named(Role::Ingredient, &path);
-        }
-    }
-    let _ = check_standard_streams(&named);
+    let named: Vec<std::path::PathBuf> = args
+        .map(|arg| {
+            let bytes = arg.as_encoded_bytes();
+            // `--base=DIR`: the path is the value.
+            match bytes.iter().position(|&b| b == b'=') {
+                Some(i) if bytes.starts_with(b"--") => std::path::PathBuf::from(
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&bytes[i + 1..]),
+                ),
+                _ => std::path::PathBuf::from(&arg),
+            }
+        })
+        .filter(|path| path.symlink_metadata().is_ok())
+        .collect();
+    let _ = crate::soup::check_named_streams(&named, None, None);
 }
 
 /// Whether a command line that clap refused asks for `--json`: the flag itself, or the flag
