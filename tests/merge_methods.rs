@@ -1153,6 +1153,86 @@ fn task_arithmetic_carries_the_bases_non_finite_values_when_its_coefficient_fold
     }
 }
 
+/// Where the folded base coefficient is not 0 (weights summing to 0.5, or lambda 0), an
+/// infinite base gave `0.5 * inf + ...`, an infinity, where mergekit's `inf + lambda * sum w_i
+/// (x_i - inf)` is NaN. Such chunks are now computed unfolded.
+#[test]
+fn task_arithmetic_of_an_infinite_base_is_nan_as_in_mergekit_at_any_coefficient() {
+    for dtype in [D::F32, D::BF16] {
+        for args in [
+            vec!["--method", "task_arithmetic", "-w", "0.25,0.25"],
+            vec![
+                "--method",
+                "task_arithmetic",
+                "-w",
+                "0.5,0.5",
+                "--lambda",
+                "0",
+            ],
+            vec![
+                "--method",
+                "task_arithmetic",
+                "-w",
+                "1,2",
+                "--param",
+                "normalize=true",
+            ],
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (err, got) = merge_over_a_non_finite_base(dir.path(), dtype, 0.5, &args);
+            assert!(
+                got[0].is_nan() && got[1].is_nan(),
+                "{dtype:?} {args:?}: {got:?}"
+            );
+            assert!(err.contains("NaN or infinite"), "{args:?}: {err}");
+            let w = if args.contains(&"1,2") {
+                [1.0 / 3.0, 2.0 / 3.0]
+            } else if args.contains(&"0") {
+                [0.0, 0.0]
+            } else {
+                [0.25, 0.25]
+            };
+            // mergekit's form, in f32: base + sum w_i (x_i - base).
+            let unfolded =
+                |b: f32, x: [f32; 2]| b + (w[0] as f32 * (x[0] - b) + w[1] as f32 * (x[1] - b));
+            assert_eq!(got[2], unfolded(1.0, [1.5, 0.5]), "{dtype:?} {args:?}");
+            assert_eq!(got[3], unfolded(-2.0, [-1.0, -3.0]), "{dtype:?} {args:?}");
+        }
+    }
+}
+
+/// The folded sum `x_1 + x_2 - base` overflows near the format's largest value where mergekit's
+/// differences are 0: such a chunk is computed again unfolded, and the soup is the base, with
+/// no warning.
+#[test]
+fn task_arithmetic_near_the_largest_float_does_not_overflow_where_mergekit_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in [D::F32, D::BF16] {
+        let big = if dtype == D::F32 { 3.0e38 } else { 2.9e38 };
+        let file = |name: &str, values: &[f64]| {
+            let p = dir.path().join(format!("{name}-{dtype:?}.safetensors"));
+            write(&p, &[spec("w", dtype, &[3], encode(dtype, values))]);
+            p
+        };
+        let base = file("base", &[big, -big, 1.0]);
+        let a = file("a", &[big, -big, 2.0]);
+        let b = file("b", &[big, -big, 3.0]);
+        let out = dir.path().join(format!("soup-{dtype:?}.safetensors"));
+        let o = soup_merge()
+            .args(["--method", "task_arithmetic", "-w", "1,1", "--base"])
+            .args([&base, &a, &b])
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("NaN or infinite"), "{}", stderr(&o));
+        let (d, _, bytes) = &tensors(&out)["w"];
+        assert_eq!(d, &dtype);
+        assert_eq!(bytes, &encode(dtype, &[big, -big, 4.0]), "{dtype:?}");
+    }
+}
+
 /// NuSLERP at an end of t (a weight of 0) with a base is `base + (x - base)`: the other model
 /// is not read, but the base is, so a NaN or an infinity in it makes that element NaN (and is
 /// named in a warning) where the soup held the model's finite value.

@@ -466,7 +466,11 @@ fn compute<'s>(
             };
             (out, found)
         }
-        Action::Average { terms, wide } => {
+        Action::Average {
+            terms,
+            wide,
+            unfolded,
+        } => {
             let sources: Vec<Source<'_>> = terms
                 .iter()
                 .map(|term| {
@@ -480,8 +484,19 @@ fn compute<'s>(
                     }
                 })
                 .collect();
-            let out = kernel::average(&sources, job.start..job.end, tensor.dtype, *wide, scratch);
-            let found = if tensor.dtype.any_non_finite(out) {
+            let range = job.start..job.end;
+            let folded = kernel::average(&sources, range.clone(), tensor.dtype, *wide, scratch);
+            let (finite, len) = (!tensor.dtype.any_non_finite(folded), folded.len());
+            // A folded sum that is not finite can differ in kind from mergekit's unfolded one
+            // (see `TaskVectors::folded`): such a chunk is computed again, unfolded.
+            let out: &[u8] = match unfolded {
+                Some(w) if !finite => {
+                    let prepared = whole::prepare(plan, tensor, w);
+                    whole::chunk(plan, tensor, w, &prepared, range, scratch)
+                }
+                _ => scratch.out(len),
+            };
+            let found = if !finite && tensor.dtype.any_non_finite(out) {
                 Some(explain_non_finite(plan, tensor, job, &sources, terms))
             } else {
                 None

@@ -63,7 +63,13 @@ pub struct Term {
 #[derive(Debug, Clone)]
 pub enum Action {
     /// `sum(weight * x)` over the terms in order, accumulated in f64 when `wide`, else f32.
-    Average { terms: Vec<Term>, wide: bool },
+    Average {
+        terms: Vec<Term>,
+        wide: bool,
+        /// Task vectors folded into the terms ([`method::TaskVectors::folded`]): a chunk whose sum is
+        /// not finite is computed again from these, in mergekit's order.
+        unfolded: Option<Whole>,
+    },
     /// A non-float tensor: copied from `from`, and compared with `others`, which should match.
     Copy { from: usize, others: Vec<usize> },
     /// A merge method's whole-tensor work: statistics or trims over the whole tensor first,
@@ -602,7 +608,11 @@ fn plan_method_tensor(
             if terms.is_empty() {
                 terms.push(first);
             }
-            Action::Average { terms, wide }
+            Action::Average {
+                terms,
+                wide,
+                unfolded: None,
+            }
         }
         Work::TaskVectors(mut tv) => {
             // Only the models taking part, then the base, are inputs: one of weight 0 is not
@@ -613,12 +623,30 @@ fn plan_method_tensor(
                 m.input = k;
             }
             inputs.push(*roles.last().expect("task vectors have a base"));
-            Action::Whole(Whole {
+            let folded = tv.folded(tv.models.len());
+            let whole = Whole {
                 method: merge.method.name(),
                 inputs,
                 work: Arc::new(Work::TaskVectors(tv)),
                 wide,
-            })
+            };
+            match folded {
+                // Every term stays, at coefficient 0 too (lambda 0): each model's NaN and
+                // infinities make mergekit's `inf - inf`, and the unfolded form is computed
+                // from the same inputs.
+                Some(combination) => Action::Average {
+                    terms: combination
+                        .iter()
+                        .map(|&(input, weight)| Term {
+                            ingredient: whole.inputs[input],
+                            weight,
+                        })
+                        .collect(),
+                    wide,
+                    unfolded: Some(whole),
+                },
+                None => Action::Whole(whole),
+            }
         }
         work => Action::Whole(Whole {
             method: merge.method.name(),
@@ -724,7 +752,14 @@ fn plan_tensor(
         terms.push(first);
     }
     let wide = matches!(out, Dtype::F32 | Dtype::F64) || dtypes.contains(&Dtype::F64);
-    Ok(Some((out, Action::Average { terms, wide })))
+    Ok(Some((
+        out,
+        Action::Average {
+            terms,
+            wide,
+            unfolded: None,
+        },
+    )))
 }
 
 /// The factor that brings the weights of the inputs that have a tensor back to the full sum.

@@ -302,6 +302,36 @@ pub struct TaskVectors {
     pub lambda: f64,
 }
 
+impl TaskVectors {
+    /// The mix as one linear combination of the inputs, where it is one (no trim, no
+    /// election): `sum_i c_i x_i + (1 - sum_i c_i) base`, `c_i = lambda w_i / d`, the base
+    /// being input `base`. That runs on the fused streaming kernel, reading each input once.
+    /// It differs from mergekit's `base + lambda * sum_i w_i (x_i - base)` by rounding while
+    /// both are finite, but not where either is not: an infinite base with `c_base` not 0
+    /// gives an infinity where mergekit's `inf - inf` gives NaN, and the folded sum can
+    /// overflow where the differences don't. So a chunk whose folded result is not finite is
+    /// computed again in mergekit's form (see `execute`).
+    pub fn folded(&self, base: usize) -> Option<Combination> {
+        if self.sparsify.is_some() || self.consensus {
+            return None;
+        }
+        let total: f64 = self.models.iter().map(|m| m.weight).sum();
+        let divisor = if self.normalize && total.abs() >= 1e-8 {
+            total
+        } else {
+            1.0
+        };
+        let mut combination: Combination = self
+            .models
+            .iter()
+            .map(|m| (m.input, self.lambda * m.weight / divisor))
+            .collect();
+        let models: f64 = combination.iter().map(|(_, c)| c).sum();
+        combination.push((base, 1.0 - models));
+        Some(combination)
+    }
+}
+
 /// One model's task vector in a [`TaskVectors`] merge.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskVector {

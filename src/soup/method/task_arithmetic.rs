@@ -4,7 +4,9 @@ use super::common::*;
 use super::{BaseUse, Method, Param, TensorInfo, TensorParams, Work};
 
 /// `base + lambda * sum_i w_i (x_i - base)`, divided by `sum_i w_i` under `normalize` (default
-/// false), as one linear combination of the inputs, so it runs on the fused streaming kernel.
+/// false): task vectors with no trim and no election, which the planner folds into one linear
+/// combination of the inputs (see [`super::TaskVectors::folded`]), so it runs on the fused
+/// streaming kernel.
 ///
 /// Ilharco et al. 2023, "Editing models with task arithmetic". mergekit runs it as generalized
 /// task arithmetic with no trimming, so it declares `density`, `rescale` and `int8_mask` too;
@@ -36,24 +38,7 @@ impl Method for TaskArithmetic {
     fn check_models(&self, models: usize, _: bool) -> Result<(), String> {
         check_task_vector_models(models)
     }
-    fn work(&self, _: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
-        let k = p.models();
-        let weights: Vec<f64> = (0..k).map(|m| p.model(m, "weight")).collect();
-        let total: f64 = weights.iter().sum();
-        let div = if p.flag("normalize") && total.abs() >= 1e-8 {
-            total
-        } else {
-            1.0
-        };
-        let lambda = p.global("lambda");
-        let mut combination: Vec<(usize, f64)> = weights
-            .iter()
-            .enumerate()
-            .map(|(m, w)| (m, lambda * w / div))
-            .collect();
-        let models: f64 = combination.iter().map(|(_, c)| c).sum();
-        // The base is input k, after the models.
-        combination.push((k, 1.0 - models));
-        Ok(Work::Linear(combination))
+    fn work(&self, tensor: &TensorInfo<'_>, p: &TensorParams) -> Result<Work, String> {
+        task_vectors(tensor, p, None, false)
     }
 }
