@@ -17,6 +17,7 @@ use super::greedy::{self, Candidates, Rule, Trial};
 use super::report::{Greedy, Kind, Row, ScorerRun};
 use super::scorer::{Scorer, Values};
 use super::search_log::{Description, Entry, LoggedIngredient, SearchLog, FORMAT, VERSION};
+use super::shell;
 
 /// How an external search runs.
 #[derive(Clone, Debug, Default)]
@@ -378,25 +379,18 @@ impl External {
         }
         let names = self.names();
         let members: Vec<String> = search.chosen.iter().map(|&i| names[i].clone()).collect();
-        let merge_command = format!(
-            "soup-merge {} -o {}",
+        let placeholder = if self.ingredients.dirs {
+            "SOUP_DIR"
+        } else {
+            "SOUP.safetensors"
+        };
+        let merge_command = shell::merge_command(
             search
                 .chosen
                 .iter()
-                .map(|&i| super::session::shell_word(
-                    &self.ingredients.paths[i].display().to_string()
-                ))
-                .collect::<Vec<_>>()
-                .join(" "),
-            output.map_or_else(
-                || if self.ingredients.dirs {
-                    "SOUP_DIR"
-                } else {
-                    "SOUP.safetensors"
-                }
-                .to_string(),
-                |(p, _, _)| super::session::shell_word(&p.display().to_string())
-            )
+                .map(|&i| self.ingredients.paths[i].as_path()),
+            output.map(|(p, _, _)| p),
+            placeholder,
         );
         Ok(Greedy {
             row: Row {

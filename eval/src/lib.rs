@@ -10,7 +10,8 @@
 //! With `--scorer`, an external command scores instead of the built-in models: [`scorer`] (the
 //! command template, running it, reading its score), [`candidate`] (candidate soups on disk),
 //! [`search_log`] (the `--log`/`--resume` JSON Lines file), [`external`] (parallel scoring and
-//! the search) and [`scorer_cli`] (the flags).
+//! the search) and [`scorer_cli`] (the flags). [`shell`] quotes paths for scripts and for the
+//! commands that messages show.
 
 pub mod arch;
 pub mod batch_memory;
@@ -32,6 +33,7 @@ pub mod scorer;
 pub mod scorer_cli;
 pub mod search_log;
 pub mod session;
+pub mod shell;
 pub mod text;
 pub mod transform;
 pub mod weights;

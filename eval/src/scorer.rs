@@ -6,9 +6,9 @@
 //! spaces or quotes stays one argument. With `--shell` the whole template goes to `sh -c`, each
 //! placeholder replaced by its value in single quotes.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io::Read;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::error::{Error, Result};
+use super::shell;
 
 /// What a placeholder stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,7 +132,7 @@ impl Template {
             for piece in &self.words[0] {
                 match piece {
                     Piece::Text(t) => script.extend_from_slice(t.as_bytes()),
-                    Piece::Value(p) => script.extend(shell_quote(&values.get(*p))),
+                    Piece::Value(p) => script.extend(shell::quote(&values.get(*p))),
                 }
             }
             return vec!["sh".into(), "-c".into(), OsString::from_vec(script)];
@@ -256,38 +257,6 @@ fn placeholders(word: &str) -> std::result::Result<Vec<Piece>, String> {
         pieces.push(Piece::Text(text));
     }
     Ok(pieces)
-}
-
-/// `s` in single quotes for sh, whatever bytes it holds.
-fn shell_quote(s: &OsStr) -> Vec<u8> {
-    let mut out = vec![b'\''];
-    for &b in s.as_bytes() {
-        if b == b'\'' {
-            out.extend_from_slice(b"'\\''");
-        } else {
-            out.push(b);
-        }
-    }
-    out.push(b'\'');
-    out
-}
-
-/// How to run the command as a shell would show it, for messages (lossy for non-UTF-8).
-pub fn display_argv(argv: &[OsString]) -> String {
-    argv.iter()
-        .map(|a| {
-            let s = a.to_string_lossy();
-            if !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./+=:,@%".contains(c))
-            {
-                s.into_owned()
-            } else {
-                format!("'{}'", s.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Where in the scorer's stdout the score is.
@@ -521,7 +490,7 @@ impl Scorer {
 
     /// The command line for `values`, for messages.
     pub fn show(&self, values: &Values<'_>) -> String {
-        display_argv(&self.template.argv(values))
+        shell::command(&self.template.argv(values))
     }
 
     /// Scores `values.checkpoint`, trying up to `retries` more times after a failure.
@@ -559,7 +528,7 @@ impl Scorer {
 
     fn run_once(&self, values: &Values<'_>, cancel: &AtomicBool) -> Result<(f64, i32)> {
         let argv = self.template.argv(values);
-        let shown = display_argv(&argv);
+        let shown = shell::command(&argv);
         let started = Instant::now();
         let exit_status = std::cell::Cell::new(None);
         let failed = |problem: String, stderr: &[u8]| Error::Scorer {
@@ -831,6 +800,7 @@ fn stderr_tail(stderr: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     fn values<'a>(checkpoint: &'a Path) -> Values<'a> {
         Values {
@@ -962,8 +932,8 @@ mod tests {
             argv[2].as_bytes(),
             b"score '/tmp/\xff\xfe.safetensors'".as_slice()
         );
-        // Shown lossily, never a panic.
-        assert!(display_argv(&argv).contains('\u{fffd}'));
+        // Shown as a word bash reads back as the same bytes, never a panic.
+        assert!(shell::command(&argv).ends_with(r"$'score \x27/tmp/\xff\xfe.safetensors\x27'"));
     }
 
     #[test]

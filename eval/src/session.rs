@@ -18,6 +18,7 @@ use super::greedy::{self, Candidates, Trial};
 use super::images::{LoadOptions, Samples};
 use super::report::{Ensemble, Greedy, Kind, Row};
 use super::score::{Metric, Metrics, Task};
+use super::shell;
 use super::text::{data::choose_task, TextData, TextOptions, TextTokenizer, TokenModel};
 use super::weights::{check_fits, RunningSum, Weights};
 
@@ -518,18 +519,10 @@ impl Session {
         }
         let names = self.names();
         let members: Vec<String> = chosen.iter().map(|&i| names[i].clone()).collect();
-        let merge_command = format!(
-            "soup-merge {} -o {}",
-            chosen
-                .iter()
-                .map(|&i| shell_word(&self.paths[i].display().to_string()))
-                .collect::<Vec<_>>()
-                .join(" "),
-            output
-                .and_then(|r| r.output.as_deref())
-                .map_or("SOUP.safetensors".to_string(), |p| shell_word(
-                    &p.display().to_string()
-                ))
+        let merge_command = shell::merge_command(
+            chosen.iter().map(|&i| self.paths[i].as_path()),
+            output.and_then(|r| r.output.as_deref()),
+            "SOUP.safetensors",
         );
         Ok(Greedy {
             row: Row {
@@ -645,18 +638,6 @@ fn images(d: &Option<Data>) -> Option<&Dataset> {
     match d {
         Some(Data::Images(d)) => Some(d),
         _ => None,
-    }
-}
-
-/// Quotes a path for the shell when it needs it.
-pub(crate) fn shell_word(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./+=:,@".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
