@@ -795,11 +795,13 @@ fn extra_files(
                 Some(torch) if *name == "config.json" => {
                     // Parsed whole, at about 20 times its size: the largest real configs
                     // (a label map of 21 000 classes) are near 1 MiB.
-                    let bytes = crate::format::small_file::read(from, 8 << 20, "config")?;
+                    let (bytes, read) =
+                        crate::format::small_file::read_source(from, 8 << 20, "config")?;
                     let bytes = model_dir::config_with_dtype(from, &bytes, torch)?;
                     extra.push(ExtraFile::Bytes {
                         name: name.to_string(),
                         bytes,
+                        from: vec![read],
                     });
                 }
                 _ => extra.push(ExtraFile::Copy {
@@ -810,8 +812,8 @@ fn extra_files(
         }
     }
     let wanted = recipe.and_then(|r| r.chat_template.as_ref());
-    if let Some(template) = wanted.and_then(|w| chat::choose(w, inputs)) {
-        chat::apply(&template, &mut extra, warnings)?;
+    if let Some((template, from)) = wanted.and_then(|w| chat::choose(w, inputs)) {
+        chat::apply(&template, &from, &mut extra, warnings)?;
     }
     let title = request
         .output
@@ -833,6 +835,7 @@ fn extra_files(
     extra.push(ExtraFile::Bytes {
         name: "README.md".into(),
         bytes: card.render().into_bytes(),
+        from: Vec::new(),
     });
     Ok(extra)
 }
