@@ -148,7 +148,11 @@ impl Dtype {
 /// vectorises (at AVX2's width where the CPU has it: whole-tensor methods scan every input
 /// chunk, and at SSE2's the scan was 6% of a Model Stock merge); unaligned bytes go through a
 /// copy.
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn any_exponent_all_ones<T>(bytes: &[u8], mask: T) -> bool
 where
     T: bytemuck::Pod + std::ops::BitAnd<Output = T> + PartialEq,

@@ -256,7 +256,11 @@ pub fn load_range<A: Accumulator>(dtype: Dtype, data: &[u8], range: Range<usize>
 }
 
 /// `x - base` at elements `range`, in `A`, as [`decode`] would give both.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 pub fn decode_delta<A: Accumulator + std::ops::Sub<Output = A>>(
     x: Input<'_>,
     base: Input<'_>,
@@ -293,7 +297,11 @@ pub fn decode_delta<A: Accumulator + std::ops::Sub<Output = A>>(
 /// The magnitude keys ([`Real::magnitude`]) of `x - base` at elements `range`, as
 /// [`decode_delta`] would give the differences: what every trim reads. bf16 is decoded,
 /// subtracted and keyed in one loop, with no buffer between.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 pub fn decode_magnitudes<A: Real>(
     x: Input<'_>,
     base: Input<'_>,
@@ -338,7 +346,11 @@ fn widen_bf16<A: Accumulator>(h: u16) -> A {
 /// Like [`load_range`], with bf16 decoded in a loop that vectorises at any alignment. The
 /// values, NaN bits included, are the half crate's (a NaN gets its quiet bit), so the whole-tensor
 /// kernels' results don't depend on which of the two decoded them.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 pub fn decode<A: Accumulator>(dtype: Dtype, data: &[u8], range: Range<usize>, out: &mut [A]) {
     if dtype != Dtype::BF16 {
         return load_range(dtype, data, range, out);
@@ -398,7 +410,11 @@ impl Scratch {
 /// Computes elements `range` (at most `CHUNK_ELEMENTS`) of `sum(weight * source)` into
 /// `scratch`'s output buffer, as `out_dtype`, accumulating in f64 when `wide`. Returns the
 /// encoded bytes.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 pub fn average<'s>(
     sources: &[Source<'_>],
     range: std::ops::Range<usize>,
@@ -549,7 +565,11 @@ pub fn task_vectors<'s>(
     task_vectors_in::<f32>(mix, range, out_dtype, scratch)
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn task_vectors_in<'s, A: Real>(
     mix: &TaskVectorMix<'_>,
     range: Range<usize>,

@@ -290,7 +290,11 @@ impl Tiles {
 }
 
 /// `out = c * xs` (`first`) or `out += c * xs`.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn add_term(out: &mut [f64], c: f64, xs: &[f64], first: bool) {
     if first {
         for (o, x) in out.iter_mut().zip(xs) {
@@ -307,7 +311,11 @@ fn add_term(out: &mut [f64], c: f64, xs: &[f64], first: bool) {
 /// pair, in pair order). For two vectors (SLERP, NuSLERP, Model Stock with two fine-tunes) the
 /// three pairs share one loop, so their sums are independent chains rather than one after
 /// another, in the same order.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn add_lanes(values: &[Vec<f64>], len: usize, lanes: &mut [Lanes]) {
     if let ([x, y], [xx, xy, yy]) = (values, &mut *lanes) {
         let (x, y) = (&x[..len], &y[..len]);
@@ -422,7 +430,11 @@ fn pair_lanes_bf16(
 /// No closures: they would not inherit the clone's target features, and would not be inlined.
 /// Unlike [`kernel::decode`], the widening does not set a NaN's quiet bit: the first
 /// multiplication sets it, so the sums keep the same bits.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn fused_pairs<const T: usize>(vectors: [[(&[u16], f64); T]; 2], pairs: &mut [Lanes; 3]) {
     let len = vectors[0][0].0.len();
     let whole = len - len % LANES;

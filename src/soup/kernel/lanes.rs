@@ -260,7 +260,11 @@ fn tiles<'s, L: Load, const K: usize>(
     out
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn tile_kernel<L: Load, const K: usize>(
     base: L,
     models: &[Model<'_, L>; K],

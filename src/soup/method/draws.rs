@@ -165,7 +165,11 @@ pub fn fill(key: u64, start: u64, out: &mut [u32]) {
     });
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn fill_block(first: u32, keys: (u32, u32), out: &mut [u32]) {
     for (j, h) in out.iter_mut().enumerate() {
         *h = hash(first.wrapping_add(j as u32), keys);
@@ -200,7 +204,11 @@ pub fn keep_bits(key: u64, start: u64, len: usize, cutoff: Cutoff, words: &mut [
 }
 
 /// The kept bits of `len <= 64` consecutive elements from offset `first` of a block.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn word_below(first: u32, len: usize, keys: (u32, u32), below: u32) -> u64 {
     if len == 64 {
         let mut flags = [0u8; 64];

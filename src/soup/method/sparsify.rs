@@ -200,7 +200,11 @@ fn tie_flags<K: RankKey>(group: &[K], low: K, high: K) -> u64 {
 
 /// The vectorisable part of [`Bounds::decide`]: every key not equal to a threshold, and
 /// whether any is.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn decide_untied<A: Real>(
     low: Option<A::Key>,
     high: Option<A::Key>,
@@ -292,7 +296,11 @@ impl L1 {
     }
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn l1_add<A: Real>(before: &mut [f64; 8], after: &mut [f64; 8], a: &[A], kept: &[A]) {
     let (mut b, mut s) = (*before, *after);
     let (a8, k8) = (a.chunks_exact(8), kept.chunks_exact(8));
@@ -316,7 +324,11 @@ fn l1_add<A: Real>(before: &mut [f64; 8], after: &mut [f64; 8], a: &[A], kept: &
 /// lane `l` of each group of eight from its bit of the mask word (see [`kernel::kept`]). The
 /// lanes are summed in locals: through the `&mut` arrays every addition was a store, and
 /// nothing vectorised.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn l1_add_masked<T: Copy, M: Fn(T) -> f64>(
     before: &mut [f64; 8],
     after: &mut [f64; 8],
@@ -691,7 +703,11 @@ fn sample_start(b: usize, n: usize) -> usize {
 
 /// Adds a tile's keys to each open window's tally: the keys above it, and those inside it
 /// (or, for a window of one value, their number).
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn tally<K: RankKey + Default>(keys: &[K], windows: &[Option<(K, K)>], out: &mut [Gathered<K>]) {
     for (w, g) in windows.iter().zip(out.iter_mut()) {
         let Some((lo, hi)) = *w else { continue };
@@ -1474,7 +1490,11 @@ impl Bins {
 
 /// The smallest and largest of `keys` (not empty), vectorised: inlined into the row's
 /// closure, it ran on SSE2.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn key_range<K: RankKey>(keys: &[K]) -> (K, K) {
     K::min_max(keys)
 }
@@ -1483,7 +1503,11 @@ fn key_range<K: RankKey>(keys: &[K]) -> (K, K) {
 /// function of its own: inside the row's, the loop's bounds and shift lived on the stack.
 /// Noting each element's place among its bin's here, a second store per element, cost more
 /// than counting it for the few that need it.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn count_bins<K: RankKey>(bins: Bins, row: &[K], hist: &mut [u32; MAX_BINS + 1]) {
     for &k in row {
         hist[bins.of(k) + 1] += 1;
@@ -1512,7 +1536,11 @@ fn accumulate(hist: &mut [u32]) {
 /// bits of one word are gathered in a register: or-ing each into `bits` made every element
 /// wait on the store of the one before, a dozen to a word.
 #[allow(clippy::too_many_arguments)]
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn bound<K: RankKey>(
     bins: Bins,
     row: &[K],
@@ -1550,7 +1578,11 @@ fn bound<K: RankKey>(
 /// `drop_all` are listed in `undecided` (position, draw), the rest dropped; returns how many
 /// were listed. Flags are computed 64 at a time and packed, so only the undecided are visited
 /// one by one.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn classify_run(
     drawn: &[u32],
     keep_all: u64,
@@ -1596,7 +1628,11 @@ fn classify_run(
 
 /// Element `b`'s rank in `row`: the keys below it, plus equal keys before it (`<=` before
 /// `b`, `<` from `b` on).
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn rank_in_row<K: RankKey>(row: &[K], b: usize) -> usize {
     let k = row[b];
     let before: u32 = row[..b].iter().map(|&x| (x <= k) as u32).sum();
@@ -1605,7 +1641,11 @@ fn rank_in_row<K: RankKey>(row: &[K], b: usize) -> usize {
 }
 
 /// How many of `row`'s keys equal `k`.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2", "x86_64+avx2", "x86_64+sse4.1"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq+avx2",
+    "x86_64+avx2",
+    "x86_64+sse4.1"
+))]
 fn count_equal<K: RankKey>(row: &[K], k: K) -> usize {
     row.iter().map(|&x| (x == k) as u32).sum::<u32>() as usize
 }
