@@ -162,10 +162,19 @@ fn sigkill_mid_write_leaves_nothing_and_the_next_run_cleans_up() {
     big.inputs_unchanged();
 }
 
+/// Every signal that asks a run to end (Ctrl-C, `kill`, a closed terminal, Ctrl-\\) removes the
+/// temporary and exits with status 130. SIGQUIT's default action (a core dump) left the
+/// temporary behind.
 #[test]
-fn sigint_and_sigterm_remove_the_temporary_and_exit_non_zero() {
+fn termination_signals_remove_the_temporary_and_exit_130() {
     let big = big();
-    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+    let signals = [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGQUIT, "SIGQUIT"),
+    ];
+    for (sig, name) in signals {
         let mut child = big.start();
         assert!(
             !finished_too_soon(&mut child),
@@ -182,6 +191,18 @@ fn sigint_and_sigterm_remove_the_temporary_and_exit_non_zero() {
             "{name}: temporary kept"
         );
     }
+    big.inputs_unchanged();
+    // SIGPIPE is ignored, as Rust programs ignore it (a write to a closed pipe fails instead):
+    // the merge goes on and publishes a whole soup.
+    let mut child = big.start();
+    signal(&child, libc::SIGPIPE);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGPIPE: {status}");
+    assert!(big.out().exists(), "SIGPIPE: nothing published");
+    assert!(
+        temporaries(big.dir.path()).is_empty(),
+        "SIGPIPE: temporary kept"
+    );
     big.inputs_unchanged();
 }
 

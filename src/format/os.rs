@@ -545,6 +545,28 @@ pub fn explain_sigbus() {
     }
 }
 
+/// Makes SIGQUIT (Ctrl-\\, or `kill -QUIT`) stop a run as Ctrl-C does: its handler raises
+/// SIGINT, whose handler (ctrlc's, which must be set first) asks running merges to stop and
+/// remove their temporaries, and the run exits with status 130. SIGQUIT's default action ends
+/// the process at once (with a core dump), and left the temporary behind.
+pub fn quit_as_interrupt() {
+    extern "C" fn on_sigquit(_: libc::c_int) {
+        // SAFETY: raise(3) is async-signal-safe and touches no memory of ours.
+        unsafe {
+            libc::raise(libc::SIGINT);
+        }
+    }
+    // SAFETY: an all-zero sigaction is a valid value; the handler calls only raise(3), which is
+    // async-signal-safe; SIGINT is not in its mask, so the raised signal is handled at once.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigquit as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGQUIT, &action, std::ptr::null_mut());
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
