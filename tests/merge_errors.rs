@@ -1072,3 +1072,146 @@ fn a_new_name_among_the_devices_or_the_kernels_files_is_refused() {
         assert!(!Path::new(&out).exists(), "{out} was created");
     }
 }
+
+/// Runs chattr with `args` on `path`; false where it doesn't work (not root, or a file system
+/// without the flags, such as tmpfs or overlayfs).
+fn chattr(args: &str, path: &Path) -> bool {
+    std::process::Command::new("chattr")
+        .arg(args)
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Lifts `chattr` flags from paths however a test ends, or its temporary folder could not be
+/// removed.
+struct Unflag(Vec<PathBuf>);
+
+impl Drop for Unflag {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            chattr("-ai", p);
+        }
+    }
+}
+
+/// Everything in `dir`, name, kind and bytes (for a directory, its files'), to compare.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                let mut inner = snapshot(&e.path());
+                for (n, _) in &mut inner {
+                    *n = format!("{name}/{n}");
+                }
+                inner.push((name + "/", Vec::new()));
+                inner
+            } else {
+                vec![(name, std::fs::read(e.path()).unwrap())]
+            }
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// An append-only output folder (`chattr +a`) takes the temporary, but the kernel then refuses
+/// to rename it into place or remove it: the run failed at the end and left the temporary
+/// there for good. An append-only or immutable output that `--force` would replace (a soup,
+/// or a file in a model directory output) can't be renamed over either. Each is refused
+/// before any temporary is made, dry runs too, naming the flag and `chattr -a`/`-i`, and the
+/// folder is left exactly as it was.
+#[test]
+fn an_append_only_or_immutable_output_or_folder_is_refused_before_any_temporary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = good(dir, "a.safetensors");
+    let b = good(dir, "bb.safetensors");
+    let probe = dir.join("probe");
+    std::fs::create_dir(&probe).unwrap();
+    let works = chattr("+a", &probe);
+    chattr("-a", &probe);
+    if !works {
+        eprintln!("skipped: chattr doesn't work here (needs root and a file system with flags)");
+        return;
+    }
+    // Outputs of this tool that --force would replace: a soup, and a model directory.
+    let outputs = dir.join("outputs");
+    std::fs::create_dir(&outputs).unwrap();
+    for name in ["soup.safetensors", "soup"] {
+        let o = soup_merge()
+            .args([&a, &b])
+            .arg("-o")
+            .arg(outputs.join(name))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut _unflag = Unflag(Vec::new());
+    let refused = |folder: &Path, out: &Path, extra: &[&str], needles: &[&str]| {
+        let before = snapshot(folder);
+        for dry in [false, true] {
+            let mut cmd = soup_merge();
+            cmd.args([&a, &b]).arg("-o").arg(out).args(extra);
+            if dry {
+                cmd.arg("--dry-run");
+            }
+            let o = cmd.output().unwrap();
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{out:?} {extra:?}: {err}");
+            assert!(err.starts_with("error: "), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+            for needle in needles {
+                assert!(
+                    err.contains(needle),
+                    "{out:?} {extra:?}: {needle:?} in {err}"
+                );
+            }
+            assert_eq!(
+                snapshot(folder),
+                before,
+                "{out:?} {extra:?}: the folder changed"
+            );
+        }
+    };
+    // An append-only folder, for a file and for a directory output.
+    let folder = dir.join("appendonly");
+    std::fs::create_dir(&folder).unwrap();
+    assert!(chattr("+a", &folder));
+    _unflag.0.push(folder.clone());
+    for name in ["soup.safetensors", "soup"] {
+        let fix = format!("chattr -a {}", folder.display());
+        let needles = ["append-only", "never renamed into place or removed", &fix];
+        refused(&folder, &folder.join(name), &[], &needles);
+    }
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0);
+    // Outputs that --force would replace, flagged.
+    let soup = outputs.join("soup.safetensors");
+    let weights = outputs.join("soup/model.safetensors");
+    for (flag, noun) in [("+i", "immutable"), ("+a", "append-only")] {
+        for (flagged, out) in [(&soup, &soup), (&weights, &outputs.join("soup"))] {
+            assert!(chattr(flag, flagged));
+            _unflag.0.push(flagged.clone());
+            let fix = format!("chattr -{} {}", &flag[1..], flagged.display());
+            let needles = [noun, "even with --force", fix.as_str()];
+            refused(&outputs, out, &["--force"], &needles);
+            // Without --force too: it would only say to pass --force.
+            refused(&outputs, out, &[], &needles);
+            assert!(chattr("-ai", flagged));
+        }
+    }
+    // Unflagged, the same outputs are replaced.
+    for out in [&soup, &outputs.join("soup")] {
+        let o = soup_merge()
+            .args([&b, &a])
+            .arg("-o")
+            .arg(out)
+            .arg("--force")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}

@@ -1,6 +1,6 @@
 //! Every call into the operating system that Rust can't check: memory maps, page advice,
-//! writeback hints and no-replace renames. All of the crate's hand-written `unsafe` is in this
-//! file. (The `multiversion` attribute on a few kernels expands to calls of AVX2 and SSE4.1
+//! writeback hints, no-replace renames and inode flags. All of the crate's hand-written
+//! `unsafe` is in this file. (The `multiversion` attribute on a few kernels expands to calls of AVX2 and SSE4.1
 //! clones of them; the crate makes those calls only after detecting the CPU feature.)
 
 use std::fs::File;
@@ -542,6 +542,69 @@ pub fn explain_sigbus() {
         // the process silently with SIGXFSZ, leaving its temporary; ignored, the write fails
         // with EFBIG and takes the normal error path.
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// An inode flag (`chattr`) under which the kernel refuses to remove or rename an entry:
+/// EPERM for root too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locked {
+    /// `chattr +a`: a file only grows; a folder takes new entries but loses none, so a
+    /// temporary made in it can never be renamed into place or removed.
+    AppendOnly,
+    /// `chattr +i`: nothing about it changes; a folder takes no new entries either.
+    Immutable,
+}
+
+impl Locked {
+    /// The `chattr` letter of the flag, for the fix (`chattr -a PATH`).
+    pub fn letter(self) -> char {
+        match self {
+            Locked::AppendOnly => 'a',
+            Locked::Immutable => 'i',
+        }
+    }
+}
+
+/// Whether `path` (not followed, if it is a link) is a regular file or directory marked
+/// append-only or immutable. `None` where it isn't, where it can't be opened, where its file
+/// system keeps no such flags, and for anything else: the flags are read with an ioctl, which
+/// on a device would reach its driver.
+pub fn locked(path: &Path) -> Option<Locked> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // linux/fs.h
+    const FS_IMMUTABLE_FL: u32 = 0x10;
+    const FS_APPEND_FL: u32 = 0x20;
+    let plain = |m: &std::fs::Metadata| m.is_file() || m.is_dir();
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| plain(&m)) {
+        return None;
+    }
+    // Without blocking or following a link: what is there may have changed since the look.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    if !file.metadata().is_ok_and(|m| plain(&m)) {
+        return None;
+    }
+    // The kernel writes an int at the address, though the request is declared with a long.
+    let mut word: libc::c_long = 0;
+    // SAFETY: the fd is open for the call; FS_IOC_GETFLAGS on a regular file or directory
+    // writes at most the 4 bytes of an int at `word`, which holds a long.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut word) };
+    if rc != 0 {
+        return None;
+    }
+    let bytes = word.to_ne_bytes();
+    let flags = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if flags & FS_IMMUTABLE_FL != 0 {
+        Some(Locked::Immutable)
+    } else if flags & FS_APPEND_FL != 0 {
+        Some(Locked::AppendOnly)
+    } else {
+        None
     }
 }
 
