@@ -1215,3 +1215,100 @@ fn an_append_only_or_immutable_output_or_folder_is_refused_before_any_temporary(
         assert!(o.status.success(), "{}", stderr(&o));
     }
 }
+
+/// A command line clap refuses (an unknown or misspelt flag, a flag without its value, a value
+/// out of a list, a missing argument) is one `error:` line, as every other failure is: clap's
+/// message naming the argument, its tip, and the help to read, with exit status 2; clap's
+/// block of tip, usage and "For more information" lines is not printed. `--help` and
+/// `--version` still print as clap prints them, with status 0.
+#[test]
+fn a_bad_command_line_is_one_error_line_naming_the_argument_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = good(dir.path(), "a.safetensors");
+    let out = dir.path().join("soup.safetensors");
+    let a = a.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    for (args, named, fix) in [
+        (
+            &[a, a, "-o", o, "--bogus"][..],
+            "'--bogus'",
+            Some("'-- --bogus'"),
+        ),
+        (
+            &[a, a, "-o", o, "--dry-ru"][..],
+            "'--dry-ru'",
+            Some("'--dry-run'"),
+        ),
+        (&[a, a, "-o"][..], "'--output <PATH>'", None),
+        (
+            &[a, a, "-o", o, "--dtype", "f8"][..],
+            "'--dtype <DTYPE>'",
+            Some("bf16"),
+        ),
+        (
+            &[a, a, "-o", o, "--on-missing", "firts"][..],
+            "'firts'",
+            Some("'first'"),
+        ),
+        (&[a, a, "-o", o, "--seed", "x"][..], "'--seed <N>'", None),
+        (&["-o", o][..], "<INPUT>", None),
+        (&[][..], "--output <PATH>", None),
+    ] {
+        let run = soup_merge().args(args).output().unwrap();
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?}: {named} in {err}");
+        if let Some(fix) = fix {
+            assert!(err.contains(fix), "{args:?}: {fix} in {err}");
+        }
+        assert!(err.trim_end().ends_with("; see soup-merge --help"), "{err}");
+        assert!(
+            !err.contains("Usage:") && !err.contains("For more information"),
+            "{err}"
+        );
+        assert!(stdout(&run).is_empty(), "{args:?}: {}", stdout(&run));
+        assert!(!out.exists());
+        // With --json, the JSON object on stdout is clap's message, as before, and stderr
+        // the same one line.
+        let run = soup_merge().args(args).arg("--json").output().unwrap();
+        assert_eq!(run.status.code(), Some(2), "{args:?} --json");
+        let v: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+        assert_eq!(v["kind"], "usage", "{v}");
+        let message = v["error"].as_str().unwrap();
+        assert!(
+            message.contains(named) && !message.contains("--help"),
+            "{v}"
+        );
+        assert_eq!(stderr(&run), err, "{args:?}: the same line with --json");
+    }
+    // Not even the help is appended to an input given as a stream.
+    let before = std::fs::read(a).unwrap();
+    let stream = std::fs::OpenOptions::new().append(true).open(a).unwrap();
+    let run = soup_merge()
+        .args([a, "--help"])
+        .stdout(stream)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(a).unwrap(),
+        before,
+        "the help went into the input"
+    );
+    for flag in ["--help", "-h", "--version", "-V"] {
+        let run = soup_merge().arg(flag).output().unwrap();
+        assert_eq!(run.status.code(), Some(0), "{flag}");
+        assert!(stderr(&run).is_empty(), "{flag}: {}", stderr(&run));
+        let text = stdout(&run);
+        if flag.contains('V') || flag == "--version" {
+            assert!(text.starts_with("soup-merge "), "{flag}: {text}");
+        } else {
+            assert!(
+                text.contains("Usage: soup-merge") && text.lines().count() > 20,
+                "{flag}: {text}"
+            );
+        }
+    }
+}
