@@ -1312,3 +1312,86 @@ fn a_bad_command_line_is_one_error_line_naming_the_argument_and_the_fix() {
         }
     }
 }
+
+/// What is already at `-o` (a soup from an earlier run, or a file of a model directory output)
+/// is never written through a standard stream appended to it (`-o soup.safetensors 2>>
+/// soup.safetensors`): the refusal "already exists", or with `--force` a run that fails,
+/// appended its error line after the soup's data, and the soup the run refused to replace
+/// could no longer be read. The run is refused, that stream silenced, the other one told.
+#[test]
+fn a_stream_appended_to_the_existing_output_never_changes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = good(dir, "a.safetensors");
+    let b = good(dir, "bb.safetensors");
+    let missing = dir.join("missing.safetensors");
+    let (soup, model) = (dir.join("soup.safetensors"), dir.join("model"));
+    for out in [&soup, &model] {
+        let o = soup_merge()
+            .args([&a, &b])
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let card = model.join("README.md");
+    // (the file the stream is appended to, -o, extra arguments)
+    let cases: [(&Path, &Path, &[&str]); 5] = [
+        (&soup, &soup, &[]),
+        (&soup, &soup, &["--force", "-w", "1,2,3"]),
+        (&soup, &soup, &["--force", "--dry-run"]),
+        (&card, &model, &["--force", "-w", "1,2,3"]),
+        (&model.join("model.safetensors"), &model, &[]),
+    ];
+    for (target, out, extra) in cases {
+        for json in [false, true] {
+            let before = std::fs::read(target).unwrap();
+            let stream = || {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(target)
+                    .unwrap()
+            };
+            let mut cmd = soup_merge();
+            cmd.args([&a, &b]).arg("-o").arg(out).args(extra);
+            if json {
+                cmd.arg("--json").stdout(stream());
+            } else {
+                cmd.stderr(stream());
+            }
+            let o = cmd.output().unwrap();
+            let what = format!("{} {extra:?} json={json}", target.display());
+            assert_eq!(o.status.code(), Some(1), "{what}");
+            // The other stream says what failed.
+            let said = if json { stderr(&o) } else { stdout(&o) };
+            assert!(
+                said.starts_with("error: ")
+                    && said.lines().count() == 1
+                    && said.contains("redirect"),
+                "{what}: {said:?}"
+            );
+            assert!(
+                std::fs::read(target).unwrap() == before,
+                "{what}: written into"
+            );
+        }
+    }
+    // A failure of the inputs, with --force, is still refused for the stream first.
+    let before = std::fs::read(&soup).unwrap();
+    let stream = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&soup)
+        .unwrap();
+    let o = soup_merge()
+        .arg(&a)
+        .arg(&missing)
+        .arg("-o")
+        .arg(&soup)
+        .arg("--force")
+        .stderr(stream)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(std::fs::read(&soup).unwrap(), before);
+}

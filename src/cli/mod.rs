@@ -154,7 +154,7 @@ fn silence_streams_into_named_files(args: impl Iterator<Item = std::ffi::OsStrin
         })
         .filter(|path| path.symlink_metadata().is_ok())
         .collect();
-    let _ = crate::soup::check_named_streams(&named, None, None);
+    let _ = crate::soup::check_named_streams(&named, None, None, None);
 }
 
 /// Whether a command line that clap refused asks for `--json`: the flag itself, or the flag

@@ -46,6 +46,10 @@ pub enum Role {
     SearchLog,
     /// soup-eval's `--tokenizer` file.
     Tokenizer,
+    /// What is already at an output's path (a soup `--force` would replace, or a file of
+    /// such a model directory): never read, but a standard stream appended to it would
+    /// change it, also when the run then fails and leaves it in place.
+    Output,
 }
 
 impl Role {
@@ -60,6 +64,7 @@ impl Role {
             Role::Companion => "companion file",
             Role::SearchLog => "search log",
             Role::Tokenizer => "--tokenizer file",
+            Role::Output => "output already at -o",
         }
     }
 

@@ -327,17 +327,21 @@ pub fn output_kind(output: &Path, shard_size: Option<u64>) -> Result<OutputKind>
 }
 
 /// Refuses standard output or error that is a file the command line names to read (an input,
-/// a file in an input's model directory, `--base`, `--config` or a model of that recipe), as
-/// [`destination::check_standard_streams`] does, but before anything is opened, parsed or
-/// validated: an error found first (a missing input, a bad weight, a corrupt header) would
-/// otherwise be printed into that file (`2>> a.safetensors`). [`Merge::plan`] checks again
-/// with everything the merge reads.
+/// a file in an input's model directory, `--base`, `--config` or a model of that recipe), or
+/// what is already at `-o` (`output`), as [`destination::check_standard_streams`] does, but
+/// before anything is opened, parsed or validated: an error found first (a missing input, a
+/// bad weight, a corrupt header, an output that exists) would otherwise be printed into that
+/// file (`2>> a.safetensors`). [`Merge::plan`] checks again with everything the merge reads.
 pub fn check_named_streams(
     inputs: &[PathBuf],
     base: Option<&Path>,
     recipe: Option<&Path>,
+    output: Option<&Path>,
 ) -> Result<()> {
     let mut reads = Reads::new();
+    if let Some(output) = output {
+        add_existing_output(&mut reads, output);
+    }
     for input in inputs {
         reads.add_named(Role::Ingredient, input);
     }
@@ -389,6 +393,19 @@ pub fn check_named_streams(
     destination::check_standard_streams(&reads)
 }
 
+/// Records what is already at an output's path, and a directory's files, for the check of
+/// the standard streams: `soup-merge ... -o soup.safetensors 2>> soup.safetensors` appended
+/// its refusal ("already exists") to the soup it was refusing to replace, and with `--force`
+/// a failed run left the old soup with an error line after its data, unreadable.
+fn add_existing_output(reads: &mut Reads, output: &Path) {
+    reads.add(Role::Output, output);
+    if let Ok(entries) = std::fs::read_dir(output) {
+        for entry in entries.flatten() {
+            reads.add(Role::Output, &entry.path());
+        }
+    }
+}
+
 /// What a merge reads and writes, checked by the output policy.
 fn check_outputs(
     request: &MergeRequest,
@@ -419,8 +436,13 @@ fn check_outputs(
             reads.add(Role::Companion, from);
         }
     }
-    // The standard streams are written too: never into an input (`--json >> a.safetensors`).
-    destination::check_standard_streams(&reads)?;
+    // The standard streams are written too: never into an input (`--json >> a.safetensors`),
+    // nor into what is at the output's path.
+    let mut streams = reads.clone();
+    if let Some(output) = &request.output {
+        add_existing_output(&mut streams, output);
+    }
+    destination::check_standard_streams(&streams)?;
     let mut requests = Vec::new();
     if let Some(output) = &request.output {
         requests.push(Request {
