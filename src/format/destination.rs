@@ -212,6 +212,20 @@ impl Reads {
         }
     }
 
+    /// Records what is already at an output's path, and a directory's files, as
+    /// [`Role::Output`], for [`check_standard_streams`] only (the output policy would refuse
+    /// the output as read): `soup-merge ... -o soup.safetensors 2>> soup.safetensors` appended
+    /// its refusal ("already exists") to the soup it was refusing to replace, and with
+    /// `--force` a failed run left the old soup with an error line after its data, unreadable.
+    pub fn add_existing_output(&mut self, output: &Path) {
+        self.add(Role::Output, output);
+        if let Ok(entries) = fs::read_dir(output) {
+            for entry in entries.flatten() {
+                self.add(Role::Output, &entry.path());
+            }
+        }
+    }
+
     /// Records a checkpoint: the path given, every shard, and a model directory's index.
     pub fn add_checkpoint(&mut self, checkpoint: &Checkpoint) {
         self.add(Role::Ingredient, checkpoint.path());

@@ -340,7 +340,7 @@ pub fn check_named_streams(
 ) -> Result<()> {
     let mut reads = Reads::new();
     if let Some(output) = output {
-        add_existing_output(&mut reads, output);
+        reads.add_existing_output(output);
     }
     for input in inputs {
         reads.add_named(Role::Ingredient, input);
@@ -393,19 +393,6 @@ pub fn check_named_streams(
     destination::check_standard_streams(&reads)
 }
 
-/// Records what is already at an output's path, and a directory's files, for the check of
-/// the standard streams: `soup-merge ... -o soup.safetensors 2>> soup.safetensors` appended
-/// its refusal ("already exists") to the soup it was refusing to replace, and with `--force`
-/// a failed run left the old soup with an error line after its data, unreadable.
-fn add_existing_output(reads: &mut Reads, output: &Path) {
-    reads.add(Role::Output, output);
-    if let Ok(entries) = std::fs::read_dir(output) {
-        for entry in entries.flatten() {
-            reads.add(Role::Output, &entry.path());
-        }
-    }
-}
-
 /// What a merge reads and writes, checked by the output policy.
 fn check_outputs(
     request: &MergeRequest,
@@ -440,7 +427,7 @@ fn check_outputs(
     // nor into what is at the output's path.
     let mut streams = reads.clone();
     if let Some(output) = &request.output {
-        add_existing_output(&mut streams, output);
+        streams.add_existing_output(output);
     }
     destination::check_standard_streams(&streams)?;
     let mut requests = Vec::new();
