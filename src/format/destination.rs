@@ -64,7 +64,7 @@ impl Role {
             Role::Companion => "companion file",
             Role::SearchLog => "search log",
             Role::Tokenizer => "--tokenizer file",
-            Role::Output => "output already at -o",
+            Role::Output => "existing output",
         }
     }
 

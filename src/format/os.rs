@@ -1,7 +1,8 @@
 //! Every call into the operating system that Rust can't check: memory maps, page advice,
-//! writeback hints, no-replace renames and inode flags. All of the crate's hand-written
-//! `unsafe` is in this file. (The `multiversion` attribute on a few kernels expands to calls of AVX2 and SSE4.1
-//! clones of them; the crate makes those calls only after detecting the CPU feature.)
+//! writeback hints, no-replace renames, inode flags and signal handlers. All of the crate's
+//! hand-written `unsafe` is in this file. (The `multiversion` attribute on a few kernels
+//! expands to calls of AVX2 and SSE4.1 clones of them; the crate makes those calls only after
+//! detecting the CPU feature.)
 
 use std::fs::File;
 use std::io;
@@ -593,7 +594,13 @@ pub fn locked(path: &Path) -> Option<Locked> {
     let mut word: libc::c_long = 0;
     // SAFETY: the fd is open for the call; FS_IOC_GETFLAGS on a regular file or directory
     // writes at most the 4 bytes of an int at `word`, which holds a long.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut word) };
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::FS_IOC_GETFLAGS,
+            &mut word as *mut libc::c_long,
+        )
+    };
     if rc != 0 {
         return None;
     }
