@@ -99,7 +99,7 @@ pub fn parse_args<A: clap::Parser>() -> A {
 /// and the tips, and ends with the help to read instead of the usage:
 /// `error: unexpected argument '--dry-ru' found; a similar argument exists: '--dry-run'; see
 /// soup-merge --help`.
-pub fn usage_error(rendered: &str, command: &str) -> (String, String) {
+fn usage_error(rendered: &str, command: &str) -> (String, String) {
     let mut paragraphs = rendered.split("\n\n").filter(|p| !p.trim().is_empty());
     let head = one_line(paragraphs.next().unwrap_or_default());
     let message = head.strip_prefix("error: ").unwrap_or(&head).to_string();
