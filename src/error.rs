@@ -50,9 +50,9 @@ pub enum Error {
     #[error("interrupted; the partial output was removed")]
     Interrupted,
 
-    /// A Ctrl-C (or SIGTERM, SIGHUP) that stopped a run with no partial output to remove (a
-    /// dry run, or `--verify` reading back an output already complete and in place): the text
-    /// says what the run was doing and what is left.
+    /// A Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT) that stopped a run with no partial output to
+    /// remove (a dry run, or `--verify` reading back an output already complete and in place):
+    /// the text says what the run was doing and what is left.
     #[error("interrupted while {0}")]
     InterruptedWhile(String),
 }

@@ -1072,3 +1072,326 @@ fn a_new_name_among_the_devices_or_the_kernels_files_is_refused() {
         assert!(!Path::new(&out).exists(), "{out} was created");
     }
 }
+
+/// Runs chattr with `args` on `path`; false where it doesn't work (not root, or a file system
+/// without the flags, such as tmpfs or overlayfs).
+fn chattr(args: &str, path: &Path) -> bool {
+    std::process::Command::new("chattr")
+        .arg(args)
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Lifts `chattr` flags from paths however a test ends, or its temporary folder could not be
+/// removed.
+struct Unflag(Vec<PathBuf>);
+
+impl Drop for Unflag {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            chattr("-ai", p);
+        }
+    }
+}
+
+/// Everything in `dir`, name, kind and bytes (for a directory, its files'), to compare.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                let mut inner = snapshot(&e.path());
+                for (n, _) in &mut inner {
+                    *n = format!("{name}/{n}");
+                }
+                inner.push((name + "/", Vec::new()));
+                inner
+            } else {
+                vec![(name, std::fs::read(e.path()).unwrap())]
+            }
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// An append-only output folder (`chattr +a`) takes the temporary, but the kernel then refuses
+/// to rename it into place or remove it: the run failed at the end and left the temporary
+/// there for good. An append-only or immutable output that `--force` would replace (a soup,
+/// or a file in a model directory output) can't be renamed over either. Each is refused
+/// before any temporary is made, dry runs too, naming the flag and `chattr -a`/`-i`, and the
+/// folder is left exactly as it was.
+#[test]
+fn an_append_only_or_immutable_output_or_folder_is_refused_before_any_temporary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = good(dir, "a.safetensors");
+    let b = good(dir, "bb.safetensors");
+    let probe = dir.join("probe");
+    std::fs::create_dir(&probe).unwrap();
+    let works = chattr("+a", &probe);
+    chattr("-a", &probe);
+    if !works {
+        eprintln!("skipped: chattr doesn't work here (needs root and a file system with flags)");
+        return;
+    }
+    // Outputs of this tool that --force would replace: a soup, and a model directory.
+    let outputs = dir.join("outputs");
+    std::fs::create_dir(&outputs).unwrap();
+    for name in ["soup.safetensors", "soup"] {
+        let o = soup_merge()
+            .args([&a, &b])
+            .arg("-o")
+            .arg(outputs.join(name))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let mut _unflag = Unflag(Vec::new());
+    let refused = |folder: &Path, out: &Path, extra: &[&str], needles: &[&str]| {
+        let before = snapshot(folder);
+        for dry in [false, true] {
+            let mut cmd = soup_merge();
+            cmd.args([&a, &b]).arg("-o").arg(out).args(extra);
+            if dry {
+                cmd.arg("--dry-run");
+            }
+            let o = cmd.output().unwrap();
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{out:?} {extra:?}: {err}");
+            assert!(err.starts_with("error: "), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+            for needle in needles {
+                assert!(
+                    err.contains(needle),
+                    "{out:?} {extra:?}: {needle:?} in {err}"
+                );
+            }
+            assert_eq!(
+                snapshot(folder),
+                before,
+                "{out:?} {extra:?}: the folder changed"
+            );
+        }
+    };
+    // An append-only folder, for a file and for a directory output.
+    let folder = dir.join("appendonly");
+    std::fs::create_dir(&folder).unwrap();
+    assert!(chattr("+a", &folder));
+    _unflag.0.push(folder.clone());
+    for name in ["soup.safetensors", "soup"] {
+        let fix = format!("chattr -a {}", folder.display());
+        let needles = ["append-only", "never renamed into place or removed", &fix];
+        refused(&folder, &folder.join(name), &[], &needles);
+    }
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0);
+    // Outputs that --force would replace, flagged.
+    let soup = outputs.join("soup.safetensors");
+    let weights = outputs.join("soup/model.safetensors");
+    for (flag, noun) in [("+i", "immutable"), ("+a", "append-only")] {
+        for (flagged, out) in [(&soup, &soup), (&weights, &outputs.join("soup"))] {
+            assert!(chattr(flag, flagged));
+            _unflag.0.push(flagged.clone());
+            let fix = format!("chattr -{} {}", &flag[1..], flagged.display());
+            let needles = [noun, "even with --force", fix.as_str()];
+            refused(&outputs, out, &["--force"], &needles);
+            // Without --force too: it would only say to pass --force.
+            refused(&outputs, out, &[], &needles);
+            assert!(chattr("-ai", flagged));
+        }
+    }
+    // Unflagged, the same outputs are replaced.
+    for out in [&soup, &outputs.join("soup")] {
+        let o = soup_merge()
+            .args([&b, &a])
+            .arg("-o")
+            .arg(out)
+            .arg("--force")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}
+
+/// A command line clap refuses (an unknown or misspelt flag, a flag without its value, a value
+/// out of a list, a missing argument) is one `error:` line, as every other failure is: clap's
+/// message naming the argument, its tip, and the help to read, with exit status 2; clap's
+/// block of tip, usage and "For more information" lines is not printed. `--help` and
+/// `--version` still print as clap prints them, with status 0.
+#[test]
+fn a_bad_command_line_is_one_error_line_naming_the_argument_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = good(dir.path(), "a.safetensors");
+    let out = dir.path().join("soup.safetensors");
+    let a = a.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    for (args, named, fix) in [
+        (
+            &[a, a, "-o", o, "--bogus"][..],
+            "'--bogus'",
+            Some("'-- --bogus'"),
+        ),
+        (
+            &[a, a, "-o", o, "--dry-ru"][..],
+            "'--dry-ru'",
+            Some("'--dry-run'"),
+        ),
+        (&[a, a, "-o"][..], "'--output <PATH>'", None),
+        (
+            &[a, a, "-o", o, "--dtype", "f8"][..],
+            "'--dtype <DTYPE>'",
+            Some("bf16"),
+        ),
+        (
+            &[a, a, "-o", o, "--on-missing", "firts"][..],
+            "'firts'",
+            Some("'first'"),
+        ),
+        (&[a, a, "-o", o, "--seed", "x"][..], "'--seed <N>'", None),
+        (&["-o", o][..], "<INPUT>", None),
+        (&[][..], "--output <PATH>", None),
+    ] {
+        let run = soup_merge().args(args).output().unwrap();
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?}: {named} in {err}");
+        if let Some(fix) = fix {
+            assert!(err.contains(fix), "{args:?}: {fix} in {err}");
+        }
+        assert!(err.trim_end().ends_with("; see soup-merge --help"), "{err}");
+        assert!(
+            !err.contains("Usage:") && !err.contains("For more information"),
+            "{err}"
+        );
+        assert!(stdout(&run).is_empty(), "{args:?}: {}", stdout(&run));
+        assert!(!out.exists());
+        // With --json, the JSON object on stdout is clap's message, as before, and stderr
+        // the same one line.
+        let run = soup_merge().args(args).arg("--json").output().unwrap();
+        assert_eq!(run.status.code(), Some(2), "{args:?} --json");
+        let v: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+        assert_eq!(v["kind"], "usage", "{v}");
+        let message = v["error"].as_str().unwrap();
+        assert!(
+            message.contains(named) && !message.contains("--help"),
+            "{v}"
+        );
+        assert_eq!(stderr(&run), err, "{args:?}: the same line with --json");
+    }
+    // Not even the help is appended to an input given as a stream.
+    let before = std::fs::read(a).unwrap();
+    let stream = std::fs::OpenOptions::new().append(true).open(a).unwrap();
+    let run = soup_merge()
+        .args([a, "--help"])
+        .stdout(stream)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(a).unwrap(),
+        before,
+        "the help went into the input"
+    );
+    for flag in ["--help", "-h", "--version", "-V"] {
+        let run = soup_merge().arg(flag).output().unwrap();
+        assert_eq!(run.status.code(), Some(0), "{flag}");
+        assert!(stderr(&run).is_empty(), "{flag}: {}", stderr(&run));
+        let text = stdout(&run);
+        if flag.contains('V') || flag == "--version" {
+            assert!(text.starts_with("soup-merge "), "{flag}: {text}");
+        } else {
+            assert!(
+                text.contains("Usage: soup-merge") && text.lines().count() > 20,
+                "{flag}: {text}"
+            );
+        }
+    }
+}
+
+/// What is already at `-o` (a soup from an earlier run, or a file of a model directory output)
+/// is never written through a standard stream appended to it (`-o soup.safetensors 2>>
+/// soup.safetensors`): the refusal "already exists", or with `--force` a run that fails,
+/// appended its error line after the soup's data, and the soup the run refused to replace
+/// could no longer be read. The run is refused, that stream silenced, the other one told.
+#[test]
+fn a_stream_appended_to_the_existing_output_never_changes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = good(dir, "a.safetensors");
+    let b = good(dir, "bb.safetensors");
+    let missing = dir.join("missing.safetensors");
+    let (soup, model) = (dir.join("soup.safetensors"), dir.join("model"));
+    for out in [&soup, &model] {
+        let o = soup_merge()
+            .args([&a, &b])
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let card = model.join("README.md");
+    // (the file the stream is appended to, -o, extra arguments)
+    let cases: [(&Path, &Path, &[&str]); 5] = [
+        (&soup, &soup, &[]),
+        (&soup, &soup, &["--force", "-w", "1,2,3"]),
+        (&soup, &soup, &["--force", "--dry-run"]),
+        (&card, &model, &["--force", "-w", "1,2,3"]),
+        (&model.join("model.safetensors"), &model, &[]),
+    ];
+    for (target, out, extra) in cases {
+        for json in [false, true] {
+            let before = std::fs::read(target).unwrap();
+            let stream = || {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(target)
+                    .unwrap()
+            };
+            let mut cmd = soup_merge();
+            cmd.args([&a, &b]).arg("-o").arg(out).args(extra);
+            if json {
+                cmd.arg("--json").stdout(stream());
+            } else {
+                cmd.stderr(stream());
+            }
+            let o = cmd.output().unwrap();
+            let what = format!("{} {extra:?} json={json}", target.display());
+            assert_eq!(o.status.code(), Some(1), "{what}");
+            // The other stream says what failed.
+            let said = if json { stderr(&o) } else { stdout(&o) };
+            assert!(
+                said.starts_with("error: ")
+                    && said.lines().count() == 1
+                    && said.contains("redirect"),
+                "{what}: {said:?}"
+            );
+            assert!(
+                std::fs::read(target).unwrap() == before,
+                "{what}: written into"
+            );
+        }
+    }
+    // A failure of the inputs, with --force, is still refused for the stream first.
+    let before = std::fs::read(&soup).unwrap();
+    let stream = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&soup)
+        .unwrap();
+    let o = soup_merge()
+        .arg(&a)
+        .arg(&missing)
+        .arg("-o")
+        .arg(&soup)
+        .arg("--force")
+        .stderr(stream)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(std::fs::read(&soup).unwrap(), before);
+}

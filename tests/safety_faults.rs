@@ -162,10 +162,19 @@ fn sigkill_mid_write_leaves_nothing_and_the_next_run_cleans_up() {
     big.inputs_unchanged();
 }
 
+/// Every signal that asks a run to end (Ctrl-C, `kill`, a closed terminal, Ctrl-\\) removes the
+/// temporary and exits with status 130. SIGQUIT's default action (a core dump) left the
+/// temporary behind.
 #[test]
-fn sigint_and_sigterm_remove_the_temporary_and_exit_non_zero() {
+fn termination_signals_remove_the_temporary_and_exit_130() {
     let big = big();
-    for (sig, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+    let signals = [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGQUIT, "SIGQUIT"),
+    ];
+    for (sig, name) in signals {
         let mut child = big.start();
         assert!(
             !finished_too_soon(&mut child),
@@ -182,6 +191,18 @@ fn sigint_and_sigterm_remove_the_temporary_and_exit_non_zero() {
             "{name}: temporary kept"
         );
     }
+    big.inputs_unchanged();
+    // SIGPIPE is ignored, as Rust programs ignore it (a write to a closed pipe fails instead):
+    // the merge goes on and publishes a whole soup.
+    let mut child = big.start();
+    signal(&child, libc::SIGPIPE);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGPIPE: {status}");
+    assert!(big.out().exists(), "SIGPIPE: nothing published");
+    assert!(
+        temporaries(big.dir.path()).is_empty(),
+        "SIGPIPE: temporary kept"
+    );
     big.inputs_unchanged();
 }
 
@@ -365,6 +386,109 @@ fn a_companion_file_changed_during_the_merge_never_yields_an_output() {
     let (result, published, _, _dir) = run(None);
     result.unwrap();
     assert!(published, "untouched, the same steps publish");
+}
+
+/// A model directory output's `config.json` (its dtype set) and a `tokenizer_config.json` given
+/// a recipe's chat template are read when the merge is planned and written out rewritten.
+/// Changed before the output is published, they stop it, as a copied companion does: the
+/// output would otherwise pair the weights with a config that the model directory no longer
+/// has (a config swapped for another architecture's, say).
+#[test]
+fn a_config_read_at_plan_time_and_changed_before_publishing_never_yields_an_output() {
+    use model_soup::soup::{Merge, MergeRequest};
+    type Meddle = fn(&Path);
+    let cases: [(&str, Meddle); 4] = [
+        ("appended", |p| {
+            let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+            f.write_all(b" ").unwrap();
+        }),
+        // The same size, and the modification time set back: the ctime still tells.
+        ("rewritten in place, mtime restored", |p| {
+            let before = std::fs::metadata(p).unwrap().modified().unwrap();
+            let text = std::fs::read_to_string(p).unwrap();
+            std::fs::write(p, text.replace("llama", "gpt2x")).unwrap();
+            let f = std::fs::File::options().write(true).open(p).unwrap();
+            f.set_modified(before).unwrap();
+        }),
+        ("replaced by a rename", |p| {
+            let new = p.with_extension("new");
+            std::fs::write(&new, b"{\"model_type\": \"bert\"}").unwrap();
+            std::fs::rename(&new, p).unwrap();
+        }),
+        ("removed", |p| std::fs::remove_file(p).unwrap()),
+    ];
+    // Two model directories; the first one's config (and, with a recipe's chat template, its
+    // tokenizer config) goes into the output. `file` names the one `meddle` changes.
+    let run = |file: &str, recipe: bool, meddle: Option<Meddle>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Rng::new(9);
+        let models = ["ma", "mb"].map(|m| dir.path().join(m));
+        for m in &models {
+            std::fs::create_dir(m).unwrap();
+            let w = spec("w", D::F32, &[16], floats(&mut rng, D::F32, 16));
+            write(&m.join("model.safetensors"), &[w]);
+            std::fs::write(
+                m.join("config.json"),
+                b"{\"model_type\": \"llama\", \"torch_dtype\": \"bfloat16\"}",
+            )
+            .unwrap();
+            std::fs::write(
+                m.join("tokenizer_config.json"),
+                b"{\"chat_template\": \"old {{ messages }}\"}",
+            )
+            .unwrap();
+        }
+        let out = dir.path().join("soup");
+        let mut request = MergeRequest {
+            output: Some(out.clone()),
+            ..MergeRequest::default()
+        };
+        if recipe {
+            let yaml = dir.path().join("recipe.yaml");
+            let text = format!(
+                "merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5}}\n  - model: {}\n    parameters: {{weight: 0.5}}\nchat_template: \"new {{{{ messages }}}} for the soup\"\n",
+                models[0].display(),
+                models[1].display()
+            );
+            std::fs::write(&yaml, text).unwrap();
+            request.recipe = Some(yaml);
+        } else {
+            request.inputs = models.to_vec();
+        }
+        let merge = Merge::plan(&request).unwrap();
+        if let Some(m) = meddle {
+            m(&models[0].join(file));
+        }
+        let result = merge.run(&|_| {});
+        let left = temporaries(dir.path());
+        let written = std::fs::read(out.join(file)).ok();
+        (result.map(|_| ()), out.exists(), left, written, dir)
+    };
+    for (file, recipe) in [("config.json", false), ("tokenizer_config.json", true)] {
+        for (what, meddle) in cases {
+            let (result, published, left, _, _dir) = run(file, recipe, Some(meddle));
+            let err = result.expect_err(&format!("{file} {what}")).to_string();
+            assert!(
+                err.contains("changed while it was being copied")
+                    && err.contains(&format!("ma/{file}"))
+                    && err.contains("run again"),
+                "{file} {what}: {err}"
+            );
+            assert!(!published, "{file} {what}: published");
+            assert!(left.is_empty(), "{file} {what}: temporary kept: {left:?}");
+        }
+        // Untouched, the same steps publish the rewritten file.
+        let (result, published, _, written, _dir) = run(file, recipe, None);
+        result.unwrap();
+        assert!(published, "{file}: untouched, the same steps publish");
+        let written = String::from_utf8(written.unwrap()).unwrap();
+        let rewritten = if recipe {
+            "new {{ messages }} for the soup"
+        } else {
+            "float32"
+        };
+        assert!(written.contains(rewritten), "{file}: {written}");
+    }
 }
 
 #[test]

@@ -461,7 +461,7 @@ pub fn main(args: Args) -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
     let result = model_soup::cli::start_thread_pool()
-        .and_then(|()| check_standard_streams(common))
+        .and_then(|()| check_standard_streams(&args))
         .map_err(anyhow::Error::from);
     let result = if scored_externally {
         // Scorers are waited for in a loop that sees Ctrl-C, stops them and removes their
@@ -508,15 +508,24 @@ fn print_report<M: super::score::Measure>(report: &Report<M>, json: bool) -> std
     }
 }
 
-/// Refuses standard output or error that is a file the run reads (`--json >> val.jsonl`),
-/// before any work: the report would be appended to it.
-fn check_standard_streams(c: &Common) -> model_soup::Result<()> {
+/// Refuses standard output or error that is a file the run reads (`--json >> val.jsonl`), or
+/// what is already at `-o` or `--plot` (a soup or plot `--force` would replace, kept when the
+/// run fails), before any work: the report would be appended to it.
+fn check_standard_streams(args: &Args) -> model_soup::Result<()> {
     let mut read = Reads::new();
-    for (role, path) in reads(c) {
+    for (role, path) in reads(common(args)) {
         match role {
             Role::Ingredient => read.add_ingredient(&path),
             _ => read.add(role, &path),
         }
+    }
+    let (output, plot) = match &args.command {
+        Command::Greedy(g) => (g.output.as_ref(), None),
+        Command::Report(r) => (r.greedy.output.as_ref(), r.plot.as_ref()),
+        _ => (None, None),
+    };
+    for path in output.into_iter().chain(plot) {
+        read.add_existing_output(path);
     }
     format::destination::check_standard_streams(&read)
 }

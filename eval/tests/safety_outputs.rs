@@ -708,6 +708,60 @@ fn standard_output_or_error_appending_to_an_input_is_refused_and_writes_nothing_
     }
 }
 
+/// What is already at `-o` or `--plot` (a soup or plot from an earlier run) is never written
+/// through a standard stream appended to it: the refusal "already exists", or with `--force`
+/// a run that failed later, appended its error after the soup's data or the plot's SVG, and
+/// left the file the run did not replace unreadable. Refused before any work, for both tools.
+#[test]
+fn a_stream_appended_to_an_existing_output_is_refused_and_writes_nothing_there() {
+    // The sandbox's old.safetensors is a soup of an earlier run.
+    let s = Sandbox::new();
+    let plot = format!("{}\n<svg/>\n", model_soup::format::PLOT_MARK);
+    std::fs::write(s.root().join("prior.svg"), plot).unwrap();
+    let append = |name: &str| {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.root().join(name))
+            .unwrap()
+    };
+    let greedy = eval_args("greedy", &["-o", "old.safetensors"]);
+    let forced = eval_args("greedy", &["-o", "old.safetensors", "--force", "--json"]);
+    let plotted = eval_args("report", &["--plot", "prior.svg", "--force", "--json"]);
+    let merged = ["a.safetensors", "b.safetensors", "-o", "old.safetensors"];
+    for (tool, args, into) in [
+        ("soup-eval", &greedy[..], "old.safetensors"),
+        ("soup-eval", &forced[..], "old.safetensors"),
+        ("soup-eval", &plotted[..], "prior.svg"),
+        ("soup-merge", &merged[..], "old.safetensors"),
+    ] {
+        for stderr in [false, true] {
+            let o = only_changes(&s, &[], |d| {
+                let mut cmd = match tool {
+                    "soup-merge" => common::soup_merge(),
+                    _ => Command::new(env!("CARGO_BIN_EXE_soup-eval")),
+                };
+                cmd.current_dir(d).args(args);
+                if stderr {
+                    cmd.stderr(append(into));
+                } else {
+                    cmd.stdout(append(into));
+                }
+                cmd.output().unwrap()
+            });
+            assert_eq!(o.status.code(), Some(1), "{tool} {args:?} into {into}");
+            let told = if stderr {
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            } else {
+                common::stderr(&o)
+            };
+            assert!(
+                told.contains(into) && told.contains("redirect standard"),
+                "{tool} {args:?}: {told}"
+            );
+        }
+    }
+}
+
 /// A trailing slash names a directory, but `-o x.safetensors/` and `--plot p.svg/` resolved
 /// to the name without it and wrote a file there (and `--log l.jsonl/` failed with the
 /// kernel's "Is a directory"). A file output ending in a slash is refused, naming the fix.

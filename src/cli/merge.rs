@@ -330,9 +330,12 @@ impl Args {
 /// Runs `soup-merge` with parsed arguments and returns the process's exit status.
 pub fn main(args: Args) -> ExitCode {
     super::handle_interrupts();
-    if let Err(err) =
-        soup::check_named_streams(&args.inputs, args.base.as_deref(), args.config.as_deref())
-    {
+    if let Err(err) = soup::check_named_streams(
+        &args.inputs,
+        args.base.as_deref(),
+        args.config.as_deref(),
+        args.output.as_deref(),
+    ) {
         return super::fail_json(&err.into(), args.json);
     }
     if let Err(err) = super::start_thread_pool() {

@@ -58,32 +58,81 @@ pub fn error_kind(err: &anyhow::Error) -> &'static str {
         .unwrap_or("other")
 }
 
-/// Parses the command line as clap's `parse` does (a bad one exits with status 2 and clap's
-/// message), except that with `--json` anywhere in it a bad one also prints
-/// `{"error": ..., "kind": "usage"}` on stdout, as every other failure does.
+/// Parses the command line as clap's `parse` does, except that a bad one is one line,
+/// `error: MESSAGE; TIP; see COMMAND --help` (see [`usage_error`]), with exit status 2, like
+/// every other failure; with `--json` anywhere in it, `{"error": MESSAGE, "kind": "usage"}` on
+/// stdout too. `--help` and `--version` print as clap prints them, with status 0.
 pub fn parse_args<A: clap::Parser>() -> A {
     match A::try_parse() {
         Ok(args) => args,
         Err(e) => {
+            // Also before the help: `soup-merge a.safetensors --help >> a.safetensors`.
             silence_streams_into_named_files(std::env::args_os().skip(1));
-            if e.use_stderr() {
-                // clap's message up to its usage section, on one line.
-                let rendered = e.render().to_string();
-                let head: Vec<&str> = rendered.lines().take_while(|l| !l.is_empty()).collect();
-                let text = one_line(&head.join(" "));
-                let message = text.strip_prefix("error: ").unwrap_or(&text);
-                if asks_for_json(std::env::args_os().skip(1)) {
-                    let _ = print(&format!(
-                        "{}\n",
-                        serde_json::json!({ "error": message, "kind": "usage" })
-                    ));
-                } else if silenced(Stream::Stderr) && !silenced(Stream::Stdout) {
-                    // As in `fail_report`: stderr is an input, so stdout says what failed.
-                    let _ = print(&format!("{}\n", inert(&format!("error: {message}"))));
-                }
+            // `--help`, `--version`, and a bare `soup-eval`'s help: what was asked for.
+            let help = clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
+            if !e.use_stderr() || e.kind() == help {
+                e.exit()
             }
-            e.exit()
+            let command = help_command(&A::command(), std::env::args_os().skip(1));
+            let (message, line) = usage_error(&e.render().to_string(), &command);
+            let json = asks_for_json(std::env::args_os().skip(1));
+            if json {
+                let _ = print(&format!(
+                    "{}\n",
+                    serde_json::json!({ "error": message, "kind": "usage" })
+                ));
+            }
+            if !json && silenced(Stream::Stderr) && !silenced(Stream::Stdout) {
+                // As in `fail_report`: stderr is an input, so stdout says what failed.
+                let _ = print(&format!("{}\n", inert(&line)));
+            } else {
+                say(&line);
+            }
+            std::process::exit(e.exit_code())
         }
+    }
+}
+
+/// clap's rendering of a refused command line as (the message, as `--json`'s `error` gives
+/// it; the `error:` line). clap renders a block: the message (with its possible values),
+/// then tips, the usage and "For more information, try '--help'". The line keeps the message
+/// and the tips, and ends with the help to read instead of the usage:
+/// `error: unexpected argument '--dry-ru' found; a similar argument exists: '--dry-run'; see
+/// soup-merge --help`.
+fn usage_error(rendered: &str, command: &str) -> (String, String) {
+    let mut paragraphs = rendered.split("\n\n").filter(|p| !p.trim().is_empty());
+    let head = one_line(paragraphs.next().unwrap_or_default());
+    let message = head.strip_prefix("error: ").unwrap_or(&head).to_string();
+    let mut parts = vec![message.clone()];
+    for paragraph in paragraphs {
+        let paragraph = paragraph.trim_start();
+        if paragraph.starts_with("Usage:") || paragraph.starts_with("For more information") {
+            continue;
+        }
+        // Each tip on a line of its own, continued on the lines that follow.
+        for tip in paragraph
+            .split("tip:")
+            .map(one_line)
+            .filter(|t| !t.is_empty())
+        {
+            parts.push(tip);
+        }
+    }
+    parts.push(format!("see {command} --help"));
+    (message, format!("error: {}", parts.join("; ")))
+}
+
+/// The command whose help a refused command line should read: the binary's, or its
+/// subcommand's when the line names one (`soup-eval greedy`).
+fn help_command(command: &clap::Command, args: impl Iterator<Item = std::ffi::OsString>) -> String {
+    let name = command.get_name();
+    let sub = args
+        .take_while(|a| a != "--")
+        .filter_map(|a| a.into_string().ok())
+        .find(|a| command.find_subcommand(a).is_some());
+    match sub {
+        Some(sub) => format!("{name} {sub}"),
+        None => name.to_string(),
     }
 }
 
@@ -105,7 +154,7 @@ fn silence_streams_into_named_files(args: impl Iterator<Item = std::ffi::OsStrin
         })
         .filter(|path| path.symlink_metadata().is_ok())
         .collect();
-    let _ = crate::soup::check_named_streams(&named, None, None);
+    let _ = crate::soup::check_named_streams(&named, None, None, None);
 }
 
 /// Whether a command line that clap refused asks for `--json`: the flag itself, or the flag
@@ -285,10 +334,13 @@ pub fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Makes Ctrl-C (and SIGTERM, SIGHUP) stop running merges cleanly: temporaries removed, exit
-/// status 130. An input truncated under the merge (SIGBUS) ends it with an `error:` line.
+/// Makes Ctrl-C (and SIGTERM, SIGHUP, SIGQUIT) stop running merges cleanly: temporaries
+/// removed, exit status 130. An input truncated under the merge (SIGBUS) ends it with an
+/// `error:` line. (SIGPIPE is ignored, as in every Rust program: a closed stdout is a failed
+/// write, which `print` treats as no error.)
 pub fn handle_interrupts() {
     let _ = ctrlc::set_handler(crate::soup::interrupt);
+    crate::format::quit_as_interrupt();
     crate::format::explain_sigbus();
 }
 
@@ -301,11 +353,36 @@ pub fn handle_interrupts_then_exit() {
         std::thread::sleep(std::time::Duration::from_millis(500));
         std::process::exit(EXIT_INTERRUPTED.into());
     });
+    crate::format::quit_as_interrupt();
     crate::format::explain_sigbus();
 }
 
 #[cfg(test)]
 mod tests {
+    /// clap's blocks, as clap 4 renders them, each condensed to one line that keeps the
+    /// message and the tips and ends with the help to read.
+    #[test]
+    fn a_refused_command_line_is_one_line_with_its_tips() {
+        let unknown = "error: unexpected argument '--dry-ru' found\n\n  tip: a similar argument exists: '--dry-run'\n\nUsage: soup-merge --dry-run <INPUT>...\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            super::usage_error(unknown, "soup-merge"),
+            (
+                "unexpected argument '--dry-ru' found".to_string(),
+                "error: unexpected argument '--dry-ru' found; a similar argument exists: '--dry-run'; see soup-merge --help".to_string()
+            )
+        );
+        let value = "error: invalid value 'x' for '--dtype <DTYPE>'\n  [possible values: f32, f16, bf16, f64]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            super::usage_error(value, "soup-merge").1,
+            "error: invalid value 'x' for '--dtype <DTYPE>' [possible values: f32, f16, bf16, f64]; see soup-merge --help"
+        );
+        let two_tips = "error: unexpected argument '-x' found\n\n  tip: one\n  tip: two,\n    continued\n\nUsage: soup-eval greedy [OPTIONS]\n       soup-eval greedy <CHECKPOINT>...\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            super::usage_error(two_tips, "soup-eval greedy").1,
+            "error: unexpected argument '-x' found; one; two, continued; see soup-eval greedy --help"
+        );
+    }
+
     #[test]
     fn messages_reach_the_terminal_without_control_characters() {
         assert_eq!(super::inert("plain ünïcode"), "plain ünïcode");

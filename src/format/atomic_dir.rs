@@ -5,9 +5,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use super::checkpoint::Stamp;
 use super::destination::Destination;
 use super::os;
+use super::small_file::SourceFile;
 use super::writer::{cannot_create, claim_temporary, parent_dir, sync_parent, TEMP_MARKER};
 use crate::error::{Error, Result};
 
@@ -24,8 +24,9 @@ pub struct AtomicDir {
     /// The temporary, open and locked for as long as this run lives (see
     /// `os::hold_while_running`).
     _held: Option<File>,
-    /// Every file copied in, as it was when copied: checked again before the commit.
-    copied: std::sync::Mutex<Vec<(PathBuf, Stamp)>>,
+    /// Every input file whose bytes went in (copied, or read at plan time and rewritten), as
+    /// it was when read: checked again before the commit.
+    sources: std::sync::Mutex<Vec<SourceFile>>,
     committed: bool,
 }
 
@@ -46,7 +47,7 @@ impl AtomicDir {
             overwrite: dest.force(),
             mode: dest.replaced_mode(),
             policy: dest.clone(),
-            copied: Default::default(),
+            sources: Default::default(),
             committed: false,
         };
         dir.write_file(TEMP_MARKER, format!("{}\n", std::process::id()).as_bytes())?;
@@ -80,6 +81,18 @@ impl AtomicDir {
             .map_err(|e| self.write_error(name, e))
     }
 
+    /// Writes `bytes`, made from the input files `from` as they were read (a config with its
+    /// dtype set), as [`AtomicDir::write_file`] does: the commit refuses to publish if any of
+    /// them changed since, as it refuses a copied file that changed.
+    pub fn write_made_from(&self, name: &str, bytes: &[u8], from: &[SourceFile]) -> Result<()> {
+        self.write_file(name, bytes)?;
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(from.iter().cloned());
+        Ok(())
+    }
+
     /// Copies the regular file `from` to `name`, streaming, flushed to disk.
     pub fn copy_file(&self, from: &Path, name: &str) -> Result<()> {
         // Without blocking: a FIFO swapped in after the caller looked would block the open.
@@ -91,15 +104,15 @@ impl AtomicDir {
             .map_err(|e| self.write_error(name, e))?;
         // A file rewritten in place as it is copied (truncated, grown) would be published
         // torn, as a shard would be, which the shards' stamps catch.
-        let stamp = Stamp::of(&before);
+        let read = SourceFile::new(from, &before);
         let after = source.metadata().map_err(|e| Error::io(from, e))?;
-        if copied != before.len() || Stamp::of(&after) != stamp {
+        if copied != before.len() || SourceFile::new(from, &after) != read {
             return Err(changed(from));
         }
-        self.copied
+        self.sources
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((from.to_path_buf(), stamp));
+            .push(read);
         Ok(())
     }
 
@@ -127,16 +140,16 @@ impl AtomicDir {
     /// (allowed by `overwrite`) is swapped out atomically where the filesystem can, and else
     /// renamed aside first; either way it is removed only once the new directory is in place.
     pub fn commit(mut self) -> Result<()> {
-        // Changed after it was copied, a file no longer matches the weights it came with, as
+        // Changed after it was read, a file no longer matches the weights it came with, as
         // a changed input shard stops the output too.
-        for (from, stamp) in self
-            .copied
+        for source in self
+            .sources
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            if !std::fs::metadata(from).is_ok_and(|m| Stamp::of(&m) == *stamp) {
-                return Err(changed(from));
+            if !source.unchanged() {
+                return Err(changed(source.path()));
             }
         }
         std::fs::remove_file(self.temp.join(TEMP_MARKER))

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::Checkpoint;
 use super::index::{is_shard_file_name, INDEX_NAME};
 use super::model_dir::COMPANION_FILES;
+use super::os::Locked;
 use crate::error::{Error, Result};
 
 /// The part a path plays in a run, named in refusals.
@@ -45,6 +46,10 @@ pub enum Role {
     SearchLog,
     /// soup-eval's `--tokenizer` file.
     Tokenizer,
+    /// What is already at an output's path (a soup `--force` would replace, or a file of
+    /// such a model directory): never read, but a standard stream appended to it would
+    /// change it, also when the run then fails and leaves it in place.
+    Output,
 }
 
 impl Role {
@@ -59,6 +64,7 @@ impl Role {
             Role::Companion => "companion file",
             Role::SearchLog => "search log",
             Role::Tokenizer => "--tokenizer file",
+            Role::Output => "existing output",
         }
     }
 
@@ -203,6 +209,20 @@ impl Reads {
                 continue;
             };
             self.add(role, &entry.path());
+        }
+    }
+
+    /// Records what is already at an output's path, and a directory's files, as
+    /// [`Role::Output`], for [`check_standard_streams`] only (the output policy would refuse
+    /// the output as read): `soup-merge ... -o soup.safetensors 2>> soup.safetensors` appended
+    /// its refusal ("already exists") to the soup it was refusing to replace, and with
+    /// `--force` a failed run left the old soup with an error line after its data, unreadable.
+    pub fn add_existing_output(&mut self, output: &Path) {
+        self.add(Role::Output, output);
+        if let Ok(entries) = fs::read_dir(output) {
+            for entry in entries.flatten() {
+                self.add(Role::Output, &entry.path());
+            }
         }
     }
 
@@ -491,6 +511,17 @@ pub fn check_placement(request: &Request, reads: &Reads) -> Result<()> {
         return Ok(());
     };
     not_a_system_folder(request, &path)?;
+    if request.kind == OutputKind::Directory {
+        // Files are made in the folder and removed from it; a folder the run makes is
+        // removed from its parent when the run fails.
+        let folder = match path.is_dir() {
+            true => Some(path.as_path()),
+            false => path.parent(),
+        };
+        if let Some(folder) = folder {
+            not_a_locked_folder(request, folder)?;
+        }
+    }
     let existing = [fs::symlink_metadata(given).ok(), fs::metadata(given).ok()];
     for read in &reads.reads {
         let same_file = existing
@@ -648,6 +679,7 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
             ))
         }
     };
+    not_a_locked_folder(request, &folder)?;
     let path = folder.join(&name);
     not_a_system_folder(request, &path)?;
     let mut dest = Destination {
@@ -763,11 +795,82 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
             request.flag
         ));
     }
+    // The rename over a flagged output fails after the whole merge (the kernel won't unlink
+    // it), and a directory swapped out whose files are flagged can't be removed.
+    let held = super::os::locked(&dest.path)
+        .map(|lock| (lock, dest.path.clone(), String::new()))
+        .or_else(|| locked_entry(&dest.path));
+    if let Some((lock, path, within)) = held {
+        return refuse(format!(
+            "{within}is {} (chattr +{letter}), so it can't be replaced, even with --force: lift the flag (chattr -{letter} {}) or choose another {}",
+            lock_noun(lock),
+            path.display(),
+            request.flag,
+            letter = lock.letter()
+        ));
+    }
     if !force {
         return refuse("already exists; pass --force to replace it".into());
     }
     dest.mode = Some(meta.mode() & 0o7777);
     Ok(dest)
+}
+
+fn lock_noun(lock: Locked) -> &'static str {
+    match lock {
+        Locked::AppendOnly => "append-only",
+        Locked::Immutable => "immutable",
+    }
+}
+
+/// The first entry of the directory `dir` that is append-only or immutable, with its path and
+/// the words that name it in a refusal (`holds model.safetensors, which `).
+fn locked_entry(dir: &Path) -> Option<(Locked, PathBuf, String)> {
+    if !fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
+        return None;
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    entries.into_iter().find_map(|path| {
+        let lock = super::os::locked(&path)?;
+        let name = path
+            .file_name()?
+            .to_string_lossy()
+            .escape_debug()
+            .to_string();
+        Some((lock, path, format!("holds '{name}', which ")))
+    })
+}
+
+/// Refuses an output folder whose entries the kernel won't let the run rename or remove: an
+/// append-only folder (`chattr +a`) takes the temporary, which can then never be renamed into
+/// place nor removed, and stays there as junk; an immutable one (`chattr +i`) takes nothing.
+/// Found before any temporary is made, dry runs included.
+fn not_a_locked_folder(request: &Request, folder: &Path) -> Result<()> {
+    let Some(lock) = super::os::locked(folder) else {
+        return Ok(());
+    };
+    let letter = lock.letter();
+    let why = match lock {
+        Locked::AppendOnly => {
+            "the tool's temporary could be made there but never renamed into place or removed"
+        }
+        Locked::Immutable => "it can't be written to",
+    };
+    Err(Error::output(
+        &request.path,
+        format!(
+            "the folder {} is {} (chattr +{letter}): {why}; lift the flag (chattr -{letter} {}), or give {} a folder you can write to",
+            folder.display(),
+            lock_noun(lock),
+            folder.display(),
+            request.flag
+        ),
+    ))
 }
 
 /// The kind of a special file, if `meta` is one.

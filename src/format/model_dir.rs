@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::{Checkpoint, Shard};
 use super::dtype::Dtype;
 use super::index::{ShardIndex, INDEX_NAME, SINGLE_NAME};
+use super::small_file::SourceFile;
 use crate::error::{printable, Error, Result};
 
 /// Files a model directory carries besides its weights, copied from the first input (or
@@ -347,15 +348,20 @@ pub fn config_with_dtype(path: &Path, bytes: &[u8], dtype: &str) -> Result<Vec<u
 
 /// The chat template a tokenizer's files give it, as transformers loads it:
 /// `chat_template.jinja` when there is one, else `tokenizer_config.json`'s `chat_template`
-/// (the one named `default` when it holds several). Unreadable or odd files give none.
-pub fn chat_template(jinja: Option<&Path>, tokenizer_config: Option<&Path>) -> Option<String> {
+/// (the one named `default` when it holds several), with the file it came from as read.
+/// Unreadable or odd files give none.
+pub fn chat_template(
+    jinja: Option<&Path>,
+    tokenizer_config: Option<&Path>,
+) -> Option<(String, SourceFile)> {
     const MAX: u64 = 8 << 20;
-    if let Some(bytes) = jinja.and_then(|p| super::small_file::read(p, MAX, "chat template").ok()) {
-        return String::from_utf8(bytes).ok();
+    let read = |p: &Path, what| super::small_file::read_source(p, MAX, what).ok();
+    if let Some((bytes, from)) = jinja.and_then(|p| read(p, "chat template")) {
+        return String::from_utf8(bytes).ok().map(|t| (t, from));
     }
-    let bytes = super::small_file::read(tokenizer_config?, MAX, "tokenizer config").ok()?;
+    let (bytes, from) = read(tokenizer_config?, "tokenizer config")?;
     let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    match config.get("chat_template")? {
+    let template = match config.get("chat_template")? {
         serde_json::Value::String(t) => Some(t.clone()),
         serde_json::Value::Array(named) => named
             .iter()
@@ -363,7 +369,8 @@ pub fn chat_template(jinja: Option<&Path>, tokenizer_config: Option<&Path>) -> O
             .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
         serde_json::Value::Object(named) => named.get("default")?.as_str().map(str::to_string),
         _ => None,
-    }
+    };
+    template.map(|t| (t, from))
 }
 
 /// A `tokenizer_config.json` whose `chat_template` is `template`, written back as

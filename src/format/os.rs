@@ -1,7 +1,8 @@
 //! Every call into the operating system that Rust can't check: memory maps, page advice,
-//! writeback hints and no-replace renames. All of the crate's hand-written `unsafe` is in this
-//! file. (The `multiversion` attribute on a few kernels expands to calls of AVX2 and SSE4.1
-//! clones of them; the crate makes those calls only after detecting the CPU feature.)
+//! writeback hints, no-replace renames, inode flags and signal handlers. All of the crate's
+//! hand-written `unsafe` is in this file. (The `multiversion` attribute on a few kernels
+//! expands to calls of AVX2 and SSE4.1 clones of them; the crate makes those calls only after
+//! detecting the CPU feature.)
 
 use std::fs::File;
 use std::io;
@@ -542,6 +543,97 @@ pub fn explain_sigbus() {
         // the process silently with SIGXFSZ, leaving its temporary; ignored, the write fails
         // with EFBIG and takes the normal error path.
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// An inode flag (`chattr`) under which the kernel refuses to remove or rename an entry:
+/// EPERM for root too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locked {
+    /// `chattr +a`: a file only grows; a folder takes new entries but loses none, so a
+    /// temporary made in it can never be renamed into place or removed.
+    AppendOnly,
+    /// `chattr +i`: nothing about it changes; a folder takes no new entries either.
+    Immutable,
+}
+
+impl Locked {
+    /// The `chattr` letter of the flag, for the fix (`chattr -a PATH`).
+    pub fn letter(self) -> char {
+        match self {
+            Locked::AppendOnly => 'a',
+            Locked::Immutable => 'i',
+        }
+    }
+}
+
+/// Whether `path` (not followed, if it is a link) is a regular file or directory marked
+/// append-only or immutable. `None` where it isn't, where it can't be opened, where its file
+/// system keeps no such flags, and for anything else: the flags are read with an ioctl, which
+/// on a device would reach its driver.
+pub fn locked(path: &Path) -> Option<Locked> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    // linux/fs.h
+    const FS_IMMUTABLE_FL: u32 = 0x10;
+    const FS_APPEND_FL: u32 = 0x20;
+    let plain = |m: &std::fs::Metadata| m.is_file() || m.is_dir();
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| plain(&m)) {
+        return None;
+    }
+    // Without blocking or following a link: what is there may have changed since the look.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    if !file.metadata().is_ok_and(|m| plain(&m)) {
+        return None;
+    }
+    // The kernel writes an int at the address, though the request is declared with a long.
+    let mut word: libc::c_long = 0;
+    // SAFETY: the fd is open for the call; FS_IOC_GETFLAGS on a regular file or directory
+    // writes at most the 4 bytes of an int at `word`, which holds a long.
+    let rc = unsafe {
+        libc::ioctl(
+            file.as_raw_fd(),
+            libc::FS_IOC_GETFLAGS,
+            &mut word as *mut libc::c_long,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let bytes = word.to_ne_bytes();
+    let flags = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    if flags & FS_IMMUTABLE_FL != 0 {
+        Some(Locked::Immutable)
+    } else if flags & FS_APPEND_FL != 0 {
+        Some(Locked::AppendOnly)
+    } else {
+        None
+    }
+}
+
+/// Makes SIGQUIT (Ctrl-\\, or `kill -QUIT`) stop a run as Ctrl-C does: its handler raises
+/// SIGINT, whose handler (ctrlc's, which must be set first) asks running merges to stop and
+/// remove their temporaries, and the run exits with status 130. SIGQUIT's default action ends
+/// the process at once (with a core dump), and left the temporary behind.
+pub fn quit_as_interrupt() {
+    extern "C" fn on_sigquit(_: libc::c_int) {
+        // SAFETY: raise(3) is async-signal-safe and touches no memory of ours.
+        unsafe {
+            libc::raise(libc::SIGINT);
+        }
+    }
+    // SAFETY: an all-zero sigaction is a valid value; the handler calls only raise(3), which is
+    // async-signal-safe; SIGINT is not in its mask, so the raised signal is handled at once.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigquit as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGQUIT, &action, std::ptr::null_mut());
     }
 }
 

@@ -5,13 +5,50 @@
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use super::checkpoint::Stamp;
 use crate::error::{Error, Result};
+
+/// An input file that an output's bytes were made from, as it was when read: its size,
+/// modification time and status-change time. An output is published only while every one of
+/// its sources is [`SourceFile::unchanged`]: the files copied into a model directory, and the ones
+/// read at plan time and written out rewritten (a config with its dtype set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    path: PathBuf,
+    stamp: Stamp,
+}
+
+impl SourceFile {
+    /// `path` as `meta` (its metadata, taken before its bytes were read) describes it.
+    pub(crate) fn new(path: &Path, meta: &std::fs::Metadata) -> SourceFile {
+        SourceFile {
+            path: path.to_path_buf(),
+            stamp: Stamp::of(meta),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file at the path is still the one read: same size, mtime and ctime. A
+    /// file removed, or replaced by a rename, is not.
+    pub fn unchanged(&self) -> bool {
+        std::fs::metadata(&self.path).is_ok_and(|m| Stamp::of(&m) == self.stamp)
+    }
+}
 
 /// Reads the whole of a regular file of at most `cap` bytes. `what` names the file's role in
 /// messages ("recipe", "config").
 pub fn read(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+    read_source(path, cap, what).map(|(bytes, _)| bytes)
+}
+
+/// [`read`], with the [`SourceFile`] that the bytes came from, for an output made from them to
+/// check before it is published.
+pub fn read_source(path: &Path, cap: u64, what: &str) -> Result<(Vec<u8>, SourceFile)> {
     let mut file = open_regular(path, what)?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if meta.len() > cap {
@@ -35,7 +72,7 @@ pub fn read(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
             format!("grew past {cap} bytes while being read; a {what} is at most {cap} bytes"),
         ));
     }
-    Ok(bytes)
+    Ok((bytes, SourceFile::new(path, &meta)))
 }
 
 /// Opens a regular file for reading, refusing anything else without blocking: a FIFO (or one

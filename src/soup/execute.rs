@@ -15,6 +15,7 @@ use super::layout::Layout;
 use super::plan::{Action, Plan, TensorPlan};
 use super::whole::{self, Prepared};
 use crate::error::{printable, Error, Result};
+use crate::format::small_file::SourceFile;
 use crate::format::Dtype;
 use crate::format::{
     start_writeback, AtomicDir, AtomicFile, Destination, HeaderEntry, Reads, INDEX_NAME,
@@ -183,8 +184,14 @@ fn chunks(plan: &Plan, layout: Option<&Layout>, t: usize) -> impl Iterator<Item 
 pub enum ExtraFile {
     /// Copy this file (following symbolic links).
     Copy { name: String, from: PathBuf },
-    /// Write these bytes.
-    Bytes { name: String, bytes: Vec<u8> },
+    /// Write these bytes, made from the input files `from` (none for a model card): a config
+    /// read at plan time with its dtype set, say. Like a copied file, each is checked again
+    /// before the output is published, and one that changed since it was read stops it.
+    Bytes {
+        name: String,
+        bytes: Vec<u8>,
+        from: Vec<SourceFile>,
+    },
 }
 
 impl ExtraFile {
@@ -274,7 +281,7 @@ pub fn write_dir(
     for f in extra {
         match f {
             ExtraFile::Copy { name, from } => dir.copy_file(from, name)?,
-            ExtraFile::Bytes { name, bytes } => dir.write_file(name, bytes)?,
+            ExtraFile::Bytes { name, bytes, from } => dir.write_made_from(name, bytes, from)?,
         }
     }
     let warnings = run(plan, Some(layout), options, |job, bytes| {

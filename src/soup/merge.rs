@@ -327,17 +327,21 @@ pub fn output_kind(output: &Path, shard_size: Option<u64>) -> Result<OutputKind>
 }
 
 /// Refuses standard output or error that is a file the command line names to read (an input,
-/// a file in an input's model directory, `--base`, `--config` or a model of that recipe), as
-/// [`destination::check_standard_streams`] does, but before anything is opened, parsed or
-/// validated: an error found first (a missing input, a bad weight, a corrupt header) would
-/// otherwise be printed into that file (`2>> a.safetensors`). [`Merge::plan`] checks again
-/// with everything the merge reads.
+/// a file in an input's model directory, `--base`, `--config` or a model of that recipe), or
+/// what is already at `-o` (`output`), as [`destination::check_standard_streams`] does, but
+/// before anything is opened, parsed or validated: an error found first (a missing input, a
+/// bad weight, a corrupt header, an output that exists) would otherwise be printed into that
+/// file (`2>> a.safetensors`). [`Merge::plan`] checks again with everything the merge reads.
 pub fn check_named_streams(
     inputs: &[PathBuf],
     base: Option<&Path>,
     recipe: Option<&Path>,
+    output: Option<&Path>,
 ) -> Result<()> {
     let mut reads = Reads::new();
+    if let Some(output) = output {
+        reads.add_existing_output(output);
+    }
     for input in inputs {
         reads.add_named(Role::Ingredient, input);
     }
@@ -419,8 +423,13 @@ fn check_outputs(
             reads.add(Role::Companion, from);
         }
     }
-    // The standard streams are written too: never into an input (`--json >> a.safetensors`).
-    destination::check_standard_streams(&reads)?;
+    // The standard streams are written too: never into an input (`--json >> a.safetensors`),
+    // nor into what is at the output's path.
+    let mut streams = reads.clone();
+    if let Some(output) = &request.output {
+        streams.add_existing_output(output);
+    }
+    destination::check_standard_streams(&streams)?;
     let mut requests = Vec::new();
     if let Some(output) = &request.output {
         requests.push(Request {
@@ -795,11 +804,13 @@ fn extra_files(
                 Some(torch) if *name == "config.json" => {
                     // Parsed whole, at about 20 times its size: the largest real configs
                     // (a label map of 21 000 classes) are near 1 MiB.
-                    let bytes = crate::format::small_file::read(from, 8 << 20, "config")?;
+                    let (bytes, read) =
+                        crate::format::small_file::read_source(from, 8 << 20, "config")?;
                     let bytes = model_dir::config_with_dtype(from, &bytes, torch)?;
                     extra.push(ExtraFile::Bytes {
                         name: name.to_string(),
                         bytes,
+                        from: vec![read],
                     });
                 }
                 _ => extra.push(ExtraFile::Copy {
@@ -810,8 +821,8 @@ fn extra_files(
         }
     }
     let wanted = recipe.and_then(|r| r.chat_template.as_ref());
-    if let Some(template) = wanted.and_then(|w| chat::choose(w, inputs)) {
-        chat::apply(&template, &mut extra, warnings)?;
+    if let Some((template, from)) = wanted.and_then(|w| chat::choose(w, inputs)) {
+        chat::apply(&template, &from, &mut extra, warnings)?;
     }
     let title = request
         .output
@@ -833,6 +844,7 @@ fn extra_files(
     extra.push(ExtraFile::Bytes {
         name: "README.md".into(),
         bytes: card.render().into_bytes(),
+        from: Vec::new(),
     });
     Ok(extra)
 }

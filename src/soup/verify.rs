@@ -71,7 +71,7 @@ impl Record {
     /// back and checks it against what was written: headers byte for byte, then every tensor
     /// chunk's sha256.
     ///
-    /// A Ctrl-C (or SIGTERM, SIGHUP) stops the read-back at its next MiB read or chunk
+    /// A Ctrl-C (or SIGTERM, SIGHUP, SIGQUIT) stops the read-back at its next MiB read or chunk
     /// checked, as it stops a merge at its next chunk: the output stays, complete, and the
     /// error says it was not verified.
     pub fn check(&self, plan: &Plan, layout: &Layout, dest: &Path) -> Result<Verified> {
