@@ -162,9 +162,9 @@ fn sigkill_mid_write_leaves_nothing_and_the_next_run_cleans_up() {
     big.inputs_unchanged();
 }
 
-/// Every signal that asks a run to end (Ctrl-C, `kill`, a closed terminal, Ctrl-\\) removes the
-/// temporary and exits with status 130. SIGQUIT's default action (a core dump) left the
-/// temporary behind.
+/// Every signal that asks a run to end (Ctrl-C, `kill`, a closed terminal, Ctrl-\\, a CPU-time
+/// limit, a scheduler's or a script's SIGALRM, SIGUSR1 or SIGUSR2) removes the temporary and
+/// exits with status 130. Their default actions ended the process and left the temporary.
 #[test]
 fn termination_signals_remove_the_temporary_and_exit_130() {
     let big = big();
@@ -173,6 +173,10 @@ fn termination_signals_remove_the_temporary_and_exit_130() {
         (libc::SIGTERM, "SIGTERM"),
         (libc::SIGHUP, "SIGHUP"),
         (libc::SIGQUIT, "SIGQUIT"),
+        (libc::SIGXCPU, "SIGXCPU"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
     ];
     for (sig, name) in signals {
         let mut child = big.start();

@@ -334,13 +334,14 @@ pub fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Makes Ctrl-C (and SIGTERM, SIGHUP, SIGQUIT) stop running merges cleanly: temporaries
+/// Makes Ctrl-C (and SIGTERM, SIGHUP, SIGQUIT, SIGXCPU, SIGALRM, SIGUSR1, SIGUSR2) stop running
+/// merges cleanly: temporaries
 /// removed, exit status 130. An input truncated under the merge (SIGBUS) ends it with an
 /// `error:` line. (SIGPIPE is ignored, as in every Rust program: a closed stdout is a failed
 /// write, which `print` treats as no error.)
 pub fn handle_interrupts() {
     let _ = ctrlc::set_handler(crate::soup::interrupt);
-    crate::format::quit_as_interrupt();
+    crate::format::stop_signals_as_interrupt();
     crate::format::explain_sigbus();
 }
 
@@ -353,7 +354,7 @@ pub fn handle_interrupts_then_exit() {
         std::thread::sleep(std::time::Duration::from_millis(500));
         std::process::exit(EXIT_INTERRUPTED.into());
     });
-    crate::format::quit_as_interrupt();
+    crate::format::stop_signals_as_interrupt();
     crate::format::explain_sigbus();
 }
 

@@ -21,8 +21,8 @@ pub use index::{shard_file_name, ShardIndex, INDEX_NAME, SINGLE_NAME};
 pub use model_dir::{model_key, same_model};
 pub(crate) use os::{allocate, drop_cached, start_writeback};
 pub use os::{
-    continue_group, explain_sigbus, process_alive, quit_as_interrupt, same_file,
-    sigbus_now_reads_the_output, signal_group, silenced, Stream,
+    continue_group, explain_sigbus, process_alive, same_file, sigbus_now_reads_the_output,
+    signal_group, silenced, stop_signals_as_interrupt, Stream,
 };
 pub use writer::{
     encode_header, write_whole, written_by_this_tool, AtomicFile, HeaderEntry, PLOT_MARK,

@@ -1,7 +1,7 @@
 //! Every call into the operating system that Rust can't check: memory maps, page advice,
 //! writeback hints, no-replace renames, inode flags and signal handlers. All of the crate's
 //! hand-written `unsafe` is in this file. (The `multiversion` attribute on a few kernels
-//! expands to calls of AVX2 and SSE4.1 clones of them; the crate makes those calls only after
+//! expands to calls of AVX-512, AVX2 and SSE4.1 clones of them; the crate makes those calls only after
 //! detecting the CPU feature.)
 
 use std::fs::File;
@@ -615,12 +615,23 @@ pub fn locked(path: &Path) -> Option<Locked> {
     }
 }
 
-/// Makes SIGQUIT (Ctrl-\\, or `kill -QUIT`) stop a run as Ctrl-C does: its handler raises
-/// SIGINT, whose handler (ctrlc's, which must be set first) asks running merges to stop and
-/// remove their temporaries, and the run exits with status 130. SIGQUIT's default action ends
-/// the process at once (with a core dump), and left the temporary behind.
-pub fn quit_as_interrupt() {
-    extern "C" fn on_sigquit(_: libc::c_int) {
+/// The signals besides SIGINT, SIGTERM and SIGHUP (ctrlc's) whose default action ends the
+/// process at once, leaving a merge's temporary behind: SIGQUIT (Ctrl-\\, with a core dump),
+/// SIGXCPU (a CPU-time limit's soft limit, `ulimit -t`), SIGALRM, SIGUSR1 and SIGUSR2 (`kill`
+/// by a scheduler or a script).
+const STOPPING: [libc::c_int; 5] = [
+    libc::SIGQUIT,
+    libc::SIGXCPU,
+    libc::SIGALRM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+/// Makes the [`STOPPING`] signals stop a run as Ctrl-C does: their handler raises SIGINT,
+/// whose handler (ctrlc's, which must be set first) asks running merges to stop and remove
+/// their temporaries, and the run exits with status 130.
+pub fn stop_signals_as_interrupt() {
+    extern "C" fn on_stop(_: libc::c_int) {
         // SAFETY: raise(3) is async-signal-safe and touches no memory of ours.
         unsafe {
             libc::raise(libc::SIGINT);
@@ -630,10 +641,12 @@ pub fn quit_as_interrupt() {
     // async-signal-safe; SIGINT is not in its mask, so the raised signal is handled at once.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_sigquit as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_sigaction = on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
         action.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
-        libc::sigaction(libc::SIGQUIT, &action, std::ptr::null_mut());
+        for signal in STOPPING {
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
     }
 }
 
