@@ -366,20 +366,52 @@ fn run(
         || Pooled::take(&pool),
         |pooled, job| one(pooled.scratch(), job, None),
     )?;
-    // Whole tensors run one after another, each on every thread.
-    for &t in order.iter().filter(|&&t| is_whole(t)) {
+    // Whole tensors run one after another, each on every thread. The next is prepared while
+    // one is computed, where their inputs' bytes together are at most the largest tensor's: a
+    // preparation's serial steps (sorting a sample, selecting among the keys it gathered) and
+    // each pass's tail would otherwise leave a thread idle, and the pages mapped at once stay
+    // within one tensor's bound, however large the others are.
+    let wholes: Vec<usize> = order.iter().copied().filter(|&t| is_whole(t)).collect();
+    let bytes = |t: usize| -> usize {
+        let tensor = &plan.tensors[t];
+        let input = |i: usize| {
+            plan.ingredients[i]
+                .tensor(&tensor.name)
+                .map_or(0, |x| x.data.len())
+        };
+        tensor.action.inputs().into_iter().map(input).sum()
+    };
+    let largest = wholes.iter().map(|&t| bytes(t)).max().unwrap_or(0);
+    let prepare = |t: usize| -> Result<Prepared> {
         check_interrupted()?;
         let tensor = &plan.tensors[t];
         let Action::Whole(w) = &tensor.action else {
             unreachable!("filtered")
         };
         whole::check_memory(tensor, w)?;
-        let prepared = whole::prepare(plan, tensor, w);
+        Ok(whole::prepare(plan, tensor, w))
+    };
+    let mut next = None;
+    for (i, &t) in wholes.iter().enumerate() {
+        let prepared = match next.take() {
+            Some(p) => p,
+            None => prepare(t)?,
+        };
         let jobs: Vec<Job> = chunks(plan, layout, t).collect();
-        jobs.par_iter().try_for_each_init(
-            || Pooled::take(&pool),
-            |pooled, job| one(pooled.scratch(), job, Some(&prepared)),
-        )?;
+        let ahead = wholes
+            .get(i + 1)
+            .filter(|&&u| bytes(t) + bytes(u) <= largest);
+        let (ran, following) = rayon::join(
+            || {
+                jobs.par_iter().try_for_each_init(
+                    || Pooled::take(&pool),
+                    |pooled, job| one(pooled.scratch(), job, Some(&prepared)),
+                )
+            },
+            || ahead.map(|&u| prepare(u)).transpose(),
+        );
+        ran?;
+        next = following?;
     }
     let mut findings = findings.into_inner().expect("no panics while held");
     findings.sort_by_key(|(t, start, w)| (*t, w.input.clone(), *start));
