@@ -45,6 +45,7 @@
 //!     parameters: {}            # between a source's parameters and the top-level ones
 //! ```
 
+mod pydantic;
 mod yaml;
 
 use std::collections::HashMap;
@@ -52,7 +53,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
-use super::method::{self, Layers, Method, Setting, Settings};
+use super::method::{self, Kind, Layers, Method, Setting, Settings};
 use crate::error::{Error, Result};
 use crate::format::model_dir::model_key;
 use crate::format::Checkpoint;
@@ -154,24 +155,7 @@ impl Recipe {
         // Editors on Windows start UTF-8 files with a byte-order mark, which PyYAML (and so
         // mergekit) skips.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        yaml::check_nesting(text).map_err(fail)?;
-        yaml::check_expanded_size(text).map_err(fail)?;
-        let mut doc: Value = serde_yaml::from_str(text).map_err(|e| {
-            let e = e.to_string();
-            // serde_yaml holds integers in 64 bits and words a larger one as a type error.
-            if e.contains("as u128") || e.contains("as i128") {
-                fail(format!("{e}: the number is past 64 bits; every whole number in a recipe (a random_seed, say) is below 2^64"))
-            } else if e.contains("more than one document") {
-                // Valid YAML, which mergekit-yaml refuses too; mergekit-multi chains such
-                // documents, each merge feeding the next.
-                fail("holds several YAML documents (separated by ---), and a recipe is one merge; a mergekit-multi file chains merges: run each document as its own recipe, giving each the path of the merge it uses".into())
-            } else {
-                fail(format!("is not valid YAML: {e}"))
-            }
-        })?;
-        // `<<: *defaults` merge keys, which PyYAML applies.
-        doc.apply_merge()
-            .map_err(|e| fail(format!("is not valid YAML: {e}")))?;
+        let doc = yaml::load(text).map_err(fail)?;
         let top = doc.as_mapping().ok_or_else(|| {
             fail("is not a mergekit recipe: expected a mapping with merge_method and models".into())
         })?;
@@ -209,7 +193,7 @@ impl Recipe {
             None => return Err(fail("has no merge_method; add merge_method: linear".into())),
         };
 
-        let ingredients = Ingredients::read(top).map_err(fail)?;
+        let ingredients = Ingredients::read(top, method).map_err(fail)?;
         let base_model = match (top.get("base_model"), ingredients.base_model) {
             (None | Some(Value::Null), None) => None,
             (Some(v), None) | (None | Some(Value::Null), Some((v, _))) => {
@@ -236,22 +220,10 @@ impl Recipe {
         };
         let base_used = method.base() != method::BaseUse::Unused;
 
-        let mut global = Vec::new();
-        // An empty `parameters:` is null, which mergekit reads as no parameters (its own
-        // examples have one).
-        if let Some(params) = top.get("parameters").filter(|v| !v.is_null()) {
-            let params = params
-                .as_mapping()
-                .ok_or_else(|| fail("parameters must be a mapping".into()))?;
-            for key in keys(params, "parameters.").map_err(fail)? {
-                let at = format!("parameters.{key}");
-                global.push((
-                    key.clone(),
-                    setting(&params[key.as_str()], &at).map_err(fail)?,
-                    at,
-                ));
-            }
-        }
+        let mut global = match top.get("parameters") {
+            Some(params) => parameters(params, "parameters", method, true).map_err(fail)?,
+            None => Vec::new(),
+        };
 
         // A slice's parameters rank between a model's and the top-level ones; with one slice
         // covering every layer they apply to every tensor, so they are top-level ones, unless
@@ -284,27 +256,15 @@ impl Recipe {
                 ))
             })?;
             let mut model = None;
-            let mut params = Vec::new();
+            let mut params = None;
             for key in keys(entry, &format!("{at}.")).map_err(fail)? {
                 let value = &entry[key.as_str()];
                 match key.as_str() {
                     "model" => {
                         model = Some(model_path(value, &format!("{at}.model")).map_err(fail)?)
                     }
-                    "parameters" if value.is_null() => {}
-                    "parameters" => {
-                        let map = value
-                            .as_mapping()
-                            .ok_or_else(|| fail(format!("{at}.parameters must be a mapping")))?;
-                        for pk in keys(map, &format!("{at}.parameters.")).map_err(fail)? {
-                            let pat = format!("{at}.parameters.{pk}");
-                            params.push((
-                                pk.clone(),
-                                setting(&map[pk.as_str()], &pat).map_err(fail)?,
-                                pat,
-                            ));
-                        }
-                    }
+                    // Read once the entry is known to be the base or not.
+                    "parameters" => params = Some(value),
                     // Checked with the slice, which needs every source's.
                     "layer_range" if ingredients.slice_layers.is_some() => {}
                     other => {
@@ -317,6 +277,7 @@ impl Recipe {
             }
             let model = model.ok_or_else(|| fail(format!("{at} has no model:")))?;
             let key = model_key(&model);
+            let params_at = format!("{at}.parameters");
             // mergekit lists the base among the models too; that entry is the base.
             if base_used && base_key.as_ref() == Some(&key) {
                 if let Some(j) = &base_at {
@@ -326,22 +287,13 @@ impl Recipe {
                     )));
                 }
                 // Its parameters change nothing (mergekit reads a model's parameters for the
-                // models besides the base), and recipes copied around carry them, so they are
-                // accepted; a name the method doesn't know is still a typo to report.
-                if let Some((_, _, pat)) = params
-                    .iter()
-                    .find(|(name, _, _)| !method.params().iter().any(|p| p.name == *name))
-                {
-                    return Err(fail(format!(
-                        "{pat} is not a parameter of {}; it takes {} (the base's own parameters are not used)",
-                        method.name(),
-                        method
-                            .params()
-                            .iter()
-                            .map(|p| p.name)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    )));
+                // models besides the base, so it never validates their values), and recipes
+                // copied around carry them, so they are accepted; a name the method doesn't
+                // know is still a typo to report.
+                if let Some(params) = params {
+                    parameters(params, &params_at, method, false).map_err(|e| {
+                        fail(format!("{e} (the base's own parameters are not used)"))
+                    })?;
                 }
                 base_at = Some(at);
                 continue;
@@ -357,7 +309,10 @@ impl Recipe {
             listed_at.insert(key, at.clone());
             paths.push(model);
             given_at.push(at);
-            per_model.push(params);
+            per_model.push(match params {
+                Some(params) => parameters(params, &params_at, method, true).map_err(fail)?,
+                None => Vec::new(),
+            });
         }
         // mergekit merges a base_model that the method doesn't use as one more model, after
         // the listed ones, with the top-level parameters only (its normalize_config), unless
@@ -619,7 +574,7 @@ impl<'a> Ingredients<'a> {
     /// how many published recipes (LazyMergekit's SLERP, say) are written. Several slices, or
     /// sources with part of the layers, build a model from parts of others (a "frankenmerge"),
     /// which is not a soup: refused, naming the key.
-    fn read(top: &'a Mapping) -> std::result::Result<Ingredients<'a>, String> {
+    fn read(top: &'a Mapping, method: &dyn Method) -> std::result::Result<Ingredients<'a>, String> {
         let list = |v: &'a Value, at: &str| -> std::result::Result<&'a [Value], String> {
             match v.as_sequence() {
                 Some(l) if !l.is_empty() => Ok(l),
@@ -675,16 +630,8 @@ impl<'a> Ingredients<'a> {
             let value = &slice[key.as_str()];
             match key.as_str() {
                 "sources" => read.entries = list(value, "slices[0].sources")?,
-                "parameters" if value.is_null() => {}
                 "parameters" => {
-                    let map = value
-                        .as_mapping()
-                        .ok_or("slices[0].parameters must be a mapping")?;
-                    for pk in keys(map, "slices[0].parameters.")? {
-                        let at = format!("slices[0].parameters.{pk}");
-                        read.parameters
-                            .push((pk.clone(), setting(&map[pk.as_str()], &at)?, at));
-                    }
+                    read.parameters = parameters(value, "slices[0].parameters", method, true)?
                 }
                 "base_model" if value.is_null() => {}
                 "base_model" => read.base_model = Some((value, "slices[0].base_model")),
@@ -745,6 +692,34 @@ impl<'a> Ingredients<'a> {
     }
 }
 
+/// A `parameters:` mapping given at `at`, each name one of `method`'s and each value read for
+/// its type; with `read` false, one mergekit never reads (the base model's own), whose values
+/// only need to be scalars or lists of them.
+fn parameters(
+    v: &Value,
+    at: &str,
+    method: &dyn Method,
+    read: bool,
+) -> std::result::Result<Vec<(String, Setting, String)>, String> {
+    // An empty `parameters:` is null, which mergekit reads as no parameters (its own examples
+    // have one).
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let map = v
+        .as_mapping()
+        .ok_or_else(|| format!("{at} must be a mapping"))?;
+    keys(map, &format!("{at}."))?
+        .into_iter()
+        .map(|name| {
+            let at = format!("{at}.{name}");
+            let param = method::declared(method, &name, &at)?;
+            let setting = setting(&map[name.as_str()], &at, read.then_some(param.kind))?;
+            Ok((name, setting, at))
+        })
+        .collect()
+}
+
 /// Whether a setting gives a value for every tensor, so that nothing falls through to the
 /// level below it (a filter list without a catch-all entry leaves the unmatched tensors).
 fn decides_every_tensor(setting: &Setting) -> bool {
@@ -759,47 +734,24 @@ fn decides_every_tensor(setting: &Setting) -> bool {
     }
 }
 
-/// One parameter's value in mergekit's syntax: a number, a bool, a list of numbers or bools (a
-/// gradient over the layers), or a list of `{filter, value}` entries.
-fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
+/// One parameter's value in mergekit's syntax: a number, a bool, a list of them (a gradient over
+/// the layers), or a list of `{filter, value}` entries. Each number is read as mergekit's pydantic
+/// reads it for the parameter's `kind` (see [`scalar`]).
+fn setting(v: &Value, at: &str, kind: Option<Kind>) -> std::result::Result<Setting, String> {
     match v {
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|x| x.is_finite())
-            .map(Setting::Value)
-            .ok_or_else(|| format!("{at} is {n}, not a finite number")),
-        Value::Bool(b) => Ok(Setting::Value(if *b { 1.0 } else { 0.0 })),
-        // mergekit reads YAML 1.1 (PyYAML), where yes/no/on/off are booleans, and pydantic
-        // takes a quoted number as the number; this reader is YAML 1.2, so both are strings.
-        Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
-            "yes" | "on" | "y" | "true" => Ok(Setting::Value(1.0)),
-            "no" | "off" | "n" | "false" => Ok(Setting::Value(0.0)),
-            // YAML hands over a number too large for f64 (1e400) as this string.
-            number => match number.parse::<f64>() {
-                Ok(x) if x.is_finite() => Ok(Setting::Value(x)),
-                Ok(_) => Err(format!("{at} is {}, not a finite number", show(v))),
-                Err(_) => Err(format!(
-                    "{at} is {}, not a number, true/false or a list",
-                    show(v)
-                )),
-            },
-        },
         // One {filter, value} entry on its own, as mergekit takes it: a list of one.
-        Value::Mapping(_) => setting(&Value::Sequence(vec![v.clone()]), at),
+        Value::Mapping(_) => setting(&Value::Sequence(vec![v.clone()]), at, kind),
         Value::Sequence(items) if items.is_empty() => Err(format!("{at} is an empty list")),
         // Numbers, or true/false for a flag's list (mergekit steps through those).
         Value::Sequence(items)
             if items
                 .iter()
-                .all(|x| matches!(x, Value::Number(_) | Value::Bool(_) | Value::String(_))) =>
+                .all(|x| !matches!(x, Value::Mapping(_) | Value::Sequence(_))) =>
         {
             items
                 .iter()
                 .enumerate()
-                .map(|(i, x)| match setting(x, &format!("{at}[{i}]"))? {
-                    Setting::Value(v) => Ok(v),
-                    _ => unreachable!("numbers, bools and their strings are values"),
-                })
+                .map(|(i, x)| scalar(x, &format!("{at}[{i}]"), kind))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map(Setting::Gradient)
         }
@@ -826,7 +778,7 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
                             }
                         },
                         "value" => {
-                            let v = setting(&map["value"], &format!("{at}.value"))?;
+                            let v = setting(&map["value"], &format!("{at}.value"), kind)?;
                             if matches!(v, Setting::Conditional(_)) {
                                 return Err(format!(
                                     "{at}.value nests filters; give a number or a list of numbers"
@@ -852,10 +804,43 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map(Setting::Conditional),
-        other => Err(format!(
+        scalar_value => scalar(scalar_value, at, kind).map(Setting::Value),
+    }
+}
+
+/// One value of a parameter, read as mergekit's pydantic validates it for the parameter's type
+/// (it keeps the YAML scalar and validates it when a tensor needs it): a bool for a
+/// true/false `kind` (as 1 or 0), else a float, which soup-merge also requires to be finite.
+/// A `kind` of `None` is a value mergekit never reads (the base model's own parameters): any
+/// scalar is taken, as 0.
+fn scalar(v: &Value, at: &str, kind: Option<Kind>) -> std::result::Result<f64, String> {
+    let scalar = matches!(v, Value::Bool(_) | Value::Number(_) | Value::String(_));
+    // A string is quoted in the message: `weight: "yes"` is the string, `weight: yes` is 1.
+    let shown = match v {
+        Value::String(s) => format!("the string {:?}", cut(s)),
+        v => show(v),
+    };
+    match kind {
+        _ if !scalar => Err(format!(
             "{at} is {}, not a number, true/false or a list",
-            show(other)
+            show(v)
         )),
+        None => Ok(0.0),
+        Some(Kind::Bool) => pydantic::boolean(v).map(f64::from).ok_or_else(|| {
+            format!(
+                "{at} is {shown}, not true or false (mergekit also takes 1/0, yes/no, on/off): give true or false"
+            )
+        }),
+        Some(Kind::Number { .. }) => match pydantic::float(v) {
+            Some(x) if x.is_finite() => Ok(x),
+            // pydantic takes them, and mergekit would write infinite or NaN tensors.
+            Some(_) => Err(format!(
+                "{at} is {shown}, not a finite number: give a finite number"
+            )),
+            None => Err(format!(
+                "{at} is {shown}, which mergekit refuses for a number: give a number such as 0.5"
+            )),
+        },
     }
 }
 
@@ -979,6 +964,15 @@ fn torch_dtype(name: &str) -> Option<Dtype> {
 /// A value as messages quote it: one line, cut short, since a value can be a list of a
 /// million numbers and the message is one line on a terminal.
 fn show(v: &Value) -> String {
+    if let Value::Tagged(t) = v {
+        // `yaml::load`'s tag for what PyYAML reads as a date.
+        if t.tag == "timestamp" {
+            return format!(
+                "{} (a date in YAML 1.1, as mergekit reads it; quote it for text)",
+                cut(t.value.as_str().unwrap_or_default())
+            );
+        }
+    }
     cut(&serde_yaml::to_string(v)
         .map(|s| s.trim().replace('\n', " "))
         .unwrap_or_else(|_| "?".into()))
@@ -1256,9 +1250,162 @@ mod tests {
         assert_eq!(get(Some(0), "weight", "layers.0.attn.w"), None);
         let e = err("merge_method: linear\nparameters: {weight: lots}\nmodels: [{model: x}]\n");
         assert!(
-            e.contains("parameters.weight") && e.contains("not a number"),
+            e.contains("parameters.weight") && e.contains("refuses for a number"),
             "{e}"
         );
+    }
+
+    /// A number spelt as mergekit 0.1.5 takes it (PyYAML's YAML 1.1 resolves the unquoted
+    /// ones; pydantic reads a string as a float): the value mergekit uses, or refused naming
+    /// the key where mergekit refuses. A quoted "yes" used to be read as 1.
+    #[test]
+    fn a_number_is_read_as_mergekit_reads_it() {
+        let weight = |w: &str| {
+            parse(&format!("merge_method: linear\nparameters: {{normalize: false}}\nmodels:\n  - model: x\n    parameters:\n      weight: {w}\n  - model: y\n    parameters: {{weight: 1}}\n"))
+                .map(|r| r.linear_weights().unwrap().unwrap()[0])
+        };
+        for (w, want) in [
+            ("0.5", 0.5),
+            ("'0.5'", 0.5),
+            ("\" 0.5 \"", 0.5),
+            ("'1e-1'", 0.1),
+            ("1e-1", 0.1),
+            ("'.5'", 0.5),
+            (".5", 0.5),
+            ("1_000", 1000.0),
+            ("'1_000'", 1000.0),
+            ("010", 8.0),
+            ("'010'", 10.0),
+            ("0x10", 16.0),
+            ("+1", 1.0),
+            ("'+1'", 1.0),
+            ("1.", 1.0),
+            ("'1'", 1.0),
+            ("1:30", 90.0),
+            ("yes", 1.0),
+            ("on", 1.0),
+            ("Off", 0.0),
+            ("true", 1.0),
+            ("FALSE", 0.0),
+        ] {
+            assert_eq!(weight(w).unwrap(), want, "{w}");
+        }
+        for (w, says) in [
+            (
+                "'yes'",
+                "is the string \"yes\", which mergekit refuses for a number",
+            ),
+            ("\"true\"", "is the string \"true\", which"),
+            ("y", "is the string \"y\", which"),
+            ("t", "is the string \"t\", which"),
+            ("'t'", "is the string \"t\", which"),
+            ("0o10", "is the string \"0o10\", which"),
+            ("'0x10'", "is the string \"0x10\", which"),
+            ("'1:30'", "is the string \"1:30\", which"),
+            ("'_1'", "is the string \"_1\", which"),
+            ("'1 000'", "is the string \"1 000\", which"),
+            ("2024-01-31", "is 2024-01-31 (a date in YAML 1.1"),
+            ("'inf'", "is the string \"inf\", not a finite number"),
+            (".inf", "is .inf, not a finite number"),
+            (".nan", "not a finite number"),
+            ("1e400", "not a finite number"),
+            (
+                "[0.5, 'on']",
+                "models[0].parameters.weight[1] is the string \"on\", which",
+            ),
+        ] {
+            let e = weight(w).unwrap_err().to_string();
+            assert!(
+                e.contains("models[0].parameters.weight") && e.contains(says),
+                "{w}: {e}"
+            );
+        }
+        // In a filter's value, and in the top-level default, alike.
+        let e = err("merge_method: linear\nparameters: {weight: 'yes'}\nmodels: [{model: x}]\n");
+        assert!(
+            e.contains("parameters.weight is the string \"yes\", which"),
+            "{e}"
+        );
+        let e = err("merge_method: ties\nbase_model: b\nmodels: [{model: x, parameters: {weight: 1, density: [{filter: mlp, value: 'on'}]}}]\n");
+        assert!(
+            e.contains("models[0].parameters.density[0].value is the string \"on\", which"),
+            "{e}"
+        );
+    }
+
+    /// true/false parameters spelt as mergekit 0.1.5 takes them: PyYAML's unquoted
+    /// yes/no/on/off, and pydantic's strings (t/f and y/n among them, in any case) and 0/1.
+    /// t and f used to be refused.
+    #[test]
+    fn a_true_false_parameter_is_read_as_mergekit_reads_it() {
+        let recipes = [
+            ("normalize", "merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}]\n"),
+            ("normalize", "merge_method: ties\nbase_model: b\nmodels: [{model: x, parameters: {weight: 1}}]\n"),
+            ("rescale", "merge_method: dare_ties\nbase_model: b\nmodels: [{model: x, parameters: {weight: 1}}]\n"),
+            ("int8_mask", "merge_method: task_arithmetic\nbase_model: b\nmodels: [{model: x, parameters: {weight: 1}}]\n"),
+            ("filter_wise", "merge_method: model_stock\nbase_model: b\nmodels: [{model: x}, {model: y}]\n"),
+            ("nuslerp_flatten", "merge_method: nuslerp\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n"),
+            ("nuslerp_row_wise", "merge_method: nuslerp\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n"),
+        ];
+        let read = |name: &str, recipe: &str, v: &str| {
+            parse(&format!("{recipe}parameters:\n  {name}: {v}\n"))
+                .map(|r| r.settings.global[name].setting.clone())
+        };
+        for (name, recipe) in recipes {
+            for (v, want) in [
+                ("true", true),
+                ("false", false),
+                ("True", true),
+                ("FALSE", false),
+                ("yes", true),
+                ("no", false),
+                ("on", true),
+                ("off", false),
+                ("y", true),
+                ("n", false),
+                ("t", true),
+                ("f", false),
+                ("T", true),
+                ("'t'", true),
+                ("'f'", false),
+                ("'yes'", true),
+                ("'Off'", false),
+                ("1", true),
+                ("0", false),
+                ("'1'", true),
+                ("'0'", false),
+                ("1.0", true),
+                ("0.0", false),
+                ("[t, f]", true),
+            ] {
+                let got = read(name, recipe, v).unwrap();
+                let want = f64::from(u8::from(want));
+                match got {
+                    Setting::Gradient(list) => assert_eq!(list, [1.0, 0.0], "{name}: {v}"),
+                    got => assert_eq!(got, Setting::Value(want), "{name}: {v}"),
+                }
+            }
+            for v in [
+                "2", "-1", "0.5", "'1.0'", "'2'", "' yes'", "'yes '", "maybe", "''", "null",
+            ] {
+                let e = read(name, recipe, v).unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("parameters.{name} is")) && e.contains("not true or false")
+                        || v == "null" && e.contains("not a number, true/false or a list"),
+                    "{name}: {v}: {e}"
+                );
+            }
+        }
+    }
+
+    /// mergekit never reads the base model's own parameters (they are the models' besides the
+    /// base), so it takes any scalar there; a name the method lacks is still a typo.
+    #[test]
+    fn the_base_entrys_values_are_not_read_as_in_mergekit() {
+        let r = parse("merge_method: ties\nbase_model: b\nmodels:\n  - model: b\n    parameters: {weight: 'yes', density: t}\n  - model: x\n    parameters: {weight: 1}\n").unwrap();
+        assert_eq!(r.models, [PathBuf::from("x")]);
+        let e = err("merge_method: ties\nbase_model: b\nmodels:\n  - model: b\n    parameters: {weight: null}\n  - model: x\n    parameters: {weight: 1}\n");
+        assert!(e.contains("models[0].parameters.weight is null"), "{e}");
     }
 
     #[test]

@@ -1,18 +1,364 @@
-//! A recipe's text read as YAML, refusing in milliseconds what would take the parser minutes or
-//! gigabytes: deep nesting and alias bombs.
+//! A recipe's text read as YAML the way mergekit reads it (PyYAML's `safe_load`, YAML 1.1),
+//! refusing in milliseconds what would take the parser minutes or gigabytes: deep nesting and
+//! alias bombs.
 
 use std::cell::Cell;
 
 use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
 };
+use serde_yaml::value::{Tag, TaggedValue};
+use serde_yaml::{Mapping, Value};
+
+/// Reads a recipe's text into values as PyYAML's `safe_load` gives them to mergekit: YAML 1.1,
+/// where an unquoted `yes`, `off`, `1_000`, `010` (octal) or `1:30` (base 60) is a bool or a
+/// number and `0o10` or `1e3` a string, while a quoted scalar is always a string. `<<: *name`
+/// merge keys are applied. The error is the reason, worded for "the recipe {reason}".
+pub(super) fn load(text: &str) -> Result<Value, String> {
+    check_nesting(text)?;
+    check_expanded_size(text)?;
+    // serde_yaml reads YAML 1.2, where `yes` is a string and `0o10` a number, and its values
+    // don't say whether a scalar was quoted. Its tree gives the document's shape; a second pass
+    // over the same text asks for each scalar as written, and resolves the unquoted ones as
+    // PyYAML does.
+    let shape: Value = serde_yaml::from_str(text).map_err(|e| syntax_error(&e))?;
+    let mut doc = match &shape {
+        Value::Mapping(_) | Value::Sequence(_) => Resolve {
+            shape: &shape,
+            text,
+        }
+        .deserialize(serde_yaml::Deserializer::from_str(text))
+        .map_err(|e| format!("is not valid YAML as mergekit reads it: {e}"))?,
+        // Not a recipe, which the caller says.
+        _ => shape,
+    };
+    doc.apply_merge()
+        .map_err(|e| format!("is not valid YAML: {e}"))?;
+    Ok(doc)
+}
+
+/// A parse error, worded for "the recipe {reason}".
+fn syntax_error(e: &serde_yaml::Error) -> String {
+    let e = e.to_string();
+    if e.contains("as u128") || e.contains("as i128") {
+        // serde_yaml holds integers in 64 bits and words a larger one as a type error.
+        format!("{e}: {PAST_64_BITS}")
+    } else if e.contains("more than one document") {
+        // Valid YAML, which mergekit-yaml refuses too; mergekit-multi chains such documents,
+        // each merge feeding the next.
+        "holds several YAML documents (separated by ---), and a recipe is one merge; a mergekit-multi file chains merges: run each document as its own recipe, giving each the path of the merge it uses".into()
+    } else {
+        format!("is not valid YAML: {e}")
+    }
+}
+
+const PAST_64_BITS: &str =
+    "the number is past 64 bits; every whole number in a recipe (a random_seed, say) is below 2^64";
+
+/// The second pass of [`load`]: the value at `shape`'s place in the document, read again from
+/// `text` with each scalar as written.
+struct Resolve<'s, 'de> {
+    shape: &'s Value,
+    text: &'de str,
+}
+
+impl<'s, 'de> Resolve<'s, 'de> {
+    fn at(&self, shape: &'s Value) -> Resolve<'s, 'de> {
+        Resolve {
+            shape,
+            text: self.text,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Resolve<'_, 'de> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        match self.shape {
+            Value::Sequence(_) => d.deserialize_seq(self),
+            Value::Mapping(_) => d.deserialize_map(self),
+            Value::Tagged(t) => Err(de::Error::custom(format!(
+                "the tag {} is not one PyYAML's safe loader reads (mergekit refuses the file): remove it",
+                t.tag
+            ))),
+            _ => d.deserialize_str(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Resolve<'_, 'de> {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("the value the first reading found here")
+    }
+    // serde_yaml hands over a scalar written on one line without escapes as a slice of the
+    // text: a quoted one without its quotes.
+    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Value, E> {
+        if quoted(self.text, s) {
+            Ok(Value::String(s.to_string()))
+        } else {
+            plain(s).map_err(E::custom)
+        }
+    }
+    // Any other scalar is a block scalar, a quoted one with escapes or line breaks, or a plain
+    // one over several lines, whose folded text (holding a space) PyYAML resolves to no number
+    // or bool either.
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let Value::Sequence(items) = self.shape else {
+            return Err(de::Error::custom(
+                "the document changed between two readings",
+            ));
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match seq.next_element_seed(self.at(item))? {
+                Some(v) => out.push(v),
+                None => {
+                    return Err(de::Error::custom(
+                        "the document changed between two readings",
+                    ))
+                }
+            }
+        }
+        Ok(Value::Sequence(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let Value::Mapping(entries) = self.shape else {
+            return Err(de::Error::custom(
+                "the document changed between two readings",
+            ));
+        };
+        let mut out = Mapping::with_capacity(entries.len());
+        for (key, value) in entries {
+            let Some(key) = map.next_key_seed(self.at(key))? else {
+                return Err(de::Error::custom(
+                    "the document changed between two readings",
+                ));
+            };
+            // Keys that YAML 1.1 reads alike (yes and on) are one key, the last value winning,
+            // as in PyYAML; such keys are no strings, which a recipe's keys must be.
+            out.insert(key, map.next_value_seed(self.at(value))?);
+        }
+        Ok(Value::Mapping(out))
+    }
+}
+
+/// Whether `s`, a slice of `text`, is the inside of a quoted scalar. A slice from elsewhere
+/// (which serde_yaml doesn't hand over) counts as quoted: read as a string, it can only be
+/// refused where a number is needed, never read as one.
+fn quoted(text: &str, s: &str) -> bool {
+    let start = (s.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    if start > text.len() || start == 0 {
+        return start != 0;
+    }
+    let bytes = text.as_bytes();
+    match (bytes[start - 1], bytes.get(start + s.len())) {
+        (q @ (b'"' | b'\''), Some(&end)) => q == end,
+        _ => false,
+    }
+}
+
+/// A plain (unquoted) scalar as PyYAML's resolver and `SafeLoader`'s constructors read it:
+/// YAML 1.1's null, bool, float, int and timestamp forms, else a string.
+fn plain(s: &str) -> Result<Value, String> {
+    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let negative = s.starts_with('-');
+    Ok(match s {
+        "" | "~" | "null" | "Null" | "NULL" => Value::Null,
+        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => Value::Bool(true),
+        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
+            Value::Bool(false)
+        }
+        // The merge key, which `load` applies.
+        "<<" => Value::String(s.to_string()),
+        // YAML 1.1's "value" key, which PyYAML's safe loader has no constructor for.
+        "=" => {
+            return Err(
+                "an unquoted = is a YAML 1.1 tag PyYAML can't read, so mergekit refuses the file: quote it".into(),
+            )
+        }
+        _ if yaml11_float(s) => {
+            let digits = unsigned.replace('_', "").to_ascii_lowercase();
+            let x = match digits.as_str() {
+                ".inf" => f64::INFINITY,
+                ".nan" => f64::NAN,
+                d if d.contains(':') => base_60(d, |part| part.parse::<f64>().ok())
+                    .ok_or_else(|| format!("{s} is not a number PyYAML can read: quote it"))?,
+                d => d
+                    .parse::<f64>()
+                    .map_err(|_| format!("{s} is not a number PyYAML can read: quote it"))?,
+            };
+            Value::Number(if negative { -x } else { x }.into())
+        }
+        _ if yaml11_int(s) => {
+            let digits = unsigned.replace('_', "");
+            let magnitude = if let Some(binary) = digits.strip_prefix("0b") {
+                u128::from_str_radix(binary, 2).ok()
+            } else if let Some(hex) = digits.strip_prefix("0x") {
+                u128::from_str_radix(hex, 16).ok()
+            } else if digits.contains(':') {
+                base_60(&digits, |part| part.parse::<u128>().ok())
+            } else if digits.starts_with('0') {
+                u128::from_str_radix(&digits, 8).ok()
+            } else {
+                digits.parse::<u128>().ok()
+            };
+            // `0x_` is PyYAML's int, whose constructor fails on no digits.
+            let magnitude =
+                magnitude.ok_or_else(|| format!("{s} is not a number PyYAML can read: quote it"))?;
+            let number = if negative {
+                i64::try_from(magnitude)
+                    .ok()
+                    .map(|m| serde_yaml::Number::from(-m))
+                    .or((magnitude == 1 << 63).then(|| i64::MIN.into()))
+            } else {
+                u64::try_from(magnitude).ok().map(serde_yaml::Number::from)
+            };
+            Value::Number(number.ok_or_else(|| format!("{s}: {PAST_64_BITS}"))?)
+        }
+        // A date (mergekit's pydantic models take it for no number, path or name).
+        _ if yaml11_timestamp(s) => Value::Tagged(Box::new(TaggedValue {
+            tag: Tag::new("timestamp"),
+            value: Value::String(s.to_string()),
+        })),
+        _ => Value::String(s.to_string()),
+    })
+}
+
+/// `d`'s parts between colons read by `part`, as digits of base 60 (YAML 1.1's `1:30` is 90),
+/// summed in PyYAML's order.
+fn base_60<T>(d: &str, part: impl Fn(&str) -> Option<T>) -> Option<T>
+where
+    T: Copy + From<u8> + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
+{
+    let mut value = T::from(0);
+    let mut place = T::from(1);
+    for digit in d.rsplit(':') {
+        value = value + part(digit)? * place;
+        place = place * T::from(60);
+    }
+    Some(value)
+}
+
+/// Decimal digits and underscores, at least one digit first: `[0-9][0-9_]*`, or with `first`
+/// `[1-9][0-9_]*`.
+fn digits_from(s: &str, first: std::ops::RangeInclusive<u8>) -> bool {
+    s.as_bytes().first().is_some_and(|b| {
+        first.contains(b) && s[1..].bytes().all(|b| b.is_ascii_digit() || b == b'_')
+    })
+}
+
+/// A base-60 digit after a colon: `[0-5]?[0-9]`.
+fn sexagesimal_digit(s: &str) -> bool {
+    match s.as_bytes() {
+        [d] => d.is_ascii_digit(),
+        [t, d] => (b'0'..=b'5').contains(t) && d.is_ascii_digit(),
+        _ => false,
+    }
+}
+
+/// `head(:[0-5]?[0-9])+`: at least one colon, each part after one a base-60 digit.
+fn sexagesimal(s: &str, head: impl Fn(&str) -> bool) -> bool {
+    let mut parts = s.split(':');
+    let first = parts.next().is_some_and(head);
+    let mut rest = parts.peekable();
+    first && rest.peek().is_some() && rest.all(sexagesimal_digit)
+}
+
+/// PyYAML's float pattern (YAML 1.1): a dot is required, an exponent needs its sign.
+fn yaml11_float(s: &str) -> bool {
+    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let fraction = |f: &str| f.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    let (mantissa, exponent) = match s.find(['e', 'E']) {
+        Some(at) => (&s[..at], &s[at + 1..]),
+        None => (s, ""),
+    };
+    let exponent_ok = exponent.is_empty()
+        || exponent
+            .strip_prefix(['-', '+'])
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+    let signed_mantissa = mantissa.strip_prefix(['-', '+']).unwrap_or(mantissa);
+    // [-+]?[0-9][0-9_]*\.[0-9_]*([eE][-+][0-9]+)?
+    let decimal = exponent_ok
+        && signed_mantissa
+            .split_once('.')
+            .is_some_and(|(i, f)| digits_from(i, b'0'..=b'9') && fraction(f));
+    // \.[0-9][0-9_]*([eE][-+][0-9]+)? (no sign)
+    let bare = exponent_ok
+        && mantissa
+            .strip_prefix('.')
+            .is_some_and(|f| digits_from(f, b'0'..=b'9'));
+    // [-+]?[0-9][0-9_]*(:[0-5]?[0-9])+\.[0-9_]*
+    let base_60 = unsigned.split_once('.').is_some_and(|(whole, f)| {
+        fraction(f) && sexagesimal(whole, |h| digits_from(h, b'0'..=b'9'))
+    });
+    decimal
+        || bare
+        || base_60
+        || matches!(unsigned, ".inf" | ".Inf" | ".INF")
+        || matches!(s, ".nan" | ".NaN" | ".NAN")
+}
+
+/// PyYAML's int pattern (YAML 1.1): binary, octal after a leading 0, decimal, hex, base 60.
+fn yaml11_int(s: &str) -> bool {
+    let u = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let radix = |prefix: &str, digit: fn(u8) -> bool| {
+        u.strip_prefix(prefix)
+            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b == b'_' || digit(b)))
+    };
+    radix("0b", |b| matches!(b, b'0' | b'1'))
+        || radix("0", |b| (b'0'..=b'7').contains(&b))
+        || radix("0x", |b| b.is_ascii_hexdigit())
+        || u == "0"
+        || digits_from(u, b'1'..=b'9')
+        || sexagesimal(u, |h| digits_from(h, b'1'..=b'9'))
+}
+
+/// PyYAML's timestamp pattern: `2024-01-31`, or a date with a time.
+fn yaml11_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digit = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    if b.len() == 10
+        && (0..10).all(|i| {
+            if i == 4 || i == 7 {
+                b[i] == b'-'
+            } else {
+                digit(i)
+            }
+        })
+    {
+        return true;
+    }
+    // [0-9]{4}-[0-9][0-9]?-[0-9][0-9]?([Tt]|[ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9]...
+    let Some((date, time)) = s.split_once(['T', 't', ' ', '\t']) else {
+        return false;
+    };
+    let mut date = date.split('-');
+    let field = |f: Option<&str>, lens: std::ops::RangeInclusive<usize>| {
+        f.is_some_and(|f| lens.contains(&f.len()) && f.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let time = time.trim_start_matches([' ', '\t']);
+    let mut clock = time.splitn(3, ':');
+    field(date.next(), 4..=4)
+        && field(date.next(), 1..=2)
+        && field(date.next(), 1..=2)
+        && date.next().is_none()
+        && field(clock.next(), 1..=2)
+        && field(clock.next(), 2..=2)
+        && clock
+            .next()
+            .is_some_and(|sec| sec.len() >= 2 && sec.as_bytes()[..2].iter().all(u8::is_ascii_digit))
+}
 
 /// The deepest nesting of brackets or indentation accepted: real recipes nest four or five
 /// levels. The YAML parser's time grows with the square of the nesting, so a deep file is
 /// refused before it is parsed.
 const MAX_NESTING: usize = 32;
 
-pub(super) fn check_nesting(text: &str) -> std::result::Result<(), String> {
+fn check_nesting(text: &str) -> std::result::Result<(), String> {
     let too_deep = || {
         format!(
             "nests deeper than {MAX_NESTING} levels; a mergekit recipe nests a few levels: is this the right file?"
@@ -158,7 +504,7 @@ const MAX_VALUES: usize = 1 << 20;
 /// Counts the values of `text`, aliases expanded, without building them, so that a bomb is
 /// refused after `MAX_VALUES` cheap steps rather than after allocating its tree. Any other
 /// error is left to the real parse, which words it.
-pub(super) fn check_expanded_size(text: &str) -> std::result::Result<(), String> {
+fn check_expanded_size(text: &str) -> std::result::Result<(), String> {
     let count = Cell::new(0);
     let counter = Count {
         count: &count,
@@ -298,5 +644,103 @@ mod tests {
         // The private-use marker in the text itself could fake a confirmation.
         let marked = format!("chat_template: |\n{deep}  {MARK_OPEN}0{MARK_CLOSE}\n");
         assert!(check_nesting(&marked).is_err());
+    }
+
+    /// Each plain scalar as PyYAML 6.0 (mergekit 0.1.5's) `safe_load` reads it.
+    #[test]
+    fn plain_scalars_resolve_as_pyyaml_reads_them() {
+        let int = |i: i64| Value::Number(i.into());
+        let float = |x: f64| Value::Number(x.into());
+        let text = |s: &str| Value::String(s.into());
+        for (s, want) in [
+            ("yes", Value::Bool(true)),
+            ("On", Value::Bool(true)),
+            ("NO", Value::Bool(false)),
+            ("off", Value::Bool(false)),
+            ("True", Value::Bool(true)),
+            ("y", text("y")),
+            ("n", text("n")),
+            ("t", text("t")),
+            ("f", text("f")),
+            ("yEs", text("yEs")),
+            ("1_000", int(1000)),
+            ("1__0", int(10)),
+            ("1_", int(1)),
+            ("0_1", int(1)),
+            ("010", int(8)),
+            ("00", int(0)),
+            ("09", text("09")),
+            ("0x10", int(16)),
+            ("0x_1", int(1)),
+            ("-0x10", int(-16)),
+            ("0b10", int(2)),
+            ("-0b11", int(-3)),
+            ("0o10", text("0o10")),
+            ("+1", int(1)),
+            ("-0", int(0)),
+            ("1:30", int(90)),
+            ("1:60", text("1:60")),
+            ("1.", float(1.0)),
+            (".5", float(0.5)),
+            ("-.5", text("-.5")),
+            ("1_000.5", float(1000.5)),
+            ("1.5e+3", float(1500.0)),
+            ("1.0e5", text("1.0e5")),
+            ("1e-1", text("1e-1")),
+            ("1e400", text("1e400")),
+            ("190:20:30.15", float(685230.15)),
+            ("-.inf", float(f64::NEG_INFINITY)),
+            ("+.INF", float(f64::INFINITY)),
+            ("inf", text("inf")),
+            ("~", Value::Null),
+            ("Null", Value::Null),
+            ("1 000", text("1 000")),
+            ("_1", text("_1")),
+        ] {
+            let doc = load(&format!("v: {s}\n")).unwrap();
+            assert_eq!(doc["v"], want, "{s:?}");
+        }
+        let doc = load("v: .NaN\n").unwrap();
+        assert!(doc["v"].as_f64().unwrap().is_nan());
+        assert!(matches!(
+            load("v: 2024-01-31\n").unwrap()["v"],
+            Value::Tagged(_)
+        ));
+        assert!(matches!(
+            load("v: 2024-1-31 10:00:00\n").unwrap()["v"],
+            Value::Tagged(_)
+        ));
+        for s in ["=", "0x_", "0b_"] {
+            let e = load(&format!("v: {s}\n")).unwrap_err();
+            assert!(e.contains("quote it") && e.contains("line 1"), "{s:?}: {e}");
+        }
+        let e = load("v: 0x1_0000_0000_0000_0000\n").unwrap_err();
+        assert!(e.contains("past 64 bits"), "{e}");
+    }
+
+    /// A quoted scalar is a string whatever it holds, in any position: a key, a list, a flow
+    /// mapping, behind an anchor.
+    #[test]
+    fn quoted_scalars_stay_strings() {
+        let doc = load(
+            "a: 'yes'\nb: \"1_000\"\nc: [\"on\", '010', yes]\nd: {e: '', f: \"0x10\"}\ng: &x 'off'\nh: *x\n'on': \"a\\x41\"\nk: |\n  yes\n",
+        )
+        .unwrap();
+        let text = |s: &str| Value::String(s.into());
+        assert_eq!(doc["a"], text("yes"));
+        assert_eq!(doc["b"], text("1_000"));
+        assert_eq!(
+            doc["c"],
+            Value::Sequence(vec![text("on"), text("010"), Value::Bool(true)])
+        );
+        assert_eq!(doc["d"]["e"], text(""));
+        assert_eq!(doc["d"]["f"], text("0x10"));
+        assert_eq!(doc["h"], text("off"));
+        assert_eq!(doc["on"], text("aA"));
+        assert_eq!(doc["k"], text("yes\n"));
+        // An unquoted key is resolved like any scalar; merge keys still apply.
+        let doc = load("yes: 1\nbase: &b {w: 1_0}\nm:\n  <<: *b\n").unwrap();
+        assert_eq!(doc[&Value::Bool(true)], Value::Number(1.into()));
+        assert_eq!(doc["m"]["w"], Value::Number(10.into()));
     }
 }
