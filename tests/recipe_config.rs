@@ -878,6 +878,12 @@ fn one_slice_of_whole_models_merges_as_the_models_recipe_does() {
             format!("merge_method: linear\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 6], parameters: {{weight: 1}}}}\n      - {{model: {b}, layer_range: [0, 6], parameters: {{weight: 3}}}}\n"),
             format!("merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1}}}}\n  - {{model: {b}, parameters: {{weight: 3}}}}\n"),
         ),
+        // mergekit's layer_range is pydantic's Tuple[int, int], which reads quoted numbers
+        // (these used to be refused).
+        (
+            format!("merge_method: linear\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [\"0\", \"6\"], parameters: {{weight: 1}}}}\n      - {{model: {b}, layer_range: ['0', 6.0], parameters: {{weight: '3'}}}}\n"),
+            format!("merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1}}}}\n  - {{model: {b}, parameters: {{weight: 3}}}}\n"),
+        ),
     ];
     for (i, (sliced, listed)) in cases.iter().enumerate() {
         let mut outs = Vec::new();

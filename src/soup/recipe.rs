@@ -660,15 +660,21 @@ impl<'a> Ingredients<'a> {
                     "slices[0].sources[{i}] has no layer_range; give [0, LAYERS] to merge every layer"
                 ));
             };
+            // mergekit's `Tuple[int, int]`, which takes ["0", "8"] and [0, 8.0] as [0, 8].
             let bounds = range
                 .as_sequence()
                 .filter(|r| r.len() == 2)
-                .and_then(|r| Some((r[0].as_u64()?, r[1].as_u64()?)));
+                .and_then(|r| Some((pydantic::int(&r[0])?, pydantic::int(&r[1])?)));
             let end = match bounds {
-                Some((0, end)) if end > 0 => end,
-                Some((start, end)) => {
+                Some((0, end)) if end > 0 => end as u64,
+                Some((start, end)) if 0 <= start && start <= end => {
                     return Err(format!(
                         "{at} is [{start}, {end}], part of the layers; soup-merge merges whole models: give [0, LAYERS], or use mergekit to build a model from some layers"
+                    ))
+                }
+                Some((start, end)) => {
+                    return Err(format!(
+                        "{at} is [{start}, {end}], no range of layers: give [0, LAYERS]"
                     ))
                 }
                 None => {
@@ -1147,6 +1153,29 @@ mod tests {
         );
     }
 
+    /// mergekit's `layer_range` is pydantic's `Tuple[int, int]`: quoted whole numbers, floats
+    /// without a fraction and bools are its ints. Quoted ones used to be refused.
+    #[test]
+    fn a_layer_range_takes_the_whole_numbers_mergekit_takes() {
+        for range in [
+            "[0, 32]",
+            "['0', '32']",
+            "[\"0\", \" 32 \"]",
+            "[0, 32.0]",
+            "['0', '32.0']",
+            "[false, '3_2']",
+            "[0x0, 0x20]",
+            "[0, 040]",
+        ] {
+            let r = parse(&SLICED_SLERP.replace("[0, 32]", range)).unwrap();
+            assert_eq!(
+                r.slice_layers,
+                Some((32, "slices[0].sources[0].layer_range".into())),
+                "{range}"
+            );
+        }
+    }
+
     #[test]
     fn a_tokenizer_source_names_one_of_the_models() {
         let with = |extra: &str| {
@@ -1204,7 +1233,12 @@ mod tests {
             (sources(&["layer_range: [2, 4]"]), &["slices[0].sources[0].layer_range is [2, 4]", "part of the layers"][..]),
             (sources(&["layer_range: [0, 0]"]), &["part of the layers"][..]),
             (sources(&["layer_range: [0]"]), &["not two whole numbers"][..]),
-            (sources(&["layer_range: [0, -1]"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: [0, -1]"]), &["is [0, -1], no range of layers: give [0, LAYERS]"][..]),
+            (sources(&["layer_range: [0, 4.5]"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: ['0', 'four']"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: ['0', '4', '8']"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: '0, 4'"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: [0, 4]", "layer_range: ['0', '6']"]), &["slices[0].sources[1].layer_range ends at 6"][..]),
             (sources(&["layer_range: 4"]), &["not two whole numbers"][..]),
             (sources(&["parameters: {weight: 1}"]), &["slices[0].sources[0] has no layer_range"][..]),
             (sources(&["layer_range: [0, 4], revision: main"]), &["slices[0].sources[0].revision is not supported"][..]),

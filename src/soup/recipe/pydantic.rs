@@ -39,6 +39,35 @@ pub fn boolean(v: &Value) -> Option<bool> {
     }
 }
 
+/// pydantic's `int` (within 64 bits): a whole number, a bool, a float without a fraction, or a
+/// string of a whole number, trimmed, whose fraction may only be zeros (`"8.0"` is 8, `"8."`
+/// is not).
+pub fn int(v: &Value) -> Option<i64> {
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
+    match v {
+        Value::Bool(b) => Some(i64::from(*b)),
+        Value::Number(n) => n.as_i64().or_else(|| {
+            let x = n.as_f64()?;
+            (x.fract() == 0.0 && x.abs() < LIMIT).then_some(x as i64)
+        }),
+        Value::String(s) => {
+            let s = s.trim();
+            let whole = match s.split_once('.') {
+                Some((whole, zeros)) if !zeros.is_empty() && zeros.bytes().all(|b| b == b'0') => {
+                    whole
+                }
+                Some(_) => return None,
+                None => s,
+            };
+            whole
+                .parse()
+                .ok()
+                .or_else(|| without_underscores(whole)?.parse().ok())
+        }
+        _ => None,
+    }
+}
+
 /// The text without its underscores, where none starts or ends it or follows another.
 fn without_underscores(s: &str) -> Option<String> {
     (!s.starts_with('_') && !s.ends_with('_') && !s.contains("__")).then(|| s.replace('_', ""))
@@ -133,6 +162,42 @@ mod tests {
             (Value::Null, None),
         ] {
             assert_eq!(boolean(&v), want, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn whole_numbers_read_as_pydantic_reads_them() {
+        for (v, want) in [
+            (text("8"), Some(8)),
+            (text(" 8 "), Some(8)),
+            (text("\u{3000}8\n"), Some(8)),
+            (text("8.0"), Some(8)),
+            (text("8.00"), Some(8)),
+            (text("08"), Some(8)),
+            (text("+8"), Some(8)),
+            (text("-0.0"), Some(0)),
+            (text("1_000"), Some(1000)),
+            (text("1_0.0"), Some(10)),
+            (text("8."), None),
+            (text(".0"), None),
+            (text("8.5"), None),
+            (text("8.0_0"), None),
+            (text("_8"), None),
+            (text("0x10"), None),
+            (text("1e1"), None),
+            (text("\u{ff18}"), None),
+            (Value::Bool(true), Some(1)),
+            (Value::Bool(false), Some(0)),
+            (Value::Number(8.into()), Some(8)),
+            (Value::Number(8.0.into()), Some(8)),
+            (Value::Number((-0.0).into()), Some(0)),
+            (Value::Number(8.5.into()), None),
+            (Value::Number(9e18.into()), Some(9_000_000_000_000_000_000)),
+            (Value::Number(9.3e18.into()), None),
+            (Value::Number(f64::NAN.into()), None),
+            (Value::Null, None),
+        ] {
+            assert_eq!(int(&v), want, "{v:?}");
         }
     }
 }
