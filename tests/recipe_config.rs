@@ -797,12 +797,16 @@ fn a_block_scalar_chat_template_nests_nothing_but_a_fake_one_hides_no_bomb() {
     }
     let bomb = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
     for fake in [
-        format!("a:\n  key: \"abc\nx: |\n  \"\n  b: {bomb}\n"),
-        format!("key: \"abc\n x: |\n  \" {bomb}\n"),
-        format!("key: 'it''s\n x: >\n  '\n  {bomb}\n"),
-        format!("chat_template: [ \"]\",\n  x: |\n   {bomb}\n"),
+        "a:\n  key: \"abc\nx: |\n  \"\n  b: BOMB\n",
+        "key: \"abc\n x: |\n  \" BOMB\n",
+        "key: 'it''s\n x: >\n  '\n  BOMB\n",
+        "chat_template: [ \"]\",\n  x: |\n   BOMB\n",
     ] {
-        let r = recipe(tmp.path(), "fake.yaml", &format!("{head}{fake}"));
+        let r = recipe(
+            tmp.path(),
+            "fake.yaml",
+            &format!("{head}{fake}").replace("BOMB", &bomb),
+        );
         let start = std::time::Instant::now();
         let o = run_merge(&[&"--config", &r, &"--dry-run"]);
         assert!(
@@ -811,11 +815,23 @@ fn a_block_scalar_chat_template_nests_nothing_but_a_fake_one_hides_no_bomb() {
             start.elapsed()
         );
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-        assert!(
-            stderr(&o).contains("nests deeper than 32 levels"),
-            "{}",
-            stderr(&o)
+        // Refused as deep, unless the text is wrong YAML before the bomb: then the message is
+        // the one for the same text with a shallow list in its place.
+        let shallow = recipe(
+            tmp.path(),
+            "fake.yaml",
+            &format!("{head}{fake}").replace("BOMB", "[[1]]"),
         );
+        let shallow = stderr(&run_merge(&[&"--config", &shallow, &"--dry-run"]));
+        if shallow.contains("is not valid YAML") {
+            assert_eq!(stderr(&o), shallow);
+        } else {
+            assert!(
+                stderr(&o).contains("nests deeper than 32 levels"),
+                "{}",
+                stderr(&o)
+            );
+        }
     }
 }
 
@@ -1333,4 +1349,50 @@ fn the_base_entrys_own_values_are_not_read() {
         .map(|i| i["weight"].as_f64())
         .collect();
     assert_eq!(weights, [None, Some(0.5)]);
+}
+
+/// A recipe whose chat template is a deep block scalar, with a YAML mistake elsewhere, is
+/// refused with the parser's own words for the mistake, at its line and column, as it is
+/// beside a shallow template (it used to read "nests deeper than 32 levels"); a bracket bomb
+/// beside the same template is still refused as deep, at once.
+#[test]
+fn a_yaml_mistake_beside_a_block_scalar_template_is_named_where_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ft = repo_root().join("fixtures/models/ft-lr2e-3.safetensors");
+    let mut template = String::from("chat_template: |\n");
+    for i in 0..40 {
+        template += &format!("  {}{{%- if tools[{i}] %}}{{\"name\": [\n", "  ".repeat(i));
+    }
+    // The same lines without a bracket, which the nesting check passes at once.
+    let shallow = template.replace(['[', ']', '{', '}'], "(");
+    let head = format!(
+        "merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 1}}\n",
+        ft.display()
+    );
+    // A missing space after a colon, and an unclosed flow list, on line 46.
+    let mistakes = [
+        |head: &str, t: &str| format!("{head}{t}dtype:bfloat16\nout_dtype: float32\n"),
+        |head: &str, t: &str| format!("{t}{head}dtype: [bfloat16\n"),
+    ];
+    for mistake in mistakes {
+        let error = |t: &str| {
+            let r = recipe(tmp.path(), "bad.yaml", &mistake(&head, t));
+            stderr(&run_merge(&[&"--config", &r, &"--dry-run"]))
+        };
+        let want = error(&shallow);
+        assert!(
+            want.contains("is not valid YAML") && want.contains("line 46 column"),
+            "{want}"
+        );
+        refused(tmp.path(), &mistake(&head, &template), &[]);
+        assert_eq!(error(&template), want);
+    }
+    let bomb = format!(
+        "{head}{template}dtype: {}{}\n",
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    );
+    let start = std::time::Instant::now();
+    refused(tmp.path(), &bomb, &["nests deeper than 32 levels"]);
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
 }

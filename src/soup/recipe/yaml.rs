@@ -399,17 +399,34 @@ fn check_nesting(text: &str) -> std::result::Result<(), String> {
         }
     }
     let found = std::cell::RefCell::new(vec![false; marks]);
-    let count = Cell::new(0);
-    let seen = Count {
-        count: &count,
-        marks: Some(&found),
+    match walk(&masked, Some(&found)) {
+        Ok(()) if found.into_inner().iter().all(|&f| f) => Ok(()),
+        Ok(()) => Err(too_deep()),
+        // A YAML error elsewhere in the file (or an alias bomb) is what to report, at its own
+        // line and column, which the markers shift: it is found again with the scalars'
+        // brackets blanked instead, as cheap to parse. If that text parses, only the markers
+        // broke it: the lines were no block scalar, and their brackets nest.
+        Err(_) => match walk(&blanked(text, &scalars), None) {
+            Err(reason) => Err(reason),
+            Ok(()) => Err(too_deep()),
+        },
     }
-    .deserialize(serde_yaml::Deserializer::from_str(&masked));
-    if seen.is_ok() && found.into_inner().iter().all(|&f| f) {
-        Ok(())
-    } else {
-        Err(too_deep())
-    }
+}
+
+/// `text` with the brackets of the lines `scalars` marks replaced by `.`, one byte for one, so
+/// that every line and column stays where it was. A `.` means nothing to YAML, even after a
+/// backslash (`"\["` is as wrong an escape as `"\."`).
+fn blanked(text: &str, scalars: &[bool]) -> String {
+    text.split_inclusive('\n')
+        .enumerate()
+        .map(|(i, line)| {
+            if scalars.get(i) == Some(&true) {
+                line.replace(['[', ']', '{', '}'], ".")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The markers that stand in for a block scalar's brackets while `check_nesting` checks that
@@ -505,16 +522,31 @@ const MAX_VALUES: usize = 1 << 20;
 /// refused after `MAX_VALUES` cheap steps rather than after allocating its tree. Any other
 /// error is left to the real parse, which words it.
 fn check_expanded_size(text: &str) -> std::result::Result<(), String> {
-    let count = Cell::new(0);
-    let counter = Count {
-        count: &count,
-        marks: None,
-    };
-    match counter.deserialize(serde_yaml::Deserializer::from_str(text)) {
-        Err(_) if count.get() > MAX_VALUES => Err(format!(
-            "expands to more than {MAX_VALUES} values through its aliases (*name); a mergekit recipe holds a few hundred: remove the aliases, or is this the right file?"
-        )),
+    match walk(text, None) {
+        Err(reason) if reason == too_many_values() => Err(reason),
         _ => Ok(()),
+    }
+}
+
+fn too_many_values() -> String {
+    format!(
+        "expands to more than {MAX_VALUES} values through its aliases (*name); a mergekit recipe holds a few hundred: remove the aliases, or is this the right file?"
+    )
+}
+
+/// Parses `text` without building its values, counting them (and noting `marks`, see
+/// [`Count`]): the error is `too_many_values` past `MAX_VALUES`, else the parser's.
+fn walk(text: &str, marks: Option<&std::cell::RefCell<Vec<bool>>>) -> Result<(), String> {
+    let count = Cell::new(0);
+    match (Count {
+        count: &count,
+        marks,
+    })
+    .deserialize(serde_yaml::Deserializer::from_str(text))
+    {
+        Ok(()) => Ok(()),
+        Err(_) if count.get() > MAX_VALUES => Err(too_many_values()),
+        Err(e) => Err(syntax_error(&e)),
     }
 }
 
@@ -644,6 +676,39 @@ mod tests {
         // The private-use marker in the text itself could fake a confirmation.
         let marked = format!("chat_template: |\n{deep}  {MARK_OPEN}0{MARK_CLOSE}\n");
         assert!(check_nesting(&marked).is_err());
+    }
+
+    /// A YAML error away from a deep block scalar is reported where it is, as it would be
+    /// without the scalar; it used to read as "nests deeper than 32 levels".
+    #[test]
+    fn a_yaml_error_beside_a_block_scalar_is_named_at_its_line_and_column() {
+        let deep: String = (0..40)
+            .map(|i| format!("{}{{%- if a[{i}] %}}\n", " ".repeat(2 + 2 * i)))
+            .collect();
+        let broken = "merge_method: linear\ndtype: bfloat16: x\nmodels: [{model: x}]\n";
+        let plain = load(broken).unwrap_err();
+        assert!(plain.contains("line 2 column 16"), "{plain}");
+        for text in [
+            format!("{broken}chat_template: |\n{deep}"),
+            format!("chat_template: |\n{deep}{broken}"),
+        ] {
+            let e = load(&text).unwrap_err();
+            assert!(
+                e.starts_with("is not valid YAML: mapping values are not allowed"),
+                "{e}"
+            );
+            let line = text
+                .lines()
+                .position(|l| l.contains("bfloat16: x"))
+                .unwrap()
+                + 1;
+            assert!(e.contains(&format!("line {line} column 16")), "{e}");
+        }
+        // An error inside the scalar's own lines is named at its own column too: a bad
+        // escape in a quoted "scalar".
+        let text = format!("a: \"x\nb: |\n{deep}  \\[\"\n");
+        let e = load(&text).unwrap_err();
+        assert!(e.contains("unknown escape") || e.contains("escape"), "{e}");
     }
 
     /// Each plain scalar as PyYAML 6.0 (mergekit 0.1.5's) `safe_load` reads it.
