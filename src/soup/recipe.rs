@@ -1,6 +1,8 @@
 //! mergekit recipe files (`--config recipe.yaml`): a merge's YAML validated into a `Recipe`
 //! against the registered method's parameters. A key, value or method soup-merge doesn't
-//! support is an error naming it, never silently ignored.
+//! support is an error naming it, never silently ignored. Values mean what they mean to
+//! mergekit: the text is YAML 1.1 as PyYAML reads it (`yaml`), and each parameter's value is
+//! converted for its type as pydantic converts it (`pydantic`).
 //!
 //! The keys read are mergekit's own, with its meanings and defaults:
 //!
