@@ -185,7 +185,7 @@ fn plain(s: &str) -> Result<Value, String> {
             let x = match digits.as_str() {
                 ".inf" => f64::INFINITY,
                 ".nan" => f64::NAN,
-                d if d.contains(':') => base_60(d, |part| part.parse::<f64>().ok())
+                d if d.contains(':') => base_60_float(d)
                     .ok_or_else(|| format!("{s} is not a number PyYAML can read: quote it"))?,
                 d => d
                     .parse::<f64>()
@@ -195,20 +195,26 @@ fn plain(s: &str) -> Result<Value, String> {
         }
         _ if yaml11_int(s) => {
             let digits = unsigned.replace('_', "");
-            let magnitude = if let Some(binary) = digits.strip_prefix("0b") {
-                u128::from_str_radix(binary, 2).ok()
+            let (radix, body) = if let Some(binary) = digits.strip_prefix("0b") {
+                (2, binary)
             } else if let Some(hex) = digits.strip_prefix("0x") {
-                u128::from_str_radix(hex, 16).ok()
-            } else if digits.contains(':') {
-                base_60(&digits, |part| part.parse::<u128>().ok())
+                (16, hex)
             } else if digits.starts_with('0') {
-                u128::from_str_radix(&digits, 8).ok()
+                (8, digits.as_str())
             } else {
-                digits.parse::<u128>().ok()
+                (10, digits.as_str())
             };
-            // `0x_` is PyYAML's int, whose constructor fails on no digits.
-            let magnitude =
-                magnitude.ok_or_else(|| format!("{s} is not a number PyYAML can read: quote it"))?;
+            let magnitude = if body.is_empty() {
+                // `0x_` is PyYAML's int, whose constructor fails on no digits.
+                return Err(format!("{s} is not a number PyYAML can read: quote it"));
+            } else if body.contains(':') {
+                base_60_int(body)
+            } else {
+                // The pattern let only the radix's digits through: this fails on size alone.
+                u128::from_str_radix(body, radix).ok()
+            };
+            let too_big = || format!("{s}: {PAST_64_BITS}");
+            let magnitude = magnitude.ok_or_else(too_big)?;
             let number = if negative {
                 i64::try_from(magnitude)
                     .ok()
@@ -217,7 +223,7 @@ fn plain(s: &str) -> Result<Value, String> {
             } else {
                 u64::try_from(magnitude).ok().map(serde_yaml::Number::from)
             };
-            Value::Number(number.ok_or_else(|| format!("{s}: {PAST_64_BITS}"))?)
+            Value::Number(number.ok_or_else(too_big)?)
         }
         // A date (mergekit's pydantic models take it for no number, path or name).
         _ if yaml11_timestamp(s) => Value::Tagged(Box::new(TaggedValue {
@@ -228,17 +234,26 @@ fn plain(s: &str) -> Result<Value, String> {
     })
 }
 
-/// `d`'s parts between colons read by `part`, as digits of base 60 (YAML 1.1's `1:30` is 90),
-/// summed in PyYAML's order.
-fn base_60<T>(d: &str, part: impl Fn(&str) -> Option<T>) -> Option<T>
-where
-    T: Copy + From<u8> + std::ops::Add<Output = T> + std::ops::Mul<Output = T>,
-{
-    let mut value = T::from(0);
-    let mut place = T::from(1);
+/// The whole number whose digits of base 60 are `d`'s parts between colons (YAML 1.1's `1:30`
+/// is 90); `None` past 128 bits.
+fn base_60_int(d: &str) -> Option<u128> {
+    let mut value = 0u128;
+    let mut place = Some(1u128);
     for digit in d.rsplit(':') {
-        value = value + part(digit)? * place;
-        place = place * T::from(60);
+        value = value.checked_add(digit.parse::<u128>().ok()?.checked_mul(place?)?)?;
+        place = place?.checked_mul(60);
+    }
+    Some(value)
+}
+
+/// The float whose digits of base 60 are `d`'s parts between colons (`1:30.5` is 90.5), summed
+/// in PyYAML's order, the last part first.
+fn base_60_float(d: &str) -> Option<f64> {
+    let mut value = 0.0;
+    let mut place = 1.0;
+    for digit in d.rsplit(':') {
+        value += digit.parse::<f64>().ok()? * place;
+        place *= 60.0;
     }
     Some(value)
 }
@@ -779,8 +794,23 @@ mod tests {
             let e = load(&format!("v: {s}\n")).unwrap_err();
             assert!(e.contains("quote it") && e.contains("line 1"), "{s:?}: {e}");
         }
-        let e = load("v: 0x1_0000_0000_0000_0000\n").unwrap_err();
-        assert!(e.contains("past 64 bits"), "{e}");
+        // Past 64 bits, however written (and never an overflow here).
+        for big in [
+            "0x1_0000_0000_0000_0000".to_string(),
+            format!("1{}", "0".repeat(60)),
+            format!("0{}", "7".repeat(60)),
+            format!("-1{}", ":59".repeat(40)),
+            format!("0b1{}", "0".repeat(200)),
+        ] {
+            let e = load(&format!("v: {big}\n")).unwrap_err();
+            assert!(e.contains("past 64 bits"), "{big}: {e}");
+        }
+        assert_eq!(
+            load("v: -9223372036854775808\n").unwrap()["v"],
+            Value::Number(i64::MIN.into())
+        );
+        let many = format!("v: 1{}.5\n", ":59".repeat(400));
+        assert!(load(&many).unwrap()["v"].as_f64().unwrap().is_infinite());
     }
 
     /// A quoted scalar is a string whatever it holds, in any position: a key, a list, a flow
