@@ -108,35 +108,25 @@ impl<'de> Visitor<'de> for Resolve<'_, 'de> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let Value::Sequence(items) = self.shape else {
-            return Err(de::Error::custom(
-                "the document changed between two readings",
-            ));
+            return Err(out_of_step());
         };
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             match seq.next_element_seed(self.at(item))? {
                 Some(v) => out.push(v),
-                None => {
-                    return Err(de::Error::custom(
-                        "the document changed between two readings",
-                    ))
-                }
+                None => return Err(out_of_step()),
             }
         }
         Ok(Value::Sequence(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let Value::Mapping(entries) = self.shape else {
-            return Err(de::Error::custom(
-                "the document changed between two readings",
-            ));
+            return Err(out_of_step());
         };
         let mut out = Mapping::with_capacity(entries.len());
         for (key, value) in entries {
             let Some(key) = map.next_key_seed(self.at(key))? else {
-                return Err(de::Error::custom(
-                    "the document changed between two readings",
-                ));
+                return Err(out_of_step());
             };
             // Keys that YAML 1.1 reads alike (yes and on) are one key, the last value winning,
             // as in PyYAML; such keys are no strings, which a recipe's keys must be.
@@ -146,17 +136,25 @@ impl<'de> Visitor<'de> for Resolve<'_, 'de> {
     }
 }
 
-/// Whether `s`, a slice of `text`, is the inside of a quoted scalar. A slice from elsewhere
-/// (which serde_yaml doesn't hand over) counts as quoted: read as a string, it can only be
-/// refused where a number is needed, never read as one.
+/// The second reading met another shape than the first; both read one text, so this is a bug.
+fn out_of_step<E: de::Error>() -> E {
+    E::custom("the second reading found another document than the first (a bug: please report it)")
+}
+
+/// Whether `s`, a slice of `text`, is the inside of a quoted scalar: it sits between two of the
+/// same quotes, where a plain scalar never follows a quote. A slice from elsewhere, which
+/// serde_yaml doesn't hand over, is taken for quoted: the string as written.
 fn quoted(text: &str, s: &str) -> bool {
-    let start = (s.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
-    if start > text.len() || start == 0 {
-        return start != 0;
-    }
     let bytes = text.as_bytes();
-    match (bytes[start - 1], bytes.get(start + s.len())) {
-        (q @ (b'"' | b'\''), Some(&end)) => q == end,
+    let start = (s.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+    if start > bytes.len() {
+        return true;
+    }
+    match (
+        start.checked_sub(1).map(|i| bytes[i]),
+        bytes.get(start + s.len()),
+    ) {
+        (Some(q @ (b'"' | b'\'')), Some(&end)) => q == end,
         _ => false,
     }
 }
