@@ -281,7 +281,7 @@ fn refused(dir: &Path, text: &str, says: &[&str]) {
     assert_eq!(o.status.code(), Some(1), "{text}\n{}", stderr(&o));
     let err = stderr(&o);
     assert!(
-        err.starts_with("error: ") && err.contains("bad.yaml"),
+        err.starts_with("error: ") && err.contains("bad.yaml") && err.lines().count() == 1,
         "{err}"
     );
     for s in says {
@@ -797,12 +797,16 @@ fn a_block_scalar_chat_template_nests_nothing_but_a_fake_one_hides_no_bomb() {
     }
     let bomb = format!("{}{}", "[".repeat(200_000), "]".repeat(200_000));
     for fake in [
-        format!("a:\n  key: \"abc\nx: |\n  \"\n  b: {bomb}\n"),
-        format!("key: \"abc\n x: |\n  \" {bomb}\n"),
-        format!("key: 'it''s\n x: >\n  '\n  {bomb}\n"),
-        format!("chat_template: [ \"]\",\n  x: |\n   {bomb}\n"),
+        "a:\n  key: \"abc\nx: |\n  \"\n  b: BOMB\n",
+        "key: \"abc\n x: |\n  \" BOMB\n",
+        "key: 'it''s\n x: >\n  '\n  BOMB\n",
+        "chat_template: [ \"]\",\n  x: |\n   BOMB\n",
     ] {
-        let r = recipe(tmp.path(), "fake.yaml", &format!("{head}{fake}"));
+        let r = recipe(
+            tmp.path(),
+            "fake.yaml",
+            &format!("{head}{fake}").replace("BOMB", &bomb),
+        );
         let start = std::time::Instant::now();
         let o = run_merge(&[&"--config", &r, &"--dry-run"]);
         assert!(
@@ -811,11 +815,23 @@ fn a_block_scalar_chat_template_nests_nothing_but_a_fake_one_hides_no_bomb() {
             start.elapsed()
         );
         assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-        assert!(
-            stderr(&o).contains("nests deeper than 32 levels"),
-            "{}",
-            stderr(&o)
+        // Refused as deep, unless the text is wrong YAML before the bomb: then the message is
+        // the one for the same text with a shallow list in its place.
+        let shallow = recipe(
+            tmp.path(),
+            "fake.yaml",
+            &format!("{head}{fake}").replace("BOMB", "[[1]]"),
         );
+        let shallow = stderr(&run_merge(&[&"--config", &shallow, &"--dry-run"]));
+        if shallow.contains("is not valid YAML") {
+            assert_eq!(stderr(&o), shallow);
+        } else {
+            assert!(
+                stderr(&o).contains("nests deeper than 32 levels"),
+                "{}",
+                stderr(&o)
+            );
+        }
     }
 }
 
@@ -876,6 +892,12 @@ fn one_slice_of_whole_models_merges_as_the_models_recipe_does() {
         ),
         (
             format!("merge_method: linear\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [0, 6], parameters: {{weight: 1}}}}\n      - {{model: {b}, layer_range: [0, 6], parameters: {{weight: 3}}}}\n"),
+            format!("merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1}}}}\n  - {{model: {b}, parameters: {{weight: 3}}}}\n"),
+        ),
+        // mergekit's layer_range is pydantic's Tuple[int, int], which reads quoted numbers
+        // (these used to be refused).
+        (
+            format!("merge_method: linear\nslices:\n  - sources:\n      - {{model: {a}, layer_range: [\"0\", \"6\"], parameters: {{weight: 1}}}}\n      - {{model: {b}, layer_range: ['0', 6.0], parameters: {{weight: '3'}}}}\n"),
             format!("merge_method: linear\nmodels:\n  - {{model: {a}, parameters: {{weight: 1}}}}\n  - {{model: {b}, parameters: {{weight: 3}}}}\n"),
         ),
     ];
@@ -1167,4 +1189,210 @@ fn a_tokenizer_source_gives_the_output_that_models_tokenizer() {
         &text(&tmp.path().join("elsewhere")),
         &["tokenizer_source", "one of the recipe's models"],
     );
+}
+
+/// The weights a recipe's dry run plans for its inputs, as `--json` reports them.
+fn planned_weights(dir: &Path, text: &str) -> Result<Vec<f64>, String> {
+    let r = recipe(dir, "spelt.yaml", text);
+    let o = run_merge(&[&"--config", &r, &"--dry-run", &"--json"]);
+    if !o.status.success() {
+        return Err(stderr(&o));
+    }
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    Ok(plan["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["weight"].as_f64().unwrap())
+        .collect())
+}
+
+/// A weight spelt as mergekit 0.1.5 reads it (PyYAML's YAML 1.1 for unquoted scalars, then
+/// pydantic's float) is merged with the value mergekit uses, and one it refuses is refused with
+/// one line naming the file, the key and the fix. A quoted "yes" used to be merged as 1.
+#[test]
+fn a_weight_is_merged_with_the_value_mergekit_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    let spelt = |w: &str| linear(&m[..2], &[w, "1"], "parameters:\n  normalize: false\n");
+    for (w, want) in [
+        ("0.25", 0.25),
+        ("\"0.25\"", 0.25),
+        ("\" 0.25 \"", 0.25),
+        ("\"25e-2\"", 0.25),
+        ("25e-2", 0.25),
+        ("\".25\"", 0.25),
+        (".25", 0.25),
+        ("1_000", 1000.0),
+        ("\"1_000\"", 1000.0),
+        // YAML 1.1's octal, but pydantic's decimal once quoted.
+        ("010", 8.0),
+        ("\"010\"", 10.0),
+        ("0x10", 16.0),
+        ("+1", 1.0),
+        ("1.", 1.0),
+        ("\"1\"", 1.0),
+        ("1:30", 90.0),
+        ("yes", 1.0),
+        ("on", 1.0),
+        ("off", 0.0),
+        ("True", 1.0),
+    ] {
+        assert_eq!(
+            planned_weights(tmp.path(), &spelt(w)).unwrap(),
+            [want, 1.0],
+            "weight: {w}"
+        );
+    }
+    for (w, says) in [
+        ("\"yes\"", "the string \"yes\""),
+        ("'true'", "the string \"true\""),
+        ("y", "the string \"y\""),
+        ("t", "the string \"t\""),
+        ("0o10", "the string \"0o10\""),
+        ("\"0x10\"", "the string \"0x10\""),
+        ("\"1_000_\"", "the string \"1_000_\""),
+    ] {
+        refused(
+            tmp.path(),
+            &spelt(w),
+            &[
+                "models[0].parameters.weight is",
+                says,
+                "which mergekit refuses for a number: give a number such as 0.5",
+            ],
+        );
+    }
+}
+
+/// A true/false parameter takes pydantic's spellings (t/f, y/n, yes/no, on/off, 0/1, in any
+/// case) as mergekit does, and merges as the bool they mean; t and f used to be refused.
+#[test]
+fn a_true_false_parameter_takes_mergekits_spellings_and_merges_as_their_bool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    let spelt = |v: &str| {
+        linear(
+            &m[..2],
+            &["3", "1"],
+            &format!("parameters:\n  normalize: {v}\n"),
+        )
+    };
+    for v in [
+        "true", "t", "T", "\"t\"", "y", "YES", "on", "1", "\"1\"", "1.0",
+    ] {
+        assert_eq!(
+            planned_weights(tmp.path(), &spelt(v)).unwrap(),
+            [0.75, 0.25],
+            "{v}"
+        );
+    }
+    for v in ["false", "f", "\"F\"", "n", "no", "Off", "0", "\"0\"", "0.0"] {
+        assert_eq!(
+            planned_weights(tmp.path(), &spelt(v)).unwrap(),
+            [3.0, 1.0],
+            "{v}"
+        );
+    }
+    for v in ["2", "0.5", "\"1.0\"", "\" yes\"", "maybe"] {
+        refused(
+            tmp.path(),
+            &spelt(v),
+            &[
+                "parameters.normalize is",
+                "not true or false",
+                "give true or false",
+            ],
+        );
+    }
+    // The merged tensors follow the bool: ties' rescale-free normalize, t against true.
+    let base = &m[2];
+    let ties = |v: &str| {
+        format!(
+            "merge_method: ties\nbase_model: {}\nparameters: {{normalize: {v}, int8_mask: Y}}\nmodels:\n  - {{model: {}, parameters: {{weight: 0.7, density: \"0.5\"}}}}\n  - {{model: {}, parameters: {{weight: 0.6, density: 0.5}}}}\n",
+            base.display(),
+            m[0].display(),
+            m[1].display()
+        )
+    };
+    let merged = |name: &str, text: &str| {
+        let r = recipe(tmp.path(), &format!("{name}.yaml"), text);
+        let out = tmp.path().join(format!("{name}.safetensors"));
+        ok(&[&"--config", &r, &"-o", &out]);
+        read(&out)
+    };
+    let t = merged("t", &ties("t"));
+    assert_eq!(t, merged("true", &ties("true")));
+    assert_eq!(merged("f", &ties("f")), merged("false", &ties("false")));
+    assert_ne!(t, merged("false2", &ties("false")));
+}
+
+/// mergekit never reads the base model's own parameters (they are the other models'), so any
+/// scalar there is taken, as mergekit takes it.
+#[test]
+fn the_base_entrys_own_values_are_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = inputs(tmp.path());
+    let text = format!(
+        "merge_method: task_arithmetic\nbase_model: {base}\nmodels:\n  - model: {base}\n    parameters: {{weight: \"yes\"}}\n  - model: {}\n    parameters: {{weight: 0.5}}\n",
+        m[0].display(),
+        base = m[2].display(),
+    );
+    let r = recipe(tmp.path(), "base.yaml", &text);
+    let o = run_merge(&[&"--config", &r, &"--dry-run", &"--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let weights: Vec<_> = plan["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["weight"].as_f64())
+        .collect();
+    assert_eq!(weights, [None, Some(0.5)]);
+}
+
+/// A recipe whose chat template is a deep block scalar, with a YAML mistake elsewhere, is
+/// refused with the parser's own words for the mistake, at its line and column, as it is
+/// beside a shallow template (it used to read "nests deeper than 32 levels"); a bracket bomb
+/// beside the same template is still refused as deep, at once.
+#[test]
+fn a_yaml_mistake_beside_a_block_scalar_template_is_named_where_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ft = repo_root().join("fixtures/models/ft-lr2e-3.safetensors");
+    let mut template = String::from("chat_template: |\n");
+    for i in 0..40 {
+        template += &format!("  {}{{%- if tools[{i}] %}}{{\"name\": [\n", "  ".repeat(i));
+    }
+    // The same lines without a bracket, which the nesting check passes at once.
+    let shallow = template.replace(['[', ']', '{', '}'], "(");
+    let head = format!(
+        "merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 1}}\n",
+        ft.display()
+    );
+    // A missing space after a colon, and an unclosed flow list, on line 46.
+    let mistakes = [
+        |head: &str, t: &str| format!("{head}{t}dtype:bfloat16\nout_dtype: float32\n"),
+        |head: &str, t: &str| format!("{t}{head}dtype: [bfloat16\n"),
+    ];
+    for mistake in mistakes {
+        let error = |t: &str| {
+            let r = recipe(tmp.path(), "bad.yaml", &mistake(&head, t));
+            stderr(&run_merge(&[&"--config", &r, &"--dry-run"]))
+        };
+        let want = error(&shallow);
+        assert!(
+            want.contains("is not valid YAML") && want.contains("line 46 column"),
+            "{want}"
+        );
+        refused(tmp.path(), &mistake(&head, &template), &[]);
+        assert_eq!(error(&template), want);
+    }
+    let bomb = format!(
+        "{head}{template}dtype: {}{}\n",
+        "[".repeat(200_000),
+        "]".repeat(200_000)
+    );
+    let start = std::time::Instant::now();
+    refused(tmp.path(), &bomb, &["nests deeper than 32 levels"]);
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
 }

@@ -1,6 +1,8 @@
 //! mergekit recipe files (`--config recipe.yaml`): a merge's YAML validated into a `Recipe`
 //! against the registered method's parameters. A key, value or method soup-merge doesn't
-//! support is an error naming it, never silently ignored.
+//! support is an error naming it, never silently ignored. Values mean what they mean to
+//! mergekit: the text is YAML 1.1 as PyYAML reads it (`yaml`), and each parameter's value is
+//! converted for its type as pydantic converts it (`pydantic`).
 //!
 //! The keys read are mergekit's own, with its meanings and defaults:
 //!
@@ -45,16 +47,15 @@
 //!     parameters: {}            # between a source's parameters and the top-level ones
 //! ```
 
-use std::cell::Cell;
+mod pydantic;
+mod yaml;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::de::{
-    self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
-};
 use serde_yaml::{Mapping, Value};
 
-use super::method::{self, Layers, Method, Setting, Settings};
+use super::method::{self, Kind, Layers, Method, Setting, Settings};
 use crate::error::{Error, Result};
 use crate::format::model_dir::model_key;
 use crate::format::Checkpoint;
@@ -156,24 +157,7 @@ impl Recipe {
         // Editors on Windows start UTF-8 files with a byte-order mark, which PyYAML (and so
         // mergekit) skips.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        check_nesting(text).map_err(fail)?;
-        check_expanded_size(text).map_err(fail)?;
-        let mut doc: Value = serde_yaml::from_str(text).map_err(|e| {
-            let e = e.to_string();
-            // serde_yaml holds integers in 64 bits and words a larger one as a type error.
-            if e.contains("as u128") || e.contains("as i128") {
-                fail(format!("{e}: the number is past 64 bits; every whole number in a recipe (a random_seed, say) is below 2^64"))
-            } else if e.contains("more than one document") {
-                // Valid YAML, which mergekit-yaml refuses too; mergekit-multi chains such
-                // documents, each merge feeding the next.
-                fail("holds several YAML documents (separated by ---), and a recipe is one merge; a mergekit-multi file chains merges: run each document as its own recipe, giving each the path of the merge it uses".into())
-            } else {
-                fail(format!("is not valid YAML: {e}"))
-            }
-        })?;
-        // `<<: *defaults` merge keys, which PyYAML applies.
-        doc.apply_merge()
-            .map_err(|e| fail(format!("is not valid YAML: {e}")))?;
+        let doc = yaml::load(text).map_err(fail)?;
         let top = doc.as_mapping().ok_or_else(|| {
             fail("is not a mergekit recipe: expected a mapping with merge_method and models".into())
         })?;
@@ -211,7 +195,7 @@ impl Recipe {
             None => return Err(fail("has no merge_method; add merge_method: linear".into())),
         };
 
-        let ingredients = Ingredients::read(top).map_err(fail)?;
+        let ingredients = Ingredients::read(top, method).map_err(fail)?;
         let base_model = match (top.get("base_model"), ingredients.base_model) {
             (None | Some(Value::Null), None) => None,
             (Some(v), None) | (None | Some(Value::Null), Some((v, _))) => {
@@ -238,22 +222,10 @@ impl Recipe {
         };
         let base_used = method.base() != method::BaseUse::Unused;
 
-        let mut global = Vec::new();
-        // An empty `parameters:` is null, which mergekit reads as no parameters (its own
-        // examples have one).
-        if let Some(params) = top.get("parameters").filter(|v| !v.is_null()) {
-            let params = params
-                .as_mapping()
-                .ok_or_else(|| fail("parameters must be a mapping".into()))?;
-            for key in keys(params, "parameters.").map_err(fail)? {
-                let at = format!("parameters.{key}");
-                global.push((
-                    key.clone(),
-                    setting(&params[key.as_str()], &at).map_err(fail)?,
-                    at,
-                ));
-            }
-        }
+        let mut global = match top.get("parameters") {
+            Some(params) => parameters(params, "parameters", method, true).map_err(fail)?,
+            None => Vec::new(),
+        };
 
         // A slice's parameters rank between a model's and the top-level ones; with one slice
         // covering every layer they apply to every tensor, so they are top-level ones, unless
@@ -286,27 +258,15 @@ impl Recipe {
                 ))
             })?;
             let mut model = None;
-            let mut params = Vec::new();
+            let mut params = None;
             for key in keys(entry, &format!("{at}.")).map_err(fail)? {
                 let value = &entry[key.as_str()];
                 match key.as_str() {
                     "model" => {
                         model = Some(model_path(value, &format!("{at}.model")).map_err(fail)?)
                     }
-                    "parameters" if value.is_null() => {}
-                    "parameters" => {
-                        let map = value
-                            .as_mapping()
-                            .ok_or_else(|| fail(format!("{at}.parameters must be a mapping")))?;
-                        for pk in keys(map, &format!("{at}.parameters.")).map_err(fail)? {
-                            let pat = format!("{at}.parameters.{pk}");
-                            params.push((
-                                pk.clone(),
-                                setting(&map[pk.as_str()], &pat).map_err(fail)?,
-                                pat,
-                            ));
-                        }
-                    }
+                    // Read once the entry is known to be the base or not.
+                    "parameters" => params = Some(value),
                     // Checked with the slice, which needs every source's.
                     "layer_range" if ingredients.slice_layers.is_some() => {}
                     other => {
@@ -319,6 +279,7 @@ impl Recipe {
             }
             let model = model.ok_or_else(|| fail(format!("{at} has no model:")))?;
             let key = model_key(&model);
+            let params_at = format!("{at}.parameters");
             // mergekit lists the base among the models too; that entry is the base.
             if base_used && base_key.as_ref() == Some(&key) {
                 if let Some(j) = &base_at {
@@ -328,22 +289,13 @@ impl Recipe {
                     )));
                 }
                 // Its parameters change nothing (mergekit reads a model's parameters for the
-                // models besides the base), and recipes copied around carry them, so they are
-                // accepted; a name the method doesn't know is still a typo to report.
-                if let Some((_, _, pat)) = params
-                    .iter()
-                    .find(|(name, _, _)| !method.params().iter().any(|p| p.name == *name))
-                {
-                    return Err(fail(format!(
-                        "{pat} is not a parameter of {}; it takes {} (the base's own parameters are not used)",
-                        method.name(),
-                        method
-                            .params()
-                            .iter()
-                            .map(|p| p.name)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    )));
+                // models besides the base, so it never validates their values), and recipes
+                // copied around carry them, so they are accepted; a name the method doesn't
+                // know is still a typo to report.
+                if let Some(params) = params {
+                    parameters(params, &params_at, method, false).map_err(|e| {
+                        fail(format!("{e} (the base's own parameters are not used)"))
+                    })?;
                 }
                 base_at = Some(at);
                 continue;
@@ -359,7 +311,10 @@ impl Recipe {
             listed_at.insert(key, at.clone());
             paths.push(model);
             given_at.push(at);
-            per_model.push(params);
+            per_model.push(match params {
+                Some(params) => parameters(params, &params_at, method, true).map_err(fail)?,
+                None => Vec::new(),
+            });
         }
         // mergekit merges a base_model that the method doesn't use as one more model, after
         // the listed ones, with the top-level parameters only (its normalize_config), unless
@@ -621,7 +576,7 @@ impl<'a> Ingredients<'a> {
     /// how many published recipes (LazyMergekit's SLERP, say) are written. Several slices, or
     /// sources with part of the layers, build a model from parts of others (a "frankenmerge"),
     /// which is not a soup: refused, naming the key.
-    fn read(top: &'a Mapping) -> std::result::Result<Ingredients<'a>, String> {
+    fn read(top: &'a Mapping, method: &dyn Method) -> std::result::Result<Ingredients<'a>, String> {
         let list = |v: &'a Value, at: &str| -> std::result::Result<&'a [Value], String> {
             match v.as_sequence() {
                 Some(l) if !l.is_empty() => Ok(l),
@@ -677,16 +632,8 @@ impl<'a> Ingredients<'a> {
             let value = &slice[key.as_str()];
             match key.as_str() {
                 "sources" => read.entries = list(value, "slices[0].sources")?,
-                "parameters" if value.is_null() => {}
                 "parameters" => {
-                    let map = value
-                        .as_mapping()
-                        .ok_or("slices[0].parameters must be a mapping")?;
-                    for pk in keys(map, "slices[0].parameters.")? {
-                        let at = format!("slices[0].parameters.{pk}");
-                        read.parameters
-                            .push((pk.clone(), setting(&map[pk.as_str()], &at)?, at));
-                    }
+                    read.parameters = parameters(value, "slices[0].parameters", method, true)?
                 }
                 "base_model" if value.is_null() => {}
                 "base_model" => read.base_model = Some((value, "slices[0].base_model")),
@@ -715,15 +662,21 @@ impl<'a> Ingredients<'a> {
                     "slices[0].sources[{i}] has no layer_range; give [0, LAYERS] to merge every layer"
                 ));
             };
+            // mergekit's `Tuple[int, int]`, which takes ["0", "8"] and [0, 8.0] as [0, 8].
             let bounds = range
                 .as_sequence()
                 .filter(|r| r.len() == 2)
-                .and_then(|r| Some((r[0].as_u64()?, r[1].as_u64()?)));
+                .and_then(|r| Some((pydantic::int(&r[0])?, pydantic::int(&r[1])?)));
             let end = match bounds {
-                Some((0, end)) if end > 0 => end,
-                Some((start, end)) => {
+                Some((0, end)) if end > 0 => end as u64,
+                Some((start, end)) if 0 <= start && start <= end => {
                     return Err(format!(
                         "{at} is [{start}, {end}], part of the layers; soup-merge merges whole models: give [0, LAYERS], or use mergekit to build a model from some layers"
+                    ))
+                }
+                Some((start, end)) => {
+                    return Err(format!(
+                        "{at} is [{start}, {end}], no range of layers: give [0, LAYERS]"
                     ))
                 }
                 None => {
@@ -747,6 +700,34 @@ impl<'a> Ingredients<'a> {
     }
 }
 
+/// A `parameters:` mapping given at `at`, each name one of `method`'s and each value read for
+/// its type; with `read` false, one mergekit never reads (the base model's own), whose values
+/// only need to be scalars or lists of them.
+fn parameters(
+    v: &Value,
+    at: &str,
+    method: &dyn Method,
+    read: bool,
+) -> std::result::Result<Vec<(String, Setting, String)>, String> {
+    // An empty `parameters:` is null, which mergekit reads as no parameters (its own examples
+    // have one).
+    if v.is_null() {
+        return Ok(Vec::new());
+    }
+    let map = v
+        .as_mapping()
+        .ok_or_else(|| format!("{at} must be a mapping"))?;
+    keys(map, &format!("{at}."))?
+        .into_iter()
+        .map(|name| {
+            let at = format!("{at}.{name}");
+            let param = method::declared(method, &name, &at)?;
+            let setting = setting(&map[name.as_str()], &at, read.then_some(param.kind))?;
+            Ok((name, setting, at))
+        })
+        .collect()
+}
+
 /// Whether a setting gives a value for every tensor, so that nothing falls through to the
 /// level below it (a filter list without a catch-all entry leaves the unmatched tensors).
 fn decides_every_tensor(setting: &Setting) -> bool {
@@ -761,47 +742,24 @@ fn decides_every_tensor(setting: &Setting) -> bool {
     }
 }
 
-/// One parameter's value in mergekit's syntax: a number, a bool, a list of numbers or bools (a
-/// gradient over the layers), or a list of `{filter, value}` entries.
-fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
+/// One parameter's value in mergekit's syntax: a number, a bool, a list of them (a gradient over
+/// the layers), or a list of `{filter, value}` entries. Each number is read as mergekit's pydantic
+/// reads it for the parameter's `kind` (see [`scalar`]).
+fn setting(v: &Value, at: &str, kind: Option<Kind>) -> std::result::Result<Setting, String> {
     match v {
-        Value::Number(n) => n
-            .as_f64()
-            .filter(|x| x.is_finite())
-            .map(Setting::Value)
-            .ok_or_else(|| format!("{at} is {n}, not a finite number")),
-        Value::Bool(b) => Ok(Setting::Value(if *b { 1.0 } else { 0.0 })),
-        // mergekit reads YAML 1.1 (PyYAML), where yes/no/on/off are booleans, and pydantic
-        // takes a quoted number as the number; this reader is YAML 1.2, so both are strings.
-        Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
-            "yes" | "on" | "y" | "true" => Ok(Setting::Value(1.0)),
-            "no" | "off" | "n" | "false" => Ok(Setting::Value(0.0)),
-            // YAML hands over a number too large for f64 (1e400) as this string.
-            number => match number.parse::<f64>() {
-                Ok(x) if x.is_finite() => Ok(Setting::Value(x)),
-                Ok(_) => Err(format!("{at} is {}, not a finite number", show(v))),
-                Err(_) => Err(format!(
-                    "{at} is {}, not a number, true/false or a list",
-                    show(v)
-                )),
-            },
-        },
         // One {filter, value} entry on its own, as mergekit takes it: a list of one.
-        Value::Mapping(_) => setting(&Value::Sequence(vec![v.clone()]), at),
+        Value::Mapping(_) => setting(&Value::Sequence(vec![v.clone()]), at, kind),
         Value::Sequence(items) if items.is_empty() => Err(format!("{at} is an empty list")),
         // Numbers, or true/false for a flag's list (mergekit steps through those).
         Value::Sequence(items)
             if items
                 .iter()
-                .all(|x| matches!(x, Value::Number(_) | Value::Bool(_) | Value::String(_))) =>
+                .all(|x| !matches!(x, Value::Mapping(_) | Value::Sequence(_))) =>
         {
             items
                 .iter()
                 .enumerate()
-                .map(|(i, x)| match setting(x, &format!("{at}[{i}]"))? {
-                    Setting::Value(v) => Ok(v),
-                    _ => unreachable!("numbers, bools and their strings are values"),
-                })
+                .map(|(i, x)| scalar(x, &format!("{at}[{i}]"), kind))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map(Setting::Gradient)
         }
@@ -828,7 +786,7 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
                             }
                         },
                         "value" => {
-                            let v = setting(&map["value"], &format!("{at}.value"))?;
+                            let v = setting(&map["value"], &format!("{at}.value"), kind)?;
                             if matches!(v, Setting::Conditional(_)) {
                                 return Err(format!(
                                     "{at}.value nests filters; give a number or a list of numbers"
@@ -854,10 +812,43 @@ fn setting(v: &Value, at: &str) -> std::result::Result<Setting, String> {
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map(Setting::Conditional),
-        other => Err(format!(
+        scalar_value => scalar(scalar_value, at, kind).map(Setting::Value),
+    }
+}
+
+/// One value of a parameter, read as mergekit's pydantic validates it for the parameter's type
+/// (it keeps the YAML scalar and validates it when a tensor needs it): a bool for a
+/// true/false `kind` (as 1 or 0), else a float, which soup-merge also requires to be finite.
+/// A `kind` of `None` is a value mergekit never reads (the base model's own parameters): any
+/// scalar is taken, as 0.
+fn scalar(v: &Value, at: &str, kind: Option<Kind>) -> std::result::Result<f64, String> {
+    let scalar = matches!(v, Value::Bool(_) | Value::Number(_) | Value::String(_));
+    // A string is quoted in the message: `weight: "yes"` is the string, `weight: yes` is 1.
+    let shown = match v {
+        Value::String(s) => format!("the string {:?}", cut(s)),
+        v => show(v),
+    };
+    match kind {
+        _ if !scalar => Err(format!(
             "{at} is {}, not a number, true/false or a list",
-            show(other)
+            show(v)
         )),
+        None => Ok(0.0),
+        Some(Kind::Bool) => pydantic::boolean(v).map(f64::from).ok_or_else(|| {
+            format!(
+                "{at} is {shown}, not true or false (mergekit also takes 1/0, yes/no, on/off): give true or false"
+            )
+        }),
+        Some(Kind::Number { .. }) => match pydantic::float(v) {
+            Some(x) if x.is_finite() => Ok(x),
+            // pydantic takes them, and mergekit would write infinite or NaN tensors.
+            Some(_) => Err(format!(
+                "{at} is {shown}, not a finite number: give a finite number"
+            )),
+            None => Err(format!(
+                "{at} is {shown}, which mergekit refuses for a number: give a number such as 0.5"
+            )),
+        },
     }
 }
 
@@ -981,6 +972,15 @@ fn torch_dtype(name: &str) -> Option<Dtype> {
 /// A value as messages quote it: one line, cut short, since a value can be a list of a
 /// million numbers and the message is one line on a terminal.
 fn show(v: &Value) -> String {
+    if let Value::Tagged(t) = v {
+        // `yaml::load`'s tag for what PyYAML reads as a date.
+        if t.tag == "timestamp" {
+            return format!(
+                "{} (a date in YAML 1.1, as mergekit reads it; quote it for text)",
+                cut(t.value.as_str().unwrap_or_default())
+            );
+        }
+    }
     cut(&serde_yaml::to_string(v)
         .map(|s| s.trim().replace('\n', " "))
         .unwrap_or_else(|_| "?".into()))
@@ -997,267 +997,6 @@ fn cut(text: &str) -> String {
 
 /// The largest recipe read: real ones are a few KB.
 pub const MAX_RECIPE_BYTES: u64 = 1 << 20;
-
-/// The deepest nesting of brackets or indentation accepted: real recipes nest four or five
-/// levels. The YAML parser's time grows with the square of the nesting, so a deep file is
-/// refused before it is parsed.
-const MAX_NESTING: usize = 32;
-
-fn check_nesting(text: &str) -> std::result::Result<(), String> {
-    let too_deep = || {
-        format!(
-            "nests deeper than {MAX_NESTING} levels; a mergekit recipe nests a few levels: is this the right file?"
-        )
-    };
-    if nesting(text, &[]) <= MAX_NESTING {
-        return Ok(());
-    }
-    // A chat template given as a block scalar (`chat_template: |`) is Jinja, full of `{%`,
-    // JSON fragments with unbalanced braces, and indented lines, none of which nest YAML.
-    // Which lines are a block scalar's is only guessed here (a `|` line inside a multi-line
-    // quoted string is no block scalar, and the "scalar" after it can close the quote and
-    // open real brackets), so the guess is checked by the parser itself before the lines are
-    // let off: with their brackets replaced by markers, the text is at most as deep as
-    // counted, cheap to parse, and each marker must come back inside a string. A marker ends
-    // in ` #`, which a plain scalar can't hold (it starts a comment), so it came back from a
-    // quoted or block scalar that began before it; the original text's brackets sit in the
-    // same scalar, as brackets change nothing inside one.
-    let scalars = block_scalar_lines(text);
-    if !scalars.contains(&true) || text.contains(MARK_OPEN) || nesting(text, &scalars) > MAX_NESTING
-    {
-        return Err(too_deep());
-    }
-    let mut masked = String::with_capacity(text.len() + 64);
-    let mut marks = 0usize;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        if scalars.get(i) != Some(&true) {
-            masked.push_str(line);
-            continue;
-        }
-        for c in line.chars() {
-            if matches!(c, '[' | ']' | '{' | '}') {
-                masked.push_str(&format!("{MARK_OPEN}{marks}{MARK_CLOSE}"));
-                marks += 1;
-            } else {
-                masked.push(c);
-            }
-        }
-    }
-    let found = std::cell::RefCell::new(vec![false; marks]);
-    let count = Cell::new(0);
-    let seen = Count {
-        count: &count,
-        marks: Some(&found),
-    }
-    .deserialize(serde_yaml::Deserializer::from_str(&masked));
-    if seen.is_ok() && found.into_inner().iter().all(|&f| f) {
-        Ok(())
-    } else {
-        Err(too_deep())
-    }
-}
-
-/// The markers that stand in for a block scalar's brackets while `check_nesting` checks that
-/// they are in one: `MARK_OPEN`, the bracket's index, `MARK_CLOSE`. Private-use characters, so
-/// a recipe that holds `MARK_OPEN` itself (which could fake a marker) is never let off.
-const MARK_OPEN: char = '\u{E000}';
-const MARK_CLOSE: &str = "\u{E001} #";
-
-/// The deepest nesting of `text`'s brackets and indentation, leaving out the lines whose
-/// entry in `skip` is true.
-fn nesting(text: &str, skip: &[bool]) -> usize {
-    let mut depth = 0usize;
-    let mut deepest = 0usize;
-    for (i, line) in text.lines().enumerate() {
-        // A line that starts with `#` is a comment, or text inside a quoted or block scalar:
-        // either way it nests nothing, and its brackets ("layers [0, 8)") are not flow
-        // collections. Anything else is counted whole, quotes included: telling a quote that
-        // opens a string from an apostrophe in a plain one takes a YAML parser, and a guess
-        // that hid real brackets let a one-line bomb through to minutes of parsing.
-        if line.trim_start().starts_with('#') || skip.get(i) == Some(&true) {
-            continue;
-        }
-        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
-        deepest = deepest.max(indent / 2);
-        for c in line.chars() {
-            match c {
-                '[' | '{' => {
-                    depth += 1;
-                    deepest = deepest.max(depth);
-                }
-                ']' | '}' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-        if deepest > MAX_NESTING {
-            // Counting on can only go deeper.
-            break;
-        }
-    }
-    deepest
-}
-
-/// For each line, whether it looks like the text of a block scalar: a line after one ending in
-/// `key: |` or `- >` (with any chomping or indentation indicator, and a comment), up to the
-/// first line not indented past the key. Only a guess; `check_nesting` has it confirmed.
-fn block_scalar_lines(text: &str) -> Vec<bool> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut found = vec![false; lines.len()];
-    let mut i = 0;
-    while i < lines.len() {
-        let line = lines[i];
-        i += 1;
-        let content = line.trim_start_matches([' ', '-']);
-        if content.starts_with('#') {
-            continue;
-        }
-        let head = match content.find(" #") {
-            Some(at) => &content[..at],
-            None => content,
-        }
-        .trim_end();
-        let head = head.trim_end_matches(|c: char| c == '+' || c == '-' || c.is_ascii_digit());
-        let Some(before) = head.strip_suffix(['|', '>']) else {
-            continue;
-        };
-        if !(before.is_empty()
-            || (before.ends_with([' ', '\t']) && before.trim_end().ends_with(':')))
-        {
-            continue;
-        }
-        let parent = line.len() - content.len();
-        while i < lines.len() {
-            let next = lines[i];
-            let body = next.trim_start_matches(' ');
-            if !body.trim().is_empty() && next.len() - body.len() <= parent {
-                break;
-            }
-            found[i] = true;
-            i += 1;
-        }
-    }
-    found
-}
-
-/// The most values (scalars, lists and mappings) a recipe may hold once its aliases are
-/// expanded. Without aliases a recipe within `MAX_RECIPE_BYTES` holds at most about half a
-/// million, so this only stops alias bombs: a 200 KB file of one 40 000-item list aliased
-/// 40 000 times expands to 1.6 billion values, and serde_yaml's own repetition limit (100
-/// aliases per event) lets that one through to a tree of tens of gigabytes.
-const MAX_VALUES: usize = 1 << 20;
-
-/// Counts the values of `text`, aliases expanded, without building them, so that a bomb is
-/// refused after `MAX_VALUES` cheap steps rather than after allocating its tree. Any other
-/// error is left to the real parse, which words it.
-fn check_expanded_size(text: &str) -> std::result::Result<(), String> {
-    let count = Cell::new(0);
-    let counter = Count {
-        count: &count,
-        marks: None,
-    };
-    match counter.deserialize(serde_yaml::Deserializer::from_str(text)) {
-        Err(_) if count.get() > MAX_VALUES => Err(format!(
-            "expands to more than {MAX_VALUES} values through its aliases (*name); a mergekit recipe holds a few hundred: remove the aliases, or is this the right file?"
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// A visitor that only counts the values it is shown, failing past `MAX_VALUES`; with
-/// `marks`, it also notes which of `check_nesting`'s markers its strings hold.
-#[derive(Clone, Copy)]
-struct Count<'a> {
-    count: &'a Cell<usize>,
-    marks: Option<&'a std::cell::RefCell<Vec<bool>>>,
-}
-
-impl Count<'_> {
-    fn tick<E: de::Error>(self) -> std::result::Result<(), E> {
-        self.count.set(self.count.get() + 1);
-        if self.count.get() > MAX_VALUES {
-            return Err(E::custom("too many values"));
-        }
-        Ok(())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Count<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Count<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any YAML value")
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<(), E> {
-        self.tick()
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<(), E> {
-        self.tick()
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<(), E> {
-        self.tick()
-    }
-    fn visit_i128<E: de::Error>(self, _: i128) -> std::result::Result<(), E> {
-        self.tick()
-    }
-    fn visit_u128<E: de::Error>(self, _: u128) -> std::result::Result<(), E> {
-        self.tick()
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<(), E> {
-        self.tick()
-    }
-    fn visit_str<E: de::Error>(self, s: &str) -> std::result::Result<(), E> {
-        if let Some(marks) = self.marks {
-            let mut marks = marks.borrow_mut();
-            for (at, open) in s.match_indices(MARK_OPEN) {
-                let rest = &s[at + open.len()..];
-                let digits =
-                    rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-                let n = rest[..digits].parse::<usize>().ok();
-                if let Some(seen) = n.filter(|_| rest[digits..].starts_with(MARK_CLOSE)) {
-                    if let Some(seen) = marks.get_mut(seen) {
-                        *seen = true;
-                    }
-                }
-            }
-        }
-        self.tick()
-    }
-    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> std::result::Result<(), E> {
-        self.tick()
-    }
-    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
-        self.tick()
-    }
-    fn visit_none<E: de::Error>(self) -> std::result::Result<(), E> {
-        self.tick()
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
-        self.tick()?;
-        self.deserialize(d)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
-        self.tick()?;
-        while seq.next_element_seed(self)?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
-        self.tick()?;
-        while map.next_entry_seed(self, self)?.is_some() {}
-        Ok(())
-    }
-    // A tagged value (`!name value`).
-    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> std::result::Result<(), A::Error> {
-        self.tick()?;
-        let ((), variant) = data.variant_seed(self)?;
-        variant.newtype_variant_seed(self)
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -1416,6 +1155,29 @@ mod tests {
         );
     }
 
+    /// mergekit's `layer_range` is pydantic's `Tuple[int, int]`: quoted whole numbers, floats
+    /// without a fraction and bools are its ints. Quoted ones used to be refused.
+    #[test]
+    fn a_layer_range_takes_the_whole_numbers_mergekit_takes() {
+        for range in [
+            "[0, 32]",
+            "['0', '32']",
+            "[\"0\", \" 32 \"]",
+            "[0, 32.0]",
+            "['0', '32.0']",
+            "[false, '3_2']",
+            "[0x0, 0x20]",
+            "[0, 040]",
+        ] {
+            let r = parse(&SLICED_SLERP.replace("[0, 32]", range)).unwrap();
+            assert_eq!(
+                r.slice_layers,
+                Some((32, "slices[0].sources[0].layer_range".into())),
+                "{range}"
+            );
+        }
+    }
+
     #[test]
     fn a_tokenizer_source_names_one_of_the_models() {
         let with = |extra: &str| {
@@ -1473,7 +1235,12 @@ mod tests {
             (sources(&["layer_range: [2, 4]"]), &["slices[0].sources[0].layer_range is [2, 4]", "part of the layers"][..]),
             (sources(&["layer_range: [0, 0]"]), &["part of the layers"][..]),
             (sources(&["layer_range: [0]"]), &["not two whole numbers"][..]),
-            (sources(&["layer_range: [0, -1]"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: [0, -1]"]), &["is [0, -1], no range of layers: give [0, LAYERS]"][..]),
+            (sources(&["layer_range: [0, 4.5]"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: ['0', 'four']"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: ['0', '4', '8']"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: '0, 4'"]), &["not two whole numbers"][..]),
+            (sources(&["layer_range: [0, 4]", "layer_range: ['0', '6']"]), &["slices[0].sources[1].layer_range ends at 6"][..]),
             (sources(&["layer_range: 4"]), &["not two whole numbers"][..]),
             (sources(&["parameters: {weight: 1}"]), &["slices[0].sources[0] has no layer_range"][..]),
             (sources(&["layer_range: [0, 4], revision: main"]), &["slices[0].sources[0].revision is not supported"][..]),
@@ -1519,9 +1286,162 @@ mod tests {
         assert_eq!(get(Some(0), "weight", "layers.0.attn.w"), None);
         let e = err("merge_method: linear\nparameters: {weight: lots}\nmodels: [{model: x}]\n");
         assert!(
-            e.contains("parameters.weight") && e.contains("not a number"),
+            e.contains("parameters.weight") && e.contains("refuses for a number"),
             "{e}"
         );
+    }
+
+    /// A number spelt as mergekit 0.1.5 takes it (PyYAML's YAML 1.1 resolves the unquoted
+    /// ones; pydantic reads a string as a float): the value mergekit uses, or refused naming
+    /// the key where mergekit refuses. A quoted "yes" used to be read as 1.
+    #[test]
+    fn a_number_is_read_as_mergekit_reads_it() {
+        let weight = |w: &str| {
+            parse(&format!("merge_method: linear\nparameters: {{normalize: false}}\nmodels:\n  - model: x\n    parameters:\n      weight: {w}\n  - model: y\n    parameters: {{weight: 1}}\n"))
+                .map(|r| r.linear_weights().unwrap().unwrap()[0])
+        };
+        for (w, want) in [
+            ("0.5", 0.5),
+            ("'0.5'", 0.5),
+            ("\" 0.5 \"", 0.5),
+            ("'1e-1'", 0.1),
+            ("1e-1", 0.1),
+            ("'.5'", 0.5),
+            (".5", 0.5),
+            ("1_000", 1000.0),
+            ("'1_000'", 1000.0),
+            ("010", 8.0),
+            ("'010'", 10.0),
+            ("0x10", 16.0),
+            ("+1", 1.0),
+            ("'+1'", 1.0),
+            ("1.", 1.0),
+            ("'1'", 1.0),
+            ("1:30", 90.0),
+            ("yes", 1.0),
+            ("on", 1.0),
+            ("Off", 0.0),
+            ("true", 1.0),
+            ("FALSE", 0.0),
+        ] {
+            assert_eq!(weight(w).unwrap(), want, "{w}");
+        }
+        for (w, says) in [
+            (
+                "'yes'",
+                "is the string \"yes\", which mergekit refuses for a number",
+            ),
+            ("\"true\"", "is the string \"true\", which"),
+            ("y", "is the string \"y\", which"),
+            ("t", "is the string \"t\", which"),
+            ("'t'", "is the string \"t\", which"),
+            ("0o10", "is the string \"0o10\", which"),
+            ("'0x10'", "is the string \"0x10\", which"),
+            ("'1:30'", "is the string \"1:30\", which"),
+            ("'_1'", "is the string \"_1\", which"),
+            ("'1 000'", "is the string \"1 000\", which"),
+            ("2024-01-31", "is 2024-01-31 (a date in YAML 1.1"),
+            ("'inf'", "is the string \"inf\", not a finite number"),
+            (".inf", "is .inf, not a finite number"),
+            (".nan", "not a finite number"),
+            ("1e400", "not a finite number"),
+            (
+                "[0.5, 'on']",
+                "models[0].parameters.weight[1] is the string \"on\", which",
+            ),
+        ] {
+            let e = weight(w).unwrap_err().to_string();
+            assert!(
+                e.contains("models[0].parameters.weight") && e.contains(says),
+                "{w}: {e}"
+            );
+        }
+        // In a filter's value, and in the top-level default, alike.
+        let e = err("merge_method: linear\nparameters: {weight: 'yes'}\nmodels: [{model: x}]\n");
+        assert!(
+            e.contains("parameters.weight is the string \"yes\", which"),
+            "{e}"
+        );
+        let e = err("merge_method: ties\nbase_model: b\nmodels: [{model: x, parameters: {weight: 1, density: [{filter: mlp, value: 'on'}]}}]\n");
+        assert!(
+            e.contains("models[0].parameters.density[0].value is the string \"on\", which"),
+            "{e}"
+        );
+    }
+
+    /// true/false parameters spelt as mergekit 0.1.5 takes them: PyYAML's unquoted
+    /// yes/no/on/off, and pydantic's strings (t/f and y/n among them, in any case) and 0/1.
+    /// t and f used to be refused.
+    #[test]
+    fn a_true_false_parameter_is_read_as_mergekit_reads_it() {
+        let recipes = [
+            ("normalize", "merge_method: linear\nmodels: [{model: x, parameters: {weight: 1}}]\n"),
+            ("normalize", "merge_method: ties\nbase_model: b\nmodels: [{model: x, parameters: {weight: 1}}]\n"),
+            ("rescale", "merge_method: dare_ties\nbase_model: b\nmodels: [{model: x, parameters: {weight: 1}}]\n"),
+            ("int8_mask", "merge_method: task_arithmetic\nbase_model: b\nmodels: [{model: x, parameters: {weight: 1}}]\n"),
+            ("filter_wise", "merge_method: model_stock\nbase_model: b\nmodels: [{model: x}, {model: y}]\n"),
+            ("nuslerp_flatten", "merge_method: nuslerp\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n"),
+            ("nuslerp_row_wise", "merge_method: nuslerp\nmodels: [{model: x, parameters: {weight: 1}}, {model: y, parameters: {weight: 1}}]\n"),
+        ];
+        let read = |name: &str, recipe: &str, v: &str| {
+            parse(&format!("{recipe}parameters:\n  {name}: {v}\n"))
+                .map(|r| r.settings.global[name].setting.clone())
+        };
+        for (name, recipe) in recipes {
+            for (v, want) in [
+                ("true", true),
+                ("false", false),
+                ("True", true),
+                ("FALSE", false),
+                ("yes", true),
+                ("no", false),
+                ("on", true),
+                ("off", false),
+                ("y", true),
+                ("n", false),
+                ("t", true),
+                ("f", false),
+                ("T", true),
+                ("'t'", true),
+                ("'f'", false),
+                ("'yes'", true),
+                ("'Off'", false),
+                ("1", true),
+                ("0", false),
+                ("'1'", true),
+                ("'0'", false),
+                ("1.0", true),
+                ("0.0", false),
+                ("[t, f]", true),
+            ] {
+                let got = read(name, recipe, v).unwrap();
+                let want = f64::from(u8::from(want));
+                match got {
+                    Setting::Gradient(list) => assert_eq!(list, [1.0, 0.0], "{name}: {v}"),
+                    got => assert_eq!(got, Setting::Value(want), "{name}: {v}"),
+                }
+            }
+            for v in [
+                "2", "-1", "0.5", "'1.0'", "'2'", "' yes'", "'yes '", "maybe", "''", "null",
+            ] {
+                let e = read(name, recipe, v).unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("parameters.{name} is")) && e.contains("not true or false")
+                        || v == "null" && e.contains("not a number, true/false or a list"),
+                    "{name}: {v}: {e}"
+                );
+            }
+        }
+    }
+
+    /// mergekit never reads the base model's own parameters (they are the models' besides the
+    /// base), so it takes any scalar there; a name the method lacks is still a typo.
+    #[test]
+    fn the_base_entrys_values_are_not_read_as_in_mergekit() {
+        let r = parse("merge_method: ties\nbase_model: b\nmodels:\n  - model: b\n    parameters: {weight: 'yes', density: t}\n  - model: x\n    parameters: {weight: 1}\n").unwrap();
+        assert_eq!(r.models, [PathBuf::from("x")]);
+        let e = err("merge_method: ties\nbase_model: b\nmodels:\n  - model: b\n    parameters: {weight: null}\n  - model: x\n    parameters: {weight: 1}\n");
+        assert!(e.contains("models[0].parameters.weight is null"), "{e}");
     }
 
     #[test]
@@ -1618,34 +1538,6 @@ mod tests {
             e.contains("models[0].parameters.wieght is not a parameter of task_arithmetic"),
             "{e}"
         );
-    }
-
-    /// A block scalar's lines nest nothing, however its header is written; the same lines
-    /// outside one (or after a `|` that only looks like a header) still count.
-    #[test]
-    fn a_block_scalars_lines_are_left_out_of_the_nesting_once_confirmed() {
-        let deep: String = (0..40)
-            .map(|i| {
-                format!(
-                    "{}{{%- if a[{i}] %}}{{{{ '{{' }}}}\n",
-                    " ".repeat(2 + 2 * i)
-                )
-            })
-            .collect();
-        for header in [
-            "chat_template: |",
-            "chat_template:   >2",
-            "chat_template: |-  # a comment",
-            "chat_template: |+",
-        ] {
-            let text = format!("{header}\n{deep}merge_method: linear\n");
-            assert_eq!(check_nesting(&text), Ok(()), "{header}");
-        }
-        assert!(check_nesting(&format!("chat_template: x\n{deep}")).is_err());
-        assert!(check_nesting(&format!("a: \"x\nb: |\n{deep}\"\n")).is_ok());
-        // The private-use marker in the text itself could fake a confirmation.
-        let marked = format!("chat_template: |\n{deep}  {MARK_OPEN}0{MARK_CLOSE}\n");
-        assert!(check_nesting(&marked).is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@ mod ties;
 
 pub use draws::{random_stream, uniform};
 pub use layers::Layers;
-pub use params::{Given, Setting, Settings, TensorParams};
+pub use params::{declared, Given, Setting, Settings, TensorParams};
 pub use sparsify::Sparsify;
 
 /// Every merge method soup-merge knows, by name. One line per method.

@@ -154,33 +154,13 @@ impl Settings {
     /// values in range, gradient lists no longer than the model's `layers` (or 1 value when
     /// the names show no layers). Errors name the flag or key.
     pub fn check(&self, method: &dyn Method, layers: u64) -> Result<(), String> {
-        let declared = |name: &str| method.params().iter().find(|p| p.name == name);
-        let known = || {
-            method
-                .params()
-                .iter()
-                .map(|p| p.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let all = self
             .global
             .iter()
             .map(|(n, g)| (n, g, false))
             .chain(self.models.iter().flatten().map(|(n, g)| (n, g, true)));
         for (name, given, per_model) in all {
-            let Some(param) = declared(name) else {
-                return Err(format!(
-                    "{} is not a parameter of {}; it takes {}",
-                    given.at,
-                    method.name(),
-                    if method.params().is_empty() {
-                        "none".into()
-                    } else {
-                        known()
-                    }
-                ));
-            };
+            let param = declared(method, name, &given.at)?;
             if per_model && param.scope == Scope::Global {
                 return Err(format!(
                     "{} is set per model, but {}'s {name} is one value for the merge; give it under the top-level parameters",
@@ -281,6 +261,27 @@ impl Settings {
             "models": self.models.iter().map(map).collect::<Vec<_>>(),
         })
     }
+}
+
+/// `method`'s parameter `name`, given at `at` (a flag or a recipe's key); else the error naming
+/// `at` and the parameters the method takes.
+pub fn declared(method: &dyn Method, name: &str, at: &str) -> Result<&'static Param, String> {
+    method
+        .params()
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| {
+            let known = method.params().iter().map(|p| p.name).collect::<Vec<_>>();
+            format!(
+                "{at} is not a parameter of {}; it takes {}",
+                method.name(),
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
 }
 
 fn missing(method: &dyn Method, p: &Param, model: Option<(usize, Option<&str>)>) -> String {
