@@ -278,7 +278,11 @@ pub fn companion_files(dir: &Path) -> Vec<Companion> {
 pub fn remote_code(dir: &Path) -> Vec<String> {
     let mut modules = Vec::new();
     for config in ["config.json", "tokenizer_config.json"] {
-        let Ok(bytes) = super::small_file::read(&dir.join(config), 8 << 20, "config") else {
+        let Ok(bytes) = super::small_file::read(
+            &dir.join(config),
+            super::small_file::MAX_CONFIG_BYTES,
+            "config",
+        ) else {
             continue;
         };
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
@@ -354,8 +358,9 @@ pub fn chat_template(
     jinja: Option<&Path>,
     tokenizer_config: Option<&Path>,
 ) -> Option<(String, SourceFile)> {
-    const MAX: u64 = 8 << 20;
-    let read = |p: &Path, what| super::small_file::read_source(p, MAX, what).ok();
+    let read = |p: &Path, what| {
+        super::small_file::read_source(p, super::small_file::MAX_CONFIG_BYTES, what).ok()
+    };
     if let Some((bytes, from)) = jinja.and_then(|p| read(p, "chat template")) {
         return String::from_utf8(bytes).ok().map(|t| (t, from));
     }

@@ -40,6 +40,11 @@ impl SourceFile {
     }
 }
 
+/// The cap on a model's JSON and template files (`config.json`, `tokenizer_config.json`, a
+/// chat template): real ones are at most a few MiB; tokenizer vocabularies are
+/// copied, not read.
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
 /// Reads the whole of a regular file of at most `cap` bytes. `what` names the file's role in
 /// messages ("recipe", "config").
 pub fn read(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {

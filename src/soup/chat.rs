@@ -88,8 +88,11 @@ pub fn apply(
         from: chosen_from.to_vec(),
     });
     if let Some(path) = config {
-        let (bytes, read) =
-            crate::format::small_file::read_source(&path, 8 << 20, "tokenizer config")?;
+        let (bytes, read) = crate::format::small_file::read_source(
+            &path,
+            crate::format::small_file::MAX_CONFIG_BYTES,
+            "tokenizer config",
+        )?;
         if let Some(bytes) = model_dir::tokenizer_config_with_template(&bytes, template) {
             let at = extra
                 .iter()

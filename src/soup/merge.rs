@@ -804,8 +804,11 @@ fn extra_files(
                 Some(torch) if *name == "config.json" => {
                     // Parsed whole, at about 20 times its size: the largest real configs
                     // (a label map of 21 000 classes) are near 1 MiB.
-                    let (bytes, read) =
-                        crate::format::small_file::read_source(from, 8 << 20, "config")?;
+                    let (bytes, read) = crate::format::small_file::read_source(
+                        from,
+                        crate::format::small_file::MAX_CONFIG_BYTES,
+                        "config",
+                    )?;
                     let bytes = model_dir::config_with_dtype(from, &bytes, torch)?;
                     extra.push(ExtraFile::Bytes {
                         name: name.to_string(),
