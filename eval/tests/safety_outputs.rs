@@ -650,18 +650,49 @@ fn force_never_replaces_a_file_that_appeared_during_the_run() {
     }
 }
 
+/// Runs `tool` with `args` in the sandbox twice, its standard output and then its standard
+/// error appended to the sandbox's file `into`: each run must be refused with exit status 1,
+/// the refusal told on the other stream, and nothing written anywhere.
+fn refused_through_an_appended_stream(s: &Sandbox, tool: &str, args: &[&str], into: &str) {
+    let append = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(s.root().join(into))
+            .unwrap()
+    };
+    for stderr in [false, true] {
+        let o = only_changes(s, &[], |d| {
+            let mut cmd = match tool {
+                "soup-merge" => common::soup_merge(),
+                _ => Command::new(env!("CARGO_BIN_EXE_soup-eval")),
+            };
+            cmd.current_dir(d).args(args);
+            if stderr {
+                cmd.stderr(append());
+            } else {
+                cmd.stdout(append());
+            }
+            cmd.output().unwrap()
+        });
+        assert_eq!(o.status.code(), Some(1), "{tool} {args:?} into {into}");
+        let told = if stderr {
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        } else {
+            common::stderr(&o)
+        };
+        assert!(
+            told.contains(into) && told.contains("redirect standard"),
+            "{tool} {args:?}: {told}"
+        );
+    }
+}
+
 /// A shell opens `--json >> a.safetensors` before the run: the summary (and with `--json` the
 /// error object too) was appended to the input. Standard output or error that is a file the
 /// run reads is refused before any work, and nothing at all is written to it.
 #[test]
 fn standard_output_or_error_appending_to_an_input_is_refused_and_writes_nothing_there() {
     let s = Sandbox::new();
-    let append = |name: &str| {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(s.root().join(name))
-            .unwrap()
-    };
     let merge_args = [
         "a.safetensors",
         "b.safetensors",
@@ -680,31 +711,7 @@ fn standard_output_or_error_appending_to_an_input_is_refused_and_writes_nothing_
         ("soup-eval", &eval_args[..], "poor.safetensors"),
         ("soup-eval", &eval_args[..], "val.safetensors"),
     ] {
-        for stderr in [false, true] {
-            let o = only_changes(&s, &[], |d| {
-                let mut cmd = match tool {
-                    "soup-merge" => common::soup_merge(),
-                    _ => Command::new(env!("CARGO_BIN_EXE_soup-eval")),
-                };
-                cmd.current_dir(d).args(args);
-                if stderr {
-                    cmd.stderr(append(into));
-                } else {
-                    cmd.stdout(append(into));
-                }
-                cmd.output().unwrap()
-            });
-            assert_eq!(o.status.code(), Some(1), "{tool} {args:?} into {into}");
-            let told = if stderr {
-                String::from_utf8_lossy(&o.stdout).into_owned()
-            } else {
-                common::stderr(&o)
-            };
-            assert!(
-                told.contains(into) && told.contains("redirect standard"),
-                "{tool} {args:?}: {told}"
-            );
-        }
+        refused_through_an_appended_stream(&s, tool, args, into);
     }
 }
 
@@ -718,12 +725,6 @@ fn a_stream_appended_to_an_existing_output_is_refused_and_writes_nothing_there()
     let s = Sandbox::new();
     let plot = format!("{}\n<svg/>\n", model_soup::format::PLOT_MARK);
     std::fs::write(s.root().join("prior.svg"), plot).unwrap();
-    let append = |name: &str| {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(s.root().join(name))
-            .unwrap()
-    };
     let greedy = eval_args("greedy", &["-o", "old.safetensors"]);
     let forced = eval_args("greedy", &["-o", "old.safetensors", "--force", "--json"]);
     let plotted = eval_args("report", &["--plot", "prior.svg", "--force", "--json"]);
@@ -734,31 +735,7 @@ fn a_stream_appended_to_an_existing_output_is_refused_and_writes_nothing_there()
         ("soup-eval", &plotted[..], "prior.svg"),
         ("soup-merge", &merged[..], "old.safetensors"),
     ] {
-        for stderr in [false, true] {
-            let o = only_changes(&s, &[], |d| {
-                let mut cmd = match tool {
-                    "soup-merge" => common::soup_merge(),
-                    _ => Command::new(env!("CARGO_BIN_EXE_soup-eval")),
-                };
-                cmd.current_dir(d).args(args);
-                if stderr {
-                    cmd.stderr(append(into));
-                } else {
-                    cmd.stdout(append(into));
-                }
-                cmd.output().unwrap()
-            });
-            assert_eq!(o.status.code(), Some(1), "{tool} {args:?} into {into}");
-            let told = if stderr {
-                String::from_utf8_lossy(&o.stdout).into_owned()
-            } else {
-                common::stderr(&o)
-            };
-            assert!(
-                told.contains(into) && told.contains("redirect standard"),
-                "{tool} {args:?}: {told}"
-            );
-        }
+        refused_through_an_appended_stream(&s, tool, args, into);
     }
 }
 
