@@ -1,8 +1,8 @@
 //! Every call into the operating system that Rust can't check: memory maps, page advice,
 //! writeback hints, no-replace renames, inode flags and signal handlers. All of the crate's
 //! hand-written `unsafe` is in this file. (The `multiversion` attribute on a few kernels
-//! expands to calls of AVX-512, AVX2 and SSE4.1 clones of them; the crate makes those calls only after
-//! detecting the CPU feature.)
+//! expands to calls of AVX-512, AVX2 and SSE4.1 clones of them; the crate makes those calls
+//! only after detecting the CPU feature.)
 
 use std::fs::File;
 use std::io;
