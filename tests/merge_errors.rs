@@ -934,22 +934,8 @@ fn an_output_folder_that_cannot_be_written_names_the_fix() {
     let locked = dir.join("locked");
     std::fs::create_dir(&locked).unwrap();
     // Root writes through permissions; the immutable flag stops it, where chattr works.
-    let immutable = std::process::Command::new("chattr")
-        .arg("+i")
-        .arg(&locked)
-        .status()
-        .is_ok_and(|s| s.success());
-    // Lifted however the test ends, or the temporary folder could not be removed.
-    struct Unlock(PathBuf);
-    impl Drop for Unlock {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("chattr")
-                .arg("-i")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _unlock = immutable.then(|| Unlock(locked.clone()));
+    let immutable = chattr("+i", &locked);
+    let _unflag = Unflag(vec![locked.clone()]);
     if !immutable {
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
     }

@@ -1106,6 +1106,16 @@ fn a_model_of_weight_zero_is_not_read_by_any_method() {
     }
 }
 
+/// `dir/NAME-DTYPE.safetensors`, holding one 1-D tensor `w` of `values`.
+fn one_tensor(dir: &Path, name: &str, dtype: D, values: &[f64]) -> PathBuf {
+    let p = dir.join(format!("{name}-{dtype:?}.safetensors"));
+    write(
+        &p,
+        &[spec("w", dtype, &[values.len()], encode(dtype, values))],
+    );
+    p
+}
+
 /// Merges a four-element base holding a NaN and an infinity with two fine-tunes (the first
 /// element of the first is `a0`) by `method_args`, in `dtype`, into f32: the run's stderr and
 /// the soup's values.
@@ -1115,11 +1125,7 @@ fn merge_over_a_non_finite_base(
     a0: f64,
     method_args: &[&str],
 ) -> (String, Vec<f32>) {
-    let file = |name: &str, values: &[f64]| {
-        let p = dir.join(format!("{name}-{dtype:?}.safetensors"));
-        write(&p, &[spec("w", dtype, &[4], encode(dtype, values))]);
-        p
-    };
+    let file = |name: &str, values: &[f64]| one_tensor(dir, name, dtype, values);
     let base = file("base", &[f64::NAN, f64::INFINITY, 1.0, -2.0]);
     let a = file("a", &[a0, 0.25, 1.5, -1.0]);
     let b = file("b", &[1.5, 0.75, 0.5, -3.0]);
@@ -1209,11 +1215,7 @@ fn task_arithmetic_near_the_largest_float_does_not_overflow_where_mergekit_does_
     let dir = tempfile::tempdir().unwrap();
     for dtype in [D::F32, D::BF16] {
         let big = if dtype == D::F32 { 3.0e38 } else { 2.9e38 };
-        let file = |name: &str, values: &[f64]| {
-            let p = dir.path().join(format!("{name}-{dtype:?}.safetensors"));
-            write(&p, &[spec("w", dtype, &[3], encode(dtype, values))]);
-            p
-        };
+        let file = |name: &str, values: &[f64]| one_tensor(dir.path(), name, dtype, values);
         let base = file("base", &[big, -big, 1.0]);
         let a = file("a", &[big, -big, 2.0]);
         let b = file("b", &[big, -big, 3.0]);
