@@ -803,7 +803,7 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
     if let Some((lock, path, within)) = held {
         return refuse(format!(
             "{within}is {} (chattr +{letter}), so it can't be replaced, even with --force: lift the flag (chattr -{letter} {}) or choose another {}",
-            lock_noun(lock),
+            lock.noun(),
             path.display(),
             request.flag,
             letter = lock.letter()
@@ -814,13 +814,6 @@ fn check_one(request: &Request, reads: &Reads, force: bool) -> Result<Destinatio
     }
     dest.mode = Some(meta.mode() & 0o7777);
     Ok(dest)
-}
-
-fn lock_noun(lock: Locked) -> &'static str {
-    match lock {
-        Locked::AppendOnly => "append-only",
-        Locked::Immutable => "immutable",
-    }
 }
 
 /// The first entry of the directory `dir` that is append-only or immutable, with its path and
@@ -866,7 +859,7 @@ fn not_a_locked_folder(request: &Request, folder: &Path) -> Result<()> {
         format!(
             "the folder {} is {} (chattr +{letter}): {why}; lift the flag (chattr -{letter} {}), or give {} a folder you can write to",
             folder.display(),
-            lock_noun(lock),
+            lock.noun(),
             folder.display(),
             request.flag
         ),

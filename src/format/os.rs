@@ -565,6 +565,14 @@ impl Locked {
             Locked::Immutable => 'i',
         }
     }
+
+    /// The flag's name, for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Locked::AppendOnly => "append-only",
+            Locked::Immutable => "immutable",
+        }
+    }
 }
 
 /// Whether `path` (not followed, if it is a link) is a regular file or directory marked
