@@ -380,7 +380,7 @@ fn a_companion_file_changed_during_the_merge_never_yields_an_output() {
         let (result, published, left, _dir) = run(Some(meddle));
         let err = result.expect_err(what).to_string();
         assert!(
-            err.contains("changed while it was being copied"),
+            err.contains("changed while the output was being made from it"),
             "{what}: {err}"
         );
         assert!(err.contains("tokenizer.json"), "{what}: {err}");
@@ -473,7 +473,7 @@ fn a_config_read_at_plan_time_and_changed_before_publishing_never_yields_an_outp
             let (result, published, left, _, _dir) = run(file, recipe, Some(meddle));
             let err = result.expect_err(&format!("{file} {what}")).to_string();
             assert!(
-                err.contains("changed while it was being copied")
+                err.contains("changed while the output was being made from it")
                     && err.contains(&format!("ma/{file}"))
                     && err.contains("run again"),
                 "{file} {what}: {err}"

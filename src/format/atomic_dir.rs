@@ -231,7 +231,7 @@ impl AtomicDir {
 fn changed(from: &Path) -> Error {
     Error::header(
         from,
-        "changed while it was being copied into the output (another process wrote, replaced or truncated it); the output was discarded, run again once the file is stable",
+        "changed while the output was being made from it (another process wrote, replaced or truncated it); the output was discarded, run again once the file is stable",
     )
 }
 
