@@ -367,30 +367,31 @@ pub fn check_named_streams(
             Err(_) => {
                 let cap = super::recipe::MAX_RECIPE_BYTES;
                 if let Ok(bytes) = crate::format::small_file::read(path, cap, "recipe") {
-                    let text = String::from_utf8_lossy(&bytes);
-                    let mut seen = std::collections::HashSet::new();
-                    let words = text.split(|c: char| {
-                        c.is_whitespace()
-                            || matches!(c, ':' | ',' | '[' | ']' | '{' | '}' | '"' | '\'' | '#')
-                    });
-                    // A quoted path may hold spaces: every other piece between quotes too.
-                    let quoted = ['"', '\''].into_iter().flat_map(|q| {
-                        text.lines()
-                            .flat_map(move |line| line.split(q).skip(1).step_by(2))
-                    });
-                    for word in words
-                        .chain(quoted)
-                        .filter(|w| !w.is_empty() && seen.insert(*w))
-                    {
-                        if Path::new(word).symlink_metadata().is_ok() {
-                            reads.add_named(Role::Ingredient, Path::new(word));
-                        }
+                    for word in existing_paths(&String::from_utf8_lossy(&bytes)) {
+                        reads.add_named(Role::Ingredient, Path::new(word));
                     }
                 }
             }
         }
     }
     destination::check_standard_streams(&reads)
+}
+
+/// The words of a text (split at YAML's punctuation and white space, and every piece between
+/// quotes, which may hold spaces) that are paths of something here, each once.
+fn existing_paths(text: &str) -> Vec<&str> {
+    let words = text.split(|c: char| {
+        c.is_whitespace() || matches!(c, ':' | ',' | '[' | ']' | '{' | '}' | '"' | '\'' | '#')
+    });
+    let quoted = ['"', '\''].into_iter().flat_map(|q| {
+        text.lines()
+            .flat_map(move |line| line.split(q).skip(1).step_by(2))
+    });
+    let mut seen = std::collections::HashSet::new();
+    words
+        .chain(quoted)
+        .filter(|w| !w.is_empty() && seen.insert(*w) && Path::new(w).symlink_metadata().is_ok())
+        .collect()
 }
 
 /// What a merge reads and writes, checked by the output policy.
