@@ -335,9 +335,8 @@ pub fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
 }
 
 /// Makes Ctrl-C (and SIGTERM, SIGHUP, SIGQUIT, SIGXCPU, SIGALRM, SIGUSR1, SIGUSR2) stop running
-/// merges cleanly: temporaries
-/// removed, exit status 130. An input truncated under the merge (SIGBUS) ends it with an
-/// `error:` line. (SIGPIPE is ignored, as in every Rust program: a closed stdout is a failed
+/// merges cleanly: temporaries removed, exit status 130. An input truncated under the merge
+/// (SIGBUS) ends it with an `error:` line. (SIGPIPE is ignored, as in every Rust program: a closed stdout is a failed
 /// write, which `print` treats as no error.)
 pub fn handle_interrupts() {
     let _ = ctrlc::set_handler(crate::soup::interrupt);

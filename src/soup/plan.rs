@@ -66,8 +66,8 @@ pub enum Action {
     Average {
         terms: Vec<Term>,
         wide: bool,
-        /// Task vectors folded into the terms ([`method::TaskVectors::folded`]): a chunk whose sum is
-        /// not finite is computed again from these, in mergekit's order.
+        /// Task vectors folded into the terms ([`method::TaskVectors::folded`]): a chunk whose
+        /// sum is not finite is computed again from these, in mergekit's order.
         unfolded: Option<Whole>,
     },
     /// A non-float tensor: copied from `from`, and compared with `others`, which should match.
@@ -600,10 +600,10 @@ fn plan_method_tensor(
                 })
                 .collect();
             let first = terms[0];
-            // A base of coefficient 0 stays: that 0 is task arithmetic's `1 - sum c_i` when
-            // `lambda * sum w_i` is 1, not a weight of 0, and `base + sum c_i (x_i - base)`
-            // still carries the base's NaN and infinities (as mergekit's does), where leaving
-            // it out gave the fine-tunes' plausible values, unread and unwarned.
+            // A base of coefficient 0 stays: that 0 is `base + (x - base)` folded (nuslerp at
+            // an end of t), not a weight of 0, and still carries the base's NaN and infinities
+            // (as mergekit's does), where leaving it out gave the model's plausible values,
+            // unread and unwarned.
             terms.retain(|t| t.weight != 0.0 || Some(t.ingredient) == base);
             if terms.is_empty() {
                 terms.push(first);
